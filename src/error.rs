@@ -1,0 +1,90 @@
+//! Error type shared by every layer: each variant names the file (and entry) at fault and knows its errno.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::format::FormatError;
+
+/// Result alias used across bundlefs.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong reading or writing a cache.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O call failed on `path`.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A file's bytes break its format (bundle, bundlx, conf.xml, tile name…).
+    #[error("{}: {source}", path.display())]
+    Format {
+        path: PathBuf,
+        #[source]
+        source: FormatError,
+    },
+    /// Another writer holds the bundle's lock file longer than we wait.
+    #[error("{}: locked by another writer (waited {waited_ms} ms)", path.display())]
+    Locked { path: PathBuf, waited_ms: u64 },
+    /// The request is wrong (bad option, tile outside the scheme, format mismatch…).
+    #[error("{0}")]
+    Invalid(String),
+    /// No such tile/level/file.
+    #[error("{0}: not found")]
+    NotFound(String),
+}
+
+impl Error {
+    pub fn io(path: impl AsRef<Path>, source: io::Error) -> Self {
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn format(path: impl AsRef<Path>, source: FormatError) -> Self {
+        Error::Format {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::Invalid(msg.into())
+    }
+
+    /// The errno a filesystem call reports for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            Error::Format { .. } => libc::EIO,
+            Error::Locked { .. } => libc::EAGAIN,
+            Error::Invalid(_) => libc::EINVAL,
+            Error::NotFound(_) => libc::ENOENT,
+        }
+    }
+}
+
+/// Adds the path to an `io::Result`.
+pub trait IoContext<T> {
+    fn at(self, path: impl AsRef<Path>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn at(self, path: impl AsRef<Path>) -> Result<T> {
+        self.map_err(|e| Error::io(path, e))
+    }
+}
+
+/// Adds the path to a format result.
+pub trait FormatContext<T> {
+    fn in_file(self, path: impl AsRef<Path>) -> Result<T>;
+}
+
+impl<T> FormatContext<T> for std::result::Result<T, FormatError> {
+    fn in_file(self, path: impl AsRef<Path>) -> Result<T> {
+        self.map_err(|e| Error::format(path, e))
+    }
+}

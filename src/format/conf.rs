@@ -1,0 +1,623 @@
+//! `conf.xml` (tiling scheme) and `conf.cdi` (cache extent): parsing with quick-xml, writing new ones,
+//! and rewriting the storage format of an existing conf.xml without touching anything else.
+
+use std::ops::Range;
+
+use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event};
+use quick_xml::{Reader, Writer};
+
+use super::{FormatError, TileAddr};
+
+/// How a cache stores its tiles (`CacheStorageInfo/StorageFormat`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StorageFormat {
+    Exploded,
+    CompactV1,
+    CompactV2,
+}
+
+impl StorageFormat {
+    pub fn esri_name(self) -> &'static str {
+        match self {
+            StorageFormat::Exploded => "esriMapCacheStorageModeExploded",
+            StorageFormat::CompactV1 => "esriMapCacheStorageModeCompact",
+            StorageFormat::CompactV2 => "esriMapCacheStorageModeCompactV2",
+        }
+    }
+
+    pub fn from_esri_name(s: &str) -> Option<Self> {
+        match s.trim() {
+            "esriMapCacheStorageModeExploded" => Some(StorageFormat::Exploded),
+            "esriMapCacheStorageModeCompact" => Some(StorageFormat::CompactV1),
+            "esriMapCacheStorageModeCompactV2" => Some(StorageFormat::CompactV2),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for StorageFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StorageFormat::Exploded => "exploded",
+            StorageFormat::CompactV1 => "compact-v1",
+            StorageFormat::CompactV2 => "compact-v2",
+        })
+    }
+}
+
+/// `TileImageInfo/CacheTileFormat`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TileFormat {
+    Png,
+    Png8,
+    Png24,
+    Png32,
+    Jpeg,
+    Mixed,
+    /// Anything else ArcGIS may write (LERC, …): kept, served as stored.
+    Other(String),
+}
+
+impl TileFormat {
+    pub fn parse(s: &str) -> Self {
+        match s.trim().to_ascii_uppercase().as_str() {
+            "PNG" => TileFormat::Png,
+            "PNG8" => TileFormat::Png8,
+            "PNG24" => TileFormat::Png24,
+            "PNG32" => TileFormat::Png32,
+            "JPEG" | "JPG" => TileFormat::Jpeg,
+            "MIXED" => TileFormat::Mixed,
+            _ => TileFormat::Other(s.trim().to_string()),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            TileFormat::Png => "PNG",
+            TileFormat::Png8 => "PNG8",
+            TileFormat::Png24 => "PNG24",
+            TileFormat::Png32 => "PNG32",
+            TileFormat::Jpeg => "JPEG",
+            TileFormat::Mixed => "MIXED",
+            TileFormat::Other(s) => s,
+        }
+    }
+
+    /// The image kind tiles of this format normally hold (None for MIXED and unknown formats).
+    pub fn image_kind(&self) -> Option<super::sniff::ImageKind> {
+        use super::sniff::ImageKind;
+        match self {
+            TileFormat::Png | TileFormat::Png8 | TileFormat::Png24 | TileFormat::Png32 => Some(ImageKind::Png),
+            TileFormat::Jpeg => Some(ImageKind::Jpeg),
+            _ => None,
+        }
+    }
+
+    /// Whether a tile of `kind` is acceptable in a cache of this format.
+    pub fn accepts(&self, kind: super::sniff::ImageKind) -> bool {
+        match self.image_kind() {
+            Some(k) => k == kind,
+            None => matches!(self, TileFormat::Mixed),
+        }
+    }
+}
+
+/// One level of detail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lod {
+    pub level: u8,
+    pub scale: f64,
+    pub resolution: f64,
+}
+
+/// A rectangle in map units.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Envelope {
+    pub xmin: f64,
+    pub ymin: f64,
+    pub xmax: f64,
+    pub ymax: f64,
+}
+
+impl Envelope {
+    pub fn intersects(&self, o: &Envelope) -> bool {
+        self.xmin < o.xmax && o.xmin < self.xmax && self.ymin < o.ymax && o.ymin < self.ymax
+    }
+}
+
+/// The tiling scheme and image/storage settings of a cache.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TileScheme {
+    pub wkt: Option<String>,
+    pub wkid: Option<u32>,
+    pub latest_wkid: Option<u32>,
+    pub origin_x: f64,
+    pub origin_y: f64,
+    /// Tile width in pixels (`TileCols`).
+    pub tile_cols: u32,
+    /// Tile height in pixels (`TileRows`).
+    pub tile_rows: u32,
+    pub dpi: u32,
+    pub lods: Vec<Lod>,
+    pub tile_format: TileFormat,
+    pub compression_quality: u32,
+    pub storage: StorageFormat,
+    pub packet_size: u32,
+}
+
+/// Inches per metre as ArcGIS uses it to turn scales into resolutions.
+pub const INCHES_PER_METRE: f64 = 39.37;
+
+/// Web Mercator origin and level-0 resolution/scale (ArcGIS Online / Google / Bing scheme).
+pub const WEB_MERCATOR_ORIGIN: f64 = 20037508.342787;
+pub const WEB_MERCATOR_RES0: f64 = 156543.03392800014;
+pub const WEB_MERCATOR_SCALE0: f64 = 591657527.591555;
+
+impl TileScheme {
+    /// The ArcGIS Online / Bing / Google Web Mercator scheme, levels 0..=max_level.
+    pub fn web_mercator(max_level: u8, tile_format: TileFormat) -> Self {
+        let lods = (0..=max_level)
+            .map(|l| {
+                let f = f64::from(1u32 << l.min(31));
+                Lod { level: l, scale: WEB_MERCATOR_SCALE0 / f, resolution: WEB_MERCATOR_RES0 / f }
+            })
+            .collect();
+        let quality = if tile_format == TileFormat::Jpeg || tile_format == TileFormat::Mixed { 75 } else { 0 };
+        TileScheme {
+            wkt: Some(WEB_MERCATOR_WKT.to_string()),
+            wkid: Some(102100),
+            latest_wkid: Some(3857),
+            origin_x: -WEB_MERCATOR_ORIGIN,
+            origin_y: WEB_MERCATOR_ORIGIN,
+            tile_cols: 256,
+            tile_rows: 256,
+            dpi: 96,
+            lods,
+            tile_format,
+            compression_quality: quality,
+            storage: StorageFormat::CompactV2,
+            packet_size: 128,
+        }
+    }
+
+    pub fn lod(&self, level: u8) -> Option<&Lod> {
+        self.lods.iter().find(|l| l.level == level)
+    }
+
+    /// Map-unit bounds of a tile.
+    pub fn tile_bbox(&self, t: TileAddr) -> Option<Envelope> {
+        let r = self.lod(t.level)?.resolution;
+        let (w, h) = (f64::from(self.tile_cols) * r, f64::from(self.tile_rows) * r);
+        let xmin = self.origin_x + f64::from(t.col) * w;
+        let ymax = self.origin_y - f64::from(t.row) * h;
+        Some(Envelope { xmin, ymin: ymax - h, xmax: xmin + w, ymax })
+    }
+
+    /// Inclusive row/col ranges of the tiles at `level` that intersect `env` (None if none).
+    pub fn tile_range(&self, level: u8, env: &Envelope) -> Option<(Range<u32>, Range<u32>)> {
+        let r = self.lod(level)?.resolution;
+        let (w, h) = (f64::from(self.tile_cols) * r, f64::from(self.tile_rows) * r);
+        // A tiny epsilon keeps an extent that ends exactly on a tile edge from taking the next tile.
+        let eps = 1e-9;
+        let c0 = ((env.xmin - self.origin_x) / w + eps).floor().max(0.0);
+        let c1 = ((env.xmax - self.origin_x) / w - eps).ceil();
+        let r0 = ((self.origin_y - env.ymax) / h + eps).floor().max(0.0);
+        let r1 = ((self.origin_y - env.ymin) / h - eps).ceil();
+        if c1 <= c0 || r1 <= r0 {
+            return None;
+        }
+        let clamp = |v: f64| v.min(f64::from(u32::MAX)) as u32;
+        Some((clamp(r0)..clamp(r1), clamp(c0)..clamp(c1)))
+    }
+
+    /// Parses a conf.xml document.
+    pub fn parse_conf_xml(xml: &[u8]) -> Result<ConfXml, FormatError> {
+        parse_conf(xml)
+    }
+
+    /// A new conf.xml for this scheme.
+    pub fn to_conf_xml(&self) -> Vec<u8> {
+        write_conf(self)
+    }
+}
+
+/// A parsed conf.xml that remembers its bytes, so it can be rewritten with only the storage changed.
+#[derive(Debug, Clone)]
+pub struct ConfXml {
+    pub scheme: TileScheme,
+    raw: Vec<u8>,
+    storage_span: Option<Range<usize>>,
+    /// Byte position of `</CacheInfo>`, where a missing CacheStorageInfo is inserted.
+    root_end: usize,
+}
+
+impl ConfXml {
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
+    }
+
+    /// The same document with `StorageFormat` set to `storage` (added if absent); nothing else changes.
+    pub fn with_storage(&self, storage: StorageFormat) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.raw.len() + 64);
+        match &self.storage_span {
+            Some(span) => {
+                out.extend_from_slice(&self.raw[..span.start]);
+                out.extend_from_slice(storage.esri_name().as_bytes());
+                out.extend_from_slice(&self.raw[span.end..]);
+            }
+            None => {
+                out.extend_from_slice(&self.raw[..self.root_end]);
+                out.extend_from_slice(
+                    format!(
+                        "<CacheStorageInfo xsi:type=\"typens:CacheStorageInfo\"><StorageFormat>{}</StorageFormat>\
+                         <PacketSize>128</PacketSize></CacheStorageInfo>",
+                        storage.esri_name()
+                    )
+                    .as_bytes(),
+                );
+                out.extend_from_slice(&self.raw[self.root_end..]);
+            }
+        }
+        out
+    }
+}
+
+fn xml_err(e: impl std::fmt::Display, pos: u64) -> FormatError {
+    FormatError::Xml(format!("{e} (at byte {pos})"))
+}
+
+fn parse_conf(xml: &[u8]) -> Result<ConfXml, FormatError> {
+    let mut reader = Reader::from_reader(xml);
+    reader.config_mut().trim_text(false);
+    let mut stack: Vec<String> = Vec::new();
+    let mut texts: Vec<(String, String, Range<usize>)> = Vec::new();
+    let mut lods: Vec<(Option<String>, Option<String>, Option<String>)> = Vec::new();
+    let mut root_end = None;
+    let mut buf = Vec::new();
+    loop {
+        let before = reader.buffer_position() as usize;
+        let ev = reader.read_event_into(&mut buf).map_err(|e| xml_err(e, reader.error_position()))?;
+        match ev {
+            Event::Start(e) => {
+                let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
+                if name == "LODInfo" && stack.last().map(String::as_str) == Some("LODInfos") {
+                    lods.push((None, None, None));
+                }
+                stack.push(name);
+            }
+            Event::End(e) => {
+                let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
+                if stack.pop().as_deref() != Some(name.as_str()) {
+                    return Err(xml_err(format!("unexpected </{name}>"), before as u64));
+                }
+                if stack.is_empty() && name == "CacheInfo" {
+                    root_end = Some(before);
+                }
+            }
+            Event::Text(t) => {
+                let after = reader.buffer_position() as usize;
+                let text = t.unescape().map_err(|e| xml_err(e, before as u64))?.into_owned();
+                if text.trim().is_empty() {
+                    buf.clear();
+                    continue;
+                }
+                let path = stack.join("/");
+                if stack.len() >= 2 && stack[stack.len() - 2] == "LODInfo" {
+                    if let Some(lod) = lods.last_mut() {
+                        match stack.last().unwrap().as_str() {
+                            "LevelID" => lod.0 = Some(text.clone()),
+                            "Scale" => lod.1 = Some(text.clone()),
+                            "Resolution" => lod.2 = Some(text.clone()),
+                            _ => {}
+                        }
+                    }
+                }
+                texts.push((path, text, before..after));
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+        buf.clear();
+    }
+    if !stack.is_empty() {
+        return Err(FormatError::Xml(format!("document ends inside <{}>", stack.join("/"))));
+    }
+    let root_end = root_end.ok_or_else(|| FormatError::Xml("no <CacheInfo> root element".into()))?;
+    let get = |p: &str| texts.iter().find(|t| t.0 == p).map(|t| (t.1.trim().to_string(), t.2.clone()));
+    let num = |p: &str| -> Result<f64, FormatError> {
+        let (v, _) = get(p).ok_or_else(|| FormatError::Xml(format!("missing <{p}>")))?;
+        v.parse::<f64>()
+            .ok()
+            .filter(|x| x.is_finite())
+            .ok_or_else(|| FormatError::Xml(format!("<{p}> is not a number: {v:?}")))
+    };
+    const TCI: &str = "CacheInfo/TileCacheInfo";
+    let origin_x = num(&format!("{TCI}/TileOrigin/X"))?;
+    let origin_y = num(&format!("{TCI}/TileOrigin/Y"))?;
+    let tile_cols = num(&format!("{TCI}/TileCols"))?;
+    let tile_rows = num(&format!("{TCI}/TileRows"))?;
+    for (n, v) in [("TileCols", tile_cols), ("TileRows", tile_rows)] {
+        if !(1.0..=65536.0).contains(&v) || v.fract() != 0.0 {
+            return Err(FormatError::Xml(format!("<{n}> must be a tile size in pixels, got {v}")));
+        }
+    }
+    let dpi = num(&format!("{TCI}/DPI")).unwrap_or(96.0);
+    let mut parsed_lods = Vec::new();
+    for (i, (level, scale, res)) in lods.into_iter().enumerate() {
+        let field = |v: Option<String>, n: &str| -> Result<f64, FormatError> {
+            let v = v.ok_or_else(|| FormatError::Xml(format!("LODInfo #{i} has no <{n}>")))?;
+            v.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| FormatError::Xml(format!("LODInfo #{i}: <{n}> is not a number: {v:?}")))
+        };
+        let level = field(level, "LevelID")?;
+        if !(0.0..=99.0).contains(&level) || level.fract() != 0.0 {
+            return Err(FormatError::Xml(format!("LODInfo #{i}: LevelID {level} out of range 0..99")));
+        }
+        let scale = field(scale, "Scale")?;
+        let resolution = match res {
+            Some(r) => field(Some(r), "Resolution")?,
+            None => scale / (dpi * INCHES_PER_METRE),
+        };
+        if resolution <= 0.0 {
+            return Err(FormatError::Xml(format!("LODInfo #{i}: resolution must be positive")));
+        }
+        parsed_lods.push(Lod { level: level as u8, scale, resolution });
+    }
+    if parsed_lods.is_empty() {
+        return Err(FormatError::Xml("no <LODInfos>/<LODInfo> levels".into()));
+    }
+    let tile_format = get("CacheInfo/TileImageInfo/CacheTileFormat")
+        .map(|(v, _)| TileFormat::parse(&v))
+        .ok_or_else(|| FormatError::Xml("missing <CacheInfo/TileImageInfo/CacheTileFormat>".into()))?;
+    let storage_node = get("CacheInfo/CacheStorageInfo/StorageFormat");
+    let storage = match &storage_node {
+        Some((v, _)) => StorageFormat::from_esri_name(v)
+            .ok_or_else(|| FormatError::Xml(format!("unknown <StorageFormat> {v:?}")))?,
+        None => StorageFormat::Exploded,
+    };
+    let int = |p: &str| get(p).and_then(|(v, _)| v.parse::<u32>().ok());
+    let scheme = TileScheme {
+        wkt: get(&format!("{TCI}/SpatialReference/WKT")).map(|t| t.0),
+        wkid: int(&format!("{TCI}/SpatialReference/WKID")),
+        latest_wkid: int(&format!("{TCI}/SpatialReference/LatestWKID")),
+        origin_x,
+        origin_y,
+        tile_cols: tile_cols as u32,
+        tile_rows: tile_rows as u32,
+        dpi: dpi as u32,
+        lods: parsed_lods,
+        tile_format,
+        compression_quality: int("CacheInfo/TileImageInfo/CompressionQuality").unwrap_or(0),
+        storage,
+        packet_size: int("CacheInfo/CacheStorageInfo/PacketSize").unwrap_or(0),
+    };
+    Ok(ConfXml { scheme, raw: xml.to_vec(), storage_span: storage_node.map(|n| n.1), root_end })
+}
+
+const TYPENS: &str = "http://www.esri.com/schemas/ArcGIS/10.3";
+
+fn fmt_f64(v: f64) -> String {
+    // Shortest representation that round-trips.
+    format!("{v:?}")
+}
+
+struct Xml {
+    w: Writer<Vec<u8>>,
+}
+
+impl Xml {
+    fn new() -> Self {
+        let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
+        w.write_event(Event::Decl(BytesDecl::new("1.0", Some("utf-8"), None))).unwrap();
+        Xml { w }
+    }
+    fn open(&mut self, name: &str, xsi_type: Option<&str>, root: bool) {
+        let mut s = BytesStart::new(name);
+        if let Some(t) = xsi_type {
+            s.push_attribute(("xsi:type", t));
+        }
+        if root {
+            s.push_attribute(("xmlns:xsi", "http://www.w3.org/2001/XMLSchema-instance"));
+            s.push_attribute(("xmlns:xs", "http://www.w3.org/2001/XMLSchema"));
+            s.push_attribute(("xmlns:typens", TYPENS));
+        }
+        self.w.write_event(Event::Start(s)).unwrap();
+    }
+    fn close(&mut self, name: &str) {
+        self.w.write_event(Event::End(BytesEnd::new(name))).unwrap();
+    }
+    fn leaf(&mut self, name: &str, text: &str) {
+        self.w.write_event(Event::Start(BytesStart::new(name))).unwrap();
+        self.w.write_event(Event::Text(BytesText::new(text))).unwrap();
+        self.w.write_event(Event::End(BytesEnd::new(name))).unwrap();
+    }
+    fn finish(self) -> Vec<u8> {
+        let mut v = self.w.into_inner();
+        v.push(b'\n');
+        v
+    }
+}
+
+fn spatial_reference(x: &mut Xml, wkt: Option<&str>, wkid: Option<u32>, latest: Option<u32>) {
+    if wkt.is_none() && wkid.is_none() {
+        return;
+    }
+    x.open("SpatialReference", Some("typens:ProjectedCoordinateSystem"), false);
+    if let Some(wkt) = wkt {
+        x.leaf("WKT", wkt);
+    }
+    if let Some(id) = wkid {
+        x.leaf("WKID", &id.to_string());
+    }
+    if let Some(id) = latest {
+        x.leaf("LatestWKID", &id.to_string());
+    }
+    x.close("SpatialReference");
+}
+
+fn write_conf(s: &TileScheme) -> Vec<u8> {
+    let mut x = Xml::new();
+    x.open("CacheInfo", Some("typens:CacheInfo"), true);
+    x.open("TileCacheInfo", Some("typens:TileCacheInfo"), false);
+    spatial_reference(&mut x, s.wkt.as_deref(), s.wkid, s.latest_wkid);
+    x.open("TileOrigin", Some("typens:PointN"), false);
+    x.leaf("X", &fmt_f64(s.origin_x));
+    x.leaf("Y", &fmt_f64(s.origin_y));
+    x.close("TileOrigin");
+    x.leaf("TileCols", &s.tile_cols.to_string());
+    x.leaf("TileRows", &s.tile_rows.to_string());
+    x.leaf("DPI", &s.dpi.to_string());
+    x.open("LODInfos", Some("typens:ArrayOfLODInfo"), false);
+    for l in &s.lods {
+        x.open("LODInfo", Some("typens:LODInfo"), false);
+        x.leaf("LevelID", &l.level.to_string());
+        x.leaf("Scale", &fmt_f64(l.scale));
+        x.leaf("Resolution", &fmt_f64(l.resolution));
+        x.close("LODInfo");
+    }
+    x.close("LODInfos");
+    x.close("TileCacheInfo");
+    x.open("TileImageInfo", Some("typens:TileImageInfo"), false);
+    x.leaf("CacheTileFormat", s.tile_format.name());
+    x.leaf("CompressionQuality", &s.compression_quality.to_string());
+    x.leaf("Antialiasing", "false");
+    x.close("TileImageInfo");
+    x.open("CacheStorageInfo", Some("typens:CacheStorageInfo"), false);
+    x.leaf("StorageFormat", s.storage.esri_name());
+    x.leaf("PacketSize", &s.packet_size.to_string());
+    x.close("CacheStorageInfo");
+    x.close("CacheInfo");
+    x.finish()
+}
+
+/// Parses conf.cdi (`EnvelopeN` with XMin/YMin/XMax/YMax).
+pub fn parse_cdi(xml: &[u8]) -> Result<Envelope, FormatError> {
+    let mut reader = Reader::from_reader(xml);
+    let mut stack: Vec<String> = Vec::new();
+    let mut vals: [Option<f64>; 4] = [None; 4];
+    let mut buf = Vec::new();
+    loop {
+        match reader.read_event_into(&mut buf).map_err(|e| xml_err(e, reader.error_position()))? {
+            Event::Start(e) => stack.push(String::from_utf8_lossy(e.local_name().as_ref()).into_owned()),
+            Event::End(_) => {
+                stack.pop();
+            }
+            Event::Text(t) if stack.len() == 2 && stack[0] == "EnvelopeN" => {
+                let text = t.unescape().map_err(|e| xml_err(e, 0))?;
+                let i = match stack[1].as_str() {
+                    "XMin" => 0,
+                    "YMin" => 1,
+                    "XMax" => 2,
+                    "YMax" => 3,
+                    _ => {
+                        buf.clear();
+                        continue;
+                    }
+                };
+                vals[i] = Some(text.trim().parse::<f64>().map_err(|_| {
+                    FormatError::Xml(format!("<{}> is not a number: {:?}", stack[1], text.trim()))
+                })?);
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+        buf.clear();
+    }
+    match vals {
+        [Some(xmin), Some(ymin), Some(xmax), Some(ymax)] if xmin <= xmax && ymin <= ymax => {
+            Ok(Envelope { xmin, ymin, xmax, ymax })
+        }
+        [Some(_), Some(_), Some(_), Some(_)] => Err(FormatError::Xml("envelope has min > max".into())),
+        _ => Err(FormatError::Xml("EnvelopeN needs XMin, YMin, XMax and YMax".into())),
+    }
+}
+
+/// Writes conf.cdi for `env` in the scheme's spatial reference.
+pub fn write_cdi(env: &Envelope, scheme: &TileScheme) -> Vec<u8> {
+    let mut x = Xml::new();
+    x.open("EnvelopeN", Some("typens:EnvelopeN"), true);
+    x.leaf("XMin", &fmt_f64(env.xmin));
+    x.leaf("YMin", &fmt_f64(env.ymin));
+    x.leaf("XMax", &fmt_f64(env.xmax));
+    x.leaf("YMax", &fmt_f64(env.ymax));
+    spatial_reference(&mut x, scheme.wkt.as_deref(), scheme.wkid, scheme.latest_wkid);
+    x.close("EnvelopeN");
+    x.finish()
+}
+
+/// WKT of WGS 1984 Web Mercator (Auxiliary Sphere) as ArcGIS writes it.
+pub const WEB_MERCATOR_WKT: &str = "PROJCS[\"WGS_1984_Web_Mercator_Auxiliary_Sphere\",GEOGCS[\"GCS_WGS_1984\",\
+DATUM[\"D_WGS_1984\",SPHEROID[\"WGS_1984\",6378137.0,298.257223563]],PRIMEM[\"Greenwich\",0.0],\
+UNIT[\"Degree\",0.0174532925199433]],PROJECTION[\"Mercator_Auxiliary_Sphere\"],PARAMETER[\"False_Easting\",0.0],\
+PARAMETER[\"False_Northing\",0.0],PARAMETER[\"Central_Meridian\",0.0],PARAMETER[\"Standard_Parallel_1\",0.0],\
+PARAMETER[\"Auxiliary_Sphere_Type\",0.0],UNIT[\"Meter\",1.0],AUTHORITY[\"EPSG\",3857]]";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_web_mercator() {
+        let s = TileScheme::web_mercator(5, TileFormat::Png32);
+        let xml = s.to_conf_xml();
+        let back = TileScheme::parse_conf_xml(&xml).unwrap();
+        assert_eq!(back.scheme, s);
+    }
+
+    #[test]
+    fn with_storage_changes_only_storage() {
+        let s = TileScheme::web_mercator(2, TileFormat::Jpeg);
+        let conf = TileScheme::parse_conf_xml(&s.to_conf_xml()).unwrap();
+        let out = conf.with_storage(StorageFormat::Exploded);
+        let again = TileScheme::parse_conf_xml(&out).unwrap();
+        assert_eq!(again.scheme.storage, StorageFormat::Exploded);
+        let a = String::from_utf8(conf.raw().to_vec()).unwrap();
+        let b = String::from_utf8(out).unwrap();
+        assert_eq!(a.replace("esriMapCacheStorageModeCompactV2", "esriMapCacheStorageModeExploded"), b);
+    }
+
+    #[test]
+    fn missing_storage_is_inserted() {
+        let xml = b"<CacheInfo><TileCacheInfo><TileOrigin><X>0</X><Y>10</Y></TileOrigin><TileCols>256</TileCols>\
+<TileRows>256</TileRows><LODInfos><LODInfo><LevelID>0</LevelID><Scale>1000</Scale></LODInfo></LODInfos>\
+</TileCacheInfo><TileImageInfo><CacheTileFormat>PNG</CacheTileFormat></TileImageInfo></CacheInfo>";
+        let c = TileScheme::parse_conf_xml(xml).unwrap();
+        assert_eq!(c.scheme.storage, StorageFormat::Exploded);
+        assert!((c.scheme.lods[0].resolution - 1000.0 / (96.0 * 39.37)).abs() < 1e-12);
+        let out = c.with_storage(StorageFormat::CompactV2);
+        assert_eq!(TileScheme::parse_conf_xml(&out).unwrap().scheme.storage, StorageFormat::CompactV2);
+    }
+
+    #[test]
+    fn bad_conf_errors_name_the_element() {
+        let e = TileScheme::parse_conf_xml(b"<CacheInfo><TileCacheInfo></TileCacheInfo></CacheInfo>").unwrap_err();
+        assert!(e.to_string().contains("TileOrigin/X"), "{e}");
+        let e = TileScheme::parse_conf_xml(b"<CacheInfo><TileCacheInfo>").unwrap_err();
+        assert!(e.to_string().contains("ends inside"), "{e}");
+        let e = TileScheme::parse_conf_xml(b"not xml at all <<<").unwrap_err();
+        assert!(matches!(e, FormatError::Xml(_)));
+    }
+
+    #[test]
+    fn tile_geometry() {
+        let s = TileScheme::web_mercator(3, TileFormat::Png);
+        let b = s.tile_bbox(TileAddr::new(1, 1, 0)).unwrap();
+        assert!((b.xmin + WEB_MERCATOR_ORIGIN).abs() < 1e-6);
+        // The published origin and level-0 resolution disagree by 3 µm (256 × res0 / 2 ≠ origin).
+        assert!((b.ymax - 0.0).abs() < 1e-5);
+        assert!((b.ymin + WEB_MERCATOR_ORIGIN).abs() < 1e-5);
+        let (rows, cols) = s.tile_range(2, &b).unwrap();
+        assert_eq!((rows, cols), (2..4, 0..2));
+    }
+
+    #[test]
+    fn cdi_round_trip() {
+        let s = TileScheme::web_mercator(1, TileFormat::Png);
+        let e = Envelope { xmin: -1.5, ymin: 2.0, xmax: 3.25, ymax: 4.0 };
+        assert_eq!(parse_cdi(&write_cdi(&e, &s)).unwrap(), e);
+        assert!(parse_cdi(b"<EnvelopeN><XMin>1</XMin></EnvelopeN>").is_err());
+    }
+}

@@ -1,0 +1,7 @@
+//! bundlefs: Esri ArcGIS compact tile caches (Compact V1/V2) as exploded trees — formats, cache access,
+//! tile sources, a FUSE adapter and batch jobs. Layers depend one way: format → cache → render → fs → cli.
+
+pub mod error;
+pub mod format;
+
+pub use error::{Error, Result};
