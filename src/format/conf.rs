@@ -87,7 +87,9 @@ impl TileFormat {
     pub fn image_kind(&self) -> Option<super::sniff::ImageKind> {
         use super::sniff::ImageKind;
         match self {
-            TileFormat::Png | TileFormat::Png8 | TileFormat::Png24 | TileFormat::Png32 => Some(ImageKind::Png),
+            TileFormat::Png | TileFormat::Png8 | TileFormat::Png24 | TileFormat::Png32 => {
+                Some(ImageKind::Png)
+            }
             TileFormat::Jpeg => Some(ImageKind::Jpeg),
             _ => None,
         }
@@ -159,10 +161,18 @@ impl TileScheme {
         let lods = (0..=max_level)
             .map(|l| {
                 let f = f64::from(1u32 << l.min(31));
-                Lod { level: l, scale: WEB_MERCATOR_SCALE0 / f, resolution: WEB_MERCATOR_RES0 / f }
+                Lod {
+                    level: l,
+                    scale: WEB_MERCATOR_SCALE0 / f,
+                    resolution: WEB_MERCATOR_RES0 / f,
+                }
             })
             .collect();
-        let quality = if tile_format == TileFormat::Jpeg || tile_format == TileFormat::Mixed { 75 } else { 0 };
+        let quality = if tile_format == TileFormat::Jpeg || tile_format == TileFormat::Mixed {
+            75
+        } else {
+            0
+        };
         TileScheme {
             wkt: Some(WEB_MERCATOR_WKT.to_string()),
             wkid: Some(102100),
@@ -190,7 +200,12 @@ impl TileScheme {
         let (w, h) = (f64::from(self.tile_cols) * r, f64::from(self.tile_rows) * r);
         let xmin = self.origin_x + f64::from(t.col) * w;
         let ymax = self.origin_y - f64::from(t.row) * h;
-        Some(Envelope { xmin, ymin: ymax - h, xmax: xmin + w, ymax })
+        Some(Envelope {
+            xmin,
+            ymin: ymax - h,
+            xmax: xmin + w,
+            ymax,
+        })
     }
 
     /// Inclusive row/col ranges of the tiles at `level` that intersect `env` (None if none).
@@ -276,7 +291,9 @@ fn parse_conf(xml: &[u8]) -> Result<ConfXml, FormatError> {
     let mut buf = Vec::new();
     loop {
         let before = reader.buffer_position() as usize;
-        let ev = reader.read_event_into(&mut buf).map_err(|e| xml_err(e, reader.error_position()))?;
+        let ev = reader
+            .read_event_into(&mut buf)
+            .map_err(|e| xml_err(e, reader.error_position()))?;
         match ev {
             Event::Start(e) => {
                 let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
@@ -296,7 +313,10 @@ fn parse_conf(xml: &[u8]) -> Result<ConfXml, FormatError> {
             }
             Event::Text(t) => {
                 let after = reader.buffer_position() as usize;
-                let text = t.unescape().map_err(|e| xml_err(e, before as u64))?.into_owned();
+                let text = t
+                    .unescape()
+                    .map_err(|e| xml_err(e, before as u64))?
+                    .into_owned();
                 if text.trim().is_empty() {
                     buf.clear();
                     continue;
@@ -320,10 +340,19 @@ fn parse_conf(xml: &[u8]) -> Result<ConfXml, FormatError> {
         buf.clear();
     }
     if !stack.is_empty() {
-        return Err(FormatError::Xml(format!("document ends inside <{}>", stack.join("/"))));
+        return Err(FormatError::Xml(format!(
+            "document ends inside <{}>",
+            stack.join("/")
+        )));
     }
-    let root_end = root_end.ok_or_else(|| FormatError::Xml("no <CacheInfo> root element".into()))?;
-    let get = |p: &str| texts.iter().find(|t| t.0 == p).map(|t| (t.1.trim().to_string(), t.2.clone()));
+    let root_end =
+        root_end.ok_or_else(|| FormatError::Xml("no <CacheInfo> root element".into()))?;
+    let get = |p: &str| {
+        texts
+            .iter()
+            .find(|t| t.0 == p)
+            .map(|t| (t.1.trim().to_string(), t.2.clone()))
+    };
     let num = |p: &str| -> Result<f64, FormatError> {
         let (v, _) = get(p).ok_or_else(|| FormatError::Xml(format!("missing <{p}>")))?;
         v.parse::<f64>()
@@ -338,7 +367,9 @@ fn parse_conf(xml: &[u8]) -> Result<ConfXml, FormatError> {
     let tile_rows = num(&format!("{TCI}/TileRows"))?;
     for (n, v) in [("TileCols", tile_cols), ("TileRows", tile_rows)] {
         if !(1.0..=65536.0).contains(&v) || v.fract() != 0.0 {
-            return Err(FormatError::Xml(format!("<{n}> must be a tile size in pixels, got {v}")));
+            return Err(FormatError::Xml(format!(
+                "<{n}> must be a tile size in pixels, got {v}"
+            )));
         }
     }
     let dpi = num(&format!("{TCI}/DPI")).unwrap_or(96.0);
@@ -350,11 +381,15 @@ fn parse_conf(xml: &[u8]) -> Result<ConfXml, FormatError> {
                 .parse::<f64>()
                 .ok()
                 .filter(|x| x.is_finite())
-                .ok_or_else(|| FormatError::Xml(format!("LODInfo #{i}: <{n}> is not a number: {v:?}")))
+                .ok_or_else(|| {
+                    FormatError::Xml(format!("LODInfo #{i}: <{n}> is not a number: {v:?}"))
+                })
         };
         let level = field(level, "LevelID")?;
         if !(0.0..=99.0).contains(&level) || level.fract() != 0.0 {
-            return Err(FormatError::Xml(format!("LODInfo #{i}: LevelID {level} out of range 0..99")));
+            return Err(FormatError::Xml(format!(
+                "LODInfo #{i}: LevelID {level} out of range 0..99"
+            )));
         }
         let scale = field(scale, "Scale")?;
         let resolution = match res {
@@ -362,16 +397,24 @@ fn parse_conf(xml: &[u8]) -> Result<ConfXml, FormatError> {
             None => scale / (dpi * INCHES_PER_METRE),
         };
         if resolution <= 0.0 {
-            return Err(FormatError::Xml(format!("LODInfo #{i}: resolution must be positive")));
+            return Err(FormatError::Xml(format!(
+                "LODInfo #{i}: resolution must be positive"
+            )));
         }
-        parsed_lods.push(Lod { level: level as u8, scale, resolution });
+        parsed_lods.push(Lod {
+            level: level as u8,
+            scale,
+            resolution,
+        });
     }
     if parsed_lods.is_empty() {
         return Err(FormatError::Xml("no <LODInfos>/<LODInfo> levels".into()));
     }
     let tile_format = get("CacheInfo/TileImageInfo/CacheTileFormat")
         .map(|(v, _)| TileFormat::parse(&v))
-        .ok_or_else(|| FormatError::Xml("missing <CacheInfo/TileImageInfo/CacheTileFormat>".into()))?;
+        .ok_or_else(|| {
+            FormatError::Xml("missing <CacheInfo/TileImageInfo/CacheTileFormat>".into())
+        })?;
     let storage_node = get("CacheInfo/CacheStorageInfo/StorageFormat");
     let storage = match &storage_node {
         Some((v, _)) => StorageFormat::from_esri_name(v)
@@ -394,7 +437,12 @@ fn parse_conf(xml: &[u8]) -> Result<ConfXml, FormatError> {
         storage,
         packet_size: int("CacheInfo/CacheStorageInfo/PacketSize").unwrap_or(0),
     };
-    Ok(ConfXml { scheme, raw: xml.to_vec(), storage_span: storage_node.map(|n| n.1), root_end })
+    Ok(ConfXml {
+        scheme,
+        raw: xml.to_vec(),
+        storage_span: storage_node.map(|n| n.1),
+        root_end,
+    })
 }
 
 const TYPENS: &str = "http://www.esri.com/schemas/ArcGIS/10.3";
@@ -411,7 +459,8 @@ struct Xml {
 impl Xml {
     fn new() -> Self {
         let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
-        w.write_event(Event::Decl(BytesDecl::new("1.0", Some("utf-8"), None))).unwrap();
+        w.write_event(Event::Decl(BytesDecl::new("1.0", Some("utf-8"), None)))
+            .unwrap();
         Xml { w }
     }
     fn open(&mut self, name: &str, xsi_type: Option<&str>, root: bool) {
@@ -430,8 +479,12 @@ impl Xml {
         self.w.write_event(Event::End(BytesEnd::new(name))).unwrap();
     }
     fn leaf(&mut self, name: &str, text: &str) {
-        self.w.write_event(Event::Start(BytesStart::new(name))).unwrap();
-        self.w.write_event(Event::Text(BytesText::new(text))).unwrap();
+        self.w
+            .write_event(Event::Start(BytesStart::new(name)))
+            .unwrap();
+        self.w
+            .write_event(Event::Text(BytesText::new(text)))
+            .unwrap();
         self.w.write_event(Event::End(BytesEnd::new(name))).unwrap();
     }
     fn finish(self) -> Vec<u8> {
@@ -445,7 +498,11 @@ fn spatial_reference(x: &mut Xml, wkt: Option<&str>, wkid: Option<u32>, latest: 
     if wkt.is_none() && wkid.is_none() {
         return;
     }
-    x.open("SpatialReference", Some("typens:ProjectedCoordinateSystem"), false);
+    x.open(
+        "SpatialReference",
+        Some("typens:ProjectedCoordinateSystem"),
+        false,
+    );
     if let Some(wkt) = wkt {
         x.leaf("WKT", wkt);
     }
@@ -500,8 +557,13 @@ pub fn parse_cdi(xml: &[u8]) -> Result<Envelope, FormatError> {
     let mut vals: [Option<f64>; 4] = [None; 4];
     let mut buf = Vec::new();
     loop {
-        match reader.read_event_into(&mut buf).map_err(|e| xml_err(e, reader.error_position()))? {
-            Event::Start(e) => stack.push(String::from_utf8_lossy(e.local_name().as_ref()).into_owned()),
+        match reader
+            .read_event_into(&mut buf)
+            .map_err(|e| xml_err(e, reader.error_position()))?
+        {
+            Event::Start(e) => {
+                stack.push(String::from_utf8_lossy(e.local_name().as_ref()).into_owned())
+            }
             Event::End(_) => {
                 stack.pop();
             }
@@ -528,10 +590,19 @@ pub fn parse_cdi(xml: &[u8]) -> Result<Envelope, FormatError> {
     }
     match vals {
         [Some(xmin), Some(ymin), Some(xmax), Some(ymax)] if xmin <= xmax && ymin <= ymax => {
-            Ok(Envelope { xmin, ymin, xmax, ymax })
+            Ok(Envelope {
+                xmin,
+                ymin,
+                xmax,
+                ymax,
+            })
         }
-        [Some(_), Some(_), Some(_), Some(_)] => Err(FormatError::Xml("envelope has min > max".into())),
-        _ => Err(FormatError::Xml("EnvelopeN needs XMin, YMin, XMax and YMax".into())),
+        [Some(_), Some(_), Some(_), Some(_)] => {
+            Err(FormatError::Xml("envelope has min > max".into()))
+        }
+        _ => Err(FormatError::Xml(
+            "EnvelopeN needs XMin, YMin, XMax and YMax".into(),
+        )),
     }
 }
 
@@ -543,7 +614,12 @@ pub fn write_cdi(env: &Envelope, scheme: &TileScheme) -> Vec<u8> {
     x.leaf("YMin", &fmt_f64(env.ymin));
     x.leaf("XMax", &fmt_f64(env.xmax));
     x.leaf("YMax", &fmt_f64(env.ymax));
-    spatial_reference(&mut x, scheme.wkt.as_deref(), scheme.wkid, scheme.latest_wkid);
+    spatial_reference(
+        &mut x,
+        scheme.wkt.as_deref(),
+        scheme.wkid,
+        scheme.latest_wkid,
+    );
     x.close("EnvelopeN");
     x.finish()
 }
@@ -576,7 +652,13 @@ mod tests {
         assert_eq!(again.scheme.storage, StorageFormat::Exploded);
         let a = String::from_utf8(conf.raw().to_vec()).unwrap();
         let b = String::from_utf8(out).unwrap();
-        assert_eq!(a.replace("esriMapCacheStorageModeCompactV2", "esriMapCacheStorageModeExploded"), b);
+        assert_eq!(
+            a.replace(
+                "esriMapCacheStorageModeCompactV2",
+                "esriMapCacheStorageModeExploded"
+            ),
+            b
+        );
     }
 
     #[test]
@@ -588,12 +670,17 @@ mod tests {
         assert_eq!(c.scheme.storage, StorageFormat::Exploded);
         assert!((c.scheme.lods[0].resolution - 1000.0 / (96.0 * 39.37)).abs() < 1e-12);
         let out = c.with_storage(StorageFormat::CompactV2);
-        assert_eq!(TileScheme::parse_conf_xml(&out).unwrap().scheme.storage, StorageFormat::CompactV2);
+        assert_eq!(
+            TileScheme::parse_conf_xml(&out).unwrap().scheme.storage,
+            StorageFormat::CompactV2
+        );
     }
 
     #[test]
     fn bad_conf_errors_name_the_element() {
-        let e = TileScheme::parse_conf_xml(b"<CacheInfo><TileCacheInfo></TileCacheInfo></CacheInfo>").unwrap_err();
+        let e =
+            TileScheme::parse_conf_xml(b"<CacheInfo><TileCacheInfo></TileCacheInfo></CacheInfo>")
+                .unwrap_err();
         assert!(e.to_string().contains("TileOrigin/X"), "{e}");
         let e = TileScheme::parse_conf_xml(b"<CacheInfo><TileCacheInfo>").unwrap_err();
         assert!(e.to_string().contains("ends inside"), "{e}");
@@ -616,7 +703,12 @@ mod tests {
     #[test]
     fn cdi_round_trip() {
         let s = TileScheme::web_mercator(1, TileFormat::Png);
-        let e = Envelope { xmin: -1.5, ymin: 2.0, xmax: 3.25, ymax: 4.0 };
+        let e = Envelope {
+            xmin: -1.5,
+            ymin: 2.0,
+            xmax: 3.25,
+            ymax: 4.0,
+        };
         assert_eq!(parse_cdi(&write_cdi(&e, &s)).unwrap(), e);
         assert!(parse_cdi(b"<EnvelopeN><XMin>1</XMin></EnvelopeN>").is_err());
     }

@@ -3,7 +3,10 @@
 use super::{BundleId, FormatError};
 
 fn bad(name: &str, msg: &str) -> FormatError {
-    FormatError::BadName { name: name.to_string(), msg: msg.to_string() }
+    FormatError::BadName {
+        name: name.to_string(),
+        msg: msg.to_string(),
+    }
 }
 
 /// `L07`: "L" and the level in (at least) two decimal digits.
@@ -28,11 +31,15 @@ pub fn bundle_base(id: &BundleId) -> String {
 
 /// Parses `Lnn`; None for names that are not level folders at all (`Lxx`, `Layers`…).
 pub fn parse_level_dir(name: &str) -> Result<u8, FormatError> {
-    let digits = name.strip_prefix('L').ok_or_else(|| bad(name, "a level folder is L and 2 decimal digits"))?;
+    let digits = name
+        .strip_prefix('L')
+        .ok_or_else(|| bad(name, "a level folder is L and 2 decimal digits"))?;
     if digits.len() < 2 || digits.len() > 3 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad(name, "a level folder is L and 2 decimal digits"));
     }
-    digits.parse::<u8>().map_err(|_| bad(name, "level out of range"))
+    digits
+        .parse::<u8>()
+        .map_err(|_| bad(name, "level out of range"))
 }
 
 fn parse_hex8(name: &str, prefix: char, what: &str) -> Result<u32, FormatError> {
@@ -40,7 +47,10 @@ fn parse_hex8(name: &str, prefix: char, what: &str) -> Result<u32, FormatError> 
         .strip_prefix(prefix)
         .ok_or_else(|| bad(name, &format!("a {what} name starts with {prefix}")))?;
     if digits.len() != 8 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(bad(name, &format!("a {what} name is {prefix} and 8 hex digits")));
+        return Err(bad(
+            name,
+            &format!("a {what} name is {prefix} and 8 hex digits"),
+        ));
     }
     u32::from_str_radix(digits, 16).map_err(|_| bad(name, "bad hex number"))
 }
@@ -55,7 +65,9 @@ pub const TILE_EXTS: [&str; 3] = ["png", "jpg", "jpeg"];
 
 /// Parses `Cxxxxxxxx.ext` into (col, ext). Extensions are png, jpg, jpeg (any case).
 pub fn parse_col_file(name: &str) -> Result<(u32, &str), FormatError> {
-    let (stem, ext) = name.rsplit_once('.').ok_or_else(|| bad(name, "a tile file is Cxxxxxxxx.png or .jpg"))?;
+    let (stem, ext) = name
+        .rsplit_once('.')
+        .ok_or_else(|| bad(name, "a tile file is Cxxxxxxxx.png or .jpg"))?;
     if !TILE_EXTS.iter().any(|e| e.eq_ignore_ascii_case(ext)) {
         return Err(bad(name, "a tile file ends in .png, .jpg or .jpeg"));
     }
@@ -64,15 +76,24 @@ pub fn parse_col_file(name: &str) -> Result<(u32, &str), FormatError> {
 
 /// Parses a bundle file name `RrrrrCcccc.bundle` / `.bundlx` into (row0, col0, extension).
 pub fn parse_bundle_file(name: &str) -> Result<(u32, u32, &str), FormatError> {
-    let (stem, ext) = name.rsplit_once('.').ok_or_else(|| bad(name, "not a bundle file"))?;
+    let (stem, ext) = name
+        .rsplit_once('.')
+        .ok_or_else(|| bad(name, "not a bundle file"))?;
     if ext != "bundle" && ext != "bundlx" {
         return Err(bad(name, "not a .bundle or .bundlx file"));
     }
-    let rest = stem.strip_prefix('R').ok_or_else(|| bad(name, "a bundle name is RrrrrCcccc"))?;
-    let (r, c) = rest.split_once('C').ok_or_else(|| bad(name, "a bundle name is RrrrrCcccc"))?;
+    let rest = stem
+        .strip_prefix('R')
+        .ok_or_else(|| bad(name, "a bundle name is RrrrrCcccc"))?;
+    let (r, c) = rest
+        .split_once('C')
+        .ok_or_else(|| bad(name, "a bundle name is RrrrrCcccc"))?;
     let hex = |s: &str| -> Result<u32, FormatError> {
         if s.len() < 4 || s.len() > 8 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad(name, "a bundle name is R, 4+ hex digits, C, 4+ hex digits"));
+            return Err(bad(
+                name,
+                "a bundle name is R, 4+ hex digits, C, 4+ hex digits",
+            ));
         }
         u32::from_str_radix(s, 16).map_err(|_| bad(name, "bad hex number"))
     };
@@ -91,15 +112,30 @@ mod tests {
     #[test]
     fn formats_facts_example() {
         assert_eq!(
-            format!("{}/{}/{}", level_dir(9), row_dir(0x05397fb1), col_file(0x0012d687, "png")),
+            format!(
+                "{}/{}/{}",
+                level_dir(9),
+                row_dir(0x05397fb1),
+                col_file(0x0012d687, "png")
+            ),
             "L09/R05397fb1/C0012d687.png"
         );
-        assert_eq!(bundle_base(&BundleId { level: 3, row0: 0x80, col0: 0x10000 }), "R0080C10000");
+        assert_eq!(
+            bundle_base(&BundleId {
+                level: 3,
+                row0: 0x80,
+                col0: 0x10000
+            }),
+            "R0080C10000"
+        );
     }
 
     #[test]
     fn rejects_bad_names() {
-        assert!(parse_row_dir("R0000000g").unwrap_err().to_string().contains("R0000000g"));
+        assert!(parse_row_dir("R0000000g")
+            .unwrap_err()
+            .to_string()
+            .contains("R0000000g"));
         assert!(parse_row_dir("R123").is_err());
         assert!(parse_row_dir("..").is_err());
         assert!(parse_col_file("C00000001.gif").is_err());
@@ -107,7 +143,10 @@ mod tests {
         assert!(parse_level_dir("L1").is_err());
         assert!(parse_level_dir("Lab").is_err());
         assert!(parse_bundle_file("R0001C0000.bundle").is_err());
-        assert_eq!(parse_bundle_file("R0080C0100.bundlx").unwrap(), (0x80, 0x100, "bundlx"));
+        assert_eq!(
+            parse_bundle_file("R0080C0100.bundlx").unwrap(),
+            (0x80, 0x100, "bundlx")
+        );
         assert_eq!(parse_col_file("C0000000A.JPG").unwrap(), (10, "JPG"));
     }
 

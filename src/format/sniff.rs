@@ -31,7 +31,9 @@ impl ImageKind {
 /// Sniffs PNG/JPEG. Also recognises a PNG whose first four signature bytes are missing (seen in
 /// Esri's own `Usa.tpkx`). None when the bytes are neither: callers fall back to the cache format.
 pub fn sniff(bytes: &[u8]) -> Option<ImageKind> {
-    if bytes.starts_with(&PNG_SIG) || (bytes.starts_with(&PNG_SIG[4..]) && bytes.get(8..12) == Some(b"IHDR")) {
+    if bytes.starts_with(&PNG_SIG)
+        || (bytes.starts_with(&PNG_SIG[4..]) && bytes.get(8..12) == Some(b"IHDR"))
+    {
         Some(ImageKind::Png)
     } else if bytes.starts_with(&[0xff, 0xd8, 0xff]) {
         Some(ImageKind::Jpeg)

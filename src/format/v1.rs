@@ -6,7 +6,9 @@ use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::{bad_entry, u32_at, u40_at, FormatError, Slot, BUNDLE_DIM, BUNDLE_TILES, MAX_TILE_SIZE};
+use super::{
+    bad_entry, u32_at, u40_at, FormatError, Slot, BUNDLE_DIM, BUNDLE_TILES, MAX_TILE_SIZE,
+};
 use crate::error::{Error, FormatContext, IoContext, Result};
 
 /// `.bundlx` header (fixed bytes).
@@ -44,7 +46,13 @@ pub fn index_pos(slot: Slot) -> usize {
 }
 
 /// The `.bundle` header for a bundle whose first tile is (row0, col0).
-pub fn header_bytes(row0: u32, col0: u32, max_tile: u32, tiles: u64, file_size: u64) -> [u8; HEADER_LEN] {
+pub fn header_bytes(
+    row0: u32,
+    col0: u32,
+    max_tile: u32,
+    tiles: u64,
+    file_size: u64,
+) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     let mut put32 = |at: usize, v: u32| h[at..at + 4].copy_from_slice(&v.to_le_bytes());
     put32(H_VERSION, 3);
@@ -101,21 +109,35 @@ impl<'a> V1Bundle<'a> {
         if bundlx.len() < BUNDLX_LEN - 16 {
             return Err((
                 V1Part::Bundlx,
-                FormatError::Truncated { what: "V1 bundlx index", len: bundlx.len() as u64, need: BUNDLX_LEN as u64 },
+                FormatError::Truncated {
+                    what: "V1 bundlx index",
+                    len: bundlx.len() as u64,
+                    need: BUNDLX_LEN as u64,
+                },
             ));
         }
         if bundlx[..16] != BUNDLX_HEADER {
-            return Err((V1Part::Bundlx, FormatError::BadHeader("not a Compact V1 .bundlx (header bytes differ)".into())));
+            return Err((
+                V1Part::Bundlx,
+                FormatError::BadHeader("not a Compact V1 .bundlx (header bytes differ)".into()),
+            ));
         }
         if bundle.len() < HEADER_LEN {
             return Err((
                 V1Part::Bundle,
-                FormatError::Truncated { what: "V1 bundle header", len: bundle.len() as u64, need: HEADER_LEN as u64 },
+                FormatError::Truncated {
+                    what: "V1 bundle header",
+                    len: bundle.len() as u64,
+                    need: HEADER_LEN as u64,
+                },
             ));
         }
         let version = u32_at(bundle, H_VERSION);
         if version != 3 {
-            return Err((V1Part::Bundle, FormatError::BadHeader(format!("V1 bundle version {version}, expected 3"))));
+            return Err((
+                V1Part::Bundle,
+                FormatError::BadHeader(format!("V1 bundle version {version}, expected 3")),
+            ));
         }
         Ok(V1Bundle { bundle, bundlx })
     }
@@ -141,17 +163,29 @@ impl<'a> V1Bundle<'a> {
             return Ok(None);
         }
         if off < HEADER_LEN as u64 {
-            return Err(bad_entry(slot, format!("offset {off} points into the bundle header")));
+            return Err(bad_entry(
+                slot,
+                format!("offset {off} points into the bundle header"),
+            ));
         }
         if off + 4 > self.len() {
-            return Err(bad_entry(slot, format!("offset {off} is past the end of the bundle ({} bytes)", self.len())));
+            return Err(bad_entry(
+                slot,
+                format!(
+                    "offset {off} is past the end of the bundle ({} bytes)",
+                    self.len()
+                ),
+            ));
         }
         let size = u64::from(u32_at(self.bundle, off as usize));
         if size == 0 {
             return Ok(None);
         }
         if size > MAX_TILE_SIZE as u64 {
-            return Err(bad_entry(slot, format!("record at offset {off} claims {size} bytes (over 2^24)")));
+            return Err(bad_entry(
+                slot,
+                format!("record at offset {off} claims {size} bytes (over 2^24)"),
+            ));
         }
         let start = off + 4;
         if start + size > self.len() {
@@ -201,7 +235,9 @@ impl<W: Write + Seek> Builder<W> {
             out,
             row0,
             col0,
-            index: (0..BUNDLE_TILES).map(|i| HEADER_LEN as u64 + 4 * i as u64).collect(),
+            index: (0..BUNDLE_TILES)
+                .map(|i| HEADER_LEN as u64 + 4 * i as u64)
+                .collect(),
             pos: DATA_START,
             max_tile: 0,
             tiles: 0,
@@ -228,8 +264,13 @@ impl<W: Write + Seek> Builder<W> {
     /// Writes the `.bundle` header and returns the writer, the `.bundlx` bytes and the bundle size.
     pub fn finish(mut self) -> std::io::Result<(W, Vec<u8>, u64)> {
         self.out.seek(SeekFrom::Start(0))?;
-        self.out
-            .write_all(&header_bytes(self.row0, self.col0, self.max_tile, self.tiles, self.pos))?;
+        self.out.write_all(&header_bytes(
+            self.row0,
+            self.col0,
+            self.max_tile,
+            self.tiles,
+            self.pos,
+        ))?;
         self.out.flush()?;
         let mut x = Vec::with_capacity(BUNDLX_LEN);
         x.extend_from_slice(&BUNDLX_HEADER);
@@ -263,16 +304,17 @@ pub fn append_tiles(
     for (slot, tile) in tiles {
         let size = super::v2::check_tile_size(tile.len()).in_file(bundle_path)?;
         if tile.is_empty() {
-            return Err(Error::invalid(format!("{}: refusing to store an empty tile", bundle_path.display())));
+            return Err(Error::invalid(format!(
+                "{}: refusing to store an empty tile",
+                bundle_path.display()
+            )));
         }
         let pos = index_pos(*slot);
         let old = u40_at(&idx, pos);
-        let was_live = old >= HEADER_LEN as u64
-            && old + 4 <= end
-            && {
-                let mut s = [0u8; 4];
-                bundle.read_exact_at(&mut s, old).is_ok() && u32::from_le_bytes(s) > 0
-            };
+        let was_live = old >= HEADER_LEN as u64 && old + 4 <= end && {
+            let mut s = [0u8; 4];
+            bundle.read_exact_at(&mut s, old).is_ok() && u32::from_le_bytes(s) > 0
+        };
         let was_new_here = new_offsets.iter().any(|(p, _)| *p == pos);
         if !was_live && !was_new_here {
             count4 += 4;
@@ -290,7 +332,9 @@ pub fn append_tiles(
     }
     let mut written = records.len() as u64;
     for (pos, off) in &new_offsets {
-        bundlx.write_all_at(&off.to_le_bytes()[..OFFSET_BYTES], *pos as u64).at(bundlx_path)?;
+        bundlx
+            .write_all_at(&off.to_le_bytes()[..OFFSET_BYTES], *pos as u64)
+            .at(bundlx_path)?;
         written += OFFSET_BYTES as u64;
     }
     let new_end = end + records.len() as u64;
@@ -299,24 +343,39 @@ pub fn append_tiles(
     fields[4..8].copy_from_slice(&head[H_FIXED5..H_FIXED5 + 4]);
     fields[8..16].copy_from_slice(&count4.to_le_bytes());
     fields[16..24].copy_from_slice(&new_end.to_le_bytes());
-    bundle.write_all_at(&fields, H_MAX_TILE as u64).at(bundle_path)?;
+    bundle
+        .write_all_at(&fields, H_MAX_TILE as u64)
+        .at(bundle_path)?;
     written += 24;
     if sync {
         bundlx.sync_data().at(bundlx_path)?;
         bundle.sync_data().at(bundle_path)?;
     }
-    Ok(super::v2::WriteStats { tiles: tiles.len(), bytes_written: written })
+    Ok(super::v2::WriteStats {
+        tiles: tiles.len(),
+        bytes_written: written,
+    })
 }
 
 /// Marks slots empty (offset 0, as MapProxy does). Caller holds the bundle lock.
-pub fn delete_tiles(bundlx: &File, bundlx_path: &Path, slots: &[Slot], sync: bool) -> Result<super::v2::WriteStats> {
+pub fn delete_tiles(
+    bundlx: &File,
+    bundlx_path: &Path,
+    slots: &[Slot],
+    sync: bool,
+) -> Result<super::v2::WriteStats> {
     for s in slots {
-        bundlx.write_all_at(&[0u8; OFFSET_BYTES], index_pos(*s) as u64).at(bundlx_path)?;
+        bundlx
+            .write_all_at(&[0u8; OFFSET_BYTES], index_pos(*s) as u64)
+            .at(bundlx_path)?;
     }
     if sync {
         bundlx.sync_data().at(bundlx_path)?;
     }
-    Ok(super::v2::WriteStats { tiles: slots.len(), bytes_written: (slots.len() * OFFSET_BYTES) as u64 })
+    Ok(super::v2::WriteStats {
+        tiles: slots.len(),
+        bytes_written: (slots.len() * OFFSET_BYTES) as u64,
+    })
 }
 
 #[cfg(test)]
@@ -345,7 +404,10 @@ mod tests {
         assert_eq!(b.len() as u64, size);
         let v = V1Bundle::parse(&b, &x).unwrap();
         assert_eq!(v.tile(Slot { row: 1, col: 0 }).unwrap(), Some(&b"r1c0"[..]));
-        assert_eq!(v.tile(Slot { row: 0, col: 1 }).unwrap(), Some(&b"row0col1"[..]));
+        assert_eq!(
+            v.tile(Slot { row: 0, col: 1 }).unwrap(),
+            Some(&b"row0col1"[..])
+        );
         assert_eq!(v.tile(Slot { row: 1, col: 1 }).unwrap(), None);
         // (row 1, col 0) is index 1 in column-major order.
         assert_eq!(v.offset(Slot { row: 1, col: 0 }), DATA_START);
@@ -355,13 +417,19 @@ mod tests {
     #[test]
     fn short_bundlx_and_entry_past_eof() {
         let b = empty_bundle(0, 0);
-        assert!(matches!(V1Bundle::parse(&b, &[0u8; 10]), Err((V1Part::Bundlx, FormatError::Truncated { .. }))));
+        assert!(matches!(
+            V1Bundle::parse(&b, &[0u8; 10]),
+            Err((V1Part::Bundlx, FormatError::Truncated { .. }))
+        ));
         let mut x = empty_bundlx();
         let p = index_pos(Slot { row: 2, col: 3 });
         x[p..p + 5].copy_from_slice(&1_000_000u64.to_le_bytes()[..5]);
         let v = V1Bundle::parse(&b, &x).unwrap();
         let e = v.tile(Slot { row: 2, col: 3 }).unwrap_err().to_string();
-        assert!(e.contains("row 2 col 3") && e.contains("past the end"), "{e}");
+        assert!(
+            e.contains("row 2 col 3") && e.contains("past the end"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -370,7 +438,13 @@ mod tests {
         let (bp, xp) = (d.path().join("a.bundle"), d.path().join("a.bundlx"));
         std::fs::write(&bp, empty_bundle(0, 0)).unwrap();
         std::fs::write(&xp, empty_bundlx()).unwrap();
-        let rw = |p: &Path| std::fs::OpenOptions::new().read(true).write(true).open(p).unwrap();
+        let rw = |p: &Path| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(p)
+                .unwrap()
+        };
         let (bf, xf) = (rw(&bp), rw(&xp));
         let s = Slot { row: 9, col: 1 };
         append_tiles(&bf, &bp, &xf, &xp, &[(s, b"one")], true).unwrap();

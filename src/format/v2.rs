@@ -6,7 +6,9 @@ use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::{bad_entry, u32_at, u64_at, FormatError, Slot, BUNDLE_DIM, BUNDLE_TILES, MAX_TILE_SIZE};
+use super::{
+    bad_entry, u32_at, u64_at, FormatError, Slot, BUNDLE_DIM, BUNDLE_TILES, MAX_TILE_SIZE,
+};
 use crate::error::{Error, FormatContext, IoContext, Result};
 
 /// Length of the fixed header (struct `<4I3Q6I`).
@@ -191,7 +193,10 @@ impl<'a> V2Bundle<'a> {
         if u64::from(prefix) != size {
             return Err(bad_entry(
                 slot,
-                format!("record size {prefix} at offset {} disagrees with index size {size}", off - 4),
+                format!(
+                    "record size {prefix} at offset {} disagrees with index size {size}",
+                    off - 4
+                ),
             ));
         }
         Ok(Some(off as usize..(off + size) as usize))
@@ -294,12 +299,18 @@ pub struct WriteStats {
     pub bytes_written: u64,
 }
 
-/// Durably appends tiles to an existing bundle opened read-write (caller holds the bundle lock):
-/// 1. all records at the end of the file in one write; 2. fdatasync; 3. index entries (coalesced runs
-/// of 8-byte aligned entries) and the header's largest-tile/file-size fields; 4. fdatasync.
+/// Durably appends tiles to an existing bundle opened read-write (caller holds the bundle lock).
+///
+/// Order: all records at the end of the file in one write, fdatasync, then the index entries
+/// (adjacent ones coalesced) and the header's largest-tile/file-size fields, fdatasync again.
 /// A crash leaves either the old or the new entry for every tile, never a dangling one.
 /// With several tiles for one slot, the last wins.
-pub fn append_tiles(file: &File, path: &Path, tiles: &[(Slot, &[u8])], sync: bool) -> Result<WriteStats> {
+pub fn append_tiles(
+    file: &File,
+    path: &Path,
+    tiles: &[(Slot, &[u8])],
+    sync: bool,
+) -> Result<WriteStats> {
     if tiles.is_empty() {
         return Ok(WriteStats::default());
     }
@@ -310,10 +321,17 @@ pub fn append_tiles(file: &File, path: &Path, tiles: &[(Slot, &[u8])], sync: boo
     if end < DATA_START {
         return Err(Error::format(
             path,
-            FormatError::Truncated { what: "V2 index", len: end, need: DATA_START },
+            FormatError::Truncated {
+                what: "V2 index",
+                len: end,
+                need: DATA_START,
+            },
         ));
     }
-    let total: usize = tiles.iter().map(|(_, t)| t.len() + RECORD_PREFIX as usize).sum();
+    let total: usize = tiles
+        .iter()
+        .map(|(_, t)| t.len() + RECORD_PREFIX as usize)
+        .sum();
     if end + total as u64 > MAX_OFFSET {
         return Err(Error::format(path, FormatError::BundleTooLarge));
     }
@@ -343,7 +361,10 @@ pub fn append_tiles(file: &File, path: &Path, tiles: &[(Slot, &[u8])], sync: boo
     if sync {
         file.sync_data().at(path)?;
     }
-    Ok(WriteStats { tiles: tiles.len(), bytes_written: written })
+    Ok(WriteStats {
+        tiles: tiles.len(),
+        bytes_written: written,
+    })
 }
 
 /// Marks slots empty (the tile bytes become dead space). Caller holds the bundle lock.
@@ -356,7 +377,10 @@ pub fn delete_tiles(file: &File, path: &Path, slots: &[Slot], sync: bool) -> Res
     if sync {
         file.sync_data().at(path)?;
     }
-    Ok(WriteStats { tiles: slots.len(), bytes_written: written })
+    Ok(WriteStats {
+        tiles: slots.len(),
+        bytes_written: written,
+    })
 }
 
 /// Writes index entries, coalescing adjacent ones into one write. Later duplicates win.
@@ -409,13 +433,22 @@ mod tests {
         let bytes = c.into_inner();
         assert_eq!(bytes.len() as u64, size);
         let v = V2Bundle::parse(&bytes).unwrap();
-        assert_eq!(v.tile(Slot { row: 0, col: 0 }).unwrap(), Some(&b"again"[..]));
-        assert_eq!(v.tile(Slot { row: 127, col: 3 }).unwrap(), Some(&b"second"[..]));
+        assert_eq!(
+            v.tile(Slot { row: 0, col: 0 }).unwrap(),
+            Some(&b"again"[..])
+        );
+        assert_eq!(
+            v.tile(Slot { row: 127, col: 3 }).unwrap(),
+            Some(&b"second"[..])
+        );
         assert_eq!(v.header_file_size(), size);
         assert_eq!(v.header_max_tile(), 6);
         assert_eq!(v.dead_bytes(), 4 + 5);
         // First record starts right after the index, as in ArcGIS files.
-        assert_eq!(v.entry(Slot { row: 127, col: 3 }).offset(), DATA_START + 4 + 5 + 4);
+        assert_eq!(
+            v.entry(Slot { row: 127, col: 3 }).offset(),
+            DATA_START + 4 + 5 + 4
+        );
     }
 
     #[test]
@@ -431,12 +464,21 @@ mod tests {
 
     #[test]
     fn bad_header_and_truncation() {
-        assert!(matches!(V2Bundle::parse(&[0u8; 10]), Err(FormatError::Truncated { .. })));
+        assert!(matches!(
+            V2Bundle::parse(&[0u8; 10]),
+            Err(FormatError::Truncated { .. })
+        ));
         let mut b = empty_bundle();
         b[0] = 2;
-        assert!(matches!(V2Bundle::parse(&b), Err(FormatError::BadHeader(_))));
+        assert!(matches!(
+            V2Bundle::parse(&b),
+            Err(FormatError::BadHeader(_))
+        ));
         let b = empty_bundle();
-        assert!(matches!(V2Bundle::parse(&b[..1000]), Err(FormatError::Truncated { .. })));
+        assert!(matches!(
+            V2Bundle::parse(&b[..1000]),
+            Err(FormatError::Truncated { .. })
+        ));
     }
 
     #[test]
@@ -451,7 +493,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("R0000C0000.bundle");
         std::fs::write(&p, empty_bundle()).unwrap();
-        let f = std::fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&p)
+            .unwrap();
         let s = Slot { row: 3, col: 4 };
         let t = Slot { row: 3, col: 5 };
         let st = append_tiles(&f, &p, &[(s, b"abc"), (t, b"defg"), (s, b"xyz!!")], true).unwrap();

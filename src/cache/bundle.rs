@@ -1,0 +1,209 @@
+//! An open bundle (V1 pair or V2 file) mapped read-only with memmap2, plus what identifies the
+//! version of the file it mapped, so a change by another writer is noticed and the bundle remapped.
+
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use crate::error::{Error, FormatContext, IoContext, Result};
+use crate::format::v1::{V1Bundle, V1Part};
+use crate::format::v2::V2Bundle;
+use crate::format::{BundleId, FormatError, Slot};
+
+/// Identity and version of a file: a change of any field means the file changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    pub ino: u64,
+    pub len: u64,
+    pub mtime_ns: i128,
+}
+
+impl FileStamp {
+    pub fn of(path: &Path) -> Result<Option<FileStamp>> {
+        match std::fs::metadata(path) {
+            Ok(m) => Ok(Some(FileStamp::from_meta(&m))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+
+    pub fn from_meta(m: &std::fs::Metadata) -> FileStamp {
+        FileStamp {
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        }
+    }
+}
+
+enum Kind {
+    V2,
+    V1 {
+        bundlx: Mmap,
+        bundlx_path: PathBuf,
+        bundlx_stamp: FileStamp,
+    },
+}
+
+/// A mapped bundle. Cheap to share (`Arc`); tiles are served as slices of the map.
+pub struct BundleHandle {
+    pub id: BundleId,
+    pub path: PathBuf,
+    pub stamp: FileStamp,
+    map: Mmap,
+    kind: Kind,
+}
+
+fn map_file(path: &Path) -> Result<(Mmap, FileStamp)> {
+    let file = File::open(path).at(path)?;
+    let meta = file.metadata().at(path)?;
+    if meta.len() == 0 {
+        return Err(Error::format(
+            path,
+            FormatError::Truncated {
+                what: "bundle header",
+                len: 0,
+                need: 60,
+            },
+        ));
+    }
+    // SAFETY: the map is read-only; bundle writers (bundlefs, MapProxy, ArcGIS) only append or
+    // replace files by rename, so mapped bytes stay valid. A file truncated in place by a foreign
+    // tool would fault; `bundlefs compact` and every bundlefs writer never do that.
+    let map = unsafe { Mmap::map(&file) }.at(path)?;
+    Ok((map, FileStamp::from_meta(&meta)))
+}
+
+impl BundleHandle {
+    /// Maps a V2 bundle and checks its header.
+    pub fn open_v2(id: BundleId, path: &Path) -> Result<BundleHandle> {
+        let (map, stamp) = map_file(path)?;
+        V2Bundle::parse(&map).in_file(path)?;
+        Ok(BundleHandle {
+            id,
+            path: path.to_path_buf(),
+            stamp,
+            map,
+            kind: Kind::V2,
+        })
+    }
+
+    /// Maps a V1 pair (`.bundle` at `path`, `.bundlx` beside it) and checks both.
+    pub fn open_v1(id: BundleId, path: &Path) -> Result<BundleHandle> {
+        let bundlx_path = path.with_extension("bundlx");
+        let (map, stamp) = map_file(path)?;
+        let (bundlx, bundlx_stamp) = map_file(&bundlx_path)?;
+        V1Bundle::parse(&map, &bundlx).map_err(|(part, e)| match part {
+            V1Part::Bundle => Error::format(path, e),
+            V1Part::Bundlx => Error::format(&bundlx_path, e),
+        })?;
+        Ok(BundleHandle {
+            id,
+            path: path.to_path_buf(),
+            stamp,
+            map,
+            kind: Kind::V1 {
+                bundlx,
+                bundlx_path,
+                bundlx_stamp,
+            },
+        })
+    }
+
+    pub fn is_v1(&self) -> bool {
+        matches!(self.kind, Kind::V1 { .. })
+    }
+
+    /// True if the files on disk are no longer the ones mapped.
+    pub fn is_stale(&self) -> Result<bool> {
+        if FileStamp::of(&self.path)? != Some(self.stamp) {
+            return Ok(true);
+        }
+        if let Kind::V1 {
+            bundlx_path,
+            bundlx_stamp,
+            ..
+        } = &self.kind
+        {
+            return Ok(FileStamp::of(bundlx_path)? != Some(*bundlx_stamp));
+        }
+        Ok(false)
+    }
+
+    /// Checked byte range of the tile in `slot` (None: no tile). Errors name the file and entry.
+    pub fn tile_range(&self, slot: Slot) -> Result<Option<Range<usize>>> {
+        match &self.kind {
+            Kind::V2 => V2Bundle::parse(&self.map)
+                .and_then(|b| b.tile_range(slot))
+                .in_file(&self.path),
+            Kind::V1 {
+                bundlx,
+                bundlx_path,
+                ..
+            } => V1Bundle::parse(&self.map, bundlx)
+                .map_err(|(_, e)| Error::format(bundlx_path, e))?
+                .tile_range(slot)
+                .map_err(|e| Error::format(bundlx_path, e)),
+        }
+    }
+
+    /// The bytes of a range returned by `tile_range`.
+    pub fn bytes(&self, r: Range<usize>) -> &[u8] {
+        &self.map[r]
+    }
+
+    /// Occupied slots with their tile sizes. Broken entries are included with size 0 so that callers
+    /// that check (`tile_range`) see them; cheap: reads only the index (V2) or index + size words (V1).
+    pub fn slots(&self) -> Vec<(Slot, u32)> {
+        match &self.kind {
+            Kind::V2 => match V2Bundle::parse(&self.map) {
+                Ok(b) => b.entries().map(|(s, e)| (s, e.size())).collect(),
+                Err(_) => Vec::new(),
+            },
+            Kind::V1 { bundlx, .. } => match V1Bundle::parse(&self.map, bundlx) {
+                Ok(b) => b
+                    .slots()
+                    .map(|s| {
+                        (
+                            s,
+                            b.tile_range(s)
+                                .ok()
+                                .flatten()
+                                .map_or(0, |r| (r.end - r.start) as u32),
+                        )
+                    })
+                    .collect(),
+                Err(_) => Vec::new(),
+            },
+        }
+    }
+
+    /// Size of the mapped bundle file(s) in bytes.
+    pub fn file_bytes(&self) -> u64 {
+        match &self.kind {
+            Kind::V2 => self.map.len() as u64,
+            Kind::V1 { bundlx, .. } => (self.map.len() + bundlx.len()) as u64,
+        }
+    }
+
+    /// Bytes held by overwritten or deleted tiles.
+    pub fn dead_bytes(&self) -> u64 {
+        match &self.kind {
+            Kind::V2 => V2Bundle::parse(&self.map).map_or(0, |b| b.dead_bytes()),
+            Kind::V1 { bundlx, .. } => {
+                V1Bundle::parse(&self.map, bundlx).map_or(0, |b| b.dead_bytes())
+            }
+        }
+    }
+
+    /// The paths this bundle consists of.
+    pub fn paths(&self) -> Vec<&Path> {
+        match &self.kind {
+            Kind::V2 => vec![&self.path],
+            Kind::V1 { bundlx_path, .. } => vec![&self.path, bundlx_path],
+        }
+    }
+}

@@ -1,0 +1,720 @@
+//! A cache of bundles on disk: open either layout (ArcGIS `conf.xml` + `_alllayers/`, or MapProxy's
+//! `Lnn/` at the root), detect exploded / Compact V1 / Compact V2, list levels, bundles and tiles
+//! without reading tiles, get a tile (a slice of a memory map), and write or delete tiles under the
+//! per-bundle lock with the durable append sequence of the format layer.
+
+pub mod bundle;
+pub mod export;
+pub mod lock;
+pub mod verify;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Write;
+use std::num::NonZeroUsize;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lru::LruCache;
+
+pub use self::bundle::{BundleHandle, FileStamp};
+pub use self::lock::BundleLock;
+use crate::error::{Error, FormatContext, IoContext, Result};
+use crate::format::conf::{self, ConfXml, Envelope, StorageFormat, TileScheme};
+use crate::format::exploded;
+use crate::format::sniff::{sniff, ImageKind};
+use crate::format::v2::WriteStats;
+use crate::format::{v1, v2, BundleId, Slot, TileAddr, BUNDLE_DIM};
+
+/// Where the level folders live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `conf.xml`, `conf.cdi`, `_alllayers/Lnn/…`.
+    ArcGis,
+    /// `Lnn/…` directly in the cache folder, no conf.xml (MapProxy's compact caches).
+    MapProxy,
+}
+
+/// Tunables of an open cache.
+#[derive(Debug, Clone)]
+pub struct CacheOptions {
+    /// How often an open bundle is checked (stat) for changes by other writers.
+    pub recheck: Duration,
+    /// How many bundles stay mapped at once.
+    pub max_open_bundles: usize,
+    /// How long a writer waits for a bundle lock held by someone else.
+    pub lock_timeout: Duration,
+    /// fdatasync around index updates (off only for bulk jobs that sync at the end).
+    pub durable: bool,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        CacheOptions {
+            recheck: Duration::from_secs(1),
+            max_open_bundles: 256,
+            lock_timeout: Duration::from_secs(60),
+            durable: true,
+        }
+    }
+}
+
+/// Tile bytes: a slice of a mapped bundle, or owned bytes (exploded tiles).
+#[derive(Clone)]
+pub struct TileBytes(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Mapped(Arc<BundleHandle>, std::ops::Range<usize>),
+    Owned(Arc<Vec<u8>>),
+}
+
+impl TileBytes {
+    pub fn owned(v: Vec<u8>) -> Self {
+        TileBytes(Repr::Owned(Arc::new(v)))
+    }
+}
+
+impl Deref for TileBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Mapped(b, r) => b.bytes(r.clone()),
+            Repr::Owned(v) => v,
+        }
+    }
+}
+
+impl std::fmt::Debug for TileBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TileBytes({} bytes)", self.len())
+    }
+}
+
+struct Cached {
+    handle: Arc<BundleHandle>,
+    checked_ms: AtomicU64,
+}
+
+/// Per-level counts for `info`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LevelStats {
+    pub bundles: u64,
+    pub tiles: u64,
+    pub tile_bytes: u64,
+    pub file_bytes: u64,
+    pub dead_bytes: u64,
+}
+
+/// A tile cache folder.
+pub struct Cache {
+    root: PathBuf,
+    tiles_dir: PathBuf,
+    layout: Layout,
+    storage: StorageFormat,
+    conf: Option<ConfXml>,
+    cdi: Option<Vec<u8>>,
+    opts: CacheOptions,
+    open: Mutex<LruCache<BundleId, Arc<Cached>>>,
+    epoch: Instant,
+}
+
+const CONF_XML: &str = "conf.xml";
+const CONF_CDI: &str = "conf.cdi";
+const ALLLAYERS: &str = "_alllayers";
+
+fn read_dir_names(dir: &Path) -> Result<Vec<String>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let mut names = Vec::new();
+    for ent in rd {
+        let ent = ent.at(dir)?;
+        if let Some(n) = ent.file_name().to_str() {
+            names.push(n.to_string());
+        }
+    }
+    Ok(names)
+}
+
+/// Writes `bytes` to `path` atomically: temp file in the same folder, fsync, rename, fsync folder.
+pub fn write_atomic(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".bundlefs-")
+        .tempfile_in(dir)
+        .at(dir)?;
+    tmp.write_all(bytes).at(tmp.path())?;
+    if sync {
+        tmp.as_file().sync_all().at(tmp.path())?;
+    }
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    if sync {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// fsyncs a directory so a rename in it is durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+impl Cache {
+    /// Opens a cache folder (or its conf.xml) with default options.
+    pub fn open(path: impl AsRef<Path>) -> Result<Cache> {
+        Self::open_with(path, CacheOptions::default())
+    }
+
+    pub fn open_with(path: impl AsRef<Path>, opts: CacheOptions) -> Result<Cache> {
+        let mut root = path.as_ref().to_path_buf();
+        if root.file_name().is_some_and(|n| n == CONF_XML) && root.is_file() {
+            root.pop();
+        }
+        if !root.is_dir() {
+            return Err(Error::io(
+                &root,
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
+        }
+        // An unpacked .tpk keeps the cache in v101/Layers; a server cache folder in Layers.
+        if !root.join(CONF_XML).is_file() {
+            if let Some(sub) = ["Layers", "v101/Layers"]
+                .iter()
+                .find(|s| root.join(s).join(CONF_XML).is_file())
+            {
+                root.push(sub);
+            }
+        }
+        let conf_path = root.join(CONF_XML);
+        let conf = match fs::read(&conf_path) {
+            Ok(b) => Some(TileScheme::parse_conf_xml(&b).in_file(&conf_path)?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(&conf_path, e)),
+        };
+        let cdi_path = root.join(CONF_CDI);
+        let cdi = match fs::read(&cdi_path) {
+            Ok(b) => {
+                conf::parse_cdi(&b).in_file(&cdi_path)?;
+                Some(b)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(&cdi_path, e)),
+        };
+        let (layout, tiles_dir) = if conf.is_some() || root.join(ALLLAYERS).is_dir() {
+            (Layout::ArcGis, root.join(ALLLAYERS))
+        } else {
+            (Layout::MapProxy, root.clone())
+        };
+        let detected = detect_storage(&tiles_dir)?;
+        let storage = match (detected, &conf) {
+            (Some(d), Some(c)) if d != c.scheme.storage => {
+                tracing::warn!(
+                    "{}: conf.xml says {} but the files are {}; using {}",
+                    root.display(),
+                    c.scheme.storage,
+                    d,
+                    d
+                );
+                d
+            }
+            (Some(d), _) => d,
+            (None, Some(c)) => c.scheme.storage,
+            (None, None) => {
+                if layout == Layout::MapProxy {
+                    return Err(Error::invalid(format!(
+                        "{}: not a tile cache (no conf.xml, no _alllayers, no Lnn level folders)",
+                        root.display()
+                    )));
+                }
+                StorageFormat::CompactV2
+            }
+        };
+        let cap = NonZeroUsize::new(opts.max_open_bundles.max(1)).unwrap();
+        Ok(Cache {
+            root,
+            tiles_dir,
+            layout,
+            storage,
+            conf,
+            cdi,
+            opts,
+            open: Mutex::new(LruCache::new(cap)),
+            epoch: Instant::now(),
+        })
+    }
+
+    /// Creates an empty ArcGIS-layout cache (conf.xml, conf.cdi, `_alllayers/`).
+    pub fn create(
+        root: impl AsRef<Path>,
+        scheme: &TileScheme,
+        extent: Option<Envelope>,
+    ) -> Result<Cache> {
+        let root = root.as_ref();
+        if root.join(CONF_XML).exists() {
+            return Err(Error::invalid(format!(
+                "{}: already holds a conf.xml; refusing to overwrite",
+                root.display()
+            )));
+        }
+        fs::create_dir_all(root.join(ALLLAYERS)).at(root)?;
+        write_atomic(&root.join(CONF_XML), &scheme.to_conf_xml(), true)?;
+        let env = extent.unwrap_or_else(|| scheme_extent(scheme));
+        write_atomic(&root.join(CONF_CDI), &conf::write_cdi(&env, scheme), true)?;
+        Cache::open(root)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn tiles_dir(&self) -> &Path {
+        &self.tiles_dir
+    }
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+    pub fn storage(&self) -> StorageFormat {
+        self.storage
+    }
+    pub fn conf(&self) -> Option<&ConfXml> {
+        self.conf.as_ref()
+    }
+    pub fn scheme(&self) -> Option<&TileScheme> {
+        self.conf.as_ref().map(|c| &c.scheme)
+    }
+    /// Raw conf.cdi bytes, if the cache has one.
+    pub fn cdi(&self) -> Option<&[u8]> {
+        self.cdi.as_deref()
+    }
+    /// The cache extent (conf.cdi), if any.
+    pub fn extent(&self) -> Option<Envelope> {
+        self.cdi.as_deref().and_then(|b| conf::parse_cdi(b).ok())
+    }
+
+    /// The image kind to assume for tiles whose bytes don't tell.
+    pub fn default_kind(&self) -> ImageKind {
+        self.scheme()
+            .and_then(|s| s.tile_format.image_kind())
+            .unwrap_or(ImageKind::Png)
+    }
+
+    /// The image kind of a tile: sniffed, else the cache's format.
+    pub fn kind_of(&self, bytes: &[u8]) -> ImageKind {
+        sniff(bytes).unwrap_or_else(|| self.default_kind())
+    }
+
+    pub fn level_dir(&self, level: u8) -> PathBuf {
+        self.tiles_dir.join(exploded::level_dir(level))
+    }
+
+    /// Path of a bundle's `.bundle` file.
+    pub fn bundle_path(&self, id: &BundleId) -> PathBuf {
+        self.level_dir(id.level)
+            .join(format!("{}.bundle", exploded::bundle_base(id)))
+    }
+
+    /// Path of a bundle's lock file (as MapProxy names it).
+    pub fn lock_path(&self, id: &BundleId) -> PathBuf {
+        self.level_dir(id.level)
+            .join(format!("{}.lck", exploded::bundle_base(id)))
+    }
+
+    /// Levels that have a folder, ascending.
+    pub fn levels(&self) -> Result<Vec<u8>> {
+        let mut v: Vec<u8> = read_dir_names(&self.tiles_dir)?
+            .iter()
+            .filter(|n| n.starts_with('L'))
+            .filter_map(|n| exploded::parse_level_dir(n).ok())
+            .filter(|l| self.level_dir(*l).is_dir())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        Ok(v)
+    }
+
+    /// Bundles of a level (compact storage), from file names only.
+    pub fn bundles(&self, level: u8) -> Result<Vec<BundleId>> {
+        let mut v = Vec::new();
+        let dir = self.level_dir(level);
+        for n in read_dir_names(&dir)? {
+            if !n.ends_with(".bundle") {
+                continue;
+            }
+            match exploded::parse_bundle_file(&n) {
+                Ok((row0, col0, _)) => v.push(BundleId { level, row0, col0 }),
+                Err(e) => tracing::warn!("{}: skipping: {e}", dir.join(&n).display()),
+            }
+        }
+        v.sort_unstable();
+        Ok(v)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The mapped bundle `id`, reopened if another writer changed it; None if it doesn't exist.
+    pub fn bundle(&self, id: BundleId) -> Result<Option<Arc<BundleHandle>>> {
+        let cached = self.open.lock().unwrap().get(&id).cloned();
+        if let Some(c) = cached {
+            let now = self.now_ms();
+            let last = c.checked_ms.load(Ordering::Relaxed);
+            if now.saturating_sub(last) < self.opts.recheck.as_millis() as u64 {
+                return Ok(Some(c.handle.clone()));
+            }
+            if !c.handle.is_stale()? {
+                c.checked_ms.store(now, Ordering::Relaxed);
+                return Ok(Some(c.handle.clone()));
+            }
+            tracing::debug!("{}: changed on disk, remapping", c.handle.path.display());
+        }
+        self.open.lock().unwrap().pop(&id);
+        let path = self.bundle_path(&id);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let handle = Arc::new(match self.storage {
+            StorageFormat::CompactV1 => BundleHandle::open_v1(id, &path)?,
+            _ => BundleHandle::open_v2(id, &path)?,
+        });
+        let c = Arc::new(Cached {
+            handle: handle.clone(),
+            checked_ms: AtomicU64::new(self.now_ms()),
+        });
+        self.open.lock().unwrap().put(id, c);
+        Ok(Some(handle))
+    }
+
+    /// Forgets a mapped bundle so the next access maps the file anew.
+    pub fn invalidate(&self, id: &BundleId) {
+        self.open.lock().unwrap().pop(id);
+    }
+
+    /// Path of an exploded tile, if one exists (any known extension).
+    fn exploded_tile_path(&self, t: TileAddr) -> Option<PathBuf> {
+        let dir = self.level_dir(t.level).join(exploded::row_dir(t.row));
+        let first = self.default_kind().ext();
+        [first, "png", "jpg", "jpeg"]
+            .iter()
+            .map(|ext| dir.join(exploded::col_file(t.col, ext)))
+            .find(|p| p.is_file())
+    }
+
+    /// The tile's bytes, or None if the cache lacks it. A broken entry is an error naming file and entry.
+    pub fn tile(&self, t: TileAddr) -> Result<Option<TileBytes>> {
+        if self.storage == StorageFormat::Exploded {
+            return match self.exploded_tile_path(t) {
+                Some(p) => Ok(Some(TileBytes::owned(fs::read(&p).at(&p)?))),
+                None => Ok(None),
+            };
+        }
+        let Some(b) = self.bundle(t.bundle())? else {
+            return Ok(None);
+        };
+        Ok(b.tile_range(t.slot())?
+            .map(|r| TileBytes(Repr::Mapped(b, r))))
+    }
+
+    /// Rows of a level that hold at least one tile.
+    pub fn rows(&self, level: u8) -> Result<BTreeSet<u32>> {
+        let mut rows = BTreeSet::new();
+        if self.storage == StorageFormat::Exploded {
+            for n in read_dir_names(&self.level_dir(level))? {
+                if let Ok(r) = exploded::parse_row_dir(&n) {
+                    rows.insert(r);
+                }
+            }
+            return Ok(rows);
+        }
+        for id in self.bundles(level)? {
+            match self.bundle(id) {
+                Ok(Some(b)) => rows.extend(b.slots().into_iter().map(|(s, _)| id.row0 + s.row)),
+                Ok(None) => {}
+                Err(e) => tracing::error!("{e}"),
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Tiles of one row: (col, size in bytes), ascending by col.
+    pub fn cols(&self, level: u8, row: u32) -> Result<Vec<(u32, u64)>> {
+        let mut out = Vec::new();
+        if self.storage == StorageFormat::Exploded {
+            let dir = self.level_dir(level).join(exploded::row_dir(row));
+            for n in read_dir_names(&dir)? {
+                if let Ok((col, _)) = exploded::parse_col_file(&n) {
+                    let len = fs::metadata(dir.join(&n)).at(dir.join(&n))?.len();
+                    out.push((col, len));
+                }
+            }
+            out.sort_unstable();
+            return Ok(out);
+        }
+        let row0 = row - row % BUNDLE_DIM;
+        for id in self.bundles(level)?.into_iter().filter(|b| b.row0 == row0) {
+            let Some(b) = self.bundle(id)? else { continue };
+            out.extend(
+                b.slots()
+                    .into_iter()
+                    .filter(|(s, _)| s.row == row - row0)
+                    .map(|(s, size)| (id.col0 + s.col, u64::from(size))),
+            );
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Groups of tiles of a level, one per bundle (for exploded storage, the bundle they would form).
+    pub fn groups(&self, level: u8) -> Result<Vec<TileGroup>> {
+        if self.storage != StorageFormat::Exploded {
+            return Ok(self
+                .bundles(level)?
+                .into_iter()
+                .map(|id| TileGroup {
+                    id,
+                    files: Vec::new(),
+                })
+                .collect());
+        }
+        let mut map: BTreeMap<BundleId, Vec<(TileAddr, PathBuf)>> = BTreeMap::new();
+        let ldir = self.level_dir(level);
+        for rn in read_dir_names(&ldir)? {
+            let rdir = ldir.join(&rn);
+            if !rdir.is_dir() {
+                continue;
+            }
+            let row = exploded::parse_row_dir(&rn).in_file(&rdir)?;
+            for cn in read_dir_names(&rdir)? {
+                let p = rdir.join(&cn);
+                match exploded::parse_col_file(&cn) {
+                    Ok((col, _)) => {
+                        let t = TileAddr::new(level, row, col);
+                        map.entry(t.bundle()).or_default().push((t, p));
+                    }
+                    Err(e) if cn.starts_with('C') => return Err(Error::format(&p, e)),
+                    Err(_) => tracing::debug!("{}: not a tile, ignored", p.display()),
+                }
+            }
+        }
+        Ok(map
+            .into_iter()
+            .map(|(id, files)| TileGroup { id, files })
+            .collect())
+    }
+
+    /// Reads every tile of a group (in slot order for bundles). Any broken entry is an error.
+    pub fn read_group(&self, g: &TileGroup) -> Result<Vec<(TileAddr, TileBytes)>> {
+        if self.storage == StorageFormat::Exploded {
+            return g
+                .files
+                .iter()
+                .map(|(t, p)| Ok((*t, TileBytes::owned(fs::read(p).at(p)?))))
+                .collect();
+        }
+        let Some(b) = self.bundle(g.id)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for (slot, _) in b.slots() {
+            if let Some(r) = b.tile_range(slot)? {
+                out.push((g.id.tile(slot), TileBytes(Repr::Mapped(b.clone(), r))));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stats of one level.
+    pub fn level_stats(&self, level: u8) -> Result<LevelStats> {
+        let mut s = LevelStats::default();
+        if self.storage == StorageFormat::Exploded {
+            for g in self.groups(level)? {
+                s.bundles += 1;
+                for (_, p) in &g.files {
+                    let len = fs::metadata(p).at(p)?.len();
+                    s.tiles += 1;
+                    s.tile_bytes += len;
+                    s.file_bytes += len;
+                }
+            }
+            return Ok(s);
+        }
+        for id in self.bundles(level)? {
+            let Some(b) = self.bundle(id)? else { continue };
+            s.bundles += 1;
+            for (_, size) in b.slots() {
+                s.tiles += 1;
+                s.tile_bytes += u64::from(size);
+            }
+            s.file_bytes += b.file_bytes();
+            s.dead_bytes += b.dead_bytes();
+        }
+        Ok(s)
+    }
+
+    /// Writes tiles (the last of duplicates wins), grouped per bundle: one lock, one append, one index
+    /// update each. New bundles are created atomically under the lock.
+    pub fn write_tiles(&self, tiles: &[(TileAddr, &[u8])]) -> Result<WriteStats> {
+        let mut total = WriteStats::default();
+        if self.storage == StorageFormat::Exploded {
+            for (t, bytes) in tiles {
+                let dir = self.level_dir(t.level).join(exploded::row_dir(t.row));
+                fs::create_dir_all(&dir).at(&dir)?;
+                let ext = self.kind_of(bytes).ext();
+                let path = dir.join(exploded::col_file(t.col, ext));
+                write_atomic(&path, bytes, self.opts.durable)?;
+                total.tiles += 1;
+                total.bytes_written += bytes.len() as u64;
+            }
+            return Ok(total);
+        }
+        let mut groups: BTreeMap<BundleId, Vec<(Slot, &[u8])>> = BTreeMap::new();
+        for (t, bytes) in tiles {
+            groups
+                .entry(t.bundle())
+                .or_default()
+                .push((t.slot(), bytes));
+        }
+        for (id, group) in groups {
+            let st = self.write_bundle(id, &group)?;
+            total.tiles += st.tiles;
+            total.bytes_written += st.bytes_written;
+        }
+        Ok(total)
+    }
+
+    fn write_bundle(&self, id: BundleId, tiles: &[(Slot, &[u8])]) -> Result<WriteStats> {
+        let dir = self.level_dir(id.level);
+        fs::create_dir_all(&dir).at(&dir)?;
+        let _lock = BundleLock::acquire(&self.lock_path(&id), self.opts.lock_timeout)?;
+        let path = self.bundle_path(&id);
+        let rw = |p: &Path| fs::OpenOptions::new().read(true).write(true).open(p).at(p);
+        let mut created = 0u64;
+        let st = match self.storage {
+            StorageFormat::CompactV1 => {
+                let xpath = path.with_extension("bundlx");
+                if !path.exists() || !xpath.exists() {
+                    write_atomic(&xpath, &v1::empty_bundlx(), self.opts.durable)?;
+                    write_atomic(
+                        &path,
+                        &v1::empty_bundle(id.row0, id.col0),
+                        self.opts.durable,
+                    )?;
+                    created = (v1::BUNDLX_LEN as u64) + v1::DATA_START;
+                }
+                let (b, x) = (rw(&path)?, rw(&xpath)?);
+                v1::append_tiles(&b, &path, &x, &xpath, tiles, self.opts.durable)?
+            }
+            _ => {
+                if !path.exists() {
+                    write_atomic(&path, &v2::empty_bundle(), self.opts.durable)?;
+                    created = v2::DATA_START;
+                }
+                v2::append_tiles(&rw(&path)?, &path, tiles, self.opts.durable)?
+            }
+        };
+        self.invalidate(&id);
+        Ok(WriteStats {
+            tiles: st.tiles,
+            bytes_written: st.bytes_written + created,
+        })
+    }
+
+    /// Removes tiles (their bytes become dead space in compact bundles).
+    pub fn delete_tiles(&self, tiles: &[TileAddr]) -> Result<()> {
+        if self.storage == StorageFormat::Exploded {
+            for t in tiles {
+                if let Some(p) = self.exploded_tile_path(*t) {
+                    fs::remove_file(&p).at(&p)?;
+                }
+            }
+            return Ok(());
+        }
+        let mut groups: BTreeMap<BundleId, Vec<Slot>> = BTreeMap::new();
+        for t in tiles {
+            groups.entry(t.bundle()).or_default().push(t.slot());
+        }
+        for (id, slots) in groups {
+            let path = self.bundle_path(&id);
+            if !path.exists() {
+                continue;
+            }
+            let _lock = BundleLock::acquire(&self.lock_path(&id), self.opts.lock_timeout)?;
+            if self.storage == StorageFormat::CompactV1 {
+                let xpath = path.with_extension("bundlx");
+                let x = fs::OpenOptions::new().write(true).open(&xpath).at(&xpath)?;
+                v1::delete_tiles(&x, &xpath, &slots, self.opts.durable)?;
+            } else {
+                let f = fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .at(&path)?;
+                v2::delete_tiles(&f, &path, &slots, self.opts.durable)?;
+            }
+            self.invalidate(&id);
+        }
+        Ok(())
+    }
+}
+
+/// Tiles of one bundle (or, for exploded storage, the files that would form it).
+#[derive(Debug, Clone)]
+pub struct TileGroup {
+    pub id: BundleId,
+    pub(crate) files: Vec<(TileAddr, PathBuf)>,
+}
+
+impl TileGroup {
+    /// Number of tiles, if known without reading the bundle (exploded sources).
+    pub fn file_count(&self) -> usize {
+        self.files.len()
+    }
+}
+
+/// The full extent of a scheme's level-0 grid from its origin (used when no extent is given).
+pub fn scheme_extent(s: &TileScheme) -> Envelope {
+    if s.wkid == Some(102100) || s.wkid == Some(3857) || s.latest_wkid == Some(3857) {
+        let o = conf::WEB_MERCATOR_ORIGIN;
+        return Envelope {
+            xmin: -o,
+            ymin: -o,
+            xmax: o,
+            ymax: o,
+        };
+    }
+    let l = s.lods.first().map_or(1.0, |l| l.resolution);
+    let (w, h) = (f64::from(s.tile_cols) * l, f64::from(s.tile_rows) * l);
+    Envelope {
+        xmin: s.origin_x,
+        ymin: s.origin_y - h,
+        xmax: s.origin_x + w,
+        ymax: s.origin_y,
+    }
+}
+
+/// Storage of the files under `tiles_dir`, looking at the first level folder that holds anything.
+fn detect_storage(tiles_dir: &Path) -> Result<Option<StorageFormat>> {
+    let mut levels: Vec<String> = read_dir_names(tiles_dir)?
+        .into_iter()
+        .filter(|n| exploded::parse_level_dir(n).is_ok())
+        .collect();
+    levels.sort();
+    for l in levels {
+        let names = read_dir_names(&tiles_dir.join(&l))?;
+        if names.iter().any(|n| n.ends_with(".bundlx")) {
+            return Ok(Some(StorageFormat::CompactV1));
+        }
+        if names.iter().any(|n| n.ends_with(".bundle")) {
+            return Ok(Some(StorageFormat::CompactV2));
+        }
+        if names.iter().any(|n| exploded::parse_row_dir(n).is_ok()) {
+            return Ok(Some(StorageFormat::Exploded));
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,278 @@
+//! What each subcommand does, in terms of the library.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+
+use super::Command;
+use crate::cache::export::{export, ExportOptions, LevelRange};
+use crate::cache::verify::verify;
+use crate::cache::{Cache, LevelStats};
+use crate::format::conf::{StorageFormat, TileFormat, TileScheme};
+use crate::format::TileAddr;
+use crate::render::label::LabelSource;
+use crate::render::TileSource;
+
+pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Info { cache, json } => info(&cache, json),
+        Command::Verify { cache, decode } => {
+            let c = Cache::open(&cache)?;
+            let r = verify(&c, decode)?;
+            for p in &r.problems {
+                println!("BAD {p}");
+            }
+            for w in &r.warnings {
+                println!("WARN {w}");
+            }
+            println!(
+                "{}: {} levels, {} bundles, {} tiles checked{}; {} problem(s), {} warning(s)",
+                cache.display(),
+                r.levels,
+                r.bundles,
+                r.tiles,
+                if decode { " and decoded" } else { "" },
+                r.problems.len(),
+                r.warnings.len()
+            );
+            Ok(if r.problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Create {
+            dir,
+            scheme,
+            levels,
+            format,
+        } => {
+            let s = build_scheme(&scheme, levels, format.into())?;
+            Cache::create(&dir, &s, None)?;
+            println!(
+                "created {} ({} levels, {}, compact-v2)",
+                dir.display(),
+                s.lods.len(),
+                s.tile_format.name()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Export {
+            src,
+            dest,
+            storage,
+            levels,
+            no_sync,
+        } => {
+            let c = Cache::open(&src)?;
+            let opts = ExportOptions {
+                storage: storage.into(),
+                levels: levels.unwrap_or(LevelRange::ALL),
+                sync: !no_sync,
+            };
+            let bar = progress_bar();
+            let s = export(&c, &dest, &opts, &|n| bar.inc(n))?;
+            bar.finish_and_clear();
+            println!(
+                "exported {} tiles ({} bytes, {} bundles) from {} ({}) to {} ({}) in {:.2} s ({:.0} tiles/s)",
+                s.tiles,
+                s.bytes,
+                s.bundles,
+                src.display(),
+                c.storage(),
+                dest.display(),
+                opts.storage,
+                s.seconds,
+                s.tiles as f64 / s.seconds.max(1e-9)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sample {
+            dir,
+            levels,
+            format,
+        } => {
+            if levels.max > 10 {
+                bail!(
+                    "sample levels go up to 10 (4^level tiles each); got {}",
+                    levels.max
+                );
+            }
+            let format: TileFormat = format.into();
+            if format == TileFormat::Mixed {
+                bail!("a sample cache needs one image format (PNG… or JPEG), not MIXED");
+            }
+            let s = TileScheme::web_mercator(levels.max, format);
+            let c = Cache::create(&dir, &s, None)?;
+            let mut n = 0u64;
+            for level in levels.min..=levels.max {
+                let side = 1u32 << level;
+                let tiles: Vec<(TileAddr, Vec<u8>)> = (0..side)
+                    .flat_map(|row| (0..side).map(move |col| TileAddr::new(level, row, col)))
+                    .map(|t| {
+                        Ok((
+                            t,
+                            LabelSource
+                                .render(&s, t)?
+                                .context("label source drew nothing")?,
+                        ))
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                let refs: Vec<(TileAddr, &[u8])> =
+                    tiles.iter().map(|(t, b)| (*t, b.as_slice())).collect();
+                n += c.write_tiles(&refs)?.tiles as u64;
+            }
+            println!(
+                "wrote sample cache {} ({} labelled tiles, levels {}-{})",
+                dir.display(),
+                n,
+                levels.min,
+                levels.max
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {pos} tiles  {per_sec}  {elapsed_precise}")
+            .unwrap(),
+    );
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar
+}
+
+fn build_scheme(
+    scheme: &str,
+    levels: LevelRange,
+    format: TileFormat,
+) -> anyhow::Result<TileScheme> {
+    let mut s = if scheme == "web-mercator" {
+        if levels.max > 23 {
+            bail!("web-mercator has levels 0-23; got up to {}", levels.max);
+        }
+        TileScheme::web_mercator(levels.max, format.clone())
+    } else {
+        let bytes = std::fs::read(scheme)
+            .with_context(|| format!("{scheme}: cannot read tiling scheme"))?;
+        let conf =
+            TileScheme::parse_conf_xml(&bytes).map_err(|e| anyhow::anyhow!("{scheme}: {e}"))?;
+        conf.scheme
+    };
+    s.lods.retain(|l| levels.contains(l.level));
+    if s.lods.is_empty() {
+        bail!(
+            "no levels of the scheme fall in {}-{}",
+            levels.min,
+            levels.max
+        );
+    }
+    if s.tile_format != format {
+        s.compression_quality = if format == TileFormat::Jpeg || format == TileFormat::Mixed {
+            75
+        } else {
+            0
+        };
+    }
+    s.tile_format = format;
+    s.storage = StorageFormat::CompactV2;
+    s.packet_size = 128;
+    Ok(s)
+}
+
+fn info(path: &std::path::Path, as_json: bool) -> anyhow::Result<ExitCode> {
+    let c = Cache::open(path)?;
+    let mut levels = Vec::new();
+    for l in c.levels()? {
+        levels.push((l, c.level_stats(l)?));
+    }
+    let total = levels.iter().fold(LevelStats::default(), |mut a, (_, s)| {
+        a.bundles += s.bundles;
+        a.tiles += s.tiles;
+        a.tile_bytes += s.tile_bytes;
+        a.file_bytes += s.file_bytes;
+        a.dead_bytes += s.dead_bytes;
+        a
+    });
+    let scheme = c.scheme();
+    if as_json {
+        let v = json!({
+            "path": c.root(),
+            "layout": format!("{:?}", c.layout()),
+            "storage": c.storage().to_string(),
+            "scheme": scheme.map(|s| json!({
+                "wkid": s.wkid, "latestWkid": s.latest_wkid,
+                "origin": [s.origin_x, s.origin_y],
+                "tileSize": [s.tile_cols, s.tile_rows], "dpi": s.dpi,
+                "format": s.tile_format.name(), "compressionQuality": s.compression_quality,
+                "lods": s.lods.iter().map(|l| json!({"level": l.level, "scale": l.scale, "resolution": l.resolution})).collect::<Vec<_>>(),
+            })),
+            "extent": c.extent().map(|e| [e.xmin, e.ymin, e.xmax, e.ymax]),
+            "levels": levels.iter().map(|(l, s)| json!({
+                "level": l, "bundles": s.bundles, "tiles": s.tiles, "tileBytes": s.tile_bytes,
+                "fileBytes": s.file_bytes, "deadBytes": s.dead_bytes,
+            })).collect::<Vec<_>>(),
+            "total": {"bundles": total.bundles, "tiles": total.tiles, "tileBytes": total.tile_bytes,
+                      "fileBytes": total.file_bytes, "deadBytes": total.dead_bytes},
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("cache:    {} ({:?} layout)", c.root().display(), c.layout());
+    println!("storage:  {}", c.storage());
+    match scheme {
+        Some(s) => {
+            let sr = match (s.wkid, s.latest_wkid) {
+                (Some(a), Some(b)) if a != b => format!("WKID {a} (latest {b})"),
+                (Some(a), _) => format!("WKID {a}"),
+                _ => "WKT only".to_string(),
+            };
+            println!(
+                "scheme:   {sr}, origin ({}, {}), {}x{} px, {} DPI",
+                s.origin_x, s.origin_y, s.tile_cols, s.tile_rows, s.dpi
+            );
+            println!(
+                "format:   {} (quality {})",
+                s.tile_format.name(),
+                s.compression_quality
+            );
+            let (lo, hi) = (
+                s.lods.first().map_or(0, |l| l.level),
+                s.lods.last().map_or(0, |l| l.level),
+            );
+            println!("LODs:     {} (levels {lo}-{hi})", s.lods.len());
+        }
+        None => println!("scheme:   none (no conf.xml)"),
+    }
+    if let Some(e) = c.extent() {
+        println!("extent:   {} {} {} {}", e.xmin, e.ymin, e.xmax, e.ymax);
+    }
+    println!(
+        "{:>5} {:>18} {:>14} {:>8} {:>10} {:>14} {:>12}",
+        "level", "scale", "resolution", "bundles", "tiles", "bytes", "dead bytes"
+    );
+    for (l, s) in &levels {
+        let lod = scheme.and_then(|sc| sc.lod(*l));
+        println!(
+            "{:>5} {:>18} {:>14} {:>8} {:>10} {:>14} {:>12}",
+            l,
+            lod.map_or("-".into(), |x| format!("{:.3}", x.scale)),
+            lod.map_or("-".into(), |x| format!("{:.6}", x.resolution)),
+            s.bundles,
+            s.tiles,
+            s.file_bytes,
+            s.dead_bytes
+        );
+    }
+    println!(
+        "{:>5} {:>18} {:>14} {:>8} {:>10} {:>14} {:>12}",
+        "total", "", "", total.bundles, total.tiles, total.file_bytes, total.dead_bytes
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,139 @@
+//! The `bundlefs` command line: argument parsing (clap) and thin calls into the library.
+
+mod commands;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::cache::export::LevelRange;
+use crate::format::conf::{StorageFormat, TileFormat};
+
+/// Mount and convert Esri ArcGIS compact tile caches (Compact V1/V2, exploded).
+#[derive(Debug, Parser)]
+#[command(name = "bundlefs", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Storage formats, by bundlefs or ArcGIS name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StorageArg {
+    #[value(name = "exploded", alias = "EXPLODED")]
+    Exploded,
+    #[value(name = "compact-v1", alias = "COMPACT", alias = "compact")]
+    CompactV1,
+    #[value(name = "compact-v2", alias = "COMPACT_V2", alias = "compactv2")]
+    CompactV2,
+}
+
+impl From<StorageArg> for StorageFormat {
+    fn from(s: StorageArg) -> Self {
+        match s {
+            StorageArg::Exploded => StorageFormat::Exploded,
+            StorageArg::CompactV1 => StorageFormat::CompactV1,
+            StorageArg::CompactV2 => StorageFormat::CompactV2,
+        }
+    }
+}
+
+/// Tile image formats (conf.xml CacheTileFormat).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "UPPER")]
+pub enum FormatArg {
+    Png,
+    Png8,
+    Png24,
+    Png32,
+    Jpeg,
+    Mixed,
+}
+
+impl From<FormatArg> for TileFormat {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Png => TileFormat::Png,
+            FormatArg::Png8 => TileFormat::Png8,
+            FormatArg::Png24 => TileFormat::Png24,
+            FormatArg::Png32 => TileFormat::Png32,
+            FormatArg::Jpeg => TileFormat::Jpeg,
+            FormatArg::Mixed => TileFormat::Mixed,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show a cache's tiling scheme, storage and per-level bundles, tiles, bytes and dead bytes.
+    Info {
+        /// Cache folder (or its conf.xml).
+        cache: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every bundle index entry (inside the file, sizes sane); exit 1 naming each bad one.
+    Verify {
+        cache: PathBuf,
+        /// Also decode every tile image.
+        #[arg(long)]
+        decode: bool,
+    },
+    /// Create an empty ArcGIS-layout Compact V2 cache.
+    Create {
+        /// Folder to create.
+        dir: PathBuf,
+        /// `web-mercator` or a conf.xml file whose tiling scheme to use.
+        #[arg(long, default_value = "web-mercator")]
+        scheme: String,
+        /// Levels to include, e.g. 0-19.
+        #[arg(long, default_value = "0-19")]
+        levels: LevelRange,
+        /// Tile image format.
+        #[arg(long, value_enum, default_value = "PNG")]
+        format: FormatArg,
+    },
+    /// Convert a cache to another storage format into a new folder.
+    Export {
+        src: PathBuf,
+        dest: PathBuf,
+        /// Target storage: exploded, compact-v1, compact-v2 (ArcGIS names EXPLODED, COMPACT, COMPACT_V2).
+        #[arg(long, value_enum)]
+        storage: StorageArg,
+        /// Only these levels, e.g. 0-7.
+        #[arg(long)]
+        levels: Option<LevelRange>,
+        /// Skip the final flush to disk (faster; for scratch copies).
+        #[arg(long)]
+        no_sync: bool,
+    },
+    /// Write a small Compact V2 sample cache with labelled tiles drawn by bundlefs.
+    Sample {
+        dir: PathBuf,
+        /// Levels to fill (each level has 4^level tiles).
+        #[arg(long, default_value = "0-4")]
+        levels: LevelRange,
+        #[arg(long, value_enum, default_value = "PNG")]
+        format: FormatArg,
+    },
+}
+
+/// Parses arguments, runs the command, maps errors to a message and exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match commands::run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("bundlefs: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
