@@ -5,6 +5,7 @@ pub mod cache;
 pub mod cli;
 pub mod error;
 pub mod format;
+pub mod fs;
 pub mod render;
 
 pub use error::{Error, Result};

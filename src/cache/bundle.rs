@@ -30,6 +30,11 @@ impl FileStamp {
         }
     }
 
+    pub fn mtime(&self) -> std::time::SystemTime {
+        let ns = self.mtime_ns.max(0) as u128;
+        std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.min(u128::from(u64::MAX)) as u64)
+    }
+
     pub fn from_meta(m: &std::fs::Metadata) -> FileStamp {
         FileStamp {
             ino: m.ino(),
@@ -178,6 +183,19 @@ impl BundleHandle {
                     .collect(),
                 Err(_) => Vec::new(),
             },
+        }
+    }
+
+    /// The raw index value of every slot (V2: the 8-byte entry; V1: the 5-byte offset), for
+    /// telling which tiles another writer changed.
+    pub fn raw_entries(&self) -> Vec<u64> {
+        match &self.kind {
+            Kind::V2 => Slot::all()
+                .map(|s| crate::format::u64_at(&self.map, crate::format::v2::index_pos(s)))
+                .collect(),
+            Kind::V1 { bundlx, .. } => Slot::all()
+                .map(|s| crate::format::u40_at(bundlx, crate::format::v1::index_pos(s)))
+                .collect(),
         }
     }
 

@@ -69,12 +69,32 @@ pub struct TileBytes(Repr);
 #[derive(Clone)]
 enum Repr {
     Mapped(Arc<BundleHandle>, std::ops::Range<usize>),
-    Owned(Arc<Vec<u8>>),
+    Owned(Arc<Vec<u8>>, Option<std::time::SystemTime>),
 }
 
 impl TileBytes {
     pub fn owned(v: Vec<u8>) -> Self {
-        TileBytes(Repr::Owned(Arc::new(v)))
+        TileBytes(Repr::Owned(Arc::new(v), None))
+    }
+
+    fn file(v: Vec<u8>, mtime: Option<std::time::SystemTime>) -> Self {
+        TileBytes(Repr::Owned(Arc::new(v), mtime))
+    }
+
+    /// Modification time of what holds the tile (its bundle, or its file), if known.
+    pub fn mtime(&self) -> Option<std::time::SystemTime> {
+        match &self.0 {
+            Repr::Mapped(b, _) => Some(b.stamp.mtime()),
+            Repr::Owned(_, t) => *t,
+        }
+    }
+
+    /// The bundle the bytes are mapped from, if any.
+    pub fn bundle(&self) -> Option<&Arc<BundleHandle>> {
+        match &self.0 {
+            Repr::Mapped(b, _) => Some(b),
+            Repr::Owned(..) => None,
+        }
     }
 }
 
@@ -83,7 +103,7 @@ impl Deref for TileBytes {
     fn deref(&self) -> &[u8] {
         match &self.0 {
             Repr::Mapped(b, r) => b.bytes(r.clone()),
-            Repr::Owned(v) => v,
+            Repr::Owned(v, _) => v,
         }
     }
 }
@@ -109,6 +129,9 @@ pub struct LevelStats {
     pub dead_bytes: u64,
 }
 
+/// A level's bundle list and the level folder's stamp when it was read.
+type LevelListing = (FileStamp, Arc<Vec<BundleId>>);
+
 /// A tile cache folder.
 pub struct Cache {
     root: PathBuf,
@@ -119,6 +142,7 @@ pub struct Cache {
     cdi: Option<Vec<u8>>,
     opts: CacheOptions,
     open: Mutex<LruCache<BundleId, Arc<Cached>>>,
+    listings: Mutex<std::collections::HashMap<u8, LevelListing>>,
     epoch: Instant,
 }
 
@@ -245,6 +269,7 @@ impl Cache {
             cdi,
             opts,
             open: Mutex::new(LruCache::new(cap)),
+            listings: Mutex::new(Default::default()),
             epoch: Instant::now(),
         })
     }
@@ -337,10 +362,19 @@ impl Cache {
         Ok(v)
     }
 
-    /// Bundles of a level (compact storage), from file names only.
+    /// Bundles of a level (compact storage), from file names only; the listing is kept until the
+    /// level folder changes.
     pub fn bundles(&self, level: u8) -> Result<Vec<BundleId>> {
-        let mut v = Vec::new();
         let dir = self.level_dir(level);
+        let Some(stamp) = FileStamp::of(&dir)? else {
+            return Ok(Vec::new());
+        };
+        if let Some((s, v)) = self.listings.lock().unwrap().get(&level) {
+            if *s == stamp {
+                return Ok(v.as_ref().clone());
+            }
+        }
+        let mut v = Vec::new();
         for n in read_dir_names(&dir)? {
             if !n.ends_with(".bundle") {
                 continue;
@@ -351,6 +385,10 @@ impl Cache {
             }
         }
         v.sort_unstable();
+        self.listings
+            .lock()
+            .unwrap()
+            .insert(level, (stamp, Arc::new(v.clone())));
         Ok(v)
     }
 
@@ -409,7 +447,11 @@ impl Cache {
     pub fn tile(&self, t: TileAddr) -> Result<Option<TileBytes>> {
         if self.storage == StorageFormat::Exploded {
             return match self.exploded_tile_path(t) {
-                Some(p) => Ok(Some(TileBytes::owned(fs::read(&p).at(&p)?))),
+                Some(p) => {
+                    let bytes = fs::read(&p).at(&p)?;
+                    let mtime = fs::metadata(&p).and_then(|m| m.modified()).ok();
+                    Ok(Some(TileBytes::file(bytes, mtime)))
+                }
                 None => Ok(None),
             };
         }

@@ -89,6 +89,29 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Mount {
+            cache,
+            mountpoint,
+            options,
+            daemon,
+            ttl,
+            threads,
+            recheck,
+        } => {
+            let secs = |v: f64, what: &str| -> anyhow::Result<std::time::Duration> {
+                std::time::Duration::try_from_secs_f64(v)
+                    .map_err(|_| anyhow::anyhow!("--{what} must be >= 0 seconds"))
+            };
+            super::mount::run(super::mount::MountArgs {
+                cache,
+                mountpoint,
+                options,
+                daemon,
+                ttl: secs(ttl, "ttl")?,
+                threads,
+                recheck: secs(recheck, "recheck")?,
+            })
+        }
         Command::Sample {
             dir,
             levels,

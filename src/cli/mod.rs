@@ -1,6 +1,7 @@
 //! The `bundlefs` command line: argument parsing (clap) and thin calls into the library.
 
 mod commands;
+pub mod mount;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -109,6 +110,28 @@ pub enum Command {
         #[arg(long)]
         no_sync: bool,
     },
+    /// Mount a cache as an exploded tree (read-only); foreground unless --daemon.
+    Mount {
+        /// Cache folder (or its conf.xml).
+        cache: PathBuf,
+        /// Empty directory to mount on.
+        mountpoint: PathBuf,
+        /// Mount options, comma separated: ro, allow_other, allow_root, default_permissions (fstab words ignored).
+        #[arg(short = 'o', value_name = "OPTS")]
+        options: Vec<String>,
+        /// Return once the mount is live and keep serving in the background (prints the daemon's pid).
+        #[arg(long)]
+        daemon: bool,
+        /// Seconds the kernel may cache names and attributes.
+        #[arg(long, default_value_t = 3600.0)]
+        ttl: f64,
+        /// Session threads serving the kernel.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Seconds between checks for bundles changed by other writers.
+        #[arg(long, default_value_t = 1.0)]
+        recheck: f64,
+    },
     /// Write a small Compact V2 sample cache with labelled tiles drawn by bundlefs.
     Sample {
         dir: PathBuf,
@@ -122,9 +145,18 @@ pub enum Command {
 
 /// Parses arguments, runs the command, maps errors to a message and exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv: Vec<String> = std::env::args().collect();
+    let invoked_as = argv
+        .first()
+        .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())
+        .unwrap_or_default();
+    let cli = if invoked_as.starts_with("mount.") {
+        Cli::parse_from(mount::helper_args(&argv))
+    } else {
+        Cli::parse()
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fuser::session=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -242,6 +242,8 @@ pub struct ConfXml {
     pub scheme: TileScheme,
     raw: Vec<u8>,
     storage_span: Option<Range<usize>>,
+    /// Text of `CacheStorageInfo/PacketSize` (exploded caches often say 0; compact needs 128).
+    packet_span: Option<Range<usize>>,
     /// Byte position of `</CacheInfo>`, where a missing CacheStorageInfo is inserted.
     root_end: usize,
 }
@@ -251,14 +253,28 @@ impl ConfXml {
         &self.raw
     }
 
-    /// The same document with `StorageFormat` set to `storage` (added if absent); nothing else changes.
+    /// The same document with `StorageFormat` set to `storage` (added if absent); nothing else changes,
+    /// except a `PacketSize` other than 128 becomes 128 for compact storage (GDAL's ESRIC and ArcGIS
+    /// read compact caches with 128 only; exploded caches often say 0).
     pub fn with_storage(&self, storage: StorageFormat) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.raw.len() + 64);
         match &self.storage_span {
             Some(span) => {
-                out.extend_from_slice(&self.raw[..span.start]);
-                out.extend_from_slice(storage.esri_name().as_bytes());
-                out.extend_from_slice(&self.raw[span.end..]);
+                let mut edits = vec![(span.clone(), storage.esri_name())];
+                if let Some(p) = &self.packet_span {
+                    let text = String::from_utf8_lossy(&self.raw[p.clone()]);
+                    if storage != StorageFormat::Exploded && text.trim() != "128" {
+                        edits.push((p.clone(), "128"));
+                    }
+                }
+                edits.sort_by_key(|e| e.0.start);
+                let mut at = 0;
+                for (r, text) in edits {
+                    out.extend_from_slice(&self.raw[at..r.start]);
+                    out.extend_from_slice(text.as_bytes());
+                    at = r.end;
+                }
+                out.extend_from_slice(&self.raw[at..]);
             }
             None => {
                 out.extend_from_slice(&self.raw[..self.root_end]);
@@ -441,6 +457,7 @@ fn parse_conf(xml: &[u8]) -> Result<ConfXml, FormatError> {
         scheme,
         raw: xml.to_vec(),
         storage_span: storage_node.map(|n| n.1),
+        packet_span: get("CacheInfo/CacheStorageInfo/PacketSize").map(|n| n.1),
         root_end,
     })
 }

@@ -121,12 +121,13 @@ pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
 }
 
-pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
+/// A little-endian u64 at `at`.
+pub fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
 }
 
 /// A 5-byte little-endian integer (V1 `.bundlx` offsets).
-pub(crate) fn u40_at(b: &[u8], at: usize) -> u64 {
+pub fn u40_at(b: &[u8], at: usize) -> u64 {
     let mut x = [0u8; 8];
     x[..5].copy_from_slice(&b[at..at + 5]);
     u64::from_le_bytes(x)

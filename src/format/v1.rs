@@ -302,7 +302,9 @@ pub fn append_tiles(
     let mut records = Vec::new();
     let mut new_offsets = Vec::new();
     for (slot, tile) in tiles {
-        let size = super::v2::check_tile_size(tile.len()).in_file(bundle_path)?;
+        let size = super::v2::check_tile_size(tile.len())
+            .map_err(|e| bad_entry(*slot, e.to_string()))
+            .in_file(bundle_path)?;
         if tile.is_empty() {
             return Err(Error::invalid(format!(
                 "{}: refusing to store an empty tile",

@@ -339,7 +339,9 @@ pub fn append_tiles(
     let mut entries: Vec<(usize, u64)> = Vec::with_capacity(tiles.len());
     let mut max_tile = u32_at(&head, H_MAX_TILE);
     for (slot, tile) in tiles {
-        let size = check_tile_size(tile.len()).in_file(path)?;
+        let size = check_tile_size(tile.len())
+            .map_err(|e| bad_entry(*slot, e.to_string()))
+            .in_file(path)?;
         records.extend_from_slice(&size.to_le_bytes());
         let off = end + records.len() as u64;
         records.extend_from_slice(tile);

@@ -1,0 +1,369 @@
+//! `bundlefs mount`: option parsing (`-o` as from mount(8)/fstab), daemonising only once the mount is
+//! live, signal handling (SIGINT/SIGTERM/SIGHUP unmount cleanly) and the session itself.
+
+use std::io::Write;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use fuser::{Config, MountOption, SessionACL};
+
+use crate::cache::{Cache, CacheOptions};
+use crate::fs::fuse::{watch_changes, FuseFs, FuseOptions};
+use crate::fs::TreeFs;
+
+/// Parsed mount settings.
+#[derive(Debug, Clone)]
+pub struct MountArgs {
+    pub cache: PathBuf,
+    pub mountpoint: PathBuf,
+    pub options: Vec<String>,
+    pub daemon: bool,
+    pub ttl: Duration,
+    pub threads: usize,
+    pub recheck: Duration,
+}
+
+/// What `-o` said.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ParsedOptions {
+    pub read_only: bool,
+    pub acl: Acl,
+    pub default_permissions: bool,
+    pub passthrough: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Acl {
+    #[default]
+    Owner,
+    RootAndOwner,
+    All,
+}
+
+/// Parses `-o` values (each may be a comma list). fstab-only words are accepted and ignored.
+pub fn parse_options(opts: &[String]) -> anyhow::Result<ParsedOptions> {
+    let mut p = ParsedOptions {
+        read_only: true,
+        ..Default::default()
+    };
+    for word in opts
+        .iter()
+        .flat_map(|o| o.split(','))
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+    {
+        match word {
+            "ro" => p.read_only = true,
+            "rw" => bail!("-o rw: this build mounts read-only (write-back is not implemented yet); use -o ro"),
+            "allow_other" => p.acl = Acl::All,
+            "allow_root" => p.acl = Acl::RootAndOwner,
+            "default_permissions" => p.default_permissions = true,
+            "defaults" | "auto" | "noauto" | "user" | "users" | "nouser" | "_netdev" | "nofail" | "owner"
+            | "comment" => {}
+            w if w.starts_with("x-") || w.starts_with("comment=") => {}
+            "exec" | "noexec" | "suid" | "nosuid" | "dev" | "nodev" | "atime" | "noatime" | "sync" | "async"
+            | "dirsync" => p.passthrough.push(word.to_string()),
+            w => bail!("-o {w}: unknown mount option (known: ro, allow_other, allow_root, default_permissions)"),
+        }
+    }
+    Ok(p)
+}
+
+fn mount_option(word: &str) -> MountOption {
+    match word {
+        "exec" => MountOption::Exec,
+        "noexec" => MountOption::NoExec,
+        "suid" => MountOption::Suid,
+        "nosuid" => MountOption::NoSuid,
+        "dev" => MountOption::Dev,
+        "nodev" => MountOption::NoDev,
+        "atime" => MountOption::Atime,
+        "noatime" => MountOption::NoAtime,
+        "sync" => MountOption::Sync,
+        "async" => MountOption::Async,
+        "dirsync" => MountOption::DirSync,
+        other => MountOption::CUSTOM(other.to_string()),
+    }
+}
+
+const READY_FD_ENV: &str = "BUNDLEFS_READY_FD";
+
+/// Runs the mount: in the foreground, or (`--daemon`) in a child that reports back once live.
+pub fn run(args: MountArgs) -> anyhow::Result<ExitCode> {
+    let parsed = parse_options(&args.options)?;
+    if args.daemon && std::env::var_os(READY_FD_ENV).is_none() {
+        return daemonize(&args);
+    }
+    let ready = match std::env::var(READY_FD_ENV) {
+        Ok(fd) => {
+            let fd: i32 = fd.parse().context("bad BUNDLEFS_READY_FD")?;
+            std::env::remove_var(READY_FD_ENV);
+            // SAFETY: the parent passed us this descriptor for exactly this purpose.
+            Some(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+        }
+        Err(_) => None,
+    };
+    let result = serve(&args, &parsed, ready.as_ref());
+    if let (Err(e), Some(mut r)) = (&result, ready.as_ref()) {
+        let _ = writeln!(r, "error: {e:#}");
+    }
+    result
+}
+
+fn serve(
+    args: &MountArgs,
+    parsed: &ParsedOptions,
+    ready: Option<&std::fs::File>,
+) -> anyhow::Result<ExitCode> {
+    let cache = Cache::open_with(
+        &args.cache,
+        CacheOptions {
+            recheck: args.recheck,
+            ..Default::default()
+        },
+    )?;
+    if !args.mountpoint.is_dir() {
+        bail!(
+            "{}: mount point is not a directory",
+            args.mountpoint.display()
+        );
+    }
+    let tree = Arc::new(TreeFs::new(Arc::new(cache)));
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let fs = FuseFs::new(
+        tree.clone(),
+        FuseOptions {
+            ttl: args.ttl,
+            read_only: parsed.read_only,
+            uid,
+            gid,
+        },
+    );
+
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(format!("bundlefs:{}", args.cache.display())),
+        MountOption::Subtype("bundlefs".into()),
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    if parsed.read_only {
+        config.mount_options.push(MountOption::RO);
+    }
+    if parsed.default_permissions {
+        config.mount_options.push(MountOption::DefaultPermissions);
+    }
+    config
+        .mount_options
+        .extend(parsed.passthrough.iter().map(|w| mount_option(w)));
+    config.acl = match parsed.acl {
+        Acl::Owner => SessionACL::Owner,
+        Acl::RootAndOwner => SessionACL::RootAndOwner,
+        Acl::All => SessionACL::All,
+    };
+    config.n_threads = Some(args.threads.max(1));
+    config.clone_fd = args.threads > 1;
+
+    // Block the stop signals in every thread; one thread waits for them and unmounts.
+    let sigs = stop_signals();
+    // SAFETY: plain signal-mask call on an initialised set.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &sigs, std::ptr::null_mut()) };
+
+    let mut session = fuser::Session::new(fs, &args.mountpoint, &config).with_context(|| {
+        format!(
+            "mounting {} on {}",
+            args.cache.display(),
+            args.mountpoint.display()
+        )
+    })?;
+    tracing::info!(
+        "mounted {} on {}",
+        args.cache.display(),
+        args.mountpoint.display()
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let (tree, notifier, stop) = (tree.clone(), session.notifier(), stop.clone());
+        let every = args.recheck.max(Duration::from_millis(100));
+        std::thread::Builder::new()
+            .name("bundlefs-watch".into())
+            .spawn(move || watch_changes(tree, notifier, every, stop))?;
+    }
+    {
+        let mut unmounter = session.unmount_callable();
+        let mountpoint = args.mountpoint.clone();
+        std::thread::Builder::new()
+            .name("bundlefs-signals".into())
+            .spawn(move || {
+                let mut sig = 0;
+                // SAFETY: sigwait on the blocked set.
+                unsafe { libc::sigwait(&sigs, &mut sig) };
+                tracing::info!("signal {sig}: unmounting {}", mountpoint.display());
+                if let Err(e) = unmounter.unmount() {
+                    tracing::error!("unmounting {}: {e}", mountpoint.display());
+                }
+            })?;
+    }
+    if let Some(mut r) = ready {
+        let _ = r.write_all(b"ok\n");
+    }
+    let res = session.run();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    res.with_context(|| format!("serving {}", args.mountpoint.display()))?;
+    tracing::info!("unmounted {}", args.mountpoint.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stop_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a zeroed, then emptied, set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        set
+    }
+}
+
+/// Starts this same command in a new session without `--daemon` and waits until it says the mount
+/// is live (or why it failed).
+fn daemonize(args: &MountArgs) -> anyhow::Result<ExitCode> {
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 fills two descriptors.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("pipe");
+    }
+    // SAFETY: fresh descriptors from pipe2, owned here.
+    let (mut rd, wr) = unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    let exe = std::env::current_exe().context("finding the bundlefs executable")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("mount")
+        .arg(abs(&args.cache)?)
+        .arg(abs(&args.mountpoint)?);
+    for o in &args.options {
+        cmd.arg("-o").arg(o);
+    }
+    cmd.arg("--ttl").arg(args.ttl.as_secs_f64().to_string());
+    cmd.arg("--threads").arg(args.threads.to_string());
+    cmd.arg("--recheck")
+        .arg(args.recheck.as_secs_f64().to_string());
+    cmd.env(READY_FD_ENV, fds[1].to_string());
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    cmd.current_dir("/");
+    let wfd = fds[1];
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            libc::setsid();
+            // Keep the ready pipe open across exec.
+            let flags = libc::fcntl(wfd, libc::F_GETFD);
+            libc::fcntl(wfd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting the mount daemon")?;
+    drop(wr);
+    // One line: "ok" once the mount is live, or the error. The child keeps the pipe open while it
+    // serves, so read a line, not to the end.
+    let mut msg = String::new();
+    let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(&mut rd), &mut msg);
+    if msg.starts_with("ok") {
+        println!("{}", child.id());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let status = child.wait().ok();
+    let msg = msg.trim().trim_start_matches("error: ");
+    if msg.is_empty() {
+        bail!("mount daemon exited ({status:?}) before the mount was live");
+    }
+    bail!("{msg}")
+}
+
+fn abs(p: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(p).with_context(|| format!("{}: cannot make absolute", p.display()))
+}
+
+/// Arguments as mount(8) passes them to a `mount.fuse.bundlefs` helper: `SRC DIR [-o OPTS] [-n -s -v -f]`,
+/// turned into `bundlefs mount --daemon SRC DIR -o OPTS`.
+pub fn helper_args(argv: &[String]) -> Vec<String> {
+    let mut out = vec![
+        "bundlefs".to_string(),
+        "mount".to_string(),
+        "--daemon".to_string(),
+    ];
+    let mut it = argv.iter().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-o" => {
+                if let Some(o) = it.next() {
+                    out.push("-o".into());
+                    out.push(o.clone());
+                }
+            }
+            "-n" | "-s" | "-v" | "-f" => {}
+            _ => out.push(a.clone()),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options() {
+        let p = parse_options(&[
+            "ro,allow_other".into(),
+            "default_permissions,noauto,x-systemd.automount".into(),
+        ])
+        .unwrap();
+        assert!(p.read_only && p.default_permissions);
+        assert_eq!(p.acl, Acl::All);
+        assert!(parse_options(&["bogus".into()])
+            .unwrap_err()
+            .to_string()
+            .contains("bogus"));
+        assert!(parse_options(&["rw".into()]).is_err());
+    }
+
+    #[test]
+    fn helper() {
+        let a: Vec<String> = [
+            "mount.fuse.bundlefs",
+            "/c",
+            "/m",
+            "-o",
+            "ro,allow_other",
+            "-n",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            helper_args(&a),
+            [
+                "bundlefs",
+                "mount",
+                "--daemon",
+                "/c",
+                "/m",
+                "-o",
+                "ro,allow_other"
+            ]
+        );
+    }
+}

@@ -1,0 +1,352 @@
+//! The thin fuser adapter: each handler calls [`TreeFs`] and turns its answer into a reply.
+//! Kernel caching is set here: long TTLs, keep-cache, cached row listings, readdirplus, and
+//! invalidations pushed by a watcher thread when another writer changes a bundle.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, Notifier, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
+};
+
+use super::inode::{Node, ROOT_INO};
+use super::{Attr, DirEntry, Invalidation, Kind, TreeFs};
+use crate::Error;
+
+/// Mount-time settings of the adapter.
+#[derive(Debug, Clone)]
+pub struct FuseOptions {
+    /// Entry and attribute time-to-live given to the kernel.
+    pub ttl: Duration,
+    pub read_only: bool,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// fuser `Filesystem` over a [`TreeFs`].
+pub struct FuseFs {
+    fs: Arc<TreeFs>,
+    opts: FuseOptions,
+    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    next_fh: AtomicU64,
+}
+
+fn errno(e: &Error) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+impl FuseFs {
+    pub fn new(fs: Arc<TreeFs>, opts: FuseOptions) -> Self {
+        FuseFs {
+            fs,
+            opts,
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    fn attr(&self, a: &Attr) -> FileAttr {
+        let (kind, perm) = match a.kind {
+            Kind::Dir => (
+                FileType::Directory,
+                if self.opts.read_only { 0o555 } else { 0o755 },
+            ),
+            Kind::File => (
+                FileType::RegularFile,
+                if self.opts.read_only { 0o444 } else { 0o644 },
+            ),
+        };
+        FileAttr {
+            ino: INodeNo(a.ino),
+            size: a.size,
+            blocks: a.size.div_ceil(512),
+            atime: a.mtime,
+            mtime: a.mtime,
+            ctime: a.mtime,
+            crtime: a.mtime,
+            kind,
+            perm,
+            nlink: a.nlink,
+            uid: self.opts.uid,
+            gid: self.opts.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn listing(&self, ino: u64, fh: FileHandle) -> Result<Arc<Vec<DirEntry>>, Error> {
+        if let Some(l) = self.dirs.lock().unwrap().get(&fh.0) {
+            return Ok(l.clone());
+        }
+        Ok(Arc::new(self.fs.readdir(ino)?))
+    }
+
+    fn parent_of(&self, ino: u64) -> u64 {
+        match self.fs.inodes.node(ino) {
+            Some(Node::Row { level, .. }) => self.fs.ino(Node::Level(level)),
+            Some(Node::Level(_)) => self.fs.ino(self.fs.levels_parent()),
+            _ => ROOT_INO,
+        }
+    }
+}
+
+impl Filesystem for FuseFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        for flag in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+        ] {
+            if let Err(unsupported) = config.add_capabilities(flag) {
+                tracing::debug!("kernel lacks {unsupported:?}");
+            }
+        }
+        let _ = config.set_max_readahead(128 * 1024);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let Some(name) = name.to_str() else {
+            return reply.error(Errno::ENOENT);
+        };
+        match self.fs.lookup(parent.0, name) {
+            Ok(a) => reply.entry(&self.opts.ttl, &self.attr(&a), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(ino.0) {
+            Ok(a) => reply.attr(&self.opts.ttl, &self.attr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if self.opts.read_only && flags.acc_mode() != OpenAccMode::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        match self.fs.getattr(ino.0) {
+            Ok(a) if a.kind == Kind::File => {
+                reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
+            }
+            Ok(_) => reply.error(Errno::EISDIR),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.fs.read(ino.0, offset, size) {
+            Ok(b) => reply.data(b.bytes()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.readdir(ino.0) {
+            Ok(list) => {
+                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                self.dirs.lock().unwrap().insert(fh, Arc::new(list));
+                // Row folders change only through bundle changes, which the watcher invalidates.
+                let flags = match self.fs.inodes.node(ino.0) {
+                    Some(Node::Row { .. }) => {
+                        FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR
+                    }
+                    _ => FopenFlags::empty(),
+                };
+                reply.opened(FileHandle(fh), flags)
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let list = match self.listing(ino.0, fh) {
+            Ok(l) => l,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let dots = [(".", ino.0), ("..", self.parent_of(ino.0))];
+        for (i, (name, ino, kind)) in dots
+            .iter()
+            .map(|(n, i)| (*n, *i, FileType::Directory))
+            .chain(list.iter().map(|e| {
+                let k = if e.attr.kind == Kind::Dir {
+                    FileType::Directory
+                } else {
+                    FileType::RegularFile
+                };
+                (e.name.as_str(), e.attr.ino, k)
+            }))
+            .enumerate()
+            .skip(offset as usize)
+        {
+            if reply.add(INodeNo(ino), i as u64 + 1, kind, name) {
+                break;
+            }
+        }
+        reply.ok()
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let list = match self.listing(ino.0, fh) {
+            Ok(l) => l,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let me = match self.fs.getattr(ino.0) {
+            Ok(a) => a,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let dots = [
+            DirEntry {
+                name: ".".into(),
+                attr: me,
+            },
+            DirEntry {
+                name: "..".into(),
+                attr: me,
+            },
+        ];
+        for (i, e) in dots
+            .iter()
+            .chain(list.iter())
+            .enumerate()
+            .skip(offset as usize)
+        {
+            // Level folders are listed with a placeholder link count: give the kernel no TTL for them.
+            let ttl = if e.attr.kind == Kind::Dir && i >= 2 {
+                Duration::ZERO
+            } else {
+                self.opts.ttl
+            };
+            if reply.add(
+                INodeNo(e.attr.ino),
+                i as u64 + 1,
+                &e.name,
+                &ttl,
+                &self.attr(&e.attr),
+                Generation(0),
+            ) {
+                break;
+            }
+        }
+        reply.ok()
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: fuser::ReplyEmpty,
+    ) {
+        self.dirs.lock().unwrap().remove(&fh.0);
+        reply.ok()
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock: LockOwner,
+        reply: fuser::ReplyEmpty,
+    ) {
+        reply.ok()
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        _flush: bool,
+        reply: fuser::ReplyEmpty,
+    ) {
+        reply.ok()
+    }
+
+    // ENOSYS makes the kernel stop asking: no extended attributes, and permission checks are the
+    // kernel's own (with default_permissions) or none beyond the read-only mount.
+    fn access(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mask: fuser::AccessFlags,
+        reply: fuser::ReplyEmpty,
+    ) {
+        reply.error(Errno::ENOSYS)
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        reply.error(Errno::ENOSYS)
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::ENOSYS)
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.fs.statfs() {
+            Ok(s) => reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+            ),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}
+
+/// Sends the kernel what `TreeFs::poll_changes` finds, every `every`, until `stop` is set.
+pub fn watch_changes(fs: Arc<TreeFs>, notifier: Notifier, every: Duration, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(every);
+        for inv in fs.poll_changes() {
+            // ENOENT just means the kernel had nothing cached for it.
+            let _ = match inv {
+                Invalidation::Inode(ino) => notifier.inval_inode(INodeNo(ino), 0, -1),
+                Invalidation::Entry { parent, name } => {
+                    notifier.inval_entry(INodeNo(parent), OsStr::new(&name))
+                }
+            };
+        }
+    }
+}

@@ -1,0 +1,494 @@
+//! The exploded tree over a cache: what each path is, its attributes, its bytes and its listing.
+//! Plain methods returning plain types, so it is tested without a kernel; `fuse` adapts it to fuser.
+
+pub mod fuse;
+pub mod inode;
+
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use lru::LruCache;
+
+use self::inode::{Inodes, Node};
+use crate::cache::{BundleHandle, Cache, Layout, TileBytes};
+use crate::format::conf::StorageFormat;
+use crate::format::exploded;
+use crate::format::{BundleId, Slot, TileAddr};
+use crate::{Error, Result};
+
+/// File or directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+}
+
+/// Attributes of a node (the adapter adds owner and block counts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub nlink: u32,
+}
+
+/// One directory entry, with attributes for readdirplus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: String,
+    pub attr: Attr,
+}
+
+/// Something the kernel may have cached that is now wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidation {
+    /// Attributes and data of an inode.
+    Inode(u64),
+    /// A name in a directory.
+    Entry { parent: u64, name: String },
+}
+
+/// How many bundles are watched for foreign changes (those whose tiles the kernel may cache).
+const WATCHED_BUNDLES: usize = 4096;
+
+/// The exploded view of a cache.
+pub struct TreeFs {
+    cache: Arc<Cache>,
+    pub(crate) inodes: Inodes,
+    conf_xml: Option<Arc<Vec<u8>>>,
+    conf_cdi: Option<Arc<Vec<u8>>>,
+    mounted_at: SystemTime,
+    watched: Mutex<LruCache<BundleId, Arc<BundleHandle>>>,
+}
+
+fn not_found(what: impl std::fmt::Display) -> Error {
+    Error::NotFound(what.to_string())
+}
+
+impl TreeFs {
+    pub fn new(cache: Arc<Cache>) -> TreeFs {
+        let conf_xml = cache
+            .conf()
+            .map(|c| Arc::new(c.with_storage(StorageFormat::Exploded)));
+        let conf_cdi = cache.cdi().map(|b| Arc::new(b.to_vec()));
+        TreeFs {
+            cache,
+            inodes: Inodes::default(),
+            conf_xml,
+            conf_cdi,
+            mounted_at: SystemTime::now(),
+            watched: Mutex::new(LruCache::new(NonZeroUsize::new(WATCHED_BUNDLES).unwrap())),
+        }
+    }
+
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.cache
+    }
+
+    pub fn ino(&self, n: Node) -> u64 {
+        self.inodes.ino(n)
+    }
+
+    /// The node levels hang from: `_alllayers` in ArcGIS layout, the root in MapProxy layout.
+    pub(crate) fn levels_parent(&self) -> Node {
+        match self.cache.layout() {
+            Layout::ArcGis => Node::AllLayers,
+            Layout::MapProxy => Node::Root,
+        }
+    }
+
+    fn node(&self, ino: u64) -> Result<Node> {
+        self.inodes
+            .node(ino)
+            .ok_or_else(|| not_found(format!("inode {ino}")))
+    }
+
+    fn dir_mtime(&self, path: &std::path::Path) -> SystemTime {
+        std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .unwrap_or(self.mounted_at)
+    }
+
+    fn dir_attr(&self, n: Node, nlink: u32, mtime: SystemTime) -> Attr {
+        Attr {
+            ino: self.ino(n),
+            kind: Kind::Dir,
+            size: 0,
+            mtime,
+            nlink,
+        }
+    }
+
+    fn tile_attr(&self, t: TileAddr, bytes: &TileBytes) -> Attr {
+        Attr {
+            ino: self.ino(Node::Tile(t)),
+            kind: Kind::File,
+            size: bytes.len() as u64,
+            mtime: bytes.mtime().unwrap_or(self.mounted_at),
+            nlink: 1,
+        }
+    }
+
+    /// The tile's bytes, remembering its bundle for change watching. Errors are logged here, once,
+    /// naming the bundle: the caller turns them into EIO for this tile only.
+    fn tile(&self, t: TileAddr) -> Result<Option<TileBytes>> {
+        match self.cache.tile(t) {
+            Ok(Some(b)) => {
+                if let Some(h) = b.bundle() {
+                    // Keep the first handle seen: poll_changes diffs it against the file on disk.
+                    let mut w = self.watched.lock().unwrap();
+                    if w.get(&h.id).is_none() {
+                        w.put(h.id, h.clone());
+                    }
+                }
+                Ok(Some(b))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                tracing::error!("tile {t}: {e}");
+                Err(e)
+            }
+        }
+    }
+
+    fn level_exists(&self, level: u8) -> bool {
+        self.cache.level_dir(level).is_dir()
+    }
+
+    fn row_tiles(&self, level: u8, row: u32) -> Result<Vec<(u32, u64)>> {
+        self.cache.cols(level, row)
+    }
+
+    /// Looks a name up in a directory.
+    pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr> {
+        let p = self.node(parent)?;
+        let child = match p {
+            Node::Root if name == "conf.xml" && self.conf_xml.is_some() => Node::ConfXml,
+            Node::Root if name == "conf.cdi" && self.conf_cdi.is_some() => Node::ConfCdi,
+            Node::Root if name == "_alllayers" && self.cache.layout() == Layout::ArcGis => {
+                Node::AllLayers
+            }
+            n if n == self.levels_parent() => match exploded::parse_level_dir(name) {
+                Ok(l) if exploded::level_dir(l) == name && self.level_exists(l) => Node::Level(l),
+                _ => return Err(not_found(name)),
+            },
+            Node::Level(level) => match exploded::parse_row_dir(name) {
+                Ok(row) if exploded::row_dir(row) == name => Node::Row { level, row },
+                _ => return Err(not_found(name)),
+            },
+            Node::Row { level, row } => {
+                let (col, ext) = exploded::parse_col_file(name).map_err(|_| not_found(name))?;
+                let t = TileAddr::new(level, row, col);
+                let bytes = self.tile(t)?.ok_or_else(|| not_found(name))?;
+                if exploded::col_file(col, self.cache.kind_of(&bytes).ext()) != name
+                    || ext.is_empty()
+                {
+                    return Err(not_found(name));
+                }
+                return Ok(self.tile_attr(t, &bytes));
+            }
+            _ => return Err(not_found(name)),
+        };
+        // Rows exist only while they hold tiles.
+        if let Node::Row { level, row } = child {
+            if self.row_tiles(level, row)?.is_empty() {
+                return Err(not_found(name));
+            }
+        }
+        self.getattr(self.ino(child))
+    }
+
+    /// Attributes of an inode.
+    pub fn getattr(&self, ino: u64) -> Result<Attr> {
+        let n = self.node(ino)?;
+        let root_mtime = self.dir_mtime(self.cache.root());
+        Ok(match n {
+            Node::Root => {
+                let subdirs = match self.cache.layout() {
+                    Layout::ArcGis => 1,
+                    Layout::MapProxy => self.cache.levels()?.len() as u32,
+                };
+                self.dir_attr(n, 2 + subdirs, root_mtime)
+            }
+            Node::ConfXml | Node::ConfCdi => {
+                let (bytes, file) = if n == Node::ConfXml {
+                    (&self.conf_xml, "conf.xml")
+                } else {
+                    (&self.conf_cdi, "conf.cdi")
+                };
+                let b = bytes.as_ref().ok_or_else(|| not_found(file))?;
+                let mtime = std::fs::metadata(self.cache.root().join(file))
+                    .and_then(|m| m.modified())
+                    .unwrap_or(self.mounted_at);
+                Attr {
+                    ino,
+                    kind: Kind::File,
+                    size: b.len() as u64,
+                    mtime,
+                    nlink: 1,
+                }
+            }
+            Node::AllLayers => {
+                if self.cache.layout() != Layout::ArcGis {
+                    return Err(not_found("_alllayers"));
+                }
+                let levels = self.cache.levels()?.len() as u32;
+                self.dir_attr(n, 2 + levels, self.dir_mtime(self.cache.tiles_dir()))
+            }
+            Node::Level(l) => {
+                if !self.level_exists(l) {
+                    return Err(not_found(exploded::level_dir(l)));
+                }
+                let rows = self.cache.rows(l)?.len() as u32;
+                self.dir_attr(n, 2 + rows, self.dir_mtime(&self.cache.level_dir(l)))
+            }
+            Node::Row { level, row } => {
+                if self.row_tiles(level, row)?.is_empty() {
+                    return Err(not_found(exploded::row_dir(row)));
+                }
+                self.dir_attr(n, 2, self.dir_mtime(&self.cache.level_dir(level)))
+            }
+            Node::Tile(t) => {
+                let b = self.tile(t)?.ok_or_else(|| not_found(t))?;
+                self.tile_attr(t, &b)
+            }
+        })
+    }
+
+    /// Up to `size` bytes of a file from `offset`.
+    pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<FileBytes> {
+        let n = self.node(ino)?;
+        let whole: FileBytes = match n {
+            Node::ConfXml => {
+                FileBytes::Shared(self.conf_xml.clone().ok_or_else(|| not_found("conf.xml"))?)
+            }
+            Node::ConfCdi => {
+                FileBytes::Shared(self.conf_cdi.clone().ok_or_else(|| not_found("conf.cdi"))?)
+            }
+            Node::Tile(t) => FileBytes::Tile(self.tile(t)?.ok_or_else(|| not_found(t))?),
+            _ => {
+                return Err(Error::Io {
+                    path: "".into(),
+                    source: std::io::Error::from_raw_os_error(libc::EISDIR),
+                })
+            }
+        };
+        Ok(whole.window(offset, size))
+    }
+
+    /// The entries of a directory (without `.` and `..`), sorted by name.
+    pub fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>> {
+        let n = self.node(ino)?;
+        let mut out = Vec::new();
+        let mut push_dir = |name: String, child: Node| -> Result<()> {
+            match self.getattr(self.ino(child)) {
+                Ok(attr) => out.push(DirEntry { name, attr }),
+                Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+            Ok(())
+        };
+        if n == Node::Root {
+            if self.conf_xml.is_some() {
+                push_dir("conf.xml".into(), Node::ConfXml)?;
+            }
+            if self.conf_cdi.is_some() {
+                push_dir("conf.cdi".into(), Node::ConfCdi)?;
+            }
+            if self.cache.layout() == Layout::ArcGis {
+                push_dir("_alllayers".into(), Node::AllLayers)?;
+            }
+        }
+        match n {
+            n if n == self.levels_parent() => {
+                for l in self.cache.levels()? {
+                    let mtime = self.dir_mtime(&self.cache.level_dir(l));
+                    // nlink of a level needs its rows; readdirplus callers get it from getattr later.
+                    out.push(DirEntry {
+                        name: exploded::level_dir(l),
+                        attr: self.dir_attr(Node::Level(l), 2, mtime),
+                    });
+                }
+            }
+            Node::Level(level) => {
+                if !self.level_exists(level) {
+                    return Err(not_found(exploded::level_dir(level)));
+                }
+                let mtime = self.dir_mtime(&self.cache.level_dir(level));
+                for row in self.cache.rows(level)? {
+                    out.push(DirEntry {
+                        name: exploded::row_dir(row),
+                        attr: self.dir_attr(Node::Row { level, row }, 2, mtime),
+                    });
+                }
+            }
+            Node::Row { level, row } => {
+                for (col, _) in self.row_tiles(level, row)? {
+                    let t = TileAddr::new(level, row, col);
+                    match self.tile(t) {
+                        Ok(Some(b)) => out.push(DirEntry {
+                            name: exploded::col_file(col, self.cache.kind_of(&b).ext()),
+                            attr: self.tile_attr(t, &b),
+                        }),
+                        Ok(None) => {}
+                        // A broken entry stays listed (reads of it give EIO), the rest keep working.
+                        Err(_) => out.push(DirEntry {
+                            name: exploded::col_file(col, self.cache.default_kind().ext()),
+                            attr: Attr {
+                                ino: self.ino(Node::Tile(t)),
+                                kind: Kind::File,
+                                size: 0,
+                                mtime: self.mounted_at,
+                                nlink: 1,
+                            },
+                        }),
+                    }
+                }
+            }
+            Node::Root => {}
+            _ => {
+                return Err(Error::Io {
+                    path: "".into(),
+                    source: std::io::Error::from_raw_os_error(libc::ENOTDIR),
+                })
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Checks the watched bundles for changes by other writers and says what the kernel must forget.
+    pub fn poll_changes(&self) -> Vec<Invalidation> {
+        let watched: Vec<(BundleId, Arc<BundleHandle>)> = self
+            .watched
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        let mut out = Vec::new();
+        for (id, old) in watched {
+            match old.is_stale() {
+                Ok(false) => continue,
+                Ok(true) => {}
+                Err(e) => tracing::warn!("{e}"),
+            }
+            self.cache.invalidate(&id);
+            let new = match self.cache.bundle(id) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!("bundle changed and is now unreadable: {e}");
+                    None
+                }
+            };
+            let before = old.raw_entries();
+            let after = new.as_ref().map(|b| b.raw_entries());
+            let mut rows_changed = std::collections::BTreeSet::new();
+            for (i, slot) in Slot::all().enumerate() {
+                if after.as_ref().is_some_and(|a| a[i] == before[i]) {
+                    continue;
+                }
+                let t = id.tile(slot);
+                let row_ino = self.ino(Node::Row {
+                    level: t.level,
+                    row: t.row,
+                });
+                out.push(Invalidation::Inode(self.ino(Node::Tile(t))));
+                for ext in ["png", "jpg"] {
+                    out.push(Invalidation::Entry {
+                        parent: row_ino,
+                        name: exploded::col_file(t.col, ext),
+                    });
+                }
+                rows_changed.insert(t.row);
+            }
+            for row in rows_changed {
+                let level_ino = self.ino(Node::Level(id.level));
+                out.push(Invalidation::Inode(self.ino(Node::Row {
+                    level: id.level,
+                    row,
+                })));
+                out.push(Invalidation::Entry {
+                    parent: level_ino,
+                    name: exploded::row_dir(row),
+                });
+                out.push(Invalidation::Inode(level_ino));
+            }
+            let mut w = self.watched.lock().unwrap();
+            match new {
+                Some(n) => {
+                    w.put(id, n);
+                }
+                None => {
+                    w.pop(&id);
+                }
+            }
+        }
+        out
+    }
+
+    /// Space figures of the file system holding the cache.
+    pub fn statfs(&self) -> Result<StatFs> {
+        let path = self.cache.root();
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| Error::invalid("cache path holds a NUL byte"))?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: valid C string and out-pointer.
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return Err(Error::io(path, std::io::Error::last_os_error()));
+        }
+        Ok(StatFs {
+            blocks: st.f_blocks as u64,
+            bfree: st.f_bfree as u64,
+            bavail: st.f_bavail as u64,
+            files: st.f_files as u64,
+            ffree: st.f_ffree as u64,
+            bsize: st.f_bsize as u32,
+            frsize: st.f_frsize as u32,
+            namelen: 255,
+        })
+    }
+}
+
+/// `statfs` answer.
+#[derive(Debug, Clone, Copy)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub frsize: u32,
+    pub namelen: u32,
+}
+
+/// Bytes of a file, without copying: a tile slice or a shared buffer, windowed.
+pub enum FileBytes {
+    Tile(TileBytes),
+    Shared(Arc<Vec<u8>>),
+    Window(Box<FileBytes>, std::ops::Range<usize>),
+}
+
+impl FileBytes {
+    fn full(&self) -> &[u8] {
+        match self {
+            FileBytes::Tile(t) => t,
+            FileBytes::Shared(v) => v,
+            FileBytes::Window(inner, r) => &inner.full()[r.clone()],
+        }
+    }
+
+    fn window(self, offset: u64, size: u32) -> FileBytes {
+        let len = self.full().len();
+        let start = (offset.min(len as u64)) as usize;
+        let end = (start + size as usize).min(len);
+        FileBytes::Window(Box::new(self), start..end)
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        self.full()
+    }
+}
