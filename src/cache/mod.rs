@@ -458,8 +458,21 @@ impl Cache {
         let Some(b) = self.bundle(t.bundle())? else {
             return Ok(None);
         };
-        Ok(b.tile_range(t.slot())?
-            .map(|r| TileBytes(Repr::Mapped(b, r))))
+        match b.tile_range(t.slot()) {
+            Ok(r) => Ok(r.map(|r| TileBytes(Repr::Mapped(b, r)))),
+            // Another writer may have appended since the map was made (the index is shared with
+            // the file, the map length is not): remap once before calling the entry bad.
+            Err(e) if b.is_stale().unwrap_or(false) => {
+                tracing::debug!("{e}; bundle changed on disk, remapping");
+                self.invalidate(&t.bundle());
+                let Some(b) = self.bundle(t.bundle())? else {
+                    return Ok(None);
+                };
+                Ok(b.tile_range(t.slot())?
+                    .map(|r| TileBytes(Repr::Mapped(b, r))))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Rows of a level that hold at least one tile.
@@ -527,7 +540,7 @@ impl Cache {
         let ldir = self.level_dir(level);
         for rn in read_dir_names(&ldir)? {
             let rdir = ldir.join(&rn);
-            if !rdir.is_dir() {
+            if !rn.starts_with('R') || !rdir.is_dir() {
                 continue;
             }
             let row = exploded::parse_row_dir(&rn).in_file(&rdir)?;
@@ -631,6 +644,28 @@ impl Cache {
 
     fn write_bundle(&self, id: BundleId, tiles: &[(Slot, &[u8])]) -> Result<WriteStats> {
         let dir = self.level_dir(id.level);
+        // Refuse bad tiles before anything (even a new empty bundle) is written.
+        for (slot, bytes) in tiles {
+            let t = id.tile(*slot);
+            if bytes.is_empty() {
+                return Err(Error::invalid(format!(
+                    "tile {t}: refusing to store an empty tile"
+                )));
+            }
+            if bytes.len() > crate::format::MAX_TILE_SIZE {
+                return Err(Error::format(
+                    self.bundle_path(&id),
+                    crate::format::FormatError::BadEntry {
+                        row: slot.row,
+                        col: slot.col,
+                        msg: format!(
+                            "tile {t} of {} bytes is larger than a bundle can hold (2^24-1)",
+                            bytes.len()
+                        ),
+                    },
+                ));
+            }
+        }
         fs::create_dir_all(&dir).at(&dir)?;
         let _lock = BundleLock::acquire(&self.lock_path(&id), self.opts.lock_timeout)?;
         let path = self.bundle_path(&id);
@@ -647,6 +682,7 @@ impl Cache {
                         self.opts.durable,
                     )?;
                     created = (v1::BUNDLX_LEN as u64) + v1::DATA_START;
+                    self.listings.lock().unwrap().remove(&id.level);
                 }
                 let (b, x) = (rw(&path)?, rw(&xpath)?);
                 v1::append_tiles(&b, &path, &x, &xpath, tiles, self.opts.durable)?
@@ -655,6 +691,8 @@ impl Cache {
                 if !path.exists() {
                     write_atomic(&path, &v2::empty_bundle(), self.opts.durable)?;
                     created = v2::DATA_START;
+                    // Coarse folder mtimes must not hide the new bundle from listings.
+                    self.listings.lock().unwrap().remove(&id.level);
                 }
                 v2::append_tiles(&rw(&path)?, &path, tiles, self.opts.durable)?
             }

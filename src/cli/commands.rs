@@ -97,6 +97,7 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             ttl,
             threads,
             recheck,
+            log_file,
         } => {
             let secs = |v: f64, what: &str| -> anyhow::Result<std::time::Duration> {
                 std::time::Duration::try_from_secs_f64(v)
@@ -110,6 +111,7 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 ttl: secs(ttl, "ttl")?,
                 threads,
                 recheck: secs(recheck, "recheck")?,
+                log_file,
             })
         }
         Command::Sample {

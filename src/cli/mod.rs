@@ -131,6 +131,9 @@ pub enum Command {
         /// Seconds between checks for bundles changed by other writers.
         #[arg(long, default_value_t = 1.0)]
         recheck: f64,
+        /// With --daemon: append the daemon's log (RUST_LOG levels) to this file.
+        #[arg(long)]
+        log_file: Option<PathBuf>,
     },
     /// Write a small Compact V2 sample cache with labelled tiles drawn by bundlefs.
     Sample {

@@ -26,6 +26,8 @@ pub struct MountArgs {
     pub ttl: Duration,
     pub threads: usize,
     pub recheck: Duration,
+    /// Where a daemon writes its log (default: nowhere, so no terminal stays attached).
+    pub log_file: Option<PathBuf>,
 }
 
 /// What `-o` said.
@@ -260,8 +262,19 @@ fn daemonize(args: &MountArgs) -> anyhow::Result<ExitCode> {
     cmd.arg("--recheck")
         .arg(args.recheck.as_secs_f64().to_string());
     cmd.env(READY_FD_ENV, fds[1].to_string());
+    let log = match &args.log_file {
+        Some(p) => std::process::Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("{}: cannot open log file", p.display()))?,
+        ),
+        None => std::process::Stdio::null(),
+    };
     cmd.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null());
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
     cmd.current_dir("/");
     let wfd = fds[1];
     // SAFETY: only async-signal-safe calls between fork and exec.

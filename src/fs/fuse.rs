@@ -340,13 +340,19 @@ pub fn watch_changes(fs: Arc<TreeFs>, notifier: Notifier, every: Duration, stop:
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(every);
         for inv in fs.poll_changes() {
-            // ENOENT just means the kernel had nothing cached for it.
-            let _ = match inv {
-                Invalidation::Inode(ino) => notifier.inval_inode(INodeNo(ino), 0, -1),
+            let res = match &inv {
+                Invalidation::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, -1),
                 Invalidation::Entry { parent, name } => {
-                    notifier.inval_entry(INodeNo(parent), OsStr::new(&name))
+                    notifier.inval_entry(INodeNo(*parent), OsStr::new(name))
                 }
             };
+            // ENOENT just means the kernel had nothing cached for it.
+            match res {
+                Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
+                    tracing::warn!("invalidating {inv:?}: {e}")
+                }
+                _ => tracing::trace!("invalidated {inv:?}"),
+            }
         }
     }
 }

@@ -14,7 +14,7 @@ use self::inode::{Inodes, Node};
 use crate::cache::{BundleHandle, Cache, Layout, TileBytes};
 use crate::format::conf::StorageFormat;
 use crate::format::exploded;
-use crate::format::{BundleId, Slot, TileAddr};
+use crate::format::{BundleId, TileAddr};
 use crate::{Error, Result};
 
 /// File or directory.
@@ -53,6 +53,27 @@ pub enum Invalidation {
 /// How many bundles are watched for foreign changes (those whose tiles the kernel may cache).
 const WATCHED_BUNDLES: usize = 4096;
 
+/// A bundle whose tiles the kernel may cache: the handle seen (its stamp) and a digest of each
+/// row of its index at that time. The map itself shows later index writes, so the digests are what
+/// tells which rows another writer changed (1 KiB per bundle instead of a 128 KiB index copy).
+#[derive(Clone)]
+struct Watched {
+    handle: Arc<BundleHandle>,
+    rows: Arc<Vec<u64>>,
+}
+
+fn row_digests(h: &BundleHandle) -> Vec<u64> {
+    use std::hash::{Hash, Hasher};
+    h.raw_entries()
+        .chunks(crate::format::BUNDLE_DIM as usize)
+        .map(|row| {
+            let mut d = std::collections::hash_map::DefaultHasher::new();
+            row.hash(&mut d);
+            d.finish()
+        })
+        .collect()
+}
+
 /// The exploded view of a cache.
 pub struct TreeFs {
     cache: Arc<Cache>,
@@ -60,7 +81,7 @@ pub struct TreeFs {
     conf_xml: Option<Arc<Vec<u8>>>,
     conf_cdi: Option<Arc<Vec<u8>>>,
     mounted_at: SystemTime,
-    watched: Mutex<LruCache<BundleId, Arc<BundleHandle>>>,
+    watched: Mutex<LruCache<BundleId, Watched>>,
 }
 
 fn not_found(what: impl std::fmt::Display) -> Error {
@@ -137,10 +158,14 @@ impl TreeFs {
         match self.cache.tile(t) {
             Ok(Some(b)) => {
                 if let Some(h) = b.bundle() {
-                    // Keep the first handle seen: poll_changes diffs it against the file on disk.
-                    let mut w = self.watched.lock().unwrap();
-                    if w.get(&h.id).is_none() {
-                        w.put(h.id, h.clone());
+                    // Keep the first handle seen: poll_changes compares it with the file on disk.
+                    let known = self.watched.lock().unwrap().get(&h.id).is_some();
+                    if !known {
+                        let w = Watched {
+                            handle: h.clone(),
+                            rows: Arc::new(row_digests(h)),
+                        };
+                        self.watched.lock().unwrap().put(h.id, w);
                     }
                 }
                 Ok(Some(b))
@@ -361,7 +386,7 @@ impl TreeFs {
 
     /// Checks the watched bundles for changes by other writers and says what the kernel must forget.
     pub fn poll_changes(&self) -> Vec<Invalidation> {
-        let watched: Vec<(BundleId, Arc<BundleHandle>)> = self
+        let watched: Vec<(BundleId, Watched)> = self
             .watched
             .lock()
             .unwrap()
@@ -370,7 +395,7 @@ impl TreeFs {
             .collect();
         let mut out = Vec::new();
         for (id, old) in watched {
-            match old.is_stale() {
+            match old.handle.is_stale() {
                 Ok(false) => continue,
                 Ok(true) => {}
                 Err(e) => tracing::warn!("{e}"),
@@ -383,33 +408,28 @@ impl TreeFs {
                     None
                 }
             };
-            let before = old.raw_entries();
-            let after = new.as_ref().map(|b| b.raw_entries());
-            let mut rows_changed = std::collections::BTreeSet::new();
-            for (i, slot) in Slot::all().enumerate() {
-                if after.as_ref().is_some_and(|a| a[i] == before[i]) {
+            let after = new.as_ref().map(|b| row_digests(b));
+            let level_ino = self.ino(Node::Level(id.level));
+            for (r, before) in old.rows.iter().enumerate() {
+                if after.as_ref().is_some_and(|a| a[r] == *before) {
                     continue;
                 }
-                let t = id.tile(slot);
+                let row = id.row0 + r as u32;
                 let row_ino = self.ino(Node::Row {
-                    level: t.level,
-                    row: t.row,
-                });
-                out.push(Invalidation::Inode(self.ino(Node::Tile(t))));
-                for ext in ["png", "jpg"] {
-                    out.push(Invalidation::Entry {
-                        parent: row_ino,
-                        name: exploded::col_file(t.col, ext),
-                    });
-                }
-                rows_changed.insert(t.row);
-            }
-            for row in rows_changed {
-                let level_ino = self.ino(Node::Level(id.level));
-                out.push(Invalidation::Inode(self.ino(Node::Row {
                     level: id.level,
                     row,
-                })));
+                });
+                for c in 0..crate::format::BUNDLE_DIM {
+                    let t = TileAddr::new(id.level, row, id.col0 + c);
+                    out.push(Invalidation::Inode(self.ino(Node::Tile(t))));
+                    for ext in ["png", "jpg"] {
+                        out.push(Invalidation::Entry {
+                            parent: row_ino,
+                            name: exploded::col_file(t.col, ext),
+                        });
+                    }
+                }
+                out.push(Invalidation::Inode(row_ino));
                 out.push(Invalidation::Entry {
                     parent: level_ino,
                     name: exploded::row_dir(row),
@@ -417,11 +437,17 @@ impl TreeFs {
                 out.push(Invalidation::Inode(level_ino));
             }
             let mut w = self.watched.lock().unwrap();
-            match new {
-                Some(n) => {
-                    w.put(id, n);
+            match (new, after) {
+                (Some(handle), Some(rows)) => {
+                    w.put(
+                        id,
+                        Watched {
+                            handle,
+                            rows: Arc::new(rows),
+                        },
+                    );
                 }
-                None => {
+                _ => {
                     w.pop(&id);
                 }
             }

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Export benchmark: bundlefs against MapProxy on a MapProxy-seeded cache of levels 0-7
+# (21845 PNG tiles, Web Mercator).
+#
+# Usage: scripts/bench-export.sh [FIXTURE_DIR]
+#   FIXTURE_DIR: an existing `scripts/mapproxy-fixture.sh FIXTURE_DIR 7` output (v2/, arcgis/);
+#   seeded into a temporary folder when not given. Work folders are created beside it (same disk).
+#
+# Times, best of 3 each, page cache dropped before every run when running as root:
+#   (a) MapProxy:  mapproxy-util export --type arcgis   compact-v2 -> exploded
+#   (b) bundlefs:  bundlefs export --storage exploded   compact-v2 -> exploded (default: final sync)
+#   (c) bundlefs:  compact-v2 -> compact-v1, exploded -> compact-v2
+# and reports peak RSS (GNU time -v; the largest process for MapProxy's workers).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+MAXLEVEL=7
+TILES=21845 # 4^0 + ... + 4^7
+RUNS=${RUNS:-3}
+CONCURRENCY=2 # MapProxy workers; bundlefs uses one rayon thread per core (2 here)
+
+say() { printf '==> %s\n' "$*" >&2; }
+calc() { awk "BEGIN { printf \"%.6f\", $* }"; } # arithmetic without bc
+
+if [[ ! -x /usr/bin/time ]]; then
+    say "installing GNU time (for peak RSS)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends time
+fi
+command -v mapproxy-util >/dev/null || { echo "bench: mapproxy-util missing (apt-get install mapproxy python3-yaml)" >&2; exit 1; }
+
+say "cargo build --release"
+cargo build --release --quiet
+BIN=$repo/target/release/bundlefs
+
+cleanup_dirs=()
+cleanup() { ((${#cleanup_dirs[@]})) && rm -rf "${cleanup_dirs[@]}"; return 0; }
+trap cleanup EXIT
+
+if [[ -n ${1:-} ]]; then
+    fixture=$(cd "$1" && pwd)
+    [[ -d $fixture/v2/L07 ]] || { echo "bench: $fixture/v2 is not a level 0-7 MapProxy fixture" >&2; exit 1; }
+    work=$(mktemp -d "$(dirname "$fixture")/bundlefs-bench.XXXXXX")
+    cleanup_dirs+=("$work")
+else
+    work=$(mktemp -d "${TMPDIR:-/tmp}/bundlefs-bench.XXXXXX")
+    cleanup_dirs+=("$work")
+    fixture=$work/fixture
+    say "seeding MapProxy fixture (levels 0-$MAXLEVEL, $TILES tiles) in $fixture"
+    t0=$(date +%s.%N)
+    bash scripts/mapproxy-fixture.sh "$fixture" "$MAXLEVEL" png
+    say "seeded in $(calc "$(date +%s.%N) - $t0") s"
+fi
+src=$fixture/v2
+n=$(find "$fixture/arcgis" -type f | wc -l)
+[[ $n == "$TILES" ]] || { echo "bench: fixture holds $n tiles, expected $TILES" >&2; exit 1; }
+
+# MapProxy configuration: the v2 bundles as a read-only compact cache (the --export-from mode of
+# mapproxy-fixture.sh writes it; run it once here, which also checks MapProxy reads the cache).
+say "MapProxy config (scripts/mapproxy-fixture.sh --export-from)"
+bash scripts/mapproxy-fixture.sh --export-from compact-v2 "$src" "$work/mp-check" "$MAXLEVEL" png
+conf=$work/mp-check.mapproxy.yaml
+mpwork=$work/mp-scratch
+mkdir -p "$mpwork"
+rm -rf "$work/mp-check"
+
+can_drop=0
+if [[ $(id -u) == 0 ]] && { sync; echo 3 >/proc/sys/vm/drop_caches; } 2>/dev/null; then
+    can_drop=1
+else
+    say "not dropping the page cache (needs root and a writable /proc/sys/vm/drop_caches): warm-cache numbers"
+fi
+
+# measure NAME DEST CMD...: best wall time of $RUNS runs into a fresh DEST, peak RSS of the best run.
+declare -A BEST RSS
+measure() {
+    local name=$1 dest=$2; shift 2
+    local i t0 t1 secs rss
+    for ((i = 1; i <= RUNS; i++)); do
+        rm -rf "$dest"
+        sync
+        ((can_drop)) && echo 3 >/proc/sys/vm/drop_caches
+        t0=$(date +%s.%N)
+        (cd "$mpwork" && /usr/bin/time -v -o "$work/time.txt" "$@" >"$work/out.txt" 2>&1) || {
+            cat "$work/out.txt" "$work/time.txt" >&2
+            exit 1
+        }
+        t1=$(date +%s.%N)
+        secs=$(calc "$t1 - $t0")
+        rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$work/time.txt")
+        say "$name run $i: ${secs} s, peak RSS ${rss} KiB"
+        if [[ -z ${BEST[$name]:-} ]] || awk "BEGIN { exit !($secs < ${BEST[$name]}) }"; then
+            BEST[$name]=$secs
+            RSS[$name]=$rss
+        fi
+    done
+}
+
+measure mapproxy "$work/mp-exploded" \
+    mapproxy-util export -f "$conf" --source src --grid webmercator --levels "0..$MAXLEVEL" \
+    --type arcgis --dest "$work/mp-exploded" -c "$CONCURRENCY"
+measure bundlefs "$work/bf-exploded" "$BIN" export --storage exploded "$src" "$work/bf-exploded"
+
+if diff -r -q "$work/mp-exploded" "$work/bf-exploded" >/dev/null; then
+    identical=yes
+else
+    identical=NO
+fi
+
+measure v2-to-v1 "$work/bf-v1" "$BIN" export --storage compact-v1 "$src" "$work/bf-v1"
+measure exploded-to-v2 "$work/bf-v2" "$BIN" export --storage compact-v2 "$work/bf-exploded" "$work/bf-v2"
+
+row() { # label key ratio
+    local secs=${BEST[$2]}
+    printf '| %-49s | %8.3f | %9.0f | %9s | %8s |\n' "$1" "$secs" "$(calc "$TILES / $secs")" \
+        "$(calc "${RSS[$2]} / 1024" | cut -d. -f1) MiB" "$3"
+}
+ratio=$(printf '%.1fx' "$(calc "${BEST[mapproxy]} / ${BEST[bundlefs]}")")
+echo
+echo "Export of $TILES tiles (levels 0-$MAXLEVEL, PNG), best of $RUNS, page cache $( ((can_drop)) && echo dropped || echo warm ), $(nproc) cores"
+printf '| %-49s | %8s | %9s | %9s | %8s |\n' "job" "seconds" "tiles/s" "peak RSS" "MP/bfs"
+printf '|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..51})" "----------" "-----------" "-----------" "----------"
+row "(a) MapProxy  export --type arcgis      v2->expl" mapproxy ""
+row "(b) bundlefs export --storage exploded v2->expl" bundlefs "$ratio"
+row "(c) bundlefs export --storage compact-v1 v2->v1" v2-to-v1 ""
+row "(c) bundlefs export --storage compact-v2 expl->v2" exploded-to-v2 ""
+echo
+echo "bundlefs exploded tree byte-identical to MapProxy's: $identical"

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Everything CI checks: installs the peers the tests run against (when missing), then
+# cargo fmt --check, cargo clippy (all targets, warnings are errors) and cargo test (all targets).
+#
+# Tests need: fusermount3 (fuse3), mapproxy-util/mapproxy-seed (mapproxy, python3-yaml),
+# gdalinfo (gdal-bin), rsync. Fixtures are read from ../shared/fixtures beside the repository.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+say() { printf '\n==> %s\n' "$*"; }
+
+# tool:package pairs; a package is installed when its tool is missing.
+needs=(fusermount3:fuse3 mapproxy-util:mapproxy gdalinfo:gdal-bin rsync:rsync)
+missing=()
+for pair in "${needs[@]}"; do
+    tool=${pair%%:*} pkg=${pair#*:}
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$pkg")
+done
+# MapProxy's fixture script runs /usr/bin/python3 with PyYAML (python3-yaml).
+if ! /usr/bin/python3 -c 'import yaml' >/dev/null 2>&1; then
+    missing+=(python3-yaml)
+fi
+
+if ((${#missing[@]})); then
+    say "installing missing test dependencies: ${missing[*]}"
+    sudo=()
+    if [[ $(id -u) != 0 ]]; then
+        command -v sudo >/dev/null 2>&1 || {
+            echo "test.sh: need root or sudo to install: ${missing[*]}" >&2
+            exit 1
+        }
+        sudo=(sudo)
+    fi
+    "${sudo[@]}" apt-get update
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        fuse3 mapproxy gdal-bin rsync python3-yaml
+else
+    say "test dependencies present (fuse3, mapproxy, gdal-bin, rsync, python3-yaml)"
+fi
+
+say "cargo fmt --check"
+cargo fmt --check
+
+say "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+say "cargo test --all-targets"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --all-targets 2>&1 | tee "$log"
+# One closing line over every test binary (cargo prints one "test result" per binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+     END { printf "\nall test binaries: %d passed, %d failed\n", p, f }' "$log"
