@@ -461,3 +461,49 @@ fn daemon_mode_returns_when_live_and_sigterm_unmounts() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("bogus"));
     assert!(!is_mounted(&mnt));
 }
+
+#[test]
+fn mount_helper_takes_mount8_arguments() {
+    need("fusermount3");
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = sample(tmp.path());
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    // mount(8) runs /sbin/mount.fuse.bundlefs SRC DIR -o OPTS for `mount -t fuse.bundlefs`.
+    let helper = tmp.path().join("mount.fuse.bundlefs");
+    std::os::unix::fs::symlink(common::bin(), &helper).unwrap();
+    let out = Command::new("timeout")
+        .arg("30")
+        .arg(&helper)
+        .arg(&cache)
+        .arg(&mnt)
+        .args(["-o", "ro,noauto,nofail", "-n"])
+        .output()
+        .unwrap();
+    let _guard = Mounted {
+        child: None,
+        mnt: mnt.clone(),
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        is_mounted(&mnt),
+        "the helper returns once the mount is live"
+    );
+    assert!(
+        fs::metadata(mnt.join("_alllayers/L03/R00000007/C00000007.png"))
+            .unwrap()
+            .len()
+            > 0
+    );
+    let (ok, _, err) = sh(&format!("fusermount3 -u {}", mnt.display()));
+    assert!(ok, "{err}");
+    let start = Instant::now();
+    while is_mounted(&mnt) {
+        assert!(start.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
