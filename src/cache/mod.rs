@@ -4,6 +4,7 @@
 //! per-bundle lock with the durable append sequence of the format layer.
 
 pub mod bundle;
+pub mod compact;
 pub mod export;
 pub mod lock;
 pub mod verify;

@@ -114,6 +114,39 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 log_file,
             })
         }
+        Command::Compact { cache, min_dead } => {
+            let t = min_dead.trim();
+            let frac = match t.strip_suffix('%') {
+                Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
+                None => t.parse::<f64>(),
+            }
+            .ok()
+            .filter(|v| (0.0..=1.0).contains(v))
+            .ok_or_else(|| {
+                anyhow::anyhow!("--min-dead {min_dead:?}: want a share like 20% or 0.2")
+            })?;
+            let c = Cache::open(&cache)?;
+            let s = crate::cache::compact::compact(&c, frac)?;
+            println!(
+                "{}: {} bundles checked, {} rewritten, {} -> {} bytes",
+                cache.display(),
+                s.bundles_checked,
+                s.bundles_rewritten,
+                s.bytes_before,
+                s.bytes_after
+            );
+            for p in &s.locked {
+                eprintln!(
+                    "bundlefs: {}: locked by another writer, not compacted",
+                    p.display()
+                );
+            }
+            Ok(if s.locked.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Sample {
             dir,
             levels,

@@ -135,6 +135,13 @@ pub enum Command {
         #[arg(long)]
         log_file: Option<PathBuf>,
     },
+    /// Rewrite Compact V2 bundles whose dead space (overwritten/deleted tiles) reaches a threshold.
+    Compact {
+        cache: PathBuf,
+        /// Minimum dead share of a bundle to rewrite it, e.g. 20% or 0.2.
+        #[arg(long, default_value = "20%")]
+        min_dead: String,
+    },
     /// Write a small Compact V2 sample cache with labelled tiles drawn by bundlefs.
     Sample {
         dir: PathBuf,
