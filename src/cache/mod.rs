@@ -3,6 +3,7 @@
 //! without reading tiles, get a tile (a slice of a memory map), and write or delete tiles under the
 //! per-bundle lock with the durable append sequence of the format layer.
 
+pub mod buffer;
 pub mod bundle;
 pub mod compact;
 pub mod export;
