@@ -34,6 +34,8 @@ pub struct FuseFs {
     opts: FuseOptions,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     next_fh: AtomicU64,
+    /// The kernel granted FUSE_NO_OPEN_SUPPORT (read-only mounts ask for it).
+    no_open: bool,
 }
 
 fn errno(e: &Error) -> Errno {
@@ -47,6 +49,7 @@ impl FuseFs {
             opts,
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            no_open: false,
         }
     }
 
@@ -98,13 +101,24 @@ impl FuseFs {
 
 impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // NO_OPEN_SUPPORT: once `open` answers ENOSYS the kernel stops sending open/release and
+        // keeps each file's page cache across opens (as FOPEN_KEEP_CACHE), so a warm re-read never
+        // reaches the daemon. Read-only mounts take it; writable ones need open for O_TRUNC/handles.
+        let no_open = if self.opts.read_only {
+            InitFlags::FUSE_NO_OPEN_SUPPORT
+        } else {
+            InitFlags::empty()
+        };
         for flag in [
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
+            no_open,
         ] {
-            if let Err(unsupported) = config.add_capabilities(flag) {
-                tracing::debug!("kernel lacks {unsupported:?}");
+            match config.add_capabilities(flag) {
+                Ok(()) if flag == InitFlags::FUSE_NO_OPEN_SUPPORT => self.no_open = true,
+                Ok(()) => {}
+                Err(unsupported) => tracing::debug!("kernel lacks {unsupported:?}"),
             }
         }
         let _ = config.set_max_readahead(128 * 1024);
@@ -131,6 +145,15 @@ impl Filesystem for FuseFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         if self.opts.read_only && flags.acc_mode() != OpenAccMode::O_RDONLY {
             return reply.error(Errno::EROFS);
+        }
+        if self.opts.read_only && self.no_open {
+            // The kernel (FUSE_NO_OPEN_SUPPORT granted) reads ENOSYS as "never send open again".
+            // Before that the file's existence is checked, so the first open still fails right.
+            if let Ok(a) = self.fs.getattr(ino.0) {
+                if a.kind == Kind::File {
+                    return reply.error(Errno::ENOSYS);
+                }
+            }
         }
         match self.fs.getattr(ino.0) {
             Ok(a) if a.kind == Kind::File => {
@@ -242,12 +265,7 @@ impl Filesystem for FuseFs {
             .enumerate()
             .skip(offset as usize)
         {
-            // Level folders are listed with a placeholder link count: give the kernel no TTL for them.
-            let ttl = if e.attr.kind == Kind::Dir && i >= 2 {
-                Duration::ZERO
-            } else {
-                self.opts.ttl
-            };
+            let ttl = self.opts.ttl;
             if reply.add(
                 INodeNo(e.attr.ino),
                 i as u64 + 1,
@@ -282,6 +300,10 @@ impl Filesystem for FuseFs {
         _lock: LockOwner,
         reply: fuser::ReplyEmpty,
     ) {
+        if self.opts.read_only {
+            // Nothing to flush on a read-only mount: ENOSYS makes the kernel skip flush on close.
+            return reply.error(Errno::ENOSYS);
+        }
         reply.ok()
     }
 

@@ -266,8 +266,10 @@ impl TreeFs {
                 if !self.level_exists(l) {
                     return Err(not_found(exploded::level_dir(l)));
                 }
-                let rows = self.cache.rows(l)?.len() as u32;
-                self.dir_attr(n, 2 + rows, self.dir_mtime(&self.cache.level_dir(l)))
+                // Link count 1: "subfolder count unknown" (as btrfs and network filesystems
+                // report; find and fts then do not rely on it). Counting rows would read the index
+                // of every bundle of the level on a mere stat.
+                self.dir_attr(n, 1, self.dir_mtime(&self.cache.level_dir(l)))
             }
             Node::Row { level, row } => {
                 if self.row_tiles(level, row)?.is_empty() {
@@ -330,10 +332,9 @@ impl TreeFs {
             n if n == self.levels_parent() => {
                 for l in self.cache.levels()? {
                     let mtime = self.dir_mtime(&self.cache.level_dir(l));
-                    // nlink of a level needs its rows; readdirplus callers get it from getattr later.
                     out.push(DirEntry {
                         name: exploded::level_dir(l),
-                        attr: self.dir_attr(Node::Level(l), 2, mtime),
+                        attr: self.dir_attr(Node::Level(l), 1, mtime),
                     });
                 }
             }
