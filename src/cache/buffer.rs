@@ -3,32 +3,40 @@
 //! when the budget evicts them, or on `flush_bundle`/`flush_all` (fsync, idle timer, unmount).
 //! An entry leaves the buffer only once its bundle write succeeded; a failed flush keeps it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
 
 use lru::LruCache;
 
+use super::commit::{self, ImportMode};
 use super::Cache;
+use crate::format::sniff::ImageKind;
 use crate::format::{BundleId, TileAddr};
 use crate::Result;
 
 /// A change waiting for its bundle.
 #[derive(Debug, Clone)]
 pub enum Pending {
-    Put(Arc<Vec<u8>>),
+    Put {
+        bytes: Arc<Vec<u8>>,
+        mtime: SystemTime,
+    },
     Delete,
 }
 
 impl Pending {
     fn bytes(&self) -> usize {
         match self {
-            Pending::Put(b) => b.len(),
+            Pending::Put { bytes, .. } => bytes.len(),
             Pending::Delete => 0,
         }
     }
     fn same(&self, o: &Pending) -> bool {
         match (self, o) {
-            (Pending::Put(a), Pending::Put(b)) => Arc::ptr_eq(a, b),
+            (Pending::Put { bytes: a, mtime: x }, Pending::Put { bytes: b, mtime: y }) => {
+                Arc::ptr_eq(a, b) && x == y
+            }
             (Pending::Delete, Pending::Delete) => true,
             _ => false,
         }
@@ -37,13 +45,26 @@ impl Pending {
 
 struct Inner {
     tiles: LruCache<TileAddr, Pending>,
+    /// The same tiles in (level, row, col) order, for listings.
+    order: BTreeSet<TileAddr>,
     bytes: usize,
+    last_write: Option<Instant>,
+}
+
+impl Inner {
+    fn remove(&mut self, t: &TileAddr) {
+        if let Some(old) = self.tiles.pop(t) {
+            self.bytes -= old.bytes();
+            self.order.remove(t);
+        }
+    }
 }
 
 /// Buffered writes in front of a [`Cache`].
 pub struct WriteBuffer {
     cache: Arc<Cache>,
     budget: usize,
+    mode: ImportMode,
     inner: Mutex<Inner>,
     /// One flush at a time, so two flushes never write the same tiles twice.
     flushing: Mutex<()>,
@@ -59,12 +80,19 @@ pub struct FlushStats {
 
 impl WriteBuffer {
     pub fn new(cache: Arc<Cache>, budget_bytes: usize) -> Self {
+        Self::with_mode(cache, budget_bytes, ImportMode::Overwrite)
+    }
+
+    pub fn with_mode(cache: Arc<Cache>, budget_bytes: usize, mode: ImportMode) -> Self {
         WriteBuffer {
             cache,
             budget: budget_bytes,
+            mode,
             inner: Mutex::new(Inner {
                 tiles: LruCache::unbounded(),
+                order: BTreeSet::new(),
                 bytes: 0,
+                last_write: None,
             }),
             flushing: Mutex::new(()),
         }
@@ -72,6 +100,10 @@ impl WriteBuffer {
 
     pub fn cache(&self) -> &Arc<Cache> {
         &self.cache
+    }
+
+    pub fn mode(&self) -> ImportMode {
+        self.mode
     }
 
     /// Bytes of tile data waiting.
@@ -84,14 +116,114 @@ impl WriteBuffer {
         self.inner.lock().unwrap().tiles.len()
     }
 
+    /// Time since the last change was recorded, if anything waits.
+    pub fn idle_for(&self) -> Option<std::time::Duration> {
+        let g = self.inner.lock().unwrap();
+        if g.tiles.is_empty() {
+            return None;
+        }
+        g.last_write.map(|t| t.elapsed())
+    }
+
     /// The waiting change for a tile, if any (reads consult this before the bundles).
     pub fn get(&self, t: TileAddr) -> Option<Pending> {
         self.inner.lock().unwrap().tiles.peek(&t).cloned()
     }
 
-    /// Stores a tile (visible at once); flushes least recently written bundles past the budget.
+    /// Waiting changes of one row, by column.
+    pub fn row(&self, level: u8, row: u32) -> Vec<(u32, Pending)> {
+        let g = self.inner.lock().unwrap();
+        g.order
+            .range(TileAddr::new(level, row, 0)..=TileAddr::new(level, row, u32::MAX))
+            .filter_map(|t| g.tiles.peek(t).map(|p| (t.col, p.clone())))
+            .collect()
+    }
+
+    /// Rows of a level with waiting changes: (row, whether any is a put, whether any is a delete).
+    pub fn rows(&self, level: u8) -> BTreeMap<u32, (bool, bool)> {
+        let g = self.inner.lock().unwrap();
+        let mut out: BTreeMap<u32, (bool, bool)> = BTreeMap::new();
+        for t in g
+            .order
+            .range(TileAddr::new(level, 0, 0)..=TileAddr::new(level, u32::MAX, u32::MAX))
+        {
+            let e = out.entry(t.row).or_default();
+            match g.tiles.peek(t) {
+                Some(Pending::Put { .. }) => e.0 = true,
+                Some(Pending::Delete) => e.1 = true,
+                None => {}
+            }
+        }
+        out
+    }
+
+    /// Levels with waiting puts.
+    pub fn levels(&self) -> BTreeSet<u8> {
+        let g = self.inner.lock().unwrap();
+        g.order
+            .iter()
+            .filter(|t| matches!(g.tiles.peek(t), Some(Pending::Put { .. })))
+            .map(|t| t.level)
+            .collect()
+    }
+
+    /// Stores a tile (visible at once, stamped now); flushes least recently written bundles past
+    /// the budget. No checks: see [`WriteBuffer::commit`] for tiles coming from users.
     pub fn put(&self, t: TileAddr, bytes: Vec<u8>) -> Result<()> {
-        self.record(t, Pending::Put(Arc::new(bytes)))
+        self.record(
+            t,
+            Pending::Put {
+                bytes: Arc::new(bytes),
+                mtime: SystemTime::now(),
+            },
+        )
+    }
+
+    /// Stores a tile a user wrote under a name of kind `ext_kind`: checks it
+    /// ([`commit::check_tile`]), merges it with the stored tile in MERGE mode, then buffers it with
+    /// its modification time. A refused tile changes nothing.
+    pub fn commit(
+        &self,
+        t: TileAddr,
+        ext_kind: ImageKind,
+        bytes: Vec<u8>,
+        mtime: SystemTime,
+    ) -> Result<()> {
+        let what = format!("tile {t}");
+        commit::check_tile(&self.cache, &what, ext_kind, &bytes)?;
+        let bytes = match self.mode {
+            ImportMode::Overwrite => bytes,
+            ImportMode::Merge => {
+                let old: Option<Vec<u8>> = match self.get(t) {
+                    Some(Pending::Put { bytes, .. }) => Some(bytes.to_vec()),
+                    Some(Pending::Delete) => None,
+                    None => self.cache.tile(t)?.map(|b| b.to_vec()),
+                };
+                match old {
+                    Some(old) => commit::merge(&what, &old, &bytes)?.unwrap_or(bytes),
+                    None => bytes,
+                }
+            }
+        };
+        self.record(
+            t,
+            Pending::Put {
+                bytes: Arc::new(bytes),
+                mtime,
+            },
+        )
+    }
+
+    /// Sets the modification time of a waiting tile. False if the tile is not waiting.
+    pub fn set_time(&self, t: TileAddr, mtime: SystemTime) -> bool {
+        let mut g = self.inner.lock().unwrap();
+        match g.tiles.peek_mut(&t) {
+            Some(Pending::Put { mtime: m, .. }) => {
+                *m = mtime;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Removes a tile (visible at once).
@@ -103,6 +235,8 @@ impl WriteBuffer {
         {
             let mut g = self.inner.lock().unwrap();
             g.bytes += p.bytes();
+            g.order.insert(t);
+            g.last_write = Some(Instant::now());
             if let Some(old) = g.tiles.put(t, p) {
                 g.bytes -= old.bytes();
             }
@@ -129,10 +263,11 @@ impl WriteBuffer {
         let _one = self.flushing.lock().unwrap();
         let batch: Vec<(TileAddr, Pending)> = {
             let g = self.inner.lock().unwrap();
-            g.tiles
-                .iter()
-                .filter(|(t, _)| t.bundle() == id)
-                .map(|(t, p)| (*t, p.clone()))
+            g.order
+                .range(id.tile(crate::format::Slot { row: 0, col: 0 })..)
+                .take_while(|t| t.level == id.level && t.row < id.row0 + crate::format::BUNDLE_DIM)
+                .filter(|t| t.bundle() == id)
+                .filter_map(|t| g.tiles.peek(t).map(|p| (*t, p.clone())))
                 .collect()
         };
         self.write_batch(&batch)
@@ -159,10 +294,10 @@ impl WriteBuffer {
         if batch.is_empty() {
             return Ok(FlushStats::default());
         }
-        let puts: Vec<(TileAddr, &[u8])> = batch
+        let puts: Vec<(TileAddr, &[u8], Option<SystemTime>)> = batch
             .iter()
             .filter_map(|(t, p)| match p {
-                Pending::Put(b) => Some((*t, b.as_slice())),
+                Pending::Put { bytes, mtime } => Some((*t, bytes.as_slice(), Some(*mtime))),
                 Pending::Delete => None,
             })
             .collect();
@@ -171,7 +306,7 @@ impl WriteBuffer {
             .filter(|(_, p)| matches!(p, Pending::Delete))
             .map(|(t, _)| *t)
             .collect();
-        let st = self.cache.write_tiles(&puts)?;
+        let st = self.cache.write_tiles_timed(&puts)?;
         if !deletes.is_empty() {
             self.cache.delete_tiles(&deletes)?;
         }
@@ -179,8 +314,7 @@ impl WriteBuffer {
         let mut g = self.inner.lock().unwrap();
         for (t, p) in batch {
             if g.tiles.peek(t).is_some_and(|now| now.same(p)) {
-                g.tiles.pop(t);
-                g.bytes -= p.bytes();
+                g.remove(t);
             }
         }
         Ok(FlushStats {
@@ -213,7 +347,7 @@ mod tests {
         let b = WriteBuffer::new(c.clone(), 1 << 20);
         let t = TileAddr::new(3, 2, 1);
         b.put(t, vec![7; 100]).unwrap();
-        assert!(matches!(b.get(t), Some(Pending::Put(v)) if v.len() == 100));
+        assert!(matches!(b.get(t), Some(Pending::Put { bytes: v, .. }) if v.len() == 100));
         assert!(
             c.tile(t).unwrap().is_none(),
             "not in the bundle before a flush"

@@ -188,6 +188,16 @@ impl BundleHandle {
 
     /// The raw index value of every slot (V2: the 8-byte entry; V1: the 5-byte offset), for
     /// telling which tiles another writer changed.
+    /// The raw index entry of one slot (what the time sidecar keys its records by).
+    pub fn raw_entry(&self, s: Slot) -> u64 {
+        match &self.kind {
+            Kind::V2 => crate::format::u64_at(&self.map, crate::format::v2::index_pos(s)),
+            Kind::V1 { bundlx, .. } => {
+                crate::format::u40_at(bundlx, crate::format::v1::index_pos(s))
+            }
+        }
+    }
+
     pub fn raw_entries(&self) -> Vec<u64> {
         match &self.kind {
             Kind::V2 => Slot::all()

@@ -5,9 +5,11 @@
 
 pub mod buffer;
 pub mod bundle;
+pub mod commit;
 pub mod compact;
 pub mod export;
 pub mod lock;
+pub mod times;
 pub mod verify;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,7 +20,7 @@ use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use lru::LruCache;
 
@@ -77,6 +79,11 @@ enum Repr {
 impl TileBytes {
     pub fn owned(v: Vec<u8>) -> Self {
         TileBytes(Repr::Owned(Arc::new(v), None))
+    }
+
+    /// Bytes held elsewhere (the write buffer), with their modification time.
+    pub fn shared(v: Arc<Vec<u8>>, mtime: Option<std::time::SystemTime>) -> Self {
+        TileBytes(Repr::Owned(v, mtime))
     }
 
     fn file(v: Vec<u8>, mtime: Option<std::time::SystemTime>) -> Self {
@@ -616,25 +623,39 @@ impl Cache {
     /// Writes tiles (the last of duplicates wins), grouped per bundle: one lock, one append, one index
     /// update each. New bundles are created atomically under the lock.
     pub fn write_tiles(&self, tiles: &[(TileAddr, &[u8])]) -> Result<WriteStats> {
+        let timed: Vec<(TileAddr, &[u8], Option<SystemTime>)> =
+            tiles.iter().map(|(t, b)| (*t, *b, None)).collect();
+        self.write_tiles_timed(&timed)
+    }
+
+    /// [`Cache::write_tiles`] that also records each tile's modification time when given (the
+    /// `times` sidecar of compact bundles, the file's mtime in exploded caches).
+    pub fn write_tiles_timed(
+        &self,
+        tiles: &[(TileAddr, &[u8], Option<SystemTime>)],
+    ) -> Result<WriteStats> {
         let mut total = WriteStats::default();
         if self.storage == StorageFormat::Exploded {
-            for (t, bytes) in tiles {
+            for (t, bytes, mtime) in tiles {
                 let dir = self.level_dir(t.level).join(exploded::row_dir(t.row));
                 fs::create_dir_all(&dir).at(&dir)?;
                 let ext = self.kind_of(bytes).ext();
                 let path = dir.join(exploded::col_file(t.col, ext));
                 write_atomic(&path, bytes, self.opts.durable)?;
+                if let Some(m) = mtime {
+                    set_file_mtime(&path, *m)?;
+                }
                 total.tiles += 1;
                 total.bytes_written += bytes.len() as u64;
             }
             return Ok(total);
         }
-        let mut groups: BTreeMap<BundleId, Vec<(Slot, &[u8])>> = BTreeMap::new();
-        for (t, bytes) in tiles {
+        let mut groups: BTreeMap<BundleId, Vec<TimedSlot>> = BTreeMap::new();
+        for (t, bytes, mtime) in tiles {
             groups
                 .entry(t.bundle())
                 .or_default()
-                .push((t.slot(), bytes));
+                .push((t.slot(), bytes, *mtime));
         }
         for (id, group) in groups {
             let st = self.write_bundle(id, &group)?;
@@ -644,7 +665,47 @@ impl Cache {
         Ok(total)
     }
 
-    fn write_bundle(&self, id: BundleId, tiles: &[(Slot, &[u8])]) -> Result<WriteStats> {
+    /// The modification time to show for a tile: its own (time sidecar, or the file's in an
+    /// exploded cache) when recorded, else its bundle's.
+    pub fn tile_mtime(&self, t: TileAddr, bytes: &TileBytes) -> Option<SystemTime> {
+        if let Some(h) = bytes.bundle() {
+            let slot = t.slot();
+            if let Some(m) = times::read(&h.path, slot, h.raw_entry(slot)) {
+                return Some(m);
+            }
+        }
+        bytes.mtime()
+    }
+
+    /// Records a stored tile's modification time (as `touch`/rsync set it). False if the tile is
+    /// not stored.
+    pub fn set_tile_time(&self, t: TileAddr, mtime: SystemTime) -> Result<bool> {
+        if self.storage == StorageFormat::Exploded {
+            return match self.exploded_tile_path(t) {
+                Some(p) => set_file_mtime(&p, mtime).map(|_| true),
+                None => Ok(false),
+            };
+        }
+        let id = t.bundle();
+        let path = self.bundle_path(&id);
+        if !path.exists() {
+            return Ok(false);
+        }
+        let _lock = BundleLock::acquire(&self.lock_path(&id), self.opts.lock_timeout)?;
+        self.invalidate(&id);
+        let Some(h) = self.bundle(id)? else {
+            return Ok(false);
+        };
+        if h.tile_range(t.slot())?.is_none() {
+            return Ok(false);
+        }
+        times::write(&path, &[(t.slot(), h.raw_entry(t.slot()), mtime)])?;
+        Ok(true)
+    }
+
+    fn write_bundle(&self, id: BundleId, timed: &[TimedSlot]) -> Result<WriteStats> {
+        let tiles: Vec<(Slot, &[u8])> = timed.iter().map(|(s, b, _)| (*s, *b)).collect();
+        let tiles = tiles.as_slice();
         let dir = self.level_dir(id.level);
         // Refuse bad tiles before anything (even a new empty bundle) is written.
         for (slot, bytes) in tiles {
@@ -700,6 +761,21 @@ impl Cache {
             }
         };
         self.invalidate(&id);
+        // Per-tile times, still under the lock, after the index: see `times` for why a lost or
+        // torn record is harmless.
+        if timed.iter().any(|t| t.2.is_some()) {
+            let recorded = self.bundle(id).and_then(|h| {
+                let Some(h) = h else { return Ok(()) };
+                let recs: Vec<(Slot, u64, SystemTime)> = timed
+                    .iter()
+                    .filter_map(|(s, _, m)| m.map(|m| (*s, h.raw_entry(*s), m)))
+                    .collect();
+                times::write(&path, &recs)
+            });
+            if let Err(e) = recorded {
+                tracing::warn!("tile times of {} not recorded: {e}", path.display());
+            }
+        }
         Ok(WriteStats {
             tiles: st.tiles,
             bytes_written: st.bytes_written + created,
@@ -759,6 +835,15 @@ impl TileGroup {
 }
 
 /// The full extent of a scheme's level-0 grid from its origin (used when no extent is given).
+/// A tile to write into a bundle, with its modification time if known.
+type TimedSlot<'a> = (Slot, &'a [u8], Option<SystemTime>);
+
+/// Sets a file's modification time.
+fn set_file_mtime(path: &Path, mtime: SystemTime) -> Result<()> {
+    let f = fs::OpenOptions::new().write(true).open(path).at(path)?;
+    f.set_modified(mtime).at(path)
+}
+
 pub fn scheme_extent(s: &TileScheme) -> Envelope {
     if s.wkid == Some(102100) || s.wkid == Some(3857) || s.latest_wkid == Some(3857) {
         let o = conf::WEB_MERCATOR_ORIGIN;

@@ -98,6 +98,9 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             threads,
             recheck,
             log_file,
+            write_buffer,
+            import_mode,
+            flush_idle,
         } => {
             let secs = |v: f64, what: &str| -> anyhow::Result<std::time::Duration> {
                 std::time::Duration::try_from_secs_f64(v)
@@ -112,6 +115,9 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 threads,
                 recheck: secs(recheck, "recheck")?,
                 log_file,
+                write_buffer,
+                import_mode,
+                flush_idle: secs(flush_idle, "flush-idle")?,
             })
         }
         Command::Compact { cache, min_dead } => {

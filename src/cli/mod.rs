@@ -110,13 +110,14 @@ pub enum Command {
         #[arg(long)]
         no_sync: bool,
     },
-    /// Mount a cache as an exploded tree (read-only); foreground unless --daemon.
+    /// Mount a cache as an exploded tree (read-only, or -o rw to write tiles back); foreground
+    /// unless --daemon.
     Mount {
         /// Cache folder (or its conf.xml).
         cache: PathBuf,
         /// Empty directory to mount on.
         mountpoint: PathBuf,
-        /// Mount options, comma separated: ro, allow_other, allow_root, default_permissions (fstab words ignored).
+        /// Mount options, comma separated: ro (default), rw, allow_other, allow_root, default_permissions (fstab words ignored).
         #[arg(short = 'o', value_name = "OPTS")]
         options: Vec<String>,
         /// Return once the mount is live and keep serving in the background (prints the daemon's pid).
@@ -134,6 +135,16 @@ pub enum Command {
         /// With --daemon: append the daemon's log (RUST_LOG levels) to this file.
         #[arg(long)]
         log_file: Option<PathBuf>,
+        /// Writable mounts (-o rw): memory for tiles waiting to be flushed into bundles.
+        #[arg(long, default_value = "256M", value_parser = mount::parse_size)]
+        write_buffer: usize,
+        /// Writable mounts: a tile written over a stored one replaces it (overwrite) or is drawn
+        /// over it, its transparent pixels keeping the old tile's (merge).
+        #[arg(long, default_value = "overwrite")]
+        import_mode: crate::cache::commit::ImportMode,
+        /// Writable mounts: seconds without writes after which buffered tiles are flushed.
+        #[arg(long, default_value_t = 2.0)]
+        flush_idle: f64,
     },
     /// Rewrite Compact V2 bundles whose dead space (overwritten/deleted tiles) reaches a threshold.
     Compact {

@@ -12,6 +12,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use fuser::{Config, MountOption, SessionACL};
 
+use crate::cache::buffer::WriteBuffer;
+use crate::cache::commit::ImportMode;
 use crate::cache::{Cache, CacheOptions};
 use crate::fs::fuse::{watch_changes, FuseFs, FuseOptions};
 use crate::fs::TreeFs;
@@ -28,6 +30,30 @@ pub struct MountArgs {
     pub recheck: Duration,
     /// Where a daemon writes its log (default: nowhere, so no terminal stays attached).
     pub log_file: Option<PathBuf>,
+    /// Write buffer budget in bytes (writable mounts).
+    pub write_buffer: usize,
+    pub import_mode: ImportMode,
+    /// Flush the write buffer after writes have been idle this long.
+    pub flush_idle: Duration,
+}
+
+/// Parses a byte size: `256M`, `64MiB`, `1G`, `512k`, `1048576`.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("{s:?}: want a size like 256M"))?;
+    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        u => return Err(format!("{s:?}: unknown unit {u:?} (k, M, G)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?}: too large"))
 }
 
 /// What `-o` said.
@@ -61,7 +87,7 @@ pub fn parse_options(opts: &[String]) -> anyhow::Result<ParsedOptions> {
     {
         match word {
             "ro" => p.read_only = true,
-            "rw" => bail!("-o rw: this build mounts read-only (write-back is not implemented yet); use -o ro"),
+            "rw" => p.read_only = false,
             "allow_other" => p.acl = Acl::All,
             "allow_root" => p.acl = Acl::RootAndOwner,
             "default_permissions" => p.default_permissions = true,
@@ -70,7 +96,7 @@ pub fn parse_options(opts: &[String]) -> anyhow::Result<ParsedOptions> {
             w if w.starts_with("x-") || w.starts_with("comment=") => {}
             "exec" | "noexec" | "suid" | "nosuid" | "dev" | "nodev" | "atime" | "noatime" | "sync" | "async"
             | "dirsync" => p.passthrough.push(word.to_string()),
-            w => bail!("-o {w}: unknown mount option (known: ro, allow_other, allow_root, default_permissions)"),
+            w => bail!("-o {w}: unknown mount option (known: ro, rw, allow_other, allow_root, default_permissions)"),
         }
     }
     Ok(p)
@@ -135,7 +161,16 @@ fn serve(
             args.mountpoint.display()
         );
     }
-    let tree = Arc::new(TreeFs::new(Arc::new(cache)));
+    let cache = Arc::new(cache);
+    let tree = Arc::new(if parsed.read_only {
+        TreeFs::new(cache)
+    } else {
+        TreeFs::writable(Arc::new(WriteBuffer::with_mode(
+            cache,
+            args.write_buffer,
+            args.import_mode,
+        )))
+    });
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let fs = FuseFs::new(
@@ -193,9 +228,10 @@ fn serve(
     {
         let (tree, notifier, stop) = (tree.clone(), session.notifier(), stop.clone());
         let every = args.recheck.max(Duration::from_millis(100));
+        let idle = args.flush_idle;
         std::thread::Builder::new()
             .name("bundlefs-watch".into())
-            .spawn(move || watch_changes(tree, notifier, every, stop))?;
+            .spawn(move || watch_changes(tree, notifier, every, idle, stop))?;
     }
     {
         let mut unmounter = session.unmount_callable();
@@ -217,7 +253,10 @@ fn serve(
     }
     let res = session.run();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // Whatever the session's end, buffered tiles go to their bundles before we exit.
+    let flushed = tree.flush_all();
     res.with_context(|| format!("serving {}", args.mountpoint.display()))?;
+    flushed.context("flushing the write buffer at unmount")?;
     tracing::info!("unmounted {}", args.mountpoint.display());
     Ok(ExitCode::SUCCESS)
 }
@@ -261,6 +300,13 @@ fn daemonize(args: &MountArgs) -> anyhow::Result<ExitCode> {
     cmd.arg("--threads").arg(args.threads.to_string());
     cmd.arg("--recheck")
         .arg(args.recheck.as_secs_f64().to_string());
+    cmd.arg("--write-buffer").arg(args.write_buffer.to_string());
+    cmd.arg("--import-mode").arg(match args.import_mode {
+        ImportMode::Overwrite => "overwrite",
+        ImportMode::Merge => "merge",
+    });
+    cmd.arg("--flush-idle")
+        .arg(args.flush_idle.as_secs_f64().to_string());
     cmd.env(READY_FD_ENV, fds[1].to_string());
     let log = match &args.log_file {
         Some(p) => std::process::Stdio::from(

@@ -6,12 +6,13 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, Notifier, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
+    KernelConfig, LockOwner, Notifier, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
 use super::inode::{Node, ROOT_INO};
@@ -122,7 +123,15 @@ impl Filesystem for FuseFs {
             }
         }
         let _ = config.set_max_readahead(128 * 1024);
+        // Whole tiles in one write request where the kernel allows it.
+        let _ = config.set_max_write(1 << 20);
         Ok(())
+    }
+
+    fn destroy(&mut self) {
+        if let Err(e) = self.fs.flush_all() {
+            tracing::error!("flushing the write buffer at unmount: {e}");
+        }
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -145,6 +154,13 @@ impl Filesystem for FuseFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         if self.opts.read_only && flags.acc_mode() != OpenAccMode::O_RDONLY {
             return reply.error(Errno::EROFS);
+        }
+        let truncate = flags.0 & libc::O_TRUNC != 0;
+        if flags.acc_mode() != OpenAccMode::O_RDONLY || truncate {
+            return match self.fs.open_write(ino.0, truncate) {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(errno(&e)),
+            };
         }
         if self.opts.read_only && self.no_open {
             // The kernel (FUSE_NO_OPEN_SUPPORT granted) reads ENOSYS as "never send open again".
@@ -304,20 +320,174 @@ impl Filesystem for FuseFs {
             // Nothing to flush on a read-only mount: ENOSYS makes the kernel skip flush on close.
             return reply.error(Errno::ENOSYS);
         }
-        reply.ok()
+        match self.fs.flush(_ino.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
+        ino: INodeNo,
+        fh: FileHandle,
         _flags: OpenFlags,
         _lock: Option<LockOwner>,
         _flush: bool,
         reply: fuser::ReplyEmpty,
     ) {
-        reply.ok()
+        match self.fs.release(ino.0, fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let Some(name) = name.to_str() else {
+            return reply.error(Errno::EINVAL);
+        };
+        match self.fs.create(parent.0, name) {
+            Ok(a) => reply.created(
+                &self.opts.ttl,
+                &self.attr(&a),
+                Generation(0),
+                FileHandle(super::write::WRITE_FH),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.fs.write(ino.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        if self.opts.read_only && (size.is_some() || mtime.is_some()) {
+            return reply.error(Errno::EROFS);
+        }
+        let mtime = mtime.map(|m| match m {
+            TimeOrNow::SpecificTime(t) => t,
+            TimeOrNow::Now => SystemTime::now(),
+        });
+        match self.fs.setattr(ino.0, size, mtime) {
+            Ok(a) => reply.attr(&self.opts.ttl, &self.attr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
+        match self.fs.fsync(ino.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let Some(name) = name.to_str() else {
+            return reply.error(Errno::EINVAL);
+        };
+        match self.fs.mkdir(parent.0, name) {
+            Ok(a) => reply.entry(&self.opts.ttl, &self.attr(&a), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some(name) = name.to_str() else {
+            return reply.error(Errno::ENOENT);
+        };
+        match self.fs.unlink(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some(name) = name.to_str() else {
+            return reply.error(Errno::ENOENT);
+        };
+        match self.fs.rmdir(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let (Some(name), Some(newname)) = (name.to_str(), newname.to_str()) else {
+            return reply.error(Errno::EINVAL);
+        };
+        if flags.contains(RenameFlags::RENAME_EXCHANGE)
+            || flags.contains(RenameFlags::RENAME_WHITEOUT)
+        {
+            return reply.error(Errno::EINVAL);
+        }
+        if flags.contains(RenameFlags::RENAME_NOREPLACE)
+            && self.fs.lookup(newparent.0, newname).is_ok()
+        {
+            return reply.error(Errno::EEXIST);
+        }
+        match self.fs.rename(parent.0, name, newparent.0, newname) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     // ENOSYS makes the kernel stop asking: no extended attributes, and permission checks are the
@@ -357,11 +527,35 @@ impl Filesystem for FuseFs {
     }
 }
 
-/// Sends the kernel what `TreeFs::poll_changes` finds, every `every`, until `stop` is set.
-pub fn watch_changes(fs: Arc<TreeFs>, notifier: Notifier, every: Duration, stop: Arc<AtomicBool>) {
+/// Background work of a mount until `stop` is set: sends the kernel what requests queued and
+/// what `TreeFs::poll_changes` finds (every `every`), and flushes the write buffer once writes
+/// have been idle for `idle_flush`.
+pub fn watch_changes(
+    fs: Arc<TreeFs>,
+    notifier: Notifier,
+    every: Duration,
+    idle_flush: Duration,
+    stop: Arc<AtomicBool>,
+) {
+    let tick = Duration::from_millis(50).min(every);
+    let mut last_poll = Instant::now();
+    let mut retry_at = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(every);
-        for inv in fs.poll_changes() {
+        std::thread::sleep(tick);
+        let mut invs = fs.take_queued();
+        if last_poll.elapsed() >= every {
+            last_poll = Instant::now();
+            invs.extend(fs.poll_changes());
+        }
+        if let Some(w) = fs.writer() {
+            if w.idle_for().is_some_and(|d| d >= idle_flush) && Instant::now() >= retry_at {
+                if let Err(e) = fs.flush_all() {
+                    tracing::error!("flushing the write buffer: {e} (kept; retried later)");
+                    retry_at = Instant::now() + idle_flush.max(Duration::from_secs(1));
+                }
+            }
+        }
+        for inv in invs {
             let res = match &inv {
                 Invalidation::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, -1),
                 Invalidation::Entry { parent, name } => {

@@ -20,6 +20,8 @@ pub enum Node {
         row: u32,
     },
     Tile(TileAddr),
+    /// A file being written under a name that is not a tile (rsync's `.Cxxxxxxxx.png.XXXXXX`).
+    Temp(u64),
 }
 
 pub const ROOT_INO: u64 = 1;
@@ -32,6 +34,8 @@ const TAG_ROW: u64 = 1;
 const TAG_TILE: u64 = 2;
 const TAG_DYNAMIC: u64 = 3;
 const TILE_BITS: u32 = 28;
+/// Temporary files: dynamic inodes with this bit set.
+const TEMP_BIT: u64 = 1 << 61;
 
 /// Maps nodes to inode numbers and back. Tiles whose row/col don't fit 28 bits or level 6 bits
 /// (beyond level 27 of a power-of-two scheme) get numbers from a table, stable for the mount.
@@ -51,6 +55,7 @@ impl Inodes {
             Node::Row { level, row } => {
                 (TAG_ROW << TAG_SHIFT) | (u64::from(level) << 32) | u64::from(row)
             }
+            Node::Temp(id) => (TAG_DYNAMIC << TAG_SHIFT) | TEMP_BIT | (id & (TEMP_BIT - 1)),
             Node::Tile(t) => {
                 if t.level < 64 && t.row < (1 << TILE_BITS) && t.col < (1 << TILE_BITS) {
                     (TAG_TILE << TAG_SHIFT)
@@ -99,6 +104,7 @@ impl Inodes {
                 ((ino >> TILE_BITS) & mask) as u32,
                 (ino & mask) as u32,
             )),
+            _ if ino & TEMP_BIT != 0 => Node::Temp(ino & (TEMP_BIT - 1)),
             _ => Node::Tile(*self.dynamic.lock().unwrap().1.get(&ino)?),
         })
     }

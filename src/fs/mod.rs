@@ -3,6 +3,7 @@
 
 pub mod fuse;
 pub mod inode;
+mod write;
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
@@ -11,6 +12,7 @@ use std::time::SystemTime;
 use lru::LruCache;
 
 use self::inode::{Inodes, Node};
+use crate::cache::buffer::{Pending, WriteBuffer};
 use crate::cache::{BundleHandle, Cache, Layout, TileBytes};
 use crate::format::conf::StorageFormat;
 use crate::format::exploded;
@@ -82,6 +84,13 @@ pub struct TreeFs {
     conf_cdi: Option<Arc<Vec<u8>>>,
     mounted_at: SystemTime,
     watched: Mutex<LruCache<BundleId, Watched>>,
+    /// The write-back layer of a writable mount.
+    writer: Option<Arc<WriteBuffer>>,
+    /// Files being written, temporary files, created folders (see `write`).
+    w: Mutex<write::WriteState>,
+    /// Invalidations found while serving a request, sent later by the watcher thread (never from
+    /// inside a request: the kernel may hold locks the notification needs).
+    queued: Mutex<Vec<Invalidation>>,
 }
 
 fn not_found(what: impl std::fmt::Display) -> Error {
@@ -101,7 +110,30 @@ impl TreeFs {
             conf_cdi,
             mounted_at: SystemTime::now(),
             watched: Mutex::new(LruCache::new(NonZeroUsize::new(WATCHED_BUNDLES).unwrap())),
+            writer: None,
+            w: Mutex::new(write::WriteState::default()),
+            queued: Mutex::new(Vec::new()),
         }
+    }
+
+    /// A writable tree: writes go through `writer` (whose cache is the one shown).
+    pub fn writable(writer: Arc<WriteBuffer>) -> TreeFs {
+        let mut t = TreeFs::new(writer.cache().clone());
+        t.writer = Some(writer);
+        t
+    }
+
+    pub fn writer(&self) -> Option<&Arc<WriteBuffer>> {
+        self.writer.as_ref()
+    }
+
+    /// Invalidations queued by requests, taken by the caller.
+    pub fn take_queued(&self) -> Vec<Invalidation> {
+        std::mem::take(&mut *self.queued.lock().unwrap())
+    }
+
+    fn queue(&self, inv: Invalidation) {
+        self.queued.lock().unwrap().push(inv);
     }
 
     pub fn cache(&self) -> &Arc<Cache> {
@@ -147,7 +179,7 @@ impl TreeFs {
             ino: self.ino(Node::Tile(t)),
             kind: Kind::File,
             size: bytes.len() as u64,
-            mtime: bytes.mtime().unwrap_or(self.mounted_at),
+            mtime: self.cache.tile_mtime(t, bytes).unwrap_or(self.mounted_at),
             nlink: 1,
         }
     }
@@ -155,6 +187,15 @@ impl TreeFs {
     /// The tile's bytes, remembering its bundle for change watching. Errors are logged here, once,
     /// naming the bundle: the caller turns them into EIO for this tile only.
     fn tile(&self, t: TileAddr) -> Result<Option<TileBytes>> {
+        if let Some(w) = &self.writer {
+            match w.get(t) {
+                Some(Pending::Put { bytes, mtime }) => {
+                    return Ok(Some(TileBytes::shared(bytes, Some(mtime))))
+                }
+                Some(Pending::Delete) => return Ok(None),
+                None => {}
+            }
+        }
         match self.cache.tile(t) {
             Ok(Some(b)) => {
                 if let Some(h) = b.bundle() {
@@ -180,10 +221,70 @@ impl TreeFs {
 
     fn level_exists(&self, level: u8) -> bool {
         self.cache.level_dir(level).is_dir()
+            || self.w.lock().unwrap().created_level(level)
+            || self
+                .writer
+                .as_ref()
+                .is_some_and(|w| w.levels().contains(&level))
     }
 
+    /// Levels shown: on disk, written and waiting, or created by mkdir.
+    fn levels(&self) -> Result<Vec<u8>> {
+        let mut v = self.cache.levels()?;
+        if let Some(w) = &self.writer {
+            v.extend(w.levels());
+            v.extend(self.w.lock().unwrap().created_levels());
+            v.sort_unstable();
+            v.dedup();
+        }
+        Ok(v)
+    }
+
+    /// Rows of a level that hold tiles (stored or waiting), plus rows created by mkdir.
+    fn rows(&self, level: u8) -> Result<std::collections::BTreeSet<u32>> {
+        let mut rows = self.cache.rows(level)?;
+        if let Some(w) = &self.writer {
+            for (row, (puts, deletes)) in w.rows(level) {
+                if puts {
+                    rows.insert(row);
+                } else if deletes && rows.contains(&row) && self.row_tiles(level, row)?.is_empty() {
+                    rows.remove(&row);
+                }
+            }
+            rows.extend(self.w.lock().unwrap().created_rows(level));
+        }
+        Ok(rows)
+    }
+
+    /// Columns and sizes of the tiles of a row, waiting changes applied.
     fn row_tiles(&self, level: u8, row: u32) -> Result<Vec<(u32, u64)>> {
-        self.cache.cols(level, row)
+        let mut cols = self.cache.cols(level, row)?;
+        if let Some(w) = &self.writer {
+            let pending = w.row(level, row);
+            if !pending.is_empty() {
+                let mut m: std::collections::BTreeMap<u32, u64> = cols.into_iter().collect();
+                for (col, p) in pending {
+                    match p {
+                        Pending::Put { bytes, .. } => {
+                            m.insert(col, bytes.len() as u64);
+                        }
+                        Pending::Delete => {
+                            m.remove(&col);
+                        }
+                    }
+                }
+                cols = m.into_iter().collect();
+            }
+        }
+        Ok(cols)
+    }
+
+    /// A row folder exists while it holds tiles, files being written, or was created by mkdir.
+    fn row_exists(&self, level: u8, row: u32) -> Result<bool> {
+        if self.writer.is_some() && self.w.lock().unwrap().row_in_use(level, row) {
+            return Ok(true);
+        }
+        Ok(!self.row_tiles(level, row)?.is_empty())
     }
 
     /// Looks a name up in a directory.
@@ -204,6 +305,9 @@ impl TreeFs {
                 _ => return Err(not_found(name)),
             },
             Node::Row { level, row } => {
+                if let Some(a) = self.lookup_written(parent, level, row, name)? {
+                    return Ok(a);
+                }
                 let (col, ext) = exploded::parse_col_file(name).map_err(|_| not_found(name))?;
                 let t = TileAddr::new(level, row, col);
                 let bytes = self.tile(t)?.ok_or_else(|| not_found(name))?;
@@ -218,7 +322,7 @@ impl TreeFs {
         };
         // Rows exist only while they hold tiles.
         if let Node::Row { level, row } = child {
-            if self.row_tiles(level, row)?.is_empty() {
+            if !self.row_exists(level, row)? {
                 return Err(not_found(name));
             }
         }
@@ -233,7 +337,7 @@ impl TreeFs {
             Node::Root => {
                 let subdirs = match self.cache.layout() {
                     Layout::ArcGis => 1,
-                    Layout::MapProxy => self.cache.levels()?.len() as u32,
+                    Layout::MapProxy => self.levels()?.len() as u32,
                 };
                 self.dir_attr(n, 2 + subdirs, root_mtime)
             }
@@ -259,7 +363,7 @@ impl TreeFs {
                 if self.cache.layout() != Layout::ArcGis {
                     return Err(not_found("_alllayers"));
                 }
-                let levels = self.cache.levels()?.len() as u32;
+                let levels = self.levels()?.len() as u32;
                 self.dir_attr(n, 2 + levels, self.dir_mtime(self.cache.tiles_dir()))
             }
             Node::Level(l) => {
@@ -272,15 +376,19 @@ impl TreeFs {
                 self.dir_attr(n, 1, self.dir_mtime(&self.cache.level_dir(l)))
             }
             Node::Row { level, row } => {
-                if self.row_tiles(level, row)?.is_empty() {
+                if !self.row_exists(level, row)? {
                     return Err(not_found(exploded::row_dir(row)));
                 }
                 self.dir_attr(n, 2, self.dir_mtime(&self.cache.level_dir(level)))
             }
             Node::Tile(t) => {
+                if let Some(a) = self.open_attr(ino) {
+                    return Ok(a);
+                }
                 let b = self.tile(t)?.ok_or_else(|| not_found(t))?;
                 self.tile_attr(t, &b)
             }
+            Node::Temp(_) => self.temp_attr(ino)?,
         })
     }
 
@@ -294,7 +402,16 @@ impl TreeFs {
             Node::ConfCdi => {
                 FileBytes::Shared(self.conf_cdi.clone().ok_or_else(|| not_found("conf.cdi"))?)
             }
+            Node::Tile(_) | Node::Temp(_) if self.written_bytes(ino).is_some() => {
+                FileBytes::Shared(self.written_bytes(ino).unwrap())
+            }
             Node::Tile(t) => FileBytes::Tile(self.tile(t)?.ok_or_else(|| not_found(t))?),
+            Node::Temp(_) => {
+                let t = self
+                    .alias(ino)
+                    .ok_or_else(|| not_found(format!("inode {ino}")))?;
+                FileBytes::Tile(self.tile(t)?.ok_or_else(|| not_found(t))?)
+            }
             _ => {
                 return Err(Error::Io {
                     path: "".into(),
@@ -330,7 +447,7 @@ impl TreeFs {
         }
         match n {
             n if n == self.levels_parent() => {
-                for l in self.cache.levels()? {
+                for l in self.levels()? {
                     let mtime = self.dir_mtime(&self.cache.level_dir(l));
                     out.push(DirEntry {
                         name: exploded::level_dir(l),
@@ -343,7 +460,7 @@ impl TreeFs {
                     return Err(not_found(exploded::level_dir(level)));
                 }
                 let mtime = self.dir_mtime(&self.cache.level_dir(level));
-                for row in self.cache.rows(level)? {
+                for row in self.rows(level)? {
                     out.push(DirEntry {
                         name: exploded::row_dir(row),
                         attr: self.dir_attr(Node::Row { level, row }, 2, mtime),
@@ -351,6 +468,7 @@ impl TreeFs {
                 }
             }
             Node::Row { level, row } => {
+                out.extend(self.written_entries(n, level, row));
                 for (col, _) in self.row_tiles(level, row)? {
                     let t = TileAddr::new(level, row, col);
                     match self.tile(t) {
@@ -382,6 +500,7 @@ impl TreeFs {
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
+        out.dedup_by(|a, b| a.name == b.name);
         Ok(out)
     }
 

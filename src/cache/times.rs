@@ -1,0 +1,158 @@
+//! Per-tile modification times, kept in a sidecar file beside each bundle.
+//!
+//! Bundles hold no per-tile times, but rsync's quick check compares size and mtime, so a mount that
+//! showed every tile with its bundle's mtime would make every `rsync -a` resend everything.
+//!
+//! The sidecar `<bundle>.bundle.times` (same name as the bundle plus `.times`; ArcGIS, MapProxy and
+//! GDAL open bundles by name and never look at it) is:
+//! - a 16-byte header: `b"BFSTIMES"`, u32 LE version (1), u32 reserved;
+//! - 16,384 records of 16 bytes in index order (row-major slot `row * 128 + col`): the tile's raw
+//!   index entry when the time was recorded (u64 LE) and the time in nanoseconds since the Unix
+//!   epoch (i64 LE; 0 = none).
+//!
+//! A record counts only while its entry equals the bundle's current index entry for that slot, so a
+//! tile rewritten by another writer (MapProxy, ArcGIS, `bundlefs compact`) falls back to its
+//! bundle's mtime instead of showing a stale time, and a torn record simply does not match. The
+//! sidecar is written after the index, under the bundle lock, without fsync: losing it costs a
+//! resend by rsync, never a wrong tile.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::{IoContext, Result};
+use crate::format::{Slot, BUNDLE_DIM};
+
+const MAGIC: &[u8; 8] = b"BFSTIMES";
+const VERSION: u32 = 1;
+const HEADER: u64 = 16;
+const RECORD: u64 = 16;
+/// Size of a complete sidecar.
+pub const SIDECAR_LEN: u64 = HEADER + RECORD * (BUNDLE_DIM as u64) * (BUNDLE_DIM as u64);
+
+/// The sidecar path of a bundle.
+pub fn sidecar_path(bundle: &Path) -> PathBuf {
+    let mut s = bundle.as_os_str().to_owned();
+    s.push(".times");
+    PathBuf::from(s)
+}
+
+fn record_pos(slot: Slot) -> u64 {
+    HEADER + RECORD * (u64::from(slot.row) * u64::from(BUNDLE_DIM) + u64::from(slot.col))
+}
+
+fn to_nanos(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        // Times before 1970 are stored negative.
+        Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
+    }
+}
+
+fn from_nanos(n: i64) -> SystemTime {
+    if n >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(n as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(n.unsigned_abs())
+    }
+}
+
+/// The recorded time of a slot, if the sidecar has one for exactly this index entry.
+pub fn read(bundle: &Path, slot: Slot, entry: u64) -> Option<SystemTime> {
+    let f = File::open(sidecar_path(bundle)).ok()?;
+    let mut head = [0u8; HEADER as usize];
+    f.read_exact_at(&mut head, 0).ok()?;
+    if &head[..8] != MAGIC || u32::from_le_bytes(head[8..12].try_into().ok()?) != VERSION {
+        return None;
+    }
+    let mut rec = [0u8; RECORD as usize];
+    f.read_exact_at(&mut rec, record_pos(slot)).ok()?;
+    let seen = u64::from_le_bytes(rec[..8].try_into().ok()?);
+    let nanos = i64::from_le_bytes(rec[8..].try_into().ok()?);
+    (seen == entry && nanos != 0).then(|| from_nanos(nanos))
+}
+
+/// Records times for slots with their current index entries. The caller holds the bundle lock.
+pub fn write(bundle: &Path, records: &[(Slot, u64, SystemTime)]) -> Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let path = sidecar_path(bundle);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .at(&path)?;
+    let mut head = [0u8; HEADER as usize];
+    let fresh = f.read_exact_at(&mut head, 0).is_err()
+        || &head[..8] != MAGIC
+        || u32::from_le_bytes(head[8..12].try_into().unwrap()) != VERSION;
+    if fresh {
+        // New (or unreadable: start over) sidecar: all records empty, then the header.
+        f.set_len(0).at(&path)?;
+        f.set_len(SIDECAR_LEN).at(&path)?;
+        let mut h = [0u8; HEADER as usize];
+        h[..8].copy_from_slice(MAGIC);
+        h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        f.write_all_at(&h, 0).at(&path)?;
+    } else if f.metadata().at(&path)?.len() != SIDECAR_LEN {
+        f.set_len(SIDECAR_LEN).at(&path)?;
+    }
+    let mut sorted: Vec<(u64, [u8; RECORD as usize])> = records
+        .iter()
+        .map(|(slot, entry, t)| {
+            let mut rec = [0u8; RECORD as usize];
+            rec[..8].copy_from_slice(&entry.to_le_bytes());
+            rec[8..].copy_from_slice(&to_nanos(*t).to_le_bytes());
+            (record_pos(*slot), rec)
+        })
+        .collect();
+    sorted.sort_by_key(|r| r.0);
+    // Coalesce adjacent records into one write.
+    let mut i = 0;
+    while i < sorted.len() {
+        let start = sorted[i].0;
+        let mut buf = sorted[i].1.to_vec();
+        let mut j = i + 1;
+        while j < sorted.len() && sorted[j].0 == start + buf.len() as u64 {
+            buf.extend_from_slice(&sorted[j].1);
+            j += 1;
+        }
+        f.write_all_at(&buf, start).at(&path)?;
+        i = j;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_count_only_for_their_entry() {
+        let d = tempfile::tempdir().unwrap();
+        let b = d.path().join("R0000C0000.bundle");
+        let s = Slot { row: 3, col: 127 };
+        assert_eq!(read(&b, s, 42), None);
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
+        let old = UNIX_EPOCH - Duration::new(10, 5);
+        write(&b, &[(s, 42, t), (Slot { row: 3, col: 126 }, 7, old)]).unwrap();
+        assert_eq!(
+            std::fs::metadata(sidecar_path(&b)).unwrap().len(),
+            SIDECAR_LEN
+        );
+        assert_eq!(read(&b, s, 42), Some(t));
+        assert_eq!(read(&b, Slot { row: 3, col: 126 }, 7), Some(old));
+        // Another writer changed the tile: its entry differs, the time no longer applies.
+        assert_eq!(read(&b, s, 43), None);
+        assert_eq!(read(&b, Slot { row: 0, col: 0 }, 0), None);
+        // A damaged header is started over, not trusted.
+        std::fs::write(sidecar_path(&b), b"garbage").unwrap();
+        assert_eq!(read(&b, s, 42), None);
+        write(&b, &[(s, 42, t)]).unwrap();
+        assert_eq!(read(&b, s, 42), Some(t));
+    }
+}

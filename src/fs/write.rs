@@ -1,0 +1,759 @@
+//! Writes through the tree: files being written, temporary names, folders made by mkdir, and the
+//! operations (create, write, truncate, rename, unlink, mkdir, rmdir, fsync) that end in the write
+//! buffer. Plain methods, tested without a kernel.
+//!
+//! The rules:
+//! - Files live in row folders. A name that is a tile name (`Cxxxxxxxx.png|jpg`) is that tile; its
+//!   bytes are committed (checked, merged in MERGE mode, buffered) when the file is closed,
+//!   fsync'd or truncated outside an open. A bad tile fails that close/fsync with EINVAL and a log
+//!   line naming the file; nothing stored changes.
+//! - A name starting with `.` is a temporary file (rsync writes `.Cxxxxxxxx.png.XXXXXX` and renames
+//!   it): it lives in memory until renamed onto a tile name (which commits it) or unlinked.
+//! - Any other name is refused with EPERM and a log line.
+//! - mkdir of `Lnn` (a level of the scheme) and `Rxxxxxxxx` works; bundles appear with their first
+//!   tile. rmdir works on folders without tiles. Folders cannot be renamed (EXDEV: `mv` copies).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::inode::Node;
+use super::{Attr, DirEntry, Invalidation, Kind, TreeFs};
+use crate::cache::buffer::WriteBuffer;
+use crate::cache::Layout;
+use crate::format::exploded;
+use crate::format::sniff::ImageKind;
+use crate::format::{TileAddr, MAX_TILE_SIZE};
+use crate::{Error, Result};
+
+/// A tile file open for writing.
+pub(super) struct OpenTile {
+    tile: TileAddr,
+    /// The name it is written under (its extension says what it must hold).
+    name: String,
+    kind: ImageKind,
+    data: Vec<u8>,
+    dirty: bool,
+    /// Write handles open on it.
+    opens: u32,
+    mtime: Option<SystemTime>,
+}
+
+/// A temporary file.
+pub(super) struct TempFile {
+    level: u8,
+    row: u32,
+    parent: u64,
+    name: String,
+    data: Vec<u8>,
+    mtime: SystemTime,
+}
+
+#[derive(Default)]
+pub(super) struct WriteState {
+    open: HashMap<u64, OpenTile>,
+    temps: HashMap<u64, TempFile>,
+    temp_names: HashMap<(u64, String), u64>,
+    /// Temporary inodes renamed onto a tile: the kernel may keep using them for the tile's name
+    /// until it forgets the entry (which the watcher asks it to).
+    aliases: HashMap<u64, TileAddr>,
+    next_temp: u64,
+    /// Folders made by mkdir: (level, None) or (level, Some(row)).
+    created: BTreeSet<(u8, Option<u32>)>,
+}
+
+impl WriteState {
+    pub(super) fn created_level(&self, l: u8) -> bool {
+        self.created
+            .range((l, None)..=(l, Some(u32::MAX)))
+            .next()
+            .is_some()
+    }
+    pub(super) fn created_levels(&self) -> Vec<u8> {
+        self.created.iter().map(|(l, _)| *l).collect()
+    }
+    pub(super) fn created_rows(&self, l: u8) -> Vec<u32> {
+        self.created
+            .range((l, Some(0))..=(l, Some(u32::MAX)))
+            .filter_map(|(_, r)| *r)
+            .collect()
+    }
+    /// Whether a row folder must exist for what is being written in it.
+    pub(super) fn row_in_use(&self, l: u8, r: u32) -> bool {
+        self.created.contains(&(l, Some(r)))
+            || self.temps.values().any(|t| (t.level, t.row) == (l, r))
+            || self
+                .open
+                .values()
+                .any(|o| (o.tile.level, o.tile.row) == (l, r))
+    }
+}
+
+fn os(what: impl std::fmt::Display, code: i32) -> Error {
+    Error::io(what.to_string(), std::io::Error::from_raw_os_error(code))
+}
+
+/// Write handles are told apart from read handles by this file handle.
+pub const WRITE_FH: u64 = 1;
+
+impl TreeFs {
+    fn writer_or_rofs(&self) -> Result<&Arc<WriteBuffer>> {
+        self.writer
+            .as_ref()
+            .ok_or_else(|| os("read-only mount", libc::EROFS))
+    }
+
+    /// Path of a name inside the tree, for messages.
+    fn tree_path(&self, level: u8, row: u32, name: &str) -> String {
+        let pre = match self.cache.layout() {
+            Layout::ArcGis => "_alllayers/",
+            Layout::MapProxy => "",
+        };
+        format!(
+            "{pre}{}/{}/{name}",
+            exploded::level_dir(level),
+            exploded::row_dir(row)
+        )
+    }
+
+    /// The tile a file name in a row names, with the kind its extension says.
+    fn tile_name(level: u8, row: u32, name: &str) -> Option<(TileAddr, ImageKind)> {
+        let (col, ext) = exploded::parse_col_file(name).ok()?;
+        let kind = match ext {
+            "png" => ImageKind::Png,
+            "jpg" => ImageKind::Jpeg,
+            _ => return None,
+        };
+        (exploded::col_file(col, kind.ext()) == name)
+            .then_some((TileAddr::new(level, row, col), kind))
+    }
+
+    fn row_of(&self, parent: u64) -> Option<(u8, u32)> {
+        match self.inodes.node(parent)? {
+            Node::Row { level, row } => Some((level, row)),
+            _ => None,
+        }
+    }
+
+    pub(super) fn lookup_written(
+        &self,
+        parent: u64,
+        level: u8,
+        row: u32,
+        name: &str,
+    ) -> Result<Option<Attr>> {
+        if self.writer.is_none() {
+            return Ok(None);
+        }
+        let temp = self
+            .w
+            .lock()
+            .unwrap()
+            .temp_names
+            .get(&(parent, name.to_string()))
+            .copied();
+        if let Some(ino) = temp {
+            return self.temp_attr(ino).map(Some);
+        }
+        if let Some((t, _)) = Self::tile_name(level, row, name) {
+            let ino = self.ino(Node::Tile(t));
+            let w = self.w.lock().unwrap();
+            if let Some(o) = w.open.get(&ino) {
+                if o.name == name {
+                    return Ok(Some(open_attr_of(ino, o)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    pub(super) fn open_attr(&self, ino: u64) -> Option<Attr> {
+        let w = self.w.lock().unwrap();
+        w.open.get(&ino).map(|o| open_attr_of(ino, o))
+    }
+
+    pub(super) fn temp_attr(&self, ino: u64) -> Result<Attr> {
+        let alias = {
+            let w = self.w.lock().unwrap();
+            if let Some(o) = w.open.get(&ino) {
+                return Ok(open_attr_of(ino, o));
+            }
+            if let Some(t) = w.temps.get(&ino) {
+                return Ok(Attr {
+                    ino,
+                    kind: Kind::File,
+                    size: t.data.len() as u64,
+                    mtime: t.mtime,
+                    nlink: 1,
+                });
+            }
+            w.aliases.get(&ino).copied()
+        };
+        match alias {
+            Some(t) => {
+                let b = self.tile(t)?.ok_or_else(|| super::not_found(t))?;
+                Ok(Attr {
+                    ino,
+                    ..self.tile_attr(t, &b)
+                })
+            }
+            None => Err(super::not_found(format!("inode {ino}"))),
+        }
+    }
+
+    /// The tile a renamed temporary inode now stands for.
+    pub(super) fn alias(&self, ino: u64) -> Option<TileAddr> {
+        self.w.lock().unwrap().aliases.get(&ino).copied()
+    }
+
+    /// Bytes of a file being written (open tile or temporary file).
+    pub(super) fn written_bytes(&self, ino: u64) -> Option<Arc<Vec<u8>>> {
+        let w = self.w.lock().unwrap();
+        if let Some(o) = w.open.get(&ino) {
+            return Some(Arc::new(o.data.clone()));
+        }
+        w.temps.get(&ino).map(|t| Arc::new(t.data.clone()))
+    }
+
+    /// Files being written in a row, for its listing.
+    pub(super) fn written_entries(&self, row_node: Node, level: u8, row: u32) -> Vec<DirEntry> {
+        if self.writer.is_none() {
+            return Vec::new();
+        }
+        let parent = self.ino(row_node);
+        let w = self.w.lock().unwrap();
+        let mut out: Vec<DirEntry> = w
+            .temps
+            .iter()
+            .filter(|(_, t)| t.parent == parent)
+            .map(|(ino, t)| DirEntry {
+                name: t.name.clone(),
+                attr: Attr {
+                    ino: *ino,
+                    kind: Kind::File,
+                    size: t.data.len() as u64,
+                    mtime: t.mtime,
+                    nlink: 1,
+                },
+            })
+            .collect();
+        out.extend(
+            w.open
+                .iter()
+                .filter(|(_, o)| (o.tile.level, o.tile.row) == (level, row))
+                .map(|(ino, o)| DirEntry {
+                    name: o.name.clone(),
+                    attr: open_attr_of(*ino, o),
+                }),
+        );
+        out
+    }
+
+    /// Creates a file in a row folder and opens it for writing.
+    pub fn create(&self, parent: u64, name: &str) -> Result<Attr> {
+        self.writer_or_rofs()?;
+        let Some((level, row)) = self.row_of(parent) else {
+            tracing::warn!("create {name:?}: files can only be made in row folders (Rxxxxxxxx)");
+            return Err(os(name, libc::EPERM));
+        };
+        let path = self.tree_path(level, row, name);
+        if name.starts_with('.') {
+            let mut w = self.w.lock().unwrap();
+            if w.temp_names.contains_key(&(parent, name.to_string())) {
+                return Err(os(path, libc::EEXIST));
+            }
+            w.next_temp += 1;
+            let ino = self.ino(Node::Temp(w.next_temp));
+            let now = SystemTime::now();
+            w.temps.insert(
+                ino,
+                TempFile {
+                    level,
+                    row,
+                    parent,
+                    name: name.to_string(),
+                    data: Vec::new(),
+                    mtime: now,
+                },
+            );
+            w.temp_names.insert((parent, name.to_string()), ino);
+            return Ok(Attr {
+                ino,
+                kind: Kind::File,
+                size: 0,
+                mtime: now,
+                nlink: 1,
+            });
+        }
+        let Some((t, kind)) = Self::tile_name(level, row, name) else {
+            tracing::warn!(
+                "create {path}: not a tile name (Cxxxxxxxx.png or .jpg) nor a temporary name (.*)"
+            );
+            return Err(os(path, libc::EPERM));
+        };
+        let ino = self.ino(Node::Tile(t));
+        let mut w = self.w.lock().unwrap();
+        let o = w.open.entry(ino).or_insert(OpenTile {
+            tile: t,
+            name: name.to_string(),
+            kind,
+            data: Vec::new(),
+            dirty: true,
+            opens: 0,
+            mtime: None,
+        });
+        o.opens += 1;
+        o.data.clear();
+        o.dirty = true;
+        Ok(open_attr_of(ino, o))
+    }
+
+    /// Opens an existing file for writing (`truncate`: O_TRUNC). Returns the handle to use.
+    pub fn open_write(&self, ino: u64, truncate: bool) -> Result<u64> {
+        self.writer_or_rofs()?;
+        let node = self.node(ino)?;
+        if let Node::Temp(_) = node {
+            let mut w = self.w.lock().unwrap();
+            if let Some(t) = w.temps.get_mut(&ino) {
+                if truncate {
+                    t.data.clear();
+                }
+                return Ok(WRITE_FH);
+            }
+        }
+        let t = match node {
+            Node::Tile(t) => t,
+            Node::Temp(_) => self.alias(ino).ok_or_else(|| super::not_found(ino))?,
+            Node::ConfXml | Node::ConfCdi => {
+                tracing::warn!("conf.xml and conf.cdi are shown read-only");
+                return Err(os("conf file", libc::EPERM));
+            }
+            _ => return Err(os("folder", libc::EISDIR)),
+        };
+        {
+            let mut w = self.w.lock().unwrap();
+            if let Some(o) = w.open.get_mut(&ino) {
+                o.opens += 1;
+                if truncate {
+                    o.data.clear();
+                    o.dirty = true;
+                }
+                return Ok(WRITE_FH);
+            }
+        }
+        let bytes = self.tile(t)?.ok_or_else(|| super::not_found(t))?;
+        let kind = self.cache.kind_of(&bytes);
+        let o = OpenTile {
+            tile: t,
+            name: exploded::col_file(t.col, kind.ext()),
+            kind,
+            data: if truncate { Vec::new() } else { bytes.to_vec() },
+            dirty: truncate,
+            opens: 1,
+            mtime: None,
+        };
+        self.w.lock().unwrap().open.insert(ino, o);
+        Ok(WRITE_FH)
+    }
+
+    /// Writes bytes into a file open for writing.
+    pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        self.writer_or_rofs()?;
+        let end = offset as usize + data.len();
+        if offset > MAX_TILE_SIZE as u64 || end > MAX_TILE_SIZE {
+            return Err(os(
+                format!("inode {ino}: tiles hold at most 2^24-1 bytes"),
+                libc::EFBIG,
+            ));
+        }
+        let mut w = self.w.lock().unwrap();
+        let buf = if let Some(o) = w.open.get_mut(&ino) {
+            o.dirty = true;
+            &mut o.data
+        } else if let Some(t) = w.temps.get_mut(&ino) {
+            t.mtime = SystemTime::now();
+            &mut t.data
+        } else {
+            return Err(os(
+                format!("inode {ino}: not open for writing"),
+                libc::EBADF,
+            ));
+        };
+        if buf.len() < end {
+            buf.resize(end, 0);
+        }
+        buf[offset as usize..end].copy_from_slice(data);
+        Ok(data.len() as u32)
+    }
+
+    /// Changes size and/or modification time (mode and owner are not kept: tiles show 0644).
+    pub fn setattr(&self, ino: u64, size: Option<u64>, mtime: Option<SystemTime>) -> Result<Attr> {
+        let node = self.node(ino)?;
+        let file = matches!(node, Node::Tile(_) | Node::Temp(_));
+        if (size.is_some() || mtime.is_some()) && file {
+            self.writer_or_rofs()?;
+        }
+        if size.is_some() && matches!(node, Node::ConfXml | Node::ConfCdi) {
+            return Err(os("conf file", libc::EPERM));
+        }
+        if !file {
+            return self.getattr(ino); // folder times and modes are not kept
+        }
+        if let Some(s) = size {
+            if s > MAX_TILE_SIZE as u64 {
+                return Err(os(format!("inode {ino}: size {s}"), libc::EFBIG));
+            }
+        }
+        let handled = {
+            let mut w = self.w.lock().unwrap();
+            if let Some(o) = w.open.get_mut(&ino) {
+                if let Some(s) = size {
+                    o.data.resize(s as usize, 0);
+                    o.dirty = true;
+                }
+                if mtime.is_some() {
+                    o.mtime = mtime;
+                }
+                true
+            } else if let Some(t) = w.temps.get_mut(&ino) {
+                if let Some(s) = size {
+                    t.data.resize(s as usize, 0);
+                }
+                if let Some(m) = mtime {
+                    t.mtime = m;
+                }
+                true
+            } else {
+                false
+            }
+        };
+        if !handled {
+            let t = match node {
+                Node::Tile(t) => t,
+                _ => self.alias(ino).ok_or_else(|| super::not_found(ino))?,
+            };
+            if let Some(s) = size {
+                // Truncate outside an open: commit the truncated tile now.
+                self.open_write(ino, false)?;
+                let r = self.setattr(ino, Some(s), mtime);
+                let c = self.release(ino, WRITE_FH);
+                r?;
+                c?;
+                return self.getattr(ino);
+            }
+            if let Some(m) = mtime {
+                let w = self.writer_or_rofs()?;
+                if !w.set_time(t, m) && !self.cache.set_tile_time(t, m)? {
+                    return Err(super::not_found(t));
+                }
+            }
+        }
+        self.getattr(ino)
+    }
+
+    /// Commits a dirty open tile: checked, merged, buffered. A refused tile is dropped (the
+    /// kernel is told to forget the bytes it cached) and the error returned.
+    fn commit_open(&self, ino: u64) -> Result<()> {
+        let (t, kind, data, mtime, path) = {
+            let mut w = self.w.lock().unwrap();
+            let Some(o) = w.open.get_mut(&ino) else {
+                return Ok(());
+            };
+            if !o.dirty {
+                return Ok(());
+            }
+            o.dirty = false;
+            let path = self.tree_path(o.tile.level, o.tile.row, &o.name);
+            (o.tile, o.kind, o.data.clone(), o.mtime, path)
+        };
+        self.commit_tile(ino, t, kind, data, mtime, &path)
+    }
+
+    fn commit_tile(
+        &self,
+        ino: u64,
+        t: TileAddr,
+        kind: ImageKind,
+        data: Vec<u8>,
+        mtime: Option<SystemTime>,
+        path: &str,
+    ) -> Result<()> {
+        let w = self.writer_or_rofs()?;
+        let before = self.tile(t).ok().flatten().map(|b| self.cache.kind_of(&b));
+        let len = data.len();
+        match w.commit(t, kind, data, mtime.unwrap_or_else(SystemTime::now)) {
+            Ok(()) => {
+                // MERGE may store other bytes than were written: the kernel must re-read them.
+                if w.get(t).is_some_and(|p| match p {
+                    crate::cache::buffer::Pending::Put { bytes, .. } => bytes.len() != len,
+                    _ => false,
+                }) || w.mode() == crate::cache::commit::ImportMode::Merge
+                {
+                    self.queue(Invalidation::Inode(ino));
+                }
+                // A MIXED cache's tile that changed kind changes name: drop the old name.
+                if let Some(old) = before.filter(|k| *k != kind) {
+                    self.queue(Invalidation::Entry {
+                        parent: self.ino(Node::Row {
+                            level: t.level,
+                            row: t.row,
+                        }),
+                        name: exploded::col_file(t.col, old.ext()),
+                    });
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!("{path}: not stored: {e}");
+                self.queue(Invalidation::Inode(ino));
+                Err(e)
+            }
+        }
+    }
+
+    /// close(2) of a handle: commits what was written. Errors reach the closing program.
+    pub fn flush(&self, ino: u64) -> Result<()> {
+        if self.writer.is_none() {
+            return Ok(());
+        }
+        self.commit_open(ino)
+    }
+
+    /// Last close of a handle: commits if still dirty, forgets the open file with the last one.
+    pub fn release(&self, ino: u64, fh: u64) -> Result<()> {
+        if self.writer.is_none() || fh != WRITE_FH {
+            return Ok(());
+        }
+        let r = self.commit_open(ino);
+        let mut w = self.w.lock().unwrap();
+        if let Some(o) = w.open.get_mut(&ino) {
+            o.opens = o.opens.saturating_sub(1);
+            if o.opens == 0 && !o.dirty {
+                w.open.remove(&ino);
+            }
+        }
+        r
+    }
+
+    /// fsync(2): commits the file and writes its bundle durably.
+    pub fn fsync(&self, ino: u64) -> Result<()> {
+        let Some(w) = self.writer.as_ref() else {
+            return Ok(());
+        };
+        self.commit_open(ino)?;
+        let t = match self.node(ino)? {
+            Node::Tile(t) => Some(t),
+            Node::Temp(_) => self.alias(ino),
+            _ => None,
+        };
+        if let Some(t) = t {
+            w.flush_bundle(t.bundle())?;
+        }
+        Ok(())
+    }
+
+    /// Removes a file: a tile leaves its bundle, a temporary file is dropped.
+    pub fn unlink(&self, parent: u64, name: &str) -> Result<()> {
+        let w = self.writer_or_rofs()?;
+        let Some((level, row)) = self.row_of(parent) else {
+            return Err(super::not_found(name));
+        };
+        {
+            let mut st = self.w.lock().unwrap();
+            if let Some(ino) = st.temp_names.remove(&(parent, name.to_string())) {
+                st.temps.remove(&ino);
+                return Ok(());
+            }
+        }
+        let (t, kind) = Self::tile_name(level, row, name).ok_or_else(|| super::not_found(name))?;
+        let ino = self.ino(Node::Tile(t));
+        let open = self.w.lock().unwrap().open.remove(&ino);
+        let stored = self.tile(t)?;
+        match stored {
+            Some(b) if self.cache.kind_of(&b) == kind => w.delete(t),
+            _ if open.is_some() => Ok(()),
+            _ => Err(super::not_found(name)),
+        }
+    }
+
+    /// Renames a file. A temporary file renamed onto a tile name commits it (rsync's last step).
+    pub fn rename(&self, parent: u64, name: &str, newparent: u64, newname: &str) -> Result<()> {
+        self.writer_or_rofs()?;
+        let (Some((l0, r0)), Some((l1, r1))) = (self.row_of(parent), self.row_of(newparent)) else {
+            // Folders hold bundles: moving them is a copy (EXDEV makes mv do that).
+            return Err(os(name, libc::EXDEV));
+        };
+        let from_path = self.tree_path(l0, r0, name);
+        let to_path = self.tree_path(l1, r1, newname);
+        let temp = self
+            .w
+            .lock()
+            .unwrap()
+            .temp_names
+            .get(&(parent, name.to_string()))
+            .copied();
+        if let Some(ino) = temp {
+            if newname.starts_with('.') {
+                let mut w = self.w.lock().unwrap();
+                if let Some(old) = w.temp_names.remove(&(newparent, newname.to_string())) {
+                    w.temps.remove(&old);
+                }
+                w.temp_names.remove(&(parent, name.to_string()));
+                w.temp_names.insert((newparent, newname.to_string()), ino);
+                if let Some(t) = w.temps.get_mut(&ino) {
+                    t.parent = newparent;
+                    t.level = l1;
+                    t.row = r1;
+                    t.name = newname.to_string();
+                }
+                return Ok(());
+            }
+            let Some((t, kind)) = Self::tile_name(l1, r1, newname) else {
+                tracing::warn!("rename {from_path} -> {to_path}: not a tile name");
+                return Err(os(to_path, libc::EPERM));
+            };
+            let (data, mtime) = {
+                let w = self.w.lock().unwrap();
+                let f = w.temps.get(&ino).ok_or_else(|| super::not_found(name))?;
+                (f.data.clone(), f.mtime)
+            };
+            self.commit_tile(ino, t, kind, data, Some(mtime), &to_path)?;
+            {
+                let mut w = self.w.lock().unwrap();
+                w.temp_names.remove(&(parent, name.to_string()));
+                w.temps.remove(&ino);
+                w.aliases.insert(ino, t);
+            }
+            // Let the kernel look the name up again, to learn the tile's stable inode.
+            self.queue(Invalidation::Entry {
+                parent: newparent,
+                name: newname.to_string(),
+            });
+            return Ok(());
+        }
+        // A tile renamed onto another tile name: copy, then delete the source.
+        let (src, _) = Self::tile_name(l0, r0, name).ok_or_else(|| super::not_found(name))?;
+        let Some((dst, kind)) = Self::tile_name(l1, r1, newname) else {
+            tracing::warn!("rename {from_path} -> {to_path}: not a tile name");
+            return Err(os(to_path, libc::EPERM));
+        };
+        if src == dst {
+            return Ok(());
+        }
+        let bytes = self.tile(src)?.ok_or_else(|| super::not_found(name))?;
+        let mtime = self.cache.tile_mtime(src, &bytes);
+        let dst_ino = self.ino(Node::Tile(dst));
+        self.commit_tile(dst_ino, dst, kind, bytes.to_vec(), mtime, &to_path)?;
+        self.writer_or_rofs()?.delete(src)
+    }
+
+    /// Makes a level or row folder.
+    pub fn mkdir(&self, parent: u64, name: &str) -> Result<Attr> {
+        self.writer_or_rofs()?;
+        let p = self.node(parent)?;
+        let exists = self.lookup(parent, name).is_ok();
+        if p == self.levels_parent() {
+            let Ok(l) = exploded::parse_level_dir(name) else {
+                tracing::warn!("mkdir {name:?}: not a level folder name (Lnn)");
+                return Err(os(name, libc::EPERM));
+            };
+            if exploded::level_dir(l) != name {
+                return Err(os(name, libc::EPERM));
+            }
+            if let Some(s) = self.cache.scheme() {
+                if !s.lods.iter().any(|lod| lod.level == l) {
+                    tracing::warn!(
+                        "mkdir {name}: level {l} is not in the tiling scheme (conf.xml)"
+                    );
+                    return Err(os(name, libc::EINVAL));
+                }
+            }
+            if exists {
+                return Err(os(name, libc::EEXIST));
+            }
+            self.w.lock().unwrap().created.insert((l, None));
+            return self.getattr(self.ino(Node::Level(l)));
+        }
+        if let Node::Level(level) = p {
+            let row = match exploded::parse_row_dir(name) {
+                Ok(r) if exploded::row_dir(r) == name => r,
+                _ => {
+                    tracing::warn!("mkdir {name:?}: not a row folder name (Rxxxxxxxx)");
+                    return Err(os(name, libc::EPERM));
+                }
+            };
+            if exists {
+                return Err(os(name, libc::EEXIST));
+            }
+            self.w.lock().unwrap().created.insert((level, Some(row)));
+            return self.getattr(self.ino(Node::Row { level, row }));
+        }
+        if exists {
+            return Err(os(name, libc::EEXIST));
+        }
+        tracing::warn!("mkdir {name:?}: only level and row folders can be made");
+        Err(os(name, libc::EPERM))
+    }
+
+    /// Removes an empty level or row folder.
+    pub fn rmdir(&self, parent: u64, name: &str) -> Result<()> {
+        self.writer_or_rofs()?;
+        let p = self.node(parent)?;
+        let a = self.lookup(parent, name)?;
+        match self.node(a.ino)? {
+            Node::Row { level, row } if p == Node::Level(level) => {
+                let busy = {
+                    let w = self.w.lock().unwrap();
+                    w.temps.values().any(|t| (t.level, t.row) == (level, row))
+                        || w.open
+                            .values()
+                            .any(|o| (o.tile.level, o.tile.row) == (level, row))
+                };
+                if busy || !self.row_tiles(level, row)?.is_empty() {
+                    return Err(os(name, libc::ENOTEMPTY));
+                }
+                self.w.lock().unwrap().created.remove(&(level, Some(row)));
+                Ok(())
+            }
+            Node::Level(l) => {
+                if !self.rows(l)?.is_empty() {
+                    return Err(os(name, libc::ENOTEMPTY));
+                }
+                let was_created = self.w.lock().unwrap().created.remove(&(l, None));
+                if self.cache.level_dir(l).is_dir() && !was_created {
+                    // A level folder on disk without tiles (empty bundles): it stays.
+                    return Err(os(name, libc::ENOTEMPTY));
+                }
+                Ok(())
+            }
+            Node::ConfXml | Node::ConfCdi => Err(os(name, libc::ENOTDIR)),
+            _ => Err(os(name, libc::EPERM)),
+        }
+    }
+
+    /// Writes everything waiting in the write buffer (idle timer, unmount).
+    pub fn flush_all(&self) -> Result<()> {
+        if let Some(w) = &self.writer {
+            let s = w.flush_all()?;
+            if s.tiles > 0 {
+                tracing::info!(
+                    "flushed {} tiles into {} bundles ({} bytes)",
+                    s.tiles,
+                    s.bundles,
+                    s.bytes_written
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+fn open_attr_of(ino: u64, o: &OpenTile) -> Attr {
+    Attr {
+        ino,
+        kind: Kind::File,
+        size: o.data.len() as u64,
+        mtime: o.mtime.unwrap_or_else(SystemTime::now),
+        nlink: 1,
+    }
+}
