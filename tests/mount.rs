@@ -4,126 +4,18 @@
 
 mod common;
 
+use common::mount::{is_mounted, need, sh, within, Mounted};
+
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bundlefs::cache::Cache;
 use bundlefs::format::TileAddr;
-
-const MOUNT_WAIT: Duration = Duration::from_secs(15);
-
-/// A running `bundlefs mount` in the foreground; Drop unmounts and reaps it.
-struct Mounted {
-    child: Option<Child>,
-    mnt: PathBuf,
-}
-
-fn is_mounted(mnt: &Path) -> bool {
-    let want = fs::canonicalize(mnt).unwrap_or_else(|_| mnt.to_path_buf());
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(want.to_str().unwrap()))
-}
-
-impl Mounted {
-    fn start(cache: &Path, mnt: &Path, extra: &[&str]) -> Mounted {
-        fs::create_dir_all(mnt).unwrap();
-        let child = Command::new(common::bin())
-            .arg("mount")
-            .arg(cache)
-            .arg(mnt)
-            .args(extra)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start bundlefs mount");
-        let mut m = Mounted {
-            child: Some(child),
-            mnt: mnt.to_path_buf(),
-        };
-        let start = Instant::now();
-        while !is_mounted(mnt) {
-            if let Some(st) = m.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("bundlefs mount exited early: {st}");
-            }
-            assert!(
-                start.elapsed() < MOUNT_WAIT,
-                "mount of {} did not appear",
-                mnt.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        m
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.mnt.join(rel)
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if is_mounted(&self.mnt) {
-            let _ = Command::new("fusermount3")
-                .arg("-u")
-                .arg(&self.mnt)
-                .status();
-        }
-        if let Some(mut c) = self.child.take() {
-            let start = Instant::now();
-            loop {
-                match c.try_wait() {
-                    Ok(Some(_)) => break,
-                    _ if start.elapsed() > Duration::from_secs(10) => {
-                        let _ = c.kill();
-                        let _ = c.wait();
-                        break;
-                    }
-                    _ => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        }
-        if is_mounted(&self.mnt) {
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-        }
-    }
-}
-
-/// Runs `f` on another thread; fails the test (instead of hanging) after `secs`.
-fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(Duration::from_secs(secs))
-        .expect("file-system call timed out (deadlock?)")
-}
-
-/// Runs a command with a time limit; returns (status ok, stdout, stderr).
-fn sh(cmd: &str) -> (bool, String, String) {
-    let out = Command::new("timeout")
-        .args(["120", "bash", "-c", cmd])
-        .output()
-        .expect("run bash");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn need(tool: &str) {
-    let (ok, _, _) = sh(&format!("command -v {tool}"));
-    assert!(
-        ok,
-        "{tool} is missing: run scripts/test.sh, which installs it"
-    );
-}
 
 /// MapProxy-seeded caches (levels 0-3, PNG): v1/, v2/ and MapProxy's arcgis export, built once.
 fn mapproxy_fixture() -> &'static Path {

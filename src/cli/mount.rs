@@ -397,7 +397,22 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("bogus"));
-        assert!(parse_options(&["rw".into()]).is_err());
+        assert!(!parse_options(&["rw".into()]).unwrap().read_only);
+        assert!(
+            parse_options(&[]).unwrap().read_only,
+            "read-only unless asked"
+        );
+        assert!(parse_options(&["rw,ro".into()]).unwrap().read_only);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("M").is_err());
     }
 
     #[test]
