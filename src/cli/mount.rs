@@ -177,6 +177,8 @@ fn serve(
         tree.clone(),
         FuseOptions {
             ttl: args.ttl,
+            // As long as a change by another writer may go unnoticed anyway.
+            negative_ttl: args.ttl.min(args.recheck),
             read_only: parsed.read_only,
             uid,
             gid,

@@ -24,6 +24,8 @@ use crate::Error;
 pub struct FuseOptions {
     /// Entry and attribute time-to-live given to the kernel.
     pub ttl: Duration,
+    /// How long the kernel may remember that a name in a row does not exist.
+    pub negative_ttl: Duration,
     pub read_only: bool,
     pub uid: u32,
     pub gid: u32,
@@ -140,6 +142,22 @@ impl Filesystem for FuseFs {
         };
         match self.fs.lookup(parent.0, name) {
             Ok(a) => reply.entry(&self.opts.ttl, &self.attr(&a), Generation(0)),
+            // A missing file in a row: a negative entry (inode 0) the kernel keeps for
+            // `negative_ttl`, so rsync's repeated checks of a name it is about to write (and
+            // walks probing absent tiles) stay in the kernel.
+            Err(Error::NotFound(_))
+                if !self.opts.negative_ttl.is_zero()
+                    && matches!(self.fs.inodes.node(parent.0), Some(Node::Row { .. })) =>
+            {
+                let none = Attr {
+                    ino: 0,
+                    kind: Kind::File,
+                    size: 0,
+                    mtime: std::time::UNIX_EPOCH,
+                    nlink: 0,
+                };
+                reply.entry(&self.opts.negative_ttl, &self.attr(&none), Generation(0))
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
