@@ -4,6 +4,7 @@
 //! negative cache, image checks, keeping rendered tiles).
 
 pub mod arcgis;
+pub mod batch;
 pub mod http;
 pub mod label;
 pub mod pixels;
