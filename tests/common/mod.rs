@@ -2,6 +2,8 @@
 //! and trees, running the `bundlefs` binary.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
