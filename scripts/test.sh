@@ -3,7 +3,8 @@
 # cargo fmt --check, cargo clippy (all targets, warnings are errors) and cargo test (all targets).
 #
 # Tests need: fusermount3 (fuse3), mapproxy-util/mapproxy-seed (mapproxy, python3-yaml),
-# gdalinfo (gdal-bin), rsync. Fixtures are read from ../shared/fixtures beside the repository.
+# gdalinfo (gdal-bin), rsync, /usr/lib/cgi-bin/mapserv (cgi-mapserver: the WMS of tests/render.rs).
+# Fixtures are read from ../shared/fixtures beside the repository.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -17,6 +18,8 @@ for pair in "${needs[@]}"; do
     tool=${pair%%:*} pkg=${pair#*:}
     command -v "$tool" >/dev/null 2>&1 || missing+=("$pkg")
 done
+# tests/render.rs runs MapServer as CGI from its Debian path.
+[[ -x /usr/lib/cgi-bin/mapserv ]] || missing+=(cgi-mapserver)
 # MapProxy's fixture script runs /usr/bin/python3 with PyYAML (python3-yaml).
 if ! /usr/bin/python3 -c 'import yaml' >/dev/null 2>&1; then
     missing+=(python3-yaml)
@@ -34,9 +37,9 @@ if ((${#missing[@]})); then
     fi
     "${sudo[@]}" apt-get update
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        fuse3 mapproxy gdal-bin rsync python3-yaml
+        fuse3 mapproxy gdal-bin rsync python3-yaml cgi-mapserver
 else
-    say "test dependencies present (fuse3, mapproxy, gdal-bin, rsync, python3-yaml)"
+    say "test dependencies present (fuse3, mapproxy, gdal-bin, rsync, python3-yaml, cgi-mapserver)"
 fi
 
 say "cargo fmt --check"

@@ -34,6 +34,14 @@ pub enum Error {
     /// No such tile/level/file.
     #[error("{0}: not found")]
     NotFound(String),
+    /// A tile source (map server, resampling…) failed to produce a tile; `what` names the source or
+    /// URL. `retryable` marks failures that may pass on a second try (timeouts, 5xx, dropped connections).
+    #[error("{what}: {msg}")]
+    Source {
+        what: String,
+        msg: String,
+        retryable: bool,
+    },
 }
 
 impl Error {
@@ -55,6 +63,15 @@ impl Error {
         Error::Invalid(msg.into())
     }
 
+    /// A source failure that a retry will not fix (bad image, HTTP 4xx…).
+    pub fn source(what: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Source {
+            what: what.into(),
+            msg: msg.into(),
+            retryable: false,
+        }
+    }
+
     /// The errno a filesystem call reports for this error.
     pub fn errno(&self) -> i32 {
         match self {
@@ -63,6 +80,7 @@ impl Error {
             Error::Locked { .. } => libc::EAGAIN,
             Error::Invalid(_) => libc::EINVAL,
             Error::NotFound(_) => libc::ENOENT,
+            Error::Source { .. } => libc::EIO,
         }
     }
 }

@@ -10,10 +10,13 @@ use super::Command;
 use crate::cache::export::{export, ExportOptions, LevelRange};
 use crate::cache::verify::verify;
 use crate::cache::{Cache, LevelStats};
+use crate::format::conf::Envelope;
 use crate::format::conf::{StorageFormat, TileFormat, TileScheme};
 use crate::format::TileAddr;
+use crate::render::batch::{render_batch, BatchOptions};
 use crate::render::label::LabelSource;
-use crate::render::TileSource;
+use crate::render::{HttpOptions, Keep, RenderOptions, Renderer, SourceSpec, TileSource};
+use std::sync::Arc;
 
 pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
@@ -153,6 +156,35 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Command::Render {
+            cache,
+            source,
+            levels,
+            extent,
+            tile,
+            output,
+            keep,
+            overwrite,
+            jobs,
+            timeout,
+            retries,
+            proxy,
+            max_tiles,
+        } => render(RenderArgs {
+            cache,
+            source,
+            levels,
+            extent,
+            tile,
+            output,
+            keep,
+            overwrite,
+            jobs,
+            timeout,
+            retries,
+            proxy,
+            max_tiles,
+        }),
         Command::Sample {
             dir,
             levels,
@@ -197,6 +229,153 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+struct RenderArgs {
+    cache: std::path::PathBuf,
+    source: String,
+    levels: Option<LevelRange>,
+    extent: Option<String>,
+    tile: Option<String>,
+    output: Option<std::path::PathBuf>,
+    keep: bool,
+    overwrite: bool,
+    jobs: usize,
+    timeout: f64,
+    retries: u32,
+    proxy: Option<String>,
+    max_tiles: u64,
+}
+
+fn render(a: RenderArgs) -> anyhow::Result<ExitCode> {
+    let spec: SourceSpec = a.source.parse()?;
+    let timeout = std::time::Duration::try_from_secs_f64(a.timeout)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| anyhow::anyhow!("--timeout must be > 0 seconds"))?;
+    let cache = Arc::new(Cache::open(&a.cache)?);
+    let http = HttpOptions {
+        timeout,
+        proxy: a.proxy.clone(),
+        ..HttpOptions::default()
+    };
+    let src = spec.build(&cache, &http)?;
+    let opts = RenderOptions {
+        concurrency: a.jobs.max(1),
+        timeout,
+        retries: a.retries,
+        // A batch visits each tile once: no memory cache, and failures are counted, not remembered.
+        memory_budget: 0,
+        negative_ttl: std::time::Duration::ZERO,
+        ..RenderOptions::default()
+    };
+    if let Some(t) = &a.tile {
+        let t = parse_tile(t)?;
+        let keep = if a.keep { Keep::Cache } else { Keep::No };
+        let r = Renderer::new(cache, src, keep, opts)?;
+        let started = std::time::Instant::now();
+        let bytes = r.get(t)?;
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        match a.output.as_deref() {
+            Some(p) if p.as_os_str() == "-" => {
+                std::io::Write::write_all(&mut std::io::stdout().lock(), &bytes)?
+            }
+            Some(p) => std::fs::write(p, &bytes[..]).with_context(|| format!("{}", p.display()))?,
+            None => {}
+        }
+        eprintln!(
+            "{t}: {} bytes from {spec} in {ms:.1} ms{}",
+            bytes.len(),
+            if a.keep { ", kept" } else { "" }
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(levels) = a.levels else {
+        bail!("say which tiles: --levels A-B (with an optional --extent) or --tile L/R/C");
+    };
+    let extent = a.extent.as_deref().map(parse_extent).transpose()?;
+    let r = Renderer::new(cache, src, Keep::No, opts)?;
+    let bo = BatchOptions {
+        levels,
+        extent,
+        overwrite: a.overwrite,
+        keep: a.keep,
+        jobs: a.jobs.max(1),
+        max_tiles: a.max_tiles,
+        fine_first: spec == SourceSpec::Resample,
+    };
+    let bar = progress_bar();
+    let st = render_batch(&r, &bo, &|n| bar.inc(n))?;
+    bar.finish_and_clear();
+    let made = st.rendered + st.empty + st.failed;
+    println!(
+        "{}: {} tiles in levels {}-{}: {} rendered ({} bytes), {} empty, {} failed, {} already stored, {} kept; {:.2} s ({:.1} ms/tile, {} source calls) from {spec}",
+        a.cache.display(),
+        st.candidates,
+        levels.min,
+        levels.max,
+        st.rendered,
+        st.bytes,
+        st.empty,
+        st.failed,
+        st.skipped_stored,
+        st.kept,
+        st.seconds,
+        st.seconds * 1e3 / made.max(1) as f64,
+        r.stats().source_calls
+    );
+    Ok(if st.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `L/R/C` in decimal, or `Lnn/Rxxxxxxxx/Cxxxxxxxx[.ext]` as in exploded caches (hex row/col).
+fn parse_tile(s: &str) -> anyhow::Result<TileAddr> {
+    let bad =
+        || anyhow::anyhow!("--tile {s:?}: want L/R/C (e.g. 3/2/5) or L03/R00000002/C00000005");
+    let parts: Vec<&str> = s.trim().trim_matches('/').split('/').collect();
+    let [l, r, c] = parts[..] else {
+        return Err(bad());
+    };
+    let c = c.split('.').next().unwrap_or(c);
+    let named = |v: &str, p: char| {
+        v.strip_prefix(p)
+            .or_else(|| v.strip_prefix(p.to_ascii_lowercase()))
+            .map(str::to_string)
+    };
+    let t = match (named(l, 'L'), named(r, 'R'), named(c, 'C')) {
+        (Some(l), Some(r), Some(c)) => TileAddr::new(
+            l.parse().map_err(|_| bad())?,
+            u32::from_str_radix(&r, 16).map_err(|_| bad())?,
+            u32::from_str_radix(&c, 16).map_err(|_| bad())?,
+        ),
+        (None, None, None) => TileAddr::new(
+            l.parse().map_err(|_| bad())?,
+            r.parse().map_err(|_| bad())?,
+            c.parse().map_err(|_| bad())?,
+        ),
+        _ => return Err(bad()),
+    };
+    Ok(t)
+}
+
+fn parse_extent(s: &str) -> anyhow::Result<Envelope> {
+    let v: Vec<f64> = s
+        .split(',')
+        .map(|x| x.trim().parse::<f64>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| anyhow::anyhow!("--extent {s:?}: want XMIN,YMIN,XMAX,YMAX numbers"))?;
+    match v[..] {
+        [xmin, ymin, xmax, ymax] if xmin < xmax && ymin < ymax => Ok(Envelope {
+            xmin,
+            ymin,
+            xmax,
+            ymax,
+        }),
+        _ => bail!("--extent {s:?}: want XMIN,YMIN,XMAX,YMAX with XMIN < XMAX and YMIN < YMAX"),
     }
 }
 

@@ -1,16 +1,14 @@
 //! The `label` source: tiles drawn by bundlefs itself — a coloured square per level with a border and
 //! the tile's level, row and column written on it. Used by `bundlefs sample` and for demos.
 
-use std::io::Cursor;
-
 use font8x8::{UnicodeFonts, BASIC_FONTS};
-use image::codecs::jpeg::JpegEncoder;
-use image::{ImageFormat, Rgba, RgbaImage};
+use image::{Rgba, RgbaImage};
 
+use super::pixels::encode;
 use super::TileSource;
-use crate::format::conf::{TileFormat, TileScheme};
+use crate::format::conf::TileScheme;
 use crate::format::TileAddr;
-use crate::{Error, Result};
+use crate::Result;
 
 /// Draws labelled tiles.
 #[derive(Debug, Default, Clone, Copy)]
@@ -92,25 +90,11 @@ pub fn draw(width: u32, height: u32, t: TileAddr) -> RgbaImage {
     img
 }
 
-/// Encodes pixels in the cache's tile format (JPEG at its quality, PNG otherwise).
-pub fn encode(img: &RgbaImage, format: &TileFormat, quality: u32) -> Result<Vec<u8>> {
-    let mut out = Cursor::new(Vec::new());
-    let res = if *format == TileFormat::Jpeg {
-        let rgb = image::DynamicImage::ImageRgba8(img.clone()).to_rgb8();
-        let q = if quality == 0 {
-            75
-        } else {
-            quality.min(100) as u8
-        };
-        JpegEncoder::new_with_quality(&mut out, q).encode_image(&rgb)
-    } else {
-        img.write_to(&mut out, ImageFormat::Png)
-    };
-    res.map_err(|e| Error::invalid(format!("encoding tile: {e}")))?;
-    Ok(out.into_inner())
-}
-
 impl TileSource for LabelSource {
+    fn describe(&self) -> String {
+        "label".into()
+    }
+
     fn render(&self, scheme: &TileScheme, tile: TileAddr) -> Result<Option<Vec<u8>>> {
         if scheme.lod(tile.level).is_none() {
             return Ok(None);
@@ -123,6 +107,7 @@ impl TileSource for LabelSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::conf::TileFormat;
 
     #[test]
     fn labels_differ_per_tile_and_decode() {

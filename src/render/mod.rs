@@ -1,6 +1,21 @@
-//! Tile sources: where a tile the bundles lack can come from. Today: `label` (drawn by bundlefs).
+//! Tiles the bundles lack, made on demand: sources (`arcgis:` REST export, `wms:` GetMap,
+//! `resample` from neighbouring levels, `label` drawn here), the spec syntax that picks one, and the
+//! [`Renderer`] that guards them (scheme check, single-flight, bounded pool, timeouts, retries,
+//! negative cache, image checks, keeping rendered tiles).
 
+pub mod arcgis;
+pub mod batch;
+pub mod http;
 pub mod label;
+pub mod pixels;
+pub mod renderer;
+pub mod resample;
+pub mod spec;
+pub mod wms;
+
+pub use self::http::{HttpClient, HttpOptions};
+pub use self::renderer::{Keep, RenderOptions, RenderStats, Renderer};
+pub use self::spec::SourceSpec;
 
 use crate::format::conf::TileScheme;
 use crate::format::TileAddr;
@@ -8,6 +23,16 @@ use crate::Result;
 
 /// Something that can produce the encoded bytes of a tile of a scheme.
 pub trait TileSource: Send + Sync {
-    /// The encoded tile (PNG or JPEG per the scheme's format), or None if the source has nothing there.
+    /// The encoded tile (PNG or JPEG; the [`Renderer`] checks size and kind and re-encodes when the
+    /// cache needs it), or None if the source has nothing there.
     fn render(&self, scheme: &TileScheme, tile: TileAddr) -> Result<Option<Vec<u8>>>;
+
+    /// Short name for logs and errors (`arcgis:URL`, `resample`, …).
+    fn describe(&self) -> String;
+
+    /// Checks once, before any tile, that the source can serve this scheme (spatial reference known,
+    /// levels usable…), so a misconfiguration fails at start rather than at the first open.
+    fn check(&self, _scheme: &TileScheme) -> Result<()> {
+        Ok(())
+    }
 }

@@ -2,6 +2,7 @@
 //! and trees, running the `bundlefs` binary.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod mount;
 
 use std::collections::BTreeMap;
