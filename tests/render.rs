@@ -20,6 +20,7 @@ use bundlefs::render::resample::ResampleSource;
 use bundlefs::render::{HttpOptions, Keep, RenderOptions, Renderer, SourceSpec, TileSource};
 use bundlefs::Error;
 use common::http::{cgi_server, Request, Response, TestServer};
+use common::mount::Mounted;
 use image::imageops::{self, FilterType};
 use image::{Rgba, RgbaImage};
 
@@ -602,6 +603,11 @@ fn assert_georeferenced(img: &RgbaImage, scheme: &TileScheme, t: TileAddr) {
 }
 
 fn wms_case(version: &str) {
+    wms_case_via(version, false)
+}
+
+/// `through_mount`: read each tile from `bundlefs mount --source wms:…` instead of the Renderer.
+fn wms_case_via(version: &str, through_mount: bool) {
     let ms = mapserver();
     let d = tempfile::tempdir().unwrap();
     let scheme = geographic_scheme(TileFormat::Png);
@@ -618,13 +624,24 @@ fn wms_case(version: &str) {
         .build(&cache, &http_opts(Duration::from_secs(20)))
         .unwrap();
     let r = Renderer::new(cache.clone(), src, Keep::No, RenderOptions::default()).unwrap();
+    let mounted = through_mount.then(|| {
+        Mounted::start(
+            &d.path().join("c"),
+            &d.path().join("mnt"),
+            &["--source", &format!("wms:{base}&VERSION={version}")],
+        )
+    });
     for t in [
         TileAddr::new(0, 0, 0),
         TileAddr::new(0, 0, 1),
         TileAddr::new(1, 1, 2),
         TileAddr::new(2, 1, 5),
     ] {
-        let got = r.get(t).unwrap_or_else(|e| panic!("{t}: {e}"));
+        let got = match &mounted {
+            Some(m) => std::fs::read(m.path(&tile_path(t, "png")))
+                .unwrap_or_else(|e| panic!("{t} through the mount: {e}")),
+            None => r.get(t).unwrap_or_else(|e| panic!("{t}: {e}")).to_vec(),
+        };
         // The same map asked for directly, with the bbox written out here.
         let res = scheme.lod(t.level).unwrap().resolution;
         let (xmin, ymax) = (
@@ -930,4 +947,90 @@ fn render_command_batch_keep_and_single_tile() {
     );
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("outside the tiling scheme"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Through the mount: `bundlefs mount --source …` renders what the bundles lack when it is opened.
+
+fn tile_path(t: TileAddr, ext: &str) -> String {
+    format!(
+        "_alllayers/L{:02}/R{:08x}/C{:08x}.{ext}",
+        t.level, t.row, t.col
+    )
+}
+
+#[test]
+fn wms_tiles_through_the_mount_match_mapserver_getmap() {
+    wms_case_via("1.3.0", true);
+}
+
+#[test]
+fn sixteen_readers_through_the_mount_make_one_request() {
+    let d = tempfile::tempdir().unwrap();
+    let cache = projected_cache(d.path(), TileFormat::Png);
+    let fake = fake_export("png32", "true", Duration::from_millis(300));
+    let spec = format!(
+        "arcgis:{}/arcgis/rest/services/Test/MapServer?layers=show:0,2",
+        fake.server.url()
+    );
+    let m = Mounted::start(cache.root(), &d.path().join("mnt"), &["--source", &spec]);
+    let t = TileAddr::new(2, 5, 1);
+    let path = m.path(&tile_path(t, "png"));
+    let barrier = Barrier::new(16);
+    let results: Vec<std::io::Result<Vec<u8>>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..16)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    std::fs::read(&path)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let want = fake_map(W, H, &expected_bounds(t));
+    for r in results {
+        assert_eq!(r.unwrap(), want);
+    }
+    assert_eq!(fake.server.requests(), 1, "16 readers of one missing tile");
+    assert!(fake.problems.lock().unwrap().is_empty());
+    // Outside the scheme: no request, ENOENT.
+    for bad in [
+        "_alllayers/L07",                         // level not in conf.xml
+        "_alllayers/L02/R00000005/C000000ff.png", // column outside the extent
+        "_alllayers/L02/R00000005/C00000001.jpg", // not this cache's format
+    ] {
+        let e = std::fs::metadata(m.path(bad)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{bad}");
+    }
+    assert_eq!(fake.server.requests(), 1);
+}
+
+#[test]
+fn kept_rendered_tiles_land_in_the_bundles() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("cache");
+    let c = Cache::create(&dir, &TileScheme::web_mercator(3, TileFormat::Png), None).unwrap();
+    let t = TileAddr::new(3, 2, 5);
+    let want = LabelSource.render(c.scheme().unwrap(), t).unwrap().unwrap();
+    {
+        let m = Mounted::start(
+            &dir,
+            &d.path().join("mnt"),
+            &["--source", "label", "--keep-rendered"],
+        );
+        assert_eq!(std::fs::read(m.path(&tile_path(t, "png"))).unwrap(), want);
+        // Not listed (listings show stored tiles), but readable by name.
+        assert!(std::fs::read_dir(m.path("_alllayers")).unwrap().count() <= 1);
+    }
+    let c = Cache::open(&dir).unwrap();
+    assert_eq!(
+        &c.tile(t).unwrap().unwrap()[..],
+        &want[..],
+        "kept in the bundle"
+    );
+    assert!(
+        c.tile(TileAddr::new(3, 2, 6)).unwrap().is_none(),
+        "only what was read"
+    );
 }

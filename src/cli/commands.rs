@@ -104,6 +104,11 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             write_buffer,
             import_mode,
             flush_idle,
+            source,
+            keep_rendered,
+            render_timeout,
+            render_jobs,
+            proxy,
         } => {
             let secs = |v: f64, what: &str| -> anyhow::Result<std::time::Duration> {
                 std::time::Duration::try_from_secs_f64(v)
@@ -121,6 +126,11 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 write_buffer,
                 import_mode,
                 flush_idle: secs(flush_idle, "flush-idle")?,
+                source,
+                keep_rendered,
+                render_timeout: secs(render_timeout, "render-timeout")?,
+                render_jobs,
+                proxy,
             })
         }
         Command::Compact { cache, min_dead } => {

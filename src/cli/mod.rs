@@ -145,6 +145,22 @@ pub enum Command {
         /// Writable mounts: seconds without writes after which buffered tiles are flushed.
         #[arg(long, default_value_t = 2.0)]
         flush_idle: f64,
+        /// Render tiles the bundles lack when opened: arcgis:URL, wms:URL, resample or label
+        /// (see `bundlefs render --help` and README "Rendering").
+        #[arg(long)]
+        source: Option<String>,
+        /// Store rendered tiles in the bundles (through the write buffer).
+        #[arg(long)]
+        keep_rendered: bool,
+        /// Seconds allowed for one request to the source.
+        #[arg(long, default_value_t = 30.0)]
+        render_timeout: f64,
+        /// Renders running at once.
+        #[arg(long, default_value_t = 4)]
+        render_jobs: usize,
+        /// HTTP proxy URL for the source, or "env" for HTTP_PROXY/HTTPS_PROXY/NO_PROXY (default: none).
+        #[arg(long)]
+        proxy: Option<String>,
     },
     /// Rewrite Compact V2 bundles whose dead space (overwritten/deleted tiles) reaches a threshold.
     Compact {

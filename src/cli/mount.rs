@@ -17,6 +17,9 @@ use crate::cache::commit::ImportMode;
 use crate::cache::{Cache, CacheOptions};
 use crate::fs::fuse::{watch_changes, FuseFs, FuseOptions};
 use crate::fs::TreeFs;
+use crate::render::http::HttpOptions;
+use crate::render::renderer::{Keep, RenderOptions, Renderer};
+use crate::render::spec::SourceSpec;
 
 /// Parsed mount settings.
 #[derive(Debug, Clone)]
@@ -35,6 +38,12 @@ pub struct MountArgs {
     pub import_mode: ImportMode,
     /// Flush the write buffer after writes have been idle this long.
     pub flush_idle: Duration,
+    /// `--source`: render tiles the bundles lack.
+    pub source: Option<String>,
+    pub keep_rendered: bool,
+    pub render_timeout: Duration,
+    pub render_jobs: usize,
+    pub proxy: Option<String>,
 }
 
 /// Parses a byte size: `256M`, `64MiB`, `1G`, `512k`, `1048576`.
@@ -162,15 +171,47 @@ fn serve(
         );
     }
     let cache = Arc::new(cache);
-    let tree = Arc::new(if parsed.read_only {
-        TreeFs::new(cache)
-    } else {
-        TreeFs::writable(Arc::new(WriteBuffer::with_mode(
-            cache,
+    let buffer = || {
+        Arc::new(WriteBuffer::with_mode(
+            cache.clone(),
             args.write_buffer,
             args.import_mode,
-        )))
-    });
+        ))
+    };
+    let writer = (!parsed.read_only).then(buffer);
+    let mut tree = match &writer {
+        Some(w) => TreeFs::writable(w.clone()),
+        None => TreeFs::new(cache.clone()),
+    };
+    if let Some(spec) = &args.source {
+        let spec: SourceSpec = spec.parse()?;
+        let http = HttpOptions {
+            timeout: args.render_timeout,
+            proxy: args.proxy.clone(),
+            ..HttpOptions::default()
+        };
+        let src = spec.build(&cache, &http)?;
+        // Kept tiles go through the write buffer: the mount's own, or one of their own.
+        let kept = match (&writer, args.keep_rendered) {
+            (_, false) => None,
+            (Some(w), true) => Some(w.clone()),
+            (None, true) => Some(buffer()),
+        };
+        let keep = kept.clone().map_or(Keep::No, Keep::Buffer);
+        let r = Renderer::new(
+            cache.clone(),
+            src,
+            keep,
+            RenderOptions {
+                concurrency: args.render_jobs.max(1),
+                timeout: args.render_timeout,
+                ..RenderOptions::default()
+            },
+        )?;
+        tracing::info!("rendering missing tiles from {spec}");
+        tree = tree.with_renderer(Arc::new(r), kept);
+    }
+    let tree = Arc::new(tree);
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let fs = FuseFs::new(
@@ -309,6 +350,18 @@ fn daemonize(args: &MountArgs) -> anyhow::Result<ExitCode> {
     });
     cmd.arg("--flush-idle")
         .arg(args.flush_idle.as_secs_f64().to_string());
+    if let Some(s) = &args.source {
+        cmd.arg("--source").arg(s);
+    }
+    if args.keep_rendered {
+        cmd.arg("--keep-rendered");
+    }
+    cmd.arg("--render-timeout")
+        .arg(args.render_timeout.as_secs_f64().to_string());
+    cmd.arg("--render-jobs").arg(args.render_jobs.to_string());
+    if let Some(p) = &args.proxy {
+        cmd.arg("--proxy").arg(p);
+    }
     cmd.env(READY_FD_ENV, fds[1].to_string());
     let log = match &args.log_file {
         Some(p) => std::process::Stdio::from(

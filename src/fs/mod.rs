@@ -84,8 +84,12 @@ pub struct TreeFs {
     conf_cdi: Option<Arc<Vec<u8>>>,
     mounted_at: SystemTime,
     watched: Mutex<LruCache<BundleId, Watched>>,
-    /// The write-back layer of a writable mount.
+    /// The write buffer: of a writable mount, or where kept rendered tiles wait.
     writer: Option<Arc<WriteBuffer>>,
+    /// Whether users may write (`-o rw`).
+    writable: bool,
+    /// Where tiles the bundles lack come from (`--source`).
+    renderer: Option<Arc<crate::render::renderer::Renderer>>,
     /// Files being written, temporary files, created folders (see `write`).
     w: Mutex<write::WriteState>,
     /// Invalidations found while serving a request, sent later by the watcher thread (never from
@@ -111,6 +115,8 @@ impl TreeFs {
             mounted_at: SystemTime::now(),
             watched: Mutex::new(LruCache::new(NonZeroUsize::new(WATCHED_BUNDLES).unwrap())),
             writer: None,
+            writable: false,
+            renderer: None,
             w: Mutex::new(write::WriteState::default()),
             queued: Mutex::new(Vec::new()),
         }
@@ -120,7 +126,22 @@ impl TreeFs {
     pub fn writable(writer: Arc<WriteBuffer>) -> TreeFs {
         let mut t = TreeFs::new(writer.cache().clone());
         t.writer = Some(writer);
+        t.writable = true;
         t
+    }
+
+    /// Renders tiles the bundles lack with `r`. `kept`: the buffer `r` keeps tiles in (read-only
+    /// mounts with --keep-rendered), flushed like a writable mount's.
+    pub fn with_renderer(
+        mut self,
+        r: Arc<crate::render::renderer::Renderer>,
+        kept: Option<Arc<WriteBuffer>>,
+    ) -> TreeFs {
+        if self.writer.is_none() {
+            self.writer = kept;
+        }
+        self.renderer = Some(r);
+        self
     }
 
     pub fn writer(&self) -> Option<&Arc<WriteBuffer>> {
@@ -186,7 +207,41 @@ impl TreeFs {
 
     /// The tile's bytes, remembering its bundle for change watching. Errors are logged here, once,
     /// naming the bundle: the caller turns them into EIO for this tile only.
+    /// A tile: stored (or buffered), else rendered when a source is set and the scheme allows it.
     fn tile(&self, t: TileAddr) -> Result<Option<TileBytes>> {
+        if let Some(b) = self.stored_tile(t)? {
+            return Ok(Some(b));
+        }
+        let Some(r) = &self.renderer else {
+            return Ok(None);
+        };
+        if !r.renderable(t) {
+            return Ok(None);
+        }
+        match r.get(t) {
+            Ok(bytes) => Ok(Some(TileBytes::shared(bytes, Some(self.mounted_at)))),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => {
+                tracing::error!("rendering {t}: {e}");
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether a level or row folder may hold renderable tiles.
+    fn renderable_dir(&self, level: u8, row: Option<u32>) -> bool {
+        let Some(r) = &self.renderer else {
+            return false;
+        };
+        match (r.renderable_range(level), row) {
+            (Some(_), None) => true,
+            (Some((rows, _)), Some(row)) => rows.contains(&row),
+            (None, _) => false,
+        }
+    }
+
+    /// A stored tile: waiting in the write buffer, or in the bundles.
+    fn stored_tile(&self, t: TileAddr) -> Result<Option<TileBytes>> {
         if let Some(w) = &self.writer {
             match w.get(t) {
                 Some(Pending::Put { bytes, mtime }) => {
@@ -297,7 +352,12 @@ impl TreeFs {
                 Node::AllLayers
             }
             n if n == self.levels_parent() => match exploded::parse_level_dir(name) {
-                Ok(l) if exploded::level_dir(l) == name && self.level_exists(l) => Node::Level(l),
+                Ok(l)
+                    if exploded::level_dir(l) == name
+                        && (self.level_exists(l) || self.renderable_dir(l, None)) =>
+                {
+                    Node::Level(l)
+                }
                 _ => return Err(not_found(name)),
             },
             Node::Level(level) => match exploded::parse_row_dir(name) {
@@ -310,6 +370,12 @@ impl TreeFs {
                 }
                 let (col, ext) = exploded::parse_col_file(name).map_err(|_| not_found(name))?;
                 let t = TileAddr::new(level, row, col);
+                // A name whose extension the cache's format cannot have is not worth a render.
+                if let Some(k) = self.cache.scheme().and_then(|s| s.tile_format.image_kind()) {
+                    if k.ext() != ext {
+                        return Err(not_found(name));
+                    }
+                }
                 let bytes = self.tile(t)?.ok_or_else(|| not_found(name))?;
                 if exploded::col_file(col, self.cache.kind_of(&bytes).ext()) != name
                     || ext.is_empty()
@@ -322,7 +388,7 @@ impl TreeFs {
         };
         // Rows exist only while they hold tiles.
         if let Node::Row { level, row } = child {
-            if !self.row_exists(level, row)? {
+            if !self.row_exists(level, row)? && !self.renderable_dir(level, Some(row)) {
                 return Err(not_found(name));
             }
         }
@@ -367,7 +433,7 @@ impl TreeFs {
                 self.dir_attr(n, 2 + levels, self.dir_mtime(self.cache.tiles_dir()))
             }
             Node::Level(l) => {
-                if !self.level_exists(l) {
+                if !self.level_exists(l) && !self.renderable_dir(l, None) {
                     return Err(not_found(exploded::level_dir(l)));
                 }
                 // Link count 1: "subfolder count unknown" (as btrfs and network filesystems
@@ -376,7 +442,7 @@ impl TreeFs {
                 self.dir_attr(n, 1, self.dir_mtime(&self.cache.level_dir(l)))
             }
             Node::Row { level, row } => {
-                if !self.row_exists(level, row)? {
+                if !self.row_exists(level, row)? && !self.renderable_dir(level, Some(row)) {
                     return Err(not_found(exploded::row_dir(row)));
                 }
                 self.dir_attr(n, 2, self.dir_mtime(&self.cache.level_dir(level)))

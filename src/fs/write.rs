@@ -100,7 +100,15 @@ impl TreeFs {
     fn writer_or_rofs(&self) -> Result<&Arc<WriteBuffer>> {
         self.writer
             .as_ref()
+            .filter(|_| self.writable)
             .ok_or_else(|| os("read-only mount", libc::EROFS))
+    }
+
+    /// A rendered copy of `t` held in memory is stale once `t` is written or deleted.
+    fn forget_rendered(&self, t: TileAddr) {
+        if let Some(r) = &self.renderer {
+            r.forget(t);
+        }
     }
 
     /// Path of a name inside the tree, for messages.
@@ -191,7 +199,7 @@ impl TreeFs {
         };
         match alias {
             Some(t) => {
-                let b = self.tile(t)?.ok_or_else(|| super::not_found(t))?;
+                let b = self.stored_tile(t)?.ok_or_else(|| super::not_found(t))?;
                 Ok(Attr {
                     ino,
                     ..self.tile_attr(t, &b)
@@ -341,7 +349,7 @@ impl TreeFs {
                 return Ok(WRITE_FH);
             }
         }
-        let bytes = self.tile(t)?.ok_or_else(|| super::not_found(t))?;
+        let bytes = self.stored_tile(t)?.ok_or_else(|| super::not_found(t))?;
         let kind = self.cache.kind_of(&bytes);
         let o = OpenTile {
             tile: t,
@@ -479,10 +487,15 @@ impl TreeFs {
         path: &str,
     ) -> Result<()> {
         let w = self.writer_or_rofs()?;
-        let before = self.tile(t).ok().flatten().map(|b| self.cache.kind_of(&b));
+        let before = self
+            .stored_tile(t)
+            .ok()
+            .flatten()
+            .map(|b| self.cache.kind_of(&b));
         let len = data.len();
         match w.commit(t, kind, data, mtime.unwrap_or_else(SystemTime::now)) {
             Ok(()) => {
+                self.forget_rendered(t);
                 // MERGE may store other bytes than were written: the kernel must re-read them.
                 if w.get(t).is_some_and(|p| match p {
                     crate::cache::buffer::Pending::Put { bytes, .. } => bytes.len() != len,
@@ -568,7 +581,8 @@ impl TreeFs {
         let (t, kind) = Self::tile_name(level, row, name).ok_or_else(|| super::not_found(name))?;
         let ino = self.ino(Node::Tile(t));
         let open = self.w.lock().unwrap().open.remove(&ino);
-        let stored = self.tile(t)?;
+        let stored = self.stored_tile(t)?;
+        self.forget_rendered(t);
         match stored {
             Some(b) if self.cache.kind_of(&b) == kind => w.delete(t),
             _ if open.is_some() => Ok(()),
@@ -640,7 +654,9 @@ impl TreeFs {
         if src == dst {
             return Ok(());
         }
-        let bytes = self.tile(src)?.ok_or_else(|| super::not_found(name))?;
+        let bytes = self
+            .stored_tile(src)?
+            .ok_or_else(|| super::not_found(name))?;
         let mtime = self.cache.tile_mtime(src, &bytes);
         let dst_ino = self.ino(Node::Tile(dst));
         self.commit_tile(dst_ino, dst, kind, bytes.to_vec(), mtime, &to_path)?;
