@@ -253,6 +253,10 @@ pub fn write_tpkx(cache: &Cache, dest: &Path, sync: bool) -> Result<()> {
     }
     let out = BufWriter::with_capacity(1 << 20, tmp.as_file());
     tpkx::write_package(out, files).at(tmp.path())?;
+    // A package is a document to hand around, not a private scratch file (tempfile makes 0600).
+    let mut perms = perms_of(tmp.as_file(), tmp.path())?;
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+    tmp.as_file().set_permissions(perms).at(tmp.path())?;
     if sync {
         tmp.as_file().sync_all().at(tmp.path())?;
     }
@@ -261,6 +265,10 @@ pub fn write_tpkx(cache: &Cache, dest: &Path, sync: bool) -> Result<()> {
         super::sync_dir(parent)?;
     }
     Ok(())
+}
+
+fn perms_of(f: &fs::File, path: &Path) -> Result<fs::Permissions> {
+    Ok(f.metadata().at(path)?.permissions())
 }
 
 /// A package id in GUID form, unique enough for one machine (time, process, a random hasher key).
