@@ -10,8 +10,9 @@
 #   (a) MapProxy:  mapproxy-util export --type arcgis   compact-v2 -> exploded
 #   (b) bundlefs:  bundlefs export --storage exploded   compact-v2 -> exploded (default: final sync)
 #   (c) bundlefs:  compact-v2 -> compact-v1, exploded -> compact-v2, compact-v2 -> .tpkx
-#   (d) MapProxy:  mapproxy-util export --type compact-v2 --force   into a copy of the v2 cache
-#   (e) bundlefs:  bundlefs import --mode overwrite / merge         into a copy of the v2 cache
+#   (d) MapProxy:  mapproxy-util export --type compact-v2 --force   into a copy of a cache holding
+#                  other tiles at every address (bundlefs sample, levels 0-7)
+#   (e) bundlefs:  bundlefs import --mode overwrite / merge         into a copy of the same cache
 # and reports peak RSS (GNU time -v; the largest process for MapProxy's workers).
 set -euo pipefail
 
@@ -122,13 +123,17 @@ arcsrc=$work/arcgis-layout
 cp -r "$src"/L[0-9]* "$arcsrc/_alllayers/"
 measure tpkx "$work/bf.tpkx" "$BIN" export --storage tpkx "$arcsrc" "$work/bf.tpkx"
 
-# Import: every tile written again into a cache that already holds them (bundles exist, so each
-# tile is appended and the index repointed). MapProxy: export --force into the existing bundles.
-measure --from "$src" mp-import "$work/mp-into" \
+# Import: 21845 tiles into an existing cache of the same scheme holding other tiles at the same
+# addresses (bundlefs's labelled sample, levels 0-7), so every tile is appended to an existing
+# bundle and its index entry repointed. MapProxy: export --force into those bundles.
+dest0=$work/sample-dest
+"$BIN" sample "$dest0" --levels "0-$MAXLEVEL" >/dev/null
+measure --from "$dest0" mp-import "$work/mp-into" \
     mapproxy-util export -f "$conf" --source src --grid webmercator --levels "0..$MAXLEVEL" \
-    --type compact-v2 --force --dest "$work/mp-into" -c "$CONCURRENCY"
-measure --from "$src" import-overwrite "$work/bf-into" "$BIN" import --mode overwrite "$src" "$work/bf-into"
-measure --from "$src" import-merge "$work/bf-into" "$BIN" import "$src" "$work/bf-into"
+    --type compact-v2 --force --dest "$work/mp-into/_alllayers" -c "$CONCURRENCY"
+measure --from "$dest0" import-overwrite "$work/bf-into" "$BIN" import --mode overwrite "$arcsrc" "$work/bf-into"
+# Merge decodes both tiles, composites and re-encodes each changed one (MapProxy has no merge).
+measure --from "$dest0" import-merge "$work/bf-into" "$BIN" import --mode merge "$arcsrc" "$work/bf-into"
 
 row() { # label key ratio
     local secs=${BEST[$2]}
@@ -146,8 +151,8 @@ row "(c) bundlefs export --storage compact-v1 v2->v1" v2-to-v1 ""
 row "(c) bundlefs export --storage compact-v2 expl->v2" exploded-to-v2 ""
 row "(c) bundlefs export --storage tpkx   v2->.tpkx" tpkx ""
 ratio_import=$(printf '%.1fx' "$(calc "${BEST[mp-import]} / ${BEST[import-overwrite]}")")
-row "(d) MapProxy  export --force into existing v2" mp-import ""
-row "(e) bundlefs import --mode overwrite into v2" import-overwrite "$ratio_import"
-row "(e) bundlefs import (merge, tiles identical)" import-merge ""
+row "(d) MapProxy  export --force into existing cache" mp-import ""
+row "(e) bundlefs import --mode overwrite (same)" import-overwrite "$ratio_import"
+row "(e) bundlefs import --mode merge (re-encodes)" import-merge ""
 echo
 echo "bundlefs exploded tree byte-identical to MapProxy's: $identical"
