@@ -70,9 +70,30 @@ pub fn compact(cache: &Cache, min_dead: f64) -> Result<CompactSummary> {
             }
             let (_, new_size) = builder.finish().at(&tmp_path)?;
             tmp.as_file().sync_all().at(&tmp_path)?;
+            // Per-tile times recorded for the old entries, to be re-keyed to the new ones.
+            let times: Vec<_> = b
+                .slots()
+                .into_iter()
+                .filter_map(|(slot, _)| {
+                    super::times::read(&path, slot, b.raw_entry(slot)).map(|t| (slot, t))
+                })
+                .collect();
             tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
             sync_dir(&dir)?;
             cache.invalidate(&id);
+            if !times.is_empty() {
+                let rekeyed = cache.bundle(id).and_then(|nb| {
+                    let Some(nb) = nb else { return Ok(()) };
+                    let recs: Vec<_> = times
+                        .iter()
+                        .map(|(slot, t)| (*slot, nb.raw_entry(*slot), *t))
+                        .collect();
+                    super::times::write(&path, &recs)
+                });
+                if let Err(e) = rekeyed {
+                    tracing::warn!("tile times of {} not kept: {e}", path.display());
+                }
+            }
             s.bundles_rewritten += 1;
             s.bytes_before += b.file_bytes();
             s.bytes_after += new_size;
@@ -101,6 +122,8 @@ mod tests {
         c.write_tiles(&[(t1, &[1u8; 1000][..]), (t2, &[2u8; 10][..])])
             .unwrap();
         c.write_tiles(&[(t1, &[3u8; 500][..])]).unwrap();
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_234_567_890);
+        assert!(c.set_tile_time(t2, when).unwrap());
         let id = t1.bundle();
         assert_eq!(c.bundle(id).unwrap().unwrap().dead_bytes(), 1004);
         // Held by another writer: left alone, reported.
@@ -116,6 +139,9 @@ mod tests {
         assert_eq!(s.bytes_before - s.bytes_after, 1004);
         let c = Cache::open(d.path()).unwrap();
         assert_eq!(c.bundle(id).unwrap().unwrap().dead_bytes(), 0);
+        // Per-tile times survive the rewrite (re-keyed to the new index entries).
+        let t = c.tile(t2).unwrap().unwrap();
+        assert_eq!(c.tile_mtime(t2, &t), Some(when));
         assert_eq!(&c.tile(t1).unwrap().unwrap()[..], &[3u8; 500][..]);
         assert_eq!(&c.tile(t2).unwrap().unwrap()[..], &[2u8; 10][..]);
     }
