@@ -773,3 +773,118 @@ fn open_attr_of(ino: u64, o: &OpenTile) -> Attr {
         nlink: 1,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::Cache;
+    use crate::format::conf::{TileFormat, TileScheme};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn tree() -> (tempfile::TempDir, TreeFs) {
+        let d = tempfile::tempdir().unwrap();
+        let c = Cache::create(
+            d.path(),
+            &TileScheme::web_mercator(3, TileFormat::Png),
+            None,
+        )
+        .unwrap();
+        let w = Arc::new(WriteBuffer::new(Arc::new(c), 1 << 20));
+        (d, TreeFs::writable(w))
+    }
+
+    fn png(v: u8) -> Vec<u8> {
+        let img = image::RgbaImage::from_pixel(256, 256, image::Rgba([v, 2, 3, 255]));
+        let mut b = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut b, image::ImageFormat::Png).unwrap();
+        b.into_inner()
+    }
+
+    fn errno(r: Result<impl std::fmt::Debug>) -> i32 {
+        r.unwrap_err().errno()
+    }
+
+    #[test]
+    fn create_write_close_then_read_and_list() {
+        let (_d, fs) = tree();
+        let l2 = fs.ino(Node::Level(2));
+        let all = fs.ino(Node::AllLayers);
+        fs.mkdir(all, "L02").unwrap();
+        let row = fs.mkdir(l2, "R00000001").unwrap().ino;
+        let a = fs.create(row, "C00000002.png").unwrap();
+        let bytes = png(9);
+        fs.write(a.ino, 0, &bytes).unwrap();
+        fs.flush(a.ino).unwrap();
+        fs.release(a.ino, WRITE_FH).unwrap();
+        assert_eq!(fs.getattr(a.ino).unwrap().size, bytes.len() as u64);
+        assert_eq!(fs.read(a.ino, 0, 1 << 20).unwrap().bytes(), &bytes[..]);
+        let names: Vec<String> = fs
+            .readdir(row)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, ["C00000002.png"]);
+        // The flush puts it in the bundle.
+        fs.flush_all().unwrap();
+        let t = TileAddr::new(2, 1, 2);
+        assert_eq!(&fs.cache().tile(t).unwrap().unwrap()[..], &bytes[..]);
+        // Unlink removes it; the empty row can then be removed.
+        fs.unlink(row, "C00000002.png").unwrap();
+        assert!(fs.lookup(row, "C00000002.png").is_err());
+        fs.rmdir(l2, "R00000001").unwrap();
+        assert_eq!(errno(fs.lookup(l2, "R00000001")), libc::ENOENT);
+    }
+
+    #[test]
+    fn rsync_sequence_commits_on_rename_with_the_time_set() {
+        let (_d, fs) = tree();
+        fs.mkdir(fs.ino(Node::AllLayers), "L03").unwrap();
+        let row = fs.mkdir(fs.ino(Node::Level(3)), "R00000004").unwrap().ino;
+        let tmp = fs.create(row, ".C00000005.png.a1B2c3").unwrap();
+        let bytes = png(7);
+        fs.write(tmp.ino, 0, &bytes).unwrap();
+        fs.flush(tmp.ino).unwrap();
+        let when = UNIX_EPOCH + Duration::new(1_600_000_000, 42);
+        fs.setattr(tmp.ino, None, Some(when)).unwrap();
+        // Not a tile yet.
+        assert_eq!(errno(fs.lookup(row, "C00000005.png")), libc::ENOENT);
+        fs.rename(row, ".C00000005.png.a1B2c3", row, "C00000005.png")
+            .unwrap();
+        let a = fs.lookup(row, "C00000005.png").unwrap();
+        assert_eq!((a.size, a.mtime), (bytes.len() as u64, when));
+        assert_eq!(errno(fs.lookup(row, ".C00000005.png.a1B2c3")), libc::ENOENT);
+        // The kernel may still use the temporary inode for the name: it answers as the tile.
+        assert_eq!(fs.getattr(tmp.ino).unwrap().size, bytes.len() as u64);
+        // After the flush the time comes from the sidecar.
+        fs.flush_all().unwrap();
+        assert_eq!(fs.lookup(row, "C00000005.png").unwrap().mtime, when);
+    }
+
+    #[test]
+    fn refusals() {
+        let (_d, fs) = tree();
+        fs.mkdir(fs.ino(Node::AllLayers), "L01").unwrap();
+        let row = fs.mkdir(fs.ino(Node::Level(1)), "R00000000").unwrap().ino;
+        assert_eq!(errno(fs.create(row, "notes.txt")), libc::EPERM);
+        assert_eq!(
+            errno(fs.create(fs.ino(Node::Level(1)), "C00000000.png")),
+            libc::EPERM
+        );
+        assert_eq!(
+            errno(fs.mkdir(fs.ino(Node::AllLayers), "L09")),
+            libc::EINVAL
+        );
+        assert_eq!(
+            errno(fs.mkdir(fs.ino(Node::AllLayers), "L01")),
+            libc::EEXIST
+        );
+        let a = fs.create(row, "C00000001.png").unwrap();
+        fs.write(a.ino, 0, b"GIF89a not a tile").unwrap();
+        assert_eq!(errno(fs.flush(a.ino)), libc::EINVAL);
+        assert_eq!(fs.writer().unwrap().pending_tiles(), 0, "nothing stored");
+        // Read-only trees refuse writes.
+        let ro = TreeFs::new(fs.cache().clone());
+        assert_eq!(errno(ro.create(row, "C00000001.png")), libc::EROFS);
+    }
+}
