@@ -11,6 +11,8 @@
 #                  one curl process, one after another
 #   (b) bundlefs:  bundlefs render --levels LEVEL --jobs 1   (one at a time, like (a))
 #   (c) bundlefs:  the same with --jobs 2
+#   (d) the mount: `bundlefs mount --source wms:…` freshly mounted each run (no tile in memory),
+#                  then one `cat` of every tile path of the level, one after another
 # and prints ms/tile and the ratio (b)/(a): what the renderer adds (HTTP client, image decode and
 # checks, bookkeeping) on top of the server's own time.
 set -euo pipefail
@@ -128,8 +130,30 @@ t_src=$(best curl -sf --config "$work/curl.conf")
 t_one=$(best render 1 /dev/null)
 t_two=$(best render 2 /dev/null)
 
+# (d) through the mount: a fresh mount per run (so nothing is in the renderer's memory), timed
+# from the first to the last tile read.
+mkdir -p "$work/mnt"
+side=$((1 << LEVEL))
+paths=()
+for ((r = 0; r < side; r++)); do
+    for ((c = 0; c < side; c++)); do
+        paths+=("$(printf '%s/mnt/_alllayers/L%02d/R%08x/C%08x.png' "$work" "$LEVEL" "$r" "$c")")
+    done
+done
+t_mnt=
+for _ in $(seq "$RUNS"); do
+    "$BIN" mount "$work/cache" "$work/mnt" --source "wms:$base" --render-timeout 10 --daemon >/dev/null
+    t0=$(now)
+    cat "${paths[@]}" >/dev/null
+    d=$(calc "$(now) - $t0")
+    fusermount3 -u "$work/mnt"
+    if [[ -z $t_mnt ]] || awk "BEGIN { exit !($d < $t_mnt) }"; then t_mnt=$d; fi
+done
+
 printf '\n%-46s %9s %9s %7s\n' "level $LEVEL, $tiles tiles (MapServer WMS, CGI)" "total s" "ms/tile" "ratio"
 printf '%-46s %9s %9s %7s\n' "(a) source: curl, same URLs, one connection" "$t_src" "$(calc "$t_src * 1000 / $tiles")" "1.00"
 printf '%-46s %9s %9s %7s\n' "(b) bundlefs render --jobs 1" "$t_one" "$(calc "$t_one * 1000 / $tiles")" "$(calc "$t_one / $t_src")"
 printf '%-46s %9s %9s %7s\n' "(c) bundlefs render --jobs 2" "$t_two" "$(calc "$t_two * 1000 / $tiles")" "$(calc "$t_two / $t_src")"
+printf '%-46s %9s %9s %7s\n' "(d) cat of every tile through the mount" "$t_mnt" "$(calc "$t_mnt * 1000 / $tiles")" "$(calc "$t_mnt / $t_src")"
 printf '\noverhead of the renderer per tile, (b)-(a): %s ms\n' "$(calc "($t_one - $t_src) * 1000 / $tiles")"
+printf 'overhead of the mount per tile, (d)-(a): %s ms\n' "$(calc "($t_mnt - $t_src) * 1000 / $tiles")"
