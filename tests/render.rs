@@ -1034,3 +1034,53 @@ fn kept_rendered_tiles_land_in_the_bundles() {
         "only what was read"
     );
 }
+
+#[test]
+fn list_renderable_shows_names_without_rendering_them() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("cache");
+    let c = Cache::create(&dir, &TileScheme::web_mercator(4, TileFormat::Png), None).unwrap();
+    let t = TileAddr::new(2, 3, 1);
+    let want = LabelSource.render(c.scheme().unwrap(), t).unwrap().unwrap();
+    let m = Mounted::start(
+        &dir,
+        &d.path().join("mnt"),
+        &["--source", "label", "--list-renderable", "0-2"],
+    );
+    let (ok, out, err) = common::mount::sh(&format!(
+        "cd {} && find . -type f | sort",
+        m.path("_alllayers").display()
+    ));
+    assert!(ok, "{err}");
+    let names: Vec<&str> = out.lines().collect();
+    assert_eq!(names.len(), 1 + 4 + 16, "{out}");
+    assert!(names.contains(&"./L02/R00000003/C00000001.png"));
+    assert!(
+        !out.contains("L03"),
+        "level 3 is not listed, only looked up"
+    );
+    // A listed name reads (and stats) as the rendered tile.
+    let p = m.path(&tile_path(t, "png"));
+    assert_eq!(std::fs::read(&p).unwrap(), want);
+    assert_eq!(std::fs::metadata(&p).unwrap().len(), want.len() as u64);
+    // Level 3 still renders by name.
+    assert!(m.path(&tile_path(TileAddr::new(3, 7, 7), "png")).is_file());
+    drop(m);
+    // Too large a level is refused before mounting.
+    let c2 = d.path().join("big");
+    Cache::create(&c2, &TileScheme::web_mercator(12, TileFormat::Png), None).unwrap();
+    std::fs::create_dir(d.path().join("mnt2")).unwrap();
+    let out = Command::new(common::bin())
+        .arg("mount")
+        .arg(&c2)
+        .arg(d.path().join("mnt2"))
+        .args(["--source", "label", "--list-renderable", "0-12"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("level 12 has 16777216 renderable tiles"),
+        "{err}"
+    );
+}

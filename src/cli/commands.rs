@@ -119,6 +119,7 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             render_timeout,
             render_jobs,
             proxy,
+            list_renderable,
         } => {
             let secs = |v: f64, what: &str| -> anyhow::Result<std::time::Duration> {
                 std::time::Duration::try_from_secs_f64(v)
@@ -141,6 +142,7 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 render_timeout: secs(render_timeout, "render-timeout")?,
                 render_jobs,
                 proxy,
+                list_renderable,
             })
         }
         Command::Compact { cache, min_dead } => {

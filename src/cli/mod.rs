@@ -226,6 +226,10 @@ pub enum Command {
         /// HTTP proxy URL for the source, or "env" for HTTP_PROXY/HTTPS_PROXY/NO_PROXY (default: none).
         #[arg(long)]
         proxy: Option<String>,
+        /// With --source: listings of these levels (e.g. 0-6) also show renderable tiles not
+        /// stored yet (a level may hold at most 4,194,304 of them).
+        #[arg(long)]
+        list_renderable: Option<LevelRange>,
     },
     /// Rewrite Compact V2 bundles whose dead space (overwritten/deleted tiles) reaches a threshold.
     Compact {

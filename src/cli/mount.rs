@@ -44,6 +44,8 @@ pub struct MountArgs {
     pub render_timeout: Duration,
     pub render_jobs: usize,
     pub proxy: Option<String>,
+    /// Levels whose listings show renderable names too.
+    pub list_renderable: Option<crate::cache::export::LevelRange>,
 }
 
 /// Parses a byte size: `256M`, `64MiB`, `1G`, `512k`, `1048576`.
@@ -210,6 +212,11 @@ fn serve(
         )?;
         tracing::info!("rendering missing tiles from {spec}");
         tree = tree.with_renderer(Arc::new(r), kept);
+        if let Some(levels) = args.list_renderable {
+            tree = tree.list_renderable(levels)?;
+        }
+    } else if args.list_renderable.is_some() {
+        bail!("--list-renderable needs --source");
     }
     let tree = Arc::new(tree);
     // SAFETY: getuid/getgid cannot fail.
@@ -361,6 +368,10 @@ fn daemonize(args: &MountArgs) -> anyhow::Result<ExitCode> {
     cmd.arg("--render-jobs").arg(args.render_jobs.to_string());
     if let Some(p) = &args.proxy {
         cmd.arg("--proxy").arg(p);
+    }
+    if let Some(l) = &args.list_renderable {
+        cmd.arg("--list-renderable")
+            .arg(format!("{}-{}", l.min, l.max));
     }
     cmd.env(READY_FD_ENV, fds[1].to_string());
     let log = match &args.log_file {

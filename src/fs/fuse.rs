@@ -299,7 +299,13 @@ impl Filesystem for FuseFs {
             .enumerate()
             .skip(offset as usize)
         {
-            let ttl = self.opts.ttl;
+            // Size 0 marks a file whose bytes are not known yet (a renderable name, a broken
+            // entry): no TTL, so the kernel looks it up (and gets the real size) before use.
+            let ttl = if e.attr.kind == Kind::File && e.attr.size == 0 {
+                Duration::ZERO
+            } else {
+                self.opts.ttl
+            };
             if reply.add(
                 INodeNo(e.attr.ino),
                 i as u64 + 1,

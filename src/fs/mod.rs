@@ -90,6 +90,8 @@ pub struct TreeFs {
     writable: bool,
     /// Where tiles the bundles lack come from (`--source`).
     renderer: Option<Arc<crate::render::renderer::Renderer>>,
+    /// Levels whose listings also show renderable names (`--list-renderable`).
+    list_renderable: Option<crate::cache::export::LevelRange>,
     /// Files being written, temporary files, created folders (see `write`).
     w: Mutex<write::WriteState>,
     /// Invalidations found while serving a request, sent later by the watcher thread (never from
@@ -117,6 +119,7 @@ impl TreeFs {
             writer: None,
             writable: false,
             renderer: None,
+            list_renderable: None,
             w: Mutex::new(write::WriteState::default()),
             queued: Mutex::new(Vec::new()),
         }
@@ -142,6 +145,37 @@ impl TreeFs {
         }
         self.renderer = Some(r);
         self
+    }
+
+    /// Lists renderable names (not only stored tiles) in `levels`. Refused when a level of the
+    /// range has more than `MAX_LISTED` renderable tiles: a listing must stay bounded.
+    pub fn list_renderable(mut self, levels: crate::cache::export::LevelRange) -> Result<TreeFs> {
+        const MAX_LISTED: u64 = 1 << 22;
+        let r = self
+            .renderer
+            .as_ref()
+            .ok_or_else(|| Error::invalid("listing renderable tiles needs --source"))?;
+        for l in levels.min..=levels.max.min(63) {
+            if let Some((rows, cols)) = r.renderable_range(l) {
+                let n = (rows.end - rows.start) as u64 * (cols.end - cols.start) as u64;
+                if n > MAX_LISTED {
+                    return Err(Error::invalid(format!(
+                        "level {l} has {n} renderable tiles; listing them is limited to \
+                         levels of at most {MAX_LISTED}"
+                    )));
+                }
+            }
+        }
+        self.list_renderable = Some(levels);
+        Ok(self)
+    }
+
+    /// The renderable rows and columns of a level, when its listings show them.
+    fn listed_range(&self, level: u8) -> Option<(std::ops::Range<u32>, std::ops::Range<u32>)> {
+        if !self.list_renderable?.contains(level) {
+            return None;
+        }
+        self.renderer.as_ref()?.renderable_range(level)
     }
 
     pub fn writer(&self) -> Option<&Arc<WriteBuffer>> {
@@ -289,9 +323,12 @@ impl TreeFs {
         if let Some(w) = &self.writer {
             v.extend(w.levels());
             v.extend(self.w.lock().unwrap().created_levels());
-            v.sort_unstable();
-            v.dedup();
         }
+        if let Some(range) = self.list_renderable {
+            v.extend((range.min..=range.max.min(63)).filter(|l| self.listed_range(*l).is_some()));
+        }
+        v.sort_unstable();
+        v.dedup();
         Ok(v)
     }
 
@@ -522,11 +559,15 @@ impl TreeFs {
                 }
             }
             Node::Level(level) => {
-                if !self.level_exists(level) {
+                if !self.level_exists(level) && !self.renderable_dir(level, None) {
                     return Err(not_found(exploded::level_dir(level)));
                 }
                 let mtime = self.dir_mtime(&self.cache.level_dir(level));
-                for row in self.rows(level)? {
+                let mut rows = self.rows(level)?;
+                if let Some((r, _)) = self.listed_range(level) {
+                    rows.extend(r);
+                }
+                for row in rows {
                     out.push(DirEntry {
                         name: exploded::row_dir(row),
                         attr: self.dir_attr(Node::Row { level, row }, 2, mtime),
@@ -554,6 +595,25 @@ impl TreeFs {
                                 nlink: 1,
                             },
                         }),
+                    }
+                }
+                // Renderable names, listed without rendering: size 0 until looked up (the adapter
+                // gives such entries no TTL, so the kernel asks, and the lookup renders).
+                if let Some((rows, cols)) = self.listed_range(level) {
+                    if rows.contains(&row) {
+                        for col in cols {
+                            let t = TileAddr::new(level, row, col);
+                            out.push(DirEntry {
+                                name: exploded::col_file(col, self.cache.default_kind().ext()),
+                                attr: Attr {
+                                    ino: self.ino(Node::Tile(t)),
+                                    kind: Kind::File,
+                                    size: 0,
+                                    mtime: self.mounted_at,
+                                    nlink: 1,
+                                },
+                            });
+                        }
                     }
                 }
             }
