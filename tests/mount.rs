@@ -20,14 +20,7 @@ use bundlefs::format::TileAddr;
 /// MapProxy-seeded caches (levels 0-3, PNG): v1/, v2/ and MapProxy's arcgis export, built once.
 fn mapproxy_fixture() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        need("mapproxy-util");
-        let dir = std::env::temp_dir().join(format!("bundlefs-mount-mp-{}", std::process::id()));
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/mapproxy-fixture.sh");
-        let (ok, out, err) = sh(&format!("bash {script} {} 3 png", dir.display()));
-        assert!(ok, "mapproxy fixture failed:\n{out}\n{err}");
-        dir
-    })
+    DIR.get_or_init(|| common::mount::seed_mapproxy_fixture("mount-mp", 3))
 }
 
 fn diff_trees(a: &Path, b: &Path) {

@@ -39,14 +39,7 @@ fn create(dir: &Path, args: &[&str]) -> PathBuf {
 /// MapProxy-seeded caches (levels 0-4, 341 PNG tiles): v2/ and MapProxy's arcgis export, built once.
 fn mapproxy_fixture() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        need("mapproxy-util");
-        let dir = std::env::temp_dir().join(format!("bundlefs-wb-mp-{}", std::process::id()));
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/mapproxy-fixture.sh");
-        let (ok, out, err) = sh(&format!("bash {script} {} 4 png", dir.display()));
-        assert!(ok, "mapproxy fixture failed:\n{out}\n{err}");
-        dir
-    })
+    DIR.get_or_init(|| common::mount::seed_mapproxy_fixture("wb-mp", 4))
 }
 
 fn rsync_transferred(src: &Path, dst: &Path) -> usize {

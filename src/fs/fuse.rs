@@ -45,6 +45,14 @@ fn errno(e: &Error) -> Errno {
     Errno::from_i32(e.errno())
 }
 
+/// Answers a request that returns nothing but success or an error.
+fn empty(reply: ReplyEmpty, r: Result<(), Error>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
 impl FuseFs {
     pub fn new(fs: Arc<TreeFs>, opts: FuseOptions) -> Self {
         FuseFs {
@@ -344,10 +352,7 @@ impl Filesystem for FuseFs {
             // Nothing to flush on a read-only mount: ENOSYS makes the kernel skip flush on close.
             return reply.error(Errno::ENOSYS);
         }
-        match self.fs.flush(_ino.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(reply, self.fs.flush(_ino.0))
     }
 
     fn release(
@@ -360,10 +365,7 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: fuser::ReplyEmpty,
     ) {
-        match self.fs.release(ino.0, fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(reply, self.fs.release(ino.0, fh.0))
     }
 
     fn create(
@@ -441,10 +443,7 @@ impl Filesystem for FuseFs {
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
-        match self.fs.fsync(ino.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(reply, self.fs.fsync(ino.0))
     }
 
     fn mkdir(
@@ -469,20 +468,14 @@ impl Filesystem for FuseFs {
         let Some(name) = name.to_str() else {
             return reply.error(Errno::ENOENT);
         };
-        match self.fs.unlink(parent.0, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(reply, self.fs.unlink(parent.0, name))
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let Some(name) = name.to_str() else {
             return reply.error(Errno::ENOENT);
         };
-        match self.fs.rmdir(parent.0, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(reply, self.fs.rmdir(parent.0, name))
     }
 
     fn rename(
@@ -508,10 +501,7 @@ impl Filesystem for FuseFs {
         {
             return reply.error(Errno::EEXIST);
         }
-        match self.fs.rename(parent.0, name, newparent.0, newname) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(reply, self.fs.rename(parent.0, name, newparent.0, newname))
     }
 
     // ENOSYS makes the kernel stop asking: no extended attributes, and permission checks are the
