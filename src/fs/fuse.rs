@@ -138,6 +138,11 @@ impl Filesystem for FuseFs {
         Ok(())
     }
 
+    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        // Sent when the kernel evicts an inode: it holds no reference to it any more.
+        self.fs.forget(ino.0);
+    }
+
     fn destroy(&mut self) {
         if let Err(e) = self.fs.flush_all() {
             tracing::error!("flushing the write buffer at unmount: {e}");

@@ -55,7 +55,7 @@ pub(super) struct WriteState {
     temps: HashMap<u64, TempFile>,
     temp_names: HashMap<(u64, String), u64>,
     /// Temporary inodes renamed onto a tile: the kernel may keep using them for the tile's name
-    /// until it forgets the entry (which the watcher asks it to).
+    /// until it forgets the entry (which the watcher asks it to); dropped on FORGET.
     aliases: HashMap<u64, TileAddr>,
     next_temp: u64,
     /// Folders made by mkdir: (level, None) or (level, Some(row)).
@@ -212,6 +212,13 @@ impl TreeFs {
     /// The tile a renamed temporary inode now stands for.
     pub(super) fn alias(&self, ino: u64) -> Option<TileAddr> {
         self.w.lock().unwrap().aliases.get(&ino).copied()
+    }
+
+    /// The kernel dropped an inode: a renamed temporary inode's alias is no longer needed.
+    pub fn forget(&self, ino: u64) {
+        if let Some(Node::Temp(_)) = self.inodes.node(ino) {
+            self.w.lock().unwrap().aliases.remove(&ino);
+        }
     }
 
     /// Bytes of a file being written (open tile or temporary file).
@@ -856,6 +863,9 @@ mod tests {
         assert_eq!(errno(fs.lookup(row, ".C00000005.png.a1B2c3")), libc::ENOENT);
         // The kernel may still use the temporary inode for the name: it answers as the tile.
         assert_eq!(fs.getattr(tmp.ino).unwrap().size, bytes.len() as u64);
+        // Once the kernel forgets it, the alias goes (no memory kept per file written).
+        fs.forget(tmp.ino);
+        assert_eq!(errno(fs.getattr(tmp.ino)), libc::ENOENT);
         // After the flush the time comes from the sidecar.
         fs.flush_all().unwrap();
         assert_eq!(fs.lookup(row, "C00000005.png").unwrap().mtime, when);
