@@ -9,7 +9,10 @@
 # Times, best of 3 each, page cache dropped before every run when running as root:
 #   (a) MapProxy:  mapproxy-util export --type arcgis   compact-v2 -> exploded
 #   (b) bundlefs:  bundlefs export --storage exploded   compact-v2 -> exploded (default: final sync)
-#   (c) bundlefs:  compact-v2 -> compact-v1, exploded -> compact-v2
+#   (c) bundlefs:  compact-v2 -> compact-v1, exploded -> compact-v2, compact-v2 -> .tpkx
+#   (d) MapProxy:  mapproxy-util export --type compact-v2 --force   into a copy of a cache holding
+#                  other tiles at every address (bundlefs sample, levels 0-7)
+#   (e) bundlefs:  bundlefs import --mode overwrite / merge         into a copy of the same cache
 # and reports peak RSS (GNU time -v; the largest process for MapProxy's workers).
 set -euo pipefail
 
@@ -71,13 +74,17 @@ else
     say "not dropping the page cache (needs root and a writable /proc/sys/vm/drop_caches): warm-cache numbers"
 fi
 
-# measure NAME DEST CMD...: best wall time of $RUNS runs into a fresh DEST, peak RSS of the best run.
+# measure [--from DIR] NAME DEST CMD...: best wall time of $RUNS runs into a fresh DEST (a fresh
+# copy of DIR with --from), peak RSS of the best run.
 declare -A BEST RSS
 measure() {
+    local from=""
+    if [[ $1 == --from ]]; then from=$2; shift 2; fi
     local name=$1 dest=$2; shift 2
     local i t0 t1 secs rss
     for ((i = 1; i <= RUNS; i++)); do
         rm -rf "$dest"
+        [[ -n $from ]] && cp -r "$from" "$dest"
         sync
         ((can_drop)) && echo 3 >/proc/sys/vm/drop_caches
         t0=$(date +%s.%N)
@@ -110,6 +117,24 @@ fi
 measure v2-to-v1 "$work/bf-v1" "$BIN" export --storage compact-v1 "$src" "$work/bf-v1"
 measure exploded-to-v2 "$work/bf-v2" "$BIN" export --storage compact-v2 "$work/bf-exploded" "$work/bf-v2"
 
+# A package needs a tiling scheme: the same bundles under a bundlefs-made Web Mercator conf.xml.
+arcsrc=$work/arcgis-layout
+"$BIN" create "$arcsrc" --levels "0-$MAXLEVEL" --format PNG >/dev/null
+cp -r "$src"/L[0-9]* "$arcsrc/_alllayers/"
+measure tpkx "$work/bf.tpkx" "$BIN" export --storage tpkx "$arcsrc" "$work/bf.tpkx"
+
+# Import: 21845 tiles into an existing cache of the same scheme holding other tiles at the same
+# addresses (bundlefs's labelled sample, levels 0-7), so every tile is appended to an existing
+# bundle and its index entry repointed. MapProxy: export --force into those bundles.
+dest0=$work/sample-dest
+"$BIN" sample "$dest0" --levels "0-$MAXLEVEL" >/dev/null
+measure --from "$dest0" mp-import "$work/mp-into" \
+    mapproxy-util export -f "$conf" --source src --grid webmercator --levels "0..$MAXLEVEL" \
+    --type compact-v2 --force --dest "$work/mp-into/_alllayers" -c "$CONCURRENCY"
+measure --from "$dest0" import-overwrite "$work/bf-into" "$BIN" import --mode overwrite "$arcsrc" "$work/bf-into"
+# Merge decodes both tiles, composites and re-encodes each changed one (MapProxy has no merge).
+measure --from "$dest0" import-merge "$work/bf-into" "$BIN" import --mode merge "$arcsrc" "$work/bf-into"
+
 row() { # label key ratio
     local secs=${BEST[$2]}
     printf '| %-49s | %8.3f | %9.0f | %9s | %8s |\n' "$1" "$secs" "$(calc "$TILES / $secs")" \
@@ -124,5 +149,10 @@ row "(a) MapProxy  export --type arcgis      v2->expl" mapproxy ""
 row "(b) bundlefs export --storage exploded v2->expl" bundlefs "$ratio"
 row "(c) bundlefs export --storage compact-v1 v2->v1" v2-to-v1 ""
 row "(c) bundlefs export --storage compact-v2 expl->v2" exploded-to-v2 ""
+row "(c) bundlefs export --storage tpkx   v2->.tpkx" tpkx ""
+ratio_import=$(printf '%.1fx' "$(calc "${BEST[mp-import]} / ${BEST[import-overwrite]}")")
+row "(d) MapProxy  export --force into existing cache" mp-import ""
+row "(e) bundlefs import --mode overwrite (same)" import-overwrite "$ratio_import"
+row "(e) bundlefs import --mode merge (re-encodes)" import-merge ""
 echo
 echo "bundlefs exploded tree byte-identical to MapProxy's: $identical"

@@ -3,8 +3,8 @@
 # cargo fmt --check, cargo clippy (all targets, warnings are errors) and cargo test (all targets).
 #
 # Tests need: fusermount3 (fuse3), mapproxy-util/mapproxy-seed (mapproxy, python3-yaml),
-# gdalinfo (gdal-bin), rsync, /usr/lib/cgi-bin/mapserv (cgi-mapserver: the WMS of tests/render.rs).
-# Fixtures are read from ../shared/fixtures beside the repository.
+# gdalinfo (gdal-bin), rsync, /usr/lib/cgi-bin/mapserv (cgi-mapserver: the WMS of tests/render.rs),
+# python3 with rasterio (pip). Fixtures are read from ../shared/fixtures beside the repository.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -40,6 +40,14 @@ if ((${#missing[@]})); then
         fuse3 mapproxy gdal-bin rsync python3-yaml cgi-mapserver
 else
     say "test dependencies present (fuse3, mapproxy, gdal-bin, rsync, python3-yaml, cgi-mapserver)"
+fi
+
+# GDAL >= 3.8 reads .tpkx; Debian's gdal-bin is 3.6, so the tile-package test reads packages with
+# the GDAL bundled in the rasterio wheel (PyPI), installed for `python3` when missing.
+if ! python3 -c 'import rasterio' >/dev/null 2>&1; then
+    say "installing rasterio (pip) for the .tpkx interop test"
+    python3 -m pip install --quiet rasterio ||
+        python3 -m pip install --quiet --break-system-packages rasterio
 fi
 
 say "cargo fmt --check"

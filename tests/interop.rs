@@ -395,3 +395,120 @@ fn gdal_opens_bundlefs_sample() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// (e) Tile packages: GDAL ≥ 3.8 reads .tpkx (Debian's 3.6 does not); the rasterio wheel bundles a
+// newer GDAL, so the checks go through `python3 -c 'import rasterio'` (scripts/test.sh installs it).
+
+/// Size and band checksums per level, as the GDAL inside rasterio computes them: a cache conf.xml
+/// at the overviews of its first `levels` levels (level 0 first), a package at its base and each
+/// overview (finest first).
+fn rasterio_checksums(path: &Path, levels: usize) -> Vec<String> {
+    let script = r#"
+import sys, rasterio
+path, levels = sys.argv[1], int(sys.argv[2])
+with rasterio.open(path) as ds:
+    n = len(ds.overviews(1))
+    print(ds.driver)
+if path.endswith(".tpkx"):
+    opts = [None] + list(range(n))  # finest (base) first
+else:
+    opts = [n - 1 - i for i in range(levels)]  # coarsest (level 0) first
+for o in opts:
+    kw = {} if o is None else {"overview_level": o}
+    with rasterio.open(path, **kw) as d:
+        print(d.width, d.height, [d.checksum(b) for b in range(1, d.count + 1)])
+"#;
+    require(&["python3"]);
+    let out = run(Command::new("python3")
+        .args(["-c", script])
+        .arg(path)
+        .arg(levels.to_string()));
+    assert!(
+        out.status.success(),
+        "python3 with rasterio could not read {} (scripts/test.sh installs rasterio with pip):\n{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("ESRIC"), "{}: {text}", path.display());
+    lines.map(str::to_string).collect()
+}
+
+#[test]
+fn gdal_reads_bundlefs_tpkx_with_the_sources_checksums() {
+    let tmp = scratch_dir("tpkx");
+    // Esri's sample cache (L00-L02, whole world): the package's base is L02, its overviews L01, L00.
+    let orig = esri_sample_cache();
+    let want = rasterio_checksums(&orig.join("conf.xml"), 3);
+    let pkg = tmp.join("sample.tpkx");
+    bundlefs_export(&orig, &pkg, "tpkx");
+    let mut got = rasterio_checksums(&pkg, 3);
+    got.reverse();
+    assert_eq!(got, want, "sample.tpkx vs esri-sample-cache/conf.xml");
+    assert!(want.iter().all(|l| l.starts_with("1024 1024")
+        || l.starts_with("512 512")
+        || l.starts_with("256 256")));
+
+    // Esri's Usa.tpkx read by bundlefs, written back as a package: GDAL sees the same raster.
+    let usa = common::fixtures().join("arcgis-tpkx/Usa.tpkx");
+    let want = rasterio_checksums(&usa, 4);
+    let v2 = tmp.join("usa-v2");
+    bundlefs_export(&usa, &v2, "compact-v2");
+    let back = tmp.join("usa.tpkx");
+    bundlefs_export(&v2, &back, "TILE_PACKAGE");
+    assert_eq!(rasterio_checksums(&back, 4), want, "Usa.tpkx round trip");
+}
+
+// ---------------------------------------------------------------------------------------------
+// (f) MapProxy reads what export --levels and import write
+
+#[test]
+fn mapproxy_reads_level_exports_and_imports() {
+    let f = png4();
+    let full = f.arcgis_tree();
+    for storage in ["compact-v1", "compact-v2"] {
+        let out = scratch_dir("levels");
+        let dest = out.join("bundles");
+        run_ok(
+            Command::new(bin())
+                .args(["export", "--storage", storage, "--levels", "2-4"])
+                .arg(f.v2())
+                .arg(&dest),
+        );
+        let back = out.join("arcgis");
+        f.mapproxy_export_from(storage, &dest, &back);
+        let want: BTreeMap<String, Vec<u8>> = full
+            .iter()
+            .filter(|(k, _)| !k.starts_with("L00/") && !k.starts_with("L01/"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        assert_same_tree(
+            &tree_files(&back),
+            &want,
+            &format!("{storage} --levels 2-4"),
+        );
+
+        // Take three L03 tiles out, then import the whole V1 cache: L00-L01 arrive as new bundles,
+        // the three tiles are appended to the existing L03 bundle, the rest is unchanged.
+        let c = Cache::open(&dest).unwrap();
+        let gone = [
+            TileAddr::new(3, 0, 0),
+            TileAddr::new(3, 5, 2),
+            TileAddr::new(3, 7, 7),
+        ];
+        c.delete_tiles(&gone).unwrap();
+        let msg = run_ok(Command::new(bin()).arg("import").arg(f.v1()).arg(&dest));
+        assert!(msg.contains("imported 8 tiles"), "{msg}");
+        assert!(msg.contains("unchanged 333"), "{msg}"); // 341 - 5 (L00, L01) - 3
+        let back2 = out.join("arcgis2");
+        f.mapproxy_export_from(storage, &dest, &back2);
+        assert_same_tree(
+            &tree_files(&back2),
+            &full,
+            &format!("{storage} after import"),
+        );
+        fs::remove_dir_all(&out).unwrap();
+    }
+}

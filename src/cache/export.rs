@@ -1,17 +1,18 @@
-//! Whole-cache conversion between storage formats (exploded, Compact V1, Compact V2): parallel over
-//! bundles, a bundle at a time, new bundles written in one pass to a temporary file and renamed.
+//! Export jobs: the selected tiles of a cache into a new (or existing, same-storage) cache folder in
+//! another storage format (exploded, Compact V1, Compact V2) or into a `.tpkx` package; new bundles
+//! are written in one pass to a temporary file and renamed. The work itself is [`super::job`].
 
 use std::fs;
 use std::io::BufWriter;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::path::Path;
 
-use rayon::prelude::*;
-
-use super::{write_atomic, Cache, TileBytes, TileGroup, ALLLAYERS, CONF_CDI, CONF_XML};
+use super::job::{
+    check_selection, extent_after, holds_cache, job_area, run, JobOptions, JobSummary, LevelSelect,
+    Progress,
+};
+use super::{write_atomic, Cache, CacheOptions};
 use crate::error::{Error, IoContext, Result};
-use crate::format::conf::StorageFormat;
+use crate::format::conf::{self, StorageFormat};
 use crate::format::{exploded, v1, v2, BundleId, TileAddr};
 
 /// An inclusive range of levels.
@@ -70,7 +71,7 @@ pub struct ExportSummary {
     pub seconds: f64,
 }
 
-/// Options of a conversion.
+/// Options of a whole-cache conversion (see [`export_job`] for extents, areas and merging).
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
     pub storage: StorageFormat,
@@ -88,76 +89,98 @@ pub fn export(
     opts: &ExportOptions,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<ExportSummary> {
-    let start = Instant::now();
-    if dest.join(CONF_XML).exists() || dest.join(ALLLAYERS).exists() || has_level_dirs(dest)? {
+    if holds_cache(dest)? {
         return Err(Error::invalid(format!(
             "{}: already holds a cache; export writes a new one (remove it or choose another folder)",
             dest.display()
         )));
     }
-    fs::create_dir_all(dest).at(dest)?;
-    let tiles_dir = match src.conf() {
-        Some(conf) => {
-            write_atomic(
-                &dest.join(CONF_XML),
-                &conf.with_storage(opts.storage),
-                false,
-            )?;
-            if let Some(cdi) = src.cdi() {
-                write_atomic(&dest.join(CONF_CDI), cdi, false)?;
-            }
-            dest.join(ALLLAYERS)
+    struct F<'a>(&'a (dyn Fn(u64) + Sync));
+    impl Progress for F<'_> {
+        fn advance(&self, n: u64) {
+            (self.0)(n)
         }
-        None => dest.to_path_buf(),
+    }
+    let job = JobOptions {
+        levels: LevelSelect::Range(opts.levels),
+        sync: opts.sync,
+        ..JobOptions::default()
     };
-    let levels: Vec<u8> = src
-        .levels()?
-        .into_iter()
-        .filter(|l| opts.levels.contains(*l))
-        .collect();
-    let tiles = AtomicU64::new(0);
-    let bytes = AtomicU64::new(0);
-    let bundles = AtomicU64::new(0);
-    for level in levels {
-        let groups = src.groups(level)?;
-        let ldir = tiles_dir.join(exploded::level_dir(level));
-        fs::create_dir_all(&ldir).at(&ldir)?;
-        groups
-            .par_iter()
-            .try_for_each(|g: &TileGroup| -> Result<()> {
-                let group = src.read_group(g)?;
-                if group.is_empty() {
-                    return Ok(());
-                }
-                let n = group.len() as u64;
-                let b: u64 = group.iter().map(|(_, t)| t.len() as u64).sum();
-                match opts.storage {
-                    StorageFormat::Exploded => write_exploded(src, &ldir, &group)?,
-                    StorageFormat::CompactV2 => write_v2(&ldir, &g.id, &group)?,
-                    StorageFormat::CompactV1 => write_v1(&ldir, &g.id, &group)?,
-                }
-                tiles.fetch_add(n, Ordering::Relaxed);
-                bytes.fetch_add(b, Ordering::Relaxed);
-                bundles.fetch_add(1, Ordering::Relaxed);
-                progress(n);
-                Ok(())
-            })?;
-    }
-    if opts.sync {
-        syncfs(dest)?;
-    }
+    let s = export_job(src, dest, Target::Storage(opts.storage), &job, &F(progress))?;
     Ok(ExportSummary {
-        tiles: tiles.into_inner(),
-        bytes: bytes.into_inner(),
-        bundles: bundles.into_inner(),
-        seconds: start.elapsed().as_secs_f64(),
+        tiles: s.tiles_written,
+        bytes: s.bytes_written,
+        bundles: s.bundles,
+        seconds: s.seconds,
     })
 }
 
-fn has_level_dirs(dir: &Path) -> Result<bool> {
-    Ok(super::read_dir_names(dir)?
-        .iter()
-        .any(|n| exploded::parse_level_dir(n).is_ok()))
+/// What an export writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A cache folder in this storage format.
+    Storage(StorageFormat),
+    /// A `.tpkx` tile package (Compact V2 bundles in a stored zip).
+    Tpkx,
+}
+
+/// Options for the destination cache of a job.
+pub(crate) fn dest_options(storage: StorageFormat, sync: bool) -> CacheOptions {
+    CacheOptions {
+        // Exploded tiles are renamed into place one by one; one syncfs at the end covers them.
+        durable: sync && storage != StorageFormat::Exploded,
+        ..CacheOptions::default()
+    }
+}
+
+/// Exports the selected tiles of `src` to `dest`: a new cache folder (or `.tpkx` file) in the
+/// target storage, with conf.xml (StorageFormat set to the target) and conf.cdi (the exported area).
+/// When DEST already holds a cache of that storage, tiles are merged into it or overwrite its own
+/// (`opts.mode`) after its tiling scheme and image format are checked.
+pub fn export_job(
+    src: &Cache,
+    dest: &Path,
+    target: Target,
+    opts: &JobOptions,
+    progress: &dyn Progress,
+) -> Result<JobSummary> {
+    check_selection(src, opts)?;
+    let storage = match target {
+        Target::Tpkx => return super::package::update_package(src, dest, opts, progress, false),
+        Target::Storage(s) => s,
+    };
+    if dest.is_file() {
+        return Err(Error::invalid(format!(
+            "{}: is a file; export --storage {storage} writes a cache folder",
+            dest.display()
+        )));
+    }
+    if dest.is_dir() && holds_cache(dest)? {
+        let mut d = Cache::open_with(dest, dest_options(storage, opts.sync))?;
+        if d.storage() != storage {
+            return Err(Error::invalid(format!(
+                "{}: holds a {} cache; a cache cannot mix storage formats, so export --storage {storage} \
+                 cannot go into it (choose another folder); nothing was written",
+                dest.display(),
+                d.storage()
+            )));
+        }
+        return super::import::into_cache(src, &mut d, opts, progress);
+    }
+    let conf = src.conf().map(|c| c.with_storage(storage));
+    let cdi = match (src.scheme(), extent_after(src, None, opts)) {
+        (Some(s), Some(e)) if job_area(opts).is_some() => Some(conf::write_cdi(&e, s)),
+        (Some(s), None) => Some(conf::write_cdi(&super::scheme_extent(s), s)),
+        _ => src.cdi().map(<[u8]>::to_vec),
+    };
+    let d = Cache::create_empty(
+        dest,
+        storage,
+        conf.as_deref(),
+        cdi.as_deref(),
+        dest_options(storage, opts.sync),
+    )?;
+    run(src, &d, true, opts, progress)
 }
 
 /// Flushes the file system holding `path` (one call instead of an fsync per file).
@@ -171,21 +194,6 @@ pub fn syncfs(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn write_exploded(src: &Cache, ldir: &Path, group: &[(TileAddr, TileBytes)]) -> Result<()> {
-    let mut last_row = None;
-    let mut rdir = PathBuf::new();
-    for (t, bytes) in group {
-        if last_row != Some(t.row) {
-            rdir = ldir.join(exploded::row_dir(t.row));
-            fs::create_dir_all(&rdir).at(&rdir)?;
-            last_row = Some(t.row);
-        }
-        let p = rdir.join(exploded::col_file(t.col, src.kind_of(bytes).ext()));
-        fs::write(&p, &bytes[..]).at(&p)?;
-    }
-    Ok(())
-}
-
 fn temp_in(dir: &Path) -> Result<tempfile::NamedTempFile> {
     tempfile::Builder::new()
         .prefix(".bundlefs-")
@@ -193,7 +201,8 @@ fn temp_in(dir: &Path) -> Result<tempfile::NamedTempFile> {
         .at(dir)
 }
 
-fn write_v2(ldir: &Path, id: &BundleId, group: &[(TileAddr, TileBytes)]) -> Result<()> {
+/// Writes a new V2 bundle in one pass to a temporary file and renames it into place.
+pub(crate) fn write_v2(ldir: &Path, id: &BundleId, group: &[(TileAddr, &[u8])]) -> Result<()> {
     let path = ldir.join(format!("{}.bundle", exploded::bundle_base(id)));
     let tmp = temp_in(ldir)?;
     let tmp_path = tmp.path().to_path_buf();
@@ -206,7 +215,9 @@ fn write_v2(ldir: &Path, id: &BundleId, group: &[(TileAddr, TileBytes)]) -> Resu
     Ok(())
 }
 
-fn write_v1(ldir: &Path, id: &BundleId, group: &[(TileAddr, TileBytes)]) -> Result<()> {
+/// Writes a new V1 bundle pair: `.bundlx` first, then the `.bundle` renamed into place (readers
+/// list `.bundle` files, so a lone `.bundlx` left by an interruption is ignored and rewritten).
+pub(crate) fn write_v1(ldir: &Path, id: &BundleId, group: &[(TileAddr, &[u8])]) -> Result<()> {
     let base = ldir.join(exploded::bundle_base(id));
     let path = base.with_extension("bundle");
     let tmp = temp_in(ldir)?;

@@ -3,12 +3,17 @@
 //! without reading tiles, get a tile (a slice of a memory map), and write or delete tiles under the
 //! per-bundle lock with the durable append sequence of the format layer.
 
+pub mod aoi;
 pub mod buffer;
 pub mod bundle;
 pub mod commit;
 pub mod compact;
 pub mod export;
+pub mod import;
+pub mod job;
 pub mod lock;
+pub mod package;
+pub mod pixels;
 pub mod times;
 pub mod verify;
 
@@ -301,6 +306,75 @@ impl Cache {
         let env = extent.unwrap_or_else(|| scheme_extent(scheme));
         write_atomic(&root.join(CONF_CDI), &conf::write_cdi(&env, scheme), true)?;
         Cache::open(root)
+    }
+
+    /// Creates a cache folder holding no tiles yet, in `storage`: with `conf_xml` (and `cdi`) it is
+    /// ArcGIS-layout (`conf.xml`, `conf.cdi`, `_alllayers/`), without, MapProxy-layout (level folders
+    /// at the root). The conf.xml bytes are written as given.
+    pub fn create_empty(
+        root: impl AsRef<Path>,
+        storage: StorageFormat,
+        conf_xml: Option<&[u8]>,
+        cdi: Option<&[u8]>,
+        opts: CacheOptions,
+    ) -> Result<Cache> {
+        let root = root.as_ref().to_path_buf();
+        fs::create_dir_all(&root).at(&root)?;
+        let (layout, tiles_dir, conf) = match conf_xml {
+            Some(xml) => {
+                let conf_path = root.join(CONF_XML);
+                let conf = TileScheme::parse_conf_xml(xml).in_file(&conf_path)?;
+                let tiles_dir = root.join(ALLLAYERS);
+                fs::create_dir_all(&tiles_dir).at(&tiles_dir)?;
+                write_atomic(&conf_path, xml, opts.durable)?;
+                if let Some(cdi) = cdi {
+                    write_atomic(&root.join(CONF_CDI), cdi, opts.durable)?;
+                }
+                (Layout::ArcGis, tiles_dir, Some(conf))
+            }
+            None => (Layout::MapProxy, root.clone(), None),
+        };
+        let cap = NonZeroUsize::new(opts.max_open_bundles.max(1)).unwrap();
+        Ok(Cache {
+            root,
+            tiles_dir,
+            layout,
+            storage,
+            conf,
+            cdi: cdi.map(<[u8]>::to_vec),
+            opts,
+            open: Mutex::new(LruCache::new(cap)),
+            listings: Mutex::new(Default::default()),
+            epoch: Instant::now(),
+        })
+    }
+
+    /// Replaces conf.cdi (the cache extent) atomically.
+    pub fn set_extent(&mut self, env: &Envelope) -> Result<()> {
+        let Some(scheme) = self.scheme() else {
+            return Ok(());
+        };
+        let bytes = conf::write_cdi(env, scheme);
+        write_atomic(&self.root.join(CONF_CDI), &bytes, self.opts.durable)?;
+        self.cdi = Some(bytes);
+        Ok(())
+    }
+
+    /// The file that holds (or would hold) tile `t`, for messages.
+    pub fn tile_file(&self, t: TileAddr) -> PathBuf {
+        if self.storage == StorageFormat::Exploded {
+            return self.exploded_tile_path(t).unwrap_or_else(|| {
+                self.level_dir(t.level)
+                    .join(exploded::row_dir(t.row))
+                    .join(exploded::col_file(t.col, self.default_kind().ext()))
+            });
+        }
+        self.bundle_path(&t.bundle())
+    }
+
+    /// Tunables this cache was opened with.
+    pub fn options(&self) -> &CacheOptions {
+        &self.opts
     }
 
     pub fn root(&self) -> &Path {
@@ -707,7 +781,32 @@ impl Cache {
         let tiles: Vec<(Slot, &[u8])> = timed.iter().map(|(s, b, _)| (*s, *b)).collect();
         let tiles = tiles.as_slice();
         let dir = self.level_dir(id.level);
-        // Refuse bad tiles before anything (even a new empty bundle) is written.
+        self.check_tiles(id, tiles)?;
+        fs::create_dir_all(&dir).at(&dir)?;
+        let lock = BundleLock::acquire(&self.lock_path(&id), self.opts.lock_timeout)?;
+        let st = self.append_locked(&lock, id, tiles)?;
+        let path = self.bundle_path(&id);
+        // Per-tile times, still under the lock, after the index: see `times` for why a lost or
+        // torn record is harmless.
+        if timed.iter().any(|t| t.2.is_some()) {
+            let recorded = self.bundle(id).and_then(|h| {
+                let Some(h) = h else { return Ok(()) };
+                let recs: Vec<(Slot, u64, SystemTime)> = timed
+                    .iter()
+                    .filter_map(|(s, _, m)| m.map(|m| (*s, h.raw_entry(*s), m)))
+                    .collect();
+                times::write(&path, &recs)
+            });
+            if let Err(e) = recorded {
+                tracing::warn!("tile times of {} not recorded: {e}", path.display());
+            }
+        }
+        drop(lock);
+        Ok(st)
+    }
+
+    /// Refuses bad tiles before anything (even a new empty bundle) is written.
+    fn check_tiles(&self, id: BundleId, tiles: &[(Slot, &[u8])]) -> Result<()> {
         for (slot, bytes) in tiles {
             let t = id.tile(*slot);
             if bytes.is_empty() {
@@ -729,8 +828,42 @@ impl Cache {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Takes the writer lock of bundle `id` (creating its level folder), for a read-modify-write
+    /// with [`Cache::write_bundle_locked`].
+    pub fn lock_bundle(&self, id: BundleId) -> Result<BundleLock> {
+        let dir = self.level_dir(id.level);
         fs::create_dir_all(&dir).at(&dir)?;
-        let _lock = BundleLock::acquire(&self.lock_path(&id), self.opts.lock_timeout)?;
+        let lock = BundleLock::acquire(&self.lock_path(&id), self.opts.lock_timeout)?;
+        // Whatever another writer did before we held the lock must be visible now.
+        self.invalidate(&id);
+        Ok(lock)
+    }
+
+    /// Appends tiles to bundle `id` whose lock the caller holds (compact storage only).
+    pub fn write_bundle_locked(
+        &self,
+        lock: &BundleLock,
+        id: BundleId,
+        tiles: &[(Slot, &[u8])],
+    ) -> Result<WriteStats> {
+        if self.storage == StorageFormat::Exploded {
+            return Err(Error::invalid(
+                "write_bundle_locked: exploded caches have no bundles",
+            ));
+        }
+        self.check_tiles(id, tiles)?;
+        self.append_locked(lock, id, tiles)
+    }
+
+    fn append_locked(
+        &self,
+        _lock: &BundleLock,
+        id: BundleId,
+        tiles: &[(Slot, &[u8])],
+    ) -> Result<WriteStats> {
         let path = self.bundle_path(&id);
         let rw = |p: &Path| fs::OpenOptions::new().read(true).write(true).open(p).at(p);
         let mut created = 0u64;
@@ -761,21 +894,6 @@ impl Cache {
             }
         };
         self.invalidate(&id);
-        // Per-tile times, still under the lock, after the index: see `times` for why a lost or
-        // torn record is harmless.
-        if timed.iter().any(|t| t.2.is_some()) {
-            let recorded = self.bundle(id).and_then(|h| {
-                let Some(h) = h else { return Ok(()) };
-                let recs: Vec<(Slot, u64, SystemTime)> = timed
-                    .iter()
-                    .filter_map(|(s, _, m)| m.map(|m| (*s, h.raw_entry(*s), m)))
-                    .collect();
-                times::write(&path, &recs)
-            });
-            if let Err(e) = recorded {
-                tracing::warn!("tile times of {} not recorded: {e}", path.display());
-            }
-        }
         Ok(WriteStats {
             tiles: st.tiles,
             bytes_written: st.bytes_written + created,

@@ -6,12 +6,17 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
-use super::Command;
-use crate::cache::export::{export, ExportOptions, LevelRange};
+use super::{Command, JobArgs};
+use std::path::Path;
+
+use crate::cache::aoi::Aoi;
+use crate::cache::export::{export_job, LevelRange, Target};
+use crate::cache::import::import_job;
+use crate::cache::job::{JobOptions, JobSummary, LevelSelect, Progress};
+use crate::cache::package::{is_package, open_package, Unpacked};
 use crate::cache::verify::verify;
 use crate::cache::{Cache, LevelStats};
-use crate::format::conf::Envelope;
-use crate::format::conf::{StorageFormat, TileFormat, TileScheme};
+use crate::format::conf::{Envelope, StorageFormat, TileFormat, TileScheme};
 use crate::format::TileAddr;
 use crate::render::batch::{render_batch, BatchOptions};
 use crate::render::label::LabelSource;
@@ -66,29 +71,34 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             src,
             dest,
             storage,
-            levels,
-            no_sync,
+            job,
         } => {
-            let c = Cache::open(&src)?;
-            let opts = ExportOptions {
-                storage: storage.into(),
-                levels: levels.unwrap_or(LevelRange::ALL),
-                sync: !no_sync,
+            let source = Source::open(&src)?;
+            let opts = job_options(&job)?;
+            let target: Target = storage.into();
+            let bar = Bar::new();
+            let s = export_job(source.cache(), &dest, target, &opts, &bar)?;
+            bar.0.finish_and_clear();
+            let to = match target {
+                Target::Storage(st) => st.to_string(),
+                Target::Tpkx => "tpkx".to_string(),
             };
-            let bar = progress_bar();
-            let s = export(&c, &dest, &opts, &|n| bar.inc(n))?;
-            bar.finish_and_clear();
-            println!(
-                "exported {} tiles ({} bytes, {} bundles) from {} ({}) to {} ({}) in {:.2} s ({:.0} tiles/s)",
-                s.tiles,
-                s.bytes,
-                s.bundles,
-                src.display(),
-                c.storage(),
-                dest.display(),
-                opts.storage,
-                s.seconds,
-                s.tiles as f64 / s.seconds.max(1e-9)
+            print_summary("exported", &s, &src, source.cache(), &dest, &to);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Import { src, dest, job } => {
+            let source = Source::open(&src)?;
+            let opts = job_options(&job)?;
+            let bar = Bar::new();
+            let s = import_job(source.cache(), &dest, &opts, &bar)?;
+            bar.0.finish_and_clear();
+            print_summary(
+                "imported",
+                &s,
+                &src,
+                source.cache(),
+                &dest,
+                "existing cache",
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -399,6 +409,126 @@ fn progress_bar() -> ProgressBar {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
     bar
+}
+
+/// A source cache: a folder, or a package unpacked for the job.
+enum Source {
+    Folder(Cache),
+    Package(Unpacked),
+}
+
+impl Source {
+    fn open(path: &Path) -> anyhow::Result<Source> {
+        Ok(if is_package(path) {
+            Source::Package(open_package(path)?)
+        } else {
+            Source::Folder(Cache::open(path)?)
+        })
+    }
+    fn cache(&self) -> &Cache {
+        match self {
+            Source::Folder(c) => c,
+            Source::Package(p) => &p.cache,
+        }
+    }
+}
+
+fn parse_colour(s: &str) -> anyhow::Result<[u8; 3]> {
+    let t = s.trim().trim_start_matches('#');
+    let bad = || anyhow::anyhow!("--background {s:?}: want RRGGBB, #RRGGBB or R,G,B");
+    if t.contains(',') {
+        let v: Vec<u8> = t
+            .split(',')
+            .map(|p| p.trim().parse::<u8>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| bad())?;
+        return <[u8; 3]>::try_from(v).map_err(|_| bad());
+    }
+    if t.len() != 6 || !t.is_ascii() {
+        return Err(bad());
+    }
+    let byte = |i: usize| u8::from_str_radix(&t[i..i + 2], 16).map_err(|_| bad());
+    Ok([byte(0)?, byte(2)?, byte(4)?])
+}
+
+fn job_options(a: &JobArgs) -> anyhow::Result<JobOptions> {
+    let levels = match (&a.levels, &a.scales) {
+        (_, Some(scales)) => LevelSelect::Scales(scales.clone()),
+        (Some(r), None) => LevelSelect::Range(*r),
+        (None, None) => LevelSelect::Range(LevelRange::ALL),
+    };
+    let extent = a.extent.as_ref().map(|v| Envelope {
+        xmin: v[0],
+        ymin: v[1],
+        xmax: v[2],
+        ymax: v[3],
+    });
+    let aoi = a.aoi.as_deref().map(Aoi::from_geojson_file).transpose()?;
+    if aoi.is_some() && extent.is_some() {
+        eprintln!("bundlefs: both --aoi and --extent given: the area of interest wins");
+    }
+    Ok(JobOptions {
+        levels,
+        extent,
+        aoi,
+        mode: a.mode.into(),
+        background: a.background.as_deref().map(parse_colour).transpose()?,
+        sync: !a.no_sync,
+    })
+}
+
+fn print_summary(verb: &str, s: &JobSummary, src: &Path, c: &Cache, dest: &Path, to: &str) {
+    println!(
+        "{verb} {} tiles ({} bytes, {} bundles) from {} ({}) to {} ({to}) in {:.2} s ({:.0} tiles/s)",
+        s.tiles_written,
+        s.bytes_written,
+        s.bundles,
+        src.display(),
+        c.storage(),
+        dest.display(),
+        s.seconds,
+        s.tiles_read as f64 / s.seconds.max(1e-9)
+    );
+    println!(
+        "tiles read {} ({} bytes), written {} (copied {}, clipped {}, merged {}), unchanged {}, skipped {}",
+        s.tiles_read,
+        s.bytes_read,
+        s.tiles_written,
+        s.tiles_copied,
+        s.tiles_clipped,
+        s.tiles_merged,
+        s.tiles_unchanged,
+        s.tiles_skipped
+    );
+}
+
+/// Progress on stderr when it is a terminal (tiles/s and ETA), nothing otherwise.
+struct Bar(ProgressBar);
+
+impl Bar {
+    fn new() -> Bar {
+        let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} tiles  {per_sec}  elapsed {elapsed}  ETA {eta}",
+            )
+            .unwrap(),
+        );
+        Bar(bar)
+    }
+}
+
+impl Progress for Bar {
+    fn start(&self, total: u64) {
+        self.0.set_length(total);
+    }
+    fn advance(&self, n: u64) {
+        self.0.inc(n);
+    }
 }
 
 fn build_scheme(

@@ -8,7 +8,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::cache::export::LevelRange;
+use crate::cache::export::{LevelRange, Target};
+use crate::cache::pixels::Mode;
 use crate::format::conf::{StorageFormat, TileFormat};
 
 /// Mount and convert Esri ArcGIS compact tile caches (Compact V1/V2, exploded).
@@ -19,7 +20,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Storage formats, by bundlefs or ArcGIS name.
+/// Export targets, by bundlefs or ArcGIS name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum StorageArg {
     #[value(name = "exploded", alias = "EXPLODED")]
@@ -28,16 +29,72 @@ pub enum StorageArg {
     CompactV1,
     #[value(name = "compact-v2", alias = "COMPACT_V2", alias = "compactv2")]
     CompactV2,
+    /// A `.tpkx` tile package (Compact V2 bundles in a stored zip).
+    #[value(name = "tpkx", alias = "TILE_PACKAGE", alias = "TPKX")]
+    Tpkx,
 }
 
-impl From<StorageArg> for StorageFormat {
+impl From<StorageArg> for Target {
     fn from(s: StorageArg) -> Self {
         match s {
-            StorageArg::Exploded => StorageFormat::Exploded,
-            StorageArg::CompactV1 => StorageFormat::CompactV1,
-            StorageArg::CompactV2 => StorageFormat::CompactV2,
+            StorageArg::Exploded => Target::Storage(StorageFormat::Exploded),
+            StorageArg::CompactV1 => Target::Storage(StorageFormat::CompactV1),
+            StorageArg::CompactV2 => Target::Storage(StorageFormat::CompactV2),
+            StorageArg::Tpkx => Target::Tpkx,
         }
     }
+}
+
+/// How tiles go into a destination that already holds some.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Source over destination: transparent source pixels keep the destination's.
+    #[value(name = "merge", alias = "MERGE")]
+    Merge,
+    /// Source tiles replace the destination's (within the area of interest).
+    #[value(name = "overwrite", alias = "OVERWRITE")]
+    Overwrite,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Merge => Mode::Merge,
+            ModeArg::Overwrite => Mode::Overwrite,
+        }
+    }
+}
+
+/// What to take from SRC and how to write it (shared by export and import).
+#[derive(Debug, Clone, clap::Args)]
+pub struct JobArgs {
+    /// Only these levels, e.g. 0-7 (default: all).
+    #[arg(long, conflicts_with = "scales")]
+    pub levels: Option<LevelRange>,
+    /// Only the levels at these map scales, e.g. 577790.554289,288895.277144.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub scales: Option<Vec<f64>>,
+    /// Only tiles intersecting xmin,ymin,xmax,ymax (in SRC's spatial reference).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        num_args = 4,
+        allow_negative_numbers = true,
+        value_name = "XMIN,YMIN,XMAX,YMAX"
+    )]
+    pub extent: Option<Vec<f64>>,
+    /// Clip to this GeoJSON polygon/multipolygon (SRC's spatial reference); wins over --extent.
+    #[arg(long, value_name = "FILE")]
+    pub aoi: Option<PathBuf>,
+    /// Merge into or overwrite tiles DEST already has.
+    #[arg(long, value_enum, default_value = "merge")]
+    pub mode: ModeArg,
+    /// Colour of clipped-away pixels in JPEG tiles: RRGGBB, #RRGGBB or R,G,B (default white).
+    #[arg(long, value_name = "COLOUR")]
+    pub background: Option<String>,
+    /// Skip the final flush to disk (faster; for scratch copies).
+    #[arg(long)]
+    pub no_sync: bool,
 }
 
 /// Tile image formats (conf.xml CacheTileFormat).
@@ -96,19 +153,27 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "PNG")]
         format: FormatArg,
     },
-    /// Convert a cache to another storage format into a new folder.
+    /// Export tiles of a cache (or .tpkx/.tpk) to a cache folder or a .tpkx, in any storage format.
     Export {
+        /// Source cache folder, conf.xml, .tpkx or .tpk.
         src: PathBuf,
+        /// Destination folder (a .tpkx file with --storage tpkx).
         dest: PathBuf,
-        /// Target storage: exploded, compact-v1, compact-v2 (ArcGIS names EXPLODED, COMPACT, COMPACT_V2).
+        /// Target storage: exploded, compact-v1, compact-v2, tpkx (ArcGIS names EXPLODED, COMPACT,
+        /// COMPACT_V2, TILE_PACKAGE).
         #[arg(long, value_enum)]
         storage: StorageArg,
-        /// Only these levels, e.g. 0-7.
-        #[arg(long)]
-        levels: Option<LevelRange>,
-        /// Skip the final flush to disk (faster; for scratch copies).
-        #[arg(long)]
-        no_sync: bool,
+        #[command(flatten)]
+        job: JobArgs,
+    },
+    /// Import tiles of a cache (or .tpkx/.tpk) into an existing cache with the same tiling scheme.
+    Import {
+        /// Source cache folder, conf.xml, .tpkx or .tpk.
+        src: PathBuf,
+        /// Existing destination cache folder (or .tpkx).
+        dest: PathBuf,
+        #[command(flatten)]
+        job: JobArgs,
     },
     /// Mount a cache as an exploded tree (read-only, or -o rw to write tiles back); foreground
     /// unless --daemon.

@@ -4,6 +4,7 @@
 pub mod conf;
 pub mod exploded;
 pub mod sniff;
+pub mod tpkx;
 pub mod v1;
 pub mod v2;
 

@@ -1,0 +1,329 @@
+//! Tile packages (`.tpkx`, Esri's open tile-package spec): `root.json` and `iteminfo.json` to and
+//! from a [`TileScheme`], and the stored (uncompressed) zip that holds them with the Compact V2
+//! bundles under `tile/`. Callers hand in readers and writers; no file-system walking here.
+
+use std::io::{Read, Seek, Write};
+
+use serde_json::{json, Map, Value};
+
+use super::conf::{Envelope, Lod, StorageFormat, TileFormat, TileScheme};
+use super::FormatError;
+
+/// Name of the package's scheme document.
+pub const ROOT_JSON: &str = "root.json";
+/// Name of the package's item description.
+pub const ITEMINFO_JSON: &str = "iteminfo.json";
+/// Folder of the bundles inside the package (`tileBundlesPath`).
+pub const TILE_DIR: &str = "tile";
+/// Bundles per package side: the spec fixes compact V2 bundles of 128 × 128 tiles.
+pub const PACKET_SIZE: u32 = 128;
+/// Zip entries of this size or more need zip64 records.
+const ZIP64_FROM: u64 = 0xFFFF_FFFF;
+
+fn json_err(msg: impl Into<String>) -> FormatError {
+    FormatError::Json(msg.into())
+}
+
+fn spatial_reference(s: &TileScheme) -> Value {
+    let mut m = Map::new();
+    if let Some(id) = s.wkid {
+        m.insert("wkid".into(), json!(id));
+    }
+    if let Some(id) = s.latest_wkid {
+        m.insert("latestWkid".into(), json!(id));
+    }
+    if s.wkid.is_none() {
+        if let Some(wkt) = &s.wkt {
+            m.insert("wkt".into(), json!(wkt));
+        }
+    }
+    Value::Object(m)
+}
+
+fn extent_json(e: &Envelope, sr: &Value) -> Value {
+    json!({"xmin": e.xmin, "ymin": e.ymin, "xmax": e.xmax, "ymax": e.ymax, "spatialReference": sr})
+}
+
+/// `root.json` for a package holding `levels` (min, max) of `scheme` over `extent`.
+pub fn root_json(name: &str, scheme: &TileScheme, levels: (u8, u8), extent: &Envelope) -> Vec<u8> {
+    let sr = spatial_reference(scheme);
+    let lod = |l: u8| scheme.lod(l);
+    let lods: Vec<Value> = scheme
+        .lods
+        .iter()
+        .map(|l| json!({"level": l.level, "resolution": l.resolution, "scale": l.scale}))
+        .collect();
+    let v = json!({
+        "name": name,
+        "version": "1.0",
+        "tileBundlesPath": format!("./{TILE_DIR}"),
+        "minLOD": levels.0,
+        "maxLOD": levels.1,
+        "minScale": lod(levels.0).map_or(0.0, |l| l.scale),
+        "maxScale": lod(levels.1).map_or(0.0, |l| l.scale),
+        "resampling": false,
+        "spatialReference": sr,
+        "initialExtent": extent_json(extent, &sr),
+        "fullExtent": extent_json(extent, &sr),
+        "tileInfo": {
+            "rows": scheme.tile_rows,
+            "cols": scheme.tile_cols,
+            "dpi": scheme.dpi,
+            "origin": {"x": scheme.origin_x, "y": scheme.origin_y},
+            "spatialReference": sr,
+            "lods": lods,
+        },
+        "tileImageInfo": {
+            "format": scheme.tile_format.name(),
+            "compressionQuality": scheme.compression_quality,
+        },
+        "storageInfo": {
+            "storageFormat": StorageFormat::CompactV2.esri_name(),
+            "packetSize": PACKET_SIZE,
+        },
+    });
+    serde_json::to_vec_pretty(&v).expect("JSON of plain values")
+}
+
+/// `iteminfo.json` of a package (`guid` must be unique per package; the caller makes one).
+pub fn iteminfo_json(
+    name: &str,
+    guid: &str,
+    created_ms: u64,
+    scheme: &TileScheme,
+    extent: &Envelope,
+) -> Vec<u8> {
+    let sr = spatial_reference(scheme);
+    let v = json!({
+        "name": name,
+        "title": name,
+        "guid": guid,
+        "version": "1.0",
+        "created": created_ms,
+        "type": "Compact Tile Package",
+        "typeKeywords": ["Compact Tile Package", "Tile Package", "tpkx"],
+        "creator": "bundlefs",
+        "extent": extent_json(extent, &sr),
+        "spatialReference": sr,
+    });
+    serde_json::to_vec_pretty(&v).expect("JSON of plain values")
+}
+
+/// What a package's `root.json` says: the tiling scheme (storage Compact V2), the levels it holds,
+/// its full extent and the bundle folder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RootInfo {
+    pub scheme: TileScheme,
+    pub levels: Option<(u8, u8)>,
+    pub extent: Option<Envelope>,
+    /// `tileBundlesPath` without a leading `./` (usually `tile`).
+    pub tile_dir: String,
+}
+
+/// Parses a package's `root.json`.
+pub fn parse_root_json(bytes: &[u8]) -> Result<RootInfo, FormatError> {
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| json_err(e.to_string()))?;
+    let num = |v: &Value, path: &str| -> Result<f64, FormatError> {
+        let mut cur = v;
+        for k in path.split('.') {
+            cur = cur
+                .get(k)
+                .ok_or_else(|| json_err(format!("missing {path:?}")))?;
+        }
+        cur.as_f64()
+            .filter(|x| x.is_finite())
+            .ok_or_else(|| json_err(format!("{path:?} is not a number: {cur}")))
+    };
+    let ti = v
+        .get("tileInfo")
+        .ok_or_else(|| json_err("missing \"tileInfo\""))?;
+    let (rows, cols) = (num(ti, "rows")?, num(ti, "cols")?);
+    for (n, x) in [("tileInfo.rows", rows), ("tileInfo.cols", cols)] {
+        if !(1.0..=65536.0).contains(&x) || x.fract() != 0.0 {
+            return Err(json_err(format!(
+                "{n} must be a tile size in pixels, got {x}"
+            )));
+        }
+    }
+    let dpi = num(ti, "dpi").unwrap_or(96.0);
+    let lods_v = ti
+        .get("lods")
+        .and_then(Value::as_array)
+        .ok_or_else(|| json_err("missing \"tileInfo.lods\""))?;
+    let mut lods = Vec::new();
+    for (i, l) in lods_v.iter().enumerate() {
+        let level = num(l, "level").map_err(|e| json_err(format!("lods[{i}]: {e}")))?;
+        if !(0.0..=99.0).contains(&level) || level.fract() != 0.0 {
+            return Err(json_err(format!(
+                "lods[{i}]: level {level} out of range 0..99"
+            )));
+        }
+        let scale = num(l, "scale").map_err(|e| json_err(format!("lods[{i}]: {e}")))?;
+        let resolution =
+            num(l, "resolution").unwrap_or(scale / (dpi * super::conf::INCHES_PER_METRE));
+        if resolution <= 0.0 {
+            return Err(json_err(format!("lods[{i}]: resolution must be positive")));
+        }
+        lods.push(Lod {
+            level: level as u8,
+            scale,
+            resolution,
+        });
+    }
+    if lods.is_empty() {
+        return Err(json_err("\"tileInfo.lods\" is empty"));
+    }
+    let sr = ti
+        .get("spatialReference")
+        .or_else(|| v.get("spatialReference"));
+    let sr_int = |k: &str| {
+        sr.and_then(|s| s.get(k))
+            .and_then(Value::as_u64)
+            .and_then(|x| u32::try_from(x).ok())
+    };
+    let wkid = sr_int("wkid");
+    let latest_wkid = sr_int("latestWkid");
+    let mut wkt = sr
+        .and_then(|s| s.get("wkt"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    if wkt.is_none() && (wkid == Some(102100) || wkid == Some(3857)) {
+        wkt = Some(super::conf::WEB_MERCATOR_WKT.to_string());
+    }
+    let tii = v.get("tileImageInfo");
+    let format = tii
+        .and_then(|t| t.get("format"))
+        .and_then(Value::as_str)
+        .map_or(TileFormat::Png, TileFormat::parse);
+    let quality = tii
+        .and_then(|t| t.get("compressionQuality"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0) as u32;
+    let scheme = TileScheme {
+        wkt,
+        wkid,
+        latest_wkid,
+        origin_x: num(ti, "origin.x")?,
+        origin_y: num(ti, "origin.y")?,
+        tile_cols: cols as u32,
+        tile_rows: rows as u32,
+        dpi: dpi as u32,
+        lods,
+        tile_format: format,
+        compression_quality: quality,
+        storage: StorageFormat::CompactV2,
+        packet_size: PACKET_SIZE,
+    };
+    let levels = match (num(&v, "minLOD"), num(&v, "maxLOD")) {
+        (Ok(a), Ok(b)) if (0.0..=99.0).contains(&a) && (a..=99.0).contains(&b) => {
+            Some((a as u8, b as u8))
+        }
+        _ => None,
+    };
+    let extent = v.get("fullExtent").and_then(|e| {
+        let (xmin, ymin, xmax, ymax) = (
+            num(e, "xmin").ok()?,
+            num(e, "ymin").ok()?,
+            num(e, "xmax").ok()?,
+            num(e, "ymax").ok()?,
+        );
+        (xmin <= xmax && ymin <= ymax).then_some(Envelope {
+            xmin,
+            ymin,
+            xmax,
+            ymax,
+        })
+    });
+    let tile_dir = v
+        .get("tileBundlesPath")
+        .and_then(Value::as_str)
+        .unwrap_or("./tile")
+        .trim_start_matches("./")
+        .trim_end_matches('/')
+        .to_string();
+    if tile_dir.is_empty() || tile_dir.split('/').any(|p| p == "..") {
+        return Err(json_err(format!("bad \"tileBundlesPath\" {tile_dir:?}")));
+    }
+    Ok(RootInfo {
+        scheme,
+        levels,
+        extent,
+        tile_dir,
+    })
+}
+
+/// Writes a package: every entry stored (not compressed), as ArcGIS Runtime requires. `entries`
+/// are (name inside the package, size, reader); sizes decide whether an entry needs zip64.
+pub fn write_package<W, R>(
+    out: W,
+    entries: impl IntoIterator<Item = (String, u64, R)>,
+) -> std::io::Result<W>
+where
+    W: Write + Seek,
+    R: Read,
+{
+    use zip::write::SimpleFileOptions;
+    let mut z = zip::ZipWriter::new(out);
+    for (name, size, mut r) in entries {
+        let opts = SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored)
+            .large_file(size >= ZIP64_FROM);
+        z.start_file(name, opts).map_err(std::io::Error::other)?;
+        std::io::copy(&mut r, &mut z)?;
+    }
+    z.finish().map_err(std::io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_json_round_trips() {
+        let mut s = TileScheme::web_mercator(5, TileFormat::Png);
+        s.storage = StorageFormat::CompactV2;
+        let e = Envelope {
+            xmin: -10.0,
+            ymin: -5.0,
+            xmax: 20.0,
+            ymax: 7.5,
+        };
+        let r = parse_root_json(&root_json("x", &s, (1, 4), &e)).unwrap();
+        assert_eq!(r.scheme, s);
+        assert_eq!(r.levels, Some((1, 4)));
+        assert_eq!(r.extent, Some(e));
+        assert_eq!(r.tile_dir, "tile");
+    }
+
+    #[test]
+    fn bad_root_json_says_what() {
+        let e = parse_root_json(b"{\"tileInfo\": {\"rows\": 256}}").unwrap_err();
+        assert!(e.to_string().contains("cols"), "{e}");
+        let e = parse_root_json(b"[1,").unwrap_err();
+        assert!(matches!(e, FormatError::Json(_)));
+        let e = parse_root_json(
+            br#"{"tileBundlesPath":"../x","tileInfo":{"rows":256,"cols":256,"origin":{"x":0,"y":0},"lods":[{"level":0,"scale":1,"resolution":1}]}}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("tileBundlesPath"), "{e}");
+    }
+
+    #[test]
+    fn package_entries_are_stored() {
+        let data = vec![7u8; 1000];
+        let cur = write_package(
+            std::io::Cursor::new(Vec::new()),
+            [
+                ("root.json".to_string(), 2, &b"{}"[..]),
+                ("tile/L00/R0000C0000.bundle".to_string(), 1000, &data[..]),
+            ],
+        )
+        .unwrap();
+        let mut z = zip::ZipArchive::new(std::io::Cursor::new(cur.into_inner())).unwrap();
+        assert_eq!(z.len(), 2);
+        let f = z.by_name("tile/L00/R0000C0000.bundle").unwrap();
+        assert_eq!(f.compression(), zip::CompressionMethod::Stored);
+        assert_eq!(f.size(), 1000);
+        assert_eq!(f.compressed_size(), 1000);
+    }
+}
