@@ -108,6 +108,11 @@ pub fn parse_options(opts: &[String]) -> anyhow::Result<ParsedOptions> {
             w => bail!("-o {w}: unknown mount option (known: ro, rw, allow_other, allow_root, default_permissions)"),
         }
     }
+    // A mount others may enter gets the kernel's permission checks against the modes shown
+    // (bundlefs itself answers `access` with ENOSYS), so other users cannot write through it.
+    if p.acl != Acl::Owner {
+        p.default_permissions = true;
+    }
     Ok(p)
 }
 
@@ -458,6 +463,15 @@ mod tests {
             "read-only unless asked"
         );
         assert!(parse_options(&["rw,ro".into()]).unwrap().read_only);
+        let own = parse_options(&["rw".into()]).unwrap();
+        assert!(own.acl == Acl::Owner && !own.default_permissions);
+        for shared in ["allow_other", "allow_root", "rw,allow_other"] {
+            let p = parse_options(&[shared.into()]).unwrap();
+            assert!(
+                p.default_permissions,
+                "{shared} implies default_permissions"
+            );
+        }
     }
 
     #[test]
