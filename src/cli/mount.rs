@@ -252,8 +252,9 @@ fn serve(
         Acl::RootAndOwner => SessionACL::RootAndOwner,
         Acl::All => SessionACL::All,
     };
-    config.n_threads = Some(args.threads.max(1));
-    config.clone_fd = args.threads > 1;
+    let threads = session_threads(args.threads, args.source.is_some(), args.render_jobs);
+    config.n_threads = Some(threads);
+    config.clone_fd = threads > 1;
 
     // Block the stop signals in every thread; one thread waits for them and unmounts.
     let sigs = stop_signals();
@@ -440,6 +441,19 @@ pub fn helper_args(argv: &[String]) -> Vec<String> {
     out
 }
 
+/// Session threads for a mount. A lookup that renders holds its session thread for up to the
+/// render worst case (a hanging source), so with a source there are enough threads for every
+/// render slot and as many waiting for one, plus two for everything else: readers of stored tiles
+/// and of missing ones up to that many do not queue behind a hanging source.
+fn session_threads(threads: usize, source: bool, render_jobs: usize) -> usize {
+    let threads = threads.max(1);
+    if source {
+        threads.max(2 * render_jobs.max(1) + 2)
+    } else {
+        threads
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,6 +486,14 @@ mod tests {
                 "{shared} implies default_permissions"
             );
         }
+    }
+
+    #[test]
+    fn threads_cover_renders() {
+        assert_eq!(session_threads(2, false, 4), 2);
+        assert_eq!(session_threads(2, true, 4), 10);
+        assert_eq!(session_threads(16, true, 4), 16);
+        assert_eq!(session_threads(0, false, 4), 1);
     }
 
     #[test]

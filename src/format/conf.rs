@@ -298,7 +298,14 @@ fn xml_err(e: impl std::fmt::Display, pos: u64) -> FormatError {
 }
 
 fn parse_conf(xml: &[u8]) -> Result<ConfXml, FormatError> {
-    let mut reader = Reader::from_reader(xml);
+    // quick-xml skips a UTF-8 byte-order mark without counting it in its positions: read after
+    // it, and shift every position by its length so the spans index `xml` itself.
+    let bom = if xml.starts_with(b"\xef\xbb\xbf") {
+        3
+    } else {
+        0
+    };
+    let mut reader = Reader::from_reader(&xml[bom..]);
     reader.config_mut().trim_text(false);
     let mut stack: Vec<String> = Vec::new();
     let mut texts: Vec<(String, String, Range<usize>)> = Vec::new();
@@ -306,7 +313,7 @@ fn parse_conf(xml: &[u8]) -> Result<ConfXml, FormatError> {
     let mut root_end = None;
     let mut buf = Vec::new();
     loop {
-        let before = reader.buffer_position() as usize;
+        let before = reader.buffer_position() as usize + bom;
         let ev = reader
             .read_event_into(&mut buf)
             .map_err(|e| xml_err(e, reader.error_position()))?;
@@ -328,7 +335,7 @@ fn parse_conf(xml: &[u8]) -> Result<ConfXml, FormatError> {
                 }
             }
             Event::Text(t) => {
-                let after = reader.buffer_position() as usize;
+                let after = reader.buffer_position() as usize + bom;
                 let text = t
                     .unescape()
                     .map_err(|e| xml_err(e, before as u64))?
@@ -676,6 +683,23 @@ mod tests {
             ),
             b
         );
+    }
+
+    /// Found by the `conf` fuzz target: with a UTF-8 byte-order mark (as Windows tools write),
+    /// the spans were off by its length and `with_storage` wrote the new value over the tag.
+    #[test]
+    fn with_storage_after_a_byte_order_mark() {
+        let s = TileScheme::web_mercator(2, TileFormat::Png);
+        let mut xml = b"\xef\xbb\xbf".to_vec();
+        xml.extend_from_slice(&s.to_conf_xml());
+        let conf = TileScheme::parse_conf_xml(&xml).unwrap();
+        assert_eq!(conf.scheme, s);
+        for storage in [StorageFormat::Exploded, StorageFormat::CompactV1] {
+            let out = conf.with_storage(storage);
+            let again = TileScheme::parse_conf_xml(&out).unwrap();
+            assert_eq!(again.scheme.storage, storage);
+            assert!(out.starts_with(b"\xef\xbb\xbf<?xml"));
+        }
     }
 
     #[test]
