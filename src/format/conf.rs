@@ -298,14 +298,14 @@ fn xml_err(e: impl std::fmt::Display, pos: u64) -> FormatError {
 }
 
 fn parse_conf(xml: &[u8]) -> Result<ConfXml, FormatError> {
-    // quick-xml skips a UTF-8 byte-order mark without counting it in its positions: read after
-    // it, and shift every position by its length so the spans index `xml` itself.
+    // quick-xml skips one leading UTF-8 byte-order mark without counting it in its positions:
+    // shift every position by its length so the spans index `xml` itself.
     let bom = if xml.starts_with(b"\xef\xbb\xbf") {
         3
     } else {
         0
     };
-    let mut reader = Reader::from_reader(&xml[bom..]);
+    let mut reader = Reader::from_reader(xml);
     reader.config_mut().trim_text(false);
     let mut stack: Vec<String> = Vec::new();
     let mut texts: Vec<(String, String, Range<usize>)> = Vec::new();
@@ -700,6 +700,14 @@ mod tests {
             assert_eq!(again.scheme.storage, storage);
             assert!(out.starts_with(b"\xef\xbb\xbf<?xml"));
         }
+        // Only the first mark is skipped (found by fuzzing too): a second one is content, and
+        // the spans must stay right.
+        let mut two = b"\xef\xbb\xbf".to_vec();
+        two.extend_from_slice(&xml);
+        let conf = TileScheme::parse_conf_xml(&two).unwrap();
+        let out = conf.with_storage(StorageFormat::Exploded);
+        let again = TileScheme::parse_conf_xml(&out).unwrap();
+        assert_eq!(again.scheme.storage, StorageFormat::Exploded);
     }
 
     #[test]
