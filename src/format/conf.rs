@@ -519,7 +519,7 @@ impl Xml {
 }
 
 fn spatial_reference(x: &mut Xml, wkt: Option<&str>, wkid: Option<u32>, latest: Option<u32>) {
-    if wkt.is_none() && wkid.is_none() {
+    if wkt.is_none() && wkid.is_none() && latest.is_none() {
         return;
     }
     x.open(
@@ -708,6 +708,18 @@ mod tests {
         let out = conf.with_storage(StorageFormat::Exploded);
         let again = TileScheme::parse_conf_xml(&out).unwrap();
         assert_eq!(again.scheme.storage, StorageFormat::Exploded);
+    }
+
+    /// Found by the `conf` fuzz target: a spatial reference given only by LatestWKID was dropped
+    /// when the scheme was written out.
+    #[test]
+    fn latest_wkid_alone_is_kept() {
+        let mut s = TileScheme::web_mercator(1, TileFormat::Png);
+        s.wkt = None;
+        s.wkid = None;
+        s.latest_wkid = Some(3857);
+        let back = TileScheme::parse_conf_xml(&s.to_conf_xml()).unwrap();
+        assert_eq!(back.scheme, s);
     }
 
     #[test]
