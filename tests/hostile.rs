@@ -367,6 +367,14 @@ fn symlinks_out_of_the_cache_are_not_followed() {
     // A new bundle in the symlinked level folder would be created outside: refused too.
     let far = TileAddr::new(2, 0, 0);
     assert!(c.write_tiles(&[(far, &good[..])]).is_err());
+    // A dangling lock-file link: taking the lock would create its target outside.
+    let lck = cache.join("_alllayers/L00/R0000C0000.lck");
+    let _ = fs::remove_file(&lck);
+    std::os::unix::fs::symlink(outside.join("made-by-lock"), &lck).unwrap();
+    let e = c.write_tiles(&[(l0, &good[..])]).unwrap_err().to_string();
+    assert!(e.contains("dangling"), "{e}");
+    assert!(!outside.join("made-by-lock").exists());
+    fs::remove_file(&lck).unwrap();
 
     let m = Mounted::start(&cache, &d.path().join("mnt"), &["-o", "rw"]);
     assert_eq!(fs::read(m.path(&tile_path(l0))).unwrap(), good);
