@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Everything CI checks: installs the peers the tests run against (when missing), then
-# cargo fmt --check, cargo clippy (all targets, warnings are errors) and cargo test (all targets).
+# cargo fmt --check, cargo clippy (all targets, warnings are errors), cargo test (all targets), then
+# every fuzz target for 30 s (scripts/fuzz.sh: nightly toolchain, cargo-fuzz installed if missing;
+# a crash fails the run). FUZZ_SECS=N changes the 30 s, FUZZ_SECS=0 skips fuzzing.
 #
 # Tests need: fusermount3 (fuse3), mapproxy-util/mapproxy-seed (mapproxy, python3-yaml),
 # gdalinfo (gdal-bin), rsync, /usr/lib/cgi-bin/mapserv (cgi-mapserver: the WMS of tests/render.rs),
@@ -63,3 +65,12 @@ cargo test --all-targets 2>&1 | tee "$log"
 # One closing line over every test binary (cargo prints one "test result" per binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
      END { printf "\nall test binaries: %d passed, %d failed\n", p, f }' "$log"
+
+# Fuzz targets briefly, so a regression in a parser shows (the long runs are local: README).
+fuzz_secs=${FUZZ_SECS:-30}
+if ((fuzz_secs > 0)); then
+    say "scripts/fuzz.sh $fuzz_secs"
+    scripts/fuzz.sh "$fuzz_secs"
+else
+    say "fuzzing skipped (FUZZ_SECS=0)"
+fi

@@ -429,7 +429,12 @@ fn kill_9_during_rsync_loses_no_fsynced_tile() {
         }
         std::thread::sleep(Duration::from_millis(300));
         let child = m.child.as_mut().unwrap();
-        child.kill().unwrap(); // SIGKILL
+        // SIGKILL.
+        child.kill().unwrap();
+        // Abort the dead daemon's connection (root), as an administrator would: a daemon thread
+        // caught in a kernel invalidation waiting for a folder lock that rsync's pending request
+        // holds cannot exit, and rsync and the daemon would then wait for each other forever.
+        let _ = Command::new("umount").arg("-f").arg(&mnt).status();
         child.wait().unwrap();
         let _ = rsync.wait();
         // Drop unmounts the dead mount.

@@ -48,6 +48,7 @@ enum Kind {
     V2,
     V1 {
         bundlx: Mmap,
+        bundlx_file: File,
         bundlx_path: PathBuf,
         bundlx_stamp: FileStamp,
     },
@@ -59,10 +60,13 @@ pub struct BundleHandle {
     pub path: PathBuf,
     pub stamp: FileStamp,
     map: Mmap,
+    /// The mapped file, to see (fstat) whether it shrank under the map and to read tiles with
+    /// pread: touching a map past the end of a file cut in place kills the process (SIGBUS).
+    file: File,
     kind: Kind,
 }
 
-fn map_file(path: &Path) -> Result<(Mmap, FileStamp)> {
+fn map_file(path: &Path) -> Result<(Mmap, FileStamp, File)> {
     let file = File::open(path).at(path)?;
     let meta = file.metadata().at(path)?;
     if meta.len() == 0 {
@@ -78,20 +82,23 @@ fn map_file(path: &Path) -> Result<(Mmap, FileStamp)> {
     // SAFETY: the map is read-only; bundle writers (bundlefs, MapProxy, ArcGIS) only append or
     // replace files by rename, so mapped bytes stay valid. A file truncated in place by a foreign
     // tool would fault; `bundlefs compact` and every bundlefs writer never do that.
+    // Served tiles are read with pread, and every use of the map checks first that the file did
+    // not shrink (see `BundleHandle::check_len`).
     let map = unsafe { Mmap::map(&file) }.at(path)?;
-    Ok((map, FileStamp::from_meta(&meta)))
+    Ok((map, FileStamp::from_meta(&meta), file))
 }
 
 impl BundleHandle {
     /// Maps a V2 bundle and checks its header.
     pub fn open_v2(id: BundleId, path: &Path) -> Result<BundleHandle> {
-        let (map, stamp) = map_file(path)?;
+        let (map, stamp, file) = map_file(path)?;
         V2Bundle::parse(&map).in_file(path)?;
         Ok(BundleHandle {
             id,
             path: path.to_path_buf(),
             stamp,
             map,
+            file,
             kind: Kind::V2,
         })
     }
@@ -99,8 +106,8 @@ impl BundleHandle {
     /// Maps a V1 pair (`.bundle` at `path`, `.bundlx` beside it) and checks both.
     pub fn open_v1(id: BundleId, path: &Path) -> Result<BundleHandle> {
         let bundlx_path = path.with_extension("bundlx");
-        let (map, stamp) = map_file(path)?;
-        let (bundlx, bundlx_stamp) = map_file(&bundlx_path)?;
+        let (map, stamp, file) = map_file(path)?;
+        let (bundlx, bundlx_stamp, bundlx_file) = map_file(&bundlx_path)?;
         V1Bundle::parse(&map, &bundlx).map_err(|(part, e)| match part {
             V1Part::Bundle => Error::format(path, e),
             V1Part::Bundlx => Error::format(&bundlx_path, e),
@@ -110,8 +117,10 @@ impl BundleHandle {
             path: path.to_path_buf(),
             stamp,
             map,
+            file,
             kind: Kind::V1 {
                 bundlx,
+                bundlx_file,
                 bundlx_path,
                 bundlx_stamp,
             },
@@ -138,8 +147,58 @@ impl BundleHandle {
         Ok(false)
     }
 
+    /// Fails if a mapped file is now shorter than its map (cut in place by a foreign tool): the
+    /// map must not be touched then, the bundle is stale and is mapped anew.
+    pub fn check_len(&self) -> Result<()> {
+        let shrunk = |f: &File, path: &Path, mapped: usize| -> Result<()> {
+            let len = f.metadata().at(path)?.len();
+            if len < mapped as u64 {
+                return Err(Error::format(
+                    path,
+                    FormatError::Truncated {
+                        what: "mapped bundle (it shrank on disk)",
+                        len,
+                        need: mapped as u64,
+                    },
+                ));
+            }
+            Ok(())
+        };
+        shrunk(&self.file, &self.path, self.map.len())?;
+        if let Kind::V1 {
+            bundlx,
+            bundlx_file,
+            bundlx_path,
+            ..
+        } = &self.kind
+        {
+            shrunk(bundlx_file, bundlx_path, bundlx.len())?;
+        }
+        Ok(())
+    }
+
+    /// Reads the bytes of a range returned by `tile_range` from the file (not the map), so a file
+    /// cut meanwhile gives an error instead of a fault.
+    pub fn read(&self, r: Range<usize>) -> Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; r.len()];
+        match self.file.read_exact_at(&mut buf, r.start as u64) {
+            Ok(()) => Ok(buf),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::format(
+                &self.path,
+                FormatError::Truncated {
+                    what: "tile (the file shrank on disk)",
+                    len: self.file.metadata().map_or(0, |m| m.len()),
+                    need: r.end as u64,
+                },
+            )),
+            Err(e) => Err(Error::io(&self.path, e)),
+        }
+    }
+
     /// Checked byte range of the tile in `slot` (None: no tile). Errors name the file and entry.
     pub fn tile_range(&self, slot: Slot) -> Result<Option<Range<usize>>> {
+        self.check_len()?;
         match &self.kind {
             Kind::V2 => V2Bundle::parse(&self.map)
                 .and_then(|b| b.tile_range(slot))
@@ -162,7 +221,11 @@ impl BundleHandle {
 
     /// Occupied slots with their tile sizes. Broken entries are included with size 0 so that callers
     /// that check (`tile_range`) see them; cheap: reads only the index (V2) or index + size words (V1).
+    /// Nothing if the file shrank under the map (it is stale; the next access maps it anew).
     pub fn slots(&self) -> Vec<(Slot, u32)> {
+        if self.check_len().is_err() {
+            return Vec::new();
+        }
         match &self.kind {
             Kind::V2 => match V2Bundle::parse(&self.map) {
                 Ok(b) => b.entries().map(|(s, e)| (s, e.size())).collect(),
@@ -190,6 +253,9 @@ impl BundleHandle {
     /// telling which tiles another writer changed.
     /// The raw index entry of one slot (what the time sidecar keys its records by).
     pub fn raw_entry(&self, s: Slot) -> u64 {
+        if self.check_len().is_err() {
+            return 0;
+        }
         match &self.kind {
             Kind::V2 => crate::format::u64_at(&self.map, crate::format::v2::index_pos(s)),
             Kind::V1 { bundlx, .. } => {
@@ -199,6 +265,9 @@ impl BundleHandle {
     }
 
     pub fn raw_entries(&self) -> Vec<u64> {
+        if self.check_len().is_err() {
+            return vec![0; crate::format::BUNDLE_TILES];
+        }
         match &self.kind {
             Kind::V2 => Slot::all()
                 .map(|s| crate::format::u64_at(&self.map, crate::format::v2::index_pos(s)))

@@ -71,13 +71,15 @@ impl Default for CacheOptions {
     }
 }
 
-/// Tile bytes: a slice of a mapped bundle, or owned bytes (exploded tiles).
+/// Tile bytes: read from a bundle, a slice of a mapped bundle (batch jobs), or owned bytes.
 #[derive(Clone)]
 pub struct TileBytes(Repr);
 
 #[derive(Clone)]
 enum Repr {
     Mapped(Arc<BundleHandle>, std::ops::Range<usize>),
+    /// Read (pread) from the bundle: what the mount serves, safe from files cut under the map.
+    Read(Arc<BundleHandle>, Arc<Vec<u8>>),
     Owned(Arc<Vec<u8>>, Option<std::time::SystemTime>),
 }
 
@@ -98,7 +100,7 @@ impl TileBytes {
     /// Modification time of what holds the tile (its bundle, or its file), if known.
     pub fn mtime(&self) -> Option<std::time::SystemTime> {
         match &self.0 {
-            Repr::Mapped(b, _) => Some(b.stamp.mtime()),
+            Repr::Mapped(b, _) | Repr::Read(b, _) => Some(b.stamp.mtime()),
             Repr::Owned(_, t) => *t,
         }
     }
@@ -106,7 +108,7 @@ impl TileBytes {
     /// The bundle the bytes are mapped from, if any.
     pub fn bundle(&self) -> Option<&Arc<BundleHandle>> {
         match &self.0 {
-            Repr::Mapped(b, _) => Some(b),
+            Repr::Mapped(b, _) | Repr::Read(b, _) => Some(b),
             Repr::Owned(..) => None,
         }
     }
@@ -117,7 +119,7 @@ impl Deref for TileBytes {
     fn deref(&self) -> &[u8] {
         match &self.0 {
             Repr::Mapped(b, r) => b.bytes(r.clone()),
-            Repr::Owned(v, _) => v,
+            Repr::Read(_, v) | Repr::Owned(v, _) => v,
         }
     }
 }
@@ -416,6 +418,61 @@ impl Cache {
         sniff(bytes).unwrap_or_else(|| self.default_kind())
     }
 
+    /// Refuses a cache path that resolves, through symbolic links, outside the cache folder, so
+    /// no tile is ever read from or written to a file elsewhere. A path that does not exist yet is
+    /// judged by its nearest existing ancestor; a dangling symbolic link is refused (opening it to
+    /// create would create its target).
+    pub fn check_inside(&self, p: &Path) -> Result<()> {
+        let root = fs::canonicalize(&self.root).at(&self.root)?;
+        let mut at = p;
+        let real = loop {
+            match fs::canonicalize(at) {
+                Ok(r) => break r,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if fs::symlink_metadata(at).is_ok() {
+                        return Err(Error::io(
+                            at,
+                            std::io::Error::other(
+                                "a dangling symbolic link in the cache; not followed",
+                            ),
+                        ));
+                    }
+                    match at.parent() {
+                        Some(q) if !q.as_os_str().is_empty() => at = q,
+                        _ => return Ok(()),
+                    }
+                }
+                Err(e) => return Err(Error::io(at, e)),
+            }
+        };
+        if real.starts_with(&root) {
+            return Ok(());
+        }
+        Err(Error::io(
+            at,
+            std::io::Error::other(format!(
+                "resolves to {} outside the cache folder {}; not followed",
+                real.display(),
+                root.display()
+            )),
+        ))
+    }
+
+    /// [`Cache::check_inside`] for every file a writer of bundle `id` touches.
+    fn check_bundle_files(&self, id: &BundleId) -> Result<()> {
+        let path = self.bundle_path(id);
+        for p in [
+            self.level_dir(id.level),
+            self.lock_path(id),
+            path.with_extension("bundlx"),
+            times::sidecar_path(&path),
+            path,
+        ] {
+            self.check_inside(&p)?;
+        }
+        Ok(())
+    }
+
     pub fn level_dir(&self, level: u8) -> PathBuf {
         self.tiles_dir.join(exploded::level_dir(level))
     }
@@ -499,6 +556,10 @@ impl Cache {
         if !path.exists() {
             return Ok(None);
         }
+        self.check_inside(&path)?;
+        if self.storage == StorageFormat::CompactV1 {
+            self.check_inside(&path.with_extension("bundlx"))?;
+        }
         let handle = Arc::new(match self.storage {
             StorageFormat::CompactV1 => BundleHandle::open_v1(id, &path)?,
             _ => BundleHandle::open_v2(id, &path)?,
@@ -531,6 +592,7 @@ impl Cache {
         if self.storage == StorageFormat::Exploded {
             return match self.exploded_tile_path(t) {
                 Some(p) => {
+                    self.check_inside(&p)?;
                     let bytes = fs::read(&p).at(&p)?;
                     let mtime = fs::metadata(&p).and_then(|m| m.modified()).ok();
                     Ok(Some(TileBytes::file(bytes, mtime)))
@@ -541,8 +603,14 @@ impl Cache {
         let Some(b) = self.bundle(t.bundle())? else {
             return Ok(None);
         };
+        let read = |b: Arc<BundleHandle>, r: Option<std::ops::Range<usize>>| -> Result<_> {
+            Ok(match r {
+                Some(r) => Some(TileBytes(Repr::Read(b.clone(), Arc::new(b.read(r)?)))),
+                None => None,
+            })
+        };
         match b.tile_range(t.slot()) {
-            Ok(r) => Ok(r.map(|r| TileBytes(Repr::Mapped(b, r)))),
+            Ok(r) => read(b, r),
             // Another writer may have appended since the map was made (the index is shared with
             // the file, the map length is not): remap once before calling the entry bad.
             Err(e) if b.is_stale().unwrap_or(false) => {
@@ -551,8 +619,8 @@ impl Cache {
                 let Some(b) = self.bundle(t.bundle())? else {
                     return Ok(None);
                 };
-                Ok(b.tile_range(t.slot())?
-                    .map(|r| TileBytes(Repr::Mapped(b, r))))
+                let r = b.tile_range(t.slot())?;
+                read(b, r)
             }
             Err(e) => Err(e),
         }
@@ -712,9 +780,11 @@ impl Cache {
         if self.storage == StorageFormat::Exploded {
             for (t, bytes, mtime) in tiles {
                 let dir = self.level_dir(t.level).join(exploded::row_dir(t.row));
+                self.check_inside(&dir)?;
                 fs::create_dir_all(&dir).at(&dir)?;
                 let ext = self.kind_of(bytes).ext();
                 let path = dir.join(exploded::col_file(t.col, ext));
+                self.check_inside(&path)?;
                 write_atomic(&path, bytes, self.opts.durable)?;
                 if let Some(m) = mtime {
                     set_file_mtime(&path, *m)?;
@@ -756,7 +826,10 @@ impl Cache {
     pub fn set_tile_time(&self, t: TileAddr, mtime: SystemTime) -> Result<bool> {
         if self.storage == StorageFormat::Exploded {
             return match self.exploded_tile_path(t) {
-                Some(p) => set_file_mtime(&p, mtime).map(|_| true),
+                Some(p) => {
+                    self.check_inside(&p)?;
+                    set_file_mtime(&p, mtime).map(|_| true)
+                }
                 None => Ok(false),
             };
         }
@@ -765,6 +838,7 @@ impl Cache {
         if !path.exists() {
             return Ok(false);
         }
+        self.check_bundle_files(&id)?;
         let _lock = BundleLock::acquire(&self.lock_path(&id), self.opts.lock_timeout)?;
         self.invalidate(&id);
         let Some(h) = self.bundle(id)? else {
@@ -782,6 +856,7 @@ impl Cache {
         let tiles = tiles.as_slice();
         let dir = self.level_dir(id.level);
         self.check_tiles(id, tiles)?;
+        self.check_bundle_files(&id)?;
         fs::create_dir_all(&dir).at(&dir)?;
         let lock = BundleLock::acquire(&self.lock_path(&id), self.opts.lock_timeout)?;
         let st = self.append_locked(&lock, id, tiles)?;
@@ -835,6 +910,7 @@ impl Cache {
     /// with [`Cache::write_bundle_locked`].
     pub fn lock_bundle(&self, id: BundleId) -> Result<BundleLock> {
         let dir = self.level_dir(id.level);
+        self.check_bundle_files(&id)?;
         fs::create_dir_all(&dir).at(&dir)?;
         let lock = BundleLock::acquire(&self.lock_path(&id), self.opts.lock_timeout)?;
         // Whatever another writer did before we held the lock must be visible now.
@@ -919,6 +995,7 @@ impl Cache {
             if !path.exists() {
                 continue;
             }
+            self.check_bundle_files(&id)?;
             let _lock = BundleLock::acquire(&self.lock_path(&id), self.opts.lock_timeout)?;
             if self.storage == StorageFormat::CompactV1 {
                 let xpath = path.with_extension("bundlx");

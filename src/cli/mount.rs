@@ -110,6 +110,11 @@ pub fn parse_options(opts: &[String]) -> anyhow::Result<ParsedOptions> {
             w => bail!("-o {w}: unknown mount option (known: ro, rw, allow_other, allow_root, default_permissions)"),
         }
     }
+    // A mount others may enter gets the kernel's permission checks against the modes shown
+    // (bundlefs itself answers `access` with ENOSYS), so other users cannot write through it.
+    if p.acl != Acl::Owner {
+        p.default_permissions = true;
+    }
     Ok(p)
 }
 
@@ -254,8 +259,9 @@ fn serve(
         Acl::RootAndOwner => SessionACL::RootAndOwner,
         Acl::All => SessionACL::All,
     };
-    config.n_threads = Some(args.threads.max(1));
-    config.clone_fd = args.threads > 1;
+    let threads = session_threads(args.threads, args.source.is_some(), args.render_jobs);
+    config.n_threads = Some(threads);
+    config.clone_fd = threads > 1;
 
     // Block the stop signals in every thread; one thread waits for them and unmounts.
     let sigs = stop_signals();
@@ -446,6 +452,19 @@ pub fn helper_args(argv: &[String]) -> Vec<String> {
     out
 }
 
+/// Session threads for a mount. A lookup that renders holds its session thread for up to the
+/// render worst case (a hanging source), so with a source there are enough threads for every
+/// render slot and as many waiting for one, plus two for everything else: readers of stored tiles
+/// and of missing ones up to that many do not queue behind a hanging source.
+fn session_threads(threads: usize, source: bool, render_jobs: usize) -> usize {
+    let threads = threads.max(1);
+    if source {
+        threads.max(2 * render_jobs.max(1) + 2)
+    } else {
+        threads
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,6 +488,23 @@ mod tests {
             "read-only unless asked"
         );
         assert!(parse_options(&["rw,ro".into()]).unwrap().read_only);
+        let own = parse_options(&["rw".into()]).unwrap();
+        assert!(own.acl == Acl::Owner && !own.default_permissions);
+        for shared in ["allow_other", "allow_root", "rw,allow_other"] {
+            let p = parse_options(&[shared.into()]).unwrap();
+            assert!(
+                p.default_permissions,
+                "{shared} implies default_permissions"
+            );
+        }
+    }
+
+    #[test]
+    fn threads_cover_renders() {
+        assert_eq!(session_threads(2, false, 4), 2);
+        assert_eq!(session_threads(2, true, 4), 10);
+        assert_eq!(session_threads(16, true, 4), 16);
+        assert_eq!(session_threads(0, false, 4), 1);
     }
 
     #[test]

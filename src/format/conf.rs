@@ -298,6 +298,13 @@ fn xml_err(e: impl std::fmt::Display, pos: u64) -> FormatError {
 }
 
 fn parse_conf(xml: &[u8]) -> Result<ConfXml, FormatError> {
+    // quick-xml skips one leading UTF-8 byte-order mark without counting it in its positions:
+    // shift every position by its length so the spans index `xml` itself.
+    let bom = if xml.starts_with(b"\xef\xbb\xbf") {
+        3
+    } else {
+        0
+    };
     let mut reader = Reader::from_reader(xml);
     reader.config_mut().trim_text(false);
     let mut stack: Vec<String> = Vec::new();
@@ -306,7 +313,7 @@ fn parse_conf(xml: &[u8]) -> Result<ConfXml, FormatError> {
     let mut root_end = None;
     let mut buf = Vec::new();
     loop {
-        let before = reader.buffer_position() as usize;
+        let before = reader.buffer_position() as usize + bom;
         let ev = reader
             .read_event_into(&mut buf)
             .map_err(|e| xml_err(e, reader.error_position()))?;
@@ -328,7 +335,7 @@ fn parse_conf(xml: &[u8]) -> Result<ConfXml, FormatError> {
                 }
             }
             Event::Text(t) => {
-                let after = reader.buffer_position() as usize;
+                let after = reader.buffer_position() as usize + bom;
                 let text = t
                     .unescape()
                     .map_err(|e| xml_err(e, before as u64))?
@@ -512,7 +519,7 @@ impl Xml {
 }
 
 fn spatial_reference(x: &mut Xml, wkt: Option<&str>, wkid: Option<u32>, latest: Option<u32>) {
-    if wkt.is_none() && wkid.is_none() {
+    if wkt.is_none() && wkid.is_none() && latest.is_none() {
         return;
     }
     x.open(
@@ -676,6 +683,43 @@ mod tests {
             ),
             b
         );
+    }
+
+    /// Found by the `conf` fuzz target: with a UTF-8 byte-order mark (as Windows tools write),
+    /// the spans were off by its length and `with_storage` wrote the new value over the tag.
+    #[test]
+    fn with_storage_after_a_byte_order_mark() {
+        let s = TileScheme::web_mercator(2, TileFormat::Png);
+        let mut xml = b"\xef\xbb\xbf".to_vec();
+        xml.extend_from_slice(&s.to_conf_xml());
+        let conf = TileScheme::parse_conf_xml(&xml).unwrap();
+        assert_eq!(conf.scheme, s);
+        for storage in [StorageFormat::Exploded, StorageFormat::CompactV1] {
+            let out = conf.with_storage(storage);
+            let again = TileScheme::parse_conf_xml(&out).unwrap();
+            assert_eq!(again.scheme.storage, storage);
+            assert!(out.starts_with(b"\xef\xbb\xbf<?xml"));
+        }
+        // Only the first mark is skipped (found by fuzzing too): a second one is content, and
+        // the spans must stay right.
+        let mut two = b"\xef\xbb\xbf".to_vec();
+        two.extend_from_slice(&xml);
+        let conf = TileScheme::parse_conf_xml(&two).unwrap();
+        let out = conf.with_storage(StorageFormat::Exploded);
+        let again = TileScheme::parse_conf_xml(&out).unwrap();
+        assert_eq!(again.scheme.storage, StorageFormat::Exploded);
+    }
+
+    /// Found by the `conf` fuzz target: a spatial reference given only by LatestWKID was dropped
+    /// when the scheme was written out.
+    #[test]
+    fn latest_wkid_alone_is_kept() {
+        let mut s = TileScheme::web_mercator(1, TileFormat::Png);
+        s.wkt = None;
+        s.wkid = None;
+        s.latest_wkid = Some(3857);
+        let back = TileScheme::parse_conf_xml(&s.to_conf_xml()).unwrap();
+        assert_eq!(back.scheme, s);
     }
 
     #[test]

@@ -37,6 +37,10 @@ pub fn parse_level_dir(name: &str) -> Result<u8, FormatError> {
     if digits.len() < 2 || digits.len() > 3 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad(name, "a level folder is L and 2 decimal digits"));
     }
+    // One spelling per level (`L07`, never `L007`): two folders must not stand for one level.
+    if digits.len() == 3 && digits.starts_with('0') {
+        return Err(bad(name, "a level below 100 has 2 digits"));
+    }
     digits
         .parse::<u8>()
         .map_err(|_| bad(name, "level out of range"))
@@ -95,6 +99,10 @@ pub fn parse_bundle_file(name: &str) -> Result<(u32, u32, &str), FormatError> {
                 "a bundle name is R, 4+ hex digits, C, 4+ hex digits",
             ));
         }
+        // One spelling per bundle (`R8080`, never `R008080`): past 4 digits, no leading zero.
+        if s.len() > 4 && s.starts_with('0') {
+            return Err(bad(name, "more than 4 hex digits with a leading zero"));
+        }
         u32::from_str_radix(s, 16).map_err(|_| bad(name, "bad hex number"))
     };
     let (row0, col0) = (hex(r)?, hex(c)?);
@@ -148,11 +156,21 @@ mod tests {
             (0x80, 0x100, "bundlx")
         );
         assert_eq!(parse_col_file("C0000000A.JPG").unwrap(), (10, "JPG"));
+        // Found by the `names` fuzz target: zero-padded spellings parsed to the same bundle or
+        // level as the canonical name (which is the file the cache opens).
+        assert!(parse_bundle_file("R008080C0100.bundlx").is_err());
+        assert!(parse_bundle_file("R0080C00100.bundle").is_err());
+        assert_eq!(
+            parse_bundle_file("R10080C10000.bundle").unwrap(),
+            (0x10080, 0x10000, "bundle")
+        );
+        assert!(parse_level_dir("L007").is_err());
+        assert_eq!(parse_level_dir("L123").unwrap(), 123);
     }
 
     proptest! {
         #[test]
-        fn names_round_trip(level in 0u8..100, row in any::<u32>(), col in any::<u32>()) {
+        fn names_round_trip(level in any::<u8>(), row in any::<u32>(), col in any::<u32>()) {
             prop_assert_eq!(parse_level_dir(&level_dir(level)).unwrap(), level);
             prop_assert_eq!(parse_row_dir(&row_dir(row)).unwrap(), row);
             let file = col_file(col, "jpg");

@@ -16,7 +16,7 @@ use fuser::{
 };
 
 use super::inode::{Node, ROOT_INO};
-use super::{Attr, DirEntry, Invalidation, Kind, TreeFs};
+use super::{Attr, DirEntry, FileBytes, Invalidation, Kind, TreeFs};
 use crate::Error;
 
 /// Mount-time settings of the adapter.
@@ -36,10 +36,15 @@ pub struct FuseFs {
     fs: Arc<TreeFs>,
     opts: FuseOptions,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    /// Writable mounts: the bytes each read handle saw at open (handles carry [`SNAPSHOT_FH`]).
+    snapshots: Mutex<HashMap<u64, Arc<FileBytes>>>,
     next_fh: AtomicU64,
     /// The kernel granted FUSE_NO_OPEN_SUPPORT (read-only mounts ask for it).
     no_open: bool,
 }
+
+/// Marks the file handles of read snapshots (writable mounts), apart from the write handles.
+const SNAPSHOT_FH: u64 = 1 << 62;
 
 fn errno(e: &Error) -> Errno {
     Errno::from_i32(e.errno())
@@ -59,6 +64,7 @@ impl FuseFs {
             fs,
             opts,
             dirs: Mutex::new(HashMap::new()),
+            snapshots: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             no_open: false,
         }
@@ -203,9 +209,21 @@ impl Filesystem for FuseFs {
             }
         }
         match self.fs.getattr(ino.0) {
-            Ok(a) if a.kind == Kind::File => {
+            Ok(a) if a.kind == Kind::File && self.opts.read_only => {
                 reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
             }
+            // Writable mounts: a tile may be replaced at any time (rename over it, or a write),
+            // and the kernel's size and pages of the inode are refreshed only later. A reader
+            // gets the whole tile as it was at open, read directly (no page cache, no clamp to a
+            // stale size): never a mix of two versions, nor one cut short.
+            Ok(a) if a.kind == Kind::File => match self.fs.read(ino.0, 0, u32::MAX) {
+                Ok(bytes) => {
+                    let fh = SNAPSHOT_FH | self.next_fh.fetch_add(1, Ordering::Relaxed);
+                    self.snapshots.lock().unwrap().insert(fh, Arc::new(bytes));
+                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+                }
+                Err(e) => reply.error(errno(&e)),
+            },
             Ok(_) => reply.error(Errno::EISDIR),
             Err(e) => reply.error(errno(&e)),
         }
@@ -215,13 +233,25 @@ impl Filesystem for FuseFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        if fh.0 & SNAPSHOT_FH != 0 {
+            let snap = self.snapshots.lock().unwrap().get(&fh.0).cloned();
+            return match snap {
+                Some(b) => {
+                    let all = b.bytes();
+                    let start = offset.min(all.len() as u64) as usize;
+                    let end = (start + size as usize).min(all.len());
+                    reply.data(&all[start..end])
+                }
+                None => reply.error(Errno::EBADF),
+            };
+        }
         match self.fs.read(ino.0, offset, size) {
             Ok(b) => reply.data(b.bytes()),
             Err(e) => reply.error(errno(&e)),
@@ -370,6 +400,10 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: fuser::ReplyEmpty,
     ) {
+        if fh.0 & SNAPSHOT_FH != 0 {
+            self.snapshots.lock().unwrap().remove(&fh.0);
+            return reply.ok();
+        }
         empty(reply, self.fs.release(ino.0, fh.0))
     }
 
