@@ -81,6 +81,7 @@ pub fn compact(cache: &Cache, min_dead: f64) -> Result<CompactSummary> {
             tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
             sync_dir(&dir)?;
             cache.invalidate(&id);
+            cache.note_own_write(&id);
             if !times.is_empty() {
                 let rekeyed = cache.bundle(id).and_then(|nb| {
                     let Some(nb) = nb else { return Ok(()) };

@@ -159,6 +159,9 @@ pub struct Cache {
     opts: CacheOptions,
     open: Mutex<LruCache<BundleId, Arc<Cached>>>,
     listings: Mutex<std::collections::HashMap<u8, LevelListing>>,
+    /// The stamp each bundle had right after our own last write to it, so watchers can tell our
+    /// changes (which the kernel already knows about) from other writers'.
+    own_writes: Mutex<std::collections::HashMap<BundleId, FileStamp>>,
     epoch: Instant,
 }
 
@@ -286,6 +289,7 @@ impl Cache {
             opts,
             open: Mutex::new(LruCache::new(cap)),
             listings: Mutex::new(Default::default()),
+            own_writes: Mutex::new(Default::default()),
             epoch: Instant::now(),
         })
     }
@@ -347,6 +351,7 @@ impl Cache {
             opts,
             open: Mutex::new(LruCache::new(cap)),
             listings: Mutex::new(Default::default()),
+            own_writes: Mutex::new(Default::default()),
             epoch: Instant::now(),
         })
     }
@@ -970,10 +975,24 @@ impl Cache {
             }
         };
         self.invalidate(&id);
+        self.note_own_write(&id);
         Ok(WriteStats {
             tiles: st.tiles,
             bytes_written: st.bytes_written + created,
         })
+    }
+
+    /// Remembers the stamp of a bundle this process just wrote (caller holds its lock).
+    pub(crate) fn note_own_write(&self, id: &BundleId) {
+        if let Ok(Some(st)) = FileStamp::of(&self.bundle_path(id)) {
+            self.own_writes.lock().unwrap().insert(*id, st);
+        }
+    }
+
+    /// Whether `stamp` is what this process left the bundle as at its last write (no other writer
+    /// changed it since).
+    pub fn written_by_us(&self, id: &BundleId, stamp: &FileStamp) -> bool {
+        self.own_writes.lock().unwrap().get(id) == Some(stamp)
     }
 
     /// Removes tiles (their bytes become dead space in compact bundles).
@@ -1010,6 +1029,7 @@ impl Cache {
                 v2::delete_tiles(&f, &path, &slots, self.opts.durable)?;
             }
             self.invalidate(&id);
+            self.note_own_write(&id);
         }
         Ok(())
     }

@@ -655,6 +655,20 @@ impl TreeFs {
                 }
             };
             let after = new.as_ref().map(|b| row_digests(b));
+            // Our own flush: the kernel saw those writes come through it, nothing to forget
+            // (sending invalidations for them would also contend with the writers' folder locks).
+            if let (Some(h), Some(rows)) = (&new, &after) {
+                if self.cache.written_by_us(&id, &h.stamp) {
+                    self.watched.lock().unwrap().put(
+                        id,
+                        Watched {
+                            handle: h.clone(),
+                            rows: Arc::new(rows.clone()),
+                        },
+                    );
+                    continue;
+                }
+            }
             let level_ino = self.ino(Node::Level(id.level));
             for (r, before) in old.rows.iter().enumerate() {
                 if after.as_ref().is_some_and(|a| a[r] == *before) {

@@ -55,7 +55,7 @@ pub(super) struct WriteState {
     temps: HashMap<u64, TempFile>,
     temp_names: HashMap<(u64, String), u64>,
     /// Temporary inodes renamed onto a tile: the kernel may keep using them for the tile's name
-    /// until it forgets the entry (which the watcher asks it to); dropped on FORGET.
+    /// until it forgets the inode; dropped on FORGET.
     aliases: HashMap<u64, TileAddr>,
     next_temp: u64,
     /// Folders made by mkdir: (level, None) or (level, Some(row)).
@@ -645,11 +645,10 @@ impl TreeFs {
                 w.temps.remove(&ino);
                 w.aliases.insert(ino, t);
             }
-            // Let the kernel look the name up again, to learn the tile's stable inode.
-            self.queue(Invalidation::Entry {
-                parent: newparent,
-                name: newname.to_string(),
-            });
+            // The kernel keeps the temporary inode for this name until it forgets it (the alias
+            // answers for it meanwhile). No entry invalidation here: sent while rsync is busy in
+            // the same folder, it waits for the folder lock, and if the daemon is killed then the
+            // waiting thread keeps the dead daemon from ever exiting.
             return Ok(());
         }
         // A tile renamed onto another tile name: copy, then delete the source.
@@ -896,5 +895,30 @@ mod tests {
         // Read-only trees refuse writes.
         let ro = TreeFs::new(fs.cache().clone());
         assert_eq!(errno(ro.create(row, "C00000001.png")), libc::EROFS);
+    }
+
+    #[test]
+    fn own_flushes_are_not_foreign_changes() {
+        let (d, fs) = tree();
+        let all = fs.ino(Node::AllLayers);
+        fs.mkdir(all, "L02").unwrap();
+        let row = fs.mkdir(fs.ino(Node::Level(2)), "R00000001").unwrap().ino;
+        let put = |name: &str, v: u8| {
+            let a = fs.create(row, name).unwrap();
+            fs.write(a.ino, 0, &png(v)).unwrap();
+            fs.release(a.ino, WRITE_FH).unwrap();
+            fs.flush_all().unwrap();
+            a.ino
+        };
+        let ino = put("C00000001.png", 1);
+        fs.read(ino, 0, 10).unwrap(); // watched from now on
+        put("C00000002.png", 2);
+        assert!(fs.poll_changes().is_empty(), "our own flush");
+        // Another writer (another Cache on the same folder) changes the bundle.
+        let other = Cache::open(d.path()).unwrap();
+        other
+            .write_tiles(&[(TileAddr::new(2, 1, 3), &png(3)[..])])
+            .unwrap();
+        assert!(!fs.poll_changes().is_empty(), "a foreign change");
     }
 }
