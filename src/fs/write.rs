@@ -167,7 +167,7 @@ impl TreeFs {
             let ino = self.ino(Node::Tile(t));
             let w = self.w.lock().unwrap();
             if let Some(o) = w.open.get(&ino) {
-                if o.name == name {
+                if o.dirty && o.name == name {
                     return Ok(Some(open_attr_of(ino, o)));
                 }
             }
@@ -175,15 +175,20 @@ impl TreeFs {
         Ok(None)
     }
 
+    /// Attributes of a tile being written, while its bytes are not committed yet (once committed,
+    /// what is stored, perhaps merged, is what readers see, even before the last release).
     pub(super) fn open_attr(&self, ino: u64) -> Option<Attr> {
         let w = self.w.lock().unwrap();
-        w.open.get(&ino).map(|o| open_attr_of(ino, o))
+        w.open
+            .get(&ino)
+            .filter(|o| o.dirty)
+            .map(|o| open_attr_of(ino, o))
     }
 
     pub(super) fn temp_attr(&self, ino: u64) -> Result<Attr> {
         let alias = {
             let w = self.w.lock().unwrap();
-            if let Some(o) = w.open.get(&ino) {
+            if let Some(o) = w.open.get(&ino).filter(|o| o.dirty) {
                 return Ok(open_attr_of(ino, o));
             }
             if let Some(t) = w.temps.get(&ino) {
@@ -224,7 +229,7 @@ impl TreeFs {
     /// Bytes of a file being written (open tile or temporary file).
     pub(super) fn written_bytes(&self, ino: u64) -> Option<Arc<Vec<u8>>> {
         let w = self.w.lock().unwrap();
-        if let Some(o) = w.open.get(&ino) {
+        if let Some(o) = w.open.get(&ino).filter(|o| o.dirty) {
             return Some(Arc::new(o.data.clone()));
         }
         w.temps.get(&ino).map(|t| Arc::new(t.data.clone()))
@@ -255,7 +260,7 @@ impl TreeFs {
         out.extend(
             w.open
                 .iter()
-                .filter(|(_, o)| (o.tile.level, o.tile.row) == (level, row))
+                .filter(|(_, o)| o.dirty && (o.tile.level, o.tile.row) == (level, row))
                 .map(|(ino, o)| DirEntry {
                     name: o.name.clone(),
                     attr: open_attr_of(*ino, o),
@@ -920,5 +925,39 @@ mod tests {
             .write_tiles(&[(TileAddr::new(2, 1, 3), &png(3)[..])])
             .unwrap();
         assert!(!fs.poll_changes().is_empty(), "a foreign change");
+    }
+
+    #[test]
+    fn after_close_readers_see_the_stored_merge_even_before_release() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Cache::create(
+            d.path(),
+            &TileScheme::web_mercator(3, TileFormat::Png),
+            None,
+        )
+        .unwrap();
+        let t = TileAddr::new(1, 0, 1);
+        c.write_tiles(&[(t, &png(50)[..])]).unwrap();
+        let w = Arc::new(WriteBuffer::with_mode(
+            Arc::new(c),
+            1 << 20,
+            crate::cache::commit::ImportMode::Merge,
+        ));
+        let fs = TreeFs::writable(w);
+        let row = fs.ino(Node::Row { level: 1, row: 0 });
+        let clear = {
+            let img = image::RgbaImage::from_pixel(256, 256, image::Rgba([0, 0, 0, 0]));
+            let mut b = std::io::Cursor::new(Vec::new());
+            img.write_to(&mut b, image::ImageFormat::Png).unwrap();
+            b.into_inner()
+        };
+        let a = fs.create(row, "C00000001.png").unwrap();
+        fs.write(a.ino, 0, &clear).unwrap();
+        fs.flush(a.ino).unwrap(); // close(2); the release may come later
+        let got = fs.read(a.ino, 0, 1 << 20).unwrap().bytes().to_vec();
+        assert_ne!(got, clear, "the merge, not the written bytes");
+        let px = image::load_from_memory(&got).unwrap().to_rgba8();
+        assert_eq!(px.get_pixel(3, 3), &image::Rgba([50, 2, 3, 255]));
+        assert_eq!(fs.getattr(a.ino).unwrap().size, got.len() as u64);
     }
 }
