@@ -39,8 +39,11 @@ daemon=
 unmount() {
     if mountpoint -q "$mnt"; then fusermount3 -u "$mnt" 2>/dev/null || umount -l "$mnt" || true; fi
     if [[ -n $daemon ]]; then
-        # The daemon exits once it has flushed its buffer: wait for it.
-        while kill -0 "$daemon" 2>/dev/null; do sleep 0.01; done
+        # The daemon exits once it has flushed its buffer: wait for it. A zombie has finished
+        # (its flush is on disk); this container's init can take ~1.7 s to reap it, which is not
+        # ours to count.
+        while kill -0 "$daemon" 2>/dev/null &&
+            [[ $(awk '{ print $3 }' "/proc/$daemon/stat" 2>/dev/null) != Z ]]; do sleep 0.01; done
         daemon=
     fi
 }

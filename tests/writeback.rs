@@ -458,3 +458,86 @@ fn kill_9_during_rsync_loses_no_fsynced_tile() {
         tiles.len()
     );
 }
+
+/// Write-behind: a bundle holding a chunk of tiles (here 1 MiB: an eighth of an 8M buffer, at
+/// least 1 MiB) reaches the disk while the mount stays up, with no fsync, no idle time (the idle
+/// flush is an hour away) and the buffer far from full; what stays below the chunk waits.
+#[test]
+fn a_bundle_holding_a_chunk_is_flushed_while_writing_goes_on() {
+    let d = tmp("behind");
+    let cache = create(d.path(), &["--levels", "0-9"]);
+    let mnt = d.path().join("mnt");
+    let m = Mounted::start(
+        &cache,
+        &mnt,
+        &["-o", "rw", "--write-buffer", "8M", "--flush-idle", "3600"],
+    );
+    let base = png(&RgbaImage::from_fn(256, 256, |x, y| {
+        Rgba([(x * 7 + y) as u8, (y * 13) as u8, (x ^ y) as u8, 255])
+    }));
+    // Noise makes each tile big enough: pad with a private ancillary chunk.
+    let big = |t: TileAddr| {
+        let mut b = unique_png(&base, t);
+        let pad = vec![0x55u8; 40_000];
+        let mut chunk = (pad.len() as u32).to_be_bytes().to_vec();
+        let mut body = b"prVt".to_vec();
+        body.extend_from_slice(&pad);
+        chunk.extend_from_slice(&body);
+        chunk.extend_from_slice(&crc32fast::hash(&body).to_be_bytes());
+        let iend = b.len() - 12;
+        b.splice(iend..iend, chunk);
+        b
+    };
+    // One tile in another bundle: below the chunk, it must stay in the buffer.
+    let lone = TileAddr::new(9, 300, 300);
+    let dir = m.path("_alllayers/L09/R0000012c");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("C0000012c.png"), big(lone)).unwrap();
+    // ~1.2 MiB into bundle L09 R0000C0000, tile by tile.
+    let mut written = BTreeMap::new();
+    for col in 0..30u32 {
+        let t = TileAddr::new(9, 1, col);
+        let dir = m.path("_alllayers/L09/R00000001");
+        fs::create_dir_all(&dir).unwrap();
+        let b = big(t);
+        image::load_from_memory(&b).expect("padded PNG decodes");
+        fs::write(dir.join(format!("C{col:08x}.png")), &b).unwrap();
+        written.insert(t, b);
+    }
+    let bundle = cache.join("_alllayers/L09/R0000C0000.bundle");
+    // Bytes of the written tiles found in the bundle on disk; a stored tile must be what was
+    // written (tiles written after the chunk was flushed may still wait: only the chunk counts).
+    let stored_bytes = || {
+        let Ok(c) = Cache::open(&cache) else {
+            return 0;
+        };
+        let mut n = 0;
+        for (t, b) in &written {
+            if let Some(s) = c.tile(*t).unwrap() {
+                assert_eq!(&s[..], &b[..], "tile {t}");
+                n += b.len();
+            }
+        }
+        n
+    };
+    let start = Instant::now();
+    let mut landed = stored_bytes();
+    while landed < 1 << 20 && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+        landed = stored_bytes();
+    }
+    assert!(
+        landed >= 1 << 20,
+        "a chunk's worth of tiles should be in {} while mounted; {landed} bytes are",
+        bundle.display()
+    );
+    let c = Cache::open(&cache).unwrap();
+    assert!(
+        c.tile(lone).unwrap().is_none(),
+        "a bundle below the chunk waits for idle time, fsync or unmount"
+    );
+    assert!(is_mounted(&mnt));
+    drop(m);
+    let c = Cache::open(&cache).unwrap();
+    assert!(c.tile(lone).unwrap().is_some(), "flushed at unmount");
+}

@@ -1,11 +1,13 @@
 //! The write buffer: tiles written (or deleted) wait in memory under a byte budget, are visible to
 //! reads at once, and reach the bundles grouped per bundle (one lock, one append, one index update)
-//! when the budget evicts them, or on `flush_bundle`/`flush_all` (fsync, idle timer, unmount).
+//! when the budget evicts them, or on `flush_bundle`/`flush_all` (fsync, unmount), or in the
+//! background once a bundle is due ([`WriteBuffer::due_bundles`]: quiet for a while, or holding a
+//! chunk's worth of tiles).
 //! An entry leaves the buffer only once its bundle write succeeded; a failed flush keeps it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use lru::LruCache;
 
@@ -48,7 +50,16 @@ struct Inner {
     /// The same tiles in (level, row, col) order, for listings.
     order: BTreeSet<TileAddr>,
     bytes: usize,
-    last_write: Option<Instant>,
+    /// What waits per bundle, for background flushing.
+    bundles: HashMap<BundleId, BundleWaiting>,
+}
+
+/// The changes of one bundle waiting in the buffer.
+#[derive(Debug, Clone, Copy)]
+struct BundleWaiting {
+    tiles: usize,
+    bytes: usize,
+    last_write: Instant,
 }
 
 impl Inner {
@@ -56,6 +67,14 @@ impl Inner {
         if let Some(old) = self.tiles.pop(t) {
             self.bytes -= old.bytes();
             self.order.remove(t);
+            let id = t.bundle();
+            if let Some(b) = self.bundles.get_mut(&id) {
+                b.tiles -= 1;
+                b.bytes -= old.bytes();
+                if b.tiles == 0 {
+                    self.bundles.remove(&id);
+                }
+            }
         }
     }
 }
@@ -92,7 +111,7 @@ impl WriteBuffer {
                 tiles: LruCache::unbounded(),
                 order: BTreeSet::new(),
                 bytes: 0,
-                last_write: None,
+                bundles: HashMap::new(),
             }),
             flushing: Mutex::new(()),
         }
@@ -116,13 +135,19 @@ impl WriteBuffer {
         self.inner.lock().unwrap().tiles.len()
     }
 
-    /// Time since the last change was recorded, if anything waits.
-    pub fn idle_for(&self) -> Option<std::time::Duration> {
+    /// Bundles worth flushing in the background now: those not written for `idle`, and those
+    /// holding at least `chunk` bytes of tiles (a long copy into one bundle then reaches the disk
+    /// while it runs, not all at unmount). Fullest first.
+    pub fn due_bundles(&self, idle: Duration, chunk: usize) -> Vec<BundleId> {
         let g = self.inner.lock().unwrap();
-        if g.tiles.is_empty() {
-            return None;
-        }
-        g.last_write.map(|t| t.elapsed())
+        let mut due: Vec<(usize, BundleId)> = g
+            .bundles
+            .iter()
+            .filter(|(_, b)| b.bytes >= chunk || b.last_write.elapsed() >= idle)
+            .map(|(id, b)| (b.bytes, *id))
+            .collect();
+        due.sort_by(|a, b| b.cmp(a));
+        due.into_iter().map(|(_, id)| id).collect()
     }
 
     /// The waiting change for a tile, if any (reads consult this before the bundles).
@@ -234,12 +259,21 @@ impl WriteBuffer {
     fn record(&self, t: TileAddr, p: Pending) -> Result<()> {
         {
             let mut g = self.inner.lock().unwrap();
-            g.bytes += p.bytes();
+            let now = Instant::now();
+            let added = p.bytes();
+            g.bytes += added;
             g.order.insert(t);
-            g.last_write = Some(Instant::now());
-            if let Some(old) = g.tiles.put(t, p) {
-                g.bytes -= old.bytes();
-            }
+            let old = g.tiles.put(t, p);
+            let removed = old.as_ref().map_or(0, Pending::bytes);
+            g.bytes -= removed;
+            let b = g.bundles.entry(t.bundle()).or_insert(BundleWaiting {
+                tiles: 0,
+                bytes: 0,
+                last_write: now,
+            });
+            b.tiles += usize::from(old.is_none());
+            b.bytes = b.bytes + added - removed;
+            b.last_write = now;
         }
         loop {
             let victim = {
@@ -271,6 +305,36 @@ impl WriteBuffer {
                 .collect()
         };
         self.write_batch(&batch)
+    }
+
+    /// How many bytes one bundle may hold in the buffer before the background flush writes it
+    /// out even while it is still being written: an eighth of the budget, within 1–16 MiB.
+    pub fn chunk(&self) -> usize {
+        (self.budget / 8).clamp(1 << 20, 16 << 20)
+    }
+
+    /// The background flush: writes the bundles that are due ([`WriteBuffer::due_bundles`] with
+    /// [`WriteBuffer::chunk`]). A bundle that fails keeps its tiles; the others are still tried
+    /// and the first error is returned.
+    pub fn flush_due(&self, idle: Duration) -> Result<FlushStats> {
+        let mut total = FlushStats::default();
+        let mut first_err = None;
+        for id in self.due_bundles(idle, self.chunk()) {
+            match self.flush_bundle(id) {
+                Ok(s) => {
+                    total.bundles += s.bundles;
+                    total.tiles += s.tiles;
+                    total.bytes_written += s.bytes_written;
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(total),
+        }
     }
 
     /// Writes every waiting change, bundle by bundle.
@@ -386,5 +450,47 @@ mod tests {
         b.put(t, Vec::new()).unwrap(); // empty tiles are refused by the cache
         assert!(b.flush_all().is_err());
         assert_eq!(b.pending_tiles(), 1);
+    }
+
+    #[test]
+    fn due_bundles_are_the_quiet_and_the_full() {
+        let (_d, c) = cache();
+        let b = WriteBuffer::new(c, 1 << 30);
+        let hour = Duration::from_secs(3600);
+        let a = TileAddr::new(9, 0, 0);
+        let other = TileAddr::new(9, 128, 0);
+        for col in 0..3 {
+            b.put(TileAddr::new(9, 0, col), vec![1; 100]).unwrap();
+        }
+        b.put(other, vec![2; 50]).unwrap();
+        assert!(
+            b.due_bundles(hour, usize::MAX).is_empty(),
+            "nothing quiet or full"
+        );
+        assert_eq!(
+            b.due_bundles(hour, 300),
+            vec![a.bundle()],
+            "A holds 300 bytes"
+        );
+        assert_eq!(b.due_bundles(hour, 301), vec![]);
+        // Replacing a tile counts its new size only.
+        b.put(TileAddr::new(9, 0, 2), vec![1; 10]).unwrap();
+        assert_eq!(b.due_bundles(hour, 300), vec![]);
+        assert_eq!(b.due_bundles(hour, 210), vec![a.bundle()]);
+        // Idle for zero: everything, fullest first.
+        assert_eq!(
+            b.due_bundles(Duration::ZERO, usize::MAX),
+            vec![a.bundle(), other.bundle()]
+        );
+        b.flush_bundle(a.bundle()).unwrap();
+        assert_eq!(
+            b.due_bundles(Duration::ZERO, usize::MAX),
+            vec![other.bundle()]
+        );
+        b.delete(a).unwrap();
+        assert_eq!(b.due_bundles(Duration::ZERO, usize::MAX).len(), 2);
+        b.flush_all().unwrap();
+        assert!(b.due_bundles(Duration::ZERO, 0).is_empty());
+        assert_eq!(b.pending_tiles(), 0);
     }
 }

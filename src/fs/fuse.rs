@@ -581,8 +581,8 @@ impl Filesystem for FuseFs {
 }
 
 /// Background work of a mount until `stop` is set: sends the kernel what requests queued and
-/// what `TreeFs::poll_changes` finds (every `every`), and flushes the write buffer once writes
-/// have been idle for `idle_flush`.
+/// what `TreeFs::poll_changes` finds (every `every`), and flushes the bundles of the write buffer
+/// that are due: not written for `idle_flush`, or holding a chunk of tiles.
 pub fn watch_changes(
     fs: Arc<TreeFs>,
     notifier: Notifier,
@@ -600,12 +600,10 @@ pub fn watch_changes(
             last_poll = Instant::now();
             invs.extend(fs.poll_changes());
         }
-        if let Some(w) = fs.writer() {
-            if w.idle_for().is_some_and(|d| d >= idle_flush) && Instant::now() >= retry_at {
-                if let Err(e) = fs.flush_all() {
-                    tracing::error!("flushing the write buffer: {e} (kept; retried later)");
-                    retry_at = Instant::now() + idle_flush.max(Duration::from_secs(1));
-                }
+        if fs.writer().is_some() && Instant::now() >= retry_at {
+            if let Err(e) = fs.flush_due(idle_flush) {
+                tracing::error!("flushing the write buffer: {e} (kept; retried later)");
+                retry_at = Instant::now() + idle_flush.max(Duration::from_secs(1));
             }
         }
         for inv in invs {

@@ -759,6 +759,22 @@ impl TreeFs {
     }
 
     /// Writes everything waiting in the write buffer (idle timer, unmount).
+    /// The background flush: bundles quiet for `idle` or holding a chunk of tiles.
+    pub fn flush_due(&self, idle: std::time::Duration) -> Result<()> {
+        if let Some(w) = &self.writer {
+            let s = w.flush_due(idle)?;
+            if s.tiles > 0 {
+                tracing::debug!(
+                    "flushed {} tiles into {} bundles ({} bytes)",
+                    s.tiles,
+                    s.bundles,
+                    s.bytes_written
+                );
+            }
+        }
+        Ok(())
+    }
+
     pub fn flush_all(&self) -> Result<()> {
         if let Some(w) = &self.writer {
             let s = w.flush_all()?;
