@@ -152,6 +152,38 @@ fn tpkx_tile_folder_has_144_tiles() {
     assert!(r.warnings.iter().all(|w| w.what.contains("signature")));
 }
 
+/// ArcGIS writes a package's item extent in WGS84 degrees. Converting the Web Mercator fullExtent
+/// of Esri's own `Usa.tpkx` lands within 0.03° of the extent in its `iteminfo.json` (ArcGIS takes
+/// that one from the data, so it is not exactly the converted fullExtent; meters written as
+/// degrees, the old mistake, would be off by millions).
+#[test]
+fn tpkx_item_extent_is_wgs84_like_arcgis_writes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = unpack_tpkx(tmp.path());
+    let root_bytes = fs::read(pkg.join("root.json")).unwrap();
+    let root = bundlefs::format::tpkx::parse_root_json(&root_bytes).unwrap();
+    let full = root.extent.expect("Usa root.json has a fullExtent");
+    let item: serde_json::Value =
+        serde_json::from_slice(&fs::read(pkg.join("iteminfo.json")).unwrap()).unwrap();
+    let want = &item["extent"];
+    assert_eq!(want["spatialReference"]["wkid"], 4326);
+    let got = bundlefs::format::tpkx::wgs84_extent(&root.scheme, &full).unwrap();
+    for (k, v) in [
+        ("xmin", got.xmin),
+        ("ymin", got.ymin),
+        ("xmax", got.xmax),
+        ("ymax", got.ymax),
+    ] {
+        let w = want[k].as_f64().unwrap();
+        assert!((v - w).abs() < 0.03, "{k}: {v} vs ArcGIS {w}");
+    }
+    // And what bundlefs writes for a package of its own says the same.
+    let ours = bundlefs::format::tpkx::iteminfo_json("Usa", "G", 0, &root.scheme, &full, false);
+    let ours: serde_json::Value = serde_json::from_slice(&ours).unwrap();
+    assert_eq!(ours["extent"]["spatialReference"]["wkid"], 4326);
+    assert_eq!(ours["extent"]["ymax"].as_f64().unwrap(), got.ymax);
+}
+
 // ---------------------------------------------------------------------------------------------
 // (d) malformed inputs: an error naming the file and the entry, never a panic, never bytes
 

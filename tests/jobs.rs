@@ -146,6 +146,7 @@ fn tpkx_is_a_stored_zip_with_root_json_and_v2_bundles() {
         [
             "iteminfo.json",
             "root.json",
+            "thumbnail.png",
             "tile/L00/R0000C0000.bundle",
             "tile/L01/R0000C0000.bundle",
             "tile/L02/R0000C0000.bundle"
@@ -165,6 +166,29 @@ fn tpkx_is_a_stored_zip_with_root_json_and_v2_bundles() {
         serde_json::from_reader(z.by_name("iteminfo.json").unwrap()).unwrap();
     assert_eq!(item["type"], "Compact Tile Package");
     assert_eq!(item["name"], "sample");
+    // As ArcGIS writes it: the item extent in WGS84, inside the world, and a thumbnail.
+    assert_eq!(item["extent"]["spatialReference"]["wkid"], 4326);
+    let (x0, y0, x1, y1) = (
+        item["extent"]["xmin"].as_f64().unwrap(),
+        item["extent"]["ymin"].as_f64().unwrap(),
+        item["extent"]["xmax"].as_f64().unwrap(),
+        item["extent"]["ymax"].as_f64().unwrap(),
+    );
+    assert!(-180.0 <= x0 && x0 < x1 && x1 <= 180.0, "{x0} {x1}");
+    assert!(-90.0 <= y0 && y0 < y1 && y1 <= 90.0, "{y0} {y1}");
+    assert_eq!(item["thumbnail"], "./thumbnail.png");
+    let mut thumb = Vec::new();
+    std::io::Read::read_to_end(&mut z.by_name("thumbnail.png").unwrap(), &mut thumb).unwrap();
+    let img = image::load_from_memory(&thumb).unwrap().to_rgba8();
+    assert_eq!(img.dimensions(), (200, 133));
+    // The sample's tiles are drawn: the picture has opaque pixels of more than one colour.
+    let opaque: std::collections::BTreeSet<[u8; 4]> =
+        img.pixels().filter(|p| p[3] == 255).map(|p| p.0).collect();
+    assert!(
+        opaque.len() > 10,
+        "thumbnail looks empty: {} colours",
+        opaque.len()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

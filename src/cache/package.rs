@@ -10,8 +10,8 @@ use super::export::dest_options;
 use super::job::{extent_after, run, JobOptions, JobSummary, Progress};
 use super::{Cache, ALLLAYERS, CONF_CDI, CONF_XML};
 use crate::error::{Error, FormatContext, IoContext, Result};
-use crate::format::conf::{self, StorageFormat};
-use crate::format::{exploded, tpkx};
+use crate::format::conf::{self, Envelope, StorageFormat, TileScheme};
+use crate::format::{exploded, tpkx, TileAddr};
 
 /// A cache unpacked from a package; the folder goes when this is dropped.
 pub struct Unpacked {
@@ -223,7 +223,15 @@ pub fn write_tpkx(cache: &Cache, dest: &Path, sync: bool) -> Result<()> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let root = tpkx::root_json(&name, &scheme, range, &extent);
-    let item = tpkx::iteminfo_json(&name, &guid(created), created, &scheme, &extent);
+    let thumb = thumbnail(cache, &scheme, &levels, &extent);
+    let item = tpkx::iteminfo_json(
+        &name,
+        &guid(created),
+        created,
+        &scheme,
+        &extent,
+        thumb.is_some(),
+    );
 
     let parent = dest
         .parent()
@@ -246,6 +254,13 @@ pub fn write_tpkx(cache: &Cache, dest: &Path, sync: bool) -> Result<()> {
             Box::new(std::io::Cursor::new(item)),
         ),
     ];
+    if let Some(png) = thumb {
+        files.push((
+            tpkx::THUMBNAIL_PNG.into(),
+            png.len() as u64,
+            Box::new(std::io::Cursor::new(png)),
+        ));
+    }
     for (name, path) in entries {
         let f = fs::File::open(&path).at(&path)?;
         let len = f.metadata().at(&path)?.len();
@@ -265,6 +280,88 @@ pub fn write_tpkx(cache: &Cache, dest: &Path, sync: bool) -> Result<()> {
         super::sync_dir(parent)?;
     }
     Ok(())
+}
+
+/// Size of the thumbnail ArcGIS puts in its packages.
+const THUMB_W: u32 = 200;
+const THUMB_H: u32 = 133;
+
+/// A picture of the package for `thumbnail.png`: the extent drawn from the deepest level whose
+/// tiles over it fit in 4×4 (else the top 4×4 of the first level), scaled into 200×133 on a
+/// transparent background. `None` when no tile there decodes; the package is complete without it.
+fn thumbnail(
+    cache: &Cache,
+    scheme: &TileScheme,
+    levels: &[u8],
+    extent: &Envelope,
+) -> Option<Vec<u8>> {
+    use image::imageops::{self, FilterType};
+    const MAX: u32 = 4;
+    let fits = |r: &std::ops::Range<u32>| r.end - r.start <= MAX;
+    let (level, rows, cols) = levels
+        .iter()
+        .rev()
+        .find_map(|&l| {
+            let (r, c) = scheme.tile_range(l, extent)?;
+            (fits(&r) && fits(&c)).then_some((l, r, c))
+        })
+        .or_else(|| {
+            let l = *levels.first()?;
+            let (r, c) = scheme.tile_range(l, extent)?;
+            Some((
+                l,
+                r.start..r.end.min(r.start + MAX),
+                c.start..c.end.min(c.start + MAX),
+            ))
+        })?;
+    let (tw, th) = (scheme.tile_cols, scheme.tile_rows);
+    let mut mosaic =
+        image::RgbaImage::new(tw * (cols.end - cols.start), th * (rows.end - rows.start));
+    let mut any = false;
+    for r in rows.clone() {
+        for c in cols.clone() {
+            let Ok(Some(bytes)) = cache.tile(TileAddr::new(level, r, c)) else {
+                continue;
+            };
+            let Ok(img) = image::load_from_memory(&bytes) else {
+                continue;
+            };
+            let (x, y) = ((c - cols.start) * tw, (r - rows.start) * th);
+            imageops::overlay(&mut mosaic, &img.to_rgba8(), i64::from(x), i64::from(y));
+            any = true;
+        }
+    }
+    if !any {
+        return None;
+    }
+    // The extent's pixels in the mosaic (all of it if the extent is degenerate there).
+    let res = scheme.lod(level)?.resolution;
+    let x0 = scheme.origin_x + f64::from(cols.start) * f64::from(tw) * res;
+    let y0 = scheme.origin_y - f64::from(rows.start) * f64::from(th) * res;
+    let px = |v: f64, max: u32| (v / res).clamp(0.0, f64::from(max)) as u32;
+    let (w, h) = (mosaic.width(), mosaic.height());
+    let (mut cx0, mut cx1) = (px(extent.xmin - x0, w), px(extent.xmax - x0, w));
+    let (mut cy0, mut cy1) = (px(y0 - extent.ymax, h), px(y0 - extent.ymin, h));
+    if cx1 <= cx0 || cy1 <= cy0 {
+        (cx0, cx1, cy0, cy1) = (0, w, 0, h);
+    }
+    let crop = imageops::crop_imm(&mosaic, cx0, cy0, cx1 - cx0, cy1 - cy0).to_image();
+    let scale = (f64::from(THUMB_W) / f64::from(crop.width()))
+        .min(f64::from(THUMB_H) / f64::from(crop.height()));
+    let sw = ((f64::from(crop.width()) * scale).round() as u32).clamp(1, THUMB_W);
+    let sh = ((f64::from(crop.height()) * scale).round() as u32).clamp(1, THUMB_H);
+    let small = imageops::resize(&crop, sw, sh, FilterType::Triangle);
+    let mut out = image::RgbaImage::new(THUMB_W, THUMB_H);
+    imageops::overlay(
+        &mut out,
+        &small,
+        i64::from((THUMB_W - sw) / 2),
+        i64::from((THUMB_H - sh) / 2),
+    );
+    let mut png = Vec::new();
+    out.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .ok()?;
+    Some(png)
 }
 
 fn perms_of(f: &fs::File, path: &Path) -> Result<fs::Permissions> {

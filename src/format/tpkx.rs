@@ -85,16 +85,47 @@ pub fn root_json(name: &str, scheme: &TileScheme, levels: (u8, u8), extent: &Env
     serde_json::to_vec_pretty(&v).expect("JSON of plain values")
 }
 
-/// `iteminfo.json` of a package (`guid` must be unique per package; the caller makes one).
+/// Web Mercator's spatial references (Esri and EPSG ids), whose sphere is WGS84's semi-major axis.
+const WEB_MERCATOR: [u32; 4] = [102100, 102113, 3857, 900913];
+const WGS84_RADIUS: f64 = 6_378_137.0;
+
+/// The extent in geographic WGS84 (WKID 4326), as ArcGIS writes it in `iteminfo.json`, when the
+/// scheme's spatial reference is WGS84 itself or Web Mercator; `None` for any other (bundlefs
+/// carries no projection engine, and a wrong extent is worse than none).
+pub fn wgs84_extent(scheme: &TileScheme, e: &Envelope) -> Option<Envelope> {
+    let ids = [scheme.wkid, scheme.latest_wkid];
+    if ids.contains(&Some(4326)) {
+        return Some(*e);
+    }
+    if !ids.iter().flatten().any(|id| WEB_MERCATOR.contains(id)) {
+        return None;
+    }
+    let lon = |x: f64| (x / WGS84_RADIUS).to_degrees().clamp(-180.0, 180.0);
+    let lat =
+        |y: f64| (2.0 * (y / WGS84_RADIUS).exp().atan() - std::f64::consts::FRAC_PI_2).to_degrees();
+    Some(Envelope {
+        xmin: lon(e.xmin),
+        ymin: lat(e.ymin),
+        xmax: lon(e.xmax),
+        ymax: lat(e.ymax),
+    })
+}
+
+/// Name of the package thumbnail, as `iteminfo.json` points to it.
+pub const THUMBNAIL_PNG: &str = "thumbnail.png";
+
+/// `iteminfo.json` of a package (`guid` must be unique per package; the caller makes one). As
+/// ArcGIS writes it, the extent is in WGS84 ([`wgs84_extent`]; left out when it cannot be given);
+/// `thumbnail` says whether the package holds [`THUMBNAIL_PNG`].
 pub fn iteminfo_json(
     name: &str,
     guid: &str,
     created_ms: u64,
     scheme: &TileScheme,
     extent: &Envelope,
+    thumbnail: bool,
 ) -> Vec<u8> {
-    let sr = spatial_reference(scheme);
-    let v = json!({
+    let mut v = json!({
         "name": name,
         "title": name,
         "guid": guid,
@@ -103,9 +134,13 @@ pub fn iteminfo_json(
         "type": "Compact Tile Package",
         "typeKeywords": ["Compact Tile Package", "Tile Package", "tpkx"],
         "creator": "bundlefs",
-        "extent": extent_json(extent, &sr),
-        "spatialReference": sr,
     });
+    if let Some(g) = wgs84_extent(scheme, extent) {
+        v["extent"] = extent_json(&g, &json!({"wkid": 4326, "latestWkid": 4326}));
+    }
+    if thumbnail {
+        v["thumbnail"] = json!(format!("./{THUMBNAIL_PNG}"));
+    }
     serde_json::to_vec_pretty(&v).expect("JSON of plain values")
 }
 
