@@ -6,7 +6,8 @@
 #
 # Tests need: fusermount3 (fuse3), mapproxy-util/mapproxy-seed (mapproxy, python3-yaml),
 # gdalinfo (gdal-bin), rsync, /usr/lib/cgi-bin/mapserv (cgi-mapserver: the WMS of tests/render.rs),
-# python3 with rasterio (pip). Fixtures are read from ../shared/fixtures beside the repository.
+# python3 with rasterio (pip). Fixtures are read from ../shared/fixtures beside the repository
+# (or $BUNDLEFS_FIXTURES).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

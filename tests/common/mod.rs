@@ -13,9 +13,20 @@ use std::process::{Command, Output};
 use bundlefs::cache::Cache;
 use bundlefs::format::TileAddr;
 
-/// `shared/fixtures` beside the repository (CI clones the repo with `shared/` next to it).
+/// The ArcGIS-written fixtures: `$BUNDLEFS_FIXTURES` if set, else `shared/fixtures` beside the
+/// repository (CI clones the repo with `shared/` next to it). Missing fixtures fail loudly: the
+/// tests that need them must not pass without them.
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures"))
+    let p = std::env::var_os("BUNDLEFS_FIXTURES").map_or_else(
+        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures")),
+        PathBuf::from,
+    );
+    assert!(
+        p.is_dir(),
+        "{}: fixtures folder missing (set BUNDLEFS_FIXTURES to the shared/fixtures folder)",
+        p.display()
+    );
+    p
 }
 
 /// Esri's sample Compact V2 cache (JPEG, ArcGIS layout, L00–L02).
