@@ -207,6 +207,71 @@ fn a_hanging_source_does_not_hang_readers_past_the_timeout() {
     assert!(m.path("conf.xml").is_file());
 }
 
+/// Lookups that render run on threads of their own: with ONE session thread and more hanging
+/// renders than render threads, the mount still answers everything else at once.
+#[test]
+fn hanging_renders_never_hold_the_session_thread() {
+    need("fusermount3");
+    let d = tmp("hang1");
+    let server = TestServer::start(|_| {
+        std::thread::sleep(Duration::from_secs(8));
+        Response::status(500, "late")
+    });
+    let cache = d.path().join("cache");
+    run_ok(
+        Command::new(bin())
+            .arg("create")
+            .arg(&cache)
+            .args(["--levels", "0-3"]),
+    );
+    let spec = format!(
+        "arcgis:{}/arcgis/rest/services/Test/MapServer",
+        server.url()
+    );
+    let m = Mounted::start(
+        &cache,
+        &d.path().join("mnt"),
+        &["--source", &spec, "--render-timeout", "3", "--threads", "1"],
+    );
+    // 12 readers of distinct missing tiles: more than the 10 render-lookup threads (4 jobs).
+    let mnt = m.mnt.clone();
+    let readers = std::thread::spawn(move || {
+        std::thread::scope(|s| {
+            let hs: Vec<_> = (0..12u32)
+                .map(|i| {
+                    let p = mnt.join(format!("_alllayers/L03/R{:08x}/C{:08x}.png", i / 8, i % 8));
+                    s.spawn(move || fs::read(p))
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().unwrap())
+                .collect::<Vec<_>>()
+        })
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let root = m.mnt.clone();
+    // Names the kernel has never seen, so each lookup must reach the daemon: a name no render can
+    // answer (JPEG in a PNG cache), a level outside the scheme, and conf.cdi.
+    let (jpg, level, cdi, took) = within(60, move || {
+        let start = Instant::now();
+        let jpg = fs::metadata(root.join("_alllayers/L03/R00000007/C00000007.jpg"));
+        let level = fs::metadata(root.join("_alllayers/L09"));
+        let cdi = fs::metadata(root.join("conf.cdi"));
+        (jpg, level, cdi, start.elapsed())
+    });
+    assert_eq!(jpg.unwrap_err().kind(), std::io::ErrorKind::NotFound);
+    assert_eq!(level.unwrap_err().kind(), std::io::ErrorKind::NotFound);
+    assert!(cdi.is_ok());
+    assert!(
+        took < Duration::from_secs(1),
+        "lookups that need no source took {took:?} behind hanging renders"
+    );
+    for r in within(120, move || readers.join().unwrap()) {
+        let e = r.expect_err("a tile from a hanging source");
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    }
+}
+
 #[test]
 fn a_source_answering_garbage_gives_eio_quickly() {
     need("fusermount3");

@@ -226,7 +226,7 @@ fn serve(
     let tree = Arc::new(tree);
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let fs = FuseFs::new(
+    let mut fs = FuseFs::new(
         tree.clone(),
         FuseOptions {
             ttl: args.ttl,
@@ -237,6 +237,10 @@ fn serve(
             gid,
         },
     );
+    if args.source.is_some() {
+        // Every render slot and as many lookups waiting for one get a thread of their own.
+        fs = fs.with_render_threads(2 * args.render_jobs.max(1) + 2)?;
+    }
 
     let mut config = Config::default();
     config.mount_options = vec![
@@ -259,7 +263,7 @@ fn serve(
         Acl::RootAndOwner => SessionACL::RootAndOwner,
         Acl::All => SessionACL::All,
     };
-    let threads = session_threads(args.threads, args.source.is_some(), args.render_jobs);
+    let threads = args.threads.max(1);
     config.n_threads = Some(threads);
     config.clone_fd = threads > 1;
 
@@ -452,19 +456,6 @@ pub fn helper_args(argv: &[String]) -> Vec<String> {
     out
 }
 
-/// Session threads for a mount. A lookup that renders holds its session thread for up to the
-/// render worst case (a hanging source), so with a source there are enough threads for every
-/// render slot and as many waiting for one, plus two for everything else: readers of stored tiles
-/// and of missing ones up to that many do not queue behind a hanging source.
-fn session_threads(threads: usize, source: bool, render_jobs: usize) -> usize {
-    let threads = threads.max(1);
-    if source {
-        threads.max(2 * render_jobs.max(1) + 2)
-    } else {
-        threads
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -497,14 +488,6 @@ mod tests {
                 "{shared} implies default_permissions"
             );
         }
-    }
-
-    #[test]
-    fn threads_cover_renders() {
-        assert_eq!(session_threads(2, false, 4), 2);
-        assert_eq!(session_threads(2, true, 4), 10);
-        assert_eq!(session_threads(16, true, 4), 16);
-        assert_eq!(session_threads(0, false, 4), 1);
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub struct FuseFs {
     next_fh: AtomicU64,
     /// The kernel granted FUSE_NO_OPEN_SUPPORT (read-only mounts ask for it).
     no_open: bool,
+    /// With a tile source: the threads that answer lookups which may render, so a slow or
+    /// hanging source never holds a session thread (the reply is sent from here when done).
+    renders: Option<Arc<rayon::ThreadPool>>,
 }
 
 /// Marks the file handles of read snapshots (writable mounts), apart from the write handles.
@@ -67,37 +70,23 @@ impl FuseFs {
             snapshots: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             no_open: false,
+            renders: None,
         }
     }
 
+    /// Answers lookups that may render on `n` threads of their own instead of the session's.
+    pub fn with_render_threads(mut self, n: usize) -> std::io::Result<Self> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .thread_name(|i| format!("bundlefs-render-lookup-{i}"))
+            .build()
+            .map_err(std::io::Error::other)?;
+        self.renders = Some(Arc::new(pool));
+        Ok(self)
+    }
+
     fn attr(&self, a: &Attr) -> FileAttr {
-        let (kind, perm) = match a.kind {
-            Kind::Dir => (
-                FileType::Directory,
-                if self.opts.read_only { 0o555 } else { 0o755 },
-            ),
-            Kind::File => (
-                FileType::RegularFile,
-                if self.opts.read_only { 0o444 } else { 0o644 },
-            ),
-        };
-        FileAttr {
-            ino: INodeNo(a.ino),
-            size: a.size,
-            blocks: a.size.div_ceil(512),
-            atime: a.mtime,
-            mtime: a.mtime,
-            ctime: a.mtime,
-            crtime: a.mtime,
-            kind,
-            perm,
-            nlink: a.nlink,
-            uid: self.opts.uid,
-            gid: self.opts.gid,
-            rdev: 0,
-            blksize: 4096,
-            flags: 0,
-        }
+        file_attr(&self.opts, a)
     }
 
     fn listing(&self, ino: u64, fh: FileHandle) -> Result<Arc<Vec<DirEntry>>, Error> {
@@ -113,6 +102,61 @@ impl FuseFs {
             Some(Node::Level(_)) => self.fs.ino(self.fs.levels_parent()),
             _ => ROOT_INO,
         }
+    }
+}
+
+/// Kernel attributes of a node.
+fn file_attr(opts: &FuseOptions, a: &Attr) -> FileAttr {
+    let (kind, perm) = match a.kind {
+        Kind::Dir => (
+            FileType::Directory,
+            if opts.read_only { 0o555 } else { 0o755 },
+        ),
+        Kind::File => (
+            FileType::RegularFile,
+            if opts.read_only { 0o444 } else { 0o644 },
+        ),
+    };
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.mtime,
+        crtime: a.mtime,
+        kind,
+        perm,
+        nlink: a.nlink,
+        uid: opts.uid,
+        gid: opts.gid,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+/// Answers a lookup (from a session thread, or from a render-lookup thread).
+fn answer_lookup(fs: &TreeFs, opts: &FuseOptions, parent: u64, name: &str, reply: ReplyEntry) {
+    match fs.lookup(parent, name) {
+        Ok(a) => reply.entry(&opts.ttl, &file_attr(opts, &a), Generation(0)),
+        // A missing file in a row: a negative entry (inode 0) the kernel keeps for
+        // `negative_ttl`, so rsync's repeated checks of a name it is about to write (and
+        // walks probing absent tiles) stay in the kernel.
+        Err(Error::NotFound(_))
+            if !opts.negative_ttl.is_zero()
+                && matches!(fs.inodes.node(parent), Some(Node::Row { .. })) =>
+        {
+            let none = Attr {
+                ino: 0,
+                kind: Kind::File,
+                size: 0,
+                mtime: std::time::UNIX_EPOCH,
+                nlink: 0,
+            };
+            reply.entry(&opts.negative_ttl, &file_attr(opts, &none), Generation(0))
+        }
+        Err(e) => reply.error(errno(&e)),
     }
 }
 
@@ -159,26 +203,14 @@ impl Filesystem for FuseFs {
         let Some(name) = name.to_str() else {
             return reply.error(Errno::ENOENT);
         };
-        match self.fs.lookup(parent.0, name) {
-            Ok(a) => reply.entry(&self.opts.ttl, &self.attr(&a), Generation(0)),
-            // A missing file in a row: a negative entry (inode 0) the kernel keeps for
-            // `negative_ttl`, so rsync's repeated checks of a name it is about to write (and
-            // walks probing absent tiles) stay in the kernel.
-            Err(Error::NotFound(_))
-                if !self.opts.negative_ttl.is_zero()
-                    && matches!(self.fs.inodes.node(parent.0), Some(Node::Row { .. })) =>
-            {
-                let none = Attr {
-                    ino: 0,
-                    kind: Kind::File,
-                    size: 0,
-                    mtime: std::time::UNIX_EPOCH,
-                    nlink: 0,
-                };
-                reply.entry(&self.opts.negative_ttl, &self.attr(&none), Generation(0))
+        if let Some(pool) = &self.renders {
+            if self.fs.lookup_may_render(parent.0, name) {
+                let (fs, opts, name) = (self.fs.clone(), self.opts.clone(), name.to_string());
+                pool.spawn(move || answer_lookup(&fs, &opts, parent.0, &name, reply));
+                return;
             }
-            Err(e) => reply.error(errno(&e)),
         }
+        answer_lookup(&self.fs, &self.opts, parent.0, name, reply)
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {

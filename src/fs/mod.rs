@@ -262,6 +262,29 @@ impl TreeFs {
         }
     }
 
+    /// Whether looking up `name` in `parent` may render a tile, and so may take as long as a
+    /// render: a source is set, the name is a renderable tile of a row, and no stored or written
+    /// tile answers it.
+    pub fn lookup_may_render(&self, parent: u64, name: &str) -> bool {
+        let Some(r) = &self.renderer else {
+            return false;
+        };
+        let Some(Node::Row { level, row }) = self.inodes.node(parent) else {
+            return false;
+        };
+        let Ok((col, ext)) = exploded::parse_col_file(name) else {
+            return false;
+        };
+        // As in `lookup`: a name whose extension the cache's format cannot have is not rendered.
+        if let Some(k) = self.cache.scheme().and_then(|s| s.tile_format.image_kind()) {
+            if k.ext() != ext {
+                return false;
+            }
+        }
+        let t = TileAddr::new(level, row, col);
+        r.renderable(t) && !matches!(self.stored_tile(t), Ok(Some(_)))
+    }
+
     /// Whether a level or row folder may hold renderable tiles.
     fn renderable_dir(&self, level: u8, row: Option<u32>) -> bool {
         let Some(r) = &self.renderer else {
