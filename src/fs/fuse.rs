@@ -93,7 +93,11 @@ impl FuseFs {
         if let Some(l) = self.dirs.lock().unwrap().get(&fh.0) {
             return Ok(l.clone());
         }
-        Ok(Arc::new(self.fs.readdir(ino)?))
+        // First readdir of this handle: the listing it keeps until releasedir, so a listing
+        // read in several replies is one consistent snapshot.
+        let l = Arc::new(self.fs.readdir(ino)?);
+        self.dirs.lock().unwrap().insert(fh.0, l.clone());
+        Ok(l)
     }
 
     fn parent_of(&self, ino: u64) -> u64 {
@@ -291,21 +295,18 @@ impl Filesystem for FuseFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.readdir(ino.0) {
-            Ok(list) => {
-                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-                self.dirs.lock().unwrap().insert(fh, Arc::new(list));
-                // Row folders change only through bundle changes, which the watcher invalidates.
-                let flags = match self.fs.inodes.node(ino.0) {
-                    Some(Node::Row { .. }) => {
-                        FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR
-                    }
-                    _ => FopenFlags::empty(),
-                };
-                reply.opened(FileHandle(fh), flags)
-            }
-            Err(e) => reply.error(errno(&e)),
-        }
+        // The listing is made at the first readdir of the handle, not here: when the kernel
+        // still holds a row's listing (FOPEN_CACHE_DIR), no readdir comes and nothing is built.
+        let Some(node) = self.fs.inodes.node(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        // Row folders change only through bundle changes, which the watcher invalidates.
+        let flags = match node {
+            Node::Row { .. } => FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+            _ => FopenFlags::empty(),
+        };
+        reply.opened(FileHandle(fh), flags)
     }
 
     fn readdir(
