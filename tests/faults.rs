@@ -141,8 +141,14 @@ fn a_full_file_system_fails_the_writer_and_corrupts_nothing() {
     run_ok(Command::new(bin()).arg("verify").arg(&cache));
 }
 
-/// An empty Web Mercator cache rendering from an ArcGIS MapServer at `url`, mounted.
+/// An empty Web Mercator cache rendering from an ArcGIS MapServer at `url`, mounted with a 1 s
+/// render timeout.
 fn mount_with_source(d: &Path, url: &str) -> Mounted {
+    mount_with_source_opts(d, url, &["--render-timeout", "1"])
+}
+
+/// The same with other mount options.
+fn mount_with_source_opts(d: &Path, url: &str, opts: &[&str]) -> Mounted {
     let cache = d.join("cache");
     run_ok(
         Command::new(bin())
@@ -151,11 +157,9 @@ fn mount_with_source(d: &Path, url: &str) -> Mounted {
             .args(["--levels", "0-3"]),
     );
     let spec = format!("arcgis:{url}/arcgis/rest/services/Test/MapServer");
-    Mounted::start(
-        &cache,
-        &d.join("mnt"),
-        &["--source", &spec, "--render-timeout", "1"],
-    )
+    let mut args = vec!["--source", &spec];
+    args.extend_from_slice(opts);
+    Mounted::start(&cache, &d.join("mnt"), &args)
 }
 
 /// Reads tiles of level 2 from 4 threads at once; each result with the time it took.
@@ -174,15 +178,20 @@ fn read_four(mnt: &Path) -> Vec<(std::io::Result<Vec<u8>>, Duration)> {
     })
 }
 
+/// A source that answers after 8 s (bounded, so its threads end by themselves): far past the
+/// render timeouts of these tests.
+fn hanging_server() -> TestServer {
+    TestServer::start(|_| {
+        std::thread::sleep(Duration::from_secs(8));
+        Response::status(500, "late")
+    })
+}
+
 #[test]
 fn a_hanging_source_does_not_hang_readers_past_the_timeout() {
     need("fusermount3");
     let d = tmp("hang");
-    // Answers after 8 s (bounded, so its threads end by themselves): far past the 1 s timeout.
-    let server = TestServer::start(|_| {
-        std::thread::sleep(Duration::from_secs(8));
-        Response::status(500, "late")
-    });
+    let server = hanging_server();
     let m = mount_with_source(d.path(), &server.url());
     let mnt = m.mnt.clone();
     let readers = std::thread::spawn(move || read_four(&mnt));
@@ -213,25 +222,11 @@ fn a_hanging_source_does_not_hang_readers_past_the_timeout() {
 fn hanging_renders_never_hold_the_session_thread() {
     need("fusermount3");
     let d = tmp("hang1");
-    let server = TestServer::start(|_| {
-        std::thread::sleep(Duration::from_secs(8));
-        Response::status(500, "late")
-    });
-    let cache = d.path().join("cache");
-    run_ok(
-        Command::new(bin())
-            .arg("create")
-            .arg(&cache)
-            .args(["--levels", "0-3"]),
-    );
-    let spec = format!(
-        "arcgis:{}/arcgis/rest/services/Test/MapServer",
-        server.url()
-    );
-    let m = Mounted::start(
-        &cache,
-        &d.path().join("mnt"),
-        &["--source", &spec, "--render-timeout", "3", "--threads", "1"],
+    let server = hanging_server();
+    let m = mount_with_source_opts(
+        d.path(),
+        &server.url(),
+        &["--render-timeout", "3", "--threads", "1"],
     );
     // 12 readers of distinct missing tiles: more than the 10 render-lookup threads (4 jobs).
     let mnt = m.mnt.clone();
