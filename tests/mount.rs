@@ -396,3 +396,47 @@ fn mount_helper_takes_mount8_arguments() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// After a daemon dies (kill -9), its mount point answers ENOTCONN. Mounting there again says so
+/// and how to clear it (not "not a directory"); after `fusermount3 -u` the mount works again.
+#[test]
+fn mounting_over_a_dead_mount_says_how_to_clear_it() {
+    need("fusermount3");
+    let d = tempfile::Builder::new()
+        .prefix("bundlefs-mount-dead-")
+        .tempdir()
+        .unwrap();
+    let cache = sample(d.path());
+    let mnt = d.path().join("mnt");
+    let mut m = Mounted::start(&cache, &mnt, &[]);
+    let child = m.child.as_mut().unwrap();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let err = fs::metadata(&mnt).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
+    let out = Command::new(common::bin())
+        .arg("mount")
+        .arg(&cache)
+        .arg(&mnt)
+        .arg("--daemon")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        msg.contains(&mnt.display().to_string())
+            && msg.contains(&format!("fusermount3 -u {}", mnt.display())),
+        "{msg}"
+    );
+    // As the message says: clear it, and the mount works again.
+    assert!(Command::new("fusermount3")
+        .arg("-u")
+        .arg(&mnt)
+        .status()
+        .unwrap()
+        .success());
+    let again = Mounted::start(&cache, &mnt, &[]);
+    assert!(again.path("conf.xml").is_file());
+    drop(again);
+    drop(m);
+}

@@ -171,12 +171,7 @@ fn serve(
             ..Default::default()
         },
     )?;
-    if !args.mountpoint.is_dir() {
-        bail!(
-            "{}: mount point is not a directory",
-            args.mountpoint.display()
-        );
-    }
+    check_mountpoint(&args.mountpoint)?;
     let cache = Arc::new(cache);
     let buffer = || {
         Arc::new(WriteBuffer::with_mode(
@@ -330,6 +325,23 @@ fn stop_signals() -> libc::sigset_t {
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGHUP);
         set
+    }
+}
+
+/// The mount point must be a folder we can mount on. A FUSE mount whose daemon died (killed, or
+/// crashed) leaves the folder answering ENOTCONN: say so, and how to clear it, rather than
+/// "not a directory".
+fn check_mountpoint(mnt: &Path) -> anyhow::Result<()> {
+    match std::fs::metadata(mnt) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => bail!("{}: mount point is not a directory", mnt.display()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
+            "{}: a FUSE mount whose daemon is gone is still there ({e}); \
+             clear it with `fusermount3 -u {}` and mount again",
+            mnt.display(),
+            mnt.display()
+        ),
+        Err(e) => bail!("{}: mount point: {e}", mnt.display()),
     }
 }
 
