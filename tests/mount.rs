@@ -440,3 +440,39 @@ fn mounting_over_a_dead_mount_says_how_to_clear_it() {
     drop(again);
     drop(m);
 }
+
+/// A mount point on, inside or above the cache folder would hide the bundles from the daemon
+/// itself: refused with a clear message, nothing mounted.
+#[test]
+fn mount_points_overlapping_the_cache_are_refused() {
+    let d = tempfile::Builder::new()
+        .prefix("bundlefs-mount-overlap-")
+        .tempdir()
+        .unwrap();
+    let cache = sample(d.path());
+    for mnt in [
+        cache.join("_alllayers"),
+        cache.clone(),
+        d.path().to_path_buf(),
+    ] {
+        let out = Command::new(common::bin())
+            .arg("mount")
+            .arg(&cache)
+            .arg(&mnt)
+            .arg("--daemon")
+            .output()
+            .unwrap();
+        // Had it mounted, undo it before failing.
+        let mounted = is_mounted(&mnt);
+        if mounted {
+            let _ = Command::new("fusermount3").arg("-u").arg(&mnt).status();
+        }
+        let msg = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && !mounted,
+            "{}: {msg}",
+            mnt.display()
+        );
+        assert!(msg.contains("overlaps the cache folder"), "{msg}");
+    }
+}

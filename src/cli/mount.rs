@@ -171,7 +171,7 @@ fn serve(
             ..Default::default()
         },
     )?;
-    check_mountpoint(&args.mountpoint)?;
+    check_mountpoint(&args.mountpoint, cache.root())?;
     let cache = Arc::new(cache);
     let buffer = || {
         Arc::new(WriteBuffer::with_mode(
@@ -331,9 +331,25 @@ fn stop_signals() -> libc::sigset_t {
 /// The mount point must be a folder we can mount on. A FUSE mount whose daemon died (killed, or
 /// crashed) leaves the folder answering ENOTCONN: say so, and how to clear it, rather than
 /// "not a directory".
-fn check_mountpoint(mnt: &Path) -> anyhow::Result<()> {
+///
+/// It must also stay clear of the cache folder: mounted on it, inside it or above it, the mount
+/// would hide the bundles from the daemon itself, whose reads would then come back to it.
+fn check_mountpoint(mnt: &Path, cache_root: &Path) -> anyhow::Result<()> {
     match std::fs::metadata(mnt) {
-        Ok(m) if m.is_dir() => Ok(()),
+        Ok(m) if m.is_dir() => {
+            let (Ok(m), Ok(c)) = (mnt.canonicalize(), cache_root.canonicalize()) else {
+                return Ok(());
+            };
+            if c.starts_with(&m) || m.starts_with(&c) {
+                bail!(
+                    "{}: mount point overlaps the cache folder {} (mounted there, the tree \
+                     would hide the bundles it is made of); choose a folder outside it",
+                    mnt.display(),
+                    c.display()
+                );
+            }
+            Ok(())
+        }
         Ok(_) => bail!("{}: mount point is not a directory", mnt.display()),
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
             "{}: a FUSE mount whose daemon is gone is still there ({e}); \
