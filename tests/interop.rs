@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use bundlefs::cache::verify::verify;
 use bundlefs::cache::Cache;
@@ -35,32 +35,6 @@ fn require(tools: &[&str]) {
              `apt-get install mapproxy python3-yaml gdal-bin`."
         );
     }
-}
-
-/// Scratch folders that live as long as the test binary; removed at exit.
-static SCRATCH: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-
-extern "C" fn remove_scratch() {
-    if let Ok(dirs) = SCRATCH.lock() {
-        for d in dirs.iter() {
-            let _ = fs::remove_dir_all(d);
-        }
-    }
-}
-
-fn scratch_dir(name: &str) -> PathBuf {
-    static REGISTER: OnceLock<()> = OnceLock::new();
-    REGISTER.get_or_init(|| {
-        // SAFETY: registers a plain extern "C" function that only removes folders.
-        unsafe { libc::atexit(remove_scratch) };
-    });
-    let d = tempfile::Builder::new()
-        .prefix(&format!("bundlefs-{name}-"))
-        .tempdir()
-        .unwrap()
-        .keep();
-    SCRATCH.lock().unwrap().push(d.clone());
-    d
 }
 
 /// A cache seeded by MapProxy with `scripts/mapproxy-fixture.sh`: `v2/`, `v1/`, `arcgis/`.

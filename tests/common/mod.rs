@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::{Mutex, OnceLock};
 
 use bundlefs::cache::Cache;
 use bundlefs::format::TileAddr;
@@ -193,4 +194,32 @@ pub fn bundlefs_export(src: &Path, dest: &Path, storage: &str) -> String {
             .arg(src)
             .arg(dest),
     )
+}
+
+/// Scratch folders that live as long as the test binary; removed at exit.
+static SCRATCH: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+extern "C" fn remove_scratch() {
+    if let Ok(dirs) = SCRATCH.lock() {
+        for d in dirs.iter() {
+            let _ = fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// A folder `bundlefs-NAME-*` in the temporary folder that lives until the test binary exits,
+/// for fixtures shared by its tests (a `TempDir` in a static would never be dropped).
+pub fn scratch_dir(name: &str) -> PathBuf {
+    static REGISTER: OnceLock<()> = OnceLock::new();
+    REGISTER.get_or_init(|| {
+        // SAFETY: registers a plain extern "C" function that only removes folders.
+        unsafe { libc::atexit(remove_scratch) };
+    });
+    let d = tempfile::Builder::new()
+        .prefix(&format!("bundlefs-{name}-"))
+        .tempdir()
+        .unwrap()
+        .keep();
+    SCRATCH.lock().unwrap().push(d.clone());
+    d
 }

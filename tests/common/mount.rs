@@ -117,10 +117,11 @@ pub fn need(tool: &str) {
 }
 
 /// Runs `scripts/mapproxy-fixture.sh DIR MAXLEVEL png` (MapProxy-seeded v1/, v2/ and MapProxy's
-/// arcgis export) into a folder named after `tag` and this test process; returns the folder.
+/// arcgis export) into a scratch folder named after `tag`, removed when the test binary exits;
+/// returns the folder.
 pub fn seed_mapproxy_fixture(tag: &str, maxlevel: u8) -> PathBuf {
     need("mapproxy-util");
-    let dir = std::env::temp_dir().join(format!("bundlefs-{tag}-{}", std::process::id()));
+    let dir = super::scratch_dir(tag);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/mapproxy-fixture.sh");
     let (ok, out, err) = sh(&format!("bash {script} {} {maxlevel} png", dir.display()));
     assert!(ok, "mapproxy fixture failed:\n{out}\n{err}");
