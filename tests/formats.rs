@@ -533,6 +533,62 @@ fn cli_verify_exit_codes_and_names() {
     assert!(bad[0].contains("tile L01/R00000001/C00000000"), "{stdout}");
 }
 
+/// `info` and `verify` read Esri's packages directly; commands that need a folder (mount, compact,
+/// render) refuse a package and name the export that makes one; a missing path or a plain file
+/// gets one clear line, its cause said once.
+#[test]
+fn cli_reads_packages_and_says_what_to_do_where_it_cannot() {
+    let tpkx = fixtures().join("arcgis-tpkx/Usa.tpkx");
+    let tpk = fixtures().join("arcgis-v1-tpk/states_filled.tpk");
+    let info = run_ok(Command::new(bin()).arg("info").arg(&tpkx));
+    assert!(
+        info.contains(&format!("{} (tile package)", tpkx.display())),
+        "{info}"
+    );
+    assert!(info.contains("compact-v2"), "{info}");
+    let out = run(Command::new(bin()).args(["verify", "--decode"]).arg(&tpk));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("24 tiles checked and decoded"), "{stdout}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    for args in [
+        vec!["mount".into(), tpkx.clone(), mnt.clone()],
+        vec!["compact".into(), tpkx.clone()],
+        vec![
+            "render".into(),
+            tpkx.clone(),
+            "--source".into(),
+            "resample".into(),
+            "--levels".into(),
+            "0-1".into(),
+        ],
+    ] {
+        let out = run(Command::new(bin()).args(&args));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("a tile package") && err.contains("bundlefs export"),
+            "{args:?}: {err}"
+        );
+    }
+    let missing = tmp.path().join("nope");
+    let file = tmp.path().join("file.txt");
+    fs::write(&file, b"x").unwrap();
+    for (p, want) in [
+        (&missing, "no such cache folder"),
+        (&file, "a file, not a cache folder"),
+    ] {
+        let out = run(Command::new(bin()).arg("info").arg(p));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(&p.display().to_string()), "{err}");
+        assert_eq!(err.matches(want).count(), 1, "said once: {err}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // (e) write path
 

@@ -220,9 +220,15 @@ impl Cache {
             root.pop();
         }
         if !root.is_dir() {
+            if root.exists() {
+                return Err(Error::invalid(format!(
+                    "{}: a file, not a cache folder or its conf.xml",
+                    root.display()
+                )));
+            }
             return Err(Error::io(
                 &root,
-                std::io::Error::from(std::io::ErrorKind::NotFound),
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such cache folder"),
             ));
         }
         // An unpacked .tpk keeps the cache in v101/Layers; a server cache folder in Layers.

@@ -27,8 +27,9 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Info { cache, json } => info(&cache, json),
         Command::Verify { cache, decode } => {
-            let c = Cache::open(&cache)?;
-            let r = verify(&c, decode)?;
+            // A package is checked as unpacked (problems then name the unpacked bundle files).
+            let src = Source::open(&cache)?;
+            let r = verify(src.cache(), decode)?;
             for p in &r.problems {
                 println!("BAD {p}");
             }
@@ -156,7 +157,7 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             .ok_or_else(|| {
                 anyhow::anyhow!("--min-dead {min_dead:?}: want a share like 20% or 0.2")
             })?;
-            let c = Cache::open(&cache)?;
+            let c = open_folder(&cache, "compact")?;
             let s = crate::cache::compact::compact(&c, frac)?;
             println!(
                 "{}: {} bundles checked, {} rewritten, {} -> {} bytes",
@@ -276,7 +277,7 @@ fn render(a: RenderArgs) -> anyhow::Result<ExitCode> {
         .ok()
         .filter(|d| !d.is_zero())
         .ok_or_else(|| anyhow::anyhow!("--timeout must be > 0 seconds"))?;
-    let cache = Arc::new(Cache::open(&a.cache)?);
+    let cache = Arc::new(open_folder(&a.cache, "render")?);
     let http = HttpOptions {
         timeout,
         proxy: a.proxy.clone(),
@@ -411,6 +412,27 @@ fn progress_bar() -> ProgressBar {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
     bar
+}
+
+/// Opens a cache folder for a command that changes it in place or serves it (`what`): a tile
+/// package is refused with the way to get a folder from it.
+fn open_folder(path: &Path, what: &str) -> anyhow::Result<Cache> {
+    refuse_package(path, what)?;
+    Ok(Cache::open(path)?)
+}
+
+/// Refuses a tile package where a command (`what`) needs a cache folder, naming the way to get
+/// one.
+pub(crate) fn refuse_package(path: &Path, what: &str) -> anyhow::Result<()> {
+    if path.is_file() && is_package(path) {
+        anyhow::bail!(
+            "{}: a tile package; {what} works on a cache folder. Make one with \
+             `bundlefs export {} DIR --storage compact-v2`",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// A source cache: a folder, or a package unpacked for the job.
@@ -572,7 +594,8 @@ fn build_scheme(
 }
 
 fn info(path: &std::path::Path, as_json: bool) -> anyhow::Result<ExitCode> {
-    let c = Cache::open(path)?;
+    let src = Source::open(path)?;
+    let c = src.cache();
     let mut levels = Vec::new();
     for l in c.levels()? {
         levels.push((l, c.level_stats(l)?));
@@ -586,9 +609,15 @@ fn info(path: &std::path::Path, as_json: bool) -> anyhow::Result<ExitCode> {
         a
     });
     let scheme = c.scheme();
+    // A package is shown under its own name, not the folder it was unpacked to.
+    let (shown, kind) = match &src {
+        Source::Package(_) => (path.to_path_buf(), "tile package".to_string()),
+        Source::Folder(c) => (c.root().to_path_buf(), format!("{:?} layout", c.layout())),
+    };
     if as_json {
         let v = json!({
-            "path": c.root(),
+            "path": shown,
+            "package": matches!(src, Source::Package(_)),
             "layout": format!("{:?}", c.layout()),
             "storage": c.storage().to_string(),
             "scheme": scheme.map(|s| json!({
@@ -609,7 +638,7 @@ fn info(path: &std::path::Path, as_json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("cache:    {} ({:?} layout)", c.root().display(), c.layout());
+    println!("cache:    {} ({kind})", shown.display());
     println!("storage:  {}", c.storage());
     match scheme {
         Some(s) => {

@@ -314,8 +314,45 @@ pub fn main() -> ExitCode {
     match commands::run(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("bundlefs: error: {e:#}");
+            eprintln!("bundlefs: error: {}", error_text(&e));
             ExitCode::from(2)
         }
+    }
+}
+
+/// An error and its causes on one line, each cause once: our errors already name their cause
+/// ("PATH: No space left on device"), so a cause whose text is already there is not repeated.
+pub(crate) fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if out.contains(&s) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_text;
+
+    #[test]
+    fn causes_already_named_are_not_repeated() {
+        let io = crate::Error::io(
+            "/c/L05/R0000C0000.bundle",
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        );
+        let e = anyhow::Error::new(io).context("flushing the write buffer at unmount");
+        let t = error_text(&e);
+        assert_eq!(t.matches("No space left on device").count(), 1, "{t}");
+        assert!(t.starts_with("flushing the write buffer at unmount: /c/L05/R0000C0000.bundle: "));
+        // A cause that adds something is kept.
+        let e = anyhow::anyhow!("inner detail").context("outer");
+        assert_eq!(error_text(&e), "outer: inner detail");
     }
 }

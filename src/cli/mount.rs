@@ -154,7 +154,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<ExitCode> {
     };
     let result = serve(&args, &parsed, ready.as_ref());
     if let (Err(e), Some(mut r)) = (&result, ready.as_ref()) {
-        let _ = writeln!(r, "error: {e:#}");
+        let _ = writeln!(r, "error: {}", super::error_text(e));
     }
     result
 }
@@ -164,6 +164,7 @@ fn serve(
     parsed: &ParsedOptions,
     ready: Option<&std::fs::File>,
 ) -> anyhow::Result<ExitCode> {
+    super::commands::refuse_package(&args.cache, "mount")?;
     let cache = Cache::open_with(
         &args.cache,
         CacheOptions {
