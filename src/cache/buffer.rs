@@ -1,8 +1,8 @@
 //! The write buffer: tiles written (or deleted) wait in memory under a byte budget, are visible to
 //! reads at once, and reach the bundles grouped per bundle (one lock, one append, one index update)
 //! when the budget evicts them, or on `flush_bundle`/`flush_all` (fsync, unmount), or in the
-//! background once a bundle is due ([`WriteBuffer::due_bundles`]: quiet for a while, or holding a
-//! chunk's worth of tiles).
+//! background once a bundle is due ([`WriteBuffer::due_bundles`]: quiet for a while, holding a
+//! chunk's worth of tiles, or holding a tile for too long).
 //! An entry leaves the buffer only once its bundle write succeeded; a failed flush keeps it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -16,6 +16,10 @@ use super::Cache;
 use crate::format::sniff::ImageKind;
 use crate::format::{BundleId, TileAddr};
 use crate::Result;
+
+/// The longest a change waits in the buffer before the background flush writes its bundle, however
+/// busy the bundle stays (as the kernel's dirty-page expiry does for files).
+pub const MAX_AGE: Duration = Duration::from_secs(30);
 
 /// A change waiting for its bundle.
 #[derive(Debug, Clone)]
@@ -60,6 +64,8 @@ struct BundleWaiting {
     tiles: usize,
     bytes: usize,
     last_write: Instant,
+    /// When the oldest change still waiting was recorded (for the age limit).
+    first_write: Instant,
 }
 
 impl Inner {
@@ -135,15 +141,21 @@ impl WriteBuffer {
         self.inner.lock().unwrap().tiles.len()
     }
 
-    /// Bundles worth flushing in the background now: those not written for `idle`, and those
+    /// Bundles worth flushing in the background now: those not written for `idle`, those
     /// holding at least `chunk` bytes of tiles (a long copy into one bundle then reaches the disk
-    /// while it runs, not all at unmount). Fullest first.
-    pub fn due_bundles(&self, idle: Duration, chunk: usize) -> Vec<BundleId> {
+    /// while it runs, not all at unmount), and those holding a change older than `max_age` (a
+    /// slow, steady writer never leaves a bundle quiet, yet its tiles must not wait for ever).
+    /// Fullest first.
+    pub fn due_bundles(&self, idle: Duration, chunk: usize, max_age: Duration) -> Vec<BundleId> {
         let g = self.inner.lock().unwrap();
         let mut due: Vec<(usize, BundleId)> = g
             .bundles
             .iter()
-            .filter(|(_, b)| b.bytes >= chunk || b.last_write.elapsed() >= idle)
+            .filter(|(_, b)| {
+                b.bytes >= chunk
+                    || b.last_write.elapsed() >= idle
+                    || b.first_write.elapsed() >= max_age
+            })
             .map(|(id, b)| (b.bytes, *id))
             .collect();
         due.sort_by(|a, b| b.cmp(a));
@@ -270,6 +282,7 @@ impl WriteBuffer {
                 tiles: 0,
                 bytes: 0,
                 last_write: now,
+                first_write: now,
             });
             b.tiles += usize::from(old.is_none());
             b.bytes = b.bytes + added - removed;
@@ -314,12 +327,12 @@ impl WriteBuffer {
     }
 
     /// The background flush: writes the bundles that are due ([`WriteBuffer::due_bundles`] with
-    /// [`WriteBuffer::chunk`]). A bundle that fails keeps its tiles; the others are still tried
+    /// [`WriteBuffer::chunk`] and [`MAX_AGE`]). A bundle that fails keeps its tiles; the others are still tried
     /// and the first error is returned.
     pub fn flush_due(&self, idle: Duration) -> Result<FlushStats> {
         let mut total = FlushStats::default();
         let mut first_err = None;
-        for id in self.due_bundles(idle, self.chunk()) {
+        for id in self.due_bundles(idle, self.chunk(), MAX_AGE) {
             match self.flush_bundle(id) {
                 Ok(s) => {
                     total.bundles += s.bundles;
@@ -380,6 +393,14 @@ impl WriteBuffer {
             if g.tiles.peek(t).is_some_and(|now| now.same(p)) {
                 g.remove(t);
             }
+        }
+        // What is left of the bundle came in during this flush: its age starts now, so a busy
+        // bundle is not flushed again at every tick.
+        if let Some(b) = batch
+            .first()
+            .and_then(|(t, _)| g.bundles.get_mut(&t.bundle()))
+        {
+            b.first_write = Instant::now();
         }
         Ok(FlushStats {
             bundles: 1,
@@ -464,33 +485,38 @@ mod tests {
         }
         b.put(other, vec![2; 50]).unwrap();
         assert!(
-            b.due_bundles(hour, usize::MAX).is_empty(),
+            b.due_bundles(hour, usize::MAX, hour).is_empty(),
             "nothing quiet or full"
         );
         assert_eq!(
-            b.due_bundles(hour, 300),
+            b.due_bundles(hour, 300, hour),
             vec![a.bundle()],
             "A holds 300 bytes"
         );
-        assert_eq!(b.due_bundles(hour, 301), vec![]);
+        assert_eq!(b.due_bundles(hour, 301, hour), vec![]);
         // Replacing a tile counts its new size only.
         b.put(TileAddr::new(9, 0, 2), vec![1; 10]).unwrap();
-        assert_eq!(b.due_bundles(hour, 300), vec![]);
-        assert_eq!(b.due_bundles(hour, 210), vec![a.bundle()]);
+        assert_eq!(b.due_bundles(hour, 300, hour), vec![]);
+        assert_eq!(b.due_bundles(hour, 210, hour), vec![a.bundle()]);
         // Idle for zero: everything, fullest first.
         assert_eq!(
-            b.due_bundles(Duration::ZERO, usize::MAX),
+            b.due_bundles(Duration::ZERO, usize::MAX, hour),
+            vec![a.bundle(), other.bundle()]
+        );
+        // Holding a change longer than the age limit: due, however busy.
+        assert_eq!(
+            b.due_bundles(hour, usize::MAX, Duration::ZERO),
             vec![a.bundle(), other.bundle()]
         );
         b.flush_bundle(a.bundle()).unwrap();
         assert_eq!(
-            b.due_bundles(Duration::ZERO, usize::MAX),
+            b.due_bundles(Duration::ZERO, usize::MAX, hour),
             vec![other.bundle()]
         );
         b.delete(a).unwrap();
-        assert_eq!(b.due_bundles(Duration::ZERO, usize::MAX).len(), 2);
+        assert_eq!(b.due_bundles(Duration::ZERO, usize::MAX, hour).len(), 2);
         b.flush_all().unwrap();
-        assert!(b.due_bundles(Duration::ZERO, 0).is_empty());
+        assert!(b.due_bundles(Duration::ZERO, 0, hour).is_empty());
         assert_eq!(b.pending_tiles(), 0);
     }
 }
