@@ -208,7 +208,8 @@ pub enum Command {
         #[arg(long, default_value = "overwrite")]
         import_mode: crate::cache::commit::ImportMode,
         /// Writable mounts: seconds without writes to a bundle after which its buffered tiles are
-        /// flushed (a bundle holding 1/8 of --write-buffer, 1-16 MiB, or a tile for 30 s, at once).
+        /// flushed (at once for a bundle holding 1/8 of --write-buffer, 1-16 MiB, or holding a
+        /// tile for 30 s).
         #[arg(long, default_value_t = 2.0)]
         flush_idle: f64,
         /// Render tiles the bundles lack when opened: arcgis:URL, wms:URL, resample or label
