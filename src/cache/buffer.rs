@@ -103,6 +103,14 @@ pub struct FlushStats {
     pub bytes_written: u64,
 }
 
+impl std::ops::AddAssign for FlushStats {
+    fn add_assign(&mut self, o: FlushStats) {
+        self.bundles += o.bundles;
+        self.tiles += o.tiles;
+        self.bytes_written += o.bytes_written;
+    }
+}
+
 impl WriteBuffer {
     pub fn new(cache: Arc<Cache>, budget_bytes: usize) -> Self {
         Self::with_mode(cache, budget_bytes, ImportMode::Overwrite)
@@ -334,11 +342,7 @@ impl WriteBuffer {
         let mut first_err = None;
         for id in self.due_bundles(idle, self.chunk(), MAX_AGE) {
             match self.flush_bundle(id) {
-                Ok(s) => {
-                    total.bundles += s.bundles;
-                    total.tiles += s.tiles;
-                    total.bytes_written += s.bytes_written;
-                }
+                Ok(s) => total += s,
                 Err(e) => {
                     first_err.get_or_insert(e);
                 }
@@ -359,10 +363,7 @@ impl WriteBuffer {
         }
         let mut total = FlushStats::default();
         for batch in groups.values() {
-            let s = self.write_batch(batch)?;
-            total.bundles += s.bundles;
-            total.tiles += s.tiles;
-            total.bytes_written += s.bytes_written;
+            total += self.write_batch(batch)?;
         }
         Ok(total)
     }

@@ -284,8 +284,23 @@ impl Cache {
                 StorageFormat::CompactV2
             }
         };
+        Ok(Cache::assemble(
+            root, tiles_dir, layout, storage, conf, cdi, opts,
+        ))
+    }
+
+    /// A cache over what `open_with` or `create` found or wrote, with empty run-time state.
+    fn assemble(
+        root: PathBuf,
+        tiles_dir: PathBuf,
+        layout: Layout,
+        storage: StorageFormat,
+        conf: Option<ConfXml>,
+        cdi: Option<Vec<u8>>,
+        opts: CacheOptions,
+    ) -> Cache {
         let cap = NonZeroUsize::new(opts.max_open_bundles.max(1)).unwrap();
-        Ok(Cache {
+        Cache {
             root,
             tiles_dir,
             layout,
@@ -297,7 +312,7 @@ impl Cache {
             listings: Mutex::new(Default::default()),
             own_writes: Mutex::new(Default::default()),
             epoch: Instant::now(),
-        })
+        }
     }
 
     /// Creates an empty ArcGIS-layout cache (conf.xml, conf.cdi, `_alllayers/`).
@@ -346,20 +361,15 @@ impl Cache {
             }
             None => (Layout::MapProxy, root.clone(), None),
         };
-        let cap = NonZeroUsize::new(opts.max_open_bundles.max(1)).unwrap();
-        Ok(Cache {
+        Ok(Cache::assemble(
             root,
             tiles_dir,
             layout,
             storage,
             conf,
-            cdi: cdi.map(<[u8]>::to_vec),
+            cdi.map(<[u8]>::to_vec),
             opts,
-            open: Mutex::new(LruCache::new(cap)),
-            listings: Mutex::new(Default::default()),
-            own_writes: Mutex::new(Default::default()),
-            epoch: Instant::now(),
-        })
+        ))
     }
 
     /// Replaces conf.cdi (the cache extent) atomically.

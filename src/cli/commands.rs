@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
-use super::{Command, JobArgs};
+use super::{Command, JobArgs, RenderArgs};
 use std::path::Path;
 
 use crate::cache::aoi::Aoi;
@@ -179,35 +179,7 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Render {
-            cache,
-            source,
-            levels,
-            extent,
-            tile,
-            output,
-            keep,
-            overwrite,
-            jobs,
-            timeout,
-            retries,
-            proxy,
-            max_tiles,
-        } => render(RenderArgs {
-            cache,
-            source,
-            levels,
-            extent,
-            tile,
-            output,
-            keep,
-            overwrite,
-            jobs,
-            timeout,
-            retries,
-            proxy,
-            max_tiles,
-        }),
+        Command::Render(a) => render(a),
         Command::Sample {
             dir,
             levels,
@@ -253,22 +225,6 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-struct RenderArgs {
-    cache: std::path::PathBuf,
-    source: String,
-    levels: Option<LevelRange>,
-    extent: Option<String>,
-    tile: Option<String>,
-    output: Option<std::path::PathBuf>,
-    keep: bool,
-    overwrite: bool,
-    jobs: usize,
-    timeout: f64,
-    retries: u32,
-    proxy: Option<String>,
-    max_tiles: u64,
 }
 
 fn render(a: RenderArgs) -> anyhow::Result<ExitCode> {

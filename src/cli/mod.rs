@@ -242,47 +242,7 @@ pub enum Command {
     },
     /// Render tiles the cache lacks from a source: the renderable tiles of some levels (like
     /// seeding), or one tile with --tile.
-    Render {
-        /// Cache folder (or its conf.xml); it must have a conf.xml.
-        cache: PathBuf,
-        /// Where tiles come from: arcgis:URL, wms:URL (GetMap parameters in the query, LAYERS
-        /// required; #axis=xy|yx to override the 1.3.0 axis rule), resample or label.
-        #[arg(long)]
-        source: String,
-        /// Levels to render, e.g. 0-5 (not with --tile).
-        #[arg(long, conflicts_with = "tile")]
-        levels: Option<LevelRange>,
-        /// Only tiles touching XMIN,YMIN,XMAX,YMAX (map units of conf.xml); default: the cache extent.
-        #[arg(long, allow_hyphen_values = true, conflicts_with = "tile")]
-        extent: Option<String>,
-        /// One tile, as L/R/C (decimal) or Lnn/Rxxxxxxxx/Cxxxxxxxx (hex as in exploded caches).
-        #[arg(long)]
-        tile: Option<String>,
-        /// With --tile: write the tile's bytes to this file ("-" for standard output).
-        #[arg(short = 'o', long, requires = "tile")]
-        output: Option<PathBuf>,
-        /// Store rendered tiles in the cache's bundles.
-        #[arg(long)]
-        keep: bool,
-        /// Also render tiles the cache already holds (default: skip them).
-        #[arg(long)]
-        overwrite: bool,
-        /// Renders at once.
-        #[arg(long, default_value_t = 4)]
-        jobs: usize,
-        /// Seconds allowed for one request to the source.
-        #[arg(long, default_value_t = 30.0)]
-        timeout: f64,
-        /// Further attempts after a timeout, HTTP 5xx/429 or dropped connection.
-        #[arg(long, default_value_t = 2)]
-        retries: u32,
-        /// HTTP proxy URL, or "env" for HTTP_PROXY/HTTPS_PROXY/NO_PROXY (default: no proxy).
-        #[arg(long)]
-        proxy: Option<String>,
-        /// Refuse to start a batch of more tiles than this.
-        #[arg(long, default_value_t = 100_000)]
-        max_tiles: u64,
-    },
+    Render(RenderArgs),
     /// Write a small Compact V2 sample cache with labelled tiles drawn by bundlefs.
     Sample {
         dir: PathBuf,
@@ -336,6 +296,50 @@ pub(crate) fn error_text(e: &anyhow::Error) -> String {
         out.push_str(&s);
     }
     out
+}
+
+/// Arguments of `bundlefs render`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RenderArgs {
+    /// Cache folder (or its conf.xml); it must have a conf.xml.
+    pub cache: PathBuf,
+    /// Where tiles come from: arcgis:URL, wms:URL (GetMap parameters in the query, LAYERS
+    /// required; #axis=xy|yx to override the 1.3.0 axis rule), resample or label.
+    #[arg(long)]
+    pub source: String,
+    /// Levels to render, e.g. 0-5 (not with --tile).
+    #[arg(long, conflicts_with = "tile")]
+    pub levels: Option<LevelRange>,
+    /// Only tiles touching XMIN,YMIN,XMAX,YMAX (map units of conf.xml); default: the cache extent.
+    #[arg(long, allow_hyphen_values = true, conflicts_with = "tile")]
+    pub extent: Option<String>,
+    /// One tile, as L/R/C (decimal) or Lnn/Rxxxxxxxx/Cxxxxxxxx (hex as in exploded caches).
+    #[arg(long)]
+    pub tile: Option<String>,
+    /// With --tile: write the tile's bytes to this file ("-" for standard output).
+    #[arg(short = 'o', long, requires = "tile")]
+    pub output: Option<PathBuf>,
+    /// Store rendered tiles in the cache's bundles.
+    #[arg(long)]
+    pub keep: bool,
+    /// Also render tiles the cache already holds (default: skip them).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Renders at once.
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
+    /// Seconds allowed for one request to the source.
+    #[arg(long, default_value_t = 30.0)]
+    pub timeout: f64,
+    /// Further attempts after a timeout, HTTP 5xx/429 or dropped connection.
+    #[arg(long, default_value_t = 2)]
+    pub retries: u32,
+    /// HTTP proxy URL, or "env" for HTTP_PROXY/HTTPS_PROXY/NO_PROXY (default: no proxy).
+    #[arg(long)]
+    pub proxy: Option<String>,
+    /// Refuse to start a batch of more tiles than this.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_tiles: u64,
 }
 
 #[cfg(test)]

@@ -262,6 +262,30 @@ impl TreeFs {
         }
     }
 
+    /// Whether a tile name's extension fits the cache's CacheTileFormat (any does for MIXED, or
+    /// without a conf.xml).
+    fn ext_possible(&self, ext: &str) -> bool {
+        self.cache
+            .scheme()
+            .and_then(|s| s.tile_format.image_kind())
+            .map_or(true, |k| k.ext() == ext)
+    }
+
+    /// A listed tile whose bytes are not known (a broken entry, a renderable name): size 0, under
+    /// the cache's default extension; the adapter gives it no TTL, so a lookup follows.
+    fn unsized_entry(&self, t: TileAddr) -> DirEntry {
+        DirEntry {
+            name: exploded::col_file(t.col, self.cache.default_kind().ext()),
+            attr: Attr {
+                ino: self.ino(Node::Tile(t)),
+                kind: Kind::File,
+                size: 0,
+                mtime: self.mounted_at,
+                nlink: 1,
+            },
+        }
+    }
+
     /// Whether looking up `name` in `parent` may render a tile, and so may take as long as a
     /// render: a source is set, the name is a renderable tile of a row, and no stored or written
     /// tile answers it.
@@ -275,14 +299,8 @@ impl TreeFs {
         let Ok((col, ext)) = exploded::parse_col_file(name) else {
             return false;
         };
-        // As in `lookup`: a name whose extension the cache's format cannot have is not rendered.
-        if let Some(k) = self.cache.scheme().and_then(|s| s.tile_format.image_kind()) {
-            if k.ext() != ext {
-                return false;
-            }
-        }
         let t = TileAddr::new(level, row, col);
-        r.renderable(t) && !matches!(self.stored_tile(t), Ok(Some(_)))
+        self.ext_possible(ext) && r.renderable(t) && !matches!(self.stored_tile(t), Ok(Some(_)))
     }
 
     /// Whether a level or row folder may hold renderable tiles.
@@ -431,10 +449,8 @@ impl TreeFs {
                 let (col, ext) = exploded::parse_col_file(name).map_err(|_| not_found(name))?;
                 let t = TileAddr::new(level, row, col);
                 // A name whose extension the cache's format cannot have is not worth a render.
-                if let Some(k) = self.cache.scheme().and_then(|s| s.tile_format.image_kind()) {
-                    if k.ext() != ext {
-                        return Err(not_found(name));
-                    }
+                if !self.ext_possible(ext) {
+                    return Err(not_found(name));
                 }
                 let bytes = self.tile(t)?.ok_or_else(|| not_found(name))?;
                 if exploded::col_file(col, self.cache.kind_of(&bytes).ext()) != name
@@ -608,16 +624,7 @@ impl TreeFs {
                         }),
                         Ok(None) => {}
                         // A broken entry stays listed (reads of it give EIO), the rest keep working.
-                        Err(_) => out.push(DirEntry {
-                            name: exploded::col_file(col, self.cache.default_kind().ext()),
-                            attr: Attr {
-                                ino: self.ino(Node::Tile(t)),
-                                kind: Kind::File,
-                                size: 0,
-                                mtime: self.mounted_at,
-                                nlink: 1,
-                            },
-                        }),
+                        Err(_) => out.push(self.unsized_entry(t)),
                     }
                 }
                 // Renderable names, listed without rendering: size 0 until looked up (the adapter
@@ -625,17 +632,7 @@ impl TreeFs {
                 if let Some((rows, cols)) = self.listed_range(level) {
                     if rows.contains(&row) {
                         for col in cols {
-                            let t = TileAddr::new(level, row, col);
-                            out.push(DirEntry {
-                                name: exploded::col_file(col, self.cache.default_kind().ext()),
-                                attr: Attr {
-                                    ino: self.ino(Node::Tile(t)),
-                                    kind: Kind::File,
-                                    size: 0,
-                                    mtime: self.mounted_at,
-                                    nlink: 1,
-                                },
-                            });
+                            out.push(self.unsized_entry(TileAddr::new(level, row, col)));
                         }
                     }
                 }

@@ -143,6 +143,16 @@ impl TreeFs {
         }
     }
 
+    /// The inode of temporary file `name` in row folder `parent`, if there is one.
+    fn temp_ino(&self, parent: u64, name: &str) -> Option<u64> {
+        self.w
+            .lock()
+            .unwrap()
+            .temp_names
+            .get(&(parent, name.to_string()))
+            .copied()
+    }
+
     pub(super) fn lookup_written(
         &self,
         parent: u64,
@@ -153,13 +163,7 @@ impl TreeFs {
         if self.writer.is_none() {
             return Ok(None);
         }
-        let temp = self
-            .w
-            .lock()
-            .unwrap()
-            .temp_names
-            .get(&(parent, name.to_string()))
-            .copied();
+        let temp = self.temp_ino(parent, name);
         if let Some(ino) = temp {
             return self.temp_attr(ino).map(Some);
         }
@@ -611,13 +615,7 @@ impl TreeFs {
         };
         let from_path = self.tree_path(l0, r0, name);
         let to_path = self.tree_path(l1, r1, newname);
-        let temp = self
-            .w
-            .lock()
-            .unwrap()
-            .temp_names
-            .get(&(parent, name.to_string()))
-            .copied();
+        let temp = self.temp_ino(parent, name);
         if let Some(ino) = temp {
             if newname.starts_with('.') {
                 let mut w = self.w.lock().unwrap();
