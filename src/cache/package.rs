@@ -287,8 +287,8 @@ const THUMB_W: u32 = 200;
 const THUMB_H: u32 = 133;
 
 /// A picture of the package for `thumbnail.png`: the extent drawn from the deepest level whose
-/// tiles over it fit in 4×4 (else the top 4×4 of the first level), scaled into 200×133 on a
-/// transparent background. `None` when no tile there decodes; the package is complete without it.
+/// tiles over it fit in 4×4 (fewer for tiles over 512 px; else the top-left corner of the first
+/// level), scaled into 200×133 on a transparent background. `None` when no tile there decodes; the package is complete without it.
 fn thumbnail(
     cache: &Cache,
     scheme: &TileScheme,
@@ -296,8 +296,14 @@ fn thumbnail(
     extent: &Envelope,
 ) -> Option<Vec<u8>> {
     use image::imageops::{self, FilterType};
-    const MAX: u32 = 4;
-    let fits = |r: &std::ops::Range<u32>| r.end - r.start <= MAX;
+    // At most 4×4 tiles, and a mosaic of at most 2048 px a side (a scheme may declare tiles of
+    // up to 65536 px: one such tile is drawn alone, larger ones get no thumbnail).
+    let (tw, th) = (scheme.tile_cols, scheme.tile_rows);
+    if tw.max(th) > 4096 {
+        return None;
+    }
+    let max = (2048 / tw.max(th)).clamp(1, 4);
+    let fits = |r: &std::ops::Range<u32>| r.end - r.start <= max;
     let (level, rows, cols) = levels
         .iter()
         .rev()
@@ -310,11 +316,10 @@ fn thumbnail(
             let (r, c) = scheme.tile_range(l, extent)?;
             Some((
                 l,
-                r.start..r.end.min(r.start + MAX),
-                c.start..c.end.min(c.start + MAX),
+                r.start..r.end.min(r.start + max),
+                c.start..c.end.min(c.start + max),
             ))
         })?;
-    let (tw, th) = (scheme.tile_cols, scheme.tile_rows);
     let mut mosaic =
         image::RgbaImage::new(tw * (cols.end - cols.start), th * (rows.end - rows.start));
     let mut any = false;
@@ -385,4 +390,47 @@ fn guid(seed: u64) -> String {
         b >> 48,
         b & 0xffff_ffff_ffff
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::conf::TileFormat;
+
+    /// A scheme may declare tiles of up to 65536 px; the thumbnail must not build a mosaic of
+    /// 4×4 of them (256 GiB). Tiles of 1024 px are still drawn.
+    #[test]
+    fn thumbnails_of_huge_tiles_stay_bounded() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = TileScheme::web_mercator(2, TileFormat::Png);
+        s.tile_cols = 65536;
+        s.tile_rows = 65536;
+        let c = Cache::create(d.path().join("huge"), &s, None).unwrap();
+        // A decodable tile is there: only the size bound keeps the thumbnail from being drawn.
+        let small = image::RgbaImage::from_pixel(8, 8, image::Rgba([1, 2, 3, 255]));
+        let mut png = Vec::new();
+        small
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        for level in 0..=2 {
+            c.write_tiles(&[(TileAddr::new(level, 0, 0), &png[..])])
+                .unwrap();
+        }
+        assert!(thumbnail(&c, &s, &[0, 1, 2], &crate::cache::scheme_extent(&s)).is_none());
+
+        let mut s = TileScheme::web_mercator(2, TileFormat::Png);
+        s.tile_cols = 1024;
+        s.tile_rows = 1024;
+        let c = Cache::create(d.path().join("big"), &s, None).unwrap();
+        let img = image::RgbaImage::from_pixel(1024, 1024, image::Rgba([200, 10, 10, 255]));
+        let mut png = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        c.write_tiles(&[(TileAddr::new(2, 0, 0), &png[..])])
+            .unwrap();
+        let thumb = thumbnail(&c, &s, &[1, 2], &crate::cache::scheme_extent(&s)).unwrap();
+        let t = image::load_from_memory(&thumb).unwrap().to_rgba8();
+        assert_eq!(t.dimensions(), (THUMB_W, THUMB_H));
+        assert!(t.pixels().any(|p| p.0 == [200, 10, 10, 255]));
+    }
 }
