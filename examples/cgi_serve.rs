@@ -2,7 +2,7 @@
 //! connection), for `scripts/bench-render.sh`: `cgi_serve PORT_FILE PROGRAM [NAME=VALUE…]`.
 //! Writes the chosen port to PORT_FILE and serves until its standard input closes.
 
-#[path = "../tests/common/http.rs"]
+#[path = "../tests/it/support/http.rs"]
 #[allow(dead_code)]
 mod http;
 

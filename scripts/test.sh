@@ -6,8 +6,7 @@
 #
 # Tests need: fusermount3 (fuse3), mapproxy-util/mapproxy-seed (mapproxy, python3-yaml),
 # gdalinfo (gdal-bin), rsync, /usr/lib/cgi-bin/mapserv (cgi-mapserver: the WMS of tests/render.rs),
-# python3 with rasterio (pip). Fixtures are read from ../shared/fixtures beside the repository
-# (or $BUNDLEFS_FIXTURES).
+# python3 with rasterio (pip). Fixtures and case inputs are in tests/data (see its README).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -59,14 +58,17 @@ cargo fmt --check
 say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
-say "cargo test --all-targets"
+say "cargo test --all-targets --no-fail-fast"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --all-targets 2>&1 | tee "$log"
+# --no-fail-fast: a failing binary must not hide the others; the summary line is always printed.
+status=0
+cargo test --all-targets --no-fail-fast 2>&1 | tee "$log" || status=$?
 # One closing line over every test binary (cargo prints one "test result" per binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
      END { printf "\nall test binaries: %d passed, %d failed\n", p, f }' "$log"
 
+# Fuzzing still runs after failed tests (its findings are worth seeing), but the run fails.
 # Fuzz targets briefly, so a regression in a parser shows (the long runs are local: README).
 fuzz_secs=${FUZZ_SECS:-30}
 if ((fuzz_secs > 0)); then
@@ -74,4 +76,9 @@ if ((fuzz_secs > 0)); then
     scripts/fuzz.sh "$fuzz_secs"
 else
     say "fuzzing skipped (FUZZ_SECS=0)"
+fi
+
+if ((status != 0)); then
+    echo "test.sh: cargo test failed (exit $status); see the failures above" >&2
+    exit "$status"
 fi

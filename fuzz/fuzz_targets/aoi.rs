@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use bundlefs::cache::aoi::Aoi;
+use bundlefs::jobs::aoi::Aoi;
 use bundlefs::format::conf::Envelope;
 use libfuzzer_sys::fuzz_target;
 

@@ -3,19 +3,11 @@
 //! without reading tiles, get a tile (a slice of a memory map), and write or delete tiles under the
 //! per-bundle lock with the durable append sequence of the format layer.
 
-pub mod aoi;
 pub mod buffer;
 pub mod bundle;
 pub mod commit;
-pub mod compact;
-pub mod export;
-pub mod import;
-pub mod job;
 pub mod lock;
-pub mod package;
-pub mod pixels;
 pub mod times;
-pub mod verify;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -165,11 +157,11 @@ pub struct Cache {
     epoch: Instant,
 }
 
-const CONF_XML: &str = "conf.xml";
-const CONF_CDI: &str = "conf.cdi";
-const ALLLAYERS: &str = "_alllayers";
+pub(crate) const CONF_XML: &str = "conf.xml";
+pub(crate) const CONF_CDI: &str = "conf.cdi";
+pub(crate) const ALLLAYERS: &str = "_alllayers";
 
-fn read_dir_names(dir: &Path) -> Result<Vec<String>> {
+pub(crate) fn read_dir_names(dir: &Path) -> Result<Vec<String>> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -599,7 +591,7 @@ impl Cache {
     }
 
     /// Path of an exploded tile, if one exists (any known extension).
-    fn exploded_tile_path(&self, t: TileAddr) -> Option<PathBuf> {
+    pub(crate) fn exploded_tile_path(&self, t: TileAddr) -> Option<PathBuf> {
         let dir = self.level_dir(t.level).join(exploded::row_dir(t.row));
         let first = self.default_kind().ext();
         [first, "png", "jpg", "jpeg"]

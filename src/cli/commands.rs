@@ -9,15 +9,16 @@ use serde_json::json;
 use super::{Command, JobArgs, RenderArgs};
 use std::path::Path;
 
-use crate::cache::aoi::Aoi;
-use crate::cache::export::{export_job, LevelRange, Target};
-use crate::cache::import::import_job;
-use crate::cache::job::{JobOptions, JobSummary, LevelSelect, Progress};
-use crate::cache::package::{is_package, open_package, Unpacked};
-use crate::cache::verify::verify;
 use crate::cache::{Cache, LevelStats};
 use crate::format::conf::{Envelope, StorageFormat, TileFormat, TileScheme};
+use crate::format::levels::LevelRange;
 use crate::format::TileAddr;
+use crate::jobs::aoi::Aoi;
+use crate::jobs::engine::{JobOptions, JobSummary, LevelSelect, Progress};
+use crate::jobs::export::{export_job, Target};
+use crate::jobs::import::import_job;
+use crate::jobs::package::{is_package, open_package, Unpacked};
+use crate::jobs::verify::verify;
 use crate::render::batch::{render_batch, BatchOptions};
 use crate::render::label::LabelSource;
 use crate::render::{HttpOptions, Keep, RenderOptions, Renderer, SourceSpec, TileSource};
@@ -158,7 +159,7 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 anyhow::anyhow!("--min-dead {min_dead:?}: want a share like 20% or 0.2")
             })?;
             let c = open_folder(&cache, "compact")?;
-            let s = crate::cache::compact::compact(&c, frac)?;
+            let s = crate::jobs::compact::compact(&c, frac)?;
             println!(
                 "{}: {} bundles checked, {} rewritten, {} -> {} bytes",
                 cache.display(),

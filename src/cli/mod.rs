@@ -8,9 +8,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::cache::export::{LevelRange, Target};
-use crate::cache::pixels::Mode;
 use crate::format::conf::{StorageFormat, TileFormat};
+use crate::format::levels::LevelRange;
+use crate::jobs::export::Target;
+use crate::jobs::pixels::Mode;
 
 /// Mount and convert Esri ArcGIS compact tile caches (Compact V1/V2, exploded).
 #[derive(Debug, Parser)]

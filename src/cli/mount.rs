@@ -45,7 +45,7 @@ pub struct MountArgs {
     pub render_jobs: usize,
     pub proxy: Option<String>,
     /// Levels whose listings show renderable names too.
-    pub list_renderable: Option<crate::cache::export::LevelRange>,
+    pub list_renderable: Option<crate::format::levels::LevelRange>,
 }
 
 /// Parses a byte size: `256M`, `64MiB`, `1G`, `512k`, `1048576`.

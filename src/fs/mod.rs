@@ -91,7 +91,7 @@ pub struct TreeFs {
     /// Where tiles the bundles lack come from (`--source`).
     renderer: Option<Arc<crate::render::renderer::Renderer>>,
     /// Levels whose listings also show renderable names (`--list-renderable`).
-    list_renderable: Option<crate::cache::export::LevelRange>,
+    list_renderable: Option<crate::format::levels::LevelRange>,
     /// Files being written, temporary files, created folders (see `write`).
     w: Mutex<write::WriteState>,
     /// Invalidations found while serving a request, sent later by the watcher thread (never from
@@ -149,7 +149,7 @@ impl TreeFs {
 
     /// Lists renderable names (not only stored tiles) in `levels`. Refused when a level of the
     /// range has more than `MAX_LISTED` renderable tiles: a listing must stay bounded.
-    pub fn list_renderable(mut self, levels: crate::cache::export::LevelRange) -> Result<TreeFs> {
+    pub fn list_renderable(mut self, levels: crate::format::levels::LevelRange) -> Result<TreeFs> {
         const MAX_LISTED: u64 = 1 << 22;
         let r = self
             .renderer

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::renderer::Renderer;
-use crate::cache::export::LevelRange;
 use crate::format::conf::Envelope;
+use crate::format::levels::LevelRange;
 use crate::format::TileAddr;
 use crate::{Error, Result};
 

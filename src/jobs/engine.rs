@@ -1,0 +1,706 @@
+//! The engine shared by export and import jobs: pick the source tiles (levels or scales, extent or
+//! area of interest), clip boundary tiles, merge into or overwrite the destination, and write bundle
+//! by bundle in parallel. New bundles are built in one pass and renamed into place; existing ones
+//! take the durable append path under their lock, so an interrupted job leaves a valid cache.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use super::aoi::{Aoi, Coverage, Mask};
+use super::export::{write_v1, write_v2};
+use super::pixels::{Codec, Mode, Outcome};
+use crate::cache::{Cache, TileBytes, TileGroup};
+use crate::error::{Error, IoContext, Result};
+use crate::format::conf::{Envelope, StorageFormat, TileFormat, TileScheme};
+use crate::format::levels::LevelRange;
+use crate::format::sniff::ImageKind;
+use crate::format::{exploded, Slot, TileAddr, BUNDLE_DIM};
+
+/// Which levels a job takes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LevelSelect {
+    Range(LevelRange),
+    /// Map scales, each matching one LOD of the source (within 0.5 %).
+    Scales(Vec<f64>),
+}
+
+impl Default for LevelSelect {
+    fn default() -> Self {
+        LevelSelect::Range(LevelRange::ALL)
+    }
+}
+
+/// What an export or import takes and how it writes.
+#[derive(Debug, Clone, Default)]
+pub struct JobOptions {
+    pub levels: LevelSelect,
+    /// Whole tiles intersecting this rectangle (cache units). Ignored when `aoi` is given.
+    pub extent: Option<Envelope>,
+    /// Tiles clipped at pixel resolution to this area.
+    pub aoi: Option<Aoi>,
+    pub mode: Mode,
+    /// JPEG tiles' colour outside the area; white when None.
+    pub background: Option<[u8; 3]>,
+    /// Make the result durable (syncfs at the end, fdatasync around index updates).
+    pub sync: bool,
+}
+
+/// Default background of JPEG tiles outside the area of interest.
+pub const DEFAULT_BACKGROUND: [u8; 3] = [255, 255, 255];
+
+/// Reports progress in tiles (read, whether written or not).
+pub trait Progress: Sync {
+    fn start(&self, _total_tiles: u64) {}
+    fn advance(&self, _tiles: u64) {}
+}
+
+/// No progress reports.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// What a job did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct JobSummary {
+    /// Source tiles read (in the selected levels and bundles).
+    pub tiles_read: u64,
+    /// Tiles stored in the destination (copied + clipped + merged).
+    pub tiles_written: u64,
+    /// Stored byte for byte from the source.
+    pub tiles_copied: u64,
+    /// Boundary tiles clipped to the area of interest (and re-encoded).
+    pub tiles_clipped: u64,
+    /// Tiles blended with the destination's (and re-encoded).
+    pub tiles_merged: u64,
+    /// Tiles whose destination already held the same pixels.
+    pub tiles_unchanged: u64,
+    /// Tiles outside the extent or area.
+    pub tiles_skipped: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    /// Bundles (or bundle-sized groups of exploded tiles) that received tiles.
+    pub bundles: u64,
+    pub levels: Vec<u8>,
+    pub seconds: f64,
+}
+
+#[derive(Default)]
+struct Counters {
+    read: AtomicU64,
+    copied: AtomicU64,
+    clipped: AtomicU64,
+    merged: AtomicU64,
+    unchanged: AtomicU64,
+    skipped: AtomicU64,
+    bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
+    bundles: AtomicU64,
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Where the selection lies.
+enum Region<'a> {
+    All,
+    Extent(&'a Envelope),
+    Aoi(&'a Aoi),
+}
+
+/// The levels of `src` a job takes.
+pub fn select_levels(src: &Cache, sel: &LevelSelect) -> Result<Vec<u8>> {
+    let have = src.levels()?;
+    match sel {
+        LevelSelect::Range(r) => Ok(have.into_iter().filter(|l| r.contains(*l)).collect()),
+        LevelSelect::Scales(scales) => {
+            let scheme = src.scheme().ok_or_else(|| {
+                Error::invalid(format!(
+                    "{}: has no conf.xml, so its scales are unknown; select levels with --levels",
+                    src.root().display()
+                ))
+            })?;
+            let mut out = BTreeSet::new();
+            for s in scales {
+                let lod = scheme
+                    .lods
+                    .iter()
+                    .find(|l| (l.scale - s).abs() <= 0.005 * s.abs())
+                    .ok_or_else(|| {
+                        let list: Vec<String> = scheme
+                            .lods
+                            .iter()
+                            .map(|l| format!("{} (L{:02})", l.scale, l.level))
+                            .collect();
+                        Error::invalid(format!(
+                            "scale {s} is not a level of {}; its scales are: {}",
+                            src.root().display(),
+                            list.join(", ")
+                        ))
+                    })?;
+                out.insert(lod.level);
+            }
+            Ok(have.into_iter().filter(|l| out.contains(l)).collect())
+        }
+    }
+}
+
+/// The area a job covers (for conf.cdi): the AOI's bounding box or the extent, if any.
+pub fn job_area(opts: &JobOptions) -> Option<Envelope> {
+    match (&opts.aoi, &opts.extent) {
+        (Some(a), _) => Some(a.bbox()),
+        (None, Some(e)) => Some(*e),
+        (None, None) => None,
+    }
+}
+
+/// The union of two envelopes.
+pub fn union(a: &Envelope, b: &Envelope) -> Envelope {
+    Envelope {
+        xmin: a.xmin.min(b.xmin),
+        ymin: a.ymin.min(b.ymin),
+        xmax: a.xmax.max(b.xmax),
+        ymax: a.ymax.max(b.ymax),
+    }
+}
+
+/// The intersection of two envelopes, if they overlap.
+pub fn intersection(a: &Envelope, b: &Envelope) -> Option<Envelope> {
+    let e = Envelope {
+        xmin: a.xmin.max(b.xmin),
+        ymin: a.ymin.max(b.ymin),
+        xmax: a.xmax.min(b.xmax),
+        ymax: a.ymax.min(b.ymax),
+    };
+    (e.xmin < e.xmax && e.ymin < e.ymax).then_some(e)
+}
+
+/// Checks the options against the source before anything is written.
+pub fn check_selection(src: &Cache, opts: &JobOptions) -> Result<()> {
+    if (opts.aoi.is_some() || opts.extent.is_some()) && src.scheme().is_none() {
+        return Err(Error::invalid(format!(
+            "{}: has no conf.xml, so tiles cannot be placed on the map; --extent and --aoi need one",
+            src.root().display()
+        )));
+    }
+    if let Some(e) = &opts.extent {
+        if !(e.xmin < e.xmax && e.ymin < e.ymax) {
+            return Err(Error::invalid(format!(
+                "extent {},{},{},{}: want xmin,ymin,xmax,ymax with xmin < xmax and ymin < ymax",
+                e.xmin, e.ymin, e.xmax, e.ymax
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The pixel codec for tiles going into `dest`.
+fn codec(src: &Cache, dest: &Cache, background: Option<[u8; 3]>) -> Codec {
+    let scheme: Option<&TileScheme> = dest.scheme().or(src.scheme());
+    let format = scheme.map_or(TileFormat::Png, |s| s.tile_format.clone());
+    let quality = scheme
+        .map(|s| s.compression_quality)
+        .filter(|q| (1..=100).contains(q))
+        .unwrap_or(75) as u8;
+    Codec {
+        default_kind: format.image_kind().unwrap_or(ImageKind::Png),
+        format,
+        quality,
+        background: background.unwrap_or(DEFAULT_BACKGROUND),
+        width: scheme.map_or(0, |s| s.tile_cols),
+        height: scheme.map_or(0, |s| s.tile_rows),
+    }
+}
+
+/// Map bounds of a bundle (128 × 128 tiles).
+fn bundle_bbox(scheme: &TileScheme, g: &TileGroup) -> Option<Envelope> {
+    let a = scheme.tile_bbox(g.id.tile(Slot { row: 0, col: 0 }))?;
+    let b = scheme.tile_bbox(g.id.tile(Slot {
+        row: BUNDLE_DIM - 1,
+        col: BUNDLE_DIM - 1,
+    }))?;
+    Some(union(&a, &b))
+}
+
+struct Ctx<'a> {
+    src: &'a Cache,
+    dest: &'a Cache,
+    /// DEST was created by this job: it holds no tile we have not written.
+    fresh: bool,
+    mode: Mode,
+    codec: Codec,
+    region: Region<'a>,
+    n: Counters,
+    progress: &'a dyn Progress,
+}
+
+/// Copies the selected tiles of `src` into `dest` (which must already be checked compatible).
+pub fn run(
+    src: &Cache,
+    dest: &Cache,
+    fresh: bool,
+    opts: &JobOptions,
+    progress: &dyn Progress,
+) -> Result<JobSummary> {
+    let start = Instant::now();
+    check_selection(src, opts)?;
+    let levels = select_levels(src, &opts.levels)?;
+    let region = match (&opts.aoi, &opts.extent) {
+        (Some(a), _) => Region::Aoi(a),
+        (None, Some(e)) => Region::Extent(e),
+        (None, None) => Region::All,
+    };
+    let ctx = Ctx {
+        src,
+        dest,
+        fresh,
+        mode: opts.mode,
+        codec: codec(src, dest, opts.background),
+        region,
+        n: Counters::default(),
+        progress,
+    };
+    // Plan: the groups of each level that can hold selected tiles, and how many tiles they hold.
+    let mut plan: Vec<(u8, Vec<(TileGroup, Coverage)>)> = Vec::new();
+    let mut total = 0u64;
+    for &level in &levels {
+        let mut groups = Vec::new();
+        for g in src.groups(level)? {
+            let cov = ctx.group_coverage(&g);
+            if cov == Coverage::Outside {
+                continue;
+            }
+            total += if g.files.is_empty() {
+                src.bundle(g.id)?.map_or(0, |b| b.slots().len() as u64)
+            } else {
+                g.files.len() as u64
+            };
+            groups.push((g, cov));
+        }
+        plan.push((level, groups));
+    }
+    progress.start(total);
+    for (level, groups) in plan {
+        if groups.is_empty() {
+            continue;
+        }
+        let ldir = dest.level_dir(level);
+        fs::create_dir_all(&ldir).at(&ldir)?;
+        groups
+            .par_iter()
+            .try_for_each(|(g, cov)| ctx.group(g, *cov))?;
+    }
+    if opts.sync {
+        super::export::syncfs(dest.root())?;
+    }
+    let n = &ctx.n;
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    Ok(JobSummary {
+        tiles_read: get(&n.read),
+        tiles_written: get(&n.copied) + get(&n.clipped) + get(&n.merged),
+        tiles_copied: get(&n.copied),
+        tiles_clipped: get(&n.clipped),
+        tiles_merged: get(&n.merged),
+        tiles_unchanged: get(&n.unchanged),
+        tiles_skipped: get(&n.skipped),
+        bytes_read: get(&n.bytes_read),
+        bytes_written: get(&n.bytes_written),
+        bundles: get(&n.bundles),
+        levels,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// One selected tile: its source bytes and, for boundary tiles, the pixels to keep.
+struct Pick {
+    t: TileAddr,
+    bytes: TileBytes,
+    mask: Option<Mask>,
+}
+
+/// A tile to store.
+struct Store {
+    t: TileAddr,
+    bytes: StoreBytes,
+    /// Where the destination held it before, if elsewhere (exploded tile changing extension).
+    replaces: Option<std::path::PathBuf>,
+}
+
+enum StoreBytes {
+    Src(TileBytes),
+    New(Vec<u8>),
+}
+
+impl std::ops::Deref for StoreBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            StoreBytes::Src(b) => b,
+            StoreBytes::New(v) => v,
+        }
+    }
+}
+
+impl Ctx<'_> {
+    fn group_coverage(&self, g: &TileGroup) -> Coverage {
+        let scheme = self.src.scheme();
+        let bbox = scheme.and_then(|s| bundle_bbox(s, g));
+        match (&self.region, bbox) {
+            (Region::All, _) | (_, None) => Coverage::Inside,
+            (Region::Extent(e), Some(b)) => {
+                if b.intersects(e) {
+                    Coverage::Partial
+                } else {
+                    Coverage::Outside
+                }
+            }
+            (Region::Aoi(a), Some(b)) => a.coverage(&b),
+        }
+    }
+
+    /// Which tiles of a group are taken, and how many were read.
+    fn pick(&self, g: &TileGroup, cov: Coverage) -> Result<(Vec<Pick>, u64)> {
+        let tiles = self.src.read_group(g)?;
+        let n = tiles.len() as u64;
+        add(&self.n.read, n);
+        add(
+            &self.n.bytes_read,
+            tiles.iter().map(|(_, b)| b.len() as u64).sum(),
+        );
+        let scheme = self.src.scheme();
+        let mut out = Vec::with_capacity(tiles.len());
+        let mut skipped = 0;
+        for (t, bytes) in tiles {
+            let bbox = || {
+                scheme.and_then(|s| s.tile_bbox(t)).ok_or_else(|| {
+                    Error::invalid(format!(
+                        "tile {t}: level {} is not in {}'s conf.xml",
+                        t.level,
+                        self.src.root().display()
+                    ))
+                })
+            };
+            let mask = match (&self.region, cov) {
+                (_, Coverage::Inside) | (Region::All, _) => None,
+                (_, Coverage::Outside) => {
+                    skipped += 1;
+                    continue;
+                }
+                (Region::Extent(e), Coverage::Partial) => {
+                    if !bbox()?.intersects(e) {
+                        skipped += 1;
+                        continue;
+                    }
+                    None
+                }
+                (Region::Aoi(a), Coverage::Partial) => {
+                    let b = bbox()?;
+                    match a.coverage(&b) {
+                        Coverage::Outside => {
+                            skipped += 1;
+                            continue;
+                        }
+                        Coverage::Inside => None,
+                        Coverage::Partial => {
+                            let s = scheme.expect("bbox needs a scheme");
+                            let m = a.mask(&b, s.tile_cols, s.tile_rows);
+                            if m.is_empty() {
+                                skipped += 1;
+                                continue;
+                            }
+                            (!m.is_full()).then_some(m)
+                        }
+                    }
+                }
+            };
+            out.push(Pick { t, bytes, mask });
+        }
+        add(&self.n.skipped, skipped);
+        Ok((out, n))
+    }
+
+    /// Decides one tile against the destination's current tile.
+    fn decide(&self, p: Pick, dest: Option<TileBytes>) -> Result<Option<Store>> {
+        let outcome = self
+            .codec
+            .apply(&p.bytes, p.mask.as_ref(), dest.as_deref(), self.mode)
+            .map_err(|e| {
+                let file = if dest.is_some()
+                    && matches!(
+                        e,
+                        super::pixels::PixelError::Decode {
+                            what: "destination",
+                            ..
+                        }
+                    ) {
+                    self.dest.tile_file(p.t)
+                } else {
+                    self.src.tile_file(p.t)
+                };
+                Error::invalid(format!("{}: tile {}: {e}", file.display(), p.t))
+            })?;
+        let bytes = match outcome {
+            Outcome::Copy => {
+                add(&self.n.copied, 1);
+                StoreBytes::Src(p.bytes)
+            }
+            Outcome::Encoded(v) => {
+                if p.mask.is_some() {
+                    add(&self.n.clipped, 1);
+                } else {
+                    add(&self.n.merged, 1);
+                }
+                StoreBytes::New(v)
+            }
+            Outcome::Unchanged => {
+                add(&self.n.unchanged, 1);
+                return Ok(None);
+            }
+            Outcome::Empty => {
+                add(&self.n.skipped, 1);
+                return Ok(None);
+            }
+        };
+        Ok(Some(Store {
+            t: p.t,
+            bytes,
+            replaces: None,
+        }))
+    }
+
+    fn group(&self, g: &TileGroup, cov: Coverage) -> Result<()> {
+        let (picks, read) = self.pick(g, cov)?;
+        let result = match self.dest.storage() {
+            StorageFormat::Exploded => self.write_exploded(picks),
+            _ => self.write_bundle(g, picks),
+        };
+        self.progress.advance(read);
+        result
+    }
+
+    fn write_exploded(&self, picks: Vec<Pick>) -> Result<()> {
+        if picks.is_empty() {
+            return Ok(());
+        }
+        let mut stores = Vec::with_capacity(picks.len());
+        for p in picks {
+            let old = if self.fresh {
+                None
+            } else {
+                self.dest.exploded_tile_path(p.t)
+            };
+            let dest_tile = match &old {
+                Some(path) => Some(TileBytes::owned(fs::read(path).at(path)?)),
+                None => None,
+            };
+            if let Some(mut s) = self.decide(p, dest_tile)? {
+                s.replaces = old;
+                stores.push(s);
+            }
+        }
+        if stores.is_empty() {
+            return Ok(());
+        }
+        add(&self.n.bundles, 1);
+        let mut last_row = None;
+        for s in &stores {
+            let rdir = self
+                .dest
+                .level_dir(s.t.level)
+                .join(exploded::row_dir(s.t.row));
+            if last_row != Some(s.t.row) {
+                fs::create_dir_all(&rdir).at(&rdir)?;
+                last_row = Some(s.t.row);
+            }
+            let name = exploded::col_file(s.t.col, self.dest.kind_of(&s.bytes).ext());
+            let path = rdir.join(&name);
+            // Whole file or nothing: write beside, then rename over.
+            let tmp = rdir.join(format!(".bundlefs-{name}.tmp"));
+            fs::write(&tmp, &s.bytes[..]).at(&tmp)?;
+            fs::rename(&tmp, &path).at(&path)?;
+            if let Some(old) = &s.replaces {
+                if *old != path {
+                    fs::remove_file(old).at(old)?;
+                }
+            }
+            add(&self.n.bytes_written, s.bytes.len() as u64);
+        }
+        Ok(())
+    }
+
+    fn write_bundle(&self, g: &TileGroup, picks: Vec<Pick>) -> Result<()> {
+        if picks.is_empty() {
+            return Ok(());
+        }
+        let id = g.id;
+        let lock = self.dest.lock_bundle(id)?;
+        let existing = self.dest.bundle(id)?;
+        let mut stores = Vec::with_capacity(picks.len());
+        for p in picks {
+            let dest_tile = match &existing {
+                Some(_) => self.dest.tile(p.t)?,
+                None => None,
+            };
+            if let Some(s) = self.decide(p, dest_tile)? {
+                stores.push(s);
+            }
+        }
+        if stores.is_empty() {
+            return Ok(());
+        }
+        add(&self.n.bundles, 1);
+        let tiles: Vec<(TileAddr, &[u8])> = stores.iter().map(|s| (s.t, &s.bytes[..])).collect();
+        let ldir = self.dest.level_dir(id.level);
+        let written = if existing.is_some() {
+            let slots: Vec<(Slot, &[u8])> = tiles.iter().map(|(t, b)| (t.slot(), *b)).collect();
+            self.dest
+                .write_bundle_locked(&lock, id, &slots)?
+                .bytes_written
+        } else {
+            let bytes: u64 = tiles.iter().map(|(_, b)| b.len() as u64).sum();
+            match self.dest.storage() {
+                StorageFormat::CompactV1 => write_v1(&ldir, &id, &tiles)?,
+                _ => write_v2(&ldir, &id, &tiles)?,
+            }
+            self.dest.invalidate(&id);
+            bytes
+        };
+        add(&self.n.bytes_written, written);
+        drop(lock);
+        Ok(())
+    }
+}
+
+/// Checks that DEST can take SRC's tiles of `levels`: same tiling scheme (spatial reference,
+/// origin, tile size, the LODs of those levels) and image formats that match, or DEST MIXED.
+pub fn check_compatible(src: &Cache, dest: &Cache, levels: &[u8]) -> Result<()> {
+    let (s, d) = match (src.scheme(), dest.scheme()) {
+        (Some(s), Some(d)) => (s, d),
+        (None, None) => {
+            tracing::warn!(
+                "{} and {} have no conf.xml: their tiling schemes cannot be compared",
+                src.root().display(),
+                dest.root().display()
+            );
+            return Ok(());
+        }
+        (None, Some(_)) => {
+            return Err(Error::invalid(format!(
+                "{}: has no conf.xml, so its tiling scheme cannot be checked against {}'s",
+                src.root().display(),
+                dest.root().display()
+            )))
+        }
+        (Some(_), None) => {
+            return Err(Error::invalid(format!(
+                "{}: has no conf.xml, so its tiling scheme cannot be checked against {}'s",
+                dest.root().display(),
+                src.root().display()
+            )))
+        }
+    };
+    let what = |msg: String| {
+        Error::invalid(format!(
+            "tiling schemes differ: {msg} ({} vs {}); nothing was written",
+            src.root().display(),
+            dest.root().display()
+        ))
+    };
+    let sr = |x: &TileScheme| {
+        x.latest_wkid.or(x.wkid).map(|id| match id {
+            102100 | 102113 | 900913 => 3857,
+            other => other,
+        })
+    };
+    if let (Some(a), Some(b)) = (sr(s), sr(d)) {
+        if a != b {
+            return Err(what(format!("spatial reference WKID {a} vs {b}")));
+        }
+    }
+    if (s.tile_cols, s.tile_rows) != (d.tile_cols, d.tile_rows) {
+        return Err(what(format!(
+            "tile size {}x{} vs {}x{}",
+            s.tile_cols, s.tile_rows, d.tile_cols, d.tile_rows
+        )));
+    }
+    let mut finest = f64::INFINITY;
+    for &l in levels {
+        let (Some(a), Some(b)) = (s.lod(l), d.lod(l)) else {
+            return Err(what(format!(
+                "level {l} is {} in the source and {} in the destination",
+                if s.lod(l).is_some() {
+                    "defined"
+                } else {
+                    "missing"
+                },
+                if d.lod(l).is_some() {
+                    "defined"
+                } else {
+                    "missing"
+                },
+            )));
+        };
+        if (a.resolution - b.resolution).abs() > 1e-6 * a.resolution {
+            return Err(what(format!(
+                "level {l} resolution {} vs {}",
+                a.resolution, b.resolution
+            )));
+        }
+        finest = finest.min(a.resolution);
+    }
+    // Tiles must line up to well under a pixel at the finest level taken.
+    let tol = if finest.is_finite() {
+        finest * 0.01
+    } else {
+        1e-3
+    };
+    if (s.origin_x - d.origin_x).abs() > tol || (s.origin_y - d.origin_y).abs() > tol {
+        return Err(what(format!(
+            "origin ({}, {}) vs ({}, {})",
+            s.origin_x, s.origin_y, d.origin_x, d.origin_y
+        )));
+    }
+    let (sf, df) = (&s.tile_format, &d.tile_format);
+    let same_kind = sf.image_kind().is_some() && sf.image_kind() == df.image_kind();
+    if !(sf == df || same_kind || *df == TileFormat::Mixed) {
+        return Err(Error::invalid(format!(
+            "image formats differ: {} tiles cannot go into a {} cache (formats must match, or the \
+             destination be MIXED) ({} vs {}); nothing was written",
+            sf.name(),
+            df.name(),
+            src.root().display(),
+            dest.root().display()
+        )));
+    }
+    Ok(())
+}
+
+/// True when `dir` already holds a cache (conf.xml, `_alllayers/` or level folders).
+pub fn holds_cache(dir: &Path) -> Result<bool> {
+    Ok(dir.join(crate::cache::CONF_XML).exists()
+        || dir.join(crate::cache::ALLLAYERS).exists()
+        || crate::cache::read_dir_names(dir)?
+            .iter()
+            .any(|n| exploded::parse_level_dir(n).is_ok()))
+}
+
+/// The conf.cdi extent after a job: DEST's grown by the area, or the area (cut to SRC's extent).
+pub fn extent_after(
+    src: &Cache,
+    dest_before: Option<Envelope>,
+    opts: &JobOptions,
+) -> Option<Envelope> {
+    let area = match (job_area(opts), src.extent()) {
+        (Some(a), Some(s)) => Some(intersection(&a, &s).unwrap_or(a)),
+        (Some(a), None) => Some(a),
+        (None, s) => s,
+    };
+    match (dest_before, area) {
+        (Some(d), Some(a)) => Some(union(&d, &a)),
+        (d, a) => a.or(d),
+    }
+}

@@ -1,0 +1,215 @@
+//! Export jobs: the selected tiles of a cache into a new (or existing, same-storage) cache folder in
+//! another storage format (exploded, Compact V1, Compact V2) or into a `.tpkx` package; new bundles
+//! are written in one pass to a temporary file and renamed. The work itself is [`super::job`].
+
+use std::fs;
+use std::io::BufWriter;
+use std::path::Path;
+
+use super::engine::{
+    check_selection, extent_after, holds_cache, job_area, run, JobOptions, JobSummary, LevelSelect,
+    Progress,
+};
+use crate::cache::{write_atomic, Cache, CacheOptions};
+use crate::error::{Error, IoContext, Result};
+use crate::format::conf::{self, StorageFormat};
+use crate::format::levels::LevelRange;
+use crate::format::{exploded, v1, v2, BundleId, TileAddr};
+
+/// What an export did.
+#[derive(Debug, Default, Clone)]
+pub struct ExportSummary {
+    pub tiles: u64,
+    pub bytes: u64,
+    pub bundles: u64,
+    pub seconds: f64,
+}
+
+/// Options of a whole-cache conversion (see [`export_job`] for extents, areas and merging).
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    pub storage: StorageFormat,
+    pub levels: LevelRange,
+    /// fsync the written files (one syncfs at the end).
+    pub sync: bool,
+}
+
+/// Copies every tile of `src` (levels in range) to a new cache at `dest` in `opts.storage`.
+/// DEST must not already hold a cache. The layout follows the source: ArcGIS (`conf.xml`,
+/// `conf.cdi`, `_alllayers/`) when it has a conf.xml, MapProxy's `Lnn/` at the root otherwise.
+pub fn export(
+    src: &Cache,
+    dest: &Path,
+    opts: &ExportOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<ExportSummary> {
+    if holds_cache(dest)? {
+        return Err(Error::invalid(format!(
+            "{}: already holds a cache; export writes a new one (remove it or choose another folder)",
+            dest.display()
+        )));
+    }
+    struct F<'a>(&'a (dyn Fn(u64) + Sync));
+    impl Progress for F<'_> {
+        fn advance(&self, n: u64) {
+            (self.0)(n)
+        }
+    }
+    let job = JobOptions {
+        levels: LevelSelect::Range(opts.levels),
+        sync: opts.sync,
+        ..JobOptions::default()
+    };
+    let s = export_job(src, dest, Target::Storage(opts.storage), &job, &F(progress))?;
+    Ok(ExportSummary {
+        tiles: s.tiles_written,
+        bytes: s.bytes_written,
+        bundles: s.bundles,
+        seconds: s.seconds,
+    })
+}
+
+/// What an export writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A cache folder in this storage format.
+    Storage(StorageFormat),
+    /// A `.tpkx` tile package (Compact V2 bundles in a stored zip).
+    Tpkx,
+}
+
+/// Options for the destination cache of a job.
+pub(crate) fn dest_options(storage: StorageFormat, sync: bool) -> CacheOptions {
+    CacheOptions {
+        // Exploded tiles are renamed into place one by one; one syncfs at the end covers them.
+        durable: sync && storage != StorageFormat::Exploded,
+        ..CacheOptions::default()
+    }
+}
+
+/// Exports the selected tiles of `src` to `dest`: a new cache folder (or `.tpkx` file) in the
+/// target storage, with conf.xml (StorageFormat set to the target) and conf.cdi (the exported area).
+/// When DEST already holds a cache of that storage, tiles are merged into it or overwrite its own
+/// (`opts.mode`) after its tiling scheme and image format are checked.
+pub fn export_job(
+    src: &Cache,
+    dest: &Path,
+    target: Target,
+    opts: &JobOptions,
+    progress: &dyn Progress,
+) -> Result<JobSummary> {
+    check_selection(src, opts)?;
+    let storage = match target {
+        Target::Tpkx => return super::package::update_package(src, dest, opts, progress, false),
+        Target::Storage(s) => s,
+    };
+    if dest.is_file() {
+        return Err(Error::invalid(format!(
+            "{}: is a file; export --storage {storage} writes a cache folder",
+            dest.display()
+        )));
+    }
+    if dest.is_dir() && holds_cache(dest)? {
+        let mut d = Cache::open_with(dest, dest_options(storage, opts.sync))?;
+        if d.storage() != storage {
+            return Err(Error::invalid(format!(
+                "{}: holds a {} cache; a cache cannot mix storage formats, so export --storage {storage} \
+                 cannot go into it (choose another folder); nothing was written",
+                dest.display(),
+                d.storage()
+            )));
+        }
+        return super::import::into_cache(src, &mut d, opts, progress);
+    }
+    let conf = src.conf().map(|c| c.with_storage(storage));
+    let cdi = match (src.scheme(), extent_after(src, None, opts)) {
+        (Some(s), Some(e)) if job_area(opts).is_some() => Some(conf::write_cdi(&e, s)),
+        (Some(s), None) => Some(conf::write_cdi(&crate::cache::scheme_extent(s), s)),
+        _ => src.cdi().map(<[u8]>::to_vec),
+    };
+    let d = Cache::create_empty(
+        dest,
+        storage,
+        conf.as_deref(),
+        cdi.as_deref(),
+        dest_options(storage, opts.sync),
+    )?;
+    run(src, &d, true, opts, progress)
+}
+
+/// Flushes the file system holding `path` (one call instead of an fsync per file).
+pub fn syncfs(path: &Path) -> Result<()> {
+    let f = fs::File::open(path).at(path)?;
+    // SAFETY: syncfs on a descriptor we own.
+    let rc = unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) };
+    if rc != 0 {
+        return Err(Error::io(path, std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn temp_in(dir: &Path) -> Result<tempfile::NamedTempFile> {
+    tempfile::Builder::new()
+        .prefix(".bundlefs-")
+        .tempfile_in(dir)
+        .at(dir)
+}
+
+/// Writes a new V2 bundle in one pass to a temporary file and renames it into place.
+pub(crate) fn write_v2(ldir: &Path, id: &BundleId, group: &[(TileAddr, &[u8])]) -> Result<()> {
+    let path = ldir.join(format!("{}.bundle", exploded::bundle_base(id)));
+    let tmp = temp_in(ldir)?;
+    let tmp_path = tmp.path().to_path_buf();
+    let mut b = v2::Builder::new(BufWriter::with_capacity(1 << 20, tmp.as_file())).at(&tmp_path)?;
+    for (t, bytes) in group {
+        b.add(t.slot(), bytes).map_err(|e| Error::io(&path, e))?;
+    }
+    b.finish().at(&tmp_path)?;
+    tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
+    Ok(())
+}
+
+/// Writes a new V1 bundle pair: `.bundlx` first, then the `.bundle` renamed into place (readers
+/// list `.bundle` files, so a lone `.bundlx` left by an interruption is ignored and rewritten).
+pub(crate) fn write_v1(ldir: &Path, id: &BundleId, group: &[(TileAddr, &[u8])]) -> Result<()> {
+    let base = ldir.join(exploded::bundle_base(id));
+    let path = base.with_extension("bundle");
+    let tmp = temp_in(ldir)?;
+    let tmp_path = tmp.path().to_path_buf();
+    let mut b = v1::Builder::new(
+        BufWriter::with_capacity(1 << 20, tmp.as_file()),
+        id.row0,
+        id.col0,
+    )
+    .at(&tmp_path)?;
+    for (t, bytes) in group {
+        b.add(t.slot(), bytes).map_err(|e| Error::io(&path, e))?;
+    }
+    let (_, bundlx, _) = b.finish().at(&tmp_path)?;
+    write_atomic(&base.with_extension("bundlx"), &bundlx, false)?;
+    tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn level_ranges() {
+        assert_eq!(
+            "0-7".parse::<LevelRange>().unwrap(),
+            LevelRange { min: 0, max: 7 }
+        );
+        assert_eq!(
+            "3".parse::<LevelRange>().unwrap(),
+            LevelRange { min: 3, max: 3 }
+        );
+        assert_eq!(
+            "3-".parse::<LevelRange>().unwrap(),
+            LevelRange { min: 3, max: 255 }
+        );
+        assert!("7-3".parse::<LevelRange>().is_err());
+        assert!("x".parse::<LevelRange>().is_err());
+    }
+}

@@ -1,0 +1,439 @@
+//! Tile packages on disk: open a `.tpkx` (or an ArcGIS `.tpk`) as a source cache by unpacking it to
+//! a temporary folder, and write a `.tpkx` from a Compact V2 cache built in a temporary folder
+//! beside it, renamed into place when complete.
+
+use std::fs;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use super::engine::{extent_after, run, JobOptions, JobSummary, Progress};
+use super::export::dest_options;
+use crate::cache::{Cache, ALLLAYERS, CONF_CDI, CONF_XML};
+use crate::error::{Error, FormatContext, IoContext, Result};
+use crate::format::conf::{self, Envelope, StorageFormat, TileScheme};
+use crate::format::{exploded, tpkx, TileAddr};
+
+/// A cache unpacked from a package; the folder goes when this is dropped.
+pub struct Unpacked {
+    pub cache: Cache,
+    _dir: tempfile::TempDir,
+}
+
+/// True for a file that starts like a zip archive.
+pub fn is_package(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    path.is_file()
+        && fs::File::open(path)
+            .and_then(|mut f| f.read_exact(&mut magic))
+            .is_ok()
+        && magic == *b"PK\x03\x04"
+}
+
+fn zip_err(path: &Path, e: zip::result::ZipError) -> Error {
+    Error::invalid(format!(
+        "{}: not a readable tile package: {e}",
+        path.display()
+    ))
+}
+
+/// Unpacks a package into `into`: a `.tpkx` becomes an ArcGIS-layout Compact V2 cache (conf.xml and
+/// conf.cdi made from root.json); a `.tpk` is extracted as it is (its cache is in `v101/Layers`).
+pub fn unpack(path: &Path, into: &Path) -> Result<()> {
+    let f = fs::File::open(path).at(path)?;
+    let mut z = zip::ZipArchive::new(std::io::BufReader::new(f)).map_err(|e| zip_err(path, e))?;
+    let root = match z.by_name(tpkx::ROOT_JSON) {
+        Ok(mut e) => {
+            let mut b = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut b).at(path)?;
+            Some(b)
+        }
+        Err(zip::result::ZipError::FileNotFound) => None,
+        Err(e) => return Err(zip_err(path, e)),
+    };
+    fs::create_dir_all(into).at(into)?;
+    let Some(root) = root else {
+        z.extract(into).map_err(|e| zip_err(path, e))?;
+        return Ok(());
+    };
+    let info = tpkx::parse_root_json(&root).in_file(path.join(tpkx::ROOT_JSON))?;
+    let prefix = format!("{}/", info.tile_dir);
+    let tiles = into.join(ALLLAYERS);
+    fs::create_dir_all(&tiles).at(&tiles)?;
+    for i in 0..z.len() {
+        let mut e = z.by_index(i).map_err(|e| zip_err(path, e))?;
+        let Some(name) = e.enclosed_name() else {
+            continue;
+        };
+        let name = name.to_string_lossy().replace('\\', "/");
+        let Some(rel) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        // Only Lnn/RrrrrCcccc.bundle entries: nothing else is written outside the folder.
+        let mut parts = rel.split('/');
+        let (Some(level), Some(file), None) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        if e.is_dir()
+            || exploded::parse_level_dir(level).is_err()
+            || exploded::parse_bundle_file(file).is_err()
+        {
+            continue;
+        }
+        let dir = tiles.join(level);
+        fs::create_dir_all(&dir).at(&dir)?;
+        let out = dir.join(file);
+        let mut w = fs::File::create(&out).at(&out)?;
+        std::io::copy(&mut e, &mut w).at(&out)?;
+    }
+    let scheme = &info.scheme;
+    fs::write(into.join(CONF_XML), scheme.to_conf_xml()).at(into.join(CONF_XML))?;
+    let env = info
+        .extent
+        .unwrap_or_else(|| crate::cache::scheme_extent(scheme));
+    fs::write(into.join(CONF_CDI), conf::write_cdi(&env, scheme)).at(into.join(CONF_CDI))?;
+    Ok(())
+}
+
+/// Opens a package as a source cache (unpacked to a temporary folder).
+pub fn open_package(path: &Path) -> Result<Unpacked> {
+    let dir = tempfile::Builder::new()
+        .prefix("bundlefs-package-")
+        .tempdir()
+        .at(std::env::temp_dir())?;
+    unpack(path, dir.path())?;
+    let cache = Cache::open(dir.path())?;
+    Ok(Unpacked { cache, _dir: dir })
+}
+
+/// Writes (or rewrites, `must_exist` for import) the `.tpkx` at `dest` with the selected tiles of
+/// `src`. The package is built in a temporary folder beside DEST and renamed over it when complete,
+/// so DEST is never half written.
+pub fn update_package(
+    src: &Cache,
+    dest: &Path,
+    opts: &JobOptions,
+    progress: &dyn Progress,
+    must_exist: bool,
+) -> Result<JobSummary> {
+    let Some(src_conf) = src.conf() else {
+        return Err(Error::invalid(format!(
+            "{}: has no conf.xml; a tile package needs a tiling scheme",
+            src.root().display()
+        )));
+    };
+    if dest.is_dir() {
+        return Err(Error::invalid(format!(
+            "{}: is a folder; a tile package is a file (e.g. {}.tpkx)",
+            dest.display(),
+            dest.display()
+        )));
+    }
+    let exists = dest.is_file();
+    if must_exist && !exists {
+        return Err(Error::invalid(format!(
+            "{}: no such tile package",
+            dest.display()
+        )));
+    }
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&parent).at(&parent)?;
+    let work = tempfile::Builder::new()
+        .prefix(".bundlefs-tpkx-")
+        .tempdir_in(&parent)
+        .at(&parent)?;
+    let cache_dir = work.path().join("cache");
+    let storage = StorageFormat::CompactV2;
+    let (summary, cache) = if exists {
+        unpack(dest, &cache_dir)?;
+        let mut d = Cache::open_with(&cache_dir, dest_options(storage, false))?;
+        let s = super::import::into_cache(src, &mut d, opts, progress)?;
+        (s, d)
+    } else {
+        let conf_xml = src_conf.with_storage(storage);
+        let scheme = &src_conf.scheme;
+        let env =
+            extent_after(src, None, opts).unwrap_or_else(|| crate::cache::scheme_extent(scheme));
+        let cdi = conf::write_cdi(&env, scheme);
+        let d = Cache::create_empty(
+            &cache_dir,
+            storage,
+            Some(&conf_xml),
+            Some(&cdi),
+            dest_options(storage, false),
+        )?;
+        let s = run(
+            src,
+            &d,
+            true,
+            &JobOptions {
+                sync: false,
+                ..opts.clone()
+            },
+            progress,
+        )?;
+        (s, d)
+    };
+    write_tpkx(&cache, dest, opts.sync)?;
+    Ok(summary)
+}
+
+/// Packs a Compact V2 ArcGIS-layout cache into `dest` (temporary file beside it, then rename).
+pub fn write_tpkx(cache: &Cache, dest: &Path, sync: bool) -> Result<()> {
+    let scheme = cache
+        .scheme()
+        .ok_or_else(|| Error::invalid(format!("{}: has no conf.xml", cache.root().display())))?;
+    let mut scheme = scheme.clone();
+    scheme.storage = StorageFormat::CompactV2;
+    scheme.packet_size = tpkx::PACKET_SIZE;
+    let mut entries: Vec<(String, PathBuf)> = Vec::new();
+    let mut levels = Vec::new();
+    for l in cache.levels()? {
+        let bundles = cache.bundles(l)?;
+        if bundles.is_empty() {
+            continue;
+        }
+        levels.push(l);
+        for id in bundles {
+            entries.push((
+                format!(
+                    "{}/{}/{}.bundle",
+                    tpkx::TILE_DIR,
+                    exploded::level_dir(l),
+                    exploded::bundle_base(&id)
+                ),
+                cache.bundle_path(&id),
+            ));
+        }
+    }
+    let range = match (levels.first(), levels.last()) {
+        (Some(a), Some(b)) => (*a, *b),
+        _ => {
+            let l = scheme.lods.first().map_or(0, |l| l.level);
+            (l, l)
+        }
+    };
+    let extent = cache
+        .extent()
+        .unwrap_or_else(|| crate::cache::scheme_extent(&scheme));
+    let name = dest
+        .file_stem()
+        .map_or_else(|| "tiles".to_string(), |s| s.to_string_lossy().into_owned());
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let root = tpkx::root_json(&name, &scheme, range, &extent);
+    let thumb = thumbnail(cache, &scheme, &levels, &extent);
+    let item = tpkx::iteminfo_json(
+        &name,
+        &guid(created),
+        created,
+        &scheme,
+        &extent,
+        thumb.is_some(),
+    );
+
+    let parent = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".bundlefs-")
+        .suffix(".tpkx")
+        .tempfile_in(parent)
+        .at(parent)?;
+    let mut files: Vec<(String, u64, Box<dyn std::io::Read>)> = vec![
+        (
+            tpkx::ROOT_JSON.into(),
+            root.len() as u64,
+            Box::new(std::io::Cursor::new(root)),
+        ),
+        (
+            tpkx::ITEMINFO_JSON.into(),
+            item.len() as u64,
+            Box::new(std::io::Cursor::new(item)),
+        ),
+    ];
+    if let Some(png) = thumb {
+        files.push((
+            tpkx::THUMBNAIL_PNG.into(),
+            png.len() as u64,
+            Box::new(std::io::Cursor::new(png)),
+        ));
+    }
+    for (name, path) in entries {
+        let f = fs::File::open(&path).at(&path)?;
+        let len = f.metadata().at(&path)?.len();
+        files.push((name, len, Box::new(f)));
+    }
+    let out = BufWriter::with_capacity(1 << 20, tmp.as_file());
+    tpkx::write_package(out, files).at(tmp.path())?;
+    // A package is a document to hand around, not a private scratch file (tempfile makes 0600).
+    let mut perms = perms_of(tmp.as_file(), tmp.path())?;
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+    tmp.as_file().set_permissions(perms).at(tmp.path())?;
+    if sync {
+        tmp.as_file().sync_all().at(tmp.path())?;
+    }
+    tmp.persist(dest).map_err(|e| Error::io(dest, e.error))?;
+    if sync {
+        crate::cache::sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Size of the thumbnail ArcGIS puts in its packages.
+const THUMB_W: u32 = 200;
+const THUMB_H: u32 = 133;
+
+/// A picture of the package for `thumbnail.png`: the extent drawn from the deepest level whose
+/// tiles over it fit in 4×4 (fewer for tiles over 512 px; else the top-left corner of the first
+/// level), scaled into 200×133 on a transparent background. `None` when no tile there decodes; the package is complete without it.
+fn thumbnail(
+    cache: &Cache,
+    scheme: &TileScheme,
+    levels: &[u8],
+    extent: &Envelope,
+) -> Option<Vec<u8>> {
+    use image::imageops::{self, FilterType};
+    // At most 4×4 tiles, and a mosaic of at most 2048 px a side (a scheme may declare tiles of
+    // up to 65536 px: one such tile is drawn alone, larger ones get no thumbnail).
+    let (tw, th) = (scheme.tile_cols, scheme.tile_rows);
+    if tw.max(th) > 4096 {
+        return None;
+    }
+    let max = (2048 / tw.max(th)).clamp(1, 4);
+    let fits = |r: &std::ops::Range<u32>| r.end - r.start <= max;
+    let (level, rows, cols) = levels
+        .iter()
+        .rev()
+        .find_map(|&l| {
+            let (r, c) = scheme.tile_range(l, extent)?;
+            (fits(&r) && fits(&c)).then_some((l, r, c))
+        })
+        .or_else(|| {
+            let l = *levels.first()?;
+            let (r, c) = scheme.tile_range(l, extent)?;
+            Some((
+                l,
+                r.start..r.end.min(r.start + max),
+                c.start..c.end.min(c.start + max),
+            ))
+        })?;
+    let mut mosaic =
+        image::RgbaImage::new(tw * (cols.end - cols.start), th * (rows.end - rows.start));
+    let mut any = false;
+    for r in rows.clone() {
+        for c in cols.clone() {
+            let Ok(Some(bytes)) = cache.tile(TileAddr::new(level, r, c)) else {
+                continue;
+            };
+            let Ok(img) = image::load_from_memory(&bytes) else {
+                continue;
+            };
+            let (x, y) = ((c - cols.start) * tw, (r - rows.start) * th);
+            imageops::overlay(&mut mosaic, &img.to_rgba8(), i64::from(x), i64::from(y));
+            any = true;
+        }
+    }
+    if !any {
+        return None;
+    }
+    // The extent's pixels in the mosaic (all of it if the extent is degenerate there).
+    let res = scheme.lod(level)?.resolution;
+    let x0 = scheme.origin_x + f64::from(cols.start) * f64::from(tw) * res;
+    let y0 = scheme.origin_y - f64::from(rows.start) * f64::from(th) * res;
+    let px = |v: f64, max: u32| (v / res).clamp(0.0, f64::from(max)) as u32;
+    let (w, h) = (mosaic.width(), mosaic.height());
+    let (mut cx0, mut cx1) = (px(extent.xmin - x0, w), px(extent.xmax - x0, w));
+    let (mut cy0, mut cy1) = (px(y0 - extent.ymax, h), px(y0 - extent.ymin, h));
+    if cx1 <= cx0 || cy1 <= cy0 {
+        (cx0, cx1, cy0, cy1) = (0, w, 0, h);
+    }
+    let crop = imageops::crop_imm(&mosaic, cx0, cy0, cx1 - cx0, cy1 - cy0).to_image();
+    let scale = (f64::from(THUMB_W) / f64::from(crop.width()))
+        .min(f64::from(THUMB_H) / f64::from(crop.height()));
+    let sw = ((f64::from(crop.width()) * scale).round() as u32).clamp(1, THUMB_W);
+    let sh = ((f64::from(crop.height()) * scale).round() as u32).clamp(1, THUMB_H);
+    let small = imageops::resize(&crop, sw, sh, FilterType::Triangle);
+    let mut out = image::RgbaImage::new(THUMB_W, THUMB_H);
+    imageops::overlay(
+        &mut out,
+        &small,
+        i64::from((THUMB_W - sw) / 2),
+        i64::from((THUMB_H - sh) / 2),
+    );
+    let mut png = Vec::new();
+    out.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .ok()?;
+    Some(png)
+}
+
+fn perms_of(f: &fs::File, path: &Path) -> Result<fs::Permissions> {
+    Ok(f.metadata().at(path)?.permissions())
+}
+
+/// A package id in GUID form, unique enough for one machine (time, process, a random hasher key).
+fn guid(seed: u64) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(seed);
+    h.write_u32(std::process::id());
+    let a = h.finish();
+    h.write_u64(a);
+    let b = h.finish();
+    format!(
+        "{:08X}-{:04X}-{:04X}-{:04X}-{:012X}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xffff,
+        b >> 48,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::conf::TileFormat;
+
+    /// A scheme may declare tiles of up to 65536 px; the thumbnail must not build a mosaic of
+    /// 4×4 of them (256 GiB). Tiles of 1024 px are still drawn.
+    #[test]
+    fn thumbnails_of_huge_tiles_stay_bounded() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = TileScheme::web_mercator(2, TileFormat::Png);
+        s.tile_cols = 65536;
+        s.tile_rows = 65536;
+        let c = Cache::create(d.path().join("huge"), &s, None).unwrap();
+        // A decodable tile is there: only the size bound keeps the thumbnail from being drawn.
+        let small = image::RgbaImage::from_pixel(8, 8, image::Rgba([1, 2, 3, 255]));
+        let mut png = Vec::new();
+        small
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        for level in 0..=2 {
+            c.write_tiles(&[(TileAddr::new(level, 0, 0), &png[..])])
+                .unwrap();
+        }
+        assert!(thumbnail(&c, &s, &[0, 1, 2], &crate::cache::scheme_extent(&s)).is_none());
+
+        let mut s = TileScheme::web_mercator(2, TileFormat::Png);
+        s.tile_cols = 1024;
+        s.tile_rows = 1024;
+        let c = Cache::create(d.path().join("big"), &s, None).unwrap();
+        let img = image::RgbaImage::from_pixel(1024, 1024, image::Rgba([200, 10, 10, 255]));
+        let mut png = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        c.write_tiles(&[(TileAddr::new(2, 0, 0), &png[..])])
+            .unwrap();
+        let thumb = thumbnail(&c, &s, &[1, 2], &crate::cache::scheme_extent(&s)).unwrap();
+        let t = image::load_from_memory(&thumb).unwrap().to_rgba8();
+        assert_eq!(t.dimensions(), (THUMB_W, THUMB_H));
+        assert!(t.pixels().any(|p| p.0 == [200, 10, 10, 255]));
+    }
+}

@@ -1,0 +1,182 @@
+//! `verify`: every index entry inside its file and consistent, optionally every tile decoded.
+
+use std::path::PathBuf;
+
+use rayon::prelude::*;
+
+use crate::cache::{Cache, TileGroup};
+use crate::format::conf::StorageFormat;
+use crate::format::sniff::{has_full_png_signature, sniff, ImageKind};
+use crate::Result;
+
+/// One thing wrong, naming the file (and the tile or entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: PathBuf,
+    pub what: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.what)
+    }
+}
+
+/// What verify looked at and found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub levels: usize,
+    pub bundles: usize,
+    pub tiles: u64,
+    pub problems: Vec<Problem>,
+    /// Oddities that readers tolerate (e.g. ArcGIS's PNGs missing their first signature bytes).
+    pub warnings: Vec<Problem>,
+}
+
+/// Result of decoding one tile: fine, a tolerated oddity (warning), or a problem.
+enum Decoded {
+    Ok,
+    Warn(String),
+    Bad(String),
+}
+
+fn decode_check(bytes: &[u8], fallback: ImageKind) -> Decoded {
+    let kind = sniff(bytes).unwrap_or(fallback);
+    let fmt = match kind {
+        ImageKind::Png => image::ImageFormat::Png,
+        ImageKind::Jpeg => image::ImageFormat::Jpeg,
+    };
+    if kind == ImageKind::Png
+        && !has_full_png_signature(bytes)
+        && sniff(bytes) == Some(ImageKind::Png)
+    {
+        // ArcGIS has written PNGs whose first four signature bytes are missing; check the rest.
+        let mut fixed = b"\x89PNG".to_vec();
+        fixed.extend_from_slice(bytes);
+        return match image::load_from_memory_with_format(&fixed, fmt) {
+            Ok(_) => Decoded::Warn(
+                "PNG lacks the first 4 signature bytes (decodes once restored)".into(),
+            ),
+            Err(e) => Decoded::Bad(format!("does not decode as PNG: {e}")),
+        };
+    }
+    match image::load_from_memory_with_format(bytes, fmt) {
+        Ok(_) => Decoded::Ok,
+        Err(e) => Decoded::Bad(format!("does not decode as {kind:?}: {e}")),
+    }
+}
+
+/// Checks the whole cache. Problems are collected, not fatal; Err only for an unreadable folder.
+pub fn verify(cache: &Cache, decode: bool) -> Result<Report> {
+    let mut report = Report::default();
+    let fallback = cache.default_kind();
+    for level in cache.levels()? {
+        report.levels += 1;
+        let groups: Vec<TileGroup> = match cache.groups(level) {
+            Ok(g) => g,
+            Err(e) => {
+                report.problems.push(Problem {
+                    path: cache.level_dir(level),
+                    what: e.to_string(),
+                });
+                continue;
+            }
+        };
+        let results: Vec<Checked> = groups
+            .par_iter()
+            .map(|g| check_group(cache, g, decode, fallback))
+            .collect();
+        for c in results {
+            report.bundles += 1;
+            report.tiles += c.tiles;
+            report.problems.extend(c.problems);
+            report.warnings.extend(c.warnings);
+        }
+    }
+    Ok(report)
+}
+
+#[derive(Default)]
+struct Checked {
+    tiles: u64,
+    problems: Vec<Problem>,
+    warnings: Vec<Problem>,
+}
+
+impl Checked {
+    fn decoded(&mut self, d: Decoded, path: &std::path::Path, t: crate::format::TileAddr) {
+        match d {
+            Decoded::Ok => {}
+            Decoded::Warn(w) => self.warnings.push(Problem {
+                path: path.to_path_buf(),
+                what: format!("tile {t}: {w}"),
+            }),
+            Decoded::Bad(w) => self.problems.push(Problem {
+                path: path.to_path_buf(),
+                what: format!("tile {t} {w}"),
+            }),
+        }
+    }
+}
+
+fn check_group(cache: &Cache, g: &TileGroup, decode: bool, fallback: ImageKind) -> Checked {
+    let mut c = Checked::default();
+    if cache.storage() == StorageFormat::Exploded {
+        for (t, p) in &g.files {
+            c.tiles += 1;
+            match std::fs::read(p) {
+                Err(e) => c.problems.push(Problem {
+                    path: p.clone(),
+                    what: e.to_string(),
+                }),
+                Ok(b) if b.is_empty() => c.problems.push(Problem {
+                    path: p.clone(),
+                    what: "empty tile file".into(),
+                }),
+                Ok(b) if decode => c.decoded(decode_check(&b, fallback), p, *t),
+                Ok(_) => {}
+            }
+        }
+        return c;
+    }
+    let path = cache.bundle_path(&g.id);
+    let b = match cache.bundle(g.id) {
+        Ok(Some(b)) => b,
+        Ok(None) => return c,
+        Err(e) => {
+            c.problems.push(problem_from(&e, &path, None));
+            return c;
+        }
+    };
+    for (slot, _) in b.slots() {
+        c.tiles += 1;
+        let t = g.id.tile(slot);
+        match b.tile_range(slot) {
+            Err(e) => c.problems.push(problem_from(&e, &path, Some(t))),
+            Ok(None) => {}
+            Ok(Some(r)) if decode => c.decoded(decode_check(b.bytes(r), fallback), &path, t),
+            Ok(Some(_)) => {}
+        }
+    }
+    c
+}
+
+/// A problem from an error, at the file the error names (else `fallback`), without repeating the path.
+fn problem_from(
+    e: &crate::Error,
+    fallback: &std::path::Path,
+    tile: Option<crate::format::TileAddr>,
+) -> Problem {
+    let path = match e {
+        crate::Error::Format { path, .. } | crate::Error::Io { path, .. } => path.clone(),
+        _ => fallback.to_path_buf(),
+    };
+    let msg = e.to_string();
+    let prefix = format!("{}: ", path.display());
+    let msg = msg.strip_prefix(&prefix).unwrap_or(&msg);
+    let what = match tile {
+        Some(t) => format!("tile {t}: {msg}"),
+        None => msg.to_string(),
+    };
+    Problem { path, what }
+}

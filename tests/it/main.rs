@@ -1,0 +1,16 @@
+//! The integration tests, one binary: every module below runs against the `bundlefs` library and
+//! binary, real kernel mounts and real peers (MapProxy, GDAL, MapServer); `support` holds the
+//! helpers they share (fixtures, temp caches, tile makers, mounts, a test HTTP server).
+
+mod support;
+
+mod cases;
+mod faults;
+mod formats;
+mod hostile;
+mod interop;
+mod jobs;
+mod load;
+mod mount;
+mod render;
+mod writeback;
