@@ -6,12 +6,12 @@
 pub mod buffer;
 pub mod bundle;
 pub mod commit;
+pub mod files;
 pub mod lock;
 pub mod times;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Write;
 use std::num::NonZeroUsize;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 use lru::LruCache;
 
 pub use self::bundle::{BundleHandle, FileStamp};
+pub use self::files::{sync_dir, write_atomic, AtomicFile};
 pub use self::lock::BundleLock;
 use crate::error::{Error, FormatContext, IoContext, Result};
 use crate::format::conf::{self, ConfXml, Envelope, StorageFormat, TileScheme};
@@ -175,29 +176,6 @@ pub(crate) fn read_dir_names(dir: &Path) -> Result<Vec<String>> {
         }
     }
     Ok(names)
-}
-
-/// Writes `bytes` to `path` atomically: temp file in the same folder, fsync, rename, fsync folder.
-pub fn write_atomic(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".bundlefs-")
-        .tempfile_in(dir)
-        .at(dir)?;
-    tmp.write_all(bytes).at(tmp.path())?;
-    if sync {
-        tmp.as_file().sync_all().at(tmp.path())?;
-    }
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    if sync {
-        sync_dir(dir)?;
-    }
-    Ok(())
-}
-
-/// fsyncs a directory so a rename in it is durable.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
 
 impl Cache {
