@@ -58,15 +58,28 @@ cargo fmt --check
 say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
-say "cargo test --all-targets --no-fail-fast"
+# The object-store tests (tests/it/objstore.rs) run against a throw-away Ceph cluster with two S3
+# gateways on loopback (scripts/ceph-cluster.sh installs Ceph from Debian when missing); its AWS_*
+# variables and BUNDLEFS_S3_TEST=1 are exported to cargo test, and it is stopped by PID on exit,
+# also when the tests fail.
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+ceph_dir=$(mktemp -d /tmp/bundlefs-ceph-XXXXXX)
+stop_ceph() { bash scripts/ceph-cluster.sh stop "$ceph_dir" >/dev/null 2>&1 || true; }
+trap 'rm -f "$log"; stop_ceph' EXIT
+say "starting Ceph for the object-store tests (scripts/ceph-cluster.sh start $ceph_dir)"
+bash scripts/ceph-cluster.sh start "$ceph_dir"
+# shellcheck disable=SC1091
+. "$ceph_dir/env"
+export BUNDLEFS_S3_TEST=1
+
+say "cargo test --all-targets --no-fail-fast"
 # --no-fail-fast: a failing binary must not hide the others; the summary line is always printed.
 status=0
 cargo test --all-targets --no-fail-fast 2>&1 | tee "$log" || status=$?
 # One closing line over every test binary (cargo prints one "test result" per binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
      END { printf "\nall test binaries: %d passed, %d failed\n", p, f }' "$log"
+stop_ceph
 
 # Fuzzing still runs after failed tests (its findings are worth seeing), but the run fails.
 # Fuzz targets briefly, so a regression in a parser shows (the long runs are local: README).

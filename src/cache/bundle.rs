@@ -54,15 +54,33 @@ enum Kind {
     },
 }
 
+/// The bytes of a bundle: a map of a local file, or an object read whole into memory
+/// (`cache::store::object`).
+enum Data {
+    Map(Mmap),
+    Mem(bytes::Bytes),
+}
+
+impl std::ops::Deref for Data {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Data::Map(m) => &m[..],
+            Data::Mem(b) => &b[..],
+        }
+    }
+}
+
 /// A mapped bundle. Cheap to share (`Arc`); tiles are served as slices of the map.
 pub struct BundleHandle {
     pub id: BundleId,
     pub path: PathBuf,
     pub stamp: FileStamp,
-    map: Mmap,
+    map: Data,
     /// The mapped file, to see (fstat) whether it shrank under the map and to read tiles with
     /// pread: touching a map past the end of a file cut in place kills the process (SIGBUS).
-    file: File,
+    /// None for a bundle held in memory (it cannot change under us).
+    file: Option<File>,
     kind: Kind,
 }
 
@@ -97,8 +115,27 @@ impl BundleHandle {
             id,
             path: path.to_path_buf(),
             stamp,
-            map,
-            file,
+            map: Data::Map(map),
+            file: Some(file),
+            kind: Kind::V2,
+        })
+    }
+
+    /// A V2 bundle held whole in memory (an object read from an object store; `path` is its URL,
+    /// for messages; `stamp` carries its size and last-modified time, `ino` 0). Checks its header.
+    pub fn from_v2_bytes(
+        id: BundleId,
+        path: &Path,
+        bytes: bytes::Bytes,
+        stamp: FileStamp,
+    ) -> Result<BundleHandle> {
+        V2Bundle::parse(&bytes).in_file(path)?;
+        Ok(BundleHandle {
+            id,
+            path: path.to_path_buf(),
+            stamp,
+            map: Data::Mem(bytes),
+            file: None,
             kind: Kind::V2,
         })
     }
@@ -116,8 +153,8 @@ impl BundleHandle {
             id,
             path: path.to_path_buf(),
             stamp,
-            map,
-            file,
+            map: Data::Map(map),
+            file: Some(file),
             kind: Kind::V1 {
                 bundlx,
                 bundlx_file,
@@ -133,6 +170,9 @@ impl BundleHandle {
 
     /// True if the files on disk are no longer the ones mapped.
     pub fn is_stale(&self) -> Result<bool> {
+        if self.file.is_none() {
+            return Ok(false);
+        }
         if FileStamp::of(&self.path)? != Some(self.stamp) {
             return Ok(true);
         }
@@ -164,7 +204,10 @@ impl BundleHandle {
             }
             Ok(())
         };
-        shrunk(&self.file, &self.path, self.map.len())?;
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        shrunk(file, &self.path, self.map.len())?;
         if let Kind::V1 {
             bundlx,
             bundlx_file,
@@ -181,14 +224,27 @@ impl BundleHandle {
     /// cut meanwhile gives an error instead of a fault.
     pub fn read(&self, r: Range<usize>) -> Result<Vec<u8>> {
         use std::os::unix::fs::FileExt;
+        let Some(file) = &self.file else {
+            return match self.map.get(r.clone()) {
+                Some(b) => Ok(b.to_vec()),
+                None => Err(Error::format(
+                    &self.path,
+                    FormatError::Truncated {
+                        what: "tile",
+                        len: self.map.len() as u64,
+                        need: r.end as u64,
+                    },
+                )),
+            };
+        };
         let mut buf = vec![0u8; r.len()];
-        match self.file.read_exact_at(&mut buf, r.start as u64) {
+        match file.read_exact_at(&mut buf, r.start as u64) {
             Ok(()) => Ok(buf),
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::format(
                 &self.path,
                 FormatError::Truncated {
                     what: "tile (the file shrank on disk)",
-                    len: self.file.metadata().map_or(0, |m| m.len()),
+                    len: file.metadata().map_or(0, |m| m.len()),
                     need: r.end as u64,
                 },
             )),

@@ -11,6 +11,7 @@ pub mod files;
 pub mod lock;
 pub mod store;
 pub mod times;
+pub mod url;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -157,6 +158,9 @@ impl Cache {
     }
 
     pub fn open_with(path: impl AsRef<Path>, opts: CacheOptions) -> Result<Cache> {
+        if let Some(u) = url::ObjectUrl::from_path(path.as_ref())? {
+            return Cache::open_url(&u, opts, None);
+        }
         let mut root = path.as_ref().to_path_buf();
         if root.file_name().is_some_and(|n| n == CONF_XML) && root.is_file() {
             root.pop();
@@ -262,6 +266,38 @@ impl Cache {
         }
     }
 
+    /// Opens the cache in an object store at `url` (`s3://BUCKET/PREFIX`; client settings from the
+    /// `AWS_*` environment), or with `new` creates it (conf.cdi, then conf.xml). Only Compact V2
+    /// is served there; other storages are refused by name (`store::object`).
+    pub fn open_url(
+        url: &url::ObjectUrl,
+        opts: CacheOptions,
+        new: Option<store::object::NewCache>,
+    ) -> Result<Cache> {
+        let o = store::object::open(url, opts.clone(), new)?;
+        let root = PathBuf::from(url.to_string());
+        let conf = match &o.conf_xml {
+            Some(b) => Some(TileScheme::parse_conf_xml(b).in_file(root.join(CONF_XML))?),
+            None => None,
+        };
+        if let Some(b) = &o.cdi {
+            conf::parse_cdi(b).in_file(root.join(CONF_CDI))?;
+        }
+        let (layout, tiles_dir) = match o.arcgis_layout {
+            true => (Layout::ArcGis, root.join(ALLLAYERS)),
+            false => (Layout::MapProxy, root.clone()),
+        };
+        Ok(Cache {
+            place: Place { root, tiles_dir },
+            layout,
+            storage: StorageFormat::CompactV2,
+            conf,
+            cdi: o.cdi.map(|b| b.to_vec()),
+            opts,
+            store: Box::new(o.store),
+        })
+    }
+
     /// Creates an empty ArcGIS-layout cache (conf.xml, conf.cdi, `_alllayers/`).
     pub fn create(
         root: impl AsRef<Path>,
@@ -292,6 +328,14 @@ impl Cache {
         cdi: Option<&[u8]>,
         opts: CacheOptions,
     ) -> Result<Cache> {
+        if let Some(u) = url::ObjectUrl::from_path(root.as_ref())? {
+            let new = store::object::NewCache {
+                storage,
+                conf_xml,
+                cdi,
+            };
+            return Cache::open_url(&u, opts, Some(new));
+        }
         let root = root.as_ref().to_path_buf();
         fs::create_dir_all(&root).at(&root)?;
         let (layout, tiles_dir, conf) = match conf_xml {
@@ -327,7 +371,11 @@ impl Cache {
             return Ok(());
         };
         let bytes = conf::write_cdi(env, scheme);
-        write_atomic(&self.place.root.join(CONF_CDI), &bytes, self.opts.durable)?;
+        if let Some(u) = url::ObjectUrl::from_path(&self.place.root)? {
+            store::object::put_file(&u, CONF_CDI, &bytes)?;
+        } else {
+            write_atomic(&self.place.root.join(CONF_CDI), &bytes, self.opts.durable)?;
+        }
         self.cdi = Some(bytes);
         Ok(())
     }

@@ -287,13 +287,16 @@ pub fn run(
         if groups.is_empty() {
             continue;
         }
-        let ldir = dest.level_dir(level);
-        fs::create_dir_all(&ldir).at(&ldir)?;
+        // An object store has no folders to make (keys carry the level).
+        if !crate::cache::url::is_url(dest.root()) {
+            let ldir = dest.level_dir(level);
+            fs::create_dir_all(&ldir).at(&ldir)?;
+        }
         groups
             .par_iter()
             .try_for_each(|(g, cov)| ctx.group(g, *cov))?;
     }
-    if opts.sync {
+    if opts.sync && !crate::cache::url::is_url(dest.root()) {
         super::export::syncfs(dest.root())?;
     }
     let n = &ctx.n;
@@ -619,6 +622,9 @@ pub fn check_compatible(src: &Cache, dest: &Cache, levels: &[u8]) -> Result<()> 
 
 /// True when `dir` already holds a cache (conf.xml, `_alllayers/` or level folders).
 pub fn holds_cache(dir: &Path) -> Result<bool> {
+    if let Some(u) = crate::cache::url::ObjectUrl::from_path(dir)? {
+        return crate::cache::store::object::holds_cache(&u);
+    }
     Ok(dir.join(crate::cache::CONF_XML).exists()
         || dir.join(crate::cache::ALLLAYERS).exists()
         || crate::cache::read_dir_names(dir)?

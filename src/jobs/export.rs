@@ -107,7 +107,7 @@ pub fn export_job(
             dest.display()
         )));
     }
-    if dest.is_dir() && holds_cache(dest)? {
+    if (dest.is_dir() || crate::cache::url::is_url(dest)) && holds_cache(dest)? {
         let mut d = Cache::open_with(dest, dest_options(storage, opts.sync))?;
         if d.storage() != storage {
             return Err(Error::invalid(format!(

@@ -23,7 +23,7 @@ pub fn import_job(
     if dest.is_file() {
         return super::package::update_package(src, dest, opts, progress, true);
     }
-    if !dest.is_dir() || !super::engine::holds_cache(dest)? {
+    if !(dest.is_dir() || crate::cache::url::is_url(dest)) || !super::engine::holds_cache(dest)? {
         return Err(Error::invalid(format!(
             "{}: not a tile cache; import needs an existing cache (use export to make a new one)",
             dest.display()

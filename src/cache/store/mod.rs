@@ -14,6 +14,7 @@
 
 pub mod compact;
 pub mod exploded;
+pub mod object;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,1320 @@
+//! Compact V2 caches in an S3-compatible object store (`s3://BUCKET/PREFIX`, see `cache::url`).
+//! Keys mirror the folder layout (`PREFIX/conf.xml`, `PREFIX/_alllayers/L05/R0080C0100.bundle`),
+//! so a prefix bundlefs wrote can be read by GDAL `/vsis3/` and registered as an ArcGIS cloud cache.
+//!
+//! Reads: a bundle's header + index by one range GET of bytes 0–131135 (`format::v2::DATA_START`;
+//! the layout is Esri's Compact V2, see `doc/object-store.md`), kept in a bounded LRU and checked
+//! (HEAD, ETag) every `recheck`; a tile by one range GET of its size prefix and bytes, pinned to the
+//! ETag its index was read from (`If-Match`; on 412 the index is read anew once). Levels and
+//! bundles come from ListObjectsV2. Whole-bundle reads (`bundle`, `read_group`: batch jobs) are one
+//! GET each, kept in a small LRU.
+//!
+//! Writes: object stores have neither append nor lock, so every write rebuilds the whole bundle
+//! (its tiles and the new ones, a fresh V2 bundle without dead space) and PUTs it conditionally:
+//! `If-Match: <ETag it was built from>`, or `If-None-Match: *` for a new bundle. On a precondition
+//! failure the bundle is read again, the caller's update function decides again against it, and
+//! the PUT is retried after a jittered backoff; after [`RetryPolicy::attempts`] tries the write
+//! fails with an error naming the bundle. Ceph RGW 16 compares `If-Match` with the *unquoted*
+//! ETag: on a 412 whose HEAD shows the very ETag sent, the PUT is retried once unquoted and the
+//! store remembered as wanting that.
+//!
+//! The client is the `object_store` crate (async) on a private tokio runtime behind this
+//! synchronous facade. Credentials come from the `AWS_*` environment and never reach a message.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Cursor;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use lru::LruCache;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as Key;
+use object_store::{
+    GetOptions, GetRange, ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion,
+};
+
+use super::{check_tiles, GroupView, LevelStats, Storage, TileGroup, TimedSlot, UpdateFn};
+use crate::cache::bundle::{BundleHandle, FileStamp};
+use crate::cache::url::ObjectUrl;
+use crate::cache::{CacheOptions, TileBytes};
+use crate::error::{Error, FormatContext, Result};
+use crate::format::conf::StorageFormat;
+use crate::format::v2::{self, IndexEntry, WriteStats, DATA_START, RECORD_PREFIX};
+use crate::format::{exploded as names, BundleId, FormatError, Slot, TileAddr, BUNDLE_DIM};
+
+/// The folder (key segment) holding the level folders in the ArcGIS layout.
+const ALLLAYERS: &str = "_alllayers";
+
+/// How many whole bundles (batch reads) stay in memory at most.
+const MAX_WHOLE_BUNDLES: usize = 8;
+
+/// How conditional writes are retried after losing a race to another writer.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Tries in all (the first included) before the write fails.
+    pub attempts: u32,
+    /// Delay before the second try; doubled each further try (capped at `max_delay`), and
+    /// jittered to between half and all of it so racing writers spread out.
+    pub base_delay: Duration,
+    /// Longest delay between tries.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 12,
+            base_delay: Duration::from_millis(20),
+            max_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Counters of one store's requests, for tests and benchmarks.
+#[derive(Debug, Default)]
+pub struct ObjectStats {
+    /// GET requests (range or whole).
+    pub gets: AtomicU64,
+    /// HEAD requests.
+    pub heads: AtomicU64,
+    /// Successful PUTs of bundles.
+    pub puts: AtomicU64,
+    /// Conditional PUTs refused because another writer changed the bundle first (each one made
+    /// the update decide again).
+    pub conflicts: AtomicU64,
+}
+
+/// A bundle's header and index as read by one range GET, with the version it belongs to.
+struct Index {
+    /// Bytes 0..DATA_START of the object.
+    head: Bytes,
+    /// ETag of the object the bytes came from.
+    etag: String,
+    /// Object size in bytes.
+    size: u64,
+    /// Object last-modified time.
+    mtime: SystemTime,
+    /// When the ETag was last confirmed.
+    checked: Mutex<Instant>,
+}
+
+impl Index {
+    fn entry(&self, slot: Slot) -> IndexEntry {
+        IndexEntry(crate::format::u64_at(&self.head, v2::index_pos(slot)))
+    }
+
+    fn slots(&self) -> impl Iterator<Item = (Slot, IndexEntry)> + '_ {
+        Slot::all()
+            .map(|s| (s, self.entry(s)))
+            .filter(|(_, e)| !e.is_empty())
+    }
+}
+
+/// A whole bundle read into memory, with its ETag.
+struct Whole {
+    handle: Arc<BundleHandle>,
+    etag: String,
+    checked: Mutex<Instant>,
+}
+
+/// The private runtime the async client runs on (two workers: requests wait on the network).
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("bundlefs-s3")
+            .enable_all()
+            .build()
+            .expect("a tokio runtime for the object store client")
+    })
+}
+
+fn block<F: std::future::Future>(f: F) -> F::Output {
+    runtime().block_on(f)
+}
+
+/// An S3 client for `url`'s bucket configured from the `AWS_*` environment (endpoint, region,
+/// credentials, `AWS_ALLOW_HTTP`), path-style, checksums only where the store requires them.
+pub fn s3_client(url: &ObjectUrl) -> Result<Arc<dyn ObjectStore>> {
+    s3_client_at(url, None)
+}
+
+/// [`s3_client`] with another endpoint (`http://HOST:PORT`) than `AWS_ENDPOINT_URL`'s, e.g. a
+/// second gateway of the same store.
+pub fn s3_client_at(url: &ObjectUrl, endpoint: Option<&str>) -> Result<Arc<dyn ObjectStore>> {
+    let mut b = AmazonS3Builder::from_env().with_bucket_name(&url.bucket);
+    if let Some(ep) = endpoint {
+        b = b.with_endpoint(ep);
+    }
+    let s3 = b.build().map_err(|e| {
+        Error::invalid(format!(
+            "{url}: cannot set up the S3 client from the AWS_* environment: {}",
+            scrub(&e.to_string())
+        ))
+    })?;
+    Ok(Arc::new(s3))
+}
+
+/// Writes a small object (conf.cdi) at `rel` under the cache at `url`, replacing it.
+pub fn put_file(url: &ObjectUrl, rel: &str, bytes: &[u8]) -> Result<()> {
+    let key = Key::from(url.key(rel));
+    block(s3_client(url)?.put(&key, PutPayload::from(Bytes::copy_from_slice(bytes))))
+        .map_err(|e| obj_err(url, rel, e))?;
+    Ok(())
+}
+
+/// True when the prefix at `url` holds a cache (conf.xml, `_alllayers/`, or `Lnn/` prefixes).
+pub fn holds_cache(url: &ObjectUrl) -> Result<bool> {
+    let client = s3_client(url)?;
+    let f = ObjectStorage::probe(url, client.as_ref())?;
+    if f.arcgis_layout {
+        return Ok(true);
+    }
+    let s = ObjectStorage::with_store(url.clone(), client, "", CacheOptions::default());
+    Ok(!s.levels()?.is_empty())
+}
+
+/// A message with anything that looks like a credential value removed (the client's errors name
+/// URLs and keys, not headers; this is a second guard).
+fn scrub(msg: &str) -> String {
+    let mut out = msg.to_string();
+    for var in [
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_ACCESS_KEY_ID",
+    ] {
+        if let Ok(v) = std::env::var(var) {
+            if v.len() >= 4 {
+                out = out.replace(&v, "***");
+            }
+        }
+    }
+    out
+}
+
+/// A Compact V2 cache under a prefix of an object store.
+pub struct ObjectStorage {
+    url: ObjectUrl,
+    /// Relative key of the folder holding the level folders (`_alllayers`, or empty).
+    tiles_rel: String,
+    store: Arc<dyn ObjectStore>,
+    opts: CacheOptions,
+    policy: RetryPolicy,
+    indexes: Mutex<LruCache<BundleId, Arc<Index>>>,
+    whole: Mutex<LruCache<BundleId, Arc<Whole>>>,
+    listings: Mutex<HashMap<u8, (Instant, Arc<Vec<BundleId>>)>>,
+    /// The store compares `If-Match` with unquoted ETags (Ceph RGW 16).
+    unquoted_etags: AtomicBool,
+    /// The store refuses its own ETag in `If-Match` on GET: tile reads go unpinned.
+    unpinned_gets: AtomicBool,
+    stats: ObjectStats,
+}
+
+/// What [`ObjectStorage::open`] found under a prefix.
+pub struct Found {
+    /// conf.xml bytes, if any.
+    pub conf_xml: Option<Bytes>,
+    /// conf.cdi bytes, if any.
+    pub cdi: Option<Bytes>,
+    /// Whether the level folders are under `_alllayers` (ArcGIS layout) or at the prefix
+    /// (MapProxy layout).
+    pub arcgis_layout: bool,
+}
+
+impl ObjectStorage {
+    /// The storage over `store` (any `object_store` implementation: S3, or in-memory in tests)
+    /// for the cache at `url`, its level folders under `tiles_rel` (`_alllayers` or empty).
+    pub fn with_store(
+        url: ObjectUrl,
+        store: Arc<dyn ObjectStore>,
+        tiles_rel: &str,
+        opts: CacheOptions,
+    ) -> ObjectStorage {
+        let cap = NonZeroUsize::new(opts.max_open_bundles.max(1)).unwrap();
+        let whole = NonZeroUsize::new(opts.max_open_bundles.clamp(1, MAX_WHOLE_BUNDLES)).unwrap();
+        ObjectStorage {
+            url,
+            tiles_rel: tiles_rel.to_string(),
+            store,
+            opts,
+            policy: RetryPolicy::default(),
+            indexes: Mutex::new(LruCache::new(cap)),
+            whole: Mutex::new(LruCache::new(whole)),
+            listings: Mutex::new(HashMap::new()),
+            unquoted_etags: AtomicBool::new(false),
+            unpinned_gets: AtomicBool::new(false),
+            stats: ObjectStats::default(),
+        }
+    }
+
+    /// Replaces the retry policy of conditional writes.
+    pub fn with_retry(mut self, policy: RetryPolicy) -> ObjectStorage {
+        self.policy = policy;
+        self
+    }
+
+    /// Request counters.
+    pub fn stats(&self) -> &ObjectStats {
+        &self.stats
+    }
+
+    /// The cache URL.
+    pub fn url(&self) -> &ObjectUrl {
+        &self.url
+    }
+
+    /// Reads conf.xml and conf.cdi under the prefix and tells the layout: ArcGIS when conf.xml or
+    /// an `_alllayers/` prefix exists, else MapProxy (level folders at the prefix).
+    pub fn probe(url: &ObjectUrl, store: &dyn ObjectStore) -> Result<Found> {
+        let conf_xml = get_small(store, url, crate::cache::CONF_XML)?;
+        let cdi = get_small(store, url, crate::cache::CONF_CDI)?;
+        let arcgis_layout = conf_xml.is_some() || {
+            let p = Key::from(url.key(ALLLAYERS));
+            let l = block(store.list_with_delimiter(Some(&p))).map_err(|e| obj_err(url, "", e))?;
+            !l.common_prefixes.is_empty() || !l.objects.is_empty()
+        };
+        Ok(Found {
+            conf_xml,
+            cdi,
+            arcgis_layout,
+        })
+    }
+
+    /// Writes a small object (conf.xml, conf.cdi) at `rel` under the prefix, replacing it.
+    pub fn put_file(&self, rel: &str, bytes: &[u8]) -> Result<()> {
+        let key = Key::from(self.url.key(rel));
+        block(
+            self.store
+                .put(&key, PutPayload::from(Bytes::copy_from_slice(bytes))),
+        )
+        .map_err(|e| obj_err(&self.url, rel, e))?;
+        Ok(())
+    }
+
+    /// Storage detected from the first level holding anything: V2 bundles are served; Compact V1
+    /// and exploded layouts in an object store are refused by name. None: no tiles yet.
+    pub fn detect(&self) -> Result<Option<StorageFormat>> {
+        for level in self.levels()? {
+            let rel = self.level_rel(level);
+            let l = block(
+                self.store
+                    .list_with_delimiter(Some(&Key::from(self.url.key(&rel)))),
+            )
+            .map_err(|e| obj_err(&self.url, &rel, e))?;
+            let names: Vec<String> = l
+                .objects
+                .iter()
+                .filter_map(|o| o.location.filename().map(str::to_string))
+                .collect();
+            if names.iter().any(|n| n.ends_with(".bundlx")) {
+                return Ok(Some(StorageFormat::CompactV1));
+            }
+            if names.iter().any(|n| n.ends_with(".bundle")) {
+                return Ok(Some(StorageFormat::CompactV2));
+            }
+            if l.common_prefixes
+                .iter()
+                .filter_map(|p| p.filename())
+                .any(|n| names::parse_row_dir(n).is_ok())
+            {
+                return Ok(Some(StorageFormat::Exploded));
+            }
+        }
+        Ok(None)
+    }
+
+    fn rel_join(&self, rest: &str) -> String {
+        if self.tiles_rel.is_empty() {
+            rest.to_string()
+        } else {
+            format!("{}/{rest}", self.tiles_rel)
+        }
+    }
+
+    fn level_rel(&self, level: u8) -> String {
+        self.rel_join(&names::level_dir(level))
+    }
+
+    fn bundle_rel(&self, id: &BundleId) -> String {
+        format!(
+            "{}/{}.bundle",
+            self.level_rel(id.level),
+            names::bundle_base(id)
+        )
+    }
+
+    fn bundle_key(&self, id: &BundleId) -> Key {
+        Key::from(self.url.key(&self.bundle_rel(id)))
+    }
+
+    /// The URL of bundle `id`, for messages.
+    pub fn bundle_url(&self, id: &BundleId) -> PathBuf {
+        rel_url(&self.url, &self.bundle_rel(id))
+    }
+
+    fn fresh(&self, checked: &Mutex<Instant>) -> bool {
+        checked.lock().unwrap().elapsed() < self.opts.recheck
+    }
+
+    /// The ETag of bundle `id` now (HEAD), None if it does not exist.
+    fn head_etag(&self, id: &BundleId) -> Result<Option<String>> {
+        self.stats.heads.fetch_add(1, Ordering::Relaxed);
+        match block(self.store.head(&self.bundle_key(id))) {
+            Ok(m) => Ok(Some(m.e_tag.unwrap_or_default())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(obj_err(&self.url, &self.bundle_rel(id), e)),
+        }
+    }
+
+    /// Bundle `id`'s header and index: cached, confirmed by HEAD every `recheck`, else one range
+    /// GET. None if the bundle does not exist.
+    fn index(&self, id: BundleId) -> Result<Option<Arc<Index>>> {
+        let cached = self.indexes.lock().unwrap().get(&id).cloned();
+        if let Some(ix) = cached {
+            if self.fresh(&ix.checked) {
+                return Ok(Some(ix));
+            }
+            if self.head_etag(&id)?.as_deref() == Some(ix.etag.as_str()) {
+                *ix.checked.lock().unwrap() = Instant::now();
+                return Ok(Some(ix));
+            }
+            tracing::debug!("{}: changed in the store", self.bundle_url(&id).display());
+        }
+        self.indexes.lock().unwrap().pop(&id);
+        let rel = self.bundle_rel(&id);
+        let opts = GetOptions {
+            range: Some(GetRange::Bounded(0..DATA_START)),
+            ..Default::default()
+        };
+        self.stats.gets.fetch_add(1, Ordering::Relaxed);
+        let got = match block(async {
+            let r = self.store.get_opts(&self.bundle_key(&id), opts).await?;
+            let meta = r.meta.clone();
+            Ok::<_, object_store::Error>((meta, r.bytes().await?))
+        }) {
+            Ok(g) => g,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(obj_err(&self.url, &rel, e)),
+        };
+        let (meta, head) = got;
+        let url = rel_url(&self.url, &rel);
+        v2::check_header(&head).in_file(&url)?;
+        if (head.len() as u64) < DATA_START {
+            return Err(Error::format(
+                &url,
+                FormatError::Truncated {
+                    what: "V2 index",
+                    len: meta.size,
+                    need: DATA_START,
+                },
+            ));
+        }
+        let Some(etag) = meta.e_tag else {
+            return Err(Error::io(
+                &url,
+                std::io::Error::other("the store sent no ETag; bundlefs needs ETags"),
+            ));
+        };
+        let ix = Arc::new(Index {
+            head,
+            etag,
+            size: meta.size,
+            mtime: meta.last_modified.into(),
+            checked: Mutex::new(Instant::now()),
+        });
+        self.indexes.lock().unwrap().put(id, ix.clone());
+        Ok(Some(ix))
+    }
+
+    /// The bytes of `slot`'s tile per `ix` (checked against the object size and the record's size
+    /// prefix), by one range GET pinned to `ix`'s ETag. `Ok(Err(()))`: the bundle changed since.
+    fn read_tile(
+        &self,
+        id: BundleId,
+        ix: &Index,
+        slot: Slot,
+    ) -> Result<std::result::Result<Option<Vec<u8>>, ()>> {
+        let e = ix.entry(slot);
+        if e.is_empty() {
+            return Ok(Ok(None));
+        }
+        let url = self.bundle_url(&id);
+        let (off, size) = (e.offset(), u64::from(e.size()));
+        let bad = |msg: String| {
+            Error::format(
+                &url,
+                FormatError::BadEntry {
+                    row: slot.row,
+                    col: slot.col,
+                    msg,
+                },
+            )
+        };
+        if off < DATA_START + RECORD_PREFIX {
+            return Err(bad(format!(
+                "offset {off} points into the header/index (data starts at {DATA_START})"
+            )));
+        }
+        if off + size > ix.size {
+            return Err(bad(format!(
+                "tile of {size} bytes at offset {off} runs past the end of the object ({} bytes)",
+                ix.size
+            )));
+        }
+        let get = |if_match: Option<String>| {
+            let opts = GetOptions {
+                range: Some(GetRange::Bounded(off - RECORD_PREFIX..off + size)),
+                if_match,
+                ..Default::default()
+            };
+            self.stats.gets.fetch_add(1, Ordering::Relaxed);
+            block(async {
+                let r = self.store.get_opts(&self.bundle_key(&id), opts).await?;
+                r.bytes().await
+            })
+        };
+        let pinned = !self.unpinned_gets.load(Ordering::Relaxed);
+        let mut got = get(pinned.then(|| ix.etag.clone()));
+        if pinned && matches!(got, Err(object_store::Error::Precondition { .. })) {
+            // A store that refuses its own current ETag in If-Match on GET cannot pin reads:
+            // read unpinned from then on (staleness then bounded by `recheck`).
+            if self.head_etag(&id)?.as_deref() == Some(ix.etag.as_str()) {
+                if !self.unpinned_gets.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "{}: the store refuses its own ETag in If-Match on GET; tile reads are \
+                         no longer pinned to their index's version",
+                        self.url
+                    );
+                }
+                got = get(None);
+            }
+        }
+        let b = match got {
+            Ok(b) => b,
+            Err(
+                object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. },
+            ) => return Ok(Err(())),
+            Err(e) => return Err(obj_err(&self.url, &self.bundle_rel(&id), e)),
+        };
+        if b.len() as u64 != size + RECORD_PREFIX {
+            return Err(bad(format!(
+                "range read of {} bytes gave {}",
+                size + RECORD_PREFIX,
+                b.len()
+            )));
+        }
+        let prefix = u32::from_le_bytes(b[..4].try_into().unwrap());
+        if u64::from(prefix) != size {
+            return Err(bad(format!(
+                "record size {prefix} at offset {} disagrees with index size {size}",
+                off - RECORD_PREFIX
+            )));
+        }
+        Ok(Ok(Some(b[4..].to_vec())))
+    }
+
+    /// Reads bundle `id` whole (one GET): its handle and ETag, None if it does not exist.
+    fn get_whole(&self, id: BundleId) -> Result<Option<(Arc<BundleHandle>, String)>> {
+        let rel = self.bundle_rel(&id);
+        let url = rel_url(&self.url, &rel);
+        self.stats.gets.fetch_add(1, Ordering::Relaxed);
+        let got = block(async {
+            let r = self.store.get(&self.bundle_key(&id)).await?;
+            let meta = r.meta.clone();
+            Ok::<_, object_store::Error>((meta, r.bytes().await?))
+        });
+        let (meta, bytes) = match got {
+            Ok(g) => g,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(obj_err(&self.url, &rel, e)),
+        };
+        let Some(etag) = meta.e_tag else {
+            return Err(Error::io(
+                &url,
+                std::io::Error::other("the store sent no ETag; bundlefs needs ETags"),
+            ));
+        };
+        let mtime: SystemTime = meta.last_modified.into();
+        let stamp = FileStamp {
+            ino: 0,
+            len: bytes.len() as u64,
+            mtime_ns: mtime
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i128),
+        };
+        let h = BundleHandle::from_v2_bytes(id, &url, bytes, stamp)?;
+        Ok(Some((Arc::new(h), etag)))
+    }
+
+    /// Read-modify-write of bundle `id` by conditional PUT: `build` gets the bundle as stored now
+    /// (None: it does not exist) and returns the new bundle's bytes and tile count (None: nothing
+    /// to write); called again after each lost race.
+    fn rewrite(
+        &self,
+        id: BundleId,
+        build: &mut dyn FnMut(Option<&Arc<BundleHandle>>) -> Result<Option<(Vec<u8>, usize)>>,
+    ) -> Result<WriteStats> {
+        let rel = self.bundle_rel(&id);
+        let key = self.bundle_key(&id);
+        let mut seed = jitter_seed(&id);
+        for attempt in 0..self.policy.attempts {
+            if attempt > 0 {
+                let exp = self
+                    .policy
+                    .base_delay
+                    .saturating_mul(1 << (attempt - 1).min(16))
+                    .min(self.policy.max_delay);
+                seed = xorshift(seed);
+                let frac = 0.5 + (seed % 1000) as f64 / 2000.0;
+                std::thread::sleep(exp.mul_f64(frac));
+            }
+            let current = self.get_whole(id)?;
+            let Some((body, tiles)) = build(current.as_ref().map(|(h, _)| h))? else {
+                return Ok(WriteStats::default());
+            };
+            let len = body.len() as u64;
+            let payload = PutPayload::from(Bytes::from(body));
+            let etag = current.as_ref().map(|(_, e)| e.clone());
+            match self.put_conditional(&key, payload, etag.as_deref())? {
+                true => {
+                    self.stats.puts.fetch_add(1, Ordering::Relaxed);
+                    self.invalidate(&id);
+                    self.listings.lock().unwrap().remove(&id.level);
+                    return Ok(WriteStats {
+                        tiles,
+                        bytes_written: len,
+                    });
+                }
+                false => {
+                    self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(
+                        "{}: another writer changed the bundle (try {}); deciding again",
+                        rel_url(&self.url, &rel).display(),
+                        attempt + 1
+                    );
+                }
+            }
+        }
+        Err(Error::io(
+            rel_url(&self.url, &rel),
+            std::io::Error::other(format!(
+                "gave up after {} tries: other writers changed the bundle each time \
+                 (conditional PUT refused); nothing of this write was stored",
+                self.policy.attempts
+            )),
+        ))
+    }
+
+    /// One conditional PUT: `If-Match: etag`, or `If-None-Match: *` when `etag` is None. False if
+    /// the precondition failed (another writer was first).
+    fn put_conditional(&self, key: &Key, payload: PutPayload, etag: Option<&str>) -> Result<bool> {
+        let rel = key.as_ref().to_string();
+        let put = |mode: PutMode| {
+            block(self.store.put_opts(
+                key,
+                payload.clone(),
+                PutOptions {
+                    mode,
+                    ..Default::default()
+                },
+            ))
+        };
+        let Some(etag) = etag else {
+            return match put(PutMode::Create) {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::AlreadyExists { .. })
+                | Err(object_store::Error::Precondition { .. }) => Ok(false),
+                Err(e) => Err(obj_err_key(&self.url, &rel, e)),
+            };
+        };
+        let update = |tag: &str| {
+            PutMode::Update(UpdateVersion {
+                e_tag: Some(tag.to_string()),
+                version: None,
+            })
+        };
+        let unquoted = etag.trim_matches('"');
+        let first = if self.unquoted_etags.load(Ordering::Relaxed) {
+            unquoted
+        } else {
+            etag
+        };
+        match put(update(first)) {
+            Ok(_) => return Ok(true),
+            Err(object_store::Error::Precondition { .. }) => {}
+            Err(e) => return Err(obj_err_key(&self.url, &rel, e)),
+        }
+        if first == unquoted || unquoted == etag {
+            return Ok(false);
+        }
+        // Ceph RGW 16 compares If-Match with the unquoted ETag: a 412 while the object still has
+        // the ETag we sent means the store wants it unquoted.
+        self.stats.heads.fetch_add(1, Ordering::Relaxed);
+        let now = match block(self.store.head(key)) {
+            Ok(m) => m.e_tag,
+            Err(object_store::Error::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(obj_err_key(&self.url, &rel, e)),
+        };
+        if now.as_deref() != Some(etag) {
+            return Ok(false);
+        }
+        match put(update(unquoted)) {
+            Ok(_) => {
+                if !self.unquoted_etags.swap(true, Ordering::Relaxed) {
+                    tracing::info!(
+                        "{}: the store compares If-Match with unquoted ETags (Ceph RGW 16); \
+                         sending them unquoted",
+                        self.url
+                    );
+                }
+                Ok(true)
+            }
+            Err(object_store::Error::Precondition { .. }) => Ok(false),
+            Err(e) => Err(obj_err_key(&self.url, &rel, e)),
+        }
+    }
+
+    /// Whether conditional PUTs go with unquoted ETags (learnt from the store).
+    pub fn sends_unquoted_etags(&self) -> bool {
+        self.unquoted_etags.load(Ordering::Relaxed)
+    }
+}
+
+/// What a new cache in an object store gets: its storage (only Compact V2 is served), conf.xml
+/// and conf.cdi bytes (written as given, conf.cdi first, each replacing what is there).
+pub struct NewCache<'a> {
+    /// The storage format asked for.
+    pub storage: StorageFormat,
+    /// conf.xml bytes (None: MapProxy layout, level folders at the prefix).
+    pub conf_xml: Option<&'a [u8]>,
+    /// conf.cdi bytes.
+    pub cdi: Option<&'a [u8]>,
+}
+
+/// A cache found (or made) at a URL: conf.xml and conf.cdi bytes, the layout and the storage.
+pub struct Opened {
+    /// conf.xml bytes, if any.
+    pub conf_xml: Option<Bytes>,
+    /// conf.cdi bytes, if any.
+    pub cdi: Option<Bytes>,
+    /// ArcGIS layout (`_alllayers/`), else MapProxy (level folders at the prefix).
+    pub arcgis_layout: bool,
+    /// The storage of its tiles.
+    pub store: ObjectStorage,
+}
+
+/// Opens the cache at `url` (S3 client from the `AWS_*` environment), or with `create` writes its
+/// conf.cdi and conf.xml first. Refused by name: Compact V1 and exploded caches in an object store
+/// (only Compact V2 is served there), and a prefix holding no cache.
+pub fn open(url: &ObjectUrl, opts: CacheOptions, create: Option<NewCache>) -> Result<Opened> {
+    let client = s3_client(url)?;
+    let refuse = |what: StorageFormat| {
+        Error::invalid(format!(
+            "{url}: {what} storage in an object store is not supported; bundlefs serves              Compact V2 (compact-v2) caches there"
+        ))
+    };
+    let (conf_xml, cdi, arcgis_layout) = match create {
+        Some(n) => {
+            if n.storage != StorageFormat::CompactV2 {
+                return Err(refuse(n.storage));
+            }
+            let w = ObjectStorage::with_store(url.clone(), client.clone(), "", opts.clone());
+            if let Some(cdi) = n.cdi {
+                w.put_file(crate::cache::CONF_CDI, cdi)?;
+            }
+            if let Some(x) = n.conf_xml {
+                w.put_file(crate::cache::CONF_XML, x)?;
+            }
+            (
+                n.conf_xml.map(Bytes::copy_from_slice),
+                n.cdi.map(Bytes::copy_from_slice),
+                n.conf_xml.is_some(),
+            )
+        }
+        None => {
+            let f = ObjectStorage::probe(url, client.as_ref())?;
+            (f.conf_xml, f.cdi, f.arcgis_layout)
+        }
+    };
+    let tiles_rel = if arcgis_layout { ALLLAYERS } else { "" };
+    let store = ObjectStorage::with_store(url.clone(), client, tiles_rel, opts);
+    match store.detect()? {
+        Some(StorageFormat::CompactV2) => {}
+        Some(other) => return Err(refuse(other)),
+        None if conf_xml.is_none() && !arcgis_layout => {
+            return Err(Error::invalid(format!(
+                "{url}: not a tile cache (no conf.xml, no _alllayers/, no Lnn level prefixes)"
+            )))
+        }
+        None => {}
+    }
+    Ok(Opened {
+        conf_xml,
+        cdi,
+        arcgis_layout,
+        store,
+    })
+}
+
+/// Every valid tile of `h` (an entry that does not check is an error: a rewrite must not drop a
+/// tile silently).
+fn tiles_of(h: &BundleHandle) -> Result<Vec<(Slot, std::ops::Range<usize>)>> {
+    let mut out = Vec::new();
+    for (slot, _) in h.slots() {
+        if let Some(r) = h.tile_range(slot)? {
+            out.push((slot, r));
+        }
+    }
+    Ok(out)
+}
+
+/// A fresh V2 bundle of `tiles` (slot order; the last of duplicates wins), as bytes.
+fn build_v2(url: &std::path::Path, tiles: &BTreeMap<Slot, &[u8]>) -> Result<Vec<u8>> {
+    let mut b = v2::Builder::new(Cursor::new(Vec::new())).map_err(|e| Error::io(url, e))?;
+    for (slot, bytes) in tiles {
+        b.add(*slot, bytes).map_err(|e| Error::io(url, e))?;
+    }
+    let (out, _) = b.finish().map_err(|e| Error::io(url, e))?;
+    Ok(out.into_inner())
+}
+
+struct View<'a>(Option<&'a Arc<BundleHandle>>);
+
+impl GroupView for View<'_> {
+    fn exists(&self) -> bool {
+        self.0.is_some()
+    }
+    fn tile(&self, slot: Slot) -> Result<Option<TileBytes>> {
+        let Some(h) = self.0 else { return Ok(None) };
+        Ok(h.tile_range(slot)?
+            .map(|r| TileBytes::mapped(Arc::clone(h), r)))
+    }
+}
+
+impl Storage for ObjectStorage {
+    fn format(&self) -> StorageFormat {
+        StorageFormat::CompactV2
+    }
+
+    fn levels(&self) -> Result<Vec<u8>> {
+        let p = Key::from(self.url.key(&self.tiles_rel));
+        let prefix = (!p.as_ref().is_empty()).then_some(&p);
+        let l = block(self.store.list_with_delimiter(prefix))
+            .map_err(|e| obj_err(&self.url, &self.tiles_rel, e))?;
+        let mut v: Vec<u8> = l
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename())
+            .filter(|n| n.starts_with('L'))
+            .filter_map(|n| names::parse_level_dir(n).ok())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        Ok(v)
+    }
+
+    fn bundles(&self, level: u8) -> Result<Vec<BundleId>> {
+        if let Some((at, v)) = self.listings.lock().unwrap().get(&level) {
+            if at.elapsed() < self.opts.recheck {
+                return Ok(v.as_ref().clone());
+            }
+        }
+        let rel = self.level_rel(level);
+        let l = block(
+            self.store
+                .list_with_delimiter(Some(&Key::from(self.url.key(&rel)))),
+        )
+        .map_err(|e| obj_err(&self.url, &rel, e))?;
+        let mut v = Vec::new();
+        for o in &l.objects {
+            let Some(n) = o.location.filename() else {
+                continue;
+            };
+            if !n.ends_with(".bundle") {
+                continue;
+            }
+            match names::parse_bundle_file(n) {
+                Ok((row0, col0, _)) => v.push(BundleId { level, row0, col0 }),
+                Err(e) => tracing::warn!("{}: skipping: {e}", rel_url(&self.url, &rel).display()),
+            }
+        }
+        v.sort_unstable();
+        self.listings
+            .lock()
+            .unwrap()
+            .insert(level, (Instant::now(), Arc::new(v.clone())));
+        Ok(v)
+    }
+
+    fn bundle(&self, id: BundleId) -> Result<Option<Arc<BundleHandle>>> {
+        let cached = self.whole.lock().unwrap().get(&id).cloned();
+        if let Some(w) = cached {
+            if self.fresh(&w.checked) {
+                return Ok(Some(w.handle.clone()));
+            }
+            if self.head_etag(&id)?.as_deref() == Some(w.etag.as_str()) {
+                *w.checked.lock().unwrap() = Instant::now();
+                return Ok(Some(w.handle.clone()));
+            }
+        }
+        self.whole.lock().unwrap().pop(&id);
+        let Some((handle, etag)) = self.get_whole(id)? else {
+            return Ok(None);
+        };
+        let w = Arc::new(Whole {
+            handle: handle.clone(),
+            etag,
+            checked: Mutex::new(Instant::now()),
+        });
+        self.whole.lock().unwrap().put(id, w);
+        Ok(Some(handle))
+    }
+
+    fn invalidate(&self, id: &BundleId) {
+        self.indexes.lock().unwrap().pop(id);
+        self.whole.lock().unwrap().pop(id);
+    }
+
+    fn tile(&self, t: TileAddr) -> Result<Option<TileBytes>> {
+        let id = t.bundle();
+        for _ in 0..2 {
+            let Some(ix) = self.index(id)? else {
+                return Ok(None);
+            };
+            match self.read_tile(id, &ix, t.slot())? {
+                Ok(Some(v)) => return Ok(Some(TileBytes::shared(Arc::new(v), Some(ix.mtime)))),
+                Ok(None) => return Ok(None),
+                Err(()) => {
+                    tracing::debug!(
+                        "{}: changed since its index was read; reading it anew",
+                        self.bundle_url(&id).display()
+                    );
+                    self.invalidate(&id);
+                }
+            }
+        }
+        Err(Error::io(
+            self.bundle_url(&id),
+            std::io::Error::other(format!(
+                "tile {t}: the bundle changed again while being read; try again"
+            )),
+        ))
+    }
+
+    fn rows(&self, level: u8) -> Result<BTreeSet<u32>> {
+        let mut rows = BTreeSet::new();
+        for id in self.bundles(level)? {
+            match self.index(id) {
+                Ok(Some(ix)) => rows.extend(ix.slots().map(|(s, _)| id.row0 + s.row)),
+                Ok(None) => {}
+                Err(e) => tracing::error!("{e}"),
+            }
+        }
+        Ok(rows)
+    }
+
+    fn cols(&self, level: u8, row: u32) -> Result<Vec<(u32, u64)>> {
+        let mut out = Vec::new();
+        let row0 = row - row % BUNDLE_DIM;
+        for id in self.bundles(level)?.into_iter().filter(|b| b.row0 == row0) {
+            let Some(ix) = self.index(id)? else { continue };
+            out.extend(
+                ix.slots()
+                    .filter(|(s, _)| s.row == row - row0)
+                    .map(|(s, e)| (id.col0 + s.col, u64::from(e.size()))),
+            );
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    fn groups(&self, level: u8) -> Result<Vec<TileGroup>> {
+        Ok(self
+            .bundles(level)?
+            .into_iter()
+            .map(TileGroup::bundle)
+            .collect())
+    }
+
+    fn read_group(&self, g: &TileGroup) -> Result<Vec<(TileAddr, TileBytes)>> {
+        let Some(b) = self.bundle(g.id)? else {
+            return Ok(Vec::new());
+        };
+        Ok(tiles_of(&b)?
+            .into_iter()
+            .map(|(slot, r)| (g.id.tile(slot), TileBytes::mapped(b.clone(), r)))
+            .collect())
+    }
+
+    fn level_stats(&self, level: u8) -> Result<LevelStats> {
+        let mut s = LevelStats::default();
+        for id in self.bundles(level)? {
+            let Some(ix) = self.index(id)? else { continue };
+            s.bundles += 1;
+            let mut live = 0;
+            for (_, e) in ix.slots() {
+                s.tiles += 1;
+                s.tile_bytes += u64::from(e.size());
+                live += u64::from(e.size()) + RECORD_PREFIX;
+            }
+            s.file_bytes += ix.size;
+            s.dead_bytes += ix.size.saturating_sub(DATA_START + live);
+        }
+        Ok(s)
+    }
+
+    fn write_group(&self, id: BundleId, tiles: &[TimedSlot]) -> Result<WriteStats> {
+        let url = self.bundle_url(&id);
+        check_tiles(&url, id, tiles)?;
+        if tiles.iter().any(|t| t.2.is_some()) {
+            tracing::debug!(
+                "{}: per-tile times are not kept in object stores; tiles show the bundle's time",
+                url.display()
+            );
+        }
+        let new: BTreeMap<Slot, &[u8]> = tiles.iter().map(|(s, b, _)| (*s, *b)).collect();
+        self.rewrite(id, &mut |cur| {
+            let mut all: BTreeMap<Slot, &[u8]> = BTreeMap::new();
+            if let Some(h) = cur {
+                for (slot, r) in tiles_of(h)? {
+                    all.insert(slot, h.bytes(r));
+                }
+            }
+            all.extend(new.iter().map(|(s, b)| (*s, *b)));
+            Ok(Some((build_v2(&url, &all)?, new.len())))
+        })
+    }
+
+    fn update_group(&self, id: BundleId, f: &mut UpdateFn) -> Result<WriteStats> {
+        let url = self.bundle_url(&id);
+        self.rewrite(id, &mut |cur| {
+            let decided = f(&View(cur))?;
+            if decided.is_empty() {
+                return Ok(None);
+            }
+            let timed: Vec<TimedSlot> = decided.iter().map(|(s, b)| (*s, &b[..], None)).collect();
+            check_tiles(&url, id, &timed)?;
+            let mut all: BTreeMap<Slot, &[u8]> = BTreeMap::new();
+            if let Some(h) = cur {
+                for (slot, r) in tiles_of(h)? {
+                    all.insert(slot, h.bytes(r));
+                }
+            }
+            let n = decided
+                .iter()
+                .map(|(s, _)| *s)
+                .collect::<BTreeSet<_>>()
+                .len();
+            all.extend(decided.iter().map(|(s, b)| (*s, &b[..])));
+            Ok(Some((build_v2(&url, &all)?, n)))
+        })
+    }
+
+    fn delete_group(&self, id: BundleId, slots: &[Slot]) -> Result<()> {
+        let url = self.bundle_url(&id);
+        let gone: BTreeSet<Slot> = slots.iter().copied().collect();
+        self.rewrite(id, &mut |cur| {
+            let Some(h) = cur else { return Ok(None) };
+            let mut all: BTreeMap<Slot, &[u8]> = BTreeMap::new();
+            let mut removed = 0;
+            for (slot, r) in tiles_of(h)? {
+                if gone.contains(&slot) {
+                    removed += 1;
+                } else {
+                    all.insert(slot, h.bytes(r));
+                }
+            }
+            if removed == 0 {
+                return Ok(None);
+            }
+            Ok(Some((build_v2(&url, &all)?, removed)))
+        })?;
+        Ok(())
+    }
+
+    fn tile_mtime(&self, _t: TileAddr, bytes: &TileBytes) -> Option<SystemTime> {
+        bytes.mtime()
+    }
+
+    fn set_tile_time(&self, t: TileAddr, _mtime: SystemTime) -> Result<bool> {
+        Err(Error::invalid(format!(
+            "{}: tile {t}: per-tile modification times are not kept in object stores \
+             (bundlefs shows the bundle's last-modified time)",
+            self.bundle_url(&t.bundle()).display()
+        )))
+    }
+
+    fn location(&self, t: TileAddr) -> PathBuf {
+        self.bundle_url(&t.bundle())
+    }
+}
+
+/// `s3://BUCKET/PREFIX/rel` as a path, for messages.
+fn rel_url(url: &ObjectUrl, rel: &str) -> PathBuf {
+    PathBuf::from(format!("s3://{}/{}", url.bucket, url.key(rel)))
+}
+
+/// An error of a request for `rel` under `url`: names the object, never a credential.
+fn obj_err(url: &ObjectUrl, rel: &str, e: object_store::Error) -> Error {
+    obj_err_at(rel_url(url, rel), e)
+}
+
+/// [`obj_err`] for a full key.
+fn obj_err_key(url: &ObjectUrl, key: &str, e: object_store::Error) -> Error {
+    obj_err_at(PathBuf::from(format!("s3://{}/{key}", url.bucket)), e)
+}
+
+fn obj_err_at(at: PathBuf, e: object_store::Error) -> Error {
+    let kind = match &e {
+        object_store::Error::NotFound { .. } => std::io::ErrorKind::NotFound,
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => std::io::ErrorKind::PermissionDenied,
+        _ => std::io::ErrorKind::Other,
+    };
+    Error::io(at, std::io::Error::new(kind, scrub(&e.to_string())))
+}
+
+/// A small object at `rel` under the prefix, None if it does not exist.
+fn get_small(store: &dyn ObjectStore, url: &ObjectUrl, rel: &str) -> Result<Option<Bytes>> {
+    let key = Key::from(url.key(rel));
+    match block(async { store.get(&key).await?.bytes().await }) {
+        Ok(b) => Ok(Some(b)),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(obj_err(url, rel, e)),
+    }
+}
+
+fn jitter_seed(id: &BundleId) -> u64 {
+    let t = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let tid = format!("{:?}", std::thread::current().id());
+    let h = tid.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    (t ^ h ^ (u64::from(id.row0) << 32) ^ u64::from(id.col0)) | 1
+}
+
+fn xorshift(mut x: u64) -> u64 {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    x
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    fn url() -> ObjectUrl {
+        ObjectUrl::parse("s3://bucket/caches/world")
+            .unwrap()
+            .unwrap()
+    }
+
+    fn storage(mem: &Arc<InMemory>, recheck: Duration) -> ObjectStorage {
+        let opts = CacheOptions {
+            recheck,
+            ..CacheOptions::default()
+        };
+        ObjectStorage::with_store(url(), mem.clone(), ALLLAYERS, opts).with_retry(RetryPolicy {
+            attempts: 50,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(5),
+        })
+    }
+
+    const ID: BundleId = BundleId {
+        level: 3,
+        row0: 128,
+        col0: 0,
+    };
+
+    fn tile(n: u32) -> Vec<u8> {
+        format!("tile-{n}-").repeat(1 + n as usize % 7).into_bytes()
+    }
+
+    fn slot(n: u32) -> Slot {
+        Slot {
+            row: n / BUNDLE_DIM,
+            col: n % BUNDLE_DIM,
+        }
+    }
+
+    fn put(s: &ObjectStorage, ns: &[u32]) {
+        let tiles: Vec<(Slot, Vec<u8>)> = ns.iter().map(|n| (slot(*n), tile(*n))).collect();
+        let timed: Vec<TimedSlot> = tiles.iter().map(|(s, b)| (*s, &b[..], None)).collect();
+        s.write_group(ID, &timed).unwrap();
+    }
+
+    #[test]
+    fn writes_and_reads_back_by_range_and_whole() {
+        let mem = Arc::new(InMemory::new());
+        let s = storage(&mem, Duration::from_secs(60));
+        assert_eq!(s.levels().unwrap(), Vec::<u8>::new());
+        put(&s, &[0, 5, 130]);
+        put(&s, &[5, 7]);
+        assert_eq!(s.levels().unwrap(), vec![3]);
+        assert_eq!(s.bundles(3).unwrap(), vec![ID]);
+        for n in [0, 5, 7, 130] {
+            let got = s.tile(ID.tile(slot(n))).unwrap().expect("stored tile");
+            assert_eq!(&got[..], &tile(n)[..], "tile {n}");
+        }
+        assert!(s.tile(ID.tile(slot(1))).unwrap().is_none());
+        assert_eq!(s.rows(3).unwrap(), BTreeSet::from([128, 129]));
+        assert_eq!(
+            s.cols(3, 128).unwrap(),
+            vec![0, 5, 7]
+                .into_iter()
+                .map(|n| (n, tile(n).len() as u64))
+                .collect::<Vec<_>>()
+        );
+        let st = s.level_stats(3).unwrap();
+        assert_eq!((st.bundles, st.tiles, st.dead_bytes), (1, 4, 0));
+        let group = s.read_group(&TileGroup::bundle(ID)).unwrap();
+        assert_eq!(group.len(), 4);
+        for (t, b) in group {
+            let n = t.slot().row * BUNDLE_DIM + t.slot().col;
+            assert_eq!(&b[..], &tile(n)[..]);
+        }
+        // The object is a plain V2 bundle without dead space.
+        let h = s.bundle(ID).unwrap().unwrap();
+        assert_eq!(h.dead_bytes(), 0);
+        assert_eq!(h.slots().len(), 4);
+        s.delete_group(ID, &[slot(5)]).unwrap();
+        assert!(s.tile(ID.tile(slot(5))).unwrap().is_none());
+        assert_eq!(s.stats().conflicts.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_lost_race_is_decided_again_against_the_winner() {
+        let mem = Arc::new(InMemory::new());
+        let s = storage(&mem, Duration::from_secs(60));
+        let other = storage(&mem, Duration::from_secs(60));
+        put(&s, &[1]);
+        let mut calls = 0;
+        let st = s
+            .update_group(ID, &mut |view: &dyn GroupView| {
+                calls += 1;
+                if calls == 1 {
+                    // Another writer gets in between our read and our PUT.
+                    put(&other, &[2]);
+                }
+                // Decide from what is stored: write tile 3 only if tile 2 is not there yet,
+                // else tile 4 (so the test sees which bundle the decision was made on).
+                let n = if view.tile(slot(2))?.is_some() { 4 } else { 3 };
+                Ok(vec![(slot(n), TileBytes::owned(tile(n)))])
+            })
+            .unwrap();
+        assert_eq!(calls, 2, "decided again after the conflict");
+        assert_eq!(st.tiles, 1);
+        assert_eq!(s.stats().conflicts.load(Ordering::Relaxed), 1);
+        let fresh = storage(&mem, Duration::ZERO);
+        for (n, want) in [(1, true), (2, true), (3, false), (4, true)] {
+            let got = fresh.tile(ID.tile(slot(n))).unwrap();
+            assert_eq!(got.is_some(), want, "tile {n}");
+            if let Some(b) = got {
+                assert_eq!(&b[..], &tile(n)[..]);
+            }
+        }
+    }
+
+    #[test]
+    fn gives_up_after_bounded_tries_with_a_clear_error_and_writes_nothing() {
+        let mem = Arc::new(InMemory::new());
+        let s = storage(&mem, Duration::from_secs(60)).with_retry(RetryPolicy {
+            attempts: 3,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(2),
+        });
+        let other = storage(&mem, Duration::from_secs(60));
+        let mut round = 100;
+        let e = s
+            .update_group(ID, &mut |_view: &dyn GroupView| {
+                round += 1;
+                put(&other, &[round]);
+                Ok(vec![(slot(9), TileBytes::owned(tile(9)))])
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gave up after 3 tries"), "{e}");
+        assert!(
+            e.contains("s3://bucket/caches/world/_alllayers/L03/R0080C0000.bundle"),
+            "{e}"
+        );
+        assert_eq!(s.stats().conflicts.load(Ordering::Relaxed), 3);
+        let fresh = storage(&mem, Duration::ZERO);
+        assert!(fresh.tile(ID.tile(slot(9))).unwrap().is_none());
+        for n in 101..=103 {
+            assert!(fresh.tile(ID.tile(slot(n))).unwrap().is_some(), "tile {n}");
+        }
+    }
+
+    #[test]
+    fn racing_writers_in_threads_lose_no_tile() {
+        let mem = Arc::new(InMemory::new());
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let s = storage(&mem, Duration::from_secs(60));
+                std::thread::spawn(move || {
+                    for i in 0..15u32 {
+                        put(&s, &[w * 100 + i]);
+                    }
+                    s.stats().conflicts.load(Ordering::Relaxed)
+                })
+            })
+            .collect();
+        let conflicts: u64 = writers.into_iter().map(|h| h.join().unwrap()).sum();
+        let fresh = storage(&mem, Duration::ZERO);
+        for w in 0..4 {
+            for i in 0..15 {
+                let n = w * 100 + i;
+                let got = fresh.tile(ID.tile(slot(n))).unwrap();
+                assert_eq!(got.as_deref(), Some(&tile(n)[..]), "tile {n} lost");
+            }
+        }
+        // Not asserted > 0: threads on an in-memory store may or may not collide; the Ceph test
+        // (tests/it/objstore.rs) asserts that conflicts happened.
+        eprintln!("conflicts: {conflicts}");
+    }
+
+    #[test]
+    fn a_tile_read_with_a_stale_index_reads_the_index_anew() {
+        let mem = Arc::new(InMemory::new());
+        let reader = storage(&mem, Duration::from_secs(3600));
+        let writer = storage(&mem, Duration::from_secs(60));
+        put(&writer, &[1]);
+        assert!(reader.tile(ID.tile(slot(1))).unwrap().is_some());
+        // Rewritten by another writer: tile 1 moves (tile 0 now comes first).
+        put(&writer, &[0]);
+        let got = reader.tile(ID.tile(slot(1))).unwrap().unwrap();
+        assert_eq!(&got[..], &tile(1)[..]);
+    }
+
+    #[test]
+    fn a_broken_index_entry_is_an_error_naming_the_object() {
+        let mem = Arc::new(InMemory::new());
+        let s = storage(&mem, Duration::from_secs(60));
+        let mut b = v2::empty_bundle();
+        let bad = IndexEntry::new(DATA_START + 4, 1000).0.to_le_bytes();
+        b[v2::index_pos(slot(3))..v2::index_pos(slot(3)) + 8].copy_from_slice(&bad);
+        block(mem.put(&s.bundle_key(&ID), PutPayload::from(b))).unwrap();
+        let e = s.tile(ID.tile(slot(3))).unwrap_err().to_string();
+        assert!(e.contains("R0080C0000.bundle"), "{e}");
+        assert!(e.contains("runs past the end"), "{e}");
+        // A rewrite refuses to drop the broken tile silently.
+        let e = s
+            .update_group(ID, &mut |_v: &dyn GroupView| {
+                Ok(vec![(slot(4), TileBytes::owned(tile(4)))])
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("R0080C0000.bundle"), "{e}");
+    }
+}
