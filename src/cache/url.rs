@@ -50,8 +50,8 @@ impl ObjectUrl {
         }
         if bucket.contains(['?', '#', '@', ':']) {
             return Err(Error::invalid(format!(
-                "{s}: bucket `{bucket}` has a character not allowed in bucket names; options and \
-                 credentials go in AWS_* environment variables, not in the URL"
+                "{s}: the bucket name has a character not allowed in bucket names (`?`, `#`, `@` \
+                 or `:`); options and credentials go in AWS_* environment variables, not in the URL"
             )));
         }
         let prefix = prefix.trim_matches('/');
