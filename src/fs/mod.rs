@@ -351,6 +351,9 @@ impl TreeFs {
 
     fn level_exists(&self, level: u8) -> bool {
         self.cache.level_dir(level).is_dir()
+            // A cache in an object store has no level folders: its levels are listed.
+            || (crate::cache::url::is_url(self.cache.root())
+                && self.cache.levels().is_ok_and(|v| v.contains(&level)))
             || self.w.lock().unwrap().created_level(level)
             || self
                 .writer

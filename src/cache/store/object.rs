@@ -715,7 +715,8 @@ pub fn open(url: &ObjectUrl, opts: CacheOptions, create: Option<NewCache>) -> Re
     let client = s3_client(url)?;
     let refuse = |what: StorageFormat| {
         Error::invalid(format!(
-            "{url}: {what} storage in an object store is not supported; bundlefs serves              Compact V2 (compact-v2) caches there"
+            "{url}: {what} storage in an object store is not supported; bundlefs serves \
+             Compact V2 (compact-v2) caches there"
         ))
     };
     let (conf_xml, cdi, arcgis_layout) = match create {
