@@ -4,6 +4,7 @@
 pub mod conf;
 pub mod exploded;
 pub mod levels;
+pub mod pixels;
 pub mod sniff;
 pub mod tpkx;
 pub mod v1;
