@@ -14,10 +14,10 @@ use crate::format::conf::{Envelope, StorageFormat, TileFormat, TileScheme};
 use crate::format::levels::LevelRange;
 use crate::format::TileAddr;
 use crate::jobs::aoi::Aoi;
-use crate::jobs::engine::{JobOptions, JobSummary, LevelSelect, Progress};
-use crate::jobs::export::{export_job, Target};
+use crate::jobs::engine::{JobOptions, JobSummary, LevelSelect, Progress, Target};
+use crate::jobs::export::export_job;
 use crate::jobs::import::import_job;
-use crate::jobs::package::{is_package, open_package, Unpacked};
+use crate::jobs::package::{is_package, open_package, update_package, Unpacked};
 use crate::jobs::verify::verify;
 use crate::render::batch::{render_batch, BatchOptions};
 use crate::render::label::LabelSource;
@@ -79,7 +79,11 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             let opts = job_options(&job)?;
             let target: Target = storage.into();
             let bar = Bar::new();
-            let s = export_job(source.cache(), &dest, target, &opts, &bar)?;
+            // A folder is export's, a package is package's.
+            let s = match target {
+                Target::Storage(st) => export_job(source.cache(), &dest, st, &opts, &bar)?,
+                Target::Tpkx => update_package(source.cache(), &dest, &opts, &bar, false)?,
+            };
             bar.0.finish_and_clear();
             let to = match target {
                 Target::Storage(st) => st.to_string(),
@@ -92,7 +96,12 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             let source = Source::open(&src)?;
             let opts = job_options(&job)?;
             let bar = Bar::new();
-            let s = import_job(source.cache(), &dest, &opts, &bar)?;
+            // A cache folder is import's, a package file (rewritten whole) is package's.
+            let s = if dest.is_file() {
+                update_package(source.cache(), &dest, &opts, &bar, true)?
+            } else {
+                import_job(source.cache(), &dest, &opts, &bar)?
+            };
             bar.0.finish_and_clear();
             print_summary(
                 "imported",

@@ -10,8 +10,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::format::conf::{StorageFormat, TileFormat};
 use crate::format::levels::LevelRange;
-use crate::jobs::export::Target;
-use crate::jobs::pixels::Mode;
+use crate::format::pixels::ImportMode;
+use crate::jobs::engine::Target;
 
 /// Mount and convert Esri ArcGIS compact tile caches (Compact V1/V2, exploded).
 #[derive(Debug, Parser)]
@@ -57,11 +57,11 @@ pub enum ModeArg {
     Overwrite,
 }
 
-impl From<ModeArg> for Mode {
+impl From<ModeArg> for ImportMode {
     fn from(m: ModeArg) -> Self {
         match m {
-            ModeArg::Merge => Mode::Merge,
-            ModeArg::Overwrite => Mode::Overwrite,
+            ModeArg::Merge => ImportMode::Merge,
+            ModeArg::Overwrite => ImportMode::Overwrite,
         }
     }
 }

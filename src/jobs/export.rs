@@ -1,20 +1,17 @@
 //! Export jobs: the selected tiles of a cache into a new (or existing, same-storage) cache folder in
-//! another storage format (exploded, Compact V1, Compact V2) or into a `.tpkx` package; new bundles
-//! are written in one pass to a temporary file and renamed. The work itself is [`super::job`].
+//! a storage format (exploded, Compact V1, Compact V2). The work itself is [`super::engine`]; a
+//! `.tpkx` package is [`super::package::update_package`], chosen by the caller.
 
-use std::fs;
-use std::io::BufWriter;
 use std::path::Path;
 
 use super::engine::{
-    check_selection, extent_after, holds_cache, job_area, run, JobOptions, JobSummary, LevelSelect,
-    Progress,
+    check_selection, dest_options, extent_after, holds_cache, into_cache, job_area, run,
+    JobOptions, JobSummary, LevelSelect, Progress,
 };
-use crate::cache::{write_atomic, Cache, CacheOptions};
-use crate::error::{Error, IoContext, Result};
+use crate::cache::Cache;
+use crate::error::{Error, Result};
 use crate::format::conf::{self, StorageFormat};
 use crate::format::levels::LevelRange;
-use crate::format::{exploded, v1, v2, BundleId, TileAddr};
 
 /// What an export did.
 #[derive(Debug, Default, Clone)]
@@ -60,7 +57,7 @@ pub fn export(
         sync: opts.sync,
         ..JobOptions::default()
     };
-    let s = export_job(src, dest, Target::Storage(opts.storage), &job, &F(progress))?;
+    let s = export_job(src, dest, opts.storage, &job, &F(progress))?;
     Ok(ExportSummary {
         tiles: s.tiles_written,
         bytes: s.bytes_written,
@@ -69,40 +66,19 @@ pub fn export(
     })
 }
 
-/// What an export writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
-    /// A cache folder in this storage format.
-    Storage(StorageFormat),
-    /// A `.tpkx` tile package (Compact V2 bundles in a stored zip).
-    Tpkx,
-}
-
-/// Options for the destination cache of a job.
-pub(crate) fn dest_options(storage: StorageFormat, sync: bool) -> CacheOptions {
-    CacheOptions {
-        // Exploded tiles are renamed into place one by one; one syncfs at the end covers them.
-        durable: sync && storage != StorageFormat::Exploded,
-        ..CacheOptions::default()
-    }
-}
-
-/// Exports the selected tiles of `src` to `dest`: a new cache folder (or `.tpkx` file) in the
-/// target storage, with conf.xml (StorageFormat set to the target) and conf.cdi (the exported area).
-/// When DEST already holds a cache of that storage, tiles are merged into it or overwrite its own
-/// (`opts.mode`) after its tiling scheme and image format are checked.
+/// Exports the selected tiles of `src` to `dest`: a new cache folder in `storage`, with conf.xml
+/// (StorageFormat set to `storage`) and conf.cdi (the exported area). When DEST already holds a
+/// cache of that storage, tiles are merged into it or overwrite its own (`opts.mode`) after its
+/// tiling scheme and image format are checked. A file at DEST is refused (a `.tpkx` package is
+/// [`super::package::update_package`]'s).
 pub fn export_job(
     src: &Cache,
     dest: &Path,
-    target: Target,
+    storage: StorageFormat,
     opts: &JobOptions,
     progress: &dyn Progress,
 ) -> Result<JobSummary> {
     check_selection(src, opts)?;
-    let storage = match target {
-        Target::Tpkx => return super::package::update_package(src, dest, opts, progress, false),
-        Target::Storage(s) => s,
-    };
     if dest.is_file() {
         return Err(Error::invalid(format!(
             "{}: is a file; export --storage {storage} writes a cache folder",
@@ -119,7 +95,7 @@ pub fn export_job(
                 d.storage()
             )));
         }
-        return super::import::into_cache(src, &mut d, opts, progress);
+        return into_cache(src, &mut d, opts, progress);
     }
     let conf = src.conf().map(|c| c.with_storage(storage));
     let cdi = match (src.scheme(), extent_after(src, None, opts)) {
@@ -135,60 +111,6 @@ pub fn export_job(
         dest_options(storage, opts.sync),
     )?;
     run(src, &d, true, opts, progress)
-}
-
-/// Flushes the file system holding `path` (one call instead of an fsync per file).
-pub fn syncfs(path: &Path) -> Result<()> {
-    let f = fs::File::open(path).at(path)?;
-    // SAFETY: syncfs on a descriptor we own.
-    let rc = unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) };
-    if rc != 0 {
-        return Err(Error::io(path, std::io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
-fn temp_in(dir: &Path) -> Result<tempfile::NamedTempFile> {
-    tempfile::Builder::new()
-        .prefix(".bundlefs-")
-        .tempfile_in(dir)
-        .at(dir)
-}
-
-/// Writes a new V2 bundle in one pass to a temporary file and renames it into place.
-pub(crate) fn write_v2(ldir: &Path, id: &BundleId, group: &[(TileAddr, &[u8])]) -> Result<()> {
-    let path = ldir.join(format!("{}.bundle", exploded::bundle_base(id)));
-    let tmp = temp_in(ldir)?;
-    let tmp_path = tmp.path().to_path_buf();
-    let mut b = v2::Builder::new(BufWriter::with_capacity(1 << 20, tmp.as_file())).at(&tmp_path)?;
-    for (t, bytes) in group {
-        b.add(t.slot(), bytes).map_err(|e| Error::io(&path, e))?;
-    }
-    b.finish().at(&tmp_path)?;
-    tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
-    Ok(())
-}
-
-/// Writes a new V1 bundle pair: `.bundlx` first, then the `.bundle` renamed into place (readers
-/// list `.bundle` files, so a lone `.bundlx` left by an interruption is ignored and rewritten).
-pub(crate) fn write_v1(ldir: &Path, id: &BundleId, group: &[(TileAddr, &[u8])]) -> Result<()> {
-    let base = ldir.join(exploded::bundle_base(id));
-    let path = base.with_extension("bundle");
-    let tmp = temp_in(ldir)?;
-    let tmp_path = tmp.path().to_path_buf();
-    let mut b = v1::Builder::new(
-        BufWriter::with_capacity(1 << 20, tmp.as_file()),
-        id.row0,
-        id.col0,
-    )
-    .at(&tmp_path)?;
-    for (t, bytes) in group {
-        b.add(t.slot(), bytes).map_err(|e| Error::io(&path, e))?;
-    }
-    let (_, bundlx, _) = b.finish().at(&tmp_path)?;
-    write_atomic(&base.with_extension("bundlx"), &bundlx, false)?;
-    tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
-    Ok(())
 }
 
 #[cfg(test)]

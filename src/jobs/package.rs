@@ -6,8 +6,9 @@ use std::fs;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
-use super::engine::{extent_after, run, JobOptions, JobSummary, Progress};
-use super::export::dest_options;
+use super::engine::{
+    dest_options, extent_after, into_cache, run, JobOptions, JobSummary, Progress,
+};
 use crate::cache::{Cache, ALLLAYERS, CONF_CDI, CONF_XML};
 use crate::error::{Error, FormatContext, IoContext, Result};
 use crate::format::conf::{self, Envelope, StorageFormat, TileScheme};
@@ -150,7 +151,7 @@ pub fn update_package(
     let (summary, cache) = if exists {
         unpack(dest, &cache_dir)?;
         let mut d = Cache::open_with(&cache_dir, dest_options(storage, false))?;
-        let s = super::import::into_cache(src, &mut d, opts, progress)?;
+        let s = into_cache(src, &mut d, opts, progress)?;
         (s, d)
     } else {
         let conf_xml = src_conf.with_storage(storage);
