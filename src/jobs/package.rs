@@ -12,7 +12,7 @@ use super::engine::{
 use crate::cache::{Cache, ALLLAYERS, CONF_CDI, CONF_XML};
 use crate::error::{Error, FormatContext, IoContext, Result};
 use crate::format::conf::{self, Envelope, StorageFormat, TileScheme};
-use crate::format::{exploded, tpkx, TileAddr};
+use crate::format::{exploded, pixels, tpkx, TileAddr};
 
 /// A cache unpacked from a package; the folder goes when this is dropped.
 pub struct Unpacked {
@@ -332,11 +332,11 @@ fn thumbnail(
             let Ok(Some(bytes)) = cache.tile(TileAddr::new(level, r, c)) else {
                 continue;
             };
-            let Ok(img) = image::load_from_memory(&bytes) else {
+            let Ok(img) = pixels::decode(&bytes, scheme.tile_format.image_kind()) else {
                 continue;
             };
             let (x, y) = ((c - cols.start) * tw, (r - rows.start) * th);
-            imageops::overlay(&mut mosaic, &img.to_rgba8(), i64::from(x), i64::from(y));
+            imageops::overlay(&mut mosaic, &img, i64::from(x), i64::from(y));
             any = true;
         }
     }
