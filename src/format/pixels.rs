@@ -91,8 +91,8 @@ pub enum PixelError {
 /// (Esri, "Tips for choosing a cache image format", 2008).
 pub const DEFAULT_JPEG_QUALITY: u8 = 75;
 
-/// What pixels without data become in JPEG tiles (which have no transparency) unless a caller
-/// chooses another colour: white, ArcGIS's default map background.
+/// What pixels without data become in JPEG tiles (which have no transparency) in export and import
+/// jobs unless the user chooses another colour: white, ArcGIS's default map background.
 pub const DEFAULT_BACKGROUND: [u8; 3] = [255, 255, 255];
 
 /// The first four PNG signature bytes, which some ArcGIS-written tiles lack (see [`sniff`]).
@@ -207,20 +207,22 @@ pub enum PngCompression {
 }
 
 /// Encodes pixels as a cache's tiles: which image kind its CacheTileFormat wants, JPEG quality,
-/// the background JPEG tiles are flattened on, and PNG effort.
+/// what JPEG does with transparency, and PNG effort.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TileEncoder {
     pub format: TileFormat,
     /// JPEG quality, 1–100.
     pub jpeg_quality: u8,
-    /// What transparent pixels are drawn over in JPEG tiles.
-    pub background: [u8; 3],
+    /// JPEG tiles: the colour transparent pixels are drawn over ([`over`] it, so partly
+    /// transparent ones blend). None: alpha is dropped and each pixel keeps its colour, as the
+    /// renderers always did for sources asked for opaque images.
+    pub background: Option<[u8; 3]>,
     pub png: PngCompression,
 }
 
 impl TileEncoder {
     /// The encoder for a cache of `format` whose conf.xml says `compression_quality` (0 or absent:
-    /// [`DEFAULT_JPEG_QUALITY`]; over 100: 100), on a white background, fast PNG.
+    /// [`DEFAULT_JPEG_QUALITY`]; over 100: 100), JPEG alpha dropped (no background), fast PNG.
     pub fn new(format: TileFormat, compression_quality: u32) -> Self {
         let jpeg_quality = match compression_quality {
             0 => DEFAULT_JPEG_QUALITY,
@@ -229,7 +231,7 @@ impl TileEncoder {
         TileEncoder {
             format,
             jpeg_quality,
-            background: DEFAULT_BACKGROUND,
+            background: None,
             png: PngCompression::Fast,
         }
     }
@@ -256,7 +258,7 @@ impl TileEncoder {
         self.encode_as(img, self.kind_for(img)?)
     }
 
-    /// Encodes as `kind`: JPEG flattened on the background ([`over`] an opaque pixel), PNG as RGB
+    /// Encodes as `kind`: JPEG as RGB (flattened on the background if there is one), PNG as RGB
     /// when every pixel is opaque (smaller files), RGBA otherwise.
     pub fn encode_as(&self, img: &RgbaImage, kind: ImageKind) -> Result<Vec<u8>, PixelError> {
         let mut out = Vec::new();
@@ -279,7 +281,7 @@ impl TileEncoder {
         match kind {
             ImageKind::Jpeg => {
                 JpegEncoder::new_with_quality(&mut out, self.jpeg_quality.clamp(1, 100))
-                    .write_image(&rgb(Some(self.background)), w, h, ExtendedColorType::Rgb8)
+                    .write_image(&rgb(self.background), w, h, ExtendedColorType::Rgb8)
                     .map_err(err)?
             }
             ImageKind::Png => {
@@ -447,9 +449,30 @@ mod tests {
         );
         let png = enc(TileFormat::Png32).encode(&clear).unwrap();
         assert_eq!(decode(&png, None).unwrap(), clear, "PNG is lossless");
-        // JPEG: transparent pixels flattened on the (white) background.
-        let j = decode(&enc(TileFormat::Jpeg).encode(&clear).unwrap(), None).unwrap();
-        assert!(j.get_pixel(7, 3).0[1].abs_diff(200) < 8);
+        // JPEG: opaque pixels as they are; transparent ones keep their colour without a
+        // background, and become the background with one.
+        let mut half = RgbaImage::from_pixel(8, 8, Rgba([0, 0, 0, 0]));
+        for y in 0..4 {
+            for x in 0..8 {
+                half.put_pixel(x, y, Rgba([10, 200, 30, 255]));
+            }
+        }
+        let mut jpeg = enc(TileFormat::Jpeg);
+        let j = decode(&jpeg.encode(&half).unwrap(), None).unwrap();
+        assert!(j.get_pixel(4, 1).0[1].abs_diff(200) < 8);
+        assert!(
+            j.get_pixel(4, 6).0[..3].iter().all(|c| *c < 8),
+            "{:?}",
+            j.get_pixel(4, 6)
+        );
+        jpeg.background = Some(DEFAULT_BACKGROUND);
+        let j = decode(&jpeg.encode(&half).unwrap(), None).unwrap();
+        assert!(j.get_pixel(4, 1).0[1].abs_diff(200) < 8);
+        assert!(
+            j.get_pixel(4, 6).0[..3].iter().all(|c| *c > 247),
+            "{:?}",
+            j.get_pixel(4, 6)
+        );
         let e = enc(TileFormat::Other("LERC".into()))
             .encode(&opaque)
             .unwrap_err();

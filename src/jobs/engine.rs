@@ -245,7 +245,7 @@ fn tile_pixels(src: &Cache, dest: &Cache, background: Option<[u8; 3]>) -> TilePi
         Some(s) => TileEncoder::for_scheme(s),
         None => TileEncoder::new(TileFormat::Png, 0),
     };
-    encoder.background = background.unwrap_or(DEFAULT_BACKGROUND);
+    encoder.background = Some(background.unwrap_or(DEFAULT_BACKGROUND));
     encoder.png = PngCompression::Small;
     TilePixels {
         fallback: encoder.format.image_kind().unwrap_or(ImageKind::Png),

@@ -9,7 +9,9 @@ use image::{Rgba, RgbaImage};
 
 use super::aoi::Mask;
 use crate::format::conf::TileFormat;
-use crate::format::pixels::{composite, decode, is_opaque, ImportMode, PixelError, TileEncoder};
+use crate::format::pixels::{
+    composite, decode, is_opaque, ImportMode, PixelError, TileEncoder, DEFAULT_BACKGROUND,
+};
 use crate::format::sniff::ImageKind;
 
 /// What becomes of one tile.
@@ -73,7 +75,7 @@ impl TilePixels {
     /// The pixel a missing destination tile has: the background in JPEG caches, else transparent.
     fn blank(&self) -> Rgba<u8> {
         if self.encoder.format == TileFormat::Jpeg {
-            let [r, g, b] = self.encoder.background;
+            let [r, g, b] = self.encoder.background.unwrap_or(DEFAULT_BACKGROUND);
             Rgba([r, g, b, u8::MAX])
         } else {
             Rgba([0, 0, 0, 0])

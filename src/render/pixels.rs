@@ -12,9 +12,9 @@ use crate::{Error, Result};
 /// How many bytes of a rejected body an error message quotes.
 const QUOTE_BYTES: usize = 200;
 
-/// Encodes pixels in the cache's tile format ([`TileEncoder`]: JPEG at its quality flattened on
-/// white, MIXED as JPEG when opaque and PNG otherwise, PNG as RGB when opaque), fast PNG because a
-/// reader waits for the tile.
+/// Encodes pixels in the cache's tile format ([`TileEncoder`]: JPEG at its quality with alpha
+/// dropped, MIXED as JPEG when opaque and PNG otherwise, PNG as RGB when opaque), fast PNG because
+/// a reader waits for the tile.
 pub fn encode(img: &RgbaImage, format: &TileFormat, quality: u32) -> Result<Vec<u8>> {
     TileEncoder::new(format.clone(), quality)
         .encode(img)
