@@ -59,18 +59,25 @@ impl std::str::FromStr for ImportMode {
 /// What is wrong with a tile's pixels. The caller names the file and the tile.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PixelError {
+    /// No bytes at all.
     #[error("empty file, not a tile")]
     Empty,
+    /// More bytes than a bundle index entry can address (24-bit size).
     #[error("{0} bytes, larger than a bundle can hold (2^24-1)")]
     TooLarge(usize),
+    /// Neither PNG nor JPEG by content (and no fallback kind given).
     #[error("not a PNG or JPEG image ({len} bytes)")]
     NotAnImage { len: usize },
+    /// The content's kind differs from the kind the tile's name says.
     #[error("the bytes are {found:?} but the name says .{}", .named.ext())]
     KindMismatch { found: ImageKind, named: ImageKind },
+    /// The cache's CacheTileFormat does not take this kind (a PNG in a JPEG cache…).
     #[error("{kind:?} tile in a cache whose CacheTileFormat is {format}")]
     Refused { kind: ImageKind, format: String },
+    /// The decoder failed (truncated or corrupt image); `msg` is the decoder's.
     #[error("cannot decode {kind:?} image: {msg}")]
     Decode { kind: ImageKind, msg: String },
+    /// Not the tiling scheme's (or the other tile's) size, in pixels.
     #[error("{w}x{h} pixels; the cache's tiles are {want_w}x{want_h}")]
     Size {
         w: u32,
@@ -78,11 +85,13 @@ pub enum PixelError {
         want_w: u32,
         want_h: u32,
     },
+    /// A CacheTileFormat bundlefs cannot encode (LERC…), by name.
     #[error(
         "cache tile format {0} is not supported for new pixels (PNG, PNG8, PNG24, PNG32, JPEG, \
          MIXED are)"
     )]
     Unsupported(String),
+    /// The encoder failed; `msg` is the encoder's.
     #[error("cannot encode {kind:?} tile: {msg}")]
     Encode { kind: ImageKind, msg: String },
 }

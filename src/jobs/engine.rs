@@ -31,6 +31,7 @@ use crate::format::{exploded, v1, v2, BundleId, Slot, TileAddr, BUNDLE_DIM};
 /// Which levels a job takes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LevelSelect {
+    /// The levels in this range (those the source has).
     Range(LevelRange),
     /// Map scales, each matching one LOD of the source (within 0.5 %).
     Scales(Vec<f64>),
@@ -94,7 +95,9 @@ pub fn dest_options(storage: StorageFormat, sync: bool) -> CacheOptions {
 
 /// Reports progress in tiles (read, whether written or not).
 pub trait Progress: Sync {
+    /// Called once before any tile is read: the tiles the selected bundles hold.
     fn start(&self, _total_tiles: u64) {}
+    /// Called after each bundle (or bundle-sized group of exploded tiles) with its tiles read.
     fn advance(&self, _tiles: u64) {}
 }
 
@@ -119,11 +122,15 @@ pub struct JobSummary {
     pub tiles_unchanged: u64,
     /// Tiles outside the extent or area.
     pub tiles_skipped: u64,
+    /// Tile bytes read from the source.
     pub bytes_read: u64,
+    /// Tile bytes written to the destination.
     pub bytes_written: u64,
     /// Bundles (or bundle-sized groups of exploded tiles) that received tiles.
     pub bundles: u64,
+    /// The levels taken, ascending.
     pub levels: Vec<u8>,
+    /// Wall time of the job.
     pub seconds: f64,
 }
 

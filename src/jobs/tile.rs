@@ -30,7 +30,9 @@ pub enum Outcome {
 /// Which of the two tiles a [`TileError`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
+    /// The tile read from the source cache.
     Source,
+    /// The destination's tile, or the destination's format (for encoding).
     Destination,
 }
 
@@ -38,7 +40,9 @@ pub enum Side {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{} tile: {error}", match .side { Side::Source => "source", Side::Destination => "destination" })]
 pub struct TileError {
+    /// Which tile (and so which file) is at fault.
     pub side: Side,
+    /// What is wrong with it.
     pub error: PixelError,
 }
 
