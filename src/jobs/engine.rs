@@ -1,17 +1,16 @@
 //! The one engine of export, import and package jobs (they call it, never each other): pick the
 //! source tiles (levels or scales, extent or area of interest), decide each tile (copy, clip, merge,
-//! nothing: [`super::tile`]), and write them to the destination bundle by bundle in parallel.
-//! New bundles (V1, V2) are built in one pass and renamed into place, exploded tiles are written
-//! beside and renamed; existing bundles take the durable append path under their lock, so an
-//! interrupted job leaves a valid cache. [`into_cache`] is the import into an open cache that both
-//! `import` and `export` (into an existing folder) and `package` (into an unpacked `.tpkx`) use.
+//! nothing: [`super::tile`]), and write them to the destination bundle by bundle in parallel,
+//! through the destination's storage ([`Cache::update_group`]: each tile decided against the
+//! destination's tile under the bundle's lock; new bundles written whole in one pass), so an
+//! interrupted job leaves a valid cache. [`into_cache`] is the import into an open cache that
+//! `import`, `export` (into an existing folder) and `package` (into an unpacked `.tpkx`) use.
 //!
 //! Which function a target needs (a folder: [`super::export`] / [`super::import`]; a `.tpkx`:
 //! [`super::package`]) is the caller's choice, made by the command line.
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::BufWriter;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -20,13 +19,13 @@ use rayon::prelude::*;
 
 use super::aoi::{Aoi, Coverage, Mask};
 use super::tile::{Outcome, Side, TilePixels};
-use crate::cache::{write_atomic, Cache, CacheOptions, TileBytes, TileGroup};
+use crate::cache::{Cache, CacheOptions, GroupView, TileBytes, TileGroup};
 use crate::error::{Error, IoContext, Result};
 use crate::format::conf::{Envelope, StorageFormat, TileFormat, TileScheme};
 use crate::format::levels::LevelRange;
 use crate::format::pixels::{ImportMode, PngCompression, TileEncoder, DEFAULT_BACKGROUND};
 use crate::format::sniff::ImageKind;
-use crate::format::{exploded, v1, v2, BundleId, Slot, TileAddr, BUNDLE_DIM};
+use crate::format::{exploded, BundleId, Slot, TileAddr, BUNDLE_DIM};
 
 /// Which levels a job takes.
 #[derive(Debug, Clone, PartialEq)]
@@ -361,6 +360,7 @@ pub fn run(
 }
 
 /// One selected tile: its source bytes and, for boundary tiles, the pixels to keep.
+#[derive(Clone)]
 struct Pick {
     t: TileAddr,
     bytes: TileBytes,
@@ -371,13 +371,20 @@ struct Pick {
 struct Store {
     t: TileAddr,
     bytes: StoreBytes,
-    /// Where the destination held it before, if elsewhere (exploded tile changing extension).
-    replaces: Option<std::path::PathBuf>,
 }
 
 enum StoreBytes {
     Src(TileBytes),
     New(Vec<u8>),
+}
+
+impl StoreBytes {
+    fn into_tile(self) -> TileBytes {
+        match self {
+            StoreBytes::Src(b) => b,
+            StoreBytes::New(v) => TileBytes::owned(v),
+        }
+    }
 }
 
 impl std::ops::Deref for StoreBytes {
@@ -502,112 +509,43 @@ impl Ctx<'_> {
                 return Ok(None);
             }
         };
-        Ok(Some(Store {
-            t: p.t,
-            bytes,
-            replaces: None,
-        }))
+        Ok(Some(Store { t: p.t, bytes }))
     }
 
     fn group(&self, g: &TileGroup, cov: Coverage) -> Result<()> {
         let (picks, read) = self.pick(g, cov)?;
-        let result = match self.dest.storage() {
-            StorageFormat::Exploded => self.write_exploded(picks),
-            _ => self.write_bundle(g, picks),
-        };
+        let result = self.write_group(g.id, picks);
         self.progress.advance(read);
         result
     }
 
-    fn write_exploded(&self, picks: Vec<Pick>) -> Result<()> {
+    /// Writes the picked tiles of one bundle into the destination, each decided against the
+    /// destination's tile as stored at that moment ([`Cache::update_group`]: under the bundle's
+    /// lock, or retried on a lost compare-and-swap in stores without locks).
+    fn write_group(&self, id: BundleId, picks: Vec<Pick>) -> Result<()> {
         if picks.is_empty() {
             return Ok(());
         }
-        let mut stores = Vec::with_capacity(picks.len());
-        for p in picks {
-            let old = if self.fresh {
-                None
-            } else {
-                self.dest.exploded_tile_path(p.t)
-            };
-            let dest_tile = match &old {
-                Some(path) => Some(TileBytes::owned(fs::read(path).at(path)?)),
-                None => None,
-            };
-            if let Some(mut s) = self.decide(p, dest_tile)? {
-                s.replaces = old;
-                stores.push(s);
-            }
-        }
-        if stores.is_empty() {
-            return Ok(());
-        }
-        add(&self.n.bundles, 1);
-        let mut last_row = None;
-        for s in &stores {
-            let rdir = self
-                .dest
-                .level_dir(s.t.level)
-                .join(exploded::row_dir(s.t.row));
-            if last_row != Some(s.t.row) {
-                fs::create_dir_all(&rdir).at(&rdir)?;
-                last_row = Some(s.t.row);
-            }
-            let name = exploded::col_file(s.t.col, self.dest.kind_of(&s.bytes).ext());
-            let path = rdir.join(&name);
-            // Whole file or nothing: write beside, then rename over.
-            let tmp = rdir.join(format!(".bundlefs-{name}.tmp"));
-            fs::write(&tmp, &s.bytes[..]).at(&tmp)?;
-            fs::rename(&tmp, &path).at(&path)?;
-            if let Some(old) = &s.replaces {
-                if *old != path {
-                    fs::remove_file(old).at(old)?;
+        let mut decide_all = |view: &dyn GroupView| -> Result<Vec<(Slot, TileBytes)>> {
+            // A store without locks calls this again after a lost race: decide anew each time.
+            let mut out = Vec::with_capacity(picks.len());
+            for p in picks.iter().cloned() {
+                let dest_tile = if self.fresh || !view.exists() {
+                    None
+                } else {
+                    view.tile(p.t.slot())?
+                };
+                if let Some(s) = self.decide(p, dest_tile)? {
+                    out.push((s.t.slot(), s.bytes.into_tile()));
                 }
             }
-            add(&self.n.bytes_written, s.bytes.len() as u64);
-        }
-        Ok(())
-    }
-
-    fn write_bundle(&self, g: &TileGroup, picks: Vec<Pick>) -> Result<()> {
-        if picks.is_empty() {
-            return Ok(());
-        }
-        let id = g.id;
-        let lock = self.dest.lock_bundle(id)?;
-        let existing = self.dest.bundle(id)?;
-        let mut stores = Vec::with_capacity(picks.len());
-        for p in picks {
-            let dest_tile = match &existing {
-                Some(_) => self.dest.tile(p.t)?,
-                None => None,
-            };
-            if let Some(s) = self.decide(p, dest_tile)? {
-                stores.push(s);
-            }
-        }
-        if stores.is_empty() {
-            return Ok(());
-        }
-        add(&self.n.bundles, 1);
-        let tiles: Vec<(TileAddr, &[u8])> = stores.iter().map(|s| (s.t, &s.bytes[..])).collect();
-        let ldir = self.dest.level_dir(id.level);
-        let written = if existing.is_some() {
-            let slots: Vec<(Slot, &[u8])> = tiles.iter().map(|(t, b)| (t.slot(), *b)).collect();
-            self.dest
-                .write_bundle_locked(&lock, id, &slots)?
-                .bytes_written
-        } else {
-            let bytes: u64 = tiles.iter().map(|(_, b)| b.len() as u64).sum();
-            match self.dest.storage() {
-                StorageFormat::CompactV1 => write_v1(&ldir, &id, &tiles)?,
-                _ => write_v2(&ldir, &id, &tiles)?,
-            }
-            self.dest.invalidate(&id);
-            bytes
+            Ok(out)
         };
-        add(&self.n.bytes_written, written);
-        drop(lock);
+        let st = self.dest.update_group(id, &mut decide_all)?;
+        if st.tiles > 0 {
+            add(&self.n.bundles, 1);
+            add(&self.n.bytes_written, st.bytes_written);
+        }
         Ok(())
     }
 }
@@ -767,53 +705,5 @@ pub fn extent_after(
 /// Flushes the file system holding `path` (one call instead of an fsync per file).
 pub fn syncfs(path: &Path) -> Result<()> {
     let f = fs::File::open(path).at(path)?;
-    // SAFETY: syncfs on a descriptor we own.
-    let rc = unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) };
-    if rc != 0 {
-        return Err(Error::io(path, std::io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
-fn temp_in(dir: &Path) -> Result<tempfile::NamedTempFile> {
-    tempfile::Builder::new()
-        .prefix(".bundlefs-")
-        .tempfile_in(dir)
-        .at(dir)
-}
-
-/// Writes a new V2 bundle in one pass to a temporary file and renames it into place.
-fn write_v2(ldir: &Path, id: &BundleId, group: &[(TileAddr, &[u8])]) -> Result<()> {
-    let path = ldir.join(format!("{}.bundle", exploded::bundle_base(id)));
-    let tmp = temp_in(ldir)?;
-    let tmp_path = tmp.path().to_path_buf();
-    let mut b = v2::Builder::new(BufWriter::with_capacity(1 << 20, tmp.as_file())).at(&tmp_path)?;
-    for (t, bytes) in group {
-        b.add(t.slot(), bytes).map_err(|e| Error::io(&path, e))?;
-    }
-    b.finish().at(&tmp_path)?;
-    tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
-    Ok(())
-}
-
-/// Writes a new V1 bundle pair: `.bundlx` first, then the `.bundle` renamed into place (readers
-/// list `.bundle` files, so a lone `.bundlx` left by an interruption is ignored and rewritten).
-fn write_v1(ldir: &Path, id: &BundleId, group: &[(TileAddr, &[u8])]) -> Result<()> {
-    let base = ldir.join(exploded::bundle_base(id));
-    let path = base.with_extension("bundle");
-    let tmp = temp_in(ldir)?;
-    let tmp_path = tmp.path().to_path_buf();
-    let mut b = v1::Builder::new(
-        BufWriter::with_capacity(1 << 20, tmp.as_file()),
-        id.row0,
-        id.col0,
-    )
-    .at(&tmp_path)?;
-    for (t, bytes) in group {
-        b.add(t.slot(), bytes).map_err(|e| Error::io(&path, e))?;
-    }
-    let (_, bundlx, _) = b.finish().at(&tmp_path)?;
-    write_atomic(&base.with_extension("bundlx"), &bundlx, false)?;
-    tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
-    Ok(())
+    rustix::fs::syncfs(&f).map_err(|e| Error::io(path, e.into()))
 }
