@@ -90,7 +90,7 @@ pub fn unpack(path: &Path, into: &Path) -> Result<()> {
     fs::write(into.join(CONF_XML), scheme.to_conf_xml()).at(into.join(CONF_XML))?;
     let env = info
         .extent
-        .unwrap_or_else(|| crate::cache::scheme_extent(scheme));
+        .unwrap_or_else(|| crate::format::extent::scheme_extent(scheme));
     fs::write(into.join(CONF_CDI), conf::write_cdi(&env, scheme)).at(into.join(CONF_CDI))?;
     Ok(())
 }
@@ -155,8 +155,8 @@ pub fn update_package(
     } else {
         let conf_xml = src_conf.with_storage(storage);
         let scheme = &src_conf.scheme;
-        let env =
-            extent_after(src, None, opts).unwrap_or_else(|| crate::cache::scheme_extent(scheme));
+        let env = extent_after(src, None, opts)
+            .unwrap_or_else(|| crate::format::extent::scheme_extent(scheme));
         let cdi = conf::write_cdi(&env, scheme);
         let d = Cache::create_empty(
             &cache_dir,
@@ -218,7 +218,7 @@ pub fn write_tpkx(cache: &Cache, dest: &Path, sync: bool) -> Result<()> {
     };
     let extent = cache
         .extent()
-        .unwrap_or_else(|| crate::cache::scheme_extent(&scheme));
+        .unwrap_or_else(|| crate::format::extent::scheme_extent(&scheme));
     let name = dest
         .file_stem()
         .map_or_else(|| "tiles".to_string(), |s| s.to_string_lossy().into_owned());
@@ -419,7 +419,13 @@ mod tests {
             c.write_tiles(&[(TileAddr::new(level, 0, 0), &png[..])])
                 .unwrap();
         }
-        assert!(thumbnail(&c, &s, &[0, 1, 2], &crate::cache::scheme_extent(&s)).is_none());
+        assert!(thumbnail(
+            &c,
+            &s,
+            &[0, 1, 2],
+            &crate::format::extent::scheme_extent(&s)
+        )
+        .is_none());
 
         let mut s = TileScheme::web_mercator(2, TileFormat::Png);
         s.tile_cols = 1024;
@@ -431,7 +437,7 @@ mod tests {
             .unwrap();
         c.write_tiles(&[(TileAddr::new(2, 0, 0), &png[..])])
             .unwrap();
-        let thumb = thumbnail(&c, &s, &[1, 2], &crate::cache::scheme_extent(&s)).unwrap();
+        let thumb = thumbnail(&c, &s, &[1, 2], &crate::format::extent::scheme_extent(&s)).unwrap();
         let t = image::load_from_memory(&thumb).unwrap().to_rgba8();
         assert_eq!(t.dimensions(), (THUMB_W, THUMB_H));
         assert!(t.pixels().any(|p| p.0 == [200, 10, 10, 255]));
