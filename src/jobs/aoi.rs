@@ -1,6 +1,8 @@
-//! Areas of interest: a GeoJSON polygon or multipolygon in the cache's spatial reference, how a tile
-//! (or a bundle) lies against it, and which of a tile's pixels it covers (pixel centres, even-odd
-//! per polygon, polygons united).
+//! Areas of interest: a GeoJSON polygon or multipolygon read in the coordinate reference system it
+//! declares (WGS 84 longitude/latitude by RFC 7946 when it declares none) and carried into the
+//! cache's spatial reference, how a tile (or a bundle) lies against it, and which of a tile's pixels
+//! it covers (pixel centres, even-odd per polygon, polygons united). Also the selection checks every
+//! job shares: an `--extent` given in another reference, and a selection that matches no tile.
 
 use std::path::Path;
 
@@ -9,8 +11,12 @@ use geo::{
 };
 use geojson::{GeoJson, GeometryValue, Position};
 
+use super::engine::{select_levels, JobOptions, JobSummary};
+use crate::cache::Cache;
 use crate::error::{Error, Result};
-use crate::format::conf::Envelope;
+use crate::format::conf::{Envelope, TileScheme};
+use crate::format::extent::{self, Crs, WEB_MERCATOR, WGS84};
+use crate::format::{Slot, BUNDLE_DIM};
 
 /// How a rectangle lies against the area of interest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,40 +132,363 @@ fn collect(path: &Path, g: &GeometryValue, out: &mut Vec<Polygon<f64>>) -> Resul
     Ok(())
 }
 
-impl Aoi {
-    /// Reads a GeoJSON file: a geometry, a feature or a feature collection of polygons and
-    /// multipolygons, coordinates in the cache's spatial reference.
-    pub fn from_geojson_file(path: &Path) -> Result<Aoi> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        Self::from_geojson(path, &bytes)
-    }
-
-    /// Parses GeoJSON bytes; `path` names the source in errors.
-    pub fn from_geojson(path: &Path, bytes: &[u8]) -> Result<Aoi> {
-        let text =
-            std::str::from_utf8(bytes).map_err(|e| bad(path, format!("not UTF-8 text: {e}")))?;
-        let gj: GeoJson = text
-            .parse()
-            .map_err(|e| bad(path, format!("not GeoJSON: {e}")))?;
-        let mut polys = Vec::new();
-        match &gj {
-            GeoJson::Geometry(g) => collect(path, &g.value, &mut polys)?,
-            GeoJson::Feature(f) => {
+/// The JSON document and its polygons, coordinates as written.
+fn parse_polygons(path: &Path, bytes: &[u8]) -> Result<(serde_json::Value, Vec<Polygon<f64>>)> {
+    let text = std::str::from_utf8(bytes).map_err(|e| bad(path, format!("not UTF-8 text: {e}")))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| bad(path, format!("not GeoJSON: {e}")))?;
+    let gj: GeoJson = text
+        .parse()
+        .map_err(|e| bad(path, format!("not GeoJSON: {e}")))?;
+    let mut polys = Vec::new();
+    match &gj {
+        GeoJson::Geometry(g) => collect(path, &g.value, &mut polys)?,
+        GeoJson::Feature(f) => {
+            if let Some(g) = &f.geometry {
+                collect(path, &g.value, &mut polys)?
+            }
+        }
+        GeoJson::FeatureCollection(fc) => {
+            for f in &fc.features {
                 if let Some(g) = &f.geometry {
                     collect(path, &g.value, &mut polys)?
                 }
             }
-            GeoJson::FeatureCollection(fc) => {
-                for f in &fc.features {
-                    if let Some(g) = &f.geometry {
-                        collect(path, &g.value, &mut polys)?
-                    }
-                }
+        }
+    }
+    if polys.is_empty() {
+        return Err(bad(path, "no polygon in it"));
+    }
+    Ok((doc, polys))
+}
+
+/// The area a job's options select (the AOI's bounding box, else the extent), if any.
+fn selection_bounds(opts: &JobOptions) -> Option<Envelope> {
+    match (&opts.aoi, &opts.extent) {
+        (Some(a), _) => Some(a.bbox()),
+        (None, e) => *e,
+    }
+}
+
+fn fmt_env(e: &Envelope) -> String {
+    format!("({}, {}, {}, {})", e.xmin, e.ymin, e.xmax, e.ymax)
+}
+
+/// The refusal of a selection that matches no tile of `src`: names the selection's bounds, where
+/// the tiles of the selected levels lie (`tiles`) and the cache's extent (conf.cdi), in the
+/// cache's spatial reference.
+fn no_tile(src: &Cache, sel: &Envelope, levels: &[u8], tiles: Option<Envelope>) -> Error {
+    let units = src
+        .scheme()
+        .map_or_else(|| "the cache's units".to_string(), extent::describe);
+    let lv = match (levels.first(), levels.last()) {
+        (Some(a), Some(b)) if a != b => format!("levels {a}-{b}"),
+        (Some(a), _) => format!("level {a}"),
+        _ => "no level".into(),
+    };
+    let mut msg = format!(
+        "the selection {} (in {units}) matches no tile of {} in {lv}",
+        fmt_env(sel),
+        src.root().display()
+    );
+    if let Some(t) = tiles {
+        msg.push_str(&format!("; its bundles there cover {}", fmt_env(&t)));
+    }
+    if let Some(e) = src.extent() {
+        msg.push_str(&format!("; its extent (conf.cdi) is {}", fmt_env(&e)));
+    }
+    msg.push_str("; nothing was written");
+    Error::invalid(msg)
+}
+
+/// Refuses, before anything is written, a selection (`--extent`, `--aoi`) that meets no bundle of
+/// the selected levels of `src` (so matches no tile), naming the selection's bounds and the
+/// cache's. A selection that meets a bundle but no tile in it is caught after the job by
+/// [`check_matched`].
+pub fn check_selection_meets(src: &Cache, opts: &JobOptions) -> Result<()> {
+    let (Some(sel), Some(scheme)) = (selection_bounds(opts), src.scheme()) else {
+        return Ok(());
+    };
+    let levels = select_levels(src, &opts.levels)?;
+    let mut cover: Option<Envelope> = None;
+    for &level in &levels {
+        for g in src.groups(level)? {
+            let (Some(a), Some(b)) = (
+                scheme.tile_bbox(g.id.tile(Slot { row: 0, col: 0 })),
+                scheme.tile_bbox(g.id.tile(Slot {
+                    row: BUNDLE_DIM - 1,
+                    col: BUNDLE_DIM - 1,
+                })),
+            ) else {
+                continue;
+            };
+            let b = extent::union(&a, &b);
+            if b.intersects(&sel) {
+                return Ok(());
+            }
+            cover = Some(cover.map_or(b, |c| extent::union(&c, &b)));
+        }
+    }
+    if levels.is_empty() {
+        return Ok(());
+    }
+    Err(no_tile(src, &sel, &levels, cover))
+}
+
+/// After a job: refuses (exit non-zero) a selection that matched no tile of `src` (every tile read
+/// lay outside it), naming the selection's bounds and the cache's extent.
+pub fn check_matched(src: &Cache, opts: &JobOptions, summary: &JobSummary) -> Result<()> {
+    let Some(sel) = selection_bounds(opts) else {
+        return Ok(());
+    };
+    if summary.tiles_read > summary.tiles_skipped {
+        return Ok(());
+    }
+    Err(no_tile(src, &sel, &summary.levels, None))
+}
+
+/// The coordinate reference system a GeoJSON file declares in its `crs` member (GeoJSON 2008, as
+/// QGIS and ogr2ogr still write it): `(name as written, EPSG code)`, or `None` when it declares none.
+/// Accepted names: `urn:ogc:def:crs:OGC:1.3:CRS84` (and `OGC::CRS84`, `CRS84`), `CRS83`, `CRS27`,
+/// `EPSG:N`, `urn:ogc:def:crs:EPSG::N` (any version), `http://www.opengis.net/def/crs/EPSG/0/N`,
+/// `…/epsg.xml#N`, `ESRI:102100`; also `{"type": "EPSG", "properties": {"code": N}}`. Anything else
+/// (a `link` CRS, an unknown name) is refused by name.
+pub fn declared_crs(path: &Path, doc: &serde_json::Value) -> Result<Option<(String, u32)>> {
+    let Some(crs) = doc.get("crs") else {
+        return Ok(None);
+    };
+    if crs.is_null() {
+        return Ok(None);
+    }
+    let kind = crs.get("type").and_then(|t| t.as_str()).unwrap_or("");
+    let props = crs.get("properties");
+    if kind.eq_ignore_ascii_case("EPSG") {
+        if let Some(code) = props
+            .and_then(|p| p.get("code"))
+            .and_then(|c| c.as_u64())
+            .and_then(|c| u32::try_from(c).ok())
+        {
+            return Ok(Some((format!("EPSG:{code}"), code)));
+        }
+    }
+    let name = props
+        .and_then(|p| p.get("name"))
+        .and_then(|n| n.as_str())
+        .filter(|_| kind.eq_ignore_ascii_case("name"))
+        .ok_or_else(|| {
+            bad(
+                path,
+                format!(
+                    "its \"crs\" member {crs} is not one bundlefs reads; give \
+                     {{\"type\": \"name\", \"properties\": {{\"name\": \"EPSG:N\"}}}} or leave it out for \
+                     WGS 84 longitude/latitude (RFC 7946)"
+                ),
+            )
+        })?;
+    let code = crs_name_code(name).ok_or_else(|| {
+        bad(
+            path,
+            format!(
+                "declares the coordinate reference system {name:?}, which bundlefs does not know; \
+                 name it as EPSG:N or urn:ogc:def:crs:EPSG::N"
+            ),
+        )
+    })?;
+    Ok(Some((name.to_string(), code)))
+}
+
+/// The EPSG code of a CRS name as GeoJSON files write it (see [`declared_crs`]).
+fn crs_name_code(name: &str) -> Option<u32> {
+    let n = name.trim();
+    let lower = n.to_ascii_lowercase();
+    let last = lower.rsplit([':', '/', '#']).next().unwrap_or("");
+    match last {
+        "crs84" => return Some(WGS84),
+        "crs83" => return Some(4269),
+        "crs27" => return Some(4267),
+        _ => {}
+    }
+    let code: u32 = last.parse().ok()?;
+    let epsg_form = lower.starts_with("epsg:")
+        || lower.starts_with("urn:ogc:def:crs:epsg:")
+        || lower.contains("opengis.net/def/crs/epsg/")
+        || lower.contains("epsg.xml#");
+    if epsg_form {
+        return Some(code);
+    }
+    // Esri's ids of Web Mercator only: other Esri ids have no EPSG definition here.
+    (lower.starts_with("esri:") && extent::epsg_of_wkid(code) == WEB_MERCATOR)
+        .then_some(WEB_MERCATOR)
+}
+
+/// Whether every position lies within longitude ±180 and latitude ±90.
+fn looks_geographic(polys: &[Polygon<f64>]) -> bool {
+    polys.iter().all(|p| {
+        std::iter::once(p.exterior())
+            .chain(p.interiors())
+            .flat_map(|r| r.coords())
+            .all(|c| c.x.abs() <= 180.0 && c.y.abs() <= 90.0)
+    })
+}
+
+/// The spatial reference of the cache a selection is for, or why it has none bundlefs can use.
+fn cache_crs(scheme: Option<&TileScheme>) -> std::result::Result<Crs, String> {
+    match scheme {
+        Some(s) => extent::scheme_crs(s),
+        None => Err("no spatial reference (the cache has no conf.xml)".into()),
+    }
+}
+
+/// Carries a ring from `from` into `to`, with points added along each edge (at most 1/256 of the
+/// ring's larger side apart, in source units) so edges that curve when projected are followed.
+fn reproject_ring(
+    path: &Path,
+    ring: &LineString<f64>,
+    from: &Crs,
+    to: &Crs,
+) -> Result<LineString<f64>> {
+    let Some(r) = ring.bounding_rect() else {
+        return Ok(ring.clone());
+    };
+    let step = r.width().max(r.height()) / 256.0;
+    let mut pts: Vec<(f64, f64)> = Vec::new();
+    for l in ring.lines() {
+        let len = l.dx().hypot(l.dy());
+        let n = if step > 0.0 {
+            ((len / step).ceil() as usize).clamp(1, 4096)
+        } else {
+            1
+        };
+        for i in 0..n {
+            let f = i as f64 / n as f64;
+            pts.push((l.start.x + f * l.dx(), l.start.y + f * l.dy()));
+        }
+    }
+    if let Some(last) = ring.0.last() {
+        pts.push((last.x, last.y));
+    }
+    if from.is_geographic() && to.epsg() == WEB_MERCATOR {
+        // Web Mercator ends at ±85.0511°: the poles have no image.
+        for p in pts.iter_mut() {
+            p.1 = p.1.clamp(-85.051_128_779_806_59, 85.051_128_779_806_59);
+        }
+    }
+    from.transform_all(to, &mut pts)
+        .map_err(|e| bad(path, e.to_string()))?;
+    Ok(LineString::new(
+        pts.into_iter().map(|(x, y)| Coord { x, y }).collect(),
+    ))
+}
+
+/// An `--extent` given in the spatial reference `epsg` (e.g. 4326 for WGS 84 longitude/latitude
+/// degrees), as the envelope in the cache's spatial reference that holds it (its boundary sampled,
+/// see [`Crs::transform_envelope`]). Errors name both references when either is unknown.
+pub fn extent_in_cache(e: &Envelope, epsg: u32, scheme: Option<&TileScheme>) -> Result<Envelope> {
+    let from = Crs::from_epsg(epsg)
+        .map_err(|err| Error::invalid(format!("--extent-crs {epsg}: {err}")))?;
+    let to = cache_crs(scheme).map_err(|why| {
+        Error::invalid(format!(
+            "--extent in EPSG:{} cannot be carried into the cache's spatial reference: {why}; \
+             give --extent in the cache's own units instead",
+            from.epsg()
+        ))
+    })?;
+    from.transform_envelope(&to, e).map_err(|err| {
+        Error::invalid(format!(
+            "--extent {},{},{},{}: {err}",
+            e.xmin, e.ymin, e.xmax, e.ymax
+        ))
+    })
+}
+
+impl Aoi {
+    /// Reads a GeoJSON file (a geometry, a feature or a feature collection of polygons and
+    /// multipolygons) into the spatial reference of `scheme` (the cache's): see
+    /// [`Aoi::from_geojson_for`].
+    pub fn from_geojson_file(path: &Path, scheme: Option<&TileScheme>) -> Result<Aoi> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::from_geojson_for(path, &bytes, scheme)
+    }
+
+    /// Parses GeoJSON bytes (`path` names the source in errors) and carries the polygons into the
+    /// spatial reference of `scheme`. The coordinates are in the reference the file's `crs` member
+    /// declares ([`declared_crs`]); without one, RFC 7946 says WGS 84 longitude/latitude, which is
+    /// how they are read when every position lies within ±180/±90. A file without `crs` whose
+    /// positions cannot be degrees is read in the cache's own units (the files bundlefs wrote
+    /// before, and many tools' output) with a warning naming the way to declare it. Refused, naming
+    /// both references, when the declared one is not the cache's and either is unknown.
+    pub fn from_geojson_for(path: &Path, bytes: &[u8], scheme: Option<&TileScheme>) -> Result<Aoi> {
+        let (doc, polys) = parse_polygons(path, bytes)?;
+        let declared = declared_crs(path, &doc)?;
+        let cache_ref = scheme.map_or_else(
+            || "the cache's spatial reference".to_string(),
+            extent::describe,
+        );
+        let (name, code) = match declared {
+            Some(d) => d,
+            None if looks_geographic(&polys) => {
+                ("WGS 84 longitude/latitude (RFC 7946)".into(), WGS84)
+            }
+            None => {
+                tracing::warn!(
+                    "{}: declares no CRS and its coordinates are not longitude/latitude degrees: \
+                     read in {cache_ref}. Add \"crs\": {{\"type\": \"name\", \"properties\": \
+                     {{\"name\": \"EPSG:N\"}}}} to say which",
+                    path.display()
+                );
+                return Self::from_polygons(path, polys);
+            }
+        };
+        let target = cache_crs(scheme);
+        if let Ok(t) = &target {
+            if extent::epsg_of_wkid(code) == t.epsg() {
+                return Self::from_polygons(path, polys);
             }
         }
-        if polys.is_empty() {
-            return Err(bad(path, "no polygon in it"));
+        let from = Crs::from_epsg(code).map_err(|e| {
+            bad(
+                path,
+                format!("its coordinates are in {name} but {e}; the cache is in {cache_ref}"),
+            )
+        })?;
+        let to = target.map_err(|why| {
+            bad(
+                path,
+                format!(
+                    "its coordinates are in {name} (EPSG:{}) and cannot be carried into the cache's \
+                     spatial reference, {why}; give the area in the cache's units with a \"crs\" \
+                     member naming it",
+                    from.epsg()
+                ),
+            )
+        })?;
+        if from.is_geographic() && !looks_geographic(&polys) {
+            return Err(bad(
+                path,
+                format!("declares {name}, but its coordinates are not longitude/latitude degrees"),
+            ));
         }
+        let mut out = Vec::with_capacity(polys.len());
+        for p in &polys {
+            let ext = reproject_ring(path, p.exterior(), &from, &to)?;
+            let holes = p
+                .interiors()
+                .iter()
+                .map(|h| reproject_ring(path, h, &from, &to))
+                .collect::<Result<Vec<_>>>()?;
+            out.push(Polygon::new(ext, holes));
+        }
+        Self::from_polygons(path, out)
+    }
+
+    /// Parses GeoJSON bytes taking the coordinates as they are (no CRS handling); `path` names the
+    /// source in errors.
+    pub fn from_geojson(path: &Path, bytes: &[u8]) -> Result<Aoi> {
+        let (_, polys) = parse_polygons(path, bytes)?;
+        Self::from_polygons(path, polys)
+    }
+
+    fn from_polygons(path: &Path, polys: Vec<Polygon<f64>>) -> Result<Aoi> {
         Self::new(MultiPolygon::new(polys)).ok_or_else(|| bad(path, "the polygons enclose no area"))
     }
 

@@ -216,9 +216,10 @@ pub fn write_tpkx(cache: &Cache, dest: &Path, sync: bool) -> Result<()> {
             (l, l)
         }
     };
-    let extent = cache
+    let base = cache
         .extent()
         .unwrap_or_else(|| crate::format::extent::scheme_extent(&scheme));
+    let extent = holding_tiles(cache, &scheme, &levels, base)?;
     let name = dest
         .file_stem()
         .map_or_else(|| "tiles".to_string(), |s| s.to_string_lossy().into_owned());
@@ -283,6 +284,54 @@ pub fn write_tpkx(cache: &Cache, dest: &Path, sync: bool) -> Result<()> {
         crate::cache::sync_dir(parent)?;
     }
     Ok(())
+}
+
+/// `base` (the cache's conf.cdi, or the scheme's own extent) grown by every tile of `levels` that
+/// lies wholly outside it, so the package's `fullExtent` holds every tile: GDAL's ESRIC driver
+/// crops a package to its `fullExtent` (`-projwin`), and ArcGIS clients zoom to it, so a tile
+/// outside would be hidden. A tile that overlaps `base` is left as it is (coarse tiles reach far
+/// beyond the data; the extent stays where the data is). Reads only the indexes of bundles that
+/// are not wholly inside `base`.
+fn holding_tiles(
+    cache: &Cache,
+    scheme: &TileScheme,
+    levels: &[u8],
+    base: Envelope,
+) -> Result<Envelope> {
+    use crate::format::extent::union;
+    use crate::format::{Slot, BUNDLE_DIM};
+    let inside = |b: &Envelope| {
+        b.xmin >= base.xmin && b.xmax <= base.xmax && b.ymin >= base.ymin && b.ymax <= base.ymax
+    };
+    let mut out = base;
+    for &l in levels {
+        for id in cache.bundles(l)? {
+            let corners = (
+                scheme.tile_bbox(id.tile(Slot { row: 0, col: 0 })),
+                scheme.tile_bbox(id.tile(Slot {
+                    row: BUNDLE_DIM - 1,
+                    col: BUNDLE_DIM - 1,
+                })),
+            );
+            let (Some(a), Some(b)) = corners else {
+                continue;
+            };
+            if inside(&union(&a, &b)) {
+                continue;
+            }
+            let Some(bundle) = cache.bundle(id)? else {
+                continue;
+            };
+            for (slot, _) in bundle.slots() {
+                if let Some(t) = scheme.tile_bbox(id.tile(slot)) {
+                    if !t.intersects(&base) {
+                        out = union(&out, &t);
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Size of the thumbnail ArcGIS puts in its packages.
