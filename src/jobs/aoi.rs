@@ -695,6 +695,177 @@ mod tests {
         assert!(a.mask(&env(45.0, 45.0, 55.0, 55.0), 8, 8).is_empty());
     }
 
+    fn scheme(epsg: u32) -> TileScheme {
+        let mut s = TileScheme::web_mercator(0, crate::format::conf::TileFormat::Png);
+        if epsg != 3857 {
+            s.wkid = Some(epsg);
+            s.latest_wkid = Some(epsg);
+            s.wkt = None;
+        }
+        s
+    }
+
+    fn ring_json(crs: Option<&str>, ring: &[(f64, f64)]) -> String {
+        let coords: Vec<[f64; 2]> = ring.iter().map(|&(x, y)| [x, y]).collect();
+        let mut v = serde_json::json!({"type": "Feature", "properties": {},
+            "geometry": {"type": "Polygon", "coordinates": [coords]}});
+        if let Some(c) = crs {
+            v["crs"] = serde_json::json!({"type": "name", "properties": {"name": c}});
+        }
+        v.to_string()
+    }
+
+    fn read_for(json: &str, s: &TileScheme) -> Result<Aoi> {
+        Aoi::from_geojson_for(Path::new("a.geojson"), json.as_bytes(), Some(s))
+    }
+
+    #[test]
+    fn crs_names_as_tools_write_them() {
+        for (name, code) in [
+            ("urn:ogc:def:crs:OGC:1.3:CRS84", 4326),
+            ("urn:ogc:def:crs:OGC::CRS84", 4326),
+            ("CRS84", 4326),
+            ("EPSG:3857", 3857),
+            ("urn:ogc:def:crs:EPSG::2180", 2180),
+            ("urn:ogc:def:crs:EPSG:6.6:4326", 4326),
+            ("http://www.opengis.net/def/crs/EPSG/0/2180", 2180),
+            ("http://www.opengis.net/gml/srs/epsg.xml#4326", 4326),
+            ("ESRI:102100", 3857),
+        ] {
+            assert_eq!(crs_name_code(name), Some(code), "{name}");
+        }
+        for name in [
+            "ESRI:102003",
+            "urn:ogc:def:crs:OGC:1.3:CRS99",
+            "WGS84",
+            "EPSG:x",
+        ] {
+            assert_eq!(crs_name_code(name), None, "{name}");
+        }
+        let doc = serde_json::json!({"crs": {"type": "EPSG", "properties": {"code": 2180}}});
+        assert_eq!(
+            declared_crs(Path::new("a"), &doc).unwrap(),
+            Some(("EPSG:2180".into(), 2180))
+        );
+        let link = serde_json::json!({"crs": {"type": "link", "properties": {"href": "x"}}});
+        let e = declared_crs(Path::new("a.json"), &link)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a.json") && e.contains("\"crs\" member"), "{e}");
+    }
+
+    /// Degrees go into Web Mercator by the sphere formulas x = Rλ, y = R ln tan(π/4 + φ/2)
+    /// (R = 6378137 m), computed here independently of proj4rs.
+    #[test]
+    fn lon_lat_areas_are_carried_into_web_mercator() {
+        let ring = [
+            (2.0, 48.5),
+            (2.8, 48.5),
+            (2.8, 49.1),
+            (2.0, 49.1),
+            (2.0, 48.5),
+        ];
+        let r = 6_378_137.0_f64;
+        let y = |lat: f64| {
+            r * (std::f64::consts::FRAC_PI_4 + lat.to_radians() / 2.0)
+                .tan()
+                .ln()
+        };
+        let want = [
+            2.0_f64.to_radians() * r,
+            y(48.5),
+            2.8_f64.to_radians() * r,
+            y(49.1),
+        ];
+        // Declared, and by RFC 7946 when undeclared: the same area.
+        for crs in [
+            Some("urn:ogc:def:crs:OGC:1.3:CRS84"),
+            Some("EPSG:4326"),
+            None,
+        ] {
+            let b = read_for(&ring_json(crs, &ring), &scheme(3857))
+                .unwrap()
+                .bbox();
+            let got = [b.xmin, b.ymin, b.xmax, b.ymax];
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() < 1e-6, "{crs:?}: {got:?} vs {want:?}");
+            }
+        }
+        // The same ring in metres, declared as such, is taken as it is.
+        let m: Vec<(f64, f64)> = ring
+            .iter()
+            .map(|&(lon, lat)| (lon.to_radians() * r, y(lat)))
+            .collect();
+        let b = read_for(&ring_json(Some("EPSG:3857"), &m), &scheme(3857))
+            .unwrap()
+            .bbox();
+        assert!((b.xmin - want[0]).abs() < 1e-6 && (b.ymax - want[3]).abs() < 1e-6);
+    }
+
+    /// A polygon in Poland CS92 read into a geographic cache: corners as PROJ 9.1 gives them
+    /// (`gdaltransform -s_srs EPSG:2180 -t_srs '+proj=longlat +datum=WGS84'`: 144000 130000 →
+    /// 14.1368607019397 48.9349347532319; 880000 780000 → 24.9075102422731 54.7394722588405).
+    #[test]
+    fn projected_areas_are_carried_into_geographic_caches() {
+        let ring = [
+            (144000.0, 130000.0),
+            (880000.0, 130000.0),
+            (880000.0, 780000.0),
+            (144000.0, 780000.0),
+            (144000.0, 130000.0),
+        ];
+        let a = read_for(
+            &ring_json(Some("urn:ogc:def:crs:EPSG::2180"), &ring),
+            &scheme(4326),
+        )
+        .unwrap();
+        // 0.015° in from the south-west and north-east corners, and 0.015° out.
+        assert!(a.contains_point(14.152, 48.950) && a.contains_point(24.892, 54.724));
+        assert!(!a.contains_point(14.122, 48.920) && !a.contains_point(24.922, 54.754));
+        let b = a.bbox();
+        assert!((b.xmax - 24.907_510_242_273_1).abs() < 1e-9, "{b:?}");
+    }
+
+    #[test]
+    fn references_that_cannot_be_used_are_refused_naming_both() {
+        let ring = [(0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 0.0)];
+        let e = read_for(&ring_json(Some("EPSG:32767"), &ring), &scheme(2180))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("EPSG:32767") && e.contains("EPSG:2180"), "{e}");
+        let mut unknown = scheme(2180);
+        unknown.wkid = None;
+        unknown.latest_wkid = None;
+        unknown.wkt = Some("PROJCS[\"Local_Grid\",UNIT[\"Meter\",1.0]]".into());
+        let e = read_for(&ring_json(None, &ring), &unknown)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("WGS 84") && e.contains("Local_Grid"), "{e}");
+        // Degrees declared, metres given.
+        let big = [(0.0, 0.0), (5e5, 0.0), (5e5, 5e5), (0.0, 0.0)];
+        let e = read_for(&ring_json(Some("CRS84"), &big), &scheme(3857))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not longitude/latitude"), "{e}");
+        // No crs and not degrees: read in the cache's units (as bundlefs did before).
+        let a = read_for(&ring_json(None, &big), &scheme(3857)).unwrap();
+        assert_eq!(a.bbox(), env(0.0, 0.0, 5e5, 5e5));
+    }
+
+    #[test]
+    fn extents_in_wgs84_are_carried_into_the_cache() {
+        let e = extent_in_cache(&env(2.0, 48.5, 2.8, 49.1), 4326, Some(&scheme(3857))).unwrap();
+        let r = 6_378_137.0_f64;
+        assert!((e.xmin - 2.0_f64.to_radians() * r).abs() < 1e-6, "{e:?}");
+        let err = extent_in_cache(&env(0.0, 0.0, 1.0, 1.0), 4326, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("EPSG:4326") && err.contains("no conf.xml"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn bad_files_say_what_is_wrong() {
         let err = |s: &str| {
