@@ -61,36 +61,62 @@ pub fn root_json(name: &str, scheme: &TileScheme, levels: (u8, u8), extent: &Env
         .iter()
         .map(|l| json!({"level": l.level, "resolution": l.resolution, "scale": l.scale}))
         .collect();
-    let v = json!({
-        "name": name,
-        "version": "1.0",
-        "tileBundlesPath": format!("./{TILE_DIR}"),
-        "minLOD": levels.0,
-        "maxLOD": levels.1,
-        "minScale": lod(levels.0).map_or(0.0, |l| l.scale),
-        "maxScale": lod(levels.1).map_or(0.0, |l| l.scale),
-        "resampling": false,
-        "spatialReference": sr,
-        "initialExtent": extent_json(extent, &sr),
-        "fullExtent": extent_json(extent, &sr),
-        "tileInfo": {
-            "rows": scheme.tile_rows,
-            "cols": scheme.tile_cols,
-            "dpi": scheme.dpi,
-            "origin": {"x": scheme.origin_x, "y": scheme.origin_y},
-            "spatialReference": sr,
-            "lods": lods,
-        },
-        "tileImageInfo": {
-            "format": scheme.tile_format.name(),
-            "compressionQuality": scheme.compression_quality,
-        },
-        "storageInfo": {
-            "storageFormat": StorageFormat::CompactV2.esri_name(),
-            "packetSize": PACKET_SIZE,
-        },
-    });
-    serde_json::to_vec_pretty(&v).expect("JSON of plain values")
+    // In this order, as ArcGIS writes it: GDAL's ESRIC driver recognises a root.json by finding
+    // "tileBundlesPath" in its first 1024 bytes (8192 when "tileInfo" is seen there), so it must
+    // come before anything long (a spatial reference's WKT).
+    let members = [
+        ("name", json!(name)),
+        ("version", json!("1.0")),
+        ("tileBundlesPath", json!(format!("./{TILE_DIR}"))),
+        (
+            "tileImageInfo",
+            json!({
+                "format": scheme.tile_format.name(),
+                "compressionQuality": scheme.compression_quality,
+            }),
+        ),
+        (
+            "storageInfo",
+            json!({
+                "storageFormat": StorageFormat::CompactV2.esri_name(),
+                "packetSize": PACKET_SIZE,
+            }),
+        ),
+        ("minLOD", json!(levels.0)),
+        ("maxLOD", json!(levels.1)),
+        ("minScale", json!(lod(levels.0).map_or(0.0, |l| l.scale))),
+        ("maxScale", json!(lod(levels.1).map_or(0.0, |l| l.scale))),
+        ("resampling", json!(false)),
+        ("spatialReference", sr.clone()),
+        ("initialExtent", extent_json(extent, &sr)),
+        ("fullExtent", extent_json(extent, &sr)),
+        (
+            "tileInfo",
+            json!({
+                "rows": scheme.tile_rows,
+                "cols": scheme.tile_cols,
+                "dpi": scheme.dpi,
+                "origin": {"x": scheme.origin_x, "y": scheme.origin_y},
+                "spatialReference": sr,
+                "lods": lods,
+            }),
+        ),
+    ];
+    ordered_json(&members)
+}
+
+/// A JSON object with its members in the given order, pretty-printed (serde_json's maps sort keys).
+fn ordered_json(members: &[(&str, Value)]) -> Vec<u8> {
+    let mut out = String::from("{");
+    for (i, (k, v)) in members.iter().enumerate() {
+        let text = serde_json::to_string_pretty(v).expect("JSON of plain values");
+        out.push_str(if i == 0 { "\n  " } else { ",\n  " });
+        out.push_str(&serde_json::to_string(k).expect("a string"));
+        out.push_str(": ");
+        out.push_str(&text.replace('\n', "\n  "));
+    }
+    out.push_str("\n}");
+    out.into_bytes()
 }
 
 /// The extent in geographic WGS84 (WKID 4326), as ArcGIS writes it in `iteminfo.json`, for any

@@ -175,9 +175,15 @@ fn fmt_env(e: &Envelope) -> String {
 }
 
 /// The refusal of a selection that matches no tile of `src`: names the selection's bounds, where
-/// the tiles of the selected levels lie (`tiles`) and the cache's extent (conf.cdi), in the
-/// cache's spatial reference.
-fn no_tile(src: &Cache, sel: &Envelope, levels: &[u8], tiles: Option<Envelope>) -> Error {
+/// tiles in the bundles it reaches lie (`tiles`) and the cache's extent (conf.cdi), in the cache's
+/// spatial reference; `after` says the job ran (its destination may exist, holding no tile).
+fn no_tile(
+    src: &Cache,
+    sel: &Envelope,
+    levels: &[u8],
+    tiles: Option<Envelope>,
+    after: bool,
+) -> Error {
     let units = src
         .scheme()
         .map_or_else(|| "the cache's units".to_string(), extent::describe);
@@ -192,24 +198,36 @@ fn no_tile(src: &Cache, sel: &Envelope, levels: &[u8], tiles: Option<Envelope>) 
         src.root().display()
     );
     if let Some(t) = tiles {
-        msg.push_str(&format!("; its bundles there cover {}", fmt_env(&t)));
+        msg.push_str(&format!("; tiles near it cover {}", fmt_env(&t)));
     }
     if let Some(e) = src.extent() {
         msg.push_str(&format!("; its extent (conf.cdi) is {}", fmt_env(&e)));
     }
-    msg.push_str("; nothing was written");
+    msg.push_str(if after {
+        "; no tile was written"
+    } else {
+        "; nothing was written"
+    });
     Error::invalid(msg)
 }
 
-/// Refuses, before anything is written, a selection (`--extent`, `--aoi`) that meets no bundle of
-/// the selected levels of `src` (so matches no tile), naming the selection's bounds and the
-/// cache's. A selection that meets a bundle but no tile in it is caught after the job by
-/// [`check_matched`].
+/// Refuses, before anything is written, a selection (`--extent`, `--aoi`) that meets no tile of
+/// the selected levels of `src`, naming the selection's bounds and the cache's. Bundles that the
+/// selection does not reach are judged by their bounds alone; in the others the tiles are listed
+/// (index only) until one meets the selection. An AOI that meets a tile but none of its pixel
+/// centres is caught after the job by [`check_matched`].
 pub fn check_selection_meets(src: &Cache, opts: &JobOptions) -> Result<()> {
     let (Some(sel), Some(scheme)) = (selection_bounds(opts), src.scheme()) else {
         return Ok(());
     };
     let levels = select_levels(src, &opts.levels)?;
+    if levels.is_empty() {
+        return Ok(());
+    }
+    let meets = |b: &Envelope| match &opts.aoi {
+        Some(a) => a.coverage(b) != Coverage::Outside,
+        None => b.intersects(&sel),
+    };
     let mut cover: Option<Envelope> = None;
     for &level in &levels {
         for g in src.groups(level)? {
@@ -223,16 +241,32 @@ pub fn check_selection_meets(src: &Cache, opts: &JobOptions) -> Result<()> {
                 continue;
             };
             let b = extent::union(&a, &b);
-            if b.intersects(&sel) {
-                return Ok(());
+            if meets(&b) {
+                let tiles: Vec<_> = if g.files.is_empty() {
+                    src.bundle(g.id)?
+                        .map(|h| h.slots().into_iter().map(|(s, _)| g.id.tile(s)).collect())
+                        .unwrap_or_default()
+                } else {
+                    g.files.iter().map(|(t, _)| *t).collect()
+                };
+                let mut any = false;
+                for t in tiles {
+                    let Some(tb) = scheme.tile_bbox(t) else {
+                        continue;
+                    };
+                    if meets(&tb) {
+                        return Ok(());
+                    }
+                    cover = Some(cover.map_or(tb, |c| extent::union(&c, &tb)));
+                    any = true;
+                }
+                if any {
+                    continue;
+                }
             }
-            cover = Some(cover.map_or(b, |c| extent::union(&c, &b)));
         }
     }
-    if levels.is_empty() {
-        return Ok(());
-    }
-    Err(no_tile(src, &sel, &levels, cover))
+    Err(no_tile(src, &sel, &levels, cover, false))
 }
 
 /// After a job: refuses (exit non-zero) a selection that matched no tile of `src` (every tile read
@@ -244,7 +278,7 @@ pub fn check_matched(src: &Cache, opts: &JobOptions, summary: &JobSummary) -> Re
     if summary.tiles_read > summary.tiles_skipped {
         return Ok(());
     }
-    Err(no_tile(src, &sel, &summary.levels, None))
+    Err(no_tile(src, &sel, &summary.levels, None, true))
 }
 
 /// The coordinate reference system a GeoJSON file declares in its `crs` member (GeoJSON 2008, as
