@@ -162,7 +162,7 @@ else:
 fn create_writes_the_scheme_extent_gdal_sees() {
     let tmp = tempfile::tempdir().unwrap();
     let new = tmp.path().join("pl");
-    run_ok(&mut bundlefs(&["create", p(&new), "--scheme"]).arg(case09().join("scheme.xml")));
+    run_ok(bundlefs(&["create", p(&new), "--scheme"]).arg(case09().join("scheme.xml")));
     let cdi = parse_cdi(&fs::read(new.join("conf.cdi")).unwrap()).unwrap();
     // GDAL's view of the same conf.xml: its raster's corners.
     let info: Value = serde_json::from_str(&run_ok(
@@ -439,7 +439,8 @@ fn aoi_in_any_declared_crs_selects_the_same_tiles() {
     let ring_pl = square(WARSAW, 3000.0);
     let ring_ll = gdaltransform("EPSG:2180", "EPSG:4326", &ring_pl);
     let ring_wm = gdaltransform("EPSG:2180", "EPSG:3857", &ring_pl);
-    let cases: [(&str, Option<&str>, &[(f64, f64)]); 4] = [
+    type Case<'a> = (&'a str, Option<&'a str>, &'a [(f64, f64)]);
+    let cases: [Case; 4] = [
         ("lonlat", None, &ring_ll),
         ("crs84", Some("urn:ogc:def:crs:OGC:1.3:CRS84"), &ring_ll),
         ("pl", Some("urn:ogc:def:crs:EPSG::2180"), &ring_pl),
@@ -512,7 +513,7 @@ fn extent_crs_and_selections_matching_no_tile() {
 
     // Degrees read as metres: far outside every bundle; refused before anything is written.
     let none = tmp.path().join("none");
-    let o = run(&mut bundlefs(&[
+    let o = run(bundlefs(&[
         "export",
         p(&case09().join("cache")),
         p(&none),
