@@ -81,7 +81,7 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             let bar = Bar::new();
             let s = export_job(source.cache(), &dest, target, &opts, &bar)?;
             bar.0.finish_and_clear();
-            crate::jobs::aoi::check_matched(source.cache(), &opts, &s)?;
+            crate::jobs::selection::check_matched(source.cache(), &opts, &s)?;
             let to = match target {
                 Target::Storage(st) => st.to_string(),
                 Target::Tpkx => "tpkx".to_string(),
@@ -95,7 +95,7 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             let bar = Bar::new();
             let s = import_job(source.cache(), &dest, &opts, &bar)?;
             bar.0.finish_and_clear();
-            crate::jobs::aoi::check_matched(source.cache(), &opts, &s)?;
+            crate::jobs::selection::check_matched(source.cache(), &opts, &s)?;
             print_summary(
                 "imported",
                 &s,
@@ -278,7 +278,7 @@ fn render(a: RenderArgs) -> anyhow::Result<ExitCode> {
     };
     let mut extent = a.extent.as_deref().map(parse_extent).transpose()?;
     if let (Some(e), Some(crs)) = (&mut extent, a.extent_crs) {
-        *e = crate::jobs::aoi::extent_in_cache(e, crs, cache.scheme())?;
+        *e = crate::jobs::selection::extent_in_cache(e, crs, cache.scheme())?;
     }
     let r = Renderer::new(cache, src, Keep::No, opts)?;
     let bo = BatchOptions {
@@ -450,7 +450,11 @@ fn job_options(a: &JobArgs, src: &Cache) -> anyhow::Result<JobOptions> {
         ymax: v[3],
     });
     let extent = match (extent, a.extent_crs) {
-        (Some(e), Some(crs)) => Some(crate::jobs::aoi::extent_in_cache(&e, crs, src.scheme())?),
+        (Some(e), Some(crs)) => Some(crate::jobs::selection::extent_in_cache(
+            &e,
+            crs,
+            src.scheme(),
+        )?),
         (e, _) => e,
     };
     let aoi = a
@@ -469,7 +473,7 @@ fn job_options(a: &JobArgs, src: &Cache) -> anyhow::Result<JobOptions> {
         background: a.background.as_deref().map(parse_colour).transpose()?,
         sync: !a.no_sync,
     };
-    crate::jobs::aoi::check_selection_meets(src, &opts)?;
+    crate::jobs::selection::check_selection_meets(src, &opts)?;
     Ok(opts)
 }
 

@@ -1,8 +1,7 @@
 //! Areas of interest: a GeoJSON polygon or multipolygon read in the coordinate reference system it
 //! declares (WGS 84 longitude/latitude by RFC 7946 when it declares none) and carried into the
 //! cache's spatial reference, how a tile (or a bundle) lies against it, and which of a tile's pixels
-//! it covers (pixel centres, even-odd per polygon, polygons united). Also the selection checks every
-//! job shares: an `--extent` given in another reference, and a selection that matches no tile.
+//! it covers (pixel centres, even-odd per polygon, polygons united).
 
 use std::path::Path;
 
@@ -11,12 +10,9 @@ use geo::{
 };
 use geojson::{GeoJson, GeometryValue, Position};
 
-use super::engine::{select_levels, JobOptions, JobSummary};
-use crate::cache::Cache;
 use crate::error::{Error, Result};
 use crate::format::conf::{Envelope, TileScheme};
 use crate::format::extent::{self, Crs, WEB_MERCATOR, WGS84};
-use crate::format::{Slot, BUNDLE_DIM};
 
 /// How a rectangle lies against the area of interest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,125 +158,6 @@ fn parse_polygons(path: &Path, bytes: &[u8]) -> Result<(serde_json::Value, Vec<P
     Ok((doc, polys))
 }
 
-/// The area a job's options select (the AOI's bounding box, else the extent), if any.
-fn selection_bounds(opts: &JobOptions) -> Option<Envelope> {
-    match (&opts.aoi, &opts.extent) {
-        (Some(a), _) => Some(a.bbox()),
-        (None, e) => *e,
-    }
-}
-
-fn fmt_env(e: &Envelope) -> String {
-    format!("({}, {}, {}, {})", e.xmin, e.ymin, e.xmax, e.ymax)
-}
-
-/// The refusal of a selection that matches no tile of `src`: names the selection's bounds, where
-/// tiles in the bundles it reaches lie (`tiles`) and the cache's extent (conf.cdi), in the cache's
-/// spatial reference; `after` says the job ran (its destination may exist, holding no tile).
-fn no_tile(
-    src: &Cache,
-    sel: &Envelope,
-    levels: &[u8],
-    tiles: Option<Envelope>,
-    after: bool,
-) -> Error {
-    let units = src
-        .scheme()
-        .map_or_else(|| "the cache's units".to_string(), extent::describe);
-    let lv = match (levels.first(), levels.last()) {
-        (Some(a), Some(b)) if a != b => format!("levels {a}-{b}"),
-        (Some(a), _) => format!("level {a}"),
-        _ => "no level".into(),
-    };
-    let mut msg = format!(
-        "the selection {} (in {units}) matches no tile of {} in {lv}",
-        fmt_env(sel),
-        src.root().display()
-    );
-    if let Some(t) = tiles {
-        msg.push_str(&format!("; tiles near it cover {}", fmt_env(&t)));
-    }
-    if let Some(e) = src.extent() {
-        msg.push_str(&format!("; its extent (conf.cdi) is {}", fmt_env(&e)));
-    }
-    msg.push_str(if after {
-        "; no tile was written"
-    } else {
-        "; nothing was written"
-    });
-    Error::invalid(msg)
-}
-
-/// Refuses, before anything is written, a selection (`--extent`, `--aoi`) that meets no tile of
-/// the selected levels of `src`, naming the selection's bounds and the cache's. Bundles that the
-/// selection does not reach are judged by their bounds alone; in the others the tiles are listed
-/// (index only) until one meets the selection. An AOI that meets a tile but none of its pixel
-/// centres is caught after the job by [`check_matched`].
-pub fn check_selection_meets(src: &Cache, opts: &JobOptions) -> Result<()> {
-    let (Some(sel), Some(scheme)) = (selection_bounds(opts), src.scheme()) else {
-        return Ok(());
-    };
-    let levels = select_levels(src, &opts.levels)?;
-    if levels.is_empty() {
-        return Ok(());
-    }
-    let meets = |b: &Envelope| match &opts.aoi {
-        Some(a) => a.coverage(b) != Coverage::Outside,
-        None => b.intersects(&sel),
-    };
-    let mut cover: Option<Envelope> = None;
-    for &level in &levels {
-        for g in src.groups(level)? {
-            let (Some(a), Some(b)) = (
-                scheme.tile_bbox(g.id.tile(Slot { row: 0, col: 0 })),
-                scheme.tile_bbox(g.id.tile(Slot {
-                    row: BUNDLE_DIM - 1,
-                    col: BUNDLE_DIM - 1,
-                })),
-            ) else {
-                continue;
-            };
-            let b = extent::union(&a, &b);
-            if meets(&b) {
-                let tiles: Vec<_> = if g.files.is_empty() {
-                    src.bundle(g.id)?
-                        .map(|h| h.slots().into_iter().map(|(s, _)| g.id.tile(s)).collect())
-                        .unwrap_or_default()
-                } else {
-                    g.files.iter().map(|(t, _)| *t).collect()
-                };
-                let mut any = false;
-                for t in tiles {
-                    let Some(tb) = scheme.tile_bbox(t) else {
-                        continue;
-                    };
-                    if meets(&tb) {
-                        return Ok(());
-                    }
-                    cover = Some(cover.map_or(tb, |c| extent::union(&c, &tb)));
-                    any = true;
-                }
-                if any {
-                    continue;
-                }
-            }
-        }
-    }
-    Err(no_tile(src, &sel, &levels, cover, false))
-}
-
-/// After a job: refuses (exit non-zero) a selection that matched no tile of `src` (every tile read
-/// lay outside it), naming the selection's bounds and the cache's extent.
-pub fn check_matched(src: &Cache, opts: &JobOptions, summary: &JobSummary) -> Result<()> {
-    let Some(sel) = selection_bounds(opts) else {
-        return Ok(());
-    };
-    if summary.tiles_read > summary.tiles_skipped {
-        return Ok(());
-    }
-    Err(no_tile(src, &sel, &summary.levels, None, true))
-}
-
 /// The coordinate reference system a GeoJSON file declares in its `crs` member (GeoJSON 2008, as
 /// QGIS and ogr2ogr still write it): `(name as written, EPSG code)`, or `None` when it declares none.
 /// Accepted names: `urn:ogc:def:crs:OGC:1.3:CRS84` (and `OGC::CRS84`, `CRS84`), `CRS83`, `CRS27`,
@@ -366,7 +243,7 @@ fn looks_geographic(polys: &[Polygon<f64>]) -> bool {
 }
 
 /// The spatial reference of the cache a selection is for, or why it has none bundlefs can use.
-fn cache_crs(scheme: Option<&TileScheme>) -> std::result::Result<Crs, String> {
+pub(crate) fn cache_crs(scheme: Option<&TileScheme>) -> std::result::Result<Crs, String> {
     match scheme {
         Some(s) => extent::scheme_crs(s),
         None => Err("no spatial reference (the cache has no conf.xml)".into()),
@@ -412,27 +289,6 @@ fn reproject_ring(
     Ok(LineString::new(
         pts.into_iter().map(|(x, y)| Coord { x, y }).collect(),
     ))
-}
-
-/// An `--extent` given in the spatial reference `epsg` (e.g. 4326 for WGS 84 longitude/latitude
-/// degrees), as the envelope in the cache's spatial reference that holds it (its boundary sampled,
-/// see [`Crs::transform_envelope`]). Errors name both references when either is unknown.
-pub fn extent_in_cache(e: &Envelope, epsg: u32, scheme: Option<&TileScheme>) -> Result<Envelope> {
-    let from = Crs::from_epsg(epsg)
-        .map_err(|err| Error::invalid(format!("--extent-crs {epsg}: {err}")))?;
-    let to = cache_crs(scheme).map_err(|why| {
-        Error::invalid(format!(
-            "--extent in EPSG:{} cannot be carried into the cache's spatial reference: {why}; \
-             give --extent in the cache's own units instead",
-            from.epsg()
-        ))
-    })?;
-    from.transform_envelope(&to, e).map_err(|err| {
-        Error::invalid(format!(
-            "--extent {},{},{},{}: {err}",
-            e.xmin, e.ymin, e.xmax, e.ymax
-        ))
-    })
 }
 
 impl Aoi {
@@ -884,20 +740,6 @@ mod tests {
         // No crs and not degrees: read in the cache's units (as bundlefs did before).
         let a = read_for(&ring_json(None, &big), &scheme(3857)).unwrap();
         assert_eq!(a.bbox(), env(0.0, 0.0, 5e5, 5e5));
-    }
-
-    #[test]
-    fn extents_in_wgs84_are_carried_into_the_cache() {
-        let e = extent_in_cache(&env(2.0, 48.5, 2.8, 49.1), 4326, Some(&scheme(3857))).unwrap();
-        let r = 6_378_137.0_f64;
-        assert!((e.xmin - 2.0_f64.to_radians() * r).abs() < 1e-6, "{e:?}");
-        let err = extent_in_cache(&env(0.0, 0.0, 1.0, 1.0), 4326, None)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("EPSG:4326") && err.contains("no conf.xml"),
-            "{err}"
-        );
     }
 
     #[test]

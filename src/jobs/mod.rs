@@ -9,4 +9,5 @@ pub mod export;
 pub mod import;
 pub mod package;
 pub mod pixels;
+pub mod selection;
 pub mod verify;
