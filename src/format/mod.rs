@@ -3,6 +3,7 @@
 
 pub mod conf;
 pub mod exploded;
+pub mod extent;
 pub mod levels;
 pub mod pixels;
 pub mod sniff;

@@ -100,7 +100,7 @@ pub fn export_job(
     let conf = src.conf().map(|c| c.with_storage(storage));
     let cdi = match (src.scheme(), extent_after(src, None, opts)) {
         (Some(s), Some(e)) if job_area(opts).is_some() => Some(conf::write_cdi(&e, s)),
-        (Some(s), None) => Some(conf::write_cdi(&crate::cache::scheme_extent(s), s)),
+        (Some(s), None) => Some(conf::write_cdi(&crate::format::extent::scheme_extent(s), s)),
         _ => src.cdi().map(<[u8]>::to_vec),
     };
     let d = Cache::create_empty(

@@ -10,5 +10,6 @@ pub mod engine;
 pub mod export;
 pub mod import;
 pub mod package;
+pub mod selection;
 pub mod tile;
 pub mod verify;

@@ -13,5 +13,6 @@ mod jobs;
 mod load;
 mod modes;
 mod mount;
+mod realworld_crs;
 mod render;
 mod writeback;
