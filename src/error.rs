@@ -1,4 +1,5 @@
-//! Error type shared by every layer: each variant names the file (and entry) at fault and knows its errno.
+//! Error type shared by every layer: each variant names the file (and entry) at fault. The errno a
+//! file-system call replies with is the mount's concern (`fs::errno`).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -69,18 +70,6 @@ impl Error {
             what: what.into(),
             msg: msg.into(),
             retryable: false,
-        }
-    }
-
-    /// The errno a filesystem call reports for this error.
-    pub fn errno(&self) -> i32 {
-        match self {
-            Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
-            Error::Format { .. } => libc::EIO,
-            Error::Locked { .. } => libc::EAGAIN,
-            Error::Invalid(_) => libc::EINVAL,
-            Error::NotFound(_) => libc::ENOENT,
-            Error::Source { .. } => libc::EIO,
         }
     }
 }

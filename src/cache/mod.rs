@@ -5,6 +5,7 @@
 
 pub mod buffer;
 pub mod bundle;
+pub mod changes;
 pub mod commit;
 pub mod lock;
 pub mod times;
