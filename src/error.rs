@@ -46,6 +46,7 @@ pub enum Error {
 }
 
 impl Error {
+    /// An I/O failure on `path`.
     pub fn io(path: impl AsRef<Path>, source: io::Error) -> Self {
         Error::Io {
             path: path.as_ref().to_path_buf(),
@@ -53,6 +54,7 @@ impl Error {
         }
     }
 
+    /// A format error in the file at `path`.
     pub fn format(path: impl AsRef<Path>, source: FormatError) -> Self {
         Error::Format {
             path: path.as_ref().to_path_buf(),
@@ -60,6 +62,7 @@ impl Error {
         }
     }
 
+    /// A refused request, with the message the user sees.
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::Invalid(msg.into())
     }
@@ -76,6 +79,7 @@ impl Error {
 
 /// Adds the path to an `io::Result`.
 pub trait IoContext<T> {
+    /// The error as [`Error::Io`] naming `path`.
     fn at(self, path: impl AsRef<Path>) -> Result<T>;
 }
 
@@ -87,6 +91,7 @@ impl<T> IoContext<T> for io::Result<T> {
 
 /// Adds the path to a format result.
 pub trait FormatContext<T> {
+    /// The error as [`Error::Format`] naming `path`.
     fn in_file(self, path: impl AsRef<Path>) -> Result<T>;
 }
 

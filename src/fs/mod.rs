@@ -3,6 +3,9 @@
 //! kernel's calls over it (TTLs, open flags, handles), `watch` runs the mount's background work,
 //! and `fuse` only forwards fuser's calls to `mount` and replies.
 
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
 pub mod errno;
 pub mod fuse;
 pub mod handles;
@@ -27,7 +30,9 @@ use crate::{Error, Result};
 /// File or directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// A folder: the root, `_alllayers`, a level or a row.
     Dir,
+    /// A file: conf.xml, conf.cdi, a tile or a temporary file.
     File,
 }
 
@@ -36,9 +41,12 @@ pub enum Kind {
 pub struct Attr {
     /// Inode number (see `inode`); 0 only in a negative entry.
     pub ino: u64,
+    /// File or folder.
     pub kind: Kind,
     /// Bytes (files); 0 for folders, and for listed files whose size is not known yet.
     pub size: u64,
+    /// Modification time: the tile's (its sidecar time, else its bundle's), a folder's on disk,
+    /// else the mount's start.
     pub mtime: SystemTime,
     /// Link count: 1 for files, 2 for row folders, 1 ("unknown") for level folders.
     pub nlink: u32,
@@ -49,6 +57,7 @@ pub struct Attr {
 pub struct DirEntry {
     /// The name in its folder (`Cxxxxxxxx.png`, `Rxxxxxxxx`, `Lnn`…).
     pub name: String,
+    /// Its attributes.
     pub attr: Attr,
 }
 
@@ -58,7 +67,12 @@ pub enum Invalidation {
     /// Attributes and data of an inode.
     Inode(u64),
     /// A name in a directory.
-    Entry { parent: u64, name: String },
+    Entry {
+        /// The folder's inode.
+        parent: u64,
+        /// The name in it.
+        name: String,
+    },
 }
 
 /// The exploded view of a cache.
@@ -90,6 +104,7 @@ fn not_found(what: impl std::fmt::Display) -> FsError {
 }
 
 impl TreeFs {
+    /// A read-only tree over `cache`.
     pub fn new(cache: Arc<Cache>) -> TreeFs {
         let conf_xml = cache
             .conf()
@@ -647,13 +662,21 @@ impl TreeFs {
 /// `statfs` answer: the figures of statvfs(2) of the cache folder (blocks in `frsize` units).
 #[derive(Debug, Clone, Copy)]
 pub struct StatFs {
+    /// Size of the file system, in `frsize` units.
     pub blocks: u64,
+    /// Free blocks.
     pub bfree: u64,
+    /// Free blocks for unprivileged users.
     pub bavail: u64,
+    /// Inodes.
     pub files: u64,
+    /// Free inodes.
     pub ffree: u64,
+    /// Preferred I/O block size, bytes.
     pub bsize: u32,
+    /// Fragment size (the unit of the block counts), bytes.
     pub frsize: u32,
+    /// Longest name, bytes.
     pub namelen: u32,
 }
 

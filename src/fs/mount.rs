@@ -29,7 +29,9 @@ pub struct Policy {
 /// entry: the name does not exist, and the kernel may remember that for `ttl`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
+    /// The name's attributes (inode 0: it does not exist).
     pub attr: Attr,
+    /// How long the kernel may keep them.
     pub ttl: Duration,
 }
 
@@ -47,7 +49,9 @@ pub struct OpenFlags {
 /// An open handle and its flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Opened {
+    /// The file handle the kernel passes back with each call on the open file.
     pub fh: u64,
+    /// How the kernel should cache it.
     pub flags: OpenFlags,
 }
 
@@ -75,9 +79,13 @@ pub struct RenameMode {
 /// after it.
 #[derive(Debug, Clone, Copy)]
 pub struct Listed<'a> {
+    /// The offset of the entry after this one.
     pub next: u64,
+    /// The name.
     pub name: &'a str,
+    /// Its attributes (readdir uses only the inode and kind).
     pub attr: Attr,
+    /// How long the kernel may keep them (readdirplus).
     pub ttl: Duration,
 }
 
