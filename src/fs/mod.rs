@@ -642,16 +642,15 @@ impl TreeFs {
     /// Errors: the statvfs(2) failure, naming the cache folder.
     pub fn statfs(&self) -> FsResult<StatFs> {
         let path = self.cache.root();
-        let st = nix::sys::statvfs::statvfs(path)
-            .map_err(|e| Error::io(path, std::io::Error::from(e)))?;
+        let st = rustix::fs::statvfs(path).map_err(|e| Error::io(path, e.into()))?;
         Ok(StatFs {
-            blocks: st.blocks(),
-            bfree: st.blocks_free(),
-            bavail: st.blocks_available(),
-            files: st.files(),
-            ffree: st.files_free(),
-            bsize: u32::try_from(st.block_size()).unwrap_or(u32::MAX),
-            frsize: u32::try_from(st.fragment_size()).unwrap_or(u32::MAX),
+            blocks: st.f_blocks,
+            bfree: st.f_bfree,
+            bavail: st.f_bavail,
+            files: st.f_files,
+            ffree: st.f_ffree,
+            bsize: u32::try_from(st.f_bsize).unwrap_or(u32::MAX),
+            frsize: u32::try_from(st.f_frsize).unwrap_or(u32::MAX),
             // Names in the tree are at most `.Cxxxxxxxx.png.XXXXXX` long; 255 as most file
             // systems, whatever the cache's own file system allows.
             namelen: 255,
