@@ -6,6 +6,7 @@
 
 pub mod buffer;
 pub mod bundle;
+pub mod changes;
 pub mod commit;
 pub mod files;
 pub mod lock;
