@@ -226,6 +226,14 @@ impl TileScheme {
     }
 
     /// Parses a conf.xml document.
+    ///
+    /// The bytes go through [`super::text::decode`] (byte-order marks, UTF-16, CRLF). Pre-10.0
+    /// files are read too: no `CacheStorageInfo` (exploded), `jpg` as format word, numbers in
+    /// E-notation, any tile size in 1..=65536 px.
+    ///
+    /// Errors: [`FormatError::Xml`] naming the element at fault; [`FormatError::Unsupported`] for
+    /// a value bundlefs cannot read by (an unknown `StorageFormat`, a `PacketSize` other than 128
+    /// for compact storage, a `LevelID` given twice); [`FormatError::Text`] for undecodable bytes.
     pub fn parse_conf_xml(xml: &[u8]) -> Result<ConfXml, FormatError> {
         parse_conf(xml)
     }
@@ -293,13 +301,50 @@ impl ConfXml {
     }
 }
 
+/// Tiles per bundle side that bundlefs reads and writes (`PacketSize`). GDAL's ESRIC driver refuses
+/// other values too ("Only PacketSize of 128 is supported"); bundle names and index slots depend on it.
+pub const PACKET_SIZE: u32 = super::BUNDLE_DIM;
+
+/// Refuses, by name, a `PacketSize` compact storage cannot be read with. Exploded caches carry no
+/// bundles: their PacketSize (often 0) is kept and ignored.
+pub fn check_packet_size(storage: StorageFormat, packet_size: u32) -> Result<(), FormatError> {
+    if storage == StorageFormat::Exploded || packet_size == PACKET_SIZE {
+        return Ok(());
+    }
+    Err(FormatError::Unsupported(format!(
+        "PacketSize {packet_size} for {storage} storage; bundlefs reads bundles of \
+         {PACKET_SIZE} x {PACKET_SIZE} tiles only (as GDAL and ArcGIS 10.x write them)"
+    )))
+}
+
+/// Refuses a tiling scheme that names one level twice: which resolution holds would be a guess.
+pub(crate) fn check_unique_levels(
+    levels: impl Iterator<Item = u8>,
+    what: &str,
+) -> Result<(), FormatError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for l in levels {
+        if !seen.insert(l) {
+            return Err(FormatError::Unsupported(format!(
+                "{what} {l} appears twice; one level has one resolution"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn xml_err(e: impl std::fmt::Display, pos: u64) -> FormatError {
     FormatError::Xml(format!("{e} (at byte {pos})"))
 }
 
-fn parse_conf(xml: &[u8]) -> Result<ConfXml, FormatError> {
-    // quick-xml skips one leading UTF-8 byte-order mark without counting it in its positions:
-    // shift every position by its length so the spans index `xml` itself.
+fn parse_conf(bytes: &[u8]) -> Result<ConfXml, FormatError> {
+    // Every text input goes through one tolerant reader (byte-order marks, UTF-16, CRLF); the
+    // spans below index the decoded text, which `raw` keeps.
+    let text = super::text::decode(bytes)?;
+    let xml = text.as_bytes();
+    // quick-xml skips one leading UTF-8 byte-order mark without counting it in its positions (a
+    // second mark, left by `decode` as content, is one): shift every position by its length so the
+    // spans index `xml` itself.
     let bom = if xml.starts_with(b"\xef\xbb\xbf") {
         3
     } else {
@@ -433,18 +478,46 @@ fn parse_conf(xml: &[u8]) -> Result<ConfXml, FormatError> {
     if parsed_lods.is_empty() {
         return Err(FormatError::Xml("no <LODInfos>/<LODInfo> levels".into()));
     }
+    check_unique_levels(parsed_lods.iter().map(|l| l.level), "<LODInfo> LevelID")?;
     let tile_format = get("CacheInfo/TileImageInfo/CacheTileFormat")
         .map(|(v, _)| TileFormat::parse(&v))
         .ok_or_else(|| {
             FormatError::Xml("missing <CacheInfo/TileImageInfo/CacheTileFormat>".into())
         })?;
+    // Pre-10.0 conf.xml has no CacheStorageInfo: those caches are exploded.
     let storage_node = get("CacheInfo/CacheStorageInfo/StorageFormat");
     let storage = match &storage_node {
-        Some((v, _)) => StorageFormat::from_esri_name(v)
-            .ok_or_else(|| FormatError::Xml(format!("unknown <StorageFormat> {v:?}")))?,
+        Some((v, _)) => StorageFormat::from_esri_name(v).ok_or_else(|| {
+            FormatError::Unsupported(format!(
+                "<StorageFormat> {v:?}; bundlefs reads {}, {} and {}",
+                StorageFormat::Exploded.esri_name(),
+                StorageFormat::CompactV1.esri_name(),
+                StorageFormat::CompactV2.esri_name()
+            ))
+        })?,
         None => StorageFormat::Exploded,
     };
-    let int = |p: &str| get(p).and_then(|(v, _)| v.parse::<u32>().ok());
+    // Integers as ArcGIS writes them, also in E-notation or with a zero fraction (`96.0`).
+    let int = |p: &str| {
+        get(p).and_then(|(v, _)| {
+            v.parse::<u32>().ok().or_else(|| {
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|x| x.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(x))
+                    .map(|x| x as u32)
+            })
+        })
+    };
+    let packet_node = get("CacheInfo/CacheStorageInfo/PacketSize");
+    let packet_size = match &packet_node {
+        Some((v, _)) => int("CacheInfo/CacheStorageInfo/PacketSize").ok_or_else(|| {
+            FormatError::Xml(format!("<PacketSize> is not a whole number: {v:?}"))
+        })?,
+        // Compact caches without the element are read as the 128 every writer uses.
+        None if storage == StorageFormat::Exploded => 0,
+        None => PACKET_SIZE,
+    };
+    check_packet_size(storage, packet_size)?;
     let scheme = TileScheme {
         wkt: get(&format!("{TCI}/SpatialReference/WKT")).map(|t| t.0),
         wkid: int(&format!("{TCI}/SpatialReference/WKID")),
@@ -458,13 +531,13 @@ fn parse_conf(xml: &[u8]) -> Result<ConfXml, FormatError> {
         tile_format,
         compression_quality: int("CacheInfo/TileImageInfo/CompressionQuality").unwrap_or(0),
         storage,
-        packet_size: int("CacheInfo/CacheStorageInfo/PacketSize").unwrap_or(0),
+        packet_size,
     };
     Ok(ConfXml {
         scheme,
         raw: xml.to_vec(),
         storage_span: storage_node.map(|n| n.1),
-        packet_span: get("CacheInfo/CacheStorageInfo/PacketSize").map(|n| n.1),
+        packet_span: packet_node.map(|n| n.1),
         root_end,
     })
 }
@@ -575,8 +648,11 @@ fn write_conf(s: &TileScheme) -> Vec<u8> {
 }
 
 /// Parses conf.cdi (`EnvelopeN` with XMin/YMin/XMax/YMax).
-pub fn parse_cdi(xml: &[u8]) -> Result<Envelope, FormatError> {
-    let mut reader = Reader::from_reader(xml);
+///
+/// The bytes go through [`super::text::decode`] like every text input.
+pub fn parse_cdi(bytes: &[u8]) -> Result<Envelope, FormatError> {
+    let text = super::text::decode(bytes)?;
+    let mut reader = Reader::from_reader(text.as_bytes());
     let mut stack: Vec<String> = Vec::new();
     let mut vals: [Option<f64>; 4] = [None; 4];
     let mut buf = Vec::new();

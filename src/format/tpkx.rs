@@ -16,7 +16,7 @@ pub const ITEMINFO_JSON: &str = "iteminfo.json";
 /// Folder of the bundles inside the package (`tileBundlesPath`).
 pub const TILE_DIR: &str = "tile";
 /// Bundles per package side: the spec fixes compact V2 bundles of 128 × 128 tiles.
-pub const PACKET_SIZE: u32 = 128;
+pub const PACKET_SIZE: u32 = super::conf::PACKET_SIZE;
 /// Zip entries of this size or more need zip64 records.
 const ZIP64_FROM: u64 = 0xFFFF_FFFF;
 
@@ -156,8 +156,15 @@ pub struct RootInfo {
 }
 
 /// Parses a package's `root.json`.
+///
+/// The bytes go through [`super::text::parse_json`] (byte-order marks, UTF-16, CRLF).
+///
+/// Errors: [`FormatError::Json`] naming the member at fault; [`FormatError::Unsupported`] for a
+/// value bundlefs cannot read by: `storageInfo.packetSize` other than 128, a
+/// `storageInfo.storageFormat` other than Compact V2 (the only storage of the spec), a level given
+/// twice in `tileInfo.lods`.
 pub fn parse_root_json(bytes: &[u8]) -> Result<RootInfo, FormatError> {
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| json_err(e.to_string()))?;
+    let v: Value = super::text::parse_json(bytes)?;
     let num = |v: &Value, path: &str| -> Result<f64, FormatError> {
         let mut cur = v;
         for k in path.split('.') {
@@ -208,6 +215,8 @@ pub fn parse_root_json(bytes: &[u8]) -> Result<RootInfo, FormatError> {
     if lods.is_empty() {
         return Err(json_err("\"tileInfo.lods\" is empty"));
     }
+    super::conf::check_unique_levels(lods.iter().map(|l| l.level), "tileInfo.lods level")?;
+    check_storage_info(v.get("storageInfo"))?;
     let sr = ti
         .get("spatialReference")
         .or_else(|| v.get("spatialReference"));
@@ -285,6 +294,39 @@ pub fn parse_root_json(bytes: &[u8]) -> Result<RootInfo, FormatError> {
         extent,
         tile_dir,
     })
+}
+
+/// Refuses a `storageInfo` whose values change how the bundles are read: a storage format other
+/// than Compact V2 or a packet size other than 128 (absent members mean the spec's values).
+fn check_storage_info(si: Option<&Value>) -> Result<(), FormatError> {
+    let Some(si) = si else { return Ok(()) };
+    if let Some(f) = si.get("storageFormat") {
+        let name = f.as_str().unwrap_or_default();
+        if StorageFormat::from_esri_name(name) != Some(StorageFormat::CompactV2) {
+            return Err(FormatError::Unsupported(format!(
+                "storageInfo.storageFormat {f}; a tile package holds {} bundles",
+                StorageFormat::CompactV2.esri_name()
+            )));
+        }
+    }
+    if let Some(p) = si.get("packetSize") {
+        let size = p
+            .as_f64()
+            .filter(|x| x.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(x))
+            .ok_or_else(|| {
+                FormatError::Unsupported(format!(
+                    "storageInfo.packetSize {p}; bundlefs reads bundles of {PACKET_SIZE} x {PACKET_SIZE} tiles only"
+                ))
+            })?;
+        super::conf::check_packet_size(StorageFormat::CompactV2, size as u32)
+            .map_err(|_| {
+                FormatError::Unsupported(format!(
+                    "storageInfo.packetSize {size}; bundlefs reads bundles of {PACKET_SIZE} x {PACKET_SIZE} \
+                     tiles only (GDAL refuses other sizes too)"
+                ))
+            })?;
+    }
+    Ok(())
 }
 
 /// Writes a package: every entry stored (not compressed), as ArcGIS Runtime requires. `entries`
