@@ -7,6 +7,7 @@ pub mod buffer;
 pub mod bundle;
 pub mod commit;
 pub mod lock;
+pub mod names;
 pub mod times;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -333,7 +334,7 @@ impl Cache {
         extent: Option<Envelope>,
     ) -> Result<Cache> {
         let root = root.as_ref();
-        if root.join(CONF_XML).exists() {
+        if find_entry(root, CONF_XML)?.is_some() {
             return Err(Error::invalid(format!(
                 "{}: already holds a conf.xml; refusing to overwrite",
                 root.display()
@@ -389,7 +390,9 @@ impl Cache {
             return Ok(());
         };
         let bytes = conf::write_cdi(env, scheme);
-        write_atomic(&self.root.join(CONF_CDI), &bytes, self.opts.durable)?;
+        // Over the file as spelled on disk (`CONF.CDI`), never a second spelling beside it.
+        let path = find_entry(&self.root, CONF_CDI)?.unwrap_or_else(|| self.root.join(CONF_CDI));
+        write_atomic(&path, &bytes, self.opts.durable)?;
         self.cdi = Some(bytes);
         Ok(())
     }
@@ -496,7 +499,7 @@ impl Cache {
         for p in [
             self.level_dir(id.level),
             self.lock_path(id),
-            path.with_extension("bundlx"),
+            names::bundlx_of(&path),
             times::sidecar_path(&path),
             path,
         ] {
@@ -506,13 +509,15 @@ impl Cache {
     }
 
     pub fn level_dir(&self, level: u8) -> PathBuf {
-        self.tiles_dir.join(exploded::level_dir(level))
+        names::resolve(&self.tiles_dir, &exploded::level_dir(level))
     }
 
     /// Path of a bundle's `.bundle` file.
     pub fn bundle_path(&self, id: &BundleId) -> PathBuf {
-        self.level_dir(id.level)
-            .join(format!("{}.bundle", exploded::bundle_base(id)))
+        names::resolve(
+            &self.level_dir(id.level),
+            &format!("{}.bundle", exploded::bundle_base(id)),
+        )
     }
 
     /// Path of a bundle's lock file (as MapProxy names it).
@@ -525,7 +530,6 @@ impl Cache {
     pub fn levels(&self) -> Result<Vec<u8>> {
         let mut v: Vec<u8> = read_dir_names(&self.tiles_dir)?
             .iter()
-            .filter(|n| n.starts_with('L'))
             .filter_map(|n| exploded::parse_level_dir(n).ok())
             .filter(|l| self.level_dir(*l).is_dir())
             .collect();
@@ -548,7 +552,7 @@ impl Cache {
         }
         let mut v = Vec::new();
         for n in read_dir_names(&dir)? {
-            if !n.ends_with(".bundle") {
+            if !n.to_ascii_lowercase().ends_with(".bundle") {
                 continue;
             }
             match exploded::parse_bundle_file(&n) {
@@ -590,7 +594,7 @@ impl Cache {
         }
         self.check_inside(&path)?;
         if self.storage == StorageFormat::CompactV1 {
-            self.check_inside(&path.with_extension("bundlx"))?;
+            self.check_inside(&names::bundlx_of(&path))?;
         }
         let handle = Arc::new(match self.storage {
             StorageFormat::CompactV1 => BundleHandle::open_v1(id, &path)?,
@@ -611,11 +615,11 @@ impl Cache {
 
     /// Path of an exploded tile, if one exists (any known extension).
     pub(crate) fn exploded_tile_path(&self, t: TileAddr) -> Option<PathBuf> {
-        let dir = self.level_dir(t.level).join(exploded::row_dir(t.row));
+        let dir = names::resolve(&self.level_dir(t.level), &exploded::row_dir(t.row));
         let first = self.default_kind().ext();
         [first, "png", "jpg", "jpeg"]
             .iter()
-            .map(|ext| dir.join(exploded::col_file(t.col, ext)))
+            .map(|ext| names::resolve(&dir, &exploded::col_file(t.col, ext)))
             .find(|p| p.is_file())
     }
 
@@ -683,7 +687,7 @@ impl Cache {
     pub fn cols(&self, level: u8, row: u32) -> Result<Vec<(u32, u64)>> {
         let mut out = Vec::new();
         if self.storage == StorageFormat::Exploded {
-            let dir = self.level_dir(level).join(exploded::row_dir(row));
+            let dir = names::resolve(&self.level_dir(level), &exploded::row_dir(row));
             for n in read_dir_names(&dir)? {
                 if let Ok((col, _)) = exploded::parse_col_file(&n) {
                     let len = fs::metadata(dir.join(&n)).at(dir.join(&n))?.len();
@@ -723,7 +727,7 @@ impl Cache {
         let ldir = self.level_dir(level);
         for rn in read_dir_names(&ldir)? {
             let rdir = ldir.join(&rn);
-            if !rn.starts_with('R') || !rdir.is_dir() {
+            if !rn.starts_with(['R', 'r']) || !rdir.is_dir() {
                 continue;
             }
             let row = exploded::parse_row_dir(&rn).in_file(&rdir)?;
@@ -734,7 +738,7 @@ impl Cache {
                         let t = TileAddr::new(level, row, col);
                         map.entry(t.bundle()).or_default().push((t, p));
                     }
-                    Err(e) if cn.starts_with('C') => return Err(Error::format(&p, e)),
+                    Err(e) if cn.starts_with(['C', 'c']) => return Err(Error::format(&p, e)),
                     Err(_) => tracing::debug!("{}: not a tile, ignored", p.display()),
                 }
             }
@@ -811,11 +815,11 @@ impl Cache {
         let mut total = WriteStats::default();
         if self.storage == StorageFormat::Exploded {
             for (t, bytes, mtime) in tiles {
-                let dir = self.level_dir(t.level).join(exploded::row_dir(t.row));
+                let dir = names::resolve(&self.level_dir(t.level), &exploded::row_dir(t.row));
                 self.check_inside(&dir)?;
                 fs::create_dir_all(&dir).at(&dir)?;
                 let ext = self.kind_of(bytes).ext();
-                let path = dir.join(exploded::col_file(t.col, ext));
+                let path = names::resolve(&dir, &exploded::col_file(t.col, ext));
                 self.check_inside(&path)?;
                 write_atomic(&path, bytes, self.opts.durable)?;
                 if let Some(m) = mtime {
@@ -977,7 +981,7 @@ impl Cache {
         let mut created = 0u64;
         let st = match self.storage {
             StorageFormat::CompactV1 => {
-                let xpath = path.with_extension("bundlx");
+                let xpath = names::bundlx_of(&path);
                 if !path.exists() || !xpath.exists() {
                     write_atomic(&xpath, &v1::empty_bundlx(), self.opts.durable)?;
                     write_atomic(
@@ -1044,7 +1048,7 @@ impl Cache {
             self.check_bundle_files(&id)?;
             let _lock = BundleLock::acquire(&self.lock_path(&id), self.opts.lock_timeout)?;
             if self.storage == StorageFormat::CompactV1 {
-                let xpath = path.with_extension("bundlx");
+                let xpath = names::bundlx_of(&path);
                 let x = fs::OpenOptions::new().write(true).open(&xpath).at(&xpath)?;
                 v1::delete_tiles(&x, &xpath, &slots, self.opts.durable)?;
             } else {
@@ -1108,7 +1112,7 @@ pub fn scheme_extent(s: &TileScheme) -> Envelope {
 
 /// The entry of `dir` named `name` in any case (see [`exploded::find_name`]), or None; an error
 /// naming both spellings when there are two.
-fn find_entry(dir: &Path, name: &str) -> Result<Option<PathBuf>> {
+pub(crate) fn find_entry(dir: &Path, name: &str) -> Result<Option<PathBuf>> {
     let names = read_dir_names(dir)?;
     let found = exploded::find_name(names.iter().map(String::as_str), name).in_file(dir)?;
     Ok(found.map(|n| dir.join(n)))

@@ -774,7 +774,8 @@ mod tests {
             let out = conf.with_storage(storage);
             let again = TileScheme::parse_conf_xml(&out).unwrap();
             assert_eq!(again.scheme.storage, storage);
-            assert!(out.starts_with(b"\xef\xbb\xbf<?xml"));
+            // Read through text::decode: the rewrite is plain UTF-8, without the mark.
+            assert!(out.starts_with(b"<?xml"));
         }
         // Only the first mark is skipped (found by fuzzing too): a second one is content, and
         // the spans must stay right.
@@ -835,6 +836,142 @@ mod tests {
         assert!((b.ymin + WEB_MERCATOR_ORIGIN).abs() < 1e-5);
         let (rows, cols) = s.tile_range(2, &b).unwrap();
         assert_eq!((rows, cols), (2..4, 0..2));
+    }
+
+    /// ArcGIS 9.2/9.3 conf.xml (as in GeoWebCache's arcgis_09.2_conf.xml test file): WKT only, no
+    /// CacheStorageInfo, `jpg`, E-notation, 512 px tiles, single-quoted attributes.
+    const CONF_92: &str = "<?xml version='1.0' encoding='utf-8'?>\r\n\
+<CacheInfo xsi:type='typens:CacheInfo' xmlns:xsi='http://www.w3.org/2001/XMLSchema-instance' \
+xmlns:typens='http://www.esri.com/schemas/ArcGIS/9.2'>\r\n<TileCacheInfo xsi:type='typens:TileCacheInfo'>\r\n\
+<SpatialReference xsi:type='typens:GeographicCoordinateSystem'><WKT>GEOGCS[&quot;GCS_WGS_1984&quot;]</WKT>\
+</SpatialReference>\r\n<TileOrigin xsi:type='typens:PointN'><X>-180</X><Y>90</Y></TileOrigin>\r\n\
+<TileCols>512</TileCols><TileRows>512</TileRows><DPI>96</DPI>\r\n<LODInfos xsi:type='typens:ArrayOfLODInfo'>\r\n\
+<LODInfo xsi:type='typens:LODInfo'><LevelID>0</LevelID><Scale>147748799.285417</Scale>\
+<Resolution>0.3515625</Resolution></LODInfo>\r\n<LODInfo xsi:type='typens:LODInfo'><LevelID>8</LevelID>\
+<Scale>5.77143747208660E+05</Scale><Resolution>1.373291015625E-03</Resolution></LODInfo>\r\n</LODInfos>\r\n\
+</TileCacheInfo>\r\n<TileImageInfo xsi:type='typens:TileImageInfo'><CacheTileFormat>jpg</CacheTileFormat>\
+<CompressionQuality>75</CompressionQuality><Antialiasing>true</Antialiasing></TileImageInfo>\r\n</CacheInfo>\r\n";
+
+    #[test]
+    fn pre_10_conf_xml() {
+        let c = TileScheme::parse_conf_xml(CONF_92.as_bytes()).unwrap();
+        let s = &c.scheme;
+        assert_eq!(s.wkt.as_deref(), Some("GEOGCS[\"GCS_WGS_1984\"]"));
+        assert_eq!((s.wkid, s.latest_wkid), (None, None));
+        assert_eq!((s.origin_x, s.origin_y), (-180.0, 90.0));
+        assert_eq!((s.tile_cols, s.tile_rows), (512, 512));
+        assert_eq!(s.tile_format, TileFormat::Jpeg);
+        assert_eq!(s.storage, StorageFormat::Exploded);
+        assert_eq!(s.packet_size, 0);
+        assert_eq!(s.lods[1].level, 8);
+        assert_eq!(s.lods[1].resolution, 0.001373291015625);
+        assert_eq!(s.lods[1].scale, 577143.74720866);
+        // A tile of level 8 spans 512 × 1.373291015625E-03 = 0.703125 degrees.
+        let b = s.tile_bbox(TileAddr::new(8, 69, 270)).unwrap();
+        assert!((b.xmin - (-180.0 + 270.0 * 0.703125)).abs() < 1e-9, "{b:?}");
+        // Made compact, it gains the CacheStorageInfo it lacked, and parses again.
+        let v2 = TileScheme::parse_conf_xml(&c.with_storage(StorageFormat::CompactV2)).unwrap();
+        assert_eq!(v2.scheme.storage, StorageFormat::CompactV2);
+        assert_eq!(v2.scheme.packet_size, 128);
+    }
+
+    fn utf16le_with_bom(s: &str) -> Vec<u8> {
+        let mut out = vec![0xff, 0xfe];
+        for u in s.encode_utf16() {
+            out.extend_from_slice(&u.to_le_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn conf_xml_in_utf16_or_crlf_reads_like_utf8() {
+        let s = TileScheme::web_mercator(3, TileFormat::Png);
+        let utf8 = String::from_utf8(s.to_conf_xml()).unwrap();
+        let crlf = utf8.replace('\n', "\r\n");
+        let utf16 = utf16le_with_bom(&utf8.replace("utf-8", "UTF-16"));
+        for bytes in [crlf.as_bytes().to_vec(), utf16] {
+            let c = TileScheme::parse_conf_xml(&bytes).unwrap();
+            assert_eq!(c.scheme, s);
+            // The rewrite is UTF-8 and says so.
+            let out = c.with_storage(StorageFormat::Exploded);
+            assert!(std::str::from_utf8(&out)
+                .unwrap()
+                .contains("encoding=\"utf-8\""));
+            assert_eq!(
+                TileScheme::parse_conf_xml(&out).unwrap().scheme.storage,
+                StorageFormat::Exploded
+            );
+        }
+        let cdi = write_cdi(
+            &Envelope {
+                xmin: 1.0,
+                ymin: 2.0,
+                xmax: 3.0,
+                ymax: 4.0,
+            },
+            &s,
+        );
+        let cdi16 = utf16le_with_bom(std::str::from_utf8(&cdi).unwrap());
+        assert_eq!(parse_cdi(&cdi16).unwrap(), parse_cdi(&cdi).unwrap());
+        let e = TileScheme::parse_conf_xml(b"<CacheInfo>\xff</CacheInfo>").unwrap_err();
+        assert!(matches!(e, FormatError::Text(_)), "{e}");
+    }
+
+    fn with_packet(storage: &str, packet: &str) -> Vec<u8> {
+        let s = TileScheme::web_mercator(2, TileFormat::Png);
+        String::from_utf8(s.to_conf_xml())
+            .unwrap()
+            .replace("esriMapCacheStorageModeCompactV2", storage)
+            .replace("<PacketSize>128</PacketSize>", packet)
+            .into_bytes()
+    }
+
+    #[test]
+    fn packet_size_other_than_128_is_refused_for_compact_storage() {
+        for storage in [
+            "esriMapCacheStorageModeCompactV2",
+            "esriMapCacheStorageModeCompact",
+        ] {
+            for p in ["64", "256", "0", "1.28E+02x"] {
+                let xml = with_packet(storage, &format!("<PacketSize>{p}</PacketSize>"));
+                let e = TileScheme::parse_conf_xml(&xml).unwrap_err();
+                assert!(e.to_string().contains("PacketSize"), "{storage} {p}: {e}");
+            }
+            // 128 in E-notation is 128; a missing PacketSize is the 128 every writer uses.
+            for p in ["<PacketSize>1.28E+02</PacketSize>", ""] {
+                let c = TileScheme::parse_conf_xml(&with_packet(storage, p)).unwrap();
+                assert_eq!(c.scheme.packet_size, 128, "{storage} {p:?}");
+            }
+        }
+        // Exploded caches have no bundles: their PacketSize (often 0) is kept, not judged.
+        for p in ["0", "64", "128"] {
+            let xml = with_packet(
+                "esriMapCacheStorageModeExploded",
+                &format!("<PacketSize>{p}</PacketSize>"),
+            );
+            let c = TileScheme::parse_conf_xml(&xml).unwrap();
+            assert_eq!(c.scheme.packet_size.to_string(), p);
+            // Made compact, the size becomes 128.
+            let v2 = TileScheme::parse_conf_xml(&c.with_storage(StorageFormat::CompactV2));
+            assert_eq!(v2.unwrap().scheme.packet_size, 128);
+        }
+    }
+
+    #[test]
+    fn values_that_change_how_bytes_are_read_are_refused_by_name() {
+        let xml = with_packet(
+            "esriMapCacheStorageModeCompactV3",
+            "<PacketSize>128</PacketSize>",
+        );
+        let e = TileScheme::parse_conf_xml(&xml).unwrap_err();
+        assert!(matches!(e, FormatError::Unsupported(_)), "{e}");
+        assert!(e.to_string().contains("CompactV3"), "{e}");
+        let s = TileScheme::web_mercator(2, TileFormat::Png);
+        let xml = String::from_utf8(s.to_conf_xml())
+            .unwrap()
+            .replace("<LevelID>2</LevelID>", "<LevelID>1</LevelID>");
+        let e = TileScheme::parse_conf_xml(xml.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("LevelID 1 appears twice"), "{e}");
     }
 
     #[test]

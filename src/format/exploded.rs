@@ -100,9 +100,6 @@ pub fn parse_bundle_file(name: &str) -> Result<(u32, u32, &'static str), FormatE
         return Err(bad(name, "not a .bundle or .bundlx file"));
     };
     let rest = strip_letter(stem, 'R').ok_or_else(|| bad(name, "a bundle name is RrrrrCcccc"))?;
-    let (r, c) = rest
-        .split_once(['C', 'c'])
-        .ok_or_else(|| bad(name, "a bundle name is RrrrrCcccc"))?;
     let hex = |s: &str| -> Result<u32, FormatError> {
         if s.len() < 4 || s.len() > 8 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad(
@@ -116,7 +113,28 @@ pub fn parse_bundle_file(name: &str) -> Result<(u32, u32, &'static str), FormatE
         }
         u32::from_str_radix(s, 16).map_err(|_| bad(name, "bad hex number"))
     };
-    let (row0, col0) = (hex(r)?, hex(c)?);
+    // The column's `C` may be lower case, like the hex digit c: an upper-case `C` is the separator
+    // when there is one; else the one `c` that leaves two valid numbers.
+    let split = |sep: char| -> Vec<(u32, u32)> {
+        rest.match_indices(sep)
+            .filter_map(|(i, _)| Some((hex(&rest[..i]).ok()?, hex(&rest[i + 1..]).ok()?)))
+            .collect()
+    };
+    let mut found = split('C');
+    if found.is_empty() {
+        found = split('c');
+    }
+    let (row0, col0) = match found[..] {
+        [one] => one,
+        [] => {
+            // Name the first problem of the obvious reading.
+            let (r, c) = rest
+                .split_once(['C', 'c'])
+                .ok_or_else(|| bad(name, "a bundle name is RrrrrCcccc"))?;
+            (hex(r)?, hex(c)?)
+        }
+        _ => return Err(bad(name, "ambiguous: spell the column's C in upper case")),
+    };
     if row0 % super::BUNDLE_DIM != 0 || col0 % super::BUNDLE_DIM != 0 {
         return Err(bad(name, "bundle row/col must be multiples of 128"));
     }
@@ -241,6 +259,15 @@ mod tests {
         // Still one spelling of the number per name.
         assert!(parse_level_dir("l007").is_err());
         assert!(parse_bundle_file("r008080c0100.bundle").is_err());
+        // Lower-case hex digit c beside a lower-case column letter.
+        assert_eq!(
+            parse_bundle_file("r0c00cc000.bundle").unwrap(),
+            (0xc00, 0xc000, "bundle")
+        );
+        assert_eq!(
+            parse_bundle_file("R0C00Cc000.bundle").unwrap(),
+            (0xc00, 0xc000, "bundle")
+        );
         assert!(parse_level_dir("x05").is_err());
     }
 

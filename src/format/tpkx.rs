@@ -385,6 +385,60 @@ mod tests {
         assert!(e.to_string().contains("tileBundlesPath"), "{e}");
     }
 
+    fn sample_root() -> String {
+        let s = TileScheme::web_mercator(3, TileFormat::Png);
+        let e = Envelope {
+            xmin: -1.0,
+            ymin: -1.0,
+            xmax: 1.0,
+            ymax: 1.0,
+        };
+        String::from_utf8(root_json("x", &s, (0, 3), &e)).unwrap()
+    }
+
+    #[test]
+    fn root_json_as_editors_save_it() {
+        let plain = parse_root_json(sample_root().as_bytes()).unwrap();
+        let mut bom_crlf = b"\xef\xbb\xbf".to_vec();
+        bom_crlf.extend_from_slice(sample_root().replace('\n', "\r\n").as_bytes());
+        assert_eq!(parse_root_json(&bom_crlf).unwrap(), plain);
+        let mut utf16 = vec![0xfe, 0xff];
+        for u in sample_root().encode_utf16() {
+            utf16.extend_from_slice(&u.to_be_bytes());
+        }
+        assert_eq!(parse_root_json(&utf16).unwrap(), plain);
+    }
+
+    #[test]
+    fn root_json_values_bundlefs_cannot_read_by_are_refused() {
+        let cases = [
+            ("\"packetSize\": 128", "\"packetSize\": 64", "packetSize 64"),
+            (
+                "\"packetSize\": 128",
+                "\"packetSize\": \"128\"",
+                "packetSize \"128\"",
+            ),
+            (
+                "esriMapCacheStorageModeCompactV2",
+                "esriMapCacheStorageModeCompact",
+                "storageFormat \"esriMapCacheStorageModeCompact\"",
+            ),
+            ("\"level\": 3", "\"level\": 2", "level 2 appears twice"),
+        ];
+        for (from, to, want) in cases {
+            let text = sample_root().replace(from, to);
+            assert_ne!(text, sample_root(), "{from}");
+            let e = parse_root_json(text.as_bytes()).unwrap_err();
+            assert!(matches!(e, FormatError::Unsupported(_)), "{e}");
+            assert!(e.to_string().contains(want), "{want}: {e}");
+        }
+        // Without storageInfo, the spec's values hold.
+        let mut v: Value = serde_json::from_str(&sample_root()).unwrap();
+        v.as_object_mut().unwrap().remove("storageInfo");
+        let r = parse_root_json(v.to_string().as_bytes()).unwrap();
+        assert_eq!(r.scheme.packet_size, 128);
+    }
+
     #[test]
     fn package_entries_are_stored() {
         let data = vec![7u8; 1000];
