@@ -730,7 +730,12 @@ impl Cache {
             if !rn.starts_with(['R', 'r']) || !rdir.is_dir() {
                 continue;
             }
-            let row = exploded::parse_row_dir(&rn).in_file(&rdir)?;
+            // `R…` must be a row; a lower-case `r…` that is not one is skipped (verify warns).
+            let row = match exploded::parse_row_dir(&rn) {
+                Ok(row) => row,
+                Err(e) if rn.starts_with('R') => return Err(Error::format(&rdir, e)),
+                Err(_) => continue,
+            };
             for cn in read_dir_names(&rdir)? {
                 let p = rdir.join(&cn);
                 match exploded::parse_col_file(&cn) {
@@ -738,7 +743,7 @@ impl Cache {
                         let t = TileAddr::new(level, row, col);
                         map.entry(t.bundle()).or_default().push((t, p));
                     }
-                    Err(e) if cn.starts_with(['C', 'c']) => return Err(Error::format(&p, e)),
+                    Err(e) if cn.starts_with('C') => return Err(Error::format(&p, e)),
                     Err(_) => tracing::debug!("{}: not a tile, ignored", p.display()),
                 }
             }

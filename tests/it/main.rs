@@ -12,5 +12,6 @@ mod interop;
 mod jobs;
 mod load;
 mod mount;
+mod realworld_text;
 mod render;
 mod writeback;
