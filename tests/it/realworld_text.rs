@@ -265,6 +265,45 @@ fn tpk_cache_folder_named_after_the_map() {
     );
 }
 
+/// The mount serves a Windows-spelled cache under the canonical names, with the same bytes.
+#[test]
+fn mount_serves_canonical_names_of_a_windows_spelled_cache() {
+    use crate::support::mount::Mounted;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    copy_dir(&esri_sample_cache(), &dir);
+    rename(&dir, "conf.xml", "Conf.xml");
+    rename(&dir, "_alllayers/L01", "_alllayers/l01");
+    rename(
+        &dir,
+        "_alllayers/l01/R0000C0000.bundle",
+        "_alllayers/l01/R0000C0000.BUNDLE",
+    );
+    let want = all_tiles(&Cache::open(esri_sample_cache()).unwrap());
+    let m = Mounted::start(&dir, &tmp.path().join("mnt"), &[]);
+    let mut top: Vec<String> = fs::read_dir(m.path(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    top.sort();
+    assert_eq!(top, ["_alllayers", "conf.cdi", "conf.xml"]);
+    // The mount's conf.xml is the cache's (storage said as exploded, as the tree is).
+    let served = TileScheme::parse_conf_xml(&fs::read(m.path("conf.xml")).unwrap()).unwrap();
+    let mut want_scheme = Cache::open(esri_sample_cache())
+        .unwrap()
+        .scheme()
+        .unwrap()
+        .clone();
+    want_scheme.storage = StorageFormat::Exploded;
+    assert_eq!(served.scheme, want_scheme);
+    assert_eq!(want.keys().filter(|t| t.level == 1).count(), 4);
+    for (t, bytes) in want.iter().filter(|(t, _)| t.level == 1) {
+        let rel = format!("_alllayers/{t}.jpg");
+        assert!(&fs::read(m.path(&rel)).unwrap() == bytes, "{rel} differs");
+    }
+    assert!(!m.path("_alllayers/l01").exists());
+}
+
 #[test]
 fn verify_warns_about_what_it_skips() {
     let tmp = tempfile::tempdir().unwrap();
