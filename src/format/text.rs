@@ -86,7 +86,7 @@ fn utf8(rest: &[u8], whole: &[u8]) -> Result<String, FormatError> {
 }
 
 fn utf16(b: &[u8], big_endian: bool) -> Result<String, FormatError> {
-    if b.len() % 2 != 0 {
+    if !b.len().is_multiple_of(2) {
         return Err(text_err(format!(
             "UTF-16 text of an odd number of bytes ({})",
             b.len()

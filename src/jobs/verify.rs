@@ -246,7 +246,7 @@ pub fn skipped(cache: &Cache) -> Result<Vec<Problem>> {
             for id in cache.bundles(level)? {
                 let b = cache.bundle_path(&id);
                 if cache.storage() == StorageFormat::CompactV1 {
-                    read.insert(crate::cache::names::bundlx_of(&b));
+                    read.insert(crate::cache::spelling::bundlx_of(&b));
                 }
                 read.insert(b);
             }

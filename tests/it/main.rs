@@ -11,6 +11,7 @@ mod hostile;
 mod interop;
 mod jobs;
 mod load;
+mod modes;
 mod mount;
 mod realworld_text;
 mod render;
