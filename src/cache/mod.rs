@@ -79,6 +79,7 @@ enum Repr {
 }
 
 impl TileBytes {
+    /// Bytes owned by the caller (a tile made or read elsewhere).
     pub fn owned(v: Vec<u8>) -> Self {
         TileBytes(Repr::Owned(Arc::new(v), None))
     }
@@ -157,13 +158,17 @@ impl Cache {
         Self::open_with(path, CacheOptions::default())
     }
 
-    /// Opens a cache folder (or its conf.xml) with `opts`.
+    /// Opens a cache folder (or its conf.xml, or an unpacked `.tpk`) with `opts`.
     ///
     /// Names are found whatever their case, as ArcGIS on Windows writes them (`Conf.xml`,
-    /// `CONF.CDI`, `_AllLayers`); two spellings of one name in one folder are an error naming
-    /// both. A folder without conf.xml is searched for the one holding it: `Layers/` (a server
-    /// cache), `v101/<Map Name>/` (an unpacked `.tpk`; ArcGIS names it after the map, older
-    /// packages `Layers`). A `PacketSize` other than 128 with bundles on disk is refused.
+    /// `CONF.CDI`, `_AllLayers`). A folder without conf.xml is searched for the one holding it:
+    /// `Layers/` (a server cache), `v101/<Map Name>/` (an unpacked `.tpk`; ArcGIS names it after
+    /// the map, older packages `Layers`).
+    ///
+    /// Errors, each naming the file: a missing folder, a plain file, no cache in it, a
+    /// conf.xml/conf.cdi that cannot be read or holds a value bundlefs does not support (see
+    /// `doc/accepted-inputs.md`), two spellings of one name in one folder (naming both), several
+    /// caches in one package, a `PacketSize` other than 128 with bundles on disk.
     pub fn open_with(path: impl AsRef<Path>, opts: CacheOptions) -> Result<Cache> {
         let mut root = path.as_ref().to_path_buf();
         let names_conf = |p: &Path| {
