@@ -20,8 +20,11 @@ const UTF32BE_BOM: &[u8] = b"\x00\x00\xfe\xff";
 /// The encoding a text file was found in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
+    /// UTF-8, with or without a byte-order mark.
     Utf8,
+    /// UTF-16 little-endian (Windows "Unicode"), with or without a byte-order mark.
     Utf16Le,
+    /// UTF-16 big-endian, with or without a byte-order mark.
     Utf16Be,
     /// windows-1252 (a superset of ISO-8859-1's printable characters), when declared.
     Windows1252,
