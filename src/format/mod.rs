@@ -4,7 +4,9 @@
 
 pub mod conf;
 pub mod exploded;
+pub mod extent;
 pub mod levels;
+pub mod pixels;
 pub mod sniff;
 pub mod text;
 pub mod tpkx;
