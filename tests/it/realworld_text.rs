@@ -614,3 +614,53 @@ fn unknown_storage_format_and_twice_given_levels_are_refused() {
     );
     refused_everywhere(&pkg, "storageFormat");
 }
+
+#[test]
+fn tpkx_entries_spelled_as_on_windows_are_found() {
+    // A .tpkx re-zipped on Windows may carry `ROOT.JSON` and `Tile/L00/…`: the package must read
+    // like the original.
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("sample");
+    run_ok(
+        Command::new(bin())
+            .args(["sample", "--levels", "0-1"])
+            .arg(&src),
+    );
+    let pkg = d.path().join("p.tpkx");
+    run_ok(
+        Command::new(bin())
+            .args(["export", "--storage", "tpkx"])
+            .arg(&src)
+            .arg(&pkg),
+    );
+    let upper = d.path().join("upper.tpkx");
+    let py = r#"
+import sys, zipfile
+src, dst = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(src) as zi, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zo:
+    for e in zi.infolist():
+        n = e.filename
+        n = "ROOT.JSON" if n == "root.json" else ("Tile/" + n[5:] if n.startswith("tile/") else n)
+        zo.writestr(n, zi.read(e.filename))
+"#;
+    let st = Command::new("python3")
+        .args(["-c", py])
+        .arg(&pkg)
+        .arg(&upper)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let a = d.path().join("a");
+    let b = d.path().join("b");
+    for (p, out) in [(&pkg, &a), (&upper, &b)] {
+        run_ok(
+            Command::new(bin())
+                .args(["export", "--storage", "compact-v2"])
+                .arg(p)
+                .arg(out),
+        );
+    }
+    let want = all_tiles(&Cache::open(&a).unwrap());
+    assert!(!want.is_empty());
+    assert_eq!(all_tiles(&Cache::open(&b).unwrap()), want);
+}
