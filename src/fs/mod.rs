@@ -273,7 +273,7 @@ impl TreeFs {
         self.cache
             .scheme()
             .and_then(|s| s.tile_format.image_kind())
-            .map_or(true, |k| k.ext() == ext)
+            .is_none_or(|k| k.ext() == ext)
     }
 
     /// A listed tile whose bytes are not known (a broken entry, a renderable name): size 0, under

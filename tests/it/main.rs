@@ -11,6 +11,8 @@ mod hostile;
 mod interop;
 mod jobs;
 mod load;
+mod modes;
 mod mount;
+mod realworld_crs;
 mod render;
 mod writeback;
