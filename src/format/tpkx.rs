@@ -7,7 +7,7 @@ use std::io::{Read, Seek, Write};
 use serde_json::{json, Map, Value};
 
 use super::conf::{Envelope, Lod, StorageFormat, TileFormat, TileScheme};
-use super::FormatError;
+use super::{extent, FormatError};
 
 /// Name of the package's scheme document.
 pub const ROOT_JSON: &str = "root.json";
@@ -16,7 +16,7 @@ pub const ITEMINFO_JSON: &str = "iteminfo.json";
 /// Folder of the bundles inside the package (`tileBundlesPath`).
 pub const TILE_DIR: &str = "tile";
 /// Bundles per package side: the spec fixes compact V2 bundles of 128 × 128 tiles.
-pub const PACKET_SIZE: u32 = 128;
+pub const PACKET_SIZE: u32 = super::conf::PACKET_SIZE;
 /// Zip entries of this size or more need zip64 records.
 const ZIP64_FROM: u64 = 0xFFFF_FFFF;
 
@@ -24,12 +24,20 @@ fn json_err(msg: impl Into<String>) -> FormatError {
     FormatError::Json(msg.into())
 }
 
+/// `spatialReference` of a package: the WKID and LatestWKID as conf.xml gives them; when it gives
+/// only a WKT, the EPSG code the WKT names ([`extent::epsg_of_wkt`]) as `wkid`/`latestWkid` too,
+/// since GDAL's ESRIC driver opens a package by its WKIDs only (a WKT alone: "Invalid Spatial
+/// Reference"). The WKT is kept when there is no WKID from conf.xml.
 fn spatial_reference(s: &TileScheme) -> Value {
     let mut m = Map::new();
-    if let Some(id) = s.wkid {
+    let from_wkt = match (s.wkid, s.latest_wkid) {
+        (None, None) => s.wkt.as_deref().and_then(extent::epsg_of_wkt),
+        _ => None,
+    };
+    if let Some(id) = s.wkid.or(from_wkt) {
         m.insert("wkid".into(), json!(id));
     }
-    if let Some(id) = s.latest_wkid {
+    if let Some(id) = s.latest_wkid.or(from_wkt) {
         m.insert("latestWkid".into(), json!(id));
     }
     if s.wkid.is_none() {
@@ -53,62 +61,69 @@ pub fn root_json(name: &str, scheme: &TileScheme, levels: (u8, u8), extent: &Env
         .iter()
         .map(|l| json!({"level": l.level, "resolution": l.resolution, "scale": l.scale}))
         .collect();
-    let v = json!({
-        "name": name,
-        "version": "1.0",
-        "tileBundlesPath": format!("./{TILE_DIR}"),
-        "minLOD": levels.0,
-        "maxLOD": levels.1,
-        "minScale": lod(levels.0).map_or(0.0, |l| l.scale),
-        "maxScale": lod(levels.1).map_or(0.0, |l| l.scale),
-        "resampling": false,
-        "spatialReference": sr,
-        "initialExtent": extent_json(extent, &sr),
-        "fullExtent": extent_json(extent, &sr),
-        "tileInfo": {
-            "rows": scheme.tile_rows,
-            "cols": scheme.tile_cols,
-            "dpi": scheme.dpi,
-            "origin": {"x": scheme.origin_x, "y": scheme.origin_y},
-            "spatialReference": sr,
-            "lods": lods,
-        },
-        "tileImageInfo": {
-            "format": scheme.tile_format.name(),
-            "compressionQuality": scheme.compression_quality,
-        },
-        "storageInfo": {
-            "storageFormat": StorageFormat::CompactV2.esri_name(),
-            "packetSize": PACKET_SIZE,
-        },
-    });
-    serde_json::to_vec_pretty(&v).expect("JSON of plain values")
+    // In this order, as ArcGIS writes it: GDAL's ESRIC driver recognises a root.json by finding
+    // "tileBundlesPath" in its first 1024 bytes (8192 when "tileInfo" is seen there), so it must
+    // come before anything long (a spatial reference's WKT).
+    let members = [
+        ("name", json!(name)),
+        ("version", json!("1.0")),
+        ("tileBundlesPath", json!(format!("./{TILE_DIR}"))),
+        (
+            "tileImageInfo",
+            json!({
+                "format": scheme.tile_format.name(),
+                "compressionQuality": scheme.compression_quality,
+            }),
+        ),
+        (
+            "storageInfo",
+            json!({
+                "storageFormat": StorageFormat::CompactV2.esri_name(),
+                "packetSize": PACKET_SIZE,
+            }),
+        ),
+        ("minLOD", json!(levels.0)),
+        ("maxLOD", json!(levels.1)),
+        ("minScale", json!(lod(levels.0).map_or(0.0, |l| l.scale))),
+        ("maxScale", json!(lod(levels.1).map_or(0.0, |l| l.scale))),
+        ("resampling", json!(false)),
+        ("spatialReference", sr.clone()),
+        ("initialExtent", extent_json(extent, &sr)),
+        ("fullExtent", extent_json(extent, &sr)),
+        (
+            "tileInfo",
+            json!({
+                "rows": scheme.tile_rows,
+                "cols": scheme.tile_cols,
+                "dpi": scheme.dpi,
+                "origin": {"x": scheme.origin_x, "y": scheme.origin_y},
+                "spatialReference": sr,
+                "lods": lods,
+            }),
+        ),
+    ];
+    ordered_json(&members)
 }
 
-/// Web Mercator's spatial references (Esri and EPSG ids), whose sphere is WGS84's semi-major axis.
-const WEB_MERCATOR: [u32; 4] = [102100, 102113, 3857, 900913];
-const WGS84_RADIUS: f64 = 6_378_137.0;
+/// A JSON object with its members in the given order, pretty-printed (serde_json's maps sort keys).
+fn ordered_json(members: &[(&str, Value)]) -> Vec<u8> {
+    let mut out = String::from("{");
+    for (i, (k, v)) in members.iter().enumerate() {
+        let text = serde_json::to_string_pretty(v).expect("JSON of plain values");
+        out.push_str(if i == 0 { "\n  " } else { ",\n  " });
+        out.push_str(&serde_json::to_string(k).expect("a string"));
+        out.push_str(": ");
+        out.push_str(&text.replace('\n', "\n  "));
+    }
+    out.push_str("\n}");
+    out.into_bytes()
+}
 
-/// The extent in geographic WGS84 (WKID 4326), as ArcGIS writes it in `iteminfo.json`, when the
-/// scheme's spatial reference is WGS84 itself or Web Mercator; `None` for any other (bundlefs
-/// carries no projection engine, and a wrong extent is worse than none).
+/// The extent in geographic WGS84 (WKID 4326), as ArcGIS writes it in `iteminfo.json`, for any
+/// spatial reference bundlefs can identify ([`extent::wgs84_extent`]); `None` otherwise (a wrong
+/// extent is worse than none).
 pub fn wgs84_extent(scheme: &TileScheme, e: &Envelope) -> Option<Envelope> {
-    let ids = [scheme.wkid, scheme.latest_wkid];
-    if ids.contains(&Some(4326)) {
-        return Some(*e);
-    }
-    if !ids.iter().flatten().any(|id| WEB_MERCATOR.contains(id)) {
-        return None;
-    }
-    let lon = |x: f64| (x / WGS84_RADIUS).to_degrees().clamp(-180.0, 180.0);
-    let lat =
-        |y: f64| (2.0 * (y / WGS84_RADIUS).exp().atan() - std::f64::consts::FRAC_PI_2).to_degrees();
-    Some(Envelope {
-        xmin: lon(e.xmin),
-        ymin: lat(e.ymin),
-        xmax: lon(e.xmax),
-        ymax: lat(e.ymax),
-    })
+    extent::wgs84_extent(scheme, e)
 }
 
 /// Name of the package thumbnail, as `iteminfo.json` points to it.
@@ -156,8 +171,15 @@ pub struct RootInfo {
 }
 
 /// Parses a package's `root.json`.
+///
+/// The bytes go through [`super::text::parse_json`] (byte-order marks, UTF-16, CRLF).
+///
+/// Errors: [`FormatError::Json`] naming the member at fault; [`FormatError::Unsupported`] for a
+/// value bundlefs cannot read by: `storageInfo.packetSize` other than 128, a
+/// `storageInfo.storageFormat` other than Compact V2 (the only storage of the spec), a level given
+/// twice in `tileInfo.lods`.
 pub fn parse_root_json(bytes: &[u8]) -> Result<RootInfo, FormatError> {
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| json_err(e.to_string()))?;
+    let v: Value = super::text::parse_json(bytes)?;
     let num = |v: &Value, path: &str| -> Result<f64, FormatError> {
         let mut cur = v;
         for k in path.split('.') {
@@ -208,6 +230,8 @@ pub fn parse_root_json(bytes: &[u8]) -> Result<RootInfo, FormatError> {
     if lods.is_empty() {
         return Err(json_err("\"tileInfo.lods\" is empty"));
     }
+    super::conf::check_unique_levels(lods.iter().map(|l| l.level), "tileInfo.lods level")?;
+    check_storage_info(v.get("storageInfo"))?;
     let sr = ti
         .get("spatialReference")
         .or_else(|| v.get("spatialReference"));
@@ -287,6 +311,39 @@ pub fn parse_root_json(bytes: &[u8]) -> Result<RootInfo, FormatError> {
     })
 }
 
+/// Refuses a `storageInfo` whose values change how the bundles are read: a storage format other
+/// than Compact V2 or a packet size other than 128 (absent members mean the spec's values).
+fn check_storage_info(si: Option<&Value>) -> Result<(), FormatError> {
+    let Some(si) = si else { return Ok(()) };
+    if let Some(f) = si.get("storageFormat") {
+        let name = f.as_str().unwrap_or_default();
+        if StorageFormat::from_esri_name(name) != Some(StorageFormat::CompactV2) {
+            return Err(FormatError::Unsupported(format!(
+                "storageInfo.storageFormat {f}; a tile package holds {} bundles",
+                StorageFormat::CompactV2.esri_name()
+            )));
+        }
+    }
+    if let Some(p) = si.get("packetSize") {
+        let size = p
+            .as_f64()
+            .filter(|x| x.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(x))
+            .ok_or_else(|| {
+                FormatError::Unsupported(format!(
+                    "storageInfo.packetSize {p}; bundlefs reads bundles of {PACKET_SIZE} x {PACKET_SIZE} tiles only"
+                ))
+            })?;
+        super::conf::check_packet_size(StorageFormat::CompactV2, size as u32)
+            .map_err(|_| {
+                FormatError::Unsupported(format!(
+                    "storageInfo.packetSize {size}; bundlefs reads bundles of {PACKET_SIZE} x {PACKET_SIZE} \
+                     tiles only (GDAL refuses other sizes too)"
+                ))
+            })?;
+    }
+    Ok(())
+}
+
 /// Writes a package: every entry stored (not compressed), as ArcGIS Runtime requires. `entries`
 /// are (name inside the package, size, reader); sizes decide whether an entry needs zip64.
 pub fn write_package<W, R>(
@@ -341,6 +398,60 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("tileBundlesPath"), "{e}");
+    }
+
+    fn sample_root() -> String {
+        let s = TileScheme::web_mercator(3, TileFormat::Png);
+        let e = Envelope {
+            xmin: -1.0,
+            ymin: -1.0,
+            xmax: 1.0,
+            ymax: 1.0,
+        };
+        String::from_utf8(root_json("x", &s, (0, 3), &e)).unwrap()
+    }
+
+    #[test]
+    fn root_json_as_editors_save_it() {
+        let plain = parse_root_json(sample_root().as_bytes()).unwrap();
+        let mut bom_crlf = b"\xef\xbb\xbf".to_vec();
+        bom_crlf.extend_from_slice(sample_root().replace('\n', "\r\n").as_bytes());
+        assert_eq!(parse_root_json(&bom_crlf).unwrap(), plain);
+        let mut utf16 = vec![0xfe, 0xff];
+        for u in sample_root().encode_utf16() {
+            utf16.extend_from_slice(&u.to_be_bytes());
+        }
+        assert_eq!(parse_root_json(&utf16).unwrap(), plain);
+    }
+
+    #[test]
+    fn root_json_values_bundlefs_cannot_read_by_are_refused() {
+        let cases = [
+            ("\"packetSize\": 128", "\"packetSize\": 64", "packetSize 64"),
+            (
+                "\"packetSize\": 128",
+                "\"packetSize\": \"128\"",
+                "packetSize \"128\"",
+            ),
+            (
+                "esriMapCacheStorageModeCompactV2",
+                "esriMapCacheStorageModeCompact",
+                "storageFormat \"esriMapCacheStorageModeCompact\"",
+            ),
+            ("\"level\": 3", "\"level\": 2", "level 2 appears twice"),
+        ];
+        for (from, to, want) in cases {
+            let text = sample_root().replace(from, to);
+            assert_ne!(text, sample_root(), "{from}");
+            let e = parse_root_json(text.as_bytes()).unwrap_err();
+            assert!(matches!(e, FormatError::Unsupported(_)), "{e}");
+            assert!(e.to_string().contains(want), "{want}: {e}");
+        }
+        // Without storageInfo, the spec's values hold.
+        let mut v: Value = serde_json::from_str(&sample_root()).unwrap();
+        v.as_object_mut().unwrap().remove("storageInfo");
+        let r = parse_root_json(v.to_string().as_bytes()).unwrap();
+        assert_eq!(r.scheme.packet_size, 128);
     }
 
     #[test]

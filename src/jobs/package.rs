@@ -6,12 +6,13 @@ use std::fs;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
-use super::engine::{extent_after, run, JobOptions, JobSummary, Progress};
-use super::export::dest_options;
+use super::engine::{
+    dest_options, extent_after, into_cache, run, JobOptions, JobSummary, Progress,
+};
 use crate::cache::{Cache, ALLLAYERS, CONF_CDI, CONF_XML};
 use crate::error::{Error, FormatContext, IoContext, Result};
 use crate::format::conf::{self, Envelope, StorageFormat, TileScheme};
-use crate::format::{exploded, tpkx, TileAddr};
+use crate::format::{exploded, pixels, tpkx, TileAddr};
 
 /// A cache unpacked from a package; the folder goes when this is dropped.
 pub struct Unpacked {
@@ -42,7 +43,12 @@ fn zip_err(path: &Path, e: zip::result::ZipError) -> Error {
 pub fn unpack(path: &Path, into: &Path) -> Result<()> {
     let f = fs::File::open(path).at(path)?;
     let mut z = zip::ZipArchive::new(std::io::BufReader::new(f)).map_err(|e| zip_err(path, e))?;
-    let root = match z.by_name(tpkx::ROOT_JSON) {
+    // root.json in any case, as a package zipped on Windows may spell it.
+    let root_name = exploded::find_name(z.file_names(), tpkx::ROOT_JSON)
+        .in_file(path)?
+        .map(str::to_string)
+        .unwrap_or_else(|| tpkx::ROOT_JSON.to_string());
+    let root = match z.by_name(&root_name) {
         Ok(mut e) => {
             let mut b = Vec::new();
             std::io::Read::read_to_end(&mut e, &mut b).at(path)?;
@@ -66,7 +72,11 @@ pub fn unpack(path: &Path, into: &Path) -> Result<()> {
             continue;
         };
         let name = name.to_string_lossy().replace('\\', "/");
-        let Some(rel) = name.strip_prefix(&prefix) else {
+        // The tile folder in any case (`tile/`, `Tile/`), as the names inside it.
+        let Some(rel) = (name.len() > prefix.len()
+            && name.is_char_boundary(prefix.len())
+            && name[..prefix.len()].eq_ignore_ascii_case(&prefix))
+        .then(|| &name[prefix.len()..]) else {
             continue;
         };
         // Only Lnn/RrrrrCcccc.bundle entries: nothing else is written outside the folder.
@@ -90,7 +100,7 @@ pub fn unpack(path: &Path, into: &Path) -> Result<()> {
     fs::write(into.join(CONF_XML), scheme.to_conf_xml()).at(into.join(CONF_XML))?;
     let env = info
         .extent
-        .unwrap_or_else(|| crate::cache::scheme_extent(scheme));
+        .unwrap_or_else(|| crate::format::extent::scheme_extent(scheme));
     fs::write(into.join(CONF_CDI), conf::write_cdi(&env, scheme)).at(into.join(CONF_CDI))?;
     Ok(())
 }
@@ -150,13 +160,13 @@ pub fn update_package(
     let (summary, cache) = if exists {
         unpack(dest, &cache_dir)?;
         let mut d = Cache::open_with(&cache_dir, dest_options(storage, false))?;
-        let s = super::import::into_cache(src, &mut d, opts, progress)?;
+        let s = into_cache(src, &mut d, opts, progress)?;
         (s, d)
     } else {
         let conf_xml = src_conf.with_storage(storage);
         let scheme = &src_conf.scheme;
-        let env =
-            extent_after(src, None, opts).unwrap_or_else(|| crate::cache::scheme_extent(scheme));
+        let env = extent_after(src, None, opts)
+            .unwrap_or_else(|| crate::format::extent::scheme_extent(scheme));
         let cdi = conf::write_cdi(&env, scheme);
         let d = Cache::create_empty(
             &cache_dir,
@@ -216,9 +226,10 @@ pub fn write_tpkx(cache: &Cache, dest: &Path, sync: bool) -> Result<()> {
             (l, l)
         }
     };
-    let extent = cache
+    let base = cache
         .extent()
-        .unwrap_or_else(|| crate::cache::scheme_extent(&scheme));
+        .unwrap_or_else(|| crate::format::extent::scheme_extent(&scheme));
+    let extent = holding_tiles(cache, &scheme, &levels, base)?;
     let name = dest
         .file_stem()
         .map_or_else(|| "tiles".to_string(), |s| s.to_string_lossy().into_owned());
@@ -236,15 +247,8 @@ pub fn write_tpkx(cache: &Cache, dest: &Path, sync: bool) -> Result<()> {
         thumb.is_some(),
     );
 
-    let parent = dest
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new()
-        .prefix(".bundlefs-")
-        .suffix(".tpkx")
-        .tempfile_in(parent)
-        .at(parent)?;
+    // A package is a document to hand around: mode as `cp` gives, or the replaced package's.
+    let mut tmp = crate::cache::AtomicFile::create(dest, sync)?;
     let mut files: Vec<(String, u64, Box<dyn std::io::Read>)> = vec![
         (
             tpkx::ROOT_JSON.into(),
@@ -269,20 +273,58 @@ pub fn write_tpkx(cache: &Cache, dest: &Path, sync: bool) -> Result<()> {
         let len = f.metadata().at(&path)?.len();
         files.push((name, len, Box::new(f)));
     }
-    let out = BufWriter::with_capacity(1 << 20, tmp.as_file());
-    tpkx::write_package(out, files).at(tmp.path())?;
-    // A package is a document to hand around, not a private scratch file (tempfile makes 0600).
-    let mut perms = perms_of(tmp.as_file(), tmp.path())?;
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
-    tmp.as_file().set_permissions(perms).at(tmp.path())?;
-    if sync {
-        tmp.as_file().sync_all().at(tmp.path())?;
+    let tmp_path = tmp.temp_path().to_path_buf();
+    let out = BufWriter::with_capacity(1 << 20, tmp.file());
+    tpkx::write_package(out, files).at(&tmp_path)?;
+    tmp.commit()
+}
+
+/// `base` (the cache's conf.cdi, or the scheme's own extent) grown by every tile of `levels` that
+/// lies wholly outside it, so the package's `fullExtent` holds every tile: GDAL's ESRIC driver
+/// crops a package to its `fullExtent` (`-projwin`), and ArcGIS clients zoom to it, so a tile
+/// outside would be hidden. A tile that overlaps `base` is left as it is (coarse tiles reach far
+/// beyond the data; the extent stays where the data is). Reads only the indexes of bundles that
+/// are not wholly inside `base`.
+fn holding_tiles(
+    cache: &Cache,
+    scheme: &TileScheme,
+    levels: &[u8],
+    base: Envelope,
+) -> Result<Envelope> {
+    use crate::format::extent::union;
+    use crate::format::{Slot, BUNDLE_DIM};
+    let inside = |b: &Envelope| {
+        b.xmin >= base.xmin && b.xmax <= base.xmax && b.ymin >= base.ymin && b.ymax <= base.ymax
+    };
+    let mut out = base;
+    for &l in levels {
+        for id in cache.bundles(l)? {
+            let corners = (
+                scheme.tile_bbox(id.tile(Slot { row: 0, col: 0 })),
+                scheme.tile_bbox(id.tile(Slot {
+                    row: BUNDLE_DIM - 1,
+                    col: BUNDLE_DIM - 1,
+                })),
+            );
+            let (Some(a), Some(b)) = corners else {
+                continue;
+            };
+            if inside(&union(&a, &b)) {
+                continue;
+            }
+            let Some(bundle) = cache.bundle(id)? else {
+                continue;
+            };
+            for (slot, _) in bundle.slots() {
+                if let Some(t) = scheme.tile_bbox(id.tile(slot)) {
+                    if !t.intersects(&base) {
+                        out = union(&out, &t);
+                    }
+                }
+            }
+        }
     }
-    tmp.persist(dest).map_err(|e| Error::io(dest, e.error))?;
-    if sync {
-        crate::cache::sync_dir(parent)?;
-    }
-    Ok(())
+    Ok(out)
 }
 
 /// Size of the thumbnail ArcGIS puts in its packages.
@@ -331,11 +373,11 @@ fn thumbnail(
             let Ok(Some(bytes)) = cache.tile(TileAddr::new(level, r, c)) else {
                 continue;
             };
-            let Ok(img) = image::load_from_memory(&bytes) else {
+            let Ok(img) = pixels::decode(&bytes, scheme.tile_format.image_kind()) else {
                 continue;
             };
             let (x, y) = ((c - cols.start) * tw, (r - rows.start) * th);
-            imageops::overlay(&mut mosaic, &img.to_rgba8(), i64::from(x), i64::from(y));
+            imageops::overlay(&mut mosaic, &img, i64::from(x), i64::from(y));
             any = true;
         }
     }
@@ -370,10 +412,6 @@ fn thumbnail(
     out.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .ok()?;
     Some(png)
-}
-
-fn perms_of(f: &fs::File, path: &Path) -> Result<fs::Permissions> {
-    Ok(f.metadata().at(path)?.permissions())
 }
 
 /// A package id in GUID form, unique enough for one machine (time, process, a random hasher key).
@@ -419,7 +457,13 @@ mod tests {
             c.write_tiles(&[(TileAddr::new(level, 0, 0), &png[..])])
                 .unwrap();
         }
-        assert!(thumbnail(&c, &s, &[0, 1, 2], &crate::cache::scheme_extent(&s)).is_none());
+        assert!(thumbnail(
+            &c,
+            &s,
+            &[0, 1, 2],
+            &crate::format::extent::scheme_extent(&s)
+        )
+        .is_none());
 
         let mut s = TileScheme::web_mercator(2, TileFormat::Png);
         s.tile_cols = 1024;
@@ -431,7 +475,7 @@ mod tests {
             .unwrap();
         c.write_tiles(&[(TileAddr::new(2, 0, 0), &png[..])])
             .unwrap();
-        let thumb = thumbnail(&c, &s, &[1, 2], &crate::cache::scheme_extent(&s)).unwrap();
+        let thumb = thumbnail(&c, &s, &[1, 2], &crate::format::extent::scheme_extent(&s)).unwrap();
         let t = image::load_from_memory(&thumb).unwrap().to_rgba8();
         assert_eq!(t.dimensions(), (THUMB_W, THUMB_H));
         assert!(t.pixels().any(|p| p.0 == [200, 10, 10, 255]));
