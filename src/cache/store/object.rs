@@ -197,6 +197,13 @@ fn scrub(msg: &str) -> String {
     out
 }
 
+/// A level's bundle list and when it was read.
+type Listing = (Instant, Arc<Vec<BundleId>>);
+
+/// What [`ObjectStorage::rewrite`] asks: given the bundle as stored now (None: it does not
+/// exist), the new bundle's bytes and the number of tiles written (None: write nothing).
+type RebuildFn<'a> = dyn FnMut(Option<&Arc<BundleHandle>>) -> Result<Option<(Vec<u8>, usize)>> + 'a;
+
 /// A Compact V2 cache under a prefix of an object store.
 pub struct ObjectStorage {
     url: ObjectUrl,
@@ -207,7 +214,7 @@ pub struct ObjectStorage {
     policy: RetryPolicy,
     indexes: Mutex<LruCache<BundleId, Arc<Index>>>,
     whole: Mutex<LruCache<BundleId, Arc<Whole>>>,
-    listings: Mutex<HashMap<u8, (Instant, Arc<Vec<BundleId>>)>>,
+    listings: Mutex<HashMap<u8, Listing>>,
     /// The store compares `If-Match` with unquoted ETags (Ceph RGW 16).
     unquoted_etags: AtomicBool,
     /// The store refuses its own ETag in `If-Match` on GET: tile reads go unpinned.
@@ -554,11 +561,7 @@ impl ObjectStorage {
     /// Read-modify-write of bundle `id` by conditional PUT: `build` gets the bundle as stored now
     /// (None: it does not exist) and returns the new bundle's bytes and tile count (None: nothing
     /// to write); called again after each lost race.
-    fn rewrite(
-        &self,
-        id: BundleId,
-        build: &mut dyn FnMut(Option<&Arc<BundleHandle>>) -> Result<Option<(Vec<u8>, usize)>>,
-    ) -> Result<WriteStats> {
+    fn rewrite(&self, id: BundleId, build: &mut RebuildFn) -> Result<WriteStats> {
         let rel = self.bundle_rel(&id);
         let key = self.bundle_key(&id);
         let mut seed = jitter_seed(&id);
