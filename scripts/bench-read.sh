@@ -54,7 +54,7 @@ drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 mount_cache() {
     local t0 t1
     t0=$(now)
-    daemon=$("$BIN" mount "$1" "$mnt" --daemon --log-file "$work/daemon.log")
+    daemon=$("$BIN" mount "$1" "$mnt" --daemon --log-file "$work/daemon.log" | sed -n "s/^pid: //p")
     t1=$(now)
     calc "$t1 - $t0"
 }

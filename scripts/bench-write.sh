@@ -61,7 +61,7 @@ tile_bytes=$(find "$src" -type f -printf '%s\n' | awk '{ s += $1 } END { print s
 mount_rw() {
     rm -rf "$work/cache"
     "$BIN" create "$work/cache" --levels "0-$MAXLEVEL" >/dev/null
-    daemon=$("$BIN" mount "$work/cache" "$mnt" -o rw --write-buffer "$1" --daemon --log-file "$work/daemon.log")
+    daemon=$("$BIN" mount "$work/cache" "$mnt" -o rw --write-buffer "$1" --daemon --log-file "$work/daemon.log" | sed -n "s/^pid: //p")
 }
 io() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/io"; }
 hwm() { awk '$1 == "VmHWM:" { print $2 }' "/proc/$1/status"; }

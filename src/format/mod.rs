@@ -8,6 +8,7 @@ pub mod sniff;
 pub mod tpkx;
 pub mod v1;
 pub mod v2;
+pub mod values;
 
 /// Tiles per bundle side (rows and columns).
 pub const BUNDLE_DIM: u32 = 128;
