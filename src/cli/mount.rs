@@ -159,7 +159,7 @@ fn serve(args: &MountArgs, parsed: &ParsedOptions, child: bool) -> anyhow::Resul
             ..Default::default()
         },
     )?;
-    check_mountpoint(&args.mountpoint, cache.root(), parsed)?;
+    let canonical_mnt = check_mountpoint(&args.mountpoint, cache.root(), parsed)?;
     let cache = Arc::new(cache);
     let buffer = || {
         Arc::new(WriteBuffer::with_mode(
@@ -256,7 +256,8 @@ fn serve(args: &MountArgs, parsed: &ParsedOptions, child: bool) -> anyhow::Resul
             args.mountpoint.display()
         )
     })?;
-    let mut record = Record::this_process(&args.cache, &args.mountpoint);
+    // Keyed by the resolved path, as `bundlefs unmount` resolves the path it is given.
+    let mut record = Record::this_process(&args.cache, &canonical_mnt);
     if let Err(e) = registry::write(&record) {
         // Serving still works; only `bundlefs unmount` cannot wait for this daemon.
         tracing::warn!(
@@ -343,12 +344,17 @@ fn stop_signals() -> SigSet {
 /// It must also stay clear of the cache folder: mounted on it, inside it or above it, the mount
 /// would hide the bundles from the daemon itself, whose reads would then come back to it. It must
 /// not hold a bundlefs mount already (two daemons stacked, the lower one unreachable), and must be
-/// empty unless `-o nonempty` (a mount hides the folder's files while it lasts).
-fn check_mountpoint(mnt: &Path, cache_root: &Path, parsed: &ParsedOptions) -> anyhow::Result<()> {
+/// empty unless `-o nonempty` (a mount hides the folder's files while it lasts). Returns the mount
+/// point with symbolic links resolved.
+fn check_mountpoint(
+    mnt: &Path,
+    cache_root: &Path,
+    parsed: &ParsedOptions,
+) -> anyhow::Result<PathBuf> {
     match std::fs::metadata(mnt) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => bail!("{}: mount point is not a directory", mnt.display()),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
+        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOTCONN as i32) => bail!(
             "{}: a FUSE mount whose daemon is gone is still there ({e}); \
              clear it with `fusermount3 -u {}` and mount again",
             mnt.display(),
@@ -395,7 +401,7 @@ fn check_mountpoint(mnt: &Path, cache_root: &Path, parsed: &ParsedOptions) -> an
             );
         }
     }
-    Ok(())
+    Ok(m)
 }
 
 /// Starts this same program with its own arguments in a new session and waits until the child
