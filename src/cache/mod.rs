@@ -1,34 +1,36 @@
-//! A cache of bundles on disk: open either layout (ArcGIS `conf.xml` + `_alllayers/`, or MapProxy's
-//! `Lnn/` at the root), detect exploded / Compact V1 / Compact V2, list levels, bundles and tiles
-//! without reading tiles, get a tile (a slice of a memory map), and write or delete tiles under the
-//! per-bundle lock with the durable append sequence of the format layer.
+//! A tile cache: its tiling scheme (`conf.xml`), extent (`conf.cdi`) and the storage of its tiles.
+//! [`Cache::open_with`] reads either layout (ArcGIS `conf.xml` + `_alllayers/`, or MapProxy's `Lnn/`
+//! at the root) and detects exploded / Compact V1 / Compact V2; every tile operation goes to the
+//! cache's one [`store::Storage`] (one file per storage kind in `store/`), so nothing here or above
+//! branches on the kind.
 
 pub mod buffer;
 pub mod bundle;
 pub mod commit;
+pub mod files;
 pub mod lock;
+pub mod store;
 pub mod times;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fs;
-use std::io::Write;
-use std::num::NonZeroUsize;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
-
-use lru::LruCache;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 pub use self::bundle::{BundleHandle, FileStamp};
+pub use self::files::{sync_dir, write_atomic, AtomicFile};
 pub use self::lock::BundleLock;
+pub(crate) use self::store::read_dir_names;
+use self::store::{compact::CompactStore, exploded::ExplodedStore};
+pub use self::store::{GroupView, LevelStats, Place, Storage, TileGroup, TimedSlot, UpdateFn};
 use crate::error::{Error, FormatContext, IoContext, Result};
 use crate::format::conf::{self, ConfXml, Envelope, StorageFormat, TileScheme};
 use crate::format::exploded;
 use crate::format::sniff::{sniff, ImageKind};
 use crate::format::v2::WriteStats;
-use crate::format::{v1, v2, BundleId, Slot, TileAddr, BUNDLE_DIM};
+use crate::format::{BundleId, Slot, TileAddr};
 
 /// Where the level folders live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,8 +87,19 @@ impl TileBytes {
         TileBytes(Repr::Owned(v, mtime))
     }
 
-    fn file(v: Vec<u8>, mtime: Option<std::time::SystemTime>) -> Self {
+    /// Bytes read from a file (an exploded tile) with the file's modification time.
+    pub(crate) fn file(v: Vec<u8>, mtime: Option<std::time::SystemTime>) -> Self {
         TileBytes(Repr::Owned(Arc::new(v), mtime))
+    }
+
+    /// Bytes read (pread) from an open bundle.
+    pub(crate) fn read_from(b: Arc<BundleHandle>, v: Vec<u8>) -> Self {
+        TileBytes(Repr::Read(b, Arc::new(v)))
+    }
+
+    /// A slice of a mapped bundle (batch jobs: no copy).
+    pub(crate) fn mapped(b: Arc<BundleHandle>, r: std::ops::Range<usize>) -> Self {
+        TileBytes(Repr::Mapped(b, r))
     }
 
     /// Modification time of what holds the tile (its bundle, or its file), if known.
@@ -122,83 +135,20 @@ impl std::fmt::Debug for TileBytes {
     }
 }
 
-struct Cached {
-    handle: Arc<BundleHandle>,
-    checked_ms: AtomicU64,
-}
-
-/// Per-level counts for `info`.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct LevelStats {
-    pub bundles: u64,
-    pub tiles: u64,
-    pub tile_bytes: u64,
-    pub file_bytes: u64,
-    pub dead_bytes: u64,
-}
-
-/// A level's bundle list and the level folder's stamp when it was read.
-type LevelListing = (FileStamp, Arc<Vec<BundleId>>);
-
-/// A tile cache folder.
+/// A tile cache: scheme, extent and storage. Shared between threads (`Arc<Cache>`).
 pub struct Cache {
-    root: PathBuf,
-    tiles_dir: PathBuf,
+    place: Place,
     layout: Layout,
     storage: StorageFormat,
     conf: Option<ConfXml>,
     cdi: Option<Vec<u8>>,
     opts: CacheOptions,
-    open: Mutex<LruCache<BundleId, Arc<Cached>>>,
-    listings: Mutex<std::collections::HashMap<u8, LevelListing>>,
-    /// The stamp each bundle had right after our own last write to it, so watchers can tell our
-    /// changes (which the kernel already knows about) from other writers'.
-    own_writes: Mutex<std::collections::HashMap<BundleId, FileStamp>>,
-    epoch: Instant,
+    store: Box<dyn Storage>,
 }
 
 pub(crate) const CONF_XML: &str = "conf.xml";
 pub(crate) const CONF_CDI: &str = "conf.cdi";
 pub(crate) const ALLLAYERS: &str = "_alllayers";
-
-pub(crate) fn read_dir_names(dir: &Path) -> Result<Vec<String>> {
-    let rd = match fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(dir, e)),
-    };
-    let mut names = Vec::new();
-    for ent in rd {
-        let ent = ent.at(dir)?;
-        if let Some(n) = ent.file_name().to_str() {
-            names.push(n.to_string());
-        }
-    }
-    Ok(names)
-}
-
-/// Writes `bytes` to `path` atomically: temp file in the same folder, fsync, rename, fsync folder.
-pub fn write_atomic(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".bundlefs-")
-        .tempfile_in(dir)
-        .at(dir)?;
-    tmp.write_all(bytes).at(tmp.path())?;
-    if sync {
-        tmp.as_file().sync_all().at(tmp.path())?;
-    }
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    if sync {
-        sync_dir(dir)?;
-    }
-    Ok(())
-}
-
-/// fsyncs a directory so a rename in it is durable.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir).and_then(|d| d.sync_all()).at(dir)
-}
 
 impl Cache {
     /// Opens a cache folder (or its conf.xml) with default options.
@@ -281,7 +231,7 @@ impl Cache {
         ))
     }
 
-    /// A cache over what `open_with` or `create` found or wrote, with empty run-time state.
+    /// A cache over what `open_with` or `create` found or wrote, with the storage for its kind.
     fn assemble(
         root: PathBuf,
         tiles_dir: PathBuf,
@@ -291,19 +241,24 @@ impl Cache {
         cdi: Option<Vec<u8>>,
         opts: CacheOptions,
     ) -> Cache {
-        let cap = NonZeroUsize::new(opts.max_open_bundles.max(1)).unwrap();
+        let place = Place { root, tiles_dir };
+        let default_kind = default_kind(conf.as_ref().map(|c| &c.scheme));
+        let store: Box<dyn Storage> = match storage {
+            StorageFormat::Exploded => Box::new(ExplodedStore::new(
+                place.clone(),
+                default_kind,
+                opts.durable,
+            )),
+            _ => Box::new(CompactStore::new(place.clone(), storage, opts.clone())),
+        };
         Cache {
-            root,
-            tiles_dir,
+            place,
             layout,
             storage,
             conf,
             cdi,
             opts,
-            open: Mutex::new(LruCache::new(cap)),
-            listings: Mutex::new(Default::default()),
-            own_writes: Mutex::new(Default::default()),
-            epoch: Instant::now(),
+            store,
         }
     }
 
@@ -343,12 +298,14 @@ impl Cache {
             Some(xml) => {
                 let conf_path = root.join(CONF_XML);
                 let conf = TileScheme::parse_conf_xml(xml).in_file(&conf_path)?;
-                let tiles_dir = root.join(ALLLAYERS);
-                fs::create_dir_all(&tiles_dir).at(&tiles_dir)?;
-                write_atomic(&conf_path, xml, opts.durable)?;
+                // conf.xml first: a folder with `_alllayers/` but no conf.xml (a job killed in
+                // between) could not be told apart from a cache of unknown scheme on a re-run.
                 if let Some(cdi) = cdi {
                     write_atomic(&root.join(CONF_CDI), cdi, opts.durable)?;
                 }
+                write_atomic(&conf_path, xml, opts.durable)?;
+                let tiles_dir = root.join(ALLLAYERS);
+                fs::create_dir_all(&tiles_dir).at(&tiles_dir)?;
                 (Layout::ArcGis, tiles_dir, Some(conf))
             }
             None => (Layout::MapProxy, root.clone(), None),
@@ -370,21 +327,14 @@ impl Cache {
             return Ok(());
         };
         let bytes = conf::write_cdi(env, scheme);
-        write_atomic(&self.root.join(CONF_CDI), &bytes, self.opts.durable)?;
+        write_atomic(&self.place.root.join(CONF_CDI), &bytes, self.opts.durable)?;
         self.cdi = Some(bytes);
         Ok(())
     }
 
     /// The file that holds (or would hold) tile `t`, for messages.
     pub fn tile_file(&self, t: TileAddr) -> PathBuf {
-        if self.storage == StorageFormat::Exploded {
-            return self.exploded_tile_path(t).unwrap_or_else(|| {
-                self.level_dir(t.level)
-                    .join(exploded::row_dir(t.row))
-                    .join(exploded::col_file(t.col, self.default_kind().ext()))
-            });
-        }
-        self.bundle_path(&t.bundle())
+        self.store.location(t)
     }
 
     /// Tunables this cache was opened with.
@@ -392,21 +342,31 @@ impl Cache {
         &self.opts
     }
 
+    /// The cache folder (holding conf.xml, or the level folders in MapProxy's layout).
     pub fn root(&self) -> &Path {
-        &self.root
+        &self.place.root
     }
+    /// The folder holding the level folders (`_alllayers`, or the root).
     pub fn tiles_dir(&self) -> &Path {
-        &self.tiles_dir
+        &self.place.tiles_dir
     }
+    /// Where the level folders live.
     pub fn layout(&self) -> Layout {
         self.layout
     }
+    /// The storage format of the tiles (detected from the files; conf.xml's when there are none).
     pub fn storage(&self) -> StorageFormat {
         self.storage
     }
+    /// The storage of the tiles, for operations beyond this facade.
+    pub fn store(&self) -> &dyn Storage {
+        self.store.as_ref()
+    }
+    /// The parsed conf.xml, if the cache has one.
     pub fn conf(&self) -> Option<&ConfXml> {
         self.conf.as_ref()
     }
+    /// The tiling scheme, if the cache has a conf.xml.
     pub fn scheme(&self) -> Option<&TileScheme> {
         self.conf.as_ref().map(|c| &c.scheme)
     }
@@ -421,9 +381,7 @@ impl Cache {
 
     /// The image kind to assume for tiles whose bytes don't tell.
     pub fn default_kind(&self) -> ImageKind {
-        self.scheme()
-            .and_then(|s| s.tile_format.image_kind())
-            .unwrap_or(ImageKind::Png)
+        default_kind(self.scheme())
     }
 
     /// The image kind of a tile: sniffed, else the cache's format.
@@ -431,352 +389,81 @@ impl Cache {
         sniff(bytes).unwrap_or_else(|| self.default_kind())
     }
 
-    /// Refuses a cache path that resolves, through symbolic links, outside the cache folder, so
-    /// no tile is ever read from or written to a file elsewhere. A path that does not exist yet is
-    /// judged by its nearest existing ancestor; a dangling symbolic link is refused (opening it to
-    /// create would create its target).
+    /// Refuses a path that resolves, through symbolic links, outside the cache folder
+    /// ([`Place::check_inside`]).
     pub fn check_inside(&self, p: &Path) -> Result<()> {
-        let root = fs::canonicalize(&self.root).at(&self.root)?;
-        let mut at = p;
-        let real = loop {
-            match fs::canonicalize(at) {
-                Ok(r) => break r,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    if fs::symlink_metadata(at).is_ok() {
-                        return Err(Error::io(
-                            at,
-                            std::io::Error::other(
-                                "a dangling symbolic link in the cache; not followed",
-                            ),
-                        ));
-                    }
-                    match at.parent() {
-                        Some(q) if !q.as_os_str().is_empty() => at = q,
-                        _ => return Ok(()),
-                    }
-                }
-                Err(e) => return Err(Error::io(at, e)),
-            }
-        };
-        if real.starts_with(&root) {
-            return Ok(());
-        }
-        Err(Error::io(
-            at,
-            std::io::Error::other(format!(
-                "resolves to {} outside the cache folder {}; not followed",
-                real.display(),
-                root.display()
-            )),
-        ))
+        self.place.check_inside(p)
     }
 
-    /// [`Cache::check_inside`] for every file a writer of bundle `id` touches.
-    fn check_bundle_files(&self, id: &BundleId) -> Result<()> {
-        let path = self.bundle_path(id);
-        for p in [
-            self.level_dir(id.level),
-            self.lock_path(id),
-            path.with_extension("bundlx"),
-            times::sidecar_path(&path),
-            path,
-        ] {
-            self.check_inside(&p)?;
-        }
-        Ok(())
-    }
-
+    /// `tiles_dir/Lnn`.
     pub fn level_dir(&self, level: u8) -> PathBuf {
-        self.tiles_dir.join(exploded::level_dir(level))
+        self.place.level_dir(level)
     }
 
     /// Path of a bundle's `.bundle` file.
     pub fn bundle_path(&self, id: &BundleId) -> PathBuf {
-        self.level_dir(id.level)
-            .join(format!("{}.bundle", exploded::bundle_base(id)))
+        self.place.bundle_path(id)
     }
 
     /// Path of a bundle's lock file (as MapProxy names it).
     pub fn lock_path(&self, id: &BundleId) -> PathBuf {
-        self.level_dir(id.level)
-            .join(format!("{}.lck", exploded::bundle_base(id)))
+        self.place.lock_path(id)
     }
 
     /// Levels that have a folder, ascending.
     pub fn levels(&self) -> Result<Vec<u8>> {
-        let mut v: Vec<u8> = read_dir_names(&self.tiles_dir)?
-            .iter()
-            .filter(|n| n.starts_with('L'))
-            .filter_map(|n| exploded::parse_level_dir(n).ok())
-            .filter(|l| self.level_dir(*l).is_dir())
-            .collect();
-        v.sort_unstable();
-        v.dedup();
-        Ok(v)
+        self.store.levels()
     }
 
-    /// Bundles of a level (compact storage), from file names only; the listing is kept until the
-    /// level folder changes.
+    /// Bundles of a level (compact storage; empty for exploded), from file names only; the
+    /// listing is kept until the level folder changes.
     pub fn bundles(&self, level: u8) -> Result<Vec<BundleId>> {
-        let dir = self.level_dir(level);
-        let Some(stamp) = FileStamp::of(&dir)? else {
-            return Ok(Vec::new());
-        };
-        if let Some((s, v)) = self.listings.lock().unwrap().get(&level) {
-            if *s == stamp {
-                return Ok(v.as_ref().clone());
-            }
-        }
-        let mut v = Vec::new();
-        for n in read_dir_names(&dir)? {
-            if !n.ends_with(".bundle") {
-                continue;
-            }
-            match exploded::parse_bundle_file(&n) {
-                Ok((row0, col0, _)) => v.push(BundleId { level, row0, col0 }),
-                Err(e) => tracing::warn!("{}: skipping: {e}", dir.join(&n).display()),
-            }
-        }
-        v.sort_unstable();
-        self.listings
-            .lock()
-            .unwrap()
-            .insert(level, (stamp, Arc::new(v.clone())));
-        Ok(v)
+        self.store.bundles(level)
     }
 
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
-    /// The mapped bundle `id`, reopened if another writer changed it; None if it doesn't exist.
+    /// The open bundle `id`, reopened if another writer changed it; None if it doesn't exist (or
+    /// the storage is exploded).
     pub fn bundle(&self, id: BundleId) -> Result<Option<Arc<BundleHandle>>> {
-        let cached = self.open.lock().unwrap().get(&id).cloned();
-        if let Some(c) = cached {
-            let now = self.now_ms();
-            let last = c.checked_ms.load(Ordering::Relaxed);
-            if now.saturating_sub(last) < self.opts.recheck.as_millis() as u64 {
-                return Ok(Some(c.handle.clone()));
-            }
-            if !c.handle.is_stale()? {
-                c.checked_ms.store(now, Ordering::Relaxed);
-                return Ok(Some(c.handle.clone()));
-            }
-            tracing::debug!("{}: changed on disk, remapping", c.handle.path.display());
-        }
-        self.open.lock().unwrap().pop(&id);
-        let path = self.bundle_path(&id);
-        if !path.exists() {
-            return Ok(None);
-        }
-        self.check_inside(&path)?;
-        if self.storage == StorageFormat::CompactV1 {
-            self.check_inside(&path.with_extension("bundlx"))?;
-        }
-        let handle = Arc::new(match self.storage {
-            StorageFormat::CompactV1 => BundleHandle::open_v1(id, &path)?,
-            _ => BundleHandle::open_v2(id, &path)?,
-        });
-        let c = Arc::new(Cached {
-            handle: handle.clone(),
-            checked_ms: AtomicU64::new(self.now_ms()),
-        });
-        self.open.lock().unwrap().put(id, c);
-        Ok(Some(handle))
+        self.store.bundle(id)
     }
 
-    /// Forgets a mapped bundle so the next access maps the file anew.
+    /// Forgets an open bundle so the next access opens the file anew.
     pub fn invalidate(&self, id: &BundleId) {
-        self.open.lock().unwrap().pop(id);
-    }
-
-    /// Path of an exploded tile, if one exists (any known extension).
-    pub(crate) fn exploded_tile_path(&self, t: TileAddr) -> Option<PathBuf> {
-        let dir = self.level_dir(t.level).join(exploded::row_dir(t.row));
-        let first = self.default_kind().ext();
-        [first, "png", "jpg", "jpeg"]
-            .iter()
-            .map(|ext| dir.join(exploded::col_file(t.col, ext)))
-            .find(|p| p.is_file())
+        self.store.invalidate(id)
     }
 
     /// The tile's bytes, or None if the cache lacks it. A broken entry is an error naming file and entry.
     pub fn tile(&self, t: TileAddr) -> Result<Option<TileBytes>> {
-        if self.storage == StorageFormat::Exploded {
-            return match self.exploded_tile_path(t) {
-                Some(p) => {
-                    self.check_inside(&p)?;
-                    let bytes = fs::read(&p).at(&p)?;
-                    let mtime = fs::metadata(&p).and_then(|m| m.modified()).ok();
-                    Ok(Some(TileBytes::file(bytes, mtime)))
-                }
-                None => Ok(None),
-            };
-        }
-        let Some(b) = self.bundle(t.bundle())? else {
-            return Ok(None);
-        };
-        let read = |b: Arc<BundleHandle>, r: Option<std::ops::Range<usize>>| -> Result<_> {
-            Ok(match r {
-                Some(r) => Some(TileBytes(Repr::Read(b.clone(), Arc::new(b.read(r)?)))),
-                None => None,
-            })
-        };
-        match b.tile_range(t.slot()) {
-            Ok(r) => read(b, r),
-            // Another writer may have appended since the map was made (the index is shared with
-            // the file, the map length is not): remap once before calling the entry bad.
-            Err(e) if b.is_stale().unwrap_or(false) => {
-                tracing::debug!("{e}; bundle changed on disk, remapping");
-                self.invalidate(&t.bundle());
-                let Some(b) = self.bundle(t.bundle())? else {
-                    return Ok(None);
-                };
-                let r = b.tile_range(t.slot())?;
-                read(b, r)
-            }
-            Err(e) => Err(e),
-        }
+        self.store.tile(t)
     }
 
     /// Rows of a level that hold at least one tile.
     pub fn rows(&self, level: u8) -> Result<BTreeSet<u32>> {
-        let mut rows = BTreeSet::new();
-        if self.storage == StorageFormat::Exploded {
-            for n in read_dir_names(&self.level_dir(level))? {
-                if let Ok(r) = exploded::parse_row_dir(&n) {
-                    rows.insert(r);
-                }
-            }
-            return Ok(rows);
-        }
-        for id in self.bundles(level)? {
-            match self.bundle(id) {
-                Ok(Some(b)) => rows.extend(b.slots().into_iter().map(|(s, _)| id.row0 + s.row)),
-                Ok(None) => {}
-                Err(e) => tracing::error!("{e}"),
-            }
-        }
-        Ok(rows)
+        self.store.rows(level)
     }
 
     /// Tiles of one row: (col, size in bytes), ascending by col.
     pub fn cols(&self, level: u8, row: u32) -> Result<Vec<(u32, u64)>> {
-        let mut out = Vec::new();
-        if self.storage == StorageFormat::Exploded {
-            let dir = self.level_dir(level).join(exploded::row_dir(row));
-            for n in read_dir_names(&dir)? {
-                if let Ok((col, _)) = exploded::parse_col_file(&n) {
-                    let len = fs::metadata(dir.join(&n)).at(dir.join(&n))?.len();
-                    out.push((col, len));
-                }
-            }
-            out.sort_unstable();
-            return Ok(out);
-        }
-        let row0 = row - row % BUNDLE_DIM;
-        for id in self.bundles(level)?.into_iter().filter(|b| b.row0 == row0) {
-            let Some(b) = self.bundle(id)? else { continue };
-            out.extend(
-                b.slots()
-                    .into_iter()
-                    .filter(|(s, _)| s.row == row - row0)
-                    .map(|(s, size)| (id.col0 + s.col, u64::from(size))),
-            );
-        }
-        out.sort_unstable();
-        Ok(out)
+        self.store.cols(level, row)
     }
 
     /// Groups of tiles of a level, one per bundle (for exploded storage, the bundle they would form).
     pub fn groups(&self, level: u8) -> Result<Vec<TileGroup>> {
-        if self.storage != StorageFormat::Exploded {
-            return Ok(self
-                .bundles(level)?
-                .into_iter()
-                .map(|id| TileGroup {
-                    id,
-                    files: Vec::new(),
-                })
-                .collect());
-        }
-        let mut map: BTreeMap<BundleId, Vec<(TileAddr, PathBuf)>> = BTreeMap::new();
-        let ldir = self.level_dir(level);
-        for rn in read_dir_names(&ldir)? {
-            let rdir = ldir.join(&rn);
-            if !rn.starts_with('R') || !rdir.is_dir() {
-                continue;
-            }
-            let row = exploded::parse_row_dir(&rn).in_file(&rdir)?;
-            for cn in read_dir_names(&rdir)? {
-                let p = rdir.join(&cn);
-                match exploded::parse_col_file(&cn) {
-                    Ok((col, _)) => {
-                        let t = TileAddr::new(level, row, col);
-                        map.entry(t.bundle()).or_default().push((t, p));
-                    }
-                    Err(e) if cn.starts_with('C') => return Err(Error::format(&p, e)),
-                    Err(_) => tracing::debug!("{}: not a tile, ignored", p.display()),
-                }
-            }
-        }
-        Ok(map
-            .into_iter()
-            .map(|(id, files)| TileGroup { id, files })
-            .collect())
+        self.store.groups(level)
     }
 
     /// Reads every tile of a group (in slot order for bundles). Any broken entry is an error.
     pub fn read_group(&self, g: &TileGroup) -> Result<Vec<(TileAddr, TileBytes)>> {
-        if self.storage == StorageFormat::Exploded {
-            return g
-                .files
-                .iter()
-                .map(|(t, p)| Ok((*t, TileBytes::owned(fs::read(p).at(p)?))))
-                .collect();
-        }
-        let Some(b) = self.bundle(g.id)? else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::new();
-        for (slot, _) in b.slots() {
-            if let Some(r) = b.tile_range(slot)? {
-                out.push((g.id.tile(slot), TileBytes(Repr::Mapped(b.clone(), r))));
-            }
-        }
-        Ok(out)
+        self.store.read_group(g)
     }
 
     /// Stats of one level.
     pub fn level_stats(&self, level: u8) -> Result<LevelStats> {
-        let mut s = LevelStats::default();
-        if self.storage == StorageFormat::Exploded {
-            for g in self.groups(level)? {
-                s.bundles += 1;
-                for (_, p) in &g.files {
-                    let len = fs::metadata(p).at(p)?.len();
-                    s.tiles += 1;
-                    s.tile_bytes += len;
-                    s.file_bytes += len;
-                }
-            }
-            return Ok(s);
-        }
-        for id in self.bundles(level)? {
-            let Some(b) = self.bundle(id)? else { continue };
-            s.bundles += 1;
-            for (_, size) in b.slots() {
-                s.tiles += 1;
-                s.tile_bytes += u64::from(size);
-            }
-            s.file_bytes += b.file_bytes();
-            s.dead_bytes += b.dead_bytes();
-        }
-        Ok(s)
+        self.store.level_stats(level)
     }
 
     /// Writes tiles (the last of duplicates wins), grouped per bundle: one lock, one append, one index
-    /// update each. New bundles are created atomically under the lock.
+    /// update each. New bundles are written whole, atomically.
     pub fn write_tiles(&self, tiles: &[(TileAddr, &[u8])]) -> Result<WriteStats> {
         let timed: Vec<(TileAddr, &[u8], Option<SystemTime>)> =
             tiles.iter().map(|(t, b)| (*t, *b, None)).collect();
@@ -790,283 +477,77 @@ impl Cache {
         tiles: &[(TileAddr, &[u8], Option<SystemTime>)],
     ) -> Result<WriteStats> {
         let mut total = WriteStats::default();
-        if self.storage == StorageFormat::Exploded {
-            for (t, bytes, mtime) in tiles {
-                let dir = self.level_dir(t.level).join(exploded::row_dir(t.row));
-                self.check_inside(&dir)?;
-                fs::create_dir_all(&dir).at(&dir)?;
-                let ext = self.kind_of(bytes).ext();
-                let path = dir.join(exploded::col_file(t.col, ext));
-                self.check_inside(&path)?;
-                write_atomic(&path, bytes, self.opts.durable)?;
-                if let Some(m) = mtime {
-                    set_file_mtime(&path, *m)?;
-                }
-                total.tiles += 1;
-                total.bytes_written += bytes.len() as u64;
-            }
-            return Ok(total);
-        }
-        let mut groups: BTreeMap<BundleId, Vec<TimedSlot>> = BTreeMap::new();
-        for (t, bytes, mtime) in tiles {
-            groups
-                .entry(t.bundle())
-                .or_default()
-                .push((t.slot(), bytes, *mtime));
-        }
-        for (id, group) in groups {
-            let st = self.write_bundle(id, &group)?;
+        for (id, group) in store::compact::by_bundle(tiles) {
+            let st = self.store.write_group(id, &group)?;
             total.tiles += st.tiles;
             total.bytes_written += st.bytes_written;
         }
         Ok(total)
     }
 
+    /// Read-modify-write of one bundle ([`Storage::update_group`]): `f` sees the bundle as stored
+    /// and returns the tiles to write; no other writer changes the bundle in between.
+    pub fn update_group(&self, id: BundleId, f: &mut UpdateFn) -> Result<WriteStats> {
+        self.store.update_group(id, f)
+    }
+
     /// The modification time to show for a tile: its own (time sidecar, or the file's in an
     /// exploded cache) when recorded, else its bundle's.
     pub fn tile_mtime(&self, t: TileAddr, bytes: &TileBytes) -> Option<SystemTime> {
-        if let Some(h) = bytes.bundle() {
-            let slot = t.slot();
-            if let Some(m) = times::read(&h.path, slot, h.raw_entry(slot)) {
-                return Some(m);
-            }
-        }
-        bytes.mtime()
+        self.store.tile_mtime(t, bytes)
     }
 
     /// Records a stored tile's modification time (as `touch`/rsync set it). False if the tile is
     /// not stored.
     pub fn set_tile_time(&self, t: TileAddr, mtime: SystemTime) -> Result<bool> {
-        if self.storage == StorageFormat::Exploded {
-            return match self.exploded_tile_path(t) {
-                Some(p) => {
-                    self.check_inside(&p)?;
-                    set_file_mtime(&p, mtime).map(|_| true)
-                }
-                None => Ok(false),
-            };
-        }
-        let id = t.bundle();
-        let path = self.bundle_path(&id);
-        if !path.exists() {
-            return Ok(false);
-        }
-        self.check_bundle_files(&id)?;
-        let _lock = BundleLock::acquire(&self.lock_path(&id), self.opts.lock_timeout)?;
-        self.invalidate(&id);
-        let Some(h) = self.bundle(id)? else {
-            return Ok(false);
-        };
-        if h.tile_range(t.slot())?.is_none() {
-            return Ok(false);
-        }
-        times::write(&path, &[(t.slot(), h.raw_entry(t.slot()), mtime)])?;
-        Ok(true)
+        self.store.set_tile_time(t, mtime)
     }
 
-    fn write_bundle(&self, id: BundleId, timed: &[TimedSlot]) -> Result<WriteStats> {
-        let tiles: Vec<(Slot, &[u8])> = timed.iter().map(|(s, b, _)| (*s, *b)).collect();
-        let tiles = tiles.as_slice();
-        let dir = self.level_dir(id.level);
-        self.check_tiles(id, tiles)?;
-        self.check_bundle_files(&id)?;
-        fs::create_dir_all(&dir).at(&dir)?;
-        let lock = BundleLock::acquire(&self.lock_path(&id), self.opts.lock_timeout)?;
-        let st = self.append_locked(&lock, id, tiles)?;
-        let path = self.bundle_path(&id);
-        // Per-tile times, still under the lock, after the index: see `times` for why a lost or
-        // torn record is harmless.
-        if timed.iter().any(|t| t.2.is_some()) {
-            let recorded = self.bundle(id).and_then(|h| {
-                let Some(h) = h else { return Ok(()) };
-                let recs: Vec<(Slot, u64, SystemTime)> = timed
-                    .iter()
-                    .filter_map(|(s, _, m)| m.map(|m| (*s, h.raw_entry(*s), m)))
-                    .collect();
-                times::write(&path, &recs)
-            });
-            if let Err(e) = recorded {
-                tracing::warn!("tile times of {} not recorded: {e}", path.display());
-            }
-        }
-        drop(lock);
-        Ok(st)
-    }
-
-    /// Refuses bad tiles before anything (even a new empty bundle) is written.
-    fn check_tiles(&self, id: BundleId, tiles: &[(Slot, &[u8])]) -> Result<()> {
-        for (slot, bytes) in tiles {
-            let t = id.tile(*slot);
-            if bytes.is_empty() {
-                return Err(Error::invalid(format!(
-                    "tile {t}: refusing to store an empty tile"
-                )));
-            }
-            if bytes.len() > crate::format::MAX_TILE_SIZE {
-                return Err(Error::format(
-                    self.bundle_path(&id),
-                    crate::format::FormatError::BadEntry {
-                        row: slot.row,
-                        col: slot.col,
-                        msg: format!(
-                            "tile {t} of {} bytes is larger than a bundle can hold (2^24-1)",
-                            bytes.len()
-                        ),
-                    },
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Takes the writer lock of bundle `id` (creating its level folder), for a read-modify-write
-    /// with [`Cache::write_bundle_locked`].
+    /// Takes the writer lock of bundle `id` (creating its level folder), for work on the bundle's
+    /// files outside [`Storage`] (`bundlefs compact`); what other writers did before is visible
+    /// once it is held.
     pub fn lock_bundle(&self, id: BundleId) -> Result<BundleLock> {
         let dir = self.level_dir(id.level);
-        self.check_bundle_files(&id)?;
+        self.check_inside(&dir)?;
+        self.check_inside(&self.lock_path(&id))?;
         fs::create_dir_all(&dir).at(&dir)?;
         let lock = BundleLock::acquire(&self.lock_path(&id), self.opts.lock_timeout)?;
-        // Whatever another writer did before we held the lock must be visible now.
         self.invalidate(&id);
         Ok(lock)
     }
 
-    /// Appends tiles to bundle `id` whose lock the caller holds (compact storage only).
-    pub fn write_bundle_locked(
-        &self,
-        lock: &BundleLock,
-        id: BundleId,
-        tiles: &[(Slot, &[u8])],
-    ) -> Result<WriteStats> {
-        if self.storage == StorageFormat::Exploded {
-            return Err(Error::invalid(
-                "write_bundle_locked: exploded caches have no bundles",
-            ));
-        }
-        self.check_tiles(id, tiles)?;
-        self.append_locked(lock, id, tiles)
-    }
-
-    fn append_locked(
-        &self,
-        _lock: &BundleLock,
-        id: BundleId,
-        tiles: &[(Slot, &[u8])],
-    ) -> Result<WriteStats> {
-        let path = self.bundle_path(&id);
-        let rw = |p: &Path| fs::OpenOptions::new().read(true).write(true).open(p).at(p);
-        let mut created = 0u64;
-        let st = match self.storage {
-            StorageFormat::CompactV1 => {
-                let xpath = path.with_extension("bundlx");
-                if !path.exists() || !xpath.exists() {
-                    write_atomic(&xpath, &v1::empty_bundlx(), self.opts.durable)?;
-                    write_atomic(
-                        &path,
-                        &v1::empty_bundle(id.row0, id.col0),
-                        self.opts.durable,
-                    )?;
-                    created = (v1::BUNDLX_LEN as u64) + v1::DATA_START;
-                    self.listings.lock().unwrap().remove(&id.level);
-                }
-                let (b, x) = (rw(&path)?, rw(&xpath)?);
-                v1::append_tiles(&b, &path, &x, &xpath, tiles, self.opts.durable)?
-            }
-            _ => {
-                if !path.exists() {
-                    write_atomic(&path, &v2::empty_bundle(), self.opts.durable)?;
-                    created = v2::DATA_START;
-                    // Coarse folder mtimes must not hide the new bundle from listings.
-                    self.listings.lock().unwrap().remove(&id.level);
-                }
-                v2::append_tiles(&rw(&path)?, &path, tiles, self.opts.durable)?
-            }
-        };
-        self.invalidate(&id);
-        self.note_own_write(&id);
-        Ok(WriteStats {
-            tiles: st.tiles,
-            bytes_written: st.bytes_written + created,
-        })
-    }
-
-    /// Remembers the stamp of a bundle this process just wrote (caller holds its lock).
+    /// Remembers that this process just rewrote bundle `id` (caller holds its lock).
     pub(crate) fn note_own_write(&self, id: &BundleId) {
-        if let Ok(Some(st)) = FileStamp::of(&self.bundle_path(id)) {
-            self.own_writes.lock().unwrap().insert(*id, st);
-        }
+        self.store.note_own_write(id)
     }
 
     /// Whether `stamp` is what this process left the bundle as at its last write (no other writer
     /// changed it since).
     pub fn written_by_us(&self, id: &BundleId, stamp: &FileStamp) -> bool {
-        self.own_writes.lock().unwrap().get(id) == Some(stamp)
+        self.store.written_by_us(id, stamp)
     }
 
     /// Removes tiles (their bytes become dead space in compact bundles).
     pub fn delete_tiles(&self, tiles: &[TileAddr]) -> Result<()> {
-        if self.storage == StorageFormat::Exploded {
-            for t in tiles {
-                if let Some(p) = self.exploded_tile_path(*t) {
-                    fs::remove_file(&p).at(&p)?;
-                }
-            }
-            return Ok(());
-        }
-        let mut groups: BTreeMap<BundleId, Vec<Slot>> = BTreeMap::new();
+        let mut groups: std::collections::BTreeMap<BundleId, Vec<Slot>> = Default::default();
         for t in tiles {
             groups.entry(t.bundle()).or_default().push(t.slot());
         }
         for (id, slots) in groups {
-            let path = self.bundle_path(&id);
-            if !path.exists() {
-                continue;
-            }
-            self.check_bundle_files(&id)?;
-            let _lock = BundleLock::acquire(&self.lock_path(&id), self.opts.lock_timeout)?;
-            if self.storage == StorageFormat::CompactV1 {
-                let xpath = path.with_extension("bundlx");
-                let x = fs::OpenOptions::new().write(true).open(&xpath).at(&xpath)?;
-                v1::delete_tiles(&x, &xpath, &slots, self.opts.durable)?;
-            } else {
-                let f = fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&path)
-                    .at(&path)?;
-                v2::delete_tiles(&f, &path, &slots, self.opts.durable)?;
-            }
-            self.invalidate(&id);
-            self.note_own_write(&id);
+            self.store.delete_group(id, &slots)?;
         }
         Ok(())
     }
 }
 
-/// Tiles of one bundle (or, for exploded storage, the files that would form it).
-#[derive(Debug, Clone)]
-pub struct TileGroup {
-    pub id: BundleId,
-    pub(crate) files: Vec<(TileAddr, PathBuf)>,
-}
-
-impl TileGroup {
-    /// Number of tiles, if known without reading the bundle (exploded sources).
-    pub fn file_count(&self) -> usize {
-        self.files.len()
-    }
+/// The image kind to assume for tiles whose bytes don't tell: the scheme's format, else PNG.
+fn default_kind(scheme: Option<&TileScheme>) -> ImageKind {
+    scheme
+        .and_then(|s| s.tile_format.image_kind())
+        .unwrap_or(ImageKind::Png)
 }
 
 /// The full extent of a scheme's level-0 grid from its origin (used when no extent is given).
-/// A tile to write into a bundle, with its modification time if known.
-type TimedSlot<'a> = (Slot, &'a [u8], Option<SystemTime>);
-
-/// Sets a file's modification time.
-fn set_file_mtime(path: &Path, mtime: SystemTime) -> Result<()> {
-    let f = fs::OpenOptions::new().write(true).open(path).at(path)?;
-    f.set_modified(mtime).at(path)
-}
-
 pub fn scheme_extent(s: &TileScheme) -> Envelope {
     if s.wkid == Some(102100) || s.wkid == Some(3857) || s.latest_wkid == Some(3857) {
         let o = conf::WEB_MERCATOR_ORIGIN;

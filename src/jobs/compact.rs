@@ -6,7 +6,7 @@
 use std::io::BufWriter;
 use std::path::PathBuf;
 
-use crate::cache::{sync_dir, BundleLock, Cache};
+use crate::cache::{AtomicFile, BundleLock, Cache};
 use crate::error::{Error, IoContext, Result};
 use crate::format::conf::StorageFormat;
 use crate::format::v2;
@@ -55,21 +55,17 @@ pub fn compact(cache: &Cache, min_dead: f64) -> Result<CompactSummary> {
             // Re-read under the lock: another writer may have appended since.
             cache.invalidate(&id);
             let Some(b) = cache.bundle(id)? else { continue };
-            let dir = cache.level_dir(level);
-            let tmp = tempfile::Builder::new()
-                .prefix(".bundlefs-compact-")
-                .tempfile_in(&dir)
-                .at(&dir)?;
-            let tmp_path = tmp.path().to_path_buf();
+            // The new file keeps the old one's mode (and owner as root): see cache::files.
+            let mut tmp = AtomicFile::create(&path, true)?;
+            let tmp_path = tmp.temp_path().to_path_buf();
             let mut builder =
-                v2::Builder::new(BufWriter::with_capacity(1 << 20, tmp.as_file())).at(&tmp_path)?;
+                v2::Builder::new(BufWriter::with_capacity(1 << 20, tmp.file())).at(&tmp_path)?;
             for (slot, _) in b.slots() {
                 if let Some(r) = b.tile_range(slot)? {
                     builder.add(slot, b.bytes(r)).at(&tmp_path)?;
                 }
             }
             let (_, new_size) = builder.finish().at(&tmp_path)?;
-            tmp.as_file().sync_all().at(&tmp_path)?;
             // Per-tile times recorded for the old entries, to be re-keyed to the new ones.
             let times: Vec<_> = b
                 .slots()
@@ -78,8 +74,7 @@ pub fn compact(cache: &Cache, min_dead: f64) -> Result<CompactSummary> {
                     crate::cache::times::read(&path, slot, b.raw_entry(slot)).map(|t| (slot, t))
                 })
                 .collect();
-            tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
-            sync_dir(&dir)?;
+            tmp.commit()?;
             cache.invalidate(&id);
             cache.note_own_write(&id);
             if !times.is_empty() {

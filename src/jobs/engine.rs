@@ -12,14 +12,13 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::aoi::{Aoi, Coverage, Mask};
-use super::export::{write_v1, write_v2};
 use super::pixels::{Codec, Mode, Outcome};
-use crate::cache::{Cache, TileBytes, TileGroup};
+use crate::cache::{Cache, GroupView, TileBytes, TileGroup};
 use crate::error::{Error, IoContext, Result};
-use crate::format::conf::{Envelope, StorageFormat, TileFormat, TileScheme};
+use crate::format::conf::{Envelope, TileFormat, TileScheme};
 use crate::format::levels::LevelRange;
 use crate::format::sniff::ImageKind;
-use crate::format::{exploded, Slot, TileAddr, BUNDLE_DIM};
+use crate::format::{exploded, BundleId, Slot, TileAddr, BUNDLE_DIM};
 
 /// Which levels a job takes.
 #[derive(Debug, Clone, PartialEq)]
@@ -316,6 +315,7 @@ pub fn run(
 }
 
 /// One selected tile: its source bytes and, for boundary tiles, the pixels to keep.
+#[derive(Clone)]
 struct Pick {
     t: TileAddr,
     bytes: TileBytes,
@@ -326,13 +326,20 @@ struct Pick {
 struct Store {
     t: TileAddr,
     bytes: StoreBytes,
-    /// Where the destination held it before, if elsewhere (exploded tile changing extension).
-    replaces: Option<std::path::PathBuf>,
 }
 
 enum StoreBytes {
     Src(TileBytes),
     New(Vec<u8>),
+}
+
+impl StoreBytes {
+    fn into_tile(self) -> TileBytes {
+        match self {
+            StoreBytes::Src(b) => b,
+            StoreBytes::New(v) => TileBytes::owned(v),
+        }
+    }
 }
 
 impl std::ops::Deref for StoreBytes {
@@ -465,112 +472,43 @@ impl Ctx<'_> {
                 return Ok(None);
             }
         };
-        Ok(Some(Store {
-            t: p.t,
-            bytes,
-            replaces: None,
-        }))
+        Ok(Some(Store { t: p.t, bytes }))
     }
 
     fn group(&self, g: &TileGroup, cov: Coverage) -> Result<()> {
         let (picks, read) = self.pick(g, cov)?;
-        let result = match self.dest.storage() {
-            StorageFormat::Exploded => self.write_exploded(picks),
-            _ => self.write_bundle(g, picks),
-        };
+        let result = self.write_group(g.id, picks);
         self.progress.advance(read);
         result
     }
 
-    fn write_exploded(&self, picks: Vec<Pick>) -> Result<()> {
+    /// Writes the picked tiles of one bundle into the destination, each decided against the
+    /// destination's tile as stored at that moment ([`Cache::update_group`]: under the bundle's
+    /// lock, or retried on a lost compare-and-swap in stores without locks).
+    fn write_group(&self, id: BundleId, picks: Vec<Pick>) -> Result<()> {
         if picks.is_empty() {
             return Ok(());
         }
-        let mut stores = Vec::with_capacity(picks.len());
-        for p in picks {
-            let old = if self.fresh {
-                None
-            } else {
-                self.dest.exploded_tile_path(p.t)
-            };
-            let dest_tile = match &old {
-                Some(path) => Some(TileBytes::owned(fs::read(path).at(path)?)),
-                None => None,
-            };
-            if let Some(mut s) = self.decide(p, dest_tile)? {
-                s.replaces = old;
-                stores.push(s);
-            }
-        }
-        if stores.is_empty() {
-            return Ok(());
-        }
-        add(&self.n.bundles, 1);
-        let mut last_row = None;
-        for s in &stores {
-            let rdir = self
-                .dest
-                .level_dir(s.t.level)
-                .join(exploded::row_dir(s.t.row));
-            if last_row != Some(s.t.row) {
-                fs::create_dir_all(&rdir).at(&rdir)?;
-                last_row = Some(s.t.row);
-            }
-            let name = exploded::col_file(s.t.col, self.dest.kind_of(&s.bytes).ext());
-            let path = rdir.join(&name);
-            // Whole file or nothing: write beside, then rename over.
-            let tmp = rdir.join(format!(".bundlefs-{name}.tmp"));
-            fs::write(&tmp, &s.bytes[..]).at(&tmp)?;
-            fs::rename(&tmp, &path).at(&path)?;
-            if let Some(old) = &s.replaces {
-                if *old != path {
-                    fs::remove_file(old).at(old)?;
+        let mut decide_all = |view: &dyn GroupView| -> Result<Vec<(Slot, TileBytes)>> {
+            // A store without locks calls this again after a lost race: decide anew each time.
+            let mut out = Vec::with_capacity(picks.len());
+            for p in picks.iter().cloned() {
+                let dest_tile = if self.fresh || !view.exists() {
+                    None
+                } else {
+                    view.tile(p.t.slot())?
+                };
+                if let Some(s) = self.decide(p, dest_tile)? {
+                    out.push((s.t.slot(), s.bytes.into_tile()));
                 }
             }
-            add(&self.n.bytes_written, s.bytes.len() as u64);
-        }
-        Ok(())
-    }
-
-    fn write_bundle(&self, g: &TileGroup, picks: Vec<Pick>) -> Result<()> {
-        if picks.is_empty() {
-            return Ok(());
-        }
-        let id = g.id;
-        let lock = self.dest.lock_bundle(id)?;
-        let existing = self.dest.bundle(id)?;
-        let mut stores = Vec::with_capacity(picks.len());
-        for p in picks {
-            let dest_tile = match &existing {
-                Some(_) => self.dest.tile(p.t)?,
-                None => None,
-            };
-            if let Some(s) = self.decide(p, dest_tile)? {
-                stores.push(s);
-            }
-        }
-        if stores.is_empty() {
-            return Ok(());
-        }
-        add(&self.n.bundles, 1);
-        let tiles: Vec<(TileAddr, &[u8])> = stores.iter().map(|s| (s.t, &s.bytes[..])).collect();
-        let ldir = self.dest.level_dir(id.level);
-        let written = if existing.is_some() {
-            let slots: Vec<(Slot, &[u8])> = tiles.iter().map(|(t, b)| (t.slot(), *b)).collect();
-            self.dest
-                .write_bundle_locked(&lock, id, &slots)?
-                .bytes_written
-        } else {
-            let bytes: u64 = tiles.iter().map(|(_, b)| b.len() as u64).sum();
-            match self.dest.storage() {
-                StorageFormat::CompactV1 => write_v1(&ldir, &id, &tiles)?,
-                _ => write_v2(&ldir, &id, &tiles)?,
-            }
-            self.dest.invalidate(&id);
-            bytes
+            Ok(out)
         };
-        add(&self.n.bytes_written, written);
-        drop(lock);
+        let st = self.dest.update_group(id, &mut decide_all)?;
+        if st.tiles > 0 {
+            add(&self.n.bundles, 1);
+            add(&self.n.bytes_written, st.bytes_written);
+        }
         Ok(())
     }
 }

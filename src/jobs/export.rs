@@ -3,18 +3,16 @@
 //! are written in one pass to a temporary file and renamed. The work itself is [`super::job`].
 
 use std::fs;
-use std::io::BufWriter;
 use std::path::Path;
 
 use super::engine::{
     check_selection, extent_after, holds_cache, job_area, run, JobOptions, JobSummary, LevelSelect,
     Progress,
 };
-use crate::cache::{write_atomic, Cache, CacheOptions};
+use crate::cache::{Cache, CacheOptions};
 use crate::error::{Error, IoContext, Result};
 use crate::format::conf::{self, StorageFormat};
 use crate::format::levels::LevelRange;
-use crate::format::{exploded, v1, v2, BundleId, TileAddr};
 
 /// What an export did.
 #[derive(Debug, Default, Clone)]
@@ -140,55 +138,7 @@ pub fn export_job(
 /// Flushes the file system holding `path` (one call instead of an fsync per file).
 pub fn syncfs(path: &Path) -> Result<()> {
     let f = fs::File::open(path).at(path)?;
-    // SAFETY: syncfs on a descriptor we own.
-    let rc = unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) };
-    if rc != 0 {
-        return Err(Error::io(path, std::io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
-fn temp_in(dir: &Path) -> Result<tempfile::NamedTempFile> {
-    tempfile::Builder::new()
-        .prefix(".bundlefs-")
-        .tempfile_in(dir)
-        .at(dir)
-}
-
-/// Writes a new V2 bundle in one pass to a temporary file and renames it into place.
-pub(crate) fn write_v2(ldir: &Path, id: &BundleId, group: &[(TileAddr, &[u8])]) -> Result<()> {
-    let path = ldir.join(format!("{}.bundle", exploded::bundle_base(id)));
-    let tmp = temp_in(ldir)?;
-    let tmp_path = tmp.path().to_path_buf();
-    let mut b = v2::Builder::new(BufWriter::with_capacity(1 << 20, tmp.as_file())).at(&tmp_path)?;
-    for (t, bytes) in group {
-        b.add(t.slot(), bytes).map_err(|e| Error::io(&path, e))?;
-    }
-    b.finish().at(&tmp_path)?;
-    tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
-    Ok(())
-}
-
-/// Writes a new V1 bundle pair: `.bundlx` first, then the `.bundle` renamed into place (readers
-/// list `.bundle` files, so a lone `.bundlx` left by an interruption is ignored and rewritten).
-pub(crate) fn write_v1(ldir: &Path, id: &BundleId, group: &[(TileAddr, &[u8])]) -> Result<()> {
-    let base = ldir.join(exploded::bundle_base(id));
-    let path = base.with_extension("bundle");
-    let tmp = temp_in(ldir)?;
-    let tmp_path = tmp.path().to_path_buf();
-    let mut b = v1::Builder::new(
-        BufWriter::with_capacity(1 << 20, tmp.as_file()),
-        id.row0,
-        id.col0,
-    )
-    .at(&tmp_path)?;
-    for (t, bytes) in group {
-        b.add(t.slot(), bytes).map_err(|e| Error::io(&path, e))?;
-    }
-    let (_, bundlx, _) = b.finish().at(&tmp_path)?;
-    write_atomic(&base.with_extension("bundlx"), &bundlx, false)?;
-    tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
-    Ok(())
+    rustix::fs::syncfs(&f).map_err(|e| Error::io(path, e.into()))
 }
 
 #[cfg(test)]

@@ -1,0 +1,226 @@
+//! Exploded storage in a local folder: one file per tile, `Lnn/Rrrrrrrrr/Ccccccccc.png|jpg`
+//! (ArcGIS's exploded cache; names per `format::exploded`). Each tile file is replaced whole
+//! (temporary file, rename), so a reader sees the old tile or the new one, never a mix.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use super::{
+    check_tiles, read_dir_names, set_file_mtime, GroupView, LevelStats, Place, Storage, TileGroup,
+    TimedSlot, UpdateFn,
+};
+use crate::cache::files::write_atomic;
+use crate::cache::TileBytes;
+use crate::error::{Error, FormatContext, IoContext, Result};
+use crate::format::conf::StorageFormat;
+use crate::format::sniff::{sniff, ImageKind};
+use crate::format::v2::WriteStats;
+use crate::format::{exploded as names, BundleId, Slot, TileAddr};
+
+/// A local exploded cache.
+pub struct ExplodedStore {
+    place: Place,
+    /// The extension to expect first (the cache's tile format), and to use for bytes that are
+    /// neither PNG nor JPEG.
+    default_kind: ImageKind,
+    durable: bool,
+}
+
+impl ExplodedStore {
+    /// Exploded storage under `place`; `durable`: fsync each tile file and its folder.
+    pub fn new(place: Place, default_kind: ImageKind, durable: bool) -> ExplodedStore {
+        ExplodedStore {
+            place,
+            default_kind,
+            durable,
+        }
+    }
+
+    fn row_dir(&self, level: u8, row: u32) -> PathBuf {
+        self.place.level_dir(level).join(names::row_dir(row))
+    }
+
+    /// Path of a stored tile, if one exists (any known extension).
+    pub fn tile_path(&self, t: TileAddr) -> Option<PathBuf> {
+        let dir = self.row_dir(t.level, t.row);
+        let first = self.default_kind.ext();
+        [first, "png", "jpg", "jpeg"]
+            .iter()
+            .map(|ext| dir.join(names::col_file(t.col, ext)))
+            .find(|p| p.is_file())
+    }
+
+    fn read_tile(&self, t: TileAddr) -> Result<Option<TileBytes>> {
+        match self.tile_path(t) {
+            Some(p) => {
+                self.place.check_inside(&p)?;
+                let bytes = fs::read(&p).at(&p)?;
+                let mtime = fs::metadata(&p).and_then(|m| m.modified()).ok();
+                Ok(Some(TileBytes::file(bytes, mtime)))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+struct ExplodedGroup<'a> {
+    store: &'a ExplodedStore,
+    id: BundleId,
+}
+
+impl GroupView for ExplodedGroup<'_> {
+    fn exists(&self) -> bool {
+        true
+    }
+    fn tile(&self, slot: Slot) -> Result<Option<TileBytes>> {
+        self.store.read_tile(self.id.tile(slot))
+    }
+}
+
+impl Storage for ExplodedStore {
+    fn format(&self) -> StorageFormat {
+        StorageFormat::Exploded
+    }
+
+    fn levels(&self) -> Result<Vec<u8>> {
+        self.place.levels()
+    }
+
+    fn tile(&self, t: TileAddr) -> Result<Option<TileBytes>> {
+        self.read_tile(t)
+    }
+
+    fn rows(&self, level: u8) -> Result<BTreeSet<u32>> {
+        Ok(read_dir_names(&self.place.level_dir(level))?
+            .iter()
+            .filter_map(|n| names::parse_row_dir(n).ok())
+            .collect())
+    }
+
+    fn cols(&self, level: u8, row: u32) -> Result<Vec<(u32, u64)>> {
+        let dir = self.row_dir(level, row);
+        let mut out = Vec::new();
+        for n in read_dir_names(&dir)? {
+            if let Ok((col, _)) = names::parse_col_file(&n) {
+                let p = dir.join(&n);
+                out.push((col, fs::metadata(&p).at(&p)?.len()));
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    fn groups(&self, level: u8) -> Result<Vec<TileGroup>> {
+        let mut map: BTreeMap<BundleId, Vec<(TileAddr, PathBuf)>> = BTreeMap::new();
+        let ldir = self.place.level_dir(level);
+        for rn in read_dir_names(&ldir)? {
+            let rdir = ldir.join(&rn);
+            if !rn.starts_with('R') || !rdir.is_dir() {
+                continue;
+            }
+            let row = names::parse_row_dir(&rn).in_file(&rdir)?;
+            for cn in read_dir_names(&rdir)? {
+                let p = rdir.join(&cn);
+                match names::parse_col_file(&cn) {
+                    Ok((col, _)) => {
+                        let t = TileAddr::new(level, row, col);
+                        map.entry(t.bundle()).or_default().push((t, p));
+                    }
+                    Err(e) if cn.starts_with('C') => return Err(Error::format(&p, e)),
+                    Err(_) => tracing::debug!("{}: not a tile, ignored", p.display()),
+                }
+            }
+        }
+        Ok(map
+            .into_iter()
+            .map(|(id, files)| TileGroup { id, files })
+            .collect())
+    }
+
+    fn read_group(&self, g: &TileGroup) -> Result<Vec<(TileAddr, TileBytes)>> {
+        g.files
+            .iter()
+            .map(|(t, p)| Ok((*t, TileBytes::owned(fs::read(p).at(p)?))))
+            .collect()
+    }
+
+    fn level_stats(&self, level: u8) -> Result<LevelStats> {
+        let mut s = LevelStats::default();
+        for g in self.groups(level)? {
+            s.bundles += 1;
+            for (_, p) in &g.files {
+                let len = fs::metadata(p).at(p)?.len();
+                s.tiles += 1;
+                s.tile_bytes += len;
+                s.file_bytes += len;
+            }
+        }
+        Ok(s)
+    }
+
+    fn write_group(&self, id: BundleId, tiles: &[TimedSlot]) -> Result<WriteStats> {
+        check_tiles(&self.place.level_dir(id.level), id, tiles)?;
+        let mut total = WriteStats::default();
+        for (slot, bytes, mtime) in tiles {
+            let t = id.tile(*slot);
+            let dir = self.row_dir(t.level, t.row);
+            self.place.check_inside(&dir)?;
+            fs::create_dir_all(&dir).at(&dir)?;
+            let ext = sniff(bytes).unwrap_or(self.default_kind).ext();
+            let path = dir.join(names::col_file(t.col, ext));
+            self.place.check_inside(&path)?;
+            // A tile stored under the other extension is replaced, not kept beside.
+            let old = self.tile_path(t).filter(|p| *p != path);
+            write_atomic(&path, bytes, self.durable)?;
+            if let Some(old) = old {
+                fs::remove_file(&old).at(&old)?;
+            }
+            if let Some(m) = mtime {
+                set_file_mtime(&path, *m)?;
+            }
+            total.tiles += 1;
+            total.bytes_written += bytes.len() as u64;
+        }
+        Ok(total)
+    }
+
+    fn update_group(&self, id: BundleId, f: &mut UpdateFn) -> Result<WriteStats> {
+        // Each tile file is replaced whole; writers of one exploded tile race as `cp` would.
+        let tiles = f(&ExplodedGroup { store: self, id })?;
+        let timed: Vec<TimedSlot> = tiles.iter().map(|(s, b)| (*s, &b[..], None)).collect();
+        self.write_group(id, &timed)
+    }
+
+    fn delete_group(&self, id: BundleId, slots: &[Slot]) -> Result<()> {
+        for s in slots {
+            if let Some(p) = self.tile_path(id.tile(*s)) {
+                self.place.check_inside(&p)?;
+                fs::remove_file(&p).at(&p)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn tile_mtime(&self, _t: TileAddr, bytes: &TileBytes) -> Option<SystemTime> {
+        bytes.mtime()
+    }
+
+    fn set_tile_time(&self, t: TileAddr, mtime: SystemTime) -> Result<bool> {
+        match self.tile_path(t) {
+            Some(p) => {
+                self.place.check_inside(&p)?;
+                set_file_mtime(&p, mtime).map(|_| true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn location(&self, t: TileAddr) -> PathBuf {
+        self.tile_path(t).unwrap_or_else(|| {
+            self.row_dir(t.level, t.row)
+                .join(names::col_file(t.col, self.default_kind.ext()))
+        })
+    }
+}

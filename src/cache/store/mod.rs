@@ -1,0 +1,285 @@
+//! The storage seam: one trait, [`Storage`], for every kind of place a cache's tiles live in, and
+//! one file per kind. Everything above `cache/` (jobs, render, the tree) reaches tiles through
+//! [`crate::cache::Cache`], which holds one `Storage` and never branches on the kind itself.
+//!
+//! - [`exploded`]: one file per tile (`Lnn/Rrrrrrrrr/Ccccccccc.png|jpg`) in a local folder;
+//! - [`compact`]: Compact V1 (`.bundle` + `.bundlx`) or V2 (`.bundle`) files in a local folder,
+//!   mapped read-only, appended to under a per-bundle `flock`.
+//!
+//! The write operations are shaped for stores without append or flock (object stores, see
+//! `doc/architecture.md`): a writer hands over a whole group of tiles of one bundle
+//! ([`Storage::write_group`]) or a function that decides what to write from the bundle as it is
+//! now ([`Storage::update_group`]). A local store runs that function once under the bundle lock;
+//! a store with compare-and-swap runs it again on the bundle it finds after a lost race.
+
+pub mod compact;
+pub mod exploded;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::bundle::{BundleHandle, FileStamp};
+use super::TileBytes;
+use crate::error::{Error, IoContext, Result};
+use crate::format::conf::StorageFormat;
+use crate::format::v2::WriteStats;
+use crate::format::{exploded as names, BundleId, Slot, TileAddr};
+
+/// A tile to write into a bundle's slot, with its modification time if known.
+pub type TimedSlot<'a> = (Slot, &'a [u8], Option<SystemTime>);
+
+/// What [`Storage::update_group`] asks of its caller: given a view of the group as stored now,
+/// the tiles to write (none: write nothing). Called once per attempt.
+pub type UpdateFn<'a> = dyn FnMut(&dyn GroupView) -> Result<Vec<(Slot, TileBytes)>> + 'a;
+
+/// The current content of one group (bundle) as [`Storage::update_group`] shows it.
+pub trait GroupView {
+    /// Whether the group exists at all (a bundle file, or any tile file of it).
+    fn exists(&self) -> bool;
+    /// The tile stored in `slot` now, if any.
+    fn tile(&self, slot: Slot) -> Result<Option<TileBytes>>;
+}
+
+/// Per-level counts for `info`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LevelStats {
+    /// Bundles (for exploded storage: groups of tiles that would form one bundle).
+    pub bundles: u64,
+    /// Tiles stored.
+    pub tiles: u64,
+    /// Bytes of tile data.
+    pub tile_bytes: u64,
+    /// Bytes of the files holding them (headers, indexes and dead space included).
+    pub file_bytes: u64,
+    /// Bytes held by overwritten or deleted tiles (reclaimable by `bundlefs compact`).
+    pub dead_bytes: u64,
+}
+
+/// Tiles of one bundle (or, for exploded storage, the files that would form it).
+#[derive(Debug, Clone)]
+pub struct TileGroup {
+    /// The bundle.
+    pub id: BundleId,
+    pub(crate) files: Vec<(TileAddr, PathBuf)>,
+}
+
+impl TileGroup {
+    /// A group known by its bundle only (compact storage: the tiles are in the bundle's index).
+    pub fn bundle(id: BundleId) -> TileGroup {
+        TileGroup {
+            id,
+            files: Vec::new(),
+        }
+    }
+
+    /// Number of tiles, if known without reading the bundle (exploded sources); 0 otherwise.
+    pub fn file_count(&self) -> usize {
+        self.files.len()
+    }
+}
+
+/// One kind of storage of a cache's tiles. Errors name the file (or object) and what is wrong.
+/// Implementations are shared between threads (the mount serves reads while it flushes).
+pub trait Storage: Send + Sync {
+    /// The storage format (`conf.xml`'s StorageFormat).
+    fn format(&self) -> StorageFormat;
+
+    /// Levels that hold a folder (or prefix), ascending.
+    fn levels(&self) -> Result<Vec<u8>>;
+
+    /// The tile's bytes, or None if the cache lacks it. A broken entry is an error.
+    fn tile(&self, t: TileAddr) -> Result<Option<TileBytes>>;
+
+    /// Rows of a level that hold at least one tile.
+    fn rows(&self, level: u8) -> Result<BTreeSet<u32>>;
+
+    /// Tiles of one row: (column, size in bytes), ascending by column.
+    fn cols(&self, level: u8, row: u32) -> Result<Vec<(u32, u64)>>;
+
+    /// The groups of a level, one per bundle.
+    fn groups(&self, level: u8) -> Result<Vec<TileGroup>>;
+
+    /// Every tile of a group (in slot order for bundles). Any broken entry is an error.
+    fn read_group(&self, g: &TileGroup) -> Result<Vec<(TileAddr, TileBytes)>>;
+
+    /// Counts of one level, from indexes and file sizes (no tile is read).
+    fn level_stats(&self, level: u8) -> Result<LevelStats>;
+
+    /// Writes tiles of one bundle durably (when the cache's options say so), the last of
+    /// duplicates winning; records their times where given.
+    fn write_group(&self, id: BundleId, tiles: &[TimedSlot]) -> Result<WriteStats>;
+
+    /// Read-modify-write of one bundle: `f` sees the bundle as stored and returns what to write;
+    /// no other writer changes the bundle in between (a lock, or a retried compare-and-swap).
+    fn update_group(&self, id: BundleId, f: &mut UpdateFn) -> Result<WriteStats>;
+
+    /// Removes tiles of one bundle (their bytes become dead space in bundles).
+    fn delete_group(&self, id: BundleId, slots: &[Slot]) -> Result<()>;
+
+    /// The modification time to show for a stored tile: its own when recorded, else its bundle's.
+    fn tile_mtime(&self, t: TileAddr, bytes: &TileBytes) -> Option<SystemTime>;
+
+    /// Records a stored tile's modification time. False if the tile is not stored.
+    fn set_tile_time(&self, t: TileAddr, mtime: SystemTime) -> Result<bool>;
+
+    /// Where tile `t` is (or would be) stored, for messages.
+    fn location(&self, t: TileAddr) -> PathBuf;
+
+    /// Bundles of a level (compact storage; empty for exploded).
+    fn bundles(&self, _level: u8) -> Result<Vec<BundleId>> {
+        Ok(Vec::new())
+    }
+
+    /// The open bundle `id` (compact storage), reopened if another writer changed it.
+    fn bundle(&self, _id: BundleId) -> Result<Option<Arc<BundleHandle>>> {
+        Ok(None)
+    }
+
+    /// Forgets what is cached of bundle `id`, so the next access reads it anew.
+    fn invalidate(&self, _id: &BundleId) {}
+
+    /// Whether `stamp` is what this process left bundle `id` as at its last write.
+    fn written_by_us(&self, _id: &BundleId, _stamp: &FileStamp) -> bool {
+        false
+    }
+
+    /// Remembers that this process just rewrote bundle `id` (by a path other than this trait,
+    /// e.g. `bundlefs compact`), so watchers do not take it for another writer's change.
+    fn note_own_write(&self, _id: &BundleId) {}
+}
+
+/// Where the files of a local cache are: its folder and the folder of its level folders.
+#[derive(Debug, Clone)]
+pub struct Place {
+    /// The cache folder (holding conf.xml, or the level folders in MapProxy's layout).
+    pub root: PathBuf,
+    /// The folder holding the level folders (`_alllayers`, or the root).
+    pub tiles_dir: PathBuf,
+}
+
+impl Place {
+    /// `tiles_dir/Lnn`.
+    pub fn level_dir(&self, level: u8) -> PathBuf {
+        self.tiles_dir.join(names::level_dir(level))
+    }
+
+    /// Path of a bundle's `.bundle` file.
+    pub fn bundle_path(&self, id: &BundleId) -> PathBuf {
+        self.level_dir(id.level)
+            .join(format!("{}.bundle", names::bundle_base(id)))
+    }
+
+    /// Path of a bundle's lock file (as MapProxy names it).
+    pub fn lock_path(&self, id: &BundleId) -> PathBuf {
+        self.level_dir(id.level)
+            .join(format!("{}.lck", names::bundle_base(id)))
+    }
+
+    /// Levels that have a folder, ascending.
+    pub fn levels(&self) -> Result<Vec<u8>> {
+        let mut v: Vec<u8> = read_dir_names(&self.tiles_dir)?
+            .iter()
+            .filter(|n| n.starts_with('L'))
+            .filter_map(|n| names::parse_level_dir(n).ok())
+            .filter(|l| self.level_dir(*l).is_dir())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        Ok(v)
+    }
+
+    /// Refuses a path that resolves, through symbolic links, outside the cache folder, so no tile
+    /// is ever read from or written to a file elsewhere. A path that does not exist yet is judged
+    /// by its nearest existing ancestor; a dangling symbolic link is refused (opening it to create
+    /// would create its target).
+    pub fn check_inside(&self, p: &Path) -> Result<()> {
+        let root = std::fs::canonicalize(&self.root).at(&self.root)?;
+        let mut at = p;
+        let real = loop {
+            match std::fs::canonicalize(at) {
+                Ok(r) => break r,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if std::fs::symlink_metadata(at).is_ok() {
+                        return Err(Error::io(
+                            at,
+                            std::io::Error::other(
+                                "a dangling symbolic link in the cache; not followed",
+                            ),
+                        ));
+                    }
+                    match at.parent() {
+                        Some(q) if !q.as_os_str().is_empty() => at = q,
+                        _ => return Ok(()),
+                    }
+                }
+                Err(e) => return Err(Error::io(at, e)),
+            }
+        };
+        if real.starts_with(&root) {
+            return Ok(());
+        }
+        Err(Error::io(
+            at,
+            std::io::Error::other(format!(
+                "resolves to {} outside the cache folder {}; not followed",
+                real.display(),
+                root.display()
+            )),
+        ))
+    }
+}
+
+/// Names in a folder (those that are UTF-8); a missing folder has none.
+pub(crate) fn read_dir_names(dir: &Path) -> Result<Vec<String>> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let mut names = Vec::new();
+    for ent in rd {
+        let ent = ent.at(dir)?;
+        if let Some(n) = ent.file_name().to_str() {
+            names.push(n.to_string());
+        }
+    }
+    Ok(names)
+}
+
+/// Refuses tiles that no storage may hold (empty, or over a bundle entry's 24-bit size field)
+/// before anything is written. `location` names the file for the error.
+pub(crate) fn check_tiles(location: &Path, id: BundleId, tiles: &[TimedSlot]) -> Result<()> {
+    for (slot, bytes, _) in tiles {
+        let t = id.tile(*slot);
+        if bytes.is_empty() {
+            return Err(Error::invalid(format!(
+                "tile {t}: refusing to store an empty tile"
+            )));
+        }
+        if bytes.len() > crate::format::MAX_TILE_SIZE {
+            return Err(Error::format(
+                location,
+                crate::format::FormatError::BadEntry {
+                    row: slot.row,
+                    col: slot.col,
+                    msg: format!(
+                        "tile {t} of {} bytes is larger than a bundle can hold (2^24-1)",
+                        bytes.len()
+                    ),
+                },
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Sets a file's modification time.
+pub(crate) fn set_file_mtime(path: &Path, mtime: SystemTime) -> Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .at(path)?;
+    f.set_modified(mtime).at(path)
+}
