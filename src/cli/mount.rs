@@ -265,6 +265,7 @@ fn serve(args: &MountArgs, parsed: &ParsedOptions, child: bool) -> anyhow::Resul
             super::error_text(&e)
         );
     }
+    registry::prune(Duration::from_secs(24 * 3600));
     tracing::info!("{}", describe(args, parsed));
     let stop = Arc::new(AtomicBool::new(false));
     {

@@ -121,6 +121,32 @@ pub fn read(mountpoint: &Path) -> anyhow::Result<Option<Record>> {
     }
 }
 
+/// Removes records of ended daemons older than `age`: a mount unmounted by other means than
+/// `bundlefs unmount` leaves its record (nobody asked for its end); `/run` is emptied at boot, and
+/// each new daemon prunes the rest.
+pub fn prune(age: std::time::Duration) {
+    let Ok(entries) = std::fs::read_dir(state_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|a| a > age));
+        if !old || path.extension().map_or(true, |x| x != "json") {
+            continue;
+        }
+        let ended = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
+            .map_or(true, |r| !r.alive());
+        if ended {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
 /// Removes the record of `mountpoint` (once its end has been reported).
 pub fn remove(mountpoint: &Path) {
     let _ = std::fs::remove_file(record_path(mountpoint));
