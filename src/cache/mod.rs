@@ -78,6 +78,7 @@ enum Repr {
 }
 
 impl TileBytes {
+    /// Bytes owned by the caller (a tile made or read elsewhere).
     pub fn owned(v: Vec<u8>) -> Self {
         TileBytes(Repr::Owned(Arc::new(v), None))
     }
@@ -156,6 +157,9 @@ impl Cache {
         Self::open_with(path, CacheOptions::default())
     }
 
+    /// Opens a cache folder (or its conf.xml, or an unpacked `.tpk`) with `opts`. Errors: a
+    /// missing folder, a plain file, no cache in it, or a conf.xml/conf.cdi that cannot be read —
+    /// each naming the file.
     pub fn open_with(path: impl AsRef<Path>, opts: CacheOptions) -> Result<Cache> {
         let mut root = path.as_ref().to_path_buf();
         if root.file_name().is_some_and(|n| n == CONF_XML) && root.is_file() {

@@ -268,7 +268,7 @@ impl TreeFs {
         self.cache
             .scheme()
             .and_then(|s| s.tile_format.image_kind())
-            .map_or(true, |k| k.ext() == ext)
+            .is_none_or(|k| k.ext() == ext)
     }
 
     /// A listed tile whose bytes are not known (a broken entry, a renderable name): size 0, under
@@ -738,19 +738,13 @@ impl TreeFs {
     /// Space figures of the file system holding the cache.
     pub fn statfs(&self) -> Result<StatFs> {
         let path = self.cache.root();
-        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-            .map_err(|_| Error::invalid("cache path holds a NUL byte"))?;
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: valid C string and out-pointer.
-        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-            return Err(Error::io(path, std::io::Error::last_os_error()));
-        }
+        let st = rustix::fs::statvfs(path).map_err(|e| Error::io(path, e.into()))?;
         Ok(StatFs {
-            blocks: st.f_blocks as u64,
-            bfree: st.f_bfree as u64,
-            bavail: st.f_bavail as u64,
-            files: st.f_files as u64,
-            ffree: st.f_ffree as u64,
+            blocks: st.f_blocks,
+            bfree: st.f_bfree,
+            bavail: st.f_bavail,
+            files: st.f_files,
+            ffree: st.f_ffree,
             bsize: st.f_bsize as u32,
             frsize: st.f_frsize as u32,
             namelen: 255,

@@ -236,15 +236,8 @@ pub fn write_tpkx(cache: &Cache, dest: &Path, sync: bool) -> Result<()> {
         thumb.is_some(),
     );
 
-    let parent = dest
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new()
-        .prefix(".bundlefs-")
-        .suffix(".tpkx")
-        .tempfile_in(parent)
-        .at(parent)?;
+    // A package is a document to hand around: mode as `cp` gives, or the replaced package's.
+    let mut tmp = crate::cache::AtomicFile::create(dest, sync)?;
     let mut files: Vec<(String, u64, Box<dyn std::io::Read>)> = vec![
         (
             tpkx::ROOT_JSON.into(),
@@ -269,20 +262,10 @@ pub fn write_tpkx(cache: &Cache, dest: &Path, sync: bool) -> Result<()> {
         let len = f.metadata().at(&path)?.len();
         files.push((name, len, Box::new(f)));
     }
-    let out = BufWriter::with_capacity(1 << 20, tmp.as_file());
-    tpkx::write_package(out, files).at(tmp.path())?;
-    // A package is a document to hand around, not a private scratch file (tempfile makes 0600).
-    let mut perms = perms_of(tmp.as_file(), tmp.path())?;
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
-    tmp.as_file().set_permissions(perms).at(tmp.path())?;
-    if sync {
-        tmp.as_file().sync_all().at(tmp.path())?;
-    }
-    tmp.persist(dest).map_err(|e| Error::io(dest, e.error))?;
-    if sync {
-        crate::cache::sync_dir(parent)?;
-    }
-    Ok(())
+    let tmp_path = tmp.temp_path().to_path_buf();
+    let out = BufWriter::with_capacity(1 << 20, tmp.file());
+    tpkx::write_package(out, files).at(&tmp_path)?;
+    tmp.commit()
 }
 
 /// Size of the thumbnail ArcGIS puts in its packages.
@@ -370,10 +353,6 @@ fn thumbnail(
     out.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .ok()?;
     Some(png)
-}
-
-fn perms_of(f: &fs::File, path: &Path) -> Result<fs::Permissions> {
-    Ok(f.metadata().at(path)?.permissions())
 }
 
 /// A package id in GUID form, unique enough for one machine (time, process, a random hasher key).

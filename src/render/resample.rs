@@ -96,7 +96,7 @@ impl TileSource for ResampleSource {
                 "resample: no two consecutive levels of conf.xml differ by a factor of 2",
             ));
         }
-        if scheme.tile_cols % 2 != 0 || scheme.tile_rows % 2 != 0 {
+        if !scheme.tile_cols.is_multiple_of(2) || !scheme.tile_rows.is_multiple_of(2) {
             return Err(Error::invalid(format!(
                 "resample: tiles of {}x{} px cannot be split in quarters",
                 scheme.tile_cols, scheme.tile_rows

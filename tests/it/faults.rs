@@ -30,7 +30,7 @@ struct SmallFs(PathBuf);
 impl SmallFs {
     fn mount(dir: &Path, size: &str) -> SmallFs {
         fs::create_dir_all(dir).unwrap();
-        let root = unsafe { libc::geteuid() } == 0;
+        let root = rustix::process::geteuid().is_root();
         let mut cmd = if root {
             Command::new("mount")
         } else {
@@ -55,7 +55,7 @@ impl SmallFs {
 
 impl Drop for SmallFs {
     fn drop(&mut self) {
-        let root = unsafe { libc::geteuid() } == 0;
+        let root = rustix::process::geteuid().is_root();
         let mut cmd = if root {
             Command::new("umount")
         } else {

@@ -12,6 +12,7 @@ mod hostile;
 mod interop;
 mod jobs;
 mod load;
+mod modes;
 mod mount;
 mod render;
 mod writeback;

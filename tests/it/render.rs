@@ -447,7 +447,7 @@ fn raster_value(col: u32, row: u32) -> [u8; 3] {
     [
         (col * 255 / 359) as u8,
         (row * 255 / 179) as u8,
-        if (col / 10 + row / 10) % 2 == 0 {
+        if (col / 10 + row / 10).is_multiple_of(2) {
             0
         } else {
             200

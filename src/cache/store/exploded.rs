@@ -2,9 +2,10 @@
 //! (ArcGIS's exploded cache; names per `format::exploded`). Each tile file is replaced whole
 //! (temporary file, rename), so a reader sees the old tile or the new one, never a mix.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use super::{
@@ -26,6 +27,10 @@ pub struct ExplodedStore {
     /// neither PNG nor JPEG.
     default_kind: ImageKind,
     durable: bool,
+    /// One mutex per bundle-sized group for [`Storage::update_group`] within this process.
+    /// Exploded caches have no lock files (tools expect only tiles in the tree), so writers in
+    /// other processes race on one tile as `cp` would; each tile file is still replaced whole.
+    groups_locked: Mutex<HashMap<BundleId, Arc<Mutex<()>>>>,
 }
 
 impl ExplodedStore {
@@ -35,6 +40,7 @@ impl ExplodedStore {
             place,
             default_kind,
             durable,
+            groups_locked: Mutex::new(HashMap::new()),
         }
     }
 
@@ -187,7 +193,14 @@ impl Storage for ExplodedStore {
     }
 
     fn update_group(&self, id: BundleId, f: &mut UpdateFn) -> Result<WriteStats> {
-        // Each tile file is replaced whole; writers of one exploded tile race as `cp` would.
+        let lock = self
+            .groups_locked
+            .lock()
+            .unwrap()
+            .entry(id)
+            .or_default()
+            .clone();
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
         let tiles = f(&ExplodedGroup { store: self, id })?;
         let timed: Vec<TimedSlot> = tiles.iter().map(|(s, b)| (*s, &b[..], None)).collect();
         self.write_group(id, &timed)

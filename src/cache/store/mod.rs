@@ -13,6 +13,8 @@
 //! a store with compare-and-swap runs it again on the bundle it finds after a lost race.
 
 pub mod compact;
+#[cfg(test)]
+mod contract;
 pub mod exploded;
 
 use std::collections::BTreeSet;

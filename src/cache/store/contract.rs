@@ -1,0 +1,286 @@
+//! The storage contract: the same tests run against every [`Storage`] of the seam (the model is
+//! MapProxy's shared cache test base and rclone's vfstest). A new storage (an object store) adds
+//! one `contract_suite!` line; anything storage-specific is tested in its own file.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::compact::CompactStore;
+use super::exploded::ExplodedStore;
+use super::{GroupView, Place, Storage};
+use crate::cache::{CacheOptions, TileBytes};
+use crate::format::conf::StorageFormat;
+use crate::format::sniff::ImageKind;
+use crate::format::{BundleId, Slot, TileAddr};
+
+/// A fresh storage of one kind in a temporary folder (kept alive by the returned guard).
+pub(crate) type Maker = fn() -> (tempfile::TempDir, Box<dyn Storage>);
+
+fn place(d: &tempfile::TempDir) -> Place {
+    let tiles_dir = d.path().join("_alllayers");
+    std::fs::create_dir_all(&tiles_dir).unwrap();
+    Place {
+        root: d.path().to_path_buf(),
+        tiles_dir,
+    }
+}
+
+pub(crate) fn exploded() -> (tempfile::TempDir, Box<dyn Storage>) {
+    let d = tempfile::tempdir().unwrap();
+    let s = ExplodedStore::new(place(&d), ImageKind::Png, false);
+    (d, Box::new(s))
+}
+
+fn compact(format: StorageFormat) -> (tempfile::TempDir, Box<dyn Storage>) {
+    let d = tempfile::tempdir().unwrap();
+    let opts = CacheOptions {
+        recheck: Duration::ZERO,
+        durable: false,
+        ..CacheOptions::default()
+    };
+    let s = CompactStore::new(place(&d), format, opts);
+    (d, Box::new(s))
+}
+
+pub(crate) fn compact_v1() -> (tempfile::TempDir, Box<dyn Storage>) {
+    compact(StorageFormat::CompactV1)
+}
+
+pub(crate) fn compact_v2() -> (tempfile::TempDir, Box<dyn Storage>) {
+    compact(StorageFormat::CompactV2)
+}
+
+/// A tile payload the stores keep as given (they store bytes; pixels are checked above them).
+fn bytes(tag: &str) -> Vec<u8> {
+    format!("tile {tag} ").repeat(7).into_bytes()
+}
+
+fn get(s: &dyn Storage, t: TileAddr) -> Option<Vec<u8>> {
+    s.tile(t).unwrap().map(|b| b.to_vec())
+}
+
+pub(crate) fn put_get_list(make: Maker) {
+    let (_d, s) = make();
+    let a = TileAddr::new(3, 5, 6);
+    let b = TileAddr::new(3, 5, 130); // another bundle of the same row
+    let c = TileAddr::new(3, 7, 6);
+    assert_eq!(get(&*s, a), None);
+    for t in [a, b, c] {
+        s.write_group(t.bundle(), &[(t.slot(), &bytes(&t.to_string()), None)])
+            .unwrap();
+    }
+    for t in [a, b, c] {
+        assert_eq!(get(&*s, t), Some(bytes(&t.to_string())), "{t}");
+    }
+    assert_eq!(s.levels().unwrap(), vec![3]);
+    assert_eq!(s.rows(3).unwrap(), BTreeSet::from([5, 7]));
+    let cols: Vec<u32> = s.cols(3, 5).unwrap().into_iter().map(|(c, _)| c).collect();
+    assert_eq!(cols, vec![6, 130]);
+    let size = s.cols(3, 5).unwrap()[0].1;
+    assert_eq!(size, bytes(&a.to_string()).len() as u64);
+    let groups = s.groups(3).unwrap();
+    assert_eq!(groups.len(), 2, "{groups:?}");
+    let mut all = Vec::new();
+    for g in &groups {
+        all.extend(
+            s.read_group(g)
+                .unwrap()
+                .into_iter()
+                .map(|(t, b)| (t, b.to_vec())),
+        );
+    }
+    all.sort();
+    let mut want: Vec<_> = [a, b, c]
+        .iter()
+        .map(|t| (*t, bytes(&t.to_string())))
+        .collect();
+    want.sort();
+    assert_eq!(all, want);
+    let st = s.level_stats(3).unwrap();
+    assert_eq!((st.bundles, st.tiles), (2, 3));
+    assert_eq!(
+        st.tile_bytes,
+        want.iter().map(|(_, b)| b.len() as u64).sum::<u64>()
+    );
+}
+
+pub(crate) fn last_write_wins(make: Maker) {
+    let (_d, s) = make();
+    let t = TileAddr::new(2, 1, 1);
+    let (one, two, three) = (bytes("one"), bytes("two"), bytes("three"));
+    s.write_group(
+        t.bundle(),
+        &[(t.slot(), &one, None), (t.slot(), &two, None)],
+    )
+    .unwrap();
+    assert_eq!(get(&*s, t), Some(two));
+    s.write_group(t.bundle(), &[(t.slot(), &three, None)])
+        .unwrap();
+    assert_eq!(get(&*s, t), Some(three));
+    assert_eq!(s.level_stats(2).unwrap().tiles, 1);
+}
+
+pub(crate) fn delete(make: Maker) {
+    let (_d, s) = make();
+    let (a, b) = (TileAddr::new(1, 0, 0), TileAddr::new(1, 0, 1));
+    let id = a.bundle();
+    s.write_group(
+        id,
+        &[(a.slot(), &bytes("a"), None), (b.slot(), &bytes("b"), None)],
+    )
+    .unwrap();
+    s.delete_group(id, &[a.slot()]).unwrap();
+    assert_eq!(get(&*s, a), None);
+    assert_eq!(get(&*s, b), Some(bytes("b")));
+    // Deleting what is not there is not an error.
+    s.delete_group(id, &[a.slot()]).unwrap();
+    s.delete_group(TileAddr::new(9, 0, 0).bundle(), &[Slot { row: 0, col: 0 }])
+        .unwrap();
+    assert_eq!(s.cols(1, 0).unwrap().len(), 1);
+}
+
+pub(crate) fn refuses_empty_and_oversized_tiles(make: Maker) {
+    let (_d, s) = make();
+    let t = TileAddr::new(0, 0, 0);
+    let e = s
+        .write_group(t.bundle(), &[(t.slot(), b"", None)])
+        .unwrap_err();
+    assert!(e.to_string().contains("empty"), "{e}");
+    let big = vec![1u8; crate::format::MAX_TILE_SIZE + 1];
+    assert!(s
+        .write_group(t.bundle(), &[(t.slot(), &big, None)])
+        .is_err());
+    assert_eq!(get(&*s, t), None, "a refused write stored something");
+}
+
+pub(crate) fn tile_times(make: Maker) {
+    let (_d, s) = make();
+    let t = TileAddr::new(4, 2, 3);
+    let when = UNIX_EPOCH + Duration::from_secs(1_500_000_000);
+    s.write_group(t.bundle(), &[(t.slot(), &bytes("t"), Some(when))])
+        .unwrap();
+    let got = s.tile(t).unwrap().unwrap();
+    assert_eq!(s.tile_mtime(t, &got), Some(when));
+    let later = when + Duration::from_secs(60);
+    assert!(s.set_tile_time(t, later).unwrap());
+    let got = s.tile(t).unwrap().unwrap();
+    assert_eq!(s.tile_mtime(t, &got), Some(later));
+    assert!(!s.set_tile_time(TileAddr::new(4, 2, 4), later).unwrap());
+    // A tile without a recorded time still has one (its bundle's or its file's).
+    let u = TileAddr::new(4, 2, 5);
+    s.write_group(u.bundle(), &[(u.slot(), &bytes("u"), None)])
+        .unwrap();
+    let got = s.tile(u).unwrap().unwrap();
+    let m = s.tile_mtime(u, &got).expect("a time");
+    assert!(m > SystemTime::now() - Duration::from_secs(600));
+}
+
+pub(crate) fn update_sees_what_is_stored(make: Maker) {
+    let (_d, s) = make();
+    let t = TileAddr::new(5, 9, 9);
+    let id = t.bundle();
+    let mut calls = 0;
+    s.update_group(id, &mut |view: &dyn GroupView| {
+        calls += 1;
+        assert_eq!(view.tile(t.slot())?.map(|b| b.to_vec()), None);
+        Ok(vec![(t.slot(), TileBytes::owned(bytes("first")))])
+    })
+    .unwrap();
+    assert_eq!(calls, 1);
+    s.update_group(id, &mut |view: &dyn GroupView| {
+        assert!(view.exists());
+        let old = view.tile(t.slot())?.expect("stored").to_vec();
+        assert_eq!(old, bytes("first"));
+        Ok(vec![(
+            t.slot(),
+            TileBytes::owned([old, b"+".to_vec()].concat()),
+        )])
+    })
+    .unwrap();
+    assert_eq!(get(&*s, t), Some([bytes("first"), b"+".to_vec()].concat()));
+    // Writing nothing changes nothing.
+    let st = s
+        .update_group(id, &mut |_: &dyn GroupView| Ok(vec![]))
+        .unwrap();
+    assert_eq!(st.tiles, 0);
+}
+
+/// Read-modify-write from several threads on one bundle: no update is lost (a lock or a
+/// compare-and-swap keeps each update whole).
+pub(crate) fn concurrent_updates_lose_nothing(make: Maker) {
+    let (_d, s) = make();
+    let s: Arc<dyn Storage> = Arc::from(s);
+    let t = TileAddr::new(6, 0, 0);
+    let id: BundleId = t.bundle();
+    let (threads, rounds) = (4, 25);
+    let hs: Vec<_> = (0..threads)
+        .map(|_| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for _ in 0..rounds {
+                    s.update_group(id, &mut |view: &dyn GroupView| {
+                        let n: u64 = match view.tile(t.slot())? {
+                            Some(b) => std::str::from_utf8(&b).unwrap().trim().parse().unwrap(),
+                            None => 0,
+                        };
+                        Ok(vec![(
+                            t.slot(),
+                            TileBytes::owned(format!("{:>8}", n + 1).into_bytes()),
+                        )])
+                    })
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    let n: u64 = std::str::from_utf8(&get(&*s, t).unwrap())
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(n, threads * rounds);
+}
+
+/// Runs every contract test against one storage maker, as a module of tests named after it.
+macro_rules! contract_suite {
+    ($name:ident, $make:path) => {
+        mod $name {
+            #[test]
+            fn put_get_list() {
+                super::put_get_list($make)
+            }
+            #[test]
+            fn last_write_wins() {
+                super::last_write_wins($make)
+            }
+            #[test]
+            fn delete() {
+                super::delete($make)
+            }
+            #[test]
+            fn refuses_empty_and_oversized_tiles() {
+                super::refuses_empty_and_oversized_tiles($make)
+            }
+            #[test]
+            fn tile_times() {
+                super::tile_times($make)
+            }
+            #[test]
+            fn update_sees_what_is_stored() {
+                super::update_sees_what_is_stored($make)
+            }
+            #[test]
+            fn concurrent_updates_lose_nothing() {
+                super::concurrent_updates_lose_nothing($make)
+            }
+        }
+    };
+}
+
+contract_suite!(exploded_store, super::exploded);
+contract_suite!(compact_v1_store, super::compact_v1);
+contract_suite!(compact_v2_store, super::compact_v2);
