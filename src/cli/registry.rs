@@ -134,13 +134,13 @@ pub fn prune(age: std::time::Duration) {
             .metadata()
             .and_then(|m| m.modified())
             .is_ok_and(|t| t.elapsed().is_ok_and(|a| a > age));
-        if !old || path.extension().map_or(true, |x| x != "json") {
+        if !old || path.extension().is_none_or(|x| x != "json") {
             continue;
         }
         let ended = std::fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
-            .map_or(true, |r| !r.alive());
+            .is_none_or(|r| !r.alive());
         if ended {
             let _ = std::fs::remove_file(&path);
         }
