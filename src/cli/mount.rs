@@ -249,15 +249,9 @@ fn serve(args: &MountArgs, parsed: &ParsedOptions, child: bool) -> anyhow::Resul
     config.n_threads = Some(threads);
     config.clone_fd = threads > 1;
 
-    let mut session = fuser::Session::new(fs, &args.mountpoint, &config).with_context(|| {
-        format!(
-            "mounting {} on {}",
-            args.cache.display(),
-            args.mountpoint.display()
-        )
-    })?;
     // Keyed by the resolved path, as `bundlefs unmount` resolves the path it is given.
     let mut record = Record::this_process(&args.cache, &canonical_mnt);
+    // Written before the mount appears, so whoever sees the mount finds the record.
     if let Err(e) = registry::write(&record) {
         // Serving still works; only `bundlefs unmount` cannot wait for this daemon.
         tracing::warn!(
@@ -265,6 +259,19 @@ fn serve(args: &MountArgs, parsed: &ParsedOptions, child: bool) -> anyhow::Resul
             super::error_text(&e)
         );
     }
+    let mut session = match fuser::Session::new(fs, &args.mountpoint, &config) {
+        Ok(s) => s,
+        Err(e) => {
+            registry::remove(&canonical_mnt);
+            return Err(e).with_context(|| {
+                format!(
+                    "mounting {} on {}",
+                    args.cache.display(),
+                    args.mountpoint.display()
+                )
+            });
+        }
+    };
     registry::prune(Duration::from_secs(24 * 3600));
     tracing::info!("{}", describe(args, parsed));
     let stop = Arc::new(AtomicBool::new(false));
@@ -310,6 +317,8 @@ fn serve(args: &MountArgs, parsed: &ParsedOptions, child: bool) -> anyhow::Resul
     }
     let res = session.run();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    record.status = Status::Flushing;
+    let _ = registry::write(&record);
     // Whatever the session's end, buffered tiles go to their bundles before we exit.
     let flushed = tree.flush_all();
     let end = res

@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 pub enum Status {
     /// The mount is live.
     Serving,
+    /// Unmounted; storing the tiles still in its write buffer.
+    Flushing,
     /// Unmounted, every buffered tile flushed into its bundle; the process is exiting.
     Unmounted,
     /// The session or the final flush failed (`Record::error` says why); the process is exiting.

@@ -28,6 +28,17 @@ pub fn run(a: &UnmountArgs) -> anyhow::Result<ExitCode> {
             None => bail!("{}: not mounted", mnt.display()),
         };
     }
+    if let (None, Some(r)) = (&mounted, &live) {
+        if r.status == Status::Serving {
+            // Between writing its record and mounting, or its mount taken away under it.
+            bail!(
+                "{}: not mounted, though daemon pid {} is recorded as serving it (still \
+                 starting?); nothing to unmount",
+                mnt.display(),
+                r.pid
+            );
+        }
+    }
     if let Some(m) = &mounted {
         if live.is_none() && !m.is_bundlefs() {
             bail!(
@@ -103,7 +114,7 @@ fn report(mnt: &Path, r: &Record, waited: bool) -> anyhow::Result<ExitCode> {
                 r.error.as_deref().unwrap_or("no reason given")
             )
         }
-        Status::Serving if waited || !r.alive() => {
+        Status::Serving | Status::Flushing if waited || !r.alive() => {
             registry::remove(mnt);
             bail!(
                 "{}: daemon pid {} ended without finishing its flush (killed?); tiles it held in \
@@ -113,7 +124,7 @@ fn report(mnt: &Path, r: &Record, waited: bool) -> anyhow::Result<ExitCode> {
                 r.cache.display()
             )
         }
-        Status::Serving => bail!(
+        Status::Serving | Status::Flushing => bail!(
             "{}: daemon pid {} is still serving it, but it is not mounted",
             mnt.display(),
             r.pid
