@@ -281,7 +281,7 @@ impl Cache {
         }
         fs::create_dir_all(root.join(ALLLAYERS)).at(root)?;
         write_atomic(&root.join(CONF_XML), &scheme.to_conf_xml(), true)?;
-        let env = extent.unwrap_or_else(|| scheme_extent(scheme));
+        let env = extent.unwrap_or_else(|| crate::format::extent::scheme_extent(scheme));
         write_atomic(&root.join(CONF_CDI), &conf::write_cdi(&env, scheme), true)?;
         Cache::open(root)
     }
@@ -549,27 +549,6 @@ fn default_kind(scheme: Option<&TileScheme>) -> ImageKind {
     scheme
         .and_then(|s| s.tile_format.image_kind())
         .unwrap_or(ImageKind::Png)
-}
-
-/// The full extent of a scheme's level-0 grid from its origin (used when no extent is given).
-pub fn scheme_extent(s: &TileScheme) -> Envelope {
-    if s.wkid == Some(102100) || s.wkid == Some(3857) || s.latest_wkid == Some(3857) {
-        let o = conf::WEB_MERCATOR_ORIGIN;
-        return Envelope {
-            xmin: -o,
-            ymin: -o,
-            xmax: o,
-            ymax: o,
-        };
-    }
-    let l = s.lods.first().map_or(1.0, |l| l.resolution);
-    let (w, h) = (f64::from(s.tile_cols) * l, f64::from(s.tile_rows) * l);
-    Envelope {
-        xmin: s.origin_x,
-        ymin: s.origin_y - h,
-        xmax: s.origin_x + w,
-        ymax: s.origin_y,
-    }
 }
 
 /// Storage of the files under `tiles_dir`, looking at the first level folder that holds anything.

@@ -21,9 +21,10 @@ use crate::format::conf::{StorageFormat, TileFormat, TileScheme};
 use crate::format::levels::LevelRange;
 use crate::format::TileAddr;
 use crate::jobs::aoi::Aoi;
-use crate::jobs::engine::{JobOptions, JobSummary, LevelSelect, Progress};
-use crate::jobs::export::{export_job, Target};
+use crate::jobs::engine::{JobOptions, JobSummary, LevelSelect, Progress, Target};
+use crate::jobs::export::export_job;
 use crate::jobs::import::import_job;
+use crate::jobs::package::update_package;
 use crate::render::batch::{render_batch, BatchOptions};
 use crate::render::label::LabelSource;
 use crate::render::{HttpOptions, Keep, RenderOptions, Renderer, SourceSpec, TileSource};
@@ -80,8 +81,13 @@ pub fn export(a: &ExportArgs) -> anyhow::Result<ExitCode> {
     let opts = job_options(&a.job, source.cache(), &a.src)?;
     let target: Target = a.storage.into();
     let bar = Bar::new();
-    let s = export_job(source.cache(), &a.dest, target, &opts, &bar)?;
+    // A folder is export's, a package is package's.
+    let s = match target {
+        Target::Storage(st) => export_job(source.cache(), &a.dest, st, &opts, &bar)?,
+        Target::Tpkx => update_package(source.cache(), &a.dest, &opts, &bar, false)?,
+    };
     bar.0.finish_and_clear();
+    crate::jobs::selection::check_matched(source.cache(), &opts, &s)?;
     let to = match target {
         Target::Storage(st) => st.to_string(),
         Target::Tpkx => "tpkx".to_string(),
@@ -95,8 +101,14 @@ pub fn import(a: &ImportArgs) -> anyhow::Result<ExitCode> {
     let source = Source::open(&a.src)?;
     let opts = job_options(&a.job, source.cache(), &a.src)?;
     let bar = Bar::new();
-    let s = import_job(source.cache(), &a.dest, &opts, &bar)?;
+    // A cache folder is import's, a package file (rewritten whole) is package's.
+    let s = if a.dest.is_file() {
+        update_package(source.cache(), &a.dest, &opts, &bar, true)?
+    } else {
+        import_job(source.cache(), &a.dest, &opts, &bar)?
+    };
     bar.0.finish_and_clear();
+    crate::jobs::selection::check_matched(source.cache(), &opts, &s)?;
     print_summary(
         "imported",
         &s,
@@ -220,7 +232,10 @@ pub fn render(a: &RenderArgs) -> anyhow::Result<ExitCode> {
         bail!("say which tiles: --levels A-B (with an optional --extent) or --tile L/R/C");
     };
     check_levels_in_scheme(&cache, &a.cache, &levels)?;
-    let extent = a.extent;
+    let mut extent = a.extent;
+    if let (Some(e), Some(crs)) = (&mut extent, a.extent_crs) {
+        *e = crate::jobs::selection::extent_in_cache(e, crs, cache.scheme())?;
+    }
     let r = Renderer::new(cache, src, Keep::No, opts)?;
     let bo = BatchOptions {
         levels,
@@ -290,18 +305,32 @@ fn job_options(a: &JobArgs, c: &Cache, src: &Path) -> anyhow::Result<JobOptions>
         }
         (None, None) => LevelSelect::Range(LevelRange::ALL),
     };
-    let aoi = a.aoi.as_deref().map(Aoi::from_geojson_file).transpose()?;
-    if aoi.is_some() && a.extent.is_some() {
+    let extent = match (a.extent, a.extent_crs) {
+        (Some(e), Some(crs)) => Some(crate::jobs::selection::extent_in_cache(
+            &e,
+            crs,
+            c.scheme(),
+        )?),
+        (e, _) => e,
+    };
+    let aoi = a
+        .aoi
+        .as_deref()
+        .map(|p| Aoi::from_geojson_file(p, c.scheme()))
+        .transpose()?;
+    if aoi.is_some() && extent.is_some() {
         eprintln!("bundlefs: both --aoi and --extent given: the area of interest wins");
     }
-    Ok(JobOptions {
+    let opts = JobOptions {
         levels,
-        extent: a.extent,
+        extent,
         aoi,
         mode: a.mode.into(),
         background: a.background.map(|c| c.0),
         sync: !a.no_sync,
-    })
+    };
+    crate::jobs::selection::check_selection_meets(c, &opts)?;
+    Ok(opts)
 }
 
 /// `--levels` of a render batch must name levels of the tiling scheme (the tiles need not exist:

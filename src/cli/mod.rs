@@ -16,13 +16,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::cache::commit::ImportMode;
 use crate::format::conf::{Envelope, StorageFormat, TileFormat};
 use crate::format::levels::LevelRange;
+use crate::format::pixels::ImportMode;
 use crate::format::values::{ByteSize, Rgb, Seconds, Share};
 use crate::format::TileAddr;
-use crate::jobs::export::Target;
-use crate::jobs::pixels::Mode;
+use crate::jobs::engine::Target;
 
 /// Mount and convert Esri ArcGIS compact tile caches (Compact V1/V2, exploded).
 #[derive(Debug, Parser)]
@@ -68,11 +67,11 @@ pub enum ModeArg {
     Overwrite,
 }
 
-impl From<ModeArg> for Mode {
+impl From<ModeArg> for ImportMode {
     fn from(m: ModeArg) -> Self {
         match m {
-            ModeArg::Merge => Mode::Merge,
-            ModeArg::Overwrite => Mode::Overwrite,
+            ModeArg::Merge => ImportMode::Merge,
+            ModeArg::Overwrite => ImportMode::Overwrite,
         }
     }
 }
@@ -183,7 +182,13 @@ pub struct JobArgs {
     /// XMIN,YMIN,XMAX,YMAX (negative numbers allowed, e.g. -180,-90,180,90).
     #[arg(long, allow_hyphen_values = true, value_name = "XMIN,YMIN,XMAX,YMAX")]
     pub extent: Option<Envelope>,
-    /// Clip to this GeoJSON polygon/multipolygon (SRC's spatial reference); wins over --extent.
+    /// The spatial reference --extent is in, as an EPSG code (e.g. 4326 for longitude/latitude
+    /// degrees); default: SRC's own.
+    #[arg(long, value_name = "EPSG", requires = "extent")]
+    pub extent_crs: Option<u32>,
+    /// Clip to this GeoJSON polygon/multipolygon, in the CRS its "crs" member names (WGS 84
+    /// longitude/latitude when none, as RFC 7946 says); carried into SRC's spatial reference;
+    /// wins over --extent.
     #[arg(long, value_name = "FILE")]
     pub aoi: Option<PathBuf>,
     /// Merge into or overwrite tiles DEST already has.
@@ -328,6 +333,9 @@ pub struct RenderArgs {
         value_name = "XMIN,YMIN,XMAX,YMAX"
     )]
     pub extent: Option<Envelope>,
+    /// The spatial reference --extent is in, as an EPSG code (e.g. 4326); default: the cache's.
+    #[arg(long, value_name = "EPSG", requires = "extent")]
+    pub extent_crs: Option<u32>,
     /// One tile, as L/R/C (decimal) or Lnn/Rxxxxxxxx/Cxxxxxxxx (hex as in exploded caches).
     #[arg(long, value_name = "L/R/C")]
     pub tile: Option<TileAddr>,

@@ -14,5 +14,6 @@ mod jobs;
 mod load;
 mod modes;
 mod mount;
+mod realworld_crs;
 mod render;
 mod writeback;
