@@ -15,5 +15,6 @@ mod load;
 mod modes;
 mod mount;
 mod realworld_crs;
+mod realworld_text;
 mod render;
 mod writeback;
