@@ -59,7 +59,7 @@ drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 mount_cache() {
     local t0 t1
     t0=$(now)
-    daemon=$("${SIDE_BIN[$1]}" mount "$2" "$mnt" --daemon --log-file "$work/daemon.log")
+    daemon=$("${SIDE_BIN[$1]}" mount "$2" "$mnt" --daemon --log-file "$work/daemon.log" | pid_line)
     t1=$(now)
     mount_secs=$(calc "$t1 - $t0")
 }

@@ -69,7 +69,7 @@ mount_rw() {
     local bin=${SIDE_BIN[$1]} cache=$work/cache.$1
     rm -rf "$cache"
     "$bin" create "$cache" --levels "0-$MAXLEVEL" >/dev/null
-    daemon=$("$bin" mount "$cache" "$mnt" -o rw --write-buffer "$2" --daemon --log-file "$work/daemon.log")
+    daemon=$("$bin" mount "$cache" "$mnt" -o rw --write-buffer "$2" --daemon --log-file "$work/daemon.log" | pid_line)
 }
 io() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/io"; }
 hwm() { awk '$1 == "VmHWM:" { print $2 }' "/proc/$1/status"; }

@@ -114,3 +114,7 @@ compare_row() {
         }'
 }
 NOISE_PCT=${NOISE_PCT:-5}
+
+# The daemon's pid from `bundlefs mount --daemon` output: "pid: N" (current), or a bare number
+# (builds before the labelled output), so a baseline binary of either age works.
+pid_line() { sed -n 's/^pid: //p; /^[0-9][0-9]*$/p'; }
