@@ -1,250 +1,199 @@
-//! What each subcommand does, in terms of the library.
+//! What each cache command does, in terms of the library: info, verify, create, export, import,
+//! compact, render and sample (mount and unmount live in their own modules). Output goes through
+//! `outln!`, so a reader that goes away (`| head`) ends the command quietly.
 
+use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
-use super::{Command, JobArgs, RenderArgs};
-use std::path::Path;
-
+use super::output::{self, outln};
+use super::source::{open_folder, Source};
+use super::{
+    CompactArgs, CreateArgs, ExportArgs, ImportArgs, InfoArgs, JobArgs, RenderArgs, SampleArgs,
+    VerifyArgs,
+};
 use crate::cache::{Cache, LevelStats};
-use crate::format::conf::{Envelope, StorageFormat, TileFormat, TileScheme};
+use crate::format::conf::{StorageFormat, TileFormat, TileScheme};
 use crate::format::levels::LevelRange;
 use crate::format::TileAddr;
 use crate::jobs::aoi::Aoi;
 use crate::jobs::engine::{JobOptions, JobSummary, LevelSelect, Progress, Target};
 use crate::jobs::export::export_job;
 use crate::jobs::import::import_job;
-use crate::jobs::package::{is_package, open_package, update_package, Unpacked};
-use crate::jobs::verify::verify;
+use crate::jobs::package::update_package;
 use crate::render::batch::{render_batch, BatchOptions};
 use crate::render::label::LabelSource;
 use crate::render::{HttpOptions, Keep, RenderOptions, Renderer, SourceSpec, TileSource};
-use std::sync::Arc;
 
-pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
-    match cmd {
-        Command::Info { cache, json } => info(&cache, json),
-        Command::Verify { cache, decode } => {
-            // A package is checked as unpacked (problems then name the unpacked bundle files).
-            let src = Source::open(&cache)?;
-            let r = verify(src.cache(), decode)?;
-            for p in &r.problems {
-                println!("BAD {p}");
-            }
-            for w in &r.warnings {
-                println!("WARN {w}");
-            }
-            println!(
-                "{}: {} levels, {} bundles, {} tiles checked{}; {} problem(s), {} warning(s)",
-                cache.display(),
-                r.levels,
-                r.bundles,
-                r.tiles,
-                if decode { " and decoded" } else { "" },
-                r.problems.len(),
-                r.warnings.len()
-            );
-            Ok(if r.problems.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
-        }
-        Command::Create {
-            dir,
-            scheme,
-            levels,
-            format,
-        } => {
-            let s = build_scheme(&scheme, levels, format.into())?;
-            Cache::create(&dir, &s, None)?;
-            println!(
-                "created {} ({} levels, {}, compact-v2)",
-                dir.display(),
-                s.lods.len(),
-                s.tile_format.name()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Export {
-            src,
-            dest,
-            storage,
-            job,
-        } => {
-            let source = Source::open(&src)?;
-            let opts = job_options(&job, source.cache())?;
-            let target: Target = storage.into();
-            let bar = Bar::new();
-            // A folder is export's, a package is package's.
-            let s = match target {
-                Target::Storage(st) => export_job(source.cache(), &dest, st, &opts, &bar)?,
-                Target::Tpkx => update_package(source.cache(), &dest, &opts, &bar, false)?,
-            };
-            bar.0.finish_and_clear();
-            crate::jobs::selection::check_matched(source.cache(), &opts, &s)?;
-            let to = match target {
-                Target::Storage(st) => st.to_string(),
-                Target::Tpkx => "tpkx".to_string(),
-            };
-            print_summary("exported", &s, &src, source.cache(), &dest, &to);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Import { src, dest, job } => {
-            let source = Source::open(&src)?;
-            let opts = job_options(&job, source.cache())?;
-            let bar = Bar::new();
-            // A cache folder is import's, a package file (rewritten whole) is package's.
-            let s = if dest.is_file() {
-                update_package(source.cache(), &dest, &opts, &bar, true)?
-            } else {
-                import_job(source.cache(), &dest, &opts, &bar)?
-            };
-            bar.0.finish_and_clear();
-            crate::jobs::selection::check_matched(source.cache(), &opts, &s)?;
-            print_summary(
-                "imported",
-                &s,
-                &src,
-                source.cache(),
-                &dest,
-                "existing cache",
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Mount {
-            cache,
-            mountpoint,
-            options,
-            daemon,
-            ttl,
-            threads,
-            recheck,
-            log_file,
-            write_buffer,
-            import_mode,
-            flush_idle,
-            source,
-            keep_rendered,
-            render_timeout,
-            render_jobs,
-            proxy,
-            list_renderable,
-        } => {
-            let secs = |v: f64, what: &str| -> anyhow::Result<std::time::Duration> {
-                std::time::Duration::try_from_secs_f64(v)
-                    .map_err(|_| anyhow::anyhow!("--{what} must be >= 0 seconds"))
-            };
-            super::mount::run(super::mount::MountArgs {
-                cache,
-                mountpoint,
-                options,
-                daemon,
-                ttl: secs(ttl, "ttl")?,
-                threads,
-                recheck: secs(recheck, "recheck")?,
-                log_file,
-                write_buffer,
-                import_mode,
-                flush_idle: secs(flush_idle, "flush-idle")?,
-                source,
-                keep_rendered,
-                render_timeout: secs(render_timeout, "render-timeout")?,
-                render_jobs,
-                proxy,
-                list_renderable,
-            })
-        }
-        Command::Compact { cache, min_dead } => {
-            let t = min_dead.trim();
-            let frac = match t.strip_suffix('%') {
-                Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
-                None => t.parse::<f64>(),
-            }
-            .ok()
-            .filter(|v| (0.0..=1.0).contains(v))
-            .ok_or_else(|| {
-                anyhow::anyhow!("--min-dead {min_dead:?}: want a share like 20% or 0.2")
-            })?;
-            let c = open_folder(&cache, "compact")?;
-            let s = crate::jobs::compact::compact(&c, frac)?;
-            println!(
-                "{}: {} bundles checked, {} rewritten, {} -> {} bytes",
-                cache.display(),
-                s.bundles_checked,
-                s.bundles_rewritten,
-                s.bytes_before,
-                s.bytes_after
-            );
-            for p in &s.locked {
-                eprintln!(
-                    "bundlefs: {}: locked by another writer, not compacted",
-                    p.display()
-                );
-            }
-            Ok(if s.locked.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
-        }
-        Command::Render(a) => render(a),
-        Command::Sample {
-            dir,
-            levels,
-            format,
-        } => {
-            if levels.max > 10 {
-                bail!(
-                    "sample levels go up to 10 (4^level tiles each); got {}",
-                    levels.max
-                );
-            }
-            let format: TileFormat = format.into();
-            if format == TileFormat::Mixed {
-                bail!("a sample cache needs one image format (PNG… or JPEG), not MIXED");
-            }
-            let s = TileScheme::web_mercator(levels.max, format);
-            let c = Cache::create(&dir, &s, None)?;
-            let mut n = 0u64;
-            for level in levels.min..=levels.max {
-                let side = 1u32 << level;
-                let tiles: Vec<(TileAddr, Vec<u8>)> = (0..side)
-                    .flat_map(|row| (0..side).map(move |col| TileAddr::new(level, row, col)))
-                    .map(|t| {
-                        Ok((
-                            t,
-                            LabelSource
-                                .render(&s, t)?
-                                .context("label source drew nothing")?,
-                        ))
-                    })
-                    .collect::<anyhow::Result<_>>()?;
-                let refs: Vec<(TileAddr, &[u8])> =
-                    tiles.iter().map(|(t, b)| (*t, b.as_slice())).collect();
-                n += c.write_tiles(&refs)?.tiles as u64;
-            }
-            println!(
-                "wrote sample cache {} ({} labelled tiles, levels {}-{})",
-                dir.display(),
-                n,
-                levels.min,
-                levels.max
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-    }
+/// `bundlefs info`: the scheme, storage and per-level statistics, as a table or JSON.
+pub fn info(a: &InfoArgs) -> anyhow::Result<ExitCode> {
+    info_of(&a.cache, a.json)
 }
 
-fn render(a: RenderArgs) -> anyhow::Result<ExitCode> {
+/// `bundlefs verify`: every index entry (and with `--decode` every image); exit 1 on a problem.
+pub fn verify(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
+    // A package is checked as unpacked (problems then name the unpacked bundle files).
+    let src = Source::open(&a.cache)?;
+    let r = crate::jobs::verify::verify(src.cache(), a.decode)?;
+    for p in &r.problems {
+        outln!("BAD {p}");
+    }
+    for w in &r.warnings {
+        outln!("WARN {w}");
+    }
+    outln!(
+        "{}: {} levels, {} bundles, {} tiles checked{}; {} problem(s), {} warning(s)",
+        a.cache.display(),
+        r.levels,
+        r.bundles,
+        r.tiles,
+        if a.decode { " and decoded" } else { "" },
+        r.problems.len(),
+        r.warnings.len()
+    );
+    Ok(if r.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `bundlefs create`: an empty Compact V2 cache of a scheme.
+pub fn create(a: &CreateArgs) -> anyhow::Result<ExitCode> {
+    let s = build_scheme(&a.scheme, a.levels, a.format.into())?;
+    Cache::create(&a.dir, &s, None)?;
+    outln!(
+        "created {} ({} levels, {}, compact-v2)",
+        a.dir.display(),
+        s.lods.len(),
+        s.tile_format.name()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bundlefs export`: tiles of a cache or package into a new folder or `.tpkx`.
+pub fn export(a: &ExportArgs) -> anyhow::Result<ExitCode> {
+    let source = Source::open(&a.src)?;
+    let opts = job_options(&a.job, source.cache(), &a.src)?;
+    let target: Target = a.storage.into();
+    let bar = Bar::new();
+    // A folder is export's, a package is package's.
+    let s = match target {
+        Target::Storage(st) => export_job(source.cache(), &a.dest, st, &opts, &bar)?,
+        Target::Tpkx => update_package(source.cache(), &a.dest, &opts, &bar, false)?,
+    };
+    bar.0.finish_and_clear();
+    crate::jobs::selection::check_matched(source.cache(), &opts, &s)?;
+    let to = match target {
+        Target::Storage(st) => st.to_string(),
+        Target::Tpkx => "tpkx".to_string(),
+    };
+    print_summary("exported", &s, &a.src, source.cache(), &a.dest, &to)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bundlefs import`: tiles of a cache or package into an existing cache.
+pub fn import(a: &ImportArgs) -> anyhow::Result<ExitCode> {
+    let source = Source::open(&a.src)?;
+    let opts = job_options(&a.job, source.cache(), &a.src)?;
+    let bar = Bar::new();
+    // A cache folder is import's, a package file (rewritten whole) is package's.
+    let s = if a.dest.is_file() {
+        update_package(source.cache(), &a.dest, &opts, &bar, true)?
+    } else {
+        import_job(source.cache(), &a.dest, &opts, &bar)?
+    };
+    bar.0.finish_and_clear();
+    crate::jobs::selection::check_matched(source.cache(), &opts, &s)?;
+    print_summary(
+        "imported",
+        &s,
+        &a.src,
+        source.cache(),
+        &a.dest,
+        "existing cache",
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bundlefs compact`: rewrite bundles with enough dead space; exit 1 if one was locked.
+pub fn compact(a: &CompactArgs) -> anyhow::Result<ExitCode> {
+    let c = open_folder(&a.cache, "compact")?;
+    let s = crate::jobs::compact::compact(&c, a.min_dead.0)?;
+    outln!(
+        "{}: {} bundles checked, {} rewritten, {} -> {} bytes",
+        a.cache.display(),
+        s.bundles_checked,
+        s.bundles_rewritten,
+        s.bytes_before,
+        s.bytes_after
+    );
+    for p in &s.locked {
+        eprintln!(
+            "bundlefs: {}: locked by another writer, not compacted",
+            p.display()
+        );
+    }
+    Ok(if s.locked.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `bundlefs sample`: a small labelled Web Mercator cache.
+pub fn sample(a: &SampleArgs) -> anyhow::Result<ExitCode> {
+    let levels = a.levels;
+    if levels.max > 10 {
+        bail!(
+            "sample levels go up to 10 (4^level tiles each); got {}",
+            levels.max
+        );
+    }
+    let format: TileFormat = a.format.into();
+    if format == TileFormat::Mixed {
+        bail!("a sample cache needs one image format (PNG… or JPEG), not MIXED");
+    }
+    let s = TileScheme::web_mercator(levels.max, format);
+    let c = Cache::create(&a.dir, &s, None)?;
+    let mut n = 0u64;
+    for level in levels.min..=levels.max {
+        let side = 1u32 << level;
+        let tiles: Vec<(TileAddr, Vec<u8>)> = (0..side)
+            .flat_map(|row| (0..side).map(move |col| TileAddr::new(level, row, col)))
+            .map(|t| {
+                Ok((
+                    t,
+                    LabelSource
+                        .render(&s, t)?
+                        .context("label source drew nothing")?,
+                ))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let refs: Vec<(TileAddr, &[u8])> = tiles.iter().map(|(t, b)| (*t, b.as_slice())).collect();
+        n += c.write_tiles(&refs)?.tiles as u64;
+    }
+    outln!(
+        "wrote sample cache {} ({} labelled tiles, levels {}-{})",
+        a.dir.display(),
+        n,
+        levels.min,
+        levels.max
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bundlefs render`: one tile (`--tile`) or a batch of levels from a source.
+pub fn render(a: &RenderArgs) -> anyhow::Result<ExitCode> {
     let spec: SourceSpec = a.source.parse()?;
-    let timeout = std::time::Duration::try_from_secs_f64(a.timeout)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| anyhow::anyhow!("--timeout must be > 0 seconds"))?;
+    let timeout = a.timeout.0;
+    if timeout.is_zero() {
+        bail!("--timeout must be more than 0 seconds");
+    }
     let cache = Arc::new(open_folder(&a.cache, "render")?);
     let http = HttpOptions {
         timeout,
@@ -261,17 +210,14 @@ fn render(a: RenderArgs) -> anyhow::Result<ExitCode> {
         negative_ttl: std::time::Duration::ZERO,
         ..RenderOptions::default()
     };
-    if let Some(t) = &a.tile {
-        let t = parse_tile(t)?;
+    if let Some(t) = a.tile {
         let keep = if a.keep { Keep::Cache } else { Keep::No };
         let r = Renderer::new(cache, src, keep, opts)?;
         let started = std::time::Instant::now();
         let bytes = r.get(t)?;
         let ms = started.elapsed().as_secs_f64() * 1e3;
         match a.output.as_deref() {
-            Some(p) if p.as_os_str() == "-" => {
-                std::io::Write::write_all(&mut std::io::stdout().lock(), &bytes)?
-            }
+            Some(p) if p.as_os_str() == "-" => output::bytes(&bytes)?,
             Some(p) => std::fs::write(p, &bytes[..]).with_context(|| format!("{}", p.display()))?,
             None => {}
         }
@@ -285,7 +231,8 @@ fn render(a: RenderArgs) -> anyhow::Result<ExitCode> {
     let Some(levels) = a.levels else {
         bail!("say which tiles: --levels A-B (with an optional --extent) or --tile L/R/C");
     };
-    let mut extent = a.extent.as_deref().map(parse_extent).transpose()?;
+    check_levels_in_scheme(&cache, &a.cache, &levels)?;
+    let mut extent = a.extent;
     if let (Some(e), Some(crs)) = (&mut extent, a.extent_crs) {
         *e = crate::jobs::selection::extent_in_cache(e, crs, cache.scheme())?;
     }
@@ -303,7 +250,7 @@ fn render(a: RenderArgs) -> anyhow::Result<ExitCode> {
     let st = render_batch(&r, &bo, &|n| bar.inc(n))?;
     bar.finish_and_clear();
     let made = st.rendered + st.empty + st.failed;
-    println!(
+    outln!(
         "{}: {} tiles in levels {}-{}: {} rendered ({} bytes), {} empty, {} failed, {} already stored, {} kept; {:.2} s ({:.1} ms/tile, {} source calls) from {spec}",
         a.cache.display(),
         st.candidates,
@@ -326,53 +273,6 @@ fn render(a: RenderArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// `L/R/C` in decimal, or `Lnn/Rxxxxxxxx/Cxxxxxxxx[.ext]` as in exploded caches (hex row/col).
-fn parse_tile(s: &str) -> anyhow::Result<TileAddr> {
-    let bad =
-        || anyhow::anyhow!("--tile {s:?}: want L/R/C (e.g. 3/2/5) or L03/R00000002/C00000005");
-    let parts: Vec<&str> = s.trim().trim_matches('/').split('/').collect();
-    let [l, r, c] = parts[..] else {
-        return Err(bad());
-    };
-    let c = c.split('.').next().unwrap_or(c);
-    let named = |v: &str, p: char| {
-        v.strip_prefix(p)
-            .or_else(|| v.strip_prefix(p.to_ascii_lowercase()))
-            .map(str::to_string)
-    };
-    let t = match (named(l, 'L'), named(r, 'R'), named(c, 'C')) {
-        (Some(l), Some(r), Some(c)) => TileAddr::new(
-            l.parse().map_err(|_| bad())?,
-            u32::from_str_radix(&r, 16).map_err(|_| bad())?,
-            u32::from_str_radix(&c, 16).map_err(|_| bad())?,
-        ),
-        (None, None, None) => TileAddr::new(
-            l.parse().map_err(|_| bad())?,
-            r.parse().map_err(|_| bad())?,
-            c.parse().map_err(|_| bad())?,
-        ),
-        _ => return Err(bad()),
-    };
-    Ok(t)
-}
-
-fn parse_extent(s: &str) -> anyhow::Result<Envelope> {
-    let v: Vec<f64> = s
-        .split(',')
-        .map(|x| x.trim().parse::<f64>())
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|_| anyhow::anyhow!("--extent {s:?}: want XMIN,YMIN,XMAX,YMAX numbers"))?;
-    match v[..] {
-        [xmin, ymin, xmax, ymax] if xmin < xmax && ymin < ymax => Ok(Envelope {
-            xmin,
-            ymin,
-            xmax,
-            ymax,
-        }),
-        _ => bail!("--extent {s:?}: want XMIN,YMIN,XMAX,YMAX with XMIN < XMAX and YMIN < YMAX"),
-    }
-}
-
 fn progress_bar() -> ProgressBar {
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     bar.set_style(
@@ -385,91 +285,38 @@ fn progress_bar() -> ProgressBar {
     bar
 }
 
-/// Opens a cache folder for a command that changes it in place or serves it (`what`): a tile
-/// package is refused with the way to get a folder from it.
-fn open_folder(path: &Path, what: &str) -> anyhow::Result<Cache> {
-    refuse_package(path, what)?;
-    Ok(Cache::open(path)?)
-}
-
-/// Refuses a tile package where a command (`what`) needs a cache folder, naming the way to get
-/// one.
-pub(crate) fn refuse_package(path: &Path, what: &str) -> anyhow::Result<()> {
-    if path.is_file() && is_package(path) {
-        anyhow::bail!(
-            "{}: a tile package; {what} works on a cache folder. Make one with \
-             `bundlefs export {} DIR --storage compact-v2`",
-            path.display(),
-            path.display()
-        );
-    }
-    Ok(())
-}
-
-/// A source cache: a folder, or a package unpacked for the job.
-enum Source {
-    Folder(Cache),
-    Package(Unpacked),
-}
-
-impl Source {
-    fn open(path: &Path) -> anyhow::Result<Source> {
-        Ok(if is_package(path) {
-            Source::Package(open_package(path)?)
-        } else {
-            Source::Folder(Cache::open(path)?)
-        })
-    }
-    fn cache(&self) -> &Cache {
-        match self {
-            Source::Folder(c) => c,
-            Source::Package(p) => &p.cache,
-        }
-    }
-}
-
-fn parse_colour(s: &str) -> anyhow::Result<[u8; 3]> {
-    let t = s.trim().trim_start_matches('#');
-    let bad = || anyhow::anyhow!("--background {s:?}: want RRGGBB, #RRGGBB or R,G,B");
-    if t.contains(',') {
-        let v: Vec<u8> = t
-            .split(',')
-            .map(|p| p.trim().parse::<u8>())
-            .collect::<Result<_, _>>()
-            .map_err(|_| bad())?;
-        return <[u8; 3]>::try_from(v).map_err(|_| bad());
-    }
-    if t.len() != 6 || !t.is_ascii() {
-        return Err(bad());
-    }
-    let byte = |i: usize| u8::from_str_radix(&t[i..i + 2], 16).map_err(|_| bad());
-    Ok([byte(0)?, byte(2)?, byte(4)?])
-}
-
-fn job_options(a: &JobArgs, src: &Cache) -> anyhow::Result<JobOptions> {
+/// The job options of `a`, for source `c` (named `src`): `--levels` must name at least one level
+/// the source has (as `--scales` must name its scales), or the job would copy nothing and say
+/// "0 tiles".
+fn job_options(a: &JobArgs, c: &Cache, src: &Path) -> anyhow::Result<JobOptions> {
     let levels = match (&a.levels, &a.scales) {
         (_, Some(scales)) => LevelSelect::Scales(scales.clone()),
-        (Some(r), None) => LevelSelect::Range(*r),
+        (Some(r), None) => {
+            let have = c.levels()?;
+            if !have.iter().any(|l| r.contains(*l)) {
+                bail!(
+                    "--levels {}: {} has no level in that range; its levels are: {}",
+                    range_text(r),
+                    src.display(),
+                    levels_text(&have)
+                );
+            }
+            LevelSelect::Range(*r)
+        }
         (None, None) => LevelSelect::Range(LevelRange::ALL),
     };
-    let extent = a.extent.as_ref().map(|v| Envelope {
-        xmin: v[0],
-        ymin: v[1],
-        xmax: v[2],
-        ymax: v[3],
-    });
-    let extent = match (extent, a.extent_crs) {
+    let extent = match (a.extent, a.extent_crs) {
         (Some(e), Some(crs)) => Some(crate::jobs::selection::extent_in_cache(
             &e,
             crs,
-            src.scheme(),
+            c.scheme(),
         )?),
         (e, _) => e,
     };
     let aoi = a
         .aoi
         .as_deref()
-        .map(|p| Aoi::from_geojson_file(p, src.scheme()))
+        .map(|p| Aoi::from_geojson_file(p, c.scheme()))
         .transpose()?;
     if aoi.is_some() && extent.is_some() {
         eprintln!("bundlefs: both --aoi and --extent given: the area of interest wins");
@@ -479,15 +326,74 @@ fn job_options(a: &JobArgs, src: &Cache) -> anyhow::Result<JobOptions> {
         extent,
         aoi,
         mode: a.mode.into(),
-        background: a.background.as_deref().map(parse_colour).transpose()?,
+        background: a.background.map(|c| c.0),
         sync: !a.no_sync,
     };
-    crate::jobs::selection::check_selection_meets(src, &opts)?;
+    crate::jobs::selection::check_selection_meets(c, &opts)?;
     Ok(opts)
 }
 
-fn print_summary(verb: &str, s: &JobSummary, src: &Path, c: &Cache, dest: &Path, to: &str) {
-    println!(
+/// `--levels` of a render batch must name levels of the tiling scheme (the tiles need not exist:
+/// rendering makes them).
+fn check_levels_in_scheme(c: &Cache, path: &Path, r: &LevelRange) -> anyhow::Result<()> {
+    let Some(s) = c.scheme() else {
+        return Ok(()); // the renderer refuses a cache without conf.xml itself
+    };
+    let have: Vec<u8> = s.lods.iter().map(|l| l.level).collect();
+    if !have.iter().any(|l| r.contains(*l)) {
+        bail!(
+            "--levels {}: the tiling scheme of {} has no level in that range; its levels are: {}",
+            range_text(r),
+            path.display(),
+            levels_text(&have)
+        );
+    }
+    Ok(())
+}
+
+/// `5`, `0-7`, `3-` or `-4`, as typed.
+fn range_text(r: &LevelRange) -> String {
+    match (r.min, r.max) {
+        (a, b) if a == b => a.to_string(),
+        (a, u8::MAX) => format!("{a}-"),
+        (0, b) => format!("-{b}"),
+        (a, b) => format!("{a}-{b}"),
+    }
+}
+
+/// Levels as runs: `0-4, 7, 9-10`; `none` for none.
+fn levels_text(levels: &[u8]) -> String {
+    let mut runs: Vec<(u8, u8)> = Vec::new();
+    for &l in levels {
+        match runs.last_mut() {
+            Some((_, hi)) if u16::from(*hi) + 1 == u16::from(l) => *hi = l,
+            _ => runs.push((l, l)),
+        }
+    }
+    if runs.is_empty() {
+        return "none".into();
+    }
+    runs.iter()
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn print_summary(
+    verb: &str,
+    s: &JobSummary,
+    src: &Path,
+    c: &Cache,
+    dest: &Path,
+    to: &str,
+) -> anyhow::Result<()> {
+    outln!(
         "{verb} {} tiles ({} bytes, {} bundles) from {} ({}) to {} ({to}) in {:.2} s ({:.0} tiles/s)",
         s.tiles_written,
         s.bytes_written,
@@ -498,7 +404,7 @@ fn print_summary(verb: &str, s: &JobSummary, src: &Path, c: &Cache, dest: &Path,
         s.seconds,
         s.tiles_read as f64 / s.seconds.max(1e-9)
     );
-    println!(
+    outln!(
         "tiles read {} ({} bytes), written {} (copied {}, clipped {}, merged {}), unchanged {}, skipped {}",
         s.tiles_read,
         s.bytes_read,
@@ -509,6 +415,7 @@ fn print_summary(verb: &str, s: &JobSummary, src: &Path, c: &Cache, dest: &Path,
         s.tiles_unchanged,
         s.tiles_skipped
     );
+    Ok(())
 }
 
 /// Progress on stderr when it is a terminal (tiles/s and ETA), nothing otherwise.
@@ -578,7 +485,7 @@ fn build_scheme(
     Ok(s)
 }
 
-fn info(path: &std::path::Path, as_json: bool) -> anyhow::Result<ExitCode> {
+fn info_of(path: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
     let src = Source::open(path)?;
     let c = src.cache();
     let mut levels = Vec::new();
@@ -620,11 +527,11 @@ fn info(path: &std::path::Path, as_json: bool) -> anyhow::Result<ExitCode> {
             "total": {"bundles": total.bundles, "tiles": total.tiles, "tileBytes": total.tile_bytes,
                       "fileBytes": total.file_bytes, "deadBytes": total.dead_bytes},
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("cache:    {} ({kind})", shown.display());
-    println!("storage:  {}", c.storage());
+    outln!("cache:    {} ({kind})", shown.display());
+    outln!("storage:  {}", c.storage());
     match scheme {
         Some(s) => {
             let sr = match (s.wkid, s.latest_wkid) {
@@ -632,11 +539,15 @@ fn info(path: &std::path::Path, as_json: bool) -> anyhow::Result<ExitCode> {
                 (Some(a), _) => format!("WKID {a}"),
                 _ => "WKT only".to_string(),
             };
-            println!(
+            outln!(
                 "scheme:   {sr}, origin ({}, {}), {}x{} px, {} DPI",
-                s.origin_x, s.origin_y, s.tile_cols, s.tile_rows, s.dpi
+                s.origin_x,
+                s.origin_y,
+                s.tile_cols,
+                s.tile_rows,
+                s.dpi
             );
-            println!(
+            outln!(
                 "format:   {} (quality {})",
                 s.tile_format.name(),
                 s.compression_quality
@@ -645,20 +556,26 @@ fn info(path: &std::path::Path, as_json: bool) -> anyhow::Result<ExitCode> {
                 s.lods.first().map_or(0, |l| l.level),
                 s.lods.last().map_or(0, |l| l.level),
             );
-            println!("LODs:     {} (levels {lo}-{hi})", s.lods.len());
+            outln!("LODs:     {} (levels {lo}-{hi})", s.lods.len());
         }
-        None => println!("scheme:   none (no conf.xml)"),
+        None => outln!("scheme:   none (no conf.xml)"),
     }
     if let Some(e) = c.extent() {
-        println!("extent:   {} {} {} {}", e.xmin, e.ymin, e.xmax, e.ymax);
+        outln!("extent:   {} {} {} {}", e.xmin, e.ymin, e.xmax, e.ymax);
     }
-    println!(
+    outln!(
         "{:>5} {:>18} {:>14} {:>8} {:>10} {:>14} {:>12}",
-        "level", "scale", "resolution", "bundles", "tiles", "bytes", "dead bytes"
+        "level",
+        "scale",
+        "resolution",
+        "bundles",
+        "tiles",
+        "bytes",
+        "dead bytes"
     );
     for (l, s) in &levels {
         let lod = scheme.and_then(|sc| sc.lod(*l));
-        println!(
+        outln!(
             "{:>5} {:>18} {:>14} {:>8} {:>10} {:>14} {:>12}",
             l,
             lod.map_or("-".into(), |x| format!("{:.3}", x.scale)),
@@ -669,9 +586,15 @@ fn info(path: &std::path::Path, as_json: bool) -> anyhow::Result<ExitCode> {
             s.dead_bytes
         );
     }
-    println!(
+    outln!(
         "{:>5} {:>18} {:>14} {:>8} {:>10} {:>14} {:>12}",
-        "total", "", "", total.bundles, total.tiles, total.file_bytes, total.dead_bytes
+        "total",
+        "",
+        "",
+        total.bundles,
+        total.tiles,
+        total.file_bytes,
+        total.dead_bytes
     );
     Ok(ExitCode::SUCCESS)
 }

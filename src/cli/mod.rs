@@ -1,16 +1,26 @@
-//! The `bundlefs` command line: argument parsing (clap) and thin calls into the library.
+//! The `bundlefs` command line: one clap argument struct per command, used as parsed by the code
+//! that runs it (`commands` for the cache commands, `mount`/`unmount` for the file system), and
+//! one parser per kind of value (`format::values`) shared by every command.
 
 mod commands;
-pub mod mount;
+mod mount;
+mod output;
+mod registry;
+mod source;
+mod unmount;
 
+use std::ffi::OsString;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::format::conf::{StorageFormat, TileFormat};
+use crate::format::conf::{Envelope, StorageFormat, TileFormat};
 use crate::format::levels::LevelRange;
 use crate::format::pixels::ImportMode;
+use crate::format::values::{ByteSize, Rgb, Seconds, Share};
+use crate::format::TileAddr;
 use crate::jobs::engine::Target;
 
 /// Mount and convert Esri ArcGIS compact tile caches (Compact V1/V2, exploded).
@@ -66,44 +76,6 @@ impl From<ModeArg> for ImportMode {
     }
 }
 
-/// What to take from SRC and how to write it (shared by export and import).
-#[derive(Debug, Clone, clap::Args)]
-pub struct JobArgs {
-    /// Only these levels, e.g. 0-7 (default: all).
-    #[arg(long, conflicts_with = "scales")]
-    pub levels: Option<LevelRange>,
-    /// Only the levels at these map scales, e.g. 577790.554289,288895.277144.
-    #[arg(long, value_delimiter = ',', num_args = 1..)]
-    pub scales: Option<Vec<f64>>,
-    /// Only tiles intersecting xmin,ymin,xmax,ymax (in SRC's spatial reference).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        num_args = 4,
-        allow_negative_numbers = true,
-        value_name = "XMIN,YMIN,XMAX,YMAX"
-    )]
-    pub extent: Option<Vec<f64>>,
-    /// The spatial reference --extent is in, as an EPSG code (e.g. 4326 for longitude/latitude
-    /// degrees); default: SRC's own.
-    #[arg(long, value_name = "EPSG", requires = "extent")]
-    pub extent_crs: Option<u32>,
-    /// Clip to this GeoJSON polygon/multipolygon, in the CRS its "crs" member names (WGS 84
-    /// longitude/latitude when none, as RFC 7946 says); carried into SRC's spatial reference;
-    /// wins over --extent.
-    #[arg(long, value_name = "FILE")]
-    pub aoi: Option<PathBuf>,
-    /// Merge into or overwrite tiles DEST already has.
-    #[arg(long, value_enum, default_value = "merge")]
-    pub mode: ModeArg,
-    /// Colour of clipped-away pixels in JPEG tiles: RRGGBB, #RRGGBB or R,G,B (default white).
-    #[arg(long, value_name = "COLOUR")]
-    pub background: Option<String>,
-    /// Skip the final flush to disk (faster; for scratch copies).
-    #[arg(long)]
-    pub no_sync: bool,
-}
-
 /// Tile image formats (conf.xml CacheTileFormat).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 #[value(rename_all = "UPPER")]
@@ -132,160 +104,347 @@ impl From<FormatArg> for TileFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Show a cache's tiling scheme, storage and per-level bundles, tiles, bytes and dead bytes.
-    Info {
-        /// Cache folder (or its conf.xml).
-        cache: PathBuf,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    Info(InfoArgs),
     /// Check every bundle index entry (inside the file, sizes sane); exit 1 naming each bad one.
-    Verify {
-        cache: PathBuf,
-        /// Also decode every tile image.
-        #[arg(long)]
-        decode: bool,
-    },
+    Verify(VerifyArgs),
     /// Create an empty ArcGIS-layout Compact V2 cache.
-    Create {
-        /// Folder to create.
-        dir: PathBuf,
-        /// `web-mercator` or a conf.xml file whose tiling scheme to use.
-        #[arg(long, default_value = "web-mercator")]
-        scheme: String,
-        /// Levels to include, e.g. 0-19.
-        #[arg(long, default_value = "0-19")]
-        levels: LevelRange,
-        /// Tile image format.
-        #[arg(long, value_enum, default_value = "PNG")]
-        format: FormatArg,
-    },
+    Create(CreateArgs),
     /// Export tiles of a cache (or .tpkx/.tpk) to a cache folder or a .tpkx, in any storage format.
-    Export {
-        /// Source cache folder, conf.xml, .tpkx or .tpk.
-        src: PathBuf,
-        /// Destination folder (a .tpkx file with --storage tpkx).
-        dest: PathBuf,
-        /// Target storage: exploded, compact-v1, compact-v2, tpkx (ArcGIS names EXPLODED, COMPACT,
-        /// COMPACT_V2, TILE_PACKAGE).
-        #[arg(long, value_enum)]
-        storage: StorageArg,
-        #[command(flatten)]
-        job: JobArgs,
-    },
+    Export(ExportArgs),
     /// Import tiles of a cache (or .tpkx/.tpk) into an existing cache with the same tiling scheme.
-    Import {
-        /// Source cache folder, conf.xml, .tpkx or .tpk.
-        src: PathBuf,
-        /// Existing destination cache folder (or .tpkx).
-        dest: PathBuf,
-        #[command(flatten)]
-        job: JobArgs,
-    },
+    Import(ImportArgs),
     /// Mount a cache as an exploded tree (read-only, or -o rw to write tiles back); foreground
-    /// unless --daemon.
-    Mount {
-        /// Cache folder (or its conf.xml).
-        cache: PathBuf,
-        /// Empty directory to mount on.
-        mountpoint: PathBuf,
-        /// Mount options, comma separated: ro (default), rw, allow_other, allow_root, default_permissions (fstab words ignored).
-        #[arg(short = 'o', value_name = "OPTS")]
-        options: Vec<String>,
-        /// Return once the mount is live and keep serving in the background (prints the daemon's pid).
-        #[arg(long)]
-        daemon: bool,
-        /// Seconds the kernel may cache names and attributes.
-        #[arg(long, default_value_t = 3600.0)]
-        ttl: f64,
-        /// Session threads serving the kernel.
-        #[arg(long, default_value_t = 2)]
-        threads: usize,
-        /// Seconds between checks for bundles changed by other writers.
-        #[arg(long, default_value_t = 1.0)]
-        recheck: f64,
-        /// With --daemon: append the daemon's log (RUST_LOG levels) to this file.
-        #[arg(long)]
-        log_file: Option<PathBuf>,
-        /// Writable mounts (-o rw): memory for tiles waiting to be flushed into bundles.
-        #[arg(long, default_value = "256M", value_parser = mount::parse_size)]
-        write_buffer: usize,
-        /// Writable mounts: a tile written over a stored one replaces it (overwrite) or is drawn
-        /// over it, its transparent pixels keeping the old tile's (merge).
-        #[arg(long, default_value = "overwrite")]
-        import_mode: crate::cache::commit::ImportMode,
-        /// Writable mounts: seconds without writes to a bundle after which its buffered tiles are
-        /// flushed (at once for a bundle holding 1/8 of --write-buffer, 1-16 MiB, or holding a
-        /// tile for 30 s).
-        #[arg(long, default_value_t = 2.0)]
-        flush_idle: f64,
-        /// Render tiles the bundles lack when opened: arcgis:URL, wms:URL, resample or label
-        /// (see `bundlefs render --help` and README "Rendering").
-        #[arg(long)]
-        source: Option<String>,
-        /// Store rendered tiles in the bundles (through the write buffer).
-        #[arg(long)]
-        keep_rendered: bool,
-        /// Seconds allowed for one request to the source.
-        #[arg(long, default_value_t = 30.0)]
-        render_timeout: f64,
-        /// Renders running at once.
-        #[arg(long, default_value_t = 4)]
-        render_jobs: usize,
-        /// HTTP proxy URL for the source, or "env" for HTTP_PROXY/HTTPS_PROXY/NO_PROXY (default: none).
-        #[arg(long)]
-        proxy: Option<String>,
-        /// With --source: listings of these levels (e.g. 0-6) also show renderable tiles not
-        /// stored yet (a level may hold at most 4,194,304 of them).
-        #[arg(long)]
-        list_renderable: Option<LevelRange>,
-    },
+    /// unless --daemon. Stop it with `bundlefs unmount MOUNTPOINT`.
+    Mount(MountArgs),
+    /// Unmount a bundlefs mount and wait until its daemon has flushed every written tile into the
+    /// bundles and exited; exit non-zero with the reason if a flush failed.
+    #[command(alias = "umount")]
+    Unmount(UnmountArgs),
     /// Rewrite Compact V2 bundles whose dead space (overwritten/deleted tiles) reaches a threshold.
-    Compact {
-        cache: PathBuf,
-        /// Minimum dead share of a bundle to rewrite it, e.g. 20% or 0.2.
-        #[arg(long, default_value = "20%")]
-        min_dead: String,
-    },
+    Compact(CompactArgs),
     /// Render tiles the cache lacks from a source: the renderable tiles of some levels (like
     /// seeding), or one tile with --tile.
     Render(RenderArgs),
     /// Write a small Compact V2 sample cache with labelled tiles drawn by bundlefs.
-    Sample {
-        dir: PathBuf,
-        /// Levels to fill (each level has 4^level tiles).
-        #[arg(long, default_value = "0-4")]
-        levels: LevelRange,
-        #[arg(long, value_enum, default_value = "PNG")]
-        format: FormatArg,
-    },
+    Sample(SampleArgs),
 }
 
-/// Parses arguments, runs the command, maps errors to a message and exit code.
+/// Arguments of `bundlefs info`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InfoArgs {
+    /// Cache folder, its conf.xml, or a .tpkx/.tpk tile package.
+    pub cache: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `bundlefs verify`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VerifyArgs {
+    /// Cache folder, its conf.xml, or a .tpkx/.tpk tile package to check.
+    pub cache: PathBuf,
+    /// Also decode every tile image (slower; finds damaged PNG/JPEG data).
+    #[arg(long)]
+    pub decode: bool,
+}
+
+/// Arguments of `bundlefs create`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CreateArgs {
+    /// Folder to create (it must not hold a cache yet).
+    pub dir: PathBuf,
+    /// Tiling scheme: `web-mercator`, or a conf.xml file whose tiling scheme to use.
+    #[arg(
+        long,
+        default_value = "web-mercator",
+        value_name = "web-mercator|CONF_XML"
+    )]
+    pub scheme: String,
+    /// Levels to include, e.g. 0-19.
+    #[arg(long, default_value = "0-19", value_name = "A-B")]
+    pub levels: LevelRange,
+    /// Tile image format.
+    #[arg(long, value_enum, default_value = "PNG")]
+    pub format: FormatArg,
+}
+
+/// What to take from SRC and how to write it (shared by export and import).
+#[derive(Debug, Clone, clap::Args)]
+pub struct JobArgs {
+    /// Only these levels, e.g. 0-7, 5, 3- or -4 (default: all); levels SRC lacks are an error.
+    #[arg(long, conflicts_with = "scales", value_name = "A-B")]
+    pub levels: Option<LevelRange>,
+    /// Only the levels at these map scales, e.g. 577790.554289,288895.277144.
+    #[arg(long, value_delimiter = ',', num_args = 1.., value_name = "SCALE,...")]
+    pub scales: Option<Vec<f64>>,
+    /// Only tiles intersecting this box, in SRC's spatial reference: one argument
+    /// XMIN,YMIN,XMAX,YMAX (negative numbers allowed, e.g. -180,-90,180,90).
+    #[arg(long, allow_hyphen_values = true, value_name = "XMIN,YMIN,XMAX,YMAX")]
+    pub extent: Option<Envelope>,
+    /// The spatial reference --extent is in, as an EPSG code (e.g. 4326 for longitude/latitude
+    /// degrees); default: SRC's own.
+    #[arg(long, value_name = "EPSG", requires = "extent")]
+    pub extent_crs: Option<u32>,
+    /// Clip to this GeoJSON polygon/multipolygon, in the CRS its "crs" member names (WGS 84
+    /// longitude/latitude when none, as RFC 7946 says); carried into SRC's spatial reference;
+    /// wins over --extent.
+    #[arg(long, value_name = "FILE")]
+    pub aoi: Option<PathBuf>,
+    /// Merge into or overwrite tiles DEST already has.
+    #[arg(long, value_enum, default_value = "merge")]
+    pub mode: ModeArg,
+    /// Colour of clipped-away pixels in JPEG tiles: RRGGBB, #RRGGBB or R,G,B (default white).
+    #[arg(long, value_name = "COLOUR")]
+    pub background: Option<Rgb>,
+    /// Skip the final flush to disk (faster; for scratch copies).
+    #[arg(long)]
+    pub no_sync: bool,
+}
+
+/// Arguments of `bundlefs export`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExportArgs {
+    /// Source cache folder, conf.xml, .tpkx or .tpk.
+    pub src: PathBuf,
+    /// Destination folder (a .tpkx file with --storage tpkx).
+    pub dest: PathBuf,
+    /// Target storage: exploded, compact-v1, compact-v2, tpkx (ArcGIS names EXPLODED, COMPACT,
+    /// COMPACT_V2, TILE_PACKAGE).
+    #[arg(long, value_enum)]
+    pub storage: StorageArg,
+    #[command(flatten)]
+    pub job: JobArgs,
+}
+
+/// Arguments of `bundlefs import`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ImportArgs {
+    /// Source cache folder, conf.xml, .tpkx or .tpk.
+    pub src: PathBuf,
+    /// Existing destination cache folder (or .tpkx).
+    pub dest: PathBuf,
+    #[command(flatten)]
+    pub job: JobArgs,
+}
+
+/// Arguments of `bundlefs mount`; `--daemon` re-runs the program with these same arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MountArgs {
+    /// Cache folder (or its conf.xml).
+    pub cache: PathBuf,
+    /// Empty directory to mount on.
+    pub mountpoint: PathBuf,
+    /// Mount options, comma separated: ro (default), rw, allow_other, allow_root,
+    /// default_permissions, nonempty (mount over a folder that holds files, hiding them);
+    /// fstab words ignored.
+    #[arg(short = 'o', value_name = "OPTS")]
+    pub options: Vec<String>,
+    /// Return once the mount is live and keep serving in the background (prints the daemon's
+    /// pid).
+    #[arg(long)]
+    pub daemon: bool,
+    /// Seconds the kernel may cache names and attributes.
+    #[arg(long, default_value = "3600", value_name = "SECONDS")]
+    pub ttl: Seconds,
+    /// Session threads serving the kernel.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub threads: usize,
+    /// Seconds between checks for bundles changed by other writers.
+    #[arg(long, default_value = "1", value_name = "SECONDS")]
+    pub recheck: Seconds,
+    /// With --daemon: append the daemon's log (RUST_LOG levels, no colour codes) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+    /// Writable mounts (-o rw): memory for tiles waiting to be flushed into bundles, e.g. 256M,
+    /// 1G (units k, M, G).
+    #[arg(long, default_value = "256M", value_name = "SIZE")]
+    pub write_buffer: ByteSize,
+    /// Writable mounts: a tile written over a stored one replaces it (overwrite) or is drawn
+    /// over it, its transparent pixels keeping the old tile's (merge).
+    #[arg(long, default_value = "overwrite", value_name = "overwrite|merge")]
+    pub import_mode: ImportMode,
+    /// Writable mounts: seconds without writes to a bundle after which its buffered tiles are
+    /// flushed (at once for a bundle holding 1/8 of --write-buffer, 1-16 MiB, or holding a
+    /// tile for 30 s).
+    #[arg(long, default_value = "2", value_name = "SECONDS")]
+    pub flush_idle: Seconds,
+    /// Render tiles the bundles lack when opened: arcgis:URL, wms:URL, resample or label
+    /// (see `bundlefs render --help` and README "Rendering").
+    #[arg(long, value_name = "SPEC")]
+    pub source: Option<String>,
+    /// Store rendered tiles in the bundles (through the write buffer).
+    #[arg(long)]
+    pub keep_rendered: bool,
+    /// Seconds allowed for one request to the source.
+    #[arg(long, default_value = "30", value_name = "SECONDS")]
+    pub render_timeout: Seconds,
+    /// Renders running at once.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub render_jobs: usize,
+    /// HTTP proxy URL for the source, or "env" for HTTP_PROXY/HTTPS_PROXY/NO_PROXY (default: none).
+    #[arg(long, value_name = "URL|env")]
+    pub proxy: Option<String>,
+    /// With --source: listings of these levels (e.g. 0-6) also show renderable tiles not
+    /// stored yet (a level may hold at most 4,194,304 of them).
+    #[arg(long, value_name = "A-B")]
+    pub list_renderable: Option<LevelRange>,
+}
+
+/// Arguments of `bundlefs unmount` (also `bundlefs umount`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct UnmountArgs {
+    /// Folder a bundlefs mount is on.
+    pub mountpoint: PathBuf,
+    /// Give up waiting for the daemon's flush after this many seconds (exit 1; the daemon goes
+    /// on flushing). Default: wait as long as it takes.
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<Seconds>,
+}
+
+/// Arguments of `bundlefs compact`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CompactArgs {
+    /// Cache folder (Compact V2 bundles are rewritten in place; other storages have no dead space).
+    pub cache: PathBuf,
+    /// Minimum dead share of a bundle to rewrite it, e.g. 20% or 0.2.
+    #[arg(long, default_value = "20%", value_name = "SHARE")]
+    pub min_dead: Share,
+}
+
+/// Arguments of `bundlefs render`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RenderArgs {
+    /// Cache folder (or its conf.xml); it must have a conf.xml.
+    pub cache: PathBuf,
+    /// Where tiles come from: arcgis:URL, wms:URL (GetMap parameters in the query, LAYERS
+    /// required; #axis=xy|yx to override the 1.3.0 axis rule), resample or label.
+    #[arg(long, value_name = "SPEC")]
+    pub source: String,
+    /// Levels to render, e.g. 0-5 (not with --tile); levels the tiling scheme lacks are an error.
+    #[arg(long, conflicts_with = "tile", value_name = "A-B")]
+    pub levels: Option<LevelRange>,
+    /// Only tiles touching this box, in the map units of conf.xml: one argument
+    /// XMIN,YMIN,XMAX,YMAX (negative numbers allowed); default: the cache extent.
+    #[arg(
+        long,
+        allow_hyphen_values = true,
+        conflicts_with = "tile",
+        value_name = "XMIN,YMIN,XMAX,YMAX"
+    )]
+    pub extent: Option<Envelope>,
+    /// The spatial reference --extent is in, as an EPSG code (e.g. 4326); default: the cache's.
+    #[arg(long, value_name = "EPSG", requires = "extent")]
+    pub extent_crs: Option<u32>,
+    /// One tile, as L/R/C (decimal) or Lnn/Rxxxxxxxx/Cxxxxxxxx (hex as in exploded caches).
+    #[arg(long, value_name = "L/R/C")]
+    pub tile: Option<TileAddr>,
+    /// With --tile: write the tile's bytes to this file ("-" for standard output).
+    #[arg(short = 'o', long, requires = "tile", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Store rendered tiles in the cache's bundles.
+    #[arg(long)]
+    pub keep: bool,
+    /// Also render tiles the cache already holds (default: skip them).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Renders at once.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub jobs: usize,
+    /// Seconds allowed for one request to the source (more than 0).
+    #[arg(long, default_value = "30", value_name = "SECONDS")]
+    pub timeout: Seconds,
+    /// Further attempts after a timeout, HTTP 5xx/429 or dropped connection.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub retries: u32,
+    /// HTTP proxy URL, or "env" for HTTP_PROXY/HTTPS_PROXY/NO_PROXY (default: no proxy).
+    #[arg(long, value_name = "URL|env")]
+    pub proxy: Option<String>,
+    /// Refuse to start a batch of more tiles than this.
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    pub max_tiles: u64,
+}
+
+/// Arguments of `bundlefs sample`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SampleArgs {
+    /// Folder to write the sample cache into (created).
+    pub dir: PathBuf,
+    /// Levels to fill, 0 to 10 (each level has 4^level tiles).
+    #[arg(long, default_value = "0-4", value_name = "A-B")]
+    pub levels: LevelRange,
+    /// Tile image format (one of PNG…/JPEG; not MIXED).
+    #[arg(long, value_enum, default_value = "PNG")]
+    pub format: FormatArg,
+}
+
+/// Parses arguments, runs the command, maps errors to a message and exit code: 2 with the
+/// error on one line; quietly 141 when standard output was closed by its reader.
 pub fn main() -> ExitCode {
-    let argv: Vec<String> = std::env::args().collect();
+    let argv: Vec<OsString> = std::env::args_os().collect();
     let invoked_as = argv
         .first()
-        .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())
+        .map(|a| {
+            let a = a.to_string_lossy();
+            a.rsplit('/').next().unwrap_or(&a).to_string()
+        })
         .unwrap_or_default();
     let cli = if invoked_as.starts_with("mount.") {
         Cli::parse_from(mount::helper_args(&argv))
     } else {
-        Cli::parse()
+        Cli::parse_from(join_extent_values(argv))
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fuser::session=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: a daemon's --log-file is plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
-    match commands::run(cli.command) {
+    let res = match cli.command {
+        Command::Info(a) => commands::info(&a),
+        Command::Verify(a) => commands::verify(&a),
+        Command::Create(a) => commands::create(&a),
+        Command::Export(a) => commands::export(&a),
+        Command::Import(a) => commands::import(&a),
+        Command::Mount(a) => mount::run(a),
+        Command::Unmount(a) => unmount::run(&a),
+        Command::Compact(a) => commands::compact(&a),
+        Command::Render(a) => commands::render(&a),
+        Command::Sample(a) => commands::sample(&a),
+    };
+    match res {
         Ok(code) => code,
+        Err(e) if output::is_closed(&e) => ExitCode::from(output::CLOSED_STATUS),
         Err(e) => {
-            eprintln!("bundlefs: error: {}", error_text(&e));
+            let _ = writeln!(std::io::stderr(), "bundlefs: error: {}", error_text(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// Earlier versions took `--extent XMIN YMIN XMAX YMAX` as four arguments (export, import): those
+/// four are joined into the one-argument form `XMIN,YMIN,XMAX,YMAX` before parsing. Only four
+/// numbers in a row are joined, so a path after `--extent A,B,C,D` is never taken for a number.
+fn join_extent_values(argv: Vec<OsString>) -> Vec<OsString> {
+    let mut out = Vec::with_capacity(argv.len());
+    let mut i = 0;
+    while i < argv.len() {
+        out.push(argv[i].clone());
+        let number = |a: &OsString| a.to_str().is_some_and(|s| s.trim().parse::<f64>().is_ok());
+        if argv[i] == "--extent" && argv.len() > i + 4 && argv[i + 1..i + 5].iter().all(number) {
+            let joined: Vec<&str> = argv[i + 1..i + 5]
+                .iter()
+                .filter_map(|a| a.to_str())
+                .collect();
+            out.push(joined.join(",").into());
+            i += 5;
+            continue;
+        }
+        i += 1;
+    }
+    out
 }
 
 /// An error and its causes on one line, each cause once: our errors already name their cause
@@ -305,56 +464,9 @@ pub(crate) fn error_text(e: &anyhow::Error) -> String {
     out
 }
 
-/// Arguments of `bundlefs render`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct RenderArgs {
-    /// Cache folder (or its conf.xml); it must have a conf.xml.
-    pub cache: PathBuf,
-    /// Where tiles come from: arcgis:URL, wms:URL (GetMap parameters in the query, LAYERS
-    /// required; #axis=xy|yx to override the 1.3.0 axis rule), resample or label.
-    #[arg(long)]
-    pub source: String,
-    /// Levels to render, e.g. 0-5 (not with --tile).
-    #[arg(long, conflicts_with = "tile")]
-    pub levels: Option<LevelRange>,
-    /// Only tiles touching XMIN,YMIN,XMAX,YMAX (map units of conf.xml); default: the cache extent.
-    #[arg(long, allow_hyphen_values = true, conflicts_with = "tile")]
-    pub extent: Option<String>,
-    /// The spatial reference --extent is in, as an EPSG code (e.g. 4326); default: the cache's.
-    #[arg(long, value_name = "EPSG", requires = "extent")]
-    pub extent_crs: Option<u32>,
-    /// One tile, as L/R/C (decimal) or Lnn/Rxxxxxxxx/Cxxxxxxxx (hex as in exploded caches).
-    #[arg(long)]
-    pub tile: Option<String>,
-    /// With --tile: write the tile's bytes to this file ("-" for standard output).
-    #[arg(short = 'o', long, requires = "tile")]
-    pub output: Option<PathBuf>,
-    /// Store rendered tiles in the cache's bundles.
-    #[arg(long)]
-    pub keep: bool,
-    /// Also render tiles the cache already holds (default: skip them).
-    #[arg(long)]
-    pub overwrite: bool,
-    /// Renders at once.
-    #[arg(long, default_value_t = 4)]
-    pub jobs: usize,
-    /// Seconds allowed for one request to the source.
-    #[arg(long, default_value_t = 30.0)]
-    pub timeout: f64,
-    /// Further attempts after a timeout, HTTP 5xx/429 or dropped connection.
-    #[arg(long, default_value_t = 2)]
-    pub retries: u32,
-    /// HTTP proxy URL, or "env" for HTTP_PROXY/HTTPS_PROXY/NO_PROXY (default: no proxy).
-    #[arg(long)]
-    pub proxy: Option<String>,
-    /// Refuse to start a batch of more tiles than this.
-    #[arg(long, default_value_t = 100_000)]
-    pub max_tiles: u64,
-}
-
 #[cfg(test)]
 mod tests {
-    use super::error_text;
+    use super::*;
 
     #[test]
     fn causes_already_named_are_not_repeated() {
@@ -369,5 +481,180 @@ mod tests {
         // A cause that adds something is kept.
         let e = anyhow::anyhow!("inner detail").context("outer");
         assert_eq!(error_text(&e), "outer: inner detail");
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        let argv: Vec<OsString> = args.iter().map(OsString::from).collect();
+        Cli::try_parse_from(join_extent_values(argv))
+    }
+
+    fn job_extent(c: Cli) -> Envelope {
+        match c.command {
+            Command::Export(a) => a.job.extent.unwrap(),
+            Command::Import(a) => a.job.extent.unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn extent_in_every_form_and_place() {
+        let want = Envelope {
+            xmin: -180.0,
+            ymin: -90.0,
+            xmax: 180.0,
+            ymax: 90.0,
+        };
+        for argv in [
+            &[
+                "bundlefs",
+                "export",
+                "s",
+                "d",
+                "--storage",
+                "exploded",
+                "--extent",
+                "-180,-90,180,90",
+            ][..],
+            &[
+                "bundlefs",
+                "export",
+                "--extent",
+                "-180,-90,180,90",
+                "s",
+                "d",
+                "--storage",
+                "exploded",
+            ],
+            &[
+                "bundlefs",
+                "export",
+                "s",
+                "d",
+                "--storage",
+                "exploded",
+                "--extent=-180,-90,180,90",
+            ],
+            &[
+                "bundlefs",
+                "export",
+                "s",
+                "d",
+                "--storage",
+                "exploded",
+                "--extent",
+                "-180",
+                "-90",
+                "180",
+                "90",
+            ],
+            &[
+                "bundlefs", "import", "--extent", "-180", "-90", "180", "90", "s", "d",
+            ],
+            &[
+                "bundlefs",
+                "import",
+                "s",
+                "d",
+                "--extent",
+                "-180 -90 180 90",
+            ],
+        ] {
+            let c = parse(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            assert_eq!(job_extent(c), want, "{argv:?}");
+        }
+        let c = parse(&[
+            "bundlefs",
+            "render",
+            "c",
+            "--source",
+            "label",
+            "--levels",
+            "0-2",
+            "--extent",
+            "-1,-2,3,4",
+        ])
+        .unwrap();
+        let Command::Render(r) = c.command else {
+            panic!()
+        };
+        assert_eq!(r.extent.map(|e| (e.xmin, e.ymax)), Some((-1.0, 4.0)));
+        // Three numbers and a path: not joined, and refused naming the form wanted.
+        let e = parse(&["bundlefs", "import", "s", "d", "--extent", "1,2,3"]).unwrap_err();
+        assert!(e.to_string().contains("XMIN,YMIN,XMAX,YMAX"), "{e}");
+    }
+
+    #[test]
+    fn values_parse_once_for_every_command() {
+        let c = parse(&[
+            "bundlefs",
+            "render",
+            "c",
+            "--source",
+            "label",
+            "--tile",
+            "L03/R00000002/C0000000a",
+        ])
+        .unwrap();
+        let Command::Render(r) = c.command else {
+            panic!()
+        };
+        assert_eq!(r.tile, Some(TileAddr::new(3, 2, 10)));
+        let c = parse(&[
+            "bundlefs",
+            "mount",
+            "c",
+            "m",
+            "--write-buffer",
+            "64M",
+            "--ttl",
+            "0.5",
+        ])
+        .unwrap();
+        let Command::Mount(m) = c.command else {
+            panic!()
+        };
+        assert_eq!(m.write_buffer, ByteSize(64 << 20));
+        assert_eq!(m.ttl.0, std::time::Duration::from_millis(500));
+        assert!(parse(&["bundlefs", "mount", "c", "m", "--ttl", "-1"]).is_err());
+        let e = parse(&[
+            "bundlefs",
+            "export",
+            "s",
+            "d",
+            "--storage",
+            "exploded",
+            "--background",
+            "zz",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("RRGGBB"), "{e}");
+        let c = parse(&["bundlefs", "compact", "c", "--min-dead", "35%"]).unwrap();
+        let Command::Compact(a) = c.command else {
+            panic!()
+        };
+        assert_eq!(a.min_dead, Share(0.35));
+        let c = parse(&["bundlefs", "umount", "/m"]).unwrap();
+        assert!(matches!(c.command, Command::Unmount(_)));
+    }
+
+    /// Every argument of every command says what it takes.
+    #[test]
+    fn every_argument_has_help() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        for sub in cmd.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                assert!(
+                    arg.get_help()
+                        .is_some_and(|h| !h.to_string().trim().is_empty()),
+                    "bundlefs {} {id}: no help",
+                    sub.get_name()
+                );
+            }
+        }
     }
 }

@@ -1,8 +1,10 @@
-//! `bundlefs mount`: option parsing (`-o` as from mount(8)/fstab), daemonising only once the mount is
-//! live, signal handling (SIGINT/SIGTERM/SIGHUP unmount cleanly) and the session itself.
+//! `bundlefs mount`: option parsing (`-o` as from mount(8)/fstab), refusals of a mount point that
+//! is taken, daemonising only once the mount is live (`--daemon` re-runs this program with its
+//! own arguments), signal handling (SIGINT/SIGTERM/SIGHUP unmount cleanly), the session itself,
+//! and the record `bundlefs unmount` waits on (`registry`).
 
-use std::io::Write;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::ffi::OsString;
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -11,9 +13,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use fuser::{Config, MountOption, SessionACL};
+use nix::sys::signal::{SigSet, Signal};
 
+use super::registry::{self, Record, Status};
+use super::source::refuse_package;
+use super::MountArgs;
 use crate::cache::buffer::WriteBuffer;
-use crate::cache::commit::ImportMode;
 use crate::cache::{Cache, CacheOptions};
 use crate::fs::fuse::{watch_changes, FuseFs, FuseOptions};
 use crate::fs::TreeFs;
@@ -21,58 +26,14 @@ use crate::render::http::HttpOptions;
 use crate::render::renderer::{Keep, RenderOptions, Renderer};
 use crate::render::spec::SourceSpec;
 
-/// Parsed mount settings.
-#[derive(Debug, Clone)]
-pub struct MountArgs {
-    pub cache: PathBuf,
-    pub mountpoint: PathBuf,
-    pub options: Vec<String>,
-    pub daemon: bool,
-    pub ttl: Duration,
-    pub threads: usize,
-    pub recheck: Duration,
-    /// Where a daemon writes its log (default: nowhere, so no terminal stays attached).
-    pub log_file: Option<PathBuf>,
-    /// Write buffer budget in bytes (writable mounts).
-    pub write_buffer: usize,
-    pub import_mode: ImportMode,
-    /// Flush the write buffer after writes have been idle this long.
-    pub flush_idle: Duration,
-    /// `--source`: render tiles the bundles lack.
-    pub source: Option<String>,
-    pub keep_rendered: bool,
-    pub render_timeout: Duration,
-    pub render_jobs: usize,
-    pub proxy: Option<String>,
-    /// Levels whose listings show renderable names too.
-    pub list_renderable: Option<crate::format::levels::LevelRange>,
-}
-
-/// Parses a byte size: `256M`, `64MiB`, `1G`, `512k`, `1048576`.
-pub fn parse_size(s: &str) -> Result<usize, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: usize = num
-        .parse()
-        .map_err(|_| format!("{s:?}: want a size like 256M"))?;
-    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        u => return Err(format!("{s:?}: unknown unit {u:?} (k, M, G)")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?}: too large"))
-}
-
 /// What `-o` said.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ParsedOptions {
     pub read_only: bool,
     pub acl: Acl,
     pub default_permissions: bool,
+    /// Mount over a folder that holds files (hiding them while mounted).
+    pub nonempty: bool,
     pub passthrough: Vec<String>,
 }
 
@@ -102,12 +63,13 @@ pub fn parse_options(opts: &[String]) -> anyhow::Result<ParsedOptions> {
             "allow_other" => p.acl = Acl::All,
             "allow_root" => p.acl = Acl::RootAndOwner,
             "default_permissions" => p.default_permissions = true,
+            "nonempty" => p.nonempty = true,
             "defaults" | "auto" | "noauto" | "user" | "users" | "nouser" | "_netdev" | "nofail" | "owner"
             | "comment" => {}
             w if w.starts_with("x-") || w.starts_with("comment=") => {}
             "exec" | "noexec" | "suid" | "nosuid" | "dev" | "nodev" | "atime" | "noatime" | "sync" | "async"
             | "dirsync" => p.passthrough.push(word.to_string()),
-            w => bail!("-o {w}: unknown mount option (known: ro, rw, allow_other, allow_root, default_permissions)"),
+            w => bail!("-o {w}: unknown mount option (known: ro, rw, allow_other, allow_root, default_permissions, nonempty)"),
         }
     }
     // A mount others may enter gets the kernel's permission checks against the modes shown
@@ -135,49 +97,74 @@ fn mount_option(word: &str) -> MountOption {
     }
 }
 
-const READY_FD_ENV: &str = "BUNDLEFS_READY_FD";
+/// Set in the environment of the daemon `--daemon` starts: its standard output is a pipe to the
+/// starting process, which reads one line, `ok` once the mount is live or the error.
+const DAEMON_CHILD_ENV: &str = "BUNDLEFS_DAEMON_CHILD";
 
 /// Runs the mount: in the foreground, or (`--daemon`) in a child that reports back once live.
-pub fn run(args: MountArgs) -> anyhow::Result<ExitCode> {
+pub fn run(mut args: MountArgs) -> anyhow::Result<ExitCode> {
     let parsed = parse_options(&args.options)?;
-    if args.daemon && std::env::var_os(READY_FD_ENV).is_none() {
-        return daemonize(&args);
+    // The struct holds absolute paths from here on (a daemon serves from `/`).
+    args.cache = abs(&args.cache)?;
+    args.mountpoint = abs(&args.mountpoint)?;
+    let child = std::env::var_os(DAEMON_CHILD_ENV).is_some();
+    if args.daemon && !child {
+        return daemonize(&args, &parsed);
     }
-    let ready = match std::env::var(READY_FD_ENV) {
-        Ok(fd) => {
-            let fd: i32 = fd.parse().context("bad BUNDLEFS_READY_FD")?;
-            std::env::remove_var(READY_FD_ENV);
-            // SAFETY: the parent passed us this descriptor for exactly this purpose.
-            Some(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+    if child {
+        std::env::remove_var(DAEMON_CHILD_ENV);
+        // Out of the starting terminal's session: its hangup or Ctrl-C is not ours.
+        nix::unistd::setsid().context("setsid")?;
+        std::env::set_current_dir("/").context("chdir /")?;
+    }
+    let result = serve(&args, &parsed, child);
+    if let Err(e) = &result {
+        if child {
+            // Still the pipe if the mount never went live; /dev/null afterwards.
+            let _ = writeln!(std::io::stdout(), "error: {}", super::error_text(e));
         }
-        Err(_) => None,
-    };
-    let result = serve(&args, &parsed, ready.as_ref());
-    if let (Err(e), Some(mut r)) = (&result, ready.as_ref()) {
-        let _ = writeln!(r, "error: {}", super::error_text(e));
     }
     result
 }
 
-fn serve(
-    args: &MountArgs,
-    parsed: &ParsedOptions,
-    ready: Option<&std::fs::File>,
-) -> anyhow::Result<ExitCode> {
-    super::commands::refuse_package(&args.cache, "mount")?;
+/// What is mounted where and how to stop it, for the person who started it.
+fn describe(args: &MountArgs, parsed: &ParsedOptions) -> String {
+    format!(
+        "mounted {} on {} ({})",
+        args.cache.display(),
+        args.mountpoint.display(),
+        if parsed.read_only {
+            "read-only"
+        } else {
+            "read-write"
+        }
+    )
+}
+
+fn stop_hint(args: &MountArgs) -> String {
+    format!("stop with: bundlefs unmount {}", args.mountpoint.display())
+}
+
+fn serve(args: &MountArgs, parsed: &ParsedOptions, child: bool) -> anyhow::Result<ExitCode> {
+    // Block the stop signals before any thread starts, so every thread inherits the mask and one
+    // thread alone takes them (sigwait) and unmounts.
+    let sigs = stop_signals();
+    sigs.thread_block()
+        .context("blocking SIGINT/SIGTERM/SIGHUP")?;
+    refuse_package(&args.cache, "mount")?;
     let cache = Cache::open_with(
         &args.cache,
         CacheOptions {
-            recheck: args.recheck,
+            recheck: args.recheck.0,
             ..Default::default()
         },
     )?;
-    check_mountpoint(&args.mountpoint, cache.root())?;
+    let canonical_mnt = check_mountpoint(&args.mountpoint, cache.root(), parsed)?;
     let cache = Arc::new(cache);
     let buffer = || {
         Arc::new(WriteBuffer::with_mode(
             cache.clone(),
-            args.write_buffer,
+            args.write_buffer.bytes(),
             args.import_mode,
         ))
     };
@@ -189,7 +176,7 @@ fn serve(
     if let Some(spec) = &args.source {
         let spec: SourceSpec = spec.parse()?;
         let http = HttpOptions {
-            timeout: args.render_timeout,
+            timeout: args.render_timeout.0,
             proxy: args.proxy.clone(),
             ..HttpOptions::default()
         };
@@ -207,7 +194,7 @@ fn serve(
             keep,
             RenderOptions {
                 concurrency: args.render_jobs.max(1),
-                timeout: args.render_timeout,
+                timeout: args.render_timeout.0,
                 ..RenderOptions::default()
             },
         )?;
@@ -220,17 +207,16 @@ fn serve(
         bail!("--list-renderable needs --source");
     }
     let tree = Arc::new(tree);
-    // SAFETY: getuid/getgid cannot fail.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let (ttl, recheck) = (args.ttl.0, args.recheck.0);
     let mut fs = FuseFs::new(
         tree.clone(),
         FuseOptions {
-            ttl: args.ttl,
+            ttl,
             // As long as a change by another writer may go unnoticed anyway.
-            negative_ttl: args.ttl.min(args.recheck),
+            negative_ttl: ttl.min(recheck),
             read_only: parsed.read_only,
-            uid,
-            gid,
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
         },
     );
     if args.source.is_some() {
@@ -263,28 +249,36 @@ fn serve(
     config.n_threads = Some(threads);
     config.clone_fd = threads > 1;
 
-    // Block the stop signals in every thread; one thread waits for them and unmounts.
-    let sigs = stop_signals();
-    // SAFETY: plain signal-mask call on an initialised set.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &sigs, std::ptr::null_mut()) };
-
-    let mut session = fuser::Session::new(fs, &args.mountpoint, &config).with_context(|| {
-        format!(
-            "mounting {} on {}",
-            args.cache.display(),
-            args.mountpoint.display()
-        )
-    })?;
-    tracing::info!(
-        "mounted {} on {}",
-        args.cache.display(),
-        args.mountpoint.display()
-    );
+    // Keyed by the resolved path, as `bundlefs unmount` resolves the path it is given.
+    let mut record = Record::this_process(&args.cache, &canonical_mnt);
+    // Written before the mount appears, so whoever sees the mount finds the record.
+    if let Err(e) = registry::write(&record) {
+        // Serving still works; only `bundlefs unmount` cannot wait for this daemon.
+        tracing::warn!(
+            "{}; `bundlefs unmount` will not be able to wait for this daemon's flush",
+            super::error_text(&e)
+        );
+    }
+    let mut session = match fuser::Session::new(fs, &args.mountpoint, &config) {
+        Ok(s) => s,
+        Err(e) => {
+            registry::remove(&canonical_mnt);
+            return Err(e).with_context(|| {
+                format!(
+                    "mounting {} on {}",
+                    args.cache.display(),
+                    args.mountpoint.display()
+                )
+            });
+        }
+    };
+    registry::prune(Duration::from_secs(24 * 3600));
+    tracing::info!("{}", describe(args, parsed));
     let stop = Arc::new(AtomicBool::new(false));
     {
         let (tree, notifier, stop) = (tree.clone(), session.notifier(), stop.clone());
-        let every = args.recheck.max(Duration::from_millis(100));
-        let idle = args.flush_idle;
+        let every = recheck.max(Duration::from_millis(100));
+        let idle = args.flush_idle.0;
         std::thread::Builder::new()
             .name("bundlefs-watch".into())
             .spawn(move || watch_changes(tree, notifier, every, idle, stop))?;
@@ -294,39 +288,63 @@ fn serve(
         let mountpoint = args.mountpoint.clone();
         std::thread::Builder::new()
             .name("bundlefs-signals".into())
-            .spawn(move || {
-                let mut sig = 0;
-                // SAFETY: sigwait on the blocked set.
-                unsafe { libc::sigwait(&sigs, &mut sig) };
-                tracing::info!("signal {sig}: unmounting {}", mountpoint.display());
-                if let Err(e) = unmounter.unmount() {
-                    tracing::error!("unmounting {}: {e}", mountpoint.display());
+            .spawn(move || match sigs.wait() {
+                Ok(sig) => {
+                    tracing::info!("{sig}: unmounting {}", mountpoint.display());
+                    if let Err(e) = unmounter.unmount() {
+                        tracing::error!("unmounting {}: {e}", mountpoint.display());
+                    }
                 }
+                Err(e) => tracing::error!("waiting for stop signals: {e}"),
             })?;
     }
-    if let Some(mut r) = ready {
-        let _ = r.write_all(b"ok\n");
+    if child {
+        // Tell the starting process, then let go of the pipe: later writes go nowhere.
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(b"ok\n").and_then(|()| out.flush());
+        drop(out);
+        let null = std::fs::File::options().write(true).open("/dev/null")?;
+        nix::unistd::dup2_stdout(&null).context("redirecting standard output to /dev/null")?;
+    } else {
+        // Foreground: say so (a closed standard output is no reason to stop serving).
+        let _ = writeln!(
+            std::io::stdout(),
+            "{}\npid: {}\n{} (or Ctrl-C)",
+            describe(args, parsed),
+            std::process::id(),
+            stop_hint(args)
+        );
     }
     let res = session.run();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    record.status = Status::Flushing;
+    let _ = registry::write(&record);
     // Whatever the session's end, buffered tiles go to their bundles before we exit.
     let flushed = tree.flush_all();
-    res.with_context(|| format!("serving {}", args.mountpoint.display()))?;
-    flushed.context("flushing the write buffer at unmount")?;
+    let end = res
+        .with_context(|| format!("serving {}", args.mountpoint.display()))
+        .and_then(|()| flushed.context("flushing the write buffer at unmount"));
+    match &end {
+        Ok(()) => record.status = Status::Unmounted,
+        Err(e) => {
+            record.status = Status::Failed;
+            record.error = Some(super::error_text(e));
+        }
+    }
+    if let Err(e) = registry::write(&record) {
+        tracing::warn!("{}", super::error_text(&e));
+    }
+    end?;
     tracing::info!("unmounted {}", args.mountpoint.display());
     Ok(ExitCode::SUCCESS)
 }
 
-fn stop_signals() -> libc::sigset_t {
-    // SAFETY: sigset manipulation on a zeroed, then emptied, set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        set
+fn stop_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
     }
+    set
 }
 
 /// The mount point must be a folder we can mount on. A FUSE mount whose daemon died (killed, or
@@ -334,25 +352,19 @@ fn stop_signals() -> libc::sigset_t {
 /// "not a directory".
 ///
 /// It must also stay clear of the cache folder: mounted on it, inside it or above it, the mount
-/// would hide the bundles from the daemon itself, whose reads would then come back to it.
-fn check_mountpoint(mnt: &Path, cache_root: &Path) -> anyhow::Result<()> {
+/// would hide the bundles from the daemon itself, whose reads would then come back to it. It must
+/// not hold a bundlefs mount already (two daemons stacked, the lower one unreachable), and must be
+/// empty unless `-o nonempty` (a mount hides the folder's files while it lasts). Returns the mount
+/// point with symbolic links resolved.
+fn check_mountpoint(
+    mnt: &Path,
+    cache_root: &Path,
+    parsed: &ParsedOptions,
+) -> anyhow::Result<PathBuf> {
     match std::fs::metadata(mnt) {
-        Ok(m) if m.is_dir() => {
-            let (Ok(m), Ok(c)) = (mnt.canonicalize(), cache_root.canonicalize()) else {
-                return Ok(());
-            };
-            if c.starts_with(&m) || m.starts_with(&c) {
-                bail!(
-                    "{}: mount point overlaps the cache folder {} (mounted there, the tree \
-                     would hide the bundles it is made of); choose a folder outside it",
-                    mnt.display(),
-                    c.display()
-                );
-            }
-            Ok(())
-        }
+        Ok(m) if m.is_dir() => {}
         Ok(_) => bail!("{}: mount point is not a directory", mnt.display()),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
+        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOTCONN as i32) => bail!(
             "{}: a FUSE mount whose daemon is gone is still there ({e}); \
              clear it with `fusermount3 -u {}` and mount again",
             mnt.display(),
@@ -360,59 +372,63 @@ fn check_mountpoint(mnt: &Path, cache_root: &Path) -> anyhow::Result<()> {
         ),
         Err(e) => bail!("{}: mount point: {e}", mnt.display()),
     }
+    let m = mnt
+        .canonicalize()
+        .with_context(|| format!("{}: mount point", mnt.display()))?;
+    if let Ok(c) = cache_root.canonicalize() {
+        if c.starts_with(&m) || m.starts_with(&c) {
+            bail!(
+                "{}: mount point overlaps the cache folder {} (mounted there, the tree \
+                 would hide the bundles it is made of); choose a folder outside it",
+                mnt.display(),
+                c.display()
+            );
+        }
+    }
+    if let Some(e) = registry::mount_at(&m).filter(registry::MountEntry::is_bundlefs) {
+        bail!(
+            "{}: already a bundlefs mount (of {}); unmount it first with `bundlefs unmount {}`",
+            mnt.display(),
+            e.source.strip_prefix("bundlefs:").unwrap_or(&e.source),
+            mnt.display()
+        );
+    }
+    if !parsed.nonempty {
+        let mut entries =
+            std::fs::read_dir(&m).with_context(|| format!("{}: mount point", mnt.display()))?;
+        if let Some(first) = entries.next() {
+            let first = first.with_context(|| format!("{}: mount point", mnt.display()))?;
+            bail!(
+                "{}: not empty (it holds {:?}{}); the mount would hide its files. Mount on an \
+                 empty folder, or add -o nonempty to mount over them",
+                mnt.display(),
+                first.file_name(),
+                if entries.next().is_some() {
+                    " and more"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    Ok(m)
 }
 
-/// Starts this same command in a new session without `--daemon` and waits until it says the mount
-/// is live (or why it failed).
-fn daemonize(args: &MountArgs) -> anyhow::Result<ExitCode> {
-    let mut fds = [0i32; 2];
-    // SAFETY: pipe2 fills two descriptors.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("pipe");
-    }
-    // SAFETY: fresh descriptors from pipe2, owned here.
-    let (mut rd, wr) = unsafe {
-        (
-            std::fs::File::from_raw_fd(fds[0]),
-            OwnedFd::from_raw_fd(fds[1]),
-        )
-    };
+/// Starts this same program with its own arguments in a new session and waits until the child
+/// says the mount is live (or why it failed); prints what is mounted where, the daemon's pid and
+/// how to stop it. The child runs in this process's folder so relative paths mean the same, makes
+/// them absolute and moves to `/` itself; nothing is re-serialised, so no option can be dropped.
+fn daemonize(args: &MountArgs, parsed: &ParsedOptions) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("finding the bundlefs executable")?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("mount")
-        .arg(abs(&args.cache)?)
-        .arg(abs(&args.mountpoint)?);
-    for o in &args.options {
-        cmd.arg("-o").arg(o);
+    let mut argv = std::env::args_os();
+    let arg0: OsString = argv.next().unwrap_or_else(|| exe.clone().into_os_string());
+    let mut cmd = std::process::Command::new(&exe);
+    {
+        use std::os::unix::process::CommandExt;
+        // As invoked: `mount.fuse.bundlefs` must still read its mount(8) arguments.
+        cmd.arg0(&arg0);
     }
-    cmd.arg("--ttl").arg(args.ttl.as_secs_f64().to_string());
-    cmd.arg("--threads").arg(args.threads.to_string());
-    cmd.arg("--recheck")
-        .arg(args.recheck.as_secs_f64().to_string());
-    cmd.arg("--write-buffer").arg(args.write_buffer.to_string());
-    cmd.arg("--import-mode").arg(match args.import_mode {
-        ImportMode::Overwrite => "overwrite",
-        ImportMode::Merge => "merge",
-    });
-    cmd.arg("--flush-idle")
-        .arg(args.flush_idle.as_secs_f64().to_string());
-    if let Some(s) = &args.source {
-        cmd.arg("--source").arg(s);
-    }
-    if args.keep_rendered {
-        cmd.arg("--keep-rendered");
-    }
-    cmd.arg("--render-timeout")
-        .arg(args.render_timeout.as_secs_f64().to_string());
-    cmd.arg("--render-jobs").arg(args.render_jobs.to_string());
-    if let Some(p) = &args.proxy {
-        cmd.arg("--proxy").arg(p);
-    }
-    if let Some(l) = &args.list_renderable {
-        cmd.arg("--list-renderable")
-            .arg(format!("{}-{}", l.min, l.max));
-    }
-    cmd.env(READY_FD_ENV, fds[1].to_string());
+    cmd.args(argv).env(DAEMON_CHILD_ENV, "1");
     let log = match &args.log_file {
         Some(p) => std::process::Stdio::from(
             std::fs::OpenOptions::new()
@@ -424,29 +440,19 @@ fn daemonize(args: &MountArgs) -> anyhow::Result<ExitCode> {
         None => std::process::Stdio::null(),
     };
     cmd.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(log);
-    cmd.current_dir("/");
-    let wfd = fds[1];
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(move || {
-            libc::setsid();
-            // Keep the ready pipe open across exec.
-            let flags = libc::fcntl(wfd, libc::F_GETFD);
-            libc::fcntl(wfd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-            Ok(())
-        });
-    }
     let mut child = cmd.spawn().context("starting the mount daemon")?;
-    drop(wr);
-    // One line: "ok" once the mount is live, or the error. The child keeps the pipe open while it
-    // serves, so read a line, not to the end.
+    // One line: "ok" once the mount is live, or the error. The child then points its standard
+    // output elsewhere, so the pipe ends with that line (or with the child).
     let mut msg = String::new();
-    let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(&mut rd), &mut msg);
+    if let Some(out) = child.stdout.take() {
+        let _ = std::io::BufReader::new(out).read_line(&mut msg);
+    }
     if msg.starts_with("ok") {
-        println!("{}", child.id());
+        super::output::outln!("{}", describe(args, parsed));
+        super::output::outln!("pid: {}", child.id());
+        super::output::outln!("{}", stop_hint(args));
         return Ok(ExitCode::SUCCESS);
     }
     let status = child.wait().ok();
@@ -463,22 +469,18 @@ fn abs(p: &Path) -> anyhow::Result<PathBuf> {
 
 /// Arguments as mount(8) passes them to a `mount.fuse.bundlefs` helper: `SRC DIR [-o OPTS] [-n -s -v -f]`,
 /// turned into `bundlefs mount --daemon SRC DIR -o OPTS`.
-pub fn helper_args(argv: &[String]) -> Vec<String> {
-    let mut out = vec![
-        "bundlefs".to_string(),
-        "mount".to_string(),
-        "--daemon".to_string(),
-    ];
+pub fn helper_args(argv: &[OsString]) -> Vec<OsString> {
+    let mut out: Vec<OsString> = vec!["bundlefs".into(), "mount".into(), "--daemon".into()];
     let mut it = argv.iter().skip(1);
     while let Some(a) = it.next() {
-        match a.as_str() {
-            "-o" => {
+        match a.to_str() {
+            Some("-o") => {
                 if let Some(o) = it.next() {
                     out.push("-o".into());
                     out.push(o.clone());
                 }
             }
-            "-n" | "-s" | "-v" | "-f" => {}
+            Some("-n" | "-s" | "-v" | "-f") => {}
             _ => out.push(a.clone()),
         }
     }
@@ -520,18 +522,8 @@ mod tests {
     }
 
     #[test]
-    fn sizes() {
-        assert_eq!(parse_size("256M"), Ok(256 << 20));
-        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
-        assert_eq!(parse_size("1G"), Ok(1 << 30));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert!(parse_size("12Q").is_err());
-        assert!(parse_size("M").is_err());
-    }
-
-    #[test]
     fn helper() {
-        let a: Vec<String> = [
+        let a: Vec<OsString> = [
             "mount.fuse.bundlefs",
             "/c",
             "/m",
@@ -539,7 +531,7 @@ mod tests {
             "ro,allow_other",
             "-n",
         ]
-        .map(String::from)
+        .map(OsString::from)
         .to_vec();
         assert_eq!(
             helper_args(&a),

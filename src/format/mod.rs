@@ -12,6 +12,7 @@ pub mod text;
 pub mod tpkx;
 pub mod v1;
 pub mod v2;
+pub mod values;
 
 /// Tiles per bundle side (rows and columns).
 pub const BUNDLE_DIM: u32 = 128;

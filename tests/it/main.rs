@@ -5,6 +5,7 @@
 mod support;
 
 mod cases;
+mod cli;
 mod faults;
 mod formats;
 mod hostile;

@@ -326,8 +326,9 @@ fn daemon_mode_returns_when_live_and_sigterm_unmounts() {
     drop(f);
     assert!(buf.starts_with(b"\x89PNG"));
     let pid: i32 = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
+        .lines()
+        .find_map(|l| l.strip_prefix("pid: "))
+        .and_then(|p| p.trim().parse().ok())
         .expect("daemon prints its pid");
     // SAFETY: plain kill(2).
     unsafe { libc::kill(pid, libc::SIGTERM) };
