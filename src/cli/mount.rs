@@ -105,7 +105,10 @@ const DAEMON_CHILD_ENV: &str = "BUNDLEFS_DAEMON_CHILD";
 pub fn run(mut args: MountArgs) -> anyhow::Result<ExitCode> {
     let parsed = parse_options(&args.options)?;
     // The struct holds absolute paths from here on (a daemon serves from `/`).
-    args.cache = abs(&args.cache)?;
+    // A cache in an object store (`s3://…`) is a URL, not a path to make absolute.
+    if !crate::cache::url::is_url(&args.cache) {
+        args.cache = abs(&args.cache)?;
+    }
     args.mountpoint = abs(&args.mountpoint)?;
     let child = std::env::var_os(DAEMON_CHILD_ENV).is_some();
     if args.daemon && !child {
