@@ -122,6 +122,8 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             render_jobs,
             proxy,
             list_renderable,
+            supertile,
+            supertile_buffer,
         } => {
             let secs = |v: f64, what: &str| -> anyhow::Result<std::time::Duration> {
                 std::time::Duration::try_from_secs_f64(v)
@@ -145,6 +147,8 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 render_jobs,
                 proxy,
                 list_renderable,
+                supertile,
+                supertile_buffer,
             })
         }
         Command::Compact { cache, min_dead } => {
@@ -241,7 +245,17 @@ fn render(a: RenderArgs) -> anyhow::Result<ExitCode> {
         ..HttpOptions::default()
     };
     let src = spec.build(&cache, &http)?;
+    // One tile (--tile) is asked for alone unless --supertile says otherwise.
+    let supertile = a
+        .supertile
+        .unwrap_or_else(|| match (&a.tile, cache.conf()) {
+            (Some(_), _) => 0,
+            (None, Some(c)) => crate::render::supertile::arcgis_default_px(c.raw()),
+            (None, None) => crate::render::supertile::ARCGIS_PX,
+        });
     let opts = RenderOptions {
+        supertile,
+        supertile_buffer: a.supertile_buffer,
         concurrency: a.jobs.max(1),
         timeout,
         retries: a.retries,

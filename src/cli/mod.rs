@@ -233,6 +233,14 @@ pub enum Command {
         /// stored yet (a level may hold at most 4,194,304 of them).
         #[arg(long)]
         list_renderable: Option<LevelRange>,
+        /// With --source arcgis:/wms:: pixels a side of the block of tiles drawn in one request and
+        /// cut into tiles, the one holding a missed tile (whole tiles, at most 4096 px with
+        /// margins); 0: one request per tile.
+        #[arg(long, value_name = "PX", default_value_t = crate::render::supertile::MOUNT_PX)]
+        supertile: u32,
+        /// Pixels drawn around each supertile and cut away afterwards (labels near its edges).
+        #[arg(long, value_name = "PX", default_value_t = 0)]
+        supertile_buffer: u32,
     },
     /// Rewrite Compact V2 bundles whose dead space (overwritten/deleted tiles) reaches a threshold.
     Compact {
@@ -341,6 +349,14 @@ pub struct RenderArgs {
     /// Refuse to start a batch of more tiles than this.
     #[arg(long, default_value_t = 100_000)]
     pub max_tiles: u64,
+    /// With arcgis:/wms: sources: pixels a side of the block of tiles drawn in one request and cut
+    /// into tiles (whole tiles, at most 4096 px with margins); 0: one request per tile. Default as
+    /// ArcGIS: 2048 when conf.xml's Antialiasing is true, else 4096.
+    #[arg(long, value_name = "PX")]
+    pub supertile: Option<u32>,
+    /// Pixels drawn around each supertile and cut away afterwards (labels near its edges).
+    #[arg(long, value_name = "PX", default_value_t = 0)]
+    pub supertile_buffer: u32,
 }
 
 #[cfg(test)]

@@ -46,6 +46,9 @@ pub struct MountArgs {
     pub proxy: Option<String>,
     /// Levels whose listings show renderable names too.
     pub list_renderable: Option<crate::format::levels::LevelRange>,
+    /// Supertile side in pixels (0: tile by tile) and the margin cut away around it.
+    pub supertile: u32,
+    pub supertile_buffer: u32,
 }
 
 /// Parses a byte size: `256M`, `64MiB`, `1G`, `512k`, `1048576`.
@@ -208,6 +211,8 @@ fn serve(
             RenderOptions {
                 concurrency: args.render_jobs.max(1),
                 timeout: args.render_timeout,
+                supertile: args.supertile,
+                supertile_buffer: args.supertile_buffer,
                 ..RenderOptions::default()
             },
         )?;
@@ -405,6 +410,9 @@ fn daemonize(args: &MountArgs) -> anyhow::Result<ExitCode> {
     cmd.arg("--render-timeout")
         .arg(args.render_timeout.as_secs_f64().to_string());
     cmd.arg("--render-jobs").arg(args.render_jobs.to_string());
+    cmd.arg("--supertile").arg(args.supertile.to_string());
+    cmd.arg("--supertile-buffer")
+        .arg(args.supertile_buffer.to_string());
     if let Some(p) = &args.proxy {
         cmd.arg("--proxy").arg(p);
     }

@@ -3,8 +3,8 @@
 //! server streams the image bytes).
 
 use super::http::{encode_value, num, HttpClient, SplitUrl};
-use super::TileSource;
 use super::Area;
+use super::TileSource;
 use crate::format::conf::{Envelope, TileFormat, TileScheme};
 use crate::format::TileAddr;
 use crate::{Error, Result};

@@ -126,6 +126,9 @@ struct Counters {
     kept: AtomicU64,
 }
 
+/// A tile and its encoded bytes.
+type EncodedTile = (TileAddr, Vec<u8>);
+
 /// Rendered tiles: one, or every tile of a supertile.
 pub type Tiles = Arc<Vec<(TileAddr, Arc<Vec<u8>>)>>;
 
@@ -507,7 +510,10 @@ impl Renderer {
         match o {
             Outcome::Tiles(tiles) => {
                 let mut r = self.recent.lock().unwrap();
-                for (t, b) in tiles.iter().filter(|(_, b)| b.len() <= self.opts.memory_budget) {
+                for (t, b) in tiles
+                    .iter()
+                    .filter(|(_, b)| b.len() <= self.opts.memory_budget)
+                {
                     if let Some(old) = r.tiles.put(*t, b.clone()) {
                         r.bytes -= old.len();
                     }
@@ -612,13 +618,14 @@ impl Renderer {
 
     /// One call to the source, its image checked (and re-encoded if needed): a single tile, or a
     /// supertile's image cut into its tiles.
-    fn attempt(&self, unit: &Supertile) -> Result<Option<Vec<(TileAddr, Vec<u8>)>>> {
+    fn attempt(&self, unit: &Supertile) -> Result<Option<Vec<EncodedTile>>> {
         let t = unit.anchor();
         self.counters.source_calls.fetch_add(1, Ordering::Relaxed);
         let area = match &self.layout {
-            Some(l) => Some(l.area(&self.scheme, unit).ok_or_else(|| {
-                Error::NotFound(format!("level {} in conf.xml", unit.level))
-            })?),
+            Some(l) => Some(
+                l.area(&self.scheme, unit)
+                    .ok_or_else(|| Error::NotFound(format!("level {} in conf.xml", unit.level)))?,
+            ),
             None => None,
         };
         let res = catch_unwind(AssertUnwindSafe(|| match &area {
@@ -661,7 +668,9 @@ impl Renderer {
                     tiles.iter().map(|(t, b)| (*t, b.as_slice())).collect();
                 self.cache.write_tiles(&refs).map(|_| ())
             }
-            Keep::Buffer(b) => tiles.iter().try_for_each(|(t, bytes)| b.put(*t, bytes.to_vec())),
+            Keep::Buffer(b) => tiles
+                .iter()
+                .try_for_each(|(t, bytes)| b.put(*t, bytes.to_vec())),
         };
         let first = tiles.first().map(|(t, _)| *t);
         match (res, first) {
@@ -671,7 +680,10 @@ impl Renderer {
                     .fetch_add(tiles.len() as u64, Ordering::Relaxed);
             }
             // The reader still gets its tile; the next one renders it again.
-            (Err(e), Some(t)) => tracing::error!("{t} (+{} more): rendered but not kept: {e}", tiles.len() - 1),
+            (Err(e), Some(t)) => tracing::error!(
+                "{t} (+{} more): rendered but not kept: {e}",
+                tiles.len() - 1
+            ),
             (Err(e), None) => tracing::error!("rendered but not kept: {e}"),
         }
     }

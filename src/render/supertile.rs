@@ -102,7 +102,8 @@ impl Layout {
         };
         let cols = fit(scheme.tile_cols, "across")?;
         let rows = fit(scheme.tile_rows, "down")?;
-        if cols * scheme.tile_cols < px.min(max_image) || rows * scheme.tile_rows < px.min(max_image)
+        if cols * scheme.tile_cols < px.min(max_image)
+            || rows * scheme.tile_rows < px.min(max_image)
         {
             tracing::info!(
                 "supertile of {px} px: {} x {} px drawn ({} x {} tiles of {} x {} px, buffer {buffer} px, \
@@ -174,9 +175,11 @@ impl Supertile {
 
     /// Its tiles, row by row.
     pub fn tiles(&self) -> impl Iterator<Item = TileAddr> + '_ {
-        self.rows
-            .clone()
-            .flat_map(move |r| self.cols.clone().map(move |c| TileAddr::new(self.level, r, c)))
+        self.rows.clone().flat_map(move |r| {
+            self.cols
+                .clone()
+                .map(move |c| TileAddr::new(self.level, r, c))
+        })
     }
 
     /// How many tiles it holds.

@@ -4,8 +4,8 @@
 //! itself follow a `#` (never sent): `#axis=xy|yx` overrides the 1.3.0 axis-order rule.
 
 use super::http::{num, HttpClient, SplitUrl};
-use super::TileSource;
 use super::Area;
+use super::TileSource;
 use crate::format::conf::{Envelope, TileFormat, TileScheme};
 use crate::format::TileAddr;
 use crate::{Error, Result};
