@@ -14,4 +14,5 @@ mod load;
 mod modes;
 mod mount;
 mod render;
+mod supertiles;
 mod writeback;
