@@ -379,6 +379,11 @@ fn bad_answers_are_errors_and_not_cached_as_success() {
     let f = fixed.clone();
     let good = fake_map(W, H, &[0.0; 4]);
     let g = good.clone();
+    // Answers made beforehand, so the server answers in no time and the negative TTL is not spent
+    // drawing (on a loaded machine, drawing took 200 ms a request).
+    let wrong_size = fake_map(W + 1, H, &[0.0; 4]);
+    let mut truncated = fake_map(W, H, &[0.0; 4]);
+    truncated.truncate(truncated.len() / 2);
     let server = scripted(move |n| {
         if f.load(Ordering::SeqCst) {
             return Response::ok("image/png", g.clone());
@@ -389,16 +394,12 @@ fn bad_answers_are_errors_and_not_cached_as_success() {
                 "text/plain",
                 br#"{"error":{"code":498,"message":"Invalid Token"}}"#.to_vec(),
             ),
-            1 => Response::ok("image/png", fake_map(W + 1, H, &[0.0; 4])),
-            _ => {
-                let mut png = fake_map(W, H, &[0.0; 4]);
-                png.truncate(png.len() / 2);
-                Response::ok("image/png", png)
-            }
+            1 => Response::ok("image/png", wrong_size.clone()),
+            _ => Response::ok("image/png", truncated.clone()),
         }
     });
     let opts = RenderOptions {
-        negative_ttl: Duration::from_millis(300),
+        negative_ttl: Duration::from_millis(1000),
         ..quick_opts()
     };
     let r = arcgis_renderer(&cache, &server.url(), opts);
@@ -429,7 +430,7 @@ fn bad_answers_are_errors_and_not_cached_as_success() {
     assert_eq!(server.requests(), 3);
     // After it: asked again, and a good answer is served.
     fixed.store(true, Ordering::SeqCst);
-    std::thread::sleep(Duration::from_millis(350));
+    std::thread::sleep(Duration::from_millis(1050));
     for tile in t {
         assert_eq!(*r.get(tile).unwrap(), good);
     }
