@@ -660,7 +660,31 @@ impl Renderer {
         }
     }
 
+    /// Stores rendered tiles (`Keep`). Of a supertile, only tiles with nothing stored and no change
+    /// waiting in the write buffer: a tile the reader did not ask for must never replace one
+    /// written (or deleted) meanwhile. (Checked just before storing, not under a lock: a write
+    /// landing in between can still be replaced, as with a single rendered tile before.)
     fn keep(&self, tiles: &[(TileAddr, Arc<Vec<u8>>)]) {
+        let filtered: Vec<(TileAddr, Arc<Vec<u8>>)>;
+        let tiles = if tiles.len() > 1 && !matches!(self.keep, Keep::No) {
+            filtered = tiles
+                .iter()
+                .filter(|(t, _)| {
+                    let pending = match &self.keep {
+                        Keep::Buffer(b) => b.get(*t).is_some(),
+                        _ => false,
+                    };
+                    !pending && matches!(self.cache.tile(*t), Ok(None))
+                })
+                .cloned()
+                .collect();
+            &filtered[..]
+        } else {
+            tiles
+        };
+        if tiles.is_empty() {
+            return;
+        }
         let res = match &self.keep {
             Keep::No => return,
             Keep::Cache => {

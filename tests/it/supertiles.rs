@@ -275,6 +275,41 @@ fn concurrent_misses_of_one_supertile_make_one_request() {
 }
 
 #[test]
+fn keeping_a_supertile_never_replaces_a_stored_tile() {
+    let d = tempfile::tempdir().unwrap();
+    let cache = projected_cache(d.path(), TileFormat::Png32);
+    // A tile of the supertile rows 4..7, columns 0..2 is stored already, with other pixels.
+    let mine = TileAddr::new(LEVEL, 6, 1);
+    let stored = fake_map(W, H, &[1.0, 2.0, 3.0, 4.0]);
+    cache.write_tiles(&[(mine, &stored[..])]).unwrap();
+    let (server, drawn) = drawing_server(Duration::ZERO);
+    let opts = RenderOptions {
+        supertile: 1024,
+        ..quick_opts()
+    };
+    let r = renderer(&cache, &server, opts, Keep::Cache);
+    let asked = TileAddr::new(LEVEL, 4, 0);
+    r.get(asked).unwrap();
+    assert_eq!(server.requests(), 1);
+    let drawn = drawn.lock().unwrap().clone();
+    for row in 4..7 {
+        for col in 0..2 {
+            let t = TileAddr::new(LEVEL, row, col);
+            let got = cache
+                .tile(t)
+                .unwrap()
+                .unwrap_or_else(|| panic!("{t} not kept"));
+            if t == mine {
+                assert_eq!(&got[..], &stored[..], "{t}: the stored tile was replaced");
+            } else {
+                assert!(decode(&got, "kept") == crop_for(t, &drawn).1, "{t}");
+            }
+        }
+    }
+    assert_eq!(r.stats().kept, 5);
+}
+
+#[test]
 fn tile_by_tile_and_default_sizes_from_the_command_line() {
     let d = tempfile::tempdir().unwrap();
     let (server, _drawn) = drawing_server(Duration::ZERO);
