@@ -112,10 +112,13 @@ impl std::ops::AddAssign for FlushStats {
 }
 
 impl WriteBuffer {
+    /// A buffer over `cache` holding at most `budget_bytes` of tile bytes (OVERWRITE mode);
+    /// past the budget the least recently written bundle is flushed.
     pub fn new(cache: Arc<Cache>, budget_bytes: usize) -> Self {
         Self::with_mode(cache, budget_bytes, ImportMode::Overwrite)
     }
 
+    /// [`WriteBuffer::new`] with the way a written tile meets the stored one (OVERWRITE/MERGE).
     pub fn with_mode(cache: Arc<Cache>, budget_bytes: usize, mode: ImportMode) -> Self {
         WriteBuffer {
             cache,
@@ -131,10 +134,12 @@ impl WriteBuffer {
         }
     }
 
+    /// The cache the buffer flushes into.
     pub fn cache(&self) -> &Arc<Cache> {
         &self.cache
     }
 
+    /// OVERWRITE or MERGE.
     pub fn mode(&self) -> ImportMode {
         self.mode
     }

@@ -22,6 +22,7 @@ pub struct FileStamp {
 }
 
 impl FileStamp {
+    /// The stamp of the file at `path` (None if there is none). Errors name the path.
     pub fn of(path: &Path) -> Result<Option<FileStamp>> {
         match std::fs::metadata(path) {
             Ok(m) => Ok(Some(FileStamp::from_meta(&m))),
@@ -30,11 +31,13 @@ impl FileStamp {
         }
     }
 
+    /// The modification time the stamp records.
     pub fn mtime(&self) -> std::time::SystemTime {
         let ns = self.mtime_ns.max(0) as u128;
         std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.min(u128::from(u64::MAX)) as u64)
     }
 
+    /// The stamp of already read metadata.
     pub fn from_meta(m: &std::fs::Metadata) -> FileStamp {
         FileStamp {
             ino: m.ino(),
@@ -127,6 +130,7 @@ impl BundleHandle {
         })
     }
 
+    /// Whether this is a Compact V1 pair (`.bundle` + `.bundlx`).
     pub fn is_v1(&self) -> bool {
         matches!(self.kind, Kind::V1 { .. })
     }
@@ -249,9 +253,8 @@ impl BundleHandle {
         }
     }
 
-    /// The raw index value of every slot (V2: the 8-byte entry; V1: the 5-byte offset), for
-    /// telling which tiles another writer changed.
-    /// The raw index entry of one slot (what the time sidecar keys its records by).
+    /// The raw index entry of one slot (V2: the 8-byte entry; V1: the 5-byte offset): what the
+    /// time sidecar keys its records by. 0 if the file shrank under the map.
     pub fn raw_entry(&self, s: Slot) -> u64 {
         if self.check_len().is_err() {
             return 0;
@@ -264,6 +267,8 @@ impl BundleHandle {
         }
     }
 
+    /// The raw index entry of every slot, in slot order (`BUNDLE_TILES` values), for telling
+    /// which tiles another writer changed.
     pub fn raw_entries(&self) -> Vec<u64> {
         if self.check_len().is_err() {
             return vec![0; crate::format::BUNDLE_TILES];

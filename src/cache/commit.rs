@@ -2,141 +2,78 @@
 //! modes of ArcGIS's Import Map Server Cache tool: OVERWRITE, or MERGE where transparent pixels of
 //! the new tile keep the old tile's pixels).
 
-use std::io::Cursor;
-
-use image::{ImageFormat, ImageReader, RgbaImage};
-
 use super::Cache;
+use crate::format::pixels::{self, composite, decode, is_opaque, TileEncoder};
 use crate::format::sniff::{sniff, ImageKind};
 use crate::{Error, Result};
 
-/// How a tile written over a stored one is combined with it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ImportMode {
-    /// What is written is what is read back.
-    #[default]
-    Overwrite,
-    /// Transparent pixels of the new tile keep the stored tile's pixels (alpha-composited: the new
-    /// tile drawn over the old one).
-    Merge,
-}
-
-impl std::str::FromStr for ImportMode {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "overwrite" => Ok(ImportMode::Overwrite),
-            "merge" => Ok(ImportMode::Merge),
-            _ => Err(format!("{s:?}: want merge or overwrite")),
-        }
-    }
-}
+/// The one import mode enum ([`crate::format::pixels::ImportMode`]); a writable mount defaults to
+/// OVERWRITE.
+pub use crate::format::pixels::ImportMode;
 
 /// Checks that `bytes` may be stored under a name with extension `ext_kind`: a PNG or JPEG (by
 /// content), of the name's kind, accepted by the cache's CacheTileFormat (MIXED takes both), and of
-/// the scheme's tile size. `what` names the tile in the error.
+/// the scheme's tile size ([`pixels::check_tile`]). `what` names the tile in the error.
 pub fn check_tile(cache: &Cache, what: &str, ext_kind: ImageKind, bytes: &[u8]) -> Result<()> {
-    let bad = |msg: String| Err(Error::invalid(format!("{what}: {msg}")));
-    if bytes.is_empty() {
-        return bad("empty file, not a tile".into());
-    }
-    if bytes.len() > crate::format::MAX_TILE_SIZE {
-        return bad(format!(
-            "{} bytes, larger than a bundle can hold (2^24-1)",
-            bytes.len()
-        ));
-    }
-    let Some(kind) = sniff(bytes) else {
-        return bad("neither PNG nor JPEG".into());
-    };
-    if kind != ext_kind {
-        return bad(format!(
-            "the bytes are {kind:?} but the name says .{}",
-            ext_kind.ext()
-        ));
-    }
-    if let Some(s) = cache.scheme() {
-        if !s.tile_format.accepts(kind) {
-            return bad(format!(
-                "{kind:?} tile in a cache whose CacheTileFormat is {:?}",
-                s.tile_format
-            ));
-        }
-        let (w, h) = ImageReader::with_format(Cursor::new(bytes), image_format(kind))
-            .into_dimensions()
-            .map_err(|e| Error::invalid(format!("{what}: unreadable {kind:?}: {e}")))?;
-        if (w, h) != (s.tile_cols, s.tile_rows) {
-            return bad(format!(
-                "{w}x{h} pixels; the cache's tiles are {}x{}",
-                s.tile_cols, s.tile_rows
-            ));
-        }
-    }
-    Ok(())
+    pixels::check_tile(bytes, ext_kind, cache.scheme())
+        .map(drop)
+        .map_err(|e| Error::invalid(format!("{what}: {e}")))
 }
 
-fn image_format(k: ImageKind) -> ImageFormat {
-    match k {
-        ImageKind::Png => ImageFormat::Png,
-        ImageKind::Jpeg => ImageFormat::Jpeg,
-    }
-}
-
-fn decode(what: &str, bytes: &[u8]) -> Result<RgbaImage> {
-    let kind = sniff(bytes).ok_or_else(|| Error::invalid(format!("{what}: not an image")))?;
-    ImageReader::with_format(Cursor::new(bytes), image_format(kind))
-        .decode()
-        .map(|i| i.to_rgba8())
-        .map_err(|e| Error::invalid(format!("{what}: cannot decode: {e}")))
-}
-
-/// MERGE: the new tile drawn over the old one. Returns None when the new tile is fully opaque
-/// (it replaces the old one byte for byte, no re-encoding); otherwise the composite as PNG.
+/// MERGE: the new tile drawn over the stored one ([`pixels::over`], the same compositing as
+/// `bundlefs import --mode merge`). Returns None when the new tile is a JPEG or fully opaque (it
+/// replaces the old one byte for byte, no re-encoding); otherwise the composite as a PNG (the kind
+/// the new tile was written as, so its name stays).
 pub fn merge(what: &str, old: &[u8], new: &[u8]) -> Result<Option<Vec<u8>>> {
     if sniff(new) != Some(ImageKind::Png) {
         return Ok(None); // JPEG has no transparency
     }
-    let top = decode(what, new)?;
-    if top.pixels().all(|p| p.0[3] == 255) {
+    let top = decode(new, None).map_err(|e| Error::invalid(format!("{what}: {e}")))?;
+    if is_opaque(&top) {
         return Ok(None);
     }
-    let mut out = decode(&format!("{what} (stored tile)"), old)?;
-    if out.dimensions() != top.dimensions() {
+    let base =
+        decode(old, None).map_err(|e| Error::invalid(format!("{what} (stored tile): {e}")))?;
+    if base.dimensions() != top.dimensions() {
         return Err(Error::invalid(format!(
             "{what}: {:?} pixels, the stored tile has {:?}",
             top.dimensions(),
-            out.dimensions()
+            base.dimensions()
         )));
     }
-    for (o, n) in out.pixels_mut().zip(top.pixels()) {
-        let a = u32::from(n.0[3]);
-        if a == 255 {
-            *o = *n;
-        } else if a > 0 {
-            // Source-over compositing in straight alpha.
-            let ob = u32::from(o.0[3]) * (255 - a) / 255;
-            let oa = a + ob;
-            for c in 0..3 {
-                o.0[c] = ((u32::from(n.0[c]) * a + u32::from(o.0[c]) * ob) / oa.max(1)) as u8;
-            }
-            o.0[3] = oa as u8;
-        }
-    }
-    let mut buf = Cursor::new(Vec::new());
-    out.write_to(&mut buf, ImageFormat::Png)
-        .map_err(|e| Error::invalid(format!("{what}: cannot encode the merged tile: {e}")))?;
-    Ok(Some(buf.into_inner()))
+    let out = composite(&top, &base, None, ImportMode::Merge);
+    // Fast PNG: a writer (or the flush behind it) waits for this tile.
+    TileEncoder::new(crate::format::conf::TileFormat::Png, 0)
+        .encode_as(&out, ImageKind::Png)
+        .map(Some)
+        .map_err(|e| Error::invalid(format!("{what}: the merged tile: {e}")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use image::Rgba;
+    use image::{ImageFormat, Rgba, RgbaImage};
+    use std::io::Cursor;
 
     fn png(img: &RgbaImage) -> Vec<u8> {
         let mut b = Cursor::new(Vec::new());
         img.write_to(&mut b, ImageFormat::Png).unwrap();
         b.into_inner()
+    }
+
+    #[test]
+    fn merge_gives_the_value_import_gives() {
+        // Issue 12: the mount gave 53 per channel here (two truncations), import 54.
+        let old = RgbaImage::from_pixel(4, 4, Rgba([200, 200, 200, 50]));
+        let new = RgbaImage::from_pixel(4, 4, Rgba([10, 10, 10, 100]));
+        let merged = merge("t", &png(&old), &png(&new)).unwrap().unwrap();
+        assert_eq!(sniff(&merged), Some(ImageKind::Png));
+        let m = decode(&merged, None).unwrap();
+        assert!(
+            m.pixels().all(|p| p.0 == [54, 54, 54, 130]),
+            "{:?}",
+            m.get_pixel(0, 0)
+        );
     }
 
     #[test]
@@ -146,7 +83,7 @@ mod tests {
         new.put_pixel(1, 2, Rgba([200, 100, 50, 255]));
         new.put_pixel(3, 3, Rgba([255, 0, 0, 128]));
         let merged = merge("t", &png(&old), &png(&new)).unwrap().unwrap();
-        let m = decode("m", &merged).unwrap();
+        let m = decode(&merged, None).unwrap();
         assert_eq!(m.get_pixel(0, 0), &Rgba([10, 20, 30, 255]));
         assert_eq!(m.get_pixel(1, 2), &Rgba([200, 100, 50, 255]));
         let p = m.get_pixel(3, 3).0;

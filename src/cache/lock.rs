@@ -74,6 +74,7 @@ impl BundleLock {
         }
     }
 
+    /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -78,6 +78,7 @@ enum Repr {
 }
 
 impl TileBytes {
+    /// Bytes owned by the caller (a tile made or read elsewhere).
     pub fn owned(v: Vec<u8>) -> Self {
         TileBytes(Repr::Owned(Arc::new(v), None))
     }
@@ -156,6 +157,9 @@ impl Cache {
         Self::open_with(path, CacheOptions::default())
     }
 
+    /// Opens a cache folder (or its conf.xml, or an unpacked `.tpk`) with `opts`. Errors: a
+    /// missing folder, a plain file, no cache in it, or a conf.xml/conf.cdi that cannot be read —
+    /// each naming the file.
     pub fn open_with(path: impl AsRef<Path>, opts: CacheOptions) -> Result<Cache> {
         let mut root = path.as_ref().to_path_buf();
         if root.file_name().is_some_and(|n| n == CONF_XML) && root.is_file() {
@@ -277,7 +281,7 @@ impl Cache {
         }
         fs::create_dir_all(root.join(ALLLAYERS)).at(root)?;
         write_atomic(&root.join(CONF_XML), &scheme.to_conf_xml(), true)?;
-        let env = extent.unwrap_or_else(|| scheme_extent(scheme));
+        let env = extent.unwrap_or_else(|| crate::format::extent::scheme_extent(scheme));
         write_atomic(&root.join(CONF_CDI), &conf::write_cdi(&env, scheme), true)?;
         Cache::open(root)
     }
@@ -545,27 +549,6 @@ fn default_kind(scheme: Option<&TileScheme>) -> ImageKind {
     scheme
         .and_then(|s| s.tile_format.image_kind())
         .unwrap_or(ImageKind::Png)
-}
-
-/// The full extent of a scheme's level-0 grid from its origin (used when no extent is given).
-pub fn scheme_extent(s: &TileScheme) -> Envelope {
-    if s.wkid == Some(102100) || s.wkid == Some(3857) || s.latest_wkid == Some(3857) {
-        let o = conf::WEB_MERCATOR_ORIGIN;
-        return Envelope {
-            xmin: -o,
-            ymin: -o,
-            xmax: o,
-            ymax: o,
-        };
-    }
-    let l = s.lods.first().map_or(1.0, |l| l.resolution);
-    let (w, h) = (f64::from(s.tile_cols) * l, f64::from(s.tile_rows) * l);
-    Envelope {
-        xmin: s.origin_x,
-        ymin: s.origin_y - h,
-        xmax: s.origin_x + w,
-        ymax: s.origin_y,
-    }
 }
 
 /// Storage of the files under `tiles_dir`, looking at the first level folder that holds anything.

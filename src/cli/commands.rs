@@ -14,10 +14,10 @@ use crate::format::conf::{Envelope, StorageFormat, TileFormat, TileScheme};
 use crate::format::levels::LevelRange;
 use crate::format::TileAddr;
 use crate::jobs::aoi::Aoi;
-use crate::jobs::engine::{JobOptions, JobSummary, LevelSelect, Progress};
-use crate::jobs::export::{export_job, Target};
+use crate::jobs::engine::{JobOptions, JobSummary, LevelSelect, Progress, Target};
+use crate::jobs::export::export_job;
 use crate::jobs::import::import_job;
-use crate::jobs::package::{is_package, open_package, Unpacked};
+use crate::jobs::package::{is_package, open_package, update_package, Unpacked};
 use crate::jobs::verify::verify;
 use crate::render::batch::{render_batch, BatchOptions};
 use crate::render::label::LabelSource;
@@ -76,11 +76,16 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             job,
         } => {
             let source = Source::open(&src)?;
-            let opts = job_options(&job)?;
+            let opts = job_options(&job, source.cache())?;
             let target: Target = storage.into();
             let bar = Bar::new();
-            let s = export_job(source.cache(), &dest, target, &opts, &bar)?;
+            // A folder is export's, a package is package's.
+            let s = match target {
+                Target::Storage(st) => export_job(source.cache(), &dest, st, &opts, &bar)?,
+                Target::Tpkx => update_package(source.cache(), &dest, &opts, &bar, false)?,
+            };
             bar.0.finish_and_clear();
+            crate::jobs::selection::check_matched(source.cache(), &opts, &s)?;
             let to = match target {
                 Target::Storage(st) => st.to_string(),
                 Target::Tpkx => "tpkx".to_string(),
@@ -90,10 +95,16 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Import { src, dest, job } => {
             let source = Source::open(&src)?;
-            let opts = job_options(&job)?;
+            let opts = job_options(&job, source.cache())?;
             let bar = Bar::new();
-            let s = import_job(source.cache(), &dest, &opts, &bar)?;
+            // A cache folder is import's, a package file (rewritten whole) is package's.
+            let s = if dest.is_file() {
+                update_package(source.cache(), &dest, &opts, &bar, true)?
+            } else {
+                import_job(source.cache(), &dest, &opts, &bar)?
+            };
             bar.0.finish_and_clear();
+            crate::jobs::selection::check_matched(source.cache(), &opts, &s)?;
             print_summary(
                 "imported",
                 &s,
@@ -288,7 +299,10 @@ fn render(a: RenderArgs) -> anyhow::Result<ExitCode> {
     let Some(levels) = a.levels else {
         bail!("say which tiles: --levels A-B (with an optional --extent) or --tile L/R/C");
     };
-    let extent = a.extent.as_deref().map(parse_extent).transpose()?;
+    let mut extent = a.extent.as_deref().map(parse_extent).transpose()?;
+    if let (Some(e), Some(crs)) = (&mut extent, a.extent_crs) {
+        *e = crate::jobs::selection::extent_in_cache(e, crs, cache.scheme())?;
+    }
     let r = Renderer::new(cache, src, Keep::No, opts)?;
     let bo = BatchOptions {
         levels,
@@ -446,7 +460,7 @@ fn parse_colour(s: &str) -> anyhow::Result<[u8; 3]> {
     Ok([byte(0)?, byte(2)?, byte(4)?])
 }
 
-fn job_options(a: &JobArgs) -> anyhow::Result<JobOptions> {
+fn job_options(a: &JobArgs, src: &Cache) -> anyhow::Result<JobOptions> {
     let levels = match (&a.levels, &a.scales) {
         (_, Some(scales)) => LevelSelect::Scales(scales.clone()),
         (Some(r), None) => LevelSelect::Range(*r),
@@ -458,18 +472,32 @@ fn job_options(a: &JobArgs) -> anyhow::Result<JobOptions> {
         xmax: v[2],
         ymax: v[3],
     });
-    let aoi = a.aoi.as_deref().map(Aoi::from_geojson_file).transpose()?;
+    let extent = match (extent, a.extent_crs) {
+        (Some(e), Some(crs)) => Some(crate::jobs::selection::extent_in_cache(
+            &e,
+            crs,
+            src.scheme(),
+        )?),
+        (e, _) => e,
+    };
+    let aoi = a
+        .aoi
+        .as_deref()
+        .map(|p| Aoi::from_geojson_file(p, src.scheme()))
+        .transpose()?;
     if aoi.is_some() && extent.is_some() {
         eprintln!("bundlefs: both --aoi and --extent given: the area of interest wins");
     }
-    Ok(JobOptions {
+    let opts = JobOptions {
         levels,
         extent,
         aoi,
         mode: a.mode.into(),
         background: a.background.as_deref().map(parse_colour).transpose()?,
         sync: !a.no_sync,
-    })
+    };
+    crate::jobs::selection::check_selection_meets(src, &opts)?;
+    Ok(opts)
 }
 
 fn print_summary(verb: &str, s: &JobSummary, src: &Path, c: &Cache, dest: &Path, to: &str) {

@@ -10,8 +10,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::format::conf::{StorageFormat, TileFormat};
 use crate::format::levels::LevelRange;
-use crate::jobs::export::Target;
-use crate::jobs::pixels::Mode;
+use crate::format::pixels::ImportMode;
+use crate::jobs::engine::Target;
 
 /// Mount and convert Esri ArcGIS compact tile caches (Compact V1/V2, exploded).
 #[derive(Debug, Parser)]
@@ -57,11 +57,11 @@ pub enum ModeArg {
     Overwrite,
 }
 
-impl From<ModeArg> for Mode {
+impl From<ModeArg> for ImportMode {
     fn from(m: ModeArg) -> Self {
         match m {
-            ModeArg::Merge => Mode::Merge,
-            ModeArg::Overwrite => Mode::Overwrite,
+            ModeArg::Merge => ImportMode::Merge,
+            ModeArg::Overwrite => ImportMode::Overwrite,
         }
     }
 }
@@ -84,7 +84,13 @@ pub struct JobArgs {
         value_name = "XMIN,YMIN,XMAX,YMAX"
     )]
     pub extent: Option<Vec<f64>>,
-    /// Clip to this GeoJSON polygon/multipolygon (SRC's spatial reference); wins over --extent.
+    /// The spatial reference --extent is in, as an EPSG code (e.g. 4326 for longitude/latitude
+    /// degrees); default: SRC's own.
+    #[arg(long, value_name = "EPSG", requires = "extent")]
+    pub extent_crs: Option<u32>,
+    /// Clip to this GeoJSON polygon/multipolygon, in the CRS its "crs" member names (WGS 84
+    /// longitude/latitude when none, as RFC 7946 says); carried into SRC's spatial reference;
+    /// wins over --extent.
     #[arg(long, value_name = "FILE")]
     pub aoi: Option<PathBuf>,
     /// Merge into or overwrite tiles DEST already has.
@@ -322,6 +328,9 @@ pub struct RenderArgs {
     /// Only tiles touching XMIN,YMIN,XMAX,YMAX (map units of conf.xml); default: the cache extent.
     #[arg(long, allow_hyphen_values = true, conflicts_with = "tile")]
     pub extent: Option<String>,
+    /// The spatial reference --extent is in, as an EPSG code (e.g. 4326); default: the cache's.
+    #[arg(long, value_name = "EPSG", requires = "extent")]
+    pub extent_crs: Option<u32>,
     /// One tile, as L/R/C (decimal) or Lnn/Rxxxxxxxx/Cxxxxxxxx (hex as in exploded caches).
     #[arg(long)]
     pub tile: Option<String>,

@@ -3,7 +3,9 @@
 
 pub mod conf;
 pub mod exploded;
+pub mod extent;
 pub mod levels;
+pub mod pixels;
 pub mod sniff;
 pub mod tpkx;
 pub mod v1;

@@ -7,7 +7,7 @@ use std::io::{Read, Seek, Write};
 use serde_json::{json, Map, Value};
 
 use super::conf::{Envelope, Lod, StorageFormat, TileFormat, TileScheme};
-use super::FormatError;
+use super::{extent, FormatError};
 
 /// Name of the package's scheme document.
 pub const ROOT_JSON: &str = "root.json";
@@ -24,12 +24,20 @@ fn json_err(msg: impl Into<String>) -> FormatError {
     FormatError::Json(msg.into())
 }
 
+/// `spatialReference` of a package: the WKID and LatestWKID as conf.xml gives them; when it gives
+/// only a WKT, the EPSG code the WKT names ([`extent::epsg_of_wkt`]) as `wkid`/`latestWkid` too,
+/// since GDAL's ESRIC driver opens a package by its WKIDs only (a WKT alone: "Invalid Spatial
+/// Reference"). The WKT is kept when there is no WKID from conf.xml.
 fn spatial_reference(s: &TileScheme) -> Value {
     let mut m = Map::new();
-    if let Some(id) = s.wkid {
+    let from_wkt = match (s.wkid, s.latest_wkid) {
+        (None, None) => s.wkt.as_deref().and_then(extent::epsg_of_wkt),
+        _ => None,
+    };
+    if let Some(id) = s.wkid.or(from_wkt) {
         m.insert("wkid".into(), json!(id));
     }
-    if let Some(id) = s.latest_wkid {
+    if let Some(id) = s.latest_wkid.or(from_wkt) {
         m.insert("latestWkid".into(), json!(id));
     }
     if s.wkid.is_none() {
@@ -53,62 +61,69 @@ pub fn root_json(name: &str, scheme: &TileScheme, levels: (u8, u8), extent: &Env
         .iter()
         .map(|l| json!({"level": l.level, "resolution": l.resolution, "scale": l.scale}))
         .collect();
-    let v = json!({
-        "name": name,
-        "version": "1.0",
-        "tileBundlesPath": format!("./{TILE_DIR}"),
-        "minLOD": levels.0,
-        "maxLOD": levels.1,
-        "minScale": lod(levels.0).map_or(0.0, |l| l.scale),
-        "maxScale": lod(levels.1).map_or(0.0, |l| l.scale),
-        "resampling": false,
-        "spatialReference": sr,
-        "initialExtent": extent_json(extent, &sr),
-        "fullExtent": extent_json(extent, &sr),
-        "tileInfo": {
-            "rows": scheme.tile_rows,
-            "cols": scheme.tile_cols,
-            "dpi": scheme.dpi,
-            "origin": {"x": scheme.origin_x, "y": scheme.origin_y},
-            "spatialReference": sr,
-            "lods": lods,
-        },
-        "tileImageInfo": {
-            "format": scheme.tile_format.name(),
-            "compressionQuality": scheme.compression_quality,
-        },
-        "storageInfo": {
-            "storageFormat": StorageFormat::CompactV2.esri_name(),
-            "packetSize": PACKET_SIZE,
-        },
-    });
-    serde_json::to_vec_pretty(&v).expect("JSON of plain values")
+    // In this order, as ArcGIS writes it: GDAL's ESRIC driver recognises a root.json by finding
+    // "tileBundlesPath" in its first 1024 bytes (8192 when "tileInfo" is seen there), so it must
+    // come before anything long (a spatial reference's WKT).
+    let members = [
+        ("name", json!(name)),
+        ("version", json!("1.0")),
+        ("tileBundlesPath", json!(format!("./{TILE_DIR}"))),
+        (
+            "tileImageInfo",
+            json!({
+                "format": scheme.tile_format.name(),
+                "compressionQuality": scheme.compression_quality,
+            }),
+        ),
+        (
+            "storageInfo",
+            json!({
+                "storageFormat": StorageFormat::CompactV2.esri_name(),
+                "packetSize": PACKET_SIZE,
+            }),
+        ),
+        ("minLOD", json!(levels.0)),
+        ("maxLOD", json!(levels.1)),
+        ("minScale", json!(lod(levels.0).map_or(0.0, |l| l.scale))),
+        ("maxScale", json!(lod(levels.1).map_or(0.0, |l| l.scale))),
+        ("resampling", json!(false)),
+        ("spatialReference", sr.clone()),
+        ("initialExtent", extent_json(extent, &sr)),
+        ("fullExtent", extent_json(extent, &sr)),
+        (
+            "tileInfo",
+            json!({
+                "rows": scheme.tile_rows,
+                "cols": scheme.tile_cols,
+                "dpi": scheme.dpi,
+                "origin": {"x": scheme.origin_x, "y": scheme.origin_y},
+                "spatialReference": sr,
+                "lods": lods,
+            }),
+        ),
+    ];
+    ordered_json(&members)
 }
 
-/// Web Mercator's spatial references (Esri and EPSG ids), whose sphere is WGS84's semi-major axis.
-const WEB_MERCATOR: [u32; 4] = [102100, 102113, 3857, 900913];
-const WGS84_RADIUS: f64 = 6_378_137.0;
+/// A JSON object with its members in the given order, pretty-printed (serde_json's maps sort keys).
+fn ordered_json(members: &[(&str, Value)]) -> Vec<u8> {
+    let mut out = String::from("{");
+    for (i, (k, v)) in members.iter().enumerate() {
+        let text = serde_json::to_string_pretty(v).expect("JSON of plain values");
+        out.push_str(if i == 0 { "\n  " } else { ",\n  " });
+        out.push_str(&serde_json::to_string(k).expect("a string"));
+        out.push_str(": ");
+        out.push_str(&text.replace('\n', "\n  "));
+    }
+    out.push_str("\n}");
+    out.into_bytes()
+}
 
-/// The extent in geographic WGS84 (WKID 4326), as ArcGIS writes it in `iteminfo.json`, when the
-/// scheme's spatial reference is WGS84 itself or Web Mercator; `None` for any other (bundlefs
-/// carries no projection engine, and a wrong extent is worse than none).
+/// The extent in geographic WGS84 (WKID 4326), as ArcGIS writes it in `iteminfo.json`, for any
+/// spatial reference bundlefs can identify ([`extent::wgs84_extent`]); `None` otherwise (a wrong
+/// extent is worse than none).
 pub fn wgs84_extent(scheme: &TileScheme, e: &Envelope) -> Option<Envelope> {
-    let ids = [scheme.wkid, scheme.latest_wkid];
-    if ids.contains(&Some(4326)) {
-        return Some(*e);
-    }
-    if !ids.iter().flatten().any(|id| WEB_MERCATOR.contains(id)) {
-        return None;
-    }
-    let lon = |x: f64| (x / WGS84_RADIUS).to_degrees().clamp(-180.0, 180.0);
-    let lat =
-        |y: f64| (2.0 * (y / WGS84_RADIUS).exp().atan() - std::f64::consts::FRAC_PI_2).to_degrees();
-    Some(Envelope {
-        xmin: lon(e.xmin),
-        ymin: lat(e.ymin),
-        xmax: lon(e.xmax),
-        ymax: lat(e.ymax),
-    })
+    extent::wgs84_extent(scheme, e)
 }
 
 /// Name of the package thumbnail, as `iteminfo.json` points to it.

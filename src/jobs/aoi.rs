@@ -1,6 +1,7 @@
-//! Areas of interest: a GeoJSON polygon or multipolygon in the cache's spatial reference, how a tile
-//! (or a bundle) lies against it, and which of a tile's pixels it covers (pixel centres, even-odd
-//! per polygon, polygons united).
+//! Areas of interest: a GeoJSON polygon or multipolygon read in the coordinate reference system it
+//! declares (WGS 84 longitude/latitude by RFC 7946 when it declares none) and carried into the
+//! cache's spatial reference, how a tile (or a bundle) lies against it, and which of a tile's pixels
+//! it covers (pixel centres, even-odd per polygon, polygons united).
 
 use std::path::Path;
 
@@ -10,7 +11,8 @@ use geo::{
 use geojson::{GeoJson, GeometryValue, Position};
 
 use crate::error::{Error, Result};
-use crate::format::conf::Envelope;
+use crate::format::conf::{Envelope, TileScheme};
+use crate::format::extent::{self, Crs, WEB_MERCATOR, WGS84};
 
 /// How a rectangle lies against the area of interest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,40 +128,257 @@ fn collect(path: &Path, g: &GeometryValue, out: &mut Vec<Polygon<f64>>) -> Resul
     Ok(())
 }
 
-impl Aoi {
-    /// Reads a GeoJSON file: a geometry, a feature or a feature collection of polygons and
-    /// multipolygons, coordinates in the cache's spatial reference.
-    pub fn from_geojson_file(path: &Path) -> Result<Aoi> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        Self::from_geojson(path, &bytes)
-    }
-
-    /// Parses GeoJSON bytes; `path` names the source in errors.
-    pub fn from_geojson(path: &Path, bytes: &[u8]) -> Result<Aoi> {
-        let text =
-            std::str::from_utf8(bytes).map_err(|e| bad(path, format!("not UTF-8 text: {e}")))?;
-        let gj: GeoJson = text
-            .parse()
-            .map_err(|e| bad(path, format!("not GeoJSON: {e}")))?;
-        let mut polys = Vec::new();
-        match &gj {
-            GeoJson::Geometry(g) => collect(path, &g.value, &mut polys)?,
-            GeoJson::Feature(f) => {
+/// The JSON document and its polygons, coordinates as written.
+fn parse_polygons(path: &Path, bytes: &[u8]) -> Result<(serde_json::Value, Vec<Polygon<f64>>)> {
+    let text = std::str::from_utf8(bytes).map_err(|e| bad(path, format!("not UTF-8 text: {e}")))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| bad(path, format!("not GeoJSON: {e}")))?;
+    let gj: GeoJson = text
+        .parse()
+        .map_err(|e| bad(path, format!("not GeoJSON: {e}")))?;
+    let mut polys = Vec::new();
+    match &gj {
+        GeoJson::Geometry(g) => collect(path, &g.value, &mut polys)?,
+        GeoJson::Feature(f) => {
+            if let Some(g) = &f.geometry {
+                collect(path, &g.value, &mut polys)?
+            }
+        }
+        GeoJson::FeatureCollection(fc) => {
+            for f in &fc.features {
                 if let Some(g) = &f.geometry {
                     collect(path, &g.value, &mut polys)?
                 }
             }
-            GeoJson::FeatureCollection(fc) => {
-                for f in &fc.features {
-                    if let Some(g) = &f.geometry {
-                        collect(path, &g.value, &mut polys)?
-                    }
-                }
+        }
+    }
+    if polys.is_empty() {
+        return Err(bad(path, "no polygon in it"));
+    }
+    Ok((doc, polys))
+}
+
+/// The coordinate reference system a GeoJSON file declares in its `crs` member (GeoJSON 2008, as
+/// QGIS and ogr2ogr still write it): `(name as written, EPSG code)`, or `None` when it declares none.
+/// Accepted names: `urn:ogc:def:crs:OGC:1.3:CRS84` (and `OGC::CRS84`, `CRS84`), `CRS83`, `CRS27`,
+/// `EPSG:N`, `urn:ogc:def:crs:EPSG::N` (any version), `http://www.opengis.net/def/crs/EPSG/0/N`,
+/// `…/epsg.xml#N`, `ESRI:102100`; also `{"type": "EPSG", "properties": {"code": N}}`. Anything else
+/// (a `link` CRS, an unknown name) is refused by name.
+pub fn declared_crs(path: &Path, doc: &serde_json::Value) -> Result<Option<(String, u32)>> {
+    let Some(crs) = doc.get("crs") else {
+        return Ok(None);
+    };
+    if crs.is_null() {
+        return Ok(None);
+    }
+    let kind = crs.get("type").and_then(|t| t.as_str()).unwrap_or("");
+    let props = crs.get("properties");
+    if kind.eq_ignore_ascii_case("EPSG") {
+        if let Some(code) = props
+            .and_then(|p| p.get("code"))
+            .and_then(|c| c.as_u64())
+            .and_then(|c| u32::try_from(c).ok())
+        {
+            return Ok(Some((format!("EPSG:{code}"), code)));
+        }
+    }
+    let name = props
+        .and_then(|p| p.get("name"))
+        .and_then(|n| n.as_str())
+        .filter(|_| kind.eq_ignore_ascii_case("name"))
+        .ok_or_else(|| {
+            bad(
+                path,
+                format!(
+                    "its \"crs\" member {crs} is not one bundlefs reads; give \
+                     {{\"type\": \"name\", \"properties\": {{\"name\": \"EPSG:N\"}}}} or leave it out for \
+                     WGS 84 longitude/latitude (RFC 7946)"
+                ),
+            )
+        })?;
+    let code = crs_name_code(name).ok_or_else(|| {
+        bad(
+            path,
+            format!(
+                "declares the coordinate reference system {name:?}, which bundlefs does not know; \
+                 name it as EPSG:N or urn:ogc:def:crs:EPSG::N"
+            ),
+        )
+    })?;
+    Ok(Some((name.to_string(), code)))
+}
+
+/// The EPSG code of a CRS name as GeoJSON files write it (see [`declared_crs`]).
+fn crs_name_code(name: &str) -> Option<u32> {
+    let n = name.trim();
+    let lower = n.to_ascii_lowercase();
+    let last = lower.rsplit([':', '/', '#']).next().unwrap_or("");
+    match last {
+        "crs84" => return Some(WGS84),
+        "crs83" => return Some(4269),
+        "crs27" => return Some(4267),
+        _ => {}
+    }
+    let code: u32 = last.parse().ok()?;
+    let epsg_form = lower.starts_with("epsg:")
+        || lower.starts_with("urn:ogc:def:crs:epsg:")
+        || lower.contains("opengis.net/def/crs/epsg/")
+        || lower.contains("epsg.xml#");
+    if epsg_form {
+        return Some(code);
+    }
+    // Esri's ids of Web Mercator only: other Esri ids have no EPSG definition here.
+    (lower.starts_with("esri:") && extent::epsg_of_wkid(code) == WEB_MERCATOR)
+        .then_some(WEB_MERCATOR)
+}
+
+/// Whether every position lies within longitude ±180 and latitude ±90.
+fn looks_geographic(polys: &[Polygon<f64>]) -> bool {
+    polys.iter().all(|p| {
+        std::iter::once(p.exterior())
+            .chain(p.interiors())
+            .flat_map(|r| r.coords())
+            .all(|c| c.x.abs() <= 180.0 && c.y.abs() <= 90.0)
+    })
+}
+
+/// The spatial reference of the cache a selection is for, or why it has none bundlefs can use.
+pub(crate) fn cache_crs(scheme: Option<&TileScheme>) -> std::result::Result<Crs, String> {
+    match scheme {
+        Some(s) => extent::scheme_crs(s),
+        None => Err("no spatial reference (the cache has no conf.xml)".into()),
+    }
+}
+
+/// Carries a ring from `from` into `to`, with points added along each edge (at most 1/256 of the
+/// ring's larger side apart, in source units) so edges that curve when projected are followed.
+fn reproject_ring(
+    path: &Path,
+    ring: &LineString<f64>,
+    from: &Crs,
+    to: &Crs,
+) -> Result<LineString<f64>> {
+    let Some(r) = ring.bounding_rect() else {
+        return Ok(ring.clone());
+    };
+    let step = r.width().max(r.height()) / 256.0;
+    let mut pts: Vec<(f64, f64)> = Vec::new();
+    for l in ring.lines() {
+        let len = l.dx().hypot(l.dy());
+        let n = if step > 0.0 {
+            ((len / step).ceil() as usize).clamp(1, 4096)
+        } else {
+            1
+        };
+        for i in 0..n {
+            let f = i as f64 / n as f64;
+            pts.push((l.start.x + f * l.dx(), l.start.y + f * l.dy()));
+        }
+    }
+    if let Some(last) = ring.0.last() {
+        pts.push((last.x, last.y));
+    }
+    if from.is_geographic() && to.epsg() == WEB_MERCATOR {
+        // Web Mercator ends at ±85.0511°: the poles have no image.
+        for p in pts.iter_mut() {
+            p.1 = p.1.clamp(-85.051_128_779_806_59, 85.051_128_779_806_59);
+        }
+    }
+    from.transform_all(to, &mut pts)
+        .map_err(|e| bad(path, e.to_string()))?;
+    Ok(LineString::new(
+        pts.into_iter().map(|(x, y)| Coord { x, y }).collect(),
+    ))
+}
+
+impl Aoi {
+    /// Reads a GeoJSON file (a geometry, a feature or a feature collection of polygons and
+    /// multipolygons) into the spatial reference of `scheme` (the cache's): see
+    /// [`Aoi::from_geojson_for`].
+    pub fn from_geojson_file(path: &Path, scheme: Option<&TileScheme>) -> Result<Aoi> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::from_geojson_for(path, &bytes, scheme)
+    }
+
+    /// Parses GeoJSON bytes (`path` names the source in errors) and carries the polygons into the
+    /// spatial reference of `scheme`. The coordinates are in the reference the file's `crs` member
+    /// declares ([`declared_crs`]); without one, RFC 7946 says WGS 84 longitude/latitude, which is
+    /// how they are read when every position lies within ±180/±90. A file without `crs` whose
+    /// positions cannot be degrees is read in the cache's own units (the files bundlefs wrote
+    /// before, and many tools' output) with a warning naming the way to declare it. Refused, naming
+    /// both references, when the declared one is not the cache's and either is unknown.
+    pub fn from_geojson_for(path: &Path, bytes: &[u8], scheme: Option<&TileScheme>) -> Result<Aoi> {
+        let (doc, polys) = parse_polygons(path, bytes)?;
+        let declared = declared_crs(path, &doc)?;
+        let cache_ref = scheme.map_or_else(
+            || "the cache's spatial reference".to_string(),
+            extent::describe,
+        );
+        let (name, code) = match declared {
+            Some(d) => d,
+            None if looks_geographic(&polys) => {
+                ("WGS 84 longitude/latitude (RFC 7946)".into(), WGS84)
+            }
+            None => {
+                tracing::warn!(
+                    "{}: declares no CRS and its coordinates are not longitude/latitude degrees: \
+                     read in {cache_ref}. Add \"crs\": {{\"type\": \"name\", \"properties\": \
+                     {{\"name\": \"EPSG:N\"}}}} to say which",
+                    path.display()
+                );
+                return Self::from_polygons(path, polys);
+            }
+        };
+        let target = cache_crs(scheme);
+        if let Ok(t) = &target {
+            if extent::epsg_of_wkid(code) == t.epsg() {
+                return Self::from_polygons(path, polys);
             }
         }
-        if polys.is_empty() {
-            return Err(bad(path, "no polygon in it"));
+        let from = Crs::from_epsg(code).map_err(|e| {
+            bad(
+                path,
+                format!("its coordinates are in {name} but {e}; the cache is in {cache_ref}"),
+            )
+        })?;
+        let to = target.map_err(|why| {
+            bad(
+                path,
+                format!(
+                    "its coordinates are in {name} (EPSG:{}) and cannot be carried into the cache's \
+                     spatial reference, {why}; give the area in the cache's units with a \"crs\" \
+                     member naming it",
+                    from.epsg()
+                ),
+            )
+        })?;
+        if from.is_geographic() && !looks_geographic(&polys) {
+            return Err(bad(
+                path,
+                format!("declares {name}, but its coordinates are not longitude/latitude degrees"),
+            ));
         }
+        let mut out = Vec::with_capacity(polys.len());
+        for p in &polys {
+            let ext = reproject_ring(path, p.exterior(), &from, &to)?;
+            let holes = p
+                .interiors()
+                .iter()
+                .map(|h| reproject_ring(path, h, &from, &to))
+                .collect::<Result<Vec<_>>>()?;
+            out.push(Polygon::new(ext, holes));
+        }
+        Self::from_polygons(path, out)
+    }
+
+    /// Parses GeoJSON bytes taking the coordinates as they are (no CRS handling); `path` names the
+    /// source in errors.
+    pub fn from_geojson(path: &Path, bytes: &[u8]) -> Result<Aoi> {
+        let (_, polys) = parse_polygons(path, bytes)?;
+        Self::from_polygons(path, polys)
+    }
+
+    fn from_polygons(path: &Path, polys: Vec<Polygon<f64>>) -> Result<Aoi> {
         Self::new(MultiPolygon::new(polys)).ok_or_else(|| bad(path, "the polygons enclose no area"))
     }
 
@@ -364,6 +583,163 @@ mod tests {
         }
         assert!(a.mask(&env(10.0, 10.0, 30.0, 30.0), 8, 8).is_full());
         assert!(a.mask(&env(45.0, 45.0, 55.0, 55.0), 8, 8).is_empty());
+    }
+
+    fn scheme(epsg: u32) -> TileScheme {
+        let mut s = TileScheme::web_mercator(0, crate::format::conf::TileFormat::Png);
+        if epsg != 3857 {
+            s.wkid = Some(epsg);
+            s.latest_wkid = Some(epsg);
+            s.wkt = None;
+        }
+        s
+    }
+
+    fn ring_json(crs: Option<&str>, ring: &[(f64, f64)]) -> String {
+        let coords: Vec<[f64; 2]> = ring.iter().map(|&(x, y)| [x, y]).collect();
+        let mut v = serde_json::json!({"type": "Feature", "properties": {},
+            "geometry": {"type": "Polygon", "coordinates": [coords]}});
+        if let Some(c) = crs {
+            v["crs"] = serde_json::json!({"type": "name", "properties": {"name": c}});
+        }
+        v.to_string()
+    }
+
+    fn read_for(json: &str, s: &TileScheme) -> Result<Aoi> {
+        Aoi::from_geojson_for(Path::new("a.geojson"), json.as_bytes(), Some(s))
+    }
+
+    #[test]
+    fn crs_names_as_tools_write_them() {
+        for (name, code) in [
+            ("urn:ogc:def:crs:OGC:1.3:CRS84", 4326),
+            ("urn:ogc:def:crs:OGC::CRS84", 4326),
+            ("CRS84", 4326),
+            ("EPSG:3857", 3857),
+            ("urn:ogc:def:crs:EPSG::2180", 2180),
+            ("urn:ogc:def:crs:EPSG:6.6:4326", 4326),
+            ("http://www.opengis.net/def/crs/EPSG/0/2180", 2180),
+            ("http://www.opengis.net/gml/srs/epsg.xml#4326", 4326),
+            ("ESRI:102100", 3857),
+        ] {
+            assert_eq!(crs_name_code(name), Some(code), "{name}");
+        }
+        for name in [
+            "ESRI:102003",
+            "urn:ogc:def:crs:OGC:1.3:CRS99",
+            "WGS84",
+            "EPSG:x",
+        ] {
+            assert_eq!(crs_name_code(name), None, "{name}");
+        }
+        let doc = serde_json::json!({"crs": {"type": "EPSG", "properties": {"code": 2180}}});
+        assert_eq!(
+            declared_crs(Path::new("a"), &doc).unwrap(),
+            Some(("EPSG:2180".into(), 2180))
+        );
+        let link = serde_json::json!({"crs": {"type": "link", "properties": {"href": "x"}}});
+        let e = declared_crs(Path::new("a.json"), &link)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a.json") && e.contains("\"crs\" member"), "{e}");
+    }
+
+    /// Degrees go into Web Mercator by the sphere formulas x = Rλ, y = R ln tan(π/4 + φ/2)
+    /// (R = 6378137 m), computed here independently of proj4rs.
+    #[test]
+    fn lon_lat_areas_are_carried_into_web_mercator() {
+        let ring = [
+            (2.0, 48.5),
+            (2.8, 48.5),
+            (2.8, 49.1),
+            (2.0, 49.1),
+            (2.0, 48.5),
+        ];
+        let r = 6_378_137.0_f64;
+        let y = |lat: f64| {
+            r * (std::f64::consts::FRAC_PI_4 + lat.to_radians() / 2.0)
+                .tan()
+                .ln()
+        };
+        let want = [
+            2.0_f64.to_radians() * r,
+            y(48.5),
+            2.8_f64.to_radians() * r,
+            y(49.1),
+        ];
+        // Declared, and by RFC 7946 when undeclared: the same area.
+        for crs in [
+            Some("urn:ogc:def:crs:OGC:1.3:CRS84"),
+            Some("EPSG:4326"),
+            None,
+        ] {
+            let b = read_for(&ring_json(crs, &ring), &scheme(3857))
+                .unwrap()
+                .bbox();
+            let got = [b.xmin, b.ymin, b.xmax, b.ymax];
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() < 1e-6, "{crs:?}: {got:?} vs {want:?}");
+            }
+        }
+        // The same ring in metres, declared as such, is taken as it is.
+        let m: Vec<(f64, f64)> = ring
+            .iter()
+            .map(|&(lon, lat)| (lon.to_radians() * r, y(lat)))
+            .collect();
+        let b = read_for(&ring_json(Some("EPSG:3857"), &m), &scheme(3857))
+            .unwrap()
+            .bbox();
+        assert!((b.xmin - want[0]).abs() < 1e-6 && (b.ymax - want[3]).abs() < 1e-6);
+    }
+
+    /// A polygon in Poland CS92 read into a geographic cache: corners as PROJ 9.1 gives them
+    /// (`gdaltransform -s_srs EPSG:2180 -t_srs '+proj=longlat +datum=WGS84'`: 144000 130000 →
+    /// 14.1368607019397 48.9349347532319; 880000 780000 → 24.9075102422731 54.7394722588405).
+    #[test]
+    fn projected_areas_are_carried_into_geographic_caches() {
+        let ring = [
+            (144000.0, 130000.0),
+            (880000.0, 130000.0),
+            (880000.0, 780000.0),
+            (144000.0, 780000.0),
+            (144000.0, 130000.0),
+        ];
+        let a = read_for(
+            &ring_json(Some("urn:ogc:def:crs:EPSG::2180"), &ring),
+            &scheme(4326),
+        )
+        .unwrap();
+        // 0.015° in from the south-west and north-east corners, and 0.015° out.
+        assert!(a.contains_point(14.152, 48.950) && a.contains_point(24.892, 54.724));
+        assert!(!a.contains_point(14.122, 48.920) && !a.contains_point(24.922, 54.754));
+        let b = a.bbox();
+        assert!((b.xmax - 24.907_510_242_273_1).abs() < 1e-9, "{b:?}");
+    }
+
+    #[test]
+    fn references_that_cannot_be_used_are_refused_naming_both() {
+        let ring = [(0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 0.0)];
+        let e = read_for(&ring_json(Some("EPSG:32767"), &ring), &scheme(2180))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("EPSG:32767") && e.contains("EPSG:2180"), "{e}");
+        let mut unknown = scheme(2180);
+        unknown.wkid = None;
+        unknown.latest_wkid = None;
+        unknown.wkt = Some("PROJCS[\"Local_Grid\",UNIT[\"Meter\",1.0]]".into());
+        let e = read_for(&ring_json(None, &ring), &unknown)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("WGS 84") && e.contains("Local_Grid"), "{e}");
+        // Degrees declared, metres given.
+        let big = [(0.0, 0.0), (5e5, 0.0), (5e5, 5e5), (0.0, 0.0)];
+        let e = read_for(&ring_json(Some("CRS84"), &big), &scheme(3857))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not longitude/latitude"), "{e}");
+        // No crs and not degrees: read in the cache's units (as bundlefs did before).
+        let a = read_for(&ring_json(None, &big), &scheme(3857)).unwrap();
+        assert_eq!(a.bbox(), env(0.0, 0.0, 5e5, 5e5));
     }
 
     #[test]

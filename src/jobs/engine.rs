@@ -1,7 +1,13 @@
-//! The engine shared by export and import jobs: pick the source tiles (levels or scales, extent or
-//! area of interest), clip boundary tiles, merge into or overwrite the destination, and write bundle
-//! by bundle in parallel. New bundles are built in one pass and renamed into place; existing ones
-//! take the durable append path under their lock, so an interrupted job leaves a valid cache.
+//! The one engine of export, import and package jobs (they call it, never each other): pick the
+//! source tiles (levels or scales, extent or area of interest), decide each tile (copy, clip, merge,
+//! nothing: [`super::tile`]), and write them to the destination bundle by bundle in parallel,
+//! through the destination's storage ([`Cache::update_group`]: each tile decided against the
+//! destination's tile under the bundle's lock; new bundles written whole in one pass), so an
+//! interrupted job leaves a valid cache. [`into_cache`] is the import into an open cache that
+//! `import`, `export` (into an existing folder) and `package` (into an unpacked `.tpkx`) use.
+//!
+//! Which function a target needs (a folder: [`super::export`] / [`super::import`]; a `.tpkx`:
+//! [`super::package`]) is the caller's choice, made by the command line.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -12,17 +18,19 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::aoi::{Aoi, Coverage, Mask};
-use super::pixels::{Codec, Mode, Outcome};
-use crate::cache::{Cache, GroupView, TileBytes, TileGroup};
+use super::tile::{Outcome, Side, TilePixels};
+use crate::cache::{Cache, CacheOptions, GroupView, TileBytes, TileGroup};
 use crate::error::{Error, IoContext, Result};
-use crate::format::conf::{Envelope, TileFormat, TileScheme};
+use crate::format::conf::{Envelope, StorageFormat, TileFormat, TileScheme};
 use crate::format::levels::LevelRange;
+use crate::format::pixels::{ImportMode, PngCompression, TileEncoder, DEFAULT_BACKGROUND};
 use crate::format::sniff::ImageKind;
 use crate::format::{exploded, BundleId, Slot, TileAddr, BUNDLE_DIM};
 
 /// Which levels a job takes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LevelSelect {
+    /// The levels in this range (those the source has).
     Range(LevelRange),
     /// Map scales, each matching one LOD of the source (within 0.5 %).
     Scales(Vec<f64>),
@@ -35,26 +43,60 @@ impl Default for LevelSelect {
 }
 
 /// What an export or import takes and how it writes.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct JobOptions {
     pub levels: LevelSelect,
     /// Whole tiles intersecting this rectangle (cache units). Ignored when `aoi` is given.
     pub extent: Option<Envelope>,
     /// Tiles clipped at pixel resolution to this area.
     pub aoi: Option<Aoi>,
-    pub mode: Mode,
-    /// JPEG tiles' colour outside the area; white when None.
+    /// How source tiles meet the destination's (jobs default to MERGE, as ArcGIS's Import Map
+    /// Server Cache tool does).
+    pub mode: ImportMode,
+    /// JPEG tiles' colour outside the area; [`DEFAULT_BACKGROUND`] (white) when None.
     pub background: Option<[u8; 3]>,
     /// Make the result durable (syncfs at the end, fdatasync around index updates).
     pub sync: bool,
 }
 
-/// Default background of JPEG tiles outside the area of interest.
-pub const DEFAULT_BACKGROUND: [u8; 3] = [255, 255, 255];
+impl Default for JobOptions {
+    /// Every level, no extent or area, MERGE, white background, no sync.
+    fn default() -> Self {
+        JobOptions {
+            levels: LevelSelect::default(),
+            extent: None,
+            aoi: None,
+            mode: ImportMode::Merge,
+            background: None,
+            sync: false,
+        }
+    }
+}
+
+/// What an export writes: a cache folder ([`super::export::export_job`]) or a tile package
+/// ([`super::package::update_package`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A cache folder in this storage format.
+    Storage(StorageFormat),
+    /// A `.tpkx` tile package (Compact V2 bundles in a stored zip).
+    Tpkx,
+}
+
+/// Options for the destination cache of a job.
+pub fn dest_options(storage: StorageFormat, sync: bool) -> CacheOptions {
+    CacheOptions {
+        // Exploded tiles are renamed into place one by one; one syncfs at the end covers them.
+        durable: sync && storage != StorageFormat::Exploded,
+        ..CacheOptions::default()
+    }
+}
 
 /// Reports progress in tiles (read, whether written or not).
 pub trait Progress: Sync {
+    /// Called once before any tile is read: the tiles the selected bundles hold.
     fn start(&self, _total_tiles: u64) {}
+    /// Called after each bundle (or bundle-sized group of exploded tiles) with its tiles read.
     fn advance(&self, _tiles: u64) {}
 }
 
@@ -79,11 +121,15 @@ pub struct JobSummary {
     pub tiles_unchanged: u64,
     /// Tiles outside the extent or area.
     pub tiles_skipped: u64,
+    /// Tile bytes read from the source.
     pub bytes_read: u64,
+    /// Tile bytes written to the destination.
     pub bytes_written: u64,
     /// Bundles (or bundle-sized groups of exploded tiles) that received tiles.
     pub bundles: u64,
+    /// The levels taken, ascending.
     pub levels: Vec<u8>,
+    /// Wall time of the job.
     pub seconds: f64,
 }
 
@@ -197,21 +243,20 @@ pub fn check_selection(src: &Cache, opts: &JobOptions) -> Result<()> {
     Ok(())
 }
 
-/// The pixel codec for tiles going into `dest`.
-fn codec(src: &Cache, dest: &Cache, background: Option<[u8; 3]>) -> Codec {
+/// The pixel settings for tiles going into `dest` (its scheme, else the source's): PNG encoded
+/// for size, as a batch job writes each tile once for many reads.
+fn tile_pixels(src: &Cache, dest: &Cache, background: Option<[u8; 3]>) -> TilePixels {
     let scheme: Option<&TileScheme> = dest.scheme().or(src.scheme());
-    let format = scheme.map_or(TileFormat::Png, |s| s.tile_format.clone());
-    let quality = scheme
-        .map(|s| s.compression_quality)
-        .filter(|q| (1..=100).contains(q))
-        .unwrap_or(75) as u8;
-    Codec {
-        default_kind: format.image_kind().unwrap_or(ImageKind::Png),
-        format,
-        quality,
-        background: background.unwrap_or(DEFAULT_BACKGROUND),
-        width: scheme.map_or(0, |s| s.tile_cols),
-        height: scheme.map_or(0, |s| s.tile_rows),
+    let mut encoder = match scheme {
+        Some(s) => TileEncoder::for_scheme(s),
+        None => TileEncoder::new(TileFormat::Png, 0),
+    };
+    encoder.background = Some(background.unwrap_or(DEFAULT_BACKGROUND));
+    encoder.png = PngCompression::Small;
+    TilePixels {
+        fallback: encoder.format.image_kind().unwrap_or(ImageKind::Png),
+        encoder,
+        size: scheme.map(|s| (s.tile_cols, s.tile_rows)),
     }
 }
 
@@ -230,8 +275,8 @@ struct Ctx<'a> {
     dest: &'a Cache,
     /// DEST was created by this job: it holds no tile we have not written.
     fresh: bool,
-    mode: Mode,
-    codec: Codec,
+    mode: ImportMode,
+    pixels: TilePixels,
     region: Region<'a>,
     n: Counters,
     progress: &'a dyn Progress,
@@ -258,7 +303,7 @@ pub fn run(
         dest,
         fresh,
         mode: opts.mode,
-        codec: codec(src, dest, opts.background),
+        pixels: tile_pixels(src, dest, opts.background),
         region,
         n: Counters::default(),
         progress,
@@ -294,7 +339,7 @@ pub fn run(
             .try_for_each(|(g, cov)| ctx.group(g, *cov))?;
     }
     if opts.sync {
-        super::export::syncfs(dest.root())?;
+        syncfs(dest.root())?;
     }
     let n = &ctx.n;
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -433,20 +478,12 @@ impl Ctx<'_> {
     /// Decides one tile against the destination's current tile.
     fn decide(&self, p: Pick, dest: Option<TileBytes>) -> Result<Option<Store>> {
         let outcome = self
-            .codec
+            .pixels
             .apply(&p.bytes, p.mask.as_ref(), dest.as_deref(), self.mode)
             .map_err(|e| {
-                let file = if dest.is_some()
-                    && matches!(
-                        e,
-                        super::pixels::PixelError::Decode {
-                            what: "destination",
-                            ..
-                        }
-                    ) {
-                    self.dest.tile_file(p.t)
-                } else {
-                    self.src.tile_file(p.t)
+                let file = match e.side {
+                    Side::Source => self.src.tile_file(p.t),
+                    Side::Destination => self.dest.tile_file(p.t),
                 };
                 Error::invalid(format!("{}: tile {}: {e}", file.display(), p.t))
             })?;
@@ -617,6 +654,28 @@ pub fn check_compatible(src: &Cache, dest: &Cache, levels: &[u8]) -> Result<()> 
     Ok(())
 }
 
+/// Checks compatibility, copies the tiles of `src` into the open cache `dest` (merged or
+/// overwriting, `opts.mode`), then grows DEST's conf.cdi by the area taken.
+pub fn into_cache(
+    src: &Cache,
+    dest: &mut Cache,
+    opts: &JobOptions,
+    progress: &dyn Progress,
+) -> Result<JobSummary> {
+    let levels = select_levels(src, &opts.levels)?;
+    check_compatible(src, dest, &levels)?;
+    let before = dest.extent();
+    let summary = run(src, dest, false, opts, progress)?;
+    if summary.tiles_written > 0 {
+        if let Some(e) = extent_after(src, before, opts) {
+            if Some(e) != before {
+                dest.set_extent(&e)?;
+            }
+        }
+    }
+    Ok(summary)
+}
+
 /// True when `dir` already holds a cache (conf.xml, `_alllayers/` or level folders).
 pub fn holds_cache(dir: &Path) -> Result<bool> {
     Ok(dir.join(crate::cache::CONF_XML).exists()
@@ -641,4 +700,10 @@ pub fn extent_after(
         (Some(d), Some(a)) => Some(union(&d, &a)),
         (d, a) => a.or(d),
     }
+}
+
+/// Flushes the file system holding `path` (one call instead of an fsync per file).
+pub fn syncfs(path: &Path) -> Result<()> {
+    let f = fs::File::open(path).at(path)?;
+    rustix::fs::syncfs(&f).map_err(|e| Error::io(path, e.into()))
 }

@@ -1,16 +1,15 @@
 //! Export jobs: the selected tiles of a cache into a new (or existing, same-storage) cache folder in
-//! another storage format (exploded, Compact V1, Compact V2) or into a `.tpkx` package; new bundles
-//! are written in one pass to a temporary file and renamed. The work itself is [`super::job`].
+//! a storage format (exploded, Compact V1, Compact V2). The work itself is [`super::engine`]; a
+//! `.tpkx` package is [`super::package::update_package`], chosen by the caller.
 
-use std::fs;
 use std::path::Path;
 
 use super::engine::{
-    check_selection, extent_after, holds_cache, job_area, run, JobOptions, JobSummary, LevelSelect,
-    Progress,
+    check_selection, dest_options, extent_after, holds_cache, into_cache, job_area, run,
+    JobOptions, JobSummary, LevelSelect, Progress,
 };
-use crate::cache::{Cache, CacheOptions};
-use crate::error::{Error, IoContext, Result};
+use crate::cache::Cache;
+use crate::error::{Error, Result};
 use crate::format::conf::{self, StorageFormat};
 use crate::format::levels::LevelRange;
 
@@ -58,7 +57,7 @@ pub fn export(
         sync: opts.sync,
         ..JobOptions::default()
     };
-    let s = export_job(src, dest, Target::Storage(opts.storage), &job, &F(progress))?;
+    let s = export_job(src, dest, opts.storage, &job, &F(progress))?;
     Ok(ExportSummary {
         tiles: s.tiles_written,
         bytes: s.bytes_written,
@@ -67,40 +66,19 @@ pub fn export(
     })
 }
 
-/// What an export writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
-    /// A cache folder in this storage format.
-    Storage(StorageFormat),
-    /// A `.tpkx` tile package (Compact V2 bundles in a stored zip).
-    Tpkx,
-}
-
-/// Options for the destination cache of a job.
-pub(crate) fn dest_options(storage: StorageFormat, sync: bool) -> CacheOptions {
-    CacheOptions {
-        // Exploded tiles are renamed into place one by one; one syncfs at the end covers them.
-        durable: sync && storage != StorageFormat::Exploded,
-        ..CacheOptions::default()
-    }
-}
-
-/// Exports the selected tiles of `src` to `dest`: a new cache folder (or `.tpkx` file) in the
-/// target storage, with conf.xml (StorageFormat set to the target) and conf.cdi (the exported area).
-/// When DEST already holds a cache of that storage, tiles are merged into it or overwrite its own
-/// (`opts.mode`) after its tiling scheme and image format are checked.
+/// Exports the selected tiles of `src` to `dest`: a new cache folder in `storage`, with conf.xml
+/// (StorageFormat set to `storage`) and conf.cdi (the exported area). When DEST already holds a
+/// cache of that storage, tiles are merged into it or overwrite its own (`opts.mode`) after its
+/// tiling scheme and image format are checked. A file at DEST is refused (a `.tpkx` package is
+/// [`super::package::update_package`]'s).
 pub fn export_job(
     src: &Cache,
     dest: &Path,
-    target: Target,
+    storage: StorageFormat,
     opts: &JobOptions,
     progress: &dyn Progress,
 ) -> Result<JobSummary> {
     check_selection(src, opts)?;
-    let storage = match target {
-        Target::Tpkx => return super::package::update_package(src, dest, opts, progress, false),
-        Target::Storage(s) => s,
-    };
     if dest.is_file() {
         return Err(Error::invalid(format!(
             "{}: is a file; export --storage {storage} writes a cache folder",
@@ -117,12 +95,12 @@ pub fn export_job(
                 d.storage()
             )));
         }
-        return super::import::into_cache(src, &mut d, opts, progress);
+        return into_cache(src, &mut d, opts, progress);
     }
     let conf = src.conf().map(|c| c.with_storage(storage));
     let cdi = match (src.scheme(), extent_after(src, None, opts)) {
         (Some(s), Some(e)) if job_area(opts).is_some() => Some(conf::write_cdi(&e, s)),
-        (Some(s), None) => Some(conf::write_cdi(&crate::cache::scheme_extent(s), s)),
+        (Some(s), None) => Some(conf::write_cdi(&crate::format::extent::scheme_extent(s), s)),
         _ => src.cdi().map(<[u8]>::to_vec),
     };
     let d = Cache::create_empty(
@@ -133,12 +111,6 @@ pub fn export_job(
         dest_options(storage, opts.sync),
     )?;
     run(src, &d, true, opts, progress)
-}
-
-/// Flushes the file system holding `path` (one call instead of an fsync per file).
-pub fn syncfs(path: &Path) -> Result<()> {
-    let f = fs::File::open(path).at(path)?;
-    rustix::fs::syncfs(&f).map_err(|e| Error::io(path, e.into()))
 }
 
 #[cfg(test)]

@@ -1,18 +1,18 @@
-//! Import jobs: the selected tiles of a cache (or package) into an existing cache whose tiling
-//! scheme matches and whose image format matches or is MIXED; merged (the default) or overwriting.
+//! Import jobs: the selected tiles of a cache (or package) into an existing cache folder whose
+//! tiling scheme matches and whose image format matches or is MIXED; merged or overwriting
+//! (`JobOptions::mode`). The work itself is [`super::engine::into_cache`]; importing into a `.tpkx`
+//! package is [`super::package::update_package`], chosen by the caller.
 
 use std::path::Path;
 
 use super::engine::{
-    check_compatible, check_selection, extent_after, run, select_levels, JobOptions, JobSummary,
-    Progress,
+    check_selection, dest_options, holds_cache, into_cache, JobOptions, JobSummary, Progress,
 };
-use super::export::dest_options;
 use crate::cache::Cache;
 use crate::error::{Error, Result};
 
-/// Imports into the cache at `dest` (a cache folder, or a `.tpkx` file that is rewritten whole).
-/// Nothing is written when the options, schemes or formats don't fit.
+/// Imports into the cache folder at `dest`. Nothing is written when the options, schemes or
+/// formats don't fit; a file at DEST is refused (see [`super::package::update_package`]).
 pub fn import_job(
     src: &Cache,
     dest: &Path,
@@ -21,9 +21,13 @@ pub fn import_job(
 ) -> Result<JobSummary> {
     check_selection(src, opts)?;
     if dest.is_file() {
-        return super::package::update_package(src, dest, opts, progress, true);
+        return Err(Error::invalid(format!(
+            "{}: is a file, not a cache folder (a .tpkx package is imported into by \
+             jobs::package::update_package)",
+            dest.display()
+        )));
     }
-    if !dest.is_dir() || !super::engine::holds_cache(dest)? {
+    if !dest.is_dir() || !holds_cache(dest)? {
         return Err(Error::invalid(format!(
             "{}: not a tile cache; import needs an existing cache (use export to make a new one)",
             dest.display()
@@ -33,25 +37,4 @@ pub fn import_job(
     let mut d = Cache::open_with(dest, dest_options(probe.storage(), opts.sync))?;
     drop(probe);
     into_cache(src, &mut d, opts, progress)
-}
-
-/// Checks compatibility, copies the tiles, then grows DEST's conf.cdi by the area taken.
-pub(crate) fn into_cache(
-    src: &Cache,
-    dest: &mut Cache,
-    opts: &JobOptions,
-    progress: &dyn Progress,
-) -> Result<JobSummary> {
-    let levels = select_levels(src, &opts.levels)?;
-    check_compatible(src, dest, &levels)?;
-    let before = dest.extent();
-    let summary = run(src, dest, false, opts, progress)?;
-    if summary.tiles_written > 0 {
-        if let Some(e) = extent_after(src, before, opts) {
-            if Some(e) != before {
-                dest.set_extent(&e)?;
-            }
-        }
-    }
-    Ok(summary)
 }

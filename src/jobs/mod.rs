@@ -1,6 +1,8 @@
-//! Batch jobs over caches, as ArcGIS's caching tools run them: one engine (`engine`: tile
-//! selection by levels, extent and area of interest, then write-to-destination) that `export`,
-//! `import` and `package` call, never each other; `verify` and `compact` walk one cache.
+//! Batch jobs over caches, as ArcGIS's caching tools run them. One engine (`engine`: tile selection
+//! by levels, extent and area of interest, what to store per tile (`tile`), write-to-destination and
+//! the bundle writers) that `export` (to a cache folder), `import` (into a cache folder) and
+//! `package` (to or into a `.tpkx`) call, never each other; the command line picks which one a
+//! target needs. `verify` and `compact` walk one cache.
 
 pub mod aoi;
 pub mod compact;
@@ -8,5 +10,6 @@ pub mod engine;
 pub mod export;
 pub mod import;
 pub mod package;
-pub mod pixels;
+pub mod selection;
+pub mod tile;
 pub mod verify;

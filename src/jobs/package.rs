@@ -6,12 +6,13 @@ use std::fs;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
-use super::engine::{extent_after, run, JobOptions, JobSummary, Progress};
-use super::export::dest_options;
+use super::engine::{
+    dest_options, extent_after, into_cache, run, JobOptions, JobSummary, Progress,
+};
 use crate::cache::{Cache, ALLLAYERS, CONF_CDI, CONF_XML};
 use crate::error::{Error, FormatContext, IoContext, Result};
 use crate::format::conf::{self, Envelope, StorageFormat, TileScheme};
-use crate::format::{exploded, tpkx, TileAddr};
+use crate::format::{exploded, pixels, tpkx, TileAddr};
 
 /// A cache unpacked from a package; the folder goes when this is dropped.
 pub struct Unpacked {
@@ -90,7 +91,7 @@ pub fn unpack(path: &Path, into: &Path) -> Result<()> {
     fs::write(into.join(CONF_XML), scheme.to_conf_xml()).at(into.join(CONF_XML))?;
     let env = info
         .extent
-        .unwrap_or_else(|| crate::cache::scheme_extent(scheme));
+        .unwrap_or_else(|| crate::format::extent::scheme_extent(scheme));
     fs::write(into.join(CONF_CDI), conf::write_cdi(&env, scheme)).at(into.join(CONF_CDI))?;
     Ok(())
 }
@@ -150,13 +151,13 @@ pub fn update_package(
     let (summary, cache) = if exists {
         unpack(dest, &cache_dir)?;
         let mut d = Cache::open_with(&cache_dir, dest_options(storage, false))?;
-        let s = super::import::into_cache(src, &mut d, opts, progress)?;
+        let s = into_cache(src, &mut d, opts, progress)?;
         (s, d)
     } else {
         let conf_xml = src_conf.with_storage(storage);
         let scheme = &src_conf.scheme;
-        let env =
-            extent_after(src, None, opts).unwrap_or_else(|| crate::cache::scheme_extent(scheme));
+        let env = extent_after(src, None, opts)
+            .unwrap_or_else(|| crate::format::extent::scheme_extent(scheme));
         let cdi = conf::write_cdi(&env, scheme);
         let d = Cache::create_empty(
             &cache_dir,
@@ -216,9 +217,10 @@ pub fn write_tpkx(cache: &Cache, dest: &Path, sync: bool) -> Result<()> {
             (l, l)
         }
     };
-    let extent = cache
+    let base = cache
         .extent()
-        .unwrap_or_else(|| crate::cache::scheme_extent(&scheme));
+        .unwrap_or_else(|| crate::format::extent::scheme_extent(&scheme));
+    let extent = holding_tiles(cache, &scheme, &levels, base)?;
     let name = dest
         .file_stem()
         .map_or_else(|| "tiles".to_string(), |s| s.to_string_lossy().into_owned());
@@ -268,6 +270,54 @@ pub fn write_tpkx(cache: &Cache, dest: &Path, sync: bool) -> Result<()> {
     tmp.commit()
 }
 
+/// `base` (the cache's conf.cdi, or the scheme's own extent) grown by every tile of `levels` that
+/// lies wholly outside it, so the package's `fullExtent` holds every tile: GDAL's ESRIC driver
+/// crops a package to its `fullExtent` (`-projwin`), and ArcGIS clients zoom to it, so a tile
+/// outside would be hidden. A tile that overlaps `base` is left as it is (coarse tiles reach far
+/// beyond the data; the extent stays where the data is). Reads only the indexes of bundles that
+/// are not wholly inside `base`.
+fn holding_tiles(
+    cache: &Cache,
+    scheme: &TileScheme,
+    levels: &[u8],
+    base: Envelope,
+) -> Result<Envelope> {
+    use crate::format::extent::union;
+    use crate::format::{Slot, BUNDLE_DIM};
+    let inside = |b: &Envelope| {
+        b.xmin >= base.xmin && b.xmax <= base.xmax && b.ymin >= base.ymin && b.ymax <= base.ymax
+    };
+    let mut out = base;
+    for &l in levels {
+        for id in cache.bundles(l)? {
+            let corners = (
+                scheme.tile_bbox(id.tile(Slot { row: 0, col: 0 })),
+                scheme.tile_bbox(id.tile(Slot {
+                    row: BUNDLE_DIM - 1,
+                    col: BUNDLE_DIM - 1,
+                })),
+            );
+            let (Some(a), Some(b)) = corners else {
+                continue;
+            };
+            if inside(&union(&a, &b)) {
+                continue;
+            }
+            let Some(bundle) = cache.bundle(id)? else {
+                continue;
+            };
+            for (slot, _) in bundle.slots() {
+                if let Some(t) = scheme.tile_bbox(id.tile(slot)) {
+                    if !t.intersects(&base) {
+                        out = union(&out, &t);
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Size of the thumbnail ArcGIS puts in its packages.
 const THUMB_W: u32 = 200;
 const THUMB_H: u32 = 133;
@@ -314,11 +364,11 @@ fn thumbnail(
             let Ok(Some(bytes)) = cache.tile(TileAddr::new(level, r, c)) else {
                 continue;
             };
-            let Ok(img) = image::load_from_memory(&bytes) else {
+            let Ok(img) = pixels::decode(&bytes, scheme.tile_format.image_kind()) else {
                 continue;
             };
             let (x, y) = ((c - cols.start) * tw, (r - rows.start) * th);
-            imageops::overlay(&mut mosaic, &img.to_rgba8(), i64::from(x), i64::from(y));
+            imageops::overlay(&mut mosaic, &img, i64::from(x), i64::from(y));
             any = true;
         }
     }
@@ -398,7 +448,13 @@ mod tests {
             c.write_tiles(&[(TileAddr::new(level, 0, 0), &png[..])])
                 .unwrap();
         }
-        assert!(thumbnail(&c, &s, &[0, 1, 2], &crate::cache::scheme_extent(&s)).is_none());
+        assert!(thumbnail(
+            &c,
+            &s,
+            &[0, 1, 2],
+            &crate::format::extent::scheme_extent(&s)
+        )
+        .is_none());
 
         let mut s = TileScheme::web_mercator(2, TileFormat::Png);
         s.tile_cols = 1024;
@@ -410,7 +466,7 @@ mod tests {
             .unwrap();
         c.write_tiles(&[(TileAddr::new(2, 0, 0), &png[..])])
             .unwrap();
-        let thumb = thumbnail(&c, &s, &[1, 2], &crate::cache::scheme_extent(&s)).unwrap();
+        let thumb = thumbnail(&c, &s, &[1, 2], &crate::format::extent::scheme_extent(&s)).unwrap();
         let t = image::load_from_memory(&thumb).unwrap().to_rgba8();
         assert_eq!(t.dimensions(), (THUMB_W, THUMB_H));
         assert!(t.pixels().any(|p| p.0 == [200, 10, 10, 255]));

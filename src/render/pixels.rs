@@ -1,52 +1,24 @@
-//! Tile images between sources and the cache: decode, check size and kind against the cache's
-//! tiling scheme, and re-encode when the cache's CacheTileFormat demands another kind.
+//! Render's side of tile pixels: source images checked against the cache's tiling scheme and
+//! re-encoded when the cache's CacheTileFormat demands another kind, with errors naming the source
+//! (URL, stored tile) as source failures. The pixel work is [`crate::format::pixels`].
 
-use std::io::Cursor;
-
-use image::codecs::jpeg::JpegEncoder;
-use image::codecs::png::PngEncoder;
-use image::{ExtendedColorType, ImageEncoder, RgbaImage};
+use image::RgbaImage;
 
 use crate::format::conf::{TileFormat, TileScheme};
-use crate::format::sniff::{sniff, ImageKind};
+use crate::format::pixels::{self, PixelError, TileEncoder};
+use crate::format::sniff::sniff;
 use crate::{Error, Result};
-
-/// JPEG quality used when conf.xml gives none (CompressionQuality 0 or absent).
-pub const DEFAULT_JPEG_QUALITY: u8 = 75;
 
 /// How many bytes of a rejected body an error message quotes.
 const QUOTE_BYTES: usize = 200;
 
-/// Encodes pixels in the cache's tile format: JPEG at its quality, PNG otherwise (RGB when every
-/// pixel is opaque, which makes smaller files).
+/// Encodes pixels in the cache's tile format ([`TileEncoder`]: JPEG at its quality with alpha
+/// dropped, MIXED as JPEG when opaque and PNG otherwise, PNG as RGB when opaque), fast PNG because
+/// a reader waits for the tile.
 pub fn encode(img: &RgbaImage, format: &TileFormat, quality: u32) -> Result<Vec<u8>> {
-    let mut out = Cursor::new(Vec::new());
-    let opaque = img.pixels().all(|p| p[3] == u8::MAX);
-    let res = if *format == TileFormat::Jpeg {
-        let rgb = image::DynamicImage::ImageRgba8(img.clone()).to_rgb8();
-        let q = match quality {
-            0 => DEFAULT_JPEG_QUALITY,
-            q => q.min(100) as u8,
-        };
-        JpegEncoder::new_with_quality(&mut out, q).encode_image(&rgb)
-    } else if opaque {
-        let rgb = image::DynamicImage::ImageRgba8(img.clone()).to_rgb8();
-        PngEncoder::new(&mut out).write_image(
-            rgb.as_raw(),
-            rgb.width(),
-            rgb.height(),
-            ExtendedColorType::Rgb8,
-        )
-    } else {
-        PngEncoder::new(&mut out).write_image(
-            img.as_raw(),
-            img.width(),
-            img.height(),
-            ExtendedColorType::Rgba8,
-        )
-    };
-    res.map_err(|e| Error::invalid(format!("encoding tile: {e}")))?;
-    Ok(out.into_inner())
+    TileEncoder::new(format.clone(), quality)
+        .encode(img)
+        .map_err(|e| Error::invalid(format!("encoding tile: {e}")))
 }
 
 /// A short printable excerpt of a body, for error messages about non-images.
@@ -60,25 +32,13 @@ pub fn quote(bytes: &[u8]) -> String {
     format!("{:?}{more}", text.trim())
 }
 
-/// Decodes a PNG or JPEG tile; `what` names where the bytes came from.
+/// Decodes a PNG or JPEG tile ([`pixels::decode`]); `what` names where the bytes came from, and
+/// bytes that are no image are quoted.
 pub fn decode(bytes: &[u8], what: &str) -> Result<RgbaImage> {
-    let Some(kind) = sniff(bytes) else {
-        return Err(Error::source(
-            what,
-            format!(
-                "not a PNG or JPEG image ({} bytes): {}",
-                bytes.len(),
-                quote(bytes)
-            ),
-        ));
-    };
-    let fmt = match kind {
-        ImageKind::Png => image::ImageFormat::Png,
-        ImageKind::Jpeg => image::ImageFormat::Jpeg,
-    };
-    image::load_from_memory_with_format(bytes, fmt)
-        .map(|i| i.to_rgba8())
-        .map_err(|e| Error::source(what, format!("cannot decode {kind:?} image: {e}")))
+    pixels::decode(bytes, None).map_err(|e| match e {
+        PixelError::NotAnImage { .. } => Error::source(what, format!("{e}: {}", quote(bytes))),
+        e => Error::source(what, e.to_string()),
+    })
 }
 
 /// Checks a source's image against the scheme — it must decode fully and be exactly
@@ -91,18 +51,7 @@ pub fn conform(bytes: Vec<u8>, scheme: &TileScheme, what: &str) -> Result<Vec<u8
         )));
     }
     let img = decode(&bytes, what)?;
-    if (img.width(), img.height()) != (scheme.tile_cols, scheme.tile_rows) {
-        return Err(Error::source(
-            what,
-            format!(
-                "image is {}x{} px, the cache's tiles are {}x{}",
-                img.width(),
-                img.height(),
-                scheme.tile_cols,
-                scheme.tile_rows
-            ),
-        ));
-    }
+    pixels::check_size(&img, scheme).map_err(|e| Error::source(what, format!("image is {e}")))?;
     let kind = sniff(&bytes).expect("decode checked the kind");
     if scheme.tile_format.accepts(kind) {
         return Ok(bytes);
@@ -117,6 +66,7 @@ pub fn conform(bytes: Vec<u8>, scheme: &TileScheme, what: &str) -> Result<Vec<u8
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::sniff::ImageKind;
     use image::Rgba;
 
     fn scheme(format: TileFormat) -> TileScheme {

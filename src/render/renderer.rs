@@ -21,8 +21,9 @@ use super::pixels::conform;
 use super::supertile::{self, Layout, Supertile};
 use super::TileSource;
 use crate::cache::buffer::WriteBuffer;
-use crate::cache::{scheme_extent, Cache};
+use crate::cache::Cache;
 use crate::format::conf::{Envelope, TileFormat, TileScheme};
+use crate::format::extent::scheme_extent;
 use crate::format::TileAddr;
 use crate::{Error, Result};
 

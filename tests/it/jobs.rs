@@ -9,13 +9,14 @@ use std::process::Command;
 
 use crate::support::*;
 use bundlefs::cache::Cache;
+use bundlefs::error::Result;
 use bundlefs::format::conf::{parse_cdi, StorageFormat, TileFormat, TileScheme};
+use bundlefs::format::pixels::ImportMode;
 use bundlefs::format::TileAddr;
-use bundlefs::jobs::engine::{JobOptions, LevelSelect, NoProgress};
-use bundlefs::jobs::export::{export_job, Target};
+use bundlefs::jobs::engine::{JobOptions, JobSummary, LevelSelect, NoProgress, Progress, Target};
+use bundlefs::jobs::export::export_job;
 use bundlefs::jobs::import::import_job;
-use bundlefs::jobs::package::open_package;
-use bundlefs::jobs::pixels::Mode;
+use bundlefs::jobs::package::{open_package, update_package};
 use bundlefs::jobs::verify::verify;
 use image::{Rgba, RgbaImage};
 
@@ -51,6 +52,34 @@ fn result_tiles(dest: &Path) -> BTreeMap<TileAddr, Vec<u8>> {
     }
 }
 
+/// Export as `bundlefs export` dispatches it: a folder is export's, a `.tpkx` package's.
+fn export_to(
+    src: &Cache,
+    dest: &Path,
+    target: Target,
+    opts: &JobOptions,
+    progress: &dyn Progress,
+) -> Result<JobSummary> {
+    match target {
+        Target::Storage(st) => export_job(src, dest, st, opts, progress),
+        Target::Tpkx => update_package(src, dest, opts, progress, false),
+    }
+}
+
+/// Import as `bundlefs import` dispatches it: into a cache folder, or into a package file.
+fn import_into(
+    src: &Cache,
+    dest: &Path,
+    opts: &JobOptions,
+    progress: &dyn Progress,
+) -> Result<JobSummary> {
+    if dest.is_file() {
+        update_package(src, dest, opts, progress, true)
+    } else {
+        import_job(src, dest, opts, progress)
+    }
+}
+
 fn job() -> JobOptions {
     JobOptions::default()
 }
@@ -80,7 +109,7 @@ fn every_storage_pair_keeps_every_tile_byte_for_byte() {
     let sample_v2 = Cache::open(esri_sample_cache()).unwrap();
     let tpk = unpack_tpk(tmp.path());
     let exploded = tmp.path().join("src-exploded");
-    export_job(
+    export_to(
         &sample_v2,
         &exploded,
         Target::Storage(StorageFormat::Exploded),
@@ -102,7 +131,7 @@ fn every_storage_pair_keeps_every_tile_byte_for_byte() {
             let what = format!("{sname} -> {}", name(target));
             let dir = tmp.path().join(what.replace([' ', '>'], "_"));
             let dest = dest_for(&dir, target);
-            let s = export_job(src, &dest, target, &job(), &NoProgress).unwrap();
+            let s = export_to(src, &dest, target, &job(), &NoProgress).unwrap();
             assert_eq!(s.tiles_written, want.len() as u64, "{what}");
             assert_eq!(s.tiles_copied, want.len() as u64, "{what}");
             assert_eq!(result_tiles(&dest), want, "{what}");
@@ -125,7 +154,7 @@ fn tpkx_is_a_stored_zip_with_root_json_and_v2_bundles() {
     let tmp = tempfile::tempdir().unwrap();
     let src = Cache::open(esri_sample_cache()).unwrap();
     let dest = tmp.path().join("sample.tpkx");
-    export_job(&src, &dest, Target::Tpkx, &job(), &NoProgress).unwrap();
+    export_to(&src, &dest, Target::Tpkx, &job(), &NoProgress).unwrap();
     let mut z = zip::ZipArchive::new(fs::File::open(&dest).unwrap()).unwrap();
     let mut names = Vec::new();
     for i in 0..z.len() {
@@ -200,7 +229,7 @@ fn levels_scales_and_extent_select_tiles() {
     let scheme = src.scheme().unwrap().clone();
     let run = |name: &str, opts: JobOptions| {
         let dest = tmp.path().join(name);
-        export_job(
+        export_to(
             &src,
             &dest,
             Target::Storage(StorageFormat::CompactV2),
@@ -238,7 +267,7 @@ fn levels_scales_and_extent_select_tiles() {
         got.keys().all(|t| t.level == 1) && got.len() == 4,
         "{got:?}"
     );
-    let e = export_job(
+    let e = export_to(
         &src,
         &tmp.path().join("badscale"),
         Target::Storage(StorageFormat::CompactV2),
@@ -520,23 +549,26 @@ fn merge_blends_overwrite_replaces() {
         TileFormat::Png,
         &[(a, over.clone()), (b, over.clone())],
     );
-    for (mode, mode_name) in [(Mode::Merge, "merge"), (Mode::Overwrite, "overwrite")] {
+    for (mode, mode_name) in [
+        (ImportMode::Merge, "merge"),
+        (ImportMode::Overwrite, "overwrite"),
+    ] {
         let dest_dir = tmp.path().join(mode_name);
         // DEST has tile a (blue) but not b.
         png_cache(&dest_dir, TileFormat::Png, &[(a, blue.clone())]);
         let opts = JobOptions { mode, ..job() };
-        let s = import_job(&src, &dest_dir, &opts, &NoProgress).unwrap();
+        let s = import_into(&src, &dest_dir, &opts, &NoProgress).unwrap();
         let got = all_tiles(&Cache::open(&dest_dir).unwrap());
         assert_eq!(
             got[&b], over,
             "{mode_name}: no destination tile → source bytes"
         );
         match mode {
-            Mode::Overwrite => {
+            ImportMode::Overwrite => {
                 assert_eq!(got[&a], over, "overwrite stores the source bytes");
                 assert_eq!((s.tiles_copied, s.tiles_merged), (2, 0));
             }
-            Mode::Merge => {
+            ImportMode::Merge => {
                 assert_eq!((s.tiles_copied, s.tiles_merged), (1, 1));
                 let g = decode(&got[&a]);
                 for (x, p) in g
@@ -560,7 +592,7 @@ fn merge_blends_overwrite_replaces() {
                 }
                 // A second identical merge blends the half-transparent third again (source over
                 // the merged result), so it is re-encoded; tile b already equals the source.
-                let s2 = import_job(&src, &dest_dir, &opts, &NoProgress).unwrap();
+                let s2 = import_into(&src, &dest_dir, &opts, &NoProgress).unwrap();
                 assert_eq!((s2.tiles_merged, s2.tiles_unchanged), (1, 1), "{s2:?}");
                 // Without partial alpha a merge is idempotent: the re-run writes nothing.
                 let hard = png(&RgbaImage::from_fn(256, 256, |x, _| {
@@ -571,15 +603,61 @@ fn merge_blends_overwrite_replaces() {
                     }
                 }));
                 let src2 = png_cache(&tmp.path().join("src2"), TileFormat::Png, &[(a, hard)]);
-                let s3 = import_job(&src2, &dest_dir, &opts, &NoProgress).unwrap();
+                let s3 = import_into(&src2, &dest_dir, &opts, &NoProgress).unwrap();
                 assert_eq!(s3.tiles_merged, 1, "{s3:?}");
                 let bundle = Cache::open(&dest_dir).unwrap().bundle_path(&a.bundle());
                 let len = fs::metadata(&bundle).unwrap().len();
-                let s4 = import_job(&src2, &dest_dir, &opts, &NoProgress).unwrap();
+                let s4 = import_into(&src2, &dest_dir, &opts, &NoProgress).unwrap();
                 assert_eq!((s4.tiles_written, s4.tiles_unchanged), (0, 1), "{s4:?}");
                 assert_eq!(fs::metadata(&bundle).unwrap().len(), len);
             }
         }
+    }
+}
+
+/// Issue 12: (10,10,10, α100) MERGEd over (200,200,200, α50) is 54 per channel, α130 (exact
+/// Porter-Duff "over": 1805000 / 33250 = 54.29, 33250 / 255 = 130.39), through the library job and
+/// through `bundlefs import --mode merge`. The mount's MERGE gave 53; it now calls the same
+/// compositing (`format::pixels::over`, unit-tested in cache::commit).
+#[test]
+fn merge_value_is_pinned_through_import() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = TileAddr::new(2, 1, 2);
+    let top = png(&RgbaImage::from_pixel(256, 256, Rgba([10, 10, 10, 100])));
+    let under = png(&RgbaImage::from_pixel(256, 256, Rgba([200, 200, 200, 50])));
+    let src = png_cache(
+        &tmp.path().join("src"),
+        TileFormat::Png,
+        &[(t, top.clone())],
+    );
+    for how in ["library", "cli"] {
+        let dest = tmp.path().join(how);
+        png_cache(&dest, TileFormat::Png, &[(t, under.clone())]);
+        match how {
+            "library" => {
+                let opts = JobOptions {
+                    mode: ImportMode::Merge,
+                    ..job()
+                };
+                let s = import_into(&src, &dest, &opts, &NoProgress).unwrap();
+                assert_eq!((s.tiles_merged, s.tiles_written), (1, 1), "{s:?}");
+            }
+            _ => {
+                run_ok(
+                    Command::new(bin())
+                        .args(["import", "--mode", "merge"])
+                        .arg(src.root())
+                        .arg(&dest),
+                );
+            }
+        }
+        let got = decode(&Cache::open(&dest).unwrap().tile(t).unwrap().unwrap());
+        assert_eq!(got.dimensions(), (256, 256));
+        assert!(
+            got.pixels().all(|p| p.0 == [54, 54, 54, 130]),
+            "{how}: {:?}",
+            got.get_pixel(0, 0)
+        );
     }
 }
 
@@ -602,7 +680,7 @@ fn scheme_and_format_mismatches_are_refused_before_writing() {
     let png_dest = tmp.path().join("png-dest");
     png_cache(&png_dest, TileFormat::Png, &[(t, tile.clone())]);
     let before = tree_files(&png_dest);
-    let e = import_job(&jpeg_src, &png_dest, &job(), &NoProgress)
+    let e = import_into(&jpeg_src, &png_dest, &job(), &NoProgress)
         .unwrap_err()
         .to_string();
     assert!(
@@ -612,7 +690,7 @@ fn scheme_and_format_mismatches_are_refused_before_writing() {
     assert_same_tree(&tree_files(&png_dest), &before, "after refused import");
     let mixed = tmp.path().join("mixed-dest");
     png_cache(&mixed, TileFormat::Mixed, &[(t, tile.clone())]);
-    let s = import_job(&jpeg_src, &mixed, &job(), &NoProgress).unwrap();
+    let s = import_into(&jpeg_src, &mixed, &job(), &NoProgress).unwrap();
     assert_eq!(s.tiles_written, 21);
 
     // Another origin, another tile size, a level DEST lacks: refused, DEST untouched.
@@ -631,7 +709,7 @@ fn scheme_and_format_mismatches_are_refused_before_writing() {
         change(&mut scheme);
         Cache::create(&d, &scheme, None).unwrap();
         let before = tree_files(&d);
-        let e = import_job(&src, &d, &job(), &NoProgress)
+        let e = import_into(&src, &d, &job(), &NoProgress)
             .unwrap_err()
             .to_string();
         assert!(
@@ -643,7 +721,7 @@ fn scheme_and_format_mismatches_are_refused_before_writing() {
 
     // Export into a cache of another storage format: refused.
     let v1 = tmp.path().join("v1");
-    export_job(
+    export_to(
         &src,
         &v1,
         Target::Storage(StorageFormat::CompactV1),
@@ -651,7 +729,7 @@ fn scheme_and_format_mismatches_are_refused_before_writing() {
         &NoProgress,
     )
     .unwrap();
-    let e = export_job(
+    let e = export_to(
         &src,
         &v1,
         Target::Storage(StorageFormat::CompactV2),
@@ -728,7 +806,7 @@ fn bad_aoi_unwritable_dest_and_broken_tiles_are_named() {
         e.contains(&c.bundle_path(&t.bundle()).display().to_string()),
         "{e}"
     );
-    assert!(e.contains("cannot decode source tile"), "{e}");
+    assert!(e.contains("source tile: cannot decode Jpeg image"), "{e}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ mod jobs;
 mod load;
 mod modes;
 mod mount;
+mod realworld_crs;
 mod render;
 mod supertiles;
 mod writeback;
