@@ -2,7 +2,8 @@
 # Render benchmark: time per tile through bundlefs's renderer against the source's own time, tile by
 # tile and in supertiles, side by side in one run.
 #
-# Usage: scripts/bench-render.sh            (LEVEL=4 RUNS=3 by default: 256 tiles per run)
+# Usage: scripts/bench-render.sh            (LEVEL=4 RUNS=3 by default: 256 tiles per run;
+#                                            PROFILE=dev for the debug build)
 #
 # The source is a real WMS: MapServer (Debian cgi-mapserver) serving a generated world raster in
 # EPSG:4326, reprojected to the Web Mercator tiles of an empty cache, run as CGI behind
@@ -44,9 +45,17 @@ cleanup() {
 }
 trap cleanup EXIT
 
-say "cargo build --release"
-cargo build --release --quiet --bin bundlefs --example cgi_serve
-BIN=$repo/target/release/bundlefs
+PROFILE=${PROFILE:-release} # PROFILE=dev: the debug build (dependencies at opt-level 2)
+if [[ $PROFILE == release ]]; then
+    say "cargo build --release"
+    cargo build --release --quiet --bin bundlefs --example cgi_serve
+    out=$repo/target/release
+else
+    say "cargo build"
+    cargo build --quiet --bin bundlefs --example cgi_serve
+    out=$repo/target/debug
+fi
+BIN=$out/bundlefs
 
 say "dataset: 360x180 world raster (GeoTIFF), mapfile, MapServer config"
 python3 - "$work/world.png" <<'EOF'
@@ -90,7 +99,7 @@ END
 EOF
 # The CGI runner of the tests (examples/cgi_serve.rs): keep-alive, one thread per connection.
 mkfifo "$work/stdin"
-"$repo/target/release/examples/cgi_serve" "$work/port" "$MAPSERV" \
+"$out/examples/cgi_serve" "$work/port" "$MAPSERV" \
     "MAPSERVER_CONFIG_FILE=$work/mapserver.conf" <"$work/stdin" 2>"$work/server.log" &
 srv_pid=$!
 exec 3>"$work/stdin" # the server stops when this closes (at exit)
