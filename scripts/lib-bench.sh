@@ -75,8 +75,8 @@ compare_table() {
     printf '\n%s\n' "$1"
     printf '  this:     %s\n  baseline: %s\n' "$BIN" "$BASELINE_BIN"
     printf '  within noise: min..max ranges over the runs overlap, or |ratio - 1| < %s%%\n' "$NOISE_PCT"
-    printf '| %-46s | %-26s | %-26s | %9s | %-18s |\n' "measure" "this build" "baseline" "this/base" "verdict"
-    printf '|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..48})" "$(printf -- '-%.0s' {1..28})" \
+    printf '| %-56s | %-26s | %-26s | %9s | %-18s |\n' "measure" "this build" "baseline" "this/base" "verdict"
+    printf '|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..58})" "$(printf -- '-%.0s' {1..28})" \
         "$(printf -- '-%.0s' {1..28})" "-----------" "$(printf -- '-%.0s' {1..20})"
 }
 compare_row() {
@@ -110,7 +110,7 @@ compare_row() {
                 else if (unit == "s" || unit == "ms") verdict = sprintf("%s (%+.1f%%)", r > 1 ? "slower" : "faster", pct)
                 else verdict = sprintf("%s (%+.1f%%)", r > 1 ? "more" : "less", pct)
             }
-            printf "| %-46s | %-26s | %-26s | %9s | %-18s |\n", label, cell(A), cell(B), ratio, verdict
+            printf "| %-56s | %-26s | %-26s | %9s | %-18s |\n", label, cell(A), cell(B), ratio, verdict
         }'
 }
 NOISE_PCT=${NOISE_PCT:-5}

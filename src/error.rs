@@ -1,4 +1,5 @@
-//! Error type shared by every layer: each variant names the file (and entry) at fault and knows its errno.
+//! Error type shared by every layer: each variant names the file (and entry) at fault. The errno a
+//! file-system call replies with is the mount's concern (`fs::errno`).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -45,6 +46,7 @@ pub enum Error {
 }
 
 impl Error {
+    /// An I/O failure on `path`.
     pub fn io(path: impl AsRef<Path>, source: io::Error) -> Self {
         Error::Io {
             path: path.as_ref().to_path_buf(),
@@ -52,6 +54,7 @@ impl Error {
         }
     }
 
+    /// A format error in the file at `path`.
     pub fn format(path: impl AsRef<Path>, source: FormatError) -> Self {
         Error::Format {
             path: path.as_ref().to_path_buf(),
@@ -59,6 +62,7 @@ impl Error {
         }
     }
 
+    /// A refused request, with the message the user sees.
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::Invalid(msg.into())
     }
@@ -71,22 +75,11 @@ impl Error {
             retryable: false,
         }
     }
-
-    /// The errno a filesystem call reports for this error.
-    pub fn errno(&self) -> i32 {
-        match self {
-            Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
-            Error::Format { .. } => libc::EIO,
-            Error::Locked { .. } => libc::EAGAIN,
-            Error::Invalid(_) => libc::EINVAL,
-            Error::NotFound(_) => libc::ENOENT,
-            Error::Source { .. } => libc::EIO,
-        }
-    }
 }
 
 /// Adds the path to an `io::Result`.
 pub trait IoContext<T> {
+    /// The error as [`Error::Io`] naming `path`.
     fn at(self, path: impl AsRef<Path>) -> Result<T>;
 }
 
@@ -98,6 +91,7 @@ impl<T> IoContext<T> for io::Result<T> {
 
 /// Adds the path to a format result.
 pub trait FormatContext<T> {
+    /// The error as [`Error::Format`] naming `path`.
     fn in_file(self, path: impl AsRef<Path>) -> Result<T>;
 }
 

@@ -108,7 +108,7 @@ impl BundleHandle {
 
     /// Maps a V1 pair (`.bundle` at `path`, `.bundlx` beside it) and checks both.
     pub fn open_v1(id: BundleId, path: &Path) -> Result<BundleHandle> {
-        let bundlx_path = path.with_extension("bundlx");
+        let bundlx_path = super::spelling::bundlx_of(path);
         let (map, stamp, file) = map_file(path)?;
         let (bundlx, bundlx_stamp, bundlx_file) = map_file(&bundlx_path)?;
         V1Bundle::parse(&map, &bundlx).map_err(|(part, e)| match part {

@@ -6,9 +6,11 @@
 
 pub mod buffer;
 pub mod bundle;
+pub mod changes;
 pub mod commit;
 pub mod files;
 pub mod lock;
+pub mod spelling;
 pub mod store;
 pub mod times;
 
@@ -157,13 +159,29 @@ impl Cache {
         Self::open_with(path, CacheOptions::default())
     }
 
-    /// Opens a cache folder (or its conf.xml, or an unpacked `.tpk`) with `opts`. Errors: a
-    /// missing folder, a plain file, no cache in it, or a conf.xml/conf.cdi that cannot be read —
-    /// each naming the file.
+    /// Opens a cache folder (or its conf.xml, or an unpacked `.tpk`) with `opts`.
+    ///
+    /// Names are found whatever their case, as ArcGIS on Windows writes them (`Conf.xml`,
+    /// `CONF.CDI`, `_AllLayers`). A folder without conf.xml is searched for the one holding it:
+    /// `Layers/` (a server cache), `v101/<Map Name>/` (an unpacked `.tpk`; ArcGIS names it after
+    /// the map, older packages `Layers`).
+    ///
+    /// Errors, each naming the file: a missing folder, a plain file, no cache in it, a
+    /// conf.xml/conf.cdi that cannot be read or holds a value bundlefs does not support (see
+    /// `doc/accepted-inputs.md`), two spellings of one name in one folder (naming both), several
+    /// caches in one package, a `PacketSize` other than 128 with bundles on disk.
     pub fn open_with(path: impl AsRef<Path>, opts: CacheOptions) -> Result<Cache> {
         let mut root = path.as_ref().to_path_buf();
-        if root.file_name().is_some_and(|n| n == CONF_XML) && root.is_file() {
+        let names_conf = |p: &Path| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.eq_ignore_ascii_case(CONF_XML))
+        };
+        if names_conf(&root) && root.is_file() {
             root.pop();
+            if root.as_os_str().is_empty() {
+                root.push(".");
+            }
         }
         if !root.is_dir() {
             if root.exists() {
@@ -177,22 +195,18 @@ impl Cache {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "no such cache folder"),
             ));
         }
-        // An unpacked .tpk keeps the cache in v101/Layers; a server cache folder in Layers.
-        if !root.join(CONF_XML).is_file() {
-            if let Some(sub) = ["Layers", "v101/Layers"]
-                .iter()
-                .find(|s| root.join(s).join(CONF_XML).is_file())
-            {
-                root.push(sub);
+        if find_entry(&root, CONF_XML)?.is_none() {
+            if let Some(sub) = find_conf_folder(&root)? {
+                root = sub;
             }
         }
-        let conf_path = root.join(CONF_XML);
+        let conf_path = find_entry(&root, CONF_XML)?.unwrap_or_else(|| root.join(CONF_XML));
         let conf = match fs::read(&conf_path) {
             Ok(b) => Some(TileScheme::parse_conf_xml(&b).in_file(&conf_path)?),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(Error::io(&conf_path, e)),
         };
-        let cdi_path = root.join(CONF_CDI);
+        let cdi_path = find_entry(&root, CONF_CDI)?.unwrap_or_else(|| root.join(CONF_CDI));
         let cdi = match fs::read(&cdi_path) {
             Ok(b) => {
                 conf::parse_cdi(&b).in_file(&cdi_path)?;
@@ -201,12 +215,20 @@ impl Cache {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(Error::io(&cdi_path, e)),
         };
-        let (layout, tiles_dir) = if conf.is_some() || root.join(ALLLAYERS).is_dir() {
-            (Layout::ArcGis, root.join(ALLLAYERS))
-        } else {
-            (Layout::MapProxy, root.clone())
+        let alllayers = find_entry(&root, ALLLAYERS)?.filter(|p| p.is_dir());
+        let (layout, tiles_dir) = match (&conf, alllayers) {
+            (_, Some(dir)) => (Layout::ArcGis, dir),
+            (Some(_), None) => (Layout::ArcGis, root.join(ALLLAYERS)),
+            (None, None) => (Layout::MapProxy, root.clone()),
         };
         let detected = detect_storage(&tiles_dir)?;
+        if let (Some(d), Some(c)) = (detected, &conf) {
+            // An exploded conf.xml's PacketSize (often 0) was never read by anyone; with bundles on
+            // disk a size other than 0 or 128 says how they were cut.
+            if c.scheme.packet_size != 0 {
+                conf::check_packet_size(d, c.scheme.packet_size).in_file(&conf_path)?;
+            }
+        }
         let storage = match (detected, &conf) {
             (Some(d), Some(c)) if d != c.scheme.storage => {
                 tracing::warn!(
@@ -273,7 +295,7 @@ impl Cache {
         extent: Option<Envelope>,
     ) -> Result<Cache> {
         let root = root.as_ref();
-        if root.join(CONF_XML).exists() {
+        if find_entry(root, CONF_XML)?.is_some() {
             return Err(Error::invalid(format!(
                 "{}: already holds a conf.xml; refusing to overwrite",
                 root.display()
@@ -331,7 +353,10 @@ impl Cache {
             return Ok(());
         };
         let bytes = conf::write_cdi(env, scheme);
-        write_atomic(&self.place.root.join(CONF_CDI), &bytes, self.opts.durable)?;
+        // Over the file as spelled on disk (`CONF.CDI`), never a second spelling beside it.
+        let root = &self.place.root;
+        let path = find_entry(root, CONF_CDI)?.unwrap_or_else(|| root.join(CONF_CDI));
+        write_atomic(&path, &bytes, self.opts.durable)?;
         self.cdi = Some(bytes);
         Ok(())
     }
@@ -551,24 +576,105 @@ fn default_kind(scheme: Option<&TileScheme>) -> ImageKind {
         .unwrap_or(ImageKind::Png)
 }
 
-/// Storage of the files under `tiles_dir`, looking at the first level folder that holds anything.
-fn detect_storage(tiles_dir: &Path) -> Result<Option<StorageFormat>> {
-    let mut levels: Vec<String> = read_dir_names(tiles_dir)?
-        .into_iter()
-        .filter(|n| exploded::parse_level_dir(n).is_ok())
-        .collect();
-    levels.sort();
-    for l in levels {
-        let names = read_dir_names(&tiles_dir.join(&l))?;
-        if names.iter().any(|n| n.ends_with(".bundlx")) {
-            return Ok(Some(StorageFormat::CompactV1));
-        }
-        if names.iter().any(|n| n.ends_with(".bundle")) {
-            return Ok(Some(StorageFormat::CompactV2));
-        }
-        if names.iter().any(|n| exploded::parse_row_dir(n).is_ok()) {
-            return Ok(Some(StorageFormat::Exploded));
+/// The entry of `dir` named `name` in any case (see [`exploded::find_name`]), or None; an error
+/// naming both spellings when there are two.
+pub(crate) fn find_entry(dir: &Path, name: &str) -> Result<Option<PathBuf>> {
+    let names = read_dir_names(dir)?;
+    let found = exploded::find_name(names.iter().map(String::as_str), name).in_file(dir)?;
+    Ok(found.map(|n| dir.join(n)))
+}
+
+/// The folder below `root` that holds conf.xml when `root` does not: `Layers/` (ArcGIS server
+/// caches, old `.tpk`), or the one folder of `v101/` holding one (ArcGIS's Create Map Tile
+/// Package names it after the map, e.g. `v101/TPK Root Name/`; seen in consbio/tpkutils' test
+/// data). Several candidates are an error naming them.
+fn find_conf_folder(root: &Path) -> Result<Option<PathBuf>> {
+    let mut found = Vec::new();
+    if let Some(l) = find_entry(root, "Layers")? {
+        if find_entry_if_dir(&l, CONF_XML)? {
+            found.push(l);
         }
     }
-    Ok(None)
+    if let Some(v) = find_entry(root, "v101")?.filter(|p| p.is_dir()) {
+        let mut subs = read_dir_names(&v)?;
+        subs.sort();
+        for n in subs {
+            let sub = v.join(&n);
+            if sub.is_dir() && find_entry_if_dir(&sub, CONF_XML)? {
+                found.push(sub);
+            }
+        }
+    }
+    match found.len() {
+        0 | 1 => Ok(found.pop()),
+        _ => Err(Error::invalid(format!(
+            "{}: holds {} caches ({}); open one of them",
+            root.display(),
+            found.len(),
+            found
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+fn find_entry_if_dir(dir: &Path, name: &str) -> Result<bool> {
+    Ok(find_entry(dir, name)?.is_some_and(|p| p.is_file()))
+}
+
+/// Storage of the files under `tiles_dir`, looking at the first level folder that holds anything.
+/// Two spellings of one level folder, or of one bundle in a level folder, are an error naming
+/// both (`L05` and `l05`, `R0000C0000.bundle` and `R0000C0000.BUNDLE`).
+fn detect_storage(tiles_dir: &Path) -> Result<Option<StorageFormat>> {
+    let mut levels: Vec<(u8, String)> = read_dir_names(tiles_dir)?
+        .into_iter()
+        .filter_map(|n| exploded::parse_level_dir(&n).ok().map(|l| (l, n)))
+        .collect();
+    levels.sort();
+    for w in levels.windows(2) {
+        if w[0].0 == w[1].0 {
+            return Err(two_spellings(tiles_dir, &w[0].1, &w[1].1));
+        }
+    }
+    let mut found = None;
+    for (_, l) in levels {
+        let names = read_dir_names(&tiles_dir.join(&l))?;
+        let mut bundles: Vec<(u32, u32, &str, &str)> = names
+            .iter()
+            .filter_map(|n| {
+                exploded::parse_bundle_file(n)
+                    .ok()
+                    .map(|(r, c, ext)| (r, c, ext, n.as_str()))
+            })
+            .collect();
+        bundles.sort();
+        for w in bundles.windows(2) {
+            if (w[0].0, w[0].1, w[0].2) == (w[1].0, w[1].1, w[1].2) {
+                return Err(two_spellings(&tiles_dir.join(&l), w[0].3, w[1].3));
+            }
+        }
+        if found.is_some() {
+            continue;
+        }
+        if bundles.iter().any(|b| b.2 == "bundlx") {
+            found = Some(StorageFormat::CompactV1);
+        } else if !bundles.is_empty() {
+            found = Some(StorageFormat::CompactV2);
+        } else if names.iter().any(|n| exploded::parse_row_dir(n).is_ok()) {
+            found = Some(StorageFormat::Exploded);
+        }
+    }
+    Ok(found)
+}
+
+fn two_spellings(dir: &Path, a: &str, b: &str) -> Error {
+    Error::format(
+        dir,
+        crate::format::FormatError::BadName {
+            name: a.to_string(),
+            msg: format!("{a:?} and {b:?} are two spellings of one name in one folder; keep one"),
+        },
+    )
 }

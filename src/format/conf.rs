@@ -226,6 +226,14 @@ impl TileScheme {
     }
 
     /// Parses a conf.xml document.
+    ///
+    /// The bytes go through [`super::text::decode`] (byte-order marks, UTF-16, CRLF). Pre-10.0
+    /// files are read too: no `CacheStorageInfo` (exploded), `jpg` as format word, numbers in
+    /// E-notation, any tile size in 1..=65536 px.
+    ///
+    /// Errors: [`FormatError::Xml`] naming the element at fault; [`FormatError::Unsupported`] for
+    /// a value bundlefs cannot read by (an unknown `StorageFormat`, a `PacketSize` other than 128
+    /// for compact storage, a `LevelID` given twice); [`FormatError::Text`] for undecodable bytes.
     pub fn parse_conf_xml(xml: &[u8]) -> Result<ConfXml, FormatError> {
         parse_conf(xml)
     }
@@ -293,13 +301,50 @@ impl ConfXml {
     }
 }
 
+/// Tiles per bundle side that bundlefs reads and writes (`PacketSize`). GDAL's ESRIC driver refuses
+/// other values too ("Only PacketSize of 128 is supported"); bundle names and index slots depend on it.
+pub const PACKET_SIZE: u32 = super::BUNDLE_DIM;
+
+/// Refuses, by name, a `PacketSize` compact storage cannot be read with. Exploded caches carry no
+/// bundles: their PacketSize (often 0) is kept and ignored.
+pub fn check_packet_size(storage: StorageFormat, packet_size: u32) -> Result<(), FormatError> {
+    if storage == StorageFormat::Exploded || packet_size == PACKET_SIZE {
+        return Ok(());
+    }
+    Err(FormatError::Unsupported(format!(
+        "PacketSize {packet_size} for {storage} storage; bundlefs reads bundles of \
+         {PACKET_SIZE} x {PACKET_SIZE} tiles only (as GDAL and ArcGIS 10.x write them)"
+    )))
+}
+
+/// Refuses a tiling scheme that names one level twice: which resolution holds would be a guess.
+pub(crate) fn check_unique_levels(
+    levels: impl Iterator<Item = u8>,
+    what: &str,
+) -> Result<(), FormatError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for l in levels {
+        if !seen.insert(l) {
+            return Err(FormatError::Unsupported(format!(
+                "{what} {l} appears twice; one level has one resolution"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn xml_err(e: impl std::fmt::Display, pos: u64) -> FormatError {
     FormatError::Xml(format!("{e} (at byte {pos})"))
 }
 
-fn parse_conf(xml: &[u8]) -> Result<ConfXml, FormatError> {
-    // quick-xml skips one leading UTF-8 byte-order mark without counting it in its positions:
-    // shift every position by its length so the spans index `xml` itself.
+fn parse_conf(bytes: &[u8]) -> Result<ConfXml, FormatError> {
+    // Every text input goes through one tolerant reader (byte-order marks, UTF-16, CRLF); the
+    // spans below index the decoded text, which `raw` keeps.
+    let text = super::text::decode(bytes)?;
+    let xml = text.as_bytes();
+    // quick-xml skips one leading UTF-8 byte-order mark without counting it in its positions (a
+    // second mark, left by `decode` as content, is one): shift every position by its length so the
+    // spans index `xml` itself.
     let bom = if xml.starts_with(b"\xef\xbb\xbf") {
         3
     } else {
@@ -433,18 +478,46 @@ fn parse_conf(xml: &[u8]) -> Result<ConfXml, FormatError> {
     if parsed_lods.is_empty() {
         return Err(FormatError::Xml("no <LODInfos>/<LODInfo> levels".into()));
     }
+    check_unique_levels(parsed_lods.iter().map(|l| l.level), "<LODInfo> LevelID")?;
     let tile_format = get("CacheInfo/TileImageInfo/CacheTileFormat")
         .map(|(v, _)| TileFormat::parse(&v))
         .ok_or_else(|| {
             FormatError::Xml("missing <CacheInfo/TileImageInfo/CacheTileFormat>".into())
         })?;
+    // Pre-10.0 conf.xml has no CacheStorageInfo: those caches are exploded.
     let storage_node = get("CacheInfo/CacheStorageInfo/StorageFormat");
     let storage = match &storage_node {
-        Some((v, _)) => StorageFormat::from_esri_name(v)
-            .ok_or_else(|| FormatError::Xml(format!("unknown <StorageFormat> {v:?}")))?,
+        Some((v, _)) => StorageFormat::from_esri_name(v).ok_or_else(|| {
+            FormatError::Unsupported(format!(
+                "<StorageFormat> {v:?}; bundlefs reads {}, {} and {}",
+                StorageFormat::Exploded.esri_name(),
+                StorageFormat::CompactV1.esri_name(),
+                StorageFormat::CompactV2.esri_name()
+            ))
+        })?,
         None => StorageFormat::Exploded,
     };
-    let int = |p: &str| get(p).and_then(|(v, _)| v.parse::<u32>().ok());
+    // Integers as ArcGIS writes them, also in E-notation or with a zero fraction (`96.0`).
+    let int = |p: &str| {
+        get(p).and_then(|(v, _)| {
+            v.parse::<u32>().ok().or_else(|| {
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|x| x.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(x))
+                    .map(|x| x as u32)
+            })
+        })
+    };
+    let packet_node = get("CacheInfo/CacheStorageInfo/PacketSize");
+    let packet_size = match &packet_node {
+        Some((v, _)) => int("CacheInfo/CacheStorageInfo/PacketSize").ok_or_else(|| {
+            FormatError::Xml(format!("<PacketSize> is not a whole number: {v:?}"))
+        })?,
+        // Compact caches without the element are read as the 128 every writer uses.
+        None if storage == StorageFormat::Exploded => 0,
+        None => PACKET_SIZE,
+    };
+    check_packet_size(storage, packet_size)?;
     let scheme = TileScheme {
         wkt: get(&format!("{TCI}/SpatialReference/WKT")).map(|t| t.0),
         wkid: int(&format!("{TCI}/SpatialReference/WKID")),
@@ -458,13 +531,13 @@ fn parse_conf(xml: &[u8]) -> Result<ConfXml, FormatError> {
         tile_format,
         compression_quality: int("CacheInfo/TileImageInfo/CompressionQuality").unwrap_or(0),
         storage,
-        packet_size: int("CacheInfo/CacheStorageInfo/PacketSize").unwrap_or(0),
+        packet_size,
     };
     Ok(ConfXml {
         scheme,
         raw: xml.to_vec(),
         storage_span: storage_node.map(|n| n.1),
-        packet_span: get("CacheInfo/CacheStorageInfo/PacketSize").map(|n| n.1),
+        packet_span: packet_node.map(|n| n.1),
         root_end,
     })
 }
@@ -575,8 +648,11 @@ fn write_conf(s: &TileScheme) -> Vec<u8> {
 }
 
 /// Parses conf.cdi (`EnvelopeN` with XMin/YMin/XMax/YMax).
-pub fn parse_cdi(xml: &[u8]) -> Result<Envelope, FormatError> {
-    let mut reader = Reader::from_reader(xml);
+///
+/// The bytes go through [`super::text::decode`] like every text input.
+pub fn parse_cdi(bytes: &[u8]) -> Result<Envelope, FormatError> {
+    let text = super::text::decode(bytes)?;
+    let mut reader = Reader::from_reader(text.as_bytes());
     let mut stack: Vec<String> = Vec::new();
     let mut vals: [Option<f64>; 4] = [None; 4];
     let mut buf = Vec::new();
@@ -698,7 +774,8 @@ mod tests {
             let out = conf.with_storage(storage);
             let again = TileScheme::parse_conf_xml(&out).unwrap();
             assert_eq!(again.scheme.storage, storage);
-            assert!(out.starts_with(b"\xef\xbb\xbf<?xml"));
+            // Read through text::decode: the rewrite is plain UTF-8, without the mark.
+            assert!(out.starts_with(b"<?xml"));
         }
         // Only the first mark is skipped (found by fuzzing too): a second one is content, and
         // the spans must stay right.
@@ -759,6 +836,142 @@ mod tests {
         assert!((b.ymin + WEB_MERCATOR_ORIGIN).abs() < 1e-5);
         let (rows, cols) = s.tile_range(2, &b).unwrap();
         assert_eq!((rows, cols), (2..4, 0..2));
+    }
+
+    /// ArcGIS 9.2/9.3 conf.xml (as in GeoWebCache's arcgis_09.2_conf.xml test file): WKT only, no
+    /// CacheStorageInfo, `jpg`, E-notation, 512 px tiles, single-quoted attributes.
+    const CONF_92: &str = "<?xml version='1.0' encoding='utf-8'?>\r\n\
+<CacheInfo xsi:type='typens:CacheInfo' xmlns:xsi='http://www.w3.org/2001/XMLSchema-instance' \
+xmlns:typens='http://www.esri.com/schemas/ArcGIS/9.2'>\r\n<TileCacheInfo xsi:type='typens:TileCacheInfo'>\r\n\
+<SpatialReference xsi:type='typens:GeographicCoordinateSystem'><WKT>GEOGCS[&quot;GCS_WGS_1984&quot;]</WKT>\
+</SpatialReference>\r\n<TileOrigin xsi:type='typens:PointN'><X>-180</X><Y>90</Y></TileOrigin>\r\n\
+<TileCols>512</TileCols><TileRows>512</TileRows><DPI>96</DPI>\r\n<LODInfos xsi:type='typens:ArrayOfLODInfo'>\r\n\
+<LODInfo xsi:type='typens:LODInfo'><LevelID>0</LevelID><Scale>147748799.285417</Scale>\
+<Resolution>0.3515625</Resolution></LODInfo>\r\n<LODInfo xsi:type='typens:LODInfo'><LevelID>8</LevelID>\
+<Scale>5.77143747208660E+05</Scale><Resolution>1.373291015625E-03</Resolution></LODInfo>\r\n</LODInfos>\r\n\
+</TileCacheInfo>\r\n<TileImageInfo xsi:type='typens:TileImageInfo'><CacheTileFormat>jpg</CacheTileFormat>\
+<CompressionQuality>75</CompressionQuality><Antialiasing>true</Antialiasing></TileImageInfo>\r\n</CacheInfo>\r\n";
+
+    #[test]
+    fn pre_10_conf_xml() {
+        let c = TileScheme::parse_conf_xml(CONF_92.as_bytes()).unwrap();
+        let s = &c.scheme;
+        assert_eq!(s.wkt.as_deref(), Some("GEOGCS[\"GCS_WGS_1984\"]"));
+        assert_eq!((s.wkid, s.latest_wkid), (None, None));
+        assert_eq!((s.origin_x, s.origin_y), (-180.0, 90.0));
+        assert_eq!((s.tile_cols, s.tile_rows), (512, 512));
+        assert_eq!(s.tile_format, TileFormat::Jpeg);
+        assert_eq!(s.storage, StorageFormat::Exploded);
+        assert_eq!(s.packet_size, 0);
+        assert_eq!(s.lods[1].level, 8);
+        assert_eq!(s.lods[1].resolution, 0.001373291015625);
+        assert_eq!(s.lods[1].scale, 577143.74720866);
+        // A tile of level 8 spans 512 × 1.373291015625E-03 = 0.703125 degrees.
+        let b = s.tile_bbox(TileAddr::new(8, 69, 270)).unwrap();
+        assert!((b.xmin - (-180.0 + 270.0 * 0.703125)).abs() < 1e-9, "{b:?}");
+        // Made compact, it gains the CacheStorageInfo it lacked, and parses again.
+        let v2 = TileScheme::parse_conf_xml(&c.with_storage(StorageFormat::CompactV2)).unwrap();
+        assert_eq!(v2.scheme.storage, StorageFormat::CompactV2);
+        assert_eq!(v2.scheme.packet_size, 128);
+    }
+
+    fn utf16le_with_bom(s: &str) -> Vec<u8> {
+        let mut out = vec![0xff, 0xfe];
+        for u in s.encode_utf16() {
+            out.extend_from_slice(&u.to_le_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn conf_xml_in_utf16_or_crlf_reads_like_utf8() {
+        let s = TileScheme::web_mercator(3, TileFormat::Png);
+        let utf8 = String::from_utf8(s.to_conf_xml()).unwrap();
+        let crlf = utf8.replace('\n', "\r\n");
+        let utf16 = utf16le_with_bom(&utf8.replace("utf-8", "UTF-16"));
+        for bytes in [crlf.as_bytes().to_vec(), utf16] {
+            let c = TileScheme::parse_conf_xml(&bytes).unwrap();
+            assert_eq!(c.scheme, s);
+            // The rewrite is UTF-8 and says so.
+            let out = c.with_storage(StorageFormat::Exploded);
+            assert!(std::str::from_utf8(&out)
+                .unwrap()
+                .contains("encoding=\"utf-8\""));
+            assert_eq!(
+                TileScheme::parse_conf_xml(&out).unwrap().scheme.storage,
+                StorageFormat::Exploded
+            );
+        }
+        let cdi = write_cdi(
+            &Envelope {
+                xmin: 1.0,
+                ymin: 2.0,
+                xmax: 3.0,
+                ymax: 4.0,
+            },
+            &s,
+        );
+        let cdi16 = utf16le_with_bom(std::str::from_utf8(&cdi).unwrap());
+        assert_eq!(parse_cdi(&cdi16).unwrap(), parse_cdi(&cdi).unwrap());
+        let e = TileScheme::parse_conf_xml(b"<CacheInfo>\xff</CacheInfo>").unwrap_err();
+        assert!(matches!(e, FormatError::Text(_)), "{e}");
+    }
+
+    fn with_packet(storage: &str, packet: &str) -> Vec<u8> {
+        let s = TileScheme::web_mercator(2, TileFormat::Png);
+        String::from_utf8(s.to_conf_xml())
+            .unwrap()
+            .replace("esriMapCacheStorageModeCompactV2", storage)
+            .replace("<PacketSize>128</PacketSize>", packet)
+            .into_bytes()
+    }
+
+    #[test]
+    fn packet_size_other_than_128_is_refused_for_compact_storage() {
+        for storage in [
+            "esriMapCacheStorageModeCompactV2",
+            "esriMapCacheStorageModeCompact",
+        ] {
+            for p in ["64", "256", "0", "1.28E+02x"] {
+                let xml = with_packet(storage, &format!("<PacketSize>{p}</PacketSize>"));
+                let e = TileScheme::parse_conf_xml(&xml).unwrap_err();
+                assert!(e.to_string().contains("PacketSize"), "{storage} {p}: {e}");
+            }
+            // 128 in E-notation is 128; a missing PacketSize is the 128 every writer uses.
+            for p in ["<PacketSize>1.28E+02</PacketSize>", ""] {
+                let c = TileScheme::parse_conf_xml(&with_packet(storage, p)).unwrap();
+                assert_eq!(c.scheme.packet_size, 128, "{storage} {p:?}");
+            }
+        }
+        // Exploded caches have no bundles: their PacketSize (often 0) is kept, not judged.
+        for p in ["0", "64", "128"] {
+            let xml = with_packet(
+                "esriMapCacheStorageModeExploded",
+                &format!("<PacketSize>{p}</PacketSize>"),
+            );
+            let c = TileScheme::parse_conf_xml(&xml).unwrap();
+            assert_eq!(c.scheme.packet_size.to_string(), p);
+            // Made compact, the size becomes 128.
+            let v2 = TileScheme::parse_conf_xml(&c.with_storage(StorageFormat::CompactV2));
+            assert_eq!(v2.unwrap().scheme.packet_size, 128);
+        }
+    }
+
+    #[test]
+    fn values_that_change_how_bytes_are_read_are_refused_by_name() {
+        let xml = with_packet(
+            "esriMapCacheStorageModeCompactV3",
+            "<PacketSize>128</PacketSize>",
+        );
+        let e = TileScheme::parse_conf_xml(&xml).unwrap_err();
+        assert!(matches!(e, FormatError::Unsupported(_)), "{e}");
+        assert!(e.to_string().contains("CompactV3"), "{e}");
+        let s = TileScheme::web_mercator(2, TileFormat::Png);
+        let xml = String::from_utf8(s.to_conf_xml())
+            .unwrap()
+            .replace("<LevelID>2</LevelID>", "<LevelID>1</LevelID>");
+        let e = TileScheme::parse_conf_xml(xml.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("LevelID 1 appears twice"), "{e}");
     }
 
     #[test]

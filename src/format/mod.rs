@@ -1,4 +1,5 @@
-//! Bytes ↔ tiles: bundle formats (Compact V1/V2), exploded names, conf.xml/conf.cdi, image sniffing.
+//! Bytes ↔ tiles: bundle formats (Compact V1/V2), exploded names, conf.xml/conf.cdi, root.json,
+//! the one tolerant text reader every XML/JSON input goes through ([`text`]), image sniffing.
 //! No policy and no file-system walking here: callers hand in bytes or open files.
 
 pub mod conf;
@@ -7,6 +8,7 @@ pub mod extent;
 pub mod levels;
 pub mod pixels;
 pub mod sniff;
+pub mod text;
 pub mod tpkx;
 pub mod v1;
 pub mod v2;
@@ -111,6 +113,13 @@ pub enum FormatError {
     Xml(String),
     #[error("invalid JSON: {0}")]
     Json(String),
+    /// Bytes that are not text bundlefs can decode ([`text::decode`]).
+    #[error("unreadable text: {0}")]
+    Text(String),
+    /// A value bundlefs does not support, named with the field that holds it (`PacketSize 64 …`):
+    /// reading on would read the wrong bytes.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
 }
 
 pub(crate) fn bad_entry(slot: Slot, msg: impl Into<String>) -> FormatError {

@@ -16,7 +16,7 @@ pub const ITEMINFO_JSON: &str = "iteminfo.json";
 /// Folder of the bundles inside the package (`tileBundlesPath`).
 pub const TILE_DIR: &str = "tile";
 /// Bundles per package side: the spec fixes compact V2 bundles of 128 × 128 tiles.
-pub const PACKET_SIZE: u32 = 128;
+pub const PACKET_SIZE: u32 = super::conf::PACKET_SIZE;
 /// Zip entries of this size or more need zip64 records.
 const ZIP64_FROM: u64 = 0xFFFF_FFFF;
 
@@ -171,8 +171,15 @@ pub struct RootInfo {
 }
 
 /// Parses a package's `root.json`.
+///
+/// The bytes go through [`super::text::parse_json`] (byte-order marks, UTF-16, CRLF).
+///
+/// Errors: [`FormatError::Json`] naming the member at fault; [`FormatError::Unsupported`] for a
+/// value bundlefs cannot read by: `storageInfo.packetSize` other than 128, a
+/// `storageInfo.storageFormat` other than Compact V2 (the only storage of the spec), a level given
+/// twice in `tileInfo.lods`.
 pub fn parse_root_json(bytes: &[u8]) -> Result<RootInfo, FormatError> {
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| json_err(e.to_string()))?;
+    let v: Value = super::text::parse_json(bytes)?;
     let num = |v: &Value, path: &str| -> Result<f64, FormatError> {
         let mut cur = v;
         for k in path.split('.') {
@@ -223,6 +230,8 @@ pub fn parse_root_json(bytes: &[u8]) -> Result<RootInfo, FormatError> {
     if lods.is_empty() {
         return Err(json_err("\"tileInfo.lods\" is empty"));
     }
+    super::conf::check_unique_levels(lods.iter().map(|l| l.level), "tileInfo.lods level")?;
+    check_storage_info(v.get("storageInfo"))?;
     let sr = ti
         .get("spatialReference")
         .or_else(|| v.get("spatialReference"));
@@ -302,6 +311,39 @@ pub fn parse_root_json(bytes: &[u8]) -> Result<RootInfo, FormatError> {
     })
 }
 
+/// Refuses a `storageInfo` whose values change how the bundles are read: a storage format other
+/// than Compact V2 or a packet size other than 128 (absent members mean the spec's values).
+fn check_storage_info(si: Option<&Value>) -> Result<(), FormatError> {
+    let Some(si) = si else { return Ok(()) };
+    if let Some(f) = si.get("storageFormat") {
+        let name = f.as_str().unwrap_or_default();
+        if StorageFormat::from_esri_name(name) != Some(StorageFormat::CompactV2) {
+            return Err(FormatError::Unsupported(format!(
+                "storageInfo.storageFormat {f}; a tile package holds {} bundles",
+                StorageFormat::CompactV2.esri_name()
+            )));
+        }
+    }
+    if let Some(p) = si.get("packetSize") {
+        let size = p
+            .as_f64()
+            .filter(|x| x.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(x))
+            .ok_or_else(|| {
+                FormatError::Unsupported(format!(
+                    "storageInfo.packetSize {p}; bundlefs reads bundles of {PACKET_SIZE} x {PACKET_SIZE} tiles only"
+                ))
+            })?;
+        super::conf::check_packet_size(StorageFormat::CompactV2, size as u32)
+            .map_err(|_| {
+                FormatError::Unsupported(format!(
+                    "storageInfo.packetSize {size}; bundlefs reads bundles of {PACKET_SIZE} x {PACKET_SIZE} \
+                     tiles only (GDAL refuses other sizes too)"
+                ))
+            })?;
+    }
+    Ok(())
+}
+
 /// Writes a package: every entry stored (not compressed), as ArcGIS Runtime requires. `entries`
 /// are (name inside the package, size, reader); sizes decide whether an entry needs zip64.
 pub fn write_package<W, R>(
@@ -356,6 +398,60 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("tileBundlesPath"), "{e}");
+    }
+
+    fn sample_root() -> String {
+        let s = TileScheme::web_mercator(3, TileFormat::Png);
+        let e = Envelope {
+            xmin: -1.0,
+            ymin: -1.0,
+            xmax: 1.0,
+            ymax: 1.0,
+        };
+        String::from_utf8(root_json("x", &s, (0, 3), &e)).unwrap()
+    }
+
+    #[test]
+    fn root_json_as_editors_save_it() {
+        let plain = parse_root_json(sample_root().as_bytes()).unwrap();
+        let mut bom_crlf = b"\xef\xbb\xbf".to_vec();
+        bom_crlf.extend_from_slice(sample_root().replace('\n', "\r\n").as_bytes());
+        assert_eq!(parse_root_json(&bom_crlf).unwrap(), plain);
+        let mut utf16 = vec![0xfe, 0xff];
+        for u in sample_root().encode_utf16() {
+            utf16.extend_from_slice(&u.to_be_bytes());
+        }
+        assert_eq!(parse_root_json(&utf16).unwrap(), plain);
+    }
+
+    #[test]
+    fn root_json_values_bundlefs_cannot_read_by_are_refused() {
+        let cases = [
+            ("\"packetSize\": 128", "\"packetSize\": 64", "packetSize 64"),
+            (
+                "\"packetSize\": 128",
+                "\"packetSize\": \"128\"",
+                "packetSize \"128\"",
+            ),
+            (
+                "esriMapCacheStorageModeCompactV2",
+                "esriMapCacheStorageModeCompact",
+                "storageFormat \"esriMapCacheStorageModeCompact\"",
+            ),
+            ("\"level\": 3", "\"level\": 2", "level 2 appears twice"),
+        ];
+        for (from, to, want) in cases {
+            let text = sample_root().replace(from, to);
+            assert_ne!(text, sample_root(), "{from}");
+            let e = parse_root_json(text.as_bytes()).unwrap_err();
+            assert!(matches!(e, FormatError::Unsupported(_)), "{e}");
+            assert!(e.to_string().contains(want), "{want}: {e}");
+        }
+        // Without storageInfo, the spec's values hold.
+        let mut v: Value = serde_json::from_str(&sample_root()).unwrap();
+        v.as_object_mut().unwrap().remove("storageInfo");
+        let r = parse_root_json(v.to_string().as_bytes()).unwrap();
+        assert_eq!(r.scheme.packet_size, 128);
     }
 
     #[test]

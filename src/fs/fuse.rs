@@ -1,12 +1,11 @@
-//! The thin fuser adapter: each handler calls [`TreeFs`] and turns its answer into a reply.
-//! Kernel caching is set here: long TTLs, keep-cache, cached row listings, readdirplus, and
-//! invalidations pushed by a watcher thread when another writer changes a bundle.
+//! The thin fuser adapter: each handler forwards to [`MountFs`] and turns its answer into a reply
+//! (an error into its errno). Kernel capabilities are negotiated here; what to ask for, TTLs, open
+//! flags, handles and the background work live in `fs::mount`, `fs::handles` and `fs::watch`.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
@@ -15,9 +14,10 @@ use fuser::{
     ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
-use super::inode::{Node, ROOT_INO};
-use super::{Attr, DirEntry, FileBytes, Invalidation, Kind, TreeFs};
-use crate::Error;
+use super::errno::{FsError, ToErrno};
+use super::mount::{Entry, MountFs, OpenMode, Opened, Policy, RenameMode};
+use super::watch::{self, Notify, WatchTiming};
+use super::{Attr, Invalidation, Kind, TreeFs};
 
 /// Mount-time settings of the adapter.
 #[derive(Debug, Clone)]
@@ -26,90 +26,52 @@ pub struct FuseOptions {
     pub ttl: Duration,
     /// How long the kernel may remember that a name in a row does not exist.
     pub negative_ttl: Duration,
+    /// A read-only mount (files 0444, folders 0555, every change EROFS).
     pub read_only: bool,
+    /// Owner shown for every file and folder.
     pub uid: u32,
+    /// Group shown for every file and folder.
     pub gid: u32,
 }
 
 /// fuser `Filesystem` over a [`TreeFs`].
 pub struct FuseFs {
-    fs: Arc<TreeFs>,
+    fs: Arc<MountFs>,
     opts: FuseOptions,
-    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
-    /// Writable mounts: the bytes each read handle saw at open (handles carry [`SNAPSHOT_FH`]).
-    snapshots: Mutex<HashMap<u64, Arc<FileBytes>>>,
-    next_fh: AtomicU64,
-    /// The kernel granted FUSE_NO_OPEN_SUPPORT (read-only mounts ask for it).
-    no_open: bool,
     /// With a tile source: the threads that answer lookups which may render, so a slow or
     /// hanging source never holds a session thread (the reply is sent from here when done).
     renders: Option<Arc<rayon::ThreadPool>>,
 }
 
-/// Marks the file handles of read snapshots (writable mounts), apart from the write handles.
-const SNAPSHOT_FH: u64 = 1 << 62;
-
-fn errno(e: &Error) -> Errno {
+/// The errno of a refused call, logged as its kind deserves.
+fn errno(op: &str, e: &FsError) -> Errno {
+    MountFs::log(op, e);
     Errno::from_i32(e.errno())
 }
 
 /// Answers a request that returns nothing but success or an error.
-fn empty(reply: ReplyEmpty, r: Result<(), Error>) {
+fn empty(op: &str, reply: ReplyEmpty, r: Result<(), FsError>) {
     match r {
         Ok(()) => reply.ok(),
-        Err(e) => reply.error(errno(&e)),
+        Err(e) => reply.error(errno(op, &e)),
     }
 }
 
-impl FuseFs {
-    pub fn new(fs: Arc<TreeFs>, opts: FuseOptions) -> Self {
-        FuseFs {
-            fs,
-            opts,
-            dirs: Mutex::new(HashMap::new()),
-            snapshots: Mutex::new(HashMap::new()),
-            next_fh: AtomicU64::new(1),
-            no_open: false,
-            renders: None,
+fn fopen_flags(o: &Opened) -> FopenFlags {
+    let mut f = FopenFlags::empty();
+    for (set, flag) in [
+        (o.flags.keep_cache, FopenFlags::FOPEN_KEEP_CACHE),
+        (o.flags.cache_dir, FopenFlags::FOPEN_CACHE_DIR),
+        (o.flags.direct_io, FopenFlags::FOPEN_DIRECT_IO),
+    ] {
+        if set {
+            f |= flag;
         }
     }
-
-    /// Answers lookups that may render on `n` threads of their own instead of the session's.
-    pub fn with_render_threads(mut self, n: usize) -> std::io::Result<Self> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(n.max(1))
-            .thread_name(|i| format!("bundlefs-render-lookup-{i}"))
-            .build()
-            .map_err(std::io::Error::other)?;
-        self.renders = Some(Arc::new(pool));
-        Ok(self)
-    }
-
-    fn attr(&self, a: &Attr) -> FileAttr {
-        file_attr(&self.opts, a)
-    }
-
-    fn listing(&self, ino: u64, fh: FileHandle) -> Result<Arc<Vec<DirEntry>>, Error> {
-        if let Some(l) = self.dirs.lock().unwrap().get(&fh.0) {
-            return Ok(l.clone());
-        }
-        // First readdir of this handle: the listing it keeps until releasedir, so a listing
-        // read in several replies is one consistent snapshot.
-        let l = Arc::new(self.fs.readdir(ino)?);
-        self.dirs.lock().unwrap().insert(fh.0, l.clone());
-        Ok(l)
-    }
-
-    fn parent_of(&self, ino: u64) -> u64 {
-        match self.fs.inodes.node(ino) {
-            Some(Node::Row { level, .. }) => self.fs.ino(Node::Level(level)),
-            Some(Node::Level(_)) => self.fs.ino(self.fs.levels_parent()),
-            _ => ROOT_INO,
-        }
-    }
+    f
 }
 
-/// Kernel attributes of a node.
+/// Kernel attributes of a node: owner and mode are the mount's.
 fn file_attr(opts: &FuseOptions, a: &Attr) -> FileAttr {
     let (kind, perm) = match a.kind {
         Kind::Dir => (
@@ -140,128 +102,107 @@ fn file_attr(opts: &FuseOptions, a: &Attr) -> FileAttr {
     }
 }
 
-/// Answers a lookup (from a session thread, or from a render-lookup thread).
-fn answer_lookup(fs: &TreeFs, opts: &FuseOptions, parent: u64, name: &str, reply: ReplyEntry) {
-    match fs.lookup(parent, name) {
-        Ok(a) => reply.entry(&opts.ttl, &file_attr(opts, &a), Generation(0)),
-        // A missing file in a row: a negative entry (inode 0) the kernel keeps for
-        // `negative_ttl`, so rsync's repeated checks of a name it is about to write (and
-        // walks probing absent tiles) stay in the kernel.
-        Err(Error::NotFound(_))
-            if !opts.negative_ttl.is_zero()
-                && matches!(fs.inodes.node(parent), Some(Node::Row { .. })) =>
-        {
-            let none = Attr {
-                ino: 0,
-                kind: Kind::File,
-                size: 0,
-                mtime: std::time::UNIX_EPOCH,
-                nlink: 0,
-            };
-            reply.entry(&opts.negative_ttl, &file_attr(opts, &none), Generation(0))
+fn reply_entry(opts: &FuseOptions, reply: ReplyEntry, r: Result<Entry, FsError>) {
+    match r {
+        Ok(e) => reply.entry(&e.ttl, &file_attr(opts, &e.attr), Generation(0)),
+        Err(e) => reply.error(errno("lookup", &e)),
+    }
+}
+
+impl FuseFs {
+    /// The adapter over `tree` with `opts`.
+    pub fn new(tree: Arc<TreeFs>, opts: FuseOptions) -> Self {
+        let policy = Policy {
+            ttl: opts.ttl,
+            negative_ttl: opts.negative_ttl,
+            read_only: opts.read_only,
+        };
+        FuseFs {
+            fs: Arc::new(MountFs::new(tree, policy)),
+            opts,
+            renders: None,
         }
-        Err(e) => reply.error(errno(&e)),
+    }
+
+    /// Answers lookups that may render on `n` threads of their own instead of the session's.
+    pub fn with_render_threads(mut self, n: usize) -> std::io::Result<Self> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .thread_name(|i| format!("bundlefs-render-lookup-{i}"))
+            .build()
+            .map_err(std::io::Error::other)?;
+        self.renders = Some(Arc::new(pool));
+        Ok(self)
+    }
+
+    fn attr(&self, a: &Attr) -> FileAttr {
+        file_attr(&self.opts, a)
     }
 }
 
 impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // NO_OPEN_SUPPORT: once `open` answers ENOSYS the kernel stops sending open/release and
-        // keeps each file's page cache across opens (as FOPEN_KEEP_CACHE), so a warm re-read never
-        // reaches the daemon. Read-only mounts take it; writable ones need open for O_TRUNC/handles.
-        let no_open = if self.opts.read_only {
-            InitFlags::FUSE_NO_OPEN_SUPPORT
-        } else {
-            InitFlags::empty()
-        };
-        for flag in [
+        let mut flags = vec![
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
-            no_open,
-        ] {
+        ];
+        if self.fs.wants_no_open() {
+            flags.push(InitFlags::FUSE_NO_OPEN_SUPPORT);
+        }
+        for flag in flags {
             match config.add_capabilities(flag) {
-                Ok(()) if flag == InitFlags::FUSE_NO_OPEN_SUPPORT => self.no_open = true,
+                Ok(()) if flag == InitFlags::FUSE_NO_OPEN_SUPPORT => self.fs.set_no_open(true),
                 Ok(()) => {}
                 Err(unsupported) => tracing::debug!("kernel lacks {unsupported:?}"),
             }
         }
-        let _ = config.set_max_readahead(128 * 1024);
+        if let Err(nearest) = config.set_max_readahead(128 * 1024) {
+            tracing::debug!("kernel limits readahead to {nearest} bytes");
+        }
         // Whole tiles in one write request where the kernel allows it.
-        let _ = config.set_max_write(1 << 20);
+        if let Err(nearest) = config.set_max_write(1 << 20) {
+            tracing::debug!("kernel limits writes to {nearest} bytes");
+        }
         Ok(())
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
-        // Sent when the kernel evicts an inode: it holds no reference to it any more.
         self.fs.forget(ino.0);
     }
 
     fn destroy(&mut self) {
-        if let Err(e) = self.fs.flush_all() {
+        if let Err(e) = self.fs.destroy() {
             tracing::error!("flushing the write buffer at unmount: {e}");
         }
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let Some(name) = name.to_str() else {
-            return reply.error(Errno::ENOENT);
-        };
         if let Some(pool) = &self.renders {
             if self.fs.lookup_may_render(parent.0, name) {
-                let (fs, opts, name) = (self.fs.clone(), self.opts.clone(), name.to_string());
-                pool.spawn(move || answer_lookup(&fs, &opts, parent.0, &name, reply));
+                let (fs, opts, name) = (self.fs.clone(), self.opts.clone(), name.to_owned());
+                pool.spawn(move || reply_entry(&opts, reply, fs.lookup(parent.0, &name)));
                 return;
             }
         }
-        answer_lookup(&self.fs, &self.opts, parent.0, name, reply)
+        reply_entry(&self.opts, reply, self.fs.lookup(parent.0, name))
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0) {
-            Ok(a) => reply.attr(&self.opts.ttl, &self.attr(&a)),
-            Err(e) => reply.error(errno(&e)),
+            Ok(e) => reply.attr(&e.ttl, &self.attr(&e.attr)),
+            Err(e) => reply.error(errno("getattr", &e)),
         }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if self.opts.read_only && flags.acc_mode() != OpenAccMode::O_RDONLY {
-            return reply.error(Errno::EROFS);
-        }
-        let truncate = flags.0 & libc::O_TRUNC != 0;
-        if flags.acc_mode() != OpenAccMode::O_RDONLY || truncate {
-            return match self.fs.open_write(ino.0, truncate) {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-                Err(e) => reply.error(errno(&e)),
-            };
-        }
-        if self.opts.read_only && self.no_open {
-            // The kernel (FUSE_NO_OPEN_SUPPORT granted) reads ENOSYS as "never send open again".
-            // Before that the file's existence is checked, so the first open still fails right.
-            if let Ok(a) = self.fs.getattr(ino.0) {
-                if a.kind == Kind::File {
-                    return reply.error(Errno::ENOSYS);
-                }
-            }
-        }
-        match self.fs.getattr(ino.0) {
-            Ok(a) if a.kind == Kind::File && self.opts.read_only => {
-                reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
-            }
-            // Writable mounts: a tile may be replaced at any time (rename over it, or a write),
-            // and the kernel's size and pages of the inode are refreshed only later. A reader
-            // gets the whole tile as it was at open, read directly (no page cache, no clamp to a
-            // stale size): never a mix of two versions, nor one cut short.
-            Ok(a) if a.kind == Kind::File => match self.fs.read(ino.0, 0, u32::MAX) {
-                Ok(bytes) => {
-                    let fh = SNAPSHOT_FH | self.next_fh.fetch_add(1, Ordering::Relaxed);
-                    self.snapshots.lock().unwrap().insert(fh, Arc::new(bytes));
-                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
-                }
-                Err(e) => reply.error(errno(&e)),
-            },
-            Ok(_) => reply.error(Errno::EISDIR),
-            Err(e) => reply.error(errno(&e)),
+        let mode = OpenMode {
+            write: flags.acc_mode() != OpenAccMode::O_RDONLY,
+            truncate: flags.0 & libc::O_TRUNC != 0,
+        };
+        match self.fs.open(ino.0, mode) {
+            Ok(o) => reply.opened(FileHandle(o.fh), fopen_flags(&o)),
+            Err(e) => reply.error(errno("open", &e)),
         }
     }
 
@@ -276,37 +217,17 @@ impl Filesystem for FuseFs {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        if fh.0 & SNAPSHOT_FH != 0 {
-            let snap = self.snapshots.lock().unwrap().get(&fh.0).cloned();
-            return match snap {
-                Some(b) => {
-                    let all = b.bytes();
-                    let start = offset.min(all.len() as u64) as usize;
-                    let end = (start + size as usize).min(all.len());
-                    reply.data(&all[start..end])
-                }
-                None => reply.error(Errno::EBADF),
-            };
-        }
-        match self.fs.read(ino.0, offset, size) {
+        match self.fs.read(ino.0, fh.0, offset, size) {
             Ok(b) => reply.data(b.bytes()),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(errno("read", &e)),
         }
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // The listing is made at the first readdir of the handle, not here: when the kernel
-        // still holds a row's listing (FOPEN_CACHE_DIR), no readdir comes and nothing is built.
-        let Some(node) = self.fs.inodes.node(ino.0) else {
-            return reply.error(Errno::ENOENT);
-        };
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        // Row folders change only through bundle changes, which the watcher invalidates.
-        let flags = match node {
-            Node::Row { .. } => FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
-            _ => FopenFlags::empty(),
-        };
-        reply.opened(FileHandle(fh), flags)
+        match self.fs.opendir(ino.0) {
+            Ok(o) => reply.opened(FileHandle(o.fh), fopen_flags(&o)),
+            Err(e) => reply.error(errno("opendir", &e)),
+        }
     }
 
     fn readdir(
@@ -317,30 +238,21 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let list = match self.listing(ino.0, fh) {
-            Ok(l) => l,
-            Err(e) => return reply.error(errno(&e)),
-        };
-        let dots = [(".", ino.0), ("..", self.parent_of(ino.0))];
-        for (i, (name, ino, kind)) in dots
-            .iter()
-            .map(|(n, i)| (*n, *i, FileType::Directory))
-            .chain(list.iter().map(|e| {
-                let k = if e.attr.kind == Kind::Dir {
-                    FileType::Directory
-                } else {
-                    FileType::RegularFile
-                };
-                (e.name.as_str(), e.attr.ino, k)
-            }))
-            .enumerate()
-            .skip(offset as usize)
-        {
-            if reply.add(INodeNo(ino), i as u64 + 1, kind, name) {
-                break;
+        match self.fs.readdir(ino.0, fh.0, offset, false) {
+            Ok(l) => {
+                for e in l.entries() {
+                    let kind = match e.attr.kind {
+                        Kind::Dir => FileType::Directory,
+                        Kind::File => FileType::RegularFile,
+                    };
+                    if reply.add(INodeNo(e.attr.ino), e.next, kind, e.name) {
+                        break;
+                    }
+                }
+                reply.ok()
             }
+            Err(e) => reply.error(errno("readdir", &e)),
         }
-        reply.ok()
     }
 
     fn readdirplus(
@@ -351,49 +263,19 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let list = match self.listing(ino.0, fh) {
-            Ok(l) => l,
-            Err(e) => return reply.error(errno(&e)),
-        };
-        let me = match self.fs.getattr(ino.0) {
-            Ok(a) => a,
-            Err(e) => return reply.error(errno(&e)),
-        };
-        let dots = [
-            DirEntry {
-                name: ".".into(),
-                attr: me,
-            },
-            DirEntry {
-                name: "..".into(),
-                attr: me,
-            },
-        ];
-        for (i, e) in dots
-            .iter()
-            .chain(list.iter())
-            .enumerate()
-            .skip(offset as usize)
-        {
-            // Size 0 marks a file whose bytes are not known yet (a renderable name, a broken
-            // entry): no TTL, so the kernel looks it up (and gets the real size) before use.
-            let ttl = if e.attr.kind == Kind::File && e.attr.size == 0 {
-                Duration::ZERO
-            } else {
-                self.opts.ttl
-            };
-            if reply.add(
-                INodeNo(e.attr.ino),
-                i as u64 + 1,
-                &e.name,
-                &ttl,
-                &self.attr(&e.attr),
-                Generation(0),
-            ) {
-                break;
+        match self.fs.readdir(ino.0, fh.0, offset, true) {
+            Ok(l) => {
+                for e in l.entries() {
+                    let attr = self.attr(&e.attr);
+                    let ino = INodeNo(e.attr.ino);
+                    if reply.add(ino, e.next, e.name, &e.ttl, &attr, Generation(0)) {
+                        break;
+                    }
+                }
+                reply.ok()
             }
+            Err(e) => reply.error(errno("readdirplus", &e)),
         }
-        reply.ok()
     }
 
     fn releasedir(
@@ -402,25 +284,21 @@ impl Filesystem for FuseFs {
         _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        reply: fuser::ReplyEmpty,
+        reply: ReplyEmpty,
     ) {
-        self.dirs.lock().unwrap().remove(&fh.0);
+        self.fs.releasedir(fh.0);
         reply.ok()
     }
 
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _lock: LockOwner,
-        reply: fuser::ReplyEmpty,
+        reply: ReplyEmpty,
     ) {
-        if self.opts.read_only {
-            // Nothing to flush on a read-only mount: ENOSYS makes the kernel skip flush on close.
-            return reply.error(Errno::ENOSYS);
-        }
-        empty(reply, self.fs.flush(_ino.0))
+        empty("flush", reply, self.fs.flush(ino.0))
     }
 
     fn release(
@@ -431,13 +309,9 @@ impl Filesystem for FuseFs {
         _flags: OpenFlags,
         _lock: Option<LockOwner>,
         _flush: bool,
-        reply: fuser::ReplyEmpty,
+        reply: ReplyEmpty,
     ) {
-        if fh.0 & SNAPSHOT_FH != 0 {
-            self.snapshots.lock().unwrap().remove(&fh.0);
-            return reply.ok();
-        }
-        empty(reply, self.fs.release(ino.0, fh.0))
+        empty("release", reply, self.fs.release(ino.0, fh.0))
     }
 
     fn create(
@@ -450,18 +324,15 @@ impl Filesystem for FuseFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let Some(name) = name.to_str() else {
-            return reply.error(Errno::EINVAL);
-        };
         match self.fs.create(parent.0, name) {
-            Ok(a) => reply.created(
-                &self.opts.ttl,
-                &self.attr(&a),
+            Ok((e, o)) => reply.created(
+                &e.ttl,
+                &self.attr(&e.attr),
                 Generation(0),
-                FileHandle(super::write::WRITE_FH),
-                FopenFlags::empty(),
+                FileHandle(o.fh),
+                fopen_flags(&o),
             ),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(errno("create", &e)),
         }
     }
 
@@ -479,7 +350,7 @@ impl Filesystem for FuseFs {
     ) {
         match self.fs.write(ino.0, offset, data) {
             Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(errno("write", &e)),
         }
     }
 
@@ -501,21 +372,18 @@ impl Filesystem for FuseFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        if self.opts.read_only && (size.is_some() || mtime.is_some()) {
-            return reply.error(Errno::EROFS);
-        }
         let mtime = mtime.map(|m| match m {
             TimeOrNow::SpecificTime(t) => t,
             TimeOrNow::Now => SystemTime::now(),
         });
         match self.fs.setattr(ino.0, size, mtime) {
-            Ok(a) => reply.attr(&self.opts.ttl, &self.attr(&a)),
-            Err(e) => reply.error(errno(&e)),
+            Ok(e) => reply.attr(&e.ttl, &self.attr(&e.attr)),
+            Err(e) => reply.error(errno("setattr", &e)),
         }
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
-        empty(reply, self.fs.fsync(ino.0))
+        empty("fsync", reply, self.fs.fsync(ino.0))
     }
 
     fn mkdir(
@@ -527,27 +395,18 @@ impl Filesystem for FuseFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let Some(name) = name.to_str() else {
-            return reply.error(Errno::EINVAL);
-        };
         match self.fs.mkdir(parent.0, name) {
-            Ok(a) => reply.entry(&self.opts.ttl, &self.attr(&a), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
+            Ok(e) => reply.entry(&e.ttl, &self.attr(&e.attr), Generation(0)),
+            Err(e) => reply.error(errno("mkdir", &e)),
         }
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let Some(name) = name.to_str() else {
-            return reply.error(Errno::ENOENT);
-        };
-        empty(reply, self.fs.unlink(parent.0, name))
+        empty("unlink", reply, self.fs.unlink(parent.0, name))
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let Some(name) = name.to_str() else {
-            return reply.error(Errno::ENOENT);
-        };
-        empty(reply, self.fs.rmdir(parent.0, name))
+        empty("rmdir", reply, self.fs.rmdir(parent.0, name))
     }
 
     fn rename(
@@ -560,31 +419,18 @@ impl Filesystem for FuseFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let (Some(name), Some(newname)) = (name.to_str(), newname.to_str()) else {
-            return reply.error(Errno::EINVAL);
+        let mode = RenameMode {
+            no_replace: flags.contains(RenameFlags::RENAME_NOREPLACE),
+            exchange: flags.contains(RenameFlags::RENAME_EXCHANGE),
+            whiteout: flags.contains(RenameFlags::RENAME_WHITEOUT),
         };
-        if flags.contains(RenameFlags::RENAME_EXCHANGE)
-            || flags.contains(RenameFlags::RENAME_WHITEOUT)
-        {
-            return reply.error(Errno::EINVAL);
-        }
-        if flags.contains(RenameFlags::RENAME_NOREPLACE)
-            && self.fs.lookup(newparent.0, newname).is_ok()
-        {
-            return reply.error(Errno::EEXIST);
-        }
-        empty(reply, self.fs.rename(parent.0, name, newparent.0, newname))
+        let r = self.fs.rename(parent.0, name, newparent.0, newname, mode);
+        empty("rename", reply, r)
     }
 
     // ENOSYS makes the kernel stop asking: no extended attributes, and permission checks are the
     // kernel's own (with default_permissions) or none beyond the read-only mount.
-    fn access(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _mask: fuser::AccessFlags,
-        reply: fuser::ReplyEmpty,
-    ) {
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
         reply.error(Errno::ENOSYS)
     }
 
@@ -608,14 +454,28 @@ impl Filesystem for FuseFs {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
             ),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(errno("statfs", &e)),
         }
     }
 }
 
-/// Background work of a mount until `stop` is set: sends the kernel what requests queued and
-/// what `TreeFs::poll_changes` finds (every `every`), and flushes the bundles of the write buffer
-/// that are due: not written for `idle_flush`, or holding a chunk of tiles.
+/// The kernel, reached through fuser's notifier.
+struct KernelNotifier(Notifier);
+
+impl Notify for KernelNotifier {
+    fn notify(&self, inv: &Invalidation) -> std::io::Result<()> {
+        match inv {
+            Invalidation::Inode(ino) => self.0.inval_inode(INodeNo(*ino), 0, -1),
+            Invalidation::Entry { parent, name } => {
+                self.0.inval_entry(INodeNo(*parent), OsStr::new(name))
+            }
+        }
+    }
+}
+
+/// Background work of a mount until `stop` is set (see [`watch::run`]): invalidations sent
+/// through `notifier`, foreign changes checked every `every`, bundles of the write buffer
+/// flushed when quiet for `idle_flush` or holding a chunk of tiles.
 pub fn watch_changes(
     fs: Arc<TreeFs>,
     notifier: Notifier,
@@ -623,36 +483,6 @@ pub fn watch_changes(
     idle_flush: Duration,
     stop: Arc<AtomicBool>,
 ) {
-    let tick = Duration::from_millis(50).min(every);
-    let mut last_poll = Instant::now();
-    let mut retry_at = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(tick);
-        let mut invs = fs.take_queued();
-        if last_poll.elapsed() >= every {
-            last_poll = Instant::now();
-            invs.extend(fs.poll_changes());
-        }
-        if fs.writer().is_some() && Instant::now() >= retry_at {
-            if let Err(e) = fs.flush_due(idle_flush) {
-                tracing::error!("flushing the write buffer: {e} (kept; retried later)");
-                retry_at = Instant::now() + idle_flush.max(Duration::from_secs(1));
-            }
-        }
-        for inv in invs {
-            let res = match &inv {
-                Invalidation::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, -1),
-                Invalidation::Entry { parent, name } => {
-                    notifier.inval_entry(INodeNo(*parent), OsStr::new(name))
-                }
-            };
-            // ENOENT just means the kernel had nothing cached for it.
-            match res {
-                Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
-                    tracing::warn!("invalidating {inv:?}: {e}")
-                }
-                _ => tracing::trace!("invalidated {inv:?}"),
-            }
-        }
-    }
+    let timing = WatchTiming { every, idle_flush };
+    watch::run(&fs, &KernelNotifier(notifier), timing, &stop)
 }

@@ -9,21 +9,30 @@ use crate::format::TileAddr;
 /// A node of the exploded tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Node {
+    /// The mount's root (the cache folder).
     Root,
+    /// `conf.xml` (shown with StorageFormat exploded).
     ConfXml,
+    /// `conf.cdi`.
     ConfCdi,
     /// `_alllayers` (ArcGIS layout only; in MapProxy layout the levels sit in the root).
     AllLayers,
+    /// A level folder `Lnn`.
     Level(u8),
+    /// A row folder `Rxxxxxxxx` of a level.
     Row {
+        /// The level.
         level: u8,
+        /// The row (0 at the top).
         row: u32,
     },
+    /// A tile file `Cxxxxxxxx.png|jpg`.
     Tile(TileAddr),
     /// A file being written under a name that is not a tile (rsync's `.Cxxxxxxxx.png.XXXXXX`).
     Temp(u64),
 }
 
+/// The root's inode number (FUSE_ROOT_ID).
 pub const ROOT_INO: u64 = 1;
 const CONF_XML_INO: u64 = 2;
 const CONF_CDI_INO: u64 = 3;
@@ -45,6 +54,7 @@ pub struct Inodes {
 }
 
 impl Inodes {
+    /// The inode number of a node (never 0; the same for the same node).
     pub fn ino(&self, n: Node) -> u64 {
         match n {
             Node::Root => ROOT_INO,
@@ -76,6 +86,8 @@ impl Inodes {
         }
     }
 
+    /// The node of an inode number; `None` for a number no node has (or a dynamic number not
+    /// given out by this table).
     pub fn node(&self, ino: u64) -> Option<Node> {
         let mask = (1u64 << TILE_BITS) - 1;
         Some(match ino >> TAG_SHIFT {

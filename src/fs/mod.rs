@@ -1,45 +1,63 @@
 //! The exploded tree over a cache: what each path is, its attributes, its bytes and its listing.
-//! Plain methods returning plain types, so it is tested without a kernel; `fuse` adapts it to fuser.
+//! Plain methods returning plain types, so it is tested without a kernel. `mount` answers the
+//! kernel's calls over it (TTLs, open flags, handles), `watch` runs the mount's background work,
+//! and `fuse` only forwards fuser's calls to `mount` and replies.
 
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod errno;
 pub mod fuse;
+pub mod handles;
 pub mod inode;
+pub mod mount;
+pub mod watch;
 mod write;
 
-use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use lru::LruCache;
-
+pub use self::errno::{FsError, FsResult, ToErrno};
 use self::inode::{Inodes, Node};
+use self::watch::WatchedBundles;
 use crate::cache::buffer::{Pending, WriteBuffer};
-use crate::cache::{BundleHandle, Cache, Layout, TileBytes};
+use crate::cache::{Cache, Layout, TileBytes};
 use crate::format::conf::StorageFormat;
 use crate::format::exploded;
-use crate::format::{BundleId, TileAddr};
+use crate::format::TileAddr;
 use crate::{Error, Result};
 
 /// File or directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// A folder: the root, `_alllayers`, a level or a row.
     Dir,
+    /// A file: conf.xml, conf.cdi, a tile or a temporary file.
     File,
 }
 
-/// Attributes of a node (the adapter adds owner and block counts).
+/// Attributes of a node (the adapter adds owner, mode and block counts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attr {
+    /// Inode number (see `inode`); 0 only in a negative entry.
     pub ino: u64,
+    /// File or folder.
     pub kind: Kind,
+    /// Bytes (files); 0 for folders, and for listed files whose size is not known yet.
     pub size: u64,
+    /// Modification time: the tile's (its sidecar time, else its bundle's), a folder's on disk,
+    /// else the mount's start.
     pub mtime: SystemTime,
+    /// Link count: 1 for files, 2 for row folders, 1 ("unknown") for level folders.
     pub nlink: u32,
 }
 
 /// One directory entry, with attributes for readdirplus.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirEntry {
+    /// The name in its folder (`Cxxxxxxxx.png`, `Rxxxxxxxx`, `Lnn`…).
     pub name: String,
+    /// Its attributes.
     pub attr: Attr,
 }
 
@@ -49,31 +67,12 @@ pub enum Invalidation {
     /// Attributes and data of an inode.
     Inode(u64),
     /// A name in a directory.
-    Entry { parent: u64, name: String },
-}
-
-/// How many bundles are watched for foreign changes (those whose tiles the kernel may cache).
-const WATCHED_BUNDLES: usize = 4096;
-
-/// A bundle whose tiles the kernel may cache: the handle seen (its stamp) and a digest of each
-/// row of its index at that time. The map itself shows later index writes, so the digests are what
-/// tells which rows another writer changed (1 KiB per bundle instead of a 128 KiB index copy).
-#[derive(Clone)]
-struct Watched {
-    handle: Arc<BundleHandle>,
-    rows: Arc<Vec<u64>>,
-}
-
-fn row_digests(h: &BundleHandle) -> Vec<u64> {
-    use std::hash::{Hash, Hasher};
-    h.raw_entries()
-        .chunks(crate::format::BUNDLE_DIM as usize)
-        .map(|row| {
-            let mut d = std::collections::hash_map::DefaultHasher::new();
-            row.hash(&mut d);
-            d.finish()
-        })
-        .collect()
+    Entry {
+        /// The folder's inode.
+        parent: u64,
+        /// The name in it.
+        name: String,
+    },
 }
 
 /// The exploded view of a cache.
@@ -83,7 +82,8 @@ pub struct TreeFs {
     conf_xml: Option<Arc<Vec<u8>>>,
     conf_cdi: Option<Arc<Vec<u8>>>,
     mounted_at: SystemTime,
-    watched: Mutex<LruCache<BundleId, Watched>>,
+    /// Bundles whose tiles the kernel may cache, checked for foreign changes (see `watch`).
+    watched: WatchedBundles,
     /// The write buffer: of a writable mount, or where kept rendered tiles wait.
     writer: Option<Arc<WriteBuffer>>,
     /// Whether users may write (`-o rw`).
@@ -99,11 +99,12 @@ pub struct TreeFs {
     queued: Mutex<Vec<Invalidation>>,
 }
 
-fn not_found(what: impl std::fmt::Display) -> Error {
-    Error::NotFound(what.to_string())
+fn not_found(what: impl std::fmt::Display) -> FsError {
+    FsError::not_found(what)
 }
 
 impl TreeFs {
+    /// A read-only tree over `cache`.
     pub fn new(cache: Arc<Cache>) -> TreeFs {
         let conf_xml = cache
             .conf()
@@ -115,7 +116,7 @@ impl TreeFs {
             conf_xml,
             conf_cdi,
             mounted_at: SystemTime::now(),
-            watched: Mutex::new(LruCache::new(NonZeroUsize::new(WATCHED_BUNDLES).unwrap())),
+            watched: WatchedBundles::default(),
             writer: None,
             writable: false,
             renderer: None,
@@ -149,6 +150,7 @@ impl TreeFs {
 
     /// Lists renderable names (not only stored tiles) in `levels`. Refused when a level of the
     /// range has more than `MAX_LISTED` renderable tiles: a listing must stay bounded.
+    /// Errors: [`Error::Invalid`] without a renderer, or for a level too large to list.
     pub fn list_renderable(mut self, levels: crate::format::levels::LevelRange) -> Result<TreeFs> {
         const MAX_LISTED: u64 = 1 << 22;
         let r = self
@@ -178,6 +180,7 @@ impl TreeFs {
         self.renderer.as_ref()?.renderable_range(level)
     }
 
+    /// The write buffer (writable mounts, or kept rendered tiles), if any.
     pub fn writer(&self) -> Option<&Arc<WriteBuffer>> {
         self.writer.as_ref()
     }
@@ -191,10 +194,12 @@ impl TreeFs {
         self.queued.lock().unwrap().push(inv);
     }
 
+    /// The cache shown.
     pub fn cache(&self) -> &Arc<Cache> {
         &self.cache
     }
 
+    /// The inode number of a node.
     pub fn ino(&self, n: Node) -> u64 {
         self.inodes.ino(n)
     }
@@ -207,7 +212,7 @@ impl TreeFs {
         }
     }
 
-    fn node(&self, ino: u64) -> Result<Node> {
+    fn node(&self, ino: u64) -> FsResult<Node> {
         self.inodes
             .node(ino)
             .ok_or_else(|| not_found(format!("inode {ino}")))
@@ -239,9 +244,9 @@ impl TreeFs {
         }
     }
 
-    /// The tile's bytes, remembering its bundle for change watching. Errors are logged here, once,
-    /// naming the bundle: the caller turns them into EIO for this tile only.
     /// A tile: stored (or buffered), else rendered when a source is set and the scheme allows it.
+    /// Errors are logged here, once, naming the bundle or the source: the caller turns them into
+    /// EIO for this tile only.
     fn tile(&self, t: TileAddr) -> Result<Option<TileBytes>> {
         if let Some(b) = self.stored_tile(t)? {
             return Ok(Some(b));
@@ -315,7 +320,8 @@ impl TreeFs {
         }
     }
 
-    /// A stored tile: waiting in the write buffer, or in the bundles.
+    /// A stored tile: waiting in the write buffer, or in the bundles (remembering its bundle for
+    /// change watching).
     fn stored_tile(&self, t: TileAddr) -> Result<Option<TileBytes>> {
         if let Some(w) = &self.writer {
             match w.get(t) {
@@ -329,15 +335,7 @@ impl TreeFs {
         match self.cache.tile(t) {
             Ok(Some(b)) => {
                 if let Some(h) = b.bundle() {
-                    // Keep the first handle seen: poll_changes compares it with the file on disk.
-                    let known = self.watched.lock().unwrap().get(&h.id).is_some();
-                    if !known {
-                        let w = Watched {
-                            handle: h.clone(),
-                            rows: Arc::new(row_digests(h)),
-                        };
-                        self.watched.lock().unwrap().put(h.id, w);
-                    }
+                    self.watched.remember(h);
                 }
                 Ok(Some(b))
             }
@@ -421,7 +419,7 @@ impl TreeFs {
     }
 
     /// Looks a name up in a directory.
-    pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr> {
+    pub fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
         let p = self.node(parent)?;
         let child = match p {
             Node::Root if name == "conf.xml" && self.conf_xml.is_some() => Node::ConfXml,
@@ -472,7 +470,7 @@ impl TreeFs {
     }
 
     /// Attributes of an inode.
-    pub fn getattr(&self, ino: u64) -> Result<Attr> {
+    pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
         let n = self.node(ino)?;
         let root_mtime = self.dir_mtime(self.cache.root());
         Ok(match n {
@@ -535,7 +533,7 @@ impl TreeFs {
     }
 
     /// Up to `size` bytes of a file from `offset`.
-    pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<FileBytes> {
+    pub fn read(&self, ino: u64, offset: u64, size: u32) -> FsResult<FileBytes> {
         let n = self.node(ino)?;
         let whole: FileBytes = match n {
             Node::ConfXml => {
@@ -554,24 +552,19 @@ impl TreeFs {
                     .ok_or_else(|| not_found(format!("inode {ino}")))?;
                 FileBytes::Tile(self.tile(t)?.ok_or_else(|| not_found(t))?)
             }
-            _ => {
-                return Err(Error::Io {
-                    path: "".into(),
-                    source: std::io::Error::from_raw_os_error(libc::EISDIR),
-                })
-            }
+            _ => return Err(FsError::IsDir(format!("inode {ino}"))),
         };
         Ok(whole.window(offset, size))
     }
 
     /// The entries of a directory (without `.` and `..`), sorted by name.
-    pub fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>> {
+    pub fn readdir(&self, ino: u64) -> FsResult<Vec<DirEntry>> {
         let n = self.node(ino)?;
         let mut out = Vec::new();
-        let mut push_dir = |name: String, child: Node| -> Result<()> {
+        let mut push_dir = |name: String, child: Node| -> FsResult<()> {
             match self.getattr(self.ino(child)) {
                 Ok(attr) => out.push(DirEntry { name, attr }),
-                Err(Error::NotFound(_)) => {}
+                Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e),
             }
             Ok(())
@@ -638,105 +631,16 @@ impl TreeFs {
                 }
             }
             Node::Root => {}
-            _ => {
-                return Err(Error::Io {
-                    path: "".into(),
-                    source: std::io::Error::from_raw_os_error(libc::ENOTDIR),
-                })
-            }
+            _ => return Err(FsError::NotDir(format!("inode {ino}"))),
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out.dedup_by(|a, b| a.name == b.name);
         Ok(out)
     }
 
-    /// Checks the watched bundles for changes by other writers and says what the kernel must forget.
-    pub fn poll_changes(&self) -> Vec<Invalidation> {
-        let watched: Vec<(BundleId, Watched)> = self
-            .watched
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (*k, v.clone()))
-            .collect();
-        let mut out = Vec::new();
-        for (id, old) in watched {
-            match old.handle.is_stale() {
-                Ok(false) => continue,
-                Ok(true) => {}
-                Err(e) => tracing::warn!("{e}"),
-            }
-            self.cache.invalidate(&id);
-            let new = match self.cache.bundle(id) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!("bundle changed and is now unreadable: {e}");
-                    None
-                }
-            };
-            let after = new.as_ref().map(|b| row_digests(b));
-            // Our own flush: the kernel saw those writes come through it, nothing to forget
-            // (sending invalidations for them would also contend with the writers' folder locks).
-            if let (Some(h), Some(rows)) = (&new, &after) {
-                if self.cache.written_by_us(&id, &h.stamp) {
-                    self.watched.lock().unwrap().put(
-                        id,
-                        Watched {
-                            handle: h.clone(),
-                            rows: Arc::new(rows.clone()),
-                        },
-                    );
-                    continue;
-                }
-            }
-            let level_ino = self.ino(Node::Level(id.level));
-            for (r, before) in old.rows.iter().enumerate() {
-                if after.as_ref().is_some_and(|a| a[r] == *before) {
-                    continue;
-                }
-                let row = id.row0 + r as u32;
-                let row_ino = self.ino(Node::Row {
-                    level: id.level,
-                    row,
-                });
-                for c in 0..crate::format::BUNDLE_DIM {
-                    let t = TileAddr::new(id.level, row, id.col0 + c);
-                    out.push(Invalidation::Inode(self.ino(Node::Tile(t))));
-                    for ext in ["png", "jpg"] {
-                        out.push(Invalidation::Entry {
-                            parent: row_ino,
-                            name: exploded::col_file(t.col, ext),
-                        });
-                    }
-                }
-                out.push(Invalidation::Inode(row_ino));
-                out.push(Invalidation::Entry {
-                    parent: level_ino,
-                    name: exploded::row_dir(row),
-                });
-                out.push(Invalidation::Inode(level_ino));
-            }
-            let mut w = self.watched.lock().unwrap();
-            match (new, after) {
-                (Some(handle), Some(rows)) => {
-                    w.put(
-                        id,
-                        Watched {
-                            handle,
-                            rows: Arc::new(rows),
-                        },
-                    );
-                }
-                _ => {
-                    w.pop(&id);
-                }
-            }
-        }
-        out
-    }
-
     /// Space figures of the file system holding the cache.
-    pub fn statfs(&self) -> Result<StatFs> {
+    /// Errors: the statvfs(2) failure, naming the cache folder.
+    pub fn statfs(&self) -> FsResult<StatFs> {
         let path = self.cache.root();
         let st = rustix::fs::statvfs(path).map_err(|e| Error::io(path, e.into()))?;
         Ok(StatFs {
@@ -745,31 +649,52 @@ impl TreeFs {
             bavail: st.f_bavail,
             files: st.f_files,
             ffree: st.f_ffree,
-            bsize: st.f_bsize as u32,
-            frsize: st.f_frsize as u32,
+            bsize: u32::try_from(st.f_bsize).unwrap_or(u32::MAX),
+            frsize: u32::try_from(st.f_frsize).unwrap_or(u32::MAX),
+            // Names in the tree are at most `.Cxxxxxxxx.png.XXXXXX` long; 255 as most file
+            // systems, whatever the cache's own file system allows.
             namelen: 255,
         })
     }
 }
 
-/// `statfs` answer.
+/// `statfs` answer: the figures of statvfs(2) of the cache folder (blocks in `frsize` units).
 #[derive(Debug, Clone, Copy)]
 pub struct StatFs {
+    /// Size of the file system, in `frsize` units.
     pub blocks: u64,
+    /// Free blocks.
     pub bfree: u64,
+    /// Free blocks for unprivileged users.
     pub bavail: u64,
+    /// Inodes.
     pub files: u64,
+    /// Free inodes.
     pub ffree: u64,
+    /// Preferred I/O block size, bytes.
     pub bsize: u32,
+    /// Fragment size (the unit of the block counts), bytes.
     pub frsize: u32,
+    /// Longest name, bytes.
     pub namelen: u32,
 }
 
 /// Bytes of a file, without copying: a tile slice or a shared buffer, windowed.
 pub enum FileBytes {
+    /// A tile (a slice of a mapped bundle, or owned bytes).
     Tile(TileBytes),
+    /// Bytes shared with their owner (conf.xml, a file being written).
     Shared(Arc<Vec<u8>>),
+    /// The bytes a read handle kept from its open.
+    Snapshot(Arc<FileBytes>),
+    /// `range` of the inner bytes.
     Window(Box<FileBytes>, std::ops::Range<usize>),
+}
+
+impl std::fmt::Debug for FileBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FileBytes({} bytes)", self.full().len())
+    }
 }
 
 impl FileBytes {
@@ -777,6 +702,7 @@ impl FileBytes {
         match self {
             FileBytes::Tile(t) => t,
             FileBytes::Shared(v) => v,
+            FileBytes::Snapshot(s) => s.full(),
             FileBytes::Window(inner, r) => &inner.full()[r.clone()],
         }
     }
@@ -788,6 +714,7 @@ impl FileBytes {
         FileBytes::Window(Box::new(self), start..end)
     }
 
+    /// The bytes.
     pub fn bytes(&self) -> &[u8] {
         self.full()
     }

@@ -5,11 +5,11 @@
 //! The rules:
 //! - Files live in row folders. A name that is a tile name (`Cxxxxxxxx.png|jpg`) is that tile; its
 //!   bytes are committed (checked, merged in MERGE mode, buffered) when the file is closed,
-//!   fsync'd or truncated outside an open. A bad tile fails that close/fsync with EINVAL and a log
-//!   line naming the file; nothing stored changes.
+//!   fsync'd or truncated outside an open. A bad tile fails that close/fsync with EINVAL
+//!   ([`FsError::BadTile`], naming the file); nothing stored changes.
 //! - A name starting with `.` is a temporary file (rsync writes `.Cxxxxxxxx.png.XXXXXX` and renames
 //!   it): it lives in memory until renamed onto a tile name (which commits it) or unlinked.
-//! - Any other name is refused with EPERM and a log line.
+//! - Any other name is refused with EPERM ([`FsError::NotPermitted`]).
 //! - mkdir of `Lnn` (a level of the scheme) and `Rxxxxxxxx` works; bundles appear with their first
 //!   tile. rmdir works on folders without tiles. Folders cannot be renamed (EXDEV: `mv` copies).
 
@@ -17,6 +17,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use super::errno::{FsError, FsResult};
 use super::inode::Node;
 use super::{Attr, DirEntry, Invalidation, Kind, TreeFs};
 use crate::cache::buffer::WriteBuffer;
@@ -24,7 +25,7 @@ use crate::cache::Layout;
 use crate::format::exploded;
 use crate::format::sniff::ImageKind;
 use crate::format::{TileAddr, MAX_TILE_SIZE};
-use crate::{Error, Result};
+use crate::Error;
 
 /// A tile file open for writing.
 pub(super) struct OpenTile {
@@ -89,19 +90,19 @@ impl WriteState {
     }
 }
 
-fn os(what: impl std::fmt::Display, code: i32) -> Error {
-    Error::io(what.to_string(), std::io::Error::from_raw_os_error(code))
-}
+/// Why a file cannot be created under a name.
+const NOT_A_TILE_NAME: &str = "not a tile name (Cxxxxxxxx.png or .jpg) nor a temporary name (.*)";
 
 /// Write handles are told apart from read handles by this file handle.
 pub const WRITE_FH: u64 = 1;
 
 impl TreeFs {
-    fn writer_or_rofs(&self) -> Result<&Arc<WriteBuffer>> {
+    /// The write buffer, or [`FsError::ReadOnly`] naming `what` was to change.
+    fn writer_or_rofs(&self, what: impl std::fmt::Display) -> FsResult<&Arc<WriteBuffer>> {
         self.writer
             .as_ref()
             .filter(|_| self.writable)
-            .ok_or_else(|| os("read-only mount", libc::EROFS))
+            .ok_or_else(|| FsError::ReadOnly(what.to_string()))
     }
 
     /// A rendered copy of `t` held in memory is stale once `t` is written or deleted.
@@ -159,7 +160,7 @@ impl TreeFs {
         level: u8,
         row: u32,
         name: &str,
-    ) -> Result<Option<Attr>> {
+    ) -> FsResult<Option<Attr>> {
         if self.writer.is_none() {
             return Ok(None);
         }
@@ -189,7 +190,7 @@ impl TreeFs {
             .map(|o| open_attr_of(ino, o))
     }
 
-    pub(super) fn temp_attr(&self, ino: u64) -> Result<Attr> {
+    pub(super) fn temp_attr(&self, ino: u64) -> FsResult<Attr> {
         let alias = {
             let w = self.w.lock().unwrap();
             if let Some(o) = w.open.get(&ino).filter(|o| o.dirty) {
@@ -274,17 +275,19 @@ impl TreeFs {
     }
 
     /// Creates a file in a row folder and opens it for writing.
-    pub fn create(&self, parent: u64, name: &str) -> Result<Attr> {
-        self.writer_or_rofs()?;
+    pub fn create(&self, parent: u64, name: &str) -> FsResult<Attr> {
+        self.writer_or_rofs(name)?;
         let Some((level, row)) = self.row_of(parent) else {
-            tracing::warn!("create {name:?}: files can only be made in row folders (Rxxxxxxxx)");
-            return Err(os(name, libc::EPERM));
+            return Err(FsError::NotPermitted {
+                path: name.to_string(),
+                why: "files can only be made in row folders (Rxxxxxxxx)",
+            });
         };
         let path = self.tree_path(level, row, name);
         if name.starts_with('.') {
             let mut w = self.w.lock().unwrap();
             if w.temp_names.contains_key(&(parent, name.to_string())) {
-                return Err(os(path, libc::EEXIST));
+                return Err(FsError::Exists(path));
             }
             w.next_temp += 1;
             let ino = self.ino(Node::Temp(w.next_temp));
@@ -310,10 +313,10 @@ impl TreeFs {
             });
         }
         let Some((t, kind)) = Self::tile_name(level, row, name) else {
-            tracing::warn!(
-                "create {path}: not a tile name (Cxxxxxxxx.png or .jpg) nor a temporary name (.*)"
-            );
-            return Err(os(path, libc::EPERM));
+            return Err(FsError::NotPermitted {
+                path,
+                why: NOT_A_TILE_NAME,
+            });
         };
         let ino = self.ino(Node::Tile(t));
         let mut w = self.w.lock().unwrap();
@@ -333,8 +336,8 @@ impl TreeFs {
     }
 
     /// Opens an existing file for writing (`truncate`: O_TRUNC). Returns the handle to use.
-    pub fn open_write(&self, ino: u64, truncate: bool) -> Result<u64> {
-        self.writer_or_rofs()?;
+    pub fn open_write(&self, ino: u64, truncate: bool) -> FsResult<u64> {
+        self.writer_or_rofs(format_args!("inode {ino}"))?;
         let node = self.node(ino)?;
         if let Node::Temp(_) = node {
             let mut w = self.w.lock().unwrap();
@@ -348,11 +351,8 @@ impl TreeFs {
         let t = match node {
             Node::Tile(t) => t,
             Node::Temp(_) => self.alias(ino).ok_or_else(|| super::not_found(ino))?,
-            Node::ConfXml | Node::ConfCdi => {
-                tracing::warn!("conf.xml and conf.cdi are shown read-only");
-                return Err(os("conf file", libc::EPERM));
-            }
-            _ => return Err(os("folder", libc::EISDIR)),
+            Node::ConfXml | Node::ConfCdi => return Err(conf_read_only(node)),
+            _ => return Err(FsError::IsDir(format!("inode {ino}"))),
         };
         {
             let mut w = self.w.lock().unwrap();
@@ -381,15 +381,12 @@ impl TreeFs {
     }
 
     /// Writes bytes into a file open for writing.
-    pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> Result<u32> {
-        self.writer_or_rofs()?;
-        let end = offset as usize + data.len();
-        if offset > MAX_TILE_SIZE as u64 || end > MAX_TILE_SIZE {
-            return Err(os(
-                format!("inode {ino}: tiles hold at most 2^24-1 bytes"),
-                libc::EFBIG,
-            ));
+    pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        self.writer_or_rofs(format_args!("inode {ino}"))?;
+        if offset > MAX_TILE_SIZE as u64 || offset as usize + data.len() > MAX_TILE_SIZE {
+            return Err(FsError::TooBig(format!("inode {ino}")));
         }
+        let end = offset as usize + data.len();
         let mut w = self.w.lock().unwrap();
         let buf = if let Some(o) = w.open.get_mut(&ino) {
             o.dirty = true;
@@ -398,10 +395,7 @@ impl TreeFs {
             t.mtime = SystemTime::now();
             &mut t.data
         } else {
-            return Err(os(
-                format!("inode {ino}: not open for writing"),
-                libc::EBADF,
-            ));
+            return Err(FsError::NotOpenForWriting(ino));
         };
         if buf.len() < end {
             buf.resize(end, 0);
@@ -411,21 +405,26 @@ impl TreeFs {
     }
 
     /// Changes size and/or modification time (mode and owner are not kept: tiles show 0644).
-    pub fn setattr(&self, ino: u64, size: Option<u64>, mtime: Option<SystemTime>) -> Result<Attr> {
+    pub fn setattr(
+        &self,
+        ino: u64,
+        size: Option<u64>,
+        mtime: Option<SystemTime>,
+    ) -> FsResult<Attr> {
         let node = self.node(ino)?;
         let file = matches!(node, Node::Tile(_) | Node::Temp(_));
         if (size.is_some() || mtime.is_some()) && file {
-            self.writer_or_rofs()?;
+            self.writer_or_rofs(format_args!("inode {ino}"))?;
         }
         if size.is_some() && matches!(node, Node::ConfXml | Node::ConfCdi) {
-            return Err(os("conf file", libc::EPERM));
+            return Err(conf_read_only(node));
         }
         if !file {
             return self.getattr(ino); // folder times and modes are not kept
         }
         if let Some(s) = size {
             if s > MAX_TILE_SIZE as u64 {
-                return Err(os(format!("inode {ino}: size {s}"), libc::EFBIG));
+                return Err(FsError::TooBig(format!("inode {ino}: size {s}")));
             }
         }
         let handled = {
@@ -466,7 +465,7 @@ impl TreeFs {
                 return self.getattr(ino);
             }
             if let Some(m) = mtime {
-                let w = self.writer_or_rofs()?;
+                let w = self.writer_or_rofs(t)?;
                 if !w.set_time(t, m) && !self.cache.set_tile_time(t, m)? {
                     return Err(super::not_found(t));
                 }
@@ -477,7 +476,7 @@ impl TreeFs {
 
     /// Commits a dirty open tile: checked, merged, buffered. A refused tile is dropped (the
     /// kernel is told to forget the bytes it cached) and the error returned.
-    fn commit_open(&self, ino: u64) -> Result<()> {
+    fn commit_open(&self, ino: u64) -> FsResult<()> {
         let (t, kind, data, mtime, path) = {
             let mut w = self.w.lock().unwrap();
             let Some(o) = w.open.get_mut(&ino) else {
@@ -501,8 +500,8 @@ impl TreeFs {
         data: Vec<u8>,
         mtime: Option<SystemTime>,
         path: &str,
-    ) -> Result<()> {
-        let w = self.writer_or_rofs()?;
+    ) -> FsResult<()> {
+        let w = self.writer_or_rofs(path)?;
         let before = self
             .stored_tile(t)
             .ok()
@@ -533,15 +532,24 @@ impl TreeFs {
                 Ok(())
             }
             Err(e) => {
-                tracing::error!("{path}: not stored: {e}");
                 self.queue(Invalidation::Inode(ino));
-                Err(e)
+                Err(match e {
+                    // The cache refused the bytes (kind, size, decoding, merge).
+                    Error::Invalid(_) => FsError::BadTile {
+                        path: path.to_string(),
+                        source: e,
+                    },
+                    e => {
+                        tracing::error!("{path}: not stored: {e}");
+                        FsError::Cache(e)
+                    }
+                })
             }
         }
     }
 
     /// close(2) of a handle: commits what was written. Errors reach the closing program.
-    pub fn flush(&self, ino: u64) -> Result<()> {
+    pub fn flush(&self, ino: u64) -> FsResult<()> {
         if self.writer.is_none() {
             return Ok(());
         }
@@ -549,7 +557,7 @@ impl TreeFs {
     }
 
     /// Last close of a handle: commits if still dirty, forgets the open file with the last one.
-    pub fn release(&self, ino: u64, fh: u64) -> Result<()> {
+    pub fn release(&self, ino: u64, fh: u64) -> FsResult<()> {
         if self.writer.is_none() || fh != WRITE_FH {
             return Ok(());
         }
@@ -565,7 +573,7 @@ impl TreeFs {
     }
 
     /// fsync(2): commits the file and writes its bundle durably.
-    pub fn fsync(&self, ino: u64) -> Result<()> {
+    pub fn fsync(&self, ino: u64) -> FsResult<()> {
         let Some(w) = self.writer.as_ref() else {
             return Ok(());
         };
@@ -582,8 +590,8 @@ impl TreeFs {
     }
 
     /// Removes a file: a tile leaves its bundle, a temporary file is dropped.
-    pub fn unlink(&self, parent: u64, name: &str) -> Result<()> {
-        let w = self.writer_or_rofs()?;
+    pub fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
+        let w = self.writer_or_rofs(name)?;
         let Some((level, row)) = self.row_of(parent) else {
             return Err(super::not_found(name));
         };
@@ -600,18 +608,18 @@ impl TreeFs {
         let stored = self.stored_tile(t)?;
         self.forget_rendered(t);
         match stored {
-            Some(b) if self.cache.kind_of(&b) == kind => w.delete(t),
+            Some(b) if self.cache.kind_of(&b) == kind => Ok(w.delete(t)?),
             _ if open.is_some() => Ok(()),
             _ => Err(super::not_found(name)),
         }
     }
 
     /// Renames a file. A temporary file renamed onto a tile name commits it (rsync's last step).
-    pub fn rename(&self, parent: u64, name: &str, newparent: u64, newname: &str) -> Result<()> {
-        self.writer_or_rofs()?;
+    pub fn rename(&self, parent: u64, name: &str, newparent: u64, newname: &str) -> FsResult<()> {
+        self.writer_or_rofs(name)?;
         let (Some((l0, r0)), Some((l1, r1))) = (self.row_of(parent), self.row_of(newparent)) else {
             // Folders hold bundles: moving them is a copy (EXDEV makes mv do that).
-            return Err(os(name, libc::EXDEV));
+            return Err(FsError::CrossDevice(name.to_string()));
         };
         let from_path = self.tree_path(l0, r0, name);
         let to_path = self.tree_path(l1, r1, newname);
@@ -633,8 +641,7 @@ impl TreeFs {
                 return Ok(());
             }
             let Some((t, kind)) = Self::tile_name(l1, r1, newname) else {
-                tracing::warn!("rename {from_path} -> {to_path}: not a tile name");
-                return Err(os(to_path, libc::EPERM));
+                return Err(not_a_tile_name(&from_path, to_path));
             };
             let (data, mtime) = {
                 let w = self.w.lock().unwrap();
@@ -657,8 +664,7 @@ impl TreeFs {
         // A tile renamed onto another tile name: copy, then delete the source.
         let (src, _) = Self::tile_name(l0, r0, name).ok_or_else(|| super::not_found(name))?;
         let Some((dst, kind)) = Self::tile_name(l1, r1, newname) else {
-            tracing::warn!("rename {from_path} -> {to_path}: not a tile name");
-            return Err(os(to_path, libc::EPERM));
+            return Err(not_a_tile_name(&from_path, to_path));
         };
         if src == dst {
             return Ok(());
@@ -669,32 +675,33 @@ impl TreeFs {
         let mtime = self.cache.tile_mtime(src, &bytes);
         let dst_ino = self.ino(Node::Tile(dst));
         self.commit_tile(dst_ino, dst, kind, bytes.to_vec(), mtime, &to_path)?;
-        self.writer_or_rofs()?.delete(src)
+        Ok(self.writer_or_rofs(from_path)?.delete(src)?)
     }
 
     /// Makes a level or row folder.
-    pub fn mkdir(&self, parent: u64, name: &str) -> Result<Attr> {
-        self.writer_or_rofs()?;
+    pub fn mkdir(&self, parent: u64, name: &str) -> FsResult<Attr> {
+        self.writer_or_rofs(name)?;
         let p = self.node(parent)?;
         let exists = self.lookup(parent, name).is_ok();
+        let not_permitted = |why| FsError::NotPermitted {
+            path: name.to_string(),
+            why,
+        };
         if p == self.levels_parent() {
-            let Ok(l) = exploded::parse_level_dir(name) else {
-                tracing::warn!("mkdir {name:?}: not a level folder name (Lnn)");
-                return Err(os(name, libc::EPERM));
+            let l = match exploded::parse_level_dir(name) {
+                Ok(l) if exploded::level_dir(l) == name => l,
+                _ => return Err(not_permitted("not a level folder name (Lnn)")),
             };
-            if exploded::level_dir(l) != name {
-                return Err(os(name, libc::EPERM));
-            }
             if let Some(s) = self.cache.scheme() {
                 if !s.lods.iter().any(|lod| lod.level == l) {
-                    tracing::warn!(
-                        "mkdir {name}: level {l} is not in the tiling scheme (conf.xml)"
-                    );
-                    return Err(os(name, libc::EINVAL));
+                    return Err(FsError::Invalid {
+                        what: name.to_string(),
+                        why: format!("level {l} is not in the tiling scheme (conf.xml)"),
+                    });
                 }
             }
             if exists {
-                return Err(os(name, libc::EEXIST));
+                return Err(FsError::Exists(name.to_string()));
             }
             self.w.lock().unwrap().created.insert((l, None));
             return self.getattr(self.ino(Node::Level(l)));
@@ -702,27 +709,23 @@ impl TreeFs {
         if let Node::Level(level) = p {
             let row = match exploded::parse_row_dir(name) {
                 Ok(r) if exploded::row_dir(r) == name => r,
-                _ => {
-                    tracing::warn!("mkdir {name:?}: not a row folder name (Rxxxxxxxx)");
-                    return Err(os(name, libc::EPERM));
-                }
+                _ => return Err(not_permitted("not a row folder name (Rxxxxxxxx)")),
             };
             if exists {
-                return Err(os(name, libc::EEXIST));
+                return Err(FsError::Exists(name.to_string()));
             }
             self.w.lock().unwrap().created.insert((level, Some(row)));
             return self.getattr(self.ino(Node::Row { level, row }));
         }
         if exists {
-            return Err(os(name, libc::EEXIST));
+            return Err(FsError::Exists(name.to_string()));
         }
-        tracing::warn!("mkdir {name:?}: only level and row folders can be made");
-        Err(os(name, libc::EPERM))
+        Err(not_permitted("only level and row folders can be made"))
     }
 
     /// Removes an empty level or row folder.
-    pub fn rmdir(&self, parent: u64, name: &str) -> Result<()> {
-        self.writer_or_rofs()?;
+    pub fn rmdir(&self, parent: u64, name: &str) -> FsResult<()> {
+        self.writer_or_rofs(name)?;
         let p = self.node(parent)?;
         let a = self.lookup(parent, name)?;
         match self.node(a.ino)? {
@@ -735,30 +738,33 @@ impl TreeFs {
                             .any(|o| (o.tile.level, o.tile.row) == (level, row))
                 };
                 if busy || !self.row_tiles(level, row)?.is_empty() {
-                    return Err(os(name, libc::ENOTEMPTY));
+                    return Err(FsError::NotEmpty(name.to_string()));
                 }
                 self.w.lock().unwrap().created.remove(&(level, Some(row)));
                 Ok(())
             }
             Node::Level(l) => {
                 if !self.rows(l)?.is_empty() {
-                    return Err(os(name, libc::ENOTEMPTY));
+                    return Err(FsError::NotEmpty(name.to_string()));
                 }
                 let was_created = self.w.lock().unwrap().created.remove(&(l, None));
                 if self.cache.level_dir(l).is_dir() && !was_created {
                     // A level folder on disk without tiles (empty bundles): it stays.
-                    return Err(os(name, libc::ENOTEMPTY));
+                    return Err(FsError::NotEmpty(name.to_string()));
                 }
                 Ok(())
             }
-            Node::ConfXml | Node::ConfCdi => Err(os(name, libc::ENOTDIR)),
-            _ => Err(os(name, libc::EPERM)),
+            Node::ConfXml | Node::ConfCdi => Err(FsError::NotDir(name.to_string())),
+            _ => Err(FsError::NotPermitted {
+                path: name.to_string(),
+                why: "only level and row folders can be removed",
+            }),
         }
     }
 
-    /// Writes everything waiting in the write buffer (idle timer, unmount).
-    /// The background flush: bundles quiet for `idle` or holding a chunk of tiles.
-    pub fn flush_due(&self, idle: std::time::Duration) -> Result<()> {
+    /// The background flush: writes the bundles of the write buffer quiet for `idle` or holding a
+    /// chunk of tiles.
+    pub fn flush_due(&self, idle: std::time::Duration) -> FsResult<()> {
         if let Some(w) = &self.writer {
             let s = w.flush_due(idle)?;
             if s.tiles > 0 {
@@ -773,7 +779,8 @@ impl TreeFs {
         Ok(())
     }
 
-    pub fn flush_all(&self) -> Result<()> {
+    /// Writes everything waiting in the write buffer (unmount).
+    pub fn flush_all(&self) -> FsResult<()> {
         if let Some(w) = &self.writer {
             let s = w.flush_all()?;
             if s.tiles > 0 {
@@ -786,6 +793,28 @@ impl TreeFs {
             }
         }
         Ok(())
+    }
+}
+
+/// conf.xml and conf.cdi are shown, not written.
+fn conf_read_only(n: Node) -> FsError {
+    FsError::NotPermitted {
+        path: if n == Node::ConfXml {
+            "conf.xml"
+        } else {
+            "conf.cdi"
+        }
+        .to_string(),
+        why: "conf.xml and conf.cdi are shown read-only",
+    }
+}
+
+/// A file renamed onto a name that is not a tile's.
+fn not_a_tile_name(from: &str, to: String) -> FsError {
+    tracing::debug!("rename {from} -> {to}: not a tile name");
+    FsError::NotPermitted {
+        path: to,
+        why: "not a tile name (Cxxxxxxxx.png or .jpg)",
     }
 }
 
@@ -804,6 +833,7 @@ mod tests {
     use super::*;
     use crate::cache::Cache;
     use crate::format::conf::{TileFormat, TileScheme};
+    use crate::fs::errno::ToErrno;
     use std::time::{Duration, UNIX_EPOCH};
 
     fn tree() -> (tempfile::TempDir, TreeFs) {
@@ -825,7 +855,7 @@ mod tests {
         b.into_inner()
     }
 
-    fn errno(r: Result<impl std::fmt::Debug>) -> i32 {
+    fn errno(r: FsResult<impl std::fmt::Debug>) -> i32 {
         r.unwrap_err().errno()
     }
 

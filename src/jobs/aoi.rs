@@ -10,7 +10,7 @@ use geo::{
 };
 use geojson::{GeoJson, GeometryValue, Position};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, FormatContext, Result};
 use crate::format::conf::{Envelope, TileScheme};
 use crate::format::extent::{self, Crs, WEB_MERCATOR, WGS84};
 
@@ -128,9 +128,11 @@ fn collect(path: &Path, g: &GeometryValue, out: &mut Vec<Polygon<f64>>) -> Resul
     Ok(())
 }
 
-/// The JSON document and its polygons, coordinates as written.
+/// The JSON document and its polygons, coordinates as written. The bytes go through the one
+/// tolerant reader of text inputs ([`crate::format::text::decode`]: byte-order marks, UTF-16, CRLF).
 fn parse_polygons(path: &Path, bytes: &[u8]) -> Result<(serde_json::Value, Vec<Polygon<f64>>)> {
-    let text = std::str::from_utf8(bytes).map_err(|e| bad(path, format!("not UTF-8 text: {e}")))?;
+    let text = crate::format::text::decode(bytes).in_file(path)?;
+    let text = text.as_str();
     let doc: serde_json::Value =
         serde_json::from_str(text).map_err(|e| bad(path, format!("not GeoJSON: {e}")))?;
     let gj: GeoJson = text
@@ -521,6 +523,21 @@ mod tests {
             xmax,
             ymax,
         }
+    }
+
+    #[test]
+    fn geojson_with_a_byte_order_mark_or_crlf_reads_like_plain_utf8() {
+        let plain = r#"{"type":"Polygon","coordinates":[[[0,0],[10,0],[10,10],[0,10],[0,0]]]}"#;
+        let want = aoi(plain).bbox();
+        let mut bom = b"\xEF\xBB\xBF".to_vec();
+        bom.extend(plain.replace(',', ",\r\n").as_bytes());
+        let got = Aoi::from_geojson(Path::new("bom.geojson"), &bom).unwrap();
+        assert_eq!(got.bbox(), want);
+        // UTF-16 LE with its mark, as some Windows editors save it.
+        let mut utf16 = vec![0xFF, 0xFE];
+        utf16.extend(plain.encode_utf16().flat_map(|u| u.to_le_bytes()));
+        let got = Aoi::from_geojson(Path::new("u16.geojson"), &utf16).unwrap();
+        assert_eq!(got.bbox(), want);
     }
 
     const DONUT: &str = r#"{"type":"FeatureCollection","features":[

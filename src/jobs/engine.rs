@@ -678,11 +678,14 @@ pub fn into_cache(
 
 /// True when `dir` already holds a cache (conf.xml, `_alllayers/` or level folders).
 pub fn holds_cache(dir: &Path) -> Result<bool> {
-    Ok(dir.join(crate::cache::CONF_XML).exists()
-        || dir.join(crate::cache::ALLLAYERS).exists()
-        || crate::cache::read_dir_names(dir)?
-            .iter()
-            .any(|n| exploded::parse_level_dir(n).is_ok()))
+    // Names in any case, as ArcGIS on Windows writes them (`Conf.xml`, `_AllLayers`).
+    Ok(
+        crate::cache::find_entry(dir, crate::cache::CONF_XML)?.is_some()
+            || crate::cache::find_entry(dir, crate::cache::ALLLAYERS)?.is_some()
+            || crate::cache::read_dir_names(dir)?
+                .iter()
+                .any(|n| exploded::parse_level_dir(n).is_ok()),
+    )
 }
 
 /// The conf.cdi extent after a job: DEST's grown by the area, or the area (cut to SRC's extent).

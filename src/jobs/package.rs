@@ -43,7 +43,12 @@ fn zip_err(path: &Path, e: zip::result::ZipError) -> Error {
 pub fn unpack(path: &Path, into: &Path) -> Result<()> {
     let f = fs::File::open(path).at(path)?;
     let mut z = zip::ZipArchive::new(std::io::BufReader::new(f)).map_err(|e| zip_err(path, e))?;
-    let root = match z.by_name(tpkx::ROOT_JSON) {
+    // root.json in any case, as a package zipped on Windows may spell it.
+    let root_name = exploded::find_name(z.file_names(), tpkx::ROOT_JSON)
+        .in_file(path)?
+        .map(str::to_string)
+        .unwrap_or_else(|| tpkx::ROOT_JSON.to_string());
+    let root = match z.by_name(&root_name) {
         Ok(mut e) => {
             let mut b = Vec::new();
             std::io::Read::read_to_end(&mut e, &mut b).at(path)?;
@@ -67,7 +72,11 @@ pub fn unpack(path: &Path, into: &Path) -> Result<()> {
             continue;
         };
         let name = name.to_string_lossy().replace('\\', "/");
-        let Some(rel) = name.strip_prefix(&prefix) else {
+        // The tile folder in any case (`tile/`, `Tile/`), as the names inside it.
+        let Some(rel) = (name.len() > prefix.len()
+            && name.is_char_boundary(prefix.len())
+            && name[..prefix.len()].eq_ignore_ascii_case(&prefix))
+        .then(|| &name[prefix.len()..]) else {
             continue;
         };
         // Only Lnn/RrrrrCcccc.bundle entries: nothing else is written outside the folder.

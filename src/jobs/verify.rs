@@ -1,10 +1,12 @@
-//! `verify`: every index entry inside its file and consistent, optionally every tile decoded.
+//! `verify`: every index entry inside its file and consistent, optionally every tile decoded, and
+//! a warning for every folder or file in the cache that bundlefs skips (never silence).
 
-use std::path::PathBuf;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use crate::cache::{Cache, TileGroup};
+use crate::cache::{read_dir_names, Cache, Layout, TileGroup};
 use crate::format::conf::StorageFormat;
 use crate::format::sniff::{has_full_png_signature, sniff, ImageKind};
 use crate::Result;
@@ -67,9 +69,12 @@ fn decode_check(bytes: &[u8], fallback: ImageKind) -> Decoded {
 }
 
 /// Checks the whole cache. Problems are collected, not fatal; Err only for an unreadable folder.
+/// Folders and files the cache's readers skip (`L3/`, `l05/` beside nothing, `notes.txt`) are
+/// warnings naming each, see [`skipped`].
 pub fn verify(cache: &Cache, decode: bool) -> Result<Report> {
     let mut report = Report::default();
     let fallback = cache.default_kind();
+    report.warnings.extend(skipped(cache)?);
     for level in cache.levels()? {
         report.levels += 1;
         let groups: Vec<TileGroup> = match cache.groups(level) {
@@ -179,4 +184,110 @@ fn problem_from(
         None => msg.to_string(),
     };
     Problem { path, what }
+}
+
+/// Files writers leave beside tiles that every reader ignores by design (FORMATS.md: MapProxy's
+/// `.lck`, ArcGIS's `.lock`/`.done` while a job runs; bundlefs's `.times` sidecars and hidden
+/// temporary files).
+fn ignored_by_design(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    name.starts_with('.')
+        || [".lck", ".lock", ".done", ".times"]
+            .iter()
+            .any(|e| lower.ends_with(e))
+}
+
+/// Every entry of the cache's tile folders that the cache's own listings do not read, with why:
+/// names bundlefs does not know (`L3`, `Lxx`, `notes.txt`), a second spelling the cache does not
+/// open, a `.bundlx` without its bundle, files where folders belong. Compared against what
+/// [`Cache::levels`], [`Cache::bundles`] and [`Cache::groups`] return, so a warning means the
+/// entry really is skipped.
+pub fn skipped(cache: &Cache) -> Result<Vec<Problem>> {
+    let mut out = Vec::new();
+    let mut warn = |path: PathBuf, what: String| out.push(Problem { path, what });
+    let tiles = cache.tiles_dir();
+    let levels = cache.levels()?;
+    let level_names: BTreeSet<PathBuf> = levels.iter().map(|l| cache.level_dir(*l)).collect();
+    let mut names = read_dir_names(tiles)?;
+    names.sort();
+    for n in names {
+        let p = tiles.join(&n);
+        if level_names.contains(&p) || ignored_by_design(&n) {
+            continue;
+        }
+        // In MapProxy's layout the level folders sit beside anything; only folders look like
+        // skipped levels there. The ArcGIS layout's `_alllayers` holds level folders only.
+        if cache.layout() == Layout::MapProxy && !p.is_dir() {
+            continue;
+        }
+        let why = match crate::format::exploded::parse_level_dir(&n) {
+            Ok(l) if !p.is_dir() => format!("skipped: a file named like level {l}'s folder"),
+            Ok(l) => format!(
+                "skipped: level {l} is read from {:?}; this spelling is not",
+                crate::format::exploded::level_dir(l)
+            ),
+            Err(e) => format!("skipped: not a level folder ({e})"),
+        };
+        warn(p, why);
+    }
+    for level in levels {
+        let dir = cache.level_dir(level);
+        let mut read: BTreeSet<PathBuf> = BTreeSet::new();
+        if cache.storage() == StorageFormat::Exploded {
+            for g in cache.groups(level).unwrap_or_default() {
+                for (_, f) in &g.files {
+                    read.insert(f.clone());
+                    if let Some(row) = f.parent() {
+                        read.insert(row.to_path_buf());
+                    }
+                }
+            }
+        } else {
+            for id in cache.bundles(level)? {
+                let b = cache.bundle_path(&id);
+                if cache.storage() == StorageFormat::CompactV1 {
+                    read.insert(crate::cache::spelling::bundlx_of(&b));
+                }
+                read.insert(b);
+            }
+        }
+        let what = match cache.storage() {
+            StorageFormat::Exploded => "a row folder (Rxxxxxxxx)",
+            StorageFormat::CompactV1 => "a bundle (RrrrrCcccc.bundle with its .bundlx)",
+            StorageFormat::CompactV2 => "a bundle (RrrrrCcccc.bundle)",
+        };
+        let deeper = cache.storage() == StorageFormat::Exploded;
+        check_folder(&dir, &read, what, deeper, &mut warn)?;
+    }
+    Ok(out)
+}
+
+/// Warns about entries of a level folder not in `read`, and with `deeper` (exploded) about those
+/// of its row folders. An empty folder holds nothing skipped.
+fn check_folder(
+    dir: &Path,
+    read: &BTreeSet<PathBuf>,
+    what: &str,
+    deeper: bool,
+    warn: &mut impl FnMut(PathBuf, String),
+) -> Result<()> {
+    let mut names = read_dir_names(dir)?;
+    names.sort();
+    for n in names {
+        let p = dir.join(&n);
+        if ignored_by_design(&n) {
+            continue;
+        }
+        if read.contains(&p) {
+            if deeper && p.is_dir() {
+                check_folder(&p, read, "a tile (Cxxxxxxxx.png or .jpg)", false, warn)?;
+            }
+            continue;
+        }
+        if p.is_dir() && read_dir_names(&p)?.is_empty() {
+            continue;
+        }
+        warn(p, format!("skipped: not read as {what}"));
+    }
+    Ok(())
 }

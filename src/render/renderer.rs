@@ -744,6 +744,7 @@ impl Drop for FlightGuard<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs::ToErrno;
     use crate::render::label::LabelSource;
     use std::sync::atomic::AtomicU32;
 

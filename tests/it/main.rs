@@ -14,6 +14,7 @@ mod load;
 mod modes;
 mod mount;
 mod realworld_crs;
+mod realworld_text;
 mod render;
 mod supertiles;
 mod writeback;

@@ -15,6 +15,7 @@ use bundlefs::cache::Cache;
 use bundlefs::format::conf::{Envelope, Lod, StorageFormat, TileFormat, TileScheme};
 use bundlefs::format::sniff::{sniff, ImageKind};
 use bundlefs::format::TileAddr;
+use bundlefs::fs::ToErrno;
 use bundlefs::render::label::LabelSource;
 use bundlefs::render::resample::ResampleSource;
 use bundlefs::render::{HttpOptions, Keep, RenderOptions, Renderer, SourceSpec, TileSource};

@@ -22,6 +22,7 @@ use super::{
 use crate::cache::bundle::{BundleHandle, FileStamp};
 use crate::cache::files::{write_atomic, AtomicFile};
 use crate::cache::lock::BundleLock;
+use crate::cache::spelling;
 use crate::cache::{times, CacheOptions, TileBytes};
 use crate::error::{IoContext, Result};
 use crate::format::conf::StorageFormat;
@@ -79,7 +80,7 @@ impl CompactStore {
         for p in [
             self.place.level_dir(id.level),
             self.place.lock_path(id),
-            path.with_extension("bundlx"),
+            spelling::bundlx_of(&path),
             times::sidecar_path(&path),
             path,
         ] {
@@ -110,7 +111,7 @@ impl CompactStore {
         let path = self.place.bundle_path(&id);
         let rw = |p: &Path| fs::OpenOptions::new().read(true).write(true).open(p).at(p);
         let st = if self.v1() {
-            let xpath = path.with_extension("bundlx");
+            let xpath = spelling::bundlx_of(&path);
             if !path.exists() || !xpath.exists() {
                 self.create_v1(id, &path, tiles)?
             } else {
@@ -165,7 +166,7 @@ impl CompactStore {
             b.add(*slot, bytes).at(&tmp)?;
         }
         let (_, bundlx, len) = b.finish().at(&tmp)?;
-        write_atomic(&path.with_extension("bundlx"), &bundlx, self.opts.durable)?;
+        write_atomic(&spelling::bundlx_of(path), &bundlx, self.opts.durable)?;
         f.commit()?;
         self.listings.lock().unwrap().remove(&id.level);
         Ok(WriteStats {
@@ -239,7 +240,7 @@ impl Storage for CompactStore {
         }
         let mut v = Vec::new();
         for n in read_dir_names(&dir)? {
-            if !n.ends_with(".bundle") {
+            if !n.to_ascii_lowercase().ends_with(".bundle") {
                 continue;
             }
             match names::parse_bundle_file(&n) {
@@ -276,7 +277,7 @@ impl Storage for CompactStore {
         }
         self.place.check_inside(&path)?;
         let handle = Arc::new(if self.v1() {
-            self.place.check_inside(&path.with_extension("bundlx"))?;
+            self.place.check_inside(&spelling::bundlx_of(&path))?;
             BundleHandle::open_v1(id, &path)?
         } else {
             BundleHandle::open_v2(id, &path)?
@@ -420,7 +421,7 @@ impl Storage for CompactStore {
         self.check_bundle_files(&id)?;
         let _lock = BundleLock::acquire(&self.place.lock_path(&id), self.opts.lock_timeout)?;
         if self.v1() {
-            let xpath = path.with_extension("bundlx");
+            let xpath = spelling::bundlx_of(&path);
             let x = fs::OpenOptions::new().write(true).open(&xpath).at(&xpath)?;
             v1::delete_tiles(&x, &xpath, slots, self.opts.durable)?;
         } else {

@@ -13,8 +13,9 @@ use super::{
     TimedSlot, UpdateFn,
 };
 use crate::cache::files::write_atomic;
+use crate::cache::spelling;
 use crate::cache::TileBytes;
-use crate::error::{Error, FormatContext, IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::format::conf::StorageFormat;
 use crate::format::sniff::{sniff, ImageKind};
 use crate::format::v2::WriteStats;
@@ -45,7 +46,7 @@ impl ExplodedStore {
     }
 
     fn row_dir(&self, level: u8, row: u32) -> PathBuf {
-        self.place.level_dir(level).join(names::row_dir(row))
+        spelling::resolve(&self.place.level_dir(level), &names::row_dir(row))
     }
 
     /// Path of a stored tile, if one exists (any known extension).
@@ -54,7 +55,7 @@ impl ExplodedStore {
         let first = self.default_kind.ext();
         [first, "png", "jpg", "jpeg"]
             .iter()
-            .map(|ext| dir.join(names::col_file(t.col, ext)))
+            .map(|ext| spelling::resolve(&dir, &names::col_file(t.col, ext)))
             .find(|p| p.is_file())
     }
 
@@ -123,10 +124,15 @@ impl Storage for ExplodedStore {
         let ldir = self.place.level_dir(level);
         for rn in read_dir_names(&ldir)? {
             let rdir = ldir.join(&rn);
-            if !rn.starts_with('R') || !rdir.is_dir() {
+            if !rn.starts_with(['R', 'r']) || !rdir.is_dir() {
                 continue;
             }
-            let row = names::parse_row_dir(&rn).in_file(&rdir)?;
+            // `R…` must be a row; a lower-case `r…` that is not one is skipped (verify warns).
+            let row = match names::parse_row_dir(&rn) {
+                Ok(row) => row,
+                Err(e) if rn.starts_with('R') => return Err(Error::format(&rdir, e)),
+                Err(_) => continue,
+            };
             for cn in read_dir_names(&rdir)? {
                 let p = rdir.join(&cn);
                 match names::parse_col_file(&cn) {
@@ -175,7 +181,7 @@ impl Storage for ExplodedStore {
             self.place.check_inside(&dir)?;
             fs::create_dir_all(&dir).at(&dir)?;
             let ext = sniff(bytes).unwrap_or(self.default_kind).ext();
-            let path = dir.join(names::col_file(t.col, ext));
+            let path = spelling::resolve(&dir, &names::col_file(t.col, ext));
             self.place.check_inside(&path)?;
             // A tile stored under the other extension is replaced, not kept beside.
             let old = self.tile_path(t).filter(|p| *p != path);

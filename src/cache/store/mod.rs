@@ -24,6 +24,7 @@ use std::time::SystemTime;
 
 use super::bundle::{BundleHandle, FileStamp};
 use super::TileBytes;
+use crate::cache::spelling;
 use crate::error::{Error, IoContext, Result};
 use crate::format::conf::StorageFormat;
 use crate::format::v2::WriteStats;
@@ -164,13 +165,15 @@ pub struct Place {
 impl Place {
     /// `tiles_dir/Lnn`.
     pub fn level_dir(&self, level: u8) -> PathBuf {
-        self.tiles_dir.join(names::level_dir(level))
+        spelling::resolve(&self.tiles_dir, &names::level_dir(level))
     }
 
     /// Path of a bundle's `.bundle` file.
     pub fn bundle_path(&self, id: &BundleId) -> PathBuf {
-        self.level_dir(id.level)
-            .join(format!("{}.bundle", names::bundle_base(id)))
+        spelling::resolve(
+            &self.level_dir(id.level),
+            &format!("{}.bundle", names::bundle_base(id)),
+        )
     }
 
     /// Path of a bundle's lock file (as MapProxy names it).
@@ -183,7 +186,6 @@ impl Place {
     pub fn levels(&self) -> Result<Vec<u8>> {
         let mut v: Vec<u8> = read_dir_names(&self.tiles_dir)?
             .iter()
-            .filter(|n| n.starts_with('L'))
             .filter_map(|n| names::parse_level_dir(n).ok())
             .filter(|l| self.level_dir(*l).is_dir())
             .collect();
