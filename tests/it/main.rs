@@ -17,4 +17,5 @@ mod mount;
 mod realworld_crs;
 mod realworld_text;
 mod render;
+mod supertiles;
 mod writeback;
