@@ -58,6 +58,9 @@ cargo fmt --check
 say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
+say "scripts/check-layers.py (layer arrows one way, no import cycle between files)"
+python3 scripts/check-layers.py
+
 say "cargo test --all-targets --no-fail-fast"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
