@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Render benchmark: time per tile through bundlefs's renderer against the source's own time.
+# Render benchmark: time per tile through bundlefs's renderer against the source's own time, tile by
+# tile and in supertiles, side by side in one run.
 #
-# Usage: scripts/bench-render.sh            (LEVEL=4 RUNS=3 by default: 256 tiles per run)
+# Usage: scripts/bench-render.sh            (LEVEL=4 RUNS=3 by default: 256 tiles per run;
+#                                            PROFILE=dev for the debug build)
 #
 # The source is a real WMS: MapServer (Debian cgi-mapserver) serving a generated world raster in
 # EPSG:4326, reprojected to the Web Mercator tiles of an empty cache, run as CGI behind
@@ -9,12 +11,15 @@
 # best of RUNS each:
 #   (a) source:    curl fetching the very GetMap URLs bundlefs sent (taken from its debug log),
 #                  one curl process, one after another
-#   (b) bundlefs:  bundlefs render --levels LEVEL --jobs 1   (one at a time, like (a))
+#   (b) bundlefs:  bundlefs render --levels LEVEL --jobs 1 --supertile 0 (tile by tile, like (a))
 #   (c) bundlefs:  the same with --jobs 2
-#   (d) the mount: `bundlefs mount --source wms:…` freshly mounted each run (no tile in memory),
-#                  then one `cat` of every tile path of the level, one after another
-# and prints ms/tile and the ratio (b)/(a): what the renderer adds (HTTP client, image decode and
-# checks, bookkeeping) on top of the server's own time.
+#   (d) supertiles: bundlefs render --jobs 1 with the default supertile (4096 px: level 4 in one
+#                  request)
+#   (e) supertiles: bundlefs render --jobs 2 --supertile 1024 (16 tiles a request)
+#   (f) the mount: `bundlefs mount --source wms:… --supertile 0` freshly mounted each run (no tile
+#                  in memory), then one `cat` of every tile path of the level, one after another
+#   (g) the same mount with its default supertile (1024 px)
+# and prints ms/tile, the ratio to (a) and the speed-up of supertiles over tile by tile.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -40,9 +45,17 @@ cleanup() {
 }
 trap cleanup EXIT
 
-say "cargo build --release"
-cargo build --release --quiet --bin bundlefs --example cgi_serve
-BIN=$repo/target/release/bundlefs
+PROFILE=${PROFILE:-release} # PROFILE=dev: the debug build (dependencies at opt-level 2)
+if [[ $PROFILE == release ]]; then
+    say "cargo build --release"
+    cargo build --release --quiet --bin bundlefs --example cgi_serve
+    out=$repo/target/release
+else
+    say "cargo build"
+    cargo build --quiet --bin bundlefs --example cgi_serve
+    out=$repo/target/debug
+fi
+BIN=$out/bundlefs
 
 say "dataset: 360x180 world raster (GeoTIFF), mapfile, MapServer config"
 python3 - "$work/world.png" <<'EOF'
@@ -86,7 +99,7 @@ END
 EOF
 # The CGI runner of the tests (examples/cgi_serve.rs): keep-alive, one thread per connection.
 mkfifo "$work/stdin"
-"$repo/target/release/examples/cgi_serve" "$work/port" "$MAPSERV" \
+"$out/examples/cgi_serve" "$work/port" "$MAPSERV" \
     "MAPSERVER_CONFIG_FILE=$work/mapserver.conf" <"$work/stdin" 2>"$work/server.log" &
 srv_pid=$!
 exec 3>"$work/stdin" # the server stops when this closes (at exit)
@@ -99,13 +112,15 @@ for _ in $(seq 50); do
 done
 
 "$BIN" create "$work/cache" --levels "0-$LEVEL" >/dev/null
-render() { # jobs, log file
+render() { # jobs, supertile px ("" for the default), log file
     RUST_LOG=bundlefs::render::http=debug "$BIN" render "$work/cache" --source "wms:$base" \
-        --levels "$LEVEL" --jobs "$1" --timeout 10 --retries 0 2>"$2" >"$work/render.out"
+        --levels "$LEVEL" --jobs "$1" --timeout 60 --retries 0 --overwrite \
+        ${2:+--supertile "$2"} 2>"$3" >"$work/render.out"
+    grep -q " 0 failed" "$work/render.out" || { echo "bench: renders failed" >&2; cat "$work/render.out" >&2; exit 1; }
 }
 
 say "warm-up and request list"
-render 1 "$work/first.log"
+render 1 0 "$work/first.log"
 grep -o 'GET http[^ ]*' "$work/first.log" | sed 's/^GET //' >"$work/urls.txt"
 tiles=$(wc -l <"$work/urls.txt")
 [[ $tiles -gt 0 ]] || { echo "bench: no requests logged" >&2; cat "$work/render.out" "$work/first.log" >&2; exit 1; }
@@ -127,8 +142,12 @@ best() { # command...
 
 say "timing $tiles tiles of level $LEVEL, best of $RUNS"
 t_src=$(best curl -sf --config "$work/curl.conf")
-t_one=$(best render 1 /dev/null)
-t_two=$(best render 2 /dev/null)
+t_one=$(best render 1 0 /dev/null)
+t_two=$(best render 2 0 /dev/null)
+t_sup=$(best render 1 "" /dev/null)
+calls_sup=$(grep -o '[0-9]* source calls' "$work/render.out")
+t_sup2=$(best render 2 1024 /dev/null)
+calls_sup2=$(grep -o '[0-9]* source calls' "$work/render.out")
 
 # (d) through the mount: a fresh mount per run (so nothing is in the renderer's memory), timed
 # from the first to the last tile read.
@@ -140,20 +159,34 @@ for ((r = 0; r < side; r++)); do
         paths+=("$(printf '%s/mnt/_alllayers/L%02d/R%08x/C%08x.png' "$work" "$LEVEL" "$r" "$c")")
     done
 done
-t_mnt=
-for _ in $(seq "$RUNS"); do
-    "$BIN" mount "$work/cache" "$work/mnt" --source "wms:$base" --render-timeout 10 --daemon >/dev/null
-    t0=$(now)
-    cat "${paths[@]}" >/dev/null
-    d=$(calc "$(now) - $t0")
-    fusermount3 -u "$work/mnt"
-    if [[ -z $t_mnt ]] || awk "BEGIN { exit !($d < $t_mnt) }"; then t_mnt=$d; fi
-done
+# The bundles must lack the tiles for the mount to render them.
+rm -rf "$work/cache"
+"$BIN" create "$work/cache" --levels "0-$LEVEL" >/dev/null
+mount_cat() { # supertile px
+    local best_d=
+    for _ in $(seq "$RUNS"); do
+        "$BIN" mount "$work/cache" "$work/mnt" --source "wms:$base" --render-timeout 60 \
+            --supertile "$1" --daemon >/dev/null
+        t0=$(now)
+        cat "${paths[@]}" >/dev/null
+        d=$(calc "$(now) - $t0")
+        fusermount3 -u "$work/mnt"
+        if [[ -z $best_d ]] || awk "BEGIN { exit !($d < $best_d) }"; then best_d=$d; fi
+    done
+    echo "$best_d"
+}
+t_mnt=$(mount_cat 0)
+t_mnt_sup=$(mount_cat 1024)
 
 printf '\n%-46s %9s %9s %7s\n' "level $LEVEL, $tiles tiles (MapServer WMS, CGI)" "total s" "ms/tile" "ratio"
 printf '%-46s %9s %9s %7s\n' "(a) source: curl, same URLs, one connection" "$t_src" "$(calc "$t_src * 1000 / $tiles")" "1.00"
 printf '%-46s %9s %9s %7s\n' "(b) bundlefs render --jobs 1" "$t_one" "$(calc "$t_one * 1000 / $tiles")" "$(calc "$t_one / $t_src")"
 printf '%-46s %9s %9s %7s\n' "(c) bundlefs render --jobs 2" "$t_two" "$(calc "$t_two * 1000 / $tiles")" "$(calc "$t_two / $t_src")"
-printf '%-46s %9s %9s %7s\n' "(d) cat of every tile through the mount" "$t_mnt" "$(calc "$t_mnt * 1000 / $tiles")" "$(calc "$t_mnt / $t_src")"
-printf '\noverhead of the renderer per tile, (b)-(a): %s ms\n' "$(calc "($t_one - $t_src) * 1000 / $tiles")"
-printf 'overhead of the mount per tile, (d)-(a): %s ms\n' "$(calc "($t_mnt - $t_src) * 1000 / $tiles")"
+printf '%-46s %9s %9s %7s\n' "(d) render --jobs 1, supertile 4096 (default)" "$t_sup" "$(calc "$t_sup * 1000 / $tiles")" "$(calc "$t_sup / $t_src")"
+printf '%-46s %9s %9s %7s\n' "(e) render --jobs 2 --supertile 1024" "$t_sup2" "$(calc "$t_sup2 * 1000 / $tiles")" "$(calc "$t_sup2 / $t_src")"
+printf '%-46s %9s %9s %7s\n' "(f) cat through the mount, --supertile 0" "$t_mnt" "$(calc "$t_mnt * 1000 / $tiles")" "$(calc "$t_mnt / $t_src")"
+printf '%-46s %9s %9s %7s\n' "(g) cat through the mount, supertile 1024" "$t_mnt_sup" "$(calc "$t_mnt_sup * 1000 / $tiles")" "$(calc "$t_mnt_sup / $t_src")"
+printf '\nrequests: (d) %s, (e) %s\n' "$calls_sup" "$calls_sup2"
+printf 'overhead of the renderer per tile, (b)-(a): %s ms\n' "$(calc "($t_one - $t_src) * 1000 / $tiles")"
+printf 'supertile speed-up: (b)/(d) %sx, (c)/(e) %sx, mount (f)/(g) %sx\n' \
+    "$(calc "$t_one / $t_sup")" "$(calc "$t_two / $t_sup2")" "$(calc "$t_mnt / $t_mnt_sup")"

@@ -58,6 +58,9 @@ cargo fmt --check
 say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
+say "scripts/check-layers.py (layer arrows one way, no import cycle between files)"
+python3 scripts/check-layers.py
+
 # The object-store tests (tests/it/objstore.rs) run against a throw-away Ceph cluster with two S3
 # gateways on loopback (scripts/ceph-cluster.sh installs Ceph from Debian when missing); its AWS_*
 # variables and BUNDLEFS_S3_TEST=1 are exported to cargo test, and it is stopped by PID on exit,

@@ -201,7 +201,17 @@ pub fn render(a: &RenderArgs) -> anyhow::Result<ExitCode> {
         ..HttpOptions::default()
     };
     let src = spec.build(&cache, &http)?;
+    // One tile (--tile) is asked for alone unless --supertile says otherwise.
+    let supertile = a
+        .supertile
+        .unwrap_or_else(|| match (&a.tile, cache.conf()) {
+            (Some(_), _) => 0,
+            (None, Some(c)) => crate::render::supertile::arcgis_default_px(c.raw()),
+            (None, None) => crate::render::supertile::ARCGIS_PX,
+        });
     let opts = RenderOptions {
+        supertile,
+        supertile_buffer: a.supertile_buffer,
         concurrency: a.jobs.max(1),
         timeout,
         retries: a.retries,

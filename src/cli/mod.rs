@@ -289,6 +289,14 @@ pub struct MountArgs {
     /// stored yet (a level may hold at most 4,194,304 of them).
     #[arg(long, value_name = "A-B")]
     pub list_renderable: Option<LevelRange>,
+    /// With --source arcgis: or wms:, pixels a side of the block of tiles drawn in one request
+    /// and cut into tiles, the one holding a missed tile (whole tiles, at most 4096 px with
+    /// margins); 0: one request per tile.
+    #[arg(long, value_name = "PX", default_value_t = crate::render::supertile::MOUNT_PX)]
+    pub supertile: u32,
+    /// Pixels drawn around each supertile and cut away afterwards (labels near its edges).
+    #[arg(long, value_name = "PX", default_value_t = 0)]
+    pub supertile_buffer: u32,
 }
 
 /// Arguments of `bundlefs unmount` (also `bundlefs umount`).
@@ -363,6 +371,14 @@ pub struct RenderArgs {
     /// Refuse to start a batch of more tiles than this.
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     pub max_tiles: u64,
+    /// With arcgis: or wms: sources, pixels a side of the block of tiles drawn in one request and
+    /// cut into tiles (whole tiles, at most 4096 px with margins); 0: one request per tile. Default
+    /// as ArcGIS: 2048 when conf.xml's Antialiasing is true, else 4096 (0 with --tile).
+    #[arg(long, value_name = "PX")]
+    pub supertile: Option<u32>,
+    /// Pixels drawn around each supertile and cut away afterwards (labels near its edges).
+    #[arg(long, value_name = "PX", default_value_t = 0)]
+    pub supertile_buffer: u32,
 }
 
 /// Arguments of `bundlefs sample`.

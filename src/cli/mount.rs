@@ -198,6 +198,8 @@ fn serve(args: &MountArgs, parsed: &ParsedOptions, child: bool) -> anyhow::Resul
             RenderOptions {
                 concurrency: args.render_jobs.max(1),
                 timeout: args.render_timeout.0,
+                supertile: args.supertile,
+                supertile_buffer: args.supertile_buffer,
                 ..RenderOptions::default()
             },
         )?;

@@ -3,8 +3,9 @@
 //! server streams the image bytes).
 
 use super::http::{encode_value, num, HttpClient, SplitUrl};
+use super::Area;
 use super::TileSource;
-use crate::format::conf::{TileFormat, TileScheme};
+use crate::format::conf::{Envelope, TileFormat, TileScheme};
 use crate::format::TileAddr;
 use crate::{Error, Result};
 
@@ -68,6 +69,18 @@ impl ArcGisSource {
         let bbox = scheme
             .tile_bbox(tile)
             .ok_or_else(|| Error::NotFound(format!("level {} in conf.xml", tile.level)))?;
+        self.area_url(scheme, &bbox, scheme.tile_cols, scheme.tile_rows)
+    }
+
+    /// The export request for a map area (`bbox` in the scheme's map units) drawn at
+    /// `width` × `height` pixels.
+    pub fn area_url(
+        &self,
+        scheme: &TileScheme,
+        bbox: &Envelope,
+        width: u32,
+        height: u32,
+    ) -> Result<String> {
         let sr = spatial_reference(scheme).ok_or_else(|| {
             Error::invalid("arcgis source: conf.xml gives neither WKID nor WKT for the tiles")
         })?;
@@ -84,7 +97,7 @@ impl ArcGisSource {
             ),
             ("bboxSR", sr.clone()),
             ("imageSR", sr),
-            ("size", format!("{},{}", scheme.tile_cols, scheme.tile_rows)),
+            ("size", format!("{width},{height}")),
         ];
         let defaults = [
             scheme.dpi.to_string(),
@@ -119,6 +132,16 @@ impl TileSource for ArcGisSource {
 
     fn render(&self, scheme: &TileScheme, tile: TileAddr) -> Result<Option<Vec<u8>>> {
         let url = self.request_url(scheme, tile)?;
+        let got = self.http.get(&url)?;
+        Ok(Some(got.body))
+    }
+
+    fn draws_areas(&self) -> bool {
+        true
+    }
+
+    fn render_area(&self, scheme: &TileScheme, area: &Area) -> Result<Option<Vec<u8>>> {
+        let url = self.area_url(scheme, &area.bbox, area.width, area.height)?;
         let got = self.http.get(&url)?;
         Ok(Some(got.body))
     }

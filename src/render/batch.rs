@@ -1,13 +1,15 @@
 //! Rendering many tiles at once without a mount (`bundlefs render --levels …`), like seeding: the
 //! renderable tiles of some levels and an optional extent, skipping stored ones, several at a time,
-//! kept in the cache in per-bundle batches.
+//! kept in the cache in per-bundle batches. With supertiles, work is handed out one supertile at a
+//! time (one request each); a supertile whose wanted tiles are all stored is not asked for.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::renderer::Renderer;
+use super::supertile::Supertile;
 use crate::format::conf::Envelope;
 use crate::format::levels::LevelRange;
 use crate::format::TileAddr;
@@ -89,6 +91,26 @@ pub fn plan(r: &Renderer, o: &BatchOptions) -> (Vec<LevelTiles>, u64) {
     (out, total)
 }
 
+/// The units a level's tiles are rendered in, row by row: supertiles (clipped to the extent) when
+/// the renderer uses them, else single tiles. Only units holding a tile of `rows` × `cols`.
+pub fn units(r: &Renderer, level: u8, rows: &Range<u32>, cols: &Range<u32>) -> Vec<Supertile> {
+    let mut out = Vec::new();
+    let mut row = rows.start;
+    while row < rows.end {
+        let mut col = cols.start;
+        let mut next_row = rows.end;
+        while col < cols.end {
+            let u = r.unit_of(TileAddr::new(level, row, col));
+            col = u.cols.end.max(col + 1);
+            next_row = next_row.min(u.rows.end.max(row + 1));
+            out.push(u);
+        }
+        // The units of one band of rows (one row without supertiles) end on the same row.
+        row = next_row;
+    }
+    out
+}
+
 /// Renders the planned tiles; `progress` is called with the number of tiles done since last call.
 pub fn render_batch(
     r: &Renderer,
@@ -107,7 +129,8 @@ pub fn render_batch(
     let counts: [AtomicU64; 6] = Default::default();
     let [skipped, rendered, empty, failed, kept, bytes] = &counts;
     for (level, rows, cols) in plan {
-        let next = Mutex::new((rows.start, cols.start));
+        let units = units(r, level, &rows, &cols);
+        let next = AtomicUsize::new(0);
         let pending: Mutex<Vec<(TileAddr, Arc<Vec<u8>>)>> = Mutex::new(Vec::new());
         let first_error: Mutex<Option<Error>> = Mutex::new(None);
         let flush = |batch: Vec<(TileAddr, Arc<Vec<u8>>)>| {
@@ -125,43 +148,49 @@ pub fn render_batch(
                 }
             }
         };
+        let inside = |t: &TileAddr| rows.contains(&t.row) && cols.contains(&t.col);
         std::thread::scope(|s| {
             for _ in 0..o.jobs.max(1) {
                 s.spawn(|| loop {
-                    let t = {
-                        let mut n = next.lock().unwrap();
-                        if n.0 >= rows.end || first_error.lock().unwrap().is_some() {
-                            break;
-                        }
-                        let t = TileAddr::new(level, n.0, n.1);
-                        n.1 += 1;
-                        if n.1 >= cols.end {
-                            n.1 = cols.start;
-                            n.0 += 1;
-                        }
-                        t
-                    };
-                    if !o.overwrite {
-                        match c.tile(t) {
-                            Ok(Some(_)) => {
-                                skipped.fetch_add(1, Ordering::Relaxed);
-                                progress(1);
-                                continue;
-                            }
-                            Ok(None) => {}
-                            Err(e) => tracing::error!(
-                                "{t}: stored tile unreadable, rendering it again: {e}"
-                            ),
-                        }
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= units.len() || first_error.lock().unwrap().is_some() {
+                        break;
                     }
-                    match r.get(t) {
-                        Ok(b) => {
-                            rendered.fetch_add(1, Ordering::Relaxed);
-                            bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    // The tiles of this unit the batch covers, less the stored ones.
+                    let mut wanted: Vec<TileAddr> =
+                        units[i].tiles().filter(|t| inside(t)).collect();
+                    let covered = wanted.len() as u64;
+                    if !o.overwrite {
+                        wanted.retain(|t| match c.tile(*t) {
+                            Ok(Some(_)) => false,
+                            Ok(None) => true,
+                            Err(e) => {
+                                tracing::error!(
+                                    "{t}: stored tile unreadable, rendering it again: {e}"
+                                );
+                                true
+                            }
+                        });
+                        skipped.fetch_add(covered - wanted.len() as u64, Ordering::Relaxed);
+                    }
+                    let Some(first) = wanted.first().copied() else {
+                        progress(covered);
+                        continue;
+                    };
+                    match r.get_all(first) {
+                        Ok(tiles) => {
+                            let got: Vec<(TileAddr, Arc<Vec<u8>>)> = tiles
+                                .iter()
+                                .filter(|(t, _)| wanted.contains(t))
+                                .cloned()
+                                .collect();
+                            rendered.fetch_add(got.len() as u64, Ordering::Relaxed);
+                            let b: usize = got.iter().map(|(_, b)| b.len()).sum();
+                            bytes.fetch_add(b as u64, Ordering::Relaxed);
                             if o.keep {
                                 let full = {
                                     let mut p = pending.lock().unwrap();
-                                    p.push((t, b));
+                                    p.extend(got);
                                     (p.len() >= KEEP_BATCH).then(|| std::mem::take(&mut *p))
                                 };
                                 if let Some(batch) = full {
@@ -170,14 +199,14 @@ pub fn render_batch(
                             }
                         }
                         Err(Error::NotFound(_)) => {
-                            empty.fetch_add(1, Ordering::Relaxed);
+                            empty.fetch_add(wanted.len() as u64, Ordering::Relaxed);
                         }
                         // The renderer has logged it.
                         Err(_) => {
-                            failed.fetch_add(1, Ordering::Relaxed);
+                            failed.fetch_add(wanted.len() as u64, Ordering::Relaxed);
                         }
                     }
-                    progress(1);
+                    progress(covered);
                 });
             }
         });

@@ -1,7 +1,8 @@
 //! Tiles the bundles lack, made on demand: sources (`arcgis:` REST export, `wms:` GetMap,
 //! `resample` from neighbouring levels, `label` drawn here), the spec syntax that picks one, and the
 //! [`Renderer`] that guards them (scheme check, single-flight, bounded pool, timeouts, retries,
-//! negative cache, image checks, keeping rendered tiles).
+//! negative cache, image checks, keeping rendered tiles), and [`supertile`]s: large blocks drawn
+//! in one request and cut into tiles.
 
 pub mod arcgis;
 pub mod batch;
@@ -11,11 +12,13 @@ pub mod pixels;
 pub mod renderer;
 pub mod resample;
 pub mod spec;
+pub mod supertile;
 pub mod wms;
 
 pub use self::http::{HttpClient, HttpOptions};
 pub use self::renderer::{Keep, RenderOptions, RenderStats, Renderer};
 pub use self::spec::SourceSpec;
+pub use self::supertile::Area;
 
 use crate::format::conf::TileScheme;
 use crate::format::TileAddr;
@@ -34,5 +37,20 @@ pub trait TileSource: Send + Sync {
     /// levels usable…), so a misconfiguration fails at start rather than at the first open.
     fn check(&self, _scheme: &TileScheme) -> Result<()> {
         Ok(())
+    }
+
+    /// Whether the source draws any map area at any size ([`TileSource::render_area`]), so the
+    /// [`Renderer`] may ask it for supertiles. Map servers do; `resample` and `label` don't.
+    fn draws_areas(&self) -> bool {
+        false
+    }
+
+    /// The encoded image (PNG or JPEG) of an area of `area.width` × `area.height` pixels, or None if
+    /// the source has nothing there. Only called when [`TileSource::draws_areas`] says so.
+    fn render_area(&self, _scheme: &TileScheme, _area: &Area) -> Result<Option<Vec<u8>>> {
+        Err(crate::Error::invalid(format!(
+            "{}: draws single tiles only, not supertiles",
+            self.describe()
+        )))
     }
 }

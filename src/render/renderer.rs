@@ -4,7 +4,9 @@
 //! (a bounded pool), retries failures that may pass with a growing pause, remembers failures for
 //! a short while (negative cache) and recent tiles in a byte-bounded memory cache, checks every
 //! image against the scheme (size, kind; re-encoding for the cache's format), and can keep what it
-//! rendered in the cache (directly or through a write buffer).
+//! rendered in the cache (directly or through a write buffer). With supertiles on (and a source that
+//! draws areas), a miss renders the whole supertile holding the tile in one request, cuts it into
+//! tiles, and serves, remembers and keeps all of them; single-flight is then per supertile.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 use lru::LruCache;
 
 use super::pixels::conform;
+use super::supertile::{self, Layout, Supertile};
 use super::TileSource;
 use crate::cache::buffer::WriteBuffer;
 use crate::cache::Cache;
@@ -38,8 +41,19 @@ pub struct RenderOptions {
     pub backoff: Duration,
     /// How long a failed or empty tile is answered from memory before the source is asked again.
     pub negative_ttl: Duration,
-    /// Bytes of rendered tiles kept in memory, so lookup, open and read of one tile render it once.
+    /// Bytes of rendered tiles kept in memory, so lookup, open and read of one tile render it once
+    /// (and the other tiles of a supertile are served without asking again).
     pub memory_budget: usize,
+    /// Side of a supertile in pixels (rounded down to whole tiles), for sources that draw areas
+    /// (`arcgis:`, `wms:`); 0: one request per tile. The CLI's defaults are
+    /// [`supertile::arcgis_default_px`] for `render` and [`supertile::MOUNT_PX`] for the mount.
+    pub supertile: u32,
+    /// Margin in pixels drawn around each supertile and cut away (MapProxy's meta-buffer), so
+    /// labels near an edge are placed with their surroundings; none beyond the tiling origin.
+    pub supertile_buffer: u32,
+    /// Largest image side the source draws, in pixels; a supertile and its margins are shrunk to
+    /// fit ([`supertile::MAX_IMAGE_PX`], 4096, by default).
+    pub max_image: u32,
 }
 
 impl Default for RenderOptions {
@@ -51,6 +65,9 @@ impl Default for RenderOptions {
             backoff: Duration::from_millis(250),
             negative_ttl: Duration::from_secs(10),
             memory_budget: 64 << 20,
+            supertile: 0,
+            supertile_buffer: 0,
+            max_image: supertile::MAX_IMAGE_PX,
         }
     }
 }
@@ -82,7 +99,7 @@ pub enum Keep {
 pub struct RenderStats {
     /// Calls to the source (attempts, retries included).
     pub source_calls: u64,
-    /// Tiles rendered and accepted.
+    /// Tiles rendered and accepted (every tile of a supertile counts).
     pub rendered: u64,
     /// Tiles the source had nothing for.
     pub empty: u64,
@@ -110,10 +127,16 @@ struct Counters {
     kept: AtomicU64,
 }
 
+/// A tile and its encoded bytes.
+type EncodedTile = (TileAddr, Vec<u8>);
+
+/// Rendered tiles: one, or every tile of a supertile.
+pub type Tiles = Arc<Vec<(TileAddr, Arc<Vec<u8>>)>>;
+
 /// What a render came to, in a form every waiting caller can have a copy of.
 #[derive(Clone)]
 enum Outcome {
-    Tile(Arc<Vec<u8>>),
+    Tiles(Tiles),
     /// The source has nothing there (ENOENT).
     Empty(String),
     /// The render failed (EIO).
@@ -135,9 +158,21 @@ impl Outcome {
         }
     }
 
+    /// Tile `t` of the outcome.
     fn into_result(self, t: TileAddr, note: &str) -> Result<Arc<Vec<u8>>> {
+        self.into_tiles(t, note).and_then(|tiles| {
+            tiles
+                .iter()
+                .find(|(a, _)| *a == t)
+                .map(|(_, b)| b.clone())
+                .ok_or_else(|| Error::NotFound(format!("{t} (not in its supertile{note})")))
+        })
+    }
+
+    /// Every tile of the outcome; errors speak of `t`.
+    fn into_tiles(self, t: TileAddr, note: &str) -> Result<Tiles> {
         match self {
-            Outcome::Tile(b) => Ok(b),
+            Outcome::Tiles(b) => Ok(b),
             Outcome::Empty(what) => Err(Error::NotFound(format!("{t} ({what}{note})"))),
             Outcome::Failed { what, msg } => Err(Error::Source {
                 what,
@@ -198,6 +233,7 @@ pub struct Renderer {
     ranges: HashMap<u8, (Range<u32>, Range<u32>)>,
     source: Arc<dyn TileSource>,
     what: String,
+    layout: Option<Layout>,
     keep: Keep,
     opts: RenderOptions,
     flights: Mutex<HashMap<TileAddr, Arc<Flight>>>,
@@ -236,6 +272,21 @@ impl Renderer {
             .filter_map(|l| Some((l.level, scheme.tile_range(l.level, &extent)?)))
             .collect();
         let what = source.describe();
+        let layout = match (opts.supertile, source.draws_areas()) {
+            (0, _) if opts.supertile_buffer > 0 => {
+                return Err(Error::invalid(format!(
+                    "--supertile-buffer {} needs supertiles (--supertile is 0: tile by tile)",
+                    opts.supertile_buffer
+                )))
+            }
+            (0, _) | (_, false) => None,
+            (px, true) => Some(Layout::new(
+                &scheme,
+                px,
+                opts.supertile_buffer,
+                opts.max_image,
+            )?),
+        };
         Ok(Renderer {
             cache,
             scheme,
@@ -243,6 +294,7 @@ impl Renderer {
             ranges,
             source,
             what,
+            layout,
             keep,
             pool: Pool {
                 used: Mutex::new(0),
@@ -282,6 +334,25 @@ impl Renderer {
         &self.opts
     }
 
+    /// How tiles are grouped into supertiles; None when each tile is its own request (supertiles
+    /// off, or a source that draws single tiles only).
+    pub fn layout(&self) -> Option<Layout> {
+        self.layout
+    }
+
+    /// The tiles rendered together with `t` (its supertile, clipped to the extent; `t` alone when
+    /// supertiles are off). `t` must be renderable.
+    pub fn unit_of(&self, t: TileAddr) -> Supertile {
+        match (&self.layout, self.ranges.get(&t.level)) {
+            (Some(l), Some(range)) => l.supertile(t, range),
+            _ => Supertile {
+                level: t.level,
+                rows: t.row..t.row + 1,
+                cols: t.col..t.col + 1,
+            },
+        }
+    }
+
     /// Rows and columns (half-open) of the renderable tiles of a level; None for a level not in
     /// conf.xml or wholly outside the extent.
     pub fn renderable_range(&self, level: u8) -> Option<(Range<u32>, Range<u32>)> {
@@ -318,50 +389,86 @@ impl Renderer {
             r.bytes -= b.len();
         }
         drop(r);
-        self.negative.lock().unwrap().remove(&t);
+        if self.renderable(t) {
+            self.negative
+                .lock()
+                .unwrap()
+                .remove(&self.unit_of(t).anchor());
+        }
     }
 
     /// The rendered tile. Callers look for a stored tile first; this one renders (or answers from
-    /// memory). Errors: [`Error::NotFound`] (ENOENT) for a tile outside the scheme or one the source
+    /// memory). With supertiles, a miss renders the tile's whole supertile and remembers every tile
+    /// of it. Errors: [`Error::NotFound`] (ENOENT) for a tile outside the scheme or one the source
     /// has nothing for; [`Error::Source`] (EIO) when rendering failed.
     pub fn get(&self, t: TileAddr) -> Result<Arc<Vec<u8>>> {
-        if !self.renderable(t) {
-            return Err(Error::NotFound(format!(
-                "{t} (outside the tiling scheme: level not in conf.xml or tile outside the cache extent)"
-            )));
+        self.check_renderable(t)?;
+        if let Some(b) = self.recent.lock().unwrap().tiles.get(&t) {
+            self.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(b.clone());
         }
+        let (o, note) = self.fly(t, true)?;
+        o.into_result(t, &note)
+    }
+
+    /// Every tile rendered together with `t` (see [`Renderer::unit_of`]), rendered now (or joined
+    /// with a render under way); for batches, which store them all. Errors as [`Renderer::get`].
+    pub fn get_all(&self, t: TileAddr) -> Result<Tiles> {
+        self.check_renderable(t)?;
+        let (o, note) = self.fly(t, false)?;
+        o.into_tiles(t, &note)
+    }
+
+    fn check_renderable(&self, t: TileAddr) -> Result<()> {
+        if self.renderable(t) {
+            return Ok(());
+        }
+        Err(Error::NotFound(format!(
+            "{t} (outside the tiling scheme: level not in conf.xml or tile outside the cache extent)"
+        )))
+    }
+
+    /// The outcome of rendering `t`'s unit, as leader or follower, with a note for error texts.
+    /// `memory`: look in the memory cache again under the flights lock (a render may just have
+    /// finished).
+    fn fly(&self, t: TileAddr, memory: bool) -> Result<(Outcome, String)> {
+        let unit = self.unit_of(t);
+        let key = unit.anchor();
         let flight = {
             let mut flights = self.flights.lock().unwrap();
-            if let Some(b) = self.recent.lock().unwrap().tiles.get(&t) {
-                self.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(b.clone());
+            if memory {
+                if let Some(b) = self.recent.lock().unwrap().tiles.get(&t) {
+                    self.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
+                    let tiles = Arc::new(vec![(t, b.clone())]);
+                    return Ok((Outcome::Tiles(tiles), String::new()));
+                }
             }
             {
                 let mut neg = self.negative.lock().unwrap();
-                match neg.get(&t) {
+                match neg.get(&key) {
                     Some((until, o)) if Instant::now() < *until => {
                         self.counters.negative_hits.fetch_add(1, Ordering::Relaxed);
                         let left = until.saturating_duration_since(Instant::now());
                         let note =
                             format!("; remembered, asked again in {:.1} s", left.as_secs_f64());
-                        return o.clone().into_result(t, &note);
+                        return Ok((o.clone(), note));
                     }
                     Some(_) => {
-                        neg.remove(&t);
+                        neg.remove(&key);
                     }
                     None => {}
                 }
             }
-            match flights.get(&t) {
+            match flights.get(&key) {
                 Some(f) => {
                     let f = f.clone();
                     drop(flights);
                     self.counters.joined.fetch_add(1, Ordering::Relaxed);
-                    return self.wait(&f, t);
+                    return Ok((self.wait(&f, t)?, String::new()));
                 }
                 None => {
                     let f = Arc::new(Flight::default());
-                    flights.insert(t, f.clone());
+                    flights.insert(key, f.clone());
                     f
                 }
             }
@@ -370,16 +477,16 @@ impl Renderer {
         let mut guard = FlightGuard {
             renderer: self,
             flight: &flight,
-            tile: t,
+            key,
             outcome: None,
         };
-        let outcome = self.render_with_retries(t);
+        let outcome = self.render_with_retries(&unit);
         guard.outcome = Some(outcome.clone());
         drop(guard);
-        outcome.into_result(t, "")
+        Ok((outcome, String::new()))
     }
 
-    fn wait(&self, f: &Flight, t: TileAddr) -> Result<Arc<Vec<u8>>> {
+    fn wait(&self, f: &Flight, t: TileAddr) -> Result<Outcome> {
         let limit = self.opts.worst_case() + Duration::from_secs(1);
         let done = f.done.lock().unwrap();
         let (done, res) =
@@ -395,41 +502,49 @@ impl Renderer {
                 retryable: false,
             });
         }
-        done.clone()
-            .expect("woken with an outcome")
-            .into_result(t, "")
+        Ok(done.clone().expect("woken with an outcome"))
     }
 
     /// Called by the leader with the flights lock held: publish the outcome where later callers
     /// look (memory, negative cache), then take the flight out.
-    fn publish(&self, flights: &mut HashMap<TileAddr, Arc<Flight>>, t: TileAddr, o: &Outcome) {
+    fn publish(&self, flights: &mut HashMap<TileAddr, Arc<Flight>>, key: TileAddr, o: &Outcome) {
         match o {
-            Outcome::Tile(b) if b.len() <= self.opts.memory_budget => {
+            Outcome::Tiles(tiles) => {
                 let mut r = self.recent.lock().unwrap();
-                if let Some(old) = r.tiles.put(t, b.clone()) {
-                    r.bytes -= old.len();
-                }
-                r.bytes += b.len();
-                while r.bytes > self.opts.memory_budget {
-                    match r.tiles.pop_lru() {
-                        Some((_, old)) => r.bytes -= old.len(),
-                        None => break,
+                for (t, b) in tiles
+                    .iter()
+                    .filter(|(_, b)| b.len() <= self.opts.memory_budget)
+                {
+                    if let Some(old) = r.tiles.put(*t, b.clone()) {
+                        r.bytes -= old.len();
+                    }
+                    r.bytes += b.len();
+                    while r.bytes > self.opts.memory_budget {
+                        match r.tiles.pop_lru() {
+                            Some((_, old)) => r.bytes -= old.len(),
+                            None => break,
+                        }
                     }
                 }
             }
-            Outcome::Tile(_) => {}
             _ if !self.opts.negative_ttl.is_zero() => {
                 let mut neg = self.negative.lock().unwrap();
                 let now = Instant::now();
                 neg.retain(|_, (until, _)| *until > now);
-                neg.insert(t, (now + self.opts.negative_ttl, o.clone()));
+                neg.insert(key, (now + self.opts.negative_ttl, o.clone()));
             }
             _ => {}
         }
-        flights.remove(&t);
+        flights.remove(&key);
     }
 
-    fn render_with_retries(&self, t: TileAddr) -> Outcome {
+    fn render_with_retries(&self, unit: &Supertile) -> Outcome {
+        let t = unit.anchor();
+        let t = if unit.len() > 1 {
+            format!("supertile {t}+{}x{}", unit.rows.len(), unit.cols.len())
+        } else {
+            t.to_string()
+        };
         let started = Instant::now();
         let Some(_slot) = self.pool.acquire(self.opts.timeout) else {
             tracing::error!(
@@ -451,18 +566,22 @@ impl Renderer {
         let attempts = self.opts.retries + 1;
         let mut pause = self.opts.backoff;
         for attempt in 1..=attempts {
-            match self.attempt(t) {
-                Ok(Some(bytes)) => {
-                    self.counters.rendered.fetch_add(1, Ordering::Relaxed);
+            match self.attempt(unit) {
+                Ok(Some(tiles)) => {
+                    self.counters
+                        .rendered
+                        .fetch_add(tiles.len() as u64, Ordering::Relaxed);
                     tracing::debug!(
-                        "{}: {t} rendered ({} bytes, {:.1} ms, attempt {attempt})",
+                        "{}: {t} rendered ({} tiles, {} bytes, {:.1} ms, attempt {attempt})",
                         self.what,
-                        bytes.len(),
+                        tiles.len(),
+                        tiles.iter().map(|(_, b)| b.len()).sum::<usize>(),
                         started.elapsed().as_secs_f64() * 1e3
                     );
-                    let bytes = Arc::new(bytes);
-                    self.keep(t, &bytes);
-                    return Outcome::Tile(bytes);
+                    let tiles: Vec<(TileAddr, Arc<Vec<u8>>)> =
+                        tiles.into_iter().map(|(t, b)| (t, Arc::new(b))).collect();
+                    self.keep(&tiles);
+                    return Outcome::Tiles(Arc::new(tiles));
                 }
                 Ok(None) => {
                     self.counters.empty.fetch_add(1, Ordering::Relaxed);
@@ -498,37 +617,99 @@ impl Renderer {
         unreachable!("the last attempt returns")
     }
 
-    /// One call to the source, its image checked (and re-encoded if needed).
-    fn attempt(&self, t: TileAddr) -> Result<Option<Vec<u8>>> {
+    /// One call to the source, its image checked (and re-encoded if needed): a single tile, or a
+    /// supertile's image cut into its tiles.
+    fn attempt(&self, unit: &Supertile) -> Result<Option<Vec<EncodedTile>>> {
+        let t = unit.anchor();
         self.counters.source_calls.fetch_add(1, Ordering::Relaxed);
-        let res = catch_unwind(AssertUnwindSafe(|| self.source.render(&self.scheme, t)))
-            .unwrap_or_else(|_| {
-                Err(Error::source(
-                    &self.what,
-                    format!("{t}: the source panicked"),
-                ))
-            });
-        match res? {
-            Some(bytes) => {
-                let what = format!("{} ({t})", self.what);
-                conform(bytes, &self.scheme, &what).map(Some)
+        let area = match &self.layout {
+            Some(l) => Some(
+                l.area(&self.scheme, unit)
+                    .ok_or_else(|| Error::NotFound(format!("level {} in conf.xml", unit.level)))?,
+            ),
+            None => None,
+        };
+        let res = catch_unwind(AssertUnwindSafe(|| match &area {
+            Some((a, _)) => self.source.render_area(&self.scheme, a),
+            None => self.source.render(&self.scheme, t),
+        }))
+        .unwrap_or_else(|_| {
+            Err(Error::source(
+                &self.what,
+                format!("{t}: the source panicked"),
+            ))
+        });
+        let Some(bytes) = res? else {
+            return Ok(None);
+        };
+        match &area {
+            Some((a, offset)) => {
+                let what = format!(
+                    "{} (supertile {t}+{}x{} tiles, {}x{} px)",
+                    self.what,
+                    unit.rows.len(),
+                    unit.cols.len(),
+                    a.width,
+                    a.height
+                );
+                supertile::split(&bytes, &self.scheme, unit, a, *offset, &what).map(Some)
             }
-            None => Ok(None),
+            None => {
+                let what = format!("{} ({t})", self.what);
+                conform(bytes, &self.scheme, &what).map(|b| Some(vec![(t, b)]))
+            }
         }
     }
 
-    fn keep(&self, t: TileAddr, bytes: &Arc<Vec<u8>>) {
+    /// Stores rendered tiles (`Keep`). Of a supertile, only tiles with nothing stored and no change
+    /// waiting in the write buffer: a tile the reader did not ask for must never replace one
+    /// written (or deleted) meanwhile. (Checked just before storing, not under a lock: a write
+    /// landing in between can still be replaced, as with a single rendered tile before.)
+    fn keep(&self, tiles: &[(TileAddr, Arc<Vec<u8>>)]) {
+        let filtered: Vec<(TileAddr, Arc<Vec<u8>>)>;
+        let tiles = if tiles.len() > 1 && !matches!(self.keep, Keep::No) {
+            filtered = tiles
+                .iter()
+                .filter(|(t, _)| {
+                    let pending = match &self.keep {
+                        Keep::Buffer(b) => b.get(*t).is_some(),
+                        _ => false,
+                    };
+                    !pending && matches!(self.cache.tile(*t), Ok(None))
+                })
+                .cloned()
+                .collect();
+            &filtered[..]
+        } else {
+            tiles
+        };
+        if tiles.is_empty() {
+            return;
+        }
         let res = match &self.keep {
             Keep::No => return,
-            Keep::Cache => self.cache.write_tiles(&[(t, bytes.as_slice())]).map(|_| ()),
-            Keep::Buffer(b) => b.put(t, bytes.to_vec()),
+            Keep::Cache => {
+                let refs: Vec<(TileAddr, &[u8])> =
+                    tiles.iter().map(|(t, b)| (*t, b.as_slice())).collect();
+                self.cache.write_tiles(&refs).map(|_| ())
+            }
+            Keep::Buffer(b) => tiles
+                .iter()
+                .try_for_each(|(t, bytes)| b.put(*t, bytes.to_vec())),
         };
-        match res {
-            Ok(()) => {
-                self.counters.kept.fetch_add(1, Ordering::Relaxed);
+        let first = tiles.first().map(|(t, _)| *t);
+        match (res, first) {
+            (Ok(()), _) => {
+                self.counters
+                    .kept
+                    .fetch_add(tiles.len() as u64, Ordering::Relaxed);
             }
             // The reader still gets its tile; the next one renders it again.
-            Err(e) => tracing::error!("{t}: rendered but not kept: {e}"),
+            (Err(e), Some(t)) => tracing::error!(
+                "{t} (+{} more): rendered but not kept: {e}",
+                tiles.len() - 1
+            ),
+            (Err(e), None) => tracing::error!("rendered but not kept: {e}"),
         }
     }
 }
@@ -537,7 +718,7 @@ impl Renderer {
 struct FlightGuard<'a> {
     renderer: &'a Renderer,
     flight: &'a Arc<Flight>,
-    tile: TileAddr,
+    key: TileAddr,
     outcome: Option<Outcome>,
 }
 
@@ -553,7 +734,7 @@ impl Drop for FlightGuard<'_> {
                 .flights
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            self.renderer.publish(&mut flights, self.tile, &o);
+            self.renderer.publish(&mut flights, self.key, &o);
         }
         *self.flight.done.lock().unwrap_or_else(|p| p.into_inner()) = Some(o);
         self.flight.cv.notify_all();

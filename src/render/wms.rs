@@ -4,8 +4,9 @@
 //! itself follow a `#` (never sent): `#axis=xy|yx` overrides the 1.3.0 axis-order rule.
 
 use super::http::{num, HttpClient, SplitUrl};
+use super::Area;
 use super::TileSource;
-use crate::format::conf::{TileFormat, TileScheme};
+use crate::format::conf::{Envelope, TileFormat, TileScheme};
 use crate::format::TileAddr;
 use crate::{Error, Result};
 
@@ -134,6 +135,18 @@ impl WmsSource {
         let b = scheme
             .tile_bbox(tile)
             .ok_or_else(|| Error::NotFound(format!("level {} in conf.xml", tile.level)))?;
+        self.area_url(scheme, &b, scheme.tile_cols, scheme.tile_rows)
+    }
+
+    /// The GetMap request for a map area (`b` in the scheme's map units) drawn at
+    /// `width` × `height` pixels.
+    pub fn area_url(
+        &self,
+        scheme: &TileScheme,
+        b: &Envelope,
+        width: u32,
+        height: u32,
+    ) -> Result<String> {
         let crs = self.crs(scheme)?;
         let axis = self.axis.unwrap_or_else(|| axis_for(self.version, &crs));
         let bbox = match axis {
@@ -156,8 +169,8 @@ impl WmsSource {
         }
         pairs.push((crs_key, crs));
         pairs.push(("BBOX", bbox));
-        pairs.push(("WIDTH", scheme.tile_cols.to_string()));
-        pairs.push(("HEIGHT", scheme.tile_rows.to_string()));
+        pairs.push(("WIDTH", width.to_string()));
+        pairs.push(("HEIGHT", height.to_string()));
         let jpeg = scheme.tile_format == TileFormat::Jpeg;
         if self.url.get("format").is_none() {
             let f = if jpeg { "image/jpeg" } else { "image/png" };
@@ -184,12 +197,28 @@ impl TileSource for WmsSource {
 
     fn render(&self, scheme: &TileScheme, tile: TileAddr) -> Result<Option<Vec<u8>>> {
         let url = self.request_url(scheme, tile)?;
-        let got = self.http.get(&url)?;
+        self.get(&url)
+    }
+
+    fn draws_areas(&self) -> bool {
+        true
+    }
+
+    fn render_area(&self, scheme: &TileScheme, area: &Area) -> Result<Option<Vec<u8>>> {
+        let url = self.area_url(scheme, &area.bbox, area.width, area.height)?;
+        self.get(&url)
+    }
+}
+
+impl WmsSource {
+    /// GETs a GetMap URL; an XML answer (a service exception) is an error quoting it.
+    fn get(&self, url: &str) -> Result<Option<Vec<u8>>> {
+        let got = self.http.get(url)?;
         // Servers report errors as XML with status 200; say so rather than "not an image".
         if let Some(ct) = &got.content_type {
             if ct.contains("xml") {
                 return Err(Error::source(
-                    super::http::redact(&url),
+                    super::http::redact(url),
                     format!("server answered {ct}: {}", super::pixels::quote(&got.body)),
                 ));
             }

@@ -18,4 +18,5 @@ mod objstore;
 mod realworld_crs;
 mod realworld_text;
 mod render;
+mod supertiles;
 mod writeback;

@@ -27,14 +27,14 @@ use image::{Rgba, RgbaImage};
 // A projected scheme with deliberately unusual numbers (non-square tiles, DPI 120, WKID 3035), so
 // a swapped width/height, a default DPI or a wrong SR shows.
 
-const X0: f64 = -5_000_000.0;
-const Y0: f64 = 10_000_000.0;
-const W: u32 = 512;
-const H: u32 = 256;
-const RES: [f64; 3] = [10_000.0, 5_000.0, 2_500.0];
-const EXPORT_PATH: &str = "/arcgis/rest/services/Test/MapServer/export";
+pub(crate) const X0: f64 = -5_000_000.0;
+pub(crate) const Y0: f64 = 10_000_000.0;
+pub(crate) const W: u32 = 512;
+pub(crate) const H: u32 = 256;
+pub(crate) const RES: [f64; 3] = [10_000.0, 5_000.0, 2_500.0];
+pub(crate) const EXPORT_PATH: &str = "/arcgis/rest/services/Test/MapServer/export";
 
-fn projected_scheme(format: TileFormat) -> TileScheme {
+pub(crate) fn projected_scheme(format: TileFormat) -> TileScheme {
     TileScheme {
         wkt: None,
         wkid: Some(3035),
@@ -60,7 +60,7 @@ fn projected_scheme(format: TileFormat) -> TileScheme {
     }
 }
 
-const EXTENT: Envelope = Envelope {
+pub(crate) const EXTENT: Envelope = Envelope {
     xmin: -4_000_000.0,
     ymin: 6_000_000.0,
     xmax: 0.0,
@@ -77,7 +77,7 @@ fn expected_bounds(t: TileAddr) -> [f64; 4] {
 
 /// The image the fake export server draws for a bbox: a gradient whose colours depend on the
 /// bbox, with varying alpha (so a PNG32 cache must get it untouched).
-fn fake_map(w: u32, h: u32, bbox: &[f64]) -> Vec<u8> {
+pub(crate) fn fake_map(w: u32, h: u32, bbox: &[f64]) -> Vec<u8> {
     let k = (bbox.iter().map(|v| v.abs()).sum::<f64>() / 1000.0) as u32;
     let img = RgbaImage::from_fn(w, h, |x, y| {
         Rgba([
@@ -92,7 +92,7 @@ fn fake_map(w: u32, h: u32, bbox: &[f64]) -> Vec<u8> {
     out.into_inner()
 }
 
-fn parse_bbox(s: &str) -> Option<Vec<f64>> {
+pub(crate) fn parse_bbox(s: &str) -> Option<Vec<f64>> {
     let v: Vec<f64> = s
         .split(',')
         .map(|x| x.trim().parse().ok())
@@ -102,7 +102,7 @@ fn parse_bbox(s: &str) -> Option<Vec<f64>> {
 
 /// Checks an export request against what the seed documents, except bbox (checked per tile by
 /// the caller). Returns the problems.
-fn check_export(req: &Request, format: &str, transparent: &str) -> Vec<String> {
+pub(crate) fn check_export(req: &Request, format: &str, transparent: &str) -> Vec<String> {
     let mut bad = Vec::new();
     if req.path != EXPORT_PATH {
         bad.push(format!("path {:?}", req.path));
@@ -140,7 +140,7 @@ fn check_export(req: &Request, format: &str, transparent: &str) -> Vec<String> {
 }
 
 /// A fake map service: validates every request, records it, answers with `fake_map`.
-struct FakeExport {
+pub(crate) struct FakeExport {
     server: TestServer,
     seen: Arc<Mutex<Vec<Request>>>,
     problems: Arc<Mutex<Vec<String>>>,
@@ -168,11 +168,11 @@ fn fake_export(format: &'static str, transparent: &'static str, delay: Duration)
     }
 }
 
-fn projected_cache(dir: &Path, format: TileFormat) -> Arc<Cache> {
+pub(crate) fn projected_cache(dir: &Path, format: TileFormat) -> Arc<Cache> {
     Arc::new(Cache::create(dir.join("cache"), &projected_scheme(format), Some(EXTENT)).unwrap())
 }
 
-fn quick_opts() -> RenderOptions {
+pub(crate) fn quick_opts() -> RenderOptions {
     RenderOptions {
         timeout: Duration::from_secs(5),
         backoff: Duration::from_millis(10),
@@ -180,7 +180,7 @@ fn quick_opts() -> RenderOptions {
     }
 }
 
-fn http_opts(timeout: Duration) -> HttpOptions {
+pub(crate) fn http_opts(timeout: Duration) -> HttpOptions {
     HttpOptions {
         timeout,
         ..HttpOptions::default()
@@ -380,6 +380,11 @@ fn bad_answers_are_errors_and_not_cached_as_success() {
     let f = fixed.clone();
     let good = fake_map(W, H, &[0.0; 4]);
     let g = good.clone();
+    // Answers made beforehand, so the server answers in no time and the negative TTL is not spent
+    // drawing (on a loaded machine, drawing took 200 ms a request).
+    let wrong_size = fake_map(W + 1, H, &[0.0; 4]);
+    let mut truncated = fake_map(W, H, &[0.0; 4]);
+    truncated.truncate(truncated.len() / 2);
     let server = scripted(move |n| {
         if f.load(Ordering::SeqCst) {
             return Response::ok("image/png", g.clone());
@@ -390,16 +395,12 @@ fn bad_answers_are_errors_and_not_cached_as_success() {
                 "text/plain",
                 br#"{"error":{"code":498,"message":"Invalid Token"}}"#.to_vec(),
             ),
-            1 => Response::ok("image/png", fake_map(W + 1, H, &[0.0; 4])),
-            _ => {
-                let mut png = fake_map(W, H, &[0.0; 4]);
-                png.truncate(png.len() / 2);
-                Response::ok("image/png", png)
-            }
+            1 => Response::ok("image/png", wrong_size.clone()),
+            _ => Response::ok("image/png", truncated.clone()),
         }
     });
     let opts = RenderOptions {
-        negative_ttl: Duration::from_millis(300),
+        negative_ttl: Duration::from_millis(1000),
         ..quick_opts()
     };
     let r = arcgis_renderer(&cache, &server.url(), opts);
@@ -430,7 +431,7 @@ fn bad_answers_are_errors_and_not_cached_as_success() {
     assert_eq!(server.requests(), 3);
     // After it: asked again, and a good answer is served.
     fixed.store(true, Ordering::SeqCst);
-    std::thread::sleep(Duration::from_millis(350));
+    std::thread::sleep(Duration::from_millis(1050));
     for tile in t {
         assert_eq!(*r.get(tile).unwrap(), good);
     }
@@ -528,7 +529,7 @@ END
 }
 
 /// ArcGIS's geographic scheme on WGS 84: 2 × 1 tiles of 256 px at level 0.
-fn geographic_scheme(format: TileFormat) -> TileScheme {
+pub(crate) fn geographic_scheme(format: TileFormat) -> TileScheme {
     TileScheme {
         wkt: None,
         wkid: Some(4326),
@@ -552,14 +553,14 @@ fn geographic_scheme(format: TileFormat) -> TileScheme {
     }
 }
 
-fn fetch(url: &str) -> Vec<u8> {
+pub(crate) fn fetch(url: &str) -> Vec<u8> {
     let mut resp = ureq::get(url)
         .call()
         .unwrap_or_else(|e| panic!("{url}: {e}"));
     resp.body_mut().read_to_vec().unwrap()
 }
 
-fn decode(bytes: &[u8], what: &str) -> RgbaImage {
+pub(crate) fn decode(bytes: &[u8], what: &str) -> RgbaImage {
     image::load_from_memory(bytes)
         .unwrap_or_else(|e| {
             panic!(
@@ -627,7 +628,14 @@ fn wms_case_via(version: &str, through_mount: bool) {
         Mounted::start(
             &d.path().join("c"),
             &d.path().join("mnt"),
-            &["--source", &format!("wms:{base}&VERSION={version}")],
+            // Tile by tile, so each tile is compared with its own GetMap (supertiles:
+            // supertiles.rs).
+            &[
+                "--source",
+                &format!("wms:{base}&VERSION={version}"),
+                "--supertile",
+                "0",
+            ],
         )
     });
     for t in [
@@ -951,7 +959,7 @@ fn render_command_batch_keep_and_single_tile() {
 // ---------------------------------------------------------------------------------------------
 // Through the mount: `bundlefs mount --source …` renders what the bundles lack when it is opened.
 
-fn tile_path(t: TileAddr, ext: &str) -> String {
+pub(crate) fn tile_path(t: TileAddr, ext: &str) -> String {
     format!(
         "_alllayers/L{:02}/R{:08x}/C{:08x}.{ext}",
         t.level, t.row, t.col
@@ -972,7 +980,11 @@ fn sixteen_readers_through_the_mount_make_one_request() {
         "arcgis:{}/arcgis/rest/services/Test/MapServer?layers=show:0,2",
         fake.server.url()
     );
-    let m = Mounted::start(cache.root(), &d.path().join("mnt"), &["--source", &spec]);
+    let m = Mounted::start(
+        cache.root(),
+        &d.path().join("mnt"),
+        &["--source", &spec, "--supertile", "0"],
+    );
     let t = TileAddr::new(2, 5, 1);
     let path = m.path(&tile_path(t, "png"));
     let barrier = Barrier::new(16);
