@@ -67,7 +67,7 @@ python3 scripts/check-layers.py
 # also when the tests fail.
 log=$(mktemp)
 ceph_dir=$(mktemp -d /tmp/bundlefs-ceph-XXXXXX)
-stop_ceph() { bash scripts/ceph-cluster.sh stop "$ceph_dir" >/dev/null 2>&1 || true; }
+stop_ceph() { bash scripts/ceph-cluster.sh stop "$ceph_dir" >/dev/null 2>&1 || true; rm -rf "$ceph_dir"; }
 trap 'rm -f "$log"; stop_ceph' EXIT
 say "starting Ceph for the object-store tests (scripts/ceph-cluster.sh start $ceph_dir)"
 bash scripts/ceph-cluster.sh start "$ceph_dir"
