@@ -338,6 +338,7 @@ fn job_options(a: &JobArgs, c: &Cache, src: &Path) -> anyhow::Result<JobOptions>
         mode: a.mode.into(),
         background: a.background.map(|c| c.0),
         sync: !a.no_sync,
+        scheme_of_dest: a.scheme_of_dest,
     };
     crate::jobs::selection::check_selection_meets(c, &opts)?;
     Ok(opts)

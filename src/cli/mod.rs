@@ -200,6 +200,10 @@ pub struct JobArgs {
     /// Skip the final flush to disk (faster; for scratch copies).
     #[arg(long)]
     pub no_sync: bool,
+    /// When the source has no conf.xml (a bare exploded folder), trust the destination's tiling
+    /// scheme instead of refusing; every tile's pixel size and format are still checked against it.
+    #[arg(long)]
+    pub scheme_of_dest: bool,
 }
 
 /// Arguments of `bundlefs export`.

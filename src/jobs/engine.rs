@@ -57,6 +57,9 @@ pub struct JobOptions {
     pub background: Option<[u8; 3]>,
     /// Make the result durable (syncfs at the end, fdatasync around index updates).
     pub sync: bool,
+    /// A source without conf.xml takes the destination's tiling scheme on trust
+    /// (`--scheme-of-dest`); each tile's size and format are then checked against it.
+    pub scheme_of_dest: bool,
 }
 
 impl Default for JobOptions {
@@ -69,6 +72,7 @@ impl Default for JobOptions {
             mode: ImportMode::Merge,
             background: None,
             sync: false,
+            scheme_of_dest: false,
         }
     }
 }
@@ -280,6 +284,8 @@ struct Ctx<'a> {
     region: Region<'a>,
     n: Counters,
     progress: &'a dyn Progress,
+    /// Check each source tile against DEST's scheme (a source without conf.xml taken on trust).
+    check_each: Option<&'a TileScheme>,
 }
 
 /// Copies the selected tiles of `src` into `dest` (which must already be checked compatible).
@@ -307,6 +313,11 @@ pub fn run(
         region,
         n: Counters::default(),
         progress,
+        check_each: if src.scheme().is_none() && opts.scheme_of_dest {
+            dest.scheme()
+        } else {
+            None
+        },
     };
     // Plan: the groups of each level that can hold selected tiles, and how many tiles they hold.
     let mut plan: Vec<(u8, Vec<(TileGroup, Coverage)>)> = Vec::new();
@@ -480,6 +491,17 @@ impl Ctx<'_> {
 
     /// Decides one tile against the destination's current tile.
     fn decide(&self, p: Pick, dest: Option<TileBytes>) -> Result<Option<Store>> {
+        if let Some(scheme) = self.check_each {
+            let kind = self.src.kind_of(&p.bytes);
+            crate::format::pixels::check_tile(&p.bytes, kind, Some(scheme)).map_err(|e| {
+                Error::invalid(format!(
+                    "{}: tile {}: {e} (checked against {}'s tiling scheme, --scheme-of-dest)",
+                    self.src.tile_file(p.t).display(),
+                    p.t,
+                    self.dest.root().display()
+                ))
+            })?;
+        }
         let outcome = self
             .pixels
             .apply(&p.bytes, p.mask.as_ref(), dest.as_deref(), self.mode)
@@ -555,9 +577,24 @@ impl Ctx<'_> {
 
 /// Checks that DEST can take SRC's tiles of `levels`: same tiling scheme (spatial reference,
 /// origin, tile size, the LODs of those levels) and image formats that match, or DEST MIXED.
-pub fn check_compatible(src: &Cache, dest: &Cache, levels: &[u8]) -> Result<()> {
+/// With `scheme_of_dest`, a source without conf.xml is accepted (its tiles are checked one by one
+/// in [`run`]); without it, the refusal says how to go on.
+pub fn check_compatible(
+    src: &Cache,
+    dest: &Cache,
+    levels: &[u8],
+    scheme_of_dest: bool,
+) -> Result<()> {
     let (s, d) = match (src.scheme(), dest.scheme()) {
         (Some(s), Some(d)) => (s, d),
+        (None, Some(_)) if scheme_of_dest => {
+            tracing::info!(
+                "{}: no conf.xml; trusting {}'s tiling scheme (--scheme-of-dest), checking each tile",
+                src.root().display(),
+                dest.root().display()
+            );
+            return Ok(());
+        }
         (None, None) => {
             tracing::warn!(
                 "{} and {} have no conf.xml: their tiling schemes cannot be compared",
@@ -568,7 +605,10 @@ pub fn check_compatible(src: &Cache, dest: &Cache, levels: &[u8]) -> Result<()> 
         }
         (None, Some(_)) => {
             return Err(Error::invalid(format!(
-                "{}: has no conf.xml, so its tiling scheme cannot be checked against {}'s",
+                "{}: has no conf.xml, so its tiling scheme cannot be checked against {}'s; if its \
+                 tiles follow the destination's scheme, run again with --scheme-of-dest (each \
+                 tile's pixel size and format are still checked), or copy the scheme's conf.xml \
+                 into it; nothing was written",
                 src.root().display(),
                 dest.root().display()
             )))
@@ -666,7 +706,7 @@ pub fn into_cache(
     progress: &dyn Progress,
 ) -> Result<JobSummary> {
     let levels = select_levels(src, &opts.levels)?;
-    check_compatible(src, dest, &levels)?;
+    check_compatible(src, dest, &levels, opts.scheme_of_dest)?;
     let before = dest.extent();
     let summary = run(src, dest, false, opts, progress)?;
     if summary.tiles_written > 0 {

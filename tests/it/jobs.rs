@@ -854,3 +854,64 @@ fn killed_export_leaves_valid_dest_and_reruns() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Importing a folder without conf.xml: refused with the way on, or taken on the destination's
+// scheme with --scheme-of-dest while every tile is still checked
+
+#[test]
+fn a_source_without_conf_xml_needs_scheme_of_dest_and_its_tiles_are_still_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = sample(&tmp.path().join("src"), "0-2", "PNG");
+    let want = all_tiles(&src);
+    // A bare exploded tree: the tiles without conf.xml / conf.cdi.
+    let bare = tmp.path().join("bare");
+    run_ok(
+        Command::new(bin())
+            .args(["export", "--storage", "exploded"])
+            .arg(src.root())
+            .arg(&bare),
+    );
+    fs::remove_file(bare.join("conf.xml")).unwrap();
+    fs::remove_file(bare.join("conf.cdi")).unwrap();
+    let dest = tmp.path().join("dest");
+    run_ok(
+        Command::new(bin())
+            .args(["create", "--levels", "0-5"])
+            .arg(&dest),
+    );
+    let import = |extra: &[&str]| {
+        Command::new(bin())
+            .arg("import")
+            .arg(&bare)
+            .arg(&dest)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = import(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted without conf.xml");
+    assert!(err.contains("--scheme-of-dest"), "no way on named: {err}");
+    assert!(all_tiles(&Cache::open(&dest).unwrap()).is_empty());
+
+    let out = import(&["--scheme-of-dest"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(all_tiles(&Cache::open(&dest).unwrap()), want);
+
+    // A tile of the wrong pixel size is refused by name, even on trust.
+    let odd = bare.join("_alllayers/L02/R00000001/C00000001.png");
+    let small = image::RgbaImage::from_pixel(100, 100, image::Rgba([1, 2, 3, 255]));
+    small.save(&odd).unwrap();
+    let out = import(&["--scheme-of-dest"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a 100x100 tile was accepted");
+    assert!(
+        err.contains("C00000001.png") && err.contains("100"),
+        "{err}"
+    );
+}
