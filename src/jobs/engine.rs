@@ -22,6 +22,7 @@ use super::tile::{Outcome, Side, TilePixels};
 use crate::cache::{Cache, CacheOptions, GroupView, TileBytes, TileGroup};
 use crate::error::{Error, IoContext, Result};
 use crate::format::conf::{Envelope, StorageFormat, TileFormat, TileScheme};
+use crate::format::extent::union;
 use crate::format::levels::LevelRange;
 use crate::format::pixels::{ImportMode, PngCompression, TileEncoder, DEFAULT_BACKGROUND};
 use crate::format::sniff::ImageKind;
@@ -204,16 +205,6 @@ pub fn job_area(opts: &JobOptions) -> Option<Envelope> {
         (Some(a), _) => Some(a.bbox()),
         (None, Some(e)) => Some(*e),
         (None, None) => None,
-    }
-}
-
-/// The union of two envelopes.
-pub fn union(a: &Envelope, b: &Envelope) -> Envelope {
-    Envelope {
-        xmin: a.xmin.min(b.xmin),
-        ymin: a.ymin.min(b.ymin),
-        xmax: a.xmax.max(b.xmax),
-        ymax: a.ymax.max(b.ymax),
     }
 }
 

@@ -9,10 +9,8 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::support::mount::{need, within, Mounted};
-use crate::support::{bin, run_ok};
 use bundlefs::cache::Cache;
 use bundlefs::format::TileAddr;
 use bundlefs::jobs::verify::verify;
@@ -26,14 +24,7 @@ fn tmp(name: &str) -> tempfile::TempDir {
 
 /// A 256 px PNG sample cache, Compact V2, levels 0-2 (L02: one bundle of 16 tiles).
 fn sample(dir: &Path) -> PathBuf {
-    let c = dir.join("sample");
-    run_ok(
-        Command::new(bin())
-            .arg("sample")
-            .arg(&c)
-            .args(["--levels", "0-2"]),
-    );
-    c
+    crate::support::sample_cache(dir, "0-2")
 }
 
 fn tile_path(t: TileAddr) -> String {

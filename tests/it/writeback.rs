@@ -210,14 +210,7 @@ fn gdal_reads_tiles_written_through_the_mount_like_the_original() {
 
 /// A 256 px sample cache (levels 0-2, PNG) to write over.
 fn sample(dir: &Path) -> PathBuf {
-    let c = dir.join("sample");
-    run_ok(
-        Command::new(bin())
-            .arg("sample")
-            .arg(&c)
-            .args(["--levels", "0-2"]),
-    );
-    c
+    crate::support::sample_cache(dir, "0-2")
 }
 
 #[test]

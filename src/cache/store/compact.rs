@@ -349,14 +349,6 @@ impl Storage for CompactStore {
         Ok(out)
     }
 
-    fn groups(&self, level: u8) -> Result<Vec<TileGroup>> {
-        Ok(self
-            .bundles(level)?
-            .into_iter()
-            .map(TileGroup::bundle)
-            .collect())
-    }
-
     fn read_group(&self, g: &TileGroup) -> Result<Vec<(TileAddr, TileBytes)>> {
         let Some(b) = self.bundle(g.id)? else {
             return Ok(Vec::new());

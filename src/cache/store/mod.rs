@@ -102,8 +102,15 @@ pub trait Storage: Send + Sync {
     /// Tiles of one row: (column, size in bytes), ascending by column.
     fn cols(&self, level: u8, row: u32) -> Result<Vec<(u32, u64)>>;
 
-    /// The groups of a level, one per bundle.
-    fn groups(&self, level: u8) -> Result<Vec<TileGroup>>;
+    /// The groups of a level, one per bundle (by default: one per bundle [`Storage::bundles`]
+    /// lists; exploded storage groups its tile files instead).
+    fn groups(&self, level: u8) -> Result<Vec<TileGroup>> {
+        Ok(self
+            .bundles(level)?
+            .into_iter()
+            .map(TileGroup::bundle)
+            .collect())
+    }
 
     /// Every tile of a group (in slot order for bundles). Any broken entry is an error.
     fn read_group(&self, g: &TileGroup) -> Result<Vec<(TileAddr, TileBytes)>>;

@@ -225,3 +225,16 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     SCRATCH.lock().unwrap().push(d.clone());
     d
 }
+
+/// `bundlefs sample DIR/sample --levels LEVELS` (256 px PNG tiles, Compact V2, Web Mercator);
+/// returns the cache folder. Levels 0-2 make 21 tiles (L02: one bundle of 16).
+pub fn sample_cache(dir: &Path, levels: &str) -> PathBuf {
+    let c = dir.join("sample");
+    run_ok(
+        Command::new(bin())
+            .arg("sample")
+            .arg(&c)
+            .args(["--levels", levels]),
+    );
+    c
+}
