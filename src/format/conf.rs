@@ -208,7 +208,10 @@ impl TileScheme {
         })
     }
 
-    /// Inclusive row/col ranges of the tiles at `level` that intersect `env` (None if none).
+    /// The rows and columns of the tiles at `level` that intersect `env`, as half-open ranges
+    /// `(rows, cols)` (`start..end`, end excluded), counted from the tiling origin and cut at 0;
+    /// None if the level is not in the scheme or no tile intersects. A tile that only touches
+    /// `env` along an edge does not count.
     pub fn tile_range(&self, level: u8, env: &Envelope) -> Option<(Range<u32>, Range<u32>)> {
         let r = self.lod(level)?.resolution;
         let (w, h) = (f64::from(self.tile_cols) * r, f64::from(self.tile_rows) * r);
