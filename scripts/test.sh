@@ -69,6 +69,9 @@ log=$(mktemp)
 ceph_dir=$(mktemp -d /tmp/bundlefs-ceph-XXXXXX)
 stop_ceph() { bash scripts/ceph-cluster.sh stop "$ceph_dir" >/dev/null 2>&1 || true; rm -rf "$ceph_dir"; }
 trap 'rm -f "$log"; stop_ceph' EXIT
+say "cargo test --all-targets --no-run (build first, so the cluster below does not idle through it)"
+cargo test --all-targets --no-run
+
 say "starting Ceph for the object-store tests (scripts/ceph-cluster.sh start $ceph_dir)"
 bash scripts/ceph-cluster.sh start "$ceph_dir"
 # shellcheck disable=SC1091
