@@ -162,7 +162,12 @@ pub struct CreateArgs {
     )]
     pub scheme: String,
     /// Levels to include, e.g. 0-19.
-    #[arg(long, default_value = "0-19", value_name = "A-B")]
+    #[arg(
+        long,
+        default_value = "0-19",
+        value_name = "A-B",
+        allow_hyphen_values = true
+    )]
     pub levels: LevelRange,
     /// Tile image format.
     #[arg(long, value_enum, default_value = "PNG")]
@@ -173,7 +178,12 @@ pub struct CreateArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct JobArgs {
     /// Only these levels, e.g. 0-7, 5, 3- or -4 (default: all); levels SRC lacks are an error.
-    #[arg(long, conflicts_with = "scales", value_name = "A-B")]
+    #[arg(
+        long,
+        conflicts_with = "scales",
+        value_name = "A-B",
+        allow_hyphen_values = true
+    )]
     pub levels: Option<LevelRange>,
     /// Only the levels at these map scales, e.g. 577790.554289,288895.277144.
     #[arg(long, value_delimiter = ',', num_args = 1.., value_name = "SCALE,...")]
@@ -274,7 +284,7 @@ pub struct MountArgs {
     #[arg(long, default_value = "2", value_name = "SECONDS")]
     pub flush_idle: Seconds,
     /// Render tiles the bundles lack when opened: arcgis:URL, wms:URL, resample or label
-    /// (see `bundlefs render --help` and README "Rendering").
+    /// (see `bundlefs render --help` and doc/rendering.md).
     #[arg(long, value_name = "SPEC")]
     pub source: Option<String>,
     /// Store rendered tiles in the bundles (through the write buffer).
@@ -291,7 +301,7 @@ pub struct MountArgs {
     pub proxy: Option<String>,
     /// With --source: listings of these levels (e.g. 0-6) also show renderable tiles not
     /// stored yet (a level may hold at most 4,194,304 of them).
-    #[arg(long, value_name = "A-B")]
+    #[arg(long, value_name = "A-B", allow_hyphen_values = true)]
     pub list_renderable: Option<LevelRange>,
     /// With --source arcgis: or wms:, pixels a side of the block of tiles drawn in one request
     /// and cut into tiles, the one holding a missed tile (whole tiles, at most 4096 px with
@@ -334,7 +344,12 @@ pub struct RenderArgs {
     #[arg(long, value_name = "SPEC")]
     pub source: String,
     /// Levels to render, e.g. 0-5 (not with --tile); levels the tiling scheme lacks are an error.
-    #[arg(long, conflicts_with = "tile", value_name = "A-B")]
+    #[arg(
+        long,
+        conflicts_with = "tile",
+        value_name = "A-B",
+        allow_hyphen_values = true
+    )]
     pub levels: Option<LevelRange>,
     /// Only tiles touching this box, in the map units of conf.xml: one argument
     /// XMIN,YMIN,XMAX,YMAX (negative numbers allowed); default: the cache extent.
@@ -391,7 +406,12 @@ pub struct SampleArgs {
     /// Folder to write the sample cache into (created).
     pub dir: PathBuf,
     /// Levels to fill, 0 to 10 (each level has 4^level tiles).
-    #[arg(long, default_value = "0-4", value_name = "A-B")]
+    #[arg(
+        long,
+        default_value = "0-4",
+        value_name = "A-B",
+        allow_hyphen_values = true
+    )]
     pub levels: LevelRange,
     /// Tile image format (one of PNG…/JPEG; not MIXED).
     #[arg(long, value_enum, default_value = "PNG")]

@@ -619,3 +619,28 @@ fn daemon_reruns_its_own_arguments_with_paths_made_absolute() {
     let stored = exploded_tiles(&d.path().join("s"));
     assert_eq!(stored.get(&TileAddr::new(1, 1, 1)), Some(&tile));
 }
+
+#[test]
+fn every_level_range_form_is_taken_including_up_to_n() {
+    // `-4` ("up to 4") starts with a hyphen: it must be read as a value, not as an option.
+    let d = tmp("level-forms");
+    let src = sample(d.path(), "s", "0-2");
+    for (form, want) in [("-1", 5usize), ("1-", 20), ("2", 16), ("0-1", 5)] {
+        let out = d.path().join(format!("out{form}"));
+        run_ok(bundlefs().arg("export").arg(&src).arg(&out).args([
+            "--storage",
+            "compact-v2",
+            "--levels",
+            form,
+        ]));
+        assert_eq!(
+            all_tiles(&Cache::open(&out).unwrap()).len(),
+            want,
+            "--levels {form}"
+        );
+    }
+    let c = d.path().join("created");
+    run_ok(bundlefs().arg("create").arg(&c).args(["--levels", "-3"]));
+    let info = run_ok(bundlefs().arg("info").arg(&c));
+    assert!(info.contains("LODs:     4 (levels 0-3)"), "{info}");
+}
