@@ -175,25 +175,55 @@ impl Storage for ExplodedStore {
     fn write_group(&self, id: BundleId, tiles: &[TimedSlot]) -> Result<WriteStats> {
         check_tiles(&self.place.level_dir(id.level), id, tiles)?;
         let mut total = WriteStats::default();
-        for (slot, bytes, mtime) in tiles {
-            let t = id.tile(*slot);
-            let dir = self.row_dir(t.level, t.row);
+        let mut rows: BTreeMap<u32, Vec<&TimedSlot>> = BTreeMap::new();
+        for t in tiles {
+            rows.entry(id.row0 + t.0.row).or_default().push(t);
+        }
+        for (row, group) in rows {
+            // Per row, not per tile: the folder checked and made once, its entries listed once
+            // (a lookup per tile would list the folder anew after each write changed it).
+            let dir = self.row_dir(id.level, row);
             self.place.check_inside(&dir)?;
             fs::create_dir_all(&dir).at(&dir)?;
-            let ext = sniff(bytes).unwrap_or(self.default_kind).ext();
-            let path = spelling::resolve(&dir, &names::col_file(t.col, ext));
-            self.place.check_inside(&path)?;
-            // A tile stored under the other extension is replaced, not kept beside.
-            let old = self.tile_path(t).filter(|p| *p != path);
-            write_atomic(&path, bytes, self.durable)?;
-            if let Some(old) = old {
-                fs::remove_file(&old).at(&old)?;
+            let mut on_disk = row_entries(&dir)?;
+            for (slot, bytes, mtime) in group {
+                let col = id.col0 + slot.col;
+                let ext = sniff(bytes).unwrap_or(self.default_kind).ext();
+                let canonical = names::col_file(col, ext);
+                let key = canonical.to_ascii_lowercase();
+                // The spelling on disk (names in any case), followed only if it stays inside.
+                let path = match on_disk.get(&key) {
+                    Some((name, link)) => {
+                        let p = dir.join(name);
+                        if *link {
+                            self.place.check_inside(&p)?;
+                        }
+                        p
+                    }
+                    None => dir.join(&canonical),
+                };
+                // A tile stored under another extension is replaced, not kept beside.
+                let others: Vec<String> = ["png", "jpg", "jpeg"]
+                    .iter()
+                    .map(|e| names::col_file(col, e).to_ascii_lowercase())
+                    .filter(|k| *k != key)
+                    .filter_map(|k| on_disk.remove(&k).map(|(n, _)| n))
+                    .collect();
+                write_atomic(&path, bytes, self.durable)?;
+                for n in others {
+                    let old = dir.join(n);
+                    fs::remove_file(&old).at(&old)?;
+                }
+                if let Some(m) = mtime {
+                    set_file_mtime(&path, *m)?;
+                }
+                let name = path
+                    .file_name()
+                    .map_or(canonical.clone(), |n| n.to_string_lossy().into_owned());
+                on_disk.insert(key, (name, false));
+                total.tiles += 1;
+                total.bytes_written += bytes.len() as u64;
             }
-            if let Some(m) = mtime {
-                set_file_mtime(&path, *m)?;
-            }
-            total.tiles += 1;
-            total.bytes_written += bytes.len() as u64;
         }
         Ok(total)
     }
@@ -242,4 +272,24 @@ impl Storage for ExplodedStore {
                 .join(names::col_file(t.col, self.default_kind.ext()))
         })
     }
+}
+
+/// A row folder's entries by lower-case name: (the name on disk, whether it is a symbolic link).
+/// A missing folder has none.
+fn row_entries(dir: &std::path::Path) -> Result<HashMap<String, (String, bool)>> {
+    let mut out = HashMap::new();
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    for ent in rd {
+        let ent = ent.at(dir)?;
+        let Some(name) = ent.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        let link = ent.file_type().at(dir)?.is_symlink();
+        out.insert(name.to_ascii_lowercase(), (name, link));
+    }
+    Ok(out)
 }
