@@ -58,25 +58,26 @@ impl AtomicFile {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
-        let tmp = tempfile::Builder::new()
-            .prefix(TEMP_PREFIX)
-            .tempfile_in(dir)
-            .at(dir)?;
-        let f = tmp.as_file();
-        match fs::metadata(dest) {
+        let mut b = tempfile::Builder::new();
+        b.prefix(TEMP_PREFIX);
+        let tmp = match fs::metadata(dest) {
             Ok(old) => {
+                let tmp = b.tempfile_in(dir).at(dir)?;
+                let f = tmp.as_file();
                 f.set_permissions(fs::Permissions::from_mode(old.mode() & 0o7777))
                     .at(tmp.path())?;
                 if rustix::process::geteuid().is_root() {
                     std::os::unix::fs::fchown(f, Some(old.uid()), Some(old.gid())).at(tmp.path())?;
                 }
+                tmp
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                f.set_permissions(fs::Permissions::from_mode(new_file_mode()))
-                    .at(tmp.path())?;
-            }
+            // Created with 0666: the kernel applies the umask at open, as for `cp` (no fchmod).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => b
+                .permissions(fs::Permissions::from_mode(0o666))
+                .tempfile_in(dir)
+                .at(dir)?,
             Err(e) => return Err(Error::io(dest, e)),
-        }
+        };
         Ok(AtomicFile {
             tmp,
             dest: dest.to_path_buf(),
