@@ -117,4 +117,4 @@ NOISE_PCT=${NOISE_PCT:-5}
 
 # The daemon's pid from `bundlefs mount --daemon` output: "pid: N" (current), or a bare number
 # (builds before the labelled output), so a baseline binary of either age works.
-pid_line() { sed -n 's/^pid: //p; /^[0-9][0-9]*$/p'; }
+pid_line() { sed -n -E 's/^(pid: )?([0-9]+)$/\2/p'; }
