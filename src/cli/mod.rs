@@ -311,6 +311,11 @@ pub struct MountArgs {
     /// Pixels drawn around each supertile and cut away afterwards (labels near its edges).
     #[arg(long, value_name = "PX", default_value_t = 0)]
     pub supertile_buffer: u32,
+    /// Caches in an object store, with -o rw: promise that this is the only mount or job writing
+    /// the cache; bundles are then written unconditionally (needed on stores without conditional
+    /// writes, such as Garage, where -o rw is otherwise refused).
+    #[arg(long)]
+    pub single_writer: bool,
 }
 
 /// Arguments of `bundlefs unmount` (also `bundlefs umount`).
