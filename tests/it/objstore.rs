@@ -647,3 +647,163 @@ fn fsync_through_an_rw_mount_returns_after_the_bundle_is_stored() {
     let c = Cache::open(&url).unwrap();
     assert!(c.tile(t2).unwrap().is_some(), "flushed at unmount");
 }
+
+/// Runs `scripts/ceph-cluster.sh UNDO DIR N` when dropped (a stopped gateway or killed OSD comes
+/// back even when the test fails).
+struct Restore(&'static str, u32);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        cluster(self.0, self.1);
+    }
+}
+
+/// A gateway stopped while mounted: reads of tiles fail with EIO within the time limit and the
+/// log names the bundle object; an fsync fails with EIO and keeps the tile buffered; nothing
+/// stored is damaged; once the gateway is back, reads work and the buffered tile is stored.
+#[test]
+fn a_stopped_gateway_gives_eio_then_reads_and_flushes_resume() {
+    let _gw = GATEWAY_2.write().unwrap_or_else(|e| e.into_inner());
+    let url = empty_cache("gw-stop");
+    let ep2 = std::env::var("AWS_ENDPOINT_URL_2").expect("AWS_ENDPOINT_URL_2 (second gateway)");
+    let base = base_png();
+    // Four tiles stored through gateway 1 before the mount.
+    let stored: Vec<TileAddr> = (0..4).map(|c| TileAddr::new(2, 1, c)).collect();
+    let c = Cache::open(&url).unwrap();
+    let bytes: Vec<Vec<u8>> = stored.iter().map(|t| writer_png(&base, 1, *t)).collect();
+    let puts: Vec<(TileAddr, &[u8], Option<std::time::SystemTime>)> = stored
+        .iter()
+        .zip(&bytes)
+        .map(|(t, b)| (*t, &b[..], None))
+        .collect();
+    c.write_tiles_timed(&puts).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("mount.log");
+    let opts = format!("rw,endpoint={ep2},timeout=3");
+    let mut m = mount_logged(
+        &url,
+        &d.path().join("mnt"),
+        &["-o", &opts, "--recheck", "0.5", "--flush-idle", "3600"],
+        &log,
+    );
+    let row = m.path("_alllayers/L02/R00000001");
+    let names: Vec<String> = std::fs::read_dir(&row)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+    assert_eq!(std::fs::read(row.join("C00000000.png")).unwrap(), bytes[0]);
+    // A new tile written (not yet fsync'd) while the gateway is up: it waits in the buffer.
+    let new_t = TileAddr::new(2, 1, 9);
+    let new_bytes = writer_png(&base, 2, new_t);
+    let mut f = std::fs::File::create(row.join("C00000009.png")).unwrap();
+    {
+        use std::io::Write;
+        f.write_all(&new_bytes).unwrap();
+    }
+
+    cluster("stop-gw", 2);
+    let back = Restore("start-gw", 2);
+    std::thread::sleep(Duration::from_millis(600)); // past --recheck: the index is checked again
+    let t0 = std::time::Instant::now();
+    let e = std::fs::read(row.join("C00000001.png")).unwrap_err();
+    let took = t0.elapsed();
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::EIO),
+        "read with the gateway down: {e}"
+    );
+    assert!(
+        took < Duration::from_secs(15),
+        "the failed read took {took:?}"
+    );
+    let e = f.sync_all().unwrap_err();
+    drop(f);
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::EIO),
+        "fsync with the gateway down: {e}"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    let bundle = "_alllayers/L02/R0000C0000.bundle";
+    assert!(
+        text.lines()
+            .any(|l| l.contains("ERROR") && l.contains(bundle)),
+        "no error line naming {bundle}:\n{text}"
+    );
+    eprintln!("failed read took {took:?}");
+
+    drop(back); // gateway 2 answers again
+    assert_eq!(std::fs::read(row.join("C00000001.png")).unwrap(), bytes[1]);
+    assert!(
+        unmount(&mut m, 60),
+        "the daemon failed:\n{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    let c = Cache::open(&url).unwrap();
+    for (t, b) in stored.iter().zip(&bytes) {
+        assert_eq!(c.tile(*t).unwrap().as_deref(), Some(&b[..]), "tile {t}");
+    }
+    assert_eq!(
+        c.tile(new_t).unwrap().as_deref(),
+        Some(&new_bytes[..]),
+        "the tile whose fsync failed was stored once the gateway was back"
+    );
+}
+
+/// `kill -9` of one OSD while an rsync writes through an `-o rw` mount: with pools of size 3 and
+/// min_size 2 the writer sees no error, and every tile is stored.
+#[test]
+fn kill_9_of_an_osd_mid_rsync_the_writer_sees_no_error() {
+    crate::support::mount::need("rsync");
+    let _gw = GATEWAY_2.write().unwrap_or_else(|e| e.into_inner());
+    let url = empty_cache("osd-kill");
+    let d = tempfile::tempdir().unwrap();
+    let base = base_png();
+    let tiles: Vec<TileAddr> = (0..32)
+        .flat_map(|r| (0..32).map(move |c| TileAddr::new(5, r, c)))
+        .collect();
+    let src = d.path().join("src");
+    write_tree(&src, &base, 3, &tiles);
+    let log = d.path().join("mount.log");
+    let mut m = mount_logged(
+        &url,
+        &d.path().join("mnt"),
+        &["-o", "rw", "--write-buffer", "16k", "--flush-idle", "0"],
+        &log,
+    );
+    let mut rsync = Command::new("timeout")
+        .arg("300")
+        .arg("rsync")
+        .arg("-a")
+        .arg(format!("{}/", src.display()))
+        .arg(format!("{}/", m.path("_alllayers").display()))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    cluster("kill-osd", 1);
+    let _back = Restore("start-osd", 1);
+    let running = rsync.try_wait().unwrap().is_none();
+    let out = rsync.wait_with_output().unwrap();
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "rsync: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        text()
+    );
+    assert!(unmount(&mut m, 120), "the daemon failed:\n{}", text());
+    assert!(
+        running,
+        "rsync had ended before the OSD was killed: the test proved nothing"
+    );
+    let c = Cache::open(&url).unwrap();
+    for t in &tiles {
+        assert_eq!(
+            c.tile(*t).unwrap().as_deref(),
+            Some(&writer_png(&base, 3, *t)[..]),
+            "tile {t}"
+        );
+    }
+}
