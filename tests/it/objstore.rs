@@ -807,3 +807,36 @@ fn kill_9_of_an_osd_mid_rsync_the_writer_sees_no_error() {
         );
     }
 }
+
+/// Object-store settings are refused by name where they mean nothing: `-o endpoint=` on a cache
+/// folder, `--single-writer` on a read-only mount. (No cluster needed.)
+#[test]
+fn object_store_mount_settings_are_refused_where_they_mean_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let mnt = d.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let local = esri_sample_cache();
+    let out = run(Command::new(bin())
+        .arg("mount")
+        .arg(&local)
+        .arg(&mnt)
+        .args(["-o", "endpoint=http://127.0.0.1:7480"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("-o endpoint=") && err.contains("object store"),
+        "{err}"
+    );
+    let out = run(Command::new(bin())
+        .arg("mount")
+        .arg("s3://bucket/prefix")
+        .arg(&mnt)
+        .arg("--single-writer"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--single-writer") && err.contains("-o rw"),
+        "{err}"
+    );
+    assert!(!is_mounted(&mnt));
+}
