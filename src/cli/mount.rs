@@ -19,7 +19,7 @@ use super::registry::{self, Record, Status};
 use super::source::refuse_package;
 use super::MountArgs;
 use crate::cache::buffer::WriteBuffer;
-use crate::cache::store::object::{ObjectOptions, WriteCoordination, DEFAULT_TIMEOUT};
+use crate::cache::store::object::{ObjectOptions, WriteCoordination};
 use crate::cache::{Cache, CacheOptions};
 use crate::format::values::Seconds;
 use crate::fs::fuse::{watch_changes, FuseFs, FuseOptions};
@@ -402,7 +402,7 @@ fn object_options(args: &MountArgs, parsed: &ParsedOptions) -> anyhow::Result<Ob
     Ok(ObjectOptions {
         endpoint: parsed.endpoint.clone(),
         region: parsed.region.clone(),
-        timeout: parsed.timeout.unwrap_or(DEFAULT_TIMEOUT),
+        timeout: parsed.timeout,
         writes: match (parsed.read_only, args.single_writer) {
             (true, _) => WriteCoordination::Conditional,
             (false, true) => WriteCoordination::SingleWriter,

@@ -40,7 +40,7 @@ use object_store::{
 mod options;
 mod probe;
 
-pub use options::{shown_endpoint, ObjectOptions, WriteCoordination, DEFAULT_TIMEOUT};
+pub use options::{shown_endpoint, ObjectOptions, WriteCoordination, DEFAULT_TIMEOUT, TIMEOUT_ENV};
 pub use probe::{probe as probe_conditional_writes, CasProbe, PROBE_NAME};
 
 use super::{check_tiles, GroupView, LevelStats, Storage, TileGroup, TimedSlot, UpdateFn};
@@ -163,7 +163,9 @@ pub fn s3_client_at(url: &ObjectUrl, endpoint: Option<&str>) -> Result<Arc<dyn O
 
 /// [`s3_client`] with `o`'s settings over the environment's.
 pub fn s3_client_with(url: &ObjectUrl, o: &ObjectOptions) -> Result<Arc<dyn ObjectStore>> {
-    let b = o.apply(AmazonS3Builder::from_env().with_bucket_name(&url.bucket));
+    let b = o
+        .apply(AmazonS3Builder::from_env().with_bucket_name(&url.bucket))
+        .map_err(|e| Error::invalid(format!("{url}: {e}")))?;
     let s3 = b.build().map_err(|e| {
         Error::invalid(format!(
             "{url}: cannot set up the S3 client from the AWS_* environment: {}",
