@@ -58,6 +58,15 @@ const ALLLAYERS: &str = "_alllayers";
 /// How many whole bundles (batch reads) stay in memory at most.
 const MAX_WHOLE_BUNDLES: usize = 8;
 
+/// How many recently read tiles stay in memory, keyed by the bundle version (ETag) they were
+/// read from: a mount looks a tile up (its size) and then reads it, and both ask the storage for
+/// the bytes; without this each tile would be fetched twice.
+const RECENT_TILES: usize = 64;
+
+/// Tiles larger than this are not kept among the recent ones (so those hold at most
+/// `RECENT_TILES` × 256 KiB = 16 MiB).
+const RECENT_TILE_MAX: usize = 256 << 10;
+
 /// How conditional writes are retried after losing a race to another writer.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -230,6 +239,10 @@ pub struct ObjectStorage {
     indexes: Mutex<LruCache<BundleId, Arc<Index>>>,
     whole: Mutex<LruCache<BundleId, Arc<Whole>>>,
     listings: Mutex<HashMap<u8, Listing>>,
+    /// The level list and when it was read (kept `recheck`, as bundle listings).
+    level_list: Mutex<Option<(Instant, Vec<u8>)>>,
+    /// Recently read tiles: (ETag of the bundle version, bytes).
+    recent: Mutex<LruCache<TileAddr, (String, Arc<Vec<u8>>)>>,
     /// The store compares `If-Match` with unquoted ETags (Ceph RGW 16).
     unquoted_etags: AtomicBool,
     /// The store refuses its own ETag in `If-Match` on GET: tile reads go unpinned.
@@ -269,6 +282,8 @@ impl ObjectStorage {
             indexes: Mutex::new(LruCache::new(cap)),
             whole: Mutex::new(LruCache::new(whole)),
             listings: Mutex::new(HashMap::new()),
+            level_list: Mutex::new(None),
+            recent: Mutex::new(LruCache::new(NonZeroUsize::new(RECENT_TILES).unwrap())),
             unquoted_etags: AtomicBool::new(false),
             unpinned_gets: AtomicBool::new(false),
             single_writer: opts.object.writes == WriteCoordination::SingleWriter,
@@ -617,6 +632,7 @@ impl ObjectStorage {
                     }
                     self.invalidate(&id);
                     self.listings.lock().unwrap().remove(&id.level);
+                    *self.level_list.lock().unwrap() = None;
                     return Ok(WriteStats {
                         tiles,
                         bytes_written: len,
@@ -907,6 +923,11 @@ impl Storage for ObjectStorage {
     }
 
     fn levels(&self) -> Result<Vec<u8>> {
+        if let Some((at, v)) = &*self.level_list.lock().unwrap() {
+            if at.elapsed() < self.opts.recheck {
+                return Ok(v.clone());
+            }
+        }
         let p = Key::from(self.url.key(&self.tiles_rel));
         let prefix = (!p.as_ref().is_empty()).then_some(&p);
         let l = block(self.store.list_with_delimiter(prefix))
@@ -920,6 +941,7 @@ impl Storage for ObjectStorage {
             .collect();
         v.sort_unstable();
         v.dedup();
+        *self.level_list.lock().unwrap() = Some((Instant::now(), v.clone()));
         Ok(v)
     }
 
@@ -991,8 +1013,22 @@ impl Storage for ObjectStorage {
             let Some(ix) = self.index(id)? else {
                 return Ok(None);
             };
+            if let Some((etag, v)) = self.recent.lock().unwrap().get(&t) {
+                if *etag == ix.etag {
+                    return Ok(Some(TileBytes::shared(v.clone(), Some(ix.mtime))));
+                }
+            }
             match self.read_tile(id, &ix, t.slot())? {
-                Ok(Some(v)) => return Ok(Some(TileBytes::shared(Arc::new(v), Some(ix.mtime)))),
+                Ok(Some(v)) => {
+                    let v = Arc::new(v);
+                    if v.len() <= RECENT_TILE_MAX {
+                        self.recent
+                            .lock()
+                            .unwrap()
+                            .put(t, (ix.etag.clone(), v.clone()));
+                    }
+                    return Ok(Some(TileBytes::shared(v, Some(ix.mtime))));
+                }
                 Ok(None) => return Ok(None),
                 Err(()) => {
                     tracing::debug!(
@@ -1584,6 +1620,27 @@ mod tests {
                 Some(&tile(n)[..])
             );
         }
+    }
+
+    #[test]
+    fn a_tile_read_twice_is_fetched_once_per_bundle_version() {
+        let mem = Arc::new(InMemory::new());
+        let s = storage(&mem, Duration::from_secs(3600));
+        let writer = storage(&mem, Duration::from_secs(60));
+        put(&writer, &[1, 2]);
+        let gets = || s.stats().gets.load(Ordering::Relaxed);
+        let t = ID.tile(slot(1));
+        assert_eq!(&s.tile(t).unwrap().unwrap()[..], &tile(1)[..]);
+        let after_first = gets(); // index + tile
+        assert_eq!(&s.tile(t).unwrap().unwrap()[..], &tile(1)[..]);
+        assert_eq!(gets(), after_first, "the second read of the tile fetched it again");
+        // Another version of the bundle: the kept tile is not served from it.
+        let other = format!("rewritten {}", "x".repeat(50)).into_bytes();
+        writer
+            .write_group(ID, &[(slot(1), &other[..], None)])
+            .unwrap();
+        s.invalidate(&ID);
+        assert_eq!(&s.tile(t).unwrap().unwrap()[..], &other[..]);
     }
 
     #[test]
