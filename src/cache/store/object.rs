@@ -221,6 +221,9 @@ fn scrub(msg: &str) -> String {
     out
 }
 
+/// A tile kept among the recent ones: the ETag of the bundle version it was read from, its bytes.
+type RecentTile = (String, Arc<Vec<u8>>);
+
 /// A level's bundle list and when it was read.
 type Listing = (Instant, Arc<Vec<BundleId>>);
 
@@ -242,7 +245,7 @@ pub struct ObjectStorage {
     /// The level list and when it was read (kept `recheck`, as bundle listings).
     level_list: Mutex<Option<(Instant, Vec<u8>)>>,
     /// Recently read tiles: (ETag of the bundle version, bytes).
-    recent: Mutex<LruCache<TileAddr, (String, Arc<Vec<u8>>)>>,
+    recent: Mutex<LruCache<TileAddr, RecentTile>>,
     /// The store compares `If-Match` with unquoted ETags (Ceph RGW 16).
     unquoted_etags: AtomicBool,
     /// The store refuses its own ETag in `If-Match` on GET: tile reads go unpinned.
