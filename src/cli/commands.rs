@@ -13,8 +13,8 @@ use serde_json::json;
 use super::output::{self, outln};
 use super::source::{open_folder, Source};
 use super::{
-    CompactArgs, CreateArgs, ExportArgs, ImportArgs, InfoArgs, JobArgs, RenderArgs, SampleArgs,
-    VerifyArgs,
+    CompactArgs, CreateArgs, DeleteArgs, ExportArgs, ImportArgs, InfoArgs, JobArgs, RenderArgs,
+    SampleArgs, VerifyArgs,
 };
 use crate::cache::{Cache, LevelStats};
 use crate::format::conf::{StorageFormat, TileFormat, TileScheme};
@@ -117,6 +117,72 @@ pub fn import(a: &ImportArgs) -> anyhow::Result<ExitCode> {
         &a.dest,
         "existing cache",
     )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bundlefs delete`: remove the selected tiles (see `jobs::delete`) and say what went.
+pub fn delete(a: &DeleteArgs) -> anyhow::Result<ExitCode> {
+    let c = open_folder(&a.cache, "delete")?;
+    let levels = match (&a.levels, &a.scales) {
+        (_, Some(s)) => Some(LevelSelect::Scales(s.clone())),
+        (Some(r), None) => Some(LevelSelect::Range(*r)),
+        (None, None) => None,
+    };
+    let extent = match (a.extent, a.extent_crs) {
+        (Some(e), Some(crs)) => Some(crate::jobs::selection::extent_in_cache(
+            &e,
+            crs,
+            c.scheme(),
+        )?),
+        (e, _) => e,
+    };
+    let aoi = a
+        .aoi
+        .as_deref()
+        .map(|p| Aoi::from_geojson_file(p, c.scheme()))
+        .transpose()?;
+    if aoi.is_some() && extent.is_some() {
+        eprintln!("bundlefs: both --aoi and --extent given: the area of interest wins");
+    }
+    let opts = crate::jobs::delete::DeleteOptions {
+        levels,
+        extent,
+        aoi,
+        all: a.all,
+    };
+    let s = crate::jobs::delete::delete(&c, &opts)?;
+    let after = match c.storage() {
+        _ if s.tiles == 0 => String::new(),
+        StorageFormat::CompactV2 if !crate::cache::url::is_url(c.root()) => format!(
+            "; their {} bytes are dead space until `bundlefs compact {}`",
+            s.bytes,
+            a.cache.display()
+        ),
+        StorageFormat::CompactV1 => format!(
+            "; their {} bytes stay in the .bundle files as dead space (export to a new cache to \
+             reclaim it)",
+            s.bytes
+        ),
+        StorageFormat::Exploded => format!(
+            " ({} bytes of files, {} empty row folders removed)",
+            s.bytes, s.row_folders
+        ),
+        _ => format!(" ({} bytes)", s.bytes),
+    };
+    outln!(
+        "{}: deleted {} tiles from {} bundles in levels {} ({}){after}",
+        a.cache.display(),
+        s.tiles,
+        s.bundles,
+        levels_text(&s.levels),
+        c.storage()
+    );
+    if s.tiles == 0 {
+        eprintln!(
+            "bundlefs: the selection meets no stored tile of {}; nothing was deleted",
+            a.cache.display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

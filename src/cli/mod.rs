@@ -120,6 +120,9 @@ pub enum Command {
     /// bundles and exited; exit non-zero with the reason if a flush failed.
     #[command(alias = "umount")]
     Unmount(UnmountArgs),
+    /// Delete tiles by levels, --extent or --aoi (Manage Map Server Cache Tiles, "delete tiles");
+    /// in bundles they become dead space that `bundlefs compact` reclaims.
+    Delete(DeleteArgs),
     /// Rewrite Compact V2 bundles whose dead space (overwritten/deleted tiles) reaches a threshold.
     Compact(CompactArgs),
     /// Render tiles the cache lacks from a source: the renderable tiles of some levels (like
@@ -324,6 +327,39 @@ pub struct UnmountArgs {
     pub timeout: Option<Seconds>,
 }
 
+/// Arguments of `bundlefs delete`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeleteArgs {
+    /// Cache folder (or its conf.xml), or s3://BUCKET/PREFIX.
+    pub cache: PathBuf,
+    /// Only these levels, e.g. 0-7, 5, 3- or -4; with no --extent/--aoi every tile of them.
+    #[arg(
+        long,
+        conflicts_with = "scales",
+        value_name = "A-B",
+        allow_hyphen_values = true
+    )]
+    pub levels: Option<LevelRange>,
+    /// Only the levels at these map scales, e.g. 577790.554289,288895.277144.
+    #[arg(long, value_delimiter = ',', num_args = 1.., value_name = "SCALE,...")]
+    pub scales: Option<Vec<f64>>,
+    /// Only tiles overlapping this box, in the cache's spatial reference: one argument
+    /// XMIN,YMIN,XMAX,YMAX (negative numbers allowed).
+    #[arg(long, allow_hyphen_values = true, value_name = "XMIN,YMIN,XMAX,YMAX")]
+    pub extent: Option<Envelope>,
+    /// The spatial reference --extent is in, as an EPSG code (e.g. 4326); default: the cache's.
+    #[arg(long, value_name = "EPSG", requires = "extent")]
+    pub extent_crs: Option<u32>,
+    /// Only tiles with a pixel centre inside this GeoJSON polygon/multipolygon (the tiles
+    /// `export --aoi` writes), in the CRS its "crs" member names (WGS 84 when none); wins over
+    /// --extent.
+    #[arg(long, value_name = "FILE")]
+    pub aoi: Option<PathBuf>,
+    /// Delete every tile of the cache (needed when no --levels, --scales, --extent or --aoi).
+    #[arg(long, conflicts_with_all = ["levels", "scales", "extent", "aoi"])]
+    pub all: bool,
+}
+
 /// Arguments of `bundlefs compact`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CompactArgs {
@@ -450,6 +486,7 @@ pub fn main() -> ExitCode {
         Command::Import(a) => commands::import(&a),
         Command::Mount(a) => mount::run(a),
         Command::Unmount(a) => unmount::run(&a),
+        Command::Delete(a) => commands::delete(&a),
         Command::Compact(a) => commands::compact(&a),
         Command::Render(a) => commands::render(&a),
         Command::Sample(a) => commands::sample(&a),
