@@ -12,6 +12,7 @@ mod hostile;
 mod interop;
 mod jobs;
 mod load;
+mod manage;
 mod modes;
 mod mount;
 mod objstore;
