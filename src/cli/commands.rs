@@ -21,11 +21,13 @@ use crate::format::conf::{StorageFormat, TileFormat, TileScheme};
 use crate::format::levels::LevelRange;
 use crate::format::TileAddr;
 use crate::jobs::aoi::Aoi;
+use crate::jobs::aoi::Coverage;
 use crate::jobs::engine::{JobOptions, JobSummary, LevelSelect, Progress, Target};
 use crate::jobs::export::export_job;
 use crate::jobs::import::import_job;
 use crate::jobs::package::update_package;
-use crate::render::batch::{render_batch, BatchOptions};
+use crate::jobs::selection::Area;
+use crate::render::batch::{render_batch_in, BatchOptions, BlockCover, TileFilter};
 use crate::render::label::LabelSource;
 use crate::render::{HttpOptions, Keep, RenderOptions, Renderer, SourceSpec, TileSource};
 
@@ -312,6 +314,24 @@ pub fn render(a: &RenderArgs) -> anyhow::Result<ExitCode> {
     if let (Some(e), Some(crs)) = (&mut extent, a.extent_crs) {
         *e = crate::jobs::selection::extent_in_cache(e, crs, cache.scheme())?;
     }
+    let area = match &a.aoi {
+        Some(p) => {
+            let aoi = Aoi::from_geojson_file(p, cache.scheme())?;
+            if extent.is_some() {
+                eprintln!("bundlefs: both --aoi and --extent given: the area of interest wins");
+            }
+            extent = Some(aoi.bbox());
+            let (width, height) = cache
+                .scheme()
+                .map_or((256, 256), |s| (s.tile_cols, s.tile_rows));
+            Some(AreaTiles {
+                area: Area::Aoi(aoi),
+                width,
+                height,
+            })
+        }
+        None => None,
+    };
     let r = Renderer::new(cache, src, Keep::No, opts)?;
     let bo = BatchOptions {
         levels,
@@ -323,7 +343,8 @@ pub fn render(a: &RenderArgs) -> anyhow::Result<ExitCode> {
         fine_first: spec == SourceSpec::Resample,
     };
     let bar = progress_bar();
-    let st = render_batch(&r, &bo, &|n| bar.inc(n))?;
+    let filter = area.as_ref().map(|f| f as &dyn TileFilter);
+    let st = render_batch_in(&r, &bo, filter, &|n| bar.inc(n))?;
     bar.finish_and_clear();
     let made = st.rendered + st.empty + st.failed;
     outln!(
@@ -347,6 +368,29 @@ pub fn render(a: &RenderArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The tiles of a jobs' [`Area`] as a render batch's filter (`render --aoi`): the same rule as
+/// `delete --aoi` and `export --aoi` ([`Area::takes_tile`]).
+#[derive(Debug)]
+struct AreaTiles {
+    area: Area,
+    /// Tile size in pixels (conf.xml's TileCols × TileRows).
+    width: u32,
+    height: u32,
+}
+
+impl TileFilter for AreaTiles {
+    fn block(&self, env: &crate::format::conf::Envelope) -> BlockCover {
+        match self.area.block(env) {
+            Coverage::Outside => BlockCover::Outside,
+            Coverage::Inside => BlockCover::Inside,
+            Coverage::Partial => BlockCover::Partial,
+        }
+    }
+    fn tile(&self, env: &crate::format::conf::Envelope) -> bool {
+        self.area.takes_tile(env, self.width, self.height)
+    }
 }
 
 fn progress_bar() -> ProgressBar {

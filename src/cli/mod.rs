@@ -399,6 +399,11 @@ pub struct RenderArgs {
     /// The spatial reference --extent is in, as an EPSG code (e.g. 4326); default: the cache's.
     #[arg(long, value_name = "EPSG", requires = "extent")]
     pub extent_crs: Option<u32>,
+    /// Only tiles with a pixel centre inside this GeoJSON polygon/multipolygon (as export --aoi
+    /// and delete --aoi take them), in the CRS its "crs" member names (WGS 84 when none); wins
+    /// over --extent.
+    #[arg(long, conflicts_with = "tile", value_name = "FILE")]
+    pub aoi: Option<PathBuf>,
     /// One tile, as L/R/C (decimal) or Lnn/Rxxxxxxxx/Cxxxxxxxx (hex as in exploded caches).
     #[arg(long, value_name = "L/R/C")]
     pub tile: Option<TileAddr>,

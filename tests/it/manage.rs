@@ -94,17 +94,18 @@ fn triangle_geojson(dir: &Path, cache: &Path) -> PathBuf {
     p
 }
 
-/// Whether the triangle covers a pixel centre of the 256 × 256 px tile (`row`, `col`) of level 3,
-/// by brute force in tile units (independent of bundlefs' scanline mask).
-fn triangle_takes(row: u32, col: u32) -> bool {
+/// Whether the triangle covers a pixel centre of the 256 × 256 px tile (`row`, `col`) of `level`
+/// (3 or coarser), by brute force in level-3 tile units (independent of bundlefs' scanline mask).
+fn triangle_takes(level: u8, row: u32, col: u32) -> bool {
+    let k = f64::from(1u32 << (3 - level));
     let [a, b, c] = TRIANGLE;
     let side = |p: (f64, f64), q: (f64, f64), x: f64, y: f64| {
         (q.0 - p.0) * (y - p.1) - (q.1 - p.1) * (x - p.0)
     };
     for j in 0..256 {
         for i in 0..256 {
-            let x = f64::from(col) + (f64::from(i) + 0.5) / 256.0;
-            let y = f64::from(row) + (f64::from(j) + 0.5) / 256.0;
+            let x = (f64::from(col) + (f64::from(i) + 0.5) / 256.0) * k;
+            let y = (f64::from(row) + (f64::from(j) + 0.5) / 256.0) * k;
             let (d1, d2, d3) = (side(a, b, x, y), side(b, c, x, y), side(c, a, x, y));
             let neg = d1 < 0.0 || d2 < 0.0 || d3 < 0.0;
             let pos = d1 > 0.0 || d2 > 0.0 || d3 > 0.0;
@@ -166,7 +167,7 @@ fn delete_by_levels_extent_and_aoi_then_compact_keeps_every_other_tile() {
     let aoi = triangle_geojson(tmp.path(), &c);
     let taken: Vec<TileAddr> = (0..4)
         .flat_map(|r| (4..8).map(move |col| TileAddr::new(3, r, col)))
-        .filter(|t| triangle_takes(t.row, t.col))
+        .filter(|t| triangle_takes(3, t.row, t.col))
         .collect();
     assert!(
         taken.len() > 3 && taken.len() < 16,
@@ -399,5 +400,55 @@ fn a_job_waits_for_the_bundle_lock_held_by_another_process() {
         &c,
         &without(&original, |t| t.level == 2),
         "after the lock was let go",
+    );
+}
+
+#[test]
+fn render_with_an_aoi_renders_only_the_tiles_it_takes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let make = |name: &str| {
+        let d = tmp.path().join(name);
+        run_ok(
+            Command::new(bin())
+                .arg("create")
+                .arg(&d)
+                .args(["--levels", "0-3"]),
+        );
+        d
+    };
+    let (part, whole) = (make("part"), make("whole"));
+    let aoi = triangle_geojson(tmp.path(), &part);
+    let out = run_ok(
+        Command::new(bin())
+            .arg("render")
+            .arg(&part)
+            .args(["--source", "label", "--levels", "2-3", "--keep", "--aoi"])
+            .arg(&aoi),
+    );
+    run_ok(
+        Command::new(bin())
+            .arg("render")
+            .arg(&whole)
+            .args(["--source", "label", "--levels", "2-3", "--keep"]),
+    );
+    let all = all_tiles(&Cache::open(&whole).unwrap());
+    assert_eq!(all.len(), 16 + 64);
+    let want: Tiles = all
+        .iter()
+        .filter(|(t, _)| t.level >= 2 && triangle_takes(t.level, t.row, t.col))
+        .map(|(t, b)| (*t, b.clone()))
+        .collect();
+    let n3 = want.keys().filter(|t| t.level == 3).count();
+    assert!(n3 > 3 && n3 < 16, "{n3} level-3 tiles");
+    // Level 2 tile (1, 2) overlaps the triangle's box but holds no pixel centre of it.
+    assert!(!want.contains_key(&TileAddr::new(2, 1, 2)) && want.len() > n3);
+    assert_holds(&part, &want, "render --aoi");
+    assert!(
+        out.contains(&format!(
+            "{} tiles in levels 2-3: {} rendered",
+            want.len(),
+            want.len()
+        )),
+        "{out}"
     );
 }
