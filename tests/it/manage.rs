@@ -10,9 +10,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bundlefs::cache::{BundleLock, Cache};
-use bundlefs::format::conf::Envelope;
+use bundlefs::format::conf::{Envelope, TileFormat};
 use bundlefs::format::TileAddr;
+use bundlefs::jobs::aoi::{Aoi, Coverage};
+use bundlefs::jobs::selection::Area;
+use bundlefs::render::batch::{render_batch_in, BatchOptions, BlockCover, TileFilter};
+use bundlefs::render::{Keep, RenderOptions, Renderer, SourceSpec};
 
+use crate::support::http::{Response, TestServer};
 use crate::support::mount::{need, Mounted};
 use crate::support::{all_tiles, bin, bundlefs_export, run, run_ok, sample_cache};
 
@@ -97,15 +102,28 @@ fn triangle_geojson(dir: &Path, cache: &Path) -> PathBuf {
 /// Whether the triangle covers a pixel centre of the 256 × 256 px tile (`row`, `col`) of `level`
 /// (3 or coarser), by brute force in level-3 tile units (independent of bundlefs' scanline mask).
 fn triangle_takes(level: u8, row: u32, col: u32) -> bool {
-    let k = f64::from(1u32 << (3 - level));
-    let [a, b, c] = TRIANGLE;
+    covers_a_pixel_centre(&TRIANGLE, 1u32 << (3 - level), row, col, 256, 256)
+}
+
+/// Whether triangle `tri` (in tile units of a finer level, `k` of its tiles to a side of ours)
+/// covers the centre of a pixel of tile (`row`, `col`), `w` × `h` px; by brute force.
+fn covers_a_pixel_centre(
+    tri: &[(f64, f64); 3],
+    k: u32,
+    row: u32,
+    col: u32,
+    w: u32,
+    h: u32,
+) -> bool {
+    let [a, b, c] = *tri;
+    let k = f64::from(k);
     let side = |p: (f64, f64), q: (f64, f64), x: f64, y: f64| {
         (q.0 - p.0) * (y - p.1) - (q.1 - p.1) * (x - p.0)
     };
-    for j in 0..256 {
-        for i in 0..256 {
-            let x = (f64::from(col) + (f64::from(i) + 0.5) / 256.0) * k;
-            let y = (f64::from(row) + (f64::from(j) + 0.5) / 256.0) * k;
+    for j in 0..h {
+        for i in 0..w {
+            let x = (f64::from(col) + (f64::from(i) + 0.5) / f64::from(w)) * k;
+            let y = (f64::from(row) + (f64::from(j) + 0.5) / f64::from(h)) * k;
             let (d1, d2, d3) = (side(a, b, x, y), side(b, c, x, y), side(c, a, x, y));
             let neg = d1 < 0.0 || d2 < 0.0 || d3 < 0.0;
             let pos = d1 > 0.0 || d2 > 0.0 || d3 > 0.0;
@@ -451,4 +469,100 @@ fn render_with_an_aoi_renders_only_the_tiles_it_takes() {
         )),
         "{out}"
     );
+}
+
+/// The command line's rule for `render --aoi`, over the library's [`Area`].
+#[derive(Debug)]
+struct AoiTiles(Area, u32, u32);
+
+impl TileFilter for AoiTiles {
+    fn block(&self, env: &Envelope) -> BlockCover {
+        match self.0.block(env) {
+            Coverage::Outside => BlockCover::Outside,
+            Coverage::Inside => BlockCover::Inside,
+            Coverage::Partial => BlockCover::Partial,
+        }
+    }
+    fn tile(&self, env: &Envelope) -> bool {
+        self.0.takes_tile(env, self.1, self.2)
+    }
+}
+
+/// With supertiles, an area inside one of the four supertiles of level 2 makes one request, and
+/// only the tiles with a pixel centre in the area are rendered and kept.
+#[test]
+fn render_in_an_aoi_asks_only_for_the_supertiles_it_meets() {
+    use crate::render::{fake_map, parse_bbox, projected_cache, quick_opts, EXPORT_PATH, H, W};
+    let d = tempfile::tempdir().unwrap();
+    let cache = projected_cache(d.path(), TileFormat::Png32);
+    let server = TestServer::start(|req| {
+        if req.path != EXPORT_PATH {
+            return Response::status(404, "no such path");
+        }
+        let bbox = req.params.get("bbox").and_then(|b| parse_bbox(b));
+        let size = req.params.get("size").and_then(|s| {
+            let (w, h) = s.split_once(',')?;
+            Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?))
+        });
+        match (bbox, size) {
+            (Some(b), Some((w, h))) => Response::ok("image/png", fake_map(w, h, &b)),
+            _ => Response::status(400, "bbox and size=W,H needed"),
+        }
+    });
+    let opts = RenderOptions {
+        supertile: 1024,
+        memory_budget: 0,
+        ..quick_opts()
+    };
+    let spec: SourceSpec = format!(
+        "arcgis:{}/arcgis/rest/services/Test/MapServer",
+        server.url()
+    )
+    .parse()
+    .unwrap();
+    let src = spec
+        .build(&cache, &crate::render::http_opts(opts.timeout))
+        .unwrap();
+    let r = Renderer::new(cache.clone(), src, Keep::No, opts).unwrap();
+    // Level 2 (24 tiles of 512 x 256 px, in supertiles rows 1..4 | 4..7 x columns 0..2 | 2..4):
+    // a triangle in tile units of level 2 inside the first supertile.
+    let tri = [(0.9, 1.2), (1.8, 1.3), (1.6, 3.6)];
+    let origin = cache
+        .scheme()
+        .unwrap()
+        .tile_bbox(TileAddr::new(2, 0, 0))
+        .unwrap();
+    let (tw, th) = (origin.xmax - origin.xmin, origin.ymax - origin.ymin);
+    let mut ring: Vec<[f64; 2]> = tri
+        .iter()
+        .map(|(c, r)| [origin.xmin + c * tw, origin.ymax - r * th])
+        .collect();
+    ring.push(ring[0]);
+    let json = serde_json::json!({"type": "Polygon", "coordinates": [ring]}).to_string();
+    let aoi = Aoi::from_geojson(Path::new("triangle.geojson"), json.as_bytes()).unwrap();
+    let filter = AoiTiles(Area::Aoi(aoi), W, H);
+    let bo = BatchOptions {
+        levels: "2-2".parse().unwrap(),
+        extent: None,
+        overwrite: false,
+        keep: true,
+        jobs: 2,
+        max_tiles: 1000,
+        fine_first: false,
+    };
+    let st = render_batch_in(&r, &bo, Some(&filter), &|_| {}).unwrap();
+    let want: Vec<TileAddr> = (1..7)
+        .flat_map(|row| (0..4).map(move |col| TileAddr::new(2, row, col)))
+        .filter(|t| covers_a_pixel_centre(&tri, 1, t.row, t.col, W, H))
+        .collect();
+    assert!(want.len() >= 3 && want.len() < 6, "{want:?}");
+    let n = want.len() as u64;
+    assert_eq!(
+        (st.candidates, st.rendered, st.kept, st.failed),
+        (n, n, n, 0),
+        "{st:?}"
+    );
+    assert_eq!(server.requests(), 1, "one supertile met, one request");
+    let stored: Vec<TileAddr> = all_tiles(&cache).into_keys().collect();
+    assert_eq!(stored, want);
 }
