@@ -566,3 +566,98 @@ fn render_in_an_aoi_asks_only_for_the_supertiles_it_meets() {
     let stored: Vec<TileAddr> = all_tiles(&cache).into_keys().collect();
     assert_eq!(stored, want);
 }
+
+/// Starts `bundlefs ARGS…` while the test holds the lock of bundle `id` of `cache`; checks it is
+/// still waiting after 1.2 s, lets go, and returns its stdout once it has succeeded.
+fn waits_then_runs(cache: &Path, t: TileAddr, args: &[&std::ffi::OsStr]) -> String {
+    let lock = Cache::open(cache).unwrap().lock_path(&t.bundle());
+    let held = BundleLock::acquire(&lock, Duration::from_secs(1)).unwrap();
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    if let Some(st) = child.try_wait().unwrap() {
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "{args:?} ended ({st}) while another process held {}: {}",
+            lock.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    drop(held);
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{args:?}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn render_and_import_wait_for_a_held_bundle_lock_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = sample_cache(tmp.path(), "0-2");
+    let t = TileAddr::new(2, 1, 1);
+    let bundle = c.join("_alllayers/L02/R0000C0000.bundle");
+    let before = all_tiles(&Cache::open(&c).unwrap());
+
+    // render --overwrite --keep appends level 2's tiles again once the lock is free.
+    let size = file_len(&bundle);
+    let os = |s: &'static str| std::ffi::OsStr::new(s);
+    let out = waits_then_runs(
+        &c,
+        t,
+        &[
+            os("render"),
+            c.as_os_str(),
+            os("--source"),
+            os("label"),
+            os("--levels"),
+            os("2"),
+            os("--overwrite"),
+            os("--keep"),
+        ],
+    );
+    assert!(out.contains("16 kept"), "{out}");
+    assert!(file_len(&bundle) > size, "render appended nothing");
+    assert_holds(&c, &before, "labels drawn again are the same labels");
+
+    // import --mode overwrite of another cache whose level-2 tiles all hold level 0's image.
+    let other = tmp.path().join("other");
+    let o = Cache::create(&other, Cache::open(&c).unwrap().scheme().unwrap(), None).unwrap();
+    let l0 = before[&TileAddr::new(0, 0, 0)].clone();
+    let l2: Vec<(TileAddr, &[u8])> = before
+        .keys()
+        .filter(|k| k.level == 2)
+        .map(|k| (*k, &l0[..]))
+        .collect();
+    o.write_tiles(&l2).unwrap();
+    let theirs = all_tiles(&o);
+    assert_ne!(theirs[&t], before[&t]);
+    waits_then_runs(
+        &c,
+        t,
+        &[
+            os("import"),
+            other.as_os_str(),
+            c.as_os_str(),
+            os("--levels"),
+            os("2"),
+            os("--mode"),
+            os("overwrite"),
+        ],
+    );
+    let want: Tiles = before
+        .iter()
+        .map(|(k, v)| {
+            let v = if k.level == 2 { &theirs[k] } else { v };
+            (*k, v.clone())
+        })
+        .collect();
+    assert_holds(&c, &want, "after the import");
+}
