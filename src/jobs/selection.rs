@@ -246,6 +246,29 @@ mod tests {
     }
 
     #[test]
+    fn an_area_judges_blocks_consistently_with_its_tiles() {
+        let e = Area::Extent(env(0.0, 0.0, 10.0, 10.0));
+        assert_eq!(e.block(&env(2.0, 2.0, 8.0, 8.0)), Coverage::Inside);
+        assert_eq!(e.block(&env(5.0, 5.0, 15.0, 15.0)), Coverage::Partial);
+        assert_eq!(e.block(&env(10.0, 0.0, 20.0, 10.0)), Coverage::Outside);
+        // Touching along an edge is not overlapping.
+        assert!(!e.takes_tile(&env(10.0, 0.0, 20.0, 10.0), 4, 4));
+        assert!(e.takes_tile(&env(9.9, 0.0, 20.0, 10.0), 4, 4));
+        // A right triangle over the square (0,0)-(4,4): a 4 x 4 px tile there has pixel centres
+        // at .5; the tile (4,0)-(8,4) beside it touches the hypotenuse's end only.
+        let json = r#"{"type":"Polygon","coordinates":[[[0,0],[4,0],[0,4],[0,0]]]}"#;
+        let a = Area::Aoi(Aoi::from_geojson(std::path::Path::new("t"), json.as_bytes()).unwrap());
+        assert_eq!(a.block(&env(0.0, 0.0, 4.0, 4.0)), Coverage::Partial);
+        assert!(a.takes_tile(&env(0.0, 0.0, 4.0, 4.0), 4, 4));
+        assert!(!a.takes_tile(&env(4.0, 0.0, 8.0, 4.0), 4, 4));
+        // A one-pixel tile the hypotenuse (x + y = 4) crosses, its centre (2.5, 2) outside.
+        let grazed = env(2.0, 1.5, 3.0, 2.5);
+        assert_eq!(a.block(&grazed), Coverage::Partial);
+        assert!(!a.takes_tile(&grazed, 1, 1));
+        assert_eq!(Area::All.block(&env(0.0, 0.0, 1.0, 1.0)), Coverage::Inside);
+    }
+
+    #[test]
     fn extents_in_wgs84_are_carried_into_the_cache() {
         let e = extent_in_cache(&env(2.0, 48.5, 2.8, 49.1), 4326, Some(&scheme(3857))).unwrap();
         let r = 6_378_137.0_f64;
