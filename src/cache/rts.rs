@@ -1,0 +1,97 @@
+//! Ready-to-serve cache folders (ArcGIS Enterprise's "Ready To Serve Format", an unpacked `.tpkx`):
+//! `root.json` (+ `iteminfo.json`) and Compact V2 bundles under `tile/Lnn/`, no conf.xml. Opened
+//! as an ArcGIS-layout cache whose conf.xml and conf.cdi are made from `root.json`; the extent
+//! and level range a job grows are written back into `root.json`, every other member kept.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::{detect_storage, find_entry, Cache, CacheOptions, Layout, CONF_XML};
+use crate::error::{Error, FormatContext, Result};
+use crate::format::conf::{self, Envelope, StorageFormat, TileScheme};
+use crate::format::tpkx;
+
+/// What marks a ready-to-serve folder: its `root.json`, as spelled on disk.
+#[derive(Debug, Clone)]
+pub struct ReadyToServe {
+    /// The folder's `root.json`.
+    pub root_json: PathBuf,
+}
+
+/// True for a path naming a `root.json` file (any case), which opens the folder holding it.
+pub(crate) fn names_root_json(p: &Path) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.eq_ignore_ascii_case(tpkx::ROOT_JSON))
+        && p.is_file()
+}
+
+/// Opens `root` as a ready-to-serve cache when it holds a `root.json` (and no conf.xml: the caller
+/// looked for that first); `None` when it holds no `root.json`.
+///
+/// Errors, naming the file: a `root.json` that cannot be read or parsed or holds a value bundlefs
+/// does not support ([`tpkx::parse_root_json`]); bundles under `tileBundlesPath` that are not
+/// Compact V2 (a ready-to-serve cache holds Compact V2 only, as the seed's "Ready To Serve Format"
+/// says).
+pub(crate) fn open(root: &Path, opts: &CacheOptions) -> Result<Option<Cache>> {
+    let Some(path) = find_entry(root, tpkx::ROOT_JSON)?.filter(|p| p.is_file()) else {
+        return Ok(None);
+    };
+    let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let info = tpkx::parse_root_json(&bytes).in_file(&path)?;
+    let tiles_dir = tile_folder(root, &info.tile_dir)?;
+    if let Some(found) = detect_storage(&tiles_dir)? {
+        if found != StorageFormat::CompactV2 {
+            return Err(Error::invalid(format!(
+                "{}: holds {found} tiles; a ready-to-serve cache ({}) holds {} bundles only",
+                tiles_dir.display(),
+                path.display(),
+                StorageFormat::CompactV2
+            )));
+        }
+    }
+    let scheme = &info.scheme;
+    let conf = TileScheme::parse_conf_xml(&scheme.to_conf_xml()).in_file(root.join(CONF_XML))?;
+    let env = info
+        .extent
+        .unwrap_or_else(|| crate::format::extent::scheme_extent(scheme));
+    let cdi = conf::write_cdi(&env, scheme);
+    let mut c = Cache::assemble(
+        root.to_path_buf(),
+        tiles_dir,
+        Layout::ArcGis,
+        StorageFormat::CompactV2,
+        Some(conf),
+        Some(cdi),
+        opts.clone(),
+    );
+    c.ready_to_serve = Some(ReadyToServe { root_json: path });
+    Ok(Some(c))
+}
+
+/// The folder `tileBundlesPath` names under `root`, found whatever the case of its first part
+/// (`tile`, `Tile`), as a package unzipped on Windows may spell it.
+fn tile_folder(root: &Path, rel: &str) -> Result<PathBuf> {
+    let mut parts = rel.split('/');
+    let first = parts.next().unwrap_or(tpkx::TILE_DIR);
+    let mut p = find_entry(root, first)?.unwrap_or_else(|| root.join(first));
+    for part in parts.filter(|s| !s.is_empty() && *s != ".") {
+        p.push(part);
+    }
+    Ok(p)
+}
+
+/// Writes `extent` (and `levels`, min and max, when some) into the folder's `root.json`
+/// ([`tpkx::content_members`]), every other byte kept, atomically.
+pub(crate) fn write_content(
+    r: &ReadyToServe,
+    scheme: &TileScheme,
+    levels: Option<(u8, u8)>,
+    extent: &Envelope,
+    durable: bool,
+) -> Result<()> {
+    let bytes = fs::read(&r.root_json).map_err(|e| Error::io(&r.root_json, e))?;
+    let members = tpkx::content_members(scheme, levels, extent);
+    let out = tpkx::set_members(&bytes, &members).in_file(&r.root_json)?;
+    super::write_atomic(&r.root_json, &out, durable)
+}
