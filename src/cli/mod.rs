@@ -43,6 +43,12 @@ pub enum StorageArg {
     /// A `.tpkx` tile package (Compact V2 bundles in a stored zip).
     #[value(name = "tpkx", alias = "TILE_PACKAGE", alias = "TPKX")]
     Tpkx,
+    /// A `.tpk` tile package (Compact V1 bundles in a stored zip, ArcGIS's older package).
+    #[value(name = "tpk", alias = "TPK")]
+    Tpk,
+    /// A ready-to-serve folder: root.json, iteminfo.json, Compact V2 bundles under tile/.
+    #[value(name = "ready-to-serve", alias = "READY_TO_SERVE_FORMAT")]
+    ReadyToServe,
 }
 
 impl From<StorageArg> for Target {
@@ -52,6 +58,8 @@ impl From<StorageArg> for Target {
             StorageArg::CompactV1 => Target::Storage(StorageFormat::CompactV1),
             StorageArg::CompactV2 => Target::Storage(StorageFormat::CompactV2),
             StorageArg::Tpkx => Target::Tpkx,
+            StorageArg::Tpk => Target::Tpk,
+            StorageArg::ReadyToServe => Target::ReadyToServe,
         }
     }
 }
@@ -221,12 +229,13 @@ pub struct JobArgs {
 pub struct ExportArgs {
     /// Source cache folder, conf.xml, .tpkx or .tpk.
     pub src: PathBuf,
-    /// Destination folder (a .tpkx file with --storage tpkx).
+    /// Destination folder (a .tpkx or .tpk file with --storage tpkx or tpk).
     pub dest: PathBuf,
-    /// Target storage: exploded, compact-v1, compact-v2, tpkx (ArcGIS names EXPLODED, COMPACT,
-    /// COMPACT_V2, TILE_PACKAGE).
+    /// Target storage: exploded, compact-v1, compact-v2, ready-to-serve, tpkx, tpk (ArcGIS names
+    /// EXPLODED, COMPACT, COMPACT_V2, READY_TO_SERVE_FORMAT, TILE_PACKAGE). May be left out when
+    /// DEST ends in .tpkx or .tpk.
     #[arg(long, value_enum)]
-    pub storage: StorageArg,
+    pub storage: Option<StorageArg>,
     #[command(flatten)]
     pub job: JobArgs,
 }
