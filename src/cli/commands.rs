@@ -13,8 +13,8 @@ use serde_json::json;
 use super::output::{self, outln};
 use super::source::{open_folder, Source};
 use super::{
-    CompactArgs, CreateArgs, ExportArgs, ImportArgs, InfoArgs, JobArgs, RenderArgs, SampleArgs,
-    VerifyArgs,
+    CompactArgs, CreateArgs, ExportArgs, ExportTo, ImportArgs, InfoArgs, JobArgs, RenderArgs,
+    SampleArgs, VerifyArgs,
 };
 use crate::cache::{Cache, LevelStats};
 use crate::format::conf::{StorageFormat, TileFormat, TileScheme};
@@ -79,10 +79,10 @@ pub fn create(a: &CreateArgs) -> anyhow::Result<ExitCode> {
 pub fn export(a: &ExportArgs) -> anyhow::Result<ExitCode> {
     let source = Source::open(&a.src)?;
     let opts = job_options(&a.job, source.cache(), &a.src)?;
-    let target: Target = match (a.storage, PackageKind::of_name(&a.dest)) {
+    let target: ExportTo = match (a.storage, PackageKind::of_name(&a.dest)) {
         (Some(s), _) => s.into(),
-        (None, Some(PackageKind::Tpkx)) => Target::Tpkx,
-        (None, Some(PackageKind::Tpk)) => Target::Tpk,
+        (None, Some(PackageKind::Tpkx)) => ExportTo::Target(Target::Tpkx),
+        (None, Some(PackageKind::Tpk)) => ExportTo::Tpk,
         (None, None) => bail!(
             "{}: say which storage to write (--storage exploded, compact-v1, compact-v2, \
              ready-to-serve, tpkx or tpk); only a .tpkx or .tpk name says it alone",
@@ -93,18 +93,20 @@ pub fn export(a: &ExportArgs) -> anyhow::Result<ExitCode> {
     // A folder is export's, a package or ready-to-serve folder is package's.
     let (c, d) = (source.cache(), &a.dest);
     let s = match target {
-        Target::Storage(st) => export_job(c, d, st, &opts, &bar)?,
-        Target::Tpkx => update_package_as(c, d, Some(PackageKind::Tpkx), &opts, &bar, false)?,
-        Target::Tpk => update_package_as(c, d, Some(PackageKind::Tpk), &opts, &bar, false)?,
-        Target::ReadyToServe => export_ready_to_serve(c, d, &opts, &bar)?,
+        ExportTo::Target(Target::Storage(st)) => export_job(c, d, st, &opts, &bar)?,
+        ExportTo::Target(Target::Tpkx) => {
+            update_package_as(c, d, Some(PackageKind::Tpkx), &opts, &bar, false)?
+        }
+        ExportTo::Tpk => update_package_as(c, d, Some(PackageKind::Tpk), &opts, &bar, false)?,
+        ExportTo::ReadyToServe => export_ready_to_serve(c, d, &opts, &bar)?,
     };
     bar.0.finish_and_clear();
     crate::jobs::selection::check_matched(source.cache(), &opts, &s)?;
     let to = match target {
-        Target::Storage(st) => st.to_string(),
-        Target::Tpkx => "tpkx".to_string(),
-        Target::Tpk => "tpk".to_string(),
-        Target::ReadyToServe => "ready-to-serve".to_string(),
+        ExportTo::Target(Target::Storage(st)) => st.to_string(),
+        ExportTo::Target(Target::Tpkx) => "tpkx".to_string(),
+        ExportTo::Tpk => "tpk".to_string(),
+        ExportTo::ReadyToServe => "ready-to-serve".to_string(),
     };
     print_summary("exported", &s, &a.src, source.cache(), &a.dest, &to)?;
     Ok(ExitCode::SUCCESS)

@@ -51,15 +51,26 @@ pub enum StorageArg {
     ReadyToServe,
 }
 
-impl From<StorageArg> for Target {
+/// What `export` writes: a job target, or one of the package kinds only the command line names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportTo {
+    /// A cache folder or `.tpkx` ([`Target`]).
+    Target(Target),
+    /// A `.tpk` package ([`crate::jobs::package::write_tpk`]).
+    Tpk,
+    /// A ready-to-serve folder ([`crate::jobs::package::export_ready_to_serve`]).
+    ReadyToServe,
+}
+
+impl From<StorageArg> for ExportTo {
     fn from(s: StorageArg) -> Self {
         match s {
-            StorageArg::Exploded => Target::Storage(StorageFormat::Exploded),
-            StorageArg::CompactV1 => Target::Storage(StorageFormat::CompactV1),
-            StorageArg::CompactV2 => Target::Storage(StorageFormat::CompactV2),
-            StorageArg::Tpkx => Target::Tpkx,
-            StorageArg::Tpk => Target::Tpk,
-            StorageArg::ReadyToServe => Target::ReadyToServe,
+            StorageArg::Exploded => ExportTo::Target(Target::Storage(StorageFormat::Exploded)),
+            StorageArg::CompactV1 => ExportTo::Target(Target::Storage(StorageFormat::CompactV1)),
+            StorageArg::CompactV2 => ExportTo::Target(Target::Storage(StorageFormat::CompactV2)),
+            StorageArg::Tpkx => ExportTo::Target(Target::Tpkx),
+            StorageArg::Tpk => ExportTo::Tpk,
+            StorageArg::ReadyToServe => ExportTo::ReadyToServe,
         }
     }
 }

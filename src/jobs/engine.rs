@@ -86,10 +86,6 @@ pub enum Target {
     Storage(StorageFormat),
     /// A `.tpkx` tile package (Compact V2 bundles in a stored zip).
     Tpkx,
-    /// A `.tpk` tile package (Compact V1 bundles under `v101/Layers/` in a stored zip).
-    Tpk,
-    /// A ready-to-serve folder (`root.json`, Compact V2 bundles under `tile/`).
-    ReadyToServe,
 }
 
 /// Options for the destination cache of a job.
