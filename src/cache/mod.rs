@@ -409,7 +409,7 @@ impl Cache {
         if let Some(r) = &self.ready_to_serve {
             let levels = self.levels()?;
             let range = levels.first().zip(levels.last()).map(|(a, b)| (*a, *b));
-            rts::write_content(r, scheme, range, env, self.opts.durable)?;
+            r.write_content(scheme, range, env, self.opts.durable)?;
         } else if let Some(u) = url::ObjectUrl::from_path(&self.place.root)? {
             store::object::put_file(&u, CONF_CDI, &bytes)?;
         } else {
@@ -578,13 +578,30 @@ impl Cache {
             total.tiles += st.tiles;
             total.bytes_written += st.bytes_written;
         }
+        let levels = tiles.iter().map(|t| t.0.level);
+        if let (Some(lo), Some(hi)) = (levels.clone().min(), levels.max()) {
+            self.took_levels(lo, hi)?;
+        }
         Ok(total)
     }
 
     /// Read-modify-write of one bundle ([`Storage::update_group`]): `f` sees the bundle as stored
     /// and returns the tiles to write; no other writer changes the bundle in between.
     pub fn update_group(&self, id: BundleId, f: &mut UpdateFn) -> Result<WriteStats> {
-        self.store.update_group(id, f)
+        let st = self.store.update_group(id, f)?;
+        if st.tiles > 0 {
+            self.took_levels(id.level, id.level)?;
+        }
+        Ok(st)
+    }
+
+    /// Tiles of levels `lo..=hi` were written: a ready-to-serve folder's `root.json` widens its
+    /// level range to take them ([`rts::ReadyToServe::take_levels`]).
+    fn took_levels(&self, lo: u8, hi: u8) -> Result<()> {
+        match (&self.ready_to_serve, self.scheme()) {
+            (Some(r), Some(s)) => r.take_levels(s, lo, hi, self.opts.durable),
+            _ => Ok(()),
+        }
     }
 
     /// The modification time to show for a tile: its own (time sidecar, or the file's in an

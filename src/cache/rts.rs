@@ -5,17 +5,70 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use super::{detect_storage, find_entry, Cache, CacheOptions, Layout, CONF_XML};
 use crate::error::{Error, FormatContext, Result};
 use crate::format::conf::{self, Envelope, StorageFormat, TileScheme};
 use crate::format::tpkx;
 
-/// What marks a ready-to-serve folder: its `root.json`, as spelled on disk.
-#[derive(Debug, Clone)]
+/// What marks a ready-to-serve folder: its `root.json`, as spelled on disk, and the level range
+/// it declares (kept up to date as tiles of new levels are written).
+#[derive(Debug)]
 pub struct ReadyToServe {
     /// The folder's `root.json`.
     pub root_json: PathBuf,
+    /// `minLOD`, `maxLOD` as `root.json` says them now (None when it does not: left alone).
+    levels: Mutex<Option<(u8, u8)>>,
+}
+
+impl ReadyToServe {
+    /// Widens `root.json`'s `minLOD`/`maxLOD` to take levels `lo..=hi` (tiles of them were just
+    /// written), rewriting it only when they fall outside: GDAL reads no level beyond `maxLOD`.
+    pub(crate) fn take_levels(
+        &self,
+        scheme: &TileScheme,
+        lo: u8,
+        hi: u8,
+        durable: bool,
+    ) -> Result<()> {
+        let mut cur = self.levels.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((a, b)) = *cur else { return Ok(()) };
+        if a <= lo && hi <= b {
+            return Ok(());
+        }
+        let range = (a.min(lo), b.max(hi));
+        self.rewrite(&tpkx::content_members(scheme, Some(range), None), durable)?;
+        *cur = Some(range);
+        Ok(())
+    }
+
+    /// Writes `extent` and `levels` (min, max) into `root.json` ([`tpkx::content_members`]).
+    pub(crate) fn write_content(
+        &self,
+        scheme: &TileScheme,
+        levels: Option<(u8, u8)>,
+        extent: &Envelope,
+        durable: bool,
+    ) -> Result<()> {
+        let mut cur = self.levels.lock().unwrap_or_else(|e| e.into_inner());
+        self.rewrite(
+            &tpkx::content_members(scheme, levels, Some(extent)),
+            durable,
+        )?;
+        if levels.is_some() {
+            *cur = levels;
+        }
+        Ok(())
+    }
+
+    /// Sets `members` in `root.json`, every other byte kept, atomically.
+    fn rewrite(&self, members: &[(&str, serde_json::Value)], durable: bool) -> Result<()> {
+        let path = &self.root_json;
+        let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
+        let out = tpkx::set_members(&bytes, members).in_file(path)?;
+        super::write_atomic(path, &out, durable)
+    }
 }
 
 /// True for a path naming a `root.json` file (any case), which opens the folder holding it.
@@ -65,7 +118,10 @@ pub(crate) fn open(root: &Path, opts: &CacheOptions) -> Result<Option<Cache>> {
         Some(cdi),
         opts.clone(),
     );
-    c.ready_to_serve = Some(ReadyToServe { root_json: path });
+    c.ready_to_serve = Some(ReadyToServe {
+        root_json: path,
+        levels: Mutex::new(info.levels),
+    });
     Ok(Some(c))
 }
 
@@ -79,19 +135,4 @@ fn tile_folder(root: &Path, rel: &str) -> Result<PathBuf> {
         p.push(part);
     }
     Ok(p)
-}
-
-/// Writes `extent` (and `levels`, min and max, when some) into the folder's `root.json`
-/// ([`tpkx::content_members`]), every other byte kept, atomically.
-pub(crate) fn write_content(
-    r: &ReadyToServe,
-    scheme: &TileScheme,
-    levels: Option<(u8, u8)>,
-    extent: &Envelope,
-    durable: bool,
-) -> Result<()> {
-    let bytes = fs::read(&r.root_json).map_err(|e| Error::io(&r.root_json, e))?;
-    let members = tpkx::content_members(scheme, levels, extent);
-    let out = tpkx::set_members(&bytes, &members).in_file(&r.root_json)?;
-    super::write_atomic(&r.root_json, &out, durable)
 }

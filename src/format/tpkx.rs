@@ -107,15 +107,19 @@ pub fn root_json(name: &str, scheme: &TileScheme, levels: (u8, u8), extent: &Env
 
 /// The members of `root.json` that follow from what a cache holds: `minLOD`/`maxLOD` and
 /// `minScale`/`maxScale` for `levels` (min, max), `fullExtent` (in the scheme's spatial
-/// reference). What [`root_json`] writes, for [`set_members`] to update a ready-to-serve folder
-/// after tiles were added.
+/// reference) for `extent`. What [`root_json`] writes, for [`set_members`] to update a
+/// ready-to-serve folder after tiles were added. GDAL's ESRIC driver reads levels `minLOD` to
+/// `maxLOD` only (a level beyond `maxLOD` is not seen), and crops to `fullExtent`.
 pub fn content_members(
     scheme: &TileScheme,
     levels: Option<(u8, u8)>,
-    extent: &Envelope,
+    extent: Option<&Envelope>,
 ) -> Vec<(&'static str, Value)> {
     let sr = spatial_reference(scheme);
-    let mut out = vec![("fullExtent", extent_json(extent, &sr))];
+    let mut out = Vec::new();
+    if let Some(e) = extent {
+        out.push(("fullExtent", extent_json(e, &sr)));
+    }
     if let Some((lo, hi)) = levels {
         let scale = |l: u8| scheme.lod(l).map_or(0.0, |l| l.scale);
         out.extend([

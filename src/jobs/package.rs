@@ -490,8 +490,7 @@ pub fn export_ready_to_serve(
             dest.display()
         )));
     }
-    let has_root = dest.is_dir() && crate::cache::find_entry(dest, tpkx::ROOT_JSON)?.is_some();
-    if has_root || (dest.is_dir() && holds_cache(dest)?) {
+    if dest.is_dir() && holds_cache(dest)? {
         let mut d = Cache::open_with(dest, dest_options(storage, opts.sync))?;
         if d.ready_to_serve().is_none() || d.root() != dest {
             return Err(Error::invalid(format!(
