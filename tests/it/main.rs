@@ -15,6 +15,7 @@ mod load;
 mod modes;
 mod mount;
 mod objstore;
+mod packages;
 mod realworld_crs;
 mod realworld_text;
 mod render;
