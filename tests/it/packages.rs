@@ -389,8 +389,9 @@ fn gdal_reads_ready_to_serve_root_json_with_the_sources_checksums() {
 // Part 3: .tpk packages
 
 /// Tiles of a `.tpk` as tpkutils (PyPI) reads them: `TPK(path).read_tiles()`, dumped to files
-/// `z/row/col` (tpkutils' x is the column, y the row, unflipped) and read back, keyed as bundlefs
-/// keys them (for Web Mercator schemes tpkutils' zoom is the level).
+/// `z/row/col` (tpkutils' x is the column, y the row, unflipped) and read back, keyed by
+/// (tpkutils' zoom, row, column); tpkutils takes the zoom from the resolution, which for Web
+/// Mercator schemes of level 0 at 1:591,657,527 is the level.
 fn tpkutils_tiles(tpk: &Path) -> BTreeMap<TileAddr, Vec<u8>> {
     let out = tempfile::tempdir().unwrap();
     let script = r#"
@@ -508,11 +509,16 @@ fn arcgis_tpk_and_bundlefs_tpk_read_alike() {
         export(&ours, &b, Some("exploded"));
         assert_same_tree(&exploded_tiles(&b), &exploded_tiles(&a), "exploded tiles");
         assert!(!exploded_tiles(&a).is_empty());
-        if i < 2 {
-            // tpkutils reads both to the same tiles (the nonstandard-zoom case breaks its
-            // zoom numbering for ArcGIS's own package, so it is left to bundlefs).
-            assert_eq!(tpkutils_tiles(&ours), tpkutils_tiles(theirs), "tpkutils");
-        }
+        // tpkutils reads both to the same tiles (keyed by its zoom, which for
+        // nonstandard_zoom_levels.tpk is the level + 2).
+        let by_tpkutils = tpkutils_tiles(theirs);
+        assert!(!by_tpkutils.is_empty());
+        assert_eq!(
+            tpkutils_tiles(&ours),
+            by_tpkutils,
+            "{}: tpkutils",
+            theirs.display()
+        );
     }
 
     // The layout: ArcGIS's entries (less its binary .lyr files), all stored.
