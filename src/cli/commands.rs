@@ -540,7 +540,10 @@ fn info_of(path: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
         let v = json!({
             "path": shown,
             "package": matches!(src, Source::Package(_)),
-            "layout": format!("{:?}", c.layout()),
+            "layout": match c.ready_to_serve() {
+                Some(_) => "ReadyToServe".to_string(),
+                None => format!("{:?}", c.layout()),
+            },
             "storage": c.storage().to_string(),
             "scheme": scheme.map(|s| json!({
                 "wkid": s.wkid, "latestWkid": s.latest_wkid,

@@ -128,7 +128,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Create an empty ArcGIS-layout Compact V2 cache.
     Create(CreateArgs),
-    /// Export tiles of a cache (or .tpkx/.tpk) to a cache folder or a .tpkx, in any storage format.
+    /// Export tiles of a cache (or .tpkx/.tpk) to a cache folder, a ready-to-serve folder, a .tpkx
+    /// or a .tpk, in any storage format.
     Export(ExportArgs),
     /// Import tiles of a cache (or .tpkx/.tpk) into an existing cache with the same tiling scheme.
     Import(ImportArgs),
@@ -265,7 +266,7 @@ pub struct ImportArgs {
 /// Arguments of `bundlefs mount`; `--daemon` re-runs the program with these same arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MountArgs {
-    /// Cache folder (or its conf.xml).
+    /// Cache folder (or its conf.xml, or a ready-to-serve folder or its root.json).
     pub cache: PathBuf,
     /// Empty directory to mount on.
     pub mountpoint: PathBuf,
@@ -357,7 +358,8 @@ pub struct CompactArgs {
 /// Arguments of `bundlefs render`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RenderArgs {
-    /// Cache folder (or its conf.xml); it must have a conf.xml.
+    /// Cache folder (or its conf.xml); it must have a conf.xml (or be a ready-to-serve folder with
+    /// a root.json).
     pub cache: PathBuf,
     /// Where tiles come from: arcgis:URL, wms:URL (GetMap parameters in the query, LAYERS
     /// required; #axis=xy|yx to override the 1.3.0 axis rule), resample or label.
