@@ -136,3 +136,80 @@ fn tile_folder(root: &Path, rel: &str) -> Result<PathBuf> {
     }
     Ok(p)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::conf::TileFormat;
+    use crate::format::TileAddr;
+
+    /// A folder of root.json (with a member bundlefs does not know) and an empty `Tile/`.
+    fn folder(dir: &Path) -> Vec<u8> {
+        let s = TileScheme::web_mercator(4, TileFormat::Png);
+        let e = Envelope {
+            xmin: -10.0,
+            ymin: -10.0,
+            xmax: 10.0,
+            ymax: 10.0,
+        };
+        let root = String::from_utf8(tpkx::root_json("t", &s, (0, 1), &e)).unwrap();
+        let root = root.replacen("{\n", "{\n  \"layers\": [{\"id\": 0}],\n", 1);
+        fs::write(dir.join("ROOT.JSON"), &root).unwrap();
+        fs::create_dir_all(dir.join("Tile")).unwrap();
+        root.into_bytes()
+    }
+
+    #[test]
+    fn opens_by_folder_or_root_json_and_writes_back_only_what_changed() {
+        let d = tempfile::tempdir().unwrap();
+        let before = folder(d.path());
+        let c = Cache::open(d.path().join("ROOT.JSON")).unwrap();
+        assert!(c.ready_to_serve().is_some());
+        assert_eq!(c.tiles_dir(), d.path().join("Tile"));
+        assert_eq!(c.scheme().unwrap().lods.len(), 5);
+
+        // A tile of level 3 widens maxLOD; nothing else in root.json moves.
+        let mut png = Vec::new();
+        image::RgbaImage::new(256, 256)
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        c.write_tiles(&[(TileAddr::new(3, 1, 1), &png[..])])
+            .unwrap();
+        let after = fs::read(d.path().join("ROOT.JSON")).unwrap();
+        let (b, a) = (
+            String::from_utf8(before).unwrap(),
+            String::from_utf8(after).unwrap(),
+        );
+        let changed: Vec<(&str, &str)> = b.lines().zip(a.lines()).filter(|(x, y)| x != y).collect();
+        assert_eq!(changed.len(), 2, "{changed:?}");
+        assert!(changed[0].1.contains("\"maxLOD\": 3"), "{changed:?}");
+        assert!(changed[1].1.contains("\"maxScale\""), "{changed:?}");
+        assert!(a.starts_with("{\n  \"layers\": [{\"id\": 0}],\n  \"name\""));
+
+        // set_extent writes fullExtent into root.json, not a conf.cdi.
+        let mut c = Cache::open(d.path()).unwrap();
+        let e = Envelope {
+            xmin: -5.0,
+            ymin: -6.0,
+            xmax: 7.0,
+            ymax: 8.0,
+        };
+        c.set_extent(&e).unwrap();
+        assert!(!d.path().join("conf.cdi").exists());
+        let info = tpkx::parse_root_json(&fs::read(d.path().join("ROOT.JSON")).unwrap()).unwrap();
+        assert_eq!(info.extent, Some(e));
+        assert_eq!(info.levels, Some((3, 3)));
+        assert_eq!(Cache::open(d.path()).unwrap().extent(), Some(e));
+    }
+
+    #[test]
+    fn other_storage_under_tile_is_refused_by_name() {
+        let d = tempfile::tempdir().unwrap();
+        folder(d.path());
+        let l = d.path().join("Tile/L00/R00000000");
+        fs::create_dir_all(&l).unwrap();
+        fs::write(l.join("C00000000.png"), b"x").unwrap();
+        let e = Cache::open(d.path()).err().unwrap().to_string();
+        assert!(e.contains("Tile") && e.contains("ready-to-serve"), "{e}");
+    }
+}

@@ -117,6 +117,11 @@ fn ready_to_serve_round_trip_keeps_tiles_and_scheme() {
         assert_eq!(c.storage(), StorageFormat::CompactV2);
         let info = run_ok(Command::new(bin()).arg("info").arg(&rts));
         assert!(info.contains("ready-to-serve layout"), "{info}");
+        let json: serde_json::Value = serde_json::from_str(&run_ok(
+            Command::new(bin()).args(["info", "--json"]).arg(&rts),
+        ))
+        .unwrap();
+        assert_eq!(json["layout"], "ReadyToServe");
         let verified = run_ok(Command::new(bin()).arg("verify").arg(rts.join("root.json")));
         assert!(verified.contains("0 problem(s)"), "{verified}");
 
