@@ -13,8 +13,8 @@ use serde_json::json;
 use super::output::{self, outln};
 use super::source::{open_folder, Source};
 use super::{
-    CompactArgs, CreateArgs, DeleteArgs, ExportArgs, ImportArgs, InfoArgs, JobArgs, RenderArgs,
-    SampleArgs, VerifyArgs,
+    CompactArgs, CreateArgs, DeleteArgs, ExportArgs, ExportTo, ImportArgs, InfoArgs, JobArgs,
+    RenderArgs, SampleArgs, VerifyArgs,
 };
 use crate::cache::{Cache, LevelStats};
 use crate::format::conf::{StorageFormat, TileFormat, TileScheme};
@@ -25,7 +25,7 @@ use crate::jobs::aoi::Coverage;
 use crate::jobs::engine::{JobOptions, JobSummary, LevelSelect, Progress, Target};
 use crate::jobs::export::export_job;
 use crate::jobs::import::import_job;
-use crate::jobs::package::update_package;
+use crate::jobs::package::{export_ready_to_serve, update_package, update_package_as, PackageKind};
 use crate::jobs::selection::Area;
 use crate::render::batch::{render_batch_in, BatchOptions, BlockCover, TileFilter};
 use crate::render::label::LabelSource;
@@ -81,18 +81,34 @@ pub fn create(a: &CreateArgs) -> anyhow::Result<ExitCode> {
 pub fn export(a: &ExportArgs) -> anyhow::Result<ExitCode> {
     let source = Source::open(&a.src)?;
     let opts = job_options(&a.job, source.cache(), &a.src)?;
-    let target: Target = a.storage.into();
+    let target: ExportTo = match (a.storage, PackageKind::of_name(&a.dest)) {
+        (Some(s), _) => s.into(),
+        (None, Some(PackageKind::Tpkx)) => ExportTo::Target(Target::Tpkx),
+        (None, Some(PackageKind::Tpk)) => ExportTo::Tpk,
+        (None, None) => bail!(
+            "{}: say which storage to write (--storage exploded, compact-v1, compact-v2, \
+             ready-to-serve, tpkx or tpk); only a .tpkx or .tpk name says it alone",
+            a.dest.display()
+        ),
+    };
     let bar = Bar::new();
-    // A folder is export's, a package is package's.
+    // A folder is export's, a package or ready-to-serve folder is package's.
+    let (c, d) = (source.cache(), &a.dest);
     let s = match target {
-        Target::Storage(st) => export_job(source.cache(), &a.dest, st, &opts, &bar)?,
-        Target::Tpkx => update_package(source.cache(), &a.dest, &opts, &bar, false)?,
+        ExportTo::Target(Target::Storage(st)) => export_job(c, d, st, &opts, &bar)?,
+        ExportTo::Target(Target::Tpkx) => {
+            update_package_as(c, d, Some(PackageKind::Tpkx), &opts, &bar, false)?
+        }
+        ExportTo::Tpk => update_package_as(c, d, Some(PackageKind::Tpk), &opts, &bar, false)?,
+        ExportTo::ReadyToServe => export_ready_to_serve(c, d, &opts, &bar)?,
     };
     bar.0.finish_and_clear();
     crate::jobs::selection::check_matched(source.cache(), &opts, &s)?;
     let to = match target {
-        Target::Storage(st) => st.to_string(),
-        Target::Tpkx => "tpkx".to_string(),
+        ExportTo::Target(Target::Storage(st)) => st.to_string(),
+        ExportTo::Target(Target::Tpkx) => "tpkx".to_string(),
+        ExportTo::Tpk => "tpk".to_string(),
+        ExportTo::ReadyToServe => "ready-to-serve".to_string(),
     };
     print_summary("exported", &s, &a.src, source.cache(), &a.dest, &to)?;
     Ok(ExitCode::SUCCESS)
@@ -625,13 +641,19 @@ fn info_of(path: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
     // A package is shown under its own name, not the folder it was unpacked to.
     let (shown, kind) = match &src {
         Source::Package(_) => (path.to_path_buf(), "tile package".to_string()),
+        Source::Folder(c) if c.ready_to_serve().is_some() => {
+            (c.root().to_path_buf(), "ready-to-serve layout".to_string())
+        }
         Source::Folder(c) => (c.root().to_path_buf(), format!("{:?} layout", c.layout())),
     };
     if as_json {
         let v = json!({
             "path": shown,
             "package": matches!(src, Source::Package(_)),
-            "layout": format!("{:?}", c.layout()),
+            "layout": match c.ready_to_serve() {
+                Some(_) => "ReadyToServe".to_string(),
+                None => format!("{:?}", c.layout()),
+            },
             "storage": c.storage().to_string(),
             "scheme": scheme.map(|s| json!({
                 "wkid": s.wkid, "latestWkid": s.latest_wkid,

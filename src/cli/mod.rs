@@ -43,15 +43,34 @@ pub enum StorageArg {
     /// A `.tpkx` tile package (Compact V2 bundles in a stored zip).
     #[value(name = "tpkx", alias = "TILE_PACKAGE", alias = "TPKX")]
     Tpkx,
+    /// A `.tpk` tile package (Compact V1 bundles in a stored zip, ArcGIS's older package).
+    #[value(name = "tpk", alias = "TPK")]
+    Tpk,
+    /// A ready-to-serve folder: root.json, iteminfo.json, Compact V2 bundles under tile/.
+    #[value(name = "ready-to-serve", alias = "READY_TO_SERVE_FORMAT")]
+    ReadyToServe,
 }
 
-impl From<StorageArg> for Target {
+/// What `export` writes: a job target, or one of the package kinds only the command line names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportTo {
+    /// A cache folder or `.tpkx` ([`Target`]).
+    Target(Target),
+    /// A `.tpk` package ([`crate::jobs::package::write_tpk`]).
+    Tpk,
+    /// A ready-to-serve folder ([`crate::jobs::package::export_ready_to_serve`]).
+    ReadyToServe,
+}
+
+impl From<StorageArg> for ExportTo {
     fn from(s: StorageArg) -> Self {
         match s {
-            StorageArg::Exploded => Target::Storage(StorageFormat::Exploded),
-            StorageArg::CompactV1 => Target::Storage(StorageFormat::CompactV1),
-            StorageArg::CompactV2 => Target::Storage(StorageFormat::CompactV2),
-            StorageArg::Tpkx => Target::Tpkx,
+            StorageArg::Exploded => ExportTo::Target(Target::Storage(StorageFormat::Exploded)),
+            StorageArg::CompactV1 => ExportTo::Target(Target::Storage(StorageFormat::CompactV1)),
+            StorageArg::CompactV2 => ExportTo::Target(Target::Storage(StorageFormat::CompactV2)),
+            StorageArg::Tpkx => ExportTo::Target(Target::Tpkx),
+            StorageArg::Tpk => ExportTo::Tpk,
+            StorageArg::ReadyToServe => ExportTo::ReadyToServe,
         }
     }
 }
@@ -109,7 +128,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Create an empty ArcGIS-layout Compact V2 cache.
     Create(CreateArgs),
-    /// Export tiles of a cache (or .tpkx/.tpk) to a cache folder or a .tpkx, in any storage format.
+    /// Export tiles of a cache (or .tpkx/.tpk) to a cache folder, a ready-to-serve folder, a .tpkx
+    /// or a .tpk, in any storage format.
     Export(ExportArgs),
     /// Import tiles of a cache (or .tpkx/.tpk) into an existing cache with the same tiling scheme.
     Import(ImportArgs),
@@ -224,12 +244,13 @@ pub struct JobArgs {
 pub struct ExportArgs {
     /// Source cache folder, conf.xml, .tpkx or .tpk.
     pub src: PathBuf,
-    /// Destination folder (a .tpkx file with --storage tpkx).
+    /// Destination folder (a .tpkx or .tpk file with --storage tpkx or tpk).
     pub dest: PathBuf,
-    /// Target storage: exploded, compact-v1, compact-v2, tpkx (ArcGIS names EXPLODED, COMPACT,
-    /// COMPACT_V2, TILE_PACKAGE).
+    /// Target storage: exploded, compact-v1, compact-v2, ready-to-serve, tpkx, tpk (ArcGIS names
+    /// EXPLODED, COMPACT, COMPACT_V2, READY_TO_SERVE_FORMAT, TILE_PACKAGE). May be left out when
+    /// DEST ends in .tpkx or .tpk.
     #[arg(long, value_enum)]
-    pub storage: StorageArg,
+    pub storage: Option<StorageArg>,
     #[command(flatten)]
     pub job: JobArgs,
 }
@@ -248,7 +269,7 @@ pub struct ImportArgs {
 /// Arguments of `bundlefs mount`; `--daemon` re-runs the program with these same arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MountArgs {
-    /// Cache folder (or its conf.xml).
+    /// Cache folder (or its conf.xml, or a ready-to-serve folder or its root.json).
     pub cache: PathBuf,
     /// Empty directory to mount on.
     pub mountpoint: PathBuf,
@@ -373,7 +394,8 @@ pub struct CompactArgs {
 /// Arguments of `bundlefs render`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RenderArgs {
-    /// Cache folder (or its conf.xml); it must have a conf.xml.
+    /// Cache folder (or its conf.xml); it must have a conf.xml (or be a ready-to-serve folder with
+    /// a root.json).
     pub cache: PathBuf,
     /// Where tiles come from: arcgis:URL, wms:URL (GetMap parameters in the query, LAYERS
     /// required; #axis=xy|yx to override the 1.3.0 axis rule), resample or label.

@@ -9,6 +9,7 @@ pub mod levels;
 pub mod pixels;
 pub mod sniff;
 pub mod text;
+pub mod tpk;
 pub mod tpkx;
 pub mod v1;
 pub mod v2;
