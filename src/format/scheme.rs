@@ -122,7 +122,8 @@ impl SpatialReference {
     ///
     /// A WKID must be one the EPSG definitions bundlefs carries know (crs-definitions, via
     /// proj4rs); Web Mercator's ids are written as ArcGIS writes them (WKID 102100, LatestWKID
-    /// 3857). A WKT is kept as given; its units are the last `UNIT[…]` of a `PROJCS` (factor to
+    /// 3857) with ArcGIS's WKT, 4326 with ArcGIS's `GCS_WGS_1984` WKT, others with the EPSG
+    /// registry's WKT 1 from crs-definitions. A WKT is kept as given; its units are the last `UNIT[…]` of a `PROJCS` (factor to
     /// metres) or degrees for a `GEOGCS`. Errors: an unknown WKID, a WKT that is neither.
     pub fn resolve(&self) -> Result<ResolvedReference, SchemeError> {
         match self {
@@ -145,7 +146,15 @@ impl SpatialReference {
                 let (wkid, wkt) = match epsg {
                     WEB_MERCATOR => (ESRI_WEB_MERCATOR_WKID, Some(WEB_MERCATOR_WKT.to_string())),
                     WGS84 => (WGS84, Some(WGS84_WKT.to_string())),
-                    other => (other, None),
+                    // The EPSG registry's WKT 1 (crs-definitions): GDAL's ESRIC driver reads the
+                    // spatial reference from conf.xml's WKT only (EPSG:4326 when it is missing).
+                    other => (
+                        other,
+                        u16::try_from(other)
+                            .ok()
+                            .and_then(crs_definitions::from_code)
+                            .map(|d| d.wkt.to_string()),
+                    ),
                 };
                 Ok(ResolvedReference {
                     wkt,
@@ -395,11 +404,10 @@ pub fn build(p: &SchemeParams) -> Result<SchemeDocument, SchemeError> {
     };
     let r = p.spatial_reference.resolve()?;
     if let Some(e) = &p.extent {
-        if !(e.xmin < e.xmax && e.ymin < e.ymax)
-            || ![e.xmin, e.ymin, e.xmax, e.ymax]
-                .iter()
-                .all(|v| v.is_finite())
-        {
+        let finite = [e.xmin, e.ymin, e.xmax, e.ymax]
+            .iter()
+            .all(|v| v.is_finite());
+        if !(finite && e.xmin < e.xmax && e.ymin < e.ymax) {
             return Err(invalid(format!("extent {e:?} is empty or not finite")));
         }
         if r.units == MapUnits::Degrees
@@ -425,14 +433,7 @@ pub fn build(p: &SchemeParams) -> Result<SchemeDocument, SchemeError> {
         return Err(invalid(format!("origin ({ox}, {oy}) is not finite")));
     }
     if let Some(e) = &p.extent {
-        if ox > e.xmin || oy < e.ymax {
-            return Err(invalid(format!(
-                "origin ({ox}, {oy}) is not above-left of the extent ({}, {}, {}, {}): the \
-                 origin is the upper-left corner of the tiling grid, so it needs X <= XMIN and \
-                 Y >= YMAX",
-                e.xmin, e.ymin, e.xmax, e.ymax
-            )));
-        }
+        origin_above_left((ox, oy), e)?;
     }
     let scales = match &p.scales {
         Scales::Custom(s) => s.clone(),
@@ -489,6 +490,23 @@ pub fn build(p: &SchemeParams) -> Result<SchemeDocument, SchemeError> {
         antialiasing: p.antialiasing,
         extent: p.extent,
     })
+}
+
+/// Refuses an extent the tiling origin is not above-left of (X0 <= XMIN and Y0 >= YMAX): rows and
+/// columns count down and right from the origin, so tiles up or left of it cannot be addressed.
+pub fn check_origin_above_left(s: &TileScheme, extent: &Envelope) -> Result<(), SchemeError> {
+    origin_above_left((s.origin_x, s.origin_y), extent)
+}
+
+fn origin_above_left((ox, oy): (f64, f64), e: &Envelope) -> Result<(), SchemeError> {
+    if ox > e.xmin || oy < e.ymax {
+        return Err(invalid(format!(
+            "origin ({ox}, {oy}) is not above-left of the extent ({}, {}, {}, {}): the origin \
+             is the upper-left corner of the tiling grid, so it needs X <= XMIN and Y >= YMAX",
+            e.xmin, e.ymin, e.xmax, e.ymax
+        )));
+    }
+    Ok(())
 }
 
 /// Scales of levels 0… : 1 to [`MAX_LEVELS`] of them, each positive and finite, each smaller than

@@ -18,5 +18,6 @@ mod objstore;
 mod realworld_crs;
 mod realworld_text;
 mod render;
+mod schemes;
 mod supertiles;
 mod writeback;
