@@ -251,6 +251,11 @@ fn scheme_file_is_taken_back_by_create() {
         written.contains("<Antialiasing>true</Antialiasing>"),
         "{written}"
     );
+    // Typed as ArcGIS types a geographic reference.
+    assert!(
+        written.contains("xsi:type=\"typens:GeographicCoordinateSystem\""),
+        "{written}"
+    );
     let cache = tmp.path().join("cache");
     let out = run_ok(&mut bundlefs(&[
         "create",
