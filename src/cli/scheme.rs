@@ -87,7 +87,8 @@ pub struct ToolSchemeArgs {
     /// Antialiasing on (conf.xml TileImageInfo/Antialiasing; ArcGIS then draws 2048-px supertiles).
     #[arg(long)]
     pub antialiasing: bool,
-    /// Write the ready-to-serve layout (root.json) instead of conf.xml.
+    /// Write the ready-to-serve layout (root.json) instead of conf.xml: not yet supported, refused
+    /// by name (bundlefs cannot read such a folder back yet).
     #[arg(long)]
     pub ready_to_serve: bool,
 }
