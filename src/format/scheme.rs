@@ -462,7 +462,7 @@ pub fn build(p: &SchemeParams) -> Result<SchemeDocument, SchemeError> {
         }
     };
     check_scales(&scales)?;
-    let lods = scales
+    let lods: Vec<Lod> = scales
         .iter()
         .enumerate()
         .map(|(i, &scale)| Lod {
@@ -471,6 +471,20 @@ pub fn build(p: &SchemeParams) -> Result<SchemeDocument, SchemeError> {
             resolution: resolution(scale, p.dpi, r.units),
         })
         .collect();
+    if let (Some(e), Some(finest)) = (&p.extent, lods.last()) {
+        // Rows and columns are 32-bit in bundle names and tile addresses (ArcGIS's too).
+        let span = f64::from(p.tile_size) * finest.resolution;
+        let (col, row) = ((e.xmax - ox) / span, (oy - e.ymin) / span);
+        if col.max(row) >= f64::from(u32::MAX) {
+            return Err(invalid(format!(
+                "the extent reaches row {row:.0}, column {col:.0} at level {} (1:{}): tile \
+                 addresses stop at {}; choose a smaller finest scale or an origin nearer the extent",
+                finest.level,
+                finest.scale,
+                u32::MAX
+            )));
+        }
+    }
     Ok(SchemeDocument {
         scheme: TileScheme {
             wkt: r.wkt,
@@ -568,6 +582,22 @@ mod tests {
         // The ArcInfo sphere's degree, to 1e-10.
         let sphere = std::f64::consts::PI * 6_370_997.0 / 180.0;
         assert!((METRES_PER_DEGREE / sphere - 1.0).abs() < 2e-10);
+    }
+
+    #[test]
+    fn rows_and_columns_must_fit_32_bits() {
+        let mut p = SchemeParams::new(SpatialReference::Wkid(2180), Scales::Custom(vec![0.01]));
+        p.extent = Some(Envelope {
+            xmin: 140000.0,
+            ymin: 120000.0,
+            xmax: 880000.0,
+            ymax: 800000.0,
+        });
+        p.tile_size = 128;
+        let e = build(&p).unwrap_err();
+        assert!(e.to_string().contains("tile addresses stop at"), "{e}");
+        p.scales = Scales::Custom(vec![1000.0]);
+        assert_eq!(build(&p).unwrap().scheme.lods.len(), 1);
     }
 
     #[test]
