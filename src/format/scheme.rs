@@ -123,8 +123,11 @@ impl SpatialReference {
     /// A WKID must be one the EPSG definitions bundlefs carries know (crs-definitions, via
     /// proj4rs); Web Mercator's ids are written as ArcGIS writes them (WKID 102100, LatestWKID
     /// 3857) with ArcGIS's WKT, 4326 with ArcGIS's `GCS_WGS_1984` WKT, others with the EPSG
-    /// registry's WKT 1 from crs-definitions. A WKT is kept as given; its units are the last `UNIT[…]` of a `PROJCS` (factor to
-    /// metres) or degrees for a `GEOGCS`. Errors: an unknown WKID, a WKT that is neither.
+    /// registry's WKT 1 from crs-definitions. A WKT is kept as given; its units are the last
+    /// `UNIT[…]` of a `PROJCS` (factor to metres) or degrees for a `GEOGCS`.
+    ///
+    /// Errors: [`SchemeError::Unsupported`] for an unknown WKID or a WKT other than WKT 1
+    /// `PROJCS`/`GEOGCS`; [`SchemeError::Invalid`] for a `PROJCS` without a usable `UNIT`.
     pub fn resolve(&self) -> Result<ResolvedReference, SchemeError> {
         match self {
             SpatialReference::Wkid(id) => {
