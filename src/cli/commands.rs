@@ -64,10 +64,52 @@ pub fn verify(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// `bundlefs create`: an empty Compact V2 cache of a scheme.
+/// `bundlefs create`: an empty Compact V2 cache of a scheme: Web Mercator, a tiling scheme file, or
+/// one built from the Create Map Server Cache parameters (`--wkid`/`--wkt`, see `cli::scheme`).
 pub fn create(a: &CreateArgs) -> anyhow::Result<ExitCode> {
-    let s = build_scheme(&a.scheme, a.levels, a.format.into())?;
-    Cache::create(&a.dir, &s, None)?;
+    let t = &a.tool;
+    t.refuse_ready_to_serve()?;
+    let (s, antialiasing, extent) = if t.builds_scheme() {
+        if a.scheme != "web-mercator" {
+            bail!(
+                "--scheme {} and --wkid/--wkt both give a tiling scheme; give one",
+                a.scheme
+            );
+        }
+        if a.levels.is_some() {
+            bail!("--levels selects levels of --scheme; with --wkid/--wkt, --scales or --standard give the levels");
+        }
+        let doc = t.build()?;
+        (doc.scheme, doc.antialiasing, doc.extent)
+    } else {
+        let only = t.building_only();
+        if !only.is_empty() {
+            bail!(
+                "{} build a tiling scheme and need its spatial reference: add --wkid N or --wkt FILE",
+                only.join(", ")
+            );
+        }
+        let levels = a.levels.unwrap_or(LevelRange { min: 0, max: 19 });
+        let s = build_scheme(&a.scheme, levels, t.format.map(TileFormat::from))?;
+        // A scheme file's antialiasing is kept (ArcGIS's supertile size follows it).
+        let antialiasing = a.scheme != "web-mercator"
+            && std::fs::read(&a.scheme).is_ok_and(|b| crate::render::supertile::antialiasing(&b));
+        if let Some(e) = &t.extent {
+            crate::format::scheme::check_origin_above_left(&s, e)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", a.scheme))?;
+        }
+        (s, antialiasing, t.extent)
+    };
+    Cache::create(&a.dir, &s, extent)?;
+    if antialiasing {
+        // Cache::create writes antialiasing off; the same document with it on replaces it.
+        let doc = crate::format::scheme::SchemeDocument {
+            scheme: s.clone(),
+            antialiasing,
+            extent,
+        };
+        crate::cache::write_atomic(&a.dir.join("conf.xml"), &doc.to_conf_xml(), true)?;
+    }
     outln!(
         "created {} ({} levels, {}, compact-v2)",
         a.dir.display(),
@@ -587,13 +629,13 @@ impl Progress for Bar {
 fn build_scheme(
     scheme: &str,
     levels: LevelRange,
-    format: TileFormat,
+    format: Option<TileFormat>,
 ) -> anyhow::Result<TileScheme> {
     let mut s = if scheme == "web-mercator" {
         if levels.max > 23 {
             bail!("web-mercator has levels 0-23; got up to {}", levels.max);
         }
-        TileScheme::web_mercator(levels.max, format.clone())
+        TileScheme::web_mercator(levels.max, format.clone().unwrap_or(TileFormat::Png))
     } else {
         let bytes = std::fs::read(scheme)
             .with_context(|| format!("{scheme}: cannot read tiling scheme"))?;
@@ -609,14 +651,17 @@ fn build_scheme(
             levels.max
         );
     }
-    if s.tile_format != format {
-        s.compression_quality = if format == TileFormat::Jpeg || format == TileFormat::Mixed {
-            75
-        } else {
-            0
-        };
+    // Without --format a scheme file keeps its own format and quality.
+    if let Some(format) = format {
+        if s.tile_format != format {
+            s.compression_quality = if format == TileFormat::Jpeg || format == TileFormat::Mixed {
+                75
+            } else {
+                0
+            };
+        }
+        s.tile_format = format;
     }
-    s.tile_format = format;
     s.storage = StorageFormat::CompactV2;
     s.packet_size = 128;
     Ok(s)

@@ -6,6 +6,7 @@ mod commands;
 mod mount;
 mod output;
 mod registry;
+mod scheme;
 mod source;
 mod unmount;
 
@@ -126,8 +127,12 @@ pub enum Command {
     Info(InfoArgs),
     /// Check every bundle index entry (inside the file, sizes sane); exit 1 naming each bad one.
     Verify(VerifyArgs),
-    /// Create an empty ArcGIS-layout Compact V2 cache.
+    /// Create an empty ArcGIS-layout Compact V2 cache: Web Mercator, a tiling scheme file, or a
+    /// scheme built from the parameters of ArcGIS's Create Map Server Cache (--wkid/--wkt, …).
     Create(CreateArgs),
+    /// Write a tiling scheme file (conf.xml form) from the parameters of ArcGIS's Generate Map
+    /// Server Cache Tiling Scheme; `create --scheme FILE.xml` takes it back.
+    Scheme(scheme::SchemeArgs),
     /// Export tiles of a cache (or .tpkx/.tpk) to a cache folder, a ready-to-serve folder, a .tpkx
     /// or a .tpk, in any storage format.
     Export(ExportArgs),
@@ -177,24 +182,20 @@ pub struct VerifyArgs {
 pub struct CreateArgs {
     /// Folder to create (it must not hold a cache yet).
     pub dir: PathBuf,
-    /// Tiling scheme: `web-mercator`, or a conf.xml file whose tiling scheme to use.
+    /// Tiling scheme: `web-mercator`, or a conf.xml / tiling scheme file (from `bundlefs scheme`)
+    /// whose tiling scheme to use. Not with --wkid/--wkt, which build one.
     #[arg(
         long,
         default_value = "web-mercator",
         value_name = "web-mercator|CONF_XML"
     )]
     pub scheme: String,
-    /// Levels to include, e.g. 0-19.
-    #[arg(
-        long,
-        default_value = "0-19",
-        value_name = "A-B",
-        allow_hyphen_values = true
-    )]
-    pub levels: LevelRange,
-    /// Tile image format.
-    #[arg(long, value_enum, default_value = "PNG")]
-    pub format: FormatArg,
+    /// Levels of --scheme to include, e.g. 0-19 [default: 0-19]; not with --wkid/--wkt.
+    #[arg(long, value_name = "A-B", allow_hyphen_values = true)]
+    pub levels: Option<LevelRange>,
+    /// The tiling scheme parameters of ArcGIS's Create Map Server Cache.
+    #[command(flatten)]
+    pub tool: scheme::ToolSchemeArgs,
 }
 
 /// What to take from SRC and how to write it (shared by export and import).
@@ -509,6 +510,7 @@ pub fn main() -> ExitCode {
         Command::Info(a) => commands::info(&a),
         Command::Verify(a) => commands::verify(&a),
         Command::Create(a) => commands::create(&a),
+        Command::Scheme(a) => scheme::run(&a),
         Command::Export(a) => commands::export(&a),
         Command::Import(a) => commands::import(&a),
         Command::Mount(a) => mount::run(a),

@@ -7,6 +7,7 @@ pub mod exploded;
 pub mod extent;
 pub mod levels;
 pub mod pixels;
+pub mod scheme;
 pub mod sniff;
 pub mod text;
 pub mod tpk;

@@ -20,5 +20,6 @@ mod packages;
 mod realworld_crs;
 mod realworld_text;
 mod render;
+mod schemes;
 mod supertiles;
 mod writeback;
