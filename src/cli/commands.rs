@@ -68,7 +68,6 @@ pub fn verify(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
 /// one built from the Create Map Server Cache parameters (`--wkid`/`--wkt`, see `cli::scheme`).
 pub fn create(a: &CreateArgs) -> anyhow::Result<ExitCode> {
     let t = &a.tool;
-    t.refuse_ready_to_serve()?;
     let (s, antialiasing, extent) = if t.builds_scheme() {
         if a.scheme != "web-mercator" {
             bail!(
@@ -100,6 +99,19 @@ pub fn create(a: &CreateArgs) -> anyhow::Result<ExitCode> {
         }
         (s, antialiasing, t.extent)
     };
+    if a.ready_to_serve {
+        if antialiasing {
+            bail!("--ready-to-serve: root.json has no antialiasing setting; leave out --antialiasing (or the scheme file's)");
+        }
+        crate::jobs::package::create_ready_to_serve(&a.dir, &s, extent)?;
+        outln!(
+            "created {} ({} levels, {}, ready-to-serve: root.json, tile/)",
+            a.dir.display(),
+            s.lods.len(),
+            s.tile_format.name()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     Cache::create(&a.dir, &s, extent)?;
     if antialiasing {
         // Cache::create writes antialiasing off; the same document with it on replaces it.

@@ -196,6 +196,10 @@ pub struct CreateArgs {
     /// The tiling scheme parameters of ArcGIS's Create Map Server Cache.
     #[command(flatten)]
     pub tool: scheme::ToolSchemeArgs,
+    /// Write ArcGIS's ready-to-serve layout (root.json, iteminfo.json, tile/) instead of
+    /// conf.xml, conf.cdi and _alllayers/.
+    #[arg(long)]
+    pub ready_to_serve: bool,
 }
 
 /// What to take from SRC and how to write it (shared by export and import).

@@ -87,10 +87,6 @@ pub struct ToolSchemeArgs {
     /// Antialiasing on (conf.xml TileImageInfo/Antialiasing; ArcGIS then draws 2048-px supertiles).
     #[arg(long)]
     pub antialiasing: bool,
-    /// Write the ready-to-serve layout (root.json) instead of conf.xml: not yet supported, refused
-    /// by name (bundlefs cannot read such a folder back yet).
-    #[arg(long)]
-    pub ready_to_serve: bool,
 }
 
 impl ToolSchemeArgs {
@@ -118,19 +114,6 @@ impl ToolSchemeArgs {
             }
         }
         v
-    }
-
-    /// Refuses `--ready-to-serve` by name: bundlefs cannot yet read a ready-to-serve folder back
-    /// (issue 15 part 2), so writing one would leave a folder no command opens.
-    pub fn refuse_ready_to_serve(&self) -> anyhow::Result<()> {
-        if self.ready_to_serve {
-            bail!(
-                "--ready-to-serve: not yet supported; bundlefs cannot write or read the \
-                 ready-to-serve layout (root.json, tile/) as a folder yet. Leave it out to write \
-                 conf.xml, or export the cache with `--storage tpkx` for the same layout in a package"
-            );
-        }
-        Ok(())
     }
 
     /// The tool parameters, read (the WKT file) but not yet checked; errors name the file.
@@ -193,7 +176,6 @@ pub struct SchemeArgs {
 /// `bundlefs scheme`: the tiling scheme alone, as Generate Map Server Cache Tiling Scheme writes it
 /// (a `CacheInfo` document like conf.xml); `create --scheme FILE.xml` takes it back.
 pub fn run(a: &SchemeArgs) -> anyhow::Result<ExitCode> {
-    a.tool.refuse_ready_to_serve()?;
     let doc = a.tool.build()?;
     write_file(&a.output, &doc.to_conf_xml())?;
     outln!(

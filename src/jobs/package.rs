@@ -546,6 +546,45 @@ pub fn export_ready_to_serve(
     Ok(summary)
 }
 
+/// Creates an empty ready-to-serve cache folder `dest` (ArcGIS's "Ready To Serve Format" of
+/// Create Map Server Cache): `root.json` for `scheme` (Compact V2, 128×128-tile bundles; `minLOD`
+/// and `maxLOD` the scheme's first and last level, `fullExtent` = `extent` or the scheme's own),
+/// `iteminfo.json` and an empty `tile/`. The folder may exist if it holds nothing that makes it a
+/// cache.
+///
+/// Errors: `dest` a file or already a cache (nothing is written), and I/O errors naming the file.
+pub fn create_ready_to_serve(
+    dest: &Path,
+    scheme: &TileScheme,
+    extent: Option<Envelope>,
+) -> Result<Cache> {
+    if dest.is_file() || (dest.is_dir() && holds_cache(dest)?) {
+        return Err(Error::invalid(format!(
+            "{}: already holds a cache (or is a file); refusing to overwrite",
+            dest.display()
+        )));
+    }
+    let mut scheme = scheme.clone();
+    scheme.storage = StorageFormat::CompactV2;
+    scheme.packet_size = tpkx::PACKET_SIZE;
+    let env = extent.unwrap_or_else(|| crate::format::extent::scheme_extent(&scheme));
+    let name = package_name(dest);
+    let range = (
+        scheme.lods.first().map_or(0, |l| l.level),
+        scheme.lods.last().map_or(0, |l| l.level),
+    );
+    fs::create_dir_all(dest.join(tpkx::TILE_DIR)).at(dest)?;
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let item = tpkx::iteminfo_json(&name, &guid(created), created, &scheme, &env, false);
+    crate::cache::write_atomic(&dest.join(tpkx::ITEMINFO_JSON), &item, true)?;
+    // root.json last: it is what makes the folder a cache.
+    let root = tpkx::root_json(&name, &scheme, range, &env);
+    crate::cache::write_atomic(&dest.join(tpkx::ROOT_JSON), &root, true)?;
+    Cache::open(dest)
+}
+
 /// `base` (the cache's conf.cdi, or the scheme's own extent) grown by every tile of `levels` that
 /// lies wholly outside it, so the package's `fullExtent` holds every tile: GDAL's ESRIC driver
 /// crops a package to its `fullExtent` (`-projwin`), and ArcGIS clients zoom to it, so a tile

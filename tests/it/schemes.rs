@@ -393,10 +393,6 @@ fn bad_combinations_are_refused_by_name() {
             vec!["--wkt", p(&missing), "--scales", "1000"],
             "missing.wkt",
         ),
-        (
-            vec!["--wkid", "3857", "--scales", "1000", "--ready-to-serve"],
-            "--ready-to-serve: not yet",
-        ),
     ];
     for (args, want) in &cases {
         // `create` refuses and leaves no cache; `scheme` refuses and writes no file.
@@ -604,4 +600,87 @@ fn epsg4326_scheme_rendered_and_read_by_gdal() {
         METRES_PER_DEGREE,
         "WGS",
     );
+}
+
+/// `create --ready-to-serve` writes root.json (no conf.xml) for the same tiling scheme the
+/// conf.xml form gets, and the folder is a cache every command takes (render --keep, export).
+#[test]
+fn ready_to_serve_create_gives_the_same_scheme() {
+    let tmp = tempfile::tempdir().unwrap();
+    let params = [
+        "--wkid",
+        "2180",
+        "--scales",
+        "8000000,4000000,2000000",
+        "--tile-size",
+        "512",
+        "--extent",
+        "140000,120000,880000,800000",
+    ];
+    let conf = tmp.path().join("conf");
+    let rts = tmp.path().join("rts");
+    let mut a = vec!["create", p(&conf)];
+    a.extend(params);
+    run_ok(&mut bundlefs(&a));
+    let mut b = vec!["create", p(&rts), "--ready-to-serve"];
+    b.extend(params);
+    let out = run_ok(&mut bundlefs(&b));
+    assert!(out.contains("ready-to-serve"), "{out}");
+    assert!(rts.join("root.json").is_file());
+    assert!(rts.join("iteminfo.json").is_file());
+    assert!(rts.join("tile").is_dir());
+    assert!(!rts.join("conf.xml").exists());
+    let (c1, c2) = (Cache::open(&conf).unwrap(), Cache::open(&rts).unwrap());
+    assert!(c2.ready_to_serve().is_some());
+    let (s1, s2) = (c1.scheme().unwrap(), c2.scheme().unwrap());
+    assert_eq!(s1.wkid, s2.wkid);
+    assert_eq!((s1.origin_x, s1.origin_y), (s2.origin_x, s2.origin_y));
+    assert_eq!((s1.tile_cols, s1.tile_rows), (s2.tile_cols, s2.tile_rows));
+    assert_eq!(s1.tile_format, s2.tile_format);
+    assert_eq!(scales(s1), scales(s2));
+    for (l1, l2) in s1.lods.iter().zip(&s2.lods) {
+        assert!((l1.resolution - l2.resolution).abs() < 1e-9 * l1.resolution);
+    }
+    // A cache for the other commands: tiles rendered into it are kept and exported.
+    run_ok(&mut bundlefs(&[
+        "render",
+        p(&rts),
+        "--source",
+        "label",
+        "--levels",
+        "0-1",
+        "--keep",
+    ]));
+    let out = tmp.path().join("out");
+    run_ok(&mut bundlefs(&[
+        "export",
+        p(&rts),
+        p(&out),
+        "--storage",
+        "exploded",
+    ]));
+    let n = walkdir(&out.join("_alllayers"));
+    assert!(n > 0, "no tile exported from the ready-to-serve cache");
+    // Not over an existing cache, and no antialiasing (root.json has no such setting).
+    let mut again = b.clone();
+    again[1] = p(&rts);
+    fails_with(&again, "already holds a cache");
+    let other = tmp.path().join("aa");
+    let mut aa = vec!["create", p(&other), "--ready-to-serve", "--antialiasing"];
+    aa.extend(params);
+    fails_with(&aa, "antialiasing");
+    assert!(!other.join("root.json").exists());
+}
+
+fn walkdir(dir: &Path) -> usize {
+    let mut n = 0;
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            n += walkdir(&e.path());
+        } else {
+            n += 1;
+        }
+    }
+    n
 }
