@@ -94,6 +94,7 @@ measure() {
     local i t0 t1 secs rss side dest arg cmd sides=(this)
     [[ " $* " == *" @BIN@ "* ]] && sides=("${SIDES[@]}")
     for ((i = 1; i <= RUNS; i++)); do
+        ((${#sides[@]} > 1)) && mapfile -t sides < <(sides_of_run "$i")
         for side in "${sides[@]}"; do
             dest=$dest0
             [[ $side == base ]] && dest=$dest0.base

@@ -81,8 +81,8 @@ edge=$((1 << BIG_MAX))
 tile=$(printf '_alllayers/L%02d/R%08x/C%08x.png' "$BIG_MAX" $((edge / 2 + 3)) $((edge / 3)))
 ntile=$(printf '_alllayers/L%02d/R%08x/C%08x.png' "$READ_MAX" $(((1 << READ_MAX) / 2 + 3)) $(((1 << READ_MAX) / 3)))
 say "mount time and first tile of the big cache, cold, ${SIDES[*]}, $RUNS runs"
-for _ in $(seq "$RUNS"); do
-    for side in "${SIDES[@]}"; do
+for run in $(seq "$RUNS"); do
+    for side in $(sides_of_run "$run"); do
         drop
         mount_cache "$side" "$work/big"
         record mount "$side" "$mount_secs"
@@ -118,11 +118,11 @@ big_anon=$(best_of big_anon)
 
 # (2) every tile of the read cache, warm and cold, mount vs native.
 say "reading all $n_read tiles: native vs mount (${SIDES[*]}), warm and cold, best of $RUNS"
-for _ in $(seq "$RUNS"); do
+for run in $(seq "$RUNS"); do
     drop
     record cold native "$(time_readall "$work/native")"
     record warm native "$(time_readall "$work/native")"
-    for side in "${SIDES[@]}"; do
+    for side in $(sides_of_run "$run"); do
         drop
         mount_cache "$side" "$work/read"
         record cold "$side" "$(time_readall "$mnt")"

@@ -75,7 +75,7 @@ io() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/io"; }
 hwm() { awk '$1 == "VmHWM:" { print $2 }' "/proc/$1/status"; }
 
 say "rsync -a of $n tiles: native vs mount (${SIDES[*]}), $RUNS runs"
-for _ in $(seq "$RUNS"); do
+for run in $(seq "$RUNS"); do
     rm -rf "$work/native"
     sync
     t0=$(now)
@@ -83,7 +83,7 @@ for _ in $(seq "$RUNS"); do
     sync
     record rsync native "$(calc "$(now) - $t0")"
 
-    for side in "${SIDES[@]}"; do
+    for side in $(sides_of_run "$run"); do
         mount_rw "$side" 256M
         t0=$(now)
         rsync -a "$src/" "$mnt/_alllayers/"

@@ -6,7 +6,7 @@
 #
 # Tests need: fusermount3 (fuse3), mapproxy-util/mapproxy-seed (mapproxy, python3-yaml),
 # gdalinfo (gdal-bin), rsync, /usr/lib/cgi-bin/mapserv (cgi-mapserver: the WMS of tests/render.rs),
-# python3 with rasterio (pip). Fixtures and case inputs are in tests/data (see its README).
+# python3 with rasterio and tpkutils (pip). Fixtures and case inputs are in tests/data (see its README).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -44,13 +44,16 @@ else
     say "test dependencies present (fuse3, mapproxy, gdal-bin, rsync, python3-yaml, cgi-mapserver)"
 fi
 
-# GDAL >= 3.8 reads .tpkx; Debian's gdal-bin is 3.6, so the tile-package test reads packages with
-# the GDAL bundled in the rasterio wheel (PyPI), installed for `python3` when missing.
-if ! python3 -c 'import rasterio' >/dev/null 2>&1; then
-    say "installing rasterio (pip) for the .tpkx interop test"
-    python3 -m pip install --quiet rasterio ||
-        python3 -m pip install --quiet --break-system-packages rasterio
-fi
+# GDAL >= 3.8 reads .tpkx and ready-to-serve root.json; Debian's gdal-bin is 3.6, so the
+# tile-package tests read them with the GDAL bundled in the rasterio wheel (PyPI). tpkutils (PyPI)
+# reads the .tpk packages bundlefs writes (tests/it/packages.rs). Both for `python3`, when missing.
+for py in rasterio tpkutils; do
+    if ! python3 -c "import $py" >/dev/null 2>&1; then
+        say "installing $py (pip) for the tile-package interop tests"
+        python3 -m pip install --quiet "$py" ||
+            python3 -m pip install --quiet --break-system-packages "$py"
+    fi
+done
 
 say "cargo fmt --check"
 cargo fmt --check

@@ -54,14 +54,29 @@ impl AtomicFile {
     /// permissions (see the module docs). `durable`: fsync the file before the rename and the
     /// folder after it. Errors name the folder or file that failed.
     pub fn create(dest: &Path, durable: bool) -> Result<AtomicFile> {
+        match fs::metadata(dest) {
+            Ok(old) => Self::start(dest, durable, Some(&old)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::start(dest, durable, None),
+            Err(e) => Err(Error::io(dest, e)),
+        }
+    }
+
+    /// As [`AtomicFile::create`] for a `dest` the caller knows to be absent (it has just listed
+    /// the folder): no `stat` of `dest`, and the file gets a new file's mode. Should another
+    /// process create `dest` meanwhile, the commit replaces it, as `create` would have.
+    pub fn create_new(dest: &Path, durable: bool) -> Result<AtomicFile> {
+        Self::start(dest, durable, None)
+    }
+
+    fn start(dest: &Path, durable: bool, old: Option<&fs::Metadata>) -> Result<AtomicFile> {
         let dir = match dest.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
         let mut b = tempfile::Builder::new();
         b.prefix(TEMP_PREFIX);
-        let tmp = match fs::metadata(dest) {
-            Ok(old) => {
+        let tmp = match old {
+            Some(old) => {
                 let tmp = b.tempfile_in(dir).at(dir)?;
                 let f = tmp.as_file();
                 f.set_permissions(fs::Permissions::from_mode(old.mode() & 0o7777))
@@ -72,11 +87,10 @@ impl AtomicFile {
                 tmp
             }
             // Created with 0666: the kernel applies the umask at open, as for `cp` (no fchmod).
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => b
+            None => b
                 .permissions(fs::Permissions::from_mode(0o666))
                 .tempfile_in(dir)
                 .at(dir)?,
-            Err(e) => return Err(Error::io(dest, e)),
         };
         Ok(AtomicFile {
             tmp,
@@ -128,6 +142,13 @@ impl Write for AtomicFile {
 /// Writes `bytes` to `path` atomically with [`AtomicFile`] (permissions as its module docs say).
 pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
     let mut f = AtomicFile::create(path, durable)?;
+    f.file().write_all(bytes).at(path)?;
+    f.commit()
+}
+
+/// [`write_atomic`] for a `path` the caller knows to be absent ([`AtomicFile::create_new`]).
+pub fn write_atomic_new(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
+    let mut f = AtomicFile::create_new(path, durable)?;
     f.file().write_all(bytes).at(path)?;
     f.commit()
 }

@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, IoContext, Result};
 
+/// How long a writer waits for a bundle lock before it says so (a `warn` log line).
+pub const WAIT_NOTICE: Duration = Duration::from_secs(3);
+
 /// A held lock; released on drop (closing the descriptor releases the flock).
 #[derive(Debug)]
 pub struct BundleLock {
@@ -22,10 +25,12 @@ pub struct BundleLock {
 }
 
 impl BundleLock {
-    /// Takes the lock, waiting up to `timeout` for another holder to let go.
+    /// Takes the lock, waiting up to `timeout` for another holder to let go (a warning naming the
+    /// lock file after [`WAIT_NOTICE`] of waiting, so a job that waits says why it is idle).
     pub fn acquire(path: &Path, timeout: Duration) -> Result<BundleLock> {
         let start = Instant::now();
         let mut pause = Duration::from_millis(1);
+        let mut told = false;
         loop {
             let file = OpenOptions::new()
                 .create(true)
@@ -47,6 +52,14 @@ impl BundleLock {
                         path: path.to_path_buf(),
                         waited_ms: start.elapsed().as_millis() as u64,
                     });
+                }
+                if !told && start.elapsed() >= WAIT_NOTICE {
+                    told = true;
+                    tracing::warn!(
+                        "waiting for the lock on {} held by another process (up to {} s)",
+                        path.display(),
+                        timeout.as_secs()
+                    );
                 }
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(50));

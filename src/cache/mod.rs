@@ -10,6 +10,7 @@ pub mod changes;
 pub mod commit;
 pub mod files;
 pub mod lock;
+pub mod rts;
 pub mod spelling;
 pub mod store;
 pub mod times;
@@ -151,6 +152,8 @@ pub struct Cache {
     cdi: Option<Vec<u8>>,
     opts: CacheOptions,
     store: Box<dyn Storage>,
+    /// Set for a ready-to-serve folder (`root.json`, no conf.xml; see [`rts`]).
+    ready_to_serve: Option<rts::ReadyToServe>,
 }
 
 pub(crate) const CONF_XML: &str = "conf.xml";
@@ -163,12 +166,14 @@ impl Cache {
         Self::open_with(path, CacheOptions::default())
     }
 
-    /// Opens a cache folder (or its conf.xml, or an unpacked `.tpk`) with `opts`.
+    /// Opens a cache folder (or its conf.xml, or an unpacked `.tpk`, or a ready-to-serve folder or
+    /// its `root.json`) with `opts`.
     ///
     /// Names are found whatever their case, as ArcGIS on Windows writes them (`Conf.xml`,
     /// `CONF.CDI`, `_AllLayers`). A folder without conf.xml is searched for the one holding it:
     /// `Layers/` (a server cache), `v101/<Map Name>/` (an unpacked `.tpk`; ArcGIS names it after
-    /// the map, older packages `Layers`).
+    /// the map, older packages `Layers`). A folder with neither but a `root.json` is a ready-to-serve
+    /// cache ([`rts`]).
     ///
     /// Errors, each naming the file: a missing folder, a plain file, no cache in it, a
     /// conf.xml/conf.cdi that cannot be read or holds a value bundlefs does not support (see
@@ -184,7 +189,7 @@ impl Cache {
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.eq_ignore_ascii_case(CONF_XML))
         };
-        if names_conf(&root) && root.is_file() {
+        if (names_conf(&root) && root.is_file()) || rts::names_root_json(&root) {
             root.pop();
             if root.as_os_str().is_empty() {
                 root.push(".");
@@ -205,6 +210,8 @@ impl Cache {
         if find_entry(&root, CONF_XML)?.is_none() {
             if let Some(sub) = find_conf_folder(&root)? {
                 root = sub;
+            } else if let Some(c) = rts::open(&root, &opts)? {
+                return Ok(c);
             }
         }
         let conf_path = find_entry(&root, CONF_XML)?.unwrap_or_else(|| root.join(CONF_XML));
@@ -292,6 +299,7 @@ impl Cache {
             cdi,
             opts,
             store,
+            ready_to_serve: None,
         }
     }
 
@@ -324,6 +332,7 @@ impl Cache {
             cdi: o.cdi.map(|b| b.to_vec()),
             opts,
             store: Box::new(o.store),
+            ready_to_serve: None,
         })
     }
 
@@ -400,7 +409,11 @@ impl Cache {
             return Ok(());
         };
         let bytes = conf::write_cdi(env, scheme);
-        if let Some(u) = url::ObjectUrl::from_path(&self.place.root)? {
+        if let Some(r) = &self.ready_to_serve {
+            let levels = self.levels()?;
+            let range = levels.first().zip(levels.last()).map(|(a, b)| (*a, *b));
+            r.write_content(scheme, range, env, self.opts.durable)?;
+        } else if let Some(u) = url::ObjectUrl::from_path(&self.place.root)? {
             store::object::put_file(&u, CONF_CDI, &bytes)?;
         } else {
             // Over the file as spelled on disk (`CONF.CDI`), never a second spelling beside it.
@@ -415,6 +428,12 @@ impl Cache {
     /// The file that holds (or would hold) tile `t`, for messages.
     pub fn tile_file(&self, t: TileAddr) -> PathBuf {
         self.store.location(t)
+    }
+
+    /// The ready-to-serve marker (`root.json`) when the cache is such a folder: its scheme and
+    /// extent come from `root.json`, and [`Cache::set_extent`] writes there.
+    pub fn ready_to_serve(&self) -> Option<&rts::ReadyToServe> {
+        self.ready_to_serve.as_ref()
     }
 
     /// Tunables this cache was opened with.
@@ -562,13 +581,30 @@ impl Cache {
             total.tiles += st.tiles;
             total.bytes_written += st.bytes_written;
         }
+        let levels = tiles.iter().map(|t| t.0.level);
+        if let (Some(lo), Some(hi)) = (levels.clone().min(), levels.max()) {
+            self.took_levels(lo, hi)?;
+        }
         Ok(total)
     }
 
     /// Read-modify-write of one bundle ([`Storage::update_group`]): `f` sees the bundle as stored
     /// and returns the tiles to write; no other writer changes the bundle in between.
     pub fn update_group(&self, id: BundleId, f: &mut UpdateFn) -> Result<WriteStats> {
-        self.store.update_group(id, f)
+        let st = self.store.update_group(id, f)?;
+        if st.tiles > 0 {
+            self.took_levels(id.level, id.level)?;
+        }
+        Ok(st)
+    }
+
+    /// Tiles of levels `lo..=hi` were written: a ready-to-serve folder's `root.json` widens its
+    /// level range to take them ([`rts::ReadyToServe::take_levels`]).
+    fn took_levels(&self, lo: u8, hi: u8) -> Result<()> {
+        match (&self.ready_to_serve, self.scheme()) {
+            (Some(r), Some(s)) => r.take_levels(s, lo, hi, self.opts.durable),
+            _ => Ok(()),
+        }
     }
 
     /// The modification time to show for a tile: its own (time sidecar, or the file's in an

@@ -13,19 +13,21 @@ use serde_json::json;
 use super::output::{self, outln};
 use super::source::{open_folder, Source};
 use super::{
-    CompactArgs, CreateArgs, ExportArgs, ImportArgs, InfoArgs, JobArgs, RenderArgs, SampleArgs,
-    VerifyArgs,
+    CompactArgs, CreateArgs, DeleteArgs, ExportArgs, ExportTo, ImportArgs, InfoArgs, JobArgs,
+    RenderArgs, SampleArgs, VerifyArgs,
 };
 use crate::cache::{Cache, LevelStats};
 use crate::format::conf::{StorageFormat, TileFormat, TileScheme};
 use crate::format::levels::LevelRange;
 use crate::format::TileAddr;
 use crate::jobs::aoi::Aoi;
+use crate::jobs::aoi::Coverage;
 use crate::jobs::engine::{JobOptions, JobSummary, LevelSelect, Progress, Target};
 use crate::jobs::export::export_job;
 use crate::jobs::import::import_job;
-use crate::jobs::package::update_package;
-use crate::render::batch::{render_batch, BatchOptions};
+use crate::jobs::package::{export_ready_to_serve, update_package, update_package_as, PackageKind};
+use crate::jobs::selection::Area;
+use crate::render::batch::{render_batch_in, BatchOptions, BlockCover, TileFilter};
 use crate::render::label::LabelSource;
 use crate::render::{HttpOptions, Keep, RenderOptions, Renderer, SourceSpec, TileSource};
 
@@ -62,10 +64,64 @@ pub fn verify(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// `bundlefs create`: an empty Compact V2 cache of a scheme.
+/// `bundlefs create`: an empty Compact V2 cache of a scheme: Web Mercator, a tiling scheme file, or
+/// one built from the Create Map Server Cache parameters (`--wkid`/`--wkt`, see `cli::scheme`).
 pub fn create(a: &CreateArgs) -> anyhow::Result<ExitCode> {
-    let s = build_scheme(&a.scheme, a.levels, a.format.into())?;
-    Cache::create(&a.dir, &s, None)?;
+    let t = &a.tool;
+    let (s, antialiasing, extent) = if t.builds_scheme() {
+        if a.scheme != "web-mercator" {
+            bail!(
+                "--scheme {} and --wkid/--wkt both give a tiling scheme; give one",
+                a.scheme
+            );
+        }
+        if a.levels.is_some() {
+            bail!("--levels selects levels of --scheme; with --wkid/--wkt, --scales or --standard give the levels");
+        }
+        let doc = t.build()?;
+        (doc.scheme, doc.antialiasing, doc.extent)
+    } else {
+        let only = t.building_only();
+        if !only.is_empty() {
+            bail!(
+                "{} build a tiling scheme and need its spatial reference: add --wkid N or --wkt FILE",
+                only.join(", ")
+            );
+        }
+        let levels = a.levels.unwrap_or(LevelRange { min: 0, max: 19 });
+        let s = build_scheme(&a.scheme, levels, t.format.map(TileFormat::from))?;
+        // A scheme file's antialiasing is kept (ArcGIS's supertile size follows it).
+        let antialiasing = a.scheme != "web-mercator"
+            && std::fs::read(&a.scheme).is_ok_and(|b| crate::render::supertile::antialiasing(&b));
+        if let Some(e) = &t.extent {
+            crate::format::scheme::check_origin_above_left(&s, e)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", a.scheme))?;
+        }
+        (s, antialiasing, t.extent)
+    };
+    if a.ready_to_serve {
+        if antialiasing {
+            bail!("--ready-to-serve: root.json has no antialiasing setting; leave out --antialiasing (or the scheme file's)");
+        }
+        crate::jobs::package::create_ready_to_serve(&a.dir, &s, extent)?;
+        outln!(
+            "created {} ({} levels, {}, ready-to-serve: root.json, tile/)",
+            a.dir.display(),
+            s.lods.len(),
+            s.tile_format.name()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    Cache::create(&a.dir, &s, extent)?;
+    if antialiasing {
+        // Cache::create writes antialiasing off; the same document with it on replaces it.
+        let doc = crate::format::scheme::SchemeDocument {
+            scheme: s.clone(),
+            antialiasing,
+            extent,
+        };
+        crate::cache::write_atomic(&a.dir.join("conf.xml"), &doc.to_conf_xml(), true)?;
+    }
     outln!(
         "created {} ({} levels, {}, compact-v2)",
         a.dir.display(),
@@ -79,18 +135,34 @@ pub fn create(a: &CreateArgs) -> anyhow::Result<ExitCode> {
 pub fn export(a: &ExportArgs) -> anyhow::Result<ExitCode> {
     let source = Source::open(&a.src)?;
     let opts = job_options(&a.job, source.cache(), &a.src)?;
-    let target: Target = a.storage.into();
+    let target: ExportTo = match (a.storage, PackageKind::of_name(&a.dest)) {
+        (Some(s), _) => s.into(),
+        (None, Some(PackageKind::Tpkx)) => ExportTo::Target(Target::Tpkx),
+        (None, Some(PackageKind::Tpk)) => ExportTo::Tpk,
+        (None, None) => bail!(
+            "{}: say which storage to write (--storage exploded, compact-v1, compact-v2, \
+             ready-to-serve, tpkx or tpk); only a .tpkx or .tpk name says it alone",
+            a.dest.display()
+        ),
+    };
     let bar = Bar::new();
-    // A folder is export's, a package is package's.
+    // A folder is export's, a package or ready-to-serve folder is package's.
+    let (c, d) = (source.cache(), &a.dest);
     let s = match target {
-        Target::Storage(st) => export_job(source.cache(), &a.dest, st, &opts, &bar)?,
-        Target::Tpkx => update_package(source.cache(), &a.dest, &opts, &bar, false)?,
+        ExportTo::Target(Target::Storage(st)) => export_job(c, d, st, &opts, &bar)?,
+        ExportTo::Target(Target::Tpkx) => {
+            update_package_as(c, d, Some(PackageKind::Tpkx), &opts, &bar, false)?
+        }
+        ExportTo::Tpk => update_package_as(c, d, Some(PackageKind::Tpk), &opts, &bar, false)?,
+        ExportTo::ReadyToServe => export_ready_to_serve(c, d, &opts, &bar)?,
     };
     bar.0.finish_and_clear();
     crate::jobs::selection::check_matched(source.cache(), &opts, &s)?;
     let to = match target {
-        Target::Storage(st) => st.to_string(),
-        Target::Tpkx => "tpkx".to_string(),
+        ExportTo::Target(Target::Storage(st)) => st.to_string(),
+        ExportTo::Target(Target::Tpkx) => "tpkx".to_string(),
+        ExportTo::Tpk => "tpk".to_string(),
+        ExportTo::ReadyToServe => "ready-to-serve".to_string(),
     };
     print_summary("exported", &s, &a.src, source.cache(), &a.dest, &to)?;
     Ok(ExitCode::SUCCESS)
@@ -117,6 +189,73 @@ pub fn import(a: &ImportArgs) -> anyhow::Result<ExitCode> {
         &a.dest,
         "existing cache",
     )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bundlefs delete`: remove the selected tiles (see `jobs::delete`) and say what went.
+pub fn delete(a: &DeleteArgs) -> anyhow::Result<ExitCode> {
+    let c = open_folder(&a.cache, "delete")?;
+    let levels = match (&a.levels, &a.scales) {
+        (_, Some(s)) => Some(LevelSelect::Scales(s.clone())),
+        (Some(r), None) => Some(LevelSelect::Range(*r)),
+        (None, None) => None,
+    };
+    let extent = match (a.extent, a.extent_crs) {
+        (Some(e), Some(crs)) => Some(crate::jobs::selection::extent_in_cache(
+            &e,
+            crs,
+            c.scheme(),
+        )?),
+        (e, _) => e,
+    };
+    let aoi = a
+        .aoi
+        .as_deref()
+        .map(|p| Aoi::from_geojson_file(p, c.scheme()))
+        .transpose()?;
+    if aoi.is_some() && extent.is_some() {
+        eprintln!("bundlefs: both --aoi and --extent given: the area of interest wins");
+    }
+    let opts = crate::jobs::delete::DeleteOptions {
+        levels,
+        extent,
+        aoi,
+        all: a.all,
+    };
+    let s = crate::jobs::delete::delete(&c, &opts)?;
+    let after = match c.storage() {
+        _ if s.tiles == 0 => String::new(),
+        StorageFormat::CompactV2 if !crate::cache::url::is_url(c.root()) => format!(
+            "; their {} bytes are dead space until `bundlefs compact {}` rewrites the bundles \
+             (by default those at least 20% dead; `--min-dead 0%` for every one)",
+            s.bytes,
+            a.cache.display()
+        ),
+        StorageFormat::CompactV1 => format!(
+            "; their {} bytes stay in the .bundle files as dead space (export to a new cache to \
+             reclaim it)",
+            s.bytes
+        ),
+        StorageFormat::Exploded => format!(
+            " ({} bytes of files, {} empty row folders removed)",
+            s.bytes, s.row_folders
+        ),
+        _ => format!(" ({} bytes)", s.bytes),
+    };
+    outln!(
+        "{}: deleted {} tiles from {} bundles in levels {} ({}){after}",
+        a.cache.display(),
+        s.tiles,
+        s.bundles,
+        levels_text(&s.levels),
+        c.storage()
+    );
+    if s.tiles == 0 {
+        eprintln!(
+            "bundlefs: the selection meets no stored tile of {}; nothing was deleted",
+            a.cache.display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -246,6 +385,24 @@ pub fn render(a: &RenderArgs) -> anyhow::Result<ExitCode> {
     if let (Some(e), Some(crs)) = (&mut extent, a.extent_crs) {
         *e = crate::jobs::selection::extent_in_cache(e, crs, cache.scheme())?;
     }
+    let area = match &a.aoi {
+        Some(p) => {
+            let aoi = Aoi::from_geojson_file(p, cache.scheme())?;
+            if extent.is_some() {
+                eprintln!("bundlefs: both --aoi and --extent given: the area of interest wins");
+            }
+            extent = Some(aoi.bbox());
+            let (width, height) = cache
+                .scheme()
+                .map_or((256, 256), |s| (s.tile_cols, s.tile_rows));
+            Some(AreaTiles {
+                area: Area::Aoi(aoi),
+                width,
+                height,
+            })
+        }
+        None => None,
+    };
     let r = Renderer::new(cache, src, Keep::No, opts)?;
     let bo = BatchOptions {
         levels,
@@ -257,7 +414,8 @@ pub fn render(a: &RenderArgs) -> anyhow::Result<ExitCode> {
         fine_first: spec == SourceSpec::Resample,
     };
     let bar = progress_bar();
-    let st = render_batch(&r, &bo, &|n| bar.inc(n))?;
+    let filter = area.as_ref().map(|f| f as &dyn TileFilter);
+    let st = render_batch_in(&r, &bo, filter, &|n| bar.inc(n))?;
     bar.finish_and_clear();
     let made = st.rendered + st.empty + st.failed;
     outln!(
@@ -281,6 +439,29 @@ pub fn render(a: &RenderArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The tiles of a jobs' [`Area`] as a render batch's filter (`render --aoi`): the same rule as
+/// `delete --aoi` and `export --aoi` ([`Area::takes_tile`]).
+#[derive(Debug)]
+struct AreaTiles {
+    area: Area,
+    /// Tile size in pixels (conf.xml's TileCols × TileRows).
+    width: u32,
+    height: u32,
+}
+
+impl TileFilter for AreaTiles {
+    fn block(&self, env: &crate::format::conf::Envelope) -> BlockCover {
+        match self.area.block(env) {
+            Coverage::Outside => BlockCover::Outside,
+            Coverage::Inside => BlockCover::Inside,
+            Coverage::Partial => BlockCover::Partial,
+        }
+    }
+    fn tile(&self, env: &crate::format::conf::Envelope) -> bool {
+        self.area.takes_tile(env, self.width, self.height)
+    }
 }
 
 fn progress_bar() -> ProgressBar {
@@ -461,13 +642,13 @@ impl Progress for Bar {
 fn build_scheme(
     scheme: &str,
     levels: LevelRange,
-    format: TileFormat,
+    format: Option<TileFormat>,
 ) -> anyhow::Result<TileScheme> {
     let mut s = if scheme == "web-mercator" {
         if levels.max > 23 {
             bail!("web-mercator has levels 0-23; got up to {}", levels.max);
         }
-        TileScheme::web_mercator(levels.max, format.clone())
+        TileScheme::web_mercator(levels.max, format.clone().unwrap_or(TileFormat::Png))
     } else {
         let bytes = std::fs::read(scheme)
             .with_context(|| format!("{scheme}: cannot read tiling scheme"))?;
@@ -483,14 +664,17 @@ fn build_scheme(
             levels.max
         );
     }
-    if s.tile_format != format {
-        s.compression_quality = if format == TileFormat::Jpeg || format == TileFormat::Mixed {
-            75
-        } else {
-            0
-        };
+    // Without --format a scheme file keeps its own format and quality.
+    if let Some(format) = format {
+        if s.tile_format != format {
+            s.compression_quality = if format == TileFormat::Jpeg || format == TileFormat::Mixed {
+                75
+            } else {
+                0
+            };
+        }
+        s.tile_format = format;
     }
-    s.tile_format = format;
     s.storage = StorageFormat::CompactV2;
     s.packet_size = 128;
     Ok(s)
@@ -515,13 +699,19 @@ fn info_of(path: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
     // A package is shown under its own name, not the folder it was unpacked to.
     let (shown, kind) = match &src {
         Source::Package(_) => (path.to_path_buf(), "tile package".to_string()),
+        Source::Folder(c) if c.ready_to_serve().is_some() => {
+            (c.root().to_path_buf(), "ready-to-serve layout".to_string())
+        }
         Source::Folder(c) => (c.root().to_path_buf(), format!("{:?} layout", c.layout())),
     };
     if as_json {
         let v = json!({
             "path": shown,
             "package": matches!(src, Source::Package(_)),
-            "layout": format!("{:?}", c.layout()),
+            "layout": match c.ready_to_serve() {
+                Some(_) => "ReadyToServe".to_string(),
+                None => format!("{:?}", c.layout()),
+            },
             "storage": c.storage().to_string(),
             "scheme": scheme.map(|s| json!({
                 "wkid": s.wkid, "latestWkid": s.latest_wkid,

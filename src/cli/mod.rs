@@ -6,6 +6,7 @@ mod commands;
 mod mount;
 mod output;
 mod registry;
+mod scheme;
 mod source;
 mod unmount;
 
@@ -43,15 +44,34 @@ pub enum StorageArg {
     /// A `.tpkx` tile package (Compact V2 bundles in a stored zip).
     #[value(name = "tpkx", alias = "TILE_PACKAGE", alias = "TPKX")]
     Tpkx,
+    /// A `.tpk` tile package (Compact V1 bundles in a stored zip, ArcGIS's older package).
+    #[value(name = "tpk", alias = "TPK")]
+    Tpk,
+    /// A ready-to-serve folder: root.json, iteminfo.json, Compact V2 bundles under tile/.
+    #[value(name = "ready-to-serve", alias = "READY_TO_SERVE_FORMAT")]
+    ReadyToServe,
 }
 
-impl From<StorageArg> for Target {
+/// What `export` writes: a job target, or one of the package kinds only the command line names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportTo {
+    /// A cache folder or `.tpkx` ([`Target`]).
+    Target(Target),
+    /// A `.tpk` package ([`crate::jobs::package::write_tpk`]).
+    Tpk,
+    /// A ready-to-serve folder ([`crate::jobs::package::export_ready_to_serve`]).
+    ReadyToServe,
+}
+
+impl From<StorageArg> for ExportTo {
     fn from(s: StorageArg) -> Self {
         match s {
-            StorageArg::Exploded => Target::Storage(StorageFormat::Exploded),
-            StorageArg::CompactV1 => Target::Storage(StorageFormat::CompactV1),
-            StorageArg::CompactV2 => Target::Storage(StorageFormat::CompactV2),
-            StorageArg::Tpkx => Target::Tpkx,
+            StorageArg::Exploded => ExportTo::Target(Target::Storage(StorageFormat::Exploded)),
+            StorageArg::CompactV1 => ExportTo::Target(Target::Storage(StorageFormat::CompactV1)),
+            StorageArg::CompactV2 => ExportTo::Target(Target::Storage(StorageFormat::CompactV2)),
+            StorageArg::Tpkx => ExportTo::Target(Target::Tpkx),
+            StorageArg::Tpk => ExportTo::Tpk,
+            StorageArg::ReadyToServe => ExportTo::ReadyToServe,
         }
     }
 }
@@ -107,9 +127,14 @@ pub enum Command {
     Info(InfoArgs),
     /// Check every bundle index entry (inside the file, sizes sane); exit 1 naming each bad one.
     Verify(VerifyArgs),
-    /// Create an empty ArcGIS-layout Compact V2 cache.
+    /// Create an empty ArcGIS-layout Compact V2 cache: Web Mercator, a tiling scheme file, or a
+    /// scheme built from the parameters of ArcGIS's Create Map Server Cache (--wkid/--wkt, …).
     Create(CreateArgs),
-    /// Export tiles of a cache (or .tpkx/.tpk) to a cache folder or a .tpkx, in any storage format.
+    /// Write a tiling scheme file (conf.xml form) from the parameters of ArcGIS's Generate Map
+    /// Server Cache Tiling Scheme; `create --scheme FILE.xml` takes it back.
+    Scheme(scheme::SchemeArgs),
+    /// Export tiles of a cache (or .tpkx/.tpk) to a cache folder, a ready-to-serve folder, a .tpkx
+    /// or a .tpk, in any storage format.
     Export(ExportArgs),
     /// Import tiles of a cache (or .tpkx/.tpk) into an existing cache with the same tiling scheme.
     Import(ImportArgs),
@@ -120,6 +145,9 @@ pub enum Command {
     /// bundles and exited; exit non-zero with the reason if a flush failed.
     #[command(alias = "umount")]
     Unmount(UnmountArgs),
+    /// Delete tiles by levels, --extent or --aoi (Manage Map Server Cache Tiles, "delete tiles");
+    /// in bundles they become dead space that `bundlefs compact` reclaims.
+    Delete(DeleteArgs),
     /// Rewrite Compact V2 bundles whose dead space (overwritten/deleted tiles) reaches a threshold.
     Compact(CompactArgs),
     /// Render tiles the cache lacks from a source: the renderable tiles of some levels (like
@@ -154,24 +182,24 @@ pub struct VerifyArgs {
 pub struct CreateArgs {
     /// Folder to create (it must not hold a cache yet).
     pub dir: PathBuf,
-    /// Tiling scheme: `web-mercator`, or a conf.xml file whose tiling scheme to use.
+    /// Tiling scheme: `web-mercator`, or a conf.xml / tiling scheme file (from `bundlefs scheme`)
+    /// whose tiling scheme to use. Not with --wkid/--wkt, which build one.
     #[arg(
         long,
         default_value = "web-mercator",
         value_name = "web-mercator|CONF_XML"
     )]
     pub scheme: String,
-    /// Levels to include, e.g. 0-19.
-    #[arg(
-        long,
-        default_value = "0-19",
-        value_name = "A-B",
-        allow_hyphen_values = true
-    )]
-    pub levels: LevelRange,
-    /// Tile image format.
-    #[arg(long, value_enum, default_value = "PNG")]
-    pub format: FormatArg,
+    /// Levels of --scheme to include, e.g. 0-19 [default: 0-19]; not with --wkid/--wkt.
+    #[arg(long, value_name = "A-B", allow_hyphen_values = true)]
+    pub levels: Option<LevelRange>,
+    /// The tiling scheme parameters of ArcGIS's Create Map Server Cache.
+    #[command(flatten)]
+    pub tool: scheme::ToolSchemeArgs,
+    /// Write ArcGIS's ready-to-serve layout (root.json, iteminfo.json, tile/) instead of
+    /// conf.xml, conf.cdi and _alllayers/.
+    #[arg(long)]
+    pub ready_to_serve: bool,
 }
 
 /// What to take from SRC and how to write it (shared by export and import).
@@ -221,12 +249,13 @@ pub struct JobArgs {
 pub struct ExportArgs {
     /// Source cache folder, conf.xml, .tpkx or .tpk.
     pub src: PathBuf,
-    /// Destination folder (a .tpkx file with --storage tpkx).
+    /// Destination folder (a .tpkx or .tpk file with --storage tpkx or tpk).
     pub dest: PathBuf,
-    /// Target storage: exploded, compact-v1, compact-v2, tpkx (ArcGIS names EXPLODED, COMPACT,
-    /// COMPACT_V2, TILE_PACKAGE).
+    /// Target storage: exploded, compact-v1, compact-v2, ready-to-serve, tpkx, tpk (ArcGIS names
+    /// EXPLODED, COMPACT, COMPACT_V2, READY_TO_SERVE_FORMAT, TILE_PACKAGE). May be left out when
+    /// DEST ends in .tpkx or .tpk.
     #[arg(long, value_enum)]
-    pub storage: StorageArg,
+    pub storage: Option<StorageArg>,
     #[command(flatten)]
     pub job: JobArgs,
 }
@@ -245,7 +274,7 @@ pub struct ImportArgs {
 /// Arguments of `bundlefs mount`; `--daemon` re-runs the program with these same arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MountArgs {
-    /// Cache folder (or its conf.xml).
+    /// Cache folder (or its conf.xml, or a ready-to-serve folder or its root.json).
     pub cache: PathBuf,
     /// Empty directory to mount on.
     pub mountpoint: PathBuf,
@@ -329,6 +358,39 @@ pub struct UnmountArgs {
     pub timeout: Option<Seconds>,
 }
 
+/// Arguments of `bundlefs delete`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeleteArgs {
+    /// Cache folder (or its conf.xml), or s3://BUCKET/PREFIX.
+    pub cache: PathBuf,
+    /// Only these levels, e.g. 0-7, 5, 3- or -4; with no --extent/--aoi every tile of them.
+    #[arg(
+        long,
+        conflicts_with = "scales",
+        value_name = "A-B",
+        allow_hyphen_values = true
+    )]
+    pub levels: Option<LevelRange>,
+    /// Only the levels at these map scales, e.g. 577790.554289,288895.277144.
+    #[arg(long, value_delimiter = ',', num_args = 1.., value_name = "SCALE,...")]
+    pub scales: Option<Vec<f64>>,
+    /// Only tiles overlapping this box, in the cache's spatial reference: one argument
+    /// XMIN,YMIN,XMAX,YMAX (negative numbers allowed).
+    #[arg(long, allow_hyphen_values = true, value_name = "XMIN,YMIN,XMAX,YMAX")]
+    pub extent: Option<Envelope>,
+    /// The spatial reference --extent is in, as an EPSG code (e.g. 4326); default: the cache's.
+    #[arg(long, value_name = "EPSG", requires = "extent")]
+    pub extent_crs: Option<u32>,
+    /// Only tiles with a pixel centre inside this GeoJSON polygon/multipolygon (the tiles
+    /// `export --aoi` writes), in the CRS its "crs" member names (WGS 84 when none); wins over
+    /// --extent.
+    #[arg(long, value_name = "FILE")]
+    pub aoi: Option<PathBuf>,
+    /// Delete every tile of the cache (needed when no --levels, --scales, --extent or --aoi).
+    #[arg(long, conflicts_with_all = ["levels", "scales", "extent", "aoi"])]
+    pub all: bool,
+}
+
 /// Arguments of `bundlefs compact`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CompactArgs {
@@ -342,7 +404,8 @@ pub struct CompactArgs {
 /// Arguments of `bundlefs render`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RenderArgs {
-    /// Cache folder (or its conf.xml); it must have a conf.xml.
+    /// Cache folder (or its conf.xml); it must have a conf.xml (or be a ready-to-serve folder with
+    /// a root.json).
     pub cache: PathBuf,
     /// Where tiles come from: arcgis:URL, wms:URL (GetMap parameters in the query, LAYERS
     /// required; #axis=xy|yx to override the 1.3.0 axis rule), resample or label.
@@ -368,6 +431,11 @@ pub struct RenderArgs {
     /// The spatial reference --extent is in, as an EPSG code (e.g. 4326); default: the cache's.
     #[arg(long, value_name = "EPSG", requires = "extent")]
     pub extent_crs: Option<u32>,
+    /// Only tiles with a pixel centre inside this GeoJSON polygon/multipolygon (as export --aoi
+    /// and delete --aoi take them), in the CRS its "crs" member names (WGS 84 when none); wins
+    /// over --extent.
+    #[arg(long, conflicts_with = "tile", value_name = "FILE")]
+    pub aoi: Option<PathBuf>,
     /// One tile, as L/R/C (decimal) or Lnn/Rxxxxxxxx/Cxxxxxxxx (hex as in exploded caches).
     #[arg(long, value_name = "L/R/C")]
     pub tile: Option<TileAddr>,
@@ -451,10 +519,12 @@ pub fn main() -> ExitCode {
         Command::Info(a) => commands::info(&a),
         Command::Verify(a) => commands::verify(&a),
         Command::Create(a) => commands::create(&a),
+        Command::Scheme(a) => scheme::run(&a),
         Command::Export(a) => commands::export(&a),
         Command::Import(a) => commands::import(&a),
         Command::Mount(a) => mount::run(a),
         Command::Unmount(a) => unmount::run(&a),
+        Command::Delete(a) => commands::delete(&a),
         Command::Compact(a) => commands::compact(&a),
         Command::Render(a) => commands::render(&a),
         Command::Sample(a) => commands::sample(&a),

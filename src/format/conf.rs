@@ -598,11 +598,14 @@ fn spatial_reference(x: &mut Xml, wkt: Option<&str>, wkid: Option<u32>, latest: 
     if wkt.is_none() && wkid.is_none() && latest.is_none() {
         return;
     }
-    x.open(
-        "SpatialReference",
-        Some("typens:ProjectedCoordinateSystem"),
-        false,
-    );
+    // ArcGIS types a geographic reference as such (its 9.x conf.xml: GeographicCoordinateSystem).
+    let geographic = wkt.is_some_and(|w| w.trim_start().to_ascii_uppercase().starts_with("GEOGCS"));
+    let kind = if geographic {
+        "typens:GeographicCoordinateSystem"
+    } else {
+        "typens:ProjectedCoordinateSystem"
+    };
+    x.open("SpatialReference", Some(kind), false);
     if let Some(wkt) = wkt {
         x.leaf("WKT", wkt);
     }

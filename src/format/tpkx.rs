@@ -105,6 +105,33 @@ pub fn root_json(name: &str, scheme: &TileScheme, levels: (u8, u8), extent: &Env
     ordered_json(&members)
 }
 
+/// The members of `root.json` that follow from what a cache holds: `minLOD`/`maxLOD` and
+/// `minScale`/`maxScale` for `levels` (min, max), `fullExtent` (in the scheme's spatial
+/// reference) for `extent`. What [`root_json`] writes, for [`set_members`] to update a
+/// ready-to-serve folder after tiles were added. GDAL's ESRIC driver reads levels `minLOD` to
+/// `maxLOD` only (a level beyond `maxLOD` is not seen), and crops to `fullExtent`.
+pub fn content_members(
+    scheme: &TileScheme,
+    levels: Option<(u8, u8)>,
+    extent: Option<&Envelope>,
+) -> Vec<(&'static str, Value)> {
+    let sr = spatial_reference(scheme);
+    let mut out = Vec::new();
+    if let Some(e) = extent {
+        out.push(("fullExtent", extent_json(e, &sr)));
+    }
+    if let Some((lo, hi)) = levels {
+        let scale = |l: u8| scheme.lod(l).map_or(0.0, |l| l.scale);
+        out.extend([
+            ("minLOD", json!(lo)),
+            ("maxLOD", json!(hi)),
+            ("minScale", json!(scale(lo))),
+            ("maxScale", json!(scale(hi))),
+        ]);
+    }
+    out
+}
+
 /// A JSON object with its members in the given order, pretty-printed (serde_json's maps sort keys).
 fn ordered_json(members: &[(&str, Value)]) -> Vec<u8> {
     let mut out = String::from("{");
@@ -366,6 +393,142 @@ where
     z.finish().map_err(std::io::Error::other)
 }
 
+/// `root.json` text with top-level `members` set to the given values, everything else kept as it
+/// was, byte for byte and in its order (an update must not move `tileBundlesPath` past the first
+/// 1024 bytes, where GDAL's ESRIC driver looks for it, nor drop members bundlefs does not read,
+/// such as ArcGIS's `layers` legend). A member not there yet is added at the end.
+///
+/// Errors: what [`super::text::parse_json`] reports for bytes that are not JSON, and
+/// [`FormatError::Json`] when the document is not an object.
+pub fn set_members(bytes: &[u8], members: &[(&str, Value)]) -> Result<Vec<u8>, FormatError> {
+    super::text::parse_json(bytes)?;
+    let text = super::text::decode(bytes)?;
+    let spans =
+        top_level_members(&text).ok_or_else(|| json_err("root.json is not a JSON object"))?;
+    let mut edits: Vec<(std::ops::Range<usize>, String)> = Vec::new();
+    let mut added = String::new();
+    for (key, value) in members {
+        let value_text = serde_json::to_string(value).expect("JSON of plain values");
+        match spans.members.iter().find(|(k, _)| k == key) {
+            Some((_, range)) => edits.push((range.clone(), value_text)),
+            None => {
+                let sep = if spans.members.is_empty() && added.is_empty() {
+                    "\n  "
+                } else {
+                    ",\n  "
+                };
+                added.push_str(sep);
+                added.push_str(&serde_json::to_string(key).expect("a string"));
+                added.push_str(": ");
+                added.push_str(&value_text);
+            }
+        }
+    }
+    if !added.is_empty() {
+        added.push('\n');
+        edits.push((spans.last_value_end..spans.last_value_end, added));
+    }
+    edits.sort_by_key(|e| e.0.start);
+    let mut out = String::with_capacity(text.len() + 256);
+    let mut at = 0;
+    for (range, with) in edits {
+        out.push_str(&text[at..range.start]);
+        out.push_str(&with);
+        at = range.end;
+    }
+    out.push_str(&text[at..]);
+    Ok(out.into_bytes())
+}
+
+/// Members of a JSON object's top level: (key, byte range of the value), and where the last value
+/// ends (just after `{` for an empty object).
+struct TopLevel {
+    members: Vec<(String, std::ops::Range<usize>)>,
+    last_value_end: usize,
+}
+
+/// Scans valid JSON text (checked by the caller) for its top-level members; `None` when the
+/// document is not an object.
+fn top_level_members(text: &str) -> Option<TopLevel> {
+    let b = text.as_bytes();
+    let skip_ws = |mut i: usize| {
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        i
+    };
+    // Index just past the string starting at `i` (a `"`).
+    let string_end = |mut i: usize| {
+        i += 1;
+        while i < b.len() && b[i] != b'"' {
+            i += if b[i] == b'\\' { 2 } else { 1 };
+        }
+        i + 1
+    };
+    // Index just past the value starting at `i`.
+    let value_end = |mut i: usize| {
+        let mut depth = 0usize;
+        while i < b.len() {
+            match b[i] {
+                b'"' => {
+                    i = string_end(i);
+                    if depth == 0 {
+                        return i;
+                    }
+                    continue;
+                }
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' => {
+                    if depth == 0 {
+                        return i;
+                    }
+                    depth -= 1;
+                    if depth == 0 {
+                        return i + 1;
+                    }
+                }
+                b',' if depth == 0 => return i,
+                c if depth == 0 && c.is_ascii_whitespace() => return i,
+                _ => {}
+            }
+            i += 1;
+        }
+        i
+    };
+    let mut i = skip_ws(0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    let mut out = TopLevel {
+        members: Vec::new(),
+        last_value_end: i,
+    };
+    loop {
+        i = skip_ws(i);
+        match b.get(i)? {
+            b'}' => return Some(out),
+            b',' => {
+                i += 1;
+                continue;
+            }
+            b'"' => {}
+            _ => return None,
+        }
+        let k_end = string_end(i);
+        let key: String = serde_json::from_str(text.get(i..k_end)?).ok()?;
+        i = skip_ws(k_end);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        let v_start = skip_ws(i + 1);
+        let v_end = value_end(v_start);
+        out.members.push((key, v_start..v_end));
+        out.last_value_end = v_end;
+        i = v_end;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,5 +634,33 @@ mod tests {
         assert_eq!(f.compression(), zip::CompressionMethod::Stored);
         assert_eq!(f.size(), 1000);
         assert_eq!(f.compressed_size(), 1000);
+    }
+
+    #[test]
+    fn set_members_keeps_the_rest_in_order() {
+        let text = "{\"name\": \"a\\\"}\", \"fullExtent\": {\"xmin\": 1, \"l\": [1, {\"x\": \"}\"}]},\n \"tileBundlesPath\" : \"./tile\", \"maxLOD\":3}";
+        let out = set_members(
+            text.as_bytes(),
+            &[
+                ("fullExtent", json!({"xmin": 5})),
+                ("maxLOD", json!(7)),
+                ("minLOD", json!(2)),
+            ],
+        )
+        .unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(
+            out,
+            "{\"name\": \"a\\\"}\", \"fullExtent\": {\"xmin\":5},\n \"tileBundlesPath\" : \"./tile\", \"maxLOD\":7,\n  \"minLOD\": 2\n}"
+        );
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["minLOD"], 2);
+        assert_eq!(v["name"], "a\"}");
+        assert_eq!(
+            set_members(b"{}", &[("a", json!(1))]).unwrap(),
+            b"{\n  \"a\": 1\n}"
+        );
+        assert!(set_members(b"[1]", &[("a", json!(1))]).is_err());
+        assert!(set_members(b"{\"a\": ", &[("a", json!(1))]).is_err());
     }
 }

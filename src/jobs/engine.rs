@@ -710,7 +710,8 @@ pub fn into_cache(
     Ok(summary)
 }
 
-/// True when `dir` already holds a cache (conf.xml, `_alllayers/` or level folders).
+/// True when `dir` already holds a cache (conf.xml, `_alllayers/`, level folders, or a
+/// ready-to-serve `root.json`).
 pub fn holds_cache(dir: &Path) -> Result<bool> {
     if let Some(u) = crate::cache::url::ObjectUrl::from_path(dir)? {
         return crate::cache::store::object::holds_cache(&u);
@@ -719,6 +720,7 @@ pub fn holds_cache(dir: &Path) -> Result<bool> {
     Ok(
         crate::cache::find_entry(dir, crate::cache::CONF_XML)?.is_some()
             || crate::cache::find_entry(dir, crate::cache::ALLLAYERS)?.is_some()
+            || crate::cache::find_entry(dir, crate::format::tpkx::ROOT_JSON)?.is_some()
             || crate::cache::read_dir_names(dir)?
                 .iter()
                 .any(|n| exploded::parse_level_dir(n).is_ok()),

@@ -6,6 +6,7 @@
 
 pub mod aoi;
 pub mod compact;
+pub mod delete;
 pub mod engine;
 pub mod export;
 pub mod import;

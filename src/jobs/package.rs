@@ -7,7 +7,8 @@ use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use super::engine::{
-    dest_options, extent_after, into_cache, run, JobOptions, JobSummary, Progress,
+    dest_options, extent_after, holds_cache, into_cache, run, syncfs, JobOptions, JobSummary,
+    Progress,
 };
 use crate::cache::{Cache, ALLLAYERS, CONF_CDI, CONF_XML};
 use crate::error::{Error, FormatContext, IoContext, Result};
@@ -116,12 +117,84 @@ pub fn open_package(path: &Path) -> Result<Unpacked> {
     Ok(Unpacked { cache, _dir: dir })
 }
 
-/// Writes (or rewrites, `must_exist` for import) the `.tpkx` at `dest` with the selected tiles of
-/// `src`. The package is built in a temporary folder beside DEST and renamed over it when complete,
-/// so DEST is never half written.
+/// The kinds of tile package bundlefs writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackageKind {
+    /// `.tpkx`: Esri's open tile-package spec, Compact V2 bundles under `tile/`, `root.json`.
+    Tpkx,
+    /// `.tpk`: ArcGIS's older package, Compact V1 bundles (+ `.bundlx`) under
+    /// `v101/Layers/_alllayers/`, conf.xml, `esriinfo/` (see [`crate::format::tpk`]).
+    Tpk,
+}
+
+impl PackageKind {
+    /// The storage of the bundles this kind holds.
+    pub fn storage(self) -> StorageFormat {
+        match self {
+            PackageKind::Tpkx => StorageFormat::CompactV2,
+            PackageKind::Tpk => StorageFormat::CompactV1,
+        }
+    }
+
+    /// The file name extension, without the dot.
+    pub fn extension(self) -> &'static str {
+        match self {
+            PackageKind::Tpkx => "tpkx",
+            PackageKind::Tpk => "tpk",
+        }
+    }
+
+    /// The kind a file name's extension says (`.tpk`, `.tpkx`, any case), if any.
+    pub fn of_name(path: &Path) -> Option<PackageKind> {
+        let ext = path.extension()?.to_str()?;
+        if ext.eq_ignore_ascii_case("tpkx") {
+            Some(PackageKind::Tpkx)
+        } else if ext.eq_ignore_ascii_case("tpk") {
+            Some(PackageKind::Tpk)
+        } else {
+            None
+        }
+    }
+
+    /// The kind of an existing package, by what it holds: a `root.json` makes a `.tpkx`, anything
+    /// else (a `v101/` cache) a `.tpk`. Errors: a file that is not a readable zip, naming it.
+    pub fn of_file(path: &Path) -> Result<PackageKind> {
+        let f = fs::File::open(path).at(path)?;
+        let z = zip::ZipArchive::new(std::io::BufReader::new(f)).map_err(|e| zip_err(path, e))?;
+        let has_root = exploded::find_name(z.file_names(), tpkx::ROOT_JSON)
+            .in_file(path)?
+            .is_some();
+        Ok(if has_root {
+            PackageKind::Tpkx
+        } else {
+            PackageKind::Tpk
+        })
+    }
+}
+
+/// Writes (or rewrites, `must_exist` for import) the package at `dest` with the selected tiles of
+/// `src`: an existing package keeps its kind, a new one is a `.tpkx`. See [`update_package_as`].
 pub fn update_package(
     src: &Cache,
     dest: &Path,
+    opts: &JobOptions,
+    progress: &dyn Progress,
+    must_exist: bool,
+) -> Result<JobSummary> {
+    update_package_as(src, dest, None, opts, progress, must_exist)
+}
+
+/// Writes (or rewrites, `must_exist` for import) the package at `dest` with the selected tiles of
+/// `src`; `kind` says which package to write (None: an existing package's kind, else `.tpkx`). The
+/// package is built in a temporary folder beside DEST and renamed over it when complete, so DEST
+/// is never half written.
+///
+/// Errors: a source without conf.xml (a package needs a tiling scheme), DEST a folder, DEST missing
+/// when `must_exist`, an existing DEST of the other kind (naming both), and the job's own errors.
+pub fn update_package_as(
+    src: &Cache,
+    dest: &Path,
+    kind: Option<PackageKind>,
     opts: &JobOptions,
     progress: &dyn Progress,
     must_exist: bool,
@@ -132,14 +205,31 @@ pub fn update_package(
             src.root().display()
         )));
     };
+    let exists = dest.is_file();
+    let kind = match (kind, exists) {
+        (k, true) => {
+            let found = PackageKind::of_file(dest)?;
+            if k.is_some_and(|k| k != found) {
+                return Err(Error::invalid(format!(
+                    "{}: is a .{} package; cannot write a .{} into it (choose another file); \
+                     nothing was written",
+                    dest.display(),
+                    found.extension(),
+                    k.map_or("", PackageKind::extension)
+                )));
+            }
+            found
+        }
+        (k, false) => k.unwrap_or(PackageKind::Tpkx),
+    };
     if dest.is_dir() {
         return Err(Error::invalid(format!(
-            "{}: is a folder; a tile package is a file (e.g. {}.tpkx)",
+            "{}: is a folder; a tile package is a file (e.g. {}.{})",
             dest.display(),
-            dest.display()
+            dest.display(),
+            kind.extension()
         )));
     }
-    let exists = dest.is_file();
     if must_exist && !exists {
         return Err(Error::invalid(format!(
             "{}: no such tile package",
@@ -152,11 +242,11 @@ pub fn update_package(
     };
     fs::create_dir_all(&parent).at(&parent)?;
     let work = tempfile::Builder::new()
-        .prefix(".bundlefs-tpkx-")
+        .prefix(&format!(".bundlefs-{}-", kind.extension()))
         .tempdir_in(&parent)
         .at(&parent)?;
     let cache_dir = work.path().join("cache");
-    let storage = StorageFormat::CompactV2;
+    let storage = kind.storage();
     let (summary, cache) = if exists {
         unpack(dest, &cache_dir)?;
         let mut d = Cache::open_with(&cache_dir, dest_options(storage, false))?;
@@ -187,31 +277,47 @@ pub fn update_package(
         )?;
         (s, d)
     };
-    write_tpkx(&cache, dest, opts.sync)?;
+    match kind {
+        PackageKind::Tpkx => write_tpkx(&cache, dest, opts.sync)?,
+        PackageKind::Tpk => write_tpk(&cache, dest, opts.sync)?,
+    }
     Ok(summary)
 }
 
-/// Packs a Compact V2 ArcGIS-layout cache into `dest` (temporary file beside it, then rename).
-pub fn write_tpkx(cache: &Cache, dest: &Path, sync: bool) -> Result<()> {
+/// What a package or ready-to-serve folder says about the cache it holds, worked out once.
+struct Contents {
+    /// The scheme, storage set to the cache's.
+    scheme: TileScheme,
+    /// First and last of `levels` (the scheme's first level when there are none).
+    range: (u8, u8),
+    /// The extent holding every tile ([`holding_tiles`]).
+    extent: Envelope,
+    /// Every bundle: its `Lnn/RrrrrCcccc.bundle` name and path.
+    bundles: Vec<(String, PathBuf)>,
+    thumbnail: Option<Vec<u8>>,
+    /// Milliseconds since 1970.
+    created: u64,
+}
+
+fn contents(cache: &Cache) -> Result<Contents> {
     let scheme = cache
         .scheme()
         .ok_or_else(|| Error::invalid(format!("{}: has no conf.xml", cache.root().display())))?;
     let mut scheme = scheme.clone();
-    scheme.storage = StorageFormat::CompactV2;
+    scheme.storage = cache.storage();
     scheme.packet_size = tpkx::PACKET_SIZE;
-    let mut entries: Vec<(String, PathBuf)> = Vec::new();
+    let mut bundles = Vec::new();
     let mut levels = Vec::new();
     for l in cache.levels()? {
-        let bundles = cache.bundles(l)?;
-        if bundles.is_empty() {
+        let ids = cache.bundles(l)?;
+        if ids.is_empty() {
             continue;
         }
         levels.push(l);
-        for id in bundles {
-            entries.push((
+        for id in ids {
+            bundles.push((
                 format!(
-                    "{}/{}/{}.bundle",
-                    tpkx::TILE_DIR,
+                    "{}/{}.bundle",
                     exploded::level_dir(l),
                     exploded::bundle_base(&id)
                 ),
@@ -230,53 +336,253 @@ pub fn write_tpkx(cache: &Cache, dest: &Path, sync: bool) -> Result<()> {
         .extent()
         .unwrap_or_else(|| crate::format::extent::scheme_extent(&scheme));
     let extent = holding_tiles(cache, &scheme, &levels, base)?;
-    let name = dest
-        .file_stem()
-        .map_or_else(|| "tiles".to_string(), |s| s.to_string_lossy().into_owned());
+    let thumbnail = thumbnail(cache, &scheme, &levels, &extent);
     let created = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let root = tpkx::root_json(&name, &scheme, range, &extent);
-    let thumb = thumbnail(cache, &scheme, &levels, &extent);
-    let item = tpkx::iteminfo_json(
-        &name,
-        &guid(created),
+    Ok(Contents {
+        scheme,
+        range,
+        extent,
+        bundles,
+        thumbnail,
         created,
-        &scheme,
-        &extent,
-        thumb.is_some(),
-    );
+    })
+}
 
+/// A package's name: the file's (or folder's) name without extension.
+fn package_name(dest: &Path) -> String {
+    dest.file_stem()
+        .map_or_else(|| "tiles".to_string(), |s| s.to_string_lossy().into_owned())
+}
+
+type Entry = (String, u64, Box<dyn std::io::Read>);
+
+fn bytes_entry(name: impl Into<String>, b: Vec<u8>) -> Entry {
+    (
+        name.into(),
+        b.len() as u64,
+        Box::new(std::io::Cursor::new(b)),
+    )
+}
+
+fn file_entry(name: String, path: &Path) -> Result<Entry> {
+    let f = fs::File::open(path).at(path)?;
+    let len = f.metadata().at(path)?.len();
+    Ok((name, len, Box::new(f)))
+}
+
+/// Writes `entries` as a stored zip at `dest` (temporary file beside it, then rename).
+fn write_zip(dest: &Path, entries: Vec<Entry>, sync: bool) -> Result<()> {
     // A package is a document to hand around: mode as `cp` gives, or the replaced package's.
     let mut tmp = crate::cache::AtomicFile::create(dest, sync)?;
-    let mut files: Vec<(String, u64, Box<dyn std::io::Read>)> = vec![
-        (
-            tpkx::ROOT_JSON.into(),
-            root.len() as u64,
-            Box::new(std::io::Cursor::new(root)),
-        ),
-        (
-            tpkx::ITEMINFO_JSON.into(),
-            item.len() as u64,
-            Box::new(std::io::Cursor::new(item)),
-        ),
-    ];
-    if let Some(png) = thumb {
-        files.push((
-            tpkx::THUMBNAIL_PNG.into(),
-            png.len() as u64,
-            Box::new(std::io::Cursor::new(png)),
-        ));
-    }
-    for (name, path) in entries {
-        let f = fs::File::open(&path).at(&path)?;
-        let len = f.metadata().at(&path)?.len();
-        files.push((name, len, Box::new(f)));
-    }
     let tmp_path = tmp.temp_path().to_path_buf();
     let out = BufWriter::with_capacity(1 << 20, tmp.file());
-    tpkx::write_package(out, files).at(&tmp_path)?;
+    tpkx::write_package(out, entries).at(&tmp_path)?;
     tmp.commit()
+}
+
+/// Packs a Compact V2 ArcGIS-layout cache into a `.tpkx` at `dest` (temporary file beside it,
+/// then rename).
+pub fn write_tpkx(cache: &Cache, dest: &Path, sync: bool) -> Result<()> {
+    let mut c = contents(cache)?;
+    c.scheme.storage = StorageFormat::CompactV2;
+    let name = package_name(dest);
+    let root = tpkx::root_json(&name, &c.scheme, c.range, &c.extent);
+    let item = tpkx::iteminfo_json(
+        &name,
+        &guid(c.created),
+        c.created,
+        &c.scheme,
+        &c.extent,
+        c.thumbnail.is_some(),
+    );
+    let mut files = vec![
+        bytes_entry(tpkx::ROOT_JSON, root),
+        bytes_entry(tpkx::ITEMINFO_JSON, item),
+    ];
+    if let Some(png) = c.thumbnail.take() {
+        files.push(bytes_entry(tpkx::THUMBNAIL_PNG, png));
+    }
+    for (name, path) in &c.bundles {
+        files.push(file_entry(format!("{}/{name}", tpkx::TILE_DIR), path)?);
+    }
+    write_zip(dest, files, sync)
+}
+
+/// Packs an ArcGIS-layout cache (Compact V1 for ArcGIS's readers) into a `.tpk` at `dest`, laid
+/// out as ArcGIS writes one ([`crate::format::tpk`]): `esriinfo/` (item.pkinfo, iteminfo.xml,
+/// thumbnail), `servicedescriptions/mapserver/mapserver.json`, then `v101/Layers/` with conf.cdi,
+/// conf.properties, conf.xml and `_alllayers/` (each `.bundle` followed by its `.bundlx`). Every
+/// entry stored, not compressed.
+pub fn write_tpk(cache: &Cache, dest: &Path, sync: bool) -> Result<()> {
+    use crate::format::tpk;
+    let mut c = contents(cache)?;
+    let name = package_name(dest);
+    let id = guid(c.created);
+    let geo = tpkx::wgs84_extent(&c.scheme, &c.extent);
+    let conf_xml = match cache.conf() {
+        Some(x) => x.with_storage(cache.storage()),
+        None => c.scheme.to_conf_xml(),
+    };
+    let cdi = match cache.cdi() {
+        Some(b) => b.to_vec(),
+        None => conf::write_cdi(&c.extent, &c.scheme),
+    };
+    let mut files = vec![
+        bytes_entry(tpk::ITEM_PKINFO, tpk::item_pkinfo(&name, &id)),
+        bytes_entry(
+            tpk::ITEMINFO_XML,
+            tpk::iteminfo_xml(&name, &id, &c.scheme, geo.as_ref(), c.thumbnail.is_some()),
+        ),
+    ];
+    if let Some(png) = c.thumbnail.take() {
+        files.push(bytes_entry(tpk::THUMBNAIL_PNG, png));
+    }
+    files.push(bytes_entry(
+        tpk::MAPSERVER_JSON,
+        tpk::mapserver_json(&c.scheme, &c.extent, geo.as_ref()),
+    ));
+    let dir = tpk::CACHE_DIR;
+    files.push(bytes_entry(format!("{dir}/{CONF_CDI}"), cdi));
+    files.push(bytes_entry(
+        format!("{dir}/{}", tpk::CONF_PROPERTIES),
+        tpk::CONF_PROPERTIES_XML.as_bytes().to_vec(),
+    ));
+    files.push(bytes_entry(format!("{dir}/{CONF_XML}"), conf_xml));
+    for (rel, path) in &c.bundles {
+        files.push(file_entry(format!("{dir}/{ALLLAYERS}/{rel}"), path)?);
+        let index = path.with_extension("bundlx");
+        if index.is_file() {
+            let rel = rel.strip_suffix("bundle").unwrap_or(rel);
+            files.push(file_entry(
+                format!("{dir}/{ALLLAYERS}/{rel}bundlx"),
+                &index,
+            )?);
+        }
+    }
+    write_zip(dest, files, sync)
+}
+
+/// Exports the selected tiles of `src` to a ready-to-serve folder at `dest` (the seed's "Ready To
+/// Serve Format": `root.json`, `iteminfo.json`, `thumbnail.png`, Compact V2 bundles under
+/// `tile/Lnn/`): a new folder, or merged into (or overwriting, `opts.mode`) an existing
+/// ready-to-serve folder, whose `root.json` then grows by the area taken.
+///
+/// Errors: a source without conf.xml, DEST a file, DEST holding another kind of cache, and the
+/// job's own errors.
+pub fn export_ready_to_serve(
+    src: &Cache,
+    dest: &Path,
+    opts: &JobOptions,
+    progress: &dyn Progress,
+) -> Result<JobSummary> {
+    let storage = StorageFormat::CompactV2;
+    let Some(src_conf) = src.conf() else {
+        return Err(Error::invalid(format!(
+            "{}: has no conf.xml; a ready-to-serve cache needs a tiling scheme",
+            src.root().display()
+        )));
+    };
+    if dest.is_file() {
+        return Err(Error::invalid(format!(
+            "{}: is a file; export --storage ready-to-serve writes a folder",
+            dest.display()
+        )));
+    }
+    if dest.is_dir() && holds_cache(dest)? {
+        let mut d = Cache::open_with(dest, dest_options(storage, opts.sync))?;
+        if d.ready_to_serve().is_none() || d.root() != dest {
+            return Err(Error::invalid(format!(
+                "{}: holds a cache that is not ready-to-serve (it has a conf.xml or no root.json); \
+                 choose another folder; nothing was written",
+                dest.display()
+            )));
+        }
+        return into_cache(src, &mut d, opts, progress);
+    }
+    let mut scheme = src_conf.scheme.clone();
+    scheme.storage = storage;
+    scheme.packet_size = tpkx::PACKET_SIZE;
+    let env = extent_after(src, None, opts)
+        .unwrap_or_else(|| crate::format::extent::scheme_extent(&scheme));
+    let name = package_name(dest);
+    let first = scheme.lods.first().map_or(0, |l| l.level);
+    let last = scheme.lods.last().map_or(0, |l| l.level);
+    fs::create_dir_all(dest.join(tpkx::TILE_DIR)).at(dest)?;
+    // root.json first (what makes the folder a cache), final once the tiles are in.
+    let root_path = dest.join(tpkx::ROOT_JSON);
+    let root = tpkx::root_json(&name, &scheme, (first, last), &env);
+    crate::cache::write_atomic(&root_path, &root, false)?;
+    let d = Cache::open_with(dest, dest_options(storage, false))?;
+    let summary = run(
+        src,
+        &d,
+        true,
+        &JobOptions {
+            sync: false,
+            ..opts.clone()
+        },
+        progress,
+    )?;
+    let c = contents(&d)?;
+    let root = tpkx::root_json(&name, &scheme, c.range, &c.extent);
+    let item = tpkx::iteminfo_json(
+        &name,
+        &guid(c.created),
+        c.created,
+        &scheme,
+        &c.extent,
+        c.thumbnail.is_some(),
+    );
+    if let Some(png) = &c.thumbnail {
+        crate::cache::write_atomic(&dest.join(tpkx::THUMBNAIL_PNG), png, false)?;
+    }
+    crate::cache::write_atomic(&dest.join(tpkx::ITEMINFO_JSON), &item, false)?;
+    crate::cache::write_atomic(&root_path, &root, false)?;
+    if opts.sync {
+        syncfs(dest)?;
+    }
+    Ok(summary)
+}
+
+/// Creates an empty ready-to-serve cache folder `dest` (ArcGIS's "Ready To Serve Format" of
+/// Create Map Server Cache): `root.json` for `scheme` (Compact V2, 128×128-tile bundles; `minLOD`
+/// and `maxLOD` the scheme's first and last level, `fullExtent` = `extent` or the scheme's own),
+/// `iteminfo.json` and an empty `tile/`. The folder may exist if it holds nothing that makes it a
+/// cache.
+///
+/// Errors: `dest` a file or already a cache (nothing is written), and I/O errors naming the file.
+pub fn create_ready_to_serve(
+    dest: &Path,
+    scheme: &TileScheme,
+    extent: Option<Envelope>,
+) -> Result<Cache> {
+    if dest.is_file() || (dest.is_dir() && holds_cache(dest)?) {
+        return Err(Error::invalid(format!(
+            "{}: already holds a cache (or is a file); refusing to overwrite",
+            dest.display()
+        )));
+    }
+    let mut scheme = scheme.clone();
+    scheme.storage = StorageFormat::CompactV2;
+    scheme.packet_size = tpkx::PACKET_SIZE;
+    let env = extent.unwrap_or_else(|| crate::format::extent::scheme_extent(&scheme));
+    let name = package_name(dest);
+    let range = (
+        scheme.lods.first().map_or(0, |l| l.level),
+        scheme.lods.last().map_or(0, |l| l.level),
+    );
+    fs::create_dir_all(dest.join(tpkx::TILE_DIR)).at(dest)?;
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let item = tpkx::iteminfo_json(&name, &guid(created), created, &scheme, &env, false);
+    crate::cache::write_atomic(&dest.join(tpkx::ITEMINFO_JSON), &item, true)?;
+    // root.json last: it is what makes the folder a cache.
+    let root = tpkx::root_json(&name, &scheme, range, &env);
+    crate::cache::write_atomic(&dest.join(tpkx::ROOT_JSON), &root, true)?;
+    Cache::open(dest)
 }
 
 /// `base` (the cache's conf.cdi, or the scheme's own extent) grown by every tile of `levels` that

@@ -2,7 +2,7 @@
 //! (`--extent-crs`), and the refusal of a selection (extent or area of interest) that matches no
 //! tile, naming the selection's bounds and the cache's.
 
-use super::aoi::{cache_crs, Coverage};
+use super::aoi::{cache_crs, Aoi, Coverage};
 use super::engine::{select_levels, JobOptions, JobSummary};
 use crate::cache::Cache;
 use crate::error::{Error, Result};
@@ -29,6 +29,78 @@ pub fn extent_in_cache(e: &Envelope, epsg: u32, scheme: Option<&TileScheme>) -> 
             e.xmin, e.ymin, e.xmax, e.ymax
         ))
     })
+}
+
+/// Where the tiles a job takes lie, in the cache's spatial reference: everywhere, in an
+/// `--extent` rectangle, or in an `--aoi` area (which wins over an extent, as in export).
+///
+/// Whole-tile jobs (`delete`, `render --aoi`) take a tile when [`Area::takes_tile`] says so: any
+/// tile overlapping the extent (touching along an edge is not overlapping), or, for an area of
+/// interest, a tile holding at least one pixel whose centre lies in it, the rule by which `export
+/// --aoi` keeps a pixel; so `delete --aoi F` removes exactly the tiles `export --aoi F` writes.
+#[derive(Debug, Clone)]
+pub enum Area {
+    /// Every tile.
+    All,
+    /// Tiles overlapping this rectangle.
+    Extent(Envelope),
+    /// Tiles with a pixel centre in this area.
+    Aoi(Aoi),
+}
+
+impl Area {
+    /// The area of an `--extent` and an `--aoi` (the area of interest wins).
+    pub fn of(extent: Option<Envelope>, aoi: Option<Aoi>) -> Area {
+        match (aoi, extent) {
+            (Some(a), _) => Area::Aoi(a),
+            (None, Some(e)) => Area::Extent(e),
+            (None, None) => Area::All,
+        }
+    }
+
+    /// How a block of tiles (a bundle, a supertile) with map bounds `env` lies against the area:
+    /// `Outside` when it can hold no tile taken, `Inside` when every tile of it is taken.
+    pub fn block(&self, env: &Envelope) -> Coverage {
+        match self {
+            Area::All => Coverage::Inside,
+            Area::Extent(e) => {
+                if !env.intersects(e) {
+                    Coverage::Outside
+                } else if e.xmin <= env.xmin
+                    && e.ymin <= env.ymin
+                    && env.xmax <= e.xmax
+                    && env.ymax <= e.ymax
+                {
+                    Coverage::Inside
+                } else {
+                    Coverage::Partial
+                }
+            }
+            Area::Aoi(a) => a.coverage(env),
+        }
+    }
+
+    /// Whether the tile with map bounds `env`, `width` × `height` pixels, is taken (see [`Area`]).
+    pub fn takes_tile(&self, env: &Envelope, width: u32, height: u32) -> bool {
+        match self {
+            Area::All => true,
+            Area::Extent(e) => env.intersects(e),
+            Area::Aoi(a) => match a.coverage(env) {
+                Coverage::Outside => false,
+                Coverage::Inside => true,
+                Coverage::Partial => !a.mask(env, width, height).is_empty(),
+            },
+        }
+    }
+
+    /// The rectangle that holds the area (None for every tile).
+    pub fn bounds(&self) -> Option<Envelope> {
+        match self {
+            Area::All => None,
+            Area::Extent(e) => Some(*e),
+            Area::Aoi(a) => Some(a.bbox()),
+        }
+    }
 }
 
 /// The area a job's options select (the AOI's bounding box, else the extent), if any.
@@ -171,6 +243,29 @@ mod tests {
             s.wkt = None;
         }
         s
+    }
+
+    #[test]
+    fn an_area_judges_blocks_consistently_with_its_tiles() {
+        let e = Area::Extent(env(0.0, 0.0, 10.0, 10.0));
+        assert_eq!(e.block(&env(2.0, 2.0, 8.0, 8.0)), Coverage::Inside);
+        assert_eq!(e.block(&env(5.0, 5.0, 15.0, 15.0)), Coverage::Partial);
+        assert_eq!(e.block(&env(10.0, 0.0, 20.0, 10.0)), Coverage::Outside);
+        // Touching along an edge is not overlapping.
+        assert!(!e.takes_tile(&env(10.0, 0.0, 20.0, 10.0), 4, 4));
+        assert!(e.takes_tile(&env(9.9, 0.0, 20.0, 10.0), 4, 4));
+        // A right triangle over the square (0,0)-(4,4): a 4 x 4 px tile there has pixel centres
+        // at .5; the tile (4,0)-(8,4) beside it touches the hypotenuse's end only.
+        let json = r#"{"type":"Polygon","coordinates":[[[0,0],[4,0],[0,4],[0,0]]]}"#;
+        let a = Area::Aoi(Aoi::from_geojson(std::path::Path::new("t"), json.as_bytes()).unwrap());
+        assert_eq!(a.block(&env(0.0, 0.0, 4.0, 4.0)), Coverage::Partial);
+        assert!(a.takes_tile(&env(0.0, 0.0, 4.0, 4.0), 4, 4));
+        assert!(!a.takes_tile(&env(4.0, 0.0, 8.0, 4.0), 4, 4));
+        // A one-pixel tile the hypotenuse (x + y = 4) crosses, its centre (2.5, 2) outside.
+        let grazed = env(2.0, 1.5, 3.0, 2.5);
+        assert_eq!(a.block(&grazed), Coverage::Partial);
+        assert!(!a.takes_tile(&grazed, 1, 1));
+        assert_eq!(Area::All.block(&env(0.0, 0.0, 1.0, 1.0)), Coverage::Inside);
     }
 
     #[test]

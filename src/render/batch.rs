@@ -1,7 +1,9 @@
 //! Rendering many tiles at once without a mount (`bundlefs render --levels …`), like seeding: the
 //! renderable tiles of some levels and an optional extent, skipping stored ones, several at a time,
 //! kept in the cache in per-bundle batches. With supertiles, work is handed out one supertile at a
-//! time (one request each); a supertile whose wanted tiles are all stored is not asked for.
+//! time (one request each); a supertile whose wanted tiles are all stored is not asked for. An
+//! area of interest (`render --aoi`, a [`TileFilter`] the caller supplies) narrows the tiles further:
+//! blocks it misses are skipped whole, tiles it does not take are neither rendered nor counted.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -10,9 +12,10 @@ use std::time::Instant;
 
 use super::renderer::Renderer;
 use super::supertile::Supertile;
-use crate::format::conf::Envelope;
+use crate::format::conf::{Envelope, TileScheme};
+use crate::format::extent::union;
 use crate::format::levels::LevelRange;
-use crate::format::TileAddr;
+use crate::format::{TileAddr, BUNDLE_DIM};
 use crate::{Error, Result};
 
 /// Tiles written to the cache per `write_tiles` call when keeping.
@@ -37,6 +40,76 @@ pub struct BatchOptions {
     pub fine_first: bool,
 }
 
+/// How a block of tiles lies against a [`TileFilter`]'s area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockCover {
+    /// No tile of the block is taken.
+    Outside,
+    /// Every tile of the block is taken.
+    Inside,
+    /// Decide tile by tile.
+    Partial,
+}
+
+/// Which tiles of the planned rows and columns a batch renders (`render --aoi`). The rule is the
+/// caller's (the command line passes the jobs' area of interest); bounds are in the map units of
+/// the tiling scheme.
+pub trait TileFilter: Send + Sync + std::fmt::Debug {
+    /// How the block of tiles with map bounds `env` (a bundle-sized block, a supertile) lies
+    /// against the area; must not say `Outside` for a block holding a tile [`TileFilter::tile`]
+    /// takes, nor `Inside` for one holding a tile it refuses.
+    fn block(&self, env: &Envelope) -> BlockCover;
+    /// Whether the tile with map bounds `env` is rendered.
+    fn tile(&self, env: &Envelope) -> bool;
+}
+
+/// Map bounds of the tiles `rows` × `cols` (non-empty) of `level`; None for a level not in the
+/// scheme.
+fn block_bbox(
+    scheme: &TileScheme,
+    level: u8,
+    rows: &Range<u32>,
+    cols: &Range<u32>,
+) -> Option<Envelope> {
+    let a = scheme.tile_bbox(TileAddr::new(level, rows.start, cols.start))?;
+    let b = scheme.tile_bbox(TileAddr::new(level, rows.end - 1, cols.end - 1))?;
+    Some(union(&a, &b))
+}
+
+/// How many tiles of `rows` × `cols` of `level` `area` takes, judged in bundle-sized blocks (a
+/// block the area misses or holds whole costs one test).
+fn count_in_area(
+    scheme: &TileScheme,
+    level: u8,
+    rows: &Range<u32>,
+    cols: &Range<u32>,
+    area: &dyn TileFilter,
+) -> u64 {
+    let mut n = 0u64;
+    let step = |v: u32| (v / BUNDLE_DIM + 1).saturating_mul(BUNDLE_DIM);
+    let mut r0 = rows.start;
+    while r0 < rows.end {
+        let r1 = step(r0).min(rows.end);
+        let mut c0 = cols.start;
+        while c0 < cols.end {
+            let c1 = step(c0).min(cols.end);
+            let cover = block_bbox(scheme, level, &(r0..r1), &(c0..c1))
+                .map_or(BlockCover::Outside, |b| area.block(&b));
+            n += match cover {
+                BlockCover::Outside => 0,
+                BlockCover::Inside => u64::from(r1 - r0) * u64::from(c1 - c0),
+                BlockCover::Partial => (r0..r1)
+                    .flat_map(|r| (c0..c1).map(move |c| TileAddr::new(level, r, c)))
+                    .filter(|t| scheme.tile_bbox(*t).is_some_and(|b| area.tile(&b)))
+                    .count() as u64,
+            };
+            c0 = c1;
+        }
+        r0 = r1;
+    }
+    n
+}
+
 /// What a batch did.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct BatchStats {
@@ -55,6 +128,16 @@ pub type LevelTiles = (u8, Range<u32>, Range<u32>);
 
 /// The levels and tile ranges a batch covers, with their tile count.
 pub fn plan(r: &Renderer, o: &BatchOptions) -> (Vec<LevelTiles>, u64) {
+    plan_in(r, o, None)
+}
+
+/// [`plan`] within an area: the ranges are the same (give `o.extent` the area's bounds to narrow
+/// them), the count is of the tiles `area` takes; levels where it takes none are left out.
+pub fn plan_in(
+    r: &Renderer,
+    o: &BatchOptions,
+    area: Option<&dyn TileFilter>,
+) -> (Vec<LevelTiles>, u64) {
     let mut levels: Vec<u8> = r
         .scheme()
         .lods
@@ -85,7 +168,14 @@ pub fn plan(r: &Renderer, o: &BatchOptions) -> (Vec<LevelTiles>, u64) {
         if rows.is_empty() || cols.is_empty() {
             continue;
         }
-        total += u64::from(rows.end - rows.start) * u64::from(cols.end - cols.start);
+        let n = match area {
+            Some(a) => count_in_area(r.scheme(), level, &rows, &cols, a),
+            None => u64::from(rows.end - rows.start) * u64::from(cols.end - cols.start),
+        };
+        if n == 0 {
+            continue;
+        }
+        total += n;
         out.push((level, rows, cols));
     }
     (out, total)
@@ -117,19 +207,43 @@ pub fn render_batch(
     o: &BatchOptions,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<BatchStats> {
+    render_batch_in(r, o, None, progress)
+}
+
+/// [`render_batch`] of only the tiles `area` takes (all planned tiles when None): supertiles it
+/// misses are not asked for, and a supertile it crosses is asked for once for the tiles it takes.
+pub fn render_batch_in(
+    r: &Renderer,
+    o: &BatchOptions,
+    area: Option<&dyn TileFilter>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<BatchStats> {
     let started = Instant::now();
-    let (plan, total) = plan(r, o);
+    let (plan, total) = plan_in(r, o, area);
     if total > o.max_tiles {
         return Err(Error::invalid(format!(
-            "{total} tiles to render, more than the limit of {}; narrow --levels/--extent or raise --max-tiles",
+            "{total} tiles to render, more than the limit of {}; narrow --levels/--extent/--aoi or raise --max-tiles",
             o.max_tiles
         )));
     }
+    let scheme = r.scheme();
     let c = r.cache();
     let counts: [AtomicU64; 6] = Default::default();
     let [skipped, rendered, empty, failed, kept, bytes] = &counts;
     for (level, rows, cols) in plan {
-        let units = units(r, level, &rows, &cols);
+        // Each unit with how the area lies against it (Inside: no tile test needed).
+        let units: Vec<(Supertile, BlockCover)> = units(r, level, &rows, &cols)
+            .into_iter()
+            .map(|u| {
+                let cover = match area {
+                    None => BlockCover::Inside,
+                    Some(a) => block_bbox(scheme, level, &u.rows, &u.cols)
+                        .map_or(BlockCover::Outside, |b| a.block(&b)),
+                };
+                (u, cover)
+            })
+            .filter(|(_, c)| *c != BlockCover::Outside)
+            .collect();
         let next = AtomicUsize::new(0);
         let pending: Mutex<Vec<(TileAddr, Arc<Vec<u8>>)>> = Mutex::new(Vec::new());
         let first_error: Mutex<Option<Error>> = Mutex::new(None);
@@ -149,6 +263,10 @@ pub fn render_batch(
             }
         };
         let inside = |t: &TileAddr| rows.contains(&t.row) && cols.contains(&t.col);
+        let taken = |t: &TileAddr, cover: BlockCover| match (cover, area) {
+            (BlockCover::Partial, Some(a)) => scheme.tile_bbox(*t).is_some_and(|b| a.tile(&b)),
+            _ => true,
+        };
         std::thread::scope(|s| {
             for _ in 0..o.jobs.max(1) {
                 s.spawn(|| loop {
@@ -157,8 +275,11 @@ pub fn render_batch(
                         break;
                     }
                     // The tiles of this unit the batch covers, less the stored ones.
-                    let mut wanted: Vec<TileAddr> =
-                        units[i].tiles().filter(|t| inside(t)).collect();
+                    let (unit, cover) = &units[i];
+                    let mut wanted: Vec<TileAddr> = unit
+                        .tiles()
+                        .filter(|t| inside(t) && taken(t, *cover))
+                        .collect();
                     let covered = wanted.len() as u64;
                     if !o.overwrite {
                         wanted.retain(|t| match c.tile(*t) {

@@ -12,7 +12,7 @@ use super::{
     check_tiles, read_dir_names, set_file_mtime, GroupView, LevelStats, Place, Storage, TileGroup,
     TimedSlot, UpdateFn,
 };
-use crate::cache::files::write_atomic;
+use crate::cache::files::{write_atomic, write_atomic_new};
 use crate::cache::spelling;
 use crate::cache::TileBytes;
 use crate::error::{Error, IoContext, Result};
@@ -192,15 +192,15 @@ impl Storage for ExplodedStore {
                 let canonical = names::col_file(col, ext);
                 let key = canonical.to_ascii_lowercase();
                 // The spelling on disk (names in any case), followed only if it stays inside.
-                let path = match on_disk.get(&key) {
+                let (path, listed) = match on_disk.get(&key) {
                     Some((name, link)) => {
                         let p = dir.join(name);
                         if *link {
                             self.place.check_inside(&p)?;
                         }
-                        p
+                        (p, true)
                     }
-                    None => dir.join(&canonical),
+                    None => (dir.join(&canonical), false),
                 };
                 // A tile stored under another extension is replaced, not kept beside.
                 let others: Vec<String> = ["png", "jpg", "jpeg"]
@@ -209,7 +209,12 @@ impl Storage for ExplodedStore {
                     .filter(|k| *k != key)
                     .filter_map(|k| on_disk.remove(&k).map(|(n, _)| n))
                     .collect();
-                write_atomic(&path, bytes, self.durable)?;
+                if listed {
+                    write_atomic(&path, bytes, self.durable)?;
+                } else {
+                    // Not in the row's listing: no stat to learn the mode of a file to replace.
+                    write_atomic_new(&path, bytes, self.durable)?;
+                }
                 for n in others {
                     let old = dir.join(n);
                     fs::remove_file(&old).at(&old)?;
