@@ -1636,7 +1636,11 @@ mod tests {
         assert_eq!(&s.tile(t).unwrap().unwrap()[..], &tile(1)[..]);
         let after_first = gets(); // index + tile
         assert_eq!(&s.tile(t).unwrap().unwrap()[..], &tile(1)[..]);
-        assert_eq!(gets(), after_first, "the second read of the tile fetched it again");
+        assert_eq!(
+            gets(),
+            after_first,
+            "the second read of the tile fetched it again"
+        );
         // Another version of the bundle: the kept tile is not served from it.
         let other = format!("rewritten {}", "x".repeat(50)).into_bytes();
         writer
