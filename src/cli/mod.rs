@@ -205,8 +205,8 @@ pub struct CreateArgs {
 /// Which tiles a job takes (export, import, delete): levels or scales, and an extent or an area.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SelectArgs {
-    /// Only these levels, e.g. 0-7, 5, 3- or -4 (default: all); levels the cache lacks are an
-    /// error.
+    /// Only these levels, e.g. 0-7, 5, 3- or -4 (default: all; export and import refuse levels
+    /// the source lacks, delete has nothing to do there).
     #[arg(
         long,
         conflicts_with = "scales",
