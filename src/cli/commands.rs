@@ -84,15 +84,32 @@ pub fn create(a: &CreateArgs) -> anyhow::Result<ExitCode> {
         let only = t.building_only();
         if !only.is_empty() {
             bail!(
-                "{} build a tiling scheme and need its spatial reference: add --wkid N or --wkt FILE",
-                only.join(", ")
+                "{} {} a tiling grid and {} a spatial reference: add --wkid N or --wkt FILE \
+                 (--scheme takes the grid from web-mercator or the file)",
+                only.join(", "),
+                if only.len() == 1 { "defines" } else { "define" },
+                if only.len() == 1 { "needs" } else { "need" },
             );
         }
         let levels = a.levels.unwrap_or(LevelRange { min: 0, max: 19 });
-        let s = build_scheme(&a.scheme, levels, t.format.map(TileFormat::from))?;
+        let mut s = build_scheme(&a.scheme, levels, t.format.map(TileFormat::from))?;
+        if let Some(q) = t.quality {
+            if !matches!(s.tile_format, TileFormat::Jpeg | TileFormat::Mixed) {
+                bail!(
+                    "--quality {q} with format {}: quality applies to JPEG and MIXED only",
+                    s.tile_format.name()
+                );
+            }
+            if !(1..=100).contains(&q) {
+                bail!("--quality {q}: out of range 1-100");
+            }
+            s.compression_quality = q;
+        }
         // A scheme file's antialiasing is kept (ArcGIS's supertile size follows it).
-        let antialiasing = a.scheme != "web-mercator"
-            && std::fs::read(&a.scheme).is_ok_and(|b| crate::render::supertile::antialiasing(&b));
+        let antialiasing = t.antialiasing
+            || (a.scheme != "web-mercator"
+                && std::fs::read(&a.scheme)
+                    .is_ok_and(|b| crate::render::supertile::antialiasing(&b)));
         if let Some(e) = &t.extent {
             crate::format::scheme::check_origin_above_left(&s, e)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", a.scheme))?;
@@ -135,16 +152,7 @@ pub fn create(a: &CreateArgs) -> anyhow::Result<ExitCode> {
 pub fn export(a: &ExportArgs) -> anyhow::Result<ExitCode> {
     let source = Source::open(&a.src)?;
     let opts = job_options(&a.job, source.cache(), &a.src)?;
-    let target: ExportTo = match (a.storage, PackageKind::of_name(&a.dest)) {
-        (Some(s), _) => s.into(),
-        (None, Some(PackageKind::Tpkx)) => ExportTo::Target(Target::Tpkx),
-        (None, Some(PackageKind::Tpk)) => ExportTo::Tpk,
-        (None, None) => bail!(
-            "{}: say which storage to write (--storage exploded, compact-v1, compact-v2, \
-             ready-to-serve, tpkx or tpk); only a .tpkx or .tpk name says it alone",
-            a.dest.display()
-        ),
-    };
+    let target = ExportTo::choose(a.storage, &a.dest)?;
     let bar = Bar::new();
     // A folder is export's, a package or ready-to-serve folder is package's.
     let (c, d) = (source.cache(), &a.dest);

@@ -12,7 +12,7 @@ mod unmount;
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -42,8 +42,12 @@ pub enum StorageArg {
     #[value(name = "compact-v2", alias = "COMPACT_V2", alias = "compactv2")]
     CompactV2,
     /// A `.tpkx` tile package (Compact V2 bundles in a stored zip).
-    #[value(name = "tpkx", alias = "TILE_PACKAGE", alias = "TPKX")]
+    #[value(name = "tpkx", alias = "TPKX")]
     Tpkx,
+    /// ArcGIS's TILE_PACKAGE: a `.tpkx` when DEST ends in `.tpkx`, else a `.tpk` (the Export Map
+    /// Server Cache tool's default storage for a tile package is COMPACT, i.e. V1: a `.tpk`).
+    #[value(name = "tile-package", alias = "TILE_PACKAGE")]
+    TilePackage,
     /// A `.tpk` tile package (Compact V1 bundles in a stored zip, ArcGIS's older package).
     #[value(name = "tpk", alias = "TPK")]
     Tpk,
@@ -63,16 +67,68 @@ pub enum ExportTo {
     ReadyToServe,
 }
 
-impl From<StorageArg> for ExportTo {
-    fn from(s: StorageArg) -> Self {
-        match s {
-            StorageArg::Exploded => ExportTo::Target(Target::Storage(StorageFormat::Exploded)),
-            StorageArg::CompactV1 => ExportTo::Target(Target::Storage(StorageFormat::CompactV1)),
-            StorageArg::CompactV2 => ExportTo::Target(Target::Storage(StorageFormat::CompactV2)),
-            StorageArg::Tpkx => ExportTo::Target(Target::Tpkx),
-            StorageArg::Tpk => ExportTo::Tpk,
-            StorageArg::ReadyToServe => ExportTo::ReadyToServe,
-        }
+impl ExportTo {
+    /// What `export --storage S DEST` writes: `S` (TILE_PACKAGE picks `.tpkx` or `.tpk` by DEST's
+    /// name), or with no `S` the package kind DEST's name says.
+    ///
+    /// Errors: no `S` and DEST not named `.tpkx`/`.tpk`; a package `S` whose kind contradicts
+    /// DEST's extension (`--storage tpkx` into `x.tpk`), and a folder storage into a name ending
+    /// in `.tpkx`/`.tpk`: both would leave a file that says one thing and holds another.
+    pub fn choose(storage: Option<StorageArg>, dest: &Path) -> anyhow::Result<ExportTo> {
+        use crate::jobs::package::PackageKind;
+        let named = PackageKind::of_name(dest);
+        let kind_text = |k: PackageKind| k.extension();
+        Ok(match (storage, named) {
+            (None, Some(PackageKind::Tpkx)) => ExportTo::Target(Target::Tpkx),
+            (None, Some(PackageKind::Tpk)) => ExportTo::Tpk,
+            (None, None) => anyhow::bail!(
+                "{}: say which storage to write (--storage exploded, compact-v1, compact-v2, \
+                 ready-to-serve, tpkx or tpk); only a .tpkx or .tpk name says it alone",
+                dest.display()
+            ),
+            (Some(StorageArg::TilePackage), Some(PackageKind::Tpkx)) => {
+                ExportTo::Target(Target::Tpkx)
+            }
+            (Some(StorageArg::TilePackage), _) => ExportTo::Tpk,
+            (Some(StorageArg::Tpkx), Some(PackageKind::Tpk))
+            | (Some(StorageArg::Tpk), Some(PackageKind::Tpkx)) => anyhow::bail!(
+                "{}: the name says {} but --storage {} writes the other package kind; \
+                 rename DEST or change --storage",
+                dest.display(),
+                kind_text(named.unwrap()),
+                if storage == Some(StorageArg::Tpkx) {
+                    "tpkx"
+                } else {
+                    "tpk"
+                }
+            ),
+            (Some(StorageArg::Tpkx), _) => ExportTo::Target(Target::Tpkx),
+            (Some(StorageArg::Tpk), _) => ExportTo::Tpk,
+            (Some(folder), Some(k)) => anyhow::bail!(
+                "{}: the name says {} but --storage {} writes a folder; name the folder \
+                 otherwise or use --storage {}",
+                dest.display(),
+                kind_text(k),
+                folder
+                    .to_possible_value()
+                    .map_or_else(String::new, |v| v.get_name().to_string()),
+                if k == PackageKind::Tpkx {
+                    "tpkx"
+                } else {
+                    "tpk"
+                }
+            ),
+            (Some(StorageArg::Exploded), None) => {
+                ExportTo::Target(Target::Storage(StorageFormat::Exploded))
+            }
+            (Some(StorageArg::CompactV1), None) => {
+                ExportTo::Target(Target::Storage(StorageFormat::CompactV1))
+            }
+            (Some(StorageArg::CompactV2), None) => {
+                ExportTo::Target(Target::Storage(StorageFormat::CompactV2))
+            }
+            (Some(StorageArg::ReadyToServe), None) => ExportTo::ReadyToServe,
+        })
     }
 }
 
@@ -260,9 +316,9 @@ pub struct ExportArgs {
     pub src: PathBuf,
     /// Destination folder (a .tpkx or .tpk file with --storage tpkx or tpk).
     pub dest: PathBuf,
-    /// Target storage: exploded, compact-v1, compact-v2, ready-to-serve, tpkx, tpk (ArcGIS names
-    /// EXPLODED, COMPACT, COMPACT_V2, READY_TO_SERVE_FORMAT, TILE_PACKAGE). May be left out when
-    /// DEST ends in .tpkx or .tpk.
+    /// Target storage: exploded, compact-v1, compact-v2, ready-to-serve, tpkx, tpk, or ArcGIS's
+    /// names EXPLODED, COMPACT, COMPACT_V2, READY_TO_SERVE_FORMAT, TILE_PACKAGE (a .tpkx when DEST
+    /// ends in .tpkx, else a .tpk). May be left out when DEST ends in .tpkx or .tpk.
     #[arg(long, value_enum)]
     pub storage: Option<StorageArg>,
     #[command(flatten)]
@@ -571,6 +627,44 @@ pub(crate) fn error_text(e: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn export_target_follows_storage_and_name() {
+        let t = |s: Option<StorageArg>, d: &str| ExportTo::choose(s, Path::new(d));
+        let tpkx = ExportTo::Target(Target::Tpkx);
+        assert_eq!(t(None, "a.TPKX").unwrap(), tpkx);
+        assert_eq!(t(None, "a.tpk").unwrap(), ExportTo::Tpk);
+        // TILE_PACKAGE: ArcGIS's default storage for a package is COMPACT (V1), a .tpk.
+        assert_eq!(t(Some(StorageArg::TilePackage), "a.tpkx").unwrap(), tpkx);
+        assert_eq!(
+            t(Some(StorageArg::TilePackage), "a.tpk").unwrap(),
+            ExportTo::Tpk
+        );
+        assert_eq!(
+            t(Some(StorageArg::TilePackage), "pkg").unwrap(),
+            ExportTo::Tpk
+        );
+        assert_eq!(t(Some(StorageArg::Tpkx), "pkg").unwrap(), tpkx);
+        let e = t(Some(StorageArg::Tpkx), "a.tpk").unwrap_err().to_string();
+        assert!(
+            e.contains("a.tpk: the name says tpk but --storage tpkx"),
+            "{e}"
+        );
+        let e = t(Some(StorageArg::Tpk), "a.tpkx").unwrap_err().to_string();
+        assert!(e.contains("--storage tpk writes"), "{e}");
+        let e = t(Some(StorageArg::Exploded), "a.tpkx")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--storage exploded writes a folder"), "{e}");
+        assert!(t(None, "folder")
+            .unwrap_err()
+            .to_string()
+            .contains("say which storage"));
+        assert_eq!(
+            t(Some(StorageArg::ReadyToServe), "rts").unwrap(),
+            ExportTo::ReadyToServe
+        );
+    }
 
     #[test]
     fn causes_already_named_are_not_repeated() {

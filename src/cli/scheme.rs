@@ -74,14 +74,15 @@ pub struct ToolSchemeArgs {
     /// Tile width and height in pixels: 128, 256, 512 or 1024 [default: 256].
     #[arg(long, value_name = "PX")]
     pub tile_size: Option<u32>,
-    /// Tile image format [default: PNG; with --scheme FILE.xml: the file's].
+    /// Tile image format [default: PNG; for `create --scheme FILE.xml`: the file's].
     #[arg(long, value_enum)]
     pub format: Option<FormatArg>,
     /// JPEG compression quality 1-100, for JPEG and MIXED only [default: 75 for those].
     #[arg(long, value_name = "1-100")]
     pub quality: Option<u32>,
-    /// Map extent in map units, one argument XMIN,YMIN,XMAX,YMAX: written to conf.cdi (what
-    /// `render` covers by default) and the start of --standard; the origin must be above-left of it.
+    /// Map extent in map units, one argument XMIN,YMIN,XMAX,YMAX: picks --standard's first scale
+    /// and must lie below-right of the origin; `create` also writes it to conf.cdi (what `render`
+    /// covers by default). A tiling scheme file holds no extent.
     #[arg(long, allow_hyphen_values = true, value_name = "XMIN,YMIN,XMAX,YMAX")]
     pub extent: Option<Envelope>,
     /// Antialiasing on (conf.xml TileImageInfo/Antialiasing; ArcGIS then draws 2048-px supertiles).
@@ -95,8 +96,9 @@ impl ToolSchemeArgs {
         self.wkid.is_some() || self.wkt.is_some()
     }
 
-    /// The parameters given that only make sense when building a scheme (for the error that names
-    /// them when no spatial reference is given).
+    /// The parameters given that define a tiling grid, so only make sense when building a scheme
+    /// (for the error that names them when no spatial reference is given). `--format`,
+    /// `--quality`, `--extent` and `--antialiasing` also apply to `--scheme`.
     pub fn building_only(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
         let given = [
@@ -105,8 +107,6 @@ impl ToolSchemeArgs {
             (self.standard.is_some(), "--standard"),
             (self.dpi.is_some(), "--dpi"),
             (self.tile_size.is_some(), "--tile-size"),
-            (self.quality.is_some(), "--quality"),
-            (self.antialiasing, "--antialiasing"),
         ];
         for (on, name) in given {
             if on {

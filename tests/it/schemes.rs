@@ -410,8 +410,40 @@ fn bad_combinations_are_refused_by_name() {
     // create only: tool parameters without a spatial reference, or beside --scheme/--levels.
     fails_with(
         &["create", d, "--tile-size", "512"],
-        "--tile-size build a tiling scheme",
+        "--tile-size defines a tiling grid and needs a spatial reference",
     );
+    fails_with(
+        &["create", d, "--dpi", "120", "--origin", "0,0"],
+        "--origin, --dpi define a tiling grid",
+    );
+    // --quality and --antialiasing apply to --scheme too, checked alike.
+    fails_with(
+        &["create", d, "--quality", "50"],
+        "--quality 50 with format PNG",
+    );
+    fails_with(
+        &["create", d, "--format", "JPEG", "--quality", "0"],
+        "out of range 1-100",
+    );
+    assert!(!dir.join("conf.xml").exists());
+    let jq = tmp.path().join("jq");
+    run_ok(&mut bundlefs(&[
+        "create",
+        p(&jq),
+        "--levels",
+        "0-3",
+        "--format",
+        "JPEG",
+        "--quality",
+        "50",
+        "--antialiasing",
+    ]));
+    let conf = fs::read_to_string(jq.join("conf.xml")).unwrap();
+    assert!(
+        conf.contains("<CompressionQuality>50</CompressionQuality>"),
+        "{conf}"
+    );
+    assert!(conf.contains("<Antialiasing>true</Antialiasing>"), "{conf}");
     let web = [
         "create", d, "--scheme", "x.xml", "--wkid", "3857", "--scales", "1000",
     ];
