@@ -284,7 +284,9 @@ impl Renderer {
             (px, true) => {
                 // Asked once, here: a source that draws less than it is asked for answers with a
                 // smaller image (ArcGIS) or an exception (MapServer), never the supertile.
-                let max = source.max_image().unwrap_or((opts.max_image, opts.max_image));
+                let max = source
+                    .max_image()
+                    .unwrap_or((opts.max_image, opts.max_image));
                 Some(Layout::new(&scheme, px, opts.supertile_buffer, max)?)
             }
         };

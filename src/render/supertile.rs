@@ -120,17 +120,18 @@ impl Layout {
         let (max_w, max_h) = max_image;
         let cols = fit(scheme.tile_cols, max_w, "across")?;
         let rows = fit(scheme.tile_rows, max_h, "down")?;
-        if px.saturating_add(buffer.saturating_mul(2)) > max_w.min(max_h) {
-            tracing::info!(
-                "supertile of {px} px (buffer {buffer} px): the source draws at most {max_w} x {max_h} px, \
-                 so supertiles of {} x {} px are drawn ({} x {} tiles of {} x {} px)",
-                cols * scheme.tile_cols,
-                rows * scheme.tile_rows,
-                cols,
-                rows,
-                scheme.tile_cols,
-                scheme.tile_rows
-            );
+        let drawn = (cols * scheme.tile_cols, rows * scheme.tile_rows);
+        let what = format!(
+            "supertile of {px} px (buffer {buffer} px): the source draws at most {max_w} x {max_h} px, \
+             so supertiles of {} x {} px are drawn ({cols} x {rows} tiles of {} x {} px)",
+            drawn.0, drawn.1, scheme.tile_cols, scheme.tile_rows
+        );
+        // Asking more than the source draws is cut down with a warning; only the margins not
+        // fitting beside a supertile of the source's maximum is routine.
+        if px > max_w.min(max_h) {
+            tracing::warn!("{what}");
+        } else if px.saturating_add(buffer.saturating_mul(2)) > max_w.min(max_h) {
+            tracing::info!("{what}");
         }
         Ok(Layout { cols, rows, buffer })
     }
@@ -285,7 +286,9 @@ mod tests {
         let l = Layout::new(&s, 4096, 100, (1000, 1000)).unwrap();
         assert_eq!((l.cols, l.rows), (3, 3));
         // A source drawing less than one tile cannot take supertiles at all.
-        let e = Layout::new(&s, 4096, 0, (200, 4096)).unwrap_err().to_string();
+        let e = Layout::new(&s, 4096, 0, (200, 4096))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("200 px"), "{e}");
     }
 

@@ -228,6 +228,11 @@ impl TileSource for WmsSource {
         let max = advertised_max(w, h);
         match max {
             Some((w, h)) => tracing::info!("{shown}: the server draws at most {w} x {h} px"),
+            // MapServer answers an exception when, e.g., it cannot tell its own URL.
+            None if body.windows(16).any(|w| w == b"ServiceException") => tracing::warn!(
+                "{shown}: server answered {}; assuming it draws up to {MAX} px a side",
+                super::pixels::quote(&body)
+            ),
             None => tracing::info!(
                 "{shown}: no <MaxWidth>/<MaxHeight> in the capabilities' <Service>; assuming {MAX} px \
                  a side"
