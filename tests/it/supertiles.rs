@@ -207,7 +207,7 @@ fn level_in_supertiles(buffer: u32) {
         memory_budget: 0,
         ..quick_opts()
     };
-    let r = renderer(&cache, &server, opts, Keep::No);
+    let r = renderer(&cache, server, opts, Keep::No);
     assert_eq!(r.renderable_range(LEVEL), Some((ROWS, COLS)));
     let st = render_batch(&r, &batch(true), &|_| {}).unwrap();
     let n = (ROWS.len() * COLS.len()) as u64;
@@ -281,7 +281,7 @@ fn concurrent_misses_of_one_supertile_make_one_request() {
         supertile: 1024,
         ..quick_opts()
     };
-    let r = renderer(&cache, &server, opts, Keep::No);
+    let r = renderer(&cache, server, opts, Keep::No);
     // The supertile of rows 4..7, columns 0..2: six tiles, one reader each, all at once.
     let tiles: Vec<TileAddr> = (4..7)
         .flat_map(|row| (0..2).map(move |col| TileAddr::new(LEVEL, row, col)))
@@ -328,7 +328,7 @@ fn keeping_a_supertile_never_replaces_a_stored_tile() {
         supertile: 1024,
         ..quick_opts()
     };
-    let r = renderer(&cache, &server, opts, Keep::Cache);
+    let r = renderer(&cache, server, opts, Keep::Cache);
     let asked = TileAddr::new(LEVEL, 4, 0);
     r.get(asked).unwrap();
     assert_eq!(ds.exports(), 1);
@@ -372,7 +372,7 @@ fn tile_by_tile_and_default_sizes_from_the_command_line() {
             Command::new(crate::support::bin())
                 .arg("render")
                 .arg(cache.root())
-                .args(["--source", &spec(&server), "--levels", "2", "--keep"])
+                .args(["--source", &spec(server), "--levels", "2", "--keep"])
                 .args(args),
         );
         assert_eq!(ds.exports() - before, requests, "{args:?}: {out}");
@@ -403,7 +403,7 @@ fn tile_by_tile_and_default_sizes_from_the_command_line() {
             Command::new(crate::support::bin())
                 .arg("render")
                 .arg(cache.root())
-                .args(["--source", &spec(&server), "--levels", "2"])
+                .args(["--source", &spec(server), "--levels", "2"])
                 .args(args),
         );
         let err = String::from_utf8_lossy(&out.stderr);
@@ -418,7 +418,7 @@ fn the_mount_renders_the_supertile_of_a_miss_once_and_keeps_all_of_it() {
     let cache = projected_cache(d.path(), TileFormat::Png32);
     let ds = drawing_server(Duration::from_millis(300), None);
     let (server, drawn) = (&ds.server, &ds.drawn);
-    let spec = spec(&server);
+    let spec = spec(server);
     let tiles: Vec<TileAddr> = (1..4)
         .flat_map(|row| (2..4).map(move |col| TileAddr::new(LEVEL, row, col)))
         .collect();
@@ -715,8 +715,11 @@ fn mapserver_draws_each_label_once_per_supertile() {
     }
 }
 
+/// What the proxy saw: each request's REQUEST, WIDTH and HEIGHT (0 when absent).
+type Seen = Arc<Mutex<Vec<(String, u32, u32)>>>;
+
 /// A proxy in front of `upstream` that records each request's REQUEST, WIDTH and HEIGHT.
-fn recording_proxy(upstream: String) -> (TestServer, Arc<Mutex<Vec<(String, u32, u32)>>>) {
+fn recording_proxy(upstream: String) -> (TestServer, Seen) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = seen.clone();
     let agent: ureq::Agent = ureq::Agent::config_builder()
