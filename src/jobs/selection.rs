@@ -197,6 +197,29 @@ mod tests {
         assert_eq!(a.block(&grazed), Coverage::Partial);
         assert!(!a.takes_tile(&grazed, 1, 1));
         assert_eq!(Area::All.block(&env(0.0, 0.0, 1.0, 1.0)), Coverage::Inside);
+        // Copy jobs keep the pixels with a centre in the area. Pixel (x, y) (y down from the top
+        // at 4) has its centre at (x + .5, 3.5 - y): inside the triangle when x - y < 0, outside
+        // when x - y > 0 (on the hypotenuse otherwise).
+        match a.take(&env(0.0, 0.0, 4.0, 4.0), 4, 4) {
+            crate::jobs::aoi::Take::Pixels(m) => {
+                for y in 0..4i32 {
+                    for x in 0..4i32 {
+                        if x != y {
+                            assert_eq!(m.get(x as u32, y as u32), x < y, "pixel ({x}, {y})");
+                        }
+                    }
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            a.take(&env(0.0, 0.0, 1.0, 1.0), 4, 4),
+            crate::jobs::aoi::Take::Whole
+        );
+        assert_eq!(
+            e.take(&env(10.0, 0.0, 20.0, 10.0), 4, 4),
+            crate::jobs::aoi::Take::No
+        );
     }
 
     #[test]
