@@ -226,7 +226,8 @@ pub fn delete(a: &DeleteArgs) -> anyhow::Result<ExitCode> {
     let after = match c.storage() {
         _ if s.tiles == 0 => String::new(),
         StorageFormat::CompactV2 if !crate::cache::url::is_url(c.root()) => format!(
-            "; their {} bytes are dead space until `bundlefs compact {}`",
+            "; their {} bytes are dead space until `bundlefs compact {}` rewrites the bundles \
+             (by default those at least 20% dead; `--min-dead 0%` for every one)",
             s.bytes,
             a.cache.display()
         ),

@@ -259,9 +259,26 @@ fn levels_the_cache_lacks_are_an_error_naming_the_levels_it_has() {
 #[test]
 fn help_of_every_argument_says_what_it_takes() {
     let commands = [
-        "info", "verify", "create", "export", "import", "mount", "unmount", "compact", "render",
-        "sample",
+        "info", "verify", "create", "scheme", "export", "import", "mount", "unmount", "compact",
+        "delete", "render", "sample",
     ];
+    // Every command `bundlefs --help` lists is checked (a new one must join the list above).
+    let top = run_ok(bundlefs().arg("--help"));
+    let listed: Vec<&str> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(listed.len() >= commands.len(), "{top}");
+    for c in &listed {
+        assert!(
+            commands.contains(c),
+            "bundlefs {c} is not in this test's list"
+        );
+    }
     for c in commands {
         let help = run_ok(bundlefs().args([c, "-h"]));
         let mut entries = 0;
