@@ -56,6 +56,8 @@ pub struct CacheOptions {
     pub lock_timeout: Duration,
     /// fdatasync around index updates (off only for bulk jobs that sync at the end).
     pub durable: bool,
+    /// Client settings of a cache in an object store (ignored for folders).
+    pub object: store::object::ObjectOptions,
 }
 
 impl Default for CacheOptions {
@@ -65,6 +67,7 @@ impl Default for CacheOptions {
             max_open_bundles: 256,
             lock_timeout: Duration::from_secs(60),
             durable: true,
+            object: store::object::ObjectOptions::default(),
         }
     }
 }

@@ -19,7 +19,9 @@ use super::registry::{self, Record, Status};
 use super::source::refuse_package;
 use super::MountArgs;
 use crate::cache::buffer::WriteBuffer;
+use crate::cache::store::object::{ObjectOptions, WriteCoordination};
 use crate::cache::{Cache, CacheOptions};
+use crate::format::values::Seconds;
 use crate::fs::fuse::{watch_changes, FuseFs, FuseOptions};
 use crate::fs::TreeFs;
 use crate::render::http::HttpOptions;
@@ -35,6 +37,12 @@ pub struct ParsedOptions {
     /// Mount over a folder that holds files (hiding them while mounted).
     pub nonempty: bool,
     pub passthrough: Vec<String>,
+    /// `endpoint=URL`: the object store's URL (caches at `s3://…` only).
+    pub endpoint: Option<String>,
+    /// `region=R`: the object store's region (caches at `s3://…` only).
+    pub region: Option<String>,
+    /// `timeout=SECONDS`: time limit of one object-store request with its retries.
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -67,9 +75,35 @@ pub fn parse_options(opts: &[String]) -> anyhow::Result<ParsedOptions> {
             "defaults" | "auto" | "noauto" | "user" | "users" | "nouser" | "_netdev" | "nofail" | "owner"
             | "comment" => {}
             w if w.starts_with("x-") || w.starts_with("comment=") => {}
+            w if w.starts_with("endpoint=") => {
+                let v = &w["endpoint=".len()..];
+                if !(v.starts_with("http://") || v.starts_with("https://")) {
+                    bail!(
+                        "-o endpoint={}: want the object store's URL, like http://127.0.0.1:7480",
+                        crate::cache::store::object::shown_endpoint(v)
+                    );
+                }
+                p.endpoint = Some(v.to_string());
+            }
+            w if w.starts_with("region=") => {
+                let v = &w["region=".len()..];
+                if v.is_empty() {
+                    bail!("-o region=: want a region name, like us-east-1");
+                }
+                p.region = Some(v.to_string());
+            }
+            w if w.starts_with("timeout=") => {
+                let v: Seconds = w["timeout=".len()..]
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("-o {w}: {e}"))?;
+                if v.0.is_zero() {
+                    bail!("-o {w}: want a time limit above 0 seconds");
+                }
+                p.timeout = Some(v.0);
+            }
             "exec" | "noexec" | "suid" | "nosuid" | "dev" | "nodev" | "atime" | "noatime" | "sync" | "async"
             | "dirsync" => p.passthrough.push(word.to_string()),
-            w => bail!("-o {w}: unknown mount option (known: ro, rw, allow_other, allow_root, default_permissions, nonempty)"),
+            w => bail!("-o {}: unknown mount option (known: ro, rw, allow_other, allow_root, default_permissions, nonempty; for s3:// caches endpoint=URL, region=R, timeout=SECONDS)", crate::cache::store::object::shown_endpoint(w)),
         }
     }
     // A mount others may enter gets the kernel's permission checks against the modes shown
@@ -159,6 +193,7 @@ fn serve(args: &MountArgs, parsed: &ParsedOptions, child: bool) -> anyhow::Resul
         &args.cache,
         CacheOptions {
             recheck: args.recheck.0,
+            object: object_options(args, parsed)?,
             ..Default::default()
         },
     )?;
@@ -344,6 +379,38 @@ fn serve(args: &MountArgs, parsed: &ParsedOptions, child: bool) -> anyhow::Resul
     Ok(ExitCode::SUCCESS)
 }
 
+/// The object-store settings of the mount; refuses them for a cache in a local folder, and
+/// `--single-writer` on a read-only mount.
+fn object_options(args: &MountArgs, parsed: &ParsedOptions) -> anyhow::Result<ObjectOptions> {
+    let is_url = crate::cache::url::is_url(&args.cache);
+    if !is_url {
+        let given = [
+            parsed.endpoint.as_ref().map(|_| "endpoint"),
+            parsed.region.as_ref().map(|_| "region"),
+            parsed.timeout.map(|_| "timeout"),
+        ];
+        if let Some(w) = given.into_iter().flatten().next() {
+            bail!(
+                "-o {w}=…: only for a cache in an object store (s3://BUCKET/PREFIX); {} is a folder",
+                args.cache.display()
+            );
+        }
+    }
+    if args.single_writer && parsed.read_only {
+        bail!("--single-writer is a promise about writing mounts: it needs -o rw");
+    }
+    Ok(ObjectOptions {
+        endpoint: parsed.endpoint.clone(),
+        region: parsed.region.clone(),
+        timeout: parsed.timeout,
+        writes: match (parsed.read_only, args.single_writer) {
+            (true, _) => WriteCoordination::Conditional,
+            (false, true) => WriteCoordination::SingleWriter,
+            (false, false) => WriteCoordination::Probed,
+        },
+    })
+}
+
 fn stop_signals() -> SigSet {
     let mut set = SigSet::empty();
     for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
@@ -515,6 +582,20 @@ mod tests {
             "read-only unless asked"
         );
         assert!(parse_options(&["rw,ro".into()]).unwrap().read_only);
+        let s3 =
+            parse_options(&["rw,endpoint=http://127.0.0.1:7481,region=eu-1,timeout=2.5".into()])
+                .unwrap();
+        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:7481"));
+        assert_eq!(s3.region.as_deref(), Some("eu-1"));
+        assert_eq!(s3.timeout, Some(Duration::from_millis(2500)));
+        for bad in ["endpoint=127.0.0.1", "region=", "timeout=0", "timeout=soon"] {
+            let e = parse_options(&[bad.into()]).unwrap_err().to_string();
+            assert!(e.contains(bad.split('=').next().unwrap()), "{bad}: {e}");
+        }
+        let e = parse_options(&["endpoint=ftp://key:s3cr3t@h".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("s3cr3t"), "a secret in an error: {e}");
         let own = parse_options(&["rw".into()]).unwrap();
         assert!(own.acl == Acl::Owner && !own.default_permissions);
         for shared in ["allow_other", "allow_root", "rw,allow_other"] {

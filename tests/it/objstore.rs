@@ -15,6 +15,8 @@ use bundlefs::cache::url::ObjectUrl;
 use bundlefs::cache::{Cache, CacheOptions, GroupView, Storage, TileBytes};
 use bundlefs::format::{BundleId, Slot, TileAddr};
 
+use crate::support::mount::{is_mounted, Mounted, MOUNT_WAIT};
+
 use crate::support::{
     all_tiles, assert_same_tiles, assert_same_tree, bin, esri_sample_cache, run, run_ok, tree_files,
 };
@@ -191,6 +193,7 @@ fn secrets_never_appear_in_errors() {
 /// a slot both write holds one of theirs, and the writers really collided (conflicts counted).
 #[test]
 fn racing_writers_on_two_gateways_lose_no_tile() {
+    let _gw = gw2_shared();
     let url = parse(&fresh_url("race"));
     let ep2 = std::env::var("AWS_ENDPOINT_URL_2").expect("AWS_ENDPOINT_URL_2 (second gateway)");
     let id = BundleId {
@@ -295,5 +298,640 @@ fn a_mount_of_the_store_equals_the_mount_of_the_folder() {
         &tree_files(&m.mnt),
         &want,
         "mount of s3:// vs mount of the folder",
+    );
+}
+
+// ---- writable mounts, the CAS probe, faults (second slice) ------------------------------------
+
+/// Tests that stop gateway 2 take this for writing; tests that use gateway 2 take it for reading.
+static GATEWAY_2: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn gw2_shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    GATEWAY_2.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The cluster's folder (for `scripts/ceph-cluster.sh stop-gw DIR N` and friends).
+fn cluster_dir() -> std::path::PathBuf {
+    let conf = std::env::var("CEPH_CONF").expect("CEPH_CONF (from the cluster's env)");
+    Path::new(&conf).parent().unwrap().to_path_buf()
+}
+
+fn cluster(cmd: &str, n: u32) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/ceph-cluster.sh");
+    run_ok(
+        Command::new("bash")
+            .arg(script)
+            .arg(cmd)
+            .arg(cluster_dir())
+            .arg(n.to_string()),
+    );
+}
+
+/// An empty web-mercator PNG cache (levels 0-5) at a fresh URL: `bundlefs create` in a folder,
+/// its conf.xml and conf.cdi uploaded.
+fn empty_cache(name: &str) -> String {
+    let d = tempfile::tempdir().unwrap();
+    let c = d.path().join("cache");
+    run_ok(
+        Command::new(bin())
+            .arg("create")
+            .arg(&c)
+            .args(["--levels", "0-5"]),
+    );
+    let url = fresh_url(name);
+    upload(&c, &url);
+    url
+}
+
+/// A `bundlefs mount` in the foreground with its log (RUST_LOG=info) in `log`; unmounted by
+/// Drop, or by [`unmount`] which also checks how the daemon ended.
+fn mount_logged(cache: &str, mnt: &Path, extra: &[&str], log: &Path) -> Mounted {
+    std::fs::create_dir_all(mnt).unwrap();
+    let child = Command::new(bin())
+        .arg("mount")
+        .arg(cache)
+        .arg(mnt)
+        .args(extra)
+        .env("RUST_LOG", "info,fuser=error")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("start bundlefs mount");
+    let mut m = Mounted {
+        child: Some(child),
+        mnt: mnt.to_path_buf(),
+    };
+    let start = std::time::Instant::now();
+    while !is_mounted(mnt) {
+        if let Some(st) = m.child.as_mut().unwrap().try_wait().unwrap() {
+            panic!(
+                "bundlefs mount exited early: {st}\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(start.elapsed() < MOUNT_WAIT, "mount did not appear");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    m
+}
+
+/// Unmounts `m` and waits (at most `secs`) for its daemon, which flushes its write buffer
+/// before it exits; true if it exited with success.
+fn unmount(m: &mut Mounted, secs: u64) -> bool {
+    let ok = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&m.mnt)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "fusermount3 -u {}", m.mnt.display());
+    let mut c = m.child.take().unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(st) = c.try_wait().unwrap() {
+            return st.success();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "the daemon did not exit within {secs} s of the unmount"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A 256×256 PNG unique to (`writer`, tile): a tEXt chunk after IHDR names both.
+fn writer_png(base: &[u8], writer: u32, t: TileAddr) -> Vec<u8> {
+    let text = format!(
+        "bundlefs\0writer {writer} tile {}/{}/{}",
+        t.level, t.row, t.col
+    );
+    let mut body = b"tEXt".to_vec();
+    body.extend_from_slice(text.as_bytes());
+    let mut out = base[..33].to_vec(); // signature + IHDR
+    out.extend_from_slice(&(text.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&crc32fast::hash(&body).to_be_bytes());
+    out.extend_from_slice(&base[33..]);
+    out
+}
+
+fn base_png() -> Vec<u8> {
+    let img = image::RgbaImage::from_pixel(256, 256, image::Rgba([30, 120, 200, 255]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// Writes `tiles` of `writer` as an exploded tree (`Lnn/Rxxxxxxxx/Cxxxxxxxx.png`) under `dir`.
+fn write_tree(dir: &Path, base: &[u8], writer: u32, tiles: &[TileAddr]) {
+    for t in tiles {
+        let p = dir
+            .join(format!("L{:02}", t.level))
+            .join(format!("R{:08x}", t.row))
+            .join(format!("C{:08x}.png", t.col));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, writer_png(base, writer, *t)).unwrap();
+    }
+}
+
+/// The largest "conflicts in all: N" an object-store writer logged.
+fn conflicts_logged(log: &Path) -> u64 {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split("conflicts in all: ").nth(1))
+        .filter_map(|n| n.trim().parse::<u64>().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Two `-o rw` mounts of one cache, one per gateway (the second by `-o endpoint=`), rsync
+/// overlapping tile sets into the same bundles at once. After unmount every tile is there and
+/// equals one of its writers' (only one writer: that writer's), and the writers really collided
+/// (conflicts logged by the daemons).
+#[test]
+fn two_rw_mounts_on_two_gateways_rsync_overlapping_tiles_and_lose_none() {
+    crate::support::mount::need("rsync");
+    let _gw = gw2_shared();
+    let url = empty_cache("rw-two");
+    let ep2 = std::env::var("AWS_ENDPOINT_URL_2").expect("AWS_ENDPOINT_URL_2 (second gateway)");
+    let d = tempfile::tempdir().unwrap();
+    let base = base_png();
+    // Writer 0: level 3 whole and level 5 rows 0-19; writer 1: level 3 whole and rows 12-31.
+    // Level 3 is one bundle both write whole, level 5 one bundle (32×32 tiles) sharing rows
+    // 12-19: 704 tiles each, 320 of them written by both.
+    let l3: Vec<TileAddr> = (0..8)
+        .flat_map(|r| (0..8).map(move |c| TileAddr::new(3, r, c)))
+        .collect();
+    let rows = |a: u32, b: u32| -> Vec<TileAddr> {
+        (a..b)
+            .flat_map(|r| (0..32).map(move |c| TileAddr::new(5, r, c)))
+            .collect()
+    };
+    let sets = [
+        [l3.clone(), rows(0, 20)].concat(),
+        [l3.clone(), rows(12, 32)].concat(),
+    ];
+    let srcs = [d.path().join("src0"), d.path().join("src1")];
+    for w in 0..2 {
+        write_tree(&srcs[w], &base, w as u32, &sets[w]);
+    }
+    let logs = [d.path().join("mount0.log"), d.path().join("mount1.log")];
+    // A small write buffer (a flush every ~16 tiles) and a flush of what waits every 0.2 s:
+    // both daemons rewrite the shared bundles often while the tiles come in.
+    let flags = [
+        "--write-buffer",
+        "16k",
+        "--flush-idle",
+        "0",
+        "--recheck",
+        "0.2",
+    ];
+    let opts1 = format!("rw,endpoint={ep2}");
+    let mut m0 = mount_logged(
+        &url,
+        &d.path().join("mnt0"),
+        &[&["-o", "rw"][..], &flags[..]].concat(),
+        &logs[0],
+    );
+    let mut m1 = mount_logged(
+        &url,
+        &d.path().join("mnt1"),
+        &[&["-o", opts1.as_str()][..], &flags[..]].concat(),
+        &logs[1],
+    );
+    let rsyncs: Vec<_> = (0..2)
+        .map(|w| {
+            let dest = [&m0, &m1][w].path("_alllayers");
+            Command::new("timeout")
+                .arg("300")
+                .arg("rsync")
+                .arg("-a")
+                .arg(format!("{}/", srcs[w].display()))
+                .arg(format!("{}/", dest.display()))
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (w, r) in rsyncs.into_iter().enumerate() {
+        let out = r.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "rsync {w}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&logs[w]).unwrap_or_default()
+        );
+    }
+    let ok0 = unmount(&mut m0, 120);
+    let ok1 = unmount(&mut m1, 120);
+    let log = |w: usize| std::fs::read_to_string(&logs[w]).unwrap_or_default();
+    assert!(ok0 && ok1, "a daemon failed:\n{}\n{}", log(0), log(1));
+    // The probe learnt RGW 16's quirk on both mounts, and left no probe object behind.
+    for w in 0..2 {
+        assert!(log(w).contains("unquoted ETags"), "mount {w}:\n{}", log(w));
+    }
+    let c = Cache::open(&url).unwrap();
+    let mut got: BTreeMap<TileAddr, Vec<u8>> = BTreeMap::new();
+    for id in [
+        TileAddr::new(3, 0, 0).bundle(),
+        TileAddr::new(5, 0, 0).bundle(),
+    ] {
+        for (t, b) in c
+            .read_group(&bundlefs::cache::TileGroup::bundle(id))
+            .unwrap()
+        {
+            got.insert(t, b.to_vec());
+        }
+    }
+    let mut writers: BTreeMap<TileAddr, Vec<u32>> = BTreeMap::new();
+    for (w, set) in sets.iter().enumerate() {
+        for t in set {
+            writers.entry(*t).or_default().push(w as u32);
+        }
+    }
+    assert_eq!(got.len(), writers.len(), "tiles stored vs tiles written");
+    let mut from = [0usize; 2];
+    for (t, ws) in &writers {
+        let b = got.get(t).unwrap_or_else(|| panic!("tile {t} missing"));
+        let who = ws.iter().find(|w| *b == writer_png(&base, **w, *t));
+        let who = who.unwrap_or_else(|| panic!("tile {t} equals none of its writers {ws:?}"));
+        from[*who as usize] += 1;
+    }
+    let conflicts = conflicts_logged(&logs[0]) + conflicts_logged(&logs[1]);
+    eprintln!(
+        "tiles: {}; held by writer 0/1: {from:?}; conflicts logged: {conflicts}",
+        got.len()
+    );
+    assert!(
+        conflicts > 0,
+        "the two mounts never collided: the test proved nothing\n{}\n{}",
+        log(0),
+        log(1)
+    );
+    let probe_left = block_list(&url)
+        .into_iter()
+        .filter(|k| k.contains(bundlefs::cache::store::object::PROBE_NAME))
+        .collect::<Vec<_>>();
+    assert!(probe_left.is_empty(), "probe objects left: {probe_left:?}");
+}
+
+/// The keys directly under the cache's prefix at `url` (ListObjectsV2 with delimiter).
+fn block_list(url: &str) -> Vec<String> {
+    let u = parse(url);
+    let client = s3_client_at(&u, None).unwrap();
+    let prefix = object_store::path::Path::from(u.prefix.as_str());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let l = rt
+        .block_on(client.list_with_delimiter(Some(&prefix)))
+        .unwrap();
+    l.objects
+        .into_iter()
+        .map(|o| o.location.to_string())
+        .collect()
+}
+
+/// A tile written through an `-o rw` mount and fsync'd is in its bundle in the bucket when fsync
+/// returns (read by a separate client while the mount is still up); the time set on it (as
+/// `touch`/`rsync -a` do) is accepted.
+#[test]
+fn fsync_through_an_rw_mount_returns_after_the_bundle_is_stored() {
+    let url = empty_cache("rw-fsync");
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("mount.log");
+    // Long idle and a big buffer: only the fsync (or the unmount) can flush.
+    let m = mount_logged(
+        &url,
+        &d.path().join("mnt"),
+        &["-o", "rw", "--flush-idle", "3600"],
+        &log,
+    );
+    let base = base_png();
+    let t = TileAddr::new(2, 1, 3);
+    let dir = m.path("_alllayers/L02/R00000001");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("C00000003.png");
+    let bytes = writer_png(&base, 7, t);
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&p).unwrap();
+        f.write_all(&bytes).unwrap();
+        f.sync_all().unwrap();
+    }
+    let c = Cache::open(&url).unwrap();
+    assert_eq!(
+        c.tile(t).unwrap().as_deref(),
+        Some(&bytes[..]),
+        "the fsync'd tile is not in the bucket yet:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    // A tile written without fsync waits in the buffer (so the check above could fail).
+    let t2 = TileAddr::new(2, 1, 2);
+    std::fs::write(dir.join("C00000002.png"), writer_png(&base, 7, t2)).unwrap();
+    assert!(
+        Cache::open(&url).unwrap().tile(t2).unwrap().is_none(),
+        "a tile without fsync was flushed at once: the fsync check proves nothing"
+    );
+    let when = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
+    drop(m);
+    let c = Cache::open(&url).unwrap();
+    assert!(c.tile(t2).unwrap().is_some(), "flushed at unmount");
+}
+
+/// Runs `scripts/ceph-cluster.sh UNDO DIR N` when dropped (a stopped gateway or killed OSD comes
+/// back even when the test fails).
+struct Restore(&'static str, u32);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        cluster(self.0, self.1);
+    }
+}
+
+/// A gateway stopped while mounted: reads of tiles fail with EIO within the time limit and the
+/// log names the bundle object; an fsync fails with EIO and keeps the tile buffered; nothing
+/// stored is damaged; once the gateway is back, reads work and the buffered tile is stored.
+#[test]
+fn a_stopped_gateway_gives_eio_then_reads_and_flushes_resume() {
+    let _gw = GATEWAY_2.write().unwrap_or_else(|e| e.into_inner());
+    let url = empty_cache("gw-stop");
+    let ep2 = std::env::var("AWS_ENDPOINT_URL_2").expect("AWS_ENDPOINT_URL_2 (second gateway)");
+    let base = base_png();
+    // Four tiles stored through gateway 1 before the mount.
+    let stored: Vec<TileAddr> = (0..4).map(|c| TileAddr::new(2, 1, c)).collect();
+    let c = Cache::open(&url).unwrap();
+    let bytes: Vec<Vec<u8>> = stored.iter().map(|t| writer_png(&base, 1, *t)).collect();
+    let puts: Vec<(TileAddr, &[u8], Option<std::time::SystemTime>)> = stored
+        .iter()
+        .zip(&bytes)
+        .map(|(t, b)| (*t, &b[..], None))
+        .collect();
+    c.write_tiles_timed(&puts).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("mount.log");
+    let opts = format!("rw,endpoint={ep2},timeout=3");
+    let mut m = mount_logged(
+        &url,
+        &d.path().join("mnt"),
+        &["-o", &opts, "--recheck", "0.5", "--flush-idle", "3600"],
+        &log,
+    );
+    let row = m.path("_alllayers/L02/R00000001");
+    let names: Vec<String> = std::fs::read_dir(&row)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+    assert_eq!(std::fs::read(row.join("C00000000.png")).unwrap(), bytes[0]);
+    // A new tile written (not yet fsync'd) while the gateway is up: it waits in the buffer.
+    let new_t = TileAddr::new(2, 1, 9);
+    let new_bytes = writer_png(&base, 2, new_t);
+    let mut f = std::fs::File::create(row.join("C00000009.png")).unwrap();
+    {
+        use std::io::Write;
+        f.write_all(&new_bytes).unwrap();
+    }
+
+    cluster("stop-gw", 2);
+    let back = Restore("start-gw", 2);
+    std::thread::sleep(Duration::from_millis(600)); // past --recheck: the index is checked again
+    let t0 = std::time::Instant::now();
+    let e = std::fs::read(row.join("C00000001.png")).unwrap_err();
+    let took = t0.elapsed();
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::EIO),
+        "read with the gateway down: {e}"
+    );
+    assert!(
+        took < Duration::from_secs(15),
+        "the failed read took {took:?}"
+    );
+    let e = f.sync_all().unwrap_err();
+    drop(f);
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::EIO),
+        "fsync with the gateway down: {e}"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    let bundle = "_alllayers/L02/R0000C0000.bundle";
+    assert!(
+        text.lines()
+            .any(|l| l.contains("ERROR") && l.contains(bundle)),
+        "no error line naming {bundle}:\n{text}"
+    );
+    eprintln!("failed read took {took:?}");
+
+    drop(back); // gateway 2 answers again
+    assert_eq!(std::fs::read(row.join("C00000001.png")).unwrap(), bytes[1]);
+    assert!(
+        unmount(&mut m, 60),
+        "the daemon failed:\n{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    let c = Cache::open(&url).unwrap();
+    for (t, b) in stored.iter().zip(&bytes) {
+        assert_eq!(c.tile(*t).unwrap().as_deref(), Some(&b[..]), "tile {t}");
+    }
+    assert_eq!(
+        c.tile(new_t).unwrap().as_deref(),
+        Some(&new_bytes[..]),
+        "the tile whose fsync failed was stored once the gateway was back"
+    );
+}
+
+/// `kill -9` of one OSD while an rsync writes through an `-o rw` mount: with pools of size 3 and
+/// min_size 2 the writer sees no error, and every tile is stored.
+#[test]
+fn kill_9_of_an_osd_mid_rsync_the_writer_sees_no_error() {
+    crate::support::mount::need("rsync");
+    let _gw = GATEWAY_2.write().unwrap_or_else(|e| e.into_inner());
+    let url = empty_cache("osd-kill");
+    let d = tempfile::tempdir().unwrap();
+    let base = base_png();
+    let tiles: Vec<TileAddr> = (0..32)
+        .flat_map(|r| (0..32).map(move |c| TileAddr::new(5, r, c)))
+        .collect();
+    let src = d.path().join("src");
+    write_tree(&src, &base, 3, &tiles);
+    let log = d.path().join("mount.log");
+    let mut m = mount_logged(
+        &url,
+        &d.path().join("mnt"),
+        &["-o", "rw", "--write-buffer", "16k", "--flush-idle", "0"],
+        &log,
+    );
+    let mut rsync = Command::new("timeout")
+        .arg("300")
+        .arg("rsync")
+        .arg("-a")
+        .arg(format!("{}/", src.display()))
+        .arg(format!("{}/", m.path("_alllayers").display()))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    cluster("kill-osd", 1);
+    let _back = Restore("start-osd", 1);
+    let running = rsync.try_wait().unwrap().is_none();
+    let out = rsync.wait_with_output().unwrap();
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "rsync: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        text()
+    );
+    assert!(unmount(&mut m, 120), "the daemon failed:\n{}", text());
+    assert!(
+        running,
+        "rsync had ended before the OSD was killed: the test proved nothing"
+    );
+    let c = Cache::open(&url).unwrap();
+    for t in &tiles {
+        assert_eq!(
+            c.tile(*t).unwrap().as_deref(),
+            Some(&writer_png(&base, 3, *t)[..]),
+            "tile {t}"
+        );
+    }
+}
+
+/// Object-store settings are refused by name where they mean nothing: `-o endpoint=` on a cache
+/// folder, `--single-writer` on a read-only mount. (No cluster needed.)
+#[test]
+fn object_store_mount_settings_are_refused_where_they_mean_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let mnt = d.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let local = esri_sample_cache();
+    let out = run(Command::new(bin())
+        .arg("mount")
+        .arg(&local)
+        .arg(&mnt)
+        .args(["-o", "endpoint=http://127.0.0.1:7480"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("-o endpoint=") && err.contains("object store"),
+        "{err}"
+    );
+    let out = run(Command::new(bin())
+        .arg("mount")
+        .arg("s3://bucket/prefix")
+        .arg(&mnt)
+        .arg("--single-writer"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--single-writer") && err.contains("-o rw"),
+        "{err}"
+    );
+    assert!(!is_mounted(&mnt));
+}
+
+/// `kill -9` of an `-o rw` mount of `s3://…` while an rsync writes through it: every bundle in
+/// the bucket is still valid (`verify --decode`), every tile fsync'd before is there, and every
+/// stored tile is one that was sent (a PUT replaces a bundle whole: old or new, never torn).
+#[test]
+fn kill_9_of_an_rw_mount_mid_flush_leaves_valid_bundles_and_every_fsynced_tile() {
+    use std::io::Write;
+    crate::support::mount::need("rsync");
+    let url = empty_cache("mount-kill");
+    let d = tempfile::tempdir().unwrap();
+    let base = base_png();
+    let src = d.path().join("src");
+    let all: Vec<TileAddr> = (0..=5u8)
+        .flat_map(|l| {
+            (0..(1u32 << l))
+                .flat_map(move |r| (0..(1u32 << l)).map(move |c| TileAddr::new(l, r, c)))
+        })
+        .collect();
+    write_tree(&src, &base, 4, &all);
+    let log = d.path().join("mount.log");
+    let mnt = d.path().join("mnt");
+    let mut synced = Vec::new();
+    {
+        let mut m = mount_logged(
+            &url,
+            &mnt,
+            &["-o", "rw", "--write-buffer", "16k", "--flush-idle", "0.2"],
+            &log,
+        );
+        // Tiles written and fsync'd one by one before the rsync: each acknowledged by fsync.
+        let dir = m.path("_alllayers/L04/R00000003");
+        std::fs::create_dir_all(&dir).unwrap();
+        for col in 0..16u32 {
+            let t = TileAddr::new(4, 3, col);
+            let mut f = std::fs::File::create(dir.join(format!("C{col:08x}.png"))).unwrap();
+            f.write_all(&writer_png(&base, 4, t)).unwrap();
+            f.sync_all().unwrap();
+            synced.push(t);
+        }
+        let mut rsync = Command::new("rsync")
+            .arg("-a")
+            .arg(format!("{}/", src.display()))
+            .arg(format!("{}/", m.path("_alllayers").display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Kill the daemon once a good part of the tiles reached the bucket (flushes go on all
+        // along with this buffer).
+        let start = std::time::Instant::now();
+        loop {
+            let c = Cache::open(&url).unwrap();
+            let n: u64 = c
+                .levels()
+                .unwrap()
+                .into_iter()
+                .map(|l| c.level_stats(l).unwrap().tiles)
+                .sum();
+            if n > synced.len() as u64 + 100 || start.elapsed() > Duration::from_secs(120) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let child = m.child.as_mut().unwrap();
+        child.kill().unwrap(); // SIGKILL
+                               // Abort the dead daemon's connection, as in the folder's kill test (writeback.rs).
+        let _ = Command::new("umount").arg("-f").arg(&mnt).status();
+        child.wait().unwrap();
+        let _ = rsync.wait();
+    }
+    assert!(!is_mounted(&mnt));
+    let c = Cache::open(&url).unwrap();
+    let report = bundlefs::jobs::verify::verify(&c, true).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let stored = all_tiles(&c);
+    for t in &synced {
+        assert_eq!(
+            stored.get(t),
+            Some(&writer_png(&base, 4, *t)),
+            "fsync'd tile {t} lost"
+        );
+    }
+    for (t, b) in &stored {
+        assert_eq!(*b, writer_png(&base, 4, *t), "tile {t}");
+    }
+    eprintln!("{} of {} tiles stored at the kill", stored.len(), all.len());
+    assert!(
+        stored.len() > synced.len() && stored.len() < all.len(),
+        "the kill should land mid-transfer: {} of {} stored\n{}",
+        stored.len(),
+        all.len(),
+        std::fs::read_to_string(&log).unwrap_or_default()
     );
 }

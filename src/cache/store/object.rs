@@ -37,6 +37,12 @@ use object_store::{
     GetOptions, GetRange, ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion,
 };
 
+mod options;
+mod probe;
+
+pub use options::{shown_endpoint, ObjectOptions, WriteCoordination, DEFAULT_TIMEOUT, TIMEOUT_ENV};
+pub use probe::{probe as probe_conditional_writes, CasProbe, PROBE_NAME};
+
 use super::{check_tiles, GroupView, LevelStats, Storage, TileGroup, TimedSlot, UpdateFn};
 use crate::cache::bundle::{BundleHandle, FileStamp};
 use crate::cache::url::ObjectUrl;
@@ -51,6 +57,15 @@ const ALLLAYERS: &str = "_alllayers";
 
 /// How many whole bundles (batch reads) stay in memory at most.
 const MAX_WHOLE_BUNDLES: usize = 8;
+
+/// How many recently read tiles stay in memory, keyed by the bundle version (ETag) they were
+/// read from: a mount looks a tile up (its size) and then reads it, and both ask the storage for
+/// the bytes; without this each tile would be fetched twice.
+const RECENT_TILES: usize = 64;
+
+/// Tiles larger than this are not kept among the recent ones (so those hold at most
+/// `RECENT_TILES` × 256 KiB = 16 MiB).
+const RECENT_TILE_MAX: usize = 256 << 10;
 
 /// How conditional writes are retried after losing a race to another writer.
 #[derive(Debug, Clone, Copy)]
@@ -139,18 +154,27 @@ fn block<F: std::future::Future>(f: F) -> F::Output {
 }
 
 /// An S3 client for `url`'s bucket configured from the `AWS_*` environment (endpoint, region,
-/// credentials, `AWS_ALLOW_HTTP`), path-style, checksums only where the store requires them.
+/// credentials, `AWS_ALLOW_HTTP`), path-style, checksums only where the store requires them, with
+/// the default time limits ([`ObjectOptions`]).
 pub fn s3_client(url: &ObjectUrl) -> Result<Arc<dyn ObjectStore>> {
-    s3_client_at(url, None)
+    s3_client_with(url, &ObjectOptions::default())
 }
 
 /// [`s3_client`] with another endpoint (`http://HOST:PORT`) than `AWS_ENDPOINT_URL`'s, e.g. a
 /// second gateway of the same store.
 pub fn s3_client_at(url: &ObjectUrl, endpoint: Option<&str>) -> Result<Arc<dyn ObjectStore>> {
-    let mut b = AmazonS3Builder::from_env().with_bucket_name(&url.bucket);
-    if let Some(ep) = endpoint {
-        b = b.with_endpoint(ep);
-    }
+    let o = ObjectOptions {
+        endpoint: endpoint.map(str::to_string),
+        ..ObjectOptions::default()
+    };
+    s3_client_with(url, &o)
+}
+
+/// [`s3_client`] with `o`'s settings over the environment's.
+pub fn s3_client_with(url: &ObjectUrl, o: &ObjectOptions) -> Result<Arc<dyn ObjectStore>> {
+    let b = o
+        .apply(AmazonS3Builder::from_env().with_bucket_name(&url.bucket))
+        .map_err(|e| Error::invalid(format!("{url}: {e}")))?;
     let s3 = b.build().map_err(|e| {
         Error::invalid(format!(
             "{url}: cannot set up the S3 client from the AWS_* environment: {}",
@@ -197,6 +221,9 @@ fn scrub(msg: &str) -> String {
     out
 }
 
+/// A tile kept among the recent ones: the ETag of the bundle version it was read from, its bytes.
+type RecentTile = (String, Arc<Vec<u8>>);
+
 /// A level's bundle list and when it was read.
 type Listing = (Instant, Arc<Vec<BundleId>>);
 
@@ -215,10 +242,16 @@ pub struct ObjectStorage {
     indexes: Mutex<LruCache<BundleId, Arc<Index>>>,
     whole: Mutex<LruCache<BundleId, Arc<Whole>>>,
     listings: Mutex<HashMap<u8, Listing>>,
+    /// The level list and when it was read (kept `recheck`, as bundle listings).
+    level_list: Mutex<Option<(Instant, Vec<u8>)>>,
+    /// Recently read tiles: (ETag of the bundle version, bytes).
+    recent: Mutex<LruCache<TileAddr, RecentTile>>,
     /// The store compares `If-Match` with unquoted ETags (Ceph RGW 16).
     unquoted_etags: AtomicBool,
     /// The store refuses its own ETag in `If-Match` on GET: tile reads go unpinned.
     unpinned_gets: AtomicBool,
+    /// `--single-writer`: PUTs go unconditionally (the operator promised one writer).
+    single_writer: bool,
     stats: ObjectStats,
 }
 
@@ -248,13 +281,16 @@ impl ObjectStorage {
             url,
             tiles_rel: tiles_rel.to_string(),
             store,
-            opts,
             policy: RetryPolicy::default(),
             indexes: Mutex::new(LruCache::new(cap)),
             whole: Mutex::new(LruCache::new(whole)),
             listings: Mutex::new(HashMap::new()),
+            level_list: Mutex::new(None),
+            recent: Mutex::new(LruCache::new(NonZeroUsize::new(RECENT_TILES).unwrap())),
             unquoted_etags: AtomicBool::new(false),
             unpinned_gets: AtomicBool::new(false),
+            single_writer: opts.object.writes == WriteCoordination::SingleWriter,
+            opts,
             stats: ObjectStats::default(),
         }
     }
@@ -586,8 +622,20 @@ impl ObjectStorage {
             match self.put_conditional(&key, payload, etag.as_deref())? {
                 true => {
                     self.stats.puts.fetch_add(1, Ordering::Relaxed);
+                    if attempt > 0 {
+                        // Info level: the daemon's log tells how often writers collided (the
+                        // two-mount test counts these lines).
+                        tracing::info!(
+                            "{}: stored after {attempt} conflict(s) with other writers \
+                             (conditional PUT refused, bundle read again and rebuilt); \
+                             conflicts in all: {}",
+                            rel_url(&self.url, &rel).display(),
+                            self.stats.conflicts.load(Ordering::Relaxed)
+                        );
+                    }
                     self.invalidate(&id);
                     self.listings.lock().unwrap().remove(&id.level);
+                    *self.level_list.lock().unwrap() = None;
                     return Ok(WriteStats {
                         tiles,
                         bytes_written: len,
@@ -627,6 +675,14 @@ impl ObjectStorage {
                 },
             ))
         };
+        if self.single_writer {
+            // --single-writer: the operator promised no other writer; the store may not
+            // honour conditions anyway.
+            return match put(PutMode::Overwrite) {
+                Ok(_) => Ok(true),
+                Err(e) => Err(obj_err_key(&self.url, &rel, e)),
+            };
+        }
         let Some(etag) = etag else {
             return match put(PutMode::Create) {
                 Ok(_) => Ok(true),
@@ -686,6 +742,55 @@ impl ObjectStorage {
     pub fn sends_unquoted_etags(&self) -> bool {
         self.unquoted_etags.load(Ordering::Relaxed)
     }
+
+    /// Runs the compare-and-swap probe ([`probe_conditional_writes`]) on this storage's store
+    /// and remembers whether it wants unquoted ETags. Errors as the probe's.
+    pub fn check_conditional_writes(&self, store_name: &str) -> Result<CasProbe> {
+        let p = probe::probe(&self.url, self.store.as_ref(), store_name)?;
+        if p.unquoted_etags {
+            self.unquoted_etags.store(true, Ordering::Relaxed);
+        }
+        Ok(p)
+    }
+
+    /// Whether PUTs go unconditionally (`--single-writer`).
+    pub fn single_writer(&self) -> bool {
+        self.single_writer
+    }
+
+    /// One line of request counters, for the daemon's log.
+    pub fn stats_line(&self) -> String {
+        let s = &self.stats;
+        format!(
+            "{}: {} GETs, {} HEADs, {} PUTs of bundles, {} conflicts with other writers",
+            self.url,
+            s.gets.load(Ordering::Relaxed),
+            s.heads.load(Ordering::Relaxed),
+            s.puts.load(Ordering::Relaxed),
+            s.conflicts.load(Ordering::Relaxed)
+        )
+    }
+}
+
+impl Drop for ObjectStorage {
+    fn drop(&mut self) {
+        if self.stats.puts.load(Ordering::Relaxed) > 0 {
+            tracing::info!("{}", self.stats_line());
+        }
+    }
+}
+
+/// The store at `o`'s endpoint (or `AWS_ENDPOINT_URL`'s) as messages name it, without user
+/// information.
+fn store_name(o: &ObjectOptions) -> String {
+    match o
+        .endpoint
+        .clone()
+        .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+    {
+        Some(ep) => shown_endpoint(&ep),
+        None => "the AWS S3 default endpoint".to_string(),
+    }
 }
 
 /// What a new cache in an object store gets: its storage (only Compact V2 is served), conf.xml
@@ -714,8 +819,11 @@ pub struct Opened {
 /// Opens the cache at `url` (S3 client from the `AWS_*` environment), or with `create` writes its
 /// conf.cdi and conf.xml first. Refused by name: Compact V1 and exploded caches in an object store
 /// (only Compact V2 is served there), and a prefix holding no cache.
+///
+/// With [`WriteCoordination::Probed`] (a writable mount) the store is probed for conditional
+/// writes first and refused by name if it does not honour them ([`probe_conditional_writes`]).
 pub fn open(url: &ObjectUrl, opts: CacheOptions, create: Option<NewCache>) -> Result<Opened> {
-    let client = s3_client(url)?;
+    let client = s3_client_with(url, &opts.object)?;
     let refuse = |what: StorageFormat| {
         Error::invalid(format!(
             "{url}: {what} storage in an object store is not supported; bundlefs serves \
@@ -746,7 +854,19 @@ pub fn open(url: &ObjectUrl, opts: CacheOptions, create: Option<NewCache>) -> Re
         }
     };
     let tiles_rel = if arcgis_layout { ALLLAYERS } else { "" };
+    let writes = opts.object.writes;
+    let name = store_name(&opts.object);
     let store = ObjectStorage::with_store(url.clone(), client, tiles_rel, opts);
+    match writes {
+        WriteCoordination::Probed => {
+            store.check_conditional_writes(&name)?;
+        }
+        WriteCoordination::SingleWriter => tracing::info!(
+            "{url}: --single-writer: bundles are written unconditionally (no other writer \
+             is expected)"
+        ),
+        WriteCoordination::Conditional => {}
+    }
     match store.detect()? {
         Some(StorageFormat::CompactV2) => {}
         Some(other) => return Err(refuse(other)),
@@ -806,6 +926,11 @@ impl Storage for ObjectStorage {
     }
 
     fn levels(&self) -> Result<Vec<u8>> {
+        if let Some((at, v)) = &*self.level_list.lock().unwrap() {
+            if at.elapsed() < self.opts.recheck {
+                return Ok(v.clone());
+            }
+        }
         let p = Key::from(self.url.key(&self.tiles_rel));
         let prefix = (!p.as_ref().is_empty()).then_some(&p);
         let l = block(self.store.list_with_delimiter(prefix))
@@ -819,6 +944,7 @@ impl Storage for ObjectStorage {
             .collect();
         v.sort_unstable();
         v.dedup();
+        *self.level_list.lock().unwrap() = Some((Instant::now(), v.clone()));
         Ok(v)
     }
 
@@ -890,8 +1016,22 @@ impl Storage for ObjectStorage {
             let Some(ix) = self.index(id)? else {
                 return Ok(None);
             };
+            if let Some((etag, v)) = self.recent.lock().unwrap().get(&t) {
+                if *etag == ix.etag {
+                    return Ok(Some(TileBytes::shared(v.clone(), Some(ix.mtime))));
+                }
+            }
             match self.read_tile(id, &ix, t.slot())? {
-                Ok(Some(v)) => return Ok(Some(TileBytes::shared(Arc::new(v), Some(ix.mtime)))),
+                Ok(Some(v)) => {
+                    let v = Arc::new(v);
+                    if v.len() <= RECENT_TILE_MAX {
+                        self.recent
+                            .lock()
+                            .unwrap()
+                            .put(t, (ix.etag.clone(), v.clone()));
+                    }
+                    return Ok(Some(TileBytes::shared(v, Some(ix.mtime))));
+                }
                 Ok(None) => return Ok(None),
                 Err(()) => {
                     tracing::debug!(
@@ -1038,11 +1178,17 @@ impl Storage for ObjectStorage {
     }
 
     fn set_tile_time(&self, t: TileAddr, _mtime: SystemTime) -> Result<bool> {
-        Err(Error::invalid(format!(
-            "{}: tile {t}: per-tile modification times are not kept in object stores \
-             (bundlefs shows the bundle's last-modified time)",
-            self.bundle_url(&t.bundle()).display()
-        )))
+        // Per-tile times are not kept in object stores (tiles show their bundle's time): the
+        // time is accepted and not kept, so `touch` and `rsync -a` work (rsync then sees other
+        // times and sends such tiles again: doc/object-store.md).
+        let stored = self.tile(t)?.is_some();
+        if stored {
+            tracing::debug!(
+                "{}: tile {t}: per-tile times are not kept in object stores; not recorded",
+                self.bundle_url(&t.bundle()).display()
+            );
+        }
+        Ok(stored)
     }
 
     fn location(&self, t: TileAddr) -> PathBuf {
@@ -1291,6 +1437,230 @@ mod tests {
         put(&writer, &[0]);
         let got = reader.tile(ID.tile(slot(1))).unwrap().unwrap();
         assert_eq!(&got[..], &tile(1)[..]);
+    }
+
+    /// A **mock** object store (an `InMemory` behind a wrapper) that behaves like a store
+    /// without compare-and-swap (Garage 2.5: conditions ignored) or like Ceph RGW 16 (ETags sent
+    /// quoted, `If-Match` on PUT compared with the unquoted ETag). Never evidence about a real
+    /// store: the Ceph tests in tests/it/objstore.rs are.
+    #[derive(Debug)]
+    struct MockStore {
+        inner: InMemory,
+        ignores_conditions: bool,
+        rgw_quoted_etags: bool,
+    }
+
+    impl MockStore {
+        fn new(ignores_conditions: bool, rgw_quoted_etags: bool) -> Arc<MockStore> {
+            Arc::new(MockStore {
+                inner: InMemory::new(),
+                ignores_conditions,
+                rgw_quoted_etags,
+            })
+        }
+        fn quote(&self, t: Option<String>) -> Option<String> {
+            match self.rgw_quoted_etags {
+                true => t.map(|t| format!("\"{t}\"")),
+                false => t,
+            }
+        }
+    }
+
+    impl std::fmt::Display for MockStore {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "MockStore")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for MockStore {
+        async fn put_opts(
+            &self,
+            location: &Key,
+            payload: PutPayload,
+            mut opts: PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            if self.ignores_conditions {
+                opts.mode = PutMode::Overwrite;
+            }
+            if self.rgw_quoted_etags {
+                if let PutMode::Update(v) = &opts.mode {
+                    if v.e_tag.as_deref().is_some_and(|t| t.starts_with('"')) {
+                        return Err(object_store::Error::Precondition {
+                            path: location.to_string(),
+                            source: "quoted ETag compared with the unquoted one".into(),
+                        });
+                    }
+                }
+            }
+            let mut r = self.inner.put_opts(location, payload, opts).await?;
+            r.e_tag = self.quote(r.e_tag);
+            Ok(r)
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &Key,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(
+            &self,
+            location: &Key,
+            mut options: GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            if let Some(m) = options.if_match.take() {
+                options.if_match = Some(m.trim_matches('"').to_string());
+            }
+            let mut r = self.inner.get_opts(location, options).await?;
+            r.meta.e_tag = self.quote(r.meta.e_tag);
+            Ok(r)
+        }
+        async fn head(&self, location: &Key) -> object_store::Result<object_store::ObjectMeta> {
+            let mut m = self.inner.head(location).await?;
+            m.e_tag = self.quote(m.e_tag);
+            Ok(m)
+        }
+        async fn delete(&self, location: &Key) -> object_store::Result<()> {
+            self.inner.delete(location).await
+        }
+        fn list(
+            &self,
+            prefix: Option<&Key>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+        {
+            self.inner.list(prefix)
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&Key>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+        async fn copy(&self, from: &Key, to: &Key) -> object_store::Result<()> {
+            self.inner.copy(from, to).await
+        }
+        async fn copy_if_not_exists(&self, from: &Key, to: &Key) -> object_store::Result<()> {
+            self.inner.copy_if_not_exists(from, to).await
+        }
+    }
+
+    fn objects(store: &dyn ObjectStore) -> Vec<String> {
+        use futures::StreamExt;
+        block(
+            store
+                .list(None)
+                .map(|m| m.unwrap().location.to_string())
+                .collect(),
+        )
+    }
+
+    fn probed(store: Arc<dyn ObjectStore>, writes: WriteCoordination) -> ObjectStorage {
+        let opts = CacheOptions {
+            object: ObjectOptions {
+                writes,
+                ..ObjectOptions::default()
+            },
+            ..CacheOptions::default()
+        };
+        ObjectStorage::with_store(url(), store, ALLLAYERS, opts)
+    }
+
+    #[test]
+    fn the_probe_refuses_a_store_that_ignores_if_match_and_cleans_up() {
+        let mock = MockStore::new(true, false);
+        let s = probed(mock.clone(), WriteCoordination::Probed);
+        let e = s
+            .check_conditional_writes("http://127.0.0.1:3900")
+            .unwrap_err()
+            .to_string();
+        for want in [
+            "s3://bucket/caches/world",
+            "http://127.0.0.1:3900",
+            "If-None-Match",
+            "-o rw is refused",
+            "--single-writer",
+        ] {
+            assert!(e.contains(want), "{want:?} missing in: {e}");
+        }
+        assert_eq!(
+            objects(mock.as_ref()),
+            Vec::<String>::new(),
+            "probe key left behind"
+        );
+    }
+
+    #[test]
+    fn the_probe_passes_a_store_with_conditional_writes_and_learns_unquoted_etags() {
+        let plain = Arc::new(InMemory::new());
+        let s = probed(plain.clone(), WriteCoordination::Probed);
+        let p = s.check_conditional_writes("memory").unwrap();
+        assert!(!p.unquoted_etags && !s.sends_unquoted_etags());
+        assert!(objects(plain.as_ref()).is_empty(), "probe key left behind");
+
+        let rgw = MockStore::new(false, true);
+        let s = probed(rgw.clone(), WriteCoordination::Probed);
+        let p = s.check_conditional_writes("rgw").unwrap();
+        assert!(p.unquoted_etags && s.sends_unquoted_etags());
+        assert!(objects(rgw.as_ref()).is_empty(), "probe key left behind");
+        // Conditional rewrites then succeed at the first try.
+        put(&s, &[1]);
+        put(&s, &[2]);
+        assert_eq!(s.stats().conflicts.load(Ordering::Relaxed), 0);
+        assert_eq!(s.stats().puts.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn single_writer_writes_unconditionally_on_a_store_without_cas() {
+        let mock = MockStore::new(true, false);
+        let s = probed(mock.clone(), WriteCoordination::SingleWriter);
+        assert!(s.single_writer());
+        put(&s, &[1, 2]);
+        put(&s, &[3]);
+        for n in [1, 2, 3] {
+            assert_eq!(
+                s.tile(ID.tile(slot(n))).unwrap().as_deref(),
+                Some(&tile(n)[..])
+            );
+        }
+    }
+
+    #[test]
+    fn a_tile_read_twice_is_fetched_once_per_bundle_version() {
+        let mem = Arc::new(InMemory::new());
+        let s = storage(&mem, Duration::from_secs(3600));
+        let writer = storage(&mem, Duration::from_secs(60));
+        put(&writer, &[1, 2]);
+        let gets = || s.stats().gets.load(Ordering::Relaxed);
+        let t = ID.tile(slot(1));
+        assert_eq!(&s.tile(t).unwrap().unwrap()[..], &tile(1)[..]);
+        let after_first = gets(); // index + tile
+        assert_eq!(&s.tile(t).unwrap().unwrap()[..], &tile(1)[..]);
+        assert_eq!(
+            gets(),
+            after_first,
+            "the second read of the tile fetched it again"
+        );
+        // Another version of the bundle: the kept tile is not served from it.
+        let other = format!("rewritten {}", "x".repeat(50)).into_bytes();
+        writer
+            .write_group(ID, &[(slot(1), &other[..], None)])
+            .unwrap();
+        s.invalidate(&ID);
+        assert_eq!(&s.tile(t).unwrap().unwrap()[..], &other[..]);
+    }
+
+    #[test]
+    fn tile_times_are_accepted_for_stored_tiles_only() {
+        let mem = Arc::new(InMemory::new());
+        let s = storage(&mem, Duration::ZERO);
+        put(&s, &[1]);
+        assert!(s
+            .set_tile_time(ID.tile(slot(1)), SystemTime::now())
+            .unwrap());
+        assert!(!s
+            .set_tile_time(ID.tile(slot(2)), SystemTime::now())
+            .unwrap());
     }
 
     #[test]

@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# Per-tile read latency of a cache in an object store through a bundlefs mount, side by side with
+# the floor: one raw range GET of the same bytes (the tile and its 4-byte size prefix, as bundlefs
+# reads them) by curl on one kept-alive connection. Against the Ceph cluster of
+# scripts/ceph-cluster.sh (started and stopped here unless CEPH_ENV=DIR/env names a running one).
+#
+#   scripts/bench-objstore.sh                  build --release, synthesize, upload, measure
+#   BIN=target/release/bundlefs SYNTH=… scripts/bench-objstore.sh
+#   MAXLEVEL=8 WARM=20 scripts/bench-objstore.sh
+#
+# The cache: examples/synth.rs, levels 0..MAXLEVEL (default 8: 12 bundles, 87,381 tiles of
+# 256 px, ~2-3 KB each), exported into s3://BUCKET/bench-PID with `bundlefs export`.
+# Per bundle, through a fresh read-only mount (--recheck 3600: no HEAD rechecks in the way):
+#   cold bundle   the first tile read of the bundle: lookups of its row folder and name (the
+#                 bundle's index is fetched, one range GET of 128 KiB) and the tile (one GET);
+#   warm index    WARM (default 20) further tiles of that bundle: lookups + one range GET each;
+#   kernel cache  the same WARM tiles again: served by the kernel, the daemon not called.
+# Each figure is open+read+close of one file (python, perf_counter), median over the samples;
+# the floor is curl's time_total for the same byte ranges, median. Ratio = mount / floor.
+# Needs: curl >= 7.75 (--aws-sigv4), python3, fusermount3. Output: a table on standard output.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+say() { printf '==> %s\n' "$*" >&2; }
+
+MAXLEVEL=${MAXLEVEL:-8}
+WARM=${WARM:-20}
+work=$(mktemp -d /tmp/bundlefs-bench-objstore-XXXXXX)
+mnt=$work/mnt
+ceph_dir=
+mount_pid=
+cleanup() {
+    if [[ -n $mount_pid ]]; then
+        fusermount3 -u "$mnt" 2>/dev/null || true
+        wait "$mount_pid" 2>/dev/null || true
+    fi
+    if [[ -n $ceph_dir ]]; then
+        bash scripts/ceph-cluster.sh stop "$ceph_dir" >/dev/null 2>&1 || true
+        rm -rf "$ceph_dir"
+    fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if [[ -z ${BIN:-} ]]; then
+    say "cargo build --release --bin bundlefs --example synth"
+    cargo build --release --quiet --bin bundlefs --example synth
+    BIN=$repo/target/release/bundlefs
+fi
+SYNTH=${SYNTH:-$(dirname "$BIN")/examples/synth}
+[[ -x $BIN && -x $SYNTH ]] || { echo "bench: BIN=$BIN or SYNTH=$SYNTH missing" >&2; exit 1; }
+
+if [[ -n ${CEPH_ENV:-} ]]; then
+    # shellcheck disable=SC1090
+    . "$CEPH_ENV"
+else
+    ceph_dir=$(mktemp -d /tmp/bundlefs-bench-ceph-XXXXXX)
+    say "starting Ceph (scripts/ceph-cluster.sh start $ceph_dir)"
+    bash scripts/ceph-cluster.sh start "$ceph_dir" >&2
+    # shellcheck disable=SC1091
+    . "$ceph_dir/env"
+fi
+
+say "synthesizing levels 0-$MAXLEVEL (256 px tiles)"
+"$SYNTH" "$work/src" "$MAXLEVEL" 256 >/dev/null
+url=s3://$BUNDLEFS_S3_BUCKET/bench-$$-$(date +%s)
+say "export into $url"
+t0=$(date +%s.%N)
+"$BIN" export --storage compact-v2 "$work/src" "$url" >/dev/null
+t1=$(date +%s.%N)
+upload_s=$(awk "BEGIN { printf \"%.1f\", $t1 - $t0 }")
+bytes=$(du -sb "$work/src/_alllayers" | cut -f1)
+
+# The samples: per bundle one cold tile and WARM others, with their byte ranges in the object.
+python3 - "$work/src/_alllayers" "$WARM" >"$work/samples" <<'EOF'
+import os, random, struct, sys
+root, warm = sys.argv[1], int(sys.argv[2])
+random.seed(42)
+for lv in sorted(os.listdir(root)):
+    level = int(lv[1:])
+    for name in sorted(os.listdir(os.path.join(root, lv))):
+        if not name.endswith(".bundle"):
+            continue
+        row0, col0 = int(name[1:5], 16), int(name[6:10], 16)
+        with open(os.path.join(root, lv, name), "rb") as f:
+            f.seek(64)
+            index = f.read(128 * 128 * 8)
+        slots = []
+        for i in range(128 * 128):
+            (v,) = struct.unpack_from("<Q", index, 8 * i)
+            off, size = v & ((1 << 40) - 1), v >> 40
+            if size:
+                slots.append((i // 128, i % 128, off, size))
+        picks = random.sample(slots, min(len(slots), warm + 1))
+        for k, (r, c, off, size) in enumerate(picks):
+            kind = "cold" if k == 0 else "warm"
+            rel = f"{lv}/R{row0 + r:08x}/C{col0 + c:08x}.png"
+            key = f"{lv}/{name}"
+            print(kind, rel, key, off - 4, off + size - 1)
+EOF
+n_bundles=$(grep -c '^cold' "$work/samples")
+say "$n_bundles bundles, $(wc -l <"$work/samples") sampled tiles"
+
+say "mounting $url (read-only, --recheck 3600)"
+mkdir -p "$mnt"
+"$BIN" mount "$url" "$mnt" --recheck 3600 >"$work/mount.out" 2>"$work/mount.log" &
+mount_pid=$!
+for _ in $(seq 200); do
+    mountpoint -q "$mnt" && break
+    sleep 0.05
+done
+mountpoint -q "$mnt" || { cat "$work/mount.log" >&2; exit 1; }
+
+# Through the mount: per bundle the cold tile, its warm tiles, then the warm tiles again.
+python3 - "$mnt/_alllayers" "$work/samples" >"$work/mount.times" <<'EOF'
+import sys, time
+root, samples = sys.argv[1], sys.argv[2]
+by_bundle = {}
+for line in open(samples):
+    kind, rel, key, a, b = line.split()
+    by_bundle.setdefault(key, []).append((kind, rel, int(b) - int(a) - 3))
+def read(rel, size):
+    t = time.perf_counter()
+    with open(f"{root}/{rel}", "rb") as f:
+        n = len(f.read())
+    dt = time.perf_counter() - t
+    assert n == size, (rel, n, size)
+    return dt
+for key, tiles in by_bundle.items():
+    for kind, rel, size in tiles:
+        print(kind, read(rel, size))
+    for kind, rel, size in tiles:
+        if kind == "warm":
+            print("kernel", read(rel, size))
+EOF
+
+# The floor: the same byte ranges, one curl, one kept-alive connection (config file: the secret
+# stays out of the process list).
+cfg=$work/curl.cfg
+umask 077
+{
+    first=1
+    while read -r kind _rel key a b; do
+        ((first)) || echo next
+        first=0
+        echo "url = \"$AWS_ENDPOINT_URL/$BUNDLEFS_S3_BUCKET/${url#s3://*/}/_alllayers/$key\""
+        echo "range = \"$a-$b\""
+        echo "output = \"/dev/null\""
+        echo "write-out = \"$kind %{time_total} %{http_code}\\n\""
+        echo "aws-sigv4 = \"aws:amz:${AWS_REGION:-us-east-1}:s3\""
+        echo "user = \"$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY\""
+        echo "header = \"x-amz-content-sha256: UNSIGNED-PAYLOAD\""
+    done <"$work/samples"
+} >"$cfg"
+curl -s -K "$cfg" >"$work/floor.raw"
+rm -f "$cfg"
+if grep -qv ' 206$' "$work/floor.raw"; then
+    echo "bench: a floor request did not answer 206:" >&2
+    grep -v ' 206$' "$work/floor.raw" | head -3 >&2
+    exit 1
+fi
+awk '{ print "floor", $2 }' "$work/floor.raw" >"$work/floor.times"
+
+python3 - "$work/mount.times" "$work/floor.times" <<EOF
+import statistics, sys
+vals = {}
+for path in sys.argv[1:]:
+    for line in open(path):
+        k, v = line.split()
+        vals.setdefault(k, []).append(float(v) * 1000)
+med = {k: statistics.median(v) for k, v in vals.items()}
+floor = med["floor"]
+print(f"cache: levels 0-$MAXLEVEL, $n_bundles bundles, $bytes bytes of bundles; export into the store: ${upload_s} s")
+print(f"floor: one range GET of the tile's bytes (curl, kept-alive): median {floor:.3f} ms over {len(vals['floor'])} requests")
+print(f"{'read through the mount':<40} {'samples':>7} {'median ms':>10} {'p90 ms':>8} {'x floor':>8}")
+names = {"cold": "cold bundle (index + tile GET)", "warm": "warm index (one tile GET)", "kernel": "kernel cache (daemon not called)"}
+for k in ["cold", "warm", "kernel"]:
+    v = sorted(vals[k])
+    p90 = v[min(len(v) - 1, int(0.9 * len(v)))]
+    print(f"{names[k]:<40} {len(v):>7} {med[k]:>10.3f} {p90:>8.3f} {med[k] / floor:>8.2f}")
+EOF
