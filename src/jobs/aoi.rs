@@ -508,6 +508,106 @@ impl Aoi {
     }
 }
 
+/// Where the tiles a job takes lie, in the cache's spatial reference: everywhere, in an
+/// `--extent` rectangle, or in an `--aoi` area (which wins over an extent, as in export).
+///
+/// One rule for every job ([`Area::take`]): a tile is taken when it overlaps the extent (touching
+/// along an edge is not overlapping), or, for an area of interest, when at least one of its pixels
+/// has its centre in the area. Copy jobs (`export`, `import`) keep only those pixels of a tile the
+/// area crosses; whole-tile jobs (`delete`, `render --aoi`) take the whole tile
+/// ([`Area::takes_tile`]); so `delete --aoi F` removes exactly the tiles `export --aoi F` writes.
+#[derive(Debug, Clone)]
+pub enum Area {
+    /// Every tile.
+    All,
+    /// Tiles overlapping this rectangle.
+    Extent(Envelope),
+    /// Tiles with a pixel centre in this area.
+    Aoi(Aoi),
+}
+
+impl Area {
+    /// The area of an `--extent` and an `--aoi` (the area of interest wins).
+    pub fn of(extent: Option<Envelope>, aoi: Option<Aoi>) -> Area {
+        match (aoi, extent) {
+            (Some(a), _) => Area::Aoi(a),
+            (None, Some(e)) => Area::Extent(e),
+            (None, None) => Area::All,
+        }
+    }
+
+    /// How a block of tiles (a bundle, a supertile) with map bounds `env` lies against the area:
+    /// `Outside` when it can hold no tile taken, `Inside` when every tile of it is taken.
+    pub fn block(&self, env: &Envelope) -> Coverage {
+        match self {
+            Area::All => Coverage::Inside,
+            Area::Extent(e) => {
+                if !env.intersects(e) {
+                    Coverage::Outside
+                } else if e.xmin <= env.xmin
+                    && e.ymin <= env.ymin
+                    && env.xmax <= e.xmax
+                    && env.ymax <= e.ymax
+                {
+                    Coverage::Inside
+                } else {
+                    Coverage::Partial
+                }
+            }
+            Area::Aoi(a) => a.coverage(env),
+        }
+    }
+
+    /// How the tile with map bounds `env`, `width` × `height` pixels, is taken (see [`Area`]).
+    pub fn take(&self, env: &Envelope, width: u32, height: u32) -> Take {
+        match self {
+            Area::All => Take::Whole,
+            Area::Extent(e) if env.intersects(e) => Take::Whole,
+            Area::Extent(_) => Take::No,
+            Area::Aoi(a) => match a.coverage(env) {
+                Coverage::Outside => Take::No,
+                Coverage::Inside => Take::Whole,
+                Coverage::Partial => {
+                    let m = a.mask(env, width, height);
+                    if m.is_empty() {
+                        Take::No
+                    } else if m.is_full() {
+                        Take::Whole
+                    } else {
+                        Take::Pixels(m)
+                    }
+                }
+            },
+        }
+    }
+
+    /// Whether the tile with map bounds `env`, `width` × `height` pixels, is taken at all (see
+    /// [`Area`]).
+    pub fn takes_tile(&self, env: &Envelope, width: u32, height: u32) -> bool {
+        !matches!(self.take(env, width, height), Take::No)
+    }
+
+    /// The rectangle that holds the area (None for every tile).
+    pub fn bounds(&self) -> Option<Envelope> {
+        match self {
+            Area::All => None,
+            Area::Extent(e) => Some(*e),
+            Area::Aoi(a) => Some(a.bbox()),
+        }
+    }
+}
+
+/// How a tile is taken by an [`Area`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Take {
+    /// Not at all: no pixel centre in the area (no overlap with the extent).
+    No,
+    /// Every pixel.
+    Whole,
+    /// Only the pixels the mask holds (an area of interest crossing the tile); never empty or full.
+    Pixels(Mask),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use super::aoi::{Aoi, Coverage, Mask};
+use super::aoi::{Aoi, Area, Coverage, Mask, Take};
 use super::tile::{Outcome, Side, TilePixels};
 use crate::cache::{Cache, CacheOptions, GroupView, TileBytes, TileGroup};
 use crate::error::{Error, IoContext, Result};
@@ -155,13 +155,6 @@ fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
-/// Where the selection lies.
-enum Region<'a> {
-    All,
-    Extent(&'a Envelope),
-    Aoi(&'a Aoi),
-}
-
 /// The levels of `src` a job takes.
 pub fn select_levels(src: &Cache, sel: &LevelSelect) -> Result<Vec<u8>> {
     let have = src.levels()?;
@@ -272,7 +265,8 @@ struct Ctx<'a> {
     fresh: bool,
     mode: ImportMode,
     pixels: TilePixels,
-    region: Region<'a>,
+    /// Where the tiles taken lie: the one rule of [`Area::take`], shared with delete and render.
+    area: Area,
     n: Counters,
     progress: &'a dyn Progress,
     /// Check each source tile against DEST's scheme (a source without conf.xml taken on trust).
@@ -290,18 +284,14 @@ pub fn run(
     let start = Instant::now();
     check_selection(src, opts)?;
     let levels = select_levels(src, &opts.levels)?;
-    let region = match (&opts.aoi, &opts.extent) {
-        (Some(a), _) => Region::Aoi(a),
-        (None, Some(e)) => Region::Extent(e),
-        (None, None) => Region::All,
-    };
+    let area = Area::of(opts.extent, opts.aoi.clone());
     let ctx = Ctx {
         src,
         dest,
         fresh,
         mode: opts.mode,
         pixels: tile_pixels(src, dest, opts.background),
-        region,
+        area,
         n: Counters::default(),
         progress,
         check_each: if src.scheme().is_none() && opts.scheme_of_dest {
@@ -406,16 +396,9 @@ impl Ctx<'_> {
     fn group_coverage(&self, g: &TileGroup) -> Coverage {
         let scheme = self.src.scheme();
         let bbox = scheme.and_then(|s| bundle_bbox(s, g));
-        match (&self.region, bbox) {
-            (Region::All, _) | (_, None) => Coverage::Inside,
-            (Region::Extent(e), Some(b)) => {
-                if b.intersects(e) {
-                    Coverage::Partial
-                } else {
-                    Coverage::Outside
-                }
-            }
-            (Region::Aoi(a), Some(b)) => a.coverage(&b),
+        match bbox {
+            None => Coverage::Inside,
+            Some(b) => self.area.block(&b),
         }
     }
 
@@ -441,36 +424,22 @@ impl Ctx<'_> {
                     ))
                 })
             };
-            let mask = match (&self.region, cov) {
-                (_, Coverage::Inside) | (Region::All, _) => None,
-                (_, Coverage::Outside) => {
+            let mask = match cov {
+                Coverage::Inside => None,
+                Coverage::Outside => {
                     skipped += 1;
                     continue;
                 }
-                (Region::Extent(e), Coverage::Partial) => {
-                    if !bbox()?.intersects(e) {
-                        skipped += 1;
-                        continue;
-                    }
-                    None
-                }
-                (Region::Aoi(a), Coverage::Partial) => {
+                Coverage::Partial => {
                     let b = bbox()?;
-                    match a.coverage(&b) {
-                        Coverage::Outside => {
+                    let (w, h) = scheme.map_or((0, 0), |s| (s.tile_cols, s.tile_rows));
+                    match self.area.take(&b, w, h) {
+                        Take::No => {
                             skipped += 1;
                             continue;
                         }
-                        Coverage::Inside => None,
-                        Coverage::Partial => {
-                            let s = scheme.expect("bbox needs a scheme");
-                            let m = a.mask(&b, s.tile_cols, s.tile_rows);
-                            if m.is_empty() {
-                                skipped += 1;
-                                continue;
-                            }
-                            (!m.is_full()).then_some(m)
-                        }
+                        Take::Whole => None,
+                        Take::Pixels(m) => Some(m),
                     }
                 }
             };

@@ -1,8 +1,10 @@
-//! What a job selects, in the cache's terms: an `--extent` given in another spatial reference
-//! (`--extent-crs`), and the refusal of a selection (extent or area of interest) that matches no
+//! What a job selects, in the cache's terms: the [`Area`] a job takes tiles in (kept in `aoi.rs`
+//! so the copy engine can use it without an import cycle), an `--extent` given in another spatial
+//! reference (`--extent-crs`), and the refusal of a selection (extent or area of interest) that matches no
 //! tile, naming the selection's bounds and the cache's.
 
-use super::aoi::{cache_crs, Aoi, Coverage};
+pub use super::aoi::Area;
+use super::aoi::{cache_crs, Coverage};
 use super::engine::{select_levels, JobOptions, JobSummary};
 use crate::cache::Cache;
 use crate::error::{Error, Result};
@@ -29,78 +31,6 @@ pub fn extent_in_cache(e: &Envelope, epsg: u32, scheme: Option<&TileScheme>) -> 
             e.xmin, e.ymin, e.xmax, e.ymax
         ))
     })
-}
-
-/// Where the tiles a job takes lie, in the cache's spatial reference: everywhere, in an
-/// `--extent` rectangle, or in an `--aoi` area (which wins over an extent, as in export).
-///
-/// Whole-tile jobs (`delete`, `render --aoi`) take a tile when [`Area::takes_tile`] says so: any
-/// tile overlapping the extent (touching along an edge is not overlapping), or, for an area of
-/// interest, a tile holding at least one pixel whose centre lies in it, the rule by which `export
-/// --aoi` keeps a pixel; so `delete --aoi F` removes exactly the tiles `export --aoi F` writes.
-#[derive(Debug, Clone)]
-pub enum Area {
-    /// Every tile.
-    All,
-    /// Tiles overlapping this rectangle.
-    Extent(Envelope),
-    /// Tiles with a pixel centre in this area.
-    Aoi(Aoi),
-}
-
-impl Area {
-    /// The area of an `--extent` and an `--aoi` (the area of interest wins).
-    pub fn of(extent: Option<Envelope>, aoi: Option<Aoi>) -> Area {
-        match (aoi, extent) {
-            (Some(a), _) => Area::Aoi(a),
-            (None, Some(e)) => Area::Extent(e),
-            (None, None) => Area::All,
-        }
-    }
-
-    /// How a block of tiles (a bundle, a supertile) with map bounds `env` lies against the area:
-    /// `Outside` when it can hold no tile taken, `Inside` when every tile of it is taken.
-    pub fn block(&self, env: &Envelope) -> Coverage {
-        match self {
-            Area::All => Coverage::Inside,
-            Area::Extent(e) => {
-                if !env.intersects(e) {
-                    Coverage::Outside
-                } else if e.xmin <= env.xmin
-                    && e.ymin <= env.ymin
-                    && env.xmax <= e.xmax
-                    && env.ymax <= e.ymax
-                {
-                    Coverage::Inside
-                } else {
-                    Coverage::Partial
-                }
-            }
-            Area::Aoi(a) => a.coverage(env),
-        }
-    }
-
-    /// Whether the tile with map bounds `env`, `width` × `height` pixels, is taken (see [`Area`]).
-    pub fn takes_tile(&self, env: &Envelope, width: u32, height: u32) -> bool {
-        match self {
-            Area::All => true,
-            Area::Extent(e) => env.intersects(e),
-            Area::Aoi(a) => match a.coverage(env) {
-                Coverage::Outside => false,
-                Coverage::Inside => true,
-                Coverage::Partial => !a.mask(env, width, height).is_empty(),
-            },
-        }
-    }
-
-    /// The rectangle that holds the area (None for every tile).
-    pub fn bounds(&self) -> Option<Envelope> {
-        match self {
-            Area::All => None,
-            Area::Extent(e) => Some(*e),
-            Area::Aoi(a) => Some(a.bbox()),
-        }
-    }
 }
 
 /// The area a job's options select (the AOI's bounding box, else the extent), if any.
@@ -225,6 +155,7 @@ pub fn check_matched(src: &Cache, opts: &JobOptions, summary: &JobSummary) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::aoi::Aoi;
 
     fn env(xmin: f64, ymin: f64, xmax: f64, ymax: f64) -> Envelope {
         Envelope {
@@ -266,6 +197,29 @@ mod tests {
         assert_eq!(a.block(&grazed), Coverage::Partial);
         assert!(!a.takes_tile(&grazed, 1, 1));
         assert_eq!(Area::All.block(&env(0.0, 0.0, 1.0, 1.0)), Coverage::Inside);
+        // Copy jobs keep the pixels with a centre in the area. Pixel (x, y) (y down from the top
+        // at 4) has its centre at (x + .5, 3.5 - y): inside the triangle when x - y < 0, outside
+        // when x - y > 0 (on the hypotenuse otherwise).
+        match a.take(&env(0.0, 0.0, 4.0, 4.0), 4, 4) {
+            crate::jobs::aoi::Take::Pixels(m) => {
+                for y in 0..4i32 {
+                    for x in 0..4i32 {
+                        if x != y {
+                            assert_eq!(m.get(x as u32, y as u32), x < y, "pixel ({x}, {y})");
+                        }
+                    }
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            a.take(&env(0.0, 0.0, 1.0, 1.0), 4, 4),
+            crate::jobs::aoi::Take::Whole
+        );
+        assert_eq!(
+            e.take(&env(10.0, 0.0, 20.0, 10.0), 4, 4),
+            crate::jobs::aoi::Take::No
+        );
     }
 
     #[test]

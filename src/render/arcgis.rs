@@ -1,8 +1,10 @@
 //! The `arcgis:URL` source: a map service's REST "Export Map" operation asked for one tile's
 //! bounding box at the cache's size, spatial reference, DPI and image format (`f=image`, so the
-//! server streams the image bytes).
+//! server streams the image bytes), and the service's own description (`f=json`) for the largest
+//! image it exports (`maxImageWidth`/`maxImageHeight`).
 
 use super::http::{encode_value, num, HttpClient, SplitUrl};
+use super::supertile::{advertised_max, MAX_IMAGE_PX as MAX};
 use super::Area;
 use super::TileSource;
 use crate::format::conf::{Envelope, TileFormat, TileScheme};
@@ -62,6 +64,14 @@ impl ArcGisSource {
             format!("{trimmed}/export")
         };
         Ok(ArcGisSource { url: u, http })
+    }
+
+    /// The service description request: the map service's URL (without `/export`) and the URL's
+    /// own parameters (`token=…`), with `f=json`.
+    pub fn info_url(&self) -> String {
+        let mut u = self.url.clone();
+        u.base = u.base.trim_end_matches("/export").to_string();
+        u.join(&[("f", "json".into())])
     }
 
     /// The export request for a tile.
@@ -145,6 +155,35 @@ impl TileSource for ArcGisSource {
         let got = self.http.get(&url)?;
         Ok(Some(got.body))
     }
+
+    /// `maxImageWidth`/`maxImageHeight` of the service's `f=json` description (Esri REST API, map
+    /// and image service resources; ArcGIS Server's default is 4096). Esri: "If a value greater
+    /// than the maximum is specified, the maximum value will be used", so a larger supertile
+    /// would come back smaller than asked.
+    fn max_image(&self) -> Option<(u32, u32)> {
+        let url = self.info_url();
+        let shown = super::http::redact(&url);
+        let json = match self.http.get(&url).and_then(|got| {
+            serde_json::from_slice::<serde_json::Value>(&got.body)
+                .map_err(|e| Error::source(&shown, format!("not JSON: {e}")))
+        }) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!("{e}; assuming the service draws up to {MAX} px a side");
+                return None;
+            }
+        };
+        let side = |k: &str| json.get(k).and_then(serde_json::Value::as_u64);
+        let max = advertised_max(side("maxImageWidth"), side("maxImageHeight"));
+        match max {
+            Some((w, h)) => tracing::info!("{shown}: the service draws at most {w} x {h} px"),
+            None => tracing::warn!(
+                "{shown}: no maxImageWidth/maxImageHeight ({}); assuming {MAX} px a side",
+                super::pixels::quote(json.to_string().as_bytes())
+            ),
+        }
+        max
+    }
 }
 
 #[cfg(test)]
@@ -177,6 +216,10 @@ mod tests {
         ] {
             assert!(u.contains(p), "{p} missing from {u}");
         }
+        assert_eq!(
+            src.info_url(),
+            "https://h/arcgis/rest/services/W/MapServer?layers=show:2&f=json"
+        );
         let e = ArcGisSource::new("http://h/MapServer/export?bbox=1,2,3,4", http).unwrap_err();
         assert!(e.to_string().contains("\"bbox\""), "{e}");
     }

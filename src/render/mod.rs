@@ -45,6 +45,15 @@ pub trait TileSource: Send + Sync {
         false
     }
 
+    /// The largest image the source draws, (width, height) in pixels, as the source advertises it
+    /// (ArcGIS REST `maxImageWidth`/`maxImageHeight`, WMS 1.3.0 `MaxWidth`/`MaxHeight`). Asks the
+    /// source (one request); the [`Renderer`] calls it once, when it is made with supertiles on.
+    /// None when the source advertises nothing or does not answer (logged, not an error): the
+    /// renderer then assumes [`supertile::MAX_IMAGE_PX`].
+    fn max_image(&self) -> Option<(u32, u32)> {
+        None
+    }
+
     /// The encoded image (PNG or JPEG) of an area of `area.width` × `area.height` pixels, or None if
     /// the source has nothing there. Only called when [`TileSource::draws_areas`] says so.
     fn render_area(&self, _scheme: &TileScheme, _area: &Area) -> Result<Option<Vec<u8>>> {

@@ -51,8 +51,9 @@ pub struct RenderOptions {
     /// Margin in pixels drawn around each supertile and cut away (MapProxy's meta-buffer), so
     /// labels near an edge are placed with their surroundings; none beyond the tiling origin.
     pub supertile_buffer: u32,
-    /// Largest image side the source draws, in pixels; a supertile and its margins are shrunk to
-    /// fit ([`supertile::MAX_IMAGE_PX`], 4096, by default).
+    /// Largest image side assumed, in pixels, for a source that does not advertise its own
+    /// ([`TileSource::max_image`]); a supertile and its margins are shrunk to fit the source's
+    /// maximum ([`supertile::MAX_IMAGE_PX`], 4096, by default).
     pub max_image: u32,
 }
 
@@ -280,12 +281,14 @@ impl Renderer {
                 )))
             }
             (0, _) | (_, false) => None,
-            (px, true) => Some(Layout::new(
-                &scheme,
-                px,
-                opts.supertile_buffer,
-                opts.max_image,
-            )?),
+            (px, true) => {
+                // Asked once, here: a source that draws less than it is asked for answers with a
+                // smaller image (ArcGIS) or an exception (MapServer), never the supertile.
+                let max = source
+                    .max_image()
+                    .unwrap_or((opts.max_image, opts.max_image));
+                Some(Layout::new(&scheme, px, opts.supertile_buffer, max)?)
+            }
         };
         Ok(Renderer {
             cache,

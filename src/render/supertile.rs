@@ -25,9 +25,24 @@ pub const ARCGIS_ANTIALIASED_PX: u32 = 2048;
 /// Default side for the mount, which renders on a reader's miss: smaller, so the first tile comes
 /// quickly (16 tiles of 256 px).
 pub const MOUNT_PX: u32 = 1024;
-/// Largest image asked of a source, width and height, in pixels: the default of an ArcGIS map
-/// service's `maxImageWidth`/`maxImageHeight` and of MapServer's `MAXSIZE`, both 4096.
+/// Largest image asked of a source that advertises no maximum, width and height, in pixels: the
+/// default of an ArcGIS Server map service's `maxImageWidth`/`maxImageHeight` and of MapServer's
+/// `MAXSIZE` (Debian's MapServer 8.0 advertises `<MaxWidth>4096</MaxWidth>` without one), both 4096. Sources that advertise
+/// their maximum ([`crate::render::TileSource::max_image`]) are held to theirs instead.
 pub const MAX_IMAGE_PX: u32 = 4096;
+
+/// A source's advertised maximum image size as (width, height) pixels: a side it leaves out (or
+/// gives as 0, or beyond `u32`) is [`MAX_IMAGE_PX`]; None when it gives neither.
+pub fn advertised_max(width: Option<u64>, height: Option<u64>) -> Option<(u32, u32)> {
+    let side = |v: Option<u64>| {
+        v.filter(|&v| v > 0)
+            .map_or(MAX_IMAGE_PX, |v| u32::try_from(v).unwrap_or(u32::MAX))
+    };
+    match (width.filter(|&v| v > 0), height.filter(|&v| v > 0)) {
+        (None, None) => None,
+        _ => Some((side(width), side(height))),
+    }
+}
 
 /// The supertile side ArcGIS uses for a cache: 2048 px when its conf.xml says
 /// `<Antialiasing>true</Antialiasing>`, else 4096 px. `conf_xml` is the document's bytes; an
@@ -87,34 +102,36 @@ pub struct Layout {
 
 impl Layout {
     /// The layout for a requested side `px` (pixels; rounded down to whole tiles, at least one),
-    /// margin `buffer`, and a source that draws at most `max_image` pixels a side: the supertile
-    /// shrinks until it and both margins fit. Errors when not even one tile and its margins fit.
-    pub fn new(scheme: &TileScheme, px: u32, buffer: u32, max_image: u32) -> Result<Layout> {
-        let fit = |tile: u32, what: &str| -> Result<u32> {
-            let room = max_image.saturating_sub(buffer.saturating_mul(2));
+    /// margin `buffer`, and a source that draws at most `max_image` = (width, height) pixels (what
+    /// it advertises, [`MAX_IMAGE_PX`] a side when it advertises nothing): the supertile shrinks
+    /// until it and both margins fit, with a log line when a requested side is cut to the source's
+    /// maximum. Errors when not even one tile and its margins fit.
+    pub fn new(scheme: &TileScheme, px: u32, buffer: u32, max_image: (u32, u32)) -> Result<Layout> {
+        let fit = |tile: u32, max: u32, what: &str| -> Result<u32> {
+            let room = max.saturating_sub(buffer.saturating_mul(2));
             if room < tile {
                 return Err(Error::invalid(format!(
                     "--supertile-buffer {buffer}: one {tile}-px tile {what} plus twice the buffer is more \
-                     than the {max_image} px the source draws at most"
+                     than the {max} px the source draws at most"
                 )));
             }
             Ok((px / tile).clamp(1, room / tile))
         };
-        let cols = fit(scheme.tile_cols, "across")?;
-        let rows = fit(scheme.tile_rows, "down")?;
-        if cols * scheme.tile_cols < px.min(max_image)
-            || rows * scheme.tile_rows < px.min(max_image)
-        {
-            tracing::info!(
-                "supertile of {px} px: {} x {} px drawn ({} x {} tiles of {} x {} px, buffer {buffer} px, \
-                 at most {max_image} px a request)",
-                cols * scheme.tile_cols,
-                rows * scheme.tile_rows,
-                cols,
-                rows,
-                scheme.tile_cols,
-                scheme.tile_rows
-            );
+        let (max_w, max_h) = max_image;
+        let cols = fit(scheme.tile_cols, max_w, "across")?;
+        let rows = fit(scheme.tile_rows, max_h, "down")?;
+        let drawn = (cols * scheme.tile_cols, rows * scheme.tile_rows);
+        let what = format!(
+            "supertile of {px} px (buffer {buffer} px): the source draws at most {max_w} x {max_h} px, \
+             so supertiles of {} x {} px are drawn ({cols} x {rows} tiles of {} x {} px)",
+            drawn.0, drawn.1, scheme.tile_cols, scheme.tile_rows
+        );
+        // Asking more than the source draws is cut down with a warning; only the margins not
+        // fitting beside a supertile of the source's maximum is routine.
+        if px > max_w.min(max_h) {
+            tracing::warn!("{what}");
+        } else if px.saturating_add(buffer.saturating_mul(2)) > max_w.min(max_h) {
+            tracing::info!("{what}");
         }
         Ok(Layout { cols, rows, buffer })
     }
@@ -254,17 +271,38 @@ mod tests {
         assert_eq!(arcgis_default_px(b"<not xml"), ARCGIS_PX);
     }
 
+    const SQUARE: (u32, u32) = (MAX_IMAGE_PX, MAX_IMAGE_PX);
+
+    #[test]
+    fn layout_follows_the_source_maximum_per_side() {
+        let s = TileScheme::web_mercator(6, TileFormat::Png);
+        // maxImageWidth 1000, maxImageHeight 600: 3 tiles across (768 px), 2 down (512 px).
+        let l = Layout::new(&s, 4096, 0, (1000, 600)).unwrap();
+        assert_eq!((l.cols, l.rows), (3, 2));
+        // A smaller request than the maximum is kept.
+        let l = Layout::new(&s, 512, 0, (1000, 600)).unwrap();
+        assert_eq!((l.cols, l.rows), (2, 2));
+        // Margins count against the maximum: 1000 - 2 * 100 = 800 px → 3 tiles.
+        let l = Layout::new(&s, 4096, 100, (1000, 1000)).unwrap();
+        assert_eq!((l.cols, l.rows), (3, 3));
+        // A source drawing less than one tile cannot take supertiles at all.
+        let e = Layout::new(&s, 4096, 0, (200, 4096))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("200 px"), "{e}");
+    }
+
     #[test]
     fn layout_is_capped_and_anchored_at_the_origin() {
         let mut s = TileScheme::web_mercator(6, TileFormat::Png);
         s.tile_cols = 512;
-        let l = Layout::new(&s, 4096, 0, MAX_IMAGE_PX).unwrap();
+        let l = Layout::new(&s, 4096, 0, SQUARE).unwrap();
         assert_eq!((l.cols, l.rows), (8, 16));
         // A buffer shrinks the block so block + 2 buffers stays within 4096 px.
-        let l = Layout::new(&s, 4096, 64, MAX_IMAGE_PX).unwrap();
+        let l = Layout::new(&s, 4096, 64, SQUARE).unwrap();
         assert_eq!((l.cols, l.rows), (7, 15));
-        assert!(Layout::new(&s, 4096, 2000, MAX_IMAGE_PX).is_err());
-        let l = Layout::new(&s, 1024, 16, MAX_IMAGE_PX).unwrap();
+        assert!(Layout::new(&s, 4096, 2000, SQUARE).is_err());
+        let l = Layout::new(&s, 1024, 16, SQUARE).unwrap();
         assert_eq!((l.cols, l.rows), (2, 4));
         let range = (0..40, 3..64);
         let st = l.supertile(TileAddr::new(6, 38, 3), &range);

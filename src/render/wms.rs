@@ -1,9 +1,12 @@
 //! The `wms:URL` source: OGC WMS GetMap (1.1.1 or 1.3.0) for one tile's bounding box. WMS
 //! parameters (LAYERS, STYLES, VERSION, CRS/SRS, FORMAT, TRANSPARENT, vendor ones like `map=`) come
 //! from the URL's query; bundlefs adds SERVICE, REQUEST, BBOX, WIDTH, HEIGHT. Options for bundlefs
-//! itself follow a `#` (never sent): `#axis=xy|yx` overrides the 1.3.0 axis-order rule.
+//! itself follow a `#` (never sent): `#axis=xy|yx` overrides the 1.3.0 axis-order rule. The
+//! largest image the server draws comes from its 1.3.0 GetCapabilities (`<Service>`'s
+//! `<MaxWidth>`/`<MaxHeight>`; 1.1.1 has no such field).
 
 use super::http::{num, HttpClient, SplitUrl};
+use super::supertile::{advertised_max, MAX_IMAGE_PX as MAX};
 use super::Area;
 use super::TileSource;
 use crate::format::conf::{Envelope, TileFormat, TileScheme};
@@ -208,9 +211,88 @@ impl TileSource for WmsSource {
         let url = self.area_url(scheme, &area.bbox, area.width, area.height)?;
         self.get(&url)
     }
+
+    /// `<MaxWidth>`/`<MaxHeight>` of the 1.3.0 capabilities' `<Service>` (OGC 06-042, 7.2.4.2;
+    /// MapServer advertises its mapfile's MAXSIZE there, 4096 without one).
+    fn max_image(&self) -> Option<(u32, u32)> {
+        let url = self.capabilities_url();
+        let shown = super::http::redact(&url);
+        let body = match self.http.get(&url) {
+            Ok(got) => got.body,
+            Err(e) => {
+                tracing::warn!("{e}; assuming the server draws up to {MAX} px a side");
+                return None;
+            }
+        };
+        let (w, h) = service_max_size(&body);
+        let max = advertised_max(w, h);
+        match max {
+            Some((w, h)) => tracing::info!("{shown}: the server draws at most {w} x {h} px"),
+            // MapServer answers an exception when, e.g., it cannot tell its own URL.
+            None if body.windows(16).any(|w| w == b"ServiceException") => tracing::warn!(
+                "{shown}: server answered {}; assuming it draws up to {MAX} px a side",
+                super::pixels::quote(&body)
+            ),
+            None => tracing::info!(
+                "{shown}: no <MaxWidth>/<MaxHeight> in the capabilities' <Service>; assuming {MAX} px \
+                 a side"
+            ),
+        }
+        max
+    }
+}
+
+/// `<Service>`'s `<MaxWidth>` and `<MaxHeight>` in a WMS capabilities document (any namespace
+/// prefix); a missing or unreadable value is None.
+pub fn service_max_size(xml: &[u8]) -> (Option<u64>, Option<u64>) {
+    use quick_xml::events::Event;
+    let mut r = quick_xml::Reader::from_reader(xml);
+    let (mut in_service, mut field) = (false, None::<bool>);
+    let (mut w, mut h) = (None, None);
+    let mut buf = Vec::new();
+    loop {
+        match r.read_event_into(&mut buf) {
+            Ok(Event::Start(e)) => match e.local_name().as_ref() {
+                b"Service" => in_service = true,
+                b"MaxWidth" if in_service => field = Some(true),
+                b"MaxHeight" if in_service => field = Some(false),
+                _ => field = None,
+            },
+            Ok(Event::Text(t)) => {
+                if let Some(width) = field {
+                    let v = t.unescape().ok().and_then(|v| v.trim().parse::<u64>().ok());
+                    if width {
+                        w = v;
+                    } else {
+                        h = v;
+                    }
+                }
+            }
+            Ok(Event::End(e)) => {
+                field = None;
+                if e.local_name().as_ref() == b"Service" {
+                    in_service = false;
+                }
+            }
+            Ok(Event::Eof) | Err(_) => return (w, h),
+            _ => {}
+        }
+        buf.clear();
+    }
 }
 
 impl WmsSource {
+    /// The GetCapabilities request: the URL's own parameters (`map=…`) with SERVICE, REQUEST and
+    /// VERSION=1.3.0 whatever version GetMap uses, since only 1.3.0 capabilities carry the maximum
+    /// image size and a server's limit does not depend on the version asked.
+    pub fn capabilities_url(&self) -> String {
+        self.url.join(&[
+            ("SERVICE", "WMS".to_string()),
+            ("VERSION", "1.3.0".to_string()),
+            ("REQUEST", "GetCapabilities".to_string()),
+        ])
+    }
+
     /// GETs a GetMap URL; an XML answer (a service exception) is an error quoting it.
     fn get(&self, url: &str) -> Result<Option<Vec<u8>>> {
         let got = self.http.get(url)?;
@@ -276,6 +358,10 @@ mod tests {
             u.contains("CRS=EPSG:3857") && u.contains("FORMAT=image/jpeg"),
             "{u}"
         );
+        assert_eq!(
+            v11.capabilities_url(),
+            "http://h/wms?LAYERS=a&SERVICE=WMS&VERSION=1.3.0&REQUEST=GetCapabilities"
+        );
         for bad in [
             "http://h/wms",
             "http://h/wms?LAYERS=a&BBOX=1",
@@ -284,5 +370,21 @@ mod tests {
         ] {
             assert!(WmsSource::new(bad, http.clone()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn max_size_is_read_from_the_service_section_only() {
+        let caps = br#"<?xml version="1.0"?>
+<WMS_Capabilities version="1.3.0" xmlns="http://www.opengis.net/wms">
+<Service><Name>WMS</Name><MaxWidth> 2048 </MaxWidth><MaxHeight>1024</MaxHeight></Service>
+<Capability><Layer><MaxWidth>9</MaxWidth></Layer></Capability>
+</WMS_Capabilities>"#;
+        assert_eq!(service_max_size(caps), (Some(2048), Some(1024)));
+        let v111 = br#"<WMT_MS_Capabilities version="1.1.1"><Service><Name>OGC:WMS</Name></Service>
+<Capability><Layer><MaxWidth>9</MaxWidth></Layer></Capability></WMT_MS_Capabilities>"#;
+        assert_eq!(service_max_size(v111), (None, None));
+        assert_eq!(service_max_size(b"<not xml"), (None, None));
+        assert_eq!(advertised_max(None, None), None);
+        assert_eq!(advertised_max(Some(2048), None), Some((2048, MAX)));
     }
 }

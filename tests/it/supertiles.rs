@@ -3,11 +3,14 @@
 //! pixel, on both sides of every seam, with and without a margin), concurrent misses of one
 //! supertile make one request (in the library and through the mount, where `--keep-rendered`
 //! stores every tile of it), and MapServer draws a polygon's label once per supertile where tile
-//! by tile it draws one per tile.
+//! by tile it draws one per tile. Supertiles are never larger than the source's maximum image
+//! size: an ArcGIS service's `maxImageWidth`/`maxImageHeight` (its `f=json`, asked once) and
+//! MapServer's `MAXSIZE` (its 1.3.0 GetCapabilities), counted request by request.
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
@@ -33,12 +36,40 @@ struct Drawn {
     png: Vec<u8>,
 }
 
-/// A fake ArcGIS export that draws `fake_map` at whatever size it is asked (a different image for
-/// every bbox, varying with x, y and alpha) and records what it sent.
-fn drawing_server(delay: Duration) -> (TestServer, Arc<Mutex<Vec<Drawn>>>) {
+/// A fake ArcGIS map service: its export draws `fake_map` at whatever size it is asked (a different
+/// image for every bbox, varying with x, y and alpha) and records what it sent; its `f=json`
+/// description answers `info` (404 when None, as a server without one) and is counted apart.
+struct Drawing {
+    server: TestServer,
+    drawn: Arc<Mutex<Vec<Drawn>>>,
+    info: Arc<AtomicUsize>,
+}
+
+impl Drawing {
+    /// Requests of the service description (`…/MapServer?f=json`).
+    fn info(&self) -> usize {
+        self.info.load(Ordering::SeqCst)
+    }
+
+    /// Every other request: the exports.
+    fn exports(&self) -> usize {
+        self.server.requests() - self.info()
+    }
+}
+
+fn drawing_server(delay: Duration, info: Option<serde_json::Value>) -> Drawing {
     let drawn = Arc::new(Mutex::new(Vec::new()));
-    let d = drawn.clone();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let (d, a) = (drawn.clone(), asked.clone());
+    let service = EXPORT_PATH.trim_end_matches("/export");
     let server = TestServer::start(move |req| {
+        if req.path == service && req.param("f") == Some("json") {
+            a.fetch_add(1, Ordering::SeqCst);
+            return match &info {
+                Some(v) => Response::ok("application/json", v.to_string().into_bytes()),
+                None => Response::status(404, "no service description here"),
+            };
+        }
         if req.path != EXPORT_PATH {
             return Response::status(404, &format!("no {}", req.path));
         }
@@ -64,7 +95,11 @@ fn drawing_server(delay: Duration) -> (TestServer, Arc<Mutex<Vec<Drawn>>>) {
         });
         Response::ok("image/png", png)
     });
-    (server, drawn)
+    Drawing {
+        server,
+        drawn,
+        info: asked,
+    }
 }
 
 fn spec(server: &TestServer) -> String {
@@ -164,14 +199,15 @@ fn batch(keep: bool) -> BatchOptions {
 fn level_in_supertiles(buffer: u32) {
     let d = tempfile::tempdir().unwrap();
     let cache = projected_cache(d.path(), TileFormat::Png32);
-    let (server, drawn) = drawing_server(Duration::ZERO);
+    let ds = drawing_server(Duration::ZERO, None);
+    let (server, drawn) = (&ds.server, &ds.drawn);
     let opts = RenderOptions {
         supertile: 1024,
         supertile_buffer: buffer,
         memory_budget: 0,
         ..quick_opts()
     };
-    let r = renderer(&cache, &server, opts, Keep::No);
+    let r = renderer(&cache, server, opts, Keep::No);
     assert_eq!(r.renderable_range(LEVEL), Some((ROWS, COLS)));
     let st = render_batch(&r, &batch(true), &|_| {}).unwrap();
     let n = (ROWS.len() * COLS.len()) as u64;
@@ -179,7 +215,7 @@ fn level_in_supertiles(buffer: u32) {
     // K supertiles, K requests.
     let want = expected_supertiles();
     assert_eq!(
-        server.requests(),
+        ds.exports(),
         want.len(),
         "{n} tiles in {} supertiles",
         want.len()
@@ -219,7 +255,10 @@ fn level_in_supertiles(buffer: u32) {
     // A second run finds every tile stored and asks nothing.
     let st = render_batch(&r, &batch(true), &|_| {}).unwrap();
     assert_eq!((st.rendered, st.skipped_stored), (0, n));
-    assert_eq!(server.requests(), want.len());
+    assert_eq!(ds.exports(), want.len());
+    // The service was asked for its maximum image size once, when the renderer was made; its 404
+    // is not an error (4096 px assumed).
+    assert_eq!(ds.info(), 1);
 }
 
 #[test]
@@ -236,12 +275,13 @@ fn a_margin_is_drawn_and_cut_away() {
 fn concurrent_misses_of_one_supertile_make_one_request() {
     let d = tempfile::tempdir().unwrap();
     let cache = projected_cache(d.path(), TileFormat::Png32);
-    let (server, drawn) = drawing_server(Duration::from_millis(300));
+    let ds = drawing_server(Duration::from_millis(300), None);
+    let (server, drawn) = (&ds.server, &ds.drawn);
     let opts = RenderOptions {
         supertile: 1024,
         ..quick_opts()
     };
-    let r = renderer(&cache, &server, opts, Keep::No);
+    let r = renderer(&cache, server, opts, Keep::No);
     // The supertile of rows 4..7, columns 0..2: six tiles, one reader each, all at once.
     let tiles: Vec<TileAddr> = (4..7)
         .flat_map(|row| (0..2).map(move |col| TileAddr::new(LEVEL, row, col)))
@@ -260,7 +300,7 @@ fn concurrent_misses_of_one_supertile_make_one_request() {
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    assert_eq!(server.requests(), 1, "six misses of one supertile");
+    assert_eq!(ds.exports(), 1, "six misses of one supertile");
     let drawn = drawn.lock().unwrap().clone();
     for (t, b) in tiles.iter().zip(got) {
         let b = b.unwrap_or_else(|e| panic!("{t}: {e}"));
@@ -268,9 +308,9 @@ fn concurrent_misses_of_one_supertile_make_one_request() {
     }
     // Served from memory afterwards; a tile of the next supertile makes the second request.
     r.get(TileAddr::new(LEVEL, 5, 1)).unwrap();
-    assert_eq!(server.requests(), 1);
+    assert_eq!(ds.exports(), 1);
     r.get(TileAddr::new(LEVEL, 5, 2)).unwrap();
-    assert_eq!(server.requests(), 2);
+    assert_eq!(ds.exports(), 2);
     assert_eq!(r.stats().rendered, 6 + 6);
 }
 
@@ -282,15 +322,16 @@ fn keeping_a_supertile_never_replaces_a_stored_tile() {
     let mine = TileAddr::new(LEVEL, 6, 1);
     let stored = fake_map(W, H, &[1.0, 2.0, 3.0, 4.0]);
     cache.write_tiles(&[(mine, &stored[..])]).unwrap();
-    let (server, drawn) = drawing_server(Duration::ZERO);
+    let ds = drawing_server(Duration::ZERO, None);
+    let (server, drawn) = (&ds.server, &ds.drawn);
     let opts = RenderOptions {
         supertile: 1024,
         ..quick_opts()
     };
-    let r = renderer(&cache, &server, opts, Keep::Cache);
+    let r = renderer(&cache, server, opts, Keep::Cache);
     let asked = TileAddr::new(LEVEL, 4, 0);
     r.get(asked).unwrap();
-    assert_eq!(server.requests(), 1);
+    assert_eq!(ds.exports(), 1);
     let drawn = drawn.lock().unwrap().clone();
     for row in 4..7 {
         for col in 0..2 {
@@ -312,7 +353,8 @@ fn keeping_a_supertile_never_replaces_a_stored_tile() {
 #[test]
 fn tile_by_tile_and_default_sizes_from_the_command_line() {
     let d = tempfile::tempdir().unwrap();
-    let (server, _drawn) = drawing_server(Duration::ZERO);
+    let ds = drawing_server(Duration::ZERO, None);
+    let server = &ds.server;
     let n = ROWS.len() * COLS.len();
     // --supertile 0: one request per tile; --supertile 1024: four; the default (conf.xml says no
     // antialiasing: 4096 px, 8 × 16 tiles): the whole level in one.
@@ -325,15 +367,18 @@ fn tile_by_tile_and_default_sizes_from_the_command_line() {
     .enumerate()
     {
         let cache = projected_cache(&d.path().join(i.to_string()), TileFormat::Png32);
-        let before = server.requests();
+        let (before, info) = (ds.exports(), ds.info());
         let out = crate::support::run_ok(
             Command::new(crate::support::bin())
                 .arg("render")
                 .arg(cache.root())
-                .args(["--source", &spec(&server), "--levels", "2", "--keep"])
+                .args(["--source", &spec(server), "--levels", "2", "--keep"])
                 .args(args),
         );
-        assert_eq!(server.requests() - before, requests, "{args:?}: {out}");
+        assert_eq!(ds.exports() - before, requests, "{args:?}: {out}");
+        // Tile by tile, the service's maximum image size does not matter and is not asked.
+        let probes = usize::from(requests != n);
+        assert_eq!(ds.info() - info, probes, "{args:?}");
         assert!(
             out.contains(&format!("{n} rendered"))
                 && out.contains(&format!("{requests} source calls")),
@@ -358,7 +403,7 @@ fn tile_by_tile_and_default_sizes_from_the_command_line() {
             Command::new(crate::support::bin())
                 .arg("render")
                 .arg(cache.root())
-                .args(["--source", &spec(&server), "--levels", "2"])
+                .args(["--source", &spec(server), "--levels", "2"])
                 .args(args),
         );
         let err = String::from_utf8_lossy(&out.stderr);
@@ -371,8 +416,9 @@ fn tile_by_tile_and_default_sizes_from_the_command_line() {
 fn the_mount_renders_the_supertile_of_a_miss_once_and_keeps_all_of_it() {
     let d = tempfile::tempdir().unwrap();
     let cache = projected_cache(d.path(), TileFormat::Png32);
-    let (server, drawn) = drawing_server(Duration::from_millis(300));
-    let spec = spec(&server);
+    let ds = drawing_server(Duration::from_millis(300), None);
+    let (server, drawn) = (&ds.server, &ds.drawn);
+    let spec = spec(server);
     let tiles: Vec<TileAddr> = (1..4)
         .flat_map(|row| (2..4).map(move |col| TileAddr::new(LEVEL, row, col)))
         .collect();
@@ -397,7 +443,7 @@ fn the_mount_renders_the_supertile_of_a_miss_once_and_keeps_all_of_it() {
                 .collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
-        assert_eq!(server.requests(), 1, "six readers of one supertile's tiles");
+        assert_eq!(ds.exports(), 1, "six readers of one supertile's tiles");
         let drawn = drawn.lock().unwrap().clone();
         for (t, b) in tiles.iter().zip(got) {
             let b = b.unwrap_or_else(|e| panic!("{t}: {e}"));
@@ -408,6 +454,67 @@ fn the_mount_renders_the_supertile_of_a_miss_once_and_keeps_all_of_it() {
     let c = Cache::open(cache.root()).unwrap();
     let stored: HashSet<TileAddr> = crate::support::all_tiles(&c).into_keys().collect();
     assert_eq!(stored, tiles.iter().copied().collect::<HashSet<_>>());
+}
+
+/// A service advertising `maxImageWidth` 1000 and `maxImageHeight` 600 in its `f=json`
+/// description (asked once per run) gets supertiles of at most 1000 × 600 px: with 512 × 256 px
+/// tiles, 1 column × 2 rows each, whether `--supertile` is the default (4096) or asks 2048 (cut
+/// down, with a warning naming the source's maximum).
+#[test]
+fn supertiles_are_capped_to_the_maximum_image_size_the_service_advertises() {
+    let d = tempfile::tempdir().unwrap();
+    let info = serde_json::json!({
+        "currentVersion": 11.1,
+        "singleFusedMapCache": false,
+        "maxImageWidth": 1000,
+        "maxImageHeight": 600,
+    });
+    let ds = drawing_server(Duration::ZERO, Some(info));
+    // Origin-anchored bands of 600 / 256 = 2 rows and 1000 / 512 = 1 column, clipped to the
+    // extent's rows 1..7 and columns 0..4: rows 1..2, 2..4, 4..6, 6..7 times 4 columns.
+    let bands = |r: std::ops::Range<u32>, k: u32| (r.start / k..=(r.end - 1) / k).count();
+    let want = bands(ROWS, 600 / H) * bands(COLS, 1000 / W);
+    assert_eq!(want, 16);
+    for (i, args) in [&[][..], &["--supertile", "2048"][..]]
+        .into_iter()
+        .enumerate()
+    {
+        let cache = projected_cache(&d.path().join(i.to_string()), TileFormat::Png32);
+        let (info, exports) = (ds.info(), ds.exports());
+        let seen = ds.drawn.lock().unwrap().len();
+        let out = crate::support::run(
+            Command::new(crate::support::bin())
+                .arg("render")
+                .arg(cache.root())
+                .args(["--source", &spec(&ds.server), "--levels", "2", "--keep"])
+                .args(args),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {err}");
+        assert_eq!(ds.info() - info, 1, "{args:?}: description asked once");
+        assert_eq!(ds.exports() - exports, want, "{args:?}: {err}");
+        let drawn = ds.drawn.lock().unwrap()[seen..].to_vec();
+        for dr in &drawn {
+            assert!(
+                dr.width <= 1000 && dr.height <= 600,
+                "{args:?}: asked {}x{} px",
+                dr.width,
+                dr.height
+            );
+        }
+        assert!(
+            err.contains("at most 1000 x 600 px") && err.contains("512 x 512 px are drawn"),
+            "{args:?}: no warning: {err}"
+        );
+        let c = Cache::open(cache.root()).unwrap();
+        for row in ROWS {
+            for col in COLS {
+                let t = TileAddr::new(LEVEL, row, col);
+                let b = c.tile(t).unwrap().unwrap_or_else(|| panic!("{t} missing"));
+                assert!(decode(&b, "tile") == crop_for(t, &drawn).1, "{args:?}: {t}");
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -424,6 +531,11 @@ struct LabelServer {
 }
 
 fn label_server() -> LabelServer {
+    label_server_with(None)
+}
+
+/// The label map served by `mapserv`, with `MAXSIZE maxsize` in the mapfile when given.
+fn label_server_with(maxsize: Option<u32>) -> LabelServer {
     assert!(
         Path::new(MAPSERV).is_file(),
         "{MAPSERV} missing: install cgi-mapserver"
@@ -440,10 +552,12 @@ fn label_server() -> LabelServer {
   NAME "labels"
   EXTENT -180 -90 180 90
   SIZE 256 256
+  {}
   FONTSET "{}"
   PROJECTION "init=epsg:4326" END
   OUTPUTFORMAT NAME "png" DRIVER "AGG/PNG" MIMETYPE "image/png" IMAGEMODE RGBA EXTENSION "png" END
-  WEB METADATA "wms_title" "labels" "wms_srs" "EPSG:4326" "wms_enable_request" "*" END END
+  WEB METADATA "wms_title" "labels" "wms_srs" "EPSG:4326" "wms_enable_request" "*"
+    "wms_onlineresource" "http://127.0.0.1/cgi-bin/mapserv?map=LABELS&" END END
   LAYER
     NAME "land"
     TYPE POLYGON
@@ -457,6 +571,7 @@ fn label_server() -> LabelServer {
   END
 END
 "#,
+        maxsize.map_or(String::new(), |m| format!("MAXSIZE {m}")),
         p.join("fonts.txt").display()
     );
     std::fs::write(p.join("labels.map"), map).unwrap();
@@ -576,8 +691,9 @@ fn mapserver_draws_each_label_once_per_supertile() {
     assert_eq!(labels(&tiles).len(), 32, "one label per tile");
     // Supertiles of 512 px (2 × 2 tiles): 8 requests, one label each, at the supertile's centre,
     // where four tiles meet: drawn whole, once, across the seams.
+    // One more request: the GetCapabilities asked once for MapServer's maximum image size.
     let (sup, requests) = rendered_level(&ls, d.path(), "512");
-    assert_eq!(requests, 8);
+    assert_eq!(requests, 1 + 8);
     let found = labels(&sup);
     assert_eq!(found.len(), 8, "one label per supertile: {found:?}");
     let blocks: HashSet<(u32, u32)> = found.iter().map(|(x, y)| (x / 512, y / 512)).collect();
@@ -597,4 +713,101 @@ fn mapserver_draws_each_label_once_per_supertile() {
         let mine = image::imageops::crop_imm(&sup, bx * 512, by * 512, 512, 512).to_image();
         assert!(mine == direct, "supertile {bx},{by} differs from {url}");
     }
+}
+
+/// What the proxy saw: each request's REQUEST, WIDTH and HEIGHT (0 when absent).
+type Seen = Arc<Mutex<Vec<(String, u32, u32)>>>;
+
+/// A proxy in front of `upstream` that records each request's REQUEST, WIDTH and HEIGHT.
+fn recording_proxy(upstream: String) -> (TestServer, Seen) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let server = TestServer::start(move |req| {
+        let n = |k: &str| req.param(k).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let what = req.param("REQUEST").unwrap_or("").to_string();
+        s.lock().unwrap().push((what, n("WIDTH"), n("HEIGHT")));
+        let url = format!("{upstream}{}?{}", req.path, req.raw_query);
+        let mut resp = match agent.get(&url).call() {
+            Ok(r) => r,
+            Err(e) => return Response::status(502, &format!("{url}: {e}")),
+        };
+        let status = resp.status().as_u16();
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_string();
+        let body = resp.body_mut().read_to_vec().unwrap_or_default();
+        Response {
+            status,
+            content_type: ct,
+            body,
+        }
+    });
+    (server, seen)
+}
+
+/// MapServer with `MAXSIZE 2048` in its mapfile advertises it in its 1.3.0 capabilities (and
+/// refuses a larger GetMap); level 3 of the geographic scheme plus one level (16 × 8 tiles of
+/// 256 px, 4096 × 2048 px) rendered with `render`'s default 4096-px supertile through a 1.1.1 URL
+/// is asked in supertiles of at most 2048 px: two of 8 × 8 tiles, after one GetCapabilities.
+#[test]
+fn mapserver_maxsize_caps_the_supertiles() {
+    let ls = label_server_with(Some(2048));
+    let (proxy, seen) = recording_proxy(ls.server.url());
+    // The peer's own limit, asked directly: a 4096-px GetMap is an exception naming 2048.
+    let direct = fetch(&format!(
+        "{}/cgi-bin/mapserv?map=LABELS&LAYERS=land&SERVICE=WMS&VERSION=1.1.1&REQUEST=GetMap\
+         &STYLES=&SRS=EPSG:4326&BBOX=-180,-90,180,90&WIDTH=4096&HEIGHT=2048&FORMAT=image/png",
+        ls.server.url()
+    ));
+    let text = String::from_utf8_lossy(&direct);
+    assert!(
+        text.contains("ServiceException") && text.contains("2048"),
+        "{text}"
+    );
+    let mut scheme = geographic_scheme(TileFormat::Png);
+    let mut lod = scheme.lods[2].clone();
+    lod.level = 3;
+    lod.resolution /= 2.0;
+    scheme.lods.push(lod);
+    let world = Envelope {
+        xmin: -180.0,
+        ymin: -90.0,
+        xmax: 180.0,
+        ymax: 90.0,
+    };
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("c");
+    Cache::create(&root, &scheme, Some(world)).unwrap();
+    let src = format!(
+        "wms:{}/cgi-bin/mapserv?map=LABELS&LAYERS=land&VERSION=1.1.1",
+        proxy.url()
+    );
+    crate::support::run_ok(
+        Command::new(crate::support::bin())
+            .arg("render")
+            .arg(&root)
+            .args(["--source", &src, "--levels", "3", "--keep"]),
+    );
+    let seen = seen.lock().unwrap().clone();
+    let caps = seen.iter().filter(|(r, ..)| r == "GetCapabilities").count();
+    let maps: Vec<(u32, u32)> = seen
+        .iter()
+        .filter(|(r, ..)| r == "GetMap")
+        .map(|(_, w, h)| (*w, *h))
+        .collect();
+    assert_eq!((caps, seen.len()), (1, 1 + maps.len()), "{seen:?}");
+    assert!(
+        maps.iter().all(|&(w, h)| w <= 2048 && h <= 2048),
+        "{maps:?}"
+    );
+    assert_eq!(maps, vec![(2048, 2048), (2048, 2048)]);
+    let c = Cache::open(&root).unwrap();
+    assert_eq!(crate::support::all_tiles(&c).len(), 16 * 8);
 }
