@@ -77,7 +77,7 @@ impl AtomicFile {
         b.prefix(TEMP_PREFIX);
         let tmp = match old {
             Some(old) => {
-                let tmp = b.tempfile_in(dir).at(dir)?;
+                let tmp = b.tempfile_in(dir).map_err(os_error).at(dir)?;
                 let f = tmp.as_file();
                 f.set_permissions(fs::Permissions::from_mode(old.mode() & 0o7777))
                     .at(tmp.path())?;
@@ -90,6 +90,7 @@ impl AtomicFile {
             None => b
                 .permissions(fs::Permissions::from_mode(0o666))
                 .tempfile_in(dir)
+                .map_err(os_error)
                 .at(dir)?,
         };
         Ok(AtomicFile {
@@ -136,6 +137,17 @@ impl Write for AtomicFile {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.tmp.flush()
+    }
+}
+
+/// The system's error under one of `tempfile`'s, whose text also names the random temporary
+/// path: messages name the folder instead (`DIR: No such file or directory`).
+fn os_error(e: std::io::Error) -> std::io::Error {
+    // tempfile's error is private; its text is "{system error} at path {path:?}".
+    let text = e.to_string();
+    match text.rfind(" at path \"") {
+        Some(cut) if e.raw_os_error().is_none() => std::io::Error::new(e.kind(), &text[..cut]),
+        _ => e,
     }
 }
 
@@ -194,6 +206,15 @@ mod tests {
         drop(f);
         assert_eq!(fs::read(&p).unwrap(), b"old");
         assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_missing_folder_is_named_without_the_temporary_path() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("nodir/x.xml");
+        let e = write_atomic(&p, b"x", false).unwrap_err().to_string();
+        assert!(!e.contains(TEMP_PREFIX), "{e}");
+        assert!(e.contains("nodir"), "{e}");
     }
 
     #[test]

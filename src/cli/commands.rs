@@ -591,7 +591,7 @@ fn print_summary(
     to: &str,
 ) -> anyhow::Result<()> {
     outln!(
-        "{verb} {} tiles ({} bytes, {} bundles) from {} ({}) to {} ({to}) in {:.2} s ({:.0} tiles/s)",
+        "{verb} {} tiles ({} bytes written, {} bundles) from {} ({}) to {} ({to}) in {:.2} s ({:.0} tiles/s)",
         s.tiles_written,
         s.bytes_written,
         s.bundles,
@@ -753,11 +753,15 @@ fn info_of(path: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
                 s.tile_rows,
                 s.dpi
             );
-            outln!(
-                "format:   {} (quality {})",
-                s.tile_format.name(),
-                s.compression_quality
-            );
+            if matches!(s.tile_format, TileFormat::Jpeg | TileFormat::Mixed) {
+                outln!(
+                    "format:   {} (quality {})",
+                    s.tile_format.name(),
+                    s.compression_quality
+                );
+            } else {
+                outln!("format:   {}", s.tile_format.name());
+            }
             let (lo, hi) = (
                 s.lods.first().map_or(0, |l| l.level),
                 s.lods.last().map_or(0, |l| l.level),

@@ -696,7 +696,7 @@ impl TreeFs {
                 if !s.lods.iter().any(|lod| lod.level == l) {
                     return Err(FsError::Invalid {
                         what: name.to_string(),
-                        why: format!("level {l} is not in the tiling scheme (conf.xml)"),
+                        why: format!("level {l} is not in the cache's tiling scheme"),
                     });
                 }
             }

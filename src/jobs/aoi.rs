@@ -542,12 +542,13 @@ impl Area {
         match self {
             Area::All => Coverage::Inside,
             Area::Extent(e) => {
-                if !env.intersects(e) {
+                let tol = edge_tolerance(env);
+                if !overlaps(env, e) {
                     Coverage::Outside
-                } else if e.xmin <= env.xmin
-                    && e.ymin <= env.ymin
-                    && env.xmax <= e.xmax
-                    && env.ymax <= e.ymax
+                } else if e.xmin <= env.xmin + tol
+                    && e.ymin <= env.ymin + tol
+                    && env.xmax <= e.xmax + tol
+                    && env.ymax <= e.ymax + tol
                 {
                     Coverage::Inside
                 } else {
@@ -562,7 +563,7 @@ impl Area {
     pub fn take(&self, env: &Envelope, width: u32, height: u32) -> Take {
         match self {
             Area::All => Take::Whole,
-            Area::Extent(e) if env.intersects(e) => Take::Whole,
+            Area::Extent(e) if overlaps(env, e) => Take::Whole,
             Area::Extent(_) => Take::No,
             Area::Aoi(a) => match a.coverage(env) {
                 Coverage::Outside => Take::No,
@@ -597,6 +598,23 @@ impl Area {
     }
 }
 
+/// How far apart two edges may be and still count as one: a millionth of the block's smaller
+/// side (a quarter of a thousandth of a pixel for a 256 px tile). Tile edges are computed from
+/// the origin, the resolution and the row or column, so an extent given as the exact edges of a
+/// tile differs from them by float error (seen: 3e-6 m at 10^7 m from the origin); without a
+/// tolerance the tiles beside it would count as overlapping it.
+fn edge_tolerance(env: &Envelope) -> f64 {
+    1e-6 * (env.xmax - env.xmin).abs().min((env.ymax - env.ymin).abs())
+}
+
+/// Whether `env` (a tile or block) and the extent `e` share more than an edge: the overlap is
+/// wider and taller than [`edge_tolerance`].
+fn overlaps(env: &Envelope, e: &Envelope) -> bool {
+    let tol = edge_tolerance(env);
+    env.xmax.min(e.xmax) - env.xmin.max(e.xmin) > tol
+        && env.ymax.min(e.ymax) - env.ymin.max(e.ymin) > tol
+}
+
 /// How a tile is taken by an [`Area`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Take {
@@ -606,6 +624,48 @@ pub enum Take {
     Whole,
     /// Only the pixels the mask holds (an area of interest crossing the tile); never empty or full.
     Pixels(Mask),
+}
+
+#[cfg(test)]
+mod extent_tests {
+    use super::*;
+    use crate::format::conf::TileScheme;
+    use crate::format::TileAddr;
+
+    /// An extent given as a tile's edges (as a user types them) takes that tile only, not the
+    /// neighbours whose computed edges differ from it by float error.
+    #[test]
+    fn an_extent_on_tile_edges_takes_that_tile_only() {
+        let s = TileScheme::web_mercator(4, crate::format::conf::TileFormat::Png);
+        let e = Envelope {
+            xmin: -20037508.342787,
+            ymin: 10018754.1713935,
+            xmax: -10018754.1713935,
+            ymax: 20037508.342787,
+        };
+        let area = Area::Extent(e);
+        let mut taken = Vec::new();
+        for row in 0..4 {
+            for col in 0..4 {
+                let t = TileAddr { level: 2, row, col };
+                if area.takes_tile(&s.tile_bbox(t).unwrap(), 256, 256) {
+                    taken.push((row, col));
+                }
+            }
+        }
+        assert_eq!(taken, vec![(0, 0)]);
+        // More than an edge (100 m, 0.0026 px at level 2) is taken.
+        let wider = Envelope {
+            xmax: e.xmax + 100.0,
+            ..e
+        };
+        let t = TileAddr {
+            level: 2,
+            row: 0,
+            col: 1,
+        };
+        assert!(Area::Extent(wider).takes_tile(&s.tile_bbox(t).unwrap(), 256, 256));
+    }
 }
 
 #[cfg(test)]

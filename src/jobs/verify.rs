@@ -226,6 +226,7 @@ pub fn skipped(cache: &Cache) -> Result<Vec<Problem>> {
                 "skipped: level {l} is read from {:?}; this spelling is not",
                 crate::format::exploded::level_dir(l)
             ),
+            Err(_) if !p.is_dir() => "skipped: a file where level folders are".to_string(),
             Err(e) => format!("skipped: not a level folder ({e})"),
         };
         warn(p, why);

@@ -566,5 +566,5 @@ fn import_into_tpk_keeps_its_kind() {
         esri_sample_cache().as_os_str(),
         tpk.as_os_str(),
     ]);
-    assert!(e.contains("is a .tpk package"), "{e}");
+    assert!(e.contains("the name says tpk but --storage tpkx"), "{e}");
 }
