@@ -151,6 +151,14 @@ pub trait Storage: Send + Sync {
     /// Forgets what is cached of bundle `id`, so the next access reads it anew.
     fn invalidate(&self, _id: &BundleId) {}
 
+    /// Whether a lookup of a level or row folder must list the storage to answer. False for an
+    /// object store, where a listing is a ListObjectsV2 round trip: there a level of conf.xml's
+    /// LODs and its rows are shown on lookup unlisted, and a tile lookup under them asks for the
+    /// tile's bundle directly (an absent bundle is a 404 on its index GET: no tile).
+    fn lookups_list(&self) -> bool {
+        true
+    }
+
     /// Whether `stamp` is what this process left bundle `id` as at its last write.
     fn written_by_us(&self, _id: &BundleId, _stamp: &FileStamp) -> bool {
         false

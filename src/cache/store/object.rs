@@ -1010,6 +1010,10 @@ impl Storage for ObjectStorage {
         self.whole.lock().unwrap().pop(id);
     }
 
+    fn lookups_list(&self) -> bool {
+        false
+    }
+
     fn tile(&self, t: TileAddr) -> Result<Option<TileBytes>> {
         let id = t.bundle();
         for _ in 0..2 {
