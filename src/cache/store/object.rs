@@ -37,6 +37,7 @@ use object_store::{
     GetOptions, GetRange, ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion,
 };
 
+pub mod disk;
 mod options;
 mod probe;
 
@@ -96,6 +97,8 @@ pub struct ObjectStats {
     pub gets: AtomicU64,
     /// HEAD requests.
     pub heads: AtomicU64,
+    /// Bundle indexes read from the on-disk index cache instead of the store.
+    pub disk_hits: AtomicU64,
     /// Successful PUTs of bundles.
     pub puts: AtomicU64,
     /// Conditional PUTs refused because another writer changed the bundle first (each one made
@@ -252,6 +255,8 @@ pub struct ObjectStorage {
     unpinned_gets: AtomicBool,
     /// `--single-writer`: PUTs go unconditionally (the operator promised one writer).
     single_writer: bool,
+    /// `--cache-dir`: indexes kept on disk across mounts.
+    disk: Option<disk::DiskCache>,
     stats: ObjectStats,
 }
 
@@ -291,8 +296,20 @@ impl ObjectStorage {
             unpinned_gets: AtomicBool::new(false),
             single_writer: opts.object.writes == WriteCoordination::SingleWriter,
             opts,
+            disk: None,
             stats: ObjectStats::default(),
         }
+    }
+
+    /// Keeps bundle indexes in `cache` too (the on-disk index cache, `--cache-dir`).
+    pub fn with_disk_cache(mut self, cache: disk::DiskCache) -> ObjectStorage {
+        self.disk = Some(cache);
+        self
+    }
+
+    /// The on-disk index cache, if any.
+    pub fn disk_cache(&self) -> Option<&disk::DiskCache> {
+        self.disk.as_ref()
     }
 
     /// Replaces the retry policy of conditional writes.
@@ -424,11 +441,21 @@ impl ObjectStorage {
             }
             if self.head_etag(&id)?.as_deref() == Some(ix.etag.as_str()) {
                 *ix.checked.lock().unwrap() = Instant::now();
+                if let Some(d) = &self.disk {
+                    d.touch(&self.disk_key(&id));
+                }
                 return Ok(Some(ix));
             }
             tracing::debug!("{}: changed in the store", self.bundle_url(&id).display());
+            if let Some(d) = &self.disk {
+                d.drop_entry(&self.disk_key(&id));
+            }
         }
         self.indexes.lock().unwrap().pop(&id);
+        if let Some(ix) = self.index_from_disk(&id)? {
+            self.indexes.lock().unwrap().put(id, ix.clone());
+            return Ok(Some(ix));
+        }
         let rel = self.bundle_rel(&id);
         let opts = GetOptions {
             range: Some(GetRange::Bounded(0..DATA_START)),
@@ -470,8 +497,71 @@ impl ObjectStorage {
             mtime: meta.last_modified.into(),
             checked: Mutex::new(Instant::now()),
         });
+        if let Some(d) = &self.disk {
+            d.put(
+                &self.disk_key(&id),
+                &disk::DiskEntry {
+                    etag: ix.etag.clone(),
+                    size: ix.size,
+                    mtime: ix.mtime,
+                    head: ix.head.clone(),
+                    age: Duration::ZERO,
+                },
+            );
+        }
         self.indexes.lock().unwrap().put(id, ix.clone());
         Ok(Some(ix))
+    }
+
+    /// The key of bundle `id` in the on-disk index cache: the store (endpoint) and the object's
+    /// `s3://BUCKET/KEY`, so two stores with a bucket of the same name do not share entries.
+    fn disk_key(&self, id: &BundleId) -> String {
+        format!(
+            "{} {}",
+            store_name(&self.opts.object),
+            self.bundle_url(id).display()
+        )
+    }
+
+    /// Bundle `id`'s index from the on-disk cache: used as is when confirmed less than `recheck`
+    /// ago, else after a HEAD shows the same ETag (then touched); a changed or absent bundle
+    /// drops the entry. None: no usable entry (read the index from the store).
+    fn index_from_disk(&self, id: &BundleId) -> Result<Option<Arc<Index>>> {
+        let Some(d) = &self.disk else {
+            return Ok(None);
+        };
+        let key = self.disk_key(id);
+        let Some(e) = d.get(&key) else {
+            return Ok(None);
+        };
+        let url = self.bundle_url(id);
+        if e.head.len() as u64 != DATA_START || v2::check_header(&e.head).in_file(&url).is_err() {
+            tracing::warn!(
+                "{}: index cache entry is not a V2 header+index; dropped",
+                url.display()
+            );
+            d.drop_entry(&key);
+            return Ok(None);
+        }
+        let checked = if e.age < self.opts.recheck {
+            Instant::now()
+                .checked_sub(e.age)
+                .unwrap_or_else(Instant::now)
+        } else if self.head_etag(id)?.as_deref() == Some(e.etag.as_str()) {
+            d.touch(&key);
+            Instant::now()
+        } else {
+            d.drop_entry(&key);
+            return Ok(None);
+        };
+        self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(Arc::new(Index {
+            head: e.head,
+            etag: e.etag,
+            size: e.size,
+            mtime: e.mtime,
+            checked: Mutex::new(checked),
+        })))
     }
 
     /// The bytes of `slot`'s tile per `ix` (checked against the object size and the record's size
@@ -762,10 +852,12 @@ impl ObjectStorage {
     pub fn stats_line(&self) -> String {
         let s = &self.stats;
         format!(
-            "{}: {} GETs, {} HEADs, {} PUTs of bundles, {} conflicts with other writers",
+            "{}: {} GETs, {} HEADs, {} indexes from the disk cache, {} PUTs of bundles, {} \
+             conflicts with other writers",
             self.url,
             s.gets.load(Ordering::Relaxed),
             s.heads.load(Ordering::Relaxed),
+            s.disk_hits.load(Ordering::Relaxed),
             s.puts.load(Ordering::Relaxed),
             s.conflicts.load(Ordering::Relaxed)
         )
@@ -856,7 +948,17 @@ pub fn open(url: &ObjectUrl, opts: CacheOptions, create: Option<NewCache>) -> Re
     let tiles_rel = if arcgis_layout { ALLLAYERS } else { "" };
     let writes = opts.object.writes;
     let name = store_name(&opts.object);
-    let store = ObjectStorage::with_store(url.clone(), client, tiles_rel, opts);
+    let disk_cache = match &opts.object.cache_dir {
+        Some(dir) => Some(disk::DiskCache::open(
+            dir,
+            opts.object.cache_size.unwrap_or(disk::DEFAULT_CACHE_SIZE),
+        )?),
+        None => None,
+    };
+    let mut store = ObjectStorage::with_store(url.clone(), client, tiles_rel, opts);
+    if let Some(d) = disk_cache {
+        store = store.with_disk_cache(d);
+    }
     match writes {
         WriteCoordination::Probed => {
             store.check_conditional_writes(&name)?;
@@ -1008,6 +1110,9 @@ impl Storage for ObjectStorage {
     fn invalidate(&self, id: &BundleId) {
         self.indexes.lock().unwrap().pop(id);
         self.whole.lock().unwrap().pop(id);
+        if let Some(d) = &self.disk {
+            d.drop_entry(&self.disk_key(id));
+        }
     }
 
     fn lookups_list(&self) -> bool {
@@ -1652,6 +1757,85 @@ mod tests {
             .unwrap();
         s.invalidate(&ID);
         assert_eq!(&s.tile(t).unwrap().unwrap()[..], &other[..]);
+    }
+
+    #[test]
+    fn the_disk_cache_serves_a_fresh_mount_and_a_corrupt_entry_is_refetched() {
+        let mem = Arc::new(InMemory::new());
+        let dir = tempfile::tempdir().unwrap();
+        let with_disk = |recheck: Duration| {
+            storage(&mem, recheck).with_disk_cache(
+                disk::DiskCache::open(dir.path(), disk::DEFAULT_CACHE_SIZE).unwrap(),
+            )
+        };
+        let writer = storage(&mem, Duration::from_secs(60));
+        put(&writer, &[1, 2, 3]);
+        let gets = |s: &ObjectStorage| s.stats().gets.load(Ordering::Relaxed);
+        let heads = |s: &ObjectStorage| s.stats().heads.load(Ordering::Relaxed);
+        // First mount: the index from the store (1 GET), the tile (1 GET); the index goes to disk.
+        let a = with_disk(Duration::from_secs(3600));
+        assert_eq!(
+            &a.tile(ID.tile(slot(1))).unwrap().unwrap()[..],
+            &tile(1)[..]
+        );
+        assert_eq!(
+            (gets(&a), a.stats().disk_hits.load(Ordering::Relaxed)),
+            (2, 0)
+        );
+        let entry = a.disk_cache().unwrap().path_of(&a.disk_key(&ID));
+        assert!(entry.is_file());
+        // A fresh mount: the index from disk, one GET for the tile, no HEAD (confirmed < recheck).
+        let b = with_disk(Duration::from_secs(3600));
+        assert_eq!(
+            &b.tile(ID.tile(slot(2))).unwrap().unwrap()[..],
+            &tile(2)[..]
+        );
+        assert_eq!((gets(&b), heads(&b)), (1, 0));
+        assert_eq!(b.stats().disk_hits.load(Ordering::Relaxed), 1);
+        // A flipped byte in the kept index: the entry is dropped and the index read again.
+        let mut bytes = std::fs::read(&entry).unwrap();
+        bytes[64 + 8 * 3] ^= 0x40;
+        std::fs::write(&entry, &bytes).unwrap();
+        let c = with_disk(Duration::from_secs(3600));
+        assert_eq!(
+            &c.tile(ID.tile(slot(3))).unwrap().unwrap()[..],
+            &tile(3)[..]
+        );
+        assert_eq!(
+            (gets(&c), c.stats().disk_hits.load(Ordering::Relaxed)),
+            (2, 0)
+        );
+        assert_ne!(
+            std::fs::read(&entry).unwrap(),
+            bytes,
+            "the entry was not rewritten"
+        );
+        // Another writer changes the bundle: a mount with recheck 0 HEADs the entry, sees the
+        // new ETag, drops it and reads the new index.
+        let other = b"rewritten tile 2".to_vec();
+        writer
+            .write_group(ID, &[(slot(2), &other[..], None)])
+            .unwrap();
+        let d = with_disk(Duration::ZERO);
+        assert_eq!(&d.tile(ID.tile(slot(2))).unwrap().unwrap()[..], &other[..]);
+        assert_eq!(
+            (heads(&d), d.stats().disk_hits.load(Ordering::Relaxed)),
+            (1, 0)
+        );
+        // The writer's own write drops its entry (a fresh mount then reads the store).
+        let e = with_disk(Duration::from_secs(3600));
+        let _ = e.tile(ID.tile(slot(1))).unwrap();
+        assert!(entry.is_file());
+        e.write_group(ID, &[(slot(9), &tile(9)[..], None)]).unwrap();
+        assert!(
+            !entry.is_file(),
+            "a rewritten bundle kept its old index on disk"
+        );
+        let f = with_disk(Duration::from_secs(3600));
+        assert_eq!(
+            &f.tile(ID.tile(slot(9))).unwrap().unwrap()[..],
+            &tile(9)[..]
+        );
     }
 
     #[test]
