@@ -14,7 +14,9 @@
 #   cold bundle   the first tile read of the bundle: lookups of its row folder and name (the
 #                 bundle's index is fetched, one range GET of 128 KiB) and the tile (one GET);
 #   warm index    WARM (default 20) further tiles of that bundle: lookups + one range GET each;
-#   kernel cache  the same WARM tiles again: served by the kernel, the daemon not called.
+#   kernel cache  the same WARM tiles again: served by the kernel, the daemon not called;
+#   disk cache    after an unmount, a fresh mount on the same --cache-dir: each bundle's cold tile
+#                 again, its index read from the disk cache (one tile GET).
 # Each figure is open+read+close of one file (python, perf_counter), median over the samples;
 # the floor is curl's time_total for the same byte ranges, median. Ratio = mount / floor.
 # Needs: curl >= 7.75 (--aws-sigv4), python3, fusermount3. Output: a table on standard output.
@@ -104,13 +106,22 @@ say "$n_bundles bundles, $(wc -l <"$work/samples") sampled tiles"
 
 say "mounting $url (read-only, --recheck 3600)"
 mkdir -p "$mnt"
-"$BIN" mount "$url" "$mnt" --recheck 3600 >"$work/mount.out" 2>"$work/mount.log" &
-mount_pid=$!
-for _ in $(seq 200); do
-    mountpoint -q "$mnt" && break
-    sleep 0.05
-done
-mountpoint -q "$mnt" || { cat "$work/mount.log" >&2; exit 1; }
+mount_at() {
+    "$BIN" mount "$url" "$mnt" --recheck 3600 --cache-dir "$work/index-cache" \
+        >"$work/mount.out" 2>>"$work/mount.log" &
+    mount_pid=$!
+    for _ in $(seq 200); do
+        mountpoint -q "$mnt" && break
+        sleep 0.05
+    done
+    mountpoint -q "$mnt" || { cat "$work/mount.log" >&2; exit 1; }
+}
+unmount() {
+    fusermount3 -u "$mnt"
+    wait "$mount_pid"
+    mount_pid=
+}
+mount_at
 
 # Through the mount: per bundle the cold tile, its warm tiles, then the warm tiles again.
 python3 - "$mnt/_alllayers" "$work/samples" >"$work/mount.times" <<'EOF'
@@ -133,6 +144,26 @@ for key, tiles in by_bundle.items():
     for kind, rel, size in tiles:
         if kind == "warm":
             print("kernel", read(rel, size))
+EOF
+
+# A fresh mount on the same --cache-dir: per bundle its cold tile again, the index now from disk
+# (the kernel's and the daemon's caches went with the first mount).
+unmount
+say "fresh mount, indexes from $work/index-cache ($(du -sb "$work/index-cache" | cut -f1) bytes)"
+mount_at
+python3 - "$mnt/_alllayers" "$work/samples" >>"$work/mount.times" <<'EOF'
+import sys, time
+root, samples = sys.argv[1], sys.argv[2]
+for line in open(samples):
+    kind, rel, key, a, b = line.split()
+    if kind != "cold":
+        continue
+    t = time.perf_counter()
+    with open(f"{root}/{rel}", "rb") as f:
+        n = len(f.read())
+    dt = time.perf_counter() - t
+    assert n == int(b) - int(a) - 3, (rel, n)
+    print("disk", dt)
 EOF
 
 # The floor: the same byte ranges, one curl, one kept-alive connection (config file: the secret
@@ -174,8 +205,8 @@ floor = med["floor"]
 print(f"cache: levels 0-$MAXLEVEL, $n_bundles bundles, $bytes bytes of bundles; export into the store: ${upload_s} s")
 print(f"floor: one range GET of the tile's bytes (curl, kept-alive): median {floor:.3f} ms over {len(vals['floor'])} requests")
 print(f"{'read through the mount':<40} {'samples':>7} {'median ms':>10} {'p90 ms':>8} {'x floor':>8}")
-names = {"cold": "cold bundle (index + tile GET)", "warm": "warm index (one tile GET)", "kernel": "kernel cache (daemon not called)"}
-for k in ["cold", "warm", "kernel"]:
+names = {"cold": "cold bundle (index + tile GET)", "warm": "warm index (one tile GET)", "disk": "disk cache (fresh mount, index from disk)", "kernel": "kernel cache (daemon not called)"}
+for k in ["cold", "warm", "disk", "kernel"]:
     v = sorted(vals[k])
     p90 = v[min(len(v) - 1, int(0.9 * len(v)))]
     print(f"{names[k]:<40} {len(v):>7} {med[k]:>10.3f} {p90:>8.3f} {med[k] / floor:>8.2f}")
