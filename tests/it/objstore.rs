@@ -999,3 +999,69 @@ fn gdal_reads_bundles_bundlefs_wrote_into_the_store_via_vsis3() {
     let got = gdal_checksums(&vsi, 3, &env);
     assert_eq!(got, want, "{vsi} vs {}", local.display());
 }
+
+/// Another mount's write reaches a reading mount within about `--recheck`, although the kernel
+/// may keep names and attributes for `--ttl` (an hour here): the reader's storage finds the
+/// bundle's new ETag and the mount tells the kernel to forget that bundle's changed rows.
+#[test]
+fn a_write_through_one_mount_is_seen_by_another_within_recheck() {
+    let url = empty_cache("two-mounts-recheck");
+    let d = tempfile::tempdir().unwrap();
+    let (wlog, rlog) = (d.path().join("writer.log"), d.path().join("reader.log"));
+    let w = mount_logged(
+        &url,
+        &d.path().join("w"),
+        &["-o", "rw", "--flush-idle", "3600"],
+        &wlog,
+    );
+    let base = base_png();
+    let t = TileAddr::new(2, 1, 3);
+    let rel = "_alllayers/L02/R00000001/C00000003.png";
+    std::fs::create_dir_all(w.path("_alllayers/L02/R00000001")).unwrap();
+    let write = |bytes: &[u8]| {
+        use std::io::Write;
+        let mut f = std::fs::File::create(w.path(rel)).unwrap();
+        f.write_all(bytes).unwrap();
+        f.sync_all().unwrap();
+    };
+    let first = writer_png(&base, 1, t);
+    write(&first);
+    let r = mount_logged(
+        &url,
+        &d.path().join("r"),
+        &["--recheck", "0.5", "--ttl", "3600"],
+        &rlog,
+    );
+    assert_eq!(
+        std::fs::read(r.path(rel)).unwrap(),
+        first,
+        "the reader's first read"
+    );
+    // A longer tile: with the old size still cached, the kernel would hand out wrong bytes.
+    let mut second = writer_png(&base, 2, t);
+    second.extend_from_slice(&[0; 100]);
+    assert_ne!(second.len(), first.len());
+    let written = std::time::Instant::now();
+    write(&second);
+    let seen = loop {
+        let got = std::fs::read(r.path(rel)).unwrap();
+        if got == second {
+            break written.elapsed();
+        }
+        assert!(
+            written.elapsed() < Duration::from_secs(15),
+            "the reader still shows {} bytes (want {}) 15 s after the write:\n{}",
+            got.len(),
+            second.len(),
+            std::fs::read_to_string(&rlog).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("the reading mount showed the new tile {seen:?} after the writer's fsync");
+    assert!(
+        seen < Duration::from_secs(5),
+        "{seen:?}: not within recheck (0.5 s) and a few polls"
+    );
+    drop(r);
+    drop(w);
+}

@@ -151,6 +151,15 @@ pub trait Storage: Send + Sync {
     /// Forgets what is cached of bundle `id`, so the next access reads it anew.
     fn invalidate(&self, _id: &BundleId) {}
 
+    /// Bundles another writer changed since this process read their index, each with the rows
+    /// (0-127, relative to the bundle) whose index entries differ now; a bundle now absent has
+    /// all its rows. The storage checks what it keeps, at most once per `recheck` per bundle.
+    /// Empty by default: local bundles are watched by the mount itself (`fs::watch` compares
+    /// their files); an object store has no file to compare, so it reports here.
+    fn foreign_changes(&self) -> Vec<(BundleId, Vec<u32>)> {
+        Vec::new()
+    }
+
     /// Whether a lookup of a level or row folder must list the storage to answer. False for an
     /// object store, where a listing is a ListObjectsV2 round trip: there a level of conf.xml's
     /// LODs and its rows are shown on lookup unlisted, and a tile lookup under them asks for the

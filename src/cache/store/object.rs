@@ -1119,6 +1119,52 @@ impl Storage for ObjectStorage {
         false
     }
 
+    /// The kept indexes not confirmed for `recheck`: one HEAD each; a changed ETag reads the new
+    /// index and reports the rows whose entries (offset and size) differ. Bounded by the index
+    /// LRU (`max_open_bundles`, 256: at most that many HEADs per `recheck`).
+    fn foreign_changes(&self) -> Vec<(BundleId, Vec<u32>)> {
+        let kept: Vec<(BundleId, Arc<Index>)> = self
+            .indexes
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, ix)| (*id, ix.clone()))
+            .collect();
+        let mut out = Vec::new();
+        for (id, old) in kept {
+            if self.fresh(&old.checked) {
+                continue;
+            }
+            let new = match self.index(id) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!("checking for changes by other writers: {e}");
+                    continue;
+                }
+            };
+            if new.as_ref().is_some_and(|n| Arc::ptr_eq(n, &old)) {
+                continue;
+            }
+            let rows: Vec<u32> = (0..BUNDLE_DIM)
+                .filter(|&row| {
+                    (0..BUNDLE_DIM).any(|col| {
+                        let s = Slot { row, col };
+                        new.as_ref().map(|n| n.entry(s).0) != Some(old.entry(s).0)
+                    })
+                })
+                .collect();
+            tracing::debug!(
+                "{}: changed by another writer ({} rows)",
+                self.bundle_url(&id).display(),
+                rows.len()
+            );
+            if !rows.is_empty() {
+                out.push((id, rows));
+            }
+        }
+        out
+    }
+
     fn tile(&self, t: TileAddr) -> Result<Option<TileBytes>> {
         let id = t.bundle();
         for _ in 0..2 {
@@ -1836,6 +1882,32 @@ mod tests {
             &f.tile(ID.tile(slot(9))).unwrap().unwrap()[..],
             &tile(9)[..]
         );
+    }
+
+    #[test]
+    fn foreign_changes_name_the_rows_another_writer_changed() {
+        let mem = Arc::new(InMemory::new());
+        let reader = storage(&mem, Duration::ZERO);
+        let writer = storage(&mem, Duration::from_secs(60));
+        // Tiles in rows 0 and 5 (slot n: row n / 128).
+        put(&writer, &[1, 5 * 128 + 2]);
+        assert!(reader.tile(ID.tile(slot(1))).unwrap().is_some());
+        assert_eq!(reader.foreign_changes(), vec![], "nothing changed yet");
+        // Another writer replaces the row-5 tile (the last in the bundle: row 0 keeps its offset).
+        let other = b"a longer tile than before".to_vec();
+        writer
+            .write_group(ID, &[(slot(5 * 128 + 2), &other[..], None)])
+            .unwrap();
+        assert_eq!(reader.foreign_changes(), vec![(ID, vec![5])]);
+        assert_eq!(
+            &reader.tile(ID.tile(slot(5 * 128 + 2))).unwrap().unwrap()[..],
+            &other[..]
+        );
+        assert_eq!(reader.foreign_changes(), vec![], "reported once");
+        // The reader's own write is not reported (the kernel saw it come through the mount).
+        put(&reader, &[7 * 128]);
+        assert!(reader.tile(ID.tile(slot(7 * 128))).unwrap().is_some());
+        assert_eq!(reader.foreign_changes(), vec![]);
     }
 
     #[test]
