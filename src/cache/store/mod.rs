@@ -96,11 +96,46 @@ pub trait Storage: Send + Sync {
     /// The tile's bytes, or None if the cache lacks it. A broken entry is an error.
     fn tile(&self, t: TileAddr) -> Result<Option<TileBytes>>;
 
-    /// Rows of a level that hold at least one tile.
-    fn rows(&self, level: u8) -> Result<BTreeSet<u32>>;
+    /// Stored tiles of bundle `id` from its index: (slot, size in bytes), None if the bundle
+    /// does not exist. Compact storages give it; the default rows/cols are built on it.
+    fn slots_of(&self, _id: BundleId) -> Result<Option<Vec<(Slot, u32)>>> {
+        Ok(None)
+    }
 
-    /// Tiles of one row: (column, size in bytes), ascending by column.
-    fn cols(&self, level: u8, row: u32) -> Result<Vec<(u32, u64)>>;
+    /// Rows of a level that hold at least one tile (by default: from the indexes of the bundles
+    /// [`Storage::bundles`] lists, via [`Storage::slots_of`]; an unreadable bundle is logged and
+    /// skipped).
+    fn rows(&self, level: u8) -> Result<BTreeSet<u32>> {
+        let mut rows = BTreeSet::new();
+        for id in self.bundles(level)? {
+            match self.slots_of(id) {
+                Ok(Some(slots)) => rows.extend(slots.into_iter().map(|(s, _)| id.row0 + s.row)),
+                Ok(None) => {}
+                Err(e) => tracing::error!("{e}"),
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Tiles of one row: (column, size in bytes), ascending by column (by default: from the
+    /// indexes of the row's bundles, via [`Storage::slots_of`]).
+    fn cols(&self, level: u8, row: u32) -> Result<Vec<(u32, u64)>> {
+        let mut out = Vec::new();
+        let row0 = row - row % crate::format::BUNDLE_DIM;
+        for id in self.bundles(level)?.into_iter().filter(|b| b.row0 == row0) {
+            let Some(slots) = self.slots_of(id)? else {
+                continue;
+            };
+            out.extend(
+                slots
+                    .into_iter()
+                    .filter(|(s, _)| s.row == row - row0)
+                    .map(|(s, size)| (id.col0 + s.col, u64::from(size))),
+            );
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
 
     /// The groups of a level, one per bundle (by default: one per bundle [`Storage::bundles`]
     /// lists; exploded storage groups its tile files instead).

@@ -1205,31 +1205,10 @@ impl Storage for ObjectStorage {
         ))
     }
 
-    fn rows(&self, level: u8) -> Result<BTreeSet<u32>> {
-        let mut rows = BTreeSet::new();
-        for id in self.bundles(level)? {
-            match self.index(id) {
-                Ok(Some(ix)) => rows.extend(ix.slots().map(|(s, _)| id.row0 + s.row)),
-                Ok(None) => {}
-                Err(e) => tracing::error!("{e}"),
-            }
-        }
-        Ok(rows)
-    }
-
-    fn cols(&self, level: u8, row: u32) -> Result<Vec<(u32, u64)>> {
-        let mut out = Vec::new();
-        let row0 = row - row % BUNDLE_DIM;
-        for id in self.bundles(level)?.into_iter().filter(|b| b.row0 == row0) {
-            let Some(ix) = self.index(id)? else { continue };
-            out.extend(
-                ix.slots()
-                    .filter(|(s, _)| s.row == row - row0)
-                    .map(|(s, e)| (id.col0 + s.col, u64::from(e.size()))),
-            );
-        }
-        out.sort_unstable();
-        Ok(out)
+    fn slots_of(&self, id: BundleId) -> Result<Option<Vec<(Slot, u32)>>> {
+        Ok(self
+            .index(id)?
+            .map(|ix| ix.slots().map(|(s, e)| (s, e.size())).collect()))
     }
 
     fn read_group(&self, g: &TileGroup) -> Result<Vec<(TileAddr, TileBytes)>> {
