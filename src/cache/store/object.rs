@@ -99,6 +99,10 @@ pub struct ObjectStats {
     pub heads: AtomicU64,
     /// Bundle indexes read from the on-disk index cache instead of the store.
     pub disk_hits: AtomicU64,
+    /// Bytes received in GET bodies (indexes, tiles, whole bundles).
+    pub bytes_down: AtomicU64,
+    /// Bytes sent in PUT bodies, refused conditional PUTs included.
+    pub bytes_up: AtomicU64,
     /// Successful PUTs of bundles.
     pub puts: AtomicU64,
     /// Conditional PUTs refused because another writer changed the bundle first (each one made
@@ -472,6 +476,9 @@ impl ObjectStorage {
             Err(e) => return Err(obj_err(&self.url, &rel, e)),
         };
         let (meta, head) = got;
+        self.stats
+            .bytes_down
+            .fetch_add(head.len() as u64, Ordering::Relaxed);
         let url = rel_url(&self.url, &rel);
         v2::check_header(&head).in_file(&url)?;
         if (head.len() as u64) < DATA_START {
@@ -634,6 +641,9 @@ impl ObjectStorage {
             ) => return Ok(Err(())),
             Err(e) => return Err(obj_err(&self.url, &self.bundle_rel(&id), e)),
         };
+        self.stats
+            .bytes_down
+            .fetch_add(b.len() as u64, Ordering::Relaxed);
         if b.len() as u64 != size + RECORD_PREFIX {
             return Err(bad(format!(
                 "range read of {} bytes gave {}",
@@ -666,6 +676,9 @@ impl ObjectStorage {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(obj_err(&self.url, &rel, e)),
         };
+        self.stats
+            .bytes_down
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         let Some(etag) = meta.e_tag else {
             return Err(Error::io(
                 &url,
@@ -756,6 +769,9 @@ impl ObjectStorage {
     fn put_conditional(&self, key: &Key, payload: PutPayload, etag: Option<&str>) -> Result<bool> {
         let rel = key.as_ref().to_string();
         let put = |mode: PutMode| {
+            self.stats
+                .bytes_up
+                .fetch_add(payload.content_length() as u64, Ordering::Relaxed);
             block(self.store.put_opts(
                 key,
                 payload.clone(),
@@ -852,13 +868,15 @@ impl ObjectStorage {
     pub fn stats_line(&self) -> String {
         let s = &self.stats;
         format!(
-            "{}: {} GETs, {} HEADs, {} indexes from the disk cache, {} PUTs of bundles, {} \
-             conflicts with other writers",
+            "{}: {} GETs ({} bytes), {} HEADs, {} indexes from the disk cache, {} PUTs of \
+             bundles ({} bytes sent), {} conflicts with other writers",
             self.url,
             s.gets.load(Ordering::Relaxed),
+            s.bytes_down.load(Ordering::Relaxed),
             s.heads.load(Ordering::Relaxed),
             s.disk_hits.load(Ordering::Relaxed),
             s.puts.load(Ordering::Relaxed),
+            s.bytes_up.load(Ordering::Relaxed),
             s.conflicts.load(Ordering::Relaxed)
         )
     }
