@@ -261,6 +261,9 @@ pub struct ObjectStorage {
     single_writer: bool,
     /// `--cache-dir`: indexes kept on disk across mounts.
     disk: Option<disk::DiskCache>,
+    /// Bundles found absent (404 on the index GET) and when: not asked again for `recheck`
+    /// (a writer's lookups of new tile names would otherwise cost a GET each).
+    absent: Mutex<LruCache<BundleId, Instant>>,
     stats: ObjectStats,
 }
 
@@ -301,6 +304,7 @@ impl ObjectStorage {
             single_writer: opts.object.writes == WriteCoordination::SingleWriter,
             opts,
             disk: None,
+            absent: Mutex::new(LruCache::new(cap)),
             stats: ObjectStats::default(),
         }
     }
@@ -456,6 +460,11 @@ impl ObjectStorage {
             }
         }
         self.indexes.lock().unwrap().pop(&id);
+        if let Some(at) = self.absent.lock().unwrap().get(&id) {
+            if at.elapsed() < self.opts.recheck {
+                return Ok(None);
+            }
+        }
         if let Some(ix) = self.index_from_disk(&id)? {
             self.indexes.lock().unwrap().put(id, ix.clone());
             return Ok(Some(ix));
@@ -472,7 +481,10 @@ impl ObjectStorage {
             Ok::<_, object_store::Error>((meta, r.bytes().await?))
         }) {
             Ok(g) => g,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(object_store::Error::NotFound { .. }) => {
+                self.absent.lock().unwrap().put(id, Instant::now());
+                return Ok(None);
+            }
             Err(e) => return Err(obj_err(&self.url, &rel, e)),
         };
         let (meta, head) = got;
@@ -1127,6 +1139,7 @@ impl Storage for ObjectStorage {
 
     fn invalidate(&self, id: &BundleId) {
         self.indexes.lock().unwrap().pop(id);
+        self.absent.lock().unwrap().pop(id);
         self.whole.lock().unwrap().pop(id);
         if let Some(d) = &self.disk {
             d.drop_entry(&self.disk_key(id));
@@ -1905,6 +1918,39 @@ mod tests {
         put(&reader, &[7 * 128]);
         assert!(reader.tile(ID.tile(slot(7 * 128))).unwrap().is_some());
         assert_eq!(reader.foreign_changes(), vec![]);
+    }
+
+    #[test]
+    fn an_absent_bundle_is_asked_for_once_per_recheck() {
+        let mem = Arc::new(InMemory::new());
+        let s = storage(&mem, Duration::from_secs(3600));
+        let gets = || s.stats().gets.load(Ordering::Relaxed);
+        for n in 0..5 {
+            assert!(s.tile(ID.tile(slot(n))).unwrap().is_none());
+        }
+        assert_eq!(gets(), 1, "one 404 for five lookups in the absent bundle");
+        // Written by this process: found at once.
+        put(&s, &[3]);
+        assert_eq!(
+            &s.tile(ID.tile(slot(3))).unwrap().unwrap()[..],
+            &tile(3)[..]
+        );
+        // Written by another: found once `recheck` has passed.
+        let other = BundleId { col0: 128, ..ID };
+        let r = storage(&mem, Duration::from_millis(200));
+        assert!(r.tile(other.tile(slot(0))).unwrap().is_none());
+        let w = storage(&mem, Duration::from_secs(60));
+        w.write_group(other, &[(slot(0), &tile(0)[..], None)])
+            .unwrap();
+        assert!(
+            r.tile(other.tile(slot(0))).unwrap().is_none(),
+            "within recheck"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(
+            r.tile(other.tile(slot(0))).unwrap().is_some(),
+            "after recheck"
+        );
     }
 
     #[test]
