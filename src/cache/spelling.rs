@@ -39,6 +39,18 @@ pub fn resolve(dir: &Path, canonical: &str) -> PathBuf {
     }
 }
 
+/// The entry of `dir` spelling `canonical` in any case, if there is one: `dir/canonical` when it
+/// exists (one `lstat`), else the folder's kept listing is consulted (a `stat` of `dir`; none
+/// when `dir` is missing). Cheaper than [`resolve`] and then a test for existence, which repeats
+/// the `stat`s for names that are not there (a lookup of a tile in a bundle not yet written).
+pub fn find(dir: &Path, canonical: &str) -> Option<PathBuf> {
+    let exact = dir.join(canonical);
+    if exact.symlink_metadata().is_ok() {
+        return Some(exact);
+    }
+    spelling(dir, canonical).map(|n| dir.join(n))
+}
+
 /// The `.bundlx` index beside a V1 bundle (same base name, extension in any case).
 pub fn bundlx_of(bundle: &Path) -> PathBuf {
     let dir = bundle.parent().unwrap_or(Path::new(""));

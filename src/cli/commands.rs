@@ -14,7 +14,7 @@ use super::output::{self, outln};
 use super::source::{open_folder, Source};
 use super::{
     CompactArgs, CreateArgs, DeleteArgs, ExportArgs, ExportTo, ImportArgs, InfoArgs, JobArgs,
-    RenderArgs, SampleArgs, VerifyArgs,
+    RenderArgs, SampleArgs, SelectArgs, VerifyArgs,
 };
 use crate::cache::{Cache, LevelStats};
 use crate::format::conf::{StorageFormat, TileFormat, TileScheme};
@@ -195,27 +195,13 @@ pub fn import(a: &ImportArgs) -> anyhow::Result<ExitCode> {
 /// `bundlefs delete`: remove the selected tiles (see `jobs::delete`) and say what went.
 pub fn delete(a: &DeleteArgs) -> anyhow::Result<ExitCode> {
     let c = open_folder(&a.cache, "delete")?;
-    let levels = match (&a.levels, &a.scales) {
+    let sel = &a.select;
+    let levels = match (&sel.levels, &sel.scales) {
         (_, Some(s)) => Some(LevelSelect::Scales(s.clone())),
         (Some(r), None) => Some(LevelSelect::Range(*r)),
         (None, None) => None,
     };
-    let extent = match (a.extent, a.extent_crs) {
-        (Some(e), Some(crs)) => Some(crate::jobs::selection::extent_in_cache(
-            &e,
-            crs,
-            c.scheme(),
-        )?),
-        (e, _) => e,
-    };
-    let aoi = a
-        .aoi
-        .as_deref()
-        .map(|p| Aoi::from_geojson_file(p, c.scheme()))
-        .transpose()?;
-    if aoi.is_some() && extent.is_some() {
-        eprintln!("bundlefs: both --aoi and --extent given: the area of interest wins");
-    }
+    let (extent, aoi) = extent_and_aoi(sel, &c)?;
     let opts = crate::jobs::delete::DeleteOptions {
         levels,
         extent,
@@ -479,8 +465,34 @@ fn progress_bar() -> ProgressBar {
 /// The job options of `a`, for source `c` (named `src`): `--levels` must name at least one level
 /// the source has (as `--scales` must name its scales), or the job would copy nothing and say
 /// "0 tiles".
+/// `--extent` (carried from `--extent-crs` into the cache's spatial reference) and `--aoi` (read
+/// and carried likewise) of a command; says on standard error that the area wins when both are
+/// given. Errors name the AOI file or the unknown EPSG code.
+fn extent_and_aoi(
+    s: &SelectArgs,
+    c: &Cache,
+) -> anyhow::Result<(Option<crate::format::conf::Envelope>, Option<Aoi>)> {
+    let extent = match (s.extent, s.extent_crs) {
+        (Some(e), Some(crs)) => Some(crate::jobs::selection::extent_in_cache(
+            &e,
+            crs,
+            c.scheme(),
+        )?),
+        (e, _) => e,
+    };
+    let aoi = s
+        .aoi
+        .as_deref()
+        .map(|p| Aoi::from_geojson_file(p, c.scheme()))
+        .transpose()?;
+    if aoi.is_some() && extent.is_some() {
+        eprintln!("bundlefs: both --aoi and --extent given: the area of interest wins");
+    }
+    Ok((extent, aoi))
+}
+
 fn job_options(a: &JobArgs, c: &Cache, src: &Path) -> anyhow::Result<JobOptions> {
-    let levels = match (&a.levels, &a.scales) {
+    let levels = match (&a.select.levels, &a.select.scales) {
         (_, Some(scales)) => LevelSelect::Scales(scales.clone()),
         (Some(r), None) => {
             let have = c.levels()?;
@@ -496,22 +508,7 @@ fn job_options(a: &JobArgs, c: &Cache, src: &Path) -> anyhow::Result<JobOptions>
         }
         (None, None) => LevelSelect::Range(LevelRange::ALL),
     };
-    let extent = match (a.extent, a.extent_crs) {
-        (Some(e), Some(crs)) => Some(crate::jobs::selection::extent_in_cache(
-            &e,
-            crs,
-            c.scheme(),
-        )?),
-        (e, _) => e,
-    };
-    let aoi = a
-        .aoi
-        .as_deref()
-        .map(|p| Aoi::from_geojson_file(p, c.scheme()))
-        .transpose()?;
-    if aoi.is_some() && extent.is_some() {
-        eprintln!("bundlefs: both --aoi and --extent given: the area of interest wins");
-    }
+    let (extent, aoi) = extent_and_aoi(&a.select, c)?;
     let opts = JobOptions {
         levels,
         extent,

@@ -202,10 +202,11 @@ pub struct CreateArgs {
     pub ready_to_serve: bool,
 }
 
-/// What to take from SRC and how to write it (shared by export and import).
+/// Which tiles a job takes (export, import, delete): levels or scales, and an extent or an area.
 #[derive(Debug, Clone, clap::Args)]
-pub struct JobArgs {
-    /// Only these levels, e.g. 0-7, 5, 3- or -4 (default: all); levels SRC lacks are an error.
+pub struct SelectArgs {
+    /// Only these levels, e.g. 0-7, 5, 3- or -4 (default: all; export and import refuse levels
+    /// the source lacks, delete has nothing to do there).
     #[arg(
         long,
         conflicts_with = "scales",
@@ -216,19 +217,27 @@ pub struct JobArgs {
     /// Only the levels at these map scales, e.g. 577790.554289,288895.277144.
     #[arg(long, value_delimiter = ',', num_args = 1.., value_name = "SCALE,...")]
     pub scales: Option<Vec<f64>>,
-    /// Only tiles intersecting this box, in SRC's spatial reference: one argument
+    /// Only tiles overlapping this box, in the cache's spatial reference: one argument
     /// XMIN,YMIN,XMAX,YMAX (negative numbers allowed, e.g. -180,-90,180,90).
     #[arg(long, allow_hyphen_values = true, value_name = "XMIN,YMIN,XMAX,YMAX")]
     pub extent: Option<Envelope>,
     /// The spatial reference --extent is in, as an EPSG code (e.g. 4326 for longitude/latitude
-    /// degrees); default: SRC's own.
+    /// degrees); default: the cache's own.
     #[arg(long, value_name = "EPSG", requires = "extent")]
     pub extent_crs: Option<u32>,
-    /// Clip to this GeoJSON polygon/multipolygon, in the CRS its "crs" member names (WGS 84
-    /// longitude/latitude when none, as RFC 7946 says); carried into SRC's spatial reference;
-    /// wins over --extent.
+    /// Only this GeoJSON polygon/multipolygon (tiles with a pixel centre inside; export and import
+    /// clip pixels outside), in the CRS its "crs" member names (WGS 84 longitude/latitude when
+    /// none, as RFC 7946 says), carried into the cache's spatial reference; wins over --extent.
     #[arg(long, value_name = "FILE")]
     pub aoi: Option<PathBuf>,
+}
+
+/// What to take from SRC and how to write it (shared by export and import).
+#[derive(Debug, Clone, clap::Args)]
+pub struct JobArgs {
+    /// Which tiles of SRC.
+    #[command(flatten)]
+    pub select: SelectArgs,
     /// Merge into or overwrite tiles DEST already has.
     #[arg(long, value_enum, default_value = "merge")]
     pub mode: ModeArg,
@@ -374,29 +383,9 @@ pub struct UnmountArgs {
 pub struct DeleteArgs {
     /// Cache folder (or its conf.xml), or s3://BUCKET/PREFIX.
     pub cache: PathBuf,
-    /// Only these levels, e.g. 0-7, 5, 3- or -4; with no --extent/--aoi every tile of them.
-    #[arg(
-        long,
-        conflicts_with = "scales",
-        value_name = "A-B",
-        allow_hyphen_values = true
-    )]
-    pub levels: Option<LevelRange>,
-    /// Only the levels at these map scales, e.g. 577790.554289,288895.277144.
-    #[arg(long, value_delimiter = ',', num_args = 1.., value_name = "SCALE,...")]
-    pub scales: Option<Vec<f64>>,
-    /// Only tiles overlapping this box, in the cache's spatial reference: one argument
-    /// XMIN,YMIN,XMAX,YMAX (negative numbers allowed).
-    #[arg(long, allow_hyphen_values = true, value_name = "XMIN,YMIN,XMAX,YMAX")]
-    pub extent: Option<Envelope>,
-    /// The spatial reference --extent is in, as an EPSG code (e.g. 4326); default: the cache's.
-    #[arg(long, value_name = "EPSG", requires = "extent")]
-    pub extent_crs: Option<u32>,
-    /// Only tiles with a pixel centre inside this GeoJSON polygon/multipolygon (the tiles
-    /// `export --aoi` writes), in the CRS its "crs" member names (WGS 84 when none); wins over
-    /// --extent.
-    #[arg(long, value_name = "FILE")]
-    pub aoi: Option<PathBuf>,
+    /// Which tiles.
+    #[command(flatten)]
+    pub select: SelectArgs,
     /// Delete every tile of the cache (needed when no --levels, --scales, --extent or --aoi).
     #[arg(long, conflicts_with_all = ["levels", "scales", "extent", "aoi"])]
     pub all: bool,
@@ -616,8 +605,8 @@ mod tests {
 
     fn job_extent(c: Cli) -> Envelope {
         match c.command {
-            Command::Export(a) => a.job.extent.unwrap(),
-            Command::Import(a) => a.job.extent.unwrap(),
+            Command::Export(a) => a.job.select.extent.unwrap(),
+            Command::Import(a) => a.job.select.extent.unwrap(),
             other => panic!("{other:?}"),
         }
     }

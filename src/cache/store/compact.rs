@@ -271,10 +271,9 @@ impl Storage for CompactStore {
             tracing::debug!("{}: changed on disk, remapping", c.handle.path.display());
         }
         self.open.lock().unwrap().pop(&id);
-        let path = self.place.bundle_path(&id);
-        if !path.exists() {
+        let Some(path) = self.place.find_bundle(&id) else {
             return Ok(None);
-        }
+        };
         self.place.check_inside(&path)?;
         let handle = Arc::new(if self.v1() {
             self.place.check_inside(&spelling::bundlx_of(&path))?;
