@@ -361,6 +361,9 @@ fn serve(args: &MountArgs, parsed: &ParsedOptions, child: bool) -> anyhow::Resul
     let _ = registry::write(&record);
     // Whatever the session's end, buffered tiles go to their bundles before we exit.
     let flushed = tree.flush_all();
+    if let Some(line) = tree.cache().store().counters() {
+        tracing::info!("{line}");
+    }
     let end = res
         .with_context(|| format!("serving {}", args.mountpoint.display()))
         .and_then(|()| flushed.context("flushing the write buffer at unmount"));

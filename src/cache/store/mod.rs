@@ -195,6 +195,12 @@ pub trait Storage: Send + Sync {
         Vec::new()
     }
 
+    /// A line of the storage's request counters for the log (an object store: GETs, HEADs,
+    /// bytes received and sent, conflicts); None for local storages.
+    fn counters(&self) -> Option<String> {
+        None
+    }
+
     /// Whether a lookup of a level or row folder must list the storage to answer. False for an
     /// object store, where a listing is a ListObjectsV2 round trip: there a level of conf.xml's
     /// LODs and its rows are shown on lookup unlisted, and a tile lookup under them asks for the

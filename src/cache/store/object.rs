@@ -1150,6 +1150,10 @@ impl Storage for ObjectStorage {
         false
     }
 
+    fn counters(&self) -> Option<String> {
+        Some(self.stats_line())
+    }
+
     /// The kept indexes not confirmed for `recheck`: one HEAD each; a changed ETag reads the new
     /// index and reports the rows whose entries (offset and size) differ. Bounded by the index
     /// LRU (`max_open_bundles`, 256: at most that many HEADs per `recheck`).
