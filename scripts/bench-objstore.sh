@@ -285,7 +285,7 @@ fusermount3 -u "$mnt"
 wait "$mount_pid"
 mount_pid=
 rsync_s=$(secs "$t0" "$(now)")
-sent=$(grep -o '([0-9]* bytes sent)' "$work/write.log" | tr -dc '0-9' || true)
+sent=$(grep -o '([0-9]* bytes sent)' "$work/write.log" | tail -1 | tr -dc '0-9' || true)
 iurl=$url-import
 empty "$iurl"
 t0=$(now)
