@@ -14,7 +14,9 @@
 #   cold bundle   the first tile read of the bundle: lookups of its row folder and name (the
 #                 bundle's index is fetched, one range GET of 128 KiB) and the tile (one GET);
 #   warm index    WARM (default 20) further tiles of that bundle: lookups + one range GET each;
-#   kernel cache  the same WARM tiles again: served by the kernel, the daemon not called.
+#   kernel cache  the same WARM tiles again: served by the kernel, the daemon not called;
+#   disk cache    after an unmount, a fresh mount on the same --cache-dir: each bundle's cold tile
+#                 again, its index read from the disk cache (one tile GET).
 # Each figure is open+read+close of one file (python, perf_counter), median over the samples;
 # the floor is curl's time_total for the same byte ranges, median. Ratio = mount / floor.
 # Needs: curl >= 7.75 (--aws-sigv4), python3, fusermount3. Output: a table on standard output.
@@ -104,13 +106,22 @@ say "$n_bundles bundles, $(wc -l <"$work/samples") sampled tiles"
 
 say "mounting $url (read-only, --recheck 3600)"
 mkdir -p "$mnt"
-"$BIN" mount "$url" "$mnt" --recheck 3600 >"$work/mount.out" 2>"$work/mount.log" &
-mount_pid=$!
-for _ in $(seq 200); do
-    mountpoint -q "$mnt" && break
-    sleep 0.05
-done
-mountpoint -q "$mnt" || { cat "$work/mount.log" >&2; exit 1; }
+mount_at() {
+    "$BIN" mount "$url" "$mnt" --recheck 3600 --cache-dir "$work/index-cache" \
+        >"$work/mount.out" 2>>"$work/mount.log" &
+    mount_pid=$!
+    for _ in $(seq 200); do
+        mountpoint -q "$mnt" && break
+        sleep 0.05
+    done
+    mountpoint -q "$mnt" || { cat "$work/mount.log" >&2; exit 1; }
+}
+unmount() {
+    fusermount3 -u "$mnt"
+    wait "$mount_pid"
+    mount_pid=
+}
+mount_at
 
 # Through the mount: per bundle the cold tile, its warm tiles, then the warm tiles again.
 python3 - "$mnt/_alllayers" "$work/samples" >"$work/mount.times" <<'EOF'
@@ -133,6 +144,26 @@ for key, tiles in by_bundle.items():
     for kind, rel, size in tiles:
         if kind == "warm":
             print("kernel", read(rel, size))
+EOF
+
+# A fresh mount on the same --cache-dir: per bundle its cold tile again, the index now from disk
+# (the kernel's and the daemon's caches went with the first mount).
+unmount
+say "fresh mount, indexes from $work/index-cache ($(du -sb "$work/index-cache" | cut -f1) bytes)"
+mount_at
+python3 - "$mnt/_alllayers" "$work/samples" >>"$work/mount.times" <<'EOF'
+import sys, time
+root, samples = sys.argv[1], sys.argv[2]
+for line in open(samples):
+    kind, rel, key, a, b = line.split()
+    if kind != "cold":
+        continue
+    t = time.perf_counter()
+    with open(f"{root}/{rel}", "rb") as f:
+        n = len(f.read())
+    dt = time.perf_counter() - t
+    assert n == int(b) - int(a) - 3, (rel, n)
+    print("disk", dt)
 EOF
 
 # The floor: the same byte ranges, one curl, one kept-alive connection (config file: the secret
@@ -174,9 +205,105 @@ floor = med["floor"]
 print(f"cache: levels 0-$MAXLEVEL, $n_bundles bundles, $bytes bytes of bundles; export into the store: ${upload_s} s")
 print(f"floor: one range GET of the tile's bytes (curl, kept-alive): median {floor:.3f} ms over {len(vals['floor'])} requests")
 print(f"{'read through the mount':<40} {'samples':>7} {'median ms':>10} {'p90 ms':>8} {'x floor':>8}")
-names = {"cold": "cold bundle (index + tile GET)", "warm": "warm index (one tile GET)", "kernel": "kernel cache (daemon not called)"}
-for k in ["cold", "warm", "kernel"]:
+names = {"cold": "cold bundle (index + tile GET)", "warm": "warm index (one tile GET)", "disk": "disk cache (fresh mount, index from disk)", "kernel": "kernel cache (daemon not called)"}
+for k in ["cold", "warm", "disk", "kernel"]:
     v = sorted(vals[k])
     p90 = v[min(len(v) - 1, int(0.9 * len(v)))]
     print(f"{names[k]:<40} {len(v):>7} {med[k]:>10.3f} {p90:>8.3f} {med[k] / floor:>8.2f}")
 EOF
+
+# ---- Throughput, write and memory (skipped with THROUGHPUT=0) ----------------------------------
+# tar of level TARLEVEL (default MAXLEVEL-2: 4096 tiles, one bundle) through a fresh mount vs
+# GDAL (the rasterio wheel's, ESRIC over /vsis3/) reading the same level (decoded: GDAL has no
+# other way to read the tiles); rsync of levels 0..TARLEVEL (as tile files) into an -o rw mount of
+# an empty prefix vs `bundlefs import` of the same files; the daemons' peak RSS (VmHWM).
+[[ ${THROUGHPUT:-1} == 1 ]] || exit 0
+TARLEVEL=${TARLEVEL:-$((MAXLEVEL - 2))}
+lv=$(printf 'L%02d' "$TARLEVEL")
+unmount
+rm -rf "$work/index-cache"
+hwm() { awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
+now() { date +%s.%N; }
+secs() { awk "BEGIN { printf \"%.2f\", $2 - $1 }"; }
+
+mount_at
+t0=$(now)
+tiles=$(tar -cf - -C "$mnt/_alllayers" "$lv" | tar -tvf - | grep -c '\.png$')
+t1=$(now)
+tar_s=$(secs "$t0" "$t1")
+names_t0=$(now)
+names=$(find "$mnt/_alllayers" -type f | wc -l)
+names_s=$(secs "$names_t0" "$(now)")
+read_rss=$(hwm "$mount_pid")
+unmount
+
+gdal_s=n/a
+if python3 -c 'import rasterio' 2>/dev/null; then
+    host=${AWS_ENDPOINT_URL#http://}
+    t0=$(now)
+    AWS_S3_ENDPOINT=${host%/} AWS_HTTPS=NO AWS_VIRTUAL_HOSTING=FALSE python3 - \
+        "/vsis3/$BUNDLEFS_S3_BUCKET/${url#s3://*/}/conf.xml" "$TARLEVEL" <<'PY' >&2
+import sys, rasterio
+path, level = sys.argv[1], int(sys.argv[2])
+with rasterio.open(path) as ds:
+    n = len(ds.overviews(1))
+# Overview n-1 is level 0; level L is overview n-1-L (the full resolution when L = n).
+kw = {} if level == n else {"overview_level": n - 1 - level}
+with rasterio.open(path, **kw) as d:
+    a = d.read()
+    print("gdal read", d.width, "x", d.height, "px,", a.nbytes, "bytes decoded")
+PY
+    gdal_s=$(secs "$t0" "$(now)")
+fi
+
+# Write: levels 0..TARLEVEL as tile files.
+"$BIN" export --storage exploded --levels "0-$TARLEVEL" "$work/src" "$work/tiles" >/dev/null
+tile_bytes=$(find "$work/tiles/_alllayers" -type f -printf '%s\n' | awk '{ s += $1 } END { print s }')
+n_tiles=$(find "$work/tiles/_alllayers" -type f | wc -l)
+# An empty cache at prefix URL $1: the source's conf.xml only (PUT by curl; secret in a file).
+empty() {
+    local u=$1 cfg=$work/put.cfg
+    {
+        echo "url = \"$AWS_ENDPOINT_URL/$BUNDLEFS_S3_BUCKET/${u#s3://*/}/conf.xml\""
+        echo "upload-file = \"$work/src/conf.xml\""
+        echo "aws-sigv4 = \"aws:amz:${AWS_REGION:-us-east-1}:s3\""
+        echo "user = \"$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY\""
+        echo "header = \"x-amz-content-sha256: UNSIGNED-PAYLOAD\""
+    } >"$cfg"
+    curl -sf -K "$cfg" -o /dev/null
+    rm -f "$cfg"
+}
+wurl=$url-write
+empty "$wurl"
+RUST_LOG=info "$BIN" mount "$wurl" "$mnt" -o rw --recheck 3600 >"$work/mount.out" 2>"$work/write.log" &
+mount_pid=$!
+for _ in $(seq 200); do mountpoint -q "$mnt" && break; sleep 0.05; done
+t0=$(now)
+rsync -r "$work/tiles/_alllayers/" "$mnt/_alllayers/"
+write_rss=$(hwm "$mount_pid")
+fusermount3 -u "$mnt"
+wait "$mount_pid"
+mount_pid=
+rsync_s=$(secs "$t0" "$(now)")
+sent=$(grep -o '([0-9]* bytes sent)' "$work/write.log" | tail -1 | tr -dc '0-9' || true)
+iurl=$url-import
+empty "$iurl"
+t0=$(now)
+"$BIN" import "$work/tiles" "$iurl" >/dev/null
+import_s=$(secs "$t0" "$(now)")
+
+echo
+echo "throughput: level $TARLEVEL, $tiles tiles"
+printf '%-52s %8s s\n' "tar of $lv through a fresh mount" "$tar_s"
+printf '%-52s %8s s\n' "GDAL /vsis3/ (rasterio) reading level $TARLEVEL, decoded" "$gdal_s"
+printf '%-52s %8s s  (%s names)\n' "find of every tile name (levels 0-$MAXLEVEL)" "$names_s" "$names"
+echo "write: levels 0-$TARLEVEL, $n_tiles tiles, $tile_bytes bytes of tiles"
+printf '%-52s %8s s\n' "rsync -r into an -o rw mount of an empty prefix" "$rsync_s"
+printf '%-52s %8s s\n' "bundlefs import of the same files" "$import_s"
+if [[ -n $sent ]]; then
+    printf '%-52s %8s    (%s / %s)\n' "bytes sent to the store / tile bytes (rsync)" \
+        "$(awk "BEGIN { printf \"%.2f\", $sent / $tile_bytes }")" "$sent" "$tile_bytes"
+fi
+echo "memory: daemon peak RSS (VmHWM)"
+printf '%-52s %8s MiB\n' "read-only mount after tar + find of every name" "$read_rss"
+printf '%-52s %8s MiB\n' "-o rw mount during rsync (--write-buffer 256M)" "$write_rss"

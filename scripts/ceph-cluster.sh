@@ -244,6 +244,8 @@ mon data = $dir/mon/\$name
 mon cluster log file = $dir/log/cluster.log
 mon max pg per osd = 1000
 paxos propose interval = 0.1
+# A test cluster on a shared, nearly full disk: do not refuse to start below 5 % free (the default).
+mon data avail crit = 0
 mon warn on insecure global id reclaim allowed = false
 mon warn on msgr2 not enabled = false
 osd pool default size = 3

@@ -509,6 +509,17 @@ impl Cache {
         self.place.lock_path(id)
     }
 
+    /// Whether a lookup of level `level`'s folder, or of a row folder in it, is answered "present"
+    /// without listing the storage: true for a level of conf.xml's LODs in a storage whose
+    /// listings are remote round trips ([`Storage::lookups_list`] false: an object store). The
+    /// folder's contents (readdir) are still listed; a tile under it is looked up by itself.
+    pub fn unlisted_lookup(&self, level: u8) -> bool {
+        !self.store.lookups_list()
+            && self
+                .scheme()
+                .is_some_and(|s| s.lods.iter().any(|l| l.level == level))
+    }
+
     /// Levels that have a folder, ascending.
     pub fn levels(&self) -> Result<Vec<u8>> {
         self.store.levels()

@@ -410,6 +410,17 @@ pub struct MountArgs {
     /// writes, such as Garage, where -o rw is otherwise refused).
     #[arg(long)]
     pub single_writer: bool,
+    /// Caches in an object store: keep bundle indexes (128 KiB each) in this folder too, so a
+    /// fresh mount reads them from disk instead of the store (entries keyed by object and ETag,
+    /// checksummed; an entry older than --recheck is confirmed by a HEAD). Memory, with or
+    /// without it: at most 256 indexes (128 KiB each: 32 MiB), the last 64 tiles read (at most
+    /// 16 MiB) and 8 whole bundles for batch reads, besides --write-buffer.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// With --cache-dir: bound of the folder in bytes (units k, M, G); the least recently
+    /// confirmed entries are deleted beyond it.
+    #[arg(long, value_name = "SIZE", default_value = "1G")]
+    pub cache_size: ByteSize,
 }
 
 /// Arguments of `bundlefs unmount` (also `bundlefs umount`).

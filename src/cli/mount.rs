@@ -361,6 +361,9 @@ fn serve(args: &MountArgs, parsed: &ParsedOptions, child: bool) -> anyhow::Resul
     let _ = registry::write(&record);
     // Whatever the session's end, buffered tiles go to their bundles before we exit.
     let flushed = tree.flush_all();
+    if let Some(line) = tree.cache().store().counters() {
+        tracing::info!("{line}");
+    }
     let end = res
         .with_context(|| format!("serving {}", args.mountpoint.display()))
         .and_then(|()| flushed.context("flushing the write buffer at unmount"));
@@ -396,6 +399,12 @@ fn object_options(args: &MountArgs, parsed: &ParsedOptions) -> anyhow::Result<Ob
             );
         }
     }
+    if !is_url && args.cache_dir.is_some() {
+        bail!(
+            "--cache-dir: only for a cache in an object store (s3://BUCKET/PREFIX); {} is a folder",
+            args.cache.display()
+        );
+    }
     if args.single_writer && parsed.read_only {
         bail!("--single-writer is a promise about writing mounts: it needs -o rw");
     }
@@ -403,6 +412,10 @@ fn object_options(args: &MountArgs, parsed: &ParsedOptions) -> anyhow::Result<Ob
         endpoint: parsed.endpoint.clone(),
         region: parsed.region.clone(),
         timeout: parsed.timeout,
+        cache_dir: args.cache_dir.clone(),
+        cache_size: Some(crate::cache::store::object::disk::check_limit(
+            args.cache_size.0,
+        )?),
         writes: match (parsed.read_only, args.single_writer) {
             (true, _) => WriteCoordination::Conditional,
             (false, true) => WriteCoordination::SingleWriter,

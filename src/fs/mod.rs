@@ -349,7 +349,9 @@ impl TreeFs {
 
     fn level_exists(&self, level: u8) -> bool {
         self.cache.level_dir(level).is_dir()
-            // A cache in an object store has no level folders: its levels are listed.
+            // A cache in an object store has no level folders: a level of conf.xml's LODs is
+            // shown unlisted, others are listed.
+            || self.cache.unlisted_lookup(level)
             || (crate::cache::url::is_url(self.cache.root())
                 && self.cache.levels().is_ok_and(|v| v.contains(&level)))
             || self.w.lock().unwrap().created_level(level)
@@ -416,6 +418,9 @@ impl TreeFs {
     /// A row folder exists while it holds tiles, files being written, or was created by mkdir.
     fn row_exists(&self, level: u8, row: u32) -> Result<bool> {
         if self.writer.is_some() && self.w.lock().unwrap().row_in_use(level, row) {
+            return Ok(true);
+        }
+        if self.cache.unlisted_lookup(level) {
             return Ok(true);
         }
         Ok(!self.row_tiles(level, row)?.is_empty())

@@ -108,6 +108,12 @@ impl TreeFs {
                 _ => self.watched.drop_bundle(&id),
             }
         }
+        // Bundles in an object store: the storage itself finds other writers' changes.
+        for (id, rows) in self.cache.store().foreign_changes() {
+            for r in rows {
+                self.row_changed(id, id.row0 + r, &mut out);
+            }
+        }
         out
     }
 

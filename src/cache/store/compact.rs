@@ -4,7 +4,7 @@
 //! with `pread`, and writers append under the per-bundle `flock` MapProxy also takes
 //! (`cache::lock`), with the durable append sequence of the format layer.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::BufWriter;
 use std::num::NonZeroUsize;
@@ -27,7 +27,7 @@ use crate::cache::{times, CacheOptions, TileBytes};
 use crate::error::{IoContext, Result};
 use crate::format::conf::StorageFormat;
 use crate::format::v2::WriteStats;
-use crate::format::{exploded as names, v1, v2, BundleId, Slot, TileAddr, BUNDLE_DIM};
+use crate::format::{exploded as names, v1, v2, BundleId, Slot, TileAddr};
 
 struct Cached {
     handle: Arc<BundleHandle>,
@@ -320,32 +320,8 @@ impl Storage for CompactStore {
         }
     }
 
-    fn rows(&self, level: u8) -> Result<BTreeSet<u32>> {
-        let mut rows = BTreeSet::new();
-        for id in self.bundles(level)? {
-            match self.bundle(id) {
-                Ok(Some(b)) => rows.extend(b.slots().into_iter().map(|(s, _)| id.row0 + s.row)),
-                Ok(None) => {}
-                Err(e) => tracing::error!("{e}"),
-            }
-        }
-        Ok(rows)
-    }
-
-    fn cols(&self, level: u8, row: u32) -> Result<Vec<(u32, u64)>> {
-        let mut out = Vec::new();
-        let row0 = row - row % BUNDLE_DIM;
-        for id in self.bundles(level)?.into_iter().filter(|b| b.row0 == row0) {
-            let Some(b) = self.bundle(id)? else { continue };
-            out.extend(
-                b.slots()
-                    .into_iter()
-                    .filter(|(s, _)| s.row == row - row0)
-                    .map(|(s, size)| (id.col0 + s.col, u64::from(size))),
-            );
-        }
-        out.sort_unstable();
-        Ok(out)
+    fn slots_of(&self, id: BundleId) -> Result<Option<Vec<(Slot, u32)>>> {
+        Ok(self.bundle(id)?.map(|b| b.slots()))
     }
 
     fn read_group(&self, g: &TileGroup) -> Result<Vec<(TileAddr, TileBytes)>> {

@@ -96,11 +96,46 @@ pub trait Storage: Send + Sync {
     /// The tile's bytes, or None if the cache lacks it. A broken entry is an error.
     fn tile(&self, t: TileAddr) -> Result<Option<TileBytes>>;
 
-    /// Rows of a level that hold at least one tile.
-    fn rows(&self, level: u8) -> Result<BTreeSet<u32>>;
+    /// Stored tiles of bundle `id` from its index: (slot, size in bytes), None if the bundle
+    /// does not exist. Compact storages give it; the default rows/cols are built on it.
+    fn slots_of(&self, _id: BundleId) -> Result<Option<Vec<(Slot, u32)>>> {
+        Ok(None)
+    }
 
-    /// Tiles of one row: (column, size in bytes), ascending by column.
-    fn cols(&self, level: u8, row: u32) -> Result<Vec<(u32, u64)>>;
+    /// Rows of a level that hold at least one tile (by default: from the indexes of the bundles
+    /// [`Storage::bundles`] lists, via [`Storage::slots_of`]; an unreadable bundle is logged and
+    /// skipped).
+    fn rows(&self, level: u8) -> Result<BTreeSet<u32>> {
+        let mut rows = BTreeSet::new();
+        for id in self.bundles(level)? {
+            match self.slots_of(id) {
+                Ok(Some(slots)) => rows.extend(slots.into_iter().map(|(s, _)| id.row0 + s.row)),
+                Ok(None) => {}
+                Err(e) => tracing::error!("{e}"),
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Tiles of one row: (column, size in bytes), ascending by column (by default: from the
+    /// indexes of the row's bundles, via [`Storage::slots_of`]).
+    fn cols(&self, level: u8, row: u32) -> Result<Vec<(u32, u64)>> {
+        let mut out = Vec::new();
+        let row0 = row - row % crate::format::BUNDLE_DIM;
+        for id in self.bundles(level)?.into_iter().filter(|b| b.row0 == row0) {
+            let Some(slots) = self.slots_of(id)? else {
+                continue;
+            };
+            out.extend(
+                slots
+                    .into_iter()
+                    .filter(|(s, _)| s.row == row - row0)
+                    .map(|(s, size)| (id.col0 + s.col, u64::from(size))),
+            );
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
 
     /// The groups of a level, one per bundle (by default: one per bundle [`Storage::bundles`]
     /// lists; exploded storage groups its tile files instead).
@@ -150,6 +185,29 @@ pub trait Storage: Send + Sync {
 
     /// Forgets what is cached of bundle `id`, so the next access reads it anew.
     fn invalidate(&self, _id: &BundleId) {}
+
+    /// Bundles another writer changed since this process read their index, each with the rows
+    /// (0-127, relative to the bundle) whose index entries differ now; a bundle now absent has
+    /// all its rows. The storage checks what it keeps, at most once per `recheck` per bundle.
+    /// Empty by default: local bundles are watched by the mount itself (`fs::watch` compares
+    /// their files); an object store has no file to compare, so it reports here.
+    fn foreign_changes(&self) -> Vec<(BundleId, Vec<u32>)> {
+        Vec::new()
+    }
+
+    /// A line of the storage's request counters for the log (an object store: GETs, HEADs,
+    /// bytes received and sent, conflicts); None for local storages.
+    fn counters(&self) -> Option<String> {
+        None
+    }
+
+    /// Whether a lookup of a level or row folder must list the storage to answer. False for an
+    /// object store, where a listing is a ListObjectsV2 round trip: there a level of conf.xml's
+    /// LODs and its rows are shown on lookup unlisted, and a tile lookup under them asks for the
+    /// tile's bundle directly (an absent bundle is a 404 on its index GET: no tile).
+    fn lookups_list(&self) -> bool {
+        true
+    }
 
     /// Whether `stamp` is what this process left bundle `id` as at its last write.
     fn written_by_us(&self, _id: &BundleId, _stamp: &FileStamp) -> bool {

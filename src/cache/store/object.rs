@@ -37,6 +37,7 @@ use object_store::{
     GetOptions, GetRange, ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion,
 };
 
+pub mod disk;
 mod options;
 mod probe;
 
@@ -96,6 +97,12 @@ pub struct ObjectStats {
     pub gets: AtomicU64,
     /// HEAD requests.
     pub heads: AtomicU64,
+    /// Bundle indexes read from the on-disk index cache instead of the store.
+    pub disk_hits: AtomicU64,
+    /// Bytes received in GET bodies (indexes, tiles, whole bundles).
+    pub bytes_down: AtomicU64,
+    /// Bytes sent in PUT bodies, refused conditional PUTs included.
+    pub bytes_up: AtomicU64,
     /// Successful PUTs of bundles.
     pub puts: AtomicU64,
     /// Conditional PUTs refused because another writer changed the bundle first (each one made
@@ -252,6 +259,11 @@ pub struct ObjectStorage {
     unpinned_gets: AtomicBool,
     /// `--single-writer`: PUTs go unconditionally (the operator promised one writer).
     single_writer: bool,
+    /// `--cache-dir`: indexes kept on disk across mounts.
+    disk: Option<disk::DiskCache>,
+    /// Bundles found absent (404 on the index GET) and when: not asked again for `recheck`
+    /// (a writer's lookups of new tile names would otherwise cost a GET each).
+    absent: Mutex<LruCache<BundleId, Instant>>,
     stats: ObjectStats,
 }
 
@@ -291,8 +303,21 @@ impl ObjectStorage {
             unpinned_gets: AtomicBool::new(false),
             single_writer: opts.object.writes == WriteCoordination::SingleWriter,
             opts,
+            disk: None,
+            absent: Mutex::new(LruCache::new(cap)),
             stats: ObjectStats::default(),
         }
+    }
+
+    /// Keeps bundle indexes in `cache` too (the on-disk index cache, `--cache-dir`).
+    pub fn with_disk_cache(mut self, cache: disk::DiskCache) -> ObjectStorage {
+        self.disk = Some(cache);
+        self
+    }
+
+    /// The on-disk index cache, if any.
+    pub fn disk_cache(&self) -> Option<&disk::DiskCache> {
+        self.disk.as_ref()
     }
 
     /// Replaces the retry policy of conditional writes.
@@ -424,11 +449,26 @@ impl ObjectStorage {
             }
             if self.head_etag(&id)?.as_deref() == Some(ix.etag.as_str()) {
                 *ix.checked.lock().unwrap() = Instant::now();
+                if let Some(d) = &self.disk {
+                    d.touch(&self.disk_key(&id));
+                }
                 return Ok(Some(ix));
             }
             tracing::debug!("{}: changed in the store", self.bundle_url(&id).display());
+            if let Some(d) = &self.disk {
+                d.drop_entry(&self.disk_key(&id));
+            }
         }
         self.indexes.lock().unwrap().pop(&id);
+        if let Some(at) = self.absent.lock().unwrap().get(&id) {
+            if at.elapsed() < self.opts.recheck {
+                return Ok(None);
+            }
+        }
+        if let Some(ix) = self.index_from_disk(&id)? {
+            self.indexes.lock().unwrap().put(id, ix.clone());
+            return Ok(Some(ix));
+        }
         let rel = self.bundle_rel(&id);
         let opts = GetOptions {
             range: Some(GetRange::Bounded(0..DATA_START)),
@@ -441,10 +481,16 @@ impl ObjectStorage {
             Ok::<_, object_store::Error>((meta, r.bytes().await?))
         }) {
             Ok(g) => g,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(object_store::Error::NotFound { .. }) => {
+                self.absent.lock().unwrap().put(id, Instant::now());
+                return Ok(None);
+            }
             Err(e) => return Err(obj_err(&self.url, &rel, e)),
         };
         let (meta, head) = got;
+        self.stats
+            .bytes_down
+            .fetch_add(head.len() as u64, Ordering::Relaxed);
         let url = rel_url(&self.url, &rel);
         v2::check_header(&head).in_file(&url)?;
         if (head.len() as u64) < DATA_START {
@@ -470,8 +516,71 @@ impl ObjectStorage {
             mtime: meta.last_modified.into(),
             checked: Mutex::new(Instant::now()),
         });
+        if let Some(d) = &self.disk {
+            d.put(
+                &self.disk_key(&id),
+                &disk::DiskEntry {
+                    etag: ix.etag.clone(),
+                    size: ix.size,
+                    mtime: ix.mtime,
+                    head: ix.head.clone(),
+                    age: Duration::ZERO,
+                },
+            );
+        }
         self.indexes.lock().unwrap().put(id, ix.clone());
         Ok(Some(ix))
+    }
+
+    /// The key of bundle `id` in the on-disk index cache: the store (endpoint) and the object's
+    /// `s3://BUCKET/KEY`, so two stores with a bucket of the same name do not share entries.
+    fn disk_key(&self, id: &BundleId) -> String {
+        format!(
+            "{} {}",
+            store_name(&self.opts.object),
+            self.bundle_url(id).display()
+        )
+    }
+
+    /// Bundle `id`'s index from the on-disk cache: used as is when confirmed less than `recheck`
+    /// ago, else after a HEAD shows the same ETag (then touched); a changed or absent bundle
+    /// drops the entry. None: no usable entry (read the index from the store).
+    fn index_from_disk(&self, id: &BundleId) -> Result<Option<Arc<Index>>> {
+        let Some(d) = &self.disk else {
+            return Ok(None);
+        };
+        let key = self.disk_key(id);
+        let Some(e) = d.get(&key) else {
+            return Ok(None);
+        };
+        let url = self.bundle_url(id);
+        if e.head.len() as u64 != DATA_START || v2::check_header(&e.head).in_file(&url).is_err() {
+            tracing::warn!(
+                "{}: index cache entry is not a V2 header+index; dropped",
+                url.display()
+            );
+            d.drop_entry(&key);
+            return Ok(None);
+        }
+        let checked = if e.age < self.opts.recheck {
+            Instant::now()
+                .checked_sub(e.age)
+                .unwrap_or_else(Instant::now)
+        } else if self.head_etag(id)?.as_deref() == Some(e.etag.as_str()) {
+            d.touch(&key);
+            Instant::now()
+        } else {
+            d.drop_entry(&key);
+            return Ok(None);
+        };
+        self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(Arc::new(Index {
+            head: e.head,
+            etag: e.etag,
+            size: e.size,
+            mtime: e.mtime,
+            checked: Mutex::new(checked),
+        })))
     }
 
     /// The bytes of `slot`'s tile per `ix` (checked against the object size and the record's size
@@ -544,6 +653,9 @@ impl ObjectStorage {
             ) => return Ok(Err(())),
             Err(e) => return Err(obj_err(&self.url, &self.bundle_rel(&id), e)),
         };
+        self.stats
+            .bytes_down
+            .fetch_add(b.len() as u64, Ordering::Relaxed);
         if b.len() as u64 != size + RECORD_PREFIX {
             return Err(bad(format!(
                 "range read of {} bytes gave {}",
@@ -576,6 +688,9 @@ impl ObjectStorage {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(obj_err(&self.url, &rel, e)),
         };
+        self.stats
+            .bytes_down
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         let Some(etag) = meta.e_tag else {
             return Err(Error::io(
                 &url,
@@ -666,6 +781,9 @@ impl ObjectStorage {
     fn put_conditional(&self, key: &Key, payload: PutPayload, etag: Option<&str>) -> Result<bool> {
         let rel = key.as_ref().to_string();
         let put = |mode: PutMode| {
+            self.stats
+                .bytes_up
+                .fetch_add(payload.content_length() as u64, Ordering::Relaxed);
             block(self.store.put_opts(
                 key,
                 payload.clone(),
@@ -762,11 +880,15 @@ impl ObjectStorage {
     pub fn stats_line(&self) -> String {
         let s = &self.stats;
         format!(
-            "{}: {} GETs, {} HEADs, {} PUTs of bundles, {} conflicts with other writers",
+            "{}: {} GETs ({} bytes), {} HEADs, {} indexes from the disk cache, {} PUTs of \
+             bundles ({} bytes sent), {} conflicts with other writers",
             self.url,
             s.gets.load(Ordering::Relaxed),
+            s.bytes_down.load(Ordering::Relaxed),
             s.heads.load(Ordering::Relaxed),
+            s.disk_hits.load(Ordering::Relaxed),
             s.puts.load(Ordering::Relaxed),
+            s.bytes_up.load(Ordering::Relaxed),
             s.conflicts.load(Ordering::Relaxed)
         )
     }
@@ -856,7 +978,17 @@ pub fn open(url: &ObjectUrl, opts: CacheOptions, create: Option<NewCache>) -> Re
     let tiles_rel = if arcgis_layout { ALLLAYERS } else { "" };
     let writes = opts.object.writes;
     let name = store_name(&opts.object);
-    let store = ObjectStorage::with_store(url.clone(), client, tiles_rel, opts);
+    let disk_cache = match &opts.object.cache_dir {
+        Some(dir) => Some(disk::DiskCache::open(
+            dir,
+            opts.object.cache_size.unwrap_or(disk::DEFAULT_CACHE_SIZE),
+        )?),
+        None => None,
+    };
+    let mut store = ObjectStorage::with_store(url.clone(), client, tiles_rel, opts);
+    if let Some(d) = disk_cache {
+        store = store.with_disk_cache(d);
+    }
     match writes {
         WriteCoordination::Probed => {
             store.check_conditional_writes(&name)?;
@@ -1007,7 +1139,65 @@ impl Storage for ObjectStorage {
 
     fn invalidate(&self, id: &BundleId) {
         self.indexes.lock().unwrap().pop(id);
+        self.absent.lock().unwrap().pop(id);
         self.whole.lock().unwrap().pop(id);
+        if let Some(d) = &self.disk {
+            d.drop_entry(&self.disk_key(id));
+        }
+    }
+
+    fn lookups_list(&self) -> bool {
+        false
+    }
+
+    fn counters(&self) -> Option<String> {
+        Some(self.stats_line())
+    }
+
+    /// The kept indexes not confirmed for `recheck`: one HEAD each; a changed ETag reads the new
+    /// index and reports the rows whose entries (offset and size) differ. Bounded by the index
+    /// LRU (`max_open_bundles`, 256: at most that many HEADs per `recheck`).
+    fn foreign_changes(&self) -> Vec<(BundleId, Vec<u32>)> {
+        let kept: Vec<(BundleId, Arc<Index>)> = self
+            .indexes
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, ix)| (*id, ix.clone()))
+            .collect();
+        let mut out = Vec::new();
+        for (id, old) in kept {
+            if self.fresh(&old.checked) {
+                continue;
+            }
+            let new = match self.index(id) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!("checking for changes by other writers: {e}");
+                    continue;
+                }
+            };
+            if new.as_ref().is_some_and(|n| Arc::ptr_eq(n, &old)) {
+                continue;
+            }
+            let rows: Vec<u32> = (0..BUNDLE_DIM)
+                .filter(|&row| {
+                    (0..BUNDLE_DIM).any(|col| {
+                        let s = Slot { row, col };
+                        new.as_ref().map(|n| n.entry(s).0) != Some(old.entry(s).0)
+                    })
+                })
+                .collect();
+            tracing::debug!(
+                "{}: changed by another writer ({} rows)",
+                self.bundle_url(&id).display(),
+                rows.len()
+            );
+            if !rows.is_empty() {
+                out.push((id, rows));
+            }
+        }
+        out
     }
 
     fn tile(&self, t: TileAddr) -> Result<Option<TileBytes>> {
@@ -1050,31 +1240,10 @@ impl Storage for ObjectStorage {
         ))
     }
 
-    fn rows(&self, level: u8) -> Result<BTreeSet<u32>> {
-        let mut rows = BTreeSet::new();
-        for id in self.bundles(level)? {
-            match self.index(id) {
-                Ok(Some(ix)) => rows.extend(ix.slots().map(|(s, _)| id.row0 + s.row)),
-                Ok(None) => {}
-                Err(e) => tracing::error!("{e}"),
-            }
-        }
-        Ok(rows)
-    }
-
-    fn cols(&self, level: u8, row: u32) -> Result<Vec<(u32, u64)>> {
-        let mut out = Vec::new();
-        let row0 = row - row % BUNDLE_DIM;
-        for id in self.bundles(level)?.into_iter().filter(|b| b.row0 == row0) {
-            let Some(ix) = self.index(id)? else { continue };
-            out.extend(
-                ix.slots()
-                    .filter(|(s, _)| s.row == row - row0)
-                    .map(|(s, e)| (id.col0 + s.col, u64::from(e.size()))),
-            );
-        }
-        out.sort_unstable();
-        Ok(out)
+    fn slots_of(&self, id: BundleId) -> Result<Option<Vec<(Slot, u32)>>> {
+        Ok(self
+            .index(id)?
+            .map(|ix| ix.slots().map(|(s, e)| (s, e.size())).collect()))
     }
 
     fn read_group(&self, g: &TileGroup) -> Result<Vec<(TileAddr, TileBytes)>> {
@@ -1648,6 +1817,144 @@ mod tests {
             .unwrap();
         s.invalidate(&ID);
         assert_eq!(&s.tile(t).unwrap().unwrap()[..], &other[..]);
+    }
+
+    #[test]
+    fn the_disk_cache_serves_a_fresh_mount_and_a_corrupt_entry_is_refetched() {
+        let mem = Arc::new(InMemory::new());
+        let dir = tempfile::tempdir().unwrap();
+        let with_disk = |recheck: Duration| {
+            storage(&mem, recheck).with_disk_cache(
+                disk::DiskCache::open(dir.path(), disk::DEFAULT_CACHE_SIZE).unwrap(),
+            )
+        };
+        let writer = storage(&mem, Duration::from_secs(60));
+        put(&writer, &[1, 2, 3]);
+        let gets = |s: &ObjectStorage| s.stats().gets.load(Ordering::Relaxed);
+        let heads = |s: &ObjectStorage| s.stats().heads.load(Ordering::Relaxed);
+        // First mount: the index from the store (1 GET), the tile (1 GET); the index goes to disk.
+        let a = with_disk(Duration::from_secs(3600));
+        assert_eq!(
+            &a.tile(ID.tile(slot(1))).unwrap().unwrap()[..],
+            &tile(1)[..]
+        );
+        assert_eq!(
+            (gets(&a), a.stats().disk_hits.load(Ordering::Relaxed)),
+            (2, 0)
+        );
+        let entry = a.disk_cache().unwrap().path_of(&a.disk_key(&ID));
+        assert!(entry.is_file());
+        // A fresh mount: the index from disk, one GET for the tile, no HEAD (confirmed < recheck).
+        let b = with_disk(Duration::from_secs(3600));
+        assert_eq!(
+            &b.tile(ID.tile(slot(2))).unwrap().unwrap()[..],
+            &tile(2)[..]
+        );
+        assert_eq!((gets(&b), heads(&b)), (1, 0));
+        assert_eq!(b.stats().disk_hits.load(Ordering::Relaxed), 1);
+        // A flipped byte in the kept index: the entry is dropped and the index read again.
+        let mut bytes = std::fs::read(&entry).unwrap();
+        bytes[64 + 8 * 3] ^= 0x40;
+        std::fs::write(&entry, &bytes).unwrap();
+        let c = with_disk(Duration::from_secs(3600));
+        assert_eq!(
+            &c.tile(ID.tile(slot(3))).unwrap().unwrap()[..],
+            &tile(3)[..]
+        );
+        assert_eq!(
+            (gets(&c), c.stats().disk_hits.load(Ordering::Relaxed)),
+            (2, 0)
+        );
+        assert_ne!(
+            std::fs::read(&entry).unwrap(),
+            bytes,
+            "the entry was not rewritten"
+        );
+        // Another writer changes the bundle: a mount with recheck 0 HEADs the entry, sees the
+        // new ETag, drops it and reads the new index.
+        let other = b"rewritten tile 2".to_vec();
+        writer
+            .write_group(ID, &[(slot(2), &other[..], None)])
+            .unwrap();
+        let d = with_disk(Duration::ZERO);
+        assert_eq!(&d.tile(ID.tile(slot(2))).unwrap().unwrap()[..], &other[..]);
+        assert_eq!(
+            (heads(&d), d.stats().disk_hits.load(Ordering::Relaxed)),
+            (1, 0)
+        );
+        // The writer's own write drops its entry (a fresh mount then reads the store).
+        let e = with_disk(Duration::from_secs(3600));
+        let _ = e.tile(ID.tile(slot(1))).unwrap();
+        assert!(entry.is_file());
+        e.write_group(ID, &[(slot(9), &tile(9)[..], None)]).unwrap();
+        assert!(
+            !entry.is_file(),
+            "a rewritten bundle kept its old index on disk"
+        );
+        let f = with_disk(Duration::from_secs(3600));
+        assert_eq!(
+            &f.tile(ID.tile(slot(9))).unwrap().unwrap()[..],
+            &tile(9)[..]
+        );
+    }
+
+    #[test]
+    fn foreign_changes_name_the_rows_another_writer_changed() {
+        let mem = Arc::new(InMemory::new());
+        let reader = storage(&mem, Duration::ZERO);
+        let writer = storage(&mem, Duration::from_secs(60));
+        // Tiles in rows 0 and 5 (slot n: row n / 128).
+        put(&writer, &[1, 5 * 128 + 2]);
+        assert!(reader.tile(ID.tile(slot(1))).unwrap().is_some());
+        assert_eq!(reader.foreign_changes(), vec![], "nothing changed yet");
+        // Another writer replaces the row-5 tile (the last in the bundle: row 0 keeps its offset).
+        let other = b"a longer tile than before".to_vec();
+        writer
+            .write_group(ID, &[(slot(5 * 128 + 2), &other[..], None)])
+            .unwrap();
+        assert_eq!(reader.foreign_changes(), vec![(ID, vec![5])]);
+        assert_eq!(
+            &reader.tile(ID.tile(slot(5 * 128 + 2))).unwrap().unwrap()[..],
+            &other[..]
+        );
+        assert_eq!(reader.foreign_changes(), vec![], "reported once");
+        // The reader's own write is not reported (the kernel saw it come through the mount).
+        put(&reader, &[7 * 128]);
+        assert!(reader.tile(ID.tile(slot(7 * 128))).unwrap().is_some());
+        assert_eq!(reader.foreign_changes(), vec![]);
+    }
+
+    #[test]
+    fn an_absent_bundle_is_asked_for_once_per_recheck() {
+        let mem = Arc::new(InMemory::new());
+        let s = storage(&mem, Duration::from_secs(3600));
+        let gets = || s.stats().gets.load(Ordering::Relaxed);
+        for n in 0..5 {
+            assert!(s.tile(ID.tile(slot(n))).unwrap().is_none());
+        }
+        assert_eq!(gets(), 1, "one 404 for five lookups in the absent bundle");
+        // Written by this process: found at once.
+        put(&s, &[3]);
+        assert_eq!(
+            &s.tile(ID.tile(slot(3))).unwrap().unwrap()[..],
+            &tile(3)[..]
+        );
+        // Written by another: found once `recheck` has passed.
+        let other = BundleId { col0: 128, ..ID };
+        let r = storage(&mem, Duration::from_millis(200));
+        assert!(r.tile(other.tile(slot(0))).unwrap().is_none());
+        let w = storage(&mem, Duration::from_secs(60));
+        w.write_group(other, &[(slot(0), &tile(0)[..], None)])
+            .unwrap();
+        assert!(
+            r.tile(other.tile(slot(0))).unwrap().is_none(),
+            "within recheck"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(
+            r.tile(other.tile(slot(0))).unwrap().is_some(),
+            "after recheck"
+        );
     }
 
     #[test]

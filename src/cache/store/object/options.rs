@@ -57,6 +57,12 @@ pub struct ObjectOptions {
     pub timeout: Option<Duration>,
     /// How writers are coordinated.
     pub writes: WriteCoordination,
+    /// `--cache-dir`: folder of the on-disk index cache (`object::disk`); None: indexes are
+    /// kept in memory only.
+    pub cache_dir: Option<std::path::PathBuf>,
+    /// `--cache-size`: bound of the on-disk index cache in bytes; None:
+    /// `disk::DEFAULT_CACHE_SIZE` (1 GiB).
+    pub cache_size: Option<u64>,
 }
 
 impl ObjectOptions {
@@ -171,6 +177,7 @@ mod tests {
             region: Some("eu-test-1".into()),
             timeout: Some(Duration::from_secs(3)),
             writes: WriteCoordination::Probed,
+            ..ObjectOptions::default()
         };
         let b = o
             .apply(AmazonS3Builder::new().with_bucket_name("b"))
