@@ -152,6 +152,51 @@ fn export_and_import_into_the_store_write_plain_v2_bundles() {
     );
 }
 
+/// Tile management on a cache in the store gives what it gives on a folder: `delete` (bundles
+/// rewritten without the tiles: no dead space), `compact` (nothing to reclaim), `render --keep`
+/// (tiles rendered into the store), then `verify --decode`.
+#[test]
+fn delete_compact_and_render_keep_work_on_the_store_as_on_a_folder() {
+    let d = tempfile::tempdir().unwrap();
+    let local = crate::support::sample_cache(d.path(), "0-4");
+    let url = fresh_url("manage");
+    run_ok(
+        Command::new(bin())
+            .args(["export", "--storage", "compact-v2"])
+            .arg(&local)
+            .arg(&url),
+    );
+    let nw = "-20037508,1,-1,20037508";
+    for cache in [local.to_str().unwrap(), url.as_str()] {
+        let out =
+            run_ok(Command::new(bin()).args(["delete", cache, "--levels", "3-4", "--extent", nw]));
+        // The north-west quadrant: 4×4 tiles of level 3, 8×8 of level 4.
+        assert!(out.contains("deleted 80 tiles"), "{cache}: {out}");
+    }
+    let after_delete = all_tiles(&Cache::open(&local).unwrap());
+    let c = Cache::open(&url).unwrap();
+    assert_same_tiles(&c, &after_delete, "store after delete");
+    for l in c.levels().unwrap() {
+        assert_eq!(c.level_stats(l).unwrap().dead_bytes, 0, "level {l}");
+    }
+    let out = run_ok(Command::new(bin()).args(["compact", &url, "--min-dead", "0%"]));
+    assert!(out.contains("0 rewritten"), "{out}");
+    for cache in [local.to_str().unwrap(), url.as_str()] {
+        run_ok(Command::new(bin()).args([
+            "render", cache, "--source", "label", "--levels", "3-4", "--keep",
+        ]));
+    }
+    let want = all_tiles(&Cache::open(&local).unwrap());
+    assert_eq!(want.len(), 341);
+    assert_same_tiles(
+        &Cache::open(&url).unwrap(),
+        &want,
+        "store after render --keep",
+    );
+    let out = run_ok(Command::new(bin()).args(["verify", "--decode", &url]));
+    assert!(out.contains("0 problem(s)"), "{out}");
+}
+
 #[test]
 fn storages_other_than_compact_v2_are_refused_by_name() {
     let url = fresh_url("exploded");
