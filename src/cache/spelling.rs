@@ -29,14 +29,7 @@ static LISTINGS: Mutex<Option<Listings>> = Mutex::new(None);
 /// The entry of `dir` spelling `canonical` in any case (`dir/canonical` itself when it exists or
 /// when no other spelling does).
 pub fn resolve(dir: &Path, canonical: &str) -> PathBuf {
-    let exact = dir.join(canonical);
-    if exact.symlink_metadata().is_ok() {
-        return exact;
-    }
-    match spelling(dir, canonical) {
-        Some(n) => dir.join(n),
-        None => exact,
-    }
+    find(dir, canonical).unwrap_or_else(|| dir.join(canonical))
 }
 
 /// The entry of `dir` spelling `canonical` in any case, if there is one: `dir/canonical` when it

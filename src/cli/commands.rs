@@ -14,7 +14,7 @@ use super::output::{self, outln};
 use super::source::{open_folder, Source};
 use super::{
     CompactArgs, CreateArgs, DeleteArgs, ExportArgs, ExportTo, ImportArgs, InfoArgs, JobArgs,
-    RenderArgs, SampleArgs, SelectArgs, VerifyArgs,
+    RenderArgs, SampleArgs, VerifyArgs,
 };
 use crate::cache::{Cache, LevelStats};
 use crate::format::conf::{StorageFormat, TileFormat, TileScheme};
@@ -209,7 +209,7 @@ pub fn delete(a: &DeleteArgs) -> anyhow::Result<ExitCode> {
         (Some(r), None) => Some(LevelSelect::Range(*r)),
         (None, None) => None,
     };
-    let (extent, aoi) = extent_and_aoi(sel, &c)?;
+    let (extent, aoi) = extent_and_aoi(sel.extent, sel.extent_crs, sel.aoi.as_deref(), &c)?;
     let opts = crate::jobs::delete::DeleteOptions {
         levels,
         extent,
@@ -375,28 +375,18 @@ pub fn render(a: &RenderArgs) -> anyhow::Result<ExitCode> {
         bail!("say which tiles: --levels A-B (with an optional --extent) or --tile L/R/C");
     };
     check_levels_in_scheme(&cache, &a.cache, &levels)?;
-    let mut extent = a.extent;
-    if let (Some(e), Some(crs)) = (&mut extent, a.extent_crs) {
-        *e = crate::jobs::selection::extent_in_cache(e, crs, cache.scheme())?;
-    }
-    let area = match &a.aoi {
-        Some(p) => {
-            let aoi = Aoi::from_geojson_file(p, cache.scheme())?;
-            if extent.is_some() {
-                eprintln!("bundlefs: both --aoi and --extent given: the area of interest wins");
-            }
-            extent = Some(aoi.bbox());
-            let (width, height) = cache
-                .scheme()
-                .map_or((256, 256), |s| (s.tile_cols, s.tile_rows));
-            Some(AreaTiles {
-                area: Area::Aoi(aoi),
-                width,
-                height,
-            })
+    let (mut extent, aoi) = extent_and_aoi(a.extent, a.extent_crs, a.aoi.as_deref(), &cache)?;
+    let area = aoi.map(|aoi| {
+        extent = Some(aoi.bbox());
+        let (width, height) = cache
+            .scheme()
+            .map_or((256, 256), |s| (s.tile_cols, s.tile_rows));
+        AreaTiles {
+            area: Area::Aoi(aoi),
+            width,
+            height,
         }
-        None => None,
-    };
+    });
     let r = Renderer::new(cache, src, Keep::No, opts)?;
     let bo = BatchOptions {
         levels,
@@ -477,10 +467,12 @@ fn progress_bar() -> ProgressBar {
 /// and carried likewise) of a command; says on standard error that the area wins when both are
 /// given. Errors name the AOI file or the unknown EPSG code.
 fn extent_and_aoi(
-    s: &SelectArgs,
+    extent: Option<crate::format::conf::Envelope>,
+    extent_crs: Option<u32>,
+    aoi: Option<&Path>,
     c: &Cache,
 ) -> anyhow::Result<(Option<crate::format::conf::Envelope>, Option<Aoi>)> {
-    let extent = match (s.extent, s.extent_crs) {
+    let extent = match (extent, extent_crs) {
         (Some(e), Some(crs)) => Some(crate::jobs::selection::extent_in_cache(
             &e,
             crs,
@@ -488,9 +480,7 @@ fn extent_and_aoi(
         )?),
         (e, _) => e,
     };
-    let aoi = s
-        .aoi
-        .as_deref()
+    let aoi = aoi
         .map(|p| Aoi::from_geojson_file(p, c.scheme()))
         .transpose()?;
     if aoi.is_some() && extent.is_some() {
@@ -516,7 +506,8 @@ fn job_options(a: &JobArgs, c: &Cache, src: &Path) -> anyhow::Result<JobOptions>
         }
         (None, None) => LevelSelect::Range(LevelRange::ALL),
     };
-    let (extent, aoi) = extent_and_aoi(&a.select, c)?;
+    let s = &a.select;
+    let (extent, aoi) = extent_and_aoi(s.extent, s.extent_crs, s.aoi.as_deref(), c)?;
     let opts = JobOptions {
         levels,
         extent,
