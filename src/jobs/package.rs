@@ -303,9 +303,7 @@ fn contents(cache: &Cache) -> Result<Contents> {
     let scheme = cache
         .scheme()
         .ok_or_else(|| Error::invalid(format!("{}: has no conf.xml", cache.root().display())))?;
-    let mut scheme = scheme.clone();
-    scheme.storage = cache.storage();
-    scheme.packet_size = tpkx::PACKET_SIZE;
+    let scheme = package_scheme(scheme, cache.storage());
     let mut bundles = Vec::new();
     let mut levels = Vec::new();
     for l in cache.levels()? {
@@ -337,9 +335,7 @@ fn contents(cache: &Cache) -> Result<Contents> {
         .unwrap_or_else(|| crate::format::extent::scheme_extent(&scheme));
     let extent = holding_tiles(cache, &scheme, &levels, base)?;
     let thumbnail = thumbnail(cache, &scheme, &levels, &extent);
-    let created = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let created = now_ms();
     Ok(Contents {
         scheme,
         range,
@@ -351,6 +347,29 @@ fn contents(cache: &Cache) -> Result<Contents> {
 }
 
 /// A package's name: the file's (or folder's) name without extension.
+/// `scheme` as a package or ready-to-serve folder stores it: `storage`, 128×128-tile bundles.
+fn package_scheme(scheme: &TileScheme, storage: StorageFormat) -> TileScheme {
+    let mut s = scheme.clone();
+    s.storage = storage;
+    s.packet_size = tpkx::PACKET_SIZE;
+    s
+}
+
+/// First and last level of `scheme`'s LODs (0, 0 with none).
+fn lod_range(scheme: &TileScheme) -> (u8, u8) {
+    (
+        scheme.lods.first().map_or(0, |l| l.level),
+        scheme.lods.last().map_or(0, |l| l.level),
+    )
+}
+
+/// Milliseconds since 1970 (package creation times), 0 for a clock before 1970.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn package_name(dest: &Path) -> String {
     dest.file_stem()
         .map_or_else(|| "tiles".to_string(), |s| s.to_string_lossy().into_owned())
@@ -501,18 +520,14 @@ pub fn export_ready_to_serve(
         }
         return into_cache(src, &mut d, opts, progress);
     }
-    let mut scheme = src_conf.scheme.clone();
-    scheme.storage = storage;
-    scheme.packet_size = tpkx::PACKET_SIZE;
+    let scheme = package_scheme(&src_conf.scheme, storage);
     let env = extent_after(src, None, opts)
         .unwrap_or_else(|| crate::format::extent::scheme_extent(&scheme));
     let name = package_name(dest);
-    let first = scheme.lods.first().map_or(0, |l| l.level);
-    let last = scheme.lods.last().map_or(0, |l| l.level);
     fs::create_dir_all(dest.join(tpkx::TILE_DIR)).at(dest)?;
     // root.json first (what makes the folder a cache), final once the tiles are in.
     let root_path = dest.join(tpkx::ROOT_JSON);
-    let root = tpkx::root_json(&name, &scheme, (first, last), &env);
+    let root = tpkx::root_json(&name, &scheme, lod_range(&scheme), &env);
     crate::cache::write_atomic(&root_path, &root, false)?;
     let d = Cache::open_with(dest, dest_options(storage, false))?;
     let summary = run(
@@ -564,19 +579,12 @@ pub fn create_ready_to_serve(
             dest.display()
         )));
     }
-    let mut scheme = scheme.clone();
-    scheme.storage = StorageFormat::CompactV2;
-    scheme.packet_size = tpkx::PACKET_SIZE;
+    let scheme = package_scheme(scheme, StorageFormat::CompactV2);
     let env = extent.unwrap_or_else(|| crate::format::extent::scheme_extent(&scheme));
     let name = package_name(dest);
-    let range = (
-        scheme.lods.first().map_or(0, |l| l.level),
-        scheme.lods.last().map_or(0, |l| l.level),
-    );
+    let range = lod_range(&scheme);
     fs::create_dir_all(dest.join(tpkx::TILE_DIR)).at(dest)?;
-    let created = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let created = now_ms();
     let item = tpkx::iteminfo_json(&name, &guid(created), created, &scheme, &env, false);
     crate::cache::write_atomic(&dest.join(tpkx::ITEMINFO_JSON), &item, true)?;
     // root.json last: it is what makes the folder a cache.
