@@ -229,9 +229,11 @@ EOF
 # tar of level TARLEVEL (default MAXLEVEL-2: 4096 tiles, one bundle) through a fresh mount vs
 # GDAL (the rasterio wheel's, ESRIC over /vsis3/) reading the same level (decoded: GDAL has no
 # other way to read the tiles); rsync of levels 0..TARLEVEL (as tile files) into an -o rw mount of
-# an empty prefix vs `bundlefs import` of the same files; the daemons' peak RSS (VmHWM).
+# an empty prefix (--write-buffer WRITE_BUFFER, default 256M) vs `bundlefs import` of the same
+# files; the daemons' peak RSS (VmHWM).
 [[ ${THROUGHPUT:-1} == 1 ]] || exit 0
 TARLEVEL=${TARLEVEL:-$((MAXLEVEL - 2))}
+WRITE_BUFFER=${WRITE_BUFFER:-256M}
 lv=$(printf 'L%02d' "$TARLEVEL")
 unmount
 rm -rf "$work/index-cache"
@@ -288,7 +290,7 @@ empty() {
 }
 wurl=$url-write
 empty "$wurl"
-RUST_LOG=info "$BIN" mount "$wurl" "$mnt" -o rw --recheck 3600 >"$work/mount.out" 2>"$work/write.log" &
+RUST_LOG=info "$BIN" mount "$wurl" "$mnt" -o rw --recheck 3600 --write-buffer "$WRITE_BUFFER" >"$work/mount.out" 2>"$work/write.log" &
 mount_pid=$!
 for _ in $(seq 200); do mountpoint -q "$mnt" && break; sleep 0.05; done
 t0=$(now)
@@ -319,7 +321,7 @@ if [[ -n $sent ]]; then
 fi
 echo "memory: daemon peak RSS (VmHWM)"
 printf '%-52s %8s MiB\n' "read-only mount after tar + find of every name" "$read_rss"
-printf '%-52s %8s MiB\n' "-o rw mount during rsync (--write-buffer 256M)" "$write_rss"
+printf '%-52s %8s MiB\n' "-o rw mount during rsync (--write-buffer $WRITE_BUFFER)" "$write_rss"
 
 # ---- Memory with many names (NAMES_LEVEL=10: 1,398,101 tiles of 16 px; skipped by default) ------
 # A read-only mount listing every name of levels 0..NAMES_LEVEL (find), its peak RSS against the
