@@ -305,8 +305,8 @@ impl Cache {
         }
     }
 
-    /// Opens the cache in an object store at `url` (`s3://BUCKET/PREFIX`; client settings from the
-    /// `AWS_*` environment), or with `new` creates it (conf.cdi, then conf.xml). Only Compact V2
+    /// Opens the cache in an object store at `url` (`s3://BUCKET/PREFIX` or `az://CONTAINER/PREFIX`;
+    /// client settings from the `AWS_*` or `AZURE_*` environment), or with `new` creates it (conf.cdi, then conf.xml). Only Compact V2
     /// is served there; other storages are refused by name (`store::object`).
     pub fn open_url(
         url: &url::ObjectUrl,

@@ -437,7 +437,7 @@ pub struct UnmountArgs {
 /// Arguments of `bundlefs delete`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DeleteArgs {
-    /// Cache folder (or its conf.xml), or s3://BUCKET/PREFIX.
+    /// Cache folder (or its conf.xml), or s3://BUCKET/PREFIX or az://CONTAINER/PREFIX.
     pub cache: PathBuf,
     /// Which tiles.
     #[command(flatten)]

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use bundlefs::cache::store::object::{s3_client_at, ObjectStorage, RetryPolicy};
+use bundlefs::cache::store::object::{store_client_at, ObjectStorage, RetryPolicy};
 use bundlefs::cache::url::ObjectUrl;
 use bundlefs::cache::{Cache, CacheOptions, GroupView, Storage, TileBytes};
 use bundlefs::format::{BundleId, Slot, TileAddr};
@@ -47,7 +47,7 @@ fn parse(url: &str) -> ObjectUrl {
 /// Uploads every file under `dir` as it is (like copying a cache folder into the bucket).
 fn upload(dir: &Path, url: &str) {
     let u = parse(url);
-    let client = s3_client_at(&u, None).unwrap();
+    let client = store_client_at(&u, None).unwrap();
     let s = ObjectStorage::with_store(u, client, "", CacheOptions::default());
     for (rel, bytes) in tree_files(dir) {
         s.put_file(&rel, &bytes)
@@ -261,7 +261,7 @@ fn racing_writers_on_two_gateways_lose_no_tile() {
             let u = url.clone();
             let barrier = barrier.clone();
             std::thread::spawn(move || {
-                let client = s3_client_at(&u, ep.as_deref()).unwrap();
+                let client = store_client_at(&u, ep.as_deref()).unwrap();
                 let s = ObjectStorage::with_store(u, client, "_alllayers", CacheOptions::default())
                     .with_retry(RetryPolicy {
                         attempts: 60,
@@ -354,7 +354,9 @@ fn gets_logged(log: &Path) -> (u64, u64) {
         .rfind(|l| l.contains("tiles fetched ahead"))
         .unwrap_or_else(|| panic!("no request counters in the daemon's log:\n{text}"));
     let num_before = |marker: &str| -> u64 {
-        let head = &line[..line.find(marker).unwrap_or_else(|| panic!("{marker}: {line}"))];
+        let head = &line[..line
+            .find(marker)
+            .unwrap_or_else(|| panic!("{marker}: {line}"))];
         let digits: String = head
             .trim_end()
             .chars()
@@ -439,7 +441,10 @@ fn listings_cost_no_tile_get_and_reads_in_name_order_coalesce() {
     let log = d.path().join("read.log");
     let mut m = mount_logged(&url, &d.path().join("m2"), &["--recheck", "3600"], &log);
     let got = tree_files(&m.mnt.join("_alllayers"));
-    assert!(got == want, "tiles read through the mount differ from the export");
+    assert!(
+        got == want,
+        "tiles read through the mount differ from the export"
+    );
     assert!(unmount(&mut m, 60), "the daemon exited with an error");
     let (gets, ahead) = gets_logged(&log);
     // One GET per tile would be 1365 + 6; windows of up to 64 tiles make it about 50.
@@ -729,7 +734,7 @@ fn two_rw_mounts_on_two_gateways_rsync_overlapping_tiles_and_lose_none() {
 /// The keys directly under the cache's prefix at `url` (ListObjectsV2 with delimiter).
 fn block_list(url: &str) -> Vec<String> {
     let u = parse(url);
-    let client = s3_client_at(&u, None).unwrap();
+    let client = store_client_at(&u, None).unwrap();
     let prefix = object_store::path::Path::from(u.prefix.as_str());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

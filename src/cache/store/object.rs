@@ -32,6 +32,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use lru::LruCache;
 use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
 use object_store::path::Path as Key;
 use object_store::{
     GetOptions, GetRange, ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion,
@@ -48,7 +49,7 @@ use super::{
     check_tiles, GroupView, LevelStats, Storage, TileGroup, TileStat, TimedSlot, UpdateFn,
 };
 use crate::cache::bundle::{BundleHandle, FileStamp};
-use crate::cache::url::ObjectUrl;
+use crate::cache::url::{ObjectUrl, Scheme};
 use crate::cache::{CacheOptions, TileBytes};
 use crate::error::{Error, FormatContext, Result};
 use crate::format::conf::StorageFormat;
@@ -243,48 +244,65 @@ fn block<F: std::future::Future>(f: F) -> F::Output {
     runtime().block_on(f)
 }
 
-/// An S3 client for `url`'s bucket configured from the `AWS_*` environment (endpoint, region,
-/// credentials, `AWS_ALLOW_HTTP`), path-style, checksums only where the store requires them, with
-/// the default time limits ([`ObjectOptions`]).
-pub fn s3_client(url: &ObjectUrl) -> Result<Arc<dyn ObjectStore>> {
-    s3_client_with(url, &ObjectOptions::default())
+/// The client of the store `url` names (S3 or Azure Blob, per its scheme), set up from the
+/// environment (`AWS_*`, or `AZURE_*`: `AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY`,
+/// `AZURE_STORAGE_USE_EMULATOR` …), with the default time limits ([`ObjectOptions`]). Errors:
+/// settings the client refuses, named without secrets.
+pub fn store_client(url: &ObjectUrl) -> Result<Arc<dyn ObjectStore>> {
+    store_client_with(url, &ObjectOptions::default())
 }
 
-/// [`s3_client`] with another endpoint (`http://HOST:PORT`) than `AWS_ENDPOINT_URL`'s, e.g. a
+/// [`store_client`] with another endpoint (`http://HOST:PORT`) than the environment's, e.g. a
 /// second gateway of the same store.
-pub fn s3_client_at(url: &ObjectUrl, endpoint: Option<&str>) -> Result<Arc<dyn ObjectStore>> {
+pub fn store_client_at(url: &ObjectUrl, endpoint: Option<&str>) -> Result<Arc<dyn ObjectStore>> {
     let o = ObjectOptions {
         endpoint: endpoint.map(str::to_string),
         ..ObjectOptions::default()
     };
-    s3_client_with(url, &o)
+    store_client_with(url, &o)
 }
 
-/// [`s3_client`] with `o`'s settings over the environment's.
-pub fn s3_client_with(url: &ObjectUrl, o: &ObjectOptions) -> Result<Arc<dyn ObjectStore>> {
-    let b = o
-        .apply(AmazonS3Builder::from_env().with_bucket_name(&url.bucket))
-        .map_err(|e| Error::invalid(format!("{url}: {e}")))?;
-    let s3 = b.build().map_err(|e| {
+/// [`store_client`] with `o`'s settings over the environment's.
+pub fn store_client_with(url: &ObjectUrl, o: &ObjectOptions) -> Result<Arc<dyn ObjectStore>> {
+    let failed = |e: object_store::Error| {
         Error::invalid(format!(
-            "{url}: cannot set up the S3 client from the AWS_* environment: {}",
+            "{url}: cannot set up the {} client from the {} environment: {}",
+            match url.scheme {
+                Scheme::S3 => "S3",
+                Scheme::Azure => "Azure Blob",
+            },
+            url.scheme.env_vars(),
             scrub(&e.to_string())
         ))
-    })?;
-    Ok(Arc::new(s3))
+    };
+    let bad = |e: Error| Error::invalid(format!("{url}: {e}"));
+    Ok(match url.scheme {
+        Scheme::S3 => Arc::new(
+            o.apply(AmazonS3Builder::from_env().with_bucket_name(&url.bucket))
+                .map_err(bad)?
+                .build()
+                .map_err(failed)?,
+        ),
+        Scheme::Azure => Arc::new(
+            o.apply_azure(MicrosoftAzureBuilder::from_env().with_container_name(&url.bucket))
+                .map_err(bad)?
+                .build()
+                .map_err(failed)?,
+        ),
+    })
 }
 
 /// Writes a small object (conf.cdi) at `rel` under the cache at `url`, replacing it.
 pub fn put_file(url: &ObjectUrl, rel: &str, bytes: &[u8]) -> Result<()> {
     let key = Key::from(url.key(rel));
-    block(s3_client(url)?.put(&key, PutPayload::from(Bytes::copy_from_slice(bytes))))
+    block(store_client(url)?.put(&key, PutPayload::from(Bytes::copy_from_slice(bytes))))
         .map_err(|e| obj_err(url, rel, e))?;
     Ok(())
 }
 
 /// True when the prefix at `url` holds a cache (conf.xml, `_alllayers/`, or `Lnn/` prefixes).
 pub fn holds_cache(url: &ObjectUrl) -> Result<bool> {
-    let client = s3_client(url)?;
+    let client = store_client(url)?;
     let f = ObjectStorage::probe(url, client.as_ref())?;
     if f.arcgis_layout {
         return Ok(true);
@@ -301,6 +319,14 @@ fn scrub(msg: &str) -> String {
         "AWS_SECRET_ACCESS_KEY",
         "AWS_SESSION_TOKEN",
         "AWS_ACCESS_KEY_ID",
+        "AZURE_STORAGE_ACCOUNT_KEY",
+        "AZURE_STORAGE_ACCESS_KEY",
+        "AZURE_STORAGE_MASTER_KEY",
+        "AZURE_STORAGE_SAS_KEY",
+        "AZURE_STORAGE_SAS_TOKEN",
+        "AZURE_STORAGE_TOKEN",
+        "AZURE_STORAGE_CLIENT_SECRET",
+        "AZURE_CLIENT_SECRET",
     ] {
         if let Ok(v) = std::env::var(var) {
             if v.len() >= 4 {
@@ -623,7 +649,7 @@ impl ObjectStorage {
     fn disk_key(&self, id: &BundleId) -> String {
         format!(
             "{} {}",
-            store_name(&self.opts.object),
+            store_name(&self.url, &self.opts.object),
             self.bundle_url(id).display()
         )
     }
@@ -1077,14 +1103,22 @@ impl Drop for ObjectStorage {
 
 /// The store at `o`'s endpoint (or `AWS_ENDPOINT_URL`'s) as messages name it, without user
 /// information.
-fn store_name(o: &ObjectOptions) -> String {
-    match o
-        .endpoint
-        .clone()
-        .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
-    {
-        Some(ep) => shown_endpoint(&ep),
-        None => "the AWS S3 default endpoint".to_string(),
+fn store_name(url: &ObjectUrl, o: &ObjectOptions) -> String {
+    let env = |var: &str| std::env::var(var).ok();
+    let endpoint = o.endpoint.clone().or_else(|| match url.scheme {
+        Scheme::S3 => env("AWS_ENDPOINT_URL"),
+        Scheme::Azure => env("AZURE_STORAGE_ENDPOINT").or_else(|| env("AZURE_ENDPOINT")),
+    });
+    match (endpoint, url.scheme) {
+        (Some(ep), _) => shown_endpoint(&ep),
+        (None, Scheme::S3) => "the AWS S3 default endpoint".to_string(),
+        (None, Scheme::Azure) => match env("AZURE_STORAGE_USE_EMULATOR").as_deref() {
+            Some("true" | "1") => "the Azurite emulator (127.0.0.1:10000)".to_string(),
+            _ => format!(
+                "Azure Blob Storage account {}",
+                env("AZURE_STORAGE_ACCOUNT_NAME").unwrap_or_else(|| "(unnamed)".into())
+            ),
+        },
     }
 }
 
@@ -1111,14 +1145,14 @@ pub struct Opened {
     pub store: ObjectStorage,
 }
 
-/// Opens the cache at `url` (S3 client from the `AWS_*` environment), or with `create` writes its
+/// Opens the cache at `url` (client from the `AWS_*` or `AZURE_*` environment), or with `create` writes its
 /// conf.cdi and conf.xml first. Refused by name: Compact V1 and exploded caches in an object store
 /// (only Compact V2 is served there), and a prefix holding no cache.
 ///
 /// With [`WriteCoordination::Probed`] (a writable mount) the store is probed for conditional
 /// writes first and refused by name if it does not honour them ([`probe_conditional_writes`]).
 pub fn open(url: &ObjectUrl, opts: CacheOptions, create: Option<NewCache>) -> Result<Opened> {
-    let client = s3_client_with(url, &opts.object)?;
+    let client = store_client_with(url, &opts.object)?;
     let refuse = |what: StorageFormat| {
         Error::invalid(format!(
             "{url}: {what} storage in an object store is not supported; bundlefs serves \
@@ -1150,7 +1184,7 @@ pub fn open(url: &ObjectUrl, opts: CacheOptions, create: Option<NewCache>) -> Re
     };
     let tiles_rel = if arcgis_layout { ALLLAYERS } else { "" };
     let writes = opts.object.writes;
-    let name = store_name(&opts.object);
+    let name = store_name(url, &opts.object);
     let disk_cache = match &opts.object.cache_dir {
         Some(dir) => Some(disk::DiskCache::open(
             dir,
@@ -1558,9 +1592,14 @@ impl Storage for ObjectStorage {
     }
 }
 
-/// `s3://BUCKET/PREFIX/rel` as a path, for messages.
+/// `s3://BUCKET/PREFIX/rel` (`az://CONTAINER/…`) as a path, for messages.
 fn rel_url(url: &ObjectUrl, rel: &str) -> PathBuf {
-    PathBuf::from(format!("s3://{}/{}", url.bucket, url.key(rel)))
+    PathBuf::from(format!(
+        "{}://{}/{}",
+        url.scheme.as_str(),
+        url.bucket,
+        url.key(rel)
+    ))
 }
 
 /// An error of a request for `rel` under `url`: names the object, never a credential.
@@ -1570,7 +1609,10 @@ fn obj_err(url: &ObjectUrl, rel: &str, e: object_store::Error) -> Error {
 
 /// [`obj_err`] for a full key.
 fn obj_err_key(url: &ObjectUrl, key: &str, e: object_store::Error) -> Error {
-    obj_err_at(PathBuf::from(format!("s3://{}/{key}", url.bucket)), e)
+    obj_err_at(
+        PathBuf::from(format!("{}://{}/{key}", url.scheme.as_str(), url.bucket)),
+        e,
+    )
 }
 
 fn obj_err_at(at: PathBuf, e: object_store::Error) -> Error {
