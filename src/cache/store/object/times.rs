@@ -523,6 +523,13 @@ mod tests {
         let fresh = storage(&mem, Duration::ZERO);
         for (n, t) in [(5, when(5)), (200, when(1)), (300, when(3))] {
             assert_eq!(shown(&fresh, n).0, t, "tile {n}");
+            // The lookup's answer from the index (no tile read) gives the same time.
+            let st = fresh.tile_stat(at(n)).unwrap().unwrap();
+            assert_eq!(
+                (st.size, st.mtime),
+                (tile(n).len() as u64, Some(t)),
+                "stat {n}"
+            );
         }
         assert_eq!(w.stats().sidecar_puts.load(Ordering::Relaxed), 2);
         assert_eq!(r.stats().sidecar_puts.load(Ordering::Relaxed), 1);
