@@ -1193,6 +1193,10 @@ fn rsync_a_times_survive_a_remount_so_a_second_rsync_sends_no_tile() {
     );
     let log0 = std::fs::read_to_string(&logs[0]).unwrap_or_default();
     assert!(!log0.contains("not recorded"), "times lost:\n{log0}");
+    // The writer's request counters (sidecar cost, for doc/object-store.md).
+    for l in log0.lines().filter(|l| l.contains("tile-times sidecars")) {
+        eprintln!("writer: {l}");
+    }
 
     // 2. A fresh read-only mount: every tile shows its source's time, nothing to send again.
     let r = mount_logged(&url, &d.path().join("r"), &[], &logs[1]);
