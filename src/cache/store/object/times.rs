@@ -698,6 +698,31 @@ mod tests {
     }
 
     #[test]
+    fn single_writer_keeps_times_with_unconditional_puts() {
+        let mem = Arc::new(InMemory::new());
+        let url = ObjectUrl::parse("s3://bucket/caches/world")
+            .unwrap()
+            .unwrap();
+        let opts = CacheOptions {
+            object: super::super::ObjectOptions {
+                writes: super::super::WriteCoordination::SingleWriter,
+                ..Default::default()
+            },
+            ..CacheOptions::default()
+        };
+        let w = ObjectStorage::with_store(url, mem.clone(), "_alllayers", opts);
+        assert!(w.single_writer());
+        flush(&w, &[(1, Some(when(1))), (2, None)]);
+        assert!(w.set_tile_time(at(2), when(2)).unwrap());
+        flush(&w, &[(0, Some(when(0)))]);
+        let r = storage(&mem, Duration::ZERO);
+        for n in [0, 1, 2] {
+            assert_eq!(shown(&r, n).0, when(n.into()), "tile {n}");
+        }
+        assert_eq!(w.stats().sidecar_puts.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
     fn a_sidecar_that_is_not_one_is_ignored_and_started_over() {
         let mem = Arc::new(InMemory::new());
         let w = storage(&mem, Duration::ZERO);
