@@ -41,6 +41,7 @@ use object_store::{
 pub mod disk;
 mod options;
 mod probe;
+pub mod times;
 
 pub use options::{shown_endpoint, ObjectOptions, WriteCoordination, DEFAULT_TIMEOUT, TIMEOUT_ENV};
 pub use probe::{probe as probe_conditional_writes, CasProbe, PROBE_NAME};
@@ -192,6 +193,13 @@ pub struct ObjectStats {
     pub conflicts: AtomicU64,
     /// Tiles fetched ahead of their reads in a coalesced range GET (sequential reads).
     pub tiles_ahead: AtomicU64,
+    /// GETs of tile-times sidecars (`<bundle>.times`, 256 KiB; a 304 or 404 counts too). Not
+    /// in `gets`; their bytes are in `bytes_down`.
+    pub sidecar_gets: AtomicU64,
+    /// Successful PUTs of tile-times sidecars (their bytes are in `bytes_up`).
+    pub sidecar_puts: AtomicU64,
+    /// Conditional PUTs of sidecars refused because another writer changed them first.
+    pub sidecar_conflicts: AtomicU64,
 }
 
 /// A bundle's header and index as read by one range GET, with the version it belongs to.
@@ -375,6 +383,8 @@ pub struct ObjectStorage {
     /// Bundles found absent (404 on the index GET) and when: not asked again for `recheck`
     /// (a writer's lookups of new tile names would otherwise cost a GET each).
     absent: Mutex<LruCache<BundleId, Instant>>,
+    /// Tile-times sidecars kept in memory (`times`).
+    sidecars: times::Sidecars,
     stats: ObjectStats,
 }
 
@@ -417,6 +427,7 @@ impl ObjectStorage {
             opts,
             disk: None,
             absent: Mutex::new(LruCache::new(cap)),
+            sidecars: times::sidecars(),
             stats: ObjectStats::default(),
         }
     }
@@ -911,29 +922,28 @@ impl ObjectStorage {
     /// (None: it does not exist) and returns the new bundle's bytes and tile count (None: nothing
     /// to write); called again after each lost race.
     fn rewrite(&self, id: BundleId, build: &mut RebuildFn) -> Result<WriteStats> {
+        Ok(self.rewrite_tagged(id, build)?.stats)
+    }
+
+    /// [`Self::rewrite`], also telling the ETags of the version the stored bundle was built from
+    /// and of the one stored (for the per-tile times, `times`).
+    fn rewrite_tagged(&self, id: BundleId, build: &mut RebuildFn) -> Result<times::Rewritten> {
         let rel = self.bundle_rel(&id);
         let key = self.bundle_key(&id);
         let mut seed = jitter_seed(&id);
         for attempt in 0..self.policy.attempts {
             if attempt > 0 {
-                let exp = self
-                    .policy
-                    .base_delay
-                    .saturating_mul(1 << (attempt - 1).min(16))
-                    .min(self.policy.max_delay);
-                seed = xorshift(seed);
-                let frac = 0.5 + (seed % 1000) as f64 / 2000.0;
-                std::thread::sleep(exp.mul_f64(frac));
+                std::thread::sleep(self.policy.delay(attempt, &mut seed));
             }
             let current = self.get_whole(id)?;
             let Some((body, tiles)) = build(current.as_ref().map(|(h, _)| h))? else {
-                return Ok(WriteStats::default());
+                return Ok(times::Rewritten::default());
             };
             let len = body.len() as u64;
             let payload = PutPayload::from(Bytes::from(body));
             let etag = current.as_ref().map(|(_, e)| e.clone());
             match self.put_conditional(&key, payload, etag.as_deref())? {
-                true => {
+                Some(put) => {
                     self.stats.puts.fetch_add(1, Ordering::Relaxed);
                     if attempt > 0 {
                         // Info level: the daemon's log tells how often writers collided (the
@@ -949,12 +959,16 @@ impl ObjectStorage {
                     self.invalidate(&id);
                     self.listings.lock().unwrap().remove(&id.level);
                     *self.level_list.lock().unwrap() = None;
-                    return Ok(WriteStats {
-                        tiles,
-                        bytes_written: len,
+                    return Ok(times::Rewritten {
+                        stats: WriteStats {
+                            tiles,
+                            bytes_written: len,
+                        },
+                        built_from: etag,
+                        stored: put.e_tag,
                     });
                 }
-                false => {
+                None => {
                     self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(
                         "{}: another writer changed the bundle (try {}); deciding again",
@@ -974,9 +988,15 @@ impl ObjectStorage {
         ))
     }
 
-    /// One conditional PUT: `If-Match: etag`, or `If-None-Match: *` when `etag` is None. False if
-    /// the precondition failed (another writer was first).
-    fn put_conditional(&self, key: &Key, payload: PutPayload, etag: Option<&str>) -> Result<bool> {
+    /// One conditional PUT: `If-Match: etag`, or `If-None-Match: *` when `etag` is None. The
+    /// store's answer (with the new ETag) on success; None if the precondition failed (another
+    /// writer was first).
+    fn put_conditional(
+        &self,
+        key: &Key,
+        payload: PutPayload,
+        etag: Option<&str>,
+    ) -> Result<Option<object_store::PutResult>> {
         let rel = key.as_ref().to_string();
         let put = |mode: PutMode| {
             self.stats
@@ -995,15 +1015,15 @@ impl ObjectStorage {
             // --single-writer: the operator promised no other writer; the store may not
             // honour conditions anyway.
             return match put(PutMode::Overwrite) {
-                Ok(_) => Ok(true),
+                Ok(r) => Ok(Some(r)),
                 Err(e) => Err(obj_err_key(&self.url, &rel, e)),
             };
         }
         let Some(etag) = etag else {
             return match put(PutMode::Create) {
-                Ok(_) => Ok(true),
+                Ok(r) => Ok(Some(r)),
                 Err(object_store::Error::AlreadyExists { .. })
-                | Err(object_store::Error::Precondition { .. }) => Ok(false),
+                | Err(object_store::Error::Precondition { .. }) => Ok(None),
                 Err(e) => Err(obj_err_key(&self.url, &rel, e)),
             };
         };
@@ -1020,26 +1040,26 @@ impl ObjectStorage {
             etag
         };
         match put(update(first)) {
-            Ok(_) => return Ok(true),
+            Ok(r) => return Ok(Some(r)),
             Err(object_store::Error::Precondition { .. }) => {}
             Err(e) => return Err(obj_err_key(&self.url, &rel, e)),
         }
         if first == unquoted || unquoted == etag {
-            return Ok(false);
+            return Ok(None);
         }
         // Ceph RGW 16 compares If-Match with the unquoted ETag: a 412 while the object still has
         // the ETag we sent means the store wants it unquoted.
         self.stats.heads.fetch_add(1, Ordering::Relaxed);
         let now = match block(self.store.head(key)) {
             Ok(m) => m.e_tag,
-            Err(object_store::Error::NotFound { .. }) => return Ok(false),
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(obj_err_key(&self.url, &rel, e)),
         };
         if now.as_deref() != Some(etag) {
-            return Ok(false);
+            return Ok(None);
         }
         match put(update(unquoted)) {
-            Ok(_) => {
+            Ok(r) => {
                 if !self.unquoted_etags.swap(true, Ordering::Relaxed) {
                     tracing::info!(
                         "{}: the store compares If-Match with unquoted ETags (Ceph RGW 16); \
@@ -1047,9 +1067,9 @@ impl ObjectStorage {
                         self.url
                     );
                 }
-                Ok(true)
+                Ok(Some(r))
             }
-            Err(object_store::Error::Precondition { .. }) => Ok(false),
+            Err(object_store::Error::Precondition { .. }) => Ok(None),
             Err(e) => Err(obj_err_key(&self.url, &rel, e)),
         }
     }
@@ -1079,7 +1099,8 @@ impl ObjectStorage {
         let s = &self.stats;
         format!(
             "{}: {} GETs ({} bytes; {} tiles fetched ahead), {} HEADs, {} indexes from the disk \
-             cache, {} PUTs of bundles ({} bytes sent), {} conflicts with other writers",
+             cache, {} PUTs of bundles ({} bytes sent), {} conflicts with other writers; \
+             tile-times sidecars: {} GETs, {} PUTs, {} conflicts",
             self.url,
             s.gets.load(Ordering::Relaxed),
             s.bytes_down.load(Ordering::Relaxed),
@@ -1088,7 +1109,10 @@ impl ObjectStorage {
             s.disk_hits.load(Ordering::Relaxed),
             s.puts.load(Ordering::Relaxed),
             s.bytes_up.load(Ordering::Relaxed),
-            s.conflicts.load(Ordering::Relaxed)
+            s.conflicts.load(Ordering::Relaxed),
+            s.sidecar_gets.load(Ordering::Relaxed),
+            s.sidecar_puts.load(Ordering::Relaxed),
+            s.sidecar_conflicts.load(Ordering::Relaxed)
         )
     }
 }
@@ -1463,7 +1487,9 @@ impl Storage for ObjectStorage {
         }
         Ok(Some(TileStat {
             size: u64::from(e.size()),
-            mtime: Some(ix.mtime),
+            mtime: self
+                .time_in_sidecar(t.bundle(), &ix.etag, t.slot(), e.0)
+                .or(Some(ix.mtime)),
         }))
     }
 
@@ -1503,14 +1529,11 @@ impl Storage for ObjectStorage {
     fn write_group(&self, id: BundleId, tiles: &[TimedSlot]) -> Result<WriteStats> {
         let url = self.bundle_url(&id);
         check_tiles(&url, id, tiles)?;
-        if tiles.iter().any(|t| t.2.is_some()) {
-            tracing::debug!(
-                "{}: per-tile times are not kept in object stores; tiles show the bundle's time",
-                url.display()
-            );
-        }
+        let timed = tiles.iter().any(|t| t.2.is_some());
         let new: BTreeMap<Slot, &[u8]> = tiles.iter().map(|(s, b, _)| (*s, *b)).collect();
-        self.rewrite(id, &mut |cur| {
+        // The version built from and the new header + index, for the tile times.
+        let mut built: Option<(Option<Arc<BundleHandle>>, Vec<u8>)> = None;
+        let done = self.rewrite_tagged(id, &mut |cur| {
             let mut all: BTreeMap<Slot, &[u8]> = BTreeMap::new();
             if let Some(h) = cur {
                 for (slot, r) in tiles_of(h)? {
@@ -1518,8 +1541,16 @@ impl Storage for ObjectStorage {
                 }
             }
             all.extend(new.iter().map(|(s, b)| (*s, *b)));
-            Ok(Some((build_v2(&url, &all)?, new.len())))
-        })
+            let body = build_v2(&url, &all)?;
+            if timed {
+                built = Some((cur.cloned(), body[..DATA_START as usize].to_vec()));
+            }
+            Ok(Some((body, new.len())))
+        })?;
+        if let Some((old, head)) = &built {
+            self.record_flush_times(id, &done, old.as_deref(), head, tiles);
+        }
+        Ok(done.stats)
     }
 
     fn update_group(&self, id: BundleId, f: &mut UpdateFn) -> Result<WriteStats> {
@@ -1569,22 +1600,16 @@ impl Storage for ObjectStorage {
         Ok(())
     }
 
-    fn tile_mtime(&self, _t: TileAddr, bytes: &TileBytes) -> Option<SystemTime> {
-        bytes.mtime()
+    /// The tile's time from its bundle's sidecar (`times`) when recorded for this tile and
+    /// bundle version, else the bundle's last-modified time.
+    fn tile_mtime(&self, t: TileAddr, bytes: &TileBytes) -> Option<SystemTime> {
+        self.recorded_time(t).or_else(|| bytes.mtime())
     }
 
-    fn set_tile_time(&self, t: TileAddr, _mtime: SystemTime) -> Result<bool> {
-        // Per-tile times are not kept in object stores (tiles show their bundle's time): the
-        // time is accepted and not kept, so `touch` and `rsync -a` work (rsync then sees other
-        // times and sends such tiles again: doc/object-store.md).
-        let stored = self.tile(t)?.is_some();
-        if stored {
-            tracing::debug!(
-                "{}: tile {t}: per-tile times are not kept in object stores; not recorded",
-                self.bundle_url(&t.bundle()).display()
-            );
-        }
-        Ok(stored)
+    /// Records the time in the bundle's sidecar object (`times`: conditional read-modify-write;
+    /// a write that fails is logged, never an error: it costs rsync a resend).
+    fn set_tile_time(&self, t: TileAddr, mtime: SystemTime) -> Result<bool> {
+        self.set_time(t, mtime)
     }
 
     fn location(&self, t: TileAddr) -> PathBuf {
