@@ -355,7 +355,8 @@ pub struct MountArgs {
     /// Seconds the kernel may cache names and attributes.
     #[arg(long, default_value = "3600", value_name = "SECONDS")]
     pub ttl: Seconds,
-    /// Session threads serving the kernel.
+    /// Session threads serving the kernel. A cache in an object store also gets 16 threads of
+    /// its own for the requests that may wait on the store, so a slow store never holds these.
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub threads: usize,
     /// Seconds between checks for bundles changed by other writers.

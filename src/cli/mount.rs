@@ -28,6 +28,10 @@ use crate::render::http::HttpOptions;
 use crate::render::renderer::{Keep, RenderOptions, Renderer};
 use crate::render::spec::SourceSpec;
 
+/// Threads answering the requests of a mount of a cache in an object store that may wait on the
+/// store (lookups, reads, listings, flushes …), beside the session threads (`--threads`).
+const STORE_THREADS: usize = 16;
+
 /// What `-o` said.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ParsedOptions {
@@ -262,6 +266,10 @@ fn serve(args: &MountArgs, parsed: &ParsedOptions, child: bool) -> anyhow::Resul
     if args.source.is_some() {
         // Every render slot and as many lookups waiting for one get a thread of their own.
         fs = fs.with_render_threads(2 * args.render_jobs.max(1) + 2)?;
+    }
+    if crate::cache::url::is_url(&args.cache) {
+        // Requests that may wait on the object store never hold a session thread.
+        fs = fs.with_store_threads(STORE_THREADS)?;
     }
 
     let mut config = Config::default();

@@ -41,6 +41,11 @@ pub struct FuseFs {
     /// With a tile source: the threads that answer lookups which may render, so a slow or
     /// hanging source never holds a session thread (the reply is sent from here when done).
     renders: Option<Arc<rayon::ThreadPool>>,
+    /// With a cache in an object store: the threads that answer every request that may wait on
+    /// the store (lookups, attributes, opens, reads, listings, flushes, fsync, writes and time
+    /// changes), so a slow or dead store never holds a session thread; None for a local cache,
+    /// where such requests are memory maps and local files, answered on the session thread.
+    store_io: Option<Arc<rayon::ThreadPool>>,
 }
 
 /// The errno of a refused call, logged as its kind deserves.
@@ -121,6 +126,31 @@ impl FuseFs {
             fs: Arc::new(MountFs::new(tree, policy)),
             opts,
             renders: None,
+            store_io: None,
+        }
+    }
+
+    /// Answers requests that may wait on an object store on `n` threads of their own instead of
+    /// the session's (for caches in an object store).
+    pub fn with_store_threads(mut self, n: usize) -> std::io::Result<Self> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .thread_name(|i| format!("bundlefs-store-{i}"))
+            .build()
+            .map_err(std::io::Error::other)?;
+        self.store_io = Some(Arc::new(pool));
+        Ok(self)
+    }
+
+    /// Runs `f` (which answers one request) on the store threads when the cache is in an object
+    /// store, else here on the session thread.
+    fn on_store(&self, f: impl FnOnce(&MountFs, &FuseOptions) + Send + 'static) {
+        match &self.store_io {
+            Some(pool) => {
+                let (fs, opts) = (self.fs.clone(), self.opts.clone());
+                pool.spawn(move || f(&fs, &opts));
+            }
+            None => f(&self.fs, &self.opts),
         }
     }
 
@@ -133,10 +163,6 @@ impl FuseFs {
             .map_err(std::io::Error::other)?;
         self.renders = Some(Arc::new(pool));
         Ok(self)
-    }
-
-    fn attr(&self, a: &Attr) -> FileAttr {
-        file_attr(&self.opts, a)
     }
 }
 
@@ -185,14 +211,15 @@ impl Filesystem for FuseFs {
                 return;
             }
         }
-        reply_entry(&self.opts, reply, self.fs.lookup(parent.0, name))
+        let name = name.to_owned();
+        self.on_store(move |fs, opts| reply_entry(opts, reply, fs.lookup(parent.0, &name)));
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(ino.0) {
-            Ok(e) => reply.attr(&e.ttl, &self.attr(&e.attr)),
+        self.on_store(move |fs, opts| match fs.getattr(ino.0) {
+            Ok(e) => reply.attr(&e.ttl, &file_attr(opts, &e.attr)),
             Err(e) => reply.error(errno("getattr", &e)),
-        }
+        });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -200,10 +227,10 @@ impl Filesystem for FuseFs {
             write: flags.acc_mode() != OpenAccMode::O_RDONLY,
             truncate: flags.0 & libc::O_TRUNC != 0,
         };
-        match self.fs.open(ino.0, mode) {
+        self.on_store(move |fs, _| match fs.open(ino.0, mode) {
             Ok(o) => reply.opened(FileHandle(o.fh), fopen_flags(&o)),
             Err(e) => reply.error(errno("open", &e)),
-        }
+        });
     }
 
     fn read(
@@ -217,10 +244,10 @@ impl Filesystem for FuseFs {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(ino.0, fh.0, offset, size) {
+        self.on_store(move |fs, _| match fs.read(ino.0, fh.0, offset, size) {
             Ok(b) => reply.data(b.bytes()),
             Err(e) => reply.error(errno("read", &e)),
-        }
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -238,7 +265,7 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(ino.0, fh.0, offset, false) {
+        self.on_store(move |fs, _| match fs.readdir(ino.0, fh.0, offset, false) {
             Ok(l) => {
                 for e in l.entries() {
                     let kind = match e.attr.kind {
@@ -252,7 +279,7 @@ impl Filesystem for FuseFs {
                 reply.ok()
             }
             Err(e) => reply.error(errno("readdir", &e)),
-        }
+        });
     }
 
     fn readdirplus(
@@ -263,19 +290,21 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        match self.fs.readdir(ino.0, fh.0, offset, true) {
-            Ok(l) => {
-                for e in l.entries() {
-                    let attr = self.attr(&e.attr);
-                    let ino = INodeNo(e.attr.ino);
-                    if reply.add(ino, e.next, e.name, &e.ttl, &attr, Generation(0)) {
-                        break;
+        self.on_store(
+            move |fs, opts| match fs.readdir(ino.0, fh.0, offset, true) {
+                Ok(l) => {
+                    for e in l.entries() {
+                        let attr = file_attr(opts, &e.attr);
+                        let ino = INodeNo(e.attr.ino);
+                        if reply.add(ino, e.next, e.name, &e.ttl, &attr, Generation(0)) {
+                            break;
+                        }
                     }
+                    reply.ok()
                 }
-                reply.ok()
-            }
-            Err(e) => reply.error(errno("readdirplus", &e)),
-        }
+                Err(e) => reply.error(errno("readdirplus", &e)),
+            },
+        );
     }
 
     fn releasedir(
@@ -298,7 +327,7 @@ impl Filesystem for FuseFs {
         _lock: LockOwner,
         reply: ReplyEmpty,
     ) {
-        empty("flush", reply, self.fs.flush(ino.0))
+        self.on_store(move |fs, _| empty("flush", reply, fs.flush(ino.0)));
     }
 
     fn release(
@@ -311,7 +340,7 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        empty("release", reply, self.fs.release(ino.0, fh.0))
+        self.on_store(move |fs, _| empty("release", reply, fs.release(ino.0, fh.0)));
     }
 
     fn create(
@@ -324,16 +353,17 @@ impl Filesystem for FuseFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.fs.create(parent.0, name) {
+        let name = name.to_owned();
+        self.on_store(move |fs, opts| match fs.create(parent.0, &name) {
             Ok((e, o)) => reply.created(
                 &e.ttl,
-                &self.attr(&e.attr),
+                &file_attr(opts, &e.attr),
                 Generation(0),
                 FileHandle(o.fh),
                 fopen_flags(&o),
             ),
             Err(e) => reply.error(errno("create", &e)),
-        }
+        });
     }
 
     fn write(
@@ -348,10 +378,18 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(ino.0, offset, data) {
+        if self.store_io.is_none() {
+            return match self.fs.write(ino.0, offset, data) {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno("write", &e)),
+            };
+        }
+        // A write may flush a bundle (evicted from the write buffer) to the store.
+        let data = data.to_vec();
+        self.on_store(move |fs, _| match fs.write(ino.0, offset, &data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno("write", &e)),
-        }
+        });
     }
 
     fn setattr(
@@ -376,14 +414,14 @@ impl Filesystem for FuseFs {
             TimeOrNow::SpecificTime(t) => t,
             TimeOrNow::Now => SystemTime::now(),
         });
-        match self.fs.setattr(ino.0, size, mtime) {
-            Ok(e) => reply.attr(&e.ttl, &self.attr(&e.attr)),
+        self.on_store(move |fs, opts| match fs.setattr(ino.0, size, mtime) {
+            Ok(e) => reply.attr(&e.ttl, &file_attr(opts, &e.attr)),
             Err(e) => reply.error(errno("setattr", &e)),
-        }
+        });
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
-        empty("fsync", reply, self.fs.fsync(ino.0))
+        self.on_store(move |fs, _| empty("fsync", reply, fs.fsync(ino.0)));
     }
 
     fn mkdir(
@@ -395,18 +433,21 @@ impl Filesystem for FuseFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.fs.mkdir(parent.0, name) {
-            Ok(e) => reply.entry(&e.ttl, &self.attr(&e.attr), Generation(0)),
+        let name = name.to_owned();
+        self.on_store(move |fs, opts| match fs.mkdir(parent.0, &name) {
+            Ok(e) => reply.entry(&e.ttl, &file_attr(opts, &e.attr), Generation(0)),
             Err(e) => reply.error(errno("mkdir", &e)),
-        }
+        });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty("unlink", reply, self.fs.unlink(parent.0, name))
+        let name = name.to_owned();
+        self.on_store(move |fs, _| empty("unlink", reply, fs.unlink(parent.0, &name)));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty("rmdir", reply, self.fs.rmdir(parent.0, name))
+        let name = name.to_owned();
+        self.on_store(move |fs, _| empty("rmdir", reply, fs.rmdir(parent.0, &name)));
     }
 
     fn rename(
@@ -424,8 +465,11 @@ impl Filesystem for FuseFs {
             exchange: flags.contains(RenameFlags::RENAME_EXCHANGE),
             whiteout: flags.contains(RenameFlags::RENAME_WHITEOUT),
         };
-        let r = self.fs.rename(parent.0, name, newparent.0, newname, mode);
-        empty("rename", reply, r)
+        let (name, newname) = (name.to_owned(), newname.to_owned());
+        self.on_store(move |fs, _| {
+            let r = fs.rename(parent.0, &name, newparent.0, &newname, mode);
+            empty("rename", reply, r)
+        });
     }
 
     // ENOSYS makes the kernel stop asking: no extended attributes, and permission checks are the

@@ -455,6 +455,103 @@ fn listings_cost_no_tile_get_and_reads_in_name_order_coalesce() {
     );
 }
 
+/// A TCP proxy on 127.0.0.1 in front of `upstream` (`HOST:PORT`) that holds every request whose
+/// first line contains `slow` for `delay` before passing it on. Runs until the test ends.
+fn delaying_proxy(upstream: String, slow: &'static str, delay: Duration) -> String {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let Ok(server) = TcpStream::connect(&upstream) else {
+                continue;
+            };
+            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut s_in, mut c_out) = (server, client);
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 << 10];
+                while let Ok(n) = c_in.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let head = String::from_utf8_lossy(&buf[..n.min(512)]);
+                    if head.lines().next().is_some_and(|l| l.contains(slow)) {
+                        std::thread::sleep(delay);
+                    }
+                    if s_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = s_out.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s_in, &mut c_out);
+                let _ = c_out.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// A request waiting on the store does not hold a session thread: with `--threads 1`, while a
+/// read in one bundle waits 4 s on the store (a proxy holds its requests), a read in another
+/// bundle is answered at once.
+#[test]
+fn a_slow_store_request_holds_no_session_thread() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    run_ok(
+        Command::new(bin())
+            .arg("sample")
+            .arg(&src)
+            .args(["--levels", "0-2"]),
+    );
+    let url = fresh_url("slow");
+    run_ok(
+        Command::new(bin())
+            .arg("export")
+            .arg(&src)
+            .arg(&url)
+            .args(["--storage", "compact-v2"]),
+    );
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL");
+    let upstream = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let delay = Duration::from_secs(4);
+    let proxy = delaying_proxy(upstream.to_string(), "/L01/", delay);
+    let log = d.path().join("mount.log");
+    let opts = format!("endpoint={proxy}");
+    let mut m = mount_logged(
+        &url,
+        &d.path().join("m"),
+        &["-o", &opts, "--threads", "1", "--recheck", "3600"],
+        &log,
+    );
+    let slow = m.mnt.join("_alllayers/L01/R00000000/C00000001.png");
+    let fast = m.mnt.join("_alllayers/L02/R00000001/C00000002.png");
+    let t0 = std::time::Instant::now();
+    let reader = std::thread::spawn(move || {
+        let b = std::fs::read(&slow).unwrap();
+        (b.len(), t0.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let t1 = std::time::Instant::now();
+    let fast_bytes = std::fs::read(&fast).unwrap();
+    let fast_took = t1.elapsed();
+    let (slow_len, slow_took) = reader.join().unwrap();
+    assert!(slow_len > 0 && !fast_bytes.is_empty());
+    assert!(
+        slow_took >= delay,
+        "the slow read took {slow_took:?}: the proxy did not hold it, the test proves nothing"
+    );
+    assert!(
+        fast_took < Duration::from_secs(2),
+        "a read in another bundle waited {fast_took:?} behind the slow one"
+    );
+    assert!(unmount(&mut m, 60), "the daemon exited with an error");
+}
+
 // ---- writable mounts, the CAS probe, faults (second slice) ------------------------------------
 
 /// Tests that stop gateway 2 take this for writing; tests that use gateway 2 take it for reading.
