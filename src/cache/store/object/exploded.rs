@@ -176,7 +176,7 @@ pub struct ExplodedObjects {
     row_names: Mutex<HashMap<u8, Kept<Vec<String>>>>,
     rows: Mutex<RowCache>,
     /// Recently read tiles: (ETag of the object, bytes).
-    recent: Mutex<LruCache<TileAddr, (String, Arc<Vec<u8>>)>>,
+    recent: Mutex<LruCache<TileAddr, super::RecentTile>>,
     stats: ObjectStats,
 }
 

@@ -131,7 +131,7 @@ pub struct V1Objects {
     base: ObjectStorage,
     indexes: Mutex<LruCache<BundleId, Arc<Index>>>,
     whole: Mutex<LruCache<BundleId, Arc<Whole>>>,
-    recent: Mutex<LruCache<TileAddr, (String, Arc<Vec<u8>>)>>,
+    recent: Mutex<LruCache<TileAddr, super::RecentTile>>,
     /// Bundles found absent and when (not asked again for `recheck`).
     absent: Mutex<LruCache<BundleId, Instant>>,
     stats: ObjectStats,
