@@ -134,9 +134,11 @@ fn check_group(cache: &Cache, g: &TileGroup, decode: bool, fallback: ImageKind) 
                 id: g.id,
                 files: vec![(*t, p.clone())],
             };
-            let read = cache
-                .read_group(&one)
-                .map(|v| v.into_iter().next().map_or_else(Vec::new, |(_, b)| b.to_vec()));
+            let read = cache.read_group(&one).map(|v| {
+                v.into_iter()
+                    .next()
+                    .map_or_else(Vec::new, |(_, b)| b.to_vec())
+            });
             match read {
                 Err(e) => c.problems.push(problem_from(&e, p, None)),
                 Ok(b) if b.is_empty() => c.problems.push(Problem {

@@ -892,3 +892,305 @@ impl Drop for ExplodedObjects {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::url::ObjectUrl;
+    use crate::cache::CacheOptions;
+    use object_store::memory::InMemory;
+    use std::time::Duration;
+
+    const PNG: &[u8] = b"\x89PNG\r\n\x1a\n";
+    const JPEG: &[u8] = b"\xff\xd8\xff\xe0";
+
+    fn url() -> ObjectUrl {
+        ObjectUrl::parse("s3://bucket/caches/world")
+            .unwrap()
+            .unwrap()
+    }
+
+    fn storage(mem: &Arc<InMemory>, tiles_rel: &str, recheck: Duration) -> ExplodedObjects {
+        let opts = CacheOptions {
+            recheck,
+            ..CacheOptions::default()
+        };
+        let base = ObjectStorage::with_store(url(), mem.clone(), tiles_rel, opts).with_retry(
+            super::super::RetryPolicy {
+                attempts: 20,
+                base_delay: Duration::from_millis(1),
+                max_delay: Duration::from_millis(4),
+            },
+        );
+        ExplodedObjects::new(base, ImageKind::Png)
+    }
+
+    fn png(n: u32) -> Vec<u8> {
+        [
+            PNG,
+            format!("png tile {n} ")
+                .repeat(1 + n as usize % 5)
+                .as_bytes(),
+        ]
+        .concat()
+    }
+
+    fn keys(mem: &InMemory) -> Vec<String> {
+        block(async {
+            mem.list_with_delimiter(None).await.unwrap();
+            let mut out = Vec::new();
+            let mut todo = vec![None];
+            while let Some(p) = todo.pop() {
+                let l = mem.list_with_delimiter(p.as_ref()).await.unwrap();
+                out.extend(l.objects.into_iter().map(|o| o.location.to_string()));
+                todo.extend(l.common_prefixes.into_iter().map(Some));
+            }
+            out.sort();
+            out
+        })
+    }
+
+    fn put_raw(mem: &InMemory, key: &str, bytes: &[u8]) {
+        block(mem.put(&Key::from(key), PutPayload::from(bytes.to_vec()))).unwrap();
+    }
+
+    const ID: BundleId = BundleId {
+        level: 3,
+        row0: 128,
+        col0: 0,
+    };
+
+    fn slot(row: u32, col: u32) -> Slot {
+        Slot { row, col }
+    }
+
+    #[test]
+    fn writes_reads_lists_and_deletes_tiles_as_objects() {
+        let mem = Arc::new(InMemory::new());
+        let s = storage(&mem, "_alllayers", Duration::from_secs(60));
+        assert_eq!(s.levels().unwrap(), Vec::<u8>::new());
+        let (a, b, c) = (png(1), png(2), png(3));
+        s.write_group(
+            ID,
+            &[
+                (slot(0, 1), &a[..], None),
+                (slot(0, 2), &b[..], None),
+                (slot(5, 0), &c[..], None),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            keys(&mem),
+            vec![
+                "caches/world/_alllayers/L03/R00000080/C00000001.png",
+                "caches/world/_alllayers/L03/R00000080/C00000002.png",
+                "caches/world/_alllayers/L03/R00000085/C00000000.png",
+            ]
+        );
+        assert_eq!(s.levels().unwrap(), vec![3]);
+        assert_eq!(s.rows(3).unwrap(), BTreeSet::from([128, 133]));
+        assert_eq!(
+            s.cols(3, 128).unwrap(),
+            vec![(1, a.len() as u64), (2, b.len() as u64)]
+        );
+        assert_eq!(&s.tile(ID.tile(slot(0, 1))).unwrap().unwrap()[..], &a[..]);
+        assert!(s.tile(ID.tile(slot(0, 3))).unwrap().is_none());
+        let groups = s.groups(3).unwrap();
+        assert_eq!(groups.len(), 1);
+        assert_eq!(groups[0].id, ID);
+        let mut read: Vec<(TileAddr, Vec<u8>)> = s
+            .read_group(&groups[0])
+            .unwrap()
+            .into_iter()
+            .map(|(t, b)| (t, b.to_vec()))
+            .collect();
+        read.sort_by_key(|(t, _)| (t.row, t.col));
+        assert_eq!(
+            read,
+            vec![
+                (ID.tile(slot(0, 1)), a.clone()),
+                (ID.tile(slot(0, 2)), b.clone()),
+                (ID.tile(slot(5, 0)), c.clone()),
+            ]
+        );
+        let st = s.level_stats(3).unwrap();
+        let total = (a.len() + b.len() + c.len()) as u64;
+        assert_eq!(
+            (st.bundles, st.tiles, st.tile_bytes, st.file_bytes),
+            (1, 3, total, total)
+        );
+        // A JPEG over the PNG tile replaces it under its own extension (not kept beside).
+        let j = [JPEG, b"jpeg bytes"].concat();
+        s.write_group(ID, &[(slot(0, 1), &j[..], None)]).unwrap();
+        let k = keys(&mem);
+        assert!(k.contains(&"caches/world/_alllayers/L03/R00000080/C00000001.jpg".to_string()));
+        assert!(!k.contains(&"caches/world/_alllayers/L03/R00000080/C00000001.png".to_string()));
+        assert_eq!(&s.tile(ID.tile(slot(0, 1))).unwrap().unwrap()[..], &j[..]);
+        assert_eq!(
+            s.location(ID.tile(slot(0, 1))),
+            PathBuf::from("s3://bucket/caches/world/_alllayers/L03/R00000080/C00000001.jpg")
+        );
+        s.delete_group(ID, &[slot(0, 1), slot(5, 0)]).unwrap();
+        assert!(s.tile(ID.tile(slot(0, 1))).unwrap().is_none());
+        assert_eq!(s.rows(3).unwrap(), BTreeSet::from([128]));
+        assert_eq!(keys(&mem).len(), 1);
+        assert_eq!(s.stats().conflicts.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn names_in_either_case_are_read_and_bad_objects_are_named() {
+        let mem = Arc::new(InMemory::new());
+        // MapProxy's layout: level folders at the prefix.
+        put_raw(&mem, "caches/world/l04/r0000001f/c0000002A.PNG", &png(7));
+        put_raw(&mem, "caches/world/l04/r0000001f/notes.txt", b"not a tile");
+        put_raw(&mem, "caches/world/L05/R00000002/C00000003.png", b"");
+        put_raw(&mem, "caches/world/L05/R00000002/C00000004.png", &png(4));
+        let s = storage(&mem, "", Duration::from_secs(60));
+        assert_eq!(s.levels().unwrap(), vec![4, 5]);
+        let t = TileAddr::new(4, 0x1f, 0x2a);
+        assert_eq!(&s.tile(t).unwrap().unwrap()[..], &png(7)[..]);
+        assert_eq!(s.rows(4).unwrap(), BTreeSet::from([0x1f]));
+        // A zero-byte object: listed (size 0), its read an error naming the key.
+        assert_eq!(
+            s.cols(5, 2).unwrap(),
+            vec![(3, 0), (4, png(4).len() as u64)]
+        );
+        let e = s.tile(TileAddr::new(5, 2, 3)).unwrap_err().to_string();
+        assert!(
+            e.contains("s3://bucket/caches/world/L05/R00000002/C00000003.png")
+                && e.contains("empty (0-byte) tile object"),
+            "{e}"
+        );
+        // A tile name that does not parse: skipped when reading a row, an error naming the key
+        // for whole-level reads (as the local store's groups).
+        put_raw(&mem, "caches/world/L05/R00000002/C0000000x.png", &png(1));
+        let s = storage(&mem, "", Duration::from_secs(60));
+        assert!(s.tile(TileAddr::new(5, 2, 4)).unwrap().is_some());
+        let e = s.groups(5).unwrap_err().to_string();
+        assert!(
+            e.contains("s3://bucket/caches/world/L05/R00000002/C0000000x.png"),
+            "{e}"
+        );
+        // A write goes under the spelling already stored.
+        let new = png(8);
+        s.write_group(
+            t.bundle(),
+            &[(
+                Slot {
+                    row: 0x1f,
+                    col: 0x2a,
+                },
+                &new[..],
+                None,
+            )],
+        )
+        .unwrap();
+        assert!(keys(&mem).contains(&"caches/world/l04/r0000001f/c0000002A.PNG".to_string()));
+        assert_eq!(&s.tile(t).unwrap().unwrap()[..], &new[..]);
+    }
+
+    #[test]
+    fn a_merge_that_loses_a_race_decides_again_for_the_lost_tiles_only() {
+        let mem = Arc::new(InMemory::new());
+        let s = storage(&mem, "_alllayers", Duration::from_secs(60));
+        let other = storage(&mem, "_alllayers", Duration::from_secs(60));
+        let (a, b) = (png(1), png(2));
+        s.write_group(
+            ID,
+            &[(slot(0, 1), &a[..], None), (slot(0, 2), &b[..], None)],
+        )
+        .unwrap();
+        let theirs = png(20);
+        let fresh = png(30);
+        let mut calls = 0;
+        // A "merge": each tile becomes what is stored plus a suffix. Between our reads and our
+        // PUTs another writer replaces tile 2 and creates tile 3 (If-Match and If-None-Match:
+        // * both fail); tile 1 goes through at once and must not be merged twice.
+        let st = s
+            .update_group(ID, &mut |v: &dyn GroupView| {
+                calls += 1;
+                let mut out = Vec::new();
+                for col in [1, 2, 3] {
+                    let now = v
+                        .tile(slot(0, col))?
+                        .map(|b| b.to_vec())
+                        .unwrap_or_default();
+                    let base = if now.is_empty() { png(0) } else { now };
+                    out.push((
+                        slot(0, col),
+                        TileBytes::owned([&base[..], b"+ours"].concat()),
+                    ));
+                }
+                if calls == 1 {
+                    other
+                        .write_group(
+                            ID,
+                            &[
+                                (slot(0, 2), &theirs[..], None),
+                                (slot(0, 3), &fresh[..], None),
+                            ],
+                        )
+                        .unwrap();
+                }
+                Ok(out)
+            })
+            .unwrap();
+        assert_eq!(calls, 2, "decided again after the conflicts");
+        assert_eq!(st.tiles, 3);
+        assert_eq!(s.stats().conflicts.load(Ordering::Relaxed), 2);
+        let reader = storage(&mem, "_alllayers", Duration::ZERO);
+        let got = |col| {
+            reader
+                .tile(ID.tile(slot(0, col)))
+                .unwrap()
+                .unwrap()
+                .to_vec()
+        };
+        assert_eq!(got(1), [&a[..], b"+ours"].concat(), "merged once");
+        assert_eq!(
+            got(2),
+            [&theirs[..], b"+ours"].concat(),
+            "over the winner's tile"
+        );
+        assert_eq!(
+            got(3),
+            [&fresh[..], b"+ours"].concat(),
+            "over the tile made meanwhile"
+        );
+    }
+
+    #[test]
+    fn gives_up_after_bounded_tries_naming_the_tile() {
+        let mem = Arc::new(InMemory::new());
+        let s = storage(&mem, "_alllayers", Duration::from_secs(60));
+        let other = storage(&mem, "_alllayers", Duration::from_secs(60));
+        let a = png(1);
+        s.write_group(ID, &[(slot(0, 1), &a[..], None)]).unwrap();
+        let mut round = 100;
+        let e = s
+            .update_group(ID, &mut |v: &dyn GroupView| {
+                round += 1;
+                let now = v.tile(slot(0, 1))?.unwrap().to_vec();
+                let theirs = png(round);
+                other
+                    .write_group(ID, &[(slot(0, 1), &theirs[..], None)])
+                    .unwrap();
+                Ok(vec![(
+                    slot(0, 1),
+                    TileBytes::owned([&now[..], b"!"].concat()),
+                )])
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gave up after 20 tries"), "{e}");
+        assert!(
+            e.contains("s3://bucket/caches/world/_alllayers/L03/R00000080/C00000001.png"),
+            "{e}"
+        );
+        assert!(!s
+            .tile(ID.tile(slot(0, 1)))
+            .unwrap()
+            .unwrap()
+            .ends_with(b"!"));
+    }
+}
