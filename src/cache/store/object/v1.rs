@@ -672,3 +672,191 @@ impl Storage for V1Objects {
         Some(self.stats_line())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::url::ObjectUrl;
+    use crate::cache::CacheOptions;
+    use object_store::memory::InMemory;
+    use object_store::{ObjectStore, PutPayload};
+    use std::time::Duration;
+
+    fn url() -> ObjectUrl {
+        ObjectUrl::parse("s3://bucket/caches/v1").unwrap().unwrap()
+    }
+
+    fn storage(mem: &Arc<InMemory>, recheck: Duration) -> V1Objects {
+        let opts = CacheOptions {
+            recheck,
+            ..CacheOptions::default()
+        };
+        V1Objects::new(ObjectStorage::with_store(
+            url(),
+            mem.clone(),
+            "_alllayers",
+            opts,
+        ))
+    }
+
+    const ID: BundleId = BundleId {
+        level: 2,
+        row0: 0,
+        col0: 128,
+    };
+
+    fn tile(n: u32, len: usize) -> Vec<u8> {
+        format!("v1 tile {n} ")
+            .into_bytes()
+            .into_iter()
+            .cycle()
+            .take(len)
+            .collect()
+    }
+
+    /// A V1 pair made by `format::v1::Builder` (the local V1 writer), uploaded.
+    fn upload(mem: &InMemory, tiles: &[(Slot, Vec<u8>)]) -> (Vec<u8>, Vec<u8>) {
+        let mut b = v1::Builder::new(Cursor::new(Vec::new()), ID.row0, ID.col0).unwrap();
+        for (s, t) in tiles {
+            b.add(*s, t).unwrap();
+        }
+        let (c, bundlx, _) = b.finish().unwrap();
+        let bundle = c.into_inner();
+        for (ext, bytes) in [("bundle", &bundle), ("bundlx", &bundlx)] {
+            let key = Key::from(format!("caches/v1/_alllayers/L02/R0000C0080.{ext}"));
+            block(mem.put(&key, PutPayload::from(bytes.clone()))).unwrap();
+        }
+        (bundle, bundlx)
+    }
+
+    fn slot(row: u32, col: u32) -> Slot {
+        Slot { row, col }
+    }
+
+    #[test]
+    fn reads_tiles_rows_cols_and_stats_like_the_local_reader() {
+        let mem = Arc::new(InMemory::new());
+        // Column-major index; a tile overwritten (its first record becomes dead space, between
+        // two live records); a tile larger than the first range read.
+        let big = tile(9, FIRST_READ as usize + 1000);
+        let tiles = vec![
+            (slot(0, 0), tile(1, 100)),
+            (slot(3, 0), tile(2, 50)),
+            (slot(0, 5), tile(3, 70)),
+            (slot(3, 0), tile(4, 80)),
+            (slot(7, 2), big.clone()),
+        ];
+        let (bundle, bundlx) = upload(&mem, &tiles);
+        let local = V1Bundle::parse(&bundle, &bundlx).unwrap();
+        let s = storage(&mem, Duration::from_secs(60));
+        assert_eq!(s.levels().unwrap(), vec![2]);
+        assert_eq!(s.bundles(2).unwrap(), vec![ID]);
+        for sl in Slot::all() {
+            let want = local.tile(sl).unwrap();
+            let got = s.tile(ID.tile(sl)).unwrap();
+            assert_eq!(got.as_deref(), want, "slot {sl:?}");
+        }
+        assert_eq!(
+            &s.tile(ID.tile(slot(3, 0))).unwrap().unwrap()[..],
+            &tile(4, 80)[..]
+        );
+        assert_eq!(s.rows(2).unwrap(), BTreeSet::from([0, 3, 7]));
+        assert_eq!(
+            s.cols(2, 0).unwrap(),
+            vec![(128, 100), (133, 70)],
+            "sizes read from the records"
+        );
+        assert_eq!(s.cols(2, 7).unwrap(), vec![(130, big.len() as u64)]);
+        let st = s.level_stats(2).unwrap();
+        assert_eq!((st.bundles, st.tiles), (1, 4));
+        assert_eq!(st.tile_bytes, 100 + 80 + 70 + big.len() as u64);
+        assert_eq!(st.dead_bytes, local.dead_bytes());
+        assert_eq!(st.dead_bytes, 54);
+        assert_eq!(st.file_bytes, (bundle.len() + bundlx.len()) as u64);
+        let mut group: Vec<(TileAddr, Vec<u8>)> = s
+            .read_group(&TileGroup::bundle(ID))
+            .unwrap()
+            .into_iter()
+            .map(|(t, b)| (t, b.to_vec()))
+            .collect();
+        group.sort_by_key(|(t, _)| (t.row, t.col));
+        assert_eq!(group.len(), 4);
+        assert_eq!(group[1], (ID.tile(slot(0, 5)), tile(3, 70)));
+        let h = s.bundle(ID).unwrap().unwrap();
+        assert_eq!(h.slots().len(), 4);
+    }
+
+    #[test]
+    fn a_bundle_replaced_after_its_index_was_read_is_read_anew() {
+        let mem = Arc::new(InMemory::new());
+        upload(
+            &mem,
+            &[(slot(1, 1), tile(1, 40)), (slot(2, 2), tile(2, 40))],
+        );
+        let s = storage(&mem, Duration::from_secs(3600));
+        assert!(s.tile(ID.tile(slot(1, 1))).unwrap().is_some());
+        // Another copy of the cache replaces the pair: the kept index is stale (recheck 1 h),
+        // but a read of a tile it locates is pinned to the old .bundle's ETag: 412, the index is
+        // read again and the new tile served, never bytes of the new bundle at an old offset.
+        upload(
+            &mem,
+            &[(slot(0, 0), tile(5, 30)), (slot(2, 2), tile(6, 60))],
+        );
+        let gets = s.stats().gets.load(Ordering::Relaxed);
+        assert_eq!(
+            &s.tile(ID.tile(slot(2, 2))).unwrap().unwrap()[..],
+            &tile(6, 60)[..]
+        );
+        // The refused range GET, the header and .bundlx, the tile.
+        assert_eq!(s.stats().gets.load(Ordering::Relaxed) - gets, 4);
+        assert_eq!(
+            &s.tile(ID.tile(slot(0, 0))).unwrap().unwrap()[..],
+            &tile(5, 30)[..]
+        );
+    }
+
+    #[test]
+    fn every_write_is_refused_by_name_and_a_broken_entry_is_named() {
+        let mem = Arc::new(InMemory::new());
+        let (_, mut bundlx) = upload(&mem, &[(slot(0, 0), tile(1, 10))]);
+        let s = storage(&mem, Duration::ZERO);
+        let t = tile(2, 10);
+        let errors = [
+            s.write_group(ID, &[(slot(0, 1), &t[..], None)])
+                .unwrap_err(),
+            s.update_group(ID, &mut |_v| Ok(Vec::new())).unwrap_err(),
+            s.delete_group(ID, &[slot(0, 0)]).unwrap_err(),
+            s.set_tile_time(ID.tile(slot(0, 0)), SystemTime::now())
+                .unwrap_err(),
+        ];
+        for e in errors {
+            let e = e.to_string();
+            assert!(e.contains("s3://bucket/caches/v1"), "{e}");
+            assert!(e.contains(READ_ONLY), "{e}");
+        }
+        // An offset past the end of the bundle: an error naming the .bundlx and the slot.
+        let p = v1::index_pos(slot(2, 3));
+        bundlx[p..p + 5].copy_from_slice(&1_000_000u64.to_le_bytes()[..5]);
+        let key = Key::from("caches/v1/_alllayers/L02/R0000C0080.bundlx");
+        block(mem.put(&key, PutPayload::from(bundlx))).unwrap();
+        let e = s.tile(ID.tile(slot(2, 3))).unwrap_err().to_string();
+        assert!(e.contains("R0000C0080.bundlx"), "{e}");
+        assert!(
+            e.contains("row 2 col 3") && e.contains("past the end"),
+            "{e}"
+        );
+        let e = s
+            .read_group(&TileGroup::bundle(ID))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("R0000C0080.bundlx"), "{e}");
+        // A missing .bundlx is named.
+        block(mem.delete(&key)).unwrap();
+        let s = storage(&mem, Duration::ZERO);
+        let e = s.tile(ID.tile(slot(0, 0))).unwrap_err().to_string();
+        assert!(
+            e.contains("R0000C0080.bundlx") && e.contains("missing"),
+            "{e}"
+        );
+    }
+}
