@@ -991,6 +991,12 @@ pub fn open_in(
                     v1::READ_ONLY
                 )));
             }
+            // Nothing is written over a cache of another storage.
+            let rel = if n.conf_xml.is_some() { ALLLAYERS } else { "" };
+            let there = ObjectStorage::with_store(url.clone(), client.clone(), rel, opts.clone());
+            if let Some(d) = there.detect()?.filter(|d| *d != n.storage) {
+                return Err(already_holds(url, d, n.storage));
+            }
             let w = ObjectStorage::with_store(url.clone(), client.clone(), "", opts.clone());
             if let Some(cdi) = n.cdi {
                 w.put_file(crate::cache::CONF_CDI, cdi)?;
@@ -1034,11 +1040,7 @@ pub fn open_in(
     let detected = store.detect()?;
     let said = conf.as_ref().map(|c| c.scheme.storage);
     let storage = match (detected, asked, said) {
-        (Some(d), Some(a), _) if d != a => {
-            return Err(Error::invalid(format!(
-                "{url}: already holds a {d} cache; refusing to make it a {a} cache"
-            )))
-        }
+        (Some(d), Some(a), _) if d != a => return Err(already_holds(url, d, a)),
         (Some(d), _, Some(s)) if d != s => {
             tracing::warn!("{url}: conf.xml says {s} but the objects are {d}; using {d}");
             d
@@ -1088,6 +1090,14 @@ pub fn open_in(
         storage,
         store,
     })
+}
+
+/// The refusal to make a cache of storage `asked` where one of storage `found` is.
+fn already_holds(url: &ObjectUrl, found: StorageFormat, asked: StorageFormat) -> Error {
+    Error::invalid(format!(
+        "{url}: already holds a cache in {found} storage; refusing to make one in {asked} \
+         storage there"
+    ))
 }
 
 /// Every valid tile of `h` (an entry that does not check is an error: a rewrite must not drop a

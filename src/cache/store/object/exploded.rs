@@ -1193,4 +1193,52 @@ mod tests {
             .unwrap()
             .ends_with(b"!"));
     }
+
+    #[test]
+    fn open_creates_an_exploded_cache_and_finds_it_again() {
+        use super::super::{open_in, NewCache, WriteCoordination};
+        let mem = Arc::new(InMemory::new());
+        let conf =
+            crate::format::conf::TileScheme::web_mercator(4, crate::format::conf::TileFormat::Jpeg)
+                .to_conf_xml();
+        let new = NewCache {
+            storage: StorageFormat::Exploded,
+            conf_xml: Some(&conf),
+            cdi: None,
+        };
+        let o = open_in(&url(), mem.clone(), CacheOptions::default(), Some(new)).unwrap();
+        assert_eq!(o.storage, StorageFormat::Exploded);
+        // No tiles yet: conf.xml says Compact V2, the cache was asked for exploded.
+        assert!(o.arcgis_layout);
+        let j = [JPEG, b"jpeg"].concat();
+        o.store
+            .write_group(ID, &[(slot(0, 0), &j[..], None)])
+            .unwrap();
+        assert!(
+            keys(&mem).contains(&"caches/world/_alllayers/L03/R00000080/C00000000.jpg".to_string())
+        );
+        // Opened again (a writable mount: the probe runs), the keys tell the storage.
+        let mut opts = CacheOptions::default();
+        opts.object.writes = WriteCoordination::Probed;
+        let o = open_in(&url(), mem.clone(), opts, None).unwrap();
+        assert_eq!(o.storage, StorageFormat::Exploded);
+        assert_eq!(
+            &o.store.tile(ID.tile(slot(0, 0))).unwrap().unwrap()[..],
+            &j[..]
+        );
+        // Another storage over it is refused by name.
+        let new = NewCache {
+            storage: StorageFormat::CompactV2,
+            conf_xml: Some(&conf),
+            cdi: None,
+        };
+        let e = open_in(&url(), mem.clone(), CacheOptions::default(), Some(new))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("already holds a cache in exploded storage"),
+            "{e}"
+        );
+    }
 }

@@ -859,4 +859,52 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn open_refuses_v1_for_writing_by_name_and_opens_it_read_only() {
+        use super::super::{open_in, NewCache, WriteCoordination};
+        let mem = Arc::new(InMemory::new());
+        let conf =
+            crate::format::conf::TileScheme::web_mercator(4, crate::format::conf::TileFormat::Png)
+                .to_conf_xml();
+        let new = NewCache {
+            storage: StorageFormat::CompactV1,
+            conf_xml: Some(&conf),
+            cdi: None,
+        };
+        let e = open_in(&url(), mem.clone(), CacheOptions::default(), Some(new))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains(READ_ONLY) && e.contains("s3://bucket/caches/v1"),
+            "{e}"
+        );
+        assert!(block(mem.list_with_delimiter(None))
+            .unwrap()
+            .objects
+            .is_empty());
+        upload(&mem, &[(slot(0, 0), tile(1, 10))]);
+        block(mem.put(
+            &Key::from("caches/v1/conf.xml"),
+            PutPayload::from(conf.clone()),
+        ))
+        .unwrap();
+        for writes in [WriteCoordination::Probed, WriteCoordination::SingleWriter] {
+            let mut opts = CacheOptions::default();
+            opts.object.writes = writes;
+            let e = open_in(&url(), mem.clone(), opts, None)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains(READ_ONLY), "{writes:?}: {e}");
+        }
+        let o = open_in(&url(), mem.clone(), CacheOptions::default(), None).unwrap();
+        assert_eq!(o.storage, StorageFormat::CompactV1);
+        assert_eq!(o.store.format(), StorageFormat::CompactV1);
+        assert_eq!(
+            &o.store.tile(ID.tile(slot(0, 0))).unwrap().unwrap()[..],
+            &tile(1, 10)[..]
+        );
+    }
 }
