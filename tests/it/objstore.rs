@@ -22,7 +22,7 @@ use crate::support::{
 };
 
 /// The bucket of the test cluster; fails the test when the cluster's environment is missing.
-fn bucket() -> String {
+pub(crate) fn bucket() -> String {
     assert!(
         std::env::var_os("BUNDLEFS_S3_TEST").is_some(),
         "BUNDLEFS_S3_TEST is not set: these tests need the Ceph cluster that \
@@ -32,7 +32,7 @@ fn bucket() -> String {
 }
 
 /// A fresh `s3://BUCKET/it/NAME-PID-NANOS` URL no other test or run uses.
-fn fresh_url(name: &str) -> String {
+pub(crate) fn fresh_url(name: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -40,12 +40,12 @@ fn fresh_url(name: &str) -> String {
     format!("s3://{}/it/{name}-{}-{nanos}", bucket(), std::process::id())
 }
 
-fn parse(url: &str) -> ObjectUrl {
+pub(crate) fn parse(url: &str) -> ObjectUrl {
     ObjectUrl::parse(url).unwrap().unwrap()
 }
 
 /// Uploads every file under `dir` as it is (like copying a cache folder into the bucket).
-fn upload(dir: &Path, url: &str) {
+pub(crate) fn upload(dir: &Path, url: &str) {
     let u = parse(url);
     let client = s3_client_at(&u, None).unwrap();
     let s = ObjectStorage::with_store(u, client, "", CacheOptions::default());
@@ -55,7 +55,7 @@ fn upload(dir: &Path, url: &str) {
     }
 }
 
-fn info_json(cache: &str) -> serde_json::Value {
+pub(crate) fn info_json(cache: &str) -> serde_json::Value {
     let out = run_ok(Command::new(bin()).args(["info", "--json", cache]));
     serde_json::from_str(&out).unwrap()
 }
@@ -390,7 +390,7 @@ fn empty_cache(name: &str) -> String {
 
 /// A `bundlefs mount` in the foreground with its log (RUST_LOG=info) in `log`; unmounted by
 /// Drop, or by [`unmount`] which also checks how the daemon ended.
-fn mount_logged(cache: &str, mnt: &Path, extra: &[&str], log: &Path) -> Mounted {
+pub(crate) fn mount_logged(cache: &str, mnt: &Path, extra: &[&str], log: &Path) -> Mounted {
     std::fs::create_dir_all(mnt).unwrap();
     let child = Command::new(bin())
         .arg("mount")
@@ -423,7 +423,7 @@ fn mount_logged(cache: &str, mnt: &Path, extra: &[&str], log: &Path) -> Mounted 
 
 /// Unmounts `m` and waits (at most `secs`) for its daemon, which flushes its write buffer
 /// before it exits; true if it exited with success.
-fn unmount(m: &mut Mounted, secs: u64) -> bool {
+pub(crate) fn unmount(m: &mut Mounted, secs: u64) -> bool {
     let ok = Command::new("fusermount3")
         .arg("-u")
         .arg(&m.mnt)
