@@ -161,10 +161,7 @@ fn a_compact_v1_cache_in_the_store_reads_as_its_folder_and_refuses_writes_by_nam
     );
     // Writing jobs are refused by name too: import into it, and a new V1 cache in the store.
     let before = keys(&url);
-    let out = run(Command::new(bin())
-        .arg("import")
-        .arg(esri_sample_cache())
-        .arg(&url));
+    let out = run(Command::new(bin()).arg("import").arg(&local).arg(&url));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains(READ_ONLY), "{err}");
     assert_eq!(keys(&url), before, "nothing written by the refused import");
