@@ -144,6 +144,16 @@ fn a_compact_v1_cache_in_the_store_reads_as_its_folder_and_refuses_writes_by_nam
         "tiles read from the store"
     );
     same_as_the_folder(&local, &url, d.path());
+    // Converted to Compact V2 store to store.
+    let v2 = fresh_url("layouts-v1-to-v2");
+    run_ok(Command::new(bin()).args(["export", "--storage", "compact-v2", &url, &v2]));
+    let c2 = Cache::open(&v2).unwrap();
+    assert_eq!(c2.storage(), StorageFormat::CompactV2);
+    assert_eq!(
+        all_tiles(&c2),
+        all_tiles(&Cache::open(&local).unwrap()),
+        "V1 in the store exported to V2 in the store"
+    );
     // An -o rw mount is refused at mount time, by name (`timeout`: a mount that came up would
     // stay in the foreground).
     let mnt = d.path().join("mnt-rw");
