@@ -182,6 +182,17 @@ umask 077
         echo "aws-sigv4 = \"aws:amz:${AWS_REGION:-us-east-1}:s3\""
         echo "user = \"$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY\""
         echo "header = \"x-amz-content-sha256: UNSIGNED-PAYLOAD\""
+        if [[ $kind == cold ]]; then
+            # The bundle's header+index (bytes 0-131135), as the mount's cold read fetches it.
+            echo next
+            echo "url = \"$AWS_ENDPOINT_URL/$BUNDLEFS_S3_BUCKET/${url#s3://*/}/_alllayers/$key\""
+            echo "range = \"0-131135\""
+            echo "output = \"/dev/null\""
+            echo "write-out = \"index %{time_total} %{http_code}\\n\""
+            echo "aws-sigv4 = \"aws:amz:${AWS_REGION:-us-east-1}:s3\""
+            echo "user = \"$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY\""
+            echo "header = \"x-amz-content-sha256: UNSIGNED-PAYLOAD\""
+        fi
     done <"$work/samples"
 } >"$cfg"
 curl -s -K "$cfg" >"$work/floor.raw"
@@ -191,7 +202,7 @@ if grep -qv ' 206$' "$work/floor.raw"; then
     grep -v ' 206$' "$work/floor.raw" | head -3 >&2
     exit 1
 fi
-awk '{ print "floor", $2 }' "$work/floor.raw" >"$work/floor.times"
+awk '{ print ($1 == "index" ? "index" : "floor"), $2 }' "$work/floor.raw" >"$work/floor.times"
 
 python3 - "$work/mount.times" "$work/floor.times" <<EOF
 import statistics, sys
@@ -204,6 +215,8 @@ med = {k: statistics.median(v) for k, v in vals.items()}
 floor = med["floor"]
 print(f"cache: levels 0-$MAXLEVEL, $n_bundles bundles, $bytes bytes of bundles; export into the store: ${upload_s} s")
 print(f"floor: one range GET of the tile's bytes (curl, kept-alive): median {floor:.3f} ms over {len(vals['floor'])} requests")
+two = floor + med["index"]
+print(f"floor of a cold bundle: the 128 KiB index GET (median {med['index']:.3f} ms) + the tile GET: {two:.3f} ms ({two / floor:.2f}x the floor)")
 print(f"{'read through the mount':<40} {'samples':>7} {'median ms':>10} {'p90 ms':>8} {'x floor':>8}")
 names = {"cold": "cold bundle (index + tile GET)", "warm": "warm index (one tile GET)", "disk": "disk cache (fresh mount, index from disk)", "kernel": "kernel cache (daemon not called)"}
 for k in ["cold", "warm", "disk", "kernel"]:
@@ -216,9 +229,11 @@ EOF
 # tar of level TARLEVEL (default MAXLEVEL-2: 4096 tiles, one bundle) through a fresh mount vs
 # GDAL (the rasterio wheel's, ESRIC over /vsis3/) reading the same level (decoded: GDAL has no
 # other way to read the tiles); rsync of levels 0..TARLEVEL (as tile files) into an -o rw mount of
-# an empty prefix vs `bundlefs import` of the same files; the daemons' peak RSS (VmHWM).
+# an empty prefix (--write-buffer WRITE_BUFFER, default 256M) vs `bundlefs import` of the same
+# files; the daemons' peak RSS (VmHWM).
 [[ ${THROUGHPUT:-1} == 1 ]] || exit 0
 TARLEVEL=${TARLEVEL:-$((MAXLEVEL - 2))}
+WRITE_BUFFER=${WRITE_BUFFER:-256M}
 lv=$(printf 'L%02d' "$TARLEVEL")
 unmount
 rm -rf "$work/index-cache"
@@ -275,7 +290,7 @@ empty() {
 }
 wurl=$url-write
 empty "$wurl"
-RUST_LOG=info "$BIN" mount "$wurl" "$mnt" -o rw --recheck 3600 >"$work/mount.out" 2>"$work/write.log" &
+RUST_LOG=info "$BIN" mount "$wurl" "$mnt" -o rw --recheck 3600 --write-buffer "$WRITE_BUFFER" >"$work/mount.out" 2>"$work/write.log" &
 mount_pid=$!
 for _ in $(seq 200); do mountpoint -q "$mnt" && break; sleep 0.05; done
 t0=$(now)
@@ -306,4 +321,25 @@ if [[ -n $sent ]]; then
 fi
 echo "memory: daemon peak RSS (VmHWM)"
 printf '%-52s %8s MiB\n' "read-only mount after tar + find of every name" "$read_rss"
-printf '%-52s %8s MiB\n' "-o rw mount during rsync (--write-buffer 256M)" "$write_rss"
+printf '%-52s %8s MiB\n' "-o rw mount during rsync (--write-buffer $WRITE_BUFFER)" "$write_rss"
+
+# ---- Memory with many names (NAMES_LEVEL=10: 1,398,101 tiles of 16 px; skipped by default) ------
+# A read-only mount listing every name of levels 0..NAMES_LEVEL (find), its peak RSS against the
+# bounds: 256 kept indexes (128 KiB each) + 16 MiB of recent tiles + 64 MiB.
+[[ ${NAMES_LEVEL:-0} -gt 0 ]] || exit 0
+say "synthesizing levels 0-$NAMES_LEVEL (16 px tiles) for the names run"
+"$SYNTH" "$work/names" "$NAMES_LEVEL" 16 >/dev/null
+nurl=$url-names
+"$BIN" export --storage compact-v2 "$work/names" "$nurl" >/dev/null
+n_bundles=$(find "$work/names/_alllayers" -name '*.bundle' | wc -l)
+rm -rf "$work/names"
+url=$nurl
+mount_at
+t0=$(now)
+names=$(find "$mnt/_alllayers" -type f | wc -l)
+names_s=$(secs "$t0" "$(now)")
+names_rss=$(hwm "$mount_pid")
+unmount
+echo "names: levels 0-$NAMES_LEVEL, $n_bundles bundles"
+printf '%-52s %8s s  (%s names)\n' "find of every tile name" "$names_s" "$names"
+printf '%-52s %8s MiB\n' "read-only mount after find (at most 256 indexes kept)" "$names_rss"

@@ -28,7 +28,9 @@ pub use self::files::{sync_dir, write_atomic, AtomicFile};
 pub use self::lock::BundleLock;
 pub(crate) use self::store::read_dir_names;
 use self::store::{compact::CompactStore, exploded::ExplodedStore};
-pub use self::store::{GroupView, LevelStats, Place, Storage, TileGroup, TimedSlot, UpdateFn};
+pub use self::store::{
+    GroupView, LevelStats, Place, Storage, TileGroup, TileStat, TimedSlot, UpdateFn,
+};
 use crate::error::{Error, FormatContext, IoContext, Result};
 use crate::format::conf::{self, ConfXml, Envelope, StorageFormat, TileScheme};
 use crate::format::exploded;
@@ -619,6 +621,22 @@ impl Cache {
     /// exploded cache) when recorded, else its bundle's.
     pub fn tile_mtime(&self, t: TileAddr, bytes: &TileBytes) -> Option<SystemTime> {
         self.store.tile_mtime(t, bytes)
+    }
+
+    /// Size and time of stored tile `t` ([`Storage::tile_stat`]); None if the cache lacks it.
+    pub fn tile_stat(&self, t: TileAddr) -> Result<Option<TileStat>> {
+        self.store.tile_stat(t)
+    }
+
+    /// Whether [`Cache::tile_stat`] answers without reading the tile, and the image kind (so
+    /// the name's extension) a tile has without sniffing its bytes: Some for a store that keeps
+    /// tiles behind requests (an object store) with a conf.xml fixing one format (PNG*, JPEG);
+    /// None otherwise (local storage, MIXED, no conf.xml: read the tile and sniff it).
+    pub fn kind_without_reading(&self) -> Option<ImageKind> {
+        if !self.store.stats_without_reading() {
+            return None;
+        }
+        self.scheme().and_then(|s| s.tile_format.image_kind())
     }
 
     /// Records a stored tile's modification time (as `touch`/rsync set it). False if the tile is

@@ -413,7 +413,7 @@ pub struct MountArgs {
     /// Caches in an object store: keep bundle indexes (128 KiB each) in this folder too, so a
     /// fresh mount reads them from disk instead of the store (entries keyed by object and ETag,
     /// checksummed; an entry older than --recheck is confirmed by a HEAD). Memory, with or
-    /// without it: at most 256 indexes (128 KiB each: 32 MiB), the last 64 tiles read (at most
+    /// without it: at most 256 indexes (128 KiB each: 32 MiB), recently read and read-ahead tiles (at most
     /// 16 MiB) and 8 whole bundles for batch reads, besides --write-buffer.
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,

@@ -24,6 +24,7 @@ use crate::cache::buffer::{Pending, WriteBuffer};
 use crate::cache::{Cache, Layout, TileBytes};
 use crate::format::conf::StorageFormat;
 use crate::format::exploded;
+use crate::format::sniff::ImageKind;
 use crate::format::TileAddr;
 use crate::{Error, Result};
 
@@ -267,6 +268,39 @@ impl TreeFs {
         }
     }
 
+    /// Attributes and image kind of stored tile `t` from its bundle's index, without reading
+    /// the tile, where the cache allows it ([`Cache::kind_without_reading`]: an object store with
+    /// one tile format, where a read is a request — so `ls -l` and `find` cost no tile GETs).
+    /// None: not answerable so (local storage, MIXED, a tile waiting in the write buffer) or not
+    /// stored; the caller reads (or renders) the tile. Errors are logged here, naming the bundle.
+    fn indexed_attr(&self, t: TileAddr) -> Result<Option<(Attr, ImageKind)>> {
+        let Some(kind) = self.cache.kind_without_reading() else {
+            return Ok(None);
+        };
+        if let Some(w) = &self.writer {
+            if w.get(t).is_some() {
+                return Ok(None);
+            }
+        }
+        match self.cache.tile_stat(t) {
+            Ok(Some(st)) => Ok(Some((
+                Attr {
+                    ino: self.ino(Node::Tile(t)),
+                    kind: Kind::File,
+                    size: st.size,
+                    mtime: st.mtime.unwrap_or(self.mounted_at),
+                    nlink: 1,
+                },
+                kind,
+            ))),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                tracing::error!("tile {t}: {e}");
+                Err(e)
+            }
+        }
+    }
+
     /// Whether a tile name's extension fits the cache's CacheTileFormat (any does for MIXED, or
     /// without a conf.xml).
     fn ext_possible(&self, ext: &str) -> bool {
@@ -458,6 +492,10 @@ impl TreeFs {
                 if !self.ext_possible(ext) {
                     return Err(not_found(name));
                 }
+                if let Some((attr, _)) = self.indexed_attr(t)? {
+                    // ext_possible checked the extension against the one format.
+                    return Ok(attr);
+                }
                 let bytes = self.tile(t)?.ok_or_else(|| not_found(name))?;
                 if exploded::col_file(col, self.cache.kind_of(&bytes).ext()) != name
                     || ext.is_empty()
@@ -618,6 +656,20 @@ impl TreeFs {
                 out.extend(self.written_entries(n, level, row));
                 for (col, _) in self.row_tiles(level, row)? {
                     let t = TileAddr::new(level, row, col);
+                    match self.indexed_attr(t) {
+                        Ok(Some((attr, kind))) => {
+                            out.push(DirEntry {
+                                name: exploded::col_file(col, kind.ext()),
+                                attr,
+                            });
+                            continue;
+                        }
+                        Ok(None) => {}
+                        Err(_) => {
+                            out.push(self.unsized_entry(t));
+                            continue;
+                        }
+                    }
                     match self.tile(t) {
                         Ok(Some(b)) => out.push(DirEntry {
                             name: exploded::col_file(col, self.cache.kind_of(&b).ext()),

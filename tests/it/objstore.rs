@@ -346,6 +346,110 @@ fn a_mount_of_the_store_equals_the_mount_of_the_folder() {
     );
 }
 
+/// (GETs, tiles fetched ahead) from the request counters a daemon logs at unmount.
+fn gets_logged(log: &Path) -> (u64, u64) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let line = text
+        .lines()
+        .rfind(|l| l.contains("tiles fetched ahead"))
+        .unwrap_or_else(|| panic!("no request counters in the daemon's log:\n{text}"));
+    let num_before = |marker: &str| -> u64 {
+        let head = &line[..line.find(marker).unwrap_or_else(|| panic!("{marker}: {line}"))];
+        let digits: String = head
+            .trim_end()
+            .chars()
+            .rev()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.chars().rev().collect::<String>().parse().unwrap()
+    };
+    (num_before(" GETs"), num_before(" tiles fetched ahead"))
+}
+
+/// Names and sizes of every file under `dir` (sorted walk; no file is opened).
+fn tree_sizes(dir: &Path) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = std::fs::metadata(e.path()).unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
+                out.insert(rel, m.len());
+            }
+        }
+    }
+    out
+}
+
+/// Through a mount of `s3://…`: listing every name with its size (`find`, `ls -l`) costs no tile
+/// GET (sizes come from the bundles' indexes), and reading every tile in name order (`tar`, `cp
+/// -r`) coalesces adjacent tiles into few range GETs; the bytes equal the local export's.
+#[test]
+fn listings_cost_no_tile_get_and_reads_in_name_order_coalesce() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    run_ok(
+        Command::new(bin())
+            .arg("sample")
+            .arg(&src)
+            .args(["--levels", "0-5"]),
+    );
+    let url = fresh_url("coalesce");
+    run_ok(
+        Command::new(bin())
+            .arg("export")
+            .arg(&src)
+            .arg(&url)
+            .args(["--storage", "compact-v2"]),
+    );
+    let exploded = d.path().join("exploded");
+    run_ok(
+        Command::new(bin())
+            .arg("export")
+            .arg(&src)
+            .arg(&exploded)
+            .args(["--storage", "exploded"]),
+    );
+    let want = tree_files(&exploded.join("_alllayers"));
+    assert_eq!(want.len(), 1365, "levels 0-5 of the sample");
+    let bundles = 6;
+
+    // Names and sizes only.
+    let log = d.path().join("list.log");
+    let mut m = mount_logged(&url, &d.path().join("m1"), &["--recheck", "3600"], &log);
+    let sizes = tree_sizes(&m.mnt.join("_alllayers"));
+    let want_sizes: BTreeMap<String, u64> = want
+        .iter()
+        .map(|(k, v)| (k.clone(), v.len() as u64))
+        .collect();
+    assert_eq!(sizes, want_sizes, "names and sizes through the mount");
+    assert!(unmount(&mut m, 60), "the daemon exited with an error");
+    let (gets, _) = gets_logged(&log);
+    assert!(
+        gets <= bundles,
+        "listing {} names took {gets} GETs (at most one index GET per bundle expected)",
+        want.len()
+    );
+
+    // Every tile read, in name order.
+    let log = d.path().join("read.log");
+    let mut m = mount_logged(&url, &d.path().join("m2"), &["--recheck", "3600"], &log);
+    let got = tree_files(&m.mnt.join("_alllayers"));
+    assert!(got == want, "tiles read through the mount differ from the export");
+    assert!(unmount(&mut m, 60), "the daemon exited with an error");
+    let (gets, ahead) = gets_logged(&log);
+    // One GET per tile would be 1365 + 6; windows of up to 64 tiles make it about 50.
+    assert!(
+        gets < 100 && ahead > 1200,
+        "reading {} tiles in name order took {gets} GETs, {ahead} tiles fetched ahead",
+        want.len()
+    );
+}
+
 // ---- writable mounts, the CAS probe, faults (second slice) ------------------------------------
 
 /// Tests that stop gateway 2 take this for writing; tests that use gateway 2 take it for reading.

@@ -84,6 +84,15 @@ impl TileGroup {
     }
 }
 
+/// What a store can tell of a stored tile without handing out its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TileStat {
+    /// Size of the tile in bytes (what a read of it returns).
+    pub size: u64,
+    /// Its modification time (own if recorded, else its bundle's), if the store has one.
+    pub mtime: Option<SystemTime>,
+}
+
 /// One kind of storage of a cache's tiles. Errors name the file (or object) and what is wrong.
 /// Implementations are shared between threads (the mount serves reads while it flushes).
 pub trait Storage: Send + Sync {
@@ -169,6 +178,23 @@ pub trait Storage: Send + Sync {
 
     /// Records a stored tile's modification time. False if the tile is not stored.
     fn set_tile_time(&self, t: TileAddr, mtime: SystemTime) -> Result<bool>;
+
+    /// Whether [`Storage::tile_stat`] answers from an index without reading the tile. True for
+    /// an object store, where reading a tile costs a request; false (the default) for local
+    /// storages, where a tile read is a memory map and the bytes also tell the image kind.
+    fn stats_without_reading(&self) -> bool {
+        false
+    }
+
+    /// Size and time of stored tile `t`, None if the cache lacks it. By default the tile is read
+    /// (its length and [`Storage::tile_mtime`]); stores whose
+    /// [`Storage::stats_without_reading`] is true answer from the bundle's index instead.
+    fn tile_stat(&self, t: TileAddr) -> Result<Option<TileStat>> {
+        Ok(self.tile(t)?.map(|b| TileStat {
+            size: b.len() as u64,
+            mtime: self.tile_mtime(t, &b),
+        }))
+    }
 
     /// Where tile `t` is (or would be) stored, for messages.
     fn location(&self, t: TileAddr) -> PathBuf;

@@ -46,7 +46,9 @@ pub mod v1;
 pub use options::{shown_endpoint, ObjectOptions, WriteCoordination, DEFAULT_TIMEOUT, TIMEOUT_ENV};
 pub use probe::{probe as probe_conditional_writes, CasProbe, PROBE_NAME};
 
-use super::{check_tiles, GroupView, LevelStats, Storage, TileGroup, TimedSlot, UpdateFn};
+use super::{
+    check_tiles, GroupView, LevelStats, Storage, TileGroup, TileStat, TimedSlot, UpdateFn,
+};
 use crate::cache::bundle::{BundleHandle, FileStamp};
 use crate::cache::url::ObjectUrl;
 use crate::cache::{CacheOptions, TileBytes};
@@ -61,14 +63,93 @@ const ALLLAYERS: &str = "_alllayers";
 /// How many whole bundles (batch reads) stay in memory at most.
 const MAX_WHOLE_BUNDLES: usize = 8;
 
-/// How many recently read tiles stay in memory, keyed by the bundle version (ETag) they were
-/// read from: a mount looks a tile up (its size) and then reads it, and both ask the storage for
-/// the bytes; without this each tile would be fetched twice.
-const RECENT_TILES: usize = 64;
+/// Bytes of recently read tiles kept in memory (whole tiles, least recently used dropped first),
+/// keyed by the bundle version (ETag) they were read from: a mount looks a tile up and then reads
+/// it, and tiles fetched ahead (below) wait here for their reads.
+const RECENT_BYTES: usize = 16 << 20;
 
-/// Tiles larger than this are not kept among the recent ones (so those hold at most
-/// `RECENT_TILES` × 256 KiB = 16 MiB).
+/// Tiles larger than this are not kept among the recent ones.
 const RECENT_TILE_MAX: usize = 256 << 10;
+
+/// The read-ahead window's cap: most tiles one coalesced range GET fetches. Reads of a bundle's
+/// tiles in slot order (`tar`, `cp -r`, `rsync` of a folder: names sorted, so columns ascending
+/// within a row, rows ascending) double the window on each miss, 1, 2, 4 … 64 tiles, as the
+/// kernel's file read-ahead does; any other read resets it to 1 (one tile, no extra bytes).
+const RUN_TILES: usize = 64;
+
+/// Most bytes one coalesced range GET fetches.
+const RUN_BYTES: u64 = 1 << 20;
+
+/// Largest gap (dead space or tiles not wanted) a coalesced GET reads through between two
+/// tiles; a tile further on, or stored before the previous one, ends the run.
+const RUN_GAP: u64 = 16 << 10;
+
+/// Bundles whose read-ahead state is kept.
+const AHEAD_BUNDLES: usize = 64;
+
+/// Row-major ordinal of a slot (`row * 128 + col`): the V2 index order.
+fn ordinal(s: Slot) -> u32 {
+    s.row * BUNDLE_DIM + s.col
+}
+
+/// The slot of a row-major ordinal (0..16384).
+fn slot_at(o: u32) -> Slot {
+    Slot {
+        row: o / BUNDLE_DIM,
+        col: o % BUNDLE_DIM,
+    }
+}
+
+/// Recently read tiles, bounded by their bytes ([`RECENT_BYTES`]).
+struct Recent {
+    tiles: LruCache<TileAddr, RecentTile>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn new() -> Recent {
+        Recent {
+            tiles: LruCache::unbounded(),
+            bytes: 0,
+        }
+    }
+
+    /// Tile `t` as read from the bundle version `etag`.
+    fn get(&mut self, t: &TileAddr, etag: &str) -> Option<Arc<Vec<u8>>> {
+        match self.tiles.get(t) {
+            Some((e, v)) if e == etag => Some(v.clone()),
+            _ => None,
+        }
+    }
+
+    /// Whether tile `t` of version `etag` is kept (not counted as a use).
+    fn holds(&self, t: &TileAddr, etag: &str) -> bool {
+        self.tiles.peek(t).is_some_and(|(e, _)| e == etag)
+    }
+
+    fn put(&mut self, t: TileAddr, etag: &str, v: Arc<Vec<u8>>) {
+        if v.len() > RECENT_TILE_MAX {
+            return;
+        }
+        self.bytes += v.len();
+        if let Some((_, old)) = self.tiles.put(t, (etag.to_string(), v)) {
+            self.bytes -= old.len();
+        }
+        while self.bytes > RECENT_BYTES {
+            match self.tiles.pop_lru() {
+                Some((_, (_, old))) => self.bytes -= old.len(),
+                None => break,
+            }
+        }
+    }
+}
+
+/// Read-ahead state of one bundle: the ordinal of the last tile read and the window.
+#[derive(Clone, Copy)]
+struct Ahead {
+    last: u32,
+    window: usize,
+}
 
 /// How conditional writes are retried after losing a race to another writer.
 #[derive(Debug, Clone, Copy)]
@@ -110,6 +191,8 @@ pub struct ObjectStats {
     /// Conditional PUTs refused because another writer changed the bundle first (each one made
     /// the update decide again).
     pub conflicts: AtomicU64,
+    /// Tiles fetched ahead of their reads in a coalesced range GET (sequential reads).
+    pub tiles_ahead: AtomicU64,
 }
 
 /// A bundle's header and index as read by one range GET, with the version it belongs to.
@@ -254,7 +337,9 @@ pub struct ObjectStorage {
     /// The level list and when it was read (kept `recheck`, as bundle listings).
     level_list: Mutex<Option<(Instant, Vec<u8>)>>,
     /// Recently read tiles: (ETag of the bundle version, bytes).
-    recent: Mutex<LruCache<TileAddr, RecentTile>>,
+    recent: Mutex<Recent>,
+    /// Read-ahead state per bundle (sequential reads coalesce GETs).
+    ahead: Mutex<LruCache<BundleId, Ahead>>,
     /// The store compares `If-Match` with unquoted ETags (Ceph RGW 16).
     unquoted_etags: AtomicBool,
     /// The store refuses its own ETag in `If-Match` on GET: tile reads go unpinned.
@@ -300,7 +385,8 @@ impl ObjectStorage {
             whole: Mutex::new(LruCache::new(whole)),
             listings: Mutex::new(HashMap::new()),
             level_list: Mutex::new(None),
-            recent: Mutex::new(LruCache::new(NonZeroUsize::new(RECENT_TILES).unwrap())),
+            recent: Mutex::new(Recent::new()),
+            ahead: Mutex::new(LruCache::new(NonZeroUsize::new(AHEAD_BUNDLES).unwrap())),
             unquoted_etags: AtomicBool::new(false),
             unpinned_gets: AtomicBool::new(false),
             single_writer: opts.object.writes == WriteCoordination::SingleWriter,
@@ -598,17 +684,82 @@ impl ObjectStorage {
         })))
     }
 
-    /// The bytes of `slot`'s tile per `ix` (checked against the object size and the record's size
-    /// prefix), by one range GET pinned to `ix`'s ETag. `Ok(Err(()))`: the bundle changed since.
-    fn read_tile(
+    /// The read-ahead window for a read of the tile at ordinal `o` of bundle `id` (`miss`: not
+    /// among the recent tiles, so a GET follows): sequential (no stored tile between the
+    /// previous read and this one) doubles it on a miss, up to [`RUN_TILES`]; anything else
+    /// sets it to 1.
+    fn note_read(&self, id: BundleId, ix: &Index, o: u32, miss: bool) -> usize {
+        let mut ahead = self.ahead.lock().unwrap();
+        let st = ahead.get_or_insert_mut(id, || Ahead {
+            last: u32::MAX,
+            window: 1,
+        });
+        let sequential =
+            st.last < o && (st.last + 1..o).all(|between| ix.entry(slot_at(between)).is_empty());
+        if miss || !sequential {
+            st.window = if sequential {
+                (st.window * 2).min(RUN_TILES)
+            } else {
+                1
+            };
+        }
+        st.last = o;
+        st.window
+    }
+
+    /// The tiles one range GET reads for a read of `slot`: `slot` first, then up to `window - 1`
+    /// stored tiles following it in slot order whose records follow each other in the object
+    /// (gaps ≤ [`RUN_GAP`], ≤ [`RUN_BYTES`] in all) and that are not kept already.
+    fn plan_run(&self, id: BundleId, ix: &Index, slot: Slot, window: usize) -> Vec<Slot> {
+        let mut run = vec![slot];
+        let first = ix.entry(slot);
+        if window <= 1 || first.is_empty() || first.offset() < DATA_START + RECORD_PREFIX {
+            return run;
+        }
+        let start = first.offset() - RECORD_PREFIX;
+        let mut end = first.offset() + u64::from(first.size());
+        let recent = self.recent.lock().unwrap();
+        for o in ordinal(slot) + 1..BUNDLE_DIM * BUNDLE_DIM {
+            if run.len() >= window {
+                break;
+            }
+            let next = slot_at(o);
+            let e = ix.entry(next);
+            if e.is_empty() {
+                continue;
+            }
+            let (off, size) = (e.offset(), u64::from(e.size()));
+            let stop = off < end + RECORD_PREFIX
+                || off - RECORD_PREFIX - end > RUN_GAP
+                || off + size > ix.size
+                || off + size - start > RUN_BYTES
+                || recent.holds(&id.tile(next), &ix.etag);
+            if stop {
+                break;
+            }
+            run.push(next);
+            end = off + size;
+        }
+        run
+    }
+
+    /// The tiles of `run` ([`ObjectStorage::plan_run`]: the wanted tile first, then tiles after
+    /// it in the object) per `ix`, by one range GET pinned to `ix`'s ETag: the wanted tile's
+    /// bytes (None: no tile at that slot), and those of the others whose records check. The
+    /// wanted tile's entry is checked against the object size and its record's size prefix (an
+    /// error names the bundle and slot); another tile's record that does not check is left out
+    /// (its own read reports it). `Ok(Err(()))`: the bundle changed since `ix` was read.
+    #[allow(clippy::type_complexity)]
+    fn read_run(
         &self,
         id: BundleId,
         ix: &Index,
-        slot: Slot,
-    ) -> Result<std::result::Result<Option<Vec<u8>>, ()>> {
+        run: &[Slot],
+    ) -> Result<std::result::Result<(Option<Vec<u8>>, Vec<(Slot, Vec<u8>)>), ()>> {
+        let slot = run[0];
         let e = ix.entry(slot);
         if e.is_empty() {
-            return Ok(Ok(None));
+            return Ok(Ok((None, Vec::new())));
         }
         let url = self.bundle_url(&id);
         let (off, size) = (e.offset(), u64::from(e.size()));
@@ -633,9 +784,14 @@ impl ObjectStorage {
                 ix.size
             )));
         }
+        let start = off - RECORD_PREFIX;
+        let end = run[1..].iter().fold(off + size, |end, s| {
+            let e = ix.entry(*s);
+            end.max(e.offset() + u64::from(e.size()))
+        });
         let get = |if_match: Option<String>| {
             let opts = GetOptions {
-                range: Some(GetRange::Bounded(off - RECORD_PREFIX..off + size)),
+                range: Some(GetRange::Bounded(start..end)),
                 if_match,
                 ..Default::default()
             };
@@ -671,21 +827,37 @@ impl ObjectStorage {
         self.stats
             .bytes_down
             .fetch_add(b.len() as u64, Ordering::Relaxed);
-        if b.len() as u64 != size + RECORD_PREFIX {
+        if b.len() as u64 != end - start {
             return Err(bad(format!(
                 "range read of {} bytes gave {}",
-                size + RECORD_PREFIX,
+                end - start,
                 b.len()
             )));
         }
-        let prefix = u32::from_le_bytes(b[..4].try_into().unwrap());
-        if u64::from(prefix) != size {
-            return Err(bad(format!(
-                "record size {prefix} at offset {} disagrees with index size {size}",
-                off - RECORD_PREFIX
-            )));
+        // The record at object offset `off` (its size prefix just before), if it checks.
+        let record = |off: u64, size: u64| -> std::result::Result<Vec<u8>, String> {
+            let at = (off - RECORD_PREFIX - start) as usize;
+            let prefix = u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+            if u64::from(prefix) != size {
+                return Err(format!(
+                    "record size {prefix} at offset {} disagrees with index size {size}",
+                    off - RECORD_PREFIX
+                ));
+            }
+            Ok(b[at + 4..at + 4 + size as usize].to_vec())
+        };
+        let wanted = record(off, size).map_err(bad)?;
+        let mut ahead = Vec::new();
+        for s in &run[1..] {
+            let e = ix.entry(*s);
+            if let Ok(v) = record(e.offset(), u64::from(e.size())) {
+                ahead.push((*s, v));
+            }
         }
-        Ok(Ok(Some(b[4..].to_vec())))
+        self.stats
+            .tiles_ahead
+            .fetch_add(ahead.len() as u64, Ordering::Relaxed);
+        Ok(Ok((Some(wanted), ahead)))
     }
 
     /// Reads bundle `id` whole (one GET): its handle and ETag, None if it does not exist.
@@ -895,11 +1067,12 @@ impl ObjectStorage {
     pub fn stats_line(&self) -> String {
         let s = &self.stats;
         format!(
-            "{}: {} GETs ({} bytes), {} HEADs, {} indexes from the disk cache, {} PUTs of \
-             bundles ({} bytes sent), {} conflicts with other writers",
+            "{}: {} GETs ({} bytes; {} tiles fetched ahead), {} HEADs, {} indexes from the disk \
+             cache, {} PUTs of bundles ({} bytes sent), {} conflicts with other writers",
             self.url,
             s.gets.load(Ordering::Relaxed),
             s.bytes_down.load(Ordering::Relaxed),
+            s.tiles_ahead.load(Ordering::Relaxed),
             s.heads.load(Ordering::Relaxed),
             s.disk_hits.load(Ordering::Relaxed),
             s.puts.load(Ordering::Relaxed),
@@ -1285,27 +1458,29 @@ impl Storage for ObjectStorage {
 
     fn tile(&self, t: TileAddr) -> Result<Option<TileBytes>> {
         let id = t.bundle();
+        let o = ordinal(t.slot());
         for _ in 0..2 {
             let Some(ix) = self.index(id)? else {
                 return Ok(None);
             };
-            if let Some((etag, v)) = self.recent.lock().unwrap().get(&t) {
-                if *etag == ix.etag {
-                    return Ok(Some(TileBytes::shared(v.clone(), Some(ix.mtime))));
-                }
+            let kept = self.recent.lock().unwrap().get(&t, &ix.etag);
+            if let Some(v) = kept {
+                self.note_read(id, &ix, o, false);
+                return Ok(Some(TileBytes::shared(v, Some(ix.mtime))));
             }
-            match self.read_tile(id, &ix, t.slot())? {
-                Ok(Some(v)) => {
+            let window = self.note_read(id, &ix, o, true);
+            let run = self.plan_run(id, &ix, t.slot(), window);
+            match self.read_run(id, &ix, &run)? {
+                Ok((Some(v), ahead)) => {
                     let v = Arc::new(v);
-                    if v.len() <= RECENT_TILE_MAX {
-                        self.recent
-                            .lock()
-                            .unwrap()
-                            .put(t, (ix.etag.clone(), v.clone()));
+                    let mut recent = self.recent.lock().unwrap();
+                    for (s, bytes) in ahead {
+                        recent.put(id.tile(s), &ix.etag, Arc::new(bytes));
                     }
+                    recent.put(t, &ix.etag, v.clone());
                     return Ok(Some(TileBytes::shared(v, Some(ix.mtime))));
                 }
-                Ok(None) => return Ok(None),
+                Ok((None, _)) => return Ok(None),
                 Err(()) => {
                     tracing::debug!(
                         "{}: changed since its index was read; reading it anew",
@@ -1321,6 +1496,24 @@ impl Storage for ObjectStorage {
                 "tile {t}: the bundle changed again while being read; try again"
             )),
         ))
+    }
+
+    fn stats_without_reading(&self) -> bool {
+        true
+    }
+
+    fn tile_stat(&self, t: TileAddr) -> Result<Option<TileStat>> {
+        let Some(ix) = self.index(t.bundle())? else {
+            return Ok(None);
+        };
+        let e = ix.entry(t.slot());
+        if e.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(TileStat {
+            size: u64::from(e.size()),
+            mtime: Some(ix.mtime),
+        }))
     }
 
     fn slots_of(&self, id: BundleId) -> Result<Option<Vec<(Slot, u32)>>> {
@@ -1900,6 +2093,133 @@ mod tests {
             .unwrap();
         s.invalidate(&ID);
         assert_eq!(&s.tile(t).unwrap().unwrap()[..], &other[..]);
+    }
+
+    #[test]
+    fn sequential_reads_coalesce_into_growing_range_gets_and_others_do_not() {
+        let mem = Arc::new(InMemory::new());
+        let writer = storage(&mem, Duration::from_secs(60));
+        // Slots 0-99 and, after empty slots, 300-399: one run in the object (slot order).
+        let ns: Vec<u32> = (0..100).chain(300..400).collect();
+        put(&writer, &ns);
+        let s = storage(&mem, Duration::from_secs(3600));
+        let gets = || s.stats().gets.load(Ordering::Relaxed);
+        for n in &ns {
+            let got = s.tile(ID.tile(slot(*n))).unwrap().unwrap();
+            assert_eq!(&got[..], &tile(*n)[..], "tile {n}");
+        }
+        // One index GET, then windows of 1, 2, 4 … 64, 64 and the last 9: 200 tiles in 9 tile
+        // GETs (the empty slots between 99 and 300 do not break the sequence).
+        assert_eq!(gets(), 1 + 9, "{}", s.stats_line());
+        assert_eq!(s.stats().tiles_ahead.load(Ordering::Relaxed), 200 - 9);
+
+        // Reads out of order fetch one tile each and nothing ahead.
+        let s = storage(&mem, Duration::from_secs(3600));
+        for n in [50, 10, 90, 11, 13, 300] {
+            let got = s.tile(ID.tile(slot(n))).unwrap().unwrap();
+            assert_eq!(&got[..], &tile(n)[..], "tile {n}");
+        }
+        assert_eq!(s.stats().tiles_ahead.load(Ordering::Relaxed), 0);
+        assert_eq!(gets_of(&s), 1 + 6);
+        // 11 after 10 is sequential: window 2 (11 and 12); 12 is then kept.
+        let s2 = storage(&mem, Duration::from_secs(3600));
+        for n in [10, 11, 12] {
+            assert_eq!(
+                &s2.tile(ID.tile(slot(n))).unwrap().unwrap()[..],
+                &tile(n)[..]
+            );
+        }
+        assert_eq!(gets_of(&s2), 1 + 2, "{}", s2.stats_line());
+    }
+
+    fn gets_of(s: &ObjectStorage) -> u64 {
+        s.stats().gets.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn a_run_stops_at_tiles_stored_out_of_order_or_far_away() {
+        let mem = Arc::new(InMemory::new());
+        let writer = storage(&mem, Duration::from_secs(60));
+        put(&writer, &(0..8).collect::<Vec<_>>());
+        // The planner on the stored index (records in slot order), then on a copy whose
+        // entries for slots 4 and 5 are swapped (slot 5's record lies before slot 4's).
+        let s = storage(&mem, Duration::from_secs(3600));
+        let ix = s.index(ID).unwrap().unwrap();
+        let run = s.plan_run(ID, &ix, slot(0), 64);
+        assert_eq!(run, (0..8).map(slot).collect::<Vec<_>>());
+        let mut head = ix.head.to_vec();
+        let (e4, e5) = (ix.entry(slot(4)), ix.entry(slot(5)));
+        let pos = |n: u32| v2::index_pos(slot(n));
+        head[pos(4)..pos(4) + 8].copy_from_slice(&e5.0.to_le_bytes());
+        head[pos(5)..pos(5) + 8].copy_from_slice(&e4.0.to_le_bytes());
+        let swapped = Index {
+            head: Bytes::from(head),
+            etag: ix.etag.clone(),
+            size: ix.size,
+            mtime: ix.mtime,
+            checked: Mutex::new(Instant::now()),
+        };
+        let run = s.plan_run(ID, &swapped, slot(0), 64);
+        assert_eq!(
+            run,
+            (0..5).map(slot).collect::<Vec<_>>(),
+            "slot 5 lies before 4"
+        );
+        // A window of 3 takes 3 tiles; a kept tile ends the run.
+        assert_eq!(s.plan_run(ID, &ix, slot(0), 3).len(), 3);
+        s.recent
+            .lock()
+            .unwrap()
+            .put(ID.tile(slot(2)), &ix.etag, Arc::new(tile(2)));
+        assert_eq!(s.plan_run(ID, &ix, slot(0), 64).len(), 2);
+    }
+
+    #[test]
+    fn tile_stat_answers_from_the_index_without_a_tile_get() {
+        let mem = Arc::new(InMemory::new());
+        let writer = storage(&mem, Duration::from_secs(60));
+        put(&writer, &[1, 2, 3]);
+        let s = storage(&mem, Duration::from_secs(3600));
+        assert!(s.stats_without_reading());
+        for n in [1, 2, 3] {
+            let st = s.tile_stat(ID.tile(slot(n))).unwrap().unwrap();
+            assert_eq!(st.size, tile(n).len() as u64);
+            assert!(st.mtime.is_some());
+        }
+        assert_eq!(s.tile_stat(ID.tile(slot(4))).unwrap(), None);
+        let other = BundleId { row0: 0, ..ID };
+        assert_eq!(s.tile_stat(other.tile(slot(1))).unwrap(), None);
+        // The index of ID and the (absent) index of the other bundle: no tile GET.
+        assert_eq!(gets_of(&s), 2, "{}", s.stats_line());
+    }
+
+    #[test]
+    fn kept_tiles_are_bounded_by_bytes() {
+        let mut r = Recent::new();
+        let big = Arc::new(vec![7u8; 200 << 10]);
+        for c in 0..200 {
+            r.put(TileAddr::new(1, 0, c), "e", big.clone());
+        }
+        assert!(r.bytes <= RECENT_BYTES, "{} bytes kept", r.bytes);
+        assert_eq!(r.bytes, r.tiles.len() * (200 << 10));
+        assert!(r.get(&TileAddr::new(1, 0, 199), "e").is_some());
+        assert!(
+            r.get(&TileAddr::new(1, 0, 0), "e").is_none(),
+            "oldest dropped"
+        );
+        assert!(
+            r.get(&TileAddr::new(1, 0, 199), "other").is_none(),
+            "other version"
+        );
+        r.put(
+            TileAddr::new(1, 0, 1000),
+            "e",
+            Arc::new(vec![0; RECENT_TILE_MAX + 1]),
+        );
+        assert!(
+            r.get(&TileAddr::new(1, 0, 1000), "e").is_none(),
+            "too large to keep"
+        );
     }
 
     #[test]
