@@ -354,7 +354,9 @@ fn gets_logged(log: &Path) -> (u64, u64) {
         .rfind(|l| l.contains("tiles fetched ahead"))
         .unwrap_or_else(|| panic!("no request counters in the daemon's log:\n{text}"));
     let num_before = |marker: &str| -> u64 {
-        let head = &line[..line.find(marker).unwrap_or_else(|| panic!("{marker}: {line}"))];
+        let head = &line[..line
+            .find(marker)
+            .unwrap_or_else(|| panic!("{marker}: {line}"))];
         let digits: String = head
             .trim_end()
             .chars()
@@ -439,7 +441,10 @@ fn listings_cost_no_tile_get_and_reads_in_name_order_coalesce() {
     let log = d.path().join("read.log");
     let mut m = mount_logged(&url, &d.path().join("m2"), &["--recheck", "3600"], &log);
     let got = tree_files(&m.mnt.join("_alllayers"));
-    assert!(got == want, "tiles read through the mount differ from the export");
+    assert!(
+        got == want,
+        "tiles read through the mount differ from the export"
+    );
     assert!(unmount(&mut m, 60), "the daemon exited with an error");
     let (gets, ahead) = gets_logged(&log);
     // One GET per tile would be 1365 + 6; windows of up to 64 tiles make it about 50.

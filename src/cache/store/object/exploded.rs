@@ -31,7 +31,7 @@ use super::{
     block, jitter_seed, obj_err, obj_err_key, rel_url, xorshift, ObjectStats, ObjectStorage,
 };
 use crate::cache::store::{
-    check_tiles, GroupView, LevelStats, Storage, TileGroup, TimedSlot, UpdateFn,
+    check_tiles, GroupView, LevelStats, Storage, TileGroup, TileStat, TimedSlot, UpdateFn,
 };
 use crate::cache::TileBytes;
 use crate::error::{Error, Result};
@@ -848,6 +848,32 @@ impl Storage for ExplodedObjects {
         Ok(row.choose(t.col, self.default_kind).is_some())
     }
 
+    fn stats_without_reading(&self) -> bool {
+        true
+    }
+
+    /// Size and time from the row's listing, no GET, for a tile object named with the cache's
+    /// own extension. A tile stored under another extension, or a zero-byte object, gives None:
+    /// the caller reads it (and names it by its bytes, or gets the error naming the key).
+    fn tile_stat(&self, t: TileAddr) -> Result<Option<TileStat>> {
+        let row = self.row(t.level, t.row)?;
+        let Some(o) = row.choose(t.col, self.default_kind) else {
+            return Ok(None);
+        };
+        let ext = o.name.rsplit_once('.').map_or("", |(_, e)| e);
+        let own = match self.default_kind {
+            ImageKind::Png => ext.eq_ignore_ascii_case("png"),
+            ImageKind::Jpeg => ext.eq_ignore_ascii_case("jpg") || ext.eq_ignore_ascii_case("jpeg"),
+        };
+        if !own || o.size == 0 {
+            return Ok(None);
+        }
+        Ok(Some(TileStat {
+            size: o.size,
+            mtime: Some(o.mtime),
+        }))
+    }
+
     fn location(&self, t: TileAddr) -> PathBuf {
         let kept = self
             .rows
@@ -995,6 +1021,14 @@ mod tests {
         );
         assert_eq!(&s.tile(ID.tile(slot(0, 1))).unwrap().unwrap()[..], &a[..]);
         assert!(s.tile(ID.tile(slot(0, 3))).unwrap().is_none());
+        let gets = s.stats().gets.load(Ordering::Relaxed);
+        let st = s.tile_stat(ID.tile(slot(0, 2))).unwrap().unwrap();
+        assert_eq!(st.size, b.len() as u64);
+        assert_eq!(
+            s.stats().gets.load(Ordering::Relaxed),
+            gets,
+            "stat without a GET"
+        );
         let groups = s.groups(3).unwrap();
         assert_eq!(groups.len(), 1);
         assert_eq!(groups[0].id, ID);
@@ -1026,6 +1060,8 @@ mod tests {
         assert!(k.contains(&"caches/world/_alllayers/L03/R00000080/C00000001.jpg".to_string()));
         assert!(!k.contains(&"caches/world/_alllayers/L03/R00000080/C00000001.png".to_string()));
         assert_eq!(&s.tile(ID.tile(slot(0, 1))).unwrap().unwrap()[..], &j[..]);
+        // Not the cache's extension (PNG here): read and named by its bytes, not stated.
+        assert!(s.tile_stat(ID.tile(slot(0, 1))).unwrap().is_none());
         assert_eq!(
             s.location(ID.tile(slot(0, 1))),
             PathBuf::from("s3://bucket/caches/world/_alllayers/L03/R00000080/C00000001.jpg")
