@@ -201,13 +201,13 @@ fn delete_compact_and_render_keep_work_on_the_store_as_on_a_folder() {
 fn storages_other_than_compact_v2_are_refused_by_name() {
     let url = fresh_url("exploded");
     let out = run(Command::new(bin())
-        .args(["export", "--storage", "exploded"])
+        .args(["export", "--storage", "compact-v1"])
         .arg(esri_sample_cache())
         .arg(&url));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("exploded storage in an object store is not supported"),
+        err.contains("Compact V1 in an object store is read-only"),
         "{err}"
     );
     let out = run(Command::new(bin()).args(["info", &fresh_url("nothing")]));
