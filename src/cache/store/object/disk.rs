@@ -126,9 +126,15 @@ impl DiskCache {
         let bytes = encode(url, e);
         let tmp = p.with_extension(format!("tmp{}", std::process::id()));
         let old = fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+        // The old entry is removed before the rename, not replaced by it: ext4 (auto_da_alloc)
+        // writes a file renamed over another out at once, 4 ms against 0.16 ms measured here for
+        // 128 KiB, on a cold read's path. Meanwhile the entry is simply missing (a cache miss).
         let written = fs::File::create(&tmp)
             .and_then(|mut f| f.write_all(&bytes))
-            .and_then(|()| fs::rename(&tmp, &p));
+            .and_then(|()| match fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => fs::rename(&tmp, &p),
+            });
         if let Err(err) = written {
             tracing::warn!("{}: cannot write the index cache entry: {err}", p.display());
             let _ = fs::remove_file(&tmp);
