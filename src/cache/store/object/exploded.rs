@@ -51,6 +51,10 @@ const RECENT_TILES: usize = 64;
 /// Tiles larger than this are not kept among the recent ones (so those hold at most 16 MiB).
 const RECENT_TILE_MAX: usize = 256 << 10;
 
+/// At most this many kept row listings are checked for other writers' changes per `recheck`
+/// ([`Storage::foreign_changes`]), the most recently used first.
+pub const FOREIGN_ROWS: usize = 256;
+
 /// Requests a batch operation (a group's PUTs, GETs or DELETEs) keeps under way at once.
 const PARALLEL: usize = 8;
 
@@ -782,8 +786,10 @@ impl Storage for ExplodedObjects {
                     self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                     pending.push(rel);
                 }
-                self.forget(t.level, t.row..t.row + 1);
             }
+            // Once per try, not per tile: the next try lists the rows again (other writers'
+            // tiles), and so do readers after our writes.
+            self.forget(id.level, id.row0..id.row0 + BUNDLE_DIM);
             if pending.is_empty() {
                 if attempt > 0 {
                     tracing::info!(
@@ -908,6 +914,55 @@ impl Storage for ExplodedObjects {
 
     fn counters(&self) -> Option<String> {
         Some(self.stats_line())
+    }
+
+    /// The kept row listings older than `recheck` (the [`FOREIGN_ROWS`] most recently used at
+    /// most: that many ListObjectsV2 per `recheck`), listed again; a row whose tiles (names,
+    /// ETags) differ is reported for each bundle the changed columns are in. Own writes drop the
+    /// listings they touch, so they are not reported.
+    fn foreign_changes(&self) -> Vec<(BundleId, Vec<u32>)> {
+        let kept: Vec<((u8, u32), Arc<Row>)> = self
+            .rows
+            .lock()
+            .unwrap()
+            .rows
+            .iter()
+            .filter(|(_, k)| !self.fresh(k))
+            .take(FOREIGN_ROWS)
+            .map(|(key, k)| (*key, k.1.clone()))
+            .collect();
+        let mut changed: BTreeMap<BundleId, BTreeSet<u32>> = BTreeMap::new();
+        for ((level, row), old) in kept {
+            let new = match self.list_row(&old.dir, false) {
+                Ok(r) => Arc::new(r),
+                Err(e) => {
+                    tracing::warn!("checking for changes by other writers: {e}");
+                    continue;
+                }
+            };
+            let cols: BTreeSet<u32> = old.tiles.keys().chain(new.tiles.keys()).copied().collect();
+            let tag = |r: &Row, col: u32| -> Vec<(String, Option<String>)> {
+                r.all(col)
+                    .iter()
+                    .map(|o| (o.name.clone(), o.etag.clone()))
+                    .collect()
+            };
+            for col in cols {
+                if tag(&old, col) != tag(&new, col) {
+                    let t = TileAddr::new(level, row, col);
+                    changed
+                        .entry(t.bundle())
+                        .or_default()
+                        .insert(row - t.bundle().row0);
+                    self.recent.lock().unwrap().pop(&t);
+                }
+            }
+            self.rows.lock().unwrap().put((level, row), new);
+        }
+        changed
+            .into_iter()
+            .map(|(id, rows)| (id, rows.into_iter().collect()))
+            .collect()
     }
 }
 
@@ -1276,5 +1331,48 @@ mod tests {
             e.contains("already holds a cache in exploded storage"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn foreign_changes_name_the_rows_another_writer_changed_once() {
+        let mem = Arc::new(InMemory::new());
+        let reader = storage(&mem, "_alllayers", Duration::ZERO);
+        let writer = storage(&mem, "_alllayers", Duration::from_secs(60));
+        let (a, b) = (png(1), png(2));
+        writer
+            .write_group(
+                ID,
+                &[(slot(0, 1), &a[..], None), (slot(4, 2), &b[..], None)],
+            )
+            .unwrap();
+        // The reader has read rows 128 and 132 (kept listings).
+        assert!(reader.tile(ID.tile(slot(0, 1))).unwrap().is_some());
+        assert!(reader.tile(ID.tile(slot(4, 2))).unwrap().is_some());
+        assert_eq!(reader.foreign_changes(), vec![], "nothing changed yet");
+        let c = png(3);
+        writer
+            .write_group(ID, &[(slot(4, 2), &c[..], None)])
+            .unwrap();
+        assert_eq!(reader.foreign_changes(), vec![(ID, vec![4])]);
+        assert_eq!(reader.foreign_changes(), vec![], "reported once");
+        assert_eq!(
+            &reader.tile(ID.tile(slot(4, 2))).unwrap().unwrap()[..],
+            &c[..]
+        );
+        // A tile deleted by another writer in a bundle further right is named with its bundle.
+        let right = BundleId { col0: 128, ..ID };
+        writer
+            .write_group(right, &[(slot(0, 5), &a[..], None)])
+            .unwrap();
+        assert!(reader.tile(right.tile(slot(0, 5))).unwrap().is_some());
+        let _ = reader.foreign_changes();
+        writer.delete_group(right, &[slot(0, 5)]).unwrap();
+        assert_eq!(reader.foreign_changes(), vec![(right, vec![0])]);
+        // The reader's own write is not reported.
+        reader
+            .write_group(ID, &[(slot(0, 1), &c[..], None)])
+            .unwrap();
+        assert!(reader.tile(ID.tile(slot(0, 1))).unwrap().is_some());
+        assert_eq!(reader.foreign_changes(), vec![]);
     }
 }
