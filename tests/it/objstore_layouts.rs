@@ -251,3 +251,67 @@ fn an_rw_mount_of_an_exploded_prefix_takes_a_cp_and_stores_tile_objects() {
         "the store holds the source's tiles, levels 0-2"
     );
 }
+
+/// Another mount's write to an exploded prefix reaches a reading mount within `--recheck` and a
+/// few polls, whatever `--ttl` (its row listing is listed again and the kernel told to forget
+/// the row: `Storage::foreign_changes`).
+#[test]
+fn a_write_to_an_exploded_prefix_through_one_mount_is_seen_by_another_within_recheck() {
+    crate::support::mount::need("fusermount3");
+    let d = tempfile::tempdir().unwrap();
+    let local = d.path().join("exploded");
+    run_ok(
+        Command::new(bin())
+            .args(["export", "--storage", "exploded"])
+            .arg(esri_sample_cache())
+            .arg(&local),
+    );
+    let url = fresh_url("layouts-recheck");
+    upload(&local, &url);
+    let rel = "_alllayers/L01/R00000000/C00000001.jpg";
+    let first = std::fs::read(local.join(rel)).unwrap();
+    let (wlog, rlog) = (d.path().join("writer.log"), d.path().join("reader.log"));
+    let w = mount_logged(&url, &d.path().join("w"), &["-o", "rw"], &wlog);
+    let r = mount_logged(
+        &url,
+        &d.path().join("r"),
+        &["--recheck", "0.5", "--ttl", "3600"],
+        &rlog,
+    );
+    assert_eq!(
+        std::fs::read(r.path(rel)).unwrap(),
+        first,
+        "the reader's first read"
+    );
+    // A longer tile: with the old size still cached, the kernel would hand out wrong bytes.
+    let mut second = first.clone();
+    second.extend_from_slice(&[0; 100]);
+    let written = std::time::Instant::now();
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(w.path(rel)).unwrap();
+        f.write_all(&second).unwrap();
+        f.sync_all().unwrap();
+    }
+    let seen = loop {
+        let got = std::fs::read(r.path(rel)).unwrap();
+        if got == second {
+            break written.elapsed();
+        }
+        assert!(
+            written.elapsed() < std::time::Duration::from_secs(15),
+            "the reader still shows {} bytes (want {}) 15 s after the write:\n{}",
+            got.len(),
+            second.len(),
+            std::fs::read_to_string(&rlog).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    eprintln!("the reading mount showed the new tile {seen:?} after the writer's fsync");
+    assert!(
+        seen < std::time::Duration::from_secs(5),
+        "{seen:?}: not within recheck (0.5 s) and a few polls"
+    );
+    drop(r);
+    drop(w);
+}
