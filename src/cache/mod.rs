@@ -305,10 +305,11 @@ impl Cache {
         }
     }
 
-    /// Opens the cache in an object store at `url` (`s3://BUCKET/PREFIX`; client settings from the
-    /// `AWS_*` environment), or with `new` creates it (conf.cdi, then conf.xml). Compact V2 and
-    /// exploded caches are read and written there, Compact V1 only read; the storage is the one
-    /// the keys show (`store::object::open`).
+    /// Opens the cache in an object store at `url` (`s3://BUCKET/PREFIX` or
+    /// `az://CONTAINER/PREFIX`; client settings from the `AWS_*` or `AZURE_*` environment), or with
+    /// `new` creates it (conf.cdi, then conf.xml). Compact V2 and exploded caches are read and
+    /// written there, Compact V1 only read; the storage is the one the keys show
+    /// (`store::object::open`).
     pub fn open_url(
         url: &url::ObjectUrl,
         opts: CacheOptions,

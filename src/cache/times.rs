@@ -15,6 +15,11 @@
 //! bundle's mtime instead of showing a stale time, and a torn record simply does not match. The
 //! sidecar is written after the index, under the bundle lock, without fsync: losing it costs a
 //! resend by rsync, never a wrong tile.
+//!
+//! [`Sidecar`] is the same format in memory, for stores that read and write it whole (the object
+//! store's `<bundle key>.times` objects, `cache::store::object::times`). Those put a *stamp* in the
+//! header's reserved word (the CRC-32 of the bundle version's ETag the records were made for); a
+//! local sidecar leaves it 0.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -38,6 +43,7 @@ pub fn sidecar_path(bundle: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Byte offset of `slot`'s record in a sidecar (records in row-major slot order after the header).
 fn record_pos(slot: Slot) -> u64 {
     HEADER + RECORD * (u64::from(slot.row) * u64::from(BUNDLE_DIM) + u64::from(slot.col))
 }
@@ -58,19 +64,111 @@ fn from_nanos(n: i64) -> SystemTime {
     }
 }
 
+/// One 16-byte record: the raw index entry (u64 LE), the time in ns since the epoch (i64 LE).
+fn encode_record(entry: u64, t: SystemTime) -> [u8; RECORD as usize] {
+    let mut rec = [0u8; RECORD as usize];
+    rec[..8].copy_from_slice(&entry.to_le_bytes());
+    rec[8..].copy_from_slice(&to_nanos(t).to_le_bytes());
+    rec
+}
+
+/// The time of a record if it is set and made for `entry`.
+fn decode_record(rec: &[u8], entry: u64) -> Option<SystemTime> {
+    let seen = u64::from_le_bytes(rec[..8].try_into().ok()?);
+    let nanos = i64::from_le_bytes(rec[8..16].try_into().ok()?);
+    (seen == entry && nanos != 0).then(|| from_nanos(nanos))
+}
+
+/// A header of this format and version (the reserved word is not checked).
+fn header_ok(head: &[u8]) -> bool {
+    head.len() >= HEADER as usize
+        && &head[..8] == MAGIC
+        && u32::from_le_bytes(head[8..12].try_into().unwrap()) == VERSION
+}
+
+/// A whole sidecar in memory ([`SIDECAR_LEN`] bytes, the layout of the module docs), for stores
+/// that read and write it as one object.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sidecar {
+    bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for Sidecar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = Slot::all().filter(|s| self.raw(*s).1 != 0).count();
+        write!(
+            f,
+            "Sidecar {{ stamp: {:#010x}, records: {set} }}",
+            self.stamp()
+        )
+    }
+}
+
+impl Sidecar {
+    /// An empty sidecar (no records) with `stamp` in the header's reserved word.
+    pub fn new(stamp: u32) -> Sidecar {
+        let mut bytes = vec![0u8; SIDECAR_LEN as usize];
+        bytes[..8].copy_from_slice(MAGIC);
+        bytes[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        bytes[12..16].copy_from_slice(&stamp.to_le_bytes());
+        Sidecar { bytes }
+    }
+
+    /// `bytes` as a sidecar; None unless they are exactly [`SIDECAR_LEN`] bytes with this magic
+    /// and version (anything else is not trusted: a store then starts it over).
+    pub fn from_bytes(bytes: Vec<u8>) -> Option<Sidecar> {
+        (bytes.len() as u64 == SIDECAR_LEN && header_ok(&bytes)).then_some(Sidecar { bytes })
+    }
+
+    /// The header's reserved word (the object store's stamp; 0 in local sidecars).
+    pub fn stamp(&self) -> u32 {
+        u32::from_le_bytes(self.bytes[12..16].try_into().unwrap())
+    }
+
+    /// The recorded time of `slot` if its record was made for index entry `entry`.
+    pub fn time(&self, slot: Slot, entry: u64) -> Option<SystemTime> {
+        let at = record_pos(slot) as usize;
+        decode_record(&self.bytes[at..at + RECORD as usize], entry)
+    }
+
+    /// The raw record of `slot`: (index entry, ns since the epoch; 0 = none).
+    fn raw(&self, slot: Slot) -> (u64, i64) {
+        let at = record_pos(slot) as usize;
+        let b = &self.bytes[at..at + RECORD as usize];
+        (
+            u64::from_le_bytes(b[..8].try_into().unwrap()),
+            i64::from_le_bytes(b[8..].try_into().unwrap()),
+        )
+    }
+
+    /// Records `t` for `slot` holding index entry `entry`.
+    pub fn set(&mut self, slot: Slot, entry: u64, t: SystemTime) {
+        let at = record_pos(slot) as usize;
+        self.bytes[at..at + RECORD as usize].copy_from_slice(&encode_record(entry, t));
+    }
+
+    /// The encoded sidecar.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The encoded sidecar, by value.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+}
+
 /// The recorded time of a slot, if the sidecar has one for exactly this index entry.
 pub fn read(bundle: &Path, slot: Slot, entry: u64) -> Option<SystemTime> {
     let f = File::open(sidecar_path(bundle)).ok()?;
     let mut head = [0u8; HEADER as usize];
     f.read_exact_at(&mut head, 0).ok()?;
-    if &head[..8] != MAGIC || u32::from_le_bytes(head[8..12].try_into().ok()?) != VERSION {
+    if !header_ok(&head) {
         return None;
     }
     let mut rec = [0u8; RECORD as usize];
     f.read_exact_at(&mut rec, record_pos(slot)).ok()?;
-    let seen = u64::from_le_bytes(rec[..8].try_into().ok()?);
-    let nanos = i64::from_le_bytes(rec[8..].try_into().ok()?);
-    (seen == entry && nanos != 0).then(|| from_nanos(nanos))
+    decode_record(&rec, entry)
 }
 
 /// Records times for slots with their current index entries. The caller holds the bundle lock.
@@ -87,28 +185,19 @@ pub fn write(bundle: &Path, records: &[(Slot, u64, SystemTime)]) -> Result<()> {
         .open(&path)
         .at(&path)?;
     let mut head = [0u8; HEADER as usize];
-    let fresh = f.read_exact_at(&mut head, 0).is_err()
-        || &head[..8] != MAGIC
-        || u32::from_le_bytes(head[8..12].try_into().unwrap()) != VERSION;
+    let fresh = f.read_exact_at(&mut head, 0).is_err() || !header_ok(&head);
     if fresh {
         // New (or unreadable: start over) sidecar: all records empty, then the header.
         f.set_len(0).at(&path)?;
         f.set_len(SIDECAR_LEN).at(&path)?;
-        let mut h = [0u8; HEADER as usize];
-        h[..8].copy_from_slice(MAGIC);
-        h[8..12].copy_from_slice(&VERSION.to_le_bytes());
-        f.write_all_at(&h, 0).at(&path)?;
+        f.write_all_at(&Sidecar::new(0).as_bytes()[..HEADER as usize], 0)
+            .at(&path)?;
     } else if f.metadata().at(&path)?.len() != SIDECAR_LEN {
         f.set_len(SIDECAR_LEN).at(&path)?;
     }
     let mut sorted: Vec<(u64, [u8; RECORD as usize])> = records
         .iter()
-        .map(|(slot, entry, t)| {
-            let mut rec = [0u8; RECORD as usize];
-            rec[..8].copy_from_slice(&entry.to_le_bytes());
-            rec[8..].copy_from_slice(&to_nanos(*t).to_le_bytes());
-            (record_pos(*slot), rec)
-        })
+        .map(|(slot, entry, t)| (record_pos(*slot), encode_record(*entry, *t)))
         .collect();
     sorted.sort_by_key(|r| r.0);
     // Coalesce adjacent records into one write.
@@ -154,5 +243,44 @@ mod tests {
         assert_eq!(read(&b, s, 42), None);
         write(&b, &[(s, 42, t)]).unwrap();
         assert_eq!(read(&b, s, 42), Some(t));
+    }
+
+    #[test]
+    fn a_sidecar_in_memory_has_the_file_format() {
+        let d = tempfile::tempdir().unwrap();
+        let b = d.path().join("R0000C0000.bundle");
+        let s = Slot { row: 127, col: 1 };
+        let t = UNIX_EPOCH + Duration::new(1_600_000_000, 7);
+        write(&b, &[(s, 99, t)]).unwrap();
+        // The file written by `write` decodes as a Sidecar, and the other way round.
+        let file = std::fs::read(sidecar_path(&b)).unwrap();
+        let sc = Sidecar::from_bytes(file.clone()).expect("a sidecar");
+        assert_eq!(
+            (sc.stamp(), sc.time(s, 99), sc.time(s, 98)),
+            (0, Some(t), None)
+        );
+        let mut mine = Sidecar::new(0);
+        mine.set(s, 99, t);
+        assert_eq!(mine.as_bytes(), &file[..]);
+        // The stamp is the reserved word; a later record replaces the earlier one.
+        let mut stamped = Sidecar::new(0xdead_beef);
+        assert_eq!(stamped.stamp(), 0xdead_beef);
+        stamped.set(s, 1, t);
+        stamped.set(s, 2, UNIX_EPOCH - Duration::from_secs(3));
+        assert_eq!(stamped.time(s, 1), None);
+        assert_eq!(
+            stamped.time(s, 2),
+            Some(UNIX_EPOCH - Duration::from_secs(3))
+        );
+        std::fs::write(sidecar_path(&b), stamped.as_bytes()).unwrap();
+        assert_eq!(read(&b, s, 2), Some(UNIX_EPOCH - Duration::from_secs(3)));
+        // Wrong length, magic or version: not a sidecar.
+        assert!(Sidecar::from_bytes(file[..file.len() - 1].to_vec()).is_none());
+        let mut bad = file.clone();
+        bad[0] ^= 1;
+        assert!(Sidecar::from_bytes(bad).is_none());
+        let mut v2 = file;
+        v2[8] = 2;
+        assert!(Sidecar::from_bytes(v2).is_none());
     }
 }

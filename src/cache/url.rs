@@ -1,6 +1,7 @@
 //! Caches addressed by URL instead of a local folder: `s3://BUCKET/PREFIX` (an S3-compatible object
-//! store, `cache::store::object`). The URL holds no secret: endpoint, region and credentials come
-//! from the standard `AWS_*` environment variables (see `doc/object-store.md`).
+//! store) or `az://CONTAINER/PREFIX` (Azure Blob Storage), both served by `cache::store::object`.
+//! The URL holds no secret: endpoint, region and credentials come from the standard `AWS_*` or
+//! `AZURE_*` environment variables (see `doc/object-store.md`).
 
 use std::fmt;
 use std::path::Path;
@@ -8,22 +9,51 @@ use std::path::Path;
 use crate::error::{Error, Result};
 
 /// URL schemes of object stores that bundlefs knows of but does not serve (yet); refused by name.
-const UNSUPPORTED_SCHEMES: &[&str] =
-    &["az", "azure", "abfs", "abfss", "gs", "gcs", "http", "https"];
+const UNSUPPORTED_SCHEMES: &[&str] = &["azure", "abfs", "abfss", "gs", "gcs", "http", "https"];
 
-/// A cache in an S3-compatible object store: `s3://BUCKET/PREFIX`. Keys below the prefix mirror
-/// the folder layout (`PREFIX/conf.xml`, `PREFIX/_alllayers/L05/R0080C0100.bundle`).
+/// The kind of object store a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    /// `s3://`: Amazon S3 and S3-compatible stores (Ceph RGW, MinIO, Garage …).
+    S3,
+    /// `az://`: Azure Blob Storage (and the Azurite emulator); the "bucket" is the container.
+    Azure,
+}
+
+impl Scheme {
+    /// The URL scheme as written (`s3`, `az`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::S3 => "s3",
+            Scheme::Azure => "az",
+        }
+    }
+
+    /// The environment variables the store's client reads its settings from, for messages.
+    pub fn env_vars(self) -> &'static str {
+        match self {
+            Scheme::S3 => "AWS_*",
+            Scheme::Azure => "AZURE_*",
+        }
+    }
+}
+
+/// A cache in an object store: `s3://BUCKET/PREFIX` or `az://CONTAINER/PREFIX`. Keys below the
+/// prefix mirror the folder layout (`PREFIX/conf.xml`, `PREFIX/_alllayers/L05/R0080C0100.bundle`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectUrl {
-    /// The bucket name (path-style addressing; no dots or slashes needed).
+    /// Which kind of store.
+    pub scheme: Scheme,
+    /// The bucket (S3; path-style addressing) or container (Azure) name.
     pub bucket: String,
     /// The key prefix of the cache, without leading or trailing `/` (empty: the bucket's root).
     pub prefix: String,
 }
 
 impl ObjectUrl {
-    /// Parses `s3://BUCKET[/PREFIX]`. `Ok(None)` for anything that is not a URL (a local path);
-    /// an error for a URL bundlefs cannot serve (another scheme, no bucket, empty key segments).
+    /// Parses `s3://BUCKET[/PREFIX]` or `az://CONTAINER[/PREFIX]`. `Ok(None)` for anything that
+    /// is not a URL (a local path); an error for a URL bundlefs cannot serve (another scheme, no
+    /// bucket, empty key segments).
     pub fn parse(s: &str) -> Result<Option<ObjectUrl>> {
         let Some((scheme, rest)) = s.split_once("://") else {
             return Ok(None);
@@ -33,25 +63,36 @@ impl ObjectUrl {
         }
         let shown = redact(s);
         let s = shown.as_str();
-        let scheme_lc = scheme.to_ascii_lowercase();
-        if scheme_lc != "s3" {
-            let known = UNSUPPORTED_SCHEMES.contains(&scheme_lc.as_str());
-            return Err(Error::invalid(format!(
-                "{s}: {} URL scheme `{scheme}://`; bundlefs serves caches in local folders and \
-                 in S3-compatible object stores (s3://BUCKET/PREFIX)",
-                if known { "unsupported" } else { "unknown" }
-            )));
-        }
+        let kind = match scheme.to_ascii_lowercase().as_str() {
+            "s3" => Scheme::S3,
+            "az" => Scheme::Azure,
+            other => {
+                let known = UNSUPPORTED_SCHEMES.contains(&other);
+                return Err(Error::invalid(format!(
+                    "{s}: {} URL scheme `{scheme}://`; bundlefs serves caches in local folders, \
+                     in S3-compatible object stores (s3://BUCKET/PREFIX) and in Azure Blob \
+                     Storage (az://CONTAINER/PREFIX)",
+                    if known { "unsupported" } else { "unknown" }
+                )));
+            }
+        };
+        let what = match kind {
+            Scheme::S3 => "bucket",
+            Scheme::Azure => "container",
+        };
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
             return Err(Error::invalid(format!(
-                "{s}: no bucket (s3://BUCKET/PREFIX)"
+                "{s}: no {what} ({}://{}/PREFIX)",
+                kind.as_str(),
+                what.to_ascii_uppercase()
             )));
         }
         if bucket.contains(['?', '#', '@', ':']) {
             return Err(Error::invalid(format!(
-                "{s}: the bucket name has a character not allowed in bucket names (`?`, `#`, `@` \
-                 or `:`); options and credentials go in AWS_* environment variables, not in the URL"
+                "{s}: the {what} name has a character not allowed in {what} names (`?`, `#`, `@` \
+                 or `:`); options and credentials go in {} environment variables, not in the URL",
+                kind.env_vars()
             )));
         }
         let prefix = prefix.trim_matches('/');
@@ -63,6 +104,7 @@ impl ObjectUrl {
             )));
         }
         Ok(Some(ObjectUrl {
+            scheme: kind,
             bucket: bucket.to_string(),
             prefix: prefix.to_string(),
         }))
@@ -88,10 +130,11 @@ impl ObjectUrl {
 
 impl fmt::Display for ObjectUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = self.scheme.as_str();
         if self.prefix.is_empty() {
-            write!(f, "s3://{}", self.bucket)
+            write!(f, "{scheme}://{}", self.bucket)
         } else {
-            write!(f, "s3://{}/{}", self.bucket, self.prefix)
+            write!(f, "{scheme}://{}/{}", self.bucket, self.prefix)
         }
     }
 }
@@ -134,6 +177,10 @@ mod tests {
         let root = ObjectUrl::parse("s3://tiles").unwrap().unwrap();
         assert_eq!(root.prefix, "");
         assert_eq!(root.key("conf.xml"), "conf.xml");
+        let az = ObjectUrl::parse("az://maps/world").unwrap().unwrap();
+        assert_eq!((az.scheme, az.bucket.as_str()), (Scheme::Azure, "maps"));
+        assert_eq!(az.to_string(), "az://maps/world");
+        assert_eq!(u.scheme, Scheme::S3);
     }
 
     #[test]
@@ -150,6 +197,13 @@ mod tests {
         assert!(e.contains("unsupported URL scheme `gs://`"), "{e}");
         let e = ObjectUrl::parse("s3:///p").unwrap_err().to_string();
         assert!(e.contains("no bucket"), "{e}");
+        let e = ObjectUrl::parse("az:///p").unwrap_err().to_string();
+        assert!(e.contains("no container (az://CONTAINER/PREFIX)"), "{e}");
+        let e = ObjectUrl::parse("az://k:s@c/p").unwrap_err().to_string();
+        assert!(
+            e.contains("AZURE_* environment") && !e.contains(":s@"),
+            "{e}"
+        );
         let e = ObjectUrl::parse("s3://key:secret@b/p")
             .unwrap_err()
             .to_string();

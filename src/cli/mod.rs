@@ -413,8 +413,9 @@ pub struct MountArgs {
     /// Caches in an object store: keep bundle indexes (128 KiB each) in this folder too, so a
     /// fresh mount reads them from disk instead of the store (entries keyed by object and ETag,
     /// checksummed; an entry older than --recheck is confirmed by a HEAD). Memory, with or
-    /// without it: at most 256 indexes (128 KiB each: 32 MiB), recently read and read-ahead tiles (at most
-    /// 16 MiB) and 8 whole bundles for batch reads, besides --write-buffer.
+    /// without it: at most 256 indexes (128 KiB each: 32 MiB), recently read and read-ahead
+    /// tiles (at most 16 MiB), 32 per-tile time sidecars (256 KiB each: 8 MiB) and 8 whole
+    /// bundles for batch reads, besides --write-buffer.
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
     /// With --cache-dir: bound of the folder in bytes (units k, M, G); the least recently
@@ -437,7 +438,7 @@ pub struct UnmountArgs {
 /// Arguments of `bundlefs delete`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DeleteArgs {
-    /// Cache folder (or its conf.xml), or s3://BUCKET/PREFIX.
+    /// Cache folder (or its conf.xml), or s3://BUCKET/PREFIX or az://CONTAINER/PREFIX.
     pub cache: PathBuf,
     /// Which tiles.
     #[command(flatten)]

@@ -37,9 +37,9 @@ pub struct ParsedOptions {
     /// Mount over a folder that holds files (hiding them while mounted).
     pub nonempty: bool,
     pub passthrough: Vec<String>,
-    /// `endpoint=URL`: the object store's URL (caches at `s3://…` only).
+    /// `endpoint=URL`: the object store's URL (caches at `s3://…` or `az://…` only).
     pub endpoint: Option<String>,
-    /// `region=R`: the object store's region (caches at `s3://…` only).
+    /// `region=R`: the object store's region (caches at `s3://…` only; refused for `az://…`).
     pub region: Option<String>,
     /// `timeout=SECONDS`: time limit of one object-store request with its retries.
     pub timeout: Option<Duration>,
@@ -103,7 +103,7 @@ pub fn parse_options(opts: &[String]) -> anyhow::Result<ParsedOptions> {
             }
             "exec" | "noexec" | "suid" | "nosuid" | "dev" | "nodev" | "atime" | "noatime" | "sync" | "async"
             | "dirsync" => p.passthrough.push(word.to_string()),
-            w => bail!("-o {}: unknown mount option (known: ro, rw, allow_other, allow_root, default_permissions, nonempty; for s3:// caches endpoint=URL, region=R, timeout=SECONDS)", crate::cache::store::object::shown_endpoint(w)),
+            w => bail!("-o {}: unknown mount option (known: ro, rw, allow_other, allow_root, default_permissions, nonempty; for s3:// and az:// caches endpoint=URL, region=R, timeout=SECONDS)", crate::cache::store::object::shown_endpoint(w)),
         }
     }
     // A mount others may enter gets the kernel's permission checks against the modes shown
@@ -394,14 +394,14 @@ fn object_options(args: &MountArgs, parsed: &ParsedOptions) -> anyhow::Result<Ob
         ];
         if let Some(w) = given.into_iter().flatten().next() {
             bail!(
-                "-o {w}=…: only for a cache in an object store (s3://BUCKET/PREFIX); {} is a folder",
+                "-o {w}=…: only for a cache in an object store (s3://BUCKET/PREFIX, az://CONTAINER/PREFIX); {} is a folder",
                 args.cache.display()
             );
         }
     }
     if !is_url && args.cache_dir.is_some() {
         bail!(
-            "--cache-dir: only for a cache in an object store (s3://BUCKET/PREFIX); {} is a folder",
+            "--cache-dir: only for a cache in an object store (s3://BUCKET/PREFIX, az://CONTAINER/PREFIX); {} is a folder",
             args.cache.display()
         );
     }

@@ -437,7 +437,10 @@ impl TreeFs {
                 if mtime.is_some() {
                     o.mtime = mtime;
                 }
-                true
+                // A clean open tile is not committed at its release: a time set through its
+                // handle (`touch` uses futimens) goes to the buffer or the store below, as for
+                // a closed tile.
+                o.dirty
             } else if let Some(t) = w.temps.get_mut(&ino) {
                 if let Some(s) = size {
                     t.data.resize(s as usize, 0);

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use bundlefs::cache::store::object::{s3_client_at, ObjectStorage, RetryPolicy};
+use bundlefs::cache::store::object::{store_client_at, ObjectStorage, RetryPolicy};
 use bundlefs::cache::url::ObjectUrl;
 use bundlefs::cache::{Cache, CacheOptions, GroupView, Storage, TileBytes};
 use bundlefs::format::{BundleId, Slot, TileAddr};
@@ -47,7 +47,7 @@ pub(crate) fn parse(url: &str) -> ObjectUrl {
 /// Uploads every file under `dir` as it is (like copying a cache folder into the bucket).
 pub(crate) fn upload(dir: &Path, url: &str) {
     let u = parse(url);
-    let client = s3_client_at(&u, None).unwrap();
+    let client = store_client_at(&u, None).unwrap();
     let s = ObjectStorage::with_store(u, client, "", CacheOptions::default());
     for (rel, bytes) in tree_files(dir) {
         s.put_file(&rel, &bytes)
@@ -261,7 +261,7 @@ fn racing_writers_on_two_gateways_lose_no_tile() {
             let u = url.clone();
             let barrier = barrier.clone();
             std::thread::spawn(move || {
-                let client = s3_client_at(&u, ep.as_deref()).unwrap();
+                let client = store_client_at(&u, ep.as_deref()).unwrap();
                 let s = ObjectStorage::with_store(u, client, "_alllayers", CacheOptions::default())
                     .with_retry(RetryPolicy {
                         attempts: 60,
@@ -734,7 +734,7 @@ fn two_rw_mounts_on_two_gateways_rsync_overlapping_tiles_and_lose_none() {
 /// The keys directly under the cache's prefix at `url` (ListObjectsV2 with delimiter).
 fn block_list(url: &str) -> Vec<String> {
     let u = parse(url);
-    let client = s3_client_at(&u, None).unwrap();
+    let client = store_client_at(&u, None).unwrap();
     let prefix = object_store::path::Path::from(u.prefix.as_str());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -1218,4 +1218,166 @@ fn a_write_through_one_mount_is_seen_by_another_within_recheck() {
     );
     drop(r);
     drop(w);
+}
+
+/// Per-tile times in the store (the `<bundle>.bundle.times` sidecar objects): `rsync -a` of a
+/// folder of tiles into an `-o rw` mount of a fresh prefix (a small write buffer, so each bundle
+/// is flushed several times and earlier tiles' times must survive the later rebuilds); after a
+/// remount a second `rsync -a --dry-run --itemize-changes` of the same folder lists no tile, and
+/// `stat` shows each source file's mtime. Then `touch -d` of a tile through an rw mount survives
+/// a remount. Control: a source tile given a new time is listed by the same dry run.
+#[test]
+fn rsync_a_times_survive_a_remount_so_a_second_rsync_sends_no_tile() {
+    crate::support::mount::need("rsync");
+    let _gw = gw2_shared();
+    let url = empty_cache("times-rsync");
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    let base = base_png();
+    // Level 3 whole (one bundle) and level 5 rows 0-3 (one bundle): 192 tiles.
+    let tiles: Vec<TileAddr> = (0..8)
+        .flat_map(|r| (0..8).map(move |c| TileAddr::new(3, r, c)))
+        .chain((0..4).flat_map(|r| (0..32).map(move |c| TileAddr::new(5, r, c))))
+        .collect();
+    write_tree(&src, &base, 7, &tiles);
+    let rel = |t: &TileAddr| format!("L{:02}/R{:08x}/C{:08x}.png", t.level, t.row, t.col);
+    // Source times in the past, one per file and with nanoseconds: neither the flush's time nor
+    // the bundle's can match them by chance.
+    let t0 = std::time::UNIX_EPOCH + Duration::from_secs(1_500_000_000);
+    let src_time = |i: usize| t0 + Duration::new(61 * i as u64, 1000 * i as u32 + 7);
+    for (i, t) in tiles.iter().enumerate() {
+        std::fs::File::options()
+            .write(true)
+            .open(src.join(rel(t)))
+            .unwrap()
+            .set_modified(src_time(i))
+            .unwrap();
+    }
+    let rsync = |args: &[&str], dest: &Path| {
+        let out = Command::new("timeout")
+            .arg("300")
+            .arg("rsync")
+            .args(args)
+            .arg(format!("{}/", src.display()))
+            .arg(format!("{}/", dest.display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "rsync {args:?}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Tiles rsync would transfer: an itemized line (`YXcstpoguax`) whose update type is not
+    // `.` (attributes only), or whose size or time differs. A read-only mount shows tiles
+    // 0444, so `.f...p.....` (permissions only, no data sent) is not a transfer.
+    let tiles_listed = |itemized: &str| -> Vec<String> {
+        itemized
+            .lines()
+            .filter(|l| l.trim_end().ends_with(".png"))
+            .filter(|l| {
+                let b = l.as_bytes();
+                b[0] != b'.' || b[3] != b'.' || b[4] != b'.'
+            })
+            .map(str::to_string)
+            .collect()
+    };
+    let logs: Vec<_> = (0..4).map(|i| d.path().join(format!("m{i}.log"))).collect();
+    let flags = ["--write-buffer", "16k", "--flush-idle", "0"];
+
+    // 1. rsync -a into a writable mount, unmount (flushes the rest).
+    let mut w = mount_logged(
+        &url,
+        &d.path().join("w"),
+        &[&["-o", "rw"][..], &flags[..]].concat(),
+        &logs[0],
+    );
+    rsync(&["-a"], &w.path("_alllayers"));
+    assert!(
+        unmount(&mut w, 120),
+        "the writing mount failed:\n{}",
+        std::fs::read_to_string(&logs[0]).unwrap_or_default()
+    );
+    let log0 = std::fs::read_to_string(&logs[0]).unwrap_or_default();
+    assert!(!log0.contains("not recorded"), "times lost:\n{log0}");
+    // The writer's request counters (sidecar cost, for doc/object-store.md).
+    for l in log0.lines().filter(|l| l.contains("tile-times sidecars")) {
+        eprintln!("writer: {l}");
+    }
+
+    // 2. A fresh read-only mount: every tile shows its source's time, nothing to send again.
+    let r = mount_logged(&url, &d.path().join("r"), &[], &logs[1]);
+    let mnt = r.path("_alllayers");
+    for (i, t) in tiles.iter().enumerate() {
+        let m = std::fs::metadata(mnt.join(rel(t))).unwrap();
+        assert_eq!(m.len(), std::fs::metadata(src.join(rel(t))).unwrap().len());
+        assert_eq!(m.modified().unwrap(), src_time(i), "mtime of {}", rel(t));
+    }
+    let again = rsync(&["-a", "--dry-run", "--itemize-changes"], &mnt);
+    assert_eq!(
+        tiles_listed(&again),
+        Vec::<String>::new(),
+        "a second rsync -a would send tiles again:\n{again}"
+    );
+    // Control: the same dry run does list a tile whose source time changed.
+    let changed = rel(&tiles[5]);
+    std::fs::File::options()
+        .write(true)
+        .open(src.join(&changed))
+        .unwrap()
+        .set_modified(src_time(5) + Duration::from_secs(3600))
+        .unwrap();
+    let listed = tiles_listed(&rsync(&["-a", "--dry-run", "--itemize-changes"], &mnt));
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert!(listed[0].ends_with(&changed), "{listed:?}");
+    std::fs::File::options()
+        .write(true)
+        .open(src.join(&changed))
+        .unwrap()
+        .set_modified(src_time(5))
+        .unwrap();
+    drop(r);
+
+    // 3. touch -d of a stored tile through a writable mount survives a remount.
+    let touched = tiles[70];
+    let other = tiles[71];
+    let mut w = mount_logged(&url, &d.path().join("w2"), &["-o", "rw"], &logs[2]);
+    let wm = w.path("_alllayers");
+    run_ok(
+        Command::new("touch")
+            .env("TZ", "UTC")
+            .args(["-d", "2001-02-03 04:05:06.789"])
+            .arg(wm.join(rel(&touched))),
+    );
+    let want = std::time::UNIX_EPOCH + Duration::new(981_173_106, 789_000_000);
+    assert_eq!(
+        std::fs::metadata(wm.join(rel(&touched)))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        want
+    );
+    assert!(unmount(&mut w, 60), "the touching mount failed");
+    let log2 = std::fs::read_to_string(&logs[2]).unwrap_or_default();
+    let sidecar_puts: u64 = log2
+        .lines()
+        .filter_map(|l| l.split("tile-times sidecars: ").nth(1))
+        .filter_map(|s| s.split(" GETs, ").nth(1))
+        .filter_map(|s| s.split(' ').next()?.parse().ok())
+        .max()
+        .unwrap_or(0);
+    assert_eq!(sidecar_puts, 1, "one sidecar PUT for one touch:\n{log2}");
+    let r = mount_logged(&url, &d.path().join("r2"), &[], &logs[3]);
+    let mnt = r.path("_alllayers");
+    let time_of = |t: &TileAddr| {
+        std::fs::metadata(mnt.join(rel(t)))
+            .unwrap()
+            .modified()
+            .unwrap()
+    };
+    assert_eq!(time_of(&touched), want, "the touched time after a remount");
+    assert_eq!(time_of(&other), src_time(71), "a neighbour's time kept");
+    drop(r);
 }

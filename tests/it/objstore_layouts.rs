@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use bundlefs::cache::store::object::s3_client_at;
+use bundlefs::cache::store::object::store_client_at;
 use bundlefs::cache::store::object::v1::READ_ONLY;
 use bundlefs::cache::Cache;
 use bundlefs::format::conf::StorageFormat;
@@ -22,7 +22,7 @@ use crate::support::{
 /// Every key under the cache at `url`, relative to its prefix.
 fn keys(url: &str) -> Vec<String> {
     let u = parse(url);
-    let client = s3_client_at(&u, None).unwrap();
+    let client = store_client_at(&u, None).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

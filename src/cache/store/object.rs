@@ -32,6 +32,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use lru::LruCache;
 use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
 use object_store::path::Path as Key;
 use object_store::{
     GetOptions, GetRange, ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion,
@@ -41,6 +42,7 @@ pub mod disk;
 pub mod exploded;
 mod options;
 mod probe;
+pub mod times;
 pub mod v1;
 
 pub use options::{shown_endpoint, ObjectOptions, WriteCoordination, DEFAULT_TIMEOUT, TIMEOUT_ENV};
@@ -50,7 +52,7 @@ use super::{
     check_tiles, GroupView, LevelStats, Storage, TileGroup, TileStat, TimedSlot, UpdateFn,
 };
 use crate::cache::bundle::{BundleHandle, FileStamp};
-use crate::cache::url::ObjectUrl;
+use crate::cache::url::{ObjectUrl, Scheme};
 use crate::cache::{CacheOptions, TileBytes};
 use crate::error::{Error, FormatContext, Result};
 use crate::format::conf::StorageFormat;
@@ -193,6 +195,13 @@ pub struct ObjectStats {
     pub conflicts: AtomicU64,
     /// Tiles fetched ahead of their reads in a coalesced range GET (sequential reads).
     pub tiles_ahead: AtomicU64,
+    /// GETs of tile-times sidecars (`<bundle>.times`, 256 KiB; a 304 or 404 counts too). Not
+    /// in `gets`; their bytes are in `bytes_down`.
+    pub sidecar_gets: AtomicU64,
+    /// Successful PUTs of tile-times sidecars (their bytes are in `bytes_up`).
+    pub sidecar_puts: AtomicU64,
+    /// Conditional PUTs of sidecars refused because another writer changed them first.
+    pub sidecar_conflicts: AtomicU64,
 }
 
 /// A bundle's header and index as read by one range GET, with the version it belongs to.
@@ -245,48 +254,65 @@ fn block<F: std::future::Future>(f: F) -> F::Output {
     runtime().block_on(f)
 }
 
-/// An S3 client for `url`'s bucket configured from the `AWS_*` environment (endpoint, region,
-/// credentials, `AWS_ALLOW_HTTP`), path-style, checksums only where the store requires them, with
-/// the default time limits ([`ObjectOptions`]).
-pub fn s3_client(url: &ObjectUrl) -> Result<Arc<dyn ObjectStore>> {
-    s3_client_with(url, &ObjectOptions::default())
+/// The client of the store `url` names (S3 or Azure Blob, per its scheme), set up from the
+/// environment (`AWS_*`, or `AZURE_*`: `AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY`,
+/// `AZURE_STORAGE_USE_EMULATOR` …), with the default time limits ([`ObjectOptions`]). Errors:
+/// settings the client refuses, named without secrets.
+pub fn store_client(url: &ObjectUrl) -> Result<Arc<dyn ObjectStore>> {
+    store_client_with(url, &ObjectOptions::default())
 }
 
-/// [`s3_client`] with another endpoint (`http://HOST:PORT`) than `AWS_ENDPOINT_URL`'s, e.g. a
+/// [`store_client`] with another endpoint (`http://HOST:PORT`) than the environment's, e.g. a
 /// second gateway of the same store.
-pub fn s3_client_at(url: &ObjectUrl, endpoint: Option<&str>) -> Result<Arc<dyn ObjectStore>> {
+pub fn store_client_at(url: &ObjectUrl, endpoint: Option<&str>) -> Result<Arc<dyn ObjectStore>> {
     let o = ObjectOptions {
         endpoint: endpoint.map(str::to_string),
         ..ObjectOptions::default()
     };
-    s3_client_with(url, &o)
+    store_client_with(url, &o)
 }
 
-/// [`s3_client`] with `o`'s settings over the environment's.
-pub fn s3_client_with(url: &ObjectUrl, o: &ObjectOptions) -> Result<Arc<dyn ObjectStore>> {
-    let b = o
-        .apply(AmazonS3Builder::from_env().with_bucket_name(&url.bucket))
-        .map_err(|e| Error::invalid(format!("{url}: {e}")))?;
-    let s3 = b.build().map_err(|e| {
+/// [`store_client`] with `o`'s settings over the environment's.
+pub fn store_client_with(url: &ObjectUrl, o: &ObjectOptions) -> Result<Arc<dyn ObjectStore>> {
+    let failed = |e: object_store::Error| {
         Error::invalid(format!(
-            "{url}: cannot set up the S3 client from the AWS_* environment: {}",
+            "{url}: cannot set up the {} client from the {} environment: {}",
+            match url.scheme {
+                Scheme::S3 => "S3",
+                Scheme::Azure => "Azure Blob",
+            },
+            url.scheme.env_vars(),
             scrub(&e.to_string())
         ))
-    })?;
-    Ok(Arc::new(s3))
+    };
+    let bad = |e: Error| Error::invalid(format!("{url}: {e}"));
+    Ok(match url.scheme {
+        Scheme::S3 => Arc::new(
+            o.apply(AmazonS3Builder::from_env().with_bucket_name(&url.bucket))
+                .map_err(bad)?
+                .build()
+                .map_err(failed)?,
+        ),
+        Scheme::Azure => Arc::new(
+            o.apply_azure(MicrosoftAzureBuilder::from_env().with_container_name(&url.bucket))
+                .map_err(bad)?
+                .build()
+                .map_err(failed)?,
+        ),
+    })
 }
 
 /// Writes a small object (conf.cdi) at `rel` under the cache at `url`, replacing it.
 pub fn put_file(url: &ObjectUrl, rel: &str, bytes: &[u8]) -> Result<()> {
     let key = Key::from(url.key(rel));
-    block(s3_client(url)?.put(&key, PutPayload::from(Bytes::copy_from_slice(bytes))))
+    block(store_client(url)?.put(&key, PutPayload::from(Bytes::copy_from_slice(bytes))))
         .map_err(|e| obj_err(url, rel, e))?;
     Ok(())
 }
 
 /// True when the prefix at `url` holds a cache (conf.xml, `_alllayers/`, or `Lnn/` prefixes).
 pub fn holds_cache(url: &ObjectUrl) -> Result<bool> {
-    let client = s3_client(url)?;
+    let client = store_client(url)?;
     let f = ObjectStorage::probe(url, client.as_ref())?;
     if f.arcgis_layout {
         return Ok(true);
@@ -303,6 +329,14 @@ fn scrub(msg: &str) -> String {
         "AWS_SECRET_ACCESS_KEY",
         "AWS_SESSION_TOKEN",
         "AWS_ACCESS_KEY_ID",
+        "AZURE_STORAGE_ACCOUNT_KEY",
+        "AZURE_STORAGE_ACCESS_KEY",
+        "AZURE_STORAGE_MASTER_KEY",
+        "AZURE_STORAGE_SAS_KEY",
+        "AZURE_STORAGE_SAS_TOKEN",
+        "AZURE_STORAGE_TOKEN",
+        "AZURE_STORAGE_CLIENT_SECRET",
+        "AZURE_CLIENT_SECRET",
     ] {
         if let Ok(v) = std::env::var(var) {
             if v.len() >= 4 {
@@ -351,6 +385,8 @@ pub struct ObjectStorage {
     /// Bundles found absent (404 on the index GET) and when: not asked again for `recheck`
     /// (a writer's lookups of new tile names would otherwise cost a GET each).
     absent: Mutex<LruCache<BundleId, Instant>>,
+    /// Tile-times sidecars kept in memory (`times`).
+    sidecars: times::Sidecars,
     stats: ObjectStats,
 }
 
@@ -393,6 +429,7 @@ impl ObjectStorage {
             opts,
             disk: None,
             absent: Mutex::new(LruCache::new(cap)),
+            sidecars: times::sidecars(),
             stats: ObjectStats::default(),
         }
     }
@@ -638,7 +675,7 @@ impl ObjectStorage {
     fn disk_key(&self, id: &BundleId) -> String {
         format!(
             "{} {}",
-            store_name(&self.opts.object),
+            store_name(&self.url, &self.opts.object),
             self.bundle_url(id).display()
         )
     }
@@ -900,29 +937,28 @@ impl ObjectStorage {
     /// (None: it does not exist) and returns the new bundle's bytes and tile count (None: nothing
     /// to write); called again after each lost race.
     fn rewrite(&self, id: BundleId, build: &mut RebuildFn) -> Result<WriteStats> {
+        Ok(self.rewrite_tagged(id, build)?.stats)
+    }
+
+    /// [`Self::rewrite`], also telling the ETags of the version the stored bundle was built from
+    /// and of the one stored (for the per-tile times, `times`).
+    fn rewrite_tagged(&self, id: BundleId, build: &mut RebuildFn) -> Result<times::Rewritten> {
         let rel = self.bundle_rel(&id);
         let key = self.bundle_key(&id);
         let mut seed = jitter_seed(&id);
         for attempt in 0..self.policy.attempts {
             if attempt > 0 {
-                let exp = self
-                    .policy
-                    .base_delay
-                    .saturating_mul(1 << (attempt - 1).min(16))
-                    .min(self.policy.max_delay);
-                seed = xorshift(seed);
-                let frac = 0.5 + (seed % 1000) as f64 / 2000.0;
-                std::thread::sleep(exp.mul_f64(frac));
+                std::thread::sleep(self.policy.delay(attempt, &mut seed));
             }
             let current = self.get_whole(id)?;
             let Some((body, tiles)) = build(current.as_ref().map(|(h, _)| h))? else {
-                return Ok(WriteStats::default());
+                return Ok(times::Rewritten::default());
             };
             let len = body.len() as u64;
             let payload = PutPayload::from(Bytes::from(body));
             let etag = current.as_ref().map(|(_, e)| e.clone());
             match self.put_conditional(&key, payload, etag.as_deref())? {
-                true => {
+                Some(put) => {
                     self.stats.puts.fetch_add(1, Ordering::Relaxed);
                     if attempt > 0 {
                         // Info level: the daemon's log tells how often writers collided (the
@@ -938,12 +974,16 @@ impl ObjectStorage {
                     self.invalidate(&id);
                     self.listings.lock().unwrap().remove(&id.level);
                     *self.level_list.lock().unwrap() = None;
-                    return Ok(WriteStats {
-                        tiles,
-                        bytes_written: len,
+                    return Ok(times::Rewritten {
+                        stats: WriteStats {
+                            tiles,
+                            bytes_written: len,
+                        },
+                        built_from: etag,
+                        stored: put.e_tag,
                     });
                 }
-                false => {
+                None => {
                     self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(
                         "{}: another writer changed the bundle (try {}); deciding again",
@@ -963,9 +1003,15 @@ impl ObjectStorage {
         ))
     }
 
-    /// One conditional PUT: `If-Match: etag`, or `If-None-Match: *` when `etag` is None. False if
-    /// the precondition failed (another writer was first).
-    fn put_conditional(&self, key: &Key, payload: PutPayload, etag: Option<&str>) -> Result<bool> {
+    /// One conditional PUT: `If-Match: etag`, or `If-None-Match: *` when `etag` is None. The
+    /// store's answer (with the new ETag) on success; None if the precondition failed (another
+    /// writer was first).
+    fn put_conditional(
+        &self,
+        key: &Key,
+        payload: PutPayload,
+        etag: Option<&str>,
+    ) -> Result<Option<object_store::PutResult>> {
         let rel = key.as_ref().to_string();
         let put = |mode: PutMode| {
             self.stats
@@ -984,15 +1030,15 @@ impl ObjectStorage {
             // --single-writer: the operator promised no other writer; the store may not
             // honour conditions anyway.
             return match put(PutMode::Overwrite) {
-                Ok(_) => Ok(true),
+                Ok(r) => Ok(Some(r)),
                 Err(e) => Err(obj_err_key(&self.url, &rel, e)),
             };
         }
         let Some(etag) = etag else {
             return match put(PutMode::Create) {
-                Ok(_) => Ok(true),
+                Ok(r) => Ok(Some(r)),
                 Err(object_store::Error::AlreadyExists { .. })
-                | Err(object_store::Error::Precondition { .. }) => Ok(false),
+                | Err(object_store::Error::Precondition { .. }) => Ok(None),
                 Err(e) => Err(obj_err_key(&self.url, &rel, e)),
             };
         };
@@ -1009,26 +1055,26 @@ impl ObjectStorage {
             etag
         };
         match put(update(first)) {
-            Ok(_) => return Ok(true),
+            Ok(r) => return Ok(Some(r)),
             Err(object_store::Error::Precondition { .. }) => {}
             Err(e) => return Err(obj_err_key(&self.url, &rel, e)),
         }
         if first == unquoted || unquoted == etag {
-            return Ok(false);
+            return Ok(None);
         }
         // Ceph RGW 16 compares If-Match with the unquoted ETag: a 412 while the object still has
         // the ETag we sent means the store wants it unquoted.
         self.stats.heads.fetch_add(1, Ordering::Relaxed);
         let now = match block(self.store.head(key)) {
             Ok(m) => m.e_tag,
-            Err(object_store::Error::NotFound { .. }) => return Ok(false),
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(obj_err_key(&self.url, &rel, e)),
         };
         if now.as_deref() != Some(etag) {
-            return Ok(false);
+            return Ok(None);
         }
         match put(update(unquoted)) {
-            Ok(_) => {
+            Ok(r) => {
                 if !self.unquoted_etags.swap(true, Ordering::Relaxed) {
                     tracing::info!(
                         "{}: the store compares If-Match with unquoted ETags (Ceph RGW 16); \
@@ -1036,9 +1082,9 @@ impl ObjectStorage {
                         self.url
                     );
                 }
-                Ok(true)
+                Ok(Some(r))
             }
-            Err(object_store::Error::Precondition { .. }) => Ok(false),
+            Err(object_store::Error::Precondition { .. }) => Ok(None),
             Err(e) => Err(obj_err_key(&self.url, &rel, e)),
         }
     }
@@ -1068,7 +1114,8 @@ impl ObjectStorage {
         let s = &self.stats;
         format!(
             "{}: {} GETs ({} bytes; {} tiles fetched ahead), {} HEADs, {} indexes from the disk \
-             cache, {} PUTs of bundles ({} bytes sent), {} conflicts with other writers",
+             cache, {} PUTs of bundles ({} bytes sent), {} conflicts with other writers; \
+             tile-times sidecars: {} GETs, {} PUTs, {} conflicts",
             self.url,
             s.gets.load(Ordering::Relaxed),
             s.bytes_down.load(Ordering::Relaxed),
@@ -1077,7 +1124,10 @@ impl ObjectStorage {
             s.disk_hits.load(Ordering::Relaxed),
             s.puts.load(Ordering::Relaxed),
             s.bytes_up.load(Ordering::Relaxed),
-            s.conflicts.load(Ordering::Relaxed)
+            s.conflicts.load(Ordering::Relaxed),
+            s.sidecar_gets.load(Ordering::Relaxed),
+            s.sidecar_puts.load(Ordering::Relaxed),
+            s.sidecar_conflicts.load(Ordering::Relaxed)
         )
     }
 }
@@ -1092,14 +1142,22 @@ impl Drop for ObjectStorage {
 
 /// The store at `o`'s endpoint (or `AWS_ENDPOINT_URL`'s) as messages name it, without user
 /// information.
-fn store_name(o: &ObjectOptions) -> String {
-    match o
-        .endpoint
-        .clone()
-        .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
-    {
-        Some(ep) => shown_endpoint(&ep),
-        None => "the AWS S3 default endpoint".to_string(),
+fn store_name(url: &ObjectUrl, o: &ObjectOptions) -> String {
+    let env = |var: &str| std::env::var(var).ok();
+    let endpoint = o.endpoint.clone().or_else(|| match url.scheme {
+        Scheme::S3 => env("AWS_ENDPOINT_URL"),
+        Scheme::Azure => env("AZURE_STORAGE_ENDPOINT").or_else(|| env("AZURE_ENDPOINT")),
+    });
+    match (endpoint, url.scheme) {
+        (Some(ep), _) => shown_endpoint(&ep),
+        (None, Scheme::S3) => "the AWS S3 default endpoint".to_string(),
+        (None, Scheme::Azure) => match env("AZURE_STORAGE_USE_EMULATOR").as_deref() {
+            Some("true" | "1") => "the Azurite emulator (127.0.0.1:10000)".to_string(),
+            _ => format!(
+                "Azure Blob Storage account {}",
+                env("AZURE_STORAGE_ACCOUNT_NAME").unwrap_or_else(|| "(unnamed)".into())
+            ),
+        },
     }
 }
 
@@ -1133,14 +1191,14 @@ pub struct Opened {
     pub store: Box<dyn Storage>,
 }
 
-/// Opens the cache at `url` (S3 client from the `AWS_*` environment and `opts.object`), or with
-/// `create` writes its conf.cdi and conf.xml first; see [`open_in`].
+/// Opens the cache at `url` (client from the `AWS_*` or `AZURE_*` environment and
+/// `opts.object`), or with `create` writes its conf.cdi and conf.xml first; see [`open_in`].
 pub fn open(url: &ObjectUrl, opts: CacheOptions, create: Option<NewCache>) -> Result<Opened> {
-    let client = s3_client_with(url, &opts.object)?;
+    let client = store_client_with(url, &opts.object)?;
     open_in(url, client, opts, create)
 }
 
-/// [`open`] over any `object_store` client (S3, or in-memory in tests).
+/// [`open`] over any `object_store` client (S3, Azure, or in-memory in tests).
 ///
 /// The storage is the one the keys show (`.bundle` → Compact V2, `.bundlx` beside → Compact V1,
 /// `Rxxxxxxxx/` row prefixes → exploded), else conf.xml's. Refused by name: creating a Compact
@@ -1198,7 +1256,7 @@ pub fn open_in(
     };
     let tiles_rel = if arcgis_layout { ALLLAYERS } else { "" };
     let writes = opts.object.writes;
-    let name = store_name(&opts.object);
+    let name = store_name(url, &opts.object);
     let disk_cache = match &opts.object.cache_dir {
         Some(dir) => Some(disk::DiskCache::open(
             dir,
@@ -1512,7 +1570,9 @@ impl Storage for ObjectStorage {
         }
         Ok(Some(TileStat {
             size: u64::from(e.size()),
-            mtime: Some(ix.mtime),
+            mtime: self
+                .time_in_sidecar(t.bundle(), &ix.etag, t.slot(), e.0)
+                .or(Some(ix.mtime)),
         }))
     }
 
@@ -1552,14 +1612,11 @@ impl Storage for ObjectStorage {
     fn write_group(&self, id: BundleId, tiles: &[TimedSlot]) -> Result<WriteStats> {
         let url = self.bundle_url(&id);
         check_tiles(&url, id, tiles)?;
-        if tiles.iter().any(|t| t.2.is_some()) {
-            tracing::debug!(
-                "{}: per-tile times are not kept in object stores; tiles show the bundle's time",
-                url.display()
-            );
-        }
+        let timed = tiles.iter().any(|t| t.2.is_some());
         let new: BTreeMap<Slot, &[u8]> = tiles.iter().map(|(s, b, _)| (*s, *b)).collect();
-        self.rewrite(id, &mut |cur| {
+        // The version built from and the new header + index, for the tile times.
+        let mut built: Option<(Option<Arc<BundleHandle>>, Vec<u8>)> = None;
+        let done = self.rewrite_tagged(id, &mut |cur| {
             let mut all: BTreeMap<Slot, &[u8]> = BTreeMap::new();
             if let Some(h) = cur {
                 for (slot, r) in tiles_of(h)? {
@@ -1567,8 +1624,16 @@ impl Storage for ObjectStorage {
                 }
             }
             all.extend(new.iter().map(|(s, b)| (*s, *b)));
-            Ok(Some((build_v2(&url, &all)?, new.len())))
-        })
+            let body = build_v2(&url, &all)?;
+            if timed {
+                built = Some((cur.cloned(), body[..DATA_START as usize].to_vec()));
+            }
+            Ok(Some((body, new.len())))
+        })?;
+        if let Some((old, head)) = &built {
+            self.record_flush_times(id, &done, old.as_deref(), head, tiles);
+        }
+        Ok(done.stats)
     }
 
     fn update_group(&self, id: BundleId, f: &mut UpdateFn) -> Result<WriteStats> {
@@ -1618,22 +1683,16 @@ impl Storage for ObjectStorage {
         Ok(())
     }
 
-    fn tile_mtime(&self, _t: TileAddr, bytes: &TileBytes) -> Option<SystemTime> {
-        bytes.mtime()
+    /// The tile's time from its bundle's sidecar (`times`) when recorded for this tile and
+    /// bundle version, else the bundle's last-modified time.
+    fn tile_mtime(&self, t: TileAddr, bytes: &TileBytes) -> Option<SystemTime> {
+        self.recorded_time(t).or_else(|| bytes.mtime())
     }
 
-    fn set_tile_time(&self, t: TileAddr, _mtime: SystemTime) -> Result<bool> {
-        // Per-tile times are not kept in object stores (tiles show their bundle's time): the
-        // time is accepted and not kept, so `touch` and `rsync -a` work (rsync then sees other
-        // times and sends such tiles again: doc/object-store.md).
-        let stored = self.tile(t)?.is_some();
-        if stored {
-            tracing::debug!(
-                "{}: tile {t}: per-tile times are not kept in object stores; not recorded",
-                self.bundle_url(&t.bundle()).display()
-            );
-        }
-        Ok(stored)
+    /// Records the time in the bundle's sidecar object (`times`: conditional read-modify-write;
+    /// a write that fails is logged, never an error: it costs rsync a resend).
+    fn set_tile_time(&self, t: TileAddr, mtime: SystemTime) -> Result<bool> {
+        self.set_time(t, mtime)
     }
 
     fn location(&self, t: TileAddr) -> PathBuf {
@@ -1641,9 +1700,14 @@ impl Storage for ObjectStorage {
     }
 }
 
-/// `s3://BUCKET/PREFIX/rel` as a path, for messages.
+/// `s3://BUCKET/PREFIX/rel` (`az://CONTAINER/…`) as a path, for messages.
 fn rel_url(url: &ObjectUrl, rel: &str) -> PathBuf {
-    PathBuf::from(format!("s3://{}/{}", url.bucket, url.key(rel)))
+    PathBuf::from(format!(
+        "{}://{}/{}",
+        url.scheme.as_str(),
+        url.bucket,
+        url.key(rel)
+    ))
 }
 
 /// An error of a request for `rel` under `url`: names the object, never a credential.
@@ -1653,7 +1717,10 @@ fn obj_err(url: &ObjectUrl, rel: &str, e: object_store::Error) -> Error {
 
 /// [`obj_err`] for a full key.
 fn obj_err_key(url: &ObjectUrl, key: &str, e: object_store::Error) -> Error {
-    obj_err_at(PathBuf::from(format!("s3://{}/{key}", url.bucket)), e)
+    obj_err_at(
+        PathBuf::from(format!("{}://{}/{key}", url.scheme.as_str(), url.bucket)),
+        e,
+    )
 }
 
 fn obj_err_at(at: PathBuf, e: object_store::Error) -> Error {

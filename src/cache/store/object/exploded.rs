@@ -634,7 +634,11 @@ impl Storage for ExplodedObjects {
     }
 
     fn read_group(&self, g: &TileGroup) -> Result<Vec<(TileAddr, TileBytes)>> {
-        let root = format!("s3://{}/", self.base.url.bucket);
+        let root = format!(
+            "{}://{}/",
+            self.base.url.scheme.as_str(),
+            self.base.url.bucket
+        );
         let keys: Vec<Key> = g
             .files
             .iter()
@@ -763,11 +767,12 @@ impl Storage for ExplodedObjects {
                             .map_err(|e| obj_err_key(&self.base.url, key.as_ref(), e))?;
                         true
                     }
-                    Some(Some((old, etag))) if *old == rel => {
-                        self.base.put_conditional(&key, payload, Some(etag))?
-                    }
+                    Some(Some((old, etag))) if *old == rel => self
+                        .base
+                        .put_conditional(&key, payload, Some(etag))?
+                        .is_some(),
                     // No tile, or one under another name: this name must still be free.
-                    Some(_) => self.base.put_conditional(&key, payload, None)?,
+                    Some(_) => self.base.put_conditional(&key, payload, None)?.is_some(),
                 };
                 if ok {
                     for o in &others {

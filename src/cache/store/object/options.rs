@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::{BackoffConfig, ClientConfigKey, RetryConfig};
 
 /// Default time limit of one request and of its retries together (see [`ObjectOptions::timeout`]).
@@ -41,7 +42,7 @@ pub enum WriteCoordination {
     SingleWriter,
 }
 
-/// Client settings of a cache in an object store. Unset values come from the `AWS_*`
+/// Client settings of a cache in an object store. Unset values come from the `AWS_*` (or `AZURE_*`)
 /// environment (`AWS_ENDPOINT_URL`, `AWS_REGION`, …) as the `object_store` crate reads it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObjectOptions {
@@ -100,18 +101,51 @@ impl ObjectOptions {
         if let Some(r) = &self.region {
             b = b.with_region(r);
         }
-        let ms = |d: Duration| format!("{}ms", d.as_millis().max(1));
-        let timeout = self.effective_timeout()?.max(Duration::from_millis(1));
+        let (timeout, connect, retry) = self.limits()?;
         b = b
-            .with_config(
-                AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
-                ms(timeout),
-            )
+            .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), timeout)
             .with_config(
                 AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
-                ms(timeout.min(MAX_CONNECT_TIMEOUT)),
+                connect,
             );
-        Ok(b.with_retry(RetryConfig {
+        Ok(b.with_retry(retry))
+    }
+
+    /// `b` (an Azure Blob client from the `AZURE_*` environment) with these settings: the
+    /// endpoint (an `http://` one allowed; e.g. Azurite's `http://127.0.0.1:10000/devstoreaccount1`)
+    /// and the time limits as for S3. Errors: `region=`, which Azure does not have.
+    pub(crate) fn apply_azure(
+        &self,
+        mut b: MicrosoftAzureBuilder,
+    ) -> Result<MicrosoftAzureBuilder> {
+        if let Some(r) = &self.region {
+            return Err(Error::invalid(format!(
+                "region={r}: Azure Blob Storage has no region setting (the account's endpoint \
+                 decides); leave it out for az:// caches"
+            )));
+        }
+        if let Some(ep) = &self.endpoint {
+            if ep.starts_with("http://") {
+                b = b.with_allow_http(true);
+            }
+            b = b.with_endpoint(ep.clone());
+        }
+        let (timeout, connect, retry) = self.limits()?;
+        b = b
+            .with_config(AzureConfigKey::Client(ClientConfigKey::Timeout), timeout)
+            .with_config(
+                AzureConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                connect,
+            );
+        Ok(b.with_retry(retry))
+    }
+
+    /// The client's time limits: request timeout and connect timeout (as the crate's config
+    /// strings, `"20000ms"`) and the retry policy, all within [`ObjectOptions::effective_timeout`].
+    fn limits(&self) -> Result<(String, String, RetryConfig)> {
+        let ms = |d: Duration| format!("{}ms", d.as_millis().max(1));
+        let timeout = self.effective_timeout()?.max(Duration::from_millis(1));
+        let retry = RetryConfig {
             backoff: BackoffConfig {
                 init_backoff: Duration::from_millis(100),
                 max_backoff: (timeout / 4).max(Duration::from_millis(100)),
@@ -119,7 +153,8 @@ impl ObjectOptions {
             },
             max_retries: MAX_RETRIES,
             retry_timeout: timeout,
-        }))
+        };
+        Ok((ms(timeout), ms(timeout.min(MAX_CONNECT_TIMEOUT)), retry))
     }
 }
 

@@ -43,7 +43,8 @@ pub fn probe(url: &ObjectUrl, store: &dyn ObjectStore, store_name: &str) -> Resu
     match block(store.delete(&key)) {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
         Err(e) => tracing::warn!(
-            "s3://{}/{key_s}: could not delete the probe object: {}",
+            "{}://{}/{key_s}: could not delete the probe object: {}",
+            url.scheme.as_str(),
             url.bucket,
             scrub(&e.to_string())
         ),
