@@ -68,10 +68,14 @@ python3 scripts/check-layers.py
 # gateways on loopback (scripts/ceph-cluster.sh installs Ceph from Debian when missing); its AWS_*
 # variables and BUNDLEFS_S3_TEST=1 are exported to cargo test, and it is stopped by PID on exit,
 # also when the tests fail.
+# The az:// tests (tests/it/objstore_azure.rs) run against Microsoft's Azurite emulator on
+# 127.0.0.1:10000 (scripts/azurite.sh: npm package installed when missing), stopped by PID too.
 log=$(mktemp)
 ceph_dir=$(mktemp -d /tmp/bundlefs-ceph-XXXXXX)
+az_dir=$(mktemp -d /tmp/bundlefs-azurite-XXXXXX)
 stop_ceph() { bash scripts/ceph-cluster.sh stop "$ceph_dir" >/dev/null 2>&1 || true; rm -rf "$ceph_dir"; }
-trap 'rm -f "$log"; stop_ceph' EXIT
+stop_azurite() { bash scripts/azurite.sh stop "$az_dir" >/dev/null 2>&1 || true; rm -rf "$az_dir"; }
+trap 'rm -f "$log"; stop_ceph; stop_azurite' EXIT
 say "cargo test --all-targets --no-run (build first, so the cluster below does not idle through it)"
 cargo test --all-targets --no-run
 
@@ -81,6 +85,11 @@ bash scripts/ceph-cluster.sh start "$ceph_dir"
 . "$ceph_dir/env"
 export BUNDLEFS_S3_TEST=1
 
+say "starting Azurite for the az:// tests (scripts/azurite.sh start $az_dir)"
+bash scripts/azurite.sh start "$az_dir"
+# shellcheck disable=SC1091
+. "$az_dir/env"
+
 say "cargo test --all-targets --no-fail-fast"
 # --no-fail-fast: a failing binary must not hide the others; the summary line is always printed.
 status=0
@@ -89,6 +98,7 @@ cargo test --all-targets --no-fail-fast 2>&1 | tee "$log" || status=$?
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
      END { printf "\nall test binaries: %d passed, %d failed\n", p, f }' "$log"
 stop_ceph
+stop_azurite
 
 # Fuzzing still runs after failed tests (its findings are worth seeing), but the run fails.
 # Fuzz targets briefly, so a regression in a parser shows (the long runs are local: README).

@@ -16,6 +16,7 @@ mod manage;
 mod modes;
 mod mount;
 mod objstore;
+mod objstore_azure;
 mod objstore_layouts;
 mod packages;
 mod realworld_crs;
