@@ -536,3 +536,34 @@ fn a_bundle_holding_a_chunk_is_flushed_while_writing_goes_on() {
     let c = Cache::open(&cache).unwrap();
     assert!(c.tile(lone).unwrap().is_some(), "flushed at unmount");
 }
+
+/// `touch -d` of a stored tile through a writable mount of a local folder (GNU touch opens the
+/// file and sets its times through the handle) keeps the time after a remount, and only that
+/// tile's; a second stored tile keeps its own.
+#[test]
+fn touch_through_a_writable_mount_keeps_the_time_after_a_remount() {
+    need("touch");
+    let d = tmp("touch");
+    let cache = sample(d.path());
+    let rel = "_alllayers/L02/R00000001/C00000002.png";
+    let other = "_alllayers/L02/R00000001/C00000003.png";
+    let mnt = d.path().join("mnt");
+    let before_other;
+    {
+        let m = Mounted::start(&cache, &mnt, &["-o", "rw"]);
+        before_other = fs::metadata(m.path(other)).unwrap().mtime();
+        run_ok(
+            Command::new("touch")
+                .args(["-d", "2001-02-03 04:05:06 UTC"])
+                .arg(m.path(rel)),
+        );
+        assert_eq!(fs::metadata(m.path(rel)).unwrap().mtime(), 981_173_106);
+    }
+    let m = Mounted::start(&cache, &mnt, &[]);
+    assert_eq!(
+        fs::metadata(m.path(rel)).unwrap().mtime(),
+        981_173_106,
+        "the touched time was lost at unmount"
+    );
+    assert_eq!(fs::metadata(m.path(other)).unwrap().mtime(), before_other);
+}
