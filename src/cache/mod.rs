@@ -305,9 +305,11 @@ impl Cache {
         }
     }
 
-    /// Opens the cache in an object store at `url` (`s3://BUCKET/PREFIX` or `az://CONTAINER/PREFIX`;
-    /// client settings from the `AWS_*` or `AZURE_*` environment), or with `new` creates it (conf.cdi, then conf.xml). Only Compact V2
-    /// is served there; other storages are refused by name (`store::object`).
+    /// Opens the cache in an object store at `url` (`s3://BUCKET/PREFIX` or
+    /// `az://CONTAINER/PREFIX`; client settings from the `AWS_*` or `AZURE_*` environment), or with
+    /// `new` creates it (conf.cdi, then conf.xml). Compact V2 and exploded caches are read and
+    /// written there, Compact V1 only read; the storage is the one the keys show
+    /// (`store::object::open`).
     pub fn open_url(
         url: &url::ObjectUrl,
         opts: CacheOptions,
@@ -315,10 +317,6 @@ impl Cache {
     ) -> Result<Cache> {
         let o = store::object::open(url, opts.clone(), new)?;
         let root = PathBuf::from(url.to_string());
-        let conf = match &o.conf_xml {
-            Some(b) => Some(TileScheme::parse_conf_xml(b).in_file(root.join(CONF_XML))?),
-            None => None,
-        };
         if let Some(b) = &o.cdi {
             conf::parse_cdi(b).in_file(root.join(CONF_CDI))?;
         }
@@ -329,11 +327,11 @@ impl Cache {
         Ok(Cache {
             place: Place { root, tiles_dir },
             layout,
-            storage: StorageFormat::CompactV2,
-            conf,
+            storage: o.storage,
+            conf: o.conf,
             cdi: o.cdi.map(|b| b.to_vec()),
             opts,
-            store: Box::new(o.store),
+            store: o.store,
             ready_to_serve: None,
         })
     }

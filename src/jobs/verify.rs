@@ -129,11 +129,18 @@ fn check_group(cache: &Cache, g: &TileGroup, decode: bool, fallback: ImageKind) 
     if cache.storage() == StorageFormat::Exploded {
         for (t, p) in &g.files {
             c.tiles += 1;
-            match std::fs::read(p) {
-                Err(e) => c.problems.push(Problem {
-                    path: p.clone(),
-                    what: e.to_string(),
-                }),
+            // Through the storage: a file of a folder, or an object of a store (`s3://…`).
+            let one = TileGroup {
+                id: g.id,
+                files: vec![(*t, p.clone())],
+            };
+            let read = cache.read_group(&one).map(|v| {
+                v.into_iter()
+                    .next()
+                    .map_or_else(Vec::new, |(_, b)| b.to_vec())
+            });
+            match read {
+                Err(e) => c.problems.push(problem_from(&e, p, None)),
                 Ok(b) if b.is_empty() => c.problems.push(Problem {
                     path: p.clone(),
                     what: "empty tile file".into(),

@@ -17,6 +17,7 @@ mod modes;
 mod mount;
 mod objstore;
 mod objstore_azure;
+mod objstore_layouts;
 mod packages;
 mod realworld_crs;
 mod realworld_text;

@@ -22,7 +22,7 @@ use crate::support::{
 };
 
 /// The bucket of the test cluster; fails the test when the cluster's environment is missing.
-fn bucket() -> String {
+pub(crate) fn bucket() -> String {
     assert!(
         std::env::var_os("BUNDLEFS_S3_TEST").is_some(),
         "BUNDLEFS_S3_TEST is not set: these tests need the Ceph cluster that \
@@ -32,7 +32,7 @@ fn bucket() -> String {
 }
 
 /// A fresh `s3://BUCKET/it/NAME-PID-NANOS` URL no other test or run uses.
-fn fresh_url(name: &str) -> String {
+pub(crate) fn fresh_url(name: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -40,12 +40,12 @@ fn fresh_url(name: &str) -> String {
     format!("s3://{}/it/{name}-{}-{nanos}", bucket(), std::process::id())
 }
 
-fn parse(url: &str) -> ObjectUrl {
+pub(crate) fn parse(url: &str) -> ObjectUrl {
     ObjectUrl::parse(url).unwrap().unwrap()
 }
 
 /// Uploads every file under `dir` as it is (like copying a cache folder into the bucket).
-fn upload(dir: &Path, url: &str) {
+pub(crate) fn upload(dir: &Path, url: &str) {
     let u = parse(url);
     let client = store_client_at(&u, None).unwrap();
     let s = ObjectStorage::with_store(u, client, "", CacheOptions::default());
@@ -55,7 +55,7 @@ fn upload(dir: &Path, url: &str) {
     }
 }
 
-fn info_json(cache: &str) -> serde_json::Value {
+pub(crate) fn info_json(cache: &str) -> serde_json::Value {
     let out = run_ok(Command::new(bin()).args(["info", "--json", cache]));
     serde_json::from_str(&out).unwrap()
 }
@@ -201,13 +201,13 @@ fn delete_compact_and_render_keep_work_on_the_store_as_on_a_folder() {
 fn storages_other_than_compact_v2_are_refused_by_name() {
     let url = fresh_url("exploded");
     let out = run(Command::new(bin())
-        .args(["export", "--storage", "exploded"])
+        .args(["export", "--storage", "compact-v1"])
         .arg(esri_sample_cache())
         .arg(&url));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("exploded storage in an object store is not supported"),
+        err.contains("Compact V1 in an object store is read-only"),
         "{err}"
     );
     let out = run(Command::new(bin()).args(["info", &fresh_url("nothing")]));
@@ -596,7 +596,7 @@ fn empty_cache(name: &str) -> String {
 
 /// A `bundlefs mount` in the foreground with its log (RUST_LOG=info) in `log`; unmounted by
 /// Drop, or by [`unmount`] which also checks how the daemon ended.
-fn mount_logged(cache: &str, mnt: &Path, extra: &[&str], log: &Path) -> Mounted {
+pub(crate) fn mount_logged(cache: &str, mnt: &Path, extra: &[&str], log: &Path) -> Mounted {
     std::fs::create_dir_all(mnt).unwrap();
     let child = Command::new(bin())
         .arg("mount")
@@ -629,7 +629,7 @@ fn mount_logged(cache: &str, mnt: &Path, extra: &[&str], log: &Path) -> Mounted 
 
 /// Unmounts `m` and waits (at most `secs`) for its daemon, which flushes its write buffer
 /// before it exits; true if it exited with success.
-fn unmount(m: &mut Mounted, secs: u64) -> bool {
+pub(crate) fn unmount(m: &mut Mounted, secs: u64) -> bool {
     let ok = Command::new("fusermount3")
         .arg("-u")
         .arg(&m.mnt)

@@ -39,9 +39,11 @@ use object_store::{
 };
 
 pub mod disk;
+pub mod exploded;
 mod options;
 mod probe;
 pub mod times;
+pub mod v1;
 
 pub use options::{shown_endpoint, ObjectOptions, WriteCoordination, DEFAULT_TIMEOUT, TIMEOUT_ENV};
 pub use probe::{probe as probe_conditional_writes, CasProbe, PROBE_NAME};
@@ -487,25 +489,38 @@ impl ObjectStorage {
         Ok(())
     }
 
-    /// Storage detected from the first level holding anything: V2 bundles are served; Compact V1
-    /// and exploded layouts in an object store are refused by name. None: no tiles yet.
+    /// Storage detected from the first level (in key order; level folder names in either case,
+    /// as ArcGIS on Windows writes them) holding anything: `.bundlx` objects → Compact V1,
+    /// `.bundle` objects → Compact V2, `Rxxxxxxxx/` row prefixes → exploded. None: no tiles yet.
     pub fn detect(&self) -> Result<Option<StorageFormat>> {
-        for level in self.levels()? {
-            let rel = self.level_rel(level);
+        let p = Key::from(self.url.key(&self.tiles_rel));
+        let prefix = (!p.as_ref().is_empty()).then_some(&p);
+        let l = block(self.store.list_with_delimiter(prefix))
+            .map_err(|e| obj_err(&self.url, &self.tiles_rel, e))?;
+        let mut levels: Vec<(u8, String)> = l
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename())
+            .filter_map(|n| names::parse_level_dir(n).ok().map(|l| (l, n.to_string())))
+            .collect();
+        levels.sort();
+        for (_, dir) in levels {
+            let rel = self.rel_join(&dir);
             let l = block(
                 self.store
                     .list_with_delimiter(Some(&Key::from(self.url.key(&rel)))),
             )
             .map_err(|e| obj_err(&self.url, &rel, e))?;
-            let names: Vec<String> = l
+            let kinds: Vec<&'static str> = l
                 .objects
                 .iter()
-                .filter_map(|o| o.location.filename().map(str::to_string))
+                .filter_map(|o| o.location.filename())
+                .filter_map(|n| names::parse_bundle_file(n).ok().map(|b| b.2))
                 .collect();
-            if names.iter().any(|n| n.ends_with(".bundlx")) {
+            if kinds.contains(&"bundlx") {
                 return Ok(Some(StorageFormat::CompactV1));
             }
-            if names.iter().any(|n| n.ends_with(".bundle")) {
+            if kinds.contains(&"bundle") {
                 return Ok(Some(StorageFormat::CompactV2));
             }
             if l.common_prefixes
@@ -1146,8 +1161,9 @@ fn store_name(url: &ObjectUrl, o: &ObjectOptions) -> String {
     }
 }
 
-/// What a new cache in an object store gets: its storage (only Compact V2 is served), conf.xml
-/// and conf.cdi bytes (written as given, conf.cdi first, each replacing what is there).
+/// What a new cache in an object store gets: its storage (Compact V2 or exploded; Compact V1 is
+/// read-only there and refused by name), conf.xml and conf.cdi bytes (written as given, conf.cdi
+/// first, each replacing what is there).
 pub struct NewCache<'a> {
     /// The storage format asked for.
     pub storage: StorageFormat,
@@ -1157,36 +1173,60 @@ pub struct NewCache<'a> {
     pub cdi: Option<&'a [u8]>,
 }
 
-/// A cache found (or made) at a URL: conf.xml and conf.cdi bytes, the layout and the storage.
+/// A cache found (or made) at a URL: conf.xml and conf.cdi, the layout and the storage.
 pub struct Opened {
     /// conf.xml bytes, if any.
     pub conf_xml: Option<Bytes>,
+    /// conf.xml parsed (checked at open: a bad one is an error naming `s3://…/conf.xml`).
+    pub conf: Option<crate::format::conf::ConfXml>,
     /// conf.cdi bytes, if any.
     pub cdi: Option<Bytes>,
     /// ArcGIS layout (`_alllayers/`), else MapProxy (level folders at the prefix).
     pub arcgis_layout: bool,
-    /// The storage of its tiles.
-    pub store: ObjectStorage,
+    /// The storage format of the tiles: detected from the keys of the first level holding any,
+    /// else conf.xml's (else, for a new cache, the one asked for).
+    pub storage: StorageFormat,
+    /// The storage of its tiles: [`ObjectStorage`] (Compact V2), [`exploded::ExplodedObjects`]
+    /// or [`v1::V1Objects`] (read-only).
+    pub store: Box<dyn Storage>,
 }
 
-/// Opens the cache at `url` (client from the `AWS_*` or `AZURE_*` environment), or with `create` writes its
-/// conf.cdi and conf.xml first. Refused by name: Compact V1 and exploded caches in an object store
-/// (only Compact V2 is served there), and a prefix holding no cache.
-///
-/// With [`WriteCoordination::Probed`] (a writable mount) the store is probed for conditional
-/// writes first and refused by name if it does not honour them ([`probe_conditional_writes`]).
+/// Opens the cache at `url` (client from the `AWS_*` or `AZURE_*` environment and
+/// `opts.object`), or with `create` writes its conf.cdi and conf.xml first; see [`open_in`].
 pub fn open(url: &ObjectUrl, opts: CacheOptions, create: Option<NewCache>) -> Result<Opened> {
     let client = store_client_with(url, &opts.object)?;
-    let refuse = |what: StorageFormat| {
-        Error::invalid(format!(
-            "{url}: {what} storage in an object store is not supported; bundlefs serves \
-             Compact V2 (compact-v2) caches there"
-        ))
-    };
-    let (conf_xml, cdi, arcgis_layout) = match create {
+    open_in(url, client, opts, create)
+}
+
+/// [`open`] over any `object_store` client (S3, Azure, or in-memory in tests).
+///
+/// The storage is the one the keys show (`.bundle` → Compact V2, `.bundlx` beside → Compact V1,
+/// `Rxxxxxxxx/` row prefixes → exploded), else conf.xml's. Refused by name: creating a Compact
+/// V1 cache, opening one for a writable mount (`-o rw`: [`v1::READ_ONLY`], at mount time rather
+/// than at the first write), and a prefix holding no cache.
+///
+/// With [`WriteCoordination::Probed`] (a writable mount of a Compact V2 or exploded cache) the
+/// store is probed for conditional writes first and refused by name if it does not honour them
+/// ([`probe_conditional_writes`]).
+pub fn open_in(
+    url: &ObjectUrl,
+    client: Arc<dyn ObjectStore>,
+    opts: CacheOptions,
+    create: Option<NewCache>,
+) -> Result<Opened> {
+    let (conf_xml, cdi, arcgis_layout, asked) = match create {
         Some(n) => {
-            if n.storage != StorageFormat::CompactV2 {
-                return Err(refuse(n.storage));
+            if n.storage == StorageFormat::CompactV1 {
+                return Err(Error::invalid(format!(
+                    "{url}: {}; a new cache there is compact-v2 or exploded",
+                    v1::READ_ONLY
+                )));
+            }
+            // Nothing is written over a cache of another storage.
+            let rel = if n.conf_xml.is_some() { ALLLAYERS } else { "" };
+            let there = ObjectStorage::with_store(url.clone(), client.clone(), rel, opts.clone());
+            if let Some(d) = there.detect()?.filter(|d| *d != n.storage) {
+                return Err(already_holds(url, d, n.storage));
             }
             let w = ObjectStorage::with_store(url.clone(), client.clone(), "", opts.clone());
             if let Some(cdi) = n.cdi {
@@ -1199,12 +1239,20 @@ pub fn open(url: &ObjectUrl, opts: CacheOptions, create: Option<NewCache>) -> Re
                 n.conf_xml.map(Bytes::copy_from_slice),
                 n.cdi.map(Bytes::copy_from_slice),
                 n.conf_xml.is_some(),
+                Some(n.storage),
             )
         }
         None => {
             let f = ObjectStorage::probe(url, client.as_ref())?;
-            (f.conf_xml, f.cdi, f.arcgis_layout)
+            (f.conf_xml, f.cdi, f.arcgis_layout, None)
         }
+    };
+    let conf = match &conf_xml {
+        Some(b) => Some(
+            crate::format::conf::TileScheme::parse_conf_xml(b)
+                .in_file(rel_url(url, crate::cache::CONF_XML))?,
+        ),
+        None => None,
     };
     let tiles_rel = if arcgis_layout { ALLLAYERS } else { "" };
     let writes = opts.object.writes;
@@ -1220,32 +1268,67 @@ pub fn open(url: &ObjectUrl, opts: CacheOptions, create: Option<NewCache>) -> Re
     if let Some(d) = disk_cache {
         store = store.with_disk_cache(d);
     }
+    let detected = store.detect()?;
+    let said = conf.as_ref().map(|c| c.scheme.storage);
+    let storage = match (detected, asked, said) {
+        (Some(d), Some(a), _) if d != a => return Err(already_holds(url, d, a)),
+        (Some(d), _, Some(s)) if d != s => {
+            tracing::warn!("{url}: conf.xml says {s} but the objects are {d}; using {d}");
+            d
+        }
+        (Some(d), _, _) => d,
+        (None, Some(a), _) => a,
+        (None, None, Some(s)) => s,
+        (None, None, None) if arcgis_layout => StorageFormat::CompactV2,
+        (None, None, None) => {
+            return Err(Error::invalid(format!(
+                "{url}: not a tile cache (no conf.xml, no _alllayers/, no Lnn level prefixes)"
+            )))
+        }
+    };
+    if storage == StorageFormat::CompactV1 && writes != WriteCoordination::Conditional {
+        return Err(Error::invalid(format!(
+            "{url}: {}; mount it read-only",
+            v1::READ_ONLY
+        )));
+    }
     match writes {
         WriteCoordination::Probed => {
             store.check_conditional_writes(&name)?;
         }
         WriteCoordination::SingleWriter => tracing::info!(
-            "{url}: --single-writer: bundles are written unconditionally (no other writer \
-             is expected)"
+            "{url}: --single-writer: {} are written unconditionally (no other writer is \
+             expected)",
+            if storage == StorageFormat::Exploded {
+                "tiles"
+            } else {
+                "bundles"
+            }
         ),
         WriteCoordination::Conditional => {}
     }
-    match store.detect()? {
-        Some(StorageFormat::CompactV2) => {}
-        Some(other) => return Err(refuse(other)),
-        None if conf_xml.is_none() && !arcgis_layout => {
-            return Err(Error::invalid(format!(
-                "{url}: not a tile cache (no conf.xml, no _alllayers/, no Lnn level prefixes)"
-            )))
-        }
-        None => {}
-    }
+    let default_kind = crate::cache::default_kind(conf.as_ref().map(|c| &c.scheme));
+    let store: Box<dyn Storage> = match storage {
+        StorageFormat::CompactV2 => Box::new(store),
+        StorageFormat::Exploded => Box::new(exploded::ExplodedObjects::new(store, default_kind)),
+        StorageFormat::CompactV1 => Box::new(v1::V1Objects::new(store)),
+    };
     Ok(Opened {
         conf_xml,
+        conf,
         cdi,
         arcgis_layout,
+        storage,
         store,
     })
+}
+
+/// The refusal to make a cache of storage `asked` where one of storage `found` is.
+fn already_holds(url: &ObjectUrl, found: StorageFormat, asked: StorageFormat) -> Error {
+    Error::invalid(format!(
+        "{url}: already holds a cache in {found} storage; refusing to make one in {asked} \
+         storage there"
+    ))
 }
 
 /// Every valid tile of `h` (an entry that does not check is an error: a rewrite must not drop a
