@@ -624,6 +624,12 @@ impl Cache {
         self.store.tile_mtime(t, bytes)
     }
 
+    /// Whether tile `t`'s attributes (and, with `bytes`, its bytes) are at hand without a request
+    /// to an object store ([`Storage::at_hand`]).
+    pub fn at_hand(&self, t: TileAddr, bytes: bool) -> bool {
+        self.store.at_hand(t, bytes)
+    }
+
     /// Size and time of stored tile `t` ([`Storage::tile_stat`]); None if the cache lacks it.
     pub fn tile_stat(&self, t: TileAddr) -> Result<Option<TileStat>> {
         self.store.tile_stat(t)

@@ -211,6 +211,9 @@ impl Filesystem for FuseFs {
                 return;
             }
         }
+        if self.store_io.is_none() || self.fs.lookup_at_hand(parent.0, name) {
+            return reply_entry(&self.opts, reply, self.fs.lookup(parent.0, name));
+        }
         let name = name.to_owned();
         self.on_store(move |fs, opts| reply_entry(opts, reply, fs.lookup(parent.0, &name)));
     }
@@ -244,10 +247,14 @@ impl Filesystem for FuseFs {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.on_store(move |fs, _| match fs.read(ino.0, fh.0, offset, size) {
+        let answer = move |fs: &MountFs| match fs.read(ino.0, fh.0, offset, size) {
             Ok(b) => reply.data(b.bytes()),
             Err(e) => reply.error(errno("read", &e)),
-        });
+        };
+        if self.store_io.is_none() || self.fs.read_at_hand(ino.0, fh.0) {
+            return answer(&self.fs);
+        }
+        self.on_store(move |fs, _| answer(fs));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -327,6 +334,10 @@ impl Filesystem for FuseFs {
         _lock: LockOwner,
         reply: ReplyEmpty,
     ) {
+        // Nothing to flush on a read-only mount: answered here.
+        if self.opts.read_only {
+            return empty("flush", reply, self.fs.flush(ino.0));
+        }
         self.on_store(move |fs, _| empty("flush", reply, fs.flush(ino.0)));
     }
 
@@ -340,6 +351,9 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if self.opts.read_only {
+            return empty("release", reply, self.fs.release(ino.0, fh.0));
+        }
         self.on_store(move |fs, _| empty("release", reply, fs.release(ino.0, fh.0)));
     }
 

@@ -342,6 +342,37 @@ impl TreeFs {
         self.ext_possible(ext) && r.renderable(t) && !matches!(self.stored_tile(t), Ok(Some(_)))
     }
 
+    /// Whether looking up `name` in `parent` is answered from memory: anything but a tile name,
+    /// or a tile whose attributes the cache has at hand ([`Cache::at_hand`]) or that waits in
+    /// the write buffer. False: the lookup may wait on an object store.
+    pub fn lookup_at_hand(&self, parent: u64, name: &str) -> bool {
+        let Some(Node::Row { level, row }) = self.inodes.node(parent) else {
+            return true;
+        };
+        let Ok((col, _)) = exploded::parse_col_file(name) else {
+            return true;
+        };
+        self.tile_at_hand(TileAddr::new(level, row, col), false)
+    }
+
+    /// Whether reading inode `ino` is answered from memory: anything but a tile, or a tile
+    /// whose bytes the cache has at hand or that waits in the write buffer.
+    pub fn read_at_hand(&self, ino: u64) -> bool {
+        match self.inodes.node(ino) {
+            Some(Node::Tile(t)) => self.tile_at_hand(t, true),
+            _ => true,
+        }
+    }
+
+    fn tile_at_hand(&self, t: TileAddr, bytes: bool) -> bool {
+        if let Some(w) = &self.writer {
+            if w.get(t).is_some() {
+                return true;
+            }
+        }
+        self.cache.at_hand(t, bytes)
+    }
+
     /// Whether a level or row folder may hold renderable tiles.
     fn renderable_dir(&self, level: u8, row: Option<u32>) -> bool {
         let Some(r) = &self.renderer else {

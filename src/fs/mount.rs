@@ -246,6 +246,19 @@ impl MountFs {
             .is_some_and(|n| self.tree.lookup_may_render(parent, n))
     }
 
+    /// Whether a lookup is answered from memory ([`TreeFs::lookup_at_hand`]); false when it may
+    /// wait on an object store.
+    pub fn lookup_at_hand(&self, parent: u64, name: &OsStr) -> bool {
+        name.to_str()
+            .is_none_or(|n| self.tree.lookup_at_hand(parent, n))
+    }
+
+    /// Whether a read of `ino` through handle `fh` is answered from memory: a snapshot handle,
+    /// or [`TreeFs::read_at_hand`].
+    pub fn read_at_hand(&self, ino: u64, fh: u64) -> bool {
+        Handles::is_snapshot(fh) || self.tree.read_at_hand(ino)
+    }
+
     /// Attributes of an inode.
     pub fn getattr(&self, ino: u64) -> FsResult<Entry> {
         self.tree.getattr(ino).map(|a| self.entry(a))

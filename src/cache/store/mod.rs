@@ -179,6 +179,13 @@ pub trait Storage: Send + Sync {
     /// Records a stored tile's modification time. False if the tile is not stored.
     fn set_tile_time(&self, t: TileAddr, mtime: SystemTime) -> Result<bool>;
 
+    /// Whether tile `t`'s attributes ([`Storage::tile_stat`]) and, with `bytes`, its bytes are at
+    /// hand in memory, so that answering needs no request that may wait on a network store. True
+    /// (the default) for local storages; an object store answers from what it keeps.
+    fn at_hand(&self, _t: TileAddr, _bytes: bool) -> bool {
+        true
+    }
+
     /// Whether [`Storage::tile_stat`] answers from an index without reading the tile. True for
     /// an object store, where reading a tile costs a request; false (the default) for local
     /// storages, where a tile read is a memory map and the bytes also tell the image kind.

@@ -580,6 +580,13 @@ impl ObjectStorage {
     /// Bundle `id`'s header and index: cached, confirmed by HEAD every `recheck`, else one range
     /// GET. None if the bundle does not exist.
     fn index(&self, id: BundleId) -> Result<Option<Arc<Index>>> {
+        self.index_and_times(id, false)
+    }
+
+    /// [`Self::index`]; with `times`, a GET of the index from the store goes together with the
+    /// GET of the bundle's tile-times sidecar when that is due (both at once: a mount's first
+    /// lookup in a bundle needs both, and waits for one round trip instead of two).
+    fn index_and_times(&self, id: BundleId, times: bool) -> Result<Option<Arc<Index>>> {
         let cached = self.indexes.lock().unwrap().get(&id).cloned();
         if let Some(ix) = cached {
             if self.fresh(&ix.checked) {
@@ -613,11 +620,25 @@ impl ObjectStorage {
             ..Default::default()
         };
         self.stats.gets.fetch_add(1, Ordering::Relaxed);
-        let got = match block(async {
+        let sidecar_due = if times { self.sidecar_due(&id) } else { None };
+        let index_get = async {
             let r = self.store.get_opts(&self.bundle_key(&id), opts).await?;
             let meta = r.meta.clone();
             Ok::<_, object_store::Error>((meta, r.bytes().await?))
-        }) {
+        };
+        let got = match sidecar_due {
+            None => block(index_get),
+            Some(if_none_match) => {
+                let kept = self.sidecars.lock().unwrap().peek(&id).cloned();
+                let (ix, sc) =
+                    block(async { tokio::join!(index_get, self.get_sidecar(id, if_none_match)) });
+                if let Err(e) = self.keep_sidecar(id, kept, sc) {
+                    tracing::debug!("tile times not read: {e}");
+                }
+                ix
+            }
+        };
+        let got = match got {
             Ok(g) => g,
             Err(object_store::Error::NotFound { .. }) => {
                 self.absent.lock().unwrap().put(id, Instant::now());
@@ -1560,8 +1581,23 @@ impl Storage for ObjectStorage {
         true
     }
 
+    fn at_hand(&self, t: TileAddr, bytes: bool) -> bool {
+        let id = t.bundle();
+        let Some(ix) = self.indexes.lock().unwrap().peek(&id).cloned() else {
+            return false;
+        };
+        if !self.fresh(&ix.checked) {
+            return false;
+        }
+        if bytes {
+            self.recent.lock().unwrap().holds(&t, &ix.etag)
+        } else {
+            self.sidecar_due(&id).is_none()
+        }
+    }
+
     fn tile_stat(&self, t: TileAddr) -> Result<Option<TileStat>> {
-        let Some(ix) = self.index(t.bundle())? else {
+        let Some(ix) = self.index_and_times(t.bundle(), true)? else {
             return Ok(None);
         };
         let e = ix.entry(t.slot());
@@ -2258,6 +2294,28 @@ mod tests {
         assert_eq!(s.tile_stat(other.tile(slot(1))).unwrap(), None);
         // The index of ID and the (absent) index of the other bundle: no tile GET.
         assert_eq!(gets_of(&s), 2, "{}", s.stats_line());
+    }
+
+    #[test]
+    fn at_hand_says_what_needs_no_request() {
+        let mem = Arc::new(InMemory::new());
+        let writer = storage(&mem, Duration::from_secs(60));
+        put(&writer, &[1, 2]);
+        let s = storage(&mem, Duration::from_secs(3600));
+        let t = ID.tile(slot(1));
+        assert!(!s.at_hand(t, false), "nothing read yet");
+        s.tile_stat(t).unwrap().unwrap();
+        // The index and the (absent) sidecar came in one go: attributes at hand, bytes not.
+        assert_eq!(s.stats().sidecar_gets.load(Ordering::Relaxed), 1);
+        assert!(s.at_hand(t, false));
+        assert!(!s.at_hand(t, true));
+        s.tile(t).unwrap().unwrap();
+        assert!(s.at_hand(t, true));
+        assert!(!s.at_hand(ID.tile(slot(2)), true), "tile 2 not read");
+        // An index older than recheck needs a HEAD: not at hand.
+        let stale = storage(&mem, Duration::ZERO);
+        stale.tile_stat(t).unwrap().unwrap();
+        assert!(!stale.at_hand(t, false));
     }
 
     #[test]

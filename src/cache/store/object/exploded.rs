@@ -563,6 +563,11 @@ impl GroupView for View<'_> {
 }
 
 impl Storage for ExplodedObjects {
+    /// Never claimed: every answer may need a request (a mount hands it to its store threads).
+    fn at_hand(&self, _t: TileAddr, _bytes: bool) -> bool {
+        false
+    }
+
     fn format(&self) -> StorageFormat {
         StorageFormat::Exploded
     }

@@ -125,17 +125,46 @@ impl ObjectStorage {
                 return Ok(k.clone());
             }
         }
-        let rel = self.times_rel(&id);
+        let if_none_match = kept.as_ref().and_then(|k| k.etag.clone());
+        let got = block(self.get_sidecar(id, if_none_match));
+        self.keep_sidecar(id, kept, got)
+    }
+
+    /// Whether bundle `id`'s sidecar is due for a GET (none kept, or kept longer than
+    /// `recheck`): Some(the `If-None-Match` ETag to send), None when the kept one is fresh.
+    pub(super) fn sidecar_due(&self, id: &BundleId) -> Option<Option<String>> {
+        match self.sidecars.lock().unwrap().peek(id) {
+            Some(k) if k.checked.elapsed() < self.opts.recheck => None,
+            Some(k) => Some(k.etag.clone()),
+            None => Some(None),
+        }
+    }
+
+    /// The GET of bundle `id`'s sidecar (`If-None-Match`: 304 when unchanged), counted.
+    pub(super) async fn get_sidecar(
+        &self,
+        id: BundleId,
+        if_none_match: Option<String>,
+    ) -> object_store::Result<(object_store::ObjectMeta, Bytes)> {
         let opts = GetOptions {
-            if_none_match: kept.as_ref().and_then(|k| k.etag.clone()),
+            if_none_match,
             ..Default::default()
         };
         self.stats.sidecar_gets.fetch_add(1, Ordering::Relaxed);
-        let got = block(async {
-            let r = self.store.get_opts(&self.times_key(&id), opts).await?;
-            let meta = r.meta.clone();
-            Ok::<_, object_store::Error>((meta, r.bytes().await?))
-        });
+        let r = self.store.get_opts(&self.times_key(&id), opts).await?;
+        let meta = r.meta.clone();
+        Ok((meta, r.bytes().await?))
+    }
+
+    /// Keeps what a GET of bundle `id`'s sidecar answered ([`Self::get_sidecar`]; `kept`: what
+    /// was kept before it, for a 304) and returns it. Errors: the store's, naming the object.
+    pub(super) fn keep_sidecar(
+        &self,
+        id: BundleId,
+        kept: Option<Arc<Kept>>,
+        got: object_store::Result<(object_store::ObjectMeta, Bytes)>,
+    ) -> Result<Arc<Kept>> {
+        let rel = self.times_rel(&id);
         let now = Instant::now();
         let new = match got {
             Ok((meta, bytes)) => {

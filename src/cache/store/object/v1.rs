@@ -504,6 +504,11 @@ impl V1Objects {
 }
 
 impl Storage for V1Objects {
+    /// Never claimed: every answer may need a request (a mount hands it to its store threads).
+    fn at_hand(&self, _t: TileAddr, _bytes: bool) -> bool {
+        false
+    }
+
     fn format(&self) -> StorageFormat {
         StorageFormat::CompactV1
     }
