@@ -387,6 +387,8 @@ pub struct ObjectStorage {
     absent: Mutex<LruCache<BundleId, Instant>>,
     /// Tile-times sidecars kept in memory (`times`).
     sidecars: times::Sidecars,
+    /// Whether the cache's times marker exists ([`times::MARKER`]) and when that was learnt.
+    times_marker: Mutex<Option<(Instant, bool)>>,
     stats: ObjectStats,
 }
 
@@ -430,6 +432,7 @@ impl ObjectStorage {
             disk: None,
             absent: Mutex::new(LruCache::new(cap)),
             sidecars: times::sidecars(),
+            times_marker: Mutex::new(None),
             stats: ObjectStats::default(),
         }
     }
@@ -620,15 +623,25 @@ impl ObjectStorage {
             ..Default::default()
         };
         self.stats.gets.fetch_add(1, Ordering::Relaxed);
-        let sidecar_due = if times { self.sidecar_due(&id) } else { None };
+        let work = if times {
+            self.times_work(&id)
+        } else {
+            times::TimesWork::Nothing
+        };
         let index_get = async {
             let r = self.store.get_opts(&self.bundle_key(&id), opts).await?;
             let meta = r.meta.clone();
             Ok::<_, object_store::Error>((meta, r.bytes().await?))
         };
-        let got = match sidecar_due {
-            None => block(index_get),
-            Some(if_none_match) => {
+        let started = Instant::now();
+        let got = match work {
+            times::TimesWork::Nothing => block(index_get),
+            times::TimesWork::Marker => {
+                let (ix, marker) = block(async { tokio::join!(index_get, self.head_marker()) });
+                self.keep_marker(marker);
+                ix
+            }
+            times::TimesWork::Sidecar(if_none_match) => {
                 let kept = self.sidecars.lock().unwrap().peek(&id).cloned();
                 let (ix, sc) =
                     block(async { tokio::join!(index_get, self.get_sidecar(id, if_none_match)) });
@@ -638,6 +651,16 @@ impl ObjectStorage {
                 ix
             }
         };
+        tracing::debug!(
+            "{}: index GET{} answered in {:.3} ms",
+            self.bundle_url(&id).display(),
+            if times {
+                " (with the times sidecar's)"
+            } else {
+                ""
+            },
+            started.elapsed().as_secs_f64() * 1e3
+        );
         let got = match got {
             Ok(g) => g,
             Err(object_store::Error::NotFound { .. }) => {
@@ -860,7 +883,15 @@ impl ObjectStorage {
             })
         };
         let pinned = !self.unpinned_gets.load(Ordering::Relaxed);
+        let started = Instant::now();
         let mut got = get(pinned.then(|| ix.etag.clone()));
+        tracing::debug!(
+            "{}: GET of {} tile(s), {} bytes, answered in {:.3} ms",
+            url.display(),
+            run.len(),
+            end - start,
+            started.elapsed().as_secs_f64() * 1e3
+        );
         if pinned && matches!(got, Err(object_store::Error::Precondition { .. })) {
             // A store that refuses its own current ETag in If-Match on GET cannot pin reads:
             // read unpinned from then on (staleness then bounded by `recheck`).
@@ -1592,7 +1623,7 @@ impl Storage for ObjectStorage {
         if bytes {
             self.recent.lock().unwrap().holds(&t, &ix.etag)
         } else {
-            self.sidecar_due(&id).is_none()
+            matches!(self.times_work(&id), times::TimesWork::Nothing)
         }
     }
 
@@ -2305,8 +2336,9 @@ mod tests {
         let t = ID.tile(slot(1));
         assert!(!s.at_hand(t, false), "nothing read yet");
         s.tile_stat(t).unwrap().unwrap();
-        // The index and the (absent) sidecar came in one go: attributes at hand, bytes not.
-        assert_eq!(s.stats().sidecar_gets.load(Ordering::Relaxed), 1);
+        // The index and the cache's (absent) times marker came in one go, so no sidecar is
+        // asked for: attributes at hand, bytes not.
+        assert_eq!(s.stats().sidecar_gets.load(Ordering::Relaxed), 0);
         assert!(s.at_hand(t, false));
         assert!(!s.at_hand(t, true));
         s.tile(t).unwrap().unwrap();

@@ -54,6 +54,22 @@ pub const SIDECARS_KEPT: usize = 32;
 /// Suffix of a sidecar object's key after its bundle's key.
 pub const SIDECAR_SUFFIX: &str = ".times";
 
+/// Key (relative to the cache's prefix) of the marker object a writer PUTs before its first
+/// sidecar: a reader looks for sidecars only while it exists (asked once per `recheck` for the
+/// whole cache), so a cache nobody recorded times in (written by ArcGIS, MapProxy, GDAL,
+/// `bundlefs export`) costs no sidecar request at all. Its bytes do not matter.
+pub const MARKER: &str = ".bundlefs-times";
+
+/// What reading a tile's time needs besides its bundle's index.
+pub(super) enum TimesWork {
+    /// Nothing: known that no sidecar exists in the cache, or the bundle's is kept fresh.
+    Nothing,
+    /// Asking whether the cache has the marker at all.
+    Marker,
+    /// A GET of the bundle's sidecar (with this `If-None-Match` ETag).
+    Sidecar(Option<String>),
+}
+
 /// What a whole-bundle rewrite stored ([`ObjectStorage::rewrite_tagged`]).
 #[derive(Debug, Default)]
 pub(super) struct Rewritten {
@@ -128,6 +144,84 @@ impl ObjectStorage {
         let if_none_match = kept.as_ref().and_then(|k| k.etag.clone());
         let got = block(self.get_sidecar(id, if_none_match));
         self.keep_sidecar(id, kept, got)
+    }
+
+    /// What reading a time in bundle `id` needs now (see [`TimesWork`]).
+    pub(super) fn times_work(&self, id: &BundleId) -> TimesWork {
+        match *self.times_marker.lock().unwrap() {
+            Some((at, false)) if at.elapsed() < self.opts.recheck => TimesWork::Nothing,
+            Some((at, true)) if at.elapsed() < self.opts.recheck => match self.sidecar_due(id) {
+                Some(if_none_match) => TimesWork::Sidecar(if_none_match),
+                None => TimesWork::Nothing,
+            },
+            _ => TimesWork::Marker,
+        }
+    }
+
+    /// Whether the cache has the times marker: as kept for `recheck`, else one HEAD. A store
+    /// error counts as present (sidecars are then looked for, and their errors only logged).
+    fn times_anywhere(&self) -> bool {
+        if let Some((at, present)) = *self.times_marker.lock().unwrap() {
+            if at.elapsed() < self.opts.recheck {
+                return present;
+            }
+        }
+        let got = block(self.head_marker());
+        self.keep_marker(got)
+    }
+
+    /// The HEAD of the cache's times marker.
+    pub(super) async fn head_marker(&self) -> object_store::Result<object_store::ObjectMeta> {
+        self.stats.heads.fetch_add(1, Ordering::Relaxed);
+        self.store
+            .head(&Key::from(self.url.key(&self.marker_rel())))
+            .await
+    }
+
+    /// Keeps what a HEAD of the marker answered; returns whether it exists (an error other than
+    /// "not found" counts as yes, logged at debug level).
+    pub(super) fn keep_marker(&self, got: object_store::Result<object_store::ObjectMeta>) -> bool {
+        let present = match got {
+            Ok(_) => true,
+            Err(object_store::Error::NotFound { .. }) => false,
+            Err(e) => {
+                tracing::debug!("{}: times marker not read: {e}", self.url);
+                true
+            }
+        };
+        *self.times_marker.lock().unwrap() = Some((Instant::now(), present));
+        present
+    }
+
+    fn marker_rel(&self) -> String {
+        match self.tiles_rel.is_empty() {
+            true => MARKER.to_string(),
+            false => format!("{}/{MARKER}", self.tiles_rel),
+        }
+    }
+
+    /// Makes sure the times marker exists before a sidecar is written (one PUT with
+    /// `If-None-Match: *` the first time; "already there" is fine). Errors: the store's.
+    fn ensure_marker(&self) -> Result<()> {
+        if let Some((_, true)) = *self.times_marker.lock().unwrap() {
+            return Ok(());
+        }
+        let rel = self.marker_rel();
+        let key = Key::from(self.url.key(&rel));
+        let opts = object_store::PutOptions {
+            mode: object_store::PutMode::Create,
+            ..Default::default()
+        };
+        let body =
+            PutPayload::from_static(b"bundlefs: tile-time sidecars (*.bundle.times) exist\n");
+        match block(self.store.put_opts(&key, body, opts)) {
+            Ok(_)
+            | Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => {}
+            Err(e) => return Err(obj_err(&self.url, &rel, e)),
+        }
+        *self.times_marker.lock().unwrap() = Some((Instant::now(), true));
+        Ok(())
     }
 
     /// Whether bundle `id`'s sidecar is due for a GET (none kept, or kept longer than
@@ -218,6 +312,9 @@ impl ObjectStorage {
         slot: Slot,
         entry: u64,
     ) -> Option<SystemTime> {
+        if !self.times_anywhere() {
+            return None;
+        }
         let kept = match self.sidecar(id, false) {
             Ok(k) => k,
             Err(e) => {
@@ -248,6 +345,7 @@ impl ObjectStorage {
     /// after each lost race, against the sidecar as it is then. True if a sidecar was written.
     /// Errors: the store's, or [`RetryPolicy::attempts`] lost races, naming the sidecar object.
     fn update_sidecar(&self, id: BundleId, apply: &mut ApplyFn) -> Result<bool> {
+        self.ensure_marker()?;
         let key = self.times_key(&id);
         let mut seed = jitter_seed(&id);
         for attempt in 0..self.policy.attempts {
@@ -531,6 +629,7 @@ mod tests {
         assert_eq!(
             keys(&mem),
             vec![
+                "caches/world/_alllayers/.bundlefs-times",
                 "caches/world/_alllayers/L03/R0080C0000.bundle",
                 "caches/world/_alllayers/L03/R0080C0000.bundle.times"
             ]
@@ -707,10 +806,19 @@ mod tests {
             let (m, bundle) = shown(&r, n);
             assert_eq!(m, bundle);
         }
-        assert_eq!(gets(), 1, "the absence is remembered within recheck");
+        // No times marker in the cache: no sidecar is asked for at all.
+        assert_eq!(
+            gets(),
+            0,
+            "a sidecar asked for in a cache without the marker"
+        );
         std::thread::sleep(Duration::from_millis(350));
         let _ = shown(&r, 1);
-        assert_eq!(gets(), 2, "asked again after recheck");
+        assert_eq!(
+            gets(),
+            0,
+            "a sidecar asked for in a cache without the marker"
+        );
         // Written by another process meanwhile: seen after recheck.
         assert!(w.set_tile_time(at(1), when(1)).unwrap());
         assert_eq!(shown(&r, 1).0, shown(&r, 1).1, "within recheck");
