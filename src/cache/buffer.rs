@@ -334,8 +334,14 @@ impl WriteBuffer {
     }
 
     /// How many bytes one bundle may hold in the buffer before the background flush writes it
-    /// out even while it is still being written: an eighth of the budget, within 1–16 MiB.
+    /// out even while it is still being written: an eighth of the budget, within 1–16 MiB; half
+    /// the budget (at least 1 MiB) where each flush rewrites the whole bundle (an object store:
+    /// [`crate::cache::Storage::rewrites_whole_bundles`]), since there a bundle written in n
+    /// flushes costs about n/2 times its size in bytes sent.
     pub fn chunk(&self) -> usize {
+        if self.cache.store().rewrites_whole_bundles() {
+            return (self.budget / 2).max(1 << 20);
+        }
         (self.budget / 8).clamp(1 << 20, 16 << 20)
     }
 

@@ -374,7 +374,8 @@ pub struct MountArgs {
     #[arg(long, default_value = "overwrite", value_name = "overwrite|merge")]
     pub import_mode: ImportMode,
     /// Writable mounts: seconds without writes to a bundle after which its buffered tiles are
-    /// flushed (at once for a bundle holding 1/8 of --write-buffer, 1-16 MiB, or holding a
+    /// flushed (at once for a bundle holding 1/8 of --write-buffer, 1-16 MiB — half of it for
+    /// a cache in an object store, where each flush rewrites the whole bundle — or holding a
     /// tile for 30 s).
     #[arg(long, default_value = "2", value_name = "SECONDS")]
     pub flush_idle: Seconds,

@@ -186,6 +186,13 @@ pub trait Storage: Send + Sync {
         true
     }
 
+    /// Whether every write of a bundle rewrites it whole (an object store: no append), so that
+    /// writing one bundle in n flushes costs about n/2 times its size. The write buffer then
+    /// flushes a bundle while it is still being written only past half its budget.
+    fn rewrites_whole_bundles(&self) -> bool {
+        false
+    }
+
     /// Whether [`Storage::tile_stat`] answers from an index without reading the tile. True for
     /// an object store, where reading a tile costs a request; false (the default) for local
     /// storages, where a tile read is a memory map and the bytes also tell the image kind.

@@ -1612,6 +1612,10 @@ impl Storage for ObjectStorage {
         true
     }
 
+    fn rewrites_whole_bundles(&self) -> bool {
+        true
+    }
+
     fn at_hand(&self, t: TileAddr, bytes: bool) -> bool {
         let id = t.bundle();
         let Some(ix) = self.indexes.lock().unwrap().peek(&id).cloned() else {
