@@ -241,19 +241,30 @@ fn racing_writers_on_two_gateways_lose_no_tile() {
     let _gw = gw2_shared();
     let url = parse(&fresh_url("race"));
     let ep2 = std::env::var("AWS_ENDPOINT_URL_2").expect("AWS_ENDPOINT_URL_2 (second gateway)");
+    race_two_writers_on_one_bundle(&url, [None, Some(ep2)], 25);
+}
+
+/// Two writers (through `endpoints`: None = the environment's) update one bundle of `url` at
+/// once, `rounds` times each, each time their own slot and one of five slots both write
+/// (overwrite). Asserts that every writer's own tiles survive, each shared slot holds one of
+/// theirs, there is no stray tile, and the writers really collided (conflicts counted).
+pub(crate) fn race_two_writers_on_one_bundle(
+    url: &ObjectUrl,
+    endpoints: [Option<String>; 2],
+    rounds: u32,
+) {
     let id = BundleId {
         level: 4,
         row0: 0,
         col0: 128,
     };
-    const ROUNDS: u32 = 25;
     let tile = |w: u32, n: u32| format!("writer {w} tile {n} ").repeat(20).into_bytes();
     let slot = |n: u32| Slot {
         row: n / 128,
         col: n % 128,
     };
     let barrier = Arc::new(Barrier::new(2));
-    let writers: Vec<_> = [None, Some(ep2)]
+    let writers: Vec<_> = endpoints
         .into_iter()
         .enumerate()
         .map(|(w, ep)| {
@@ -269,7 +280,7 @@ fn racing_writers_on_two_gateways_lose_no_tile() {
                         max_delay: Duration::from_millis(400),
                     });
                 barrier.wait();
-                for i in 0..ROUNDS {
+                for i in 0..rounds {
                     // Its own slot, and a slot both writers write (overwrite: the later wins).
                     let own = 1000 * (w + 1) + i;
                     let shared = 500 + i % 5;
@@ -300,7 +311,7 @@ fn racing_writers_on_two_gateways_lose_no_tile() {
         got.insert(t, b.to_vec());
     }
     for w in 0..2 {
-        for i in 0..ROUNDS {
+        for i in 0..rounds {
             let own = 1000 * (w + 1) + i;
             let t = id.tile(slot(own % 16384));
             assert_eq!(
@@ -317,7 +328,7 @@ fn racing_writers_on_two_gateways_lose_no_tile() {
             "shared slot {n} holds neither writer's tile"
         );
     }
-    assert_eq!(got.len(), 2 * ROUNDS as usize + 5, "no stray tiles");
+    assert_eq!(got.len(), 2 * rounds as usize + 5, "no stray tiles");
     assert!(
         conflicts > 0,
         "the writers never collided: the test proved nothing"
@@ -344,6 +355,26 @@ fn a_mount_of_the_store_equals_the_mount_of_the_folder() {
         &want,
         "mount of s3:// vs mount of the folder",
     );
+}
+
+/// `bundlefs sample --levels LEVELS` in `dir/src`, exported into the store at `url` as Compact
+/// V2; returns the local folder.
+pub(crate) fn sample_in_store(dir: &Path, levels: &str, url: &str) -> std::path::PathBuf {
+    let src = dir.join("src");
+    run_ok(
+        Command::new(bin())
+            .arg("sample")
+            .arg(&src)
+            .args(["--levels", levels]),
+    );
+    run_ok(
+        Command::new(bin())
+            .arg("export")
+            .arg(&src)
+            .arg(url)
+            .args(["--storage", "compact-v2"]),
+    );
+    src
 }
 
 /// (GETs, tiles fetched ahead) from the request counters a daemon logs at unmount.
@@ -393,21 +424,8 @@ fn tree_sizes(dir: &Path) -> BTreeMap<String, u64> {
 #[test]
 fn listings_cost_no_tile_get_and_reads_in_name_order_coalesce() {
     let d = tempfile::tempdir().unwrap();
-    let src = d.path().join("src");
-    run_ok(
-        Command::new(bin())
-            .arg("sample")
-            .arg(&src)
-            .args(["--levels", "0-5"]),
-    );
     let url = fresh_url("coalesce");
-    run_ok(
-        Command::new(bin())
-            .arg("export")
-            .arg(&src)
-            .arg(&url)
-            .args(["--storage", "compact-v2"]),
-    );
+    let src = sample_in_store(d.path(), "0-5", &url);
     let exploded = d.path().join("exploded");
     run_ok(
         Command::new(bin())
@@ -501,21 +519,8 @@ fn delaying_proxy(upstream: String, slow: &'static str, delay: Duration) -> Stri
 #[test]
 fn a_slow_store_request_holds_no_session_thread() {
     let d = tempfile::tempdir().unwrap();
-    let src = d.path().join("src");
-    run_ok(
-        Command::new(bin())
-            .arg("sample")
-            .arg(&src)
-            .args(["--levels", "0-2"]),
-    );
     let url = fresh_url("slow");
-    run_ok(
-        Command::new(bin())
-            .arg("export")
-            .arg(&src)
-            .arg(&url)
-            .args(["--storage", "compact-v2"]),
-    );
+    sample_in_store(d.path(), "0-2", &url);
     let endpoint = std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL");
     let upstream = endpoint.trim_start_matches("http://").trim_end_matches('/');
     let delay = Duration::from_secs(4);

@@ -7,14 +7,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Barrier};
-use std::time::Duration;
 
-use bundlefs::cache::store::object::{store_client_at, ObjectStorage, RetryPolicy};
 use bundlefs::cache::url::{ObjectUrl, Scheme};
-use bundlefs::cache::{Cache, CacheOptions, GroupView, Storage, TileBytes, TileGroup};
-use bundlefs::format::{BundleId, Slot, TileAddr};
+use bundlefs::cache::Cache;
+use bundlefs::format::TileAddr;
 
 use crate::support::mount::Mounted;
 use crate::support::{bin, run, run_ok, tree_files};
@@ -42,18 +38,6 @@ fn fresh_url(name: &str) -> String {
     )
 }
 
-/// `bundlefs sample` levels 0-3 (85 tiles) in a temporary folder.
-fn sample(dir: &Path) -> std::path::PathBuf {
-    let src = dir.join("src");
-    run_ok(
-        Command::new(bin())
-            .arg("sample")
-            .arg(&src)
-            .args(["--levels", "0-3"]),
-    );
-    src
-}
-
 fn exploded_tiles(cache: &str, out: &Path) -> BTreeMap<String, Vec<u8>> {
     run_ok(
         Command::new(bin())
@@ -71,17 +55,10 @@ fn exploded_tiles(cache: &str, out: &Path) -> BTreeMap<String, Vec<u8>> {
 #[test]
 fn a_cache_in_azure_blob_storage_works_like_a_folder() {
     let d = tempfile::tempdir().unwrap();
-    let src = sample(d.path());
     let url = fresh_url("cache");
     let parsed = ObjectUrl::parse(&url).unwrap().unwrap();
     assert_eq!(parsed.scheme, Scheme::Azure);
-    run_ok(
-        Command::new(bin())
-            .arg("export")
-            .arg(&src)
-            .arg(&url)
-            .args(["--storage", "compact-v2"]),
-    );
+    let src = crate::objstore::sample_in_store(d.path(), "0-3", &url);
     let info = run_ok(Command::new(bin()).args(["info", "--json", &url]));
     let local_info = run_ok(Command::new(bin()).arg("info").arg("--json").arg(&src));
     let tiles_of = |s: &str| {
@@ -137,73 +114,7 @@ fn a_cache_in_azure_blob_storage_works_like_a_folder() {
 #[test]
 fn racing_writers_on_azure_lose_no_tile() {
     let url = ObjectUrl::parse(&fresh_url("race")).unwrap().unwrap();
-    let id = BundleId {
-        level: 4,
-        row0: 0,
-        col0: 0,
-    };
-    const ROUNDS: u32 = 20;
-    let tile = |w: u32, n: u32| format!("writer {w} tile {n} ").repeat(20).into_bytes();
-    let slot = |n: u32| Slot {
-        row: n / 128,
-        col: n % 128,
-    };
-    let barrier = Arc::new(Barrier::new(2));
-    let writers: Vec<_> = (0..2u32)
-        .map(|w| {
-            let u = url.clone();
-            let barrier = barrier.clone();
-            std::thread::spawn(move || {
-                let client = store_client_at(&u, None).unwrap();
-                let s = ObjectStorage::with_store(u, client, "_alllayers", CacheOptions::default())
-                    .with_retry(RetryPolicy {
-                        attempts: 60,
-                        base_delay: Duration::from_millis(5),
-                        max_delay: Duration::from_millis(200),
-                    });
-                barrier.wait();
-                for i in 0..ROUNDS {
-                    let own = 1000 * (w + 1) + i;
-                    let shared = 500 + i % 5;
-                    s.update_group(id, &mut |_v: &dyn GroupView| {
-                        Ok(vec![
-                            (slot(own), TileBytes::owned(tile(w, own))),
-                            (slot(shared), TileBytes::owned(tile(w, shared))),
-                        ])
-                    })
-                    .unwrap_or_else(|e| panic!("writer {w} round {i}: {e}"));
-                }
-                s.stats().conflicts.load(Ordering::Relaxed)
-            })
-        })
-        .collect();
-    let conflicts: u64 = writers.into_iter().map(|h| h.join().unwrap()).sum();
-    let c = Cache::open(url.to_string()).unwrap();
-    let got: BTreeMap<TileAddr, Vec<u8>> = c
-        .read_group(&TileGroup::bundle(id))
-        .unwrap()
-        .into_iter()
-        .map(|(t, b)| (t, b.to_vec()))
-        .collect();
-    for w in 0..2 {
-        for i in 0..ROUNDS {
-            let own = 1000 * (w + 1) + i;
-            assert_eq!(
-                got.get(&id.tile(slot(own))),
-                Some(&tile(w, own)),
-                "writer {w}'s tile {own} lost"
-            );
-        }
-    }
-    for n in 500..505 {
-        let b = got.get(&id.tile(slot(n))).expect("shared slot written");
-        assert!(*b == tile(0, n) || *b == tile(1, n), "shared slot {n}");
-    }
-    assert_eq!(got.len(), 2 * ROUNDS as usize + 5, "no stray tiles");
-    assert!(
-        conflicts > 0,
-        "the writers never collided: the test proved nothing"
-    );
+    crate::objstore::race_two_writers_on_one_bundle(&url, [None, None], 20);
 }
 
 /// Settings that mean nothing for Azure are refused by name, and a wrong account key gives an

@@ -325,16 +325,10 @@ impl Storage for CompactStore {
     }
 
     fn read_group(&self, g: &TileGroup) -> Result<Vec<(TileAddr, TileBytes)>> {
-        let Some(b) = self.bundle(g.id)? else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::new();
-        for (slot, _) in b.slots() {
-            if let Some(r) = b.tile_range(slot)? {
-                out.push((g.id.tile(slot), TileBytes::mapped(b.clone(), r)));
-            }
+        match self.bundle(g.id)? {
+            Some(b) => super::bundle_tiles(g.id, &b),
+            None => Ok(Vec::new()),
         }
-        Ok(out)
     }
 
     fn level_stats(&self, level: u8) -> Result<LevelStats> {

@@ -84,6 +84,22 @@ impl TileGroup {
     }
 }
 
+/// Every tile of bundle `b` (the whole bundle `id`, in memory or mapped) in slot order, as
+/// slices of it: the `read_group` of the compact storages. A broken index entry is an error
+/// naming the bundle (a batch job must not drop a tile silently).
+pub(crate) fn bundle_tiles(
+    id: BundleId,
+    b: &Arc<BundleHandle>,
+) -> Result<Vec<(TileAddr, TileBytes)>> {
+    let mut out = Vec::new();
+    for (slot, _) in b.slots() {
+        if let Some(r) = b.tile_range(slot)? {
+            out.push((id.tile(slot), TileBytes::mapped(b.clone(), r)));
+        }
+    }
+    Ok(out)
+}
+
 /// What a store can tell of a stored tile without handing out its bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TileStat {

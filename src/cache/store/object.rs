@@ -1654,13 +1654,10 @@ impl Storage for ObjectStorage {
     }
 
     fn read_group(&self, g: &TileGroup) -> Result<Vec<(TileAddr, TileBytes)>> {
-        let Some(b) = self.bundle(g.id)? else {
-            return Ok(Vec::new());
-        };
-        Ok(tiles_of(&b)?
-            .into_iter()
-            .map(|(slot, r)| (g.id.tile(slot), TileBytes::mapped(b.clone(), r)))
-            .collect())
+        match self.bundle(g.id)? {
+            Some(b) => super::bundle_tiles(g.id, &b),
+            None => Ok(Vec::new()),
+        }
     }
 
     fn level_stats(&self, level: u8) -> Result<LevelStats> {
@@ -1843,7 +1840,7 @@ mod tests {
             .unwrap()
     }
 
-    fn storage(mem: &Arc<InMemory>, recheck: Duration) -> ObjectStorage {
+    pub(super) fn storage(mem: &Arc<InMemory>, recheck: Duration) -> ObjectStorage {
         let opts = CacheOptions {
             recheck,
             ..CacheOptions::default()
@@ -1855,13 +1852,13 @@ mod tests {
         })
     }
 
-    const ID: BundleId = BundleId {
+    pub(super) const ID: BundleId = BundleId {
         level: 3,
         row0: 128,
         col0: 0,
     };
 
-    fn tile(n: u32) -> Vec<u8> {
+    pub(super) fn tile(n: u32) -> Vec<u8> {
         format!("tile-{n}-").repeat(1 + n as usize % 7).into_bytes()
     }
 

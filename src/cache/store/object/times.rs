@@ -560,30 +560,7 @@ mod tests {
     use object_store::ObjectStore;
     use std::time::UNIX_EPOCH;
 
-    fn storage(mem: &Arc<InMemory>, recheck: Duration) -> ObjectStorage {
-        let url = ObjectUrl::parse("s3://bucket/caches/world")
-            .unwrap()
-            .unwrap();
-        let opts = CacheOptions {
-            recheck,
-            ..CacheOptions::default()
-        };
-        ObjectStorage::with_store(url, mem.clone(), "_alllayers", opts).with_retry(RetryPolicy {
-            attempts: 50,
-            base_delay: Duration::from_millis(1),
-            max_delay: Duration::from_millis(5),
-        })
-    }
-
-    const ID: BundleId = BundleId {
-        level: 3,
-        row0: 128,
-        col0: 0,
-    };
-
-    fn tile(n: u32) -> Vec<u8> {
-        format!("tile-{n}-").repeat(1 + n as usize % 7).into_bytes()
-    }
+    use crate::cache::store::object::tests::{storage, tile, ID};
 
     fn at(n: u32) -> TileAddr {
         ID.tile(Slot {
