@@ -19,6 +19,9 @@
 #                 again, its index read from the disk cache (one tile GET).
 # Each figure is open+read+close of one file (python, perf_counter), median over the samples;
 # the floor is curl's time_total for the same byte ranges, median. Ratio = mount / floor.
+# RTT_MS=N: the latency part only, through a TCP proxy on 127.0.0.1 that holds every request N ms
+# before passing it to the gateway (a store farther away than loopback; the floor's curl goes
+# through the same proxy). The throughput part is then skipped.
 # Needs: curl >= 7.75 (--aws-sigv4), python3, fusermount3. Output: a table on standard output.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -31,7 +34,9 @@ work=$(mktemp -d /tmp/bundlefs-bench-objstore-XXXXXX)
 mnt=$work/mnt
 ceph_dir=
 mount_pid=
+proxy_pid=
 cleanup() {
+    [[ -z $proxy_pid ]] || kill "$proxy_pid" 2>/dev/null || true
     if [[ -n $mount_pid ]]; then
         fusermount3 -u "$mnt" 2>/dev/null || true
         wait "$mount_pid" 2>/dev/null || true
@@ -62,6 +67,51 @@ else
     bash scripts/ceph-cluster.sh start "$ceph_dir" >&2
     # shellcheck disable=SC1091
     . "$ceph_dir/env"
+fi
+
+RTT_MS=${RTT_MS:-0}
+read_endpoint=$AWS_ENDPOINT_URL
+mount_extra=()
+if ((RTT_MS > 0)); then
+    hostport=${AWS_ENDPOINT_URL#http://}
+    hostport=${hostport%/}
+    python3 -u - "${hostport%:*}" "${hostport##*:}" "$RTT_MS" >"$work/proxy.port" <<'PY' &
+import socket, sys, threading, time
+host, port, delay = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]) / 1000
+ls = socket.socket()
+ls.bind(("127.0.0.1", 0))
+ls.listen(64)
+print(ls.getsockname()[1], flush=True)
+METHODS = (b"GET ", b"PUT ", b"HEAD ", b"POST ", b"DELETE ")
+def pump(src, dst, hold):
+    try:
+        while True:
+            b = src.recv(65536)
+            if not b:
+                break
+            if hold and b.startswith(METHODS):
+                time.sleep(delay)
+            dst.sendall(b)
+    except OSError:
+        pass
+    finally:
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+while True:
+    c, _ = ls.accept()
+    u = socket.create_connection((host, port))
+    for s in (c, u):
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    threading.Thread(target=pump, args=(c, u, True), daemon=True).start()
+    threading.Thread(target=pump, args=(u, c, False), daemon=True).start()
+PY
+    proxy_pid=$!
+    for _ in $(seq 100); do [[ -s $work/proxy.port ]] && break; sleep 0.05; done
+    read_endpoint=http://127.0.0.1:$(head -1 "$work/proxy.port")
+    mount_extra=(-o "endpoint=$read_endpoint")
+    say "reads go through a proxy holding each request $RTT_MS ms ($read_endpoint)"
 fi
 
 say "synthesizing levels 0-$MAXLEVEL (256 px tiles)"
@@ -107,7 +157,7 @@ say "$n_bundles bundles, $(wc -l <"$work/samples") sampled tiles"
 say "mounting $url (read-only, --recheck 3600)"
 mkdir -p "$mnt"
 mount_at() {
-    "$BIN" mount "$url" "$mnt" --recheck 3600 --cache-dir "$work/index-cache" \
+    "$BIN" mount "$url" "$mnt" --recheck 3600 --cache-dir "$work/index-cache" "${mount_extra[@]}" \
         >"$work/mount.out" 2>>"$work/mount.log" &
     mount_pid=$!
     for _ in $(seq 200); do
@@ -175,7 +225,7 @@ umask 077
     while read -r kind _rel key a b; do
         ((first)) || echo next
         first=0
-        echo "url = \"$AWS_ENDPOINT_URL/$BUNDLEFS_S3_BUCKET/${url#s3://*/}/_alllayers/$key\""
+        echo "url = \"$read_endpoint/$BUNDLEFS_S3_BUCKET/${url#s3://*/}/_alllayers/$key\""
         echo "range = \"$a-$b\""
         echo "output = \"/dev/null\""
         echo "write-out = \"$kind %{time_total} %{http_code}\\n\""
@@ -185,7 +235,7 @@ umask 077
         if [[ $kind == cold ]]; then
             # The bundle's header+index (bytes 0-131135), as the mount's cold read fetches it.
             echo next
-            echo "url = \"$AWS_ENDPOINT_URL/$BUNDLEFS_S3_BUCKET/${url#s3://*/}/_alllayers/$key\""
+            echo "url = \"$read_endpoint/$BUNDLEFS_S3_BUCKET/${url#s3://*/}/_alllayers/$key\""
             echo "range = \"0-131135\""
             echo "output = \"/dev/null\""
             echo "write-out = \"index %{time_total} %{http_code}\\n\""
@@ -231,7 +281,7 @@ EOF
 # other way to read the tiles); rsync of levels 0..TARLEVEL (as tile files) into an -o rw mount of
 # an empty prefix (--write-buffer WRITE_BUFFER, default 256M) vs `bundlefs import` of the same
 # files; the daemons' peak RSS (VmHWM).
-[[ ${THROUGHPUT:-1} == 1 ]] || exit 0
+[[ ${THROUGHPUT:-1} == 1 && $RTT_MS == 0 ]] || exit 0
 TARLEVEL=${TARLEVEL:-$((MAXLEVEL - 2))}
 WRITE_BUFFER=${WRITE_BUFFER:-256M}
 lv=$(printf 'L%02d' "$TARLEVEL")
