@@ -268,38 +268,35 @@ impl ConfXml {
     /// except a `PacketSize` other than 128 becomes 128 for compact storage (GDAL's ESRIC and ArcGIS
     /// read compact caches with 128 only; exploded caches often say 0).
     pub fn with_storage(&self, storage: StorageFormat) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.raw.len() + 64);
+        let mut edits: Vec<(std::ops::Range<usize>, String)> = Vec::new();
         match &self.storage_span {
-            Some(span) => {
-                let mut edits = vec![(span.clone(), storage.esri_name())];
-                if let Some(p) = &self.packet_span {
-                    let text = String::from_utf8_lossy(&self.raw[p.clone()]);
-                    if storage != StorageFormat::Exploded && text.trim() != "128" {
-                        edits.push((p.clone(), "128"));
-                    }
-                }
-                edits.sort_by_key(|e| e.0.start);
-                let mut at = 0;
-                for (r, text) in edits {
-                    out.extend_from_slice(&self.raw[at..r.start]);
-                    out.extend_from_slice(text.as_bytes());
-                    at = r.end;
-                }
-                out.extend_from_slice(&self.raw[at..]);
-            }
-            None => {
-                out.extend_from_slice(&self.raw[..self.root_end]);
-                out.extend_from_slice(
-                    format!(
-                        "<CacheStorageInfo xsi:type=\"typens:CacheStorageInfo\"><StorageFormat>{}</StorageFormat>\
-                         <PacketSize>128</PacketSize></CacheStorageInfo>",
-                        storage.esri_name()
-                    )
-                    .as_bytes(),
-                );
-                out.extend_from_slice(&self.raw[self.root_end..]);
+            Some(span) => edits.push((span.clone(), storage.esri_name().to_string())),
+            None => edits.push((
+                self.root_end..self.root_end,
+                format!(
+                    "<CacheStorageInfo xsi:type=\"typens:CacheStorageInfo\"><StorageFormat>{}\
+                     </StorageFormat><PacketSize>128</PacketSize></CacheStorageInfo>",
+                    storage.esri_name()
+                ),
+            )),
+        }
+        // Also where the document has a PacketSize but no StorageFormat (the inserted element
+        // would come second, and readers take the first PacketSize).
+        if let Some(p) = &self.packet_span {
+            let text = String::from_utf8_lossy(&self.raw[p.clone()]);
+            if storage != StorageFormat::Exploded && text.trim() != "128" {
+                edits.push((p.clone(), "128".to_string()));
             }
         }
+        edits.sort_by_key(|e| e.0.start);
+        let mut out = Vec::with_capacity(self.raw.len() + 160);
+        let mut at = 0;
+        for (r, text) in edits {
+            out.extend_from_slice(&self.raw[at..r.start]);
+            out.extend_from_slice(text.as_bytes());
+            at = r.end;
+        }
+        out.extend_from_slice(&self.raw[at..]);
         out
     }
 }
@@ -765,6 +762,32 @@ mod tests {
             ),
             b
         );
+    }
+
+    /// Found by the `conf` fuzz target: a CacheStorageInfo with a PacketSize other than 128 but
+    /// no StorageFormat (read as exploded) rewritten for compact storage kept that PacketSize
+    /// (the StorageFormat went into a second CacheStorageInfo, and readers take the first
+    /// PacketSize), so the result was refused. Now the PacketSize becomes 128 there too.
+    #[test]
+    fn with_storage_sets_packet_size_also_without_a_storage_element() {
+        let s = TileScheme::web_mercator(2, TileFormat::Png);
+        let xml = String::from_utf8(s.to_conf_xml()).unwrap();
+        let start = xml.find("<CacheStorageInfo").unwrap();
+        let end = xml.find("</CacheStorageInfo>").unwrap() + "</CacheStorageInfo>".len();
+        let xml = format!(
+            "{}<CacheStorageInfo xsi:type=\"typens:CacheStorageInfo\"><PacketSize>64</PacketSize>\
+             </CacheStorageInfo>{}",
+            &xml[..start],
+            &xml[end..]
+        );
+        let conf = TileScheme::parse_conf_xml(xml.as_bytes()).unwrap();
+        assert_eq!(conf.scheme.storage, StorageFormat::Exploded);
+        for storage in [StorageFormat::CompactV1, StorageFormat::CompactV2] {
+            let again = TileScheme::parse_conf_xml(&conf.with_storage(storage))
+                .unwrap_or_else(|e| panic!("{storage}: {e}"));
+            assert_eq!(again.scheme.storage, storage);
+            assert_eq!(again.scheme.packet_size, 128);
+        }
     }
 
     /// Found by the `conf` fuzz target: with a UTF-8 byte-order mark (as Windows tools write),
