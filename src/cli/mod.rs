@@ -216,7 +216,8 @@ pub enum Command {
 /// Arguments of `bundlefs info`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct InfoArgs {
-    /// Cache folder, its conf.xml, or a .tpkx/.tpk tile package.
+    /// Cache folder, its conf.xml, a .tpkx/.tpk tile package, or s3://BUCKET/PREFIX or
+    /// az://CONTAINER/PREFIX.
     pub cache: PathBuf,
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -226,7 +227,8 @@ pub struct InfoArgs {
 /// Arguments of `bundlefs verify`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct VerifyArgs {
-    /// Cache folder, its conf.xml, or a .tpkx/.tpk tile package to check.
+    /// Cache folder, its conf.xml, a .tpkx/.tpk tile package, or s3://BUCKET/PREFIX or
+    /// az://CONTAINER/PREFIX to check.
     pub cache: PathBuf,
     /// Also decode every tile image (slower; finds damaged PNG/JPEG data).
     #[arg(long)]
@@ -312,9 +314,10 @@ pub struct JobArgs {
 /// Arguments of `bundlefs export`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExportArgs {
-    /// Source cache folder, conf.xml, .tpkx or .tpk.
+    /// Source cache folder, conf.xml, .tpkx, .tpk, s3://BUCKET/PREFIX or az://CONTAINER/PREFIX.
     pub src: PathBuf,
-    /// Destination folder (a .tpkx or .tpk file with --storage tpkx or tpk).
+    /// Destination folder, s3://BUCKET/PREFIX or az://CONTAINER/PREFIX (a .tpkx or .tpk file
+    /// with --storage tpkx or tpk).
     pub dest: PathBuf,
     /// Target storage: exploded, compact-v1, compact-v2, ready-to-serve, tpkx, tpk, or ArcGIS's
     /// names EXPLODED, COMPACT, COMPACT_V2, READY_TO_SERVE_FORMAT, TILE_PACKAGE (a .tpkx when DEST
@@ -328,9 +331,10 @@ pub struct ExportArgs {
 /// Arguments of `bundlefs import`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ImportArgs {
-    /// Source cache folder, conf.xml, .tpkx or .tpk.
+    /// Source cache folder, conf.xml, .tpkx, .tpk, s3://BUCKET/PREFIX or az://CONTAINER/PREFIX.
     pub src: PathBuf,
-    /// Existing destination cache folder (or .tpkx).
+    /// Existing destination cache folder (or .tpkx, .tpk, s3://BUCKET/PREFIX,
+    /// az://CONTAINER/PREFIX).
     pub dest: PathBuf,
     #[command(flatten)]
     pub job: JobArgs,
@@ -339,13 +343,15 @@ pub struct ImportArgs {
 /// Arguments of `bundlefs mount`; `--daemon` re-runs the program with these same arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MountArgs {
-    /// Cache folder (or its conf.xml, or a ready-to-serve folder or its root.json).
+    /// Cache folder (or its conf.xml, or a ready-to-serve folder or its root.json), or
+    /// s3://BUCKET/PREFIX or az://CONTAINER/PREFIX.
     pub cache: PathBuf,
     /// Empty directory to mount on.
     pub mountpoint: PathBuf,
     /// Mount options, comma separated: ro (default), rw, allow_other, allow_root,
-    /// default_permissions, nonempty (mount over a folder that holds files, hiding them);
-    /// fstab words ignored.
+    /// default_permissions, nonempty (mount over a folder that holds files, hiding them); for a
+    /// cache in an object store also endpoint=URL, region=R (s3:// only), timeout=SECONDS (one
+    /// request with its retries); fstab words ignored.
     #[arg(short = 'o', value_name = "OPTS")]
     pub options: Vec<String>,
     /// Return once the mount is live and keep serving in the background (prints the daemon's
@@ -453,7 +459,8 @@ pub struct DeleteArgs {
 /// Arguments of `bundlefs compact`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CompactArgs {
-    /// Cache folder (Compact V2 bundles are rewritten in place; other storages have no dead space).
+    /// Cache folder or s3://… / az://… (Compact V2 bundles are rewritten in place; other
+    /// storages have no dead space).
     pub cache: PathBuf,
     /// Minimum dead share of a bundle to rewrite it, e.g. 20% or 0.2.
     #[arg(long, default_value = "20%", value_name = "SHARE")]
