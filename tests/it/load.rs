@@ -30,14 +30,7 @@ fn tile_png(bases: &[Vec<u8>], t: TileAddr, gen: u64) -> Vec<u8> {
     h.update(label.as_bytes());
     h.update(base);
     let text = format!("{KEY}\0{label}/{:08x}", h.finalize());
-    let mut body = b"tEXt".to_vec();
-    body.extend_from_slice(text.as_bytes());
-    let mut out = base[..33].to_vec(); // signature + IHDR
-    out.extend_from_slice(&(text.len() as u32).to_be_bytes());
-    out.extend_from_slice(&body);
-    out.extend_from_slice(&crc32fast::hash(&body).to_be_bytes());
-    out.extend_from_slice(&base[33..]);
-    out
+    crate::support::png_with_text(base, &text)
 }
 
 /// Checks a tile read back: its label names `t` and its checksum matches. Returns its generation.

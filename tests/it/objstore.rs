@@ -662,14 +662,7 @@ fn writer_png(base: &[u8], writer: u32, t: TileAddr) -> Vec<u8> {
         "bundlefs\0writer {writer} tile {}/{}/{}",
         t.level, t.row, t.col
     );
-    let mut body = b"tEXt".to_vec();
-    body.extend_from_slice(text.as_bytes());
-    let mut out = base[..33].to_vec(); // signature + IHDR
-    out.extend_from_slice(&(text.len() as u32).to_be_bytes());
-    out.extend_from_slice(&body);
-    out.extend_from_slice(&crc32fast::hash(&body).to_be_bytes());
-    out.extend_from_slice(&base[33..]);
-    out
+    crate::support::png_with_text(base, &text)
 }
 
 fn base_png() -> Vec<u8> {

@@ -238,3 +238,16 @@ pub fn sample_cache(dir: &Path, levels: &str) -> PathBuf {
     );
     c
 }
+
+/// `base` (a PNG) with a tEXt chunk holding `text` (`keyword\0value`) inserted right after IHDR,
+/// so otherwise equal tiles differ in bytes and still decode to the same pixels.
+pub fn png_with_text(base: &[u8], text: &str) -> Vec<u8> {
+    let mut body = b"tEXt".to_vec();
+    body.extend_from_slice(text.as_bytes());
+    let mut out = base[..33].to_vec(); // signature + IHDR
+    out.extend_from_slice(&(text.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&crc32fast::hash(&body).to_be_bytes());
+    out.extend_from_slice(&base[33..]);
+    out
+}
