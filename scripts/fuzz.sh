@@ -51,6 +51,16 @@ for t in "${targets[@]}"; do
         say "$t: ok, ${runs:-?} executions in ${secs}s, ${cov:-cov: ?}, corpus $(ls "$work" | wc -l) inputs"
     else
         tail -n 60 "$log" >&2
+        # CI keeps only the log: print the panic and the input itself, so a finding made on a
+        # clean clone can be reproduced from the log alone (base64 -d > file; cargo fuzz run).
+        grep -m1 -A4 -e 'panicked at' -e 'ERROR: libFuzzer' "$log" >&2 || true
+        input=$(sed -n 's/.*Test unit written to //p' "$log" | tail -1)
+        [[ -z $input || $input = /* ]] || input=fuzz/$input
+        if [[ -n $input && -f $input ]]; then
+            say "$t: failing input ($(stat -c %s "$input") bytes), base64:"
+            base64 -w 0 "$input" >&2
+            echo >&2
+        fi
         say "$t: FAILED (input in fuzz/artifacts/$t/)"
         failed+=("$t")
     fi

@@ -5,7 +5,8 @@
 //! without one when the text starts with an ASCII character (XML 1.0 appendix F, RFC 8259 §8.1 and
 //! RFC 4627 §3 detect it from the zero bytes); ISO-8859-1 / windows-1252 when an XML declaration
 //! says so. Line ends CRLF and lone CR become LF (XML 1.0 §2.11 does the same). Refused, by name:
-//! UTF-32, and bytes that are none of the above (the error gives the byte offset).
+//! UTF-32, a zero character (U+0000, which neither XML nor JSON allows), and bytes that are none
+//! of the above (the error gives the offset).
 //!
 //! Callers in higher layers add the file's path: `text::decode(&bytes).in_file(path)?`.
 
@@ -33,7 +34,7 @@ pub enum Encoding {
 /// Decodes a text file's bytes (see the module comment) into UTF-8 with `\n` line ends.
 ///
 /// Errors: [`FormatError::Text`] naming what is wrong (UTF-32, an odd-length or broken UTF-16
-/// stream, bytes that are not UTF-8 at a given offset).
+/// stream, bytes that are not UTF-8 at a given offset, a zero character).
 pub fn decode(bytes: &[u8]) -> Result<String, FormatError> {
     decode_with(bytes).map(|(s, _)| s)
 }
@@ -63,6 +64,16 @@ pub fn decode_with(bytes: &[u8]) -> Result<(String, Encoding), FormatError> {
             Err(e) => return Err(not_utf8(e.valid_up_to())),
         }
     };
+    // XML 1.0 (§2.2, Char) and JSON (RFC 8259 §7: control characters only escaped) have no
+    // U+0000. A zero character is a binary file or a broken transcoding, and the text could not be
+    // written back: a rewrite starting with it would be sniffed as UTF-16 above.
+    if let Some(at) = text.find('\0') {
+        return Err(text_err(format!(
+            "a zero character (U+0000) at character {}; XML and JSON text has none \
+             (a binary file, or UTF-16 read with the wrong byte order?)",
+            text[..at].chars().count()
+        )));
+    }
     let mut text = normalise_newlines(text);
     if enc != Encoding::Utf8 {
         text = declare_utf8(text);
@@ -242,6 +253,24 @@ mod tests {
         }
         let json = "{\"tileInfo\": 1}";
         assert_eq!(decode(&utf16_bytes(json, false, true)).unwrap(), json);
+    }
+
+    #[test]
+    fn a_zero_character_is_refused_by_position() {
+        // Fuzzing (conf target): after a byte-order mark, a zero character was read as UTF-8,
+        // and the rewrite, without the mark, was then sniffed as UTF-16 BE.
+        for b in [
+            &b"\xef\xbb\xbf\x00u version"[..],
+            b"<a>\x00</a>",
+            b"{\"a\": \"x\x00\"}",
+        ] {
+            let e = decode(b).unwrap_err().to_string();
+            assert!(e.contains("zero character (U+0000)"), "{e}");
+        }
+        let e = decode(&utf16_bytes("<a>\u{0}</a>", false, true))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at character 3"), "{e}");
     }
 
     #[test]
