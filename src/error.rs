@@ -9,6 +9,16 @@ use crate::format::FormatError;
 /// Result alias used across bundlefs.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// `n` and `noun` for a message or summary, the noun plural unless `n` is 1: `count(1, "bundle")`
+/// is "1 bundle", `count(0, "tile")` "0 tiles". `noun` is a regular English noun (an `s` is added).
+pub fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// Everything that can go wrong reading or writing a cache.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

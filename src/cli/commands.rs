@@ -17,6 +17,7 @@ use super::{
     RenderArgs, SampleArgs, VerifyArgs,
 };
 use crate::cache::{Cache, LevelStats};
+use crate::error::count;
 use crate::format::conf::{StorageFormat, TileFormat, TileScheme};
 use crate::format::levels::LevelRange;
 use crate::format::TileAddr;
@@ -48,11 +49,11 @@ pub fn verify(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
         outln!("WARN {w}");
     }
     outln!(
-        "{}: {} levels, {} bundles, {} tiles checked{}; {} problem(s), {} warning(s)",
+        "{}: {}, {}, {} checked{}; {} problem(s), {} warning(s)",
         a.cache.display(),
-        r.levels,
-        r.bundles,
-        r.tiles,
+        count(r.levels as u64, "level"),
+        count(r.bundles as u64, "bundle"),
+        count(r.tiles, "tile"),
         if a.decode { " and decoded" } else { "" },
         r.problems.len(),
         r.warnings.len()
@@ -122,9 +123,9 @@ pub fn create(a: &CreateArgs) -> anyhow::Result<ExitCode> {
         }
         crate::jobs::package::create_ready_to_serve(&a.dir, &s, extent)?;
         outln!(
-            "created {} ({} levels, {}, ready-to-serve: root.json, tile/)",
+            "created {} ({}, {}, ready-to-serve: root.json, tile/)",
             a.dir.display(),
-            s.lods.len(),
+            count(s.lods.len() as u64, "level"),
             s.tile_format.name()
         );
         return Ok(ExitCode::SUCCESS);
@@ -140,9 +141,9 @@ pub fn create(a: &CreateArgs) -> anyhow::Result<ExitCode> {
         crate::cache::write_atomic(&a.dir.join("conf.xml"), &doc.to_conf_xml(), true)?;
     }
     outln!(
-        "created {} ({} levels, {}, compact-v2)",
+        "created {} ({}, {}, compact-v2)",
         a.dir.display(),
-        s.lods.len(),
+        count(s.lods.len() as u64, "level"),
         s.tile_format.name()
     );
     Ok(ExitCode::SUCCESS)
@@ -237,10 +238,15 @@ pub fn delete(a: &DeleteArgs) -> anyhow::Result<ExitCode> {
         _ => format!(" ({} bytes)", s.bytes),
     };
     outln!(
-        "{}: deleted {} tiles from {} bundles in levels {} ({}){after}",
+        "{}: deleted {} from {} in {} {} ({}){after}",
         a.cache.display(),
-        s.tiles,
-        s.bundles,
+        count(s.tiles, "tile"),
+        count(s.bundles, "bundle"),
+        if s.levels.len() == 1 {
+            "level"
+        } else {
+            "levels"
+        },
         levels_text(&s.levels),
         c.storage()
     );
@@ -258,9 +264,9 @@ pub fn compact(a: &CompactArgs) -> anyhow::Result<ExitCode> {
     let c = open_folder(&a.cache, "compact")?;
     let s = crate::jobs::compact::compact(&c, a.min_dead.0)?;
     outln!(
-        "{}: {} bundles checked, {} rewritten, {} -> {} bytes",
+        "{}: {} checked, {} rewritten, {} -> {} bytes",
         a.cache.display(),
-        s.bundles_checked,
+        count(s.bundles_checked, "bundle"),
         s.bundles_rewritten,
         s.bytes_before,
         s.bytes_after
@@ -403,11 +409,14 @@ pub fn render(a: &RenderArgs) -> anyhow::Result<ExitCode> {
     bar.finish_and_clear();
     let made = st.rendered + st.empty + st.failed;
     outln!(
-        "{}: {} tiles in levels {}-{}: {} rendered ({} bytes), {} empty, {} failed, {} already stored, {} kept; {:.2} s ({:.1} ms/tile, {} source calls) from {spec}",
+        "{}: {} in {}: {} rendered ({} bytes), {} empty, {} failed, {} already stored, {} kept; {:.2} s ({:.1} ms/tile, {} source calls) from {spec}",
         a.cache.display(),
-        st.candidates,
-        levels.min,
-        levels.max,
+        count(st.candidates, "tile"),
+        if levels.min == levels.max {
+            format!("level {}", levels.min)
+        } else {
+            format!("levels {}-{}", levels.min, levels.max)
+        },
         st.rendered,
         st.bytes,
         st.empty,
@@ -582,10 +591,10 @@ fn print_summary(
     to: &str,
 ) -> anyhow::Result<()> {
     outln!(
-        "{verb} {} tiles ({} bytes written, {} bundles) from {} ({}) to {} ({to}) in {:.2} s ({:.0} tiles/s)",
-        s.tiles_written,
+        "{verb} {} ({} bytes written, {}) from {} ({}) to {} ({to}) in {:.2} s ({:.0} tiles/s)",
+        count(s.tiles_written, "tile"),
         s.bytes_written,
-        s.bundles,
+        count(s.bundles, "bundle"),
         src.display(),
         c.storage(),
         dest.display(),

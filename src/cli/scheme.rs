@@ -179,9 +179,9 @@ pub fn run(a: &SchemeArgs) -> anyhow::Result<ExitCode> {
     let doc = a.tool.build()?;
     write_file(&a.output, &doc.to_conf_xml())?;
     outln!(
-        "wrote {} ({} levels, {} px tiles, {} dpi, {})",
+        "wrote {} ({}, {} px tiles, {} dpi, {})",
         a.output.display(),
-        doc.scheme.lods.len(),
+        crate::error::count(doc.scheme.lods.len() as u64, "level"),
         doc.scheme.tile_cols,
         doc.scheme.dpi,
         doc.scheme.tile_format.name()

@@ -772,9 +772,9 @@ impl TreeFs {
             let s = w.flush_due(idle)?;
             if s.tiles > 0 {
                 tracing::debug!(
-                    "flushed {} tiles into {} bundles ({} bytes)",
-                    s.tiles,
-                    s.bundles,
+                    "flushed {} into {} ({} bytes)",
+                    crate::error::count(s.tiles as u64, "tile"),
+                    crate::error::count(s.bundles as u64, "bundle"),
                     s.bytes_written
                 );
             }
@@ -788,9 +788,9 @@ impl TreeFs {
             let s = w.flush_all()?;
             if s.tiles > 0 {
                 tracing::info!(
-                    "flushed {} tiles into {} bundles ({} bytes)",
-                    s.tiles,
-                    s.bundles,
+                    "flushed {} into {} ({} bytes)",
+                    crate::error::count(s.tiles as u64, "tile"),
+                    crate::error::count(s.bundles as u64, "bundle"),
                     s.bytes_written
                 );
             }

@@ -162,7 +162,7 @@ fn delete_by_levels_extent_and_aoi_then_compact_keeps_every_other_tile() {
 
     // By levels: every tile of level 2.
     let out = delete(&c, &["--levels", "2"]);
-    assert!(out.contains("deleted 16 tiles from 1 bundles"), "{out}");
+    assert!(out.contains("deleted 16 tiles from 1 bundle"), "{out}");
     let mut want = without(&original, |t| t.level == 2);
     assert_holds(&c, &want, "after --levels 2");
 
@@ -176,7 +176,7 @@ fn delete_by_levels_extent_and_aoi_then_compact_keeps_every_other_tile() {
         ymax: e0.ymax,
     };
     let out = delete(&c, &["--levels", "3", "--extent", &env_arg(&ext)]);
-    assert!(out.contains("deleted 16 tiles from 1 bundles"), "{out}");
+    assert!(out.contains("deleted 16 tiles from 1 bundle"), "{out}");
     want = without(&want, |t| t.level == 3 && t.col <= 1);
     assert_holds(&c, &want, "after --extent");
 
@@ -193,7 +193,7 @@ fn delete_by_levels_extent_and_aoi_then_compact_keeps_every_other_tile() {
     );
     let out = delete(&c, &["--levels", "3", "--aoi", aoi.to_str().unwrap()]);
     assert!(
-        out.contains(&format!("deleted {} tiles from 1 bundles", taken.len())),
+        out.contains(&format!("deleted {} tiles from 1 bundle", taken.len())),
         "{out}"
     );
     want = without(&want, |t| taken.contains(t));
@@ -288,7 +288,7 @@ fn delete_in_compact_v1_and_exploded_caches() {
     let bundle = v1.join("_alllayers/L03/R0000C0000.bundle");
     let (x_before, b_before) = (fs::read(&bundlx).unwrap(), file_len(&bundle));
     let out = delete(&v1, &["--levels", "3", "--extent", &env_arg(&inner)]);
-    assert!(out.contains("deleted 1 tiles from 1 bundles"), "{out}");
+    assert!(out.contains("deleted 1 tile from 1 bundle"), "{out}");
     let want = without(&original, |t| *t == TileAddr::new(3, 5, 6));
     assert_holds(&v1, &want, "V1 after deleting one tile");
     // Only that tile's 5-byte offset changed (column-major: 16 + 5 * (col * 128 + row)).
@@ -308,7 +308,10 @@ fn delete_in_compact_v1_and_exploded_caches() {
     let tile = ex.join("_alllayers/L03/R00000005/C00000006.png");
     assert!(tile.is_file());
     let out = delete(&ex, &["--levels", "3", "--extent", &env_arg(&inner)]);
-    assert!(out.contains("deleted 1 tiles"), "{out}");
+    assert!(
+        out.contains("deleted 1 tile from 1 bundle in level 3"),
+        "{out}"
+    );
     assert!(!tile.exists());
     assert!(tile.parent().unwrap().is_dir(), "row 5 still holds 7 tiles");
     assert_holds(&ex, &want, "exploded after deleting one tile");
@@ -343,7 +346,10 @@ fn a_mount_sees_the_deletion() {
         ymax: b.ymax - dy,
     };
     let out = delete(&c, &["--levels", "3", "--extent", &env_arg(&inner)]);
-    assert!(out.contains("deleted 1 tiles"), "{out}");
+    assert!(
+        out.contains("deleted 1 tile from 1 bundle in level 3"),
+        "{out}"
+    );
     let start = Instant::now();
     loop {
         let listed: Vec<String> = fs::read_dir(m.path("_alllayers/L03/R00000001"))
