@@ -14,7 +14,7 @@ use super::output::{self, outln};
 use super::source::{open_folder, Source};
 use super::{
     CompactArgs, CreateArgs, DeleteArgs, ExportArgs, ExportTo, ImportArgs, InfoArgs, JobArgs,
-    RenderArgs, SampleArgs, VerifyArgs,
+    RenderArgs, SampleArgs, StorageArg, VerifyArgs,
 };
 use crate::cache::{Cache, LevelStats};
 use crate::error::count;
@@ -153,7 +153,8 @@ pub fn create(a: &CreateArgs) -> anyhow::Result<ExitCode> {
 pub fn export(a: &ExportArgs) -> anyhow::Result<ExitCode> {
     let source = Source::open(&a.src)?;
     let opts = job_options(&a.job, source.cache(), &a.src)?;
-    let target = ExportTo::choose(a.storage, &a.dest)?;
+    let storage = a.storage.or_else(|| existing_storage(&a.dest));
+    let target = ExportTo::choose(storage, &a.dest)?;
     let bar = Bar::new();
     // A folder is export's, a package or ready-to-serve folder is package's.
     let (c, d) = (source.cache(), &a.dest);
@@ -175,6 +176,25 @@ pub fn export(a: &ExportArgs) -> anyhow::Result<ExitCode> {
     };
     print_summary("exported", &s, &a.src, source.cache(), &a.dest, &to)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The storage of the cache `dest` already holds (a folder with conf.xml, or a cache in an object
+/// store), for `export` without `--storage`: tiles go into it as they are stored there. None for
+/// anything else (no cache yet, a package, a ready-to-serve folder).
+fn existing_storage(dest: &Path) -> Option<StorageArg> {
+    let url = crate::cache::url::is_url(dest);
+    if !url && !dest.join("conf.xml").is_file() {
+        return None;
+    }
+    let c = Cache::open(dest).ok()?;
+    if c.ready_to_serve().is_some() {
+        return None;
+    }
+    Some(match c.storage() {
+        StorageFormat::Exploded => StorageArg::Exploded,
+        StorageFormat::CompactV1 => StorageArg::CompactV1,
+        StorageFormat::CompactV2 => StorageArg::CompactV2,
+    })
 }
 
 /// `bundlefs import`: tiles of a cache or package into an existing cache.

@@ -83,7 +83,8 @@ impl ExportTo {
             (None, Some(PackageKind::Tpk)) => ExportTo::Tpk,
             (None, None) => anyhow::bail!(
                 "{}: say which storage to write (--storage exploded, compact-v1, compact-v2, \
-                 ready-to-serve, tpkx or tpk); only a .tpkx or .tpk name says it alone",
+                 ready-to-serve, tpkx or tpk); only a .tpkx or .tpk name, or a cache already \
+                 there, says it alone",
                 dest.display()
             ),
             (Some(StorageArg::TilePackage), Some(PackageKind::Tpkx)) => {
@@ -321,7 +322,8 @@ pub struct ExportArgs {
     pub dest: PathBuf,
     /// Target storage: exploded, compact-v1, compact-v2, ready-to-serve, tpkx, tpk, or ArcGIS's
     /// names EXPLODED, COMPACT, COMPACT_V2, READY_TO_SERVE_FORMAT, TILE_PACKAGE (a .tpkx when DEST
-    /// ends in .tpkx, else a .tpk). May be left out when DEST ends in .tpkx or .tpk.
+    /// ends in .tpkx, else a .tpk). May be left out when DEST ends in .tpkx or .tpk, or already
+    /// holds a cache (its storage is kept).
     #[arg(long, value_enum)]
     pub storage: Option<StorageArg>,
     #[command(flatten)]

@@ -661,3 +661,33 @@ fn every_level_range_form_is_taken_including_up_to_n() {
     let info = run_ok(bundlefs().arg("info").arg(&c));
     assert!(info.contains("LODs:     4 (levels 0-3)"), "{info}");
 }
+
+/// `export` without `--storage` into a folder that already holds a cache writes in that cache's
+/// storage (here exploded, where the source is Compact V2); with no cache there it still asks.
+#[test]
+fn export_without_storage_into_an_existing_cache_keeps_its_storage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = crate::support::sample_cache(tmp.path(), "0-2");
+    let dest = tmp.path().join("dest");
+    crate::support::bundlefs_export(&src, &dest, "exploded");
+    let tile = dest.join("_alllayers/L02/R00000001/C00000002.png");
+    fs::remove_file(&tile).unwrap();
+    let out = run_ok(Command::new(bin()).arg("export").arg(&src).arg(&dest));
+    assert!(out.contains("(exploded)"), "{out}");
+    assert!(tile.is_file(), "the tile came back as an exploded file");
+    assert!(!dest.join("_alllayers/L02/R0000C0000.bundle").exists());
+    assert_eq!(
+        all_tiles(&Cache::open(&dest).unwrap()),
+        all_tiles(&Cache::open(&src).unwrap())
+    );
+
+    let out = run(Command::new(bin())
+        .arg("export")
+        .arg(&src)
+        .arg(tmp.path().join("new")));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("say which storage to write"),
+        "{err}"
+    );
+}
