@@ -26,6 +26,13 @@ pub struct CompactSummary {
 pub fn compact(cache: &Cache, min_dead: f64) -> Result<CompactSummary> {
     match cache.storage() {
         StorageFormat::CompactV2 => {}
+        StorageFormat::CompactV1 if crate::cache::url::is_url(cache.root()) => {
+            return Err(Error::invalid(format!(
+                "{}: {}",
+                cache.root().display(),
+                crate::cache::store::object::v1::READ_ONLY
+            )))
+        }
         StorageFormat::CompactV1 => {
             return Err(Error::invalid(format!(
                 "{}: compact rewrites Compact V2 bundles only: a V1 .bundle/.bundlx pair cannot be \

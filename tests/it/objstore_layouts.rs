@@ -175,6 +175,13 @@ fn a_compact_v1_cache_in_the_store_reads_as_its_folder_and_refuses_writes_by_nam
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains(READ_ONLY), "{err}");
     assert_eq!(keys(&url), before, "nothing written by the refused import");
+    let out = run(Command::new(bin()).arg("compact").arg(&url));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(READ_ONLY), "{err}");
+    assert!(
+        !err.contains("a new V1 cache"),
+        "no advice that cannot work here: {err}"
+    );
     let out = run(Command::new(bin())
         .args(["export", "--storage", "compact-v1"])
         .arg(&local)
