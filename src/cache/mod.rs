@@ -29,7 +29,7 @@ pub use self::lock::BundleLock;
 pub(crate) use self::store::read_dir_names;
 use self::store::{compact::CompactStore, exploded::ExplodedStore};
 pub use self::store::{
-    GroupView, LevelStats, Place, Storage, TileGroup, TileStat, TimedSlot, UpdateFn,
+    Compacted, GroupView, LevelStats, Place, Storage, TileGroup, TileStat, TimedSlot, UpdateFn,
 };
 use crate::error::{Error, FormatContext, IoContext, Result};
 use crate::format::conf::{self, ConfXml, Envelope, StorageFormat, TileScheme};
@@ -542,6 +542,13 @@ impl Cache {
         self.store.invalidate(id)
     }
 
+    /// Rewrites bundle `id` without its dead space when that is at least `min_dead` (0.0–1.0) of
+    /// its size ([`Storage::compact_bundle`]: local bundles under their lock by an atomic rename,
+    /// bundles in an object store by a conditional PUT).
+    pub fn compact_bundle(&self, id: BundleId, min_dead: f64) -> Result<Compacted> {
+        self.store.compact_bundle(id, min_dead)
+    }
+
     /// The tile's bytes, or None if the cache lacks it. A broken entry is an error naming file and entry.
     pub fn tile(&self, t: TileAddr) -> Result<Option<TileBytes>> {
         self.store.tile(t)
@@ -663,11 +670,6 @@ impl Cache {
         let lock = BundleLock::acquire(&self.lock_path(&id), self.opts.lock_timeout)?;
         self.invalidate(&id);
         Ok(lock)
-    }
-
-    /// Remembers that this process just rewrote bundle `id` (caller holds its lock).
-    pub(crate) fn note_own_write(&self, id: &BundleId) {
-        self.store.note_own_write(id)
     }
 
     /// Whether `stamp` is what this process left the bundle as at its last write (no other writer

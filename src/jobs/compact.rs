@@ -1,15 +1,15 @@
 //! `compact`: rewrite Compact V2 bundles whose dead space (overwritten or deleted tiles) passes a
-//! threshold. Each bundle is rebuilt under its `.lck` lock into a temporary file, synced, and renamed
-//! over the old one, so readers see the old or the new file, never a mix; maps of the old file
-//! stay valid (new inode). A bundle locked by another writer is left alone and reported.
+//! threshold, through the storage seam ([`crate::cache::Storage::compact_bundle`]). A local bundle
+//! is rebuilt under its `.lck` lock into a temporary file, synced, and renamed over the old one, so
+//! readers see the old or the new file, never a mix; maps of the old file stay valid (new inode).
+//! A bundle locked by another writer is left alone and reported. In an object store the bundle is
+//! rebuilt and put conditionally (`If-Match`), like every write there.
 
-use std::io::BufWriter;
 use std::path::PathBuf;
 
-use crate::cache::{AtomicFile, BundleLock, Cache};
-use crate::error::{Error, IoContext, Result};
+use crate::cache::{Cache, Compacted};
+use crate::error::{Error, Result};
 use crate::format::conf::StorageFormat;
-use crate::format::v2;
 
 /// What `compact` did.
 #[derive(Debug, Default)]
@@ -47,59 +47,16 @@ pub fn compact(cache: &Cache, min_dead: f64) -> Result<CompactSummary> {
     let mut s = CompactSummary::default();
     for level in cache.levels()? {
         for id in cache.bundles(level)? {
-            let Some(b) = cache.bundle(id)? else { continue };
             s.bundles_checked += 1;
-            let (size, dead) = (b.file_bytes(), b.dead_bytes());
-            if size == 0 || (dead as f64) < min_dead * size as f64 || dead == 0 {
-                continue;
-            }
-            drop(b);
-            let path = cache.bundle_path(&id);
-            let Some(_lock) = BundleLock::try_acquire(&cache.lock_path(&id))? else {
-                s.locked.push(path);
-                continue;
-            };
-            // Re-read under the lock: another writer may have appended since.
-            cache.invalidate(&id);
-            let Some(b) = cache.bundle(id)? else { continue };
-            // The new file keeps the old one's mode (and owner as root): see cache::files.
-            let mut tmp = AtomicFile::create(&path, true)?;
-            let tmp_path = tmp.temp_path().to_path_buf();
-            let mut builder =
-                v2::Builder::new(BufWriter::with_capacity(1 << 20, tmp.file())).at(&tmp_path)?;
-            for (slot, _) in b.slots() {
-                if let Some(r) = b.tile_range(slot)? {
-                    builder.add(slot, b.bytes(r)).at(&tmp_path)?;
+            match cache.compact_bundle(id, min_dead)? {
+                Compacted::Kept => {}
+                Compacted::Locked(path) => s.locked.push(path),
+                Compacted::Rewritten { before, after } => {
+                    s.bundles_rewritten += 1;
+                    s.bytes_before += before;
+                    s.bytes_after += after;
                 }
             }
-            let (_, new_size) = builder.finish().at(&tmp_path)?;
-            // Per-tile times recorded for the old entries, to be re-keyed to the new ones.
-            let times: Vec<_> = b
-                .slots()
-                .into_iter()
-                .filter_map(|(slot, _)| {
-                    crate::cache::times::read(&path, slot, b.raw_entry(slot)).map(|t| (slot, t))
-                })
-                .collect();
-            tmp.commit()?;
-            cache.invalidate(&id);
-            cache.note_own_write(&id);
-            if !times.is_empty() {
-                let rekeyed = cache.bundle(id).and_then(|nb| {
-                    let Some(nb) = nb else { return Ok(()) };
-                    let recs: Vec<_> = times
-                        .iter()
-                        .map(|(slot, t)| (*slot, nb.raw_entry(*slot), *t))
-                        .collect();
-                    crate::cache::times::write(&path, &recs)
-                });
-                if let Err(e) = rekeyed {
-                    tracing::warn!("tile times of {} not kept: {e}", path.display());
-                }
-            }
-            s.bundles_rewritten += 1;
-            s.bytes_before += b.file_bytes();
-            s.bytes_after += new_size;
         }
     }
     Ok(s)
@@ -108,6 +65,7 @@ pub fn compact(cache: &Cache, min_dead: f64) -> Result<CompactSummary> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::BundleLock;
     use crate::format::conf::{TileFormat, TileScheme};
     use crate::format::TileAddr;
 

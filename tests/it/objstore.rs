@@ -1476,3 +1476,42 @@ fn rsync_a_times_survive_a_remount_so_a_second_rsync_sends_no_tile() {
     assert_eq!(time_of(&other), src_time(71), "a neighbour's time kept");
     drop(r);
 }
+
+/// A bundle with dead space written by another program (here a local `delete`, as ArcGIS or
+/// MapProxy leave them) and uploaded as it is: `compact` of the prefix judges it from its index,
+/// rebuilds it and puts it conditionally; the tiles stay those of the local folder, and a bundle
+/// under the threshold is left alone. (Before the storage seam carried compact, this failed on a
+/// local lock-file path under the URL.)
+#[test]
+fn compact_rewrites_an_uploaded_bundle_with_dead_space() {
+    let d = tempfile::tempdir().unwrap();
+    let local = crate::support::sample_cache(d.path(), "0-2");
+    let nw = "-20037508,1,-1,20037508";
+    run_ok(Command::new(bin()).args([
+        "delete",
+        local.to_str().unwrap(),
+        "--levels",
+        "2",
+        "--extent",
+        nw,
+    ]));
+    let url = fresh_url("compact");
+    upload(&local, &url);
+    let dead = |cache: &str| info_json(cache)["total"]["deadBytes"].as_u64().unwrap();
+    let before = dead(&url);
+    assert!(before > 0, "the uploaded L02 bundle has dead space");
+    assert_eq!(before, dead(local.to_str().unwrap()));
+    let out = run_ok(Command::new(bin()).args(["compact", &url, "--min-dead", "99%"]));
+    assert!(out.contains("0 rewritten"), "under the threshold: {out}");
+    assert_eq!(dead(&url), before);
+    let out = run_ok(Command::new(bin()).args(["compact", &url, "--min-dead", "0%"]));
+    assert!(out.contains("3 bundles checked, 1 rewritten"), "{out}");
+    assert_eq!(dead(&url), 0, "no dead space left");
+    assert_same_tiles(
+        &Cache::open(&url).unwrap(),
+        &all_tiles(&Cache::open(&local).unwrap()),
+        "store after compact",
+    );
+    let out = run_ok(Command::new(bin()).args(["verify", "--decode", &url]));
+    assert!(out.contains("0 problem(s)"), "{out}");
+}

@@ -16,8 +16,8 @@ use std::time::{Instant, SystemTime};
 use lru::LruCache;
 
 use super::{
-    check_tiles, read_dir_names, GroupView, LevelStats, Place, Storage, TileGroup, TimedSlot,
-    UpdateFn,
+    check_tiles, compaction_due, read_dir_names, Compacted, GroupView, LevelStats, Place, Storage,
+    TileGroup, TimedSlot, UpdateFn,
 };
 use crate::cache::bundle::{BundleHandle, FileStamp};
 use crate::cache::files::{write_atomic, AtomicFile};
@@ -68,6 +68,14 @@ impl CompactStore {
 
     fn v1(&self) -> bool {
         self.format == StorageFormat::CompactV1
+    }
+
+    /// Remembers that this process just rewrote bundle `id` (caller holds its lock), so watchers
+    /// do not take it for another writer's change.
+    fn note_own_write(&self, id: &BundleId) {
+        if let Ok(Some(st)) = FileStamp::of(&self.place.bundle_path(id)) {
+            self.own_writes.lock().unwrap().insert(*id, st);
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -435,10 +443,67 @@ impl Storage for CompactStore {
         self.own_writes.lock().unwrap().get(id) == Some(stamp)
     }
 
-    fn note_own_write(&self, id: &BundleId) {
-        if let Ok(Some(st)) = FileStamp::of(&self.place.bundle_path(id)) {
-            self.own_writes.lock().unwrap().insert(*id, st);
+    /// Rebuilds the bundle under its `.lck` lock (not waited for: a held lock is
+    /// [`Compacted::Locked`]) into a temporary file, synced and renamed over the old one: maps of
+    /// the old file stay valid (new inode), and the new file keeps the old one's mode. Per-tile
+    /// times are re-keyed to the new index entries.
+    fn compact_bundle(&self, id: BundleId, min_dead: f64) -> Result<Compacted> {
+        if self.v1() {
+            return Ok(Compacted::Kept);
         }
+        let Some(b) = self.bundle(id)? else {
+            return Ok(Compacted::Kept);
+        };
+        if !compaction_due(b.file_bytes(), b.dead_bytes(), min_dead) {
+            return Ok(Compacted::Kept);
+        }
+        drop(b);
+        let path = self.place.bundle_path(&id);
+        self.check_bundle_files(&id)?;
+        let Some(_lock) = BundleLock::try_acquire(&self.place.lock_path(&id))? else {
+            return Ok(Compacted::Locked(path));
+        };
+        // Read again under the lock: another writer may have appended since.
+        self.invalidate(&id);
+        let Some(b) = self.bundle(id)? else {
+            return Ok(Compacted::Kept);
+        };
+        let mut tmp = AtomicFile::create(&path, true)?;
+        let tmp_path = tmp.temp_path().to_path_buf();
+        let mut builder =
+            v2::Builder::new(BufWriter::with_capacity(1 << 20, tmp.file())).at(&tmp_path)?;
+        for (slot, _) in b.slots() {
+            if let Some(r) = b.tile_range(slot)? {
+                builder.add(slot, b.bytes(r)).at(&tmp_path)?;
+            }
+        }
+        let (_, after) = builder.finish().at(&tmp_path)?;
+        // Per-tile times recorded for the old entries, to be re-keyed to the new ones.
+        let recorded: Vec<_> = b
+            .slots()
+            .into_iter()
+            .filter_map(|(slot, _)| times::read(&path, slot, b.raw_entry(slot)).map(|t| (slot, t)))
+            .collect();
+        tmp.commit()?;
+        self.invalidate(&id);
+        self.note_own_write(&id);
+        if !recorded.is_empty() {
+            let rekeyed = self.bundle(id).and_then(|nb| {
+                let Some(nb) = nb else { return Ok(()) };
+                let recs: Vec<_> = recorded
+                    .iter()
+                    .map(|(slot, t)| (*slot, nb.raw_entry(*slot), *t))
+                    .collect();
+                times::write(&path, &recs)
+            });
+            if let Err(e) = rekeyed {
+                tracing::warn!("tile times of {} not kept: {e}", path.display());
+            }
+        }
+        Ok(Compacted::Rewritten {
+            before: b.file_bytes(),
+            after,
+        })
     }
 }
 

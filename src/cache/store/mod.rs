@@ -270,9 +270,30 @@ pub trait Storage: Send + Sync {
         false
     }
 
-    /// Remembers that this process just rewrote bundle `id` (by a path other than this trait,
-    /// e.g. `bundlefs compact`), so watchers do not take it for another writer's change.
-    fn note_own_write(&self, _id: &BundleId) {}
+    /// Rewrites Compact V2 bundle `id` without its dead space (bytes of overwritten or deleted
+    /// tiles) when that is at least `min_dead` (0.0–1.0) of the bundle's size; readers see the
+    /// old or the new bundle, never a mix, and every tile keeps its bytes. The default (storages
+    /// without V2 bundles: exploded, Compact V1) keeps everything.
+    fn compact_bundle(&self, _id: BundleId, _min_dead: f64) -> Result<Compacted> {
+        Ok(Compacted::Kept)
+    }
+}
+
+/// What [`Storage::compact_bundle`] did with one bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compacted {
+    /// Absent, or under the threshold: left as it is.
+    Kept,
+    /// Over the threshold but held by another writer (its lock file): left as it is.
+    Locked(PathBuf),
+    /// Rewritten: its size in bytes before and after.
+    Rewritten { before: u64, after: u64 },
+}
+
+/// Whether a bundle of `size` bytes with `dead` dead bytes is due for [`Storage::compact_bundle`]
+/// at threshold `min_dead` (a fraction of the size; a bundle without dead bytes never is).
+pub fn compaction_due(size: u64, dead: u64, min_dead: f64) -> bool {
+    size > 0 && dead > 0 && dead as f64 >= min_dead * size as f64
 }
 
 /// Where the files of a local cache are: its folder and the folder of its level folders.
