@@ -13,6 +13,7 @@ use std::time::Duration;
 use bundlefs::cache::store::object::{store_client_at, ObjectStorage, RetryPolicy};
 use bundlefs::cache::url::ObjectUrl;
 use bundlefs::cache::{Cache, CacheOptions, GroupView, Storage, TileBytes};
+use bundlefs::format::conf::{StorageFormat, TileScheme};
 use bundlefs::format::{BundleId, Slot, TileAddr};
 
 use crate::support::mount::{is_mounted, Mounted, MOUNT_WAIT};
@@ -596,6 +597,31 @@ fn empty_cache(name: &str) -> String {
     );
     let url = fresh_url(name);
     upload(&c, &url);
+    url
+}
+
+/// A fresh prefix holding an empty exploded cache: [`empty_cache`]'s conf.xml with exploded
+/// storage.
+fn empty_exploded_cache(name: &str) -> String {
+    let d = tempfile::tempdir().unwrap();
+    let c = d.path().join("cache");
+    run_ok(
+        Command::new(bin())
+            .arg("create")
+            .arg(&c)
+            .args(["--levels", "0-5"]),
+    );
+    let conf = std::fs::read(c.join("conf.xml")).unwrap();
+    let exploded = TileScheme::parse_conf_xml(&conf)
+        .unwrap()
+        .with_storage(StorageFormat::Exploded);
+    std::fs::write(c.join("conf.xml"), exploded).unwrap();
+    let url = fresh_url(name);
+    upload(&c, &url);
+    assert_eq!(
+        Cache::open(&url).unwrap().storage(),
+        StorageFormat::Exploded
+    );
     url
 }
 
@@ -1323,9 +1349,38 @@ fn a_write_through_one_mount_is_seen_by_another_within_recheck() {
 /// a remount. Control: a source tile given a new time is listed by the same dry run.
 #[test]
 fn rsync_a_times_survive_a_remount_so_a_second_rsync_sends_no_tile() {
-    crate::support::mount::need("rsync");
     let _gw = gw2_shared();
-    let url = empty_cache("times-rsync");
+    rsync_times_survive_a_remount(&empty_cache("times-rsync"));
+}
+
+/// The same for an exploded cache in the store (a tile object's time cannot be set: the times go
+/// to each row folder's `.bundlefs-times` object).
+#[test]
+fn rsync_a_times_survive_a_remount_of_an_exploded_prefix() {
+    let _gw = gw2_shared();
+    rsync_times_survive_a_remount(&empty_exploded_cache("times-rsync-exploded"));
+}
+
+/// The largest count of tile-times PUTs a daemon's log reports ("tile-times sidecars: N GETs, M
+/// PUTs, …" of Compact V2, "tile-times objects: M PUTs, …" of exploded).
+fn times_puts_in(log: &str) -> u64 {
+    log.lines()
+        .filter_map(|l| l.split("tile-times ").nth(1))
+        .filter_map(|s| {
+            s.split(" PUTs")
+                .next()?
+                .split_whitespace()
+                .last()?
+                .parse()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+fn rsync_times_survive_a_remount(url: &str) {
+    crate::support::mount::need("rsync");
+    let url = url.to_string();
     let d = tempfile::tempdir().unwrap();
     let src = d.path().join("src");
     let base = base_png();
@@ -1398,7 +1453,7 @@ fn rsync_a_times_survive_a_remount_so_a_second_rsync_sends_no_tile() {
     let log0 = std::fs::read_to_string(&logs[0]).unwrap_or_default();
     assert!(!log0.contains("not recorded"), "times lost:\n{log0}");
     // The writer's request counters (sidecar cost, for doc/object-store.md).
-    for l in log0.lines().filter(|l| l.contains("tile-times sidecars")) {
+    for l in log0.lines().filter(|l| l.contains("tile-times ")) {
         eprintln!("writer: {l}");
     }
 
@@ -1456,14 +1511,11 @@ fn rsync_a_times_survive_a_remount_so_a_second_rsync_sends_no_tile() {
     );
     assert!(unmount(&mut w, 60), "the touching mount failed");
     let log2 = std::fs::read_to_string(&logs[2]).unwrap_or_default();
-    let sidecar_puts: u64 = log2
-        .lines()
-        .filter_map(|l| l.split("tile-times sidecars: ").nth(1))
-        .filter_map(|s| s.split(" GETs, ").nth(1))
-        .filter_map(|s| s.split(' ').next()?.parse().ok())
-        .max()
-        .unwrap_or(0);
-    assert_eq!(sidecar_puts, 1, "one sidecar PUT for one touch:\n{log2}");
+    assert_eq!(
+        times_puts_in(&log2),
+        1,
+        "one sidecar PUT for one touch:\n{log2}"
+    );
     let r = mount_logged(&url, &d.path().join("r2"), &[], &logs[3]);
     let mnt = r.path("_alllayers");
     let time_of = |t: &TileAddr| {

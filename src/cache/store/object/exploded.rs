@@ -15,6 +15,8 @@
 //! and `--single-writer` are the Compact V2 store's ([`ObjectStorage`]); the compare-and-swap probe
 //! of a writable mount runs in `object::open` whatever the layout.
 
+mod times;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
@@ -27,6 +29,7 @@ use lru::LruCache;
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, PutPayload};
 
+use super::times::stamp;
 use super::{
     block, jitter_seed, obj_err, obj_err_key, rel_url, xorshift, ObjectStats, ObjectStorage,
 };
@@ -181,6 +184,9 @@ pub struct ExplodedObjects {
     rows: Mutex<RowCache>,
     /// Recently read tiles: (ETag of the object, bytes).
     recent: Mutex<LruCache<TileAddr, super::RecentTile>>,
+    /// Times objects of rows read lately: key relative to the level folders' parent → (its ETag,
+    /// records).
+    row_times: Mutex<LruCache<String, (String, Arc<times::RowTimes>)>>,
     stats: ObjectStats,
 }
 
@@ -198,6 +204,7 @@ impl ExplodedObjects {
                 entries: 0,
             }),
             recent: Mutex::new(LruCache::new(NonZeroUsize::new(RECENT_TILES).unwrap())),
+            row_times: Mutex::new(LruCache::new(NonZeroUsize::new(times::KEPT).unwrap())),
             stats: ObjectStats::default(),
         }
     }
@@ -315,10 +322,15 @@ impl ExplodedObjects {
             dir: dir.to_string(),
             tiles: BTreeMap::new(),
         };
+        let mut times_etag = None;
         for o in &l.objects {
             let Some(n) = o.location.filename() else {
                 continue;
             };
+            if n == times::TIMES_NAME {
+                times_etag = Some(o.e_tag.clone().unwrap_or_default());
+                continue;
+            }
             match names::parse_col_file(n) {
                 Ok((col, _)) => row.tiles.entry(col).or_default().push(TileObject {
                     name: n.to_string(),
@@ -339,7 +351,52 @@ impl ExplodedObjects {
                 ),
             }
         }
+        if let Some(etag) = times_etag {
+            self.apply_times(&mut row, etag)?;
+        }
         Ok(row)
+    }
+
+    /// Gives the row's tile objects the times recorded for them in the row's times object
+    /// ([`times`]), listed with ETag `etag`: kept from an earlier read of that version, else one
+    /// GET. A times object that is not one is a warning, and the objects keep the store's times.
+    fn apply_times(&self, row: &mut Row, etag: String) -> Result<()> {
+        let rel = format!("{}/{}", row.dir, times::TIMES_NAME);
+        let kept = self
+            .row_times
+            .lock()
+            .unwrap()
+            .get(&rel)
+            .filter(|(e, _)| !etag.is_empty() && stamp(e) == stamp(&etag))
+            .map(|(_, r)| r.clone());
+        let recs = match kept {
+            Some(r) => r,
+            None => {
+                let Some((bytes, got_etag, _)) = self.get(&rel)? else {
+                    return Ok(());
+                };
+                let Some(recs) = times::parse(&bytes) else {
+                    tracing::warn!(
+                        "{}: not a bundlefs times object; tiles show their objects' times",
+                        self.url_of(&rel).display()
+                    );
+                    return Ok(());
+                };
+                let recs = Arc::new(recs);
+                if let Some(e) = got_etag {
+                    self.row_times.lock().unwrap().put(rel, (e, recs.clone()));
+                }
+                recs
+            }
+        };
+        for (col, objs) in row.tiles.iter_mut() {
+            for o in objs {
+                if let Some(t) = times::recorded(&recs, *col, o.etag.as_deref()) {
+                    o.mtime = t;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Row `row` of `level`: kept if listed less than `recheck` ago, else one listing of the
@@ -495,14 +552,16 @@ impl ExplodedObjects {
         let (s, b) = (&self.stats, self.base.stats());
         format!(
             "{} (exploded): {} GETs ({} bytes), {} PUTs of tiles ({} bytes sent), {} HEADs, {} \
-             conflicts with other writers",
+             conflicts with other writers; tile-times objects: {} PUTs, {} conflicts",
             self.base.url,
             s.gets.load(Ordering::Relaxed),
             s.bytes_down.load(Ordering::Relaxed),
             s.puts.load(Ordering::Relaxed),
             s.bytes_up.load(Ordering::Relaxed) + b.bytes_up.load(Ordering::Relaxed),
             b.heads.load(Ordering::Relaxed),
-            s.conflicts.load(Ordering::Relaxed)
+            s.conflicts.load(Ordering::Relaxed),
+            s.sidecar_puts.load(Ordering::Relaxed),
+            s.sidecar_conflicts.load(Ordering::Relaxed)
         )
     }
 }
@@ -596,6 +655,12 @@ impl Storage for ExplodedObjects {
                     if b.is_empty() {
                         return Err(empty_tile(self.url_of(&rel)));
                     }
+                    // The listed object (whose time may be a recorded one), or a newer version.
+                    let mtime = if etag.is_some() && etag == o.etag {
+                        o.mtime
+                    } else {
+                        mtime
+                    };
                     let v = Arc::new(b.to_vec());
                     if let Some(etag) = etag.filter(|_| v.len() <= RECENT_TILE_MAX) {
                         self.recent.lock().unwrap().put(t, (etag, v.clone()));
@@ -683,18 +748,19 @@ impl Storage for ExplodedObjects {
 
     fn write_group(&self, id: BundleId, tiles: &[TimedSlot]) -> Result<WriteStats> {
         check_tiles(&self.url_of(&self.level_dir(id.level)?), id, tiles)?;
-        if tiles.iter().any(|t| t.2.is_some()) {
-            tracing::debug!(
-                "{}: per-tile times are not kept in object stores; tiles show their object's time",
-                self.base.url
-            );
-        }
         let last: BTreeMap<Slot, &[u8]> = tiles.iter().map(|(s, b, _)| (*s, *b)).collect();
+        // The time given with the last copy of each tile (the one stored).
+        let when: BTreeMap<Slot, Option<SystemTime>> =
+            tiles.iter().map(|(s, _, t)| (*s, *t)).collect();
         let mut puts = Vec::new();
         let mut stale = Vec::new();
         let mut st = WriteStats::default();
+        // Per put: the tile, its row folder, and the time to record.
+        let mut placed: Vec<(TileAddr, String, Option<SystemTime>)> = Vec::new();
         for (slot, bytes) in &last {
             let (rel, others) = self.target(id.tile(*slot), bytes)?;
+            let dir = rel.rsplit_once('/').map_or("", |(d, _)| d).to_string();
+            placed.push((id.tile(*slot), dir, when[slot]));
             puts.push((self.key_of(&rel), Bytes::copy_from_slice(bytes)));
             stale.extend(others.iter().map(|r| self.key_of(r)));
             st.tiles += 1;
@@ -705,10 +771,29 @@ impl Storage for ExplodedObjects {
         let keys: Vec<Key> = puts.into_iter().map(|(k, _)| k).collect();
         let result = self.many(keys, |store, key| {
             let body = bodies[&key].clone();
-            async move { store.put(&key, PutPayload::from(body)).await.map(|_| ()) }
+            async move {
+                store
+                    .put(&key, PutPayload::from(body))
+                    .await
+                    .map(|r| r.e_tag)
+            }
         });
         self.forget(id.level, id.row0..id.row0 + BUNDLE_DIM);
-        result?;
+        let etags = result?;
+        // Times given with the tiles go to their rows' times objects, keyed to the ETags stored.
+        let mut by_row: BTreeMap<String, (TileAddr, Vec<times::Record>)> = BTreeMap::new();
+        for ((t, dir, when), etag) in placed.into_iter().zip(etags) {
+            if let (Some(when), Some(etag)) = (when, etag) {
+                by_row
+                    .entry(dir)
+                    .or_insert_with(|| (t, Vec::new()))
+                    .1
+                    .push((t.col, etag, when));
+            }
+        }
+        for (dir, (t, recs)) in by_row {
+            self.record_times(t, &dir, &recs);
+        }
         self.stats
             .puts
             .fetch_add(st.tiles as u64, Ordering::Relaxed);
@@ -857,11 +942,18 @@ impl Storage for ExplodedObjects {
         bytes.mtime()
     }
 
-    fn set_tile_time(&self, t: TileAddr, _mtime: SystemTime) -> Result<bool> {
-        // An object's time is the store's (its last PUT): the time is accepted and not kept, so
-        // `touch` and `rsync -a` work (rsync then sees other times and sends such tiles again).
+    /// An object's own time is the store's (its last PUT): the time goes to the row's times
+    /// object ([`times`]), keyed to the tile object's ETag. False if the tile is not stored.
+    fn set_tile_time(&self, t: TileAddr, mtime: SystemTime) -> Result<bool> {
         let row = self.row(t.level, t.row)?;
-        Ok(row.choose(t.col, self.default_kind).is_some())
+        let Some(o) = row.choose(t.col, self.default_kind) else {
+            return Ok(false);
+        };
+        if let Some(etag) = &o.etag {
+            self.record_times(t, &row.dir, &[(t.col, etag.clone(), mtime)]);
+            self.rows.lock().unwrap().forget(t.level, t.row..t.row + 1);
+        }
+        Ok(true)
     }
 
     fn stats_without_reading(&self) -> bool {
@@ -1384,5 +1476,56 @@ mod tests {
             .unwrap();
         assert!(reader.tile(ID.tile(slot(0, 1))).unwrap().is_some());
         assert_eq!(reader.foreign_changes(), vec![]);
+    }
+
+    #[test]
+    fn tile_times_survive_a_new_instance_and_count_for_their_object_only() {
+        let mem = Arc::new(InMemory::new());
+        let s = storage(&mem, "_alllayers", Duration::from_secs(60));
+        let when = |n: u64| std::time::UNIX_EPOCH + Duration::new(1_500_000_000 + n, 7);
+        let (a, b, c) = (png(1), png(2), png(3));
+        s.write_group(
+            ID,
+            &[
+                (slot(0, 1), &a[..], Some(when(1))),
+                (slot(0, 2), &b[..], None),
+                (slot(5, 0), &c[..], Some(when(3))),
+            ],
+        )
+        .unwrap();
+        // One times object per row that got a time; listings do not show it as a tile.
+        assert!(keys(&mem)
+            .contains(&"caches/world/_alllayers/L03/R00000080/.bundlefs-times".to_string()));
+        assert_eq!(keys(&mem).len(), 5);
+        let mtime =
+            |s: &ExplodedObjects, sl: Slot| s.tile_stat(ID.tile(sl)).unwrap().unwrap().mtime;
+        // A new instance (a remount) reads them from the store.
+        let s2 = storage(&mem, "_alllayers", Duration::from_secs(60));
+        assert_eq!(s2.cols(3, 128).unwrap().len(), 2);
+        assert_eq!(mtime(&s2, slot(0, 1)), Some(when(1)));
+        assert_eq!(mtime(&s2, slot(5, 0)), Some(when(3)));
+        assert_ne!(
+            mtime(&s2, slot(0, 2)),
+            Some(when(1)),
+            "no time given: the object's"
+        );
+        let read = s2.tile(ID.tile(slot(0, 1))).unwrap().unwrap();
+        assert_eq!(s2.tile_mtime(ID.tile(slot(0, 1)), &read), Some(when(1)));
+        // touch through a mount: recorded, also for a tile written without a time.
+        assert!(s2.set_tile_time(ID.tile(slot(0, 2)), when(2)).unwrap());
+        assert!(!s2.set_tile_time(ID.tile(slot(0, 9)), when(2)).unwrap());
+        let s3 = storage(&mem, "_alllayers", Duration::from_secs(60));
+        assert_eq!(mtime(&s3, slot(0, 1)), Some(when(1)));
+        assert_eq!(mtime(&s3, slot(0, 2)), Some(when(2)));
+        // Another program rewrites a tile: its record no longer counts.
+        put_raw(
+            &mem,
+            "caches/world/_alllayers/L03/R00000080/C00000001.png",
+            &png(9),
+        );
+        let s4 = storage(&mem, "_alllayers", Duration::from_secs(60));
+        assert_ne!(mtime(&s4, slot(0, 1)), Some(when(1)));
+        assert_eq!(mtime(&s4, slot(0, 2)), Some(when(2)));
+        assert_eq!(s4.level_stats(3).unwrap().tiles, 3);
     }
 }
