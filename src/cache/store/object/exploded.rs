@@ -935,7 +935,27 @@ impl Storage for ExplodedObjects {
             }
         });
         self.forget(id.level, id.row0..id.row0 + BUNDLE_DIM);
-        result.map(|_| ())
+        result?;
+        // A row folder left without tiles loses its times object too (else the prefix, and so
+        // an empty row folder, would stay).
+        let rows: BTreeSet<u32> = slots.iter().map(|s| id.row0 + s.row).collect();
+        let mut gone = Vec::new();
+        for row in rows {
+            let r = self.row(id.level, row)?;
+            if r.tiles.is_empty() {
+                gone.push(self.key_of(&format!("{}/{}", r.dir, times::TIMES_NAME)));
+            }
+        }
+        if !gone.is_empty() {
+            self.many(gone, |store, key| async move {
+                match store.delete(&key).await {
+                    Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    r => r,
+                }
+            })?;
+            self.forget(id.level, id.row0..id.row0 + BUNDLE_DIM);
+        }
+        Ok(())
     }
 
     fn tile_mtime(&self, _t: TileAddr, bytes: &TileBytes) -> Option<SystemTime> {
@@ -1527,5 +1547,14 @@ mod tests {
         assert_ne!(mtime(&s4, slot(0, 1)), Some(when(1)));
         assert_eq!(mtime(&s4, slot(0, 2)), Some(when(2)));
         assert_eq!(s4.level_stats(3).unwrap().tiles, 3);
+        // A row emptied by delete loses its times object; another row keeps its own.
+        s4.delete_group(ID, &[slot(5, 0)]).unwrap();
+        let k = keys(&mem);
+        assert!(!k.iter().any(|k| k.contains("R00000085/")), "{k:?}");
+        assert!(
+            k.iter().any(|k| k.ends_with("R00000080/.bundlefs-times")),
+            "{k:?}"
+        );
+        assert_eq!(s4.rows(3).unwrap(), BTreeSet::from([128]));
     }
 }
