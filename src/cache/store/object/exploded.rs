@@ -656,11 +656,8 @@ impl Storage for ExplodedObjects {
                         return Err(empty_tile(self.url_of(&rel)));
                     }
                     // The listed object (whose time may be a recorded one), or a newer version.
-                    let mtime = if etag.is_some() && etag == o.etag {
-                        o.mtime
-                    } else {
-                        mtime
-                    };
+                    let same = |a: &Option<String>, b: &Option<String>| matches!((a, b), (Some(a), Some(b)) if stamp(a) == stamp(b));
+                    let mtime = if same(&etag, &o.etag) { o.mtime } else { mtime };
                     let v = Arc::new(b.to_vec());
                     if let Some(etag) = etag.filter(|_| v.len() <= RECENT_TILE_MAX) {
                         self.recent.lock().unwrap().put(t, (etag, v.clone()));
@@ -1090,7 +1087,9 @@ impl Storage for ExplodedObjects {
 
 impl Drop for ExplodedObjects {
     fn drop(&mut self) {
-        if self.stats.puts.load(Ordering::Relaxed) > 0 {
+        if self.stats.puts.load(Ordering::Relaxed) + self.stats.sidecar_puts.load(Ordering::Relaxed)
+            > 0
+        {
             tracing::info!("{}", self.stats_line());
         }
     }
