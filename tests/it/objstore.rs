@@ -587,22 +587,15 @@ fn cluster(cmd: &str, n: u32) {
 /// An empty web-mercator PNG cache (levels 0-5) at a fresh URL: `bundlefs create` in a folder,
 /// its conf.xml and conf.cdi uploaded.
 fn empty_cache(name: &str) -> String {
-    let d = tempfile::tempdir().unwrap();
-    let c = d.path().join("cache");
-    run_ok(
-        Command::new(bin())
-            .arg("create")
-            .arg(&c)
-            .args(["--levels", "0-5"]),
-    );
-    let url = fresh_url(name);
-    upload(&c, &url);
-    url
+    empty_cache_as(name, StorageFormat::CompactV2)
 }
 
-/// A fresh prefix holding an empty exploded cache: [`empty_cache`]'s conf.xml with exploded
-/// storage.
+/// [`empty_cache`] with exploded storage (its conf.xml rewritten to say so before the upload).
 fn empty_exploded_cache(name: &str) -> String {
+    empty_cache_as(name, StorageFormat::Exploded)
+}
+
+fn empty_cache_as(name: &str, storage: StorageFormat) -> String {
     let d = tempfile::tempdir().unwrap();
     let c = d.path().join("cache");
     run_ok(
@@ -612,16 +605,13 @@ fn empty_exploded_cache(name: &str) -> String {
             .args(["--levels", "0-5"]),
     );
     let conf = std::fs::read(c.join("conf.xml")).unwrap();
-    let exploded = TileScheme::parse_conf_xml(&conf)
+    let conf = TileScheme::parse_conf_xml(&conf)
         .unwrap()
-        .with_storage(StorageFormat::Exploded);
-    std::fs::write(c.join("conf.xml"), exploded).unwrap();
+        .with_storage(storage);
+    std::fs::write(c.join("conf.xml"), conf).unwrap();
     let url = fresh_url(name);
     upload(&c, &url);
-    assert_eq!(
-        Cache::open(&url).unwrap().storage(),
-        StorageFormat::Exploded
-    );
+    assert_eq!(Cache::open(&url).unwrap().storage(), storage);
     url
 }
 

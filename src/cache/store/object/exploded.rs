@@ -500,6 +500,17 @@ impl ExplodedObjects {
         })
     }
 
+    /// DELETEs of `keys` ([`Self::many`]); an object already gone is no error.
+    fn delete_all(&self, keys: Vec<Key>) -> Result<()> {
+        self.many(keys, |store, key| async move {
+            match store.delete(&key).await {
+                Err(object_store::Error::NotFound { .. }) => Ok(()),
+                r => r,
+            }
+        })
+        .map(|_| ())
+    }
+
     /// Where a new tile `t` with `bytes` goes (relative to the level folders' parent), and the
     /// objects of the same tile under other names, to delete once it is stored (a tile stored
     /// under another extension is replaced, not kept beside, as in the local store).
@@ -797,12 +808,7 @@ impl Storage for ExplodedObjects {
         self.stats
             .bytes_up
             .fetch_add(st.bytes_written, Ordering::Relaxed);
-        self.many(stale, |store, key| async move {
-            match store.delete(&key).await {
-                Err(object_store::Error::NotFound { .. }) => Ok(()),
-                r => r,
-            }
-        })?;
+        self.delete_all(stale)?;
         Ok(st)
     }
 
@@ -925,12 +931,7 @@ impl Storage for ExplodedObjects {
                     .map(|o| self.key_of(&format!("{}/{}", row.dir, o.name))),
             );
         }
-        let result = self.many(keys, |store, key| async move {
-            match store.delete(&key).await {
-                Err(object_store::Error::NotFound { .. }) => Ok(()),
-                r => r,
-            }
-        });
+        let result = self.delete_all(keys);
         self.forget(id.level, id.row0..id.row0 + BUNDLE_DIM);
         result?;
         // A row folder left without tiles loses its times object too (else the prefix, and so
@@ -944,12 +945,7 @@ impl Storage for ExplodedObjects {
             }
         }
         if !gone.is_empty() {
-            self.many(gone, |store, key| async move {
-                match store.delete(&key).await {
-                    Err(object_store::Error::NotFound { .. }) => Ok(()),
-                    r => r,
-                }
-            })?;
+            self.delete_all(gone)?;
             self.forget(id.level, id.row0..id.row0 + BUNDLE_DIM);
         }
         Ok(())
