@@ -353,7 +353,7 @@ type RecentTile = (String, Arc<Vec<u8>>);
 /// A level's bundle list and when it was read.
 type Listing = (Instant, Arc<Vec<BundleId>>);
 
-/// What [`ObjectStorage::rewrite`] asks: given the bundle as stored now (None: it does not
+/// What [`ObjectStorage::rewrite_tagged`] asks: given the bundle as stored now (None: it does not
 /// exist), the new bundle's bytes and the number of tiles written (None: write nothing).
 type RebuildFn<'a> = dyn FnMut(Option<&Arc<BundleHandle>>) -> Result<Option<(Vec<u8>, usize)>> + 'a;
 
@@ -987,13 +987,8 @@ impl ObjectStorage {
 
     /// Read-modify-write of bundle `id` by conditional PUT: `build` gets the bundle as stored now
     /// (None: it does not exist) and returns the new bundle's bytes and tile count (None: nothing
-    /// to write); called again after each lost race.
-    fn rewrite(&self, id: BundleId, build: &mut RebuildFn) -> Result<WriteStats> {
-        Ok(self.rewrite_tagged(id, build)?.stats)
-    }
-
-    /// [`Self::rewrite`], also telling the ETags of the version the stored bundle was built from
-    /// and of the one stored (for the per-tile times, `times`).
+    /// to write); called again after each lost race. Also tells the ETags of the version the
+    /// stored bundle was built from and of the one stored (for the per-tile times, `times`).
     fn rewrite_tagged(&self, id: BundleId, build: &mut RebuildFn) -> Result<times::Rewritten> {
         let rel = self.bundle_rel(&id);
         let key = self.bundle_key(&id);
@@ -1706,7 +1701,9 @@ impl Storage for ObjectStorage {
 
     fn update_group(&self, id: BundleId, f: &mut UpdateFn) -> Result<WriteStats> {
         let url = self.bundle_url(&id);
-        self.rewrite(id, &mut |cur| {
+        let mut built = None;
+        let done = self.rewrite_tagged(id, &mut |cur| {
+            built = None;
             let decided = f(&View(cur))?;
             if decided.is_empty() {
                 return Ok(None);
@@ -1725,8 +1722,15 @@ impl Storage for ObjectStorage {
                 .collect::<BTreeSet<_>>()
                 .len();
             all.extend(decided.iter().map(|(s, b)| (*s, &b[..])));
-            Ok(Some((build_v2(&url, &all)?, n)))
-        })
+            let body = build_v2(&url, &all)?;
+            let written: BTreeSet<Slot> = decided.iter().map(|(s, _)| *s).collect();
+            built = Some((cur.cloned(), body[..DATA_START as usize].to_vec(), written));
+            Ok(Some((body, n)))
+        })?;
+        if let Some((Some(old), head, written)) = &built {
+            self.carry_times(id, &done, old, head, written);
+        }
+        Ok(done.stats)
     }
 
     /// A bundle with dead space (written by another program, e.g. ArcGIS or MapProxy, and
@@ -1748,8 +1752,10 @@ impl Storage for ObjectStorage {
         }
         let url = self.bundle_url(&id);
         let mut sizes = None;
-        self.rewrite(id, &mut |cur| {
+        let mut built = None;
+        let done = self.rewrite_tagged(id, &mut |cur| {
             sizes = None;
+            built = None;
             let Some(h) = cur else { return Ok(None) };
             if !compaction_due(h.file_bytes(), h.dead_bytes(), min_dead) {
                 return Ok(None);
@@ -1760,8 +1766,12 @@ impl Storage for ObjectStorage {
             }
             let body = build_v2(&url, &all)?;
             sizes = Some((h.file_bytes(), body.len() as u64));
+            built = Some((h.clone(), body[..DATA_START as usize].to_vec()));
             Ok(Some((body, 0)))
         })?;
+        if let Some((old, head)) = &built {
+            self.carry_times(id, &done, old, head, &BTreeSet::new());
+        }
         Ok(match sizes {
             Some((before, after)) => Compacted::Rewritten { before, after },
             None => Compacted::Kept,
@@ -1771,7 +1781,9 @@ impl Storage for ObjectStorage {
     fn delete_group(&self, id: BundleId, slots: &[Slot]) -> Result<()> {
         let url = self.bundle_url(&id);
         let gone: BTreeSet<Slot> = slots.iter().copied().collect();
-        self.rewrite(id, &mut |cur| {
+        let mut built = None;
+        let done = self.rewrite_tagged(id, &mut |cur| {
+            built = None;
             let Some(h) = cur else { return Ok(None) };
             let mut all: BTreeMap<Slot, &[u8]> = BTreeMap::new();
             let mut removed = 0;
@@ -1785,8 +1797,13 @@ impl Storage for ObjectStorage {
             if removed == 0 {
                 return Ok(None);
             }
-            Ok(Some((build_v2(&url, &all)?, removed)))
+            let body = build_v2(&url, &all)?;
+            built = Some((h.clone(), body[..DATA_START as usize].to_vec()));
+            Ok(Some((body, removed)))
         })?;
+        if let Some((old, head)) = &built {
+            self.carry_times(id, &done, old, head, &BTreeSet::new());
+        }
         Ok(())
     }
 

@@ -491,6 +491,58 @@ impl ObjectStorage {
         }
     }
 
+    /// After a rewrite of bundle `id` (`done`) that gives no tile a time (`delete`, `compact`,
+    /// `import`, a merge): carries the records of the tiles it kept from the version it was
+    /// built from (`old`) over to their entries in the new one (`new_head`: header + index), so
+    /// those tiles keep their times and rsync does not send them again. `written` are the slots
+    /// the rewrite put new tiles in: their records are not carried. Only a sidecar stamped for
+    /// the version built from is carried; none is created (and nothing is asked for when the
+    /// cache has no times marker). Failures are logged (a lost time costs a resend).
+    pub(super) fn carry_times(
+        &self,
+        id: BundleId,
+        done: &Rewritten,
+        old: &BundleHandle,
+        new_head: &[u8],
+        written: &BTreeSet<Slot>,
+    ) {
+        let (Some(stored), Some(built_from)) = (&done.stored, &done.built_from) else {
+            return;
+        };
+        if !self.times_anywhere() {
+            return;
+        }
+        let (new_stamp, old_stamp) = (stamp(stored), stamp(built_from));
+        let carried: Vec<(Slot, u64, u64)> = old
+            .slots()
+            .into_iter()
+            .map(|(s, _)| s)
+            .filter(|s| !written.contains(s))
+            .map(|s| {
+                let new = crate::format::u64_at(new_head, v2::index_pos(s));
+                (s, old.raw_entry(s), new)
+            })
+            .filter(|(_, _, n)| *n != 0)
+            .collect();
+        let r = self.update_sidecar(id, &mut |cur| {
+            let Some(c) = cur.filter(|c| c.stamp() == old_stamp) else {
+                return Ok(None);
+            };
+            let mut n = Sidecar::new(new_stamp);
+            let mut any = false;
+            for (s, o, e) in &carried {
+                if let Some(t) = c.time(*s, *o) {
+                    n.set(*s, *e, t);
+                    any = true;
+                }
+            }
+            Ok(any.then_some(n))
+        });
+        if let Err(e) = r {
+            tracing::warn!("tile times not carried over (rsync will send these tiles again): {e}");
+        }
+    }
+
     /// `set_tile_time` of the object storage: records `mtime` for stored tile `t` against the
     /// bundle as it is now (its kept index confirmed by one HEAD, read anew if it changed). False
     /// if the tile is not stored. Errors: reading the index; a failed sidecar write is only
@@ -653,6 +705,47 @@ mod tests {
     }
 
     #[test]
+    fn delete_and_compact_carry_the_kept_tiles_times_over() {
+        let mem = Arc::new(InMemory::new());
+        let w = storage(&mem, Duration::from_secs(60));
+        flush(
+            &w,
+            &[(1, Some(when(1))), (2, Some(when(2))), (3, Some(when(3)))],
+        );
+        w.delete_group(ID, &[at(2).slot()]).unwrap();
+        let r = storage(&mem, Duration::from_secs(60));
+        assert!(r.tile(at(2)).unwrap().is_none());
+        assert_eq!(shown(&r, 1).0, when(1));
+        assert_eq!(shown(&r, 3).0, when(3), "moved by the rebuild, time kept");
+        // A bundle with dead space (as another program leaves it) compacted: times kept too.
+        let (h, _) = r.get_whole(ID).unwrap().unwrap();
+        let mut body = h.bytes(0..h.file_bytes() as usize).to_vec();
+        body.extend_from_slice(&[0u8; 64]);
+        let put = block(mem.put(&r.bundle_key(&ID), PutPayload::from(body))).unwrap();
+        // A sidecar for that version, as a writer keeping times would leave it (the appended
+        // bytes leave every index entry as it was).
+        let ix = r.index(ID).unwrap().unwrap();
+        let mut carried = Sidecar::new(stamp(put.e_tag.as_deref().unwrap()));
+        for n in [1, 3] {
+            carried.set(at(n).slot(), ix.entry(at(n).slot()).0, when(n.into()));
+        }
+        block(mem.put(
+            &r.times_key(&ID),
+            PutPayload::from(Bytes::copy_from_slice(carried.as_bytes())),
+        ))
+        .unwrap();
+        let c = storage(&mem, Duration::from_secs(60));
+        assert_eq!(shown(&c, 3).0, when(3));
+        assert!(matches!(
+            c.compact_bundle(ID, 0.0).unwrap(),
+            crate::cache::Compacted::Rewritten { .. }
+        ));
+        let after = storage(&mem, Duration::from_secs(60));
+        assert_eq!(shown(&after, 1).0, when(1));
+        assert_eq!(shown(&after, 3).0, when(3));
+    }
+
+    #[test]
     fn a_record_for_a_rewritten_tile_is_ignored() {
         let mem = Arc::new(InMemory::new());
         let w = storage(&mem, Duration::from_secs(60));
@@ -673,13 +766,13 @@ mod tests {
         let after = r.index(ID).unwrap().unwrap().entry(at(1).slot()).0;
         assert_eq!(before, after, "the test wants an unchanged index entry");
         assert_eq!(&r.tile(at(1)).unwrap().unwrap()[..], &other[..]);
-        for n in [1, 2] {
-            let (m, bundle) = shown(&r, n);
-            assert_eq!(
-                m, bundle,
-                "tile {n}: a record of another bundle version counted"
-            );
-        }
+        let (m, bundle) = shown(&r, 1);
+        assert_eq!(
+            m, bundle,
+            "tile 1: the old tile's record counted for the new one"
+        );
+        // The tile the import kept keeps its time (carried over to the new version).
+        assert_eq!(shown(&r, 2).0, when(2));
         // A record whose entry is not the tile's is ignored even in a sidecar of this version.
         assert!(w.set_tile_time(at(2), when(9)).unwrap());
         let ix = r.index(ID).unwrap().unwrap();
