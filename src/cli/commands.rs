@@ -252,10 +252,20 @@ pub fn delete(a: &DeleteArgs) -> anyhow::Result<ExitCode> {
             s.bytes
         ),
         StorageFormat::Exploded => format!(
-            " ({} bytes of files, {} empty row folders removed)",
-            s.bytes, s.row_folders
+            " ({} bytes of {}, {} removed)",
+            s.bytes,
+            if crate::cache::url::is_url(c.root()) {
+                "tile objects"
+            } else {
+                "files"
+            },
+            count(s.row_folders, "empty row folder")
         ),
-        _ => format!(" ({} bytes)", s.bytes),
+        // Compact V2 in an object store: every bundle is rewritten whole, without them.
+        _ => format!(
+            "; their {} bytes are gone (each bundle was rewritten without them: no dead space)",
+            s.bytes
+        ),
     };
     outln!(
         "{}: deleted {} from {} in {} {} ({}){after}",

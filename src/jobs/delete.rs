@@ -148,19 +148,25 @@ fn selected(
         return Ok((Vec::new(), 0));
     }
     let stored: Vec<(Slot, u64)> = if g.file_count() > 0 {
-        g.files
-            .iter()
-            .map(|(t, p)| (t.slot(), std::fs::metadata(p).map_or(0, |m| m.len())))
-            .collect()
-    } else {
-        match store.bundle(g.id)? {
-            Some(h) => h
-                .slots()
-                .into_iter()
-                .map(|(s, n)| (s, u64::from(n)))
-                .collect(),
-            None => Vec::new(),
+        // Tile files, or tile objects (whose sizes a store's listing gives).
+        let mut v = Vec::with_capacity(g.files.len());
+        for (t, p) in &g.files {
+            let size = if store.stats_without_reading() {
+                store.tile_stat(*t)?.map_or(0, |s| s.size)
+            } else {
+                std::fs::metadata(p).map_or(0, |m| m.len())
+            };
+            v.push((t.slot(), size));
         }
+        v
+    } else {
+        // From the index alone (an object store's bundle is not read whole for it).
+        store
+            .slots_of(g.id)?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(s, n)| (s, u64::from(n)))
+            .collect()
     };
     let (w, h) = scheme.map_or((256, 256), |s| (s.tile_cols, s.tile_rows));
     let mut out = Vec::new();
@@ -175,8 +181,20 @@ fn selected(
 }
 
 /// Removes the row folders of an exploded group that its deleted tiles left empty; returns how
-/// many. A folder another writer fills meanwhile stays (`rmdir` removes only empty folders).
+/// many. A folder another writer fills meanwhile stays (`rmdir` removes only empty folders). In
+/// an object store a row prefix goes with its last object (the store's `delete_group`): the
+/// rows now without tiles are counted.
 fn remove_empty_rows(store: &dyn Storage, g: &TileGroup, slots: &[Slot]) -> u64 {
+    let Some(first) = slots.first() else {
+        return 0;
+    };
+    if crate::cache::url::is_url(&store.location(g.id.tile(*first))) {
+        let rows: BTreeSet<u32> = slots.iter().map(|s| g.id.row0 + s.row).collect();
+        return rows
+            .into_iter()
+            .filter(|r| store.cols(g.id.level, *r).is_ok_and(|c| c.is_empty()))
+            .count() as u64;
+    }
     let rows: BTreeSet<PathBuf> = slots
         .iter()
         .filter_map(|s| {

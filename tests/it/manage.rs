@@ -318,7 +318,7 @@ fn delete_in_compact_v1_and_exploded_caches() {
     // A whole row: its folder goes with its tiles.
     let out = delete(&ex, &["--levels", "3", "--extent", &env_arg(&row)]);
     assert!(
-        out.contains("deleted 8 tiles") && out.contains("1 empty row folders"),
+        out.contains("deleted 8 tiles") && out.contains("1 empty row folder removed"),
         "{out}"
     );
     assert!(!ex.join("_alllayers/L03/R00000002").exists());

@@ -257,6 +257,25 @@ fn an_rw_mount_of_an_exploded_prefix_takes_a_cp_and_stores_tile_objects() {
         want,
         "the store holds the source's tiles, levels 0-2"
     );
+    // delete of the level: its summary counts the tile objects' bytes and the row prefixes
+    // emptied (as the local exploded store counts files and row folders).
+    let bytes: usize = l2.iter().map(|t| want[*t].len()).sum();
+    let rows: std::collections::BTreeSet<u32> = l2.iter().map(|t| t.row).collect();
+    let out = run_ok(Command::new(bin()).args(["delete", &url, "--levels", "2"]));
+    let said = format!(
+        "({bytes} bytes of tile objects, {} removed)",
+        if rows.len() == 1 {
+            "1 empty row folder".to_string()
+        } else {
+            format!("{} empty row folders", rows.len())
+        }
+    );
+    assert!(out.contains(&said), "{out} (wanted {said})");
+    assert!(
+        !keys(&url).iter().any(|k| k.starts_with("_alllayers/L02/")),
+        "level 2 left objects: {:?}",
+        keys(&url)
+    );
 }
 
 /// Another mount's write to an exploded prefix reaches a reading mount within `--recheck` and a
