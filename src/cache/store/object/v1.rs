@@ -46,7 +46,8 @@ use crate::format::{
 
 /// Why every write to a Compact V1 cache in an object store is refused (and an `-o rw` mount of
 /// one, at mount time).
-pub const READ_ONLY: &str = "Compact V1 in an object store is read-only; export it to compact-v2";
+pub const READ_ONLY: &str =
+    "Compact V1 in an object store is read-only; to change it, export that V1 cache to compact-v2";
 
 /// Bytes of a record asked for by the first range GET of a tile (its size prefix, and the tile
 /// when it is no larger); a larger tile costs a second GET for the rest.
