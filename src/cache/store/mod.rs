@@ -351,17 +351,26 @@ impl Place {
     pub fn check_inside(&self, p: &Path) -> Result<()> {
         let root = std::fs::canonicalize(&self.root).at(&self.root)?;
         let mut at = p;
+        // Another writer may create a folder on the path between two of the calls below: the
+        // path is then resolved again (a few times at most).
+        let mut again = 8;
         let real = loop {
             match std::fs::canonicalize(at) {
                 Ok(r) => break r,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    if std::fs::symlink_metadata(at).is_ok() {
-                        return Err(Error::io(
-                            at,
-                            std::io::Error::other(
-                                "a dangling symbolic link in the cache; not followed",
-                            ),
-                        ));
+                    if let Ok(m) = std::fs::symlink_metadata(at) {
+                        let dangling = m.file_type().is_symlink() && std::fs::metadata(at).is_err();
+                        if dangling || again == 0 {
+                            return Err(Error::io(
+                                at,
+                                std::io::Error::other(
+                                    "a dangling symbolic link in the cache; not followed",
+                                ),
+                            ));
+                        }
+                        // Created meanwhile: resolve it again.
+                        again -= 1;
+                        continue;
                     }
                     match at.parent() {
                         Some(q) if !q.as_os_str().is_empty() => at = q,
