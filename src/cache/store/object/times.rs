@@ -106,6 +106,39 @@ pub fn stamp(etag: &str) -> u32 {
     crc32fast::hash(bare.as_bytes())
 }
 
+/// The tiles of `old` a rewrite kept (not in `written`, still stored in the new version whose
+/// header + index is `new_head`): (slot, old raw index entry, new raw index entry).
+fn carried_entries(
+    old: &BundleHandle,
+    new_head: &[u8],
+    written: &BTreeSet<Slot>,
+) -> Vec<(Slot, u64, u64)> {
+    old.slots()
+        .into_iter()
+        .map(|(s, _)| s)
+        .filter(|s| !written.contains(s))
+        .map(|s| {
+            let new = crate::format::u64_at(new_head, v2::index_pos(s));
+            (s, old.raw_entry(s), new)
+        })
+        .filter(|(_, _, n)| *n != 0)
+        .collect()
+}
+
+/// A sidecar stamped `new_stamp` holding `c`'s records of the `carried` tiles, re-keyed to their
+/// new entries; and whether it holds any.
+fn carry_over(c: &Sidecar, new_stamp: u32, carried: &[(Slot, u64, u64)]) -> (Sidecar, bool) {
+    let mut n = Sidecar::new(new_stamp);
+    let mut any = false;
+    for (s, o, e) in carried {
+        if let Some(t) = c.time(*s, *o) {
+            n.set(*s, *e, t);
+            any = true;
+        }
+    }
+    (n, any)
+}
+
 impl RetryPolicy {
     /// The sleep before try `attempt` (1 = the second try): `base_delay` doubled per further try,
     /// at most `max_delay`, drawn between half and all of it from `seed` (advanced).
@@ -435,17 +468,7 @@ impl ObjectStorage {
             return;
         };
         let written: BTreeSet<Slot> = tiles.iter().map(|t| t.0).collect();
-        let carried: Vec<(Slot, u64, u64)> = old
-            .map(|h| {
-                h.slots()
-                    .into_iter()
-                    .map(|(s, _)| s)
-                    .filter(|s| !written.contains(s))
-                    .map(|s| (s, h.raw_entry(s), new_entry(s)))
-                    .filter(|(_, _, n)| *n != 0)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let carried = old.map_or_else(Vec::new, |h| carried_entries(h, new_head, &written));
         let new_stamp = stamp(stored);
         let old_stamp = done.built_from.as_deref().map(stamp);
         let mut gave_up = false;
@@ -454,15 +477,7 @@ impl ObjectStorage {
                 // Already for this version (a touch by another mount got in first).
                 Some(c) if c.stamp() == new_stamp => c.clone(),
                 // For the version this flush was built from: carry its records over.
-                Some(c) if Some(c.stamp()) == old_stamp => {
-                    let mut n = Sidecar::new(new_stamp);
-                    for (s, o, e) in &carried {
-                        if let Some(t) = c.time(*s, *o) {
-                            n.set(*s, *e, t);
-                        }
-                    }
-                    n
-                }
+                Some(c) if Some(c.stamp()) == old_stamp => carry_over(c, new_stamp, &carried).0,
                 // For some other version: replace it only while the bundle is still ours (else
                 // it may be a newer writer's, and ours would not count anyway).
                 Some(_) => {
@@ -513,29 +528,12 @@ impl ObjectStorage {
             return;
         }
         let (new_stamp, old_stamp) = (stamp(stored), stamp(built_from));
-        let carried: Vec<(Slot, u64, u64)> = old
-            .slots()
-            .into_iter()
-            .map(|(s, _)| s)
-            .filter(|s| !written.contains(s))
-            .map(|s| {
-                let new = crate::format::u64_at(new_head, v2::index_pos(s));
-                (s, old.raw_entry(s), new)
-            })
-            .filter(|(_, _, n)| *n != 0)
-            .collect();
+        let carried = carried_entries(old, new_head, written);
         let r = self.update_sidecar(id, &mut |cur| {
             let Some(c) = cur.filter(|c| c.stamp() == old_stamp) else {
                 return Ok(None);
             };
-            let mut n = Sidecar::new(new_stamp);
-            let mut any = false;
-            for (s, o, e) in &carried {
-                if let Some(t) = c.time(*s, *o) {
-                    n.set(*s, *e, t);
-                    any = true;
-                }
-            }
+            let (n, any) = carry_over(c, new_stamp, &carried);
             Ok(any.then_some(n))
         });
         if let Err(e) = r {
