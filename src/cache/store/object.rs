@@ -357,6 +357,11 @@ type Listing = (Instant, Arc<Vec<BundleId>>);
 /// exist), the new bundle's bytes and the number of tiles written (None: write nothing).
 type RebuildFn<'a> = dyn FnMut(Option<&Arc<BundleHandle>>) -> Result<Option<(Vec<u8>, usize)>> + 'a;
 
+/// What [`ObjectStorage::rewrite_keeping_times`] asks: as [`RebuildFn`], also the slots the new
+/// bundle puts new tiles in (their old times are not carried over).
+type KeepTimesFn<'a> =
+    dyn FnMut(Option<&Arc<BundleHandle>>) -> Result<Option<(Vec<u8>, usize, BTreeSet<Slot>)>> + 'a;
+
 /// A Compact V2 cache under a prefix of an object store.
 pub struct ObjectStorage {
     url: ObjectUrl,
@@ -1050,6 +1055,33 @@ impl ObjectStorage {
         ))
     }
 
+    /// [`Self::rewrite_tagged`] for a rewrite that gives no tile a time (`delete`, `compact`,
+    /// `import`, a merge): the tiles it keeps keep their recorded times (`times::carry_times`).
+    /// The stats and the size in bytes of the version rewritten (0: a new bundle); None if
+    /// nothing was written.
+    fn rewrite_keeping_times(
+        &self,
+        id: BundleId,
+        build: &mut KeepTimesFn,
+    ) -> Result<Option<(WriteStats, u64)>> {
+        let mut built = None;
+        let done = self.rewrite_tagged(id, &mut |cur| {
+            built = None;
+            let Some((body, n, written)) = build(cur)? else {
+                return Ok(None);
+            };
+            built = Some((cur.cloned(), body[..DATA_START as usize].to_vec(), written));
+            Ok(Some((body, n)))
+        })?;
+        let Some((old, head, written)) = built else {
+            return Ok(None);
+        };
+        if let Some(old) = &old {
+            self.carry_times(id, &done, old, &head, &written);
+        }
+        Ok(Some((done.stats, old.map_or(0, |h| h.file_bytes()))))
+    }
+
     /// One conditional PUT: `If-Match: etag`, or `If-None-Match: *` when `etag` is None. The
     /// store's answer (with the new ETag) on success; None if the precondition failed (another
     /// writer was first).
@@ -1701,9 +1733,7 @@ impl Storage for ObjectStorage {
 
     fn update_group(&self, id: BundleId, f: &mut UpdateFn) -> Result<WriteStats> {
         let url = self.bundle_url(&id);
-        let mut built = None;
-        let done = self.rewrite_tagged(id, &mut |cur| {
-            built = None;
+        let done = self.rewrite_keeping_times(id, &mut |cur| {
             let decided = f(&View(cur))?;
             if decided.is_empty() {
                 return Ok(None);
@@ -1722,15 +1752,10 @@ impl Storage for ObjectStorage {
                 .collect::<BTreeSet<_>>()
                 .len();
             all.extend(decided.iter().map(|(s, b)| (*s, &b[..])));
-            let body = build_v2(&url, &all)?;
             let written: BTreeSet<Slot> = decided.iter().map(|(s, _)| *s).collect();
-            built = Some((cur.cloned(), body[..DATA_START as usize].to_vec(), written));
-            Ok(Some((body, n)))
+            Ok(Some((build_v2(&url, &all)?, n, written)))
         })?;
-        if let Some((Some(old), head, written)) = &built {
-            self.carry_times(id, &done, old, head, written);
-        }
-        Ok(done.stats)
+        Ok(done.map_or_else(WriteStats::default, |(stats, _)| stats))
     }
 
     /// A bundle with dead space (written by another program, e.g. ArcGIS or MapProxy, and
@@ -1751,11 +1776,7 @@ impl Storage for ObjectStorage {
             return Ok(Compacted::Kept);
         }
         let url = self.bundle_url(&id);
-        let mut sizes = None;
-        let mut built = None;
-        let done = self.rewrite_tagged(id, &mut |cur| {
-            sizes = None;
-            built = None;
+        let done = self.rewrite_keeping_times(id, &mut |cur| {
             let Some(h) = cur else { return Ok(None) };
             if !compaction_due(h.file_bytes(), h.dead_bytes(), min_dead) {
                 return Ok(None);
@@ -1764,16 +1785,13 @@ impl Storage for ObjectStorage {
             for (slot, r) in tiles_of(h)? {
                 all.insert(slot, h.bytes(r));
             }
-            let body = build_v2(&url, &all)?;
-            sizes = Some((h.file_bytes(), body.len() as u64));
-            built = Some((h.clone(), body[..DATA_START as usize].to_vec()));
-            Ok(Some((body, 0)))
+            Ok(Some((build_v2(&url, &all)?, 0, BTreeSet::new())))
         })?;
-        if let Some((old, head)) = &built {
-            self.carry_times(id, &done, old, head, &BTreeSet::new());
-        }
-        Ok(match sizes {
-            Some((before, after)) => Compacted::Rewritten { before, after },
+        Ok(match done {
+            Some((stats, before)) => Compacted::Rewritten {
+                before,
+                after: stats.bytes_written,
+            },
             None => Compacted::Kept,
         })
     }
@@ -1781,9 +1799,7 @@ impl Storage for ObjectStorage {
     fn delete_group(&self, id: BundleId, slots: &[Slot]) -> Result<()> {
         let url = self.bundle_url(&id);
         let gone: BTreeSet<Slot> = slots.iter().copied().collect();
-        let mut built = None;
-        let done = self.rewrite_tagged(id, &mut |cur| {
-            built = None;
+        self.rewrite_keeping_times(id, &mut |cur| {
             let Some(h) = cur else { return Ok(None) };
             let mut all: BTreeMap<Slot, &[u8]> = BTreeMap::new();
             let mut removed = 0;
@@ -1797,13 +1813,8 @@ impl Storage for ObjectStorage {
             if removed == 0 {
                 return Ok(None);
             }
-            let body = build_v2(&url, &all)?;
-            built = Some((h.clone(), body[..DATA_START as usize].to_vec()));
-            Ok(Some((body, removed)))
+            Ok(Some((build_v2(&url, &all)?, removed, BTreeSet::new())))
         })?;
-        if let Some((old, head)) = &built {
-            self.carry_times(id, &done, old, head, &BTreeSet::new());
-        }
         Ok(())
     }
 
