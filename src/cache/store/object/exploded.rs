@@ -352,15 +352,16 @@ impl ExplodedObjects {
             }
         }
         if let Some(etag) = times_etag {
-            self.apply_times(&mut row, etag)?;
+            self.apply_times(&mut row, etag);
         }
         Ok(row)
     }
 
     /// Gives the row's tile objects the times recorded for them in the row's times object
     /// ([`times`]), listed with ETag `etag`: kept from an earlier read of that version, else one
-    /// GET. A times object that is not one is a warning, and the objects keep the store's times.
-    fn apply_times(&self, row: &mut Row, etag: String) -> Result<()> {
+    /// GET. A times object that is not one, or that cannot be read, is a warning, and the objects
+    /// keep the store's times (as for Compact V2 sidecars).
+    fn apply_times(&self, row: &mut Row, etag: String) {
         let rel = format!("{}/{}", row.dir, times::TIMES_NAME);
         let kept = self
             .row_times
@@ -372,15 +373,21 @@ impl ExplodedObjects {
         let recs = match kept {
             Some(r) => r,
             None => {
-                let Some((bytes, got_etag, _)) = self.get(&rel)? else {
-                    return Ok(());
+                // A time is never worth an EIO: a failed read leaves the store's times.
+                let (bytes, got_etag) = match self.get(&rel) {
+                    Ok(Some((b, e, _))) => (b, e),
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::warn!("tile times not read, tiles show their objects' times: {e}");
+                        return;
+                    }
                 };
                 let Some(recs) = times::parse(&bytes) else {
                     tracing::warn!(
                         "{}: not a bundlefs times object; tiles show their objects' times",
                         self.url_of(&rel).display()
                     );
-                    return Ok(());
+                    return;
                 };
                 let recs = Arc::new(recs);
                 if let Some(e) = got_etag {
@@ -396,7 +403,6 @@ impl ExplodedObjects {
                 }
             }
         }
-        Ok(())
     }
 
     /// Row `row` of `level`: kept if listed less than `recheck` ago, else one listing of the
