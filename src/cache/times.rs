@@ -216,6 +216,28 @@ pub fn write(bundle: &Path, records: &[(Slot, u64, SystemTime)]) -> Result<()> {
     Ok(())
 }
 
+/// Gives each tile of `entries` (slot, its current raw index entry) that has no record for that
+/// entry the time `shown`: the time readers were shown for it until now (its bundle's). Called
+/// under the bundle lock before a change to the bundle, so the change moves only the changed
+/// tiles' times, never those of the tiles it leaves alone (rsync and `find -newer` see no
+/// change that did not happen). One read of the sidecar; writes only the missing records.
+/// Returns how many were recorded. Errors: the sidecar cannot be written (naming it).
+pub fn pin(bundle: &Path, entries: &[(Slot, u64)], shown: SystemTime) -> Result<usize> {
+    if entries.is_empty() {
+        return Ok(0);
+    }
+    let current = std::fs::read(sidecar_path(bundle))
+        .ok()
+        .and_then(Sidecar::from_bytes);
+    let missing: Vec<(Slot, u64, SystemTime)> = entries
+        .iter()
+        .filter(|(s, e)| current.as_ref().and_then(|c| c.time(*s, *e)).is_none())
+        .map(|(s, e)| (*s, *e, shown))
+        .collect();
+    write(bundle, &missing)?;
+    Ok(missing.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,6 +265,29 @@ mod tests {
         assert_eq!(read(&b, s, 42), None);
         write(&b, &[(s, 42, t)]).unwrap();
         assert_eq!(read(&b, s, 42), Some(t));
+    }
+
+    #[test]
+    fn pin_records_only_the_tiles_without_a_time() {
+        let d = tempfile::tempdir().unwrap();
+        let b = d.path().join("R0000C0000.bundle");
+        let (s1, s2) = (Slot { row: 0, col: 1 }, Slot { row: 5, col: 9 });
+        let own = UNIX_EPOCH + Duration::from_secs(1_000);
+        let shown = UNIX_EPOCH + Duration::from_secs(2_000);
+        write(&b, &[(s1, 11, own)]).unwrap();
+        // s1 keeps its own time; s2 (no record) gets the shown one; a stale record is replaced.
+        assert_eq!(pin(&b, &[(s1, 11), (s2, 22)], shown).unwrap(), 1);
+        assert_eq!(
+            (read(&b, s1, 11), read(&b, s2, 22)),
+            (Some(own), Some(shown))
+        );
+        assert_eq!(pin(&b, &[(s1, 12)], shown).unwrap(), 1);
+        assert_eq!(read(&b, s1, 12), Some(shown));
+        assert_eq!(pin(&b, &[(s1, 12), (s2, 22)], own).unwrap(), 0);
+        // Without a sidecar one is made.
+        let c = d.path().join("R0080C0000.bundle");
+        assert_eq!(pin(&c, &[(s2, 5)], shown).unwrap(), 1);
+        assert_eq!(read(&c, s2, 5), Some(shown));
     }
 
     #[test]

@@ -372,9 +372,16 @@ fn serve(args: &MountArgs, parsed: &ParsedOptions, child: bool) -> anyhow::Resul
     if let Some(line) = tree.cache().store().counters() {
         tracing::info!("{line}");
     }
+    // Files written under temporary names and never renamed onto a tile were not stored: the
+    // unmount must not report everything stored.
+    let dropped = match tree.leftover_message() {
+        Some(m) => Err(anyhow::anyhow!("every tile stored, but {m}")),
+        None => Ok(()),
+    };
     let end = res
         .with_context(|| format!("serving {}", args.mountpoint.display()))
-        .and_then(|()| flushed.context("flushing the write buffer at unmount"));
+        .and_then(|()| flushed.context("flushing the write buffer at unmount"))
+        .and_then(|()| dropped);
     match &end {
         Ok(()) => record.status = Status::Unmounted,
         Err(e) => {

@@ -459,6 +459,19 @@ impl Filesystem for FuseFs {
         self.on_store(move |fs, _| empty("unlink", reply, fs.unlink(parent.0, &name)));
     }
 
+    /// Hard links: a tile has one name (EPERM, as on file systems without links; rsync and cp
+    /// fall back to a rename or a copy). Answered here so fuser does not log it as missing.
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::from_i32(libc::EPERM));
+    }
+
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name.to_owned();
         self.on_store(move |fs, _| empty("rmdir", reply, fs.rmdir(parent.0, &name)));

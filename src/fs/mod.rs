@@ -494,6 +494,9 @@ impl TreeFs {
     /// Looks a name up in a directory.
     pub fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
         let p = self.node(parent)?;
+        if let Some(ino) = self.temp_ino(parent, name) {
+            return self.temp_attr(ino);
+        }
         let child = match p {
             Node::Root if name == "conf.xml" && self.conf_xml.is_some() => Node::ConfXml,
             Node::Root if name == "conf.cdi" && self.conf_cdi.is_some() => Node::ConfCdi,
@@ -623,12 +626,14 @@ impl TreeFs {
                 FileBytes::Shared(self.written_bytes(ino).unwrap())
             }
             Node::Tile(t) => FileBytes::Tile(self.tile(t)?.ok_or_else(|| not_found(t))?),
-            Node::Temp(_) => {
-                let t = self
-                    .alias(ino)
-                    .ok_or_else(|| not_found(format!("inode {ino}")))?;
-                FileBytes::Tile(self.tile(t)?.ok_or_else(|| not_found(t))?)
-            }
+            Node::Temp(_) => match self.alias_node(ino) {
+                Some(Node::Tile(t)) => FileBytes::Tile(self.tile(t)?.ok_or_else(|| not_found(t))?),
+                Some(n @ (Node::ConfXml | Node::ConfCdi)) => {
+                    return self.read(self.ino(n), offset, size)
+                }
+                _ if self.is_temp_dir(ino) => return Err(FsError::IsDir(format!("inode {ino}"))),
+                _ => return Err(not_found(format!("inode {ino}"))),
+            },
             _ => return Err(FsError::IsDir(format!("inode {ino}"))),
         };
         Ok(whole.window(offset, size))
@@ -657,6 +662,7 @@ impl TreeFs {
                 push_dir("_alllayers".into(), Node::AllLayers)?;
             }
         }
+        out.extend(self.temp_entries(ino));
         match n {
             n if n == self.levels_parent() => {
                 for l in self.levels()? {
@@ -684,7 +690,7 @@ impl TreeFs {
                 }
             }
             Node::Row { level, row } => {
-                out.extend(self.written_entries(n, level, row));
+                out.extend(self.written_entries(level, row));
                 for (col, _) in self.row_tiles(level, row)? {
                     let t = TileAddr::new(level, row, col);
                     match self.indexed_attr(t) {
@@ -722,6 +728,7 @@ impl TreeFs {
                 }
             }
             Node::Root => {}
+            Node::Temp(_) if self.is_temp_dir(ino) => {}
             _ => return Err(FsError::NotDir(format!("inode {ino}"))),
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));

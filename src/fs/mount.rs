@@ -363,6 +363,7 @@ impl MountFs {
         match self.tree.inodes.node(ino) {
             Some(Node::Row { level, .. }) => self.tree.ino(Node::Level(level)),
             Some(Node::Level(_)) => self.tree.ino(self.tree.levels_parent()),
+            Some(Node::Temp(_)) => self.tree.temp_parent(ino).unwrap_or(ROOT_INO),
             _ => ROOT_INO,
         }
     }

@@ -3,15 +3,24 @@
 //! buffer. Plain methods, tested without a kernel.
 //!
 //! The rules:
-//! - Files live in row folders. A name that is a tile name (`Cxxxxxxxx.png|jpg`) is that tile; its
+//! - Tiles live in row folders. A name that is a tile name (`Cxxxxxxxx.png|jpg`) is that tile; its
 //!   bytes are committed (checked, merged in MERGE mode, buffered) when the file is closed,
 //!   fsync'd or truncated outside an open. A bad tile fails that close/fsync with EINVAL
 //!   ([`FsError::BadTile`], naming the file); nothing stored changes.
-//! - A name starting with `.` is a temporary file (rsync writes `.Cxxxxxxxx.png.XXXXXX` and renames
-//!   it): it lives in memory until renamed onto a tile name (which commits it) or unlinked.
+//! - *Temporaries* live in memory: a name starting with `.` in any folder of the tree (rsync's
+//!   `.Cxxxxxxxx.png.XXXXXX`, its `--delay-updates` folder `.~tmp~`, a `--partial-dir` or a
+//!   `--temp-dir` made inside the tree), and every name inside a temporary folder. Temporary files
+//!   and folders can be written, renamed among temporary names, listed and removed; a temporary
+//!   file renamed onto a tile name (in a row folder, from any folder) commits it, and one renamed
+//!   onto `conf.xml`/`conf.cdi` is accepted when it holds the bytes the mount shows (rsync of a
+//!   whole cache) and refused otherwise. What is still temporary at unmount was never stored:
+//!   the unmount says so (warning naming the files).
+//! - A stored tile cannot become a temporary (EPERM: rsync `--backup`/`--backup-dir` into the
+//!   tree fail loudly): it would live only in memory and be lost at unmount.
 //! - Any other name is refused with EPERM ([`FsError::NotPermitted`]).
 //! - mkdir of `Lnn` (a level of the scheme) and `Rxxxxxxxx` works; bundles appear with their first
-//!   tile. rmdir works on folders without tiles. Folders cannot be renamed (EXDEV: `mv` copies).
+//!   tile. rmdir works on folders without tiles. Level and row folders cannot be renamed (EXDEV:
+//!   `mv` copies).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -40,12 +49,15 @@ pub(super) struct OpenTile {
     mtime: Option<SystemTime>,
 }
 
-/// A temporary file.
-pub(super) struct TempFile {
-    level: u8,
-    row: u32,
+/// A temporary file or folder (see the module docs), kept in memory.
+pub(super) struct Temp {
+    /// The folder holding it (any folder of the tree, or a temporary folder).
     parent: u64,
+    /// The row folder holding it directly, which exists while it does.
+    row: Option<(u8, u32)>,
     name: String,
+    /// A folder (no bytes) or a file.
+    dir: bool,
     data: Vec<u8>,
     mtime: SystemTime,
 }
@@ -53,11 +65,12 @@ pub(super) struct TempFile {
 #[derive(Default)]
 pub(super) struct WriteState {
     open: HashMap<u64, OpenTile>,
-    temps: HashMap<u64, TempFile>,
+    /// Temporary files and folders by inode, and their inodes by (folder inode, name).
+    temps: HashMap<u64, Temp>,
     temp_names: HashMap<(u64, String), u64>,
-    /// Temporary inodes renamed onto a tile: the kernel may keep using them for the tile's name
-    /// until it forgets the inode; dropped on FORGET.
-    aliases: HashMap<u64, TileAddr>,
+    /// Temporary inodes renamed onto a tile (or onto an equal conf.xml/conf.cdi): the kernel may
+    /// keep using them for that name until it forgets the inode; dropped on FORGET.
+    aliases: HashMap<u64, Node>,
     next_temp: u64,
     /// Folders made by mkdir: (level, None) or (level, Some(row)).
     created: BTreeSet<(u8, Option<u32>)>,
@@ -82,7 +95,7 @@ impl WriteState {
     /// Whether a row folder must exist for what is being written in it.
     pub(super) fn row_in_use(&self, l: u8, r: u32) -> bool {
         self.created.contains(&(l, Some(r)))
-            || self.temps.values().any(|t| (t.level, t.row) == (l, r))
+            || self.temps.values().any(|t| t.row == Some((l, r)))
             || self
                 .open
                 .values()
@@ -145,7 +158,7 @@ impl TreeFs {
     }
 
     /// The inode of temporary file `name` in row folder `parent`, if there is one.
-    fn temp_ino(&self, parent: u64, name: &str) -> Option<u64> {
+    pub(super) fn temp_ino(&self, parent: u64, name: &str) -> Option<u64> {
         self.w
             .lock()
             .unwrap()
@@ -164,8 +177,7 @@ impl TreeFs {
         if self.writer.is_none() {
             return Ok(None);
         }
-        let temp = self.temp_ino(parent, name);
-        if let Some(ino) = temp {
+        if let Some(ino) = self.temp_ino(parent, name) {
             return self.temp_attr(ino).map(Some);
         }
         if let Some((t, _)) = Self::tile_name(level, row, name) {
@@ -197,31 +209,218 @@ impl TreeFs {
                 return Ok(open_attr_of(ino, o));
             }
             if let Some(t) = w.temps.get(&ino) {
-                return Ok(Attr {
-                    ino,
-                    kind: Kind::File,
-                    size: t.data.len() as u64,
-                    mtime: t.mtime,
-                    nlink: 1,
-                });
+                return Ok(temp_attr_of(ino, t));
             }
             w.aliases.get(&ino).copied()
         };
         match alias {
-            Some(t) => {
+            Some(Node::Tile(t)) => {
                 let b = self.stored_tile(t)?.ok_or_else(|| super::not_found(t))?;
                 Ok(Attr {
                     ino,
                     ..self.tile_attr(t, &b)
                 })
             }
+            Some(n) => Ok(Attr {
+                ino,
+                ..self.getattr(self.ino(n))?
+            }),
             None => Err(super::not_found(format!("inode {ino}"))),
         }
     }
 
     /// The tile a renamed temporary inode now stands for.
     pub(super) fn alias(&self, ino: u64) -> Option<TileAddr> {
+        match self.alias_node(ino) {
+            Some(Node::Tile(t)) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The node (a tile, conf.xml or conf.cdi) a renamed temporary inode now stands for.
+    pub(super) fn alias_node(&self, ino: u64) -> Option<Node> {
         self.w.lock().unwrap().aliases.get(&ino).copied()
+    }
+
+    /// Whether `ino` is a temporary folder.
+    pub(super) fn is_temp_dir(&self, ino: u64) -> bool {
+        self.w
+            .lock()
+            .unwrap()
+            .temps
+            .get(&ino)
+            .is_some_and(|t| t.dir)
+    }
+
+    /// The folder holding temporary folder `ino` (for `..` in listings).
+    pub(super) fn temp_parent(&self, ino: u64) -> Option<u64> {
+        self.w.lock().unwrap().temps.get(&ino).map(|t| t.parent)
+    }
+
+    /// Whether `name` in folder `parent` is a temporary name: a name starting with `.` in a
+    /// folder of the tree, or any name in a temporary folder.
+    fn temp_place(&self, parent: u64, name: &str) -> bool {
+        match self.inodes.node(parent) {
+            Some(Node::Temp(_)) => self.is_temp_dir(parent),
+            Some(Node::Root | Node::AllLayers | Node::Level(_) | Node::Row { .. }) => {
+                name.starts_with('.')
+            }
+            _ => false,
+        }
+    }
+
+    /// The path of folder `ino` inside the tree, with a trailing `/` (empty for the root), for
+    /// messages.
+    fn dir_path(&self, ino: u64) -> String {
+        match self.inodes.node(ino) {
+            Some(Node::Temp(_)) => {
+                let up = {
+                    let w = self.w.lock().unwrap();
+                    w.temps.get(&ino).map(|t| (t.parent, t.name.clone()))
+                };
+                match up {
+                    Some((p, n)) if p != ino => format!("{}{n}/", self.dir_path(p)),
+                    _ => String::new(),
+                }
+            }
+            Some(Node::Row { level, row }) => self.tree_path(level, row, ""),
+            Some(Node::Level(l)) => match self.cache.layout() {
+                Layout::ArcGis => format!("_alllayers/{}/", exploded::level_dir(l)),
+                Layout::MapProxy => format!("{}/", exploded::level_dir(l)),
+            },
+            Some(Node::AllLayers) => "_alllayers/".to_string(),
+            _ => String::new(),
+        }
+    }
+
+    /// Makes a temporary file or folder `name` in `parent` (a temporary place).
+    fn make_temp(&self, parent: u64, name: &str, dir: bool) -> FsResult<Attr> {
+        let path = format!("{}{name}", self.dir_path(parent));
+        let row = self.row_of(parent);
+        let mut w = self.w.lock().unwrap();
+        if w.temp_names.contains_key(&(parent, name.to_string())) {
+            return Err(FsError::Exists(path));
+        }
+        w.next_temp += 1;
+        let ino = self.ino(Node::Temp(w.next_temp));
+        let t = Temp {
+            parent,
+            row,
+            name: name.to_string(),
+            dir,
+            data: Vec::new(),
+            mtime: SystemTime::now(),
+        };
+        let attr = temp_attr_of(ino, &t);
+        w.temps.insert(ino, t);
+        w.temp_names.insert((parent, name.to_string()), ino);
+        Ok(attr)
+    }
+
+    /// Temporary files and folders in folder `ino`, for its listing.
+    pub(super) fn temp_entries(&self, ino: u64) -> Vec<DirEntry> {
+        let w = self.w.lock().unwrap();
+        w.temps
+            .iter()
+            .filter(|(_, t)| t.parent == ino)
+            .map(|(i, t)| DirEntry {
+                name: t.name.clone(),
+                attr: temp_attr_of(*i, t),
+            })
+            .collect()
+    }
+
+    /// Paths of the temporary files still in memory (never renamed onto a tile name).
+    pub fn leftover_temps(&self) -> Vec<String> {
+        let files: Vec<(u64, String)> = {
+            let w = self.w.lock().unwrap();
+            w.temps
+                .values()
+                .filter(|t| !t.dir)
+                .map(|t| (t.parent, t.name.clone()))
+                .collect()
+        };
+        let mut v: Vec<String> = files
+            .into_iter()
+            .map(|(p, n)| format!("{}{n}", self.dir_path(p)))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// What was lost with the temporary files still in memory at unmount, naming up to ten of
+    /// them; None when there are none.
+    pub fn leftover_message(&self) -> Option<String> {
+        const SHOWN: usize = 10;
+        let left = self.leftover_temps();
+        if left.is_empty() {
+            return None;
+        }
+        let more = left.len().saturating_sub(SHOWN);
+        Some(format!(
+            "{} never renamed onto a tile name, so not stored: {}{}",
+            crate::error::count(left.len() as u64, "temporary file"),
+            left[..left.len().min(SHOWN)].join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        ))
+    }
+
+    /// Moves temporary file or folder `ino` to temporary name `newname` in `newparent`, replacing
+    /// a temporary of the same kind there (an empty one, for folders), as rename(2) does.
+    fn move_temp(&self, ino: u64, newparent: u64, newname: &str) -> FsResult<()> {
+        let to_path = format!("{}{newname}", self.dir_path(newparent));
+        // A folder cannot move into itself or below.
+        let mut up = Some(newparent);
+        while let Some(p) = up {
+            if p == ino {
+                return Err(FsError::Invalid {
+                    what: to_path,
+                    why: "a folder cannot be moved into itself".into(),
+                });
+            }
+            up = self.temp_parent(p);
+        }
+        let row = self.row_of(newparent);
+        let mut w = self.w.lock().unwrap();
+        let dir = w
+            .temps
+            .get(&ino)
+            .ok_or_else(|| super::not_found(newname))?
+            .dir;
+        let key = (newparent, newname.to_string());
+        if let Some(&old) = w.temp_names.get(&key) {
+            if old == ino {
+                return Ok(());
+            }
+            let old_dir = w.temps.get(&old).is_some_and(|t| t.dir);
+            match (dir, old_dir) {
+                (false, true) => return Err(FsError::IsDir(to_path)),
+                (true, false) => return Err(FsError::NotDir(to_path)),
+                (true, true) if w.temps.values().any(|t| t.parent == old) => {
+                    return Err(FsError::NotEmpty(to_path))
+                }
+                _ => {}
+            }
+            w.temp_names.remove(&key);
+            w.temps.remove(&old);
+        }
+        let t = w
+            .temps
+            .get_mut(&ino)
+            .ok_or_else(|| super::not_found(newname))?;
+        let from = (
+            t.parent,
+            std::mem::replace(&mut t.name, newname.to_string()),
+        );
+        t.parent = newparent;
+        t.row = row;
+        w.temp_names.remove(&from);
+        w.temp_names.insert(key, ino);
+        Ok(())
     }
 
     /// The kernel dropped an inode: a renamed temporary inode's alias is no longer needed.
@@ -237,81 +436,42 @@ impl TreeFs {
         if let Some(o) = w.open.get(&ino).filter(|o| o.dirty) {
             return Some(Arc::new(o.data.clone()));
         }
-        w.temps.get(&ino).map(|t| Arc::new(t.data.clone()))
+        w.temps
+            .get(&ino)
+            .filter(|t| !t.dir)
+            .map(|t| Arc::new(t.data.clone()))
     }
 
-    /// Files being written in a row, for its listing.
-    pub(super) fn written_entries(&self, row_node: Node, level: u8, row: u32) -> Vec<DirEntry> {
+    /// Tiles being written in a row (not committed yet), for its listing.
+    pub(super) fn written_entries(&self, level: u8, row: u32) -> Vec<DirEntry> {
         if self.writer.is_none() {
             return Vec::new();
         }
-        let parent = self.ino(row_node);
         let w = self.w.lock().unwrap();
-        let mut out: Vec<DirEntry> = w
-            .temps
+        w.open
             .iter()
-            .filter(|(_, t)| t.parent == parent)
-            .map(|(ino, t)| DirEntry {
-                name: t.name.clone(),
-                attr: Attr {
-                    ino: *ino,
-                    kind: Kind::File,
-                    size: t.data.len() as u64,
-                    mtime: t.mtime,
-                    nlink: 1,
-                },
+            .filter(|(_, o)| o.dirty && (o.tile.level, o.tile.row) == (level, row))
+            .map(|(ino, o)| DirEntry {
+                name: o.name.clone(),
+                attr: open_attr_of(*ino, o),
             })
-            .collect();
-        out.extend(
-            w.open
-                .iter()
-                .filter(|(_, o)| o.dirty && (o.tile.level, o.tile.row) == (level, row))
-                .map(|(ino, o)| DirEntry {
-                    name: o.name.clone(),
-                    attr: open_attr_of(*ino, o),
-                }),
-        );
-        out
+            .collect()
     }
 
-    /// Creates a file in a row folder and opens it for writing.
+    /// Creates a file and opens it for writing: a tile in a row folder, or a temporary file.
     pub fn create(&self, parent: u64, name: &str) -> FsResult<Attr> {
         self.writer_or_rofs(name)?;
+        if self.temp_place(parent, name) {
+            return self.make_temp(parent, name, false);
+        }
         let Some((level, row)) = self.row_of(parent) else {
             return Err(FsError::NotPermitted {
-                path: name.to_string(),
-                why: "files can only be made in row folders (Rxxxxxxxx)",
+                path: format!("{}{name}", self.dir_path(parent)),
+                why: "files can only be made in row folders (Rxxxxxxxx), or under temporary \
+                      names (.*)",
             });
         };
         let path = self.tree_path(level, row, name);
-        if name.starts_with('.') {
-            let mut w = self.w.lock().unwrap();
-            if w.temp_names.contains_key(&(parent, name.to_string())) {
-                return Err(FsError::Exists(path));
-            }
-            w.next_temp += 1;
-            let ino = self.ino(Node::Temp(w.next_temp));
-            let now = SystemTime::now();
-            w.temps.insert(
-                ino,
-                TempFile {
-                    level,
-                    row,
-                    parent,
-                    name: name.to_string(),
-                    data: Vec::new(),
-                    mtime: now,
-                },
-            );
-            w.temp_names.insert((parent, name.to_string()), ino);
-            return Ok(Attr {
-                ino,
-                kind: Kind::File,
-                size: 0,
-                mtime: now,
-                nlink: 1,
-            });
-        }
         let Some((t, kind)) = Self::tile_name(level, row, name) else {
             return Err(FsError::NotPermitted {
                 path,
@@ -342,6 +502,9 @@ impl TreeFs {
         if let Node::Temp(_) = node {
             let mut w = self.w.lock().unwrap();
             if let Some(t) = w.temps.get_mut(&ino) {
+                if t.dir {
+                    return Err(FsError::IsDir(t.name.clone()));
+                }
                 if truncate {
                     t.data.clear();
                 }
@@ -350,7 +513,11 @@ impl TreeFs {
         }
         let t = match node {
             Node::Tile(t) => t,
-            Node::Temp(_) => self.alias(ino).ok_or_else(|| super::not_found(ino))?,
+            Node::Temp(_) => match self.alias_node(ino) {
+                Some(Node::Tile(t)) => t,
+                Some(n @ (Node::ConfXml | Node::ConfCdi)) => return Err(conf_read_only(n)),
+                _ => return Err(super::not_found(ino)),
+            },
             Node::ConfXml | Node::ConfCdi => return Err(conf_read_only(node)),
             _ => return Err(FsError::IsDir(format!("inode {ino}"))),
         };
@@ -443,6 +610,9 @@ impl TreeFs {
                 o.dirty
             } else if let Some(t) = w.temps.get_mut(&ino) {
                 if let Some(s) = size {
+                    if t.dir {
+                        return Err(FsError::IsDir(t.name.clone()));
+                    }
                     t.data.resize(s as usize, 0);
                 }
                 if let Some(m) = mtime {
@@ -456,7 +626,15 @@ impl TreeFs {
         if !handled {
             let t = match node {
                 Node::Tile(t) => t,
-                _ => self.alias(ino).ok_or_else(|| super::not_found(ino))?,
+                _ => match self.alias_node(ino) {
+                    Some(Node::Tile(t)) => t,
+                    // A temporary renamed onto an equal conf.xml: its times are not kept.
+                    Some(n @ (Node::ConfXml | Node::ConfCdi)) if size.is_none() => {
+                        return self.getattr(self.ino(n)).map(|a| Attr { ino, ..a })
+                    }
+                    Some(n @ (Node::ConfXml | Node::ConfCdi)) => return Err(conf_read_only(n)),
+                    _ => return Err(super::not_found(ino)),
+                },
             };
             if let Some(s) = size {
                 // Truncate outside an open: commit the truncated tile now.
@@ -595,16 +773,21 @@ impl TreeFs {
     /// Removes a file: a tile leaves its bundle, a temporary file is dropped.
     pub fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
         let w = self.writer_or_rofs(name)?;
-        let Some((level, row)) = self.row_of(parent) else {
-            return Err(super::not_found(name));
-        };
         {
             let mut st = self.w.lock().unwrap();
-            if let Some(ino) = st.temp_names.remove(&(parent, name.to_string())) {
+            let key = (parent, name.to_string());
+            if let Some(&ino) = st.temp_names.get(&key) {
+                if st.temps.get(&ino).is_some_and(|t| t.dir) {
+                    return Err(FsError::IsDir(name.to_string()));
+                }
+                st.temp_names.remove(&key);
                 st.temps.remove(&ino);
                 return Ok(());
             }
         }
+        let Some((level, row)) = self.row_of(parent) else {
+            return Err(super::not_found(name));
+        };
         let (t, kind) = Self::tile_name(level, row, name).ok_or_else(|| super::not_found(name))?;
         let ino = self.ino(Node::Tile(t));
         let open = self.w.lock().unwrap().open.remove(&ino);
@@ -617,56 +800,52 @@ impl TreeFs {
         }
     }
 
-    /// Renames a file. A temporary file renamed onto a tile name commits it (rsync's last step).
+    /// Renames a file or a temporary folder. A temporary file renamed onto a tile name commits
+    /// it (rsync's last step), from any folder; temporaries move freely among temporary names;
+    /// a stored tile moves only onto another tile name (copy, then delete). Level and row folders
+    /// give EXDEV (`mv` then copies).
     pub fn rename(&self, parent: u64, name: &str, newparent: u64, newname: &str) -> FsResult<()> {
         self.writer_or_rofs(name)?;
-        let (Some((l0, r0)), Some((l1, r1))) = (self.row_of(parent), self.row_of(newparent)) else {
-            // Folders hold bundles: moving them is a copy (EXDEV makes mv do that).
-            return Err(FsError::CrossDevice(name.to_string()));
-        };
-        let from_path = self.tree_path(l0, r0, name);
-        let to_path = self.tree_path(l1, r1, newname);
-        let temp = self.temp_ino(parent, name);
-        if let Some(ino) = temp {
-            if newname.starts_with('.') {
-                let mut w = self.w.lock().unwrap();
-                if let Some(old) = w.temp_names.remove(&(newparent, newname.to_string())) {
-                    w.temps.remove(&old);
-                }
-                w.temp_names.remove(&(parent, name.to_string()));
-                w.temp_names.insert((newparent, newname.to_string()), ino);
-                if let Some(t) = w.temps.get_mut(&ino) {
-                    t.parent = newparent;
-                    t.level = l1;
-                    t.row = r1;
-                    t.name = newname.to_string();
-                }
-                return Ok(());
+        let from_path = format!("{}{name}", self.dir_path(parent));
+        let to_path = format!("{}{newname}", self.dir_path(newparent));
+        if let Some(ino) = self.temp_ino(parent, name) {
+            if self.temp_place(newparent, newname) {
+                return self.move_temp(ino, newparent, newname);
             }
-            let Some((t, kind)) = Self::tile_name(l1, r1, newname) else {
-                return Err(not_a_tile_name(&from_path, to_path));
-            };
-            let (data, mtime) = {
-                let w = self.w.lock().unwrap();
-                let f = w.temps.get(&ino).ok_or_else(|| super::not_found(name))?;
-                (f.data.clone(), f.mtime)
-            };
-            self.commit_tile(ino, t, kind, data, Some(mtime), &to_path)?;
-            {
-                let mut w = self.w.lock().unwrap();
-                w.temp_names.remove(&(parent, name.to_string()));
-                w.temps.remove(&ino);
-                w.aliases.insert(ino, t);
+            if self.is_temp_dir(ino) {
+                // Out of the temporaries: `mv` copies what it holds, name by name.
+                return Err(FsError::CrossDevice(from_path));
             }
-            // The kernel keeps the temporary inode for this name until it forgets it (the alias
-            // answers for it meanwhile). No entry invalidation here: sent while rsync is busy in
-            // the same folder, it waits for the folder lock, and if the daemon is killed then the
-            // waiting thread keeps the dead daemon from ever exiting.
-            return Ok(());
+            return self.commit_temp(ino, newparent, newname, &to_path);
         }
-        // A tile renamed onto another tile name: copy, then delete the source.
-        let (src, _) = Self::tile_name(l0, r0, name).ok_or_else(|| super::not_found(name))?;
-        let Some((dst, kind)) = Self::tile_name(l1, r1, newname) else {
+        let src = match (self.row_of(parent), self.inodes.node(parent)) {
+            (Some((l0, r0)), _) => Self::tile_name(l0, r0, name).map(|(t, _)| t),
+            (None, Some(Node::Root)) if self.lookup(parent, name).is_ok() => match name {
+                "conf.xml" => return Err(conf_read_only(Node::ConfXml)),
+                "conf.cdi" => return Err(conf_read_only(Node::ConfCdi)),
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some(src) = src else {
+            // Folders hold bundles: moving them is a copy (EXDEV makes mv do that).
+            return match self.lookup(parent, name) {
+                Ok(a) if a.kind == Kind::Dir => Err(FsError::CrossDevice(from_path)),
+                _ => Err(super::not_found(from_path)),
+            };
+        };
+        if self.temp_place(newparent, newname) {
+            return Err(FsError::NotPermitted {
+                path: from_path,
+                why: "a stored tile cannot become a temporary file (it would be kept in memory \
+                      only and lost at unmount; rsync --backup-dir: name a folder outside the \
+                      mount)",
+            });
+        }
+        let Some((dst, kind)) = self
+            .row_of(newparent)
+            .and_then(|(l1, r1)| Self::tile_name(l1, r1, newname))
+        else {
             return Err(not_a_tile_name(&from_path, to_path));
         };
         if src == dst {
@@ -681,10 +860,85 @@ impl TreeFs {
         Ok(self.writer_or_rofs(from_path)?.delete(src)?)
     }
 
-    /// Makes a level or row folder.
+    /// A temporary file renamed out of the temporaries: onto a tile name it commits the tile;
+    /// onto conf.xml or conf.cdi it is accepted when it holds the bytes the mount shows (or those
+    /// of the cache's own file), refused otherwise; any other name is refused.
+    fn commit_temp(&self, ino: u64, newparent: u64, newname: &str, to_path: &str) -> FsResult<()> {
+        let (data, mtime, from) = {
+            let w = self.w.lock().unwrap();
+            let f = w.temps.get(&ino).ok_or_else(|| super::not_found(to_path))?;
+            (f.data.clone(), f.mtime, (f.parent, f.name.clone()))
+        };
+        let target = match (self.inodes.node(newparent), self.row_of(newparent)) {
+            (Some(Node::Root), _) if matches!(newname, "conf.xml" | "conf.cdi") => {
+                let n = if newname == "conf.xml" {
+                    Node::ConfXml
+                } else {
+                    Node::ConfCdi
+                };
+                if !self.same_as_shown(n, &data) {
+                    return Err(FsError::NotPermitted {
+                        path: to_path.to_string(),
+                        why: "conf.xml and conf.cdi are shown read-only: only a copy equal to \
+                              the mount's (or the cache's own) file is accepted",
+                    });
+                }
+                n
+            }
+            (_, Some((l1, r1))) => {
+                let Some((t, kind)) = Self::tile_name(l1, r1, newname) else {
+                    return Err(not_a_tile_name(
+                        &format!("{}{}", self.dir_path(from.0), from.1),
+                        to_path.to_string(),
+                    ));
+                };
+                self.commit_tile(ino, t, kind, data, Some(mtime), to_path)?;
+                Node::Tile(t)
+            }
+            _ => {
+                return Err(not_a_tile_name(
+                    &format!("{}{}", self.dir_path(from.0), from.1),
+                    to_path.to_string(),
+                ))
+            }
+        };
+        let mut w = self.w.lock().unwrap();
+        w.temp_names.remove(&from);
+        w.temps.remove(&ino);
+        // The kernel keeps the temporary inode for this name until it forgets it (the alias
+        // answers for it meanwhile). No entry invalidation here: sent while rsync is busy in
+        // the same folder, it waits for the folder lock, and if the daemon is killed then the
+        // waiting thread keeps the dead daemon from ever exiting.
+        w.aliases.insert(ino, target);
+        Ok(())
+    }
+
+    /// Whether `data` equals conf.xml or conf.cdi as the mount shows it, or as the cache holds it.
+    fn same_as_shown(&self, n: Node, data: &[u8]) -> bool {
+        let (shown, own) = match n {
+            Node::ConfXml => (&self.conf_xml, self.cache.conf().map(|c| c.raw())),
+            _ => (&self.conf_cdi, self.cache.cdi()),
+        };
+        shown.as_ref().is_some_and(|b| b.as_slice() == data) || own == Some(data)
+    }
+
+    /// Makes a level or row folder, or a temporary folder.
     pub fn mkdir(&self, parent: u64, name: &str) -> FsResult<Attr> {
         self.writer_or_rofs(name)?;
         let p = self.node(parent)?;
+        if self.temp_place(parent, name) {
+            if self.is_temp_dir(parent) && tree_folder_name(name) {
+                // A copy of the tree's folders inside the temporaries (rsync --backup-dir, cp -r
+                // into a hidden folder) is kept, not temporary: it would be lost at unmount.
+                return Err(FsError::NotPermitted {
+                    path: format!("{}{name}", self.dir_path(parent)),
+                    why: "temporary folders hold files for a while, not copies of the tree's \
+                          level and row folders (they would be lost at unmount; rsync \
+                          --backup-dir: name a folder outside the mount)",
+                });
+            }
+            return self.make_temp(parent, name, true);
+        }
         let exists = self.lookup(parent, name).is_ok();
         let not_permitted = |why| FsError::NotPermitted {
             path: name.to_string(),
@@ -726,16 +980,31 @@ impl TreeFs {
         Err(not_permitted("only level and row folders can be made"))
     }
 
-    /// Removes an empty level or row folder.
+    /// Removes an empty level, row or temporary folder.
     pub fn rmdir(&self, parent: u64, name: &str) -> FsResult<()> {
         self.writer_or_rofs(name)?;
         let p = self.node(parent)?;
+        {
+            let mut w = self.w.lock().unwrap();
+            let key = (parent, name.to_string());
+            if let Some(&ino) = w.temp_names.get(&key) {
+                if !w.temps.get(&ino).is_some_and(|t| t.dir) {
+                    return Err(FsError::NotDir(name.to_string()));
+                }
+                if w.temps.values().any(|t| t.parent == ino) {
+                    return Err(FsError::NotEmpty(name.to_string()));
+                }
+                w.temp_names.remove(&key);
+                w.temps.remove(&ino);
+                return Ok(());
+            }
+        }
         let a = self.lookup(parent, name)?;
         match self.node(a.ino)? {
             Node::Row { level, row } if p == Node::Level(level) => {
                 let busy = {
                     let w = self.w.lock().unwrap();
-                    w.temps.values().any(|t| (t.level, t.row) == (level, row))
+                    w.temps.values().any(|t| t.row == Some((level, row)))
                         || w.open
                             .values()
                             .any(|o| (o.tile.level, o.tile.row) == (level, row))
@@ -818,6 +1087,23 @@ fn not_a_tile_name(from: &str, to: String) -> FsError {
     FsError::NotPermitted {
         path: to,
         why: "not a tile name (Cxxxxxxxx.png or .jpg)",
+    }
+}
+
+/// Whether `name` is a folder name of the tree (`_alllayers`, `Lnn`, `Rxxxxxxxx`).
+fn tree_folder_name(name: &str) -> bool {
+    name == "_alllayers"
+        || exploded::parse_level_dir(name).is_ok_and(|l| exploded::level_dir(l) == name)
+        || exploded::parse_row_dir(name).is_ok_and(|r| exploded::row_dir(r) == name)
+}
+
+fn temp_attr_of(ino: u64, t: &Temp) -> Attr {
+    Attr {
+        ino,
+        kind: if t.dir { Kind::Dir } else { Kind::File },
+        size: t.data.len() as u64,
+        mtime: t.mtime,
+        nlink: if t.dir { 2 } else { 1 },
     }
 }
 
@@ -920,6 +1206,154 @@ mod tests {
         // After the flush the time comes from the sidecar.
         fs.flush_all().unwrap();
         assert_eq!(fs.lookup(row, "C00000005.png").unwrap().mtime, when);
+    }
+
+    /// rsync --delay-updates, --partial-dir and --temp-dir make hidden folders inside the tree,
+    /// write tiles in them, and rename them out: every one is committed.
+    #[test]
+    fn temporary_folders_hold_files_until_renamed_onto_tile_names() {
+        let (_d, fs) = tree();
+        let all = fs.ino(Node::AllLayers);
+        fs.mkdir(all, "L02").unwrap();
+        let row = fs.mkdir(fs.ino(Node::Level(2)), "R00000001").unwrap().ino;
+        // --delay-updates: `.~tmp~` in the row, the file under its final name inside it.
+        let tmpdir = fs.mkdir(row, ".~tmp~").unwrap();
+        assert_eq!(tmpdir.kind, Kind::Dir);
+        assert_eq!(fs.lookup(row, ".~tmp~").unwrap().ino, tmpdir.ino);
+        let f = fs.create(tmpdir.ino, "C00000002.png").unwrap();
+        let bytes = png(9);
+        fs.write(f.ino, 0, &bytes).unwrap();
+        fs.release(f.ino, WRITE_FH).unwrap();
+        // Inside the temporary folder it is not a tile yet.
+        assert_eq!(errno(fs.lookup(row, "C00000002.png")), libc::ENOENT);
+        let names: Vec<String> = fs
+            .readdir(tmpdir.ino)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, ["C00000002.png"]);
+        let listed: Vec<String> = fs
+            .readdir(row)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(listed, [".~tmp~"]);
+        // A non-empty temporary folder cannot be removed; rename out commits the tile.
+        assert_eq!(errno(fs.rmdir(row, ".~tmp~")), libc::ENOTEMPTY);
+        fs.rename(tmpdir.ino, "C00000002.png", row, "C00000002.png")
+            .unwrap();
+        assert_eq!(
+            fs.lookup(row, "C00000002.png").unwrap().size,
+            bytes.len() as u64
+        );
+        fs.rmdir(row, ".~tmp~").unwrap();
+        assert_eq!(errno(fs.lookup(row, ".~tmp~")), libc::ENOENT);
+        // --temp-dir=.tmp at the top of the tree (made by the user), renamed across folders.
+        let top = fs.mkdir(all, ".tmp").unwrap().ino;
+        let g = fs.create(top, ".C00000003.png.XyZ123").unwrap();
+        fs.write(g.ino, 0, &png(4)).unwrap();
+        fs.release(g.ino, WRITE_FH).unwrap();
+        fs.rename(top, ".C00000003.png.XyZ123", row, "C00000003.png")
+            .unwrap();
+        assert!(fs.lookup(row, "C00000003.png").is_ok());
+        // Nested temporary folders take any name but the tree's folder names (a copy of the
+        // tree, as rsync --backup-dir makes, would be lost at unmount); they move among
+        // temporary names.
+        assert_eq!(errno(fs.mkdir(top, "L02")), libc::EPERM);
+        assert_eq!(errno(fs.mkdir(top, "R00000001")), libc::EPERM);
+        let deep = fs.mkdir(top, "partial").unwrap().ino;
+        let h = fs.create(deep, "anything.txt").unwrap();
+        fs.release(h.ino, WRITE_FH).unwrap();
+        fs.rename(top, "partial", all, ".moved").unwrap();
+        let moved = fs.lookup(all, ".moved").unwrap().ino;
+        assert_eq!(moved, deep);
+        assert!(fs.lookup(moved, "anything.txt").is_ok());
+        assert_eq!(fs.leftover_temps(), ["_alllayers/.moved/anything.txt"]);
+        // Out of the temporaries, a folder is copied by mv (EXDEV); a file must become a tile.
+        assert_eq!(errno(fs.rename(all, ".moved", all, "L01")), libc::EXDEV);
+        assert_eq!(
+            errno(fs.rename(moved, "anything.txt", row, "notes.txt")),
+            libc::EPERM
+        );
+        assert_eq!(errno(fs.rename(all, ".moved", moved, "x")), libc::EINVAL);
+        fs.unlink(moved, "anything.txt").unwrap();
+        fs.rmdir(all, ".moved").unwrap();
+        assert!(fs.leftover_temps().is_empty());
+        // Both tiles reach the bundle.
+        fs.flush_all().unwrap();
+        let c = fs.cache();
+        assert!(c.tile(TileAddr::new(2, 1, 2)).unwrap().is_some());
+        assert!(c.tile(TileAddr::new(2, 1, 3)).unwrap().is_some());
+    }
+
+    /// A stored tile cannot become a temporary (rsync --backup-dir inside the tree): it would be
+    /// lost at unmount. The tool gets EPERM and the tile stays.
+    #[test]
+    fn stored_tiles_are_not_moved_into_the_temporaries() {
+        let (_d, fs) = tree();
+        let all = fs.ino(Node::AllLayers);
+        fs.mkdir(all, "L01").unwrap();
+        let row = fs.mkdir(fs.ino(Node::Level(1)), "R00000000").unwrap().ino;
+        let a = fs.create(row, "C00000001.png").unwrap();
+        fs.write(a.ino, 0, &png(3)).unwrap();
+        fs.release(a.ino, WRITE_FH).unwrap();
+        let bak = fs.mkdir(all, ".bak").unwrap().ino;
+        let e = fs
+            .rename(row, "C00000001.png", bak, "C00000001.png")
+            .unwrap_err();
+        assert_eq!(e.errno(), libc::EPERM);
+        assert!(e.to_string().contains("lost at unmount"), "{e}");
+        assert_eq!(
+            errno(fs.rename(row, "C00000001.png", row, "C00000001.png~")),
+            libc::EPERM
+        );
+        assert!(fs.lookup(row, "C00000001.png").is_ok());
+        // Level and row folders are copied by mv.
+        assert_eq!(
+            errno(fs.rename(fs.ino(Node::Level(1)), "R00000000", all, ".x")),
+            libc::EXDEV
+        );
+    }
+
+    /// rsync of a whole cache sends conf.xml as a temporary and renames it: a copy equal to the
+    /// shown file is accepted, another refused.
+    #[test]
+    fn an_equal_conf_xml_is_accepted_another_refused() {
+        let (_d, fs) = tree();
+        let root = fs.ino(Node::Root);
+        let shown = fs
+            .read(fs.ino(Node::ConfXml), 0, u32::MAX)
+            .unwrap()
+            .bytes()
+            .to_vec();
+        let t = fs.create(root, ".conf.xml.AbC123").unwrap();
+        fs.write(t.ino, 0, &shown).unwrap();
+        fs.release(t.ino, WRITE_FH).unwrap();
+        fs.rename(root, ".conf.xml.AbC123", root, "conf.xml")
+            .unwrap();
+        // The renamed inode answers as conf.xml; a time set on it is not an error.
+        assert_eq!(fs.getattr(t.ino).unwrap().size, shown.len() as u64);
+        fs.setattr(t.ino, None, Some(UNIX_EPOCH + Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(fs.read(t.ino, 0, u32::MAX).unwrap().bytes(), &shown[..]);
+        let u = fs.create(root, ".conf.xml.DeF456").unwrap();
+        fs.write(u.ino, 0, b"<CacheInfo/>").unwrap();
+        fs.release(u.ino, WRITE_FH).unwrap();
+        let e = fs
+            .rename(root, ".conf.xml.DeF456", root, "conf.xml")
+            .unwrap_err();
+        assert_eq!(e.errno(), libc::EPERM);
+        assert!(e.to_string().contains("conf.xml"), "{e}");
+        assert_eq!(
+            fs.read(fs.ino(Node::ConfXml), 0, u32::MAX).unwrap().bytes(),
+            &shown[..]
+        );
+        assert_eq!(
+            errno(fs.rename(root, "conf.xml", root, ".conf.bak")),
+            libc::EPERM
+        );
     }
 
     #[test]

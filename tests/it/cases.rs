@@ -56,3 +56,14 @@ fn case_14_packetsize_not_128() {
 fn case_15_info_into_head() {
     run_case("15-info-into-head");
 }
+
+#[test]
+fn case_31_rsync_delay_updates() {
+    crate::support::mount::need("rsync");
+    run_case("31-rsync-delay-updates");
+}
+
+#[test]
+fn case_38_du_find_newer() {
+    run_case("38-du-find-newer");
+}

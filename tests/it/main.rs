@@ -22,6 +22,7 @@ mod packages;
 mod realworld_crs;
 mod realworld_text;
 mod render;
+mod rsync_matrix;
 mod schemes;
 mod supertiles;
 mod writeback;

@@ -123,12 +123,14 @@ impl CompactStore {
             if !path.exists() || !xpath.exists() {
                 self.create_v1(id, &path, tiles)?
             } else {
+                self.pin_times(id);
                 let (b, x) = (rw(&path)?, rw(&xpath)?);
                 v1::append_tiles(&b, &path, &x, &xpath, tiles, self.opts.durable)?
             }
         } else if !path.exists() {
             self.create_v2(&path, tiles)?
         } else {
+            self.pin_times(id);
             v2::append_tiles(&rw(&path)?, &path, tiles, self.opts.durable)?
         };
         self.invalidate(&id);
@@ -181,6 +183,35 @@ impl CompactStore {
             tiles: tiles.len(),
             bytes_written: len + bundlx.len() as u64,
         })
+    }
+
+    /// Before a change to existing bundle `id` (under its lock): its tiles without a recorded
+    /// time get the time they have been shown with, the bundle's (`times::pin`), so the change
+    /// moves only the changed tiles' times. A failure is logged: it costs rsync a resend of the
+    /// bundle's tiles, never a tile.
+    fn pin_times(&self, id: BundleId) {
+        self.invalidate(&id);
+        let pinned = self.bundle(id).and_then(|h| {
+            let Some(h) = h else { return Ok(0) };
+            let entries: Vec<(Slot, u64)> = h
+                .slots()
+                .into_iter()
+                .map(|(s, _)| (s, h.raw_entry(s)))
+                .collect();
+            times::pin(&h.path, &entries, h.stamp.mtime())
+        });
+        match pinned {
+            Ok(n) if n > 0 => tracing::debug!(
+                "{}: kept the time of {} before changing the bundle",
+                self.place.bundle_path(&id).display(),
+                crate::error::count(n as u64, "tile")
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                "tile times of {} not kept (rsync will send its tiles again): {e}",
+                self.place.bundle_path(&id).display()
+            ),
+        }
     }
 
     /// Records per-tile times after the index, still under the lock (see `times` for why a lost
@@ -389,6 +420,7 @@ impl Storage for CompactStore {
         }
         self.check_bundle_files(&id)?;
         let _lock = BundleLock::acquire(&self.place.lock_path(&id), self.opts.lock_timeout)?;
+        self.pin_times(id);
         if self.v1() {
             let xpath = spelling::bundlx_of(&path);
             let x = fs::OpenOptions::new().write(true).open(&xpath).at(&xpath)?;
@@ -463,8 +495,9 @@ impl Storage for CompactStore {
         let Some(_lock) = BundleLock::try_acquire(&self.place.lock_path(&id))? else {
             return Ok(Compacted::Locked(path));
         };
-        // Read again under the lock: another writer may have appended since.
-        self.invalidate(&id);
+        // Read again under the lock: another writer may have appended since. Tiles without a
+        // recorded time keep the one they were shown with (the old file's) after the rewrite.
+        self.pin_times(id);
         let Some(b) = self.bundle(id)? else {
             return Ok(Compacted::Kept);
         };

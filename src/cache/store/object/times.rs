@@ -125,18 +125,21 @@ fn carried_entries(
         .collect()
 }
 
-/// A sidecar stamped `new_stamp` holding `c`'s records of the `carried` tiles, re-keyed to their
-/// new entries; and whether it holds any.
-fn carry_over(c: &Sidecar, new_stamp: u32, carried: &[(Slot, u64, u64)]) -> (Sidecar, bool) {
+/// A sidecar stamped `new_stamp` giving each of the `carried` tiles (slot, old entry, new entry)
+/// the time it was shown with in the version it was carried from: its record in `c` (the old
+/// version's sidecar, if any) for its old entry, else `shown` (the old version's last-modified
+/// time, which readers were shown for tiles without a record), keyed to its new entry.
+fn carry_over(
+    c: Option<&Sidecar>,
+    new_stamp: u32,
+    carried: &[(Slot, u64, u64)],
+    shown: SystemTime,
+) -> Sidecar {
     let mut n = Sidecar::new(new_stamp);
-    let mut any = false;
     for (s, o, e) in carried {
-        if let Some(t) = c.time(*s, *o) {
-            n.set(*s, *e, t);
-            any = true;
-        }
+        n.set(*s, *e, c.and_then(|c| c.time(*s, *o)).unwrap_or(shown));
     }
-    (n, any)
+    n
 }
 
 impl RetryPolicy {
@@ -432,6 +435,31 @@ impl ObjectStorage {
         ))
     }
 
+    /// The sidecar of bundle `id`'s version stamped `new_stamp`, rewritten from the version
+    /// stamped `old_stamp` keeping the `carried` tiles: `cur` itself when already for the new
+    /// version (another mount got in first); else a new one giving the kept tiles the times they
+    /// were shown with ([`carry_over`]: `cur`'s records when it is for the old version, else
+    /// `shown`). None when `cur` is for some third version and the bundle is no longer the one
+    /// stored here (a newer writer's: ours would not count anyway).
+    fn carried_sidecar(
+        &self,
+        id: BundleId,
+        cur: Option<&Sidecar>,
+        new_stamp: u32,
+        old_stamp: Option<u32>,
+        carried: &[(Slot, u64, u64)],
+        shown: SystemTime,
+    ) -> Result<Option<Sidecar>> {
+        Ok(Some(match cur {
+            Some(c) if c.stamp() == new_stamp => c.clone(),
+            Some(c) if Some(c.stamp()) == old_stamp => {
+                carry_over(Some(c), new_stamp, carried, shown)
+            }
+            Some(_) if !self.bundle_still(&id, new_stamp)? => return Ok(None),
+            _ => carry_over(None, new_stamp, carried, shown),
+        }))
+    }
+
     /// Whether bundle `id` is still the version with stamp `want` (one HEAD).
     fn bundle_still(&self, id: &BundleId, want: u32) -> Result<bool> {
         Ok(self.head_etag(id)?.is_some_and(|e| stamp(&e) == want))
@@ -439,9 +467,10 @@ impl ObjectStorage {
 
     /// After a flush stored bundle `id` (`done`): records the times `tiles` carry against the
     /// new bundle's index (`new_head`: its header + index), and carries the records of the tiles
-    /// copied from the version it was built from (`old`) over to their new entries. Writes the
-    /// sidecar only when `tiles` carry a time. Failures are logged as warnings naming the sidecar
-    /// (a lost time costs a resend, never a wrong tile).
+    /// copied from the version it was built from (`old`) over to their new entries (tiles
+    /// without a record keep the time they were shown with, `old`'s last-modified). Writes the
+    /// sidecar when `tiles` carry a time or tiles were kept. Failures are logged as warnings
+    /// naming the sidecar (a lost time costs a resend, never a wrong tile).
     pub(super) fn record_flush_times(
         &self,
         id: BundleId,
@@ -456,7 +485,9 @@ impl ObjectStorage {
             .iter()
             .filter_map(|(s, _, m)| m.map(|m| (*s, m)))
             .collect();
-        if records.is_empty() {
+        let written: BTreeSet<Slot> = tiles.iter().map(|t| t.0).collect();
+        let carried = old.map_or_else(Vec::new, |h| carried_entries(h, new_head, &written));
+        if records.is_empty() && carried.is_empty() {
             return;
         }
         let url = rel_url(&self.url, &self.times_rel(&id));
@@ -467,27 +498,16 @@ impl ObjectStorage {
             );
             return;
         };
-        let written: BTreeSet<Slot> = tiles.iter().map(|t| t.0).collect();
-        let carried = old.map_or_else(Vec::new, |h| carried_entries(h, new_head, &written));
+        let shown = old.map_or(SystemTime::UNIX_EPOCH, |h| h.stamp.mtime());
         let new_stamp = stamp(stored);
         let old_stamp = done.built_from.as_deref().map(stamp);
         let mut gave_up = false;
         let r = self.update_sidecar(id, &mut |cur| {
-            let mut sc = match cur {
-                // Already for this version (a touch by another mount got in first).
-                Some(c) if c.stamp() == new_stamp => c.clone(),
-                // For the version this flush was built from: carry its records over.
-                Some(c) if Some(c.stamp()) == old_stamp => carry_over(c, new_stamp, &carried).0,
-                // For some other version: replace it only while the bundle is still ours (else
-                // it may be a newer writer's, and ours would not count anyway).
-                Some(_) => {
-                    if !self.bundle_still(&id, new_stamp)? {
-                        gave_up = true;
-                        return Ok(None);
-                    }
-                    Sidecar::new(new_stamp)
-                }
-                None => Sidecar::new(new_stamp),
+            let Some(mut sc) =
+                self.carried_sidecar(id, cur, new_stamp, old_stamp, &carried, shown)?
+            else {
+                gave_up = true;
+                return Ok(None);
             };
             for (s, t) in &records {
                 sc.set(*s, new_entry(*s), *t);
@@ -510,9 +530,9 @@ impl ObjectStorage {
     /// `import`, a merge): carries the records of the tiles it kept from the version it was
     /// built from (`old`) over to their entries in the new one (`new_head`: header + index), so
     /// those tiles keep their times and rsync does not send them again. `written` are the slots
-    /// the rewrite put new tiles in: their records are not carried. Only a sidecar stamped for
-    /// the version built from is carried; none is created (and nothing is asked for when the
-    /// cache has no times marker). Failures are logged (a lost time costs a resend).
+    /// the rewrite put new tiles in: their records are not carried. Kept tiles without a record
+    /// for the version built from get the time they were shown with, that version's
+    /// last-modified ([`carry_over`]). Failures are logged (a lost time costs a resend).
     pub(super) fn carry_times(
         &self,
         id: BundleId,
@@ -524,17 +544,17 @@ impl ObjectStorage {
         let (Some(stored), Some(built_from)) = (&done.stored, &done.built_from) else {
             return;
         };
-        if !self.times_anywhere() {
-            return;
-        }
         let (new_stamp, old_stamp) = (stamp(stored), stamp(built_from));
         let carried = carried_entries(old, new_head, written);
+        if carried.is_empty() {
+            return;
+        }
+        let shown = old.stamp.mtime();
         let r = self.update_sidecar(id, &mut |cur| {
-            let Some(c) = cur.filter(|c| c.stamp() == old_stamp) else {
-                return Ok(None);
-            };
-            let (n, any) = carry_over(c, new_stamp, &carried);
-            Ok(any.then_some(n))
+            if cur.is_some_and(|c| c.stamp() == new_stamp) {
+                return Ok(None); // another mount got in first
+            }
+            self.carried_sidecar(id, cur, new_stamp, Some(old_stamp), &carried, shown)
         });
         if let Err(e) = r {
             tracing::warn!("tile times not carried over (rsync will send these tiles again): {e}");
