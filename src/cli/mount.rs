@@ -381,7 +381,7 @@ fn serve(args: &MountArgs, parsed: &ParsedOptions, child: bool) -> anyhow::Resul
     let end = res
         .with_context(|| format!("serving {}", args.mountpoint.display()))
         .and_then(|()| flushed.context("flushing the write buffer at unmount"))
-        .and_then(|()| dropped);
+        .and(dropped);
     match &end {
         Ok(()) => record.status = Status::Unmounted,
         Err(e) => {

@@ -1707,9 +1707,9 @@ impl Storage for ObjectStorage {
     fn write_group(&self, id: BundleId, tiles: &[TimedSlot]) -> Result<WriteStats> {
         let url = self.bundle_url(&id);
         check_tiles(&url, id, tiles)?;
-        let timed = tiles.iter().any(|t| t.2.is_some());
         let new: BTreeMap<Slot, &[u8]> = tiles.iter().map(|(s, b, _)| (*s, *b)).collect();
-        // The version built from and the new header + index, for the tile times.
+        // The version built from and the new header + index, for the tile times (those given,
+        // and those of the tiles kept from the version built from).
         let mut built: Option<(Option<Arc<BundleHandle>>, Vec<u8>)> = None;
         let done = self.rewrite_tagged(id, &mut |cur| {
             let mut all: BTreeMap<Slot, &[u8]> = BTreeMap::new();
@@ -1720,9 +1720,7 @@ impl Storage for ObjectStorage {
             }
             all.extend(new.iter().map(|(s, b)| (*s, *b)));
             let body = build_v2(&url, &all)?;
-            if timed {
-                built = Some((cur.cloned(), body[..DATA_START as usize].to_vec()));
-            }
+            built = Some((cur.cloned(), body[..DATA_START as usize].to_vec()));
             Ok(Some((body, new.len())))
         })?;
         if let Some((old, head)) = &built {
@@ -2700,6 +2698,45 @@ mod tests {
         assert!(
             r.tile(other.tile(slot(0))).unwrap().is_some(),
             "after recheck"
+        );
+    }
+
+    /// A flush that changes one tile of a bundle leaves the others' times as they were shown
+    /// (the old version's last-modified), whether or not they had a record; so do delete and
+    /// a merge-style rewrite.
+    #[test]
+    fn untouched_tiles_keep_their_times_across_rewrites() {
+        let mem = Arc::new(InMemory::new());
+        let s = storage(&mem, Duration::ZERO);
+        put(&s, &[1, 2, 3]);
+        let shown = |n: u32| {
+            let t = ID.tile(slot(n));
+            s.tile_stat(t).unwrap().unwrap().mtime.unwrap()
+        };
+        let first = shown(1);
+        std::thread::sleep(Duration::from_millis(20));
+        // A flush with a time for tile 1 only.
+        let when = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let b = tile(11);
+        s.write_group(ID, &[(slot(1), &b[..], Some(when))]).unwrap();
+        assert_eq!(shown(1), when);
+        assert_eq!((shown(2), shown(3)), (first, first), "after a timed flush");
+        // A flush without times (a job's import) and a delete: the kept tiles still keep theirs.
+        std::thread::sleep(Duration::from_millis(20));
+        put(&s, &[4]);
+        let fourth = shown(4);
+        assert!(fourth > first);
+        assert_eq!(
+            (shown(1), shown(2), shown(3)),
+            (when, first, first),
+            "after an import"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        s.delete_group(ID, &[slot(3)]).unwrap();
+        assert_eq!(
+            (shown(1), shown(2), shown(4)),
+            (when, first, fourth),
+            "after a delete"
         );
     }
 
