@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 say() { printf '\n==> %s\n' "$*"; }
 
 # tool:package pairs; a package is installed when its tool is missing.
-needs=(fusermount3:fuse3 mapproxy-util:mapproxy gdalinfo:gdal-bin rsync:rsync)
+needs=(fusermount3:fuse3 mapproxy-util:mapproxy gdalinfo:gdal-bin rsync:rsync file:file)
 missing=()
 for pair in "${needs[@]}"; do
     tool=${pair%%:*} pkg=${pair#*:}
@@ -39,9 +39,9 @@ if ((${#missing[@]})); then
     fi
     "${sudo[@]}" apt-get update
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        fuse3 mapproxy gdal-bin rsync python3-yaml cgi-mapserver
+        fuse3 mapproxy gdal-bin rsync python3-yaml cgi-mapserver file
 else
-    say "test dependencies present (fuse3, mapproxy, gdal-bin, rsync, python3-yaml, cgi-mapserver)"
+    say "test dependencies present (fuse3, mapproxy, gdal-bin, rsync, file, python3-yaml, cgi-mapserver)"
 fi
 
 # GDAL >= 3.8 reads .tpkx and ready-to-serve root.json; Debian's gdal-bin is 3.6, so the

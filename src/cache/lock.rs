@@ -5,7 +5,8 @@
 //! file and then got its flock would hold a lock on a file no one else will ever open, while the
 //! next writer creates and locks a new one: two holders. So after taking the flock the holder
 //! checks that the path still names the very file it locked (same device and inode) and, if not,
-//! lets go and starts again with the file now at the path.
+//! lets go and starts again with the file now at the path. bundlefs removes the file itself when it
+//! lets go (so exported caches hold no `.lck` files), under the same rule.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::MetadataExt;
@@ -93,6 +94,16 @@ impl BundleLock {
     }
 }
 
+impl Drop for BundleLock {
+    /// Removes the lock file while the lock is still held (the descriptor closes after this), so
+    /// no `.lck` files are left beside the bundles (ArcGIS leaves none). A writer that opened the
+    /// file meanwhile and gets the flock next finds the path no longer names it and starts over
+    /// (`acquire`), as after MapProxy's unlock, which deletes the file too.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Whether `path` still names the file `file` was opened from (same device and inode).
 fn still_named(file: &File, path: &Path) -> Result<bool> {
     let held = file.metadata().at(path)?;
@@ -116,6 +127,7 @@ mod tests {
         assert!(matches!(e, Error::Locked { .. }), "{e}");
         assert!(BundleLock::try_acquire(&p).unwrap().is_none());
         drop(held);
+        assert!(!p.exists(), "the lock file goes with the lock");
         assert!(BundleLock::try_acquire(&p).unwrap().is_some());
     }
 

@@ -42,11 +42,12 @@ pub fn verify(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
     // A package is checked as unpacked (problems then name the unpacked bundle files).
     let src = Source::open(&a.cache)?;
     let r = crate::jobs::verify::verify(src.cache(), a.decode)?;
+    let shown = |p: &crate::jobs::verify::Problem| crate::jobs::package::shown(&p.to_string());
     for p in &r.problems {
-        outln!("BAD {p}");
+        outln!("BAD {}", shown(p));
     }
     for w in &r.warnings {
-        outln!("WARN {w}");
+        outln!("WARN {}", shown(w));
     }
     outln!(
         "{}: {}, {}, {} checked{}; {} problem(s), {} warning(s)",
@@ -151,6 +152,7 @@ pub fn create(a: &CreateArgs) -> anyhow::Result<ExitCode> {
 
 /// `bundlefs export`: tiles of a cache or package into a new folder or `.tpkx`.
 pub fn export(a: &ExportArgs) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
     let source = Source::open(&a.src)?;
     let opts = job_options(&a.job, source.cache(), &a.src)?;
     let storage = a.storage.or_else(|| existing_storage(&a.dest));
@@ -158,7 +160,7 @@ pub fn export(a: &ExportArgs) -> anyhow::Result<ExitCode> {
     let bar = Bar::new();
     // A folder is export's, a package or ready-to-serve folder is package's.
     let (c, d) = (source.cache(), &a.dest);
-    let s = match target {
+    let mut s = match target {
         ExportTo::Target(Target::Storage(st)) => export_job(c, d, st, &opts, &bar)?,
         ExportTo::Target(Target::Tpkx) => {
             update_package_as(c, d, Some(PackageKind::Tpkx), &opts, &bar, false)?
@@ -174,6 +176,8 @@ pub fn export(a: &ExportArgs) -> anyhow::Result<ExitCode> {
         ExportTo::Tpk => "tpk".to_string(),
         ExportTo::ReadyToServe => "ready-to-serve".to_string(),
     };
+    // The whole command's time: opening a package and writing one (zip) are part of the run.
+    s.seconds = started.elapsed().as_secs_f64();
     print_summary("exported", &s, &a.src, source.cache(), &a.dest, &to)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -199,17 +203,19 @@ fn existing_storage(dest: &Path) -> Option<StorageArg> {
 
 /// `bundlefs import`: tiles of a cache or package into an existing cache.
 pub fn import(a: &ImportArgs) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
     let source = Source::open(&a.src)?;
     let opts = job_options(&a.job, source.cache(), &a.src)?;
     let bar = Bar::new();
     // A cache folder is import's, a package file (rewritten whole) is package's.
-    let s = if a.dest.is_file() {
+    let mut s = if a.dest.is_file() {
         update_package(source.cache(), &a.dest, &opts, &bar, true)?
     } else {
         import_job(source.cache(), &a.dest, &opts, &bar)?
     };
     bar.0.finish_and_clear();
     crate::jobs::selection::check_matched(source.cache(), &opts, &s)?;
+    s.seconds = started.elapsed().as_secs_f64();
     print_summary(
         "imported",
         &s,
@@ -803,36 +809,58 @@ fn info_of(path: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
     if let Some(e) = c.extent() {
         outln!("extent:   {} {} {} {}", e.xmin, e.ymin, e.xmax, e.ymax);
     }
+    // Tile bytes: what the tiles hold (as `delete` and the job summaries count them); file
+    // bytes: what the cache's files take on disk (bundles with their indexes, dead space).
     outln!(
-        "{:>5} {:>18} {:>14} {:>8} {:>10} {:>14} {:>12}",
+        "{:>5} {:>18} {:>14} {:>8} {:>10} {:>14} {:>14} {:>12}",
         "level",
         "scale",
         "resolution",
         "bundles",
         "tiles",
-        "bytes",
+        "tile bytes",
+        "file bytes",
         "dead bytes"
     );
-    for (l, s) in &levels {
+    // Every LOD of the scheme has a row (the scales a user looks for, also in an empty cache),
+    // plus any stored level the scheme lacks.
+    let mut rows: Vec<(u8, LevelStats)> = scheme
+        .map(|sc| {
+            sc.lods
+                .iter()
+                .map(|l| (l.level, LevelStats::default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    for (l, st) in &levels {
+        match rows.iter_mut().find(|(r, _)| r == l) {
+            Some(row) => row.1 = *st,
+            None => rows.push((*l, *st)),
+        }
+    }
+    rows.sort_by_key(|r| r.0);
+    for (l, s) in &rows {
         let lod = scheme.and_then(|sc| sc.lod(*l));
         outln!(
-            "{:>5} {:>18} {:>14} {:>8} {:>10} {:>14} {:>12}",
+            "{:>5} {:>18} {:>14} {:>8} {:>10} {:>14} {:>14} {:>12}",
             l,
             lod.map_or("-".into(), |x| format!("{:.3}", x.scale)),
             lod.map_or("-".into(), |x| format!("{:.6}", x.resolution)),
             s.bundles,
             s.tiles,
+            s.tile_bytes,
             s.file_bytes,
             s.dead_bytes
         );
     }
     outln!(
-        "{:>5} {:>18} {:>14} {:>8} {:>10} {:>14} {:>12}",
+        "{:>5} {:>18} {:>14} {:>8} {:>10} {:>14} {:>14} {:>12}",
         "total",
         "",
         "",
         total.bundles,
         total.tiles,
+        total.tile_bytes,
         total.file_bytes,
         total.dead_bytes
     );

@@ -644,7 +644,7 @@ pub(crate) fn error_text(e: &anyhow::Error) -> String {
         }
         out.push_str(&s);
     }
-    out
+    crate::jobs::package::shown(&out)
 }
 
 #[cfg(test)]

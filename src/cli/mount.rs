@@ -299,6 +299,7 @@ fn serve(args: &MountArgs, parsed: &ParsedOptions, child: bool) -> anyhow::Resul
 
     // Keyed by the resolved path, as `bundlefs unmount` resolves the path it is given.
     let mut record = Record::this_process(&args.cache, &canonical_mnt);
+    record.writes = tree.writer().is_some();
     // Written before the mount appears, so whoever sees the mount finds the record.
     if let Err(e) = registry::write(&record) {
         // Serving still works; only `bundlefs unmount` cannot wait for this daemon.

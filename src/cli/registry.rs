@@ -38,6 +38,14 @@ pub struct Record {
     /// Why it failed (with `Status::Failed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Whether the daemon holds tiles to store (a writable mount, or kept rendered tiles): only
+    /// then can its death lose any. Records of older versions lack it and count as writing.
+    #[serde(default = "writes_by_default")]
+    pub writes: bool,
+}
+
+fn writes_by_default() -> bool {
+    true
 }
 
 impl Record {
@@ -51,6 +59,7 @@ impl Record {
             mountpoint: mountpoint.to_path_buf(),
             status: Status::Serving,
             error: None,
+            writes: true,
         }
     }
 

@@ -114,6 +114,18 @@ fn report(mnt: &Path, r: &Record, waited: bool) -> anyhow::Result<ExitCode> {
                 r.error.as_deref().unwrap_or("no reason given")
             )
         }
+        Status::Serving | Status::Flushing if (waited || !r.alive()) && !r.writes => {
+            // A read-only daemon held nothing to store: its end loses no tile.
+            registry::remove(mnt);
+            outln!(
+                "unmounted {} ({}); daemon pid {} had ended without unmounting (killed?); it \
+                 was read-only, so no tile was lost",
+                mnt.display(),
+                r.cache.display(),
+                r.pid
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Status::Serving | Status::Flushing if waited || !r.alive() => {
             registry::remove(mnt);
             bail!(

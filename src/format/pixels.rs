@@ -126,6 +126,19 @@ fn repaired(bytes: &[u8], kind: ImageKind) -> Cow<'_, [u8]> {
     }
 }
 
+/// Whether `bytes` are a PNG missing the first four bytes of its signature, as ArcGIS wrote some
+/// tiles (Esri's own `Usa.tpkx`, levels 0-1): bundlefs's decoder reads them, but browsers, PIL and
+/// `file` do not.
+pub fn lacks_png_signature(bytes: &[u8]) -> bool {
+    sniff(bytes) == Some(ImageKind::Png) && !has_full_png_signature(bytes)
+}
+
+/// `bytes` as an image file users get (a mounted tile, an exploded export): a PNG missing the
+/// first four signature bytes gets them back (4 bytes longer); anything else as it is.
+pub fn as_image_file(bytes: &[u8]) -> Cow<'_, [u8]> {
+    repaired(bytes, ImageKind::Png)
+}
+
 /// Decodes a tile to RGBA. The kind comes from the bytes ([`sniff`]); when they don't tell,
 /// `fallback` (the cache's kind, for tiles whose signature is damaged) or else
 /// [`PixelError::NotAnImage`].

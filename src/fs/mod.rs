@@ -98,6 +98,34 @@ pub struct TreeFs {
     /// Invalidations found while serving a request, sent later by the watcher thread (never from
     /// inside a request: the kernel may hold locks the notification needs).
     queued: Mutex<Vec<Invalidation>>,
+    /// Tiles whose read failed and was logged, with the message: one lookup, open and read of a
+    /// broken tile log it once (later failures with the same message at debug level).
+    reported: Mutex<lru::LruCache<TileAddr, String>>,
+}
+
+/// How many failing tiles [`TreeFs`] remembers having reported.
+const REPORTED_KEPT: usize = 4096;
+
+/// The size of a tile's file: its bytes, 4 more for a PNG whose signature is restored
+/// ([`image_file`]).
+fn file_len(bytes: &TileBytes) -> u64 {
+    let extra = if crate::format::pixels::lacks_png_signature(bytes) {
+        4
+    } else {
+        0
+    };
+    bytes.len() as u64 + extra
+}
+
+/// A tile's bytes as the file users read: a PNG stored without its first four signature bytes
+/// (as ArcGIS wrote some) comes out whole, so browsers, PIL and `file` open it.
+fn image_file(bytes: TileBytes) -> FileBytes {
+    if crate::format::pixels::lacks_png_signature(&bytes) {
+        let fixed = crate::format::pixels::as_image_file(&bytes).into_owned();
+        FileBytes::Shared(Arc::new(fixed))
+    } else {
+        FileBytes::Tile(bytes)
+    }
 }
 
 fn not_found(what: impl std::fmt::Display) -> FsError {
@@ -124,6 +152,9 @@ impl TreeFs {
             list_renderable: None,
             w: Mutex::new(write::WriteState::default()),
             queued: Mutex::new(Vec::new()),
+            reported: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(REPORTED_KEPT).unwrap(),
+            )),
         }
     }
 
@@ -239,7 +270,7 @@ impl TreeFs {
         Attr {
             ino: self.ino(Node::Tile(t)),
             kind: Kind::File,
-            size: bytes.len() as u64,
+            size: file_len(bytes),
             mtime: self.cache.tile_mtime(t, bytes).unwrap_or(self.mounted_at),
             nlink: 1,
         }
@@ -295,7 +326,7 @@ impl TreeFs {
             ))),
             Ok(None) => Ok(None),
             Err(e) => {
-                tracing::error!("tile {t}: {e}");
+                self.report(t, &e);
                 Err(e)
             }
         }
@@ -385,6 +416,19 @@ impl TreeFs {
         }
     }
 
+    /// Logs a tile's read error at error level the first time it is seen (the kernel's lookup,
+    /// getattr, open and read of one broken tile each meet it), at debug level after that.
+    fn report(&self, t: TileAddr, e: &Error) {
+        let msg = e.to_string();
+        let mut r = self.reported.lock().unwrap();
+        if r.get(&t) == Some(&msg) {
+            tracing::debug!("tile {t}: {msg}");
+        } else {
+            tracing::error!("tile {t}: {msg}");
+            r.put(t, msg);
+        }
+    }
+
     /// A stored tile: waiting in the write buffer, or in the bundles (remembering its bundle for
     /// change watching).
     fn stored_tile(&self, t: TileAddr) -> Result<Option<TileBytes>> {
@@ -406,7 +450,7 @@ impl TreeFs {
             }
             Ok(None) => Ok(None),
             Err(e) => {
-                tracing::error!("tile {t}: {e}");
+                self.report(t, &e);
                 Err(e)
             }
         }
@@ -625,9 +669,9 @@ impl TreeFs {
             Node::Tile(_) | Node::Temp(_) if self.written_bytes(ino).is_some() => {
                 FileBytes::Shared(self.written_bytes(ino).unwrap())
             }
-            Node::Tile(t) => FileBytes::Tile(self.tile(t)?.ok_or_else(|| not_found(t))?),
+            Node::Tile(t) => image_file(self.tile(t)?.ok_or_else(|| not_found(t))?),
             Node::Temp(_) => match self.alias_node(ino) {
-                Some(Node::Tile(t)) => FileBytes::Tile(self.tile(t)?.ok_or_else(|| not_found(t))?),
+                Some(Node::Tile(t)) => image_file(self.tile(t)?.ok_or_else(|| not_found(t))?),
                 Some(n @ (Node::ConfXml | Node::ConfCdi)) => {
                     return self.read(self.ino(n), offset, size)
                 }

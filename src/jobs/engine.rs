@@ -271,6 +271,10 @@ struct Ctx<'a> {
     progress: &'a dyn Progress,
     /// Check each source tile against DEST's scheme (a source without conf.xml taken on trust).
     check_each: Option<&'a TileScheme>,
+    /// DEST keeps each tile as a file users open (exploded): a PNG stored without its first four
+    /// signature bytes is written whole ([`crate::format::pixels::as_image_file`]); bundles keep
+    /// the bytes as they are.
+    image_files: bool,
 }
 
 /// Copies the selected tiles of `src` into `dest` (which must already be checked compatible).
@@ -299,6 +303,7 @@ pub fn run(
         } else {
             None
         },
+        image_files: dest.storage() == crate::format::conf::StorageFormat::Exploded,
     };
     // Plan: the groups of each level that can hold selected tiles, and how many tiles they hold.
     let mut plan: Vec<(u8, Vec<(TileGroup, Coverage)>)> = Vec::new();
@@ -521,7 +526,13 @@ impl Ctx<'_> {
                     view.tile(p.t.slot())?
                 };
                 if let Some(s) = self.decide(p, dest_tile)? {
-                    out.push((s.t.slot(), s.bytes.into_tile()));
+                    let mut bytes = s.bytes.into_tile();
+                    if self.image_files && crate::format::pixels::lacks_png_signature(&bytes) {
+                        bytes = TileBytes::owned(
+                            crate::format::pixels::as_image_file(&bytes).into_owned(),
+                        );
+                    }
+                    out.push((s.t.slot(), bytes));
                 }
             }
             Ok(out)
@@ -533,6 +544,27 @@ impl Ctx<'_> {
         }
         Ok(())
     }
+}
+
+/// Sorted levels as runs: `0-4, 7`.
+fn level_runs(levels: &[u8]) -> String {
+    let mut runs: Vec<(u8, u8)> = Vec::new();
+    for &l in levels {
+        match runs.last_mut() {
+            Some((_, hi)) if u16::from(*hi) + 1 == u16::from(l) => *hi = l,
+            _ => runs.push((l, l)),
+        }
+    }
+    runs.iter()
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Checks that DEST can take SRC's tiles of `levels`: same tiling scheme (spatial reference,
@@ -608,8 +640,23 @@ pub fn check_compatible(
     let mut finest = f64::INFINITY;
     for &l in levels {
         let (Some(a), Some(b)) = (s.lod(l), d.lod(l)) else {
+            let both: Vec<u8> = levels
+                .iter()
+                .copied()
+                .filter(|l| s.lod(*l).is_some() && d.lod(*l).is_some())
+                .collect();
+            let runs = level_runs(&both);
+            let hint = match both.as_slice() {
+                [] => String::new(),
+                // --levels takes one range: suggest it when the shared levels are one.
+                [.., last] if !runs.contains(',') => format!(
+                    "; both define levels {runs}: run again with --levels {}-{last}",
+                    both[0]
+                ),
+                _ => format!("; both define levels {runs}"),
+            };
             return Err(what(format!(
-                "level {l} is {} in the source and {} in the destination",
+                "level {l} is {} in the source and {} in the destination{hint}",
                 if s.lod(l).is_some() {
                     "defined"
                 } else {

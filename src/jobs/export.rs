@@ -89,7 +89,7 @@ pub fn export_job(
         let mut d = Cache::open_with(dest, dest_options(storage, opts.sync))?;
         if d.storage() != storage {
             return Err(Error::invalid(format!(
-                "{}: holds a {} cache; a cache cannot mix storage formats, so export --storage {storage} \
+                "{}: holds a cache in {} storage; a cache cannot mix storage formats, so export --storage {storage} \
                  cannot go into it (choose another folder); nothing was written",
                 dest.display(),
                 d.storage()

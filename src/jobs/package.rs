@@ -106,15 +106,34 @@ pub fn unpack(path: &Path, into: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Opens a package as a source cache (unpacked to a temporary folder).
+/// Folders packages were unpacked to, with the package each came from ([`shown`]).
+static UNPACKED: std::sync::Mutex<Vec<(PathBuf, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+
+/// Opens a package as a source cache (unpacked to a temporary folder; messages that name the
+/// folder are shown naming the package, [`shown`]).
 pub fn open_package(path: &Path) -> Result<Unpacked> {
     let dir = tempfile::Builder::new()
         .prefix("bundlefs-package-")
         .tempdir()
         .at(std::env::temp_dir())?;
+    UNPACKED
+        .lock()
+        .unwrap()
+        .push((dir.path().to_path_buf(), path.to_path_buf()));
     unpack(path, dir.path())?;
     let cache = Cache::open(dir.path())?;
     Ok(Unpacked { cache, _dir: dir })
+}
+
+/// `text` (a message) with each temporary folder a package was unpacked to replaced by the
+/// package's path, so users read `Usa.tpkx/_alllayers/L00/R0000C0000.bundle`, never
+/// `/tmp/bundlefs-package-XXXX/…`.
+pub fn shown(text: &str) -> String {
+    let mut out = text.to_string();
+    for (dir, pkg) in UNPACKED.lock().unwrap().iter() {
+        out = out.replace(&dir.display().to_string(), &pkg.display().to_string());
+    }
+    out
 }
 
 /// The kinds of tile package bundlefs writes.
@@ -246,6 +265,11 @@ pub fn update_package_as(
         .tempdir_in(&parent)
         .at(&parent)?;
     let cache_dir = work.path().join("cache");
+    // Messages about the package being rewritten name it, not the work folder.
+    UNPACKED
+        .lock()
+        .unwrap()
+        .push((cache_dir.clone(), dest.to_path_buf()));
     let storage = kind.storage();
     let (summary, cache) = if exists {
         unpack(dest, &cache_dir)?;
@@ -391,8 +415,59 @@ fn file_entry(name: String, path: &Path) -> Result<Entry> {
     Ok((name, len, Box::new(f)))
 }
 
-/// Writes `entries` as a stored zip at `dest` (temporary file beside it, then rename).
-fn write_zip(dest: &Path, entries: Vec<Entry>, sync: bool) -> Result<()> {
+/// Names (last path component, lower case) of the entries a package rewrite makes anew, wherever
+/// the package kept them; tiles (`.bundle`, `.bundlx`) are made anew too.
+const REMADE: [&str; 9] = [
+    "conf.xml",
+    "conf.cdi",
+    "conf.properties",
+    "root.json",
+    "iteminfo.json",
+    "iteminfo.xml",
+    "item.pkinfo",
+    "thumbnail.png",
+    "mapserver.json",
+];
+
+/// The entries of the package at `dest` (when there is one) that a rewrite does not make: ArcGIS's
+/// layer files (`v101/Layers.lyr`, `v103/Layers.lyr`) and anything else bundlefs does not write,
+/// kept byte for byte (stored, in memory: such entries are small). Errors: the package cannot be
+/// read (naming it).
+fn kept_entries(dest: &Path, made: &[Entry]) -> Result<Vec<Entry>> {
+    use std::io::Read;
+    if !dest.is_file() {
+        return Ok(Vec::new());
+    }
+    let f = fs::File::open(dest).at(dest)?;
+    let mut z = zip::ZipArchive::new(std::io::BufReader::new(f)).map_err(|e| zip_err(dest, e))?;
+    let made: std::collections::HashSet<String> =
+        made.iter().map(|e| e.0.to_ascii_lowercase()).collect();
+    let mut out = Vec::new();
+    for i in 0..z.len() {
+        let mut e = z.by_index(i).map_err(|e| zip_err(dest, e))?;
+        let name = e.name().to_string();
+        let lower = name.to_ascii_lowercase();
+        let last = lower.rsplit('/').next().unwrap_or(&lower);
+        if e.is_dir()
+            || made.contains(&lower)
+            || REMADE.contains(&last)
+            || last.ends_with(".bundle")
+            || last.ends_with(".bundlx")
+        {
+            continue;
+        }
+        let mut b = Vec::new();
+        e.read_to_end(&mut b).at(dest)?;
+        out.push(bytes_entry(name, b));
+    }
+    Ok(out)
+}
+
+/// Writes `entries` as a stored zip at `dest` (temporary file beside it, then rename), with the
+/// entries of a package already there that bundlefs does not make ([`kept_entries`]).
+fn write_zip(dest: &Path, mut entries: Vec<Entry>, sync: bool) -> Result<()> {
+    let kept = kept_entries(dest, &entries)?;
+    entries.extend(kept);
     // A package is a document to hand around: mode as `cp` gives, or the replaced package's.
     let mut tmp = crate::cache::AtomicFile::create(dest, sync)?;
     let tmp_path = tmp.temp_path().to_path_buf();

@@ -68,6 +68,20 @@ fn decode_check(bytes: &[u8], fallback: ImageKind) -> Decoded {
     }
 }
 
+/// Without decoding: a PNG stored without the first four bytes of its signature (as ArcGIS wrote
+/// some) is a warning; bundlefs hands it out whole, other readers of the cache may not.
+fn signature_check(head: &[u8]) -> Decoded {
+    if crate::format::pixels::lacks_png_signature(head) {
+        Decoded::Warn(
+            "PNG lacks the first 4 signature bytes (bundlefs's mount and exploded exports give it \
+             whole; other readers of this cache may not open it)"
+                .into(),
+        )
+    } else {
+        Decoded::Ok
+    }
+}
+
 /// Checks the whole cache. Problems are collected, not fatal; Err only for an unreadable folder.
 /// Folders and files the cache's readers skip (`L3/`, `l05/` beside nothing, `notes.txt`) are
 /// warnings naming each, see [`skipped`].
@@ -146,7 +160,7 @@ fn check_group(cache: &Cache, g: &TileGroup, decode: bool, fallback: ImageKind) 
                     what: "empty tile file".into(),
                 }),
                 Ok(b) if decode => c.decoded(decode_check(&b, fallback), p, *t),
-                Ok(_) => {}
+                Ok(b) => c.decoded(signature_check(&b), p, *t),
             }
         }
         return c;
@@ -167,7 +181,12 @@ fn check_group(cache: &Cache, g: &TileGroup, decode: bool, fallback: ImageKind) 
             Err(e) => c.problems.push(problem_from(&e, &path, Some(t))),
             Ok(None) => {}
             Ok(Some(r)) if decode => c.decoded(decode_check(b.bytes(r), fallback), &path, t),
-            Ok(Some(_)) => {}
+            // The head is enough to see a PNG missing its signature's first bytes.
+            Ok(Some(r)) => c.decoded(
+                signature_check(b.bytes(r.start..r.end.min(r.start + 16))),
+                &path,
+                t,
+            ),
         }
     }
     c

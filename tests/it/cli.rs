@@ -691,3 +691,99 @@ fn export_without_storage_into_an_existing_cache_keeps_its_storage() {
         "{err}"
     );
 }
+
+/// The README's main-job lines, run as a user pastes them (the binary first on PATH), twice in a
+/// row: the second run must work as the first did.
+#[test]
+fn the_readme_main_job_runs_twice() {
+    need("fusermount3");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let after = readme
+        .split("## The two commands")
+        .nth(1)
+        .expect("README: ## The two commands");
+    let block = after
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("README: the main job's sh block");
+    assert!(
+        block.contains("bundlefs sample") && block.contains("bundlefs unmount"),
+        "{block}"
+    );
+    let dir = Path::new(bin()).parent().unwrap().canonicalize().unwrap();
+    for round in 1..=2 {
+        let (ok, out, err) = sh(&format!(
+            "export PATH={}:$PATH; set -e\n{block}",
+            dir.display()
+        ));
+        assert!(ok, "round {round}: {out}{err}");
+        assert!(
+            out.contains("C00000000.png") || out.contains("_alllayers"),
+            "round {round}: {out}"
+        );
+    }
+}
+
+/// From a new user's trial: exports leave no `.lck` files; `info` of an empty cache lists its
+/// scales and counts tile bytes as `delete` does; a storage refusal reads "a cache in exploded
+/// storage", not "a exploded cache"; a package export's time is the whole run's.
+#[test]
+fn small_things_from_the_trial() {
+    let d = tmp("trial");
+    let s = sample(d.path(), "s", "0-2");
+    for st in ["compact-v2", "compact-v1", "ready-to-serve", "exploded"] {
+        let out = d.path().join(format!("e-{st}"));
+        run_ok(
+            bundlefs()
+                .arg("export")
+                .arg(&s)
+                .arg(&out)
+                .args(["--storage", st]),
+        );
+        let (_, lck, _) = sh(&format!("find {} -name '*.lck'", out.display()));
+        assert!(lck.trim().is_empty(), "{st}: lock files left: {lck}");
+    }
+    // info of an empty cache: a row per LOD.
+    let empty = d.path().join("empty");
+    run_ok(
+        bundlefs()
+            .arg("create")
+            .arg(&empty)
+            .args(["--levels", "0-3"]),
+    );
+    let info = run_ok(bundlefs().arg("info").arg(&empty));
+    for l in 0..=3 {
+        assert!(
+            info.lines()
+                .any(|x| x.split_whitespace().next() == Some(&l.to_string()) && x.contains(".")),
+            "no row for level {l}:\n{info}"
+        );
+    }
+    // Tile bytes of info equal what delete reports removing.
+    let info = run_ok(bundlefs().arg("info").arg(&s));
+    let row2: Vec<&str> = info
+        .lines()
+        .find(|x| x.split_whitespace().next() == Some("2"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert!(info.contains("tile bytes"), "{info}");
+    let tile_bytes = row2[5];
+    let del = run_ok(bundlefs().arg("delete").arg(&s).args(["--levels", "2"]));
+    assert!(
+        del.contains(&format!("{tile_bytes} bytes")),
+        "info says {tile_bytes}; delete: {del}"
+    );
+    // Wording of the storage refusal.
+    let o = run(bundlefs()
+        .arg("export")
+        .arg(&s)
+        .arg(d.path().join("e-exploded"))
+        .args(["--storage", "compact-v2"]));
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert!(err.contains("a cache in exploded storage"), "{err}");
+    assert!(!err.contains("a exploded"), "{err}");
+}

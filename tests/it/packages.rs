@@ -568,3 +568,122 @@ fn import_into_tpk_keeps_its_kind() {
     ]);
     assert!(e.contains("the name says tpk but --storage tpkx"), "{e}");
 }
+
+/// Esri's `Usa.tpkx` stores its level 0-1 PNG tiles without the first four signature bytes. The
+/// files users get are whole PNGs (`file` and a strict signature check agree) — through the mount
+/// and in an exploded export — while `verify` still reports the stored bytes.
+#[test]
+fn png_tiles_stored_without_their_signature_come_out_whole() {
+    crate::support::mount::need("fusermount3");
+    let usa = fixtures().join("arcgis-tpkx/Usa.tpkx");
+    let d = tempfile::tempdir().unwrap();
+    let sig: &[u8] = b"\x89PNG\r\n\x1a\n";
+    // The package really holds such tiles (else this test proves nothing).
+    let verify = run(Command::new(bin()).arg("verify").arg(&usa));
+    let said = String::from_utf8_lossy(&verify.stdout).into_owned()
+        + &String::from_utf8_lossy(&verify.stderr);
+    assert!(said.contains("signature"), "verify: {said}");
+    // Exploded export: every tile file is a whole image.
+    let out = d.path().join("exploded");
+    run_ok(Command::new(bin()).arg("export").arg(&usa).arg(&out).args([
+        "--storage",
+        "exploded",
+        "--levels",
+        "0-2",
+    ]));
+    let files = tree_files(&out.join("_alllayers"));
+    assert!(!files.is_empty());
+    for (rel, b) in &files {
+        if rel.ends_with(".png") {
+            assert!(
+                b.starts_with(sig),
+                "{rel}: exported without its PNG signature"
+            );
+        }
+    }
+    // Copied into Compact V2 bundles the bytes stay as stored (tiles are bytes); the mount of
+    // that cache hands out the same whole files, sizes agreeing with the bytes read.
+    let v2 = d.path().join("v2");
+    run_ok(
+        Command::new(bin())
+            .arg("export")
+            .arg(&usa)
+            .arg(&v2)
+            .args(["--storage", "compact-v2", "--levels", "0-2"]),
+    );
+    let verify = run_ok(Command::new(bin()).arg("verify").arg(&v2));
+    assert!(verify.contains("2 warning(s)"), "bytes kept in bundles: {verify}");
+    let mnt = d.path().join("mnt");
+    let m = Mounted::start(&v2, &mnt, &[]);
+    let mut checked = 0;
+    for (rel, b) in &files {
+        let p = m.path("_alllayers").join(rel);
+        let got = fs::read(&p).unwrap();
+        assert_eq!(&got, b, "{rel}: mount and export differ");
+        assert_eq!(
+            fs::metadata(&p).unwrap().len(),
+            got.len() as u64,
+            "{rel}: size"
+        );
+        checked += 1;
+    }
+    let l0 = m.path("_alllayers/L00/R00000000/C00000000.png");
+    let (ok, out, _) = crate::support::mount::sh(&format!("file -b {}", l0.display()));
+    assert!(ok && out.starts_with("PNG image data"), "file says: {out}");
+    assert!(checked > 0);
+}
+
+/// Import into an ArcGIS `.tpk` keeps the entries bundlefs does not rewrite (`v101/Layers.lyr`,
+/// `v103/Layers.lyr`) byte for byte; a level mismatch names the package (never the work folder)
+/// and says which `--levels` would work.
+#[test]
+fn import_into_a_tpk_keeps_its_other_entries_and_names_it() {
+    let d = tempfile::tempdir().unwrap();
+    let tpk = d.path().join("states_filled.tpk");
+    fs::copy(fixtures().join("arcgis-v1-tpk/states_filled.tpk"), &tpk).unwrap();
+    let entries = |p: &Path| -> BTreeMap<String, Vec<u8>> {
+        let mut z = zip::ZipArchive::new(fs::File::open(p).unwrap()).unwrap();
+        (0..z.len())
+            .map(|i| {
+                let mut e = z.by_index(i).unwrap();
+                let mut b = Vec::new();
+                std::io::Read::read_to_end(&mut e, &mut b).unwrap();
+                (e.name().to_string(), b)
+            })
+            .filter(|(n, _)| n.ends_with(".lyr"))
+            .collect()
+    };
+    let before = entries(&tpk);
+    assert_eq!(before.len(), 2, "{:?}", before.keys());
+    let src = d.path().join("src");
+    run_ok(Command::new(bin()).arg("export").arg(&tpk).arg(&src).args([
+        "--storage",
+        "compact-v2",
+        "--levels",
+        "0-2",
+    ]));
+    run_ok(
+        Command::new(bin())
+            .arg("import")
+            .arg(&src)
+            .arg(&tpk)
+            .args(["--mode", "overwrite"]),
+    );
+    assert_eq!(entries(&tpk), before, "layer files kept");
+    // Independent reader: unzip lists them too.
+    let (ok, list, _) = crate::support::mount::sh(&format!("unzip -Z1 {}", tpk.display()));
+    if ok {
+        assert!(
+            list.contains("v101/Layers.lyr") && list.contains("v103/Layers.lyr"),
+            "{list}"
+        );
+    }
+    // Levels the package lacks: refused naming it, with the --levels that works.
+    let s = sample_cache(d.path(), "0-5");
+    let o = run(Command::new(bin()).arg("import").arg(&s).arg(&tpk));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("states_filled.tpk"), "{err}");
+    assert!(!err.contains(".bundlefs-tpk"), "{err}");
+    assert!(err.contains("--levels 0-4"), "{err}");
+}

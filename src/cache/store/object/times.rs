@@ -708,12 +708,20 @@ mod tests {
         }
         assert_eq!(w.stats().sidecar_puts.load(Ordering::Relaxed), 2);
         assert_eq!(r.stats().sidecar_puts.load(Ordering::Relaxed), 1);
-        // A flush without times writes no sidecar (and, not restamping it, the others' times
-        // no longer count: the bundle version changed).
+        // A flush without times (an import) restamps the sidecar for the new version: the tiles
+        // it kept keep their times; the new tile shows its bundle's.
         let puts = w.stats().sidecar_puts.load(Ordering::Relaxed);
         flush(&w, &[(400, None)]);
-        assert_eq!(w.stats().sidecar_puts.load(Ordering::Relaxed), puts);
-        let (m, bundle) = shown(&storage(&mem, Duration::ZERO), 200);
+        assert_eq!(w.stats().sidecar_puts.load(Ordering::Relaxed), puts + 1);
+        let after = storage(&mem, Duration::ZERO);
+        for (n, t) in [(5, when(5)), (200, when(1)), (300, when(3))] {
+            assert_eq!(
+                shown(&after, n).0,
+                t,
+                "tile {n} after a flush without times"
+            );
+        }
+        let (m, bundle) = shown(&after, 400);
         assert_eq!(m, bundle);
         assert!(
             w.stats_line().contains("tile-times sidecars"),
