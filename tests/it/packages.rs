@@ -604,15 +604,17 @@ fn png_tiles_stored_without_their_signature_come_out_whole() {
     // Copied into Compact V2 bundles the bytes stay as stored (tiles are bytes); the mount of
     // that cache hands out the same whole files, sizes agreeing with the bytes read.
     let v2 = d.path().join("v2");
-    run_ok(
-        Command::new(bin())
-            .arg("export")
-            .arg(&usa)
-            .arg(&v2)
-            .args(["--storage", "compact-v2", "--levels", "0-2"]),
-    );
+    run_ok(Command::new(bin()).arg("export").arg(&usa).arg(&v2).args([
+        "--storage",
+        "compact-v2",
+        "--levels",
+        "0-2",
+    ]));
     let verify = run_ok(Command::new(bin()).arg("verify").arg(&v2));
-    assert!(verify.contains("2 warning(s)"), "bytes kept in bundles: {verify}");
+    assert!(
+        verify.contains("2 warning(s)"),
+        "bytes kept in bundles: {verify}"
+    );
     let mnt = d.path().join("mnt");
     let m = Mounted::start(&v2, &mnt, &[]);
     let mut checked = 0;
