@@ -179,7 +179,7 @@ pub fn export(a: &ExportArgs) -> anyhow::Result<ExitCode> {
     // The whole command's time: opening a package and writing one (zip) are part of the run.
     s.seconds = started.elapsed().as_secs_f64();
     print_summary("exported", &s, &a.src, source.cache(), &a.dest, &to)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(left_out(&s))
 }
 
 /// The storage of the cache `dest` already holds (a folder with conf.xml, or a cache in an object
@@ -224,7 +224,7 @@ pub fn import(a: &ImportArgs) -> anyhow::Result<ExitCode> {
         &a.dest,
         "existing cache",
     )?;
-    Ok(ExitCode::SUCCESS)
+    Ok(left_out(&s))
 }
 
 /// `bundlefs delete`: remove the selected tiles (see `jobs::delete`) and say what went.
@@ -561,6 +561,7 @@ fn job_options(a: &JobArgs, c: &Cache, src: &Path) -> anyhow::Result<JobOptions>
         background: a.background.map(|c| c.0),
         sync: !a.no_sync,
         scheme_of_dest: a.scheme_of_dest,
+        skip_unreadable: a.skip_unreadable,
     };
     crate::jobs::selection::check_selection_meets(c, &opts)?;
     Ok(opts)
@@ -616,6 +617,22 @@ fn levels_text(levels: &[u8]) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Lists what `--skip-unreadable` left out (on stderr, naming each file and tile); exit 1 when
+/// anything was, 0 otherwise.
+fn left_out(s: &JobSummary) -> ExitCode {
+    if s.unreadable.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!(
+        "bundlefs: {} left out as unreadable (--skip-unreadable):",
+        s.unreadable.len()
+    );
+    for u in &s.unreadable {
+        eprintln!("  {}", crate::jobs::package::shown(u));
+    }
+    ExitCode::from(1)
 }
 
 fn print_summary(
@@ -721,12 +738,47 @@ fn build_scheme(
     Ok(s)
 }
 
+/// Stats of one level; when a bundle cannot be read (cut short inside its index), the level's
+/// other bundles are counted one by one and the broken one is noted in `broken` (naming it).
+fn level_stats_salvaged(c: &Cache, l: u8, broken: &mut Vec<String>) -> anyhow::Result<LevelStats> {
+    let whole = match c.level_stats(l) {
+        Ok(s) => return Ok(s),
+        Err(e) => e,
+    };
+    let ids = match c.bundles(l) {
+        Ok(ids) => ids,
+        Err(_) => return Err(whole.into()),
+    };
+    let mut s = LevelStats::default();
+    for id in ids {
+        match c.bundle(id) {
+            Ok(Some(b)) => {
+                s.bundles += 1;
+                for (_, size) in b.slots() {
+                    s.tiles += 1;
+                    s.tile_bytes += u64::from(size);
+                }
+                s.file_bytes += b.file_bytes();
+                s.dead_bytes += b.dead_bytes();
+            }
+            Ok(None) => {}
+            Err(e) => broken.push(crate::jobs::package::shown(&e.to_string())),
+        }
+    }
+    if broken.is_empty() {
+        // Not a bundle of its own: the level's error stands.
+        return Err(whole.into());
+    }
+    Ok(s)
+}
+
 fn info_of(path: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
     let src = Source::open(path)?;
     let c = src.cache();
     let mut levels = Vec::new();
+    let mut broken: Vec<String> = Vec::new();
     for l in c.levels()? {
-        levels.push((l, c.level_stats(l)?));
+        levels.push((l, level_stats_salvaged(c, l, &mut broken)?));
     }
     let total = levels.iter().fold(LevelStats::default(), |mut a, (_, s)| {
         a.bundles += s.bundles;
@@ -768,9 +820,14 @@ fn info_of(path: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
             })).collect::<Vec<_>>(),
             "total": {"bundles": total.bundles, "tiles": total.tiles, "tileBytes": total.tile_bytes,
                       "fileBytes": total.file_bytes, "deadBytes": total.dead_bytes},
+            "broken": broken,
         });
         outln!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(if broken.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
     }
     outln!("cache:    {} ({kind})", shown.display());
     outln!("storage:  {}", c.storage());
@@ -864,5 +921,14 @@ fn info_of(path: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
         total.file_bytes,
         total.dead_bytes
     );
-    Ok(ExitCode::SUCCESS)
+    for b in &broken {
+        outln!(
+            "BROKEN {b} (not counted above; `bundlefs export --skip-unreadable` salvages the rest)"
+        );
+    }
+    Ok(if broken.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

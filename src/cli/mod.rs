@@ -310,6 +310,10 @@ pub struct JobArgs {
     /// scheme instead of refusing; every tile's pixel size and format are still checked against it.
     #[arg(long)]
     pub scheme_of_dest: bool,
+    /// Salvage a damaged source: leave out tiles (and bundles) that cannot be read, copy the rest,
+    /// and list what was left out at the end (exit 1 when anything was).
+    #[arg(long)]
+    pub skip_unreadable: bool,
 }
 
 /// Arguments of `bundlefs export`.

@@ -61,6 +61,10 @@ pub struct JobOptions {
     /// A source without conf.xml takes the destination's tiling scheme on trust
     /// (`--scheme-of-dest`); each tile's size and format are then checked against it.
     pub scheme_of_dest: bool,
+    /// Tiles (and bundles) of the source that cannot be read are left out and listed in
+    /// [`JobSummary::unreadable`] instead of ending the job (`--skip-unreadable`, for salvaging
+    /// a damaged cache).
+    pub skip_unreadable: bool,
 }
 
 impl Default for JobOptions {
@@ -74,6 +78,7 @@ impl Default for JobOptions {
             background: None,
             sync: false,
             scheme_of_dest: false,
+            skip_unreadable: false,
         }
     }
 }
@@ -136,10 +141,14 @@ pub struct JobSummary {
     pub levels: Vec<u8>,
     /// Wall time of the job.
     pub seconds: f64,
+    /// What of the source could not be read and was left out (with `skip_unreadable`): one line
+    /// each, naming the file (and tile) and why; sorted.
+    pub unreadable: Vec<String>,
 }
 
 #[derive(Default)]
 struct Counters {
+    unreadable: std::sync::Mutex<Vec<String>>,
     read: AtomicU64,
     copied: AtomicU64,
     clipped: AtomicU64,
@@ -271,6 +280,8 @@ struct Ctx<'a> {
     progress: &'a dyn Progress,
     /// Check each source tile against DEST's scheme (a source without conf.xml taken on trust).
     check_each: Option<&'a TileScheme>,
+    /// Leave out what cannot be read, noting it ([`JobOptions::skip_unreadable`]).
+    skip_unreadable: bool,
     /// DEST keeps each tile as a file users open (exploded): a PNG stored without its first four
     /// signature bytes is written whole ([`crate::format::pixels::as_image_file`]); bundles keep
     /// the bytes as they are.
@@ -298,6 +309,7 @@ pub fn run(
         area,
         n: Counters::default(),
         progress,
+        skip_unreadable: opts.skip_unreadable,
         check_each: if src.scheme().is_none() && opts.scheme_of_dest {
             dest.scheme()
         } else {
@@ -316,7 +328,12 @@ pub fn run(
                 continue;
             }
             total += if g.files.is_empty() {
-                src.bundle(g.id)?.map_or(0, |b| b.slots().len() as u64)
+                match src.bundle(g.id) {
+                    Ok(b) => b.map_or(0, |b| b.slots().len() as u64),
+                    // Left for `pick` to note as unreadable.
+                    Err(_) if opts.skip_unreadable => 0,
+                    Err(e) => return Err(e),
+                }
             } else {
                 g.files.len() as u64
             };
@@ -356,6 +373,11 @@ pub fn run(
         bundles: get(&n.bundles),
         levels,
         seconds: start.elapsed().as_secs_f64(),
+        unreadable: {
+            let mut v = std::mem::take(&mut *n.unreadable.lock().unwrap());
+            v.sort();
+            v
+        },
     })
 }
 
@@ -409,7 +431,11 @@ impl Ctx<'_> {
 
     /// Which tiles of a group are taken, and how many were read.
     fn pick(&self, g: &TileGroup, cov: Coverage) -> Result<(Vec<Pick>, u64)> {
-        let tiles = self.src.read_group(g)?;
+        let tiles = match self.src.read_group(g) {
+            Ok(t) => t,
+            Err(_) if self.skip_unreadable => self.readable_tiles(g),
+            Err(e) => return Err(e),
+        };
         let n = tiles.len() as u64;
         add(&self.n.read, n);
         add(
@@ -452,6 +478,44 @@ impl Ctx<'_> {
         }
         add(&self.n.skipped, skipped);
         Ok((out, n))
+    }
+
+    /// The tiles of group `g` that can be read, one by one, each one that cannot noted as
+    /// unreadable (`--skip-unreadable`); a bundle that cannot be opened at all is noted whole.
+    fn readable_tiles(&self, g: &TileGroup) -> Vec<(TileAddr, TileBytes)> {
+        let note = |what: String| {
+            tracing::warn!("skipped: {what}");
+            self.n.unreadable.lock().unwrap().push(what);
+        };
+        let mut out = Vec::new();
+        if !g.files.is_empty() {
+            for (t, p) in &g.files {
+                let one = TileGroup {
+                    id: g.id,
+                    files: vec![(*t, p.clone())],
+                };
+                match self.src.read_group(&one) {
+                    Ok(v) => out.extend(v),
+                    Err(e) => note(format!("tile {t}: {e}")),
+                }
+            }
+            return out;
+        }
+        match self.src.bundle(g.id) {
+            Ok(Some(b)) => {
+                for (slot, _) in b.slots() {
+                    let t = g.id.tile(slot);
+                    match self.src.tile(t) {
+                        Ok(Some(bytes)) => out.push((t, bytes)),
+                        Ok(None) => {}
+                        Err(e) => note(format!("tile {t}: {e}")),
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => note(format!("{e} (the whole bundle)")),
+        }
+        out
     }
 
     /// Decides one tile against the destination's current tile.

@@ -6,6 +6,7 @@ mod support;
 
 mod cases;
 mod cli;
+mod damaged;
 mod faults;
 mod formats;
 mod hostile;
