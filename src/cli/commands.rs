@@ -438,6 +438,19 @@ pub fn render(a: &RenderArgs) -> anyhow::Result<ExitCode> {
         jobs: a.jobs.max(1),
         max_tiles: a.max_tiles,
         fine_first: spec == SourceSpec::Resample,
+        // Levels holding tiles (a level folder emptied by `delete` holds none).
+        near_first: if spec == SourceSpec::Resample {
+            let c = r.cache();
+            let mut v = Vec::new();
+            for l in c.levels()? {
+                if c.level_stats(l)?.tiles > 0 {
+                    v.push(l);
+                }
+            }
+            v
+        } else {
+            Vec::new()
+        },
     };
     let bar = progress_bar();
     let filter = area.as_ref().map(|f| f as &dyn TileFilter);

@@ -35,9 +35,12 @@ pub struct BatchOptions {
     pub jobs: usize,
     /// Refuse to start when more tiles than this would be rendered.
     pub max_tiles: u64,
-    /// Coarse levels first (false) or fine levels first (true; `resample` builds overviews from
-    /// finer levels, so it goes fine to coarse).
+    /// Coarse levels first (false) or fine levels first (true), unless `near_first` says.
     pub fine_first: bool,
+    /// Levels the source makes tiles from (`resample`: the levels holding tiles). When given, the
+    /// levels nearest to them go first, so each level can use what the run made just before it,
+    /// in either direction (levels 3-4 over a cache of 0-2: 3 from 2, then 4 from 3).
+    pub near_first: Vec<u8>,
 }
 
 /// How a block of tiles lies against a [`TileFilter`]'s area.
@@ -148,6 +151,17 @@ pub fn plan_in(
     levels.sort_unstable();
     if o.fine_first {
         levels.reverse();
+    }
+    if !o.near_first.is_empty() {
+        let steps = |l: u8| {
+            o.near_first
+                .iter()
+                .map(|s| (i16::from(*s) - i16::from(l)).unsigned_abs())
+                .min()
+                .unwrap_or(u16::MAX)
+        };
+        // Stable: among levels as near, the order above (fine first when asked) stays.
+        levels.sort_by_key(|l| steps(*l));
     }
     let mut out = Vec::new();
     let mut total = 0u64;

@@ -20,12 +20,22 @@ pub use self::renderer::{Keep, RenderOptions, RenderStats, Renderer};
 pub use self::spec::SourceSpec;
 pub use self::supertile::Area;
 
+use std::sync::Arc;
+
 use crate::format::conf::TileScheme;
 use crate::format::TileAddr;
 use crate::Result;
 
 /// Something that can produce the encoded bytes of a tile of a scheme.
+/// Tiles made in this run or mount that are not stored yet (in the renderer's memory, or waiting
+/// in a write buffer), by address; for sources that build tiles from other tiles (`resample`).
+pub type MadeTiles = Arc<dyn Fn(TileAddr) -> Option<Arc<Vec<u8>>> + Send + Sync>;
+
 pub trait TileSource: Send + Sync {
+    /// Lets a source that builds tiles from other tiles see those made but not stored yet
+    /// (`resample`); others ignore it. The [`Renderer`] calls it once, when it is made.
+    fn see_made(&self, _made: MadeTiles) {}
+
     /// The encoded tile (PNG or JPEG; the [`Renderer`] checks size and kind and re-encodes when the
     /// cache needs it), or None if the source has nothing there.
     fn render(&self, scheme: &TileScheme, tile: TileAddr) -> Result<Option<Vec<u8>>>;

@@ -239,7 +239,8 @@ pub struct Renderer {
     opts: RenderOptions,
     flights: Mutex<HashMap<TileAddr, Arc<Flight>>>,
     negative: Mutex<HashMap<TileAddr, (Instant, Outcome)>>,
-    recent: Mutex<Recent>,
+    /// Shared with the source ([`TileSource::see_made`]).
+    recent: Arc<Mutex<Recent>>,
     pool: Pool,
     counters: Counters,
 }
@@ -290,6 +291,27 @@ impl Renderer {
                 Some(Layout::new(&scheme, px, opts.supertile_buffer, max)?)
             }
         };
+        let recent = Arc::new(Mutex::new(Recent {
+            tiles: LruCache::unbounded(),
+            bytes: 0,
+        }));
+        // A source building tiles from others (resample) sees those made but not stored yet.
+        let (seen, kept) = (
+            recent.clone(),
+            match &keep {
+                Keep::Buffer(w) => Some(w.clone()),
+                _ => None,
+            },
+        );
+        source.see_made(Arc::new(move |t| {
+            if let Some(b) = seen.lock().unwrap().tiles.peek(&t) {
+                return Some(b.clone());
+            }
+            match kept.as_ref()?.get(t)? {
+                crate::cache::buffer::Pending::Put { bytes, .. } => Some(bytes),
+                crate::cache::buffer::Pending::Delete => None,
+            }
+        }));
         Ok(Renderer {
             cache,
             scheme,
@@ -307,10 +329,7 @@ impl Renderer {
             opts,
             flights: Mutex::new(HashMap::new()),
             negative: Mutex::new(HashMap::new()),
-            recent: Mutex::new(Recent {
-                tiles: LruCache::unbounded(),
-                bytes: 0,
-            }),
+            recent,
             counters: Counters::default(),
         })
     }

@@ -2,7 +2,10 @@
 //! four children at the next finer level (2×2 mosaic, each output pixel the alpha-weighted mean of
 //! 2×2 input pixels) when they are all stored, else from the matching quarter of its parent at the
 //! next coarser level (bilinear ×2), else from whichever children are stored (the rest left empty).
-//! Only stored tiles are used (no recursion), and only between levels whose resolutions differ by 2.
+//! Stored tiles are used, and tiles the renderer made but has not stored yet (its memory, a write
+//! buffer: [`super::MadeTiles`]), so a level rendered in a run or mount feeds the next; no
+//! recursion (a neighbour is never rendered for it), and only between levels whose resolutions
+//! differ by 2.
 
 use std::sync::Arc;
 
@@ -10,7 +13,7 @@ use image::imageops::{self, FilterType};
 use image::{Rgba, RgbaImage};
 
 use super::pixels::{decode, encode};
-use super::TileSource;
+use super::{MadeTiles, TileSource};
 use crate::cache::Cache;
 use crate::format::conf::{TileFormat, TileScheme};
 use crate::format::TileAddr;
@@ -19,19 +22,30 @@ use crate::{Error, Result};
 /// Relative tolerance on "the finer level has half the resolution".
 const RATIO_TOLERANCE: f64 = 1e-6;
 
-/// Resamples from the cache it reads.
+/// Resamples from the cache it reads, and from tiles made but not stored yet.
 pub struct ResampleSource {
     cache: Arc<Cache>,
+    /// Tiles the renderer made (memory, write buffer), seen before the stored ones.
+    made: std::sync::OnceLock<MadeTiles>,
 }
 
 impl ResampleSource {
     pub fn new(cache: Arc<Cache>) -> Self {
-        ResampleSource { cache }
+        ResampleSource {
+            cache,
+            made: std::sync::OnceLock::new(),
+        }
     }
 
+    /// A neighbour tile: made in this run or mount (not stored yet), else stored.
     fn stored(&self, t: TileAddr, scheme: &TileScheme) -> Result<Option<RgbaImage>> {
-        let Some(bytes) = self.cache.tile(t)? else {
-            return Ok(None);
+        let made = self.made.get().and_then(|f| f(t));
+        let bytes: Vec<u8> = match made {
+            Some(b) => b.as_ref().clone(),
+            None => match self.cache.tile(t)? {
+                Some(b) => b.to_vec(),
+                None => return Ok(None),
+            },
         };
         let what = format!("{}: stored tile {t}", self.cache.root().display());
         let img = decode(&bytes, &what)?;
@@ -83,6 +97,10 @@ pub fn half(src: &RgbaImage) -> RgbaImage {
 impl TileSource for ResampleSource {
     fn describe(&self) -> String {
         "resample".into()
+    }
+
+    fn see_made(&self, made: MadeTiles) {
+        let _ = self.made.set(made);
     }
 
     fn check(&self, scheme: &TileScheme) -> Result<()> {

@@ -1095,3 +1095,67 @@ fn list_renderable_shows_names_without_rendering_them() {
         "{err}"
     );
 }
+
+/// `render --source resample` over several levels: each level is made from the one the run made
+/// just before it, in either direction (levels 3-4 over a cache of 0-2 go 3 then 4; levels 0-1
+/// over a cache holding only level 2 go 1 then 0), and none is reported empty. Through a mount,
+/// a level-4 tile is made from the level-3 tile the mount rendered a moment before.
+#[test]
+fn resample_several_levels_in_one_run_feeds_each_level_from_the_last() {
+    let d = tempfile::tempdir().unwrap();
+    let cache = crate::support::sample_cache(d.path(), "0-4");
+    // Keep levels 0-2 only (delete 3-4), so 3 and 4 must come from coarser levels.
+    crate::support::run_ok(
+        Command::new(crate::support::bin())
+            .arg("delete")
+            .arg(&cache)
+            .args(["--levels", "3-4"]),
+    );
+    let out = crate::support::run_ok(
+        Command::new(crate::support::bin())
+            .arg("render")
+            .arg(&cache)
+            .args(["--source", "resample", "--levels", "3-4", "--keep"]),
+    );
+    assert!(
+        out.contains("320 rendered") && out.contains(" 0 empty") && out.contains("320 kept"),
+        "{out}"
+    );
+    // Downward: only level 4 kept, levels 2-3 rendered from it (3 first, then 2).
+    let down = d.path().join("down");
+    crate::support::run_ok(
+        Command::new(crate::support::bin())
+            .arg("export")
+            .arg(&cache)
+            .arg(&down)
+            .args(["--storage", "compact-v2", "--levels", "4"]),
+    );
+    let out = crate::support::run_ok(
+        Command::new(crate::support::bin())
+            .arg("render")
+            .arg(&down)
+            .args(["--source", "resample", "--levels", "2-3", "--keep"]),
+    );
+    assert!(
+        out.contains("80 rendered") && out.contains(" 0 empty"),
+        "{out}"
+    );
+    // The mount: a level-4 tile below a level-3 tile the mount just rendered (nothing kept).
+    let up = d.path().join("up");
+    crate::support::run_ok(
+        Command::new(crate::support::bin())
+            .arg("export")
+            .arg(&cache)
+            .arg(&up)
+            .args(["--storage", "compact-v2", "--levels", "0-2"]),
+    );
+    let m = Mounted::start(&up, &d.path().join("mnt"), &["--source", "resample"]);
+    let l3 = m.path(&tile_path(TileAddr::new(3, 2, 3), "png"));
+    assert!(
+        std::fs::read(&l3).is_ok_and(|b| !b.is_empty()),
+        "level 3 from level 2"
+    );
+    let l4 = m.path(&tile_path(TileAddr::new(4, 4, 6), "png"));
+    let b = std::fs::read(&l4).expect("level 4 from the level-3 tile the mount made");
+    assert_eq!(sniff(&b), Some(ImageKind::Png));
+}

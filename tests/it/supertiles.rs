@@ -192,6 +192,7 @@ fn batch(keep: bool) -> BatchOptions {
         jobs: 2,
         max_tiles: 1000,
         fine_first: false,
+        near_first: Vec::new(),
     }
 }
 
