@@ -6,7 +6,7 @@
 #
 # Tests need: fusermount3 (fuse3), mapproxy-util/mapproxy-seed (mapproxy, python3-yaml),
 # gdalinfo (gdal-bin), rsync, /usr/lib/cgi-bin/mapserv (cgi-mapserver: the WMS of tests/render.rs),
-# python3 with rasterio and tpkutils (pip). Fixtures and case inputs are in tests/data (see its README).
+# python3 with rasterio, tpkutils, lerc and mapbox-vector-tile (pip). Fixtures and case inputs are in tests/data (see its README).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -47,11 +47,14 @@ fi
 # GDAL >= 3.8 reads .tpkx and ready-to-serve root.json; Debian's gdal-bin is 3.6, so the
 # tile-package tests read them with the GDAL bundled in the rasterio wheel (PyPI). tpkutils (PyPI)
 # reads the .tpk packages bundlefs writes (tests/it/packages.rs). Both for `python3`, when missing.
-for py in rasterio tpkutils; do
+# Esri's lerc and mapbox-vector-tile (PyPI) make and read the LERC and vector tiles of
+# tests/it/tilekinds.rs. Each as import-name:pip-name.
+for pair in rasterio:rasterio tpkutils:tpkutils lerc:lerc mapbox_vector_tile:mapbox-vector-tile; do
+    py=${pair%%:*} pkg=${pair#*:}
     if ! python3 -c "import $py" >/dev/null 2>&1; then
-        say "installing $py (pip) for the tile-package interop tests"
-        python3 -m pip install --quiet "$py" ||
-            python3 -m pip install --quiet --break-system-packages "$py"
+        say "installing $pkg (pip) for the interop tests"
+        python3 -m pip install --quiet "$pkg" ||
+            python3 -m pip install --quiet --break-system-packages "$pkg"
     fi
 done
 

@@ -214,6 +214,12 @@ impl Cache {
                 root = sub;
             } else if let Some(c) = rts::open(&root, &opts)? {
                 return Ok(c);
+            } else if let Some(c) = match find_entry(&root, "p12")? {
+                // An unpacked vector tile package: its service root.json and tiles in `p12/`.
+                Some(p12) if p12.is_dir() => rts::open(&p12, &opts)?,
+                _ => None,
+            } {
+                return Ok(c);
             }
         }
         let conf_path = find_entry(&root, CONF_XML)?.unwrap_or_else(|| root.join(CONF_XML));

@@ -83,7 +83,9 @@ impl TileFormat {
         }
     }
 
-    /// The image kind tiles of this format normally hold (None for MIXED and unknown formats).
+    /// The kind tiles of this format hold (None for MIXED and unknown formats): LERC for
+    /// `LERC`/`LERC2` (ArcGIS elevation caches), vector tiles for `pbf`/`MVT` (vector tile caches'
+    /// `tileInfo.format`), any case.
     pub fn image_kind(&self) -> Option<super::sniff::ImageKind> {
         use super::sniff::ImageKind;
         match self {
@@ -91,7 +93,12 @@ impl TileFormat {
                 Some(ImageKind::Png)
             }
             TileFormat::Jpeg => Some(ImageKind::Jpeg),
-            _ => None,
+            TileFormat::Other(name) => match name.to_ascii_uppercase().as_str() {
+                "LERC" | "LERC2" => Some(ImageKind::Lerc),
+                "PBF" | "MVT" => Some(ImageKind::Pbf),
+                _ => None,
+            },
+            TileFormat::Mixed => None,
         }
     }
 
@@ -99,7 +106,8 @@ impl TileFormat {
     pub fn accepts(&self, kind: super::sniff::ImageKind) -> bool {
         match self.image_kind() {
             Some(k) => k == kind,
-            None => matches!(self, TileFormat::Mixed),
+            // MIXED is JPEG and PNG (Esri), never LERC or vector tiles.
+            None => matches!(self, TileFormat::Mixed) && kind.has_pixels(),
         }
     }
 }

@@ -71,17 +71,21 @@ pub fn parse_row_dir(name: &str) -> Result<u32, FormatError> {
     parse_hex8(name, 'R', "row folder")
 }
 
-/// Tile file extensions bundlefs knows, and the image kind each stands for.
-pub const TILE_EXTS: [&str; 3] = ["png", "jpg", "jpeg"];
+/// Tile file extensions bundlefs knows: pictures (png, jpg, jpeg), LERC elevation (lerc) and
+/// vector tiles (pbf), as [`crate::format::sniff::ImageKind::from_ext`] reads them.
+pub const TILE_EXTS: [&str; 5] = ["png", "jpg", "jpeg", "lerc", "pbf"];
 
 /// Parses `Cxxxxxxxx.ext` into (col, ext as written). `C`, hex digits and the extension (png, jpg,
-/// jpeg) may be in either case.
+/// jpeg, lerc, pbf) may be in either case.
 pub fn parse_col_file(name: &str) -> Result<(u32, &str), FormatError> {
     let (stem, ext) = name
         .rsplit_once('.')
         .ok_or_else(|| bad(name, "a tile file is Cxxxxxxxx.png or .jpg"))?;
     if !TILE_EXTS.iter().any(|e| e.eq_ignore_ascii_case(ext)) {
-        return Err(bad(name, "a tile file ends in .png, .jpg or .jpeg"));
+        return Err(bad(
+            name,
+            "a tile file ends in .png, .jpg, .jpeg, .lerc or .pbf",
+        ));
     }
     Ok((parse_hex8(stem, 'C', "tile file")?, ext))
 }

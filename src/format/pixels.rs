@@ -94,6 +94,15 @@ pub enum PixelError {
     /// The encoder failed; `msg` is the encoder's.
     #[error("cannot encode {kind:?} tile: {msg}")]
     Encode { kind: ImageKind, msg: String },
+    /// LERC and vector tiles hold no pixels bundlefs decodes: what needs pixels (merging,
+    /// clipping to an area, a background colour, resampling) is refused, by the kind's name.
+    #[error(
+        "{} tiles hold no pixels bundlefs can decode: merging, clipping to an area, a background \
+         colour and resampling are not possible (copying them byte for byte is: --mode \
+         overwrite, whole tiles)",
+        .0.name()
+    )]
+    NoPixels(ImageKind),
 }
 
 /// JPEG quality when conf.xml gives none (CompressionQuality 0 or absent): ArcGIS's default, 75
@@ -107,10 +116,13 @@ pub const DEFAULT_BACKGROUND: [u8; 3] = [255, 255, 255];
 /// The first four PNG signature bytes, which some ArcGIS-written tiles lack (see [`sniff`]).
 const PNG_SIGNATURE_HEAD: [u8; 4] = [0x89, b'P', b'N', b'G'];
 
-fn image_format(kind: ImageKind) -> image::ImageFormat {
+/// The image crate's format for a kind with pixels; [`PixelError::NoPixels`] for LERC and vector
+/// tiles.
+fn image_format(kind: ImageKind) -> Result<image::ImageFormat, PixelError> {
     match kind {
-        ImageKind::Png => image::ImageFormat::Png,
-        ImageKind::Jpeg => image::ImageFormat::Jpeg,
+        ImageKind::Png => Ok(image::ImageFormat::Png),
+        ImageKind::Jpeg => Ok(image::ImageFormat::Jpeg),
+        ImageKind::Lerc | ImageKind::Pbf => Err(PixelError::NoPixels(kind)),
     }
 }
 
@@ -146,7 +158,7 @@ pub fn decode(bytes: &[u8], fallback: Option<ImageKind>) -> Result<RgbaImage, Pi
     let kind = sniff(bytes)
         .or(fallback)
         .ok_or(PixelError::NotAnImage { len: bytes.len() })?;
-    image::load_from_memory_with_format(&repaired(bytes, kind), image_format(kind))
+    image::load_from_memory_with_format(&repaired(bytes, kind), image_format(kind)?)
         .map(image::DynamicImage::into_rgba8)
         .map_err(|e| PixelError::Decode {
             kind,
@@ -156,7 +168,7 @@ pub fn decode(bytes: &[u8], fallback: Option<ImageKind>) -> Result<RgbaImage, Pi
 
 /// Width and height in pixels from the image header only (nothing decoded).
 pub fn dimensions(bytes: &[u8], kind: ImageKind) -> Result<(u32, u32), PixelError> {
-    ImageReader::with_format(Cursor::new(repaired(bytes, kind)), image_format(kind))
+    ImageReader::with_format(Cursor::new(repaired(bytes, kind)), image_format(kind)?)
         .into_dimensions()
         .map_err(|e| PixelError::Decode {
             kind,
@@ -197,7 +209,12 @@ pub fn check_tile(
     if bytes.len() > MAX_TILE_SIZE {
         return Err(PixelError::TooLarge(bytes.len()));
     }
-    let kind = sniff(bytes).ok_or(PixelError::NotAnImage { len: bytes.len() })?;
+    // An uncompressed vector tile has no signature: its name (and the cache's format) tell.
+    let kind = match sniff(bytes) {
+        Some(k) => k,
+        None if named == ImageKind::Pbf => ImageKind::Pbf,
+        None => return Err(PixelError::NotAnImage { len: bytes.len() }),
+    };
     if kind != named {
         return Err(PixelError::KindMismatch { found: kind, named });
     }
@@ -208,7 +225,9 @@ pub fn check_tile(
                 format: s.tile_format.name().to_string(),
             });
         }
-        size_is(dimensions(bytes, kind)?, (s.tile_cols, s.tile_rows))?;
+        if kind.has_pixels() {
+            size_is(dimensions(bytes, kind)?, (s.tile_cols, s.tile_rows))?;
+        }
     }
     Ok(kind)
 }
@@ -301,6 +320,7 @@ impl TileEncoder {
                 .collect()
         };
         match kind {
+            ImageKind::Lerc | ImageKind::Pbf => return Err(PixelError::NoPixels(kind)),
             ImageKind::Jpeg => {
                 JpegEncoder::new_with_quality(&mut out, self.jpeg_quality.clamp(1, 100))
                     .write_image(&rgb(self.background), w, h, ExtendedColorType::Rgb8)

@@ -277,8 +277,10 @@ pub fn parse_root_json(bytes: &[u8]) -> Result<RootInfo, FormatError> {
         wkt = Some(super::conf::WEB_MERCATOR_WKT.to_string());
     }
     let tii = v.get("tileImageInfo");
+    // A vector tile service's root.json (`.vtpk`) gives the format in `tileInfo` (`pbf`).
     let format = tii
         .and_then(|t| t.get("format"))
+        .or_else(|| ti.get("format"))
         .and_then(Value::as_str)
         .map_or(TileFormat::Png, TileFormat::parse);
     let quality = tii

@@ -127,7 +127,7 @@ impl TreeFs {
         for c in 0..BUNDLE_DIM {
             let t = TileAddr::new(id.level, row, id.col0 + c);
             out.push(Invalidation::Inode(self.ino(Node::Tile(t))));
-            for ext in ["png", "jpg"] {
+            for ext in ["png", "jpg", "lerc", "pbf"] {
                 out.push(Invalidation::Entry {
                     parent: row_ino,
                     name: exploded::col_file(t.col, ext),

@@ -141,11 +141,7 @@ impl TreeFs {
     /// The tile a file name in a row names, with the kind its extension says.
     fn tile_name(level: u8, row: u32, name: &str) -> Option<(TileAddr, ImageKind)> {
         let (col, ext) = exploded::parse_col_file(name).ok()?;
-        let kind = match ext {
-            "png" => ImageKind::Png,
-            "jpg" => ImageKind::Jpeg,
-            _ => return None,
-        };
+        let kind = ImageKind::from_ext(ext)?;
         (exploded::col_file(col, kind.ext()) == name)
             .then_some((TileAddr::new(level, row, col), kind))
     }

@@ -44,11 +44,15 @@ fn zip_err(path: &Path, e: zip::result::ZipError) -> Error {
 pub fn unpack(path: &Path, into: &Path) -> Result<()> {
     let f = fs::File::open(path).at(path)?;
     let mut z = zip::ZipArchive::new(std::io::BufReader::new(f)).map_err(|e| zip_err(path, e))?;
-    // root.json in any case, as a package zipped on Windows may spell it.
-    let root_name = exploded::find_name(z.file_names(), tpkx::ROOT_JSON)
-        .in_file(path)?
-        .map(str::to_string)
-        .unwrap_or_else(|| tpkx::ROOT_JSON.to_string());
+    // root.json in any case, as a package zipped on Windows may spell it; a vector tile package
+    // (`.vtpk`) keeps it, and its tiles, under `p12/`.
+    let top = exploded::find_name(z.file_names(), tpkx::ROOT_JSON).in_file(path)?;
+    let vtpk = exploded::find_name(z.file_names(), VTPK_ROOT_JSON).in_file(path)?;
+    let (root_name, base) = match (top, vtpk) {
+        (Some(n), _) => (n.to_string(), ""),
+        (None, Some(n)) => (n.to_string(), VTPK_DIR),
+        (None, None) => (tpkx::ROOT_JSON.to_string(), ""),
+    };
     let root = match z.by_name(&root_name) {
         Ok(mut e) => {
             let mut b = Vec::new();
@@ -63,8 +67,16 @@ pub fn unpack(path: &Path, into: &Path) -> Result<()> {
         z.extract(into).map_err(|e| zip_err(path, e))?;
         return Ok(());
     };
-    let info = tpkx::parse_root_json(&root).in_file(path.join(tpkx::ROOT_JSON))?;
-    let prefix = format!("{}/", info.tile_dir);
+    let info = tpkx::parse_root_json(&root).in_file(path.join(&root_name))?;
+    if !base.is_empty() && info.scheme.tile_format.image_kind().is_none() {
+        return Err(Error::invalid(format!(
+            "{}: a vector tile package whose tiles are {:?}, not vector tiles (pbf); bundlefs \
+             reads vector tile packages of pbf tiles",
+            path.display(),
+            info.scheme.tile_format.name()
+        )));
+    }
+    let prefix = format!("{base}{}/", info.tile_dir);
     let tiles = into.join(ALLLAYERS);
     fs::create_dir_all(&tiles).at(&tiles)?;
     for i in 0..z.len() {
@@ -105,6 +117,12 @@ pub fn unpack(path: &Path, into: &Path) -> Result<()> {
     fs::write(into.join(CONF_CDI), conf::write_cdi(&env, scheme)).at(into.join(CONF_CDI))?;
     Ok(())
 }
+
+/// Where a vector tile package (`.vtpk`) keeps its service `root.json` and tile folder: `p12/`
+/// (Esri's VTPK layout, as QGIS's `QgsVtpkTiles` and ArcGIS read it: `p12/root.json`,
+/// `p12/tile/Lnn/RrrrrCcccc.bundle`, Compact V2).
+const VTPK_DIR: &str = "p12/";
+const VTPK_ROOT_JSON: &str = "p12/root.json";
 
 /// Folders packages were unpacked to, with the package each came from ([`shown`]).
 static UNPACKED: std::sync::Mutex<Vec<(PathBuf, PathBuf)>> = std::sync::Mutex::new(Vec::new());
@@ -180,6 +198,17 @@ impl PackageKind {
     pub fn of_file(path: &Path) -> Result<PackageKind> {
         let f = fs::File::open(path).at(path)?;
         let z = zip::ZipArchive::new(std::io::BufReader::new(f)).map_err(|e| zip_err(path, e))?;
+        if exploded::find_name(z.file_names(), VTPK_ROOT_JSON)
+            .in_file(path)?
+            .is_some()
+        {
+            return Err(Error::invalid(format!(
+                "{}: a vector tile package (.vtpk); bundlefs reads vector tile packages (info, \
+                 verify, export, and mount of an export) but does not write them: export its \
+                 tiles to a folder instead",
+                path.display()
+            )));
+        }
         let has_root = exploded::find_name(z.file_names(), tpkx::ROOT_JSON)
             .in_file(path)?
             .is_some();
@@ -224,6 +253,7 @@ pub fn update_package_as(
             src.root().display()
         )));
     };
+    refuse_vector_tiles(src, "a tile package")?;
     let exists = dest.is_file();
     let kind = match (kind, exists) {
         (k, true) => {
@@ -306,6 +336,20 @@ pub fn update_package_as(
         PackageKind::Tpk => write_tpk(&cache, dest, opts.sync)?,
     }
     Ok(summary)
+}
+
+/// Tile packages and ready-to-serve folders hold raster tiles; vector tiles go to a `.vtpk`, which
+/// bundlefs does not write: refused by name (`what` is the target), nothing written.
+fn refuse_vector_tiles(src: &Cache, what: &str) -> Result<()> {
+    if src.default_kind() == crate::format::sniff::ImageKind::Pbf {
+        return Err(Error::invalid(format!(
+            "{}: holds vector tiles (pbf); {what} holds raster tiles, and a vector tile package \
+             (.vtpk) is not written by bundlefs: export to a folder (compact-v2, compact-v1, \
+             exploded) instead; nothing was written",
+            src.root().display()
+        )));
+    }
+    Ok(())
 }
 
 /// What a package or ready-to-serve folder says about the cache it holds, worked out once.
@@ -572,6 +616,7 @@ pub fn export_ready_to_serve(
     progress: &dyn Progress,
 ) -> Result<JobSummary> {
     let storage = StorageFormat::CompactV2;
+    refuse_vector_tiles(src, "a ready-to-serve folder")?;
     let Some(src_conf) = src.conf() else {
         return Err(Error::invalid(format!(
             "{}: has no conf.xml; a ready-to-serve cache needs a tiling scheme",

@@ -47,6 +47,7 @@ fn decode_check(bytes: &[u8], fallback: ImageKind) -> Decoded {
     let fmt = match kind {
         ImageKind::Png => image::ImageFormat::Png,
         ImageKind::Jpeg => image::ImageFormat::Jpeg,
+        ImageKind::Lerc | ImageKind::Pbf => return data_check(bytes, kind),
     };
     if kind == ImageKind::Png
         && !has_full_png_signature(bytes)
@@ -65,6 +66,24 @@ fn decode_check(bytes: &[u8], fallback: ImageKind) -> Decoded {
     match image::load_from_memory_with_format(bytes, fmt) {
         Ok(_) => Decoded::Ok,
         Err(e) => Decoded::Bad(format!("does not decode as {kind:?}: {e}")),
+    }
+}
+
+/// `--decode` of a tile without pixels: a LERC blob must start with its signature; a gzip'ed vector
+/// tile must gunzip whole (RFC 1952: the CRC-32 and length trailer are checked by the decoder).
+fn data_check(bytes: &[u8], kind: ImageKind) -> Decoded {
+    match kind {
+        ImageKind::Lerc if sniff(bytes) == Some(ImageKind::Lerc) => Decoded::Ok,
+        ImageKind::Lerc => Decoded::Bad("is not a LERC blob (no CntZImage/Lerc2 signature)".into()),
+        _ if sniff(bytes) != Some(ImageKind::Pbf) => Decoded::Ok, // uncompressed protobuf
+        _ => {
+            use std::io::Read;
+            let mut out = Vec::new();
+            match flate2::read::GzDecoder::new(bytes).read_to_end(&mut out) {
+                Ok(_) => Decoded::Ok,
+                Err(e) => Decoded::Bad(format!("vector tile does not gunzip: {e}")),
+            }
+        }
     }
 }
 

@@ -35,6 +35,7 @@ fn decode(bytes: &[u8], kind: ImageKind) {
     let fmt = match kind {
         ImageKind::Png => image::ImageFormat::Png,
         ImageKind::Jpeg => image::ImageFormat::Jpeg,
+        other => panic!("{other:?} tiles are not pictures"),
     };
     image::load_from_memory_with_format(bytes, fmt).unwrap();
 }

@@ -26,4 +26,5 @@ mod render;
 mod rsync_matrix;
 mod schemes;
 mod supertiles;
+mod tilekinds;
 mod writeback;

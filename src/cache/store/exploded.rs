@@ -53,8 +53,8 @@ impl ExplodedStore {
     pub fn tile_path(&self, t: TileAddr) -> Option<PathBuf> {
         let dir = self.row_dir(t.level, t.row);
         let first = self.default_kind.ext();
-        [first, "png", "jpg", "jpeg"]
-            .iter()
+        std::iter::once(&first)
+            .chain(crate::format::exploded::TILE_EXTS.iter())
             .map(|ext| spelling::resolve(&dir, &names::col_file(t.col, ext)))
             .find(|p| p.is_file())
     }
@@ -203,7 +203,7 @@ impl Storage for ExplodedStore {
                     None => (dir.join(&canonical), false),
                 };
                 // A tile stored under another extension is replaced, not kept beside.
-                let others: Vec<String> = ["png", "jpg", "jpeg"]
+                let others: Vec<String> = crate::format::exploded::TILE_EXTS
                     .iter()
                     .map(|e| names::col_file(col, e).to_ascii_lowercase())
                     .filter(|k| *k != key)

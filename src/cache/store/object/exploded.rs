@@ -94,7 +94,7 @@ impl Row {
     /// then png, jpg, jpeg; for each the exact name, else its only other spelling.
     fn choose(&self, col: u32, first: ImageKind) -> Option<&TileObject> {
         let objs = self.all(col);
-        for ext in [first.ext(), "png", "jpg", "jpeg"] {
+        for ext in std::iter::once(first.ext()).chain(crate::format::exploded::TILE_EXTS) {
             let canonical = names::col_file(col, ext);
             if let Some(o) = objs.iter().find(|o| o.name == canonical) {
                 return Some(o);
@@ -988,10 +988,7 @@ impl Storage for ExplodedObjects {
             return Ok(None);
         };
         let ext = o.name.rsplit_once('.').map_or("", |(_, e)| e);
-        let own = match self.default_kind {
-            ImageKind::Png => ext.eq_ignore_ascii_case("png"),
-            ImageKind::Jpeg => ext.eq_ignore_ascii_case("jpg") || ext.eq_ignore_ascii_case("jpeg"),
-        };
+        let own = ImageKind::from_ext(ext) == Some(self.default_kind);
         if !own || o.size == 0 {
             return Ok(None);
         }
