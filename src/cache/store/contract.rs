@@ -176,6 +176,60 @@ pub(crate) fn tile_times(make: Maker) {
     assert!(m > SystemTime::now() - Duration::from_secs(600));
 }
 
+/// A tile's time moves only when that tile changes: writing, updating (an import) and deleting
+/// other tiles of its bundle, and compacting the bundle, leave it as it was shown, whether it had
+/// a recorded time or not.
+pub(crate) fn untouched_tiles_keep_their_times(make: Maker) {
+    let (_d, s) = make();
+    let (a, b, c) = (
+        TileAddr::new(4, 2, 3),
+        TileAddr::new(4, 2, 4),
+        TileAddr::new(4, 3, 3),
+    );
+    let when = UNIX_EPOCH + Duration::from_secs(1_500_000_000);
+    s.write_group(
+        a.bundle(),
+        &[
+            (a.slot(), &bytes("a"), Some(when)),
+            (b.slot(), &bytes("b"), None),
+            (c.slot(), &bytes("c"), None),
+        ],
+    )
+    .unwrap();
+    let shown = |t: TileAddr| {
+        let got = s.tile(t).unwrap().unwrap();
+        s.tile_mtime(t, &got).unwrap()
+    };
+    let (b0, c0) = (shown(b), shown(c));
+    let pause = || std::thread::sleep(Duration::from_millis(20));
+    pause();
+    // Another write of `a` (with a time, as a mount flushes).
+    let later = when + Duration::from_secs(60);
+    s.write_group(a.bundle(), &[(a.slot(), &bytes("a2"), Some(later))])
+        .unwrap();
+    assert_eq!(
+        (shown(a), shown(b), shown(c)),
+        (later, b0, c0),
+        "after a write"
+    );
+    pause();
+    // An update without times (an import) of `b`: `b` moves, `a` and `c` stay.
+    s.update_group(b.bundle(), &mut |_: &dyn GroupView| {
+        Ok(vec![(b.slot(), TileBytes::owned(bytes("b2")))])
+    })
+    .unwrap();
+    assert_eq!((shown(a), shown(c)), (later, c0), "after an update");
+    let b1 = shown(b);
+    pause();
+    // Deleting `c` leaves `a` and `b`.
+    s.delete_group(c.bundle(), &[c.slot()]).unwrap();
+    assert_eq!((shown(a), shown(b)), (later, b1), "after a delete");
+    pause();
+    // Compaction rewrites the bundle; the times stay.
+    s.compact_bundle(a.bundle(), 0.0).unwrap();
+    assert_eq!((shown(a), shown(b)), (later, b1), "after compaction");
+}
+
 pub(crate) fn update_sees_what_is_stored(make: Maker) {
     let (_d, s) = make();
     let t = TileAddr::new(5, 9, 9);
@@ -268,6 +322,10 @@ macro_rules! contract_suite {
             #[test]
             fn tile_times() {
                 super::tile_times($make)
+            }
+            #[test]
+            fn untouched_tiles_keep_their_times() {
+                super::untouched_tiles_keep_their_times($make)
             }
             #[test]
             fn update_sees_what_is_stored() {
