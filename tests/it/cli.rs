@@ -450,6 +450,77 @@ fn unmount_after_the_daemon_was_killed_says_tiles_may_be_lost() {
     assert!(stderr(&o).contains("not mounted"), "{}", stderr(&o));
 }
 
+/// A killed read-only daemon held nothing to store: its cleanup says so and succeeds, with no
+/// warning about lost tiles.
+#[test]
+fn unmount_after_a_read_only_daemon_was_killed_says_nothing_was_lost() {
+    need("fusermount3");
+    let d = tmp("unmount-killed-ro");
+    let c = sample(d.path(), "s", "0-1");
+    let mnt = d.path().join("mnt");
+    let mut m = Mounted::start(&c, &mnt, &[]);
+    let child = m.child.as_mut().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let o = unmount(&mnt);
+    let said = format!("{}{}", stdout(&o), stderr(&o));
+    assert_eq!(o.status.code(), Some(0), "{said}");
+    assert!(said.contains("no tile was lost"), "{said}");
+    assert!(!said.contains("may be lost"), "{said}");
+    assert!(!is_mounted(&mnt));
+}
+
+/// The natural whole-cache copy: `rsync -a EXPLODED_CACHE/ MNT/` sends conf.xml and conf.cdi too;
+/// copies equal to the mount's are accepted, so rsync exits 0 and every tile is stored.
+#[test]
+fn whole_cache_rsync_into_a_mount_exits_zero() {
+    need("fusermount3");
+    need("rsync");
+    let d = tmp("rsync-whole");
+    let s = sample(d.path(), "s", "0-2");
+    let src = d.path().join("exploded");
+    run_ok(
+        bundlefs()
+            .arg("export")
+            .arg(&s)
+            .arg(&src)
+            .args(["--storage", "exploded"]),
+    );
+    let want = exploded_tiles(&src);
+    let cache = d.path().join("cache");
+    run_ok(
+        bundlefs()
+            .arg("create")
+            .arg(&cache)
+            .args(["--levels", "0-2"]),
+    );
+    // The empty cache's conf.xml as the mount shows it equals the export's.
+    let mnt = d.path().join("mnt");
+    let _m = Mounted::start(&cache, &mnt, &["-o", "rw"]);
+    let shown = fs::read(mnt.join("conf.xml")).unwrap();
+    let theirs = fs::read(src.join("conf.xml")).unwrap();
+    assert_eq!(shown, theirs, "the same scheme document on both sides");
+    let (ok, out, err) = sh(&format!("rsync -a {}/ {}/", src.display(), mnt.display()));
+    assert!(ok, "rsync: {out}{err}");
+    let o = unmount(&mnt);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(exploded_tiles(&cache), want);
+    // A conf.xml that differs is refused (EPERM), the mount's stays.
+    let _m = Mounted::start(&cache, &mnt, &["-o", "rw"]);
+    let mut other = theirs.clone();
+    other.extend_from_slice(b"\n<!-- edited -->\n");
+    let edited = d.path().join("edited");
+    fs::create_dir_all(&edited).unwrap();
+    fs::write(edited.join("conf.xml"), &other).unwrap();
+    let (ok, _, err) = sh(&format!(
+        "rsync -a {}/ {}/",
+        edited.display(),
+        mnt.display()
+    ));
+    assert!(!ok && err.contains("conf.xml"), "{err}");
+    assert_eq!(fs::read(mnt.join("conf.xml")).unwrap(), shown);
+}
+
 /// Whether process `pid` still runs (a daemon whose starter exited is reaped by init, maybe
 /// late: a zombie has ended).
 fn running(pid: u32) -> bool {
