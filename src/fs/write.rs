@@ -13,8 +13,9 @@
 //!   and folders can be written, renamed among temporary names, listed and removed; a temporary
 //!   file renamed onto a tile name (in a row folder, from any folder) commits it, and one renamed
 //!   onto `conf.xml`/`conf.cdi` is accepted when it holds the bytes the mount shows (rsync of a
-//!   whole cache) and refused otherwise. What is still temporary at unmount was never stored:
-//!   the unmount says so (warning naming the files).
+//!   whole cache) and refused otherwise; `conf.xml`/`conf.cdi` written in place (`cp`, `tar`)
+//!   likewise, judged at close. What is still temporary at unmount was never stored: the
+//!   daemon ends with an error naming the files, so `bundlefs unmount` exits non-zero.
 //! - A stored tile cannot become a temporary (EPERM: rsync `--backup`/`--backup-dir` into the
 //!   tree fail loudly): it would live only in memory and be lost at unmount.
 //! - Any other name is refused with EPERM ([`FsError::NotPermitted`]).
@@ -74,6 +75,9 @@ pub(super) struct WriteState {
     next_temp: u64,
     /// Folders made by mkdir: (level, None) or (level, Some(row)).
     created: BTreeSet<(u8, Option<u32>)>,
+    /// conf.xml / conf.cdi written in place (`cp`, `tar` of a whole cache): the bytes written so
+    /// far, and the write handles open, by inode; compared with the shown file at close.
+    conf_writes: HashMap<u64, (Vec<u8>, u32)>,
 }
 
 impl WriteState {
@@ -514,7 +518,17 @@ impl TreeFs {
                 Some(n @ (Node::ConfXml | Node::ConfCdi)) => return Err(conf_read_only(n)),
                 _ => return Err(super::not_found(ino)),
             },
-            Node::ConfXml | Node::ConfCdi => return Err(conf_read_only(node)),
+            Node::ConfXml | Node::ConfCdi => {
+                // Written in place: kept aside, compared with the shown file at close.
+                let shown = self.read(ino, 0, u32::MAX)?.bytes().to_vec();
+                let mut w = self.w.lock().unwrap();
+                let e = w.conf_writes.entry(ino).or_insert((shown, 0));
+                if truncate {
+                    e.0.clear();
+                }
+                e.1 += 1;
+                return Ok(WRITE_FH);
+            }
             _ => return Err(FsError::IsDir(format!("inode {ino}"))),
         };
         {
@@ -557,6 +571,8 @@ impl TreeFs {
         } else if let Some(t) = w.temps.get_mut(&ino) {
             t.mtime = SystemTime::now();
             &mut t.data
+        } else if let Some((b, _)) = w.conf_writes.get_mut(&ino) {
+            b
         } else {
             return Err(FsError::NotOpenForWriting(ino));
         };
@@ -579,8 +595,15 @@ impl TreeFs {
         if (size.is_some() || mtime.is_some()) && file {
             self.writer_or_rofs(format_args!("inode {ino}"))?;
         }
-        if size.is_some() && matches!(node, Node::ConfXml | Node::ConfCdi) {
-            return Err(conf_read_only(node));
+        if let (Some(s), Node::ConfXml | Node::ConfCdi) = (size, node) {
+            // Only through a write handle (O_TRUNC, ftruncate): the result is judged at close.
+            let mut w = self.w.lock().unwrap();
+            let Some((b, _)) = w.conf_writes.get_mut(&ino) else {
+                return Err(conf_read_only(node));
+            };
+            b.resize(s.min(MAX_TILE_SIZE as u64) as usize, 0);
+            drop(w);
+            return self.getattr(ino);
         }
         if !file {
             return self.getattr(ino); // folder times and modes are not kept
@@ -730,7 +753,34 @@ impl TreeFs {
         if self.writer.is_none() {
             return Ok(());
         }
+        self.check_conf_write(ino)?;
         self.commit_open(ino)
+    }
+
+    /// At close of conf.xml or conf.cdi written in place: accepted when the bytes equal the shown
+    /// file (or the cache's own), refused naming the file otherwise. Nothing changes either way.
+    fn check_conf_write(&self, ino: u64) -> FsResult<()> {
+        let written = {
+            let w = self.w.lock().unwrap();
+            match w.conf_writes.get(&ino) {
+                Some((b, _)) => b.clone(),
+                None => return Ok(()),
+            }
+        };
+        let n = self.node(ino)?;
+        if self.same_as_shown(n, &written) {
+            return Ok(());
+        }
+        Err(FsError::NotPermitted {
+            path: if n == Node::ConfXml {
+                "conf.xml"
+            } else {
+                "conf.cdi"
+            }
+            .to_string(),
+            why: "conf.xml and conf.cdi are shown read-only: only a copy equal to the mount's \
+                  (or the cache's own) file is accepted",
+        })
     }
 
     /// Last close of a handle: commits if still dirty, forgets the open file with the last one.
@@ -738,8 +788,16 @@ impl TreeFs {
         if self.writer.is_none() || fh != WRITE_FH {
             return Ok(());
         }
-        let r = self.commit_open(ino);
+        let r = self
+            .check_conf_write(ino)
+            .and_then(|()| self.commit_open(ino));
         let mut w = self.w.lock().unwrap();
+        if let Some((_, opens)) = w.conf_writes.get_mut(&ino) {
+            *opens = opens.saturating_sub(1);
+            if *opens == 0 {
+                w.conf_writes.remove(&ino);
+            }
+        }
         if let Some(o) = w.open.get_mut(&ino) {
             o.opens = o.opens.saturating_sub(1);
             if o.opens == 0 && !o.dirty {
@@ -782,7 +840,15 @@ impl TreeFs {
             }
         }
         let Some((level, row)) = self.row_of(parent) else {
-            return Err(super::not_found(name));
+            return Err(match (self.inodes.node(parent), name) {
+                (Some(Node::Root), "conf.xml") if self.conf_xml.is_some() => {
+                    conf_read_only(Node::ConfXml)
+                }
+                (Some(Node::Root), "conf.cdi") if self.conf_cdi.is_some() => {
+                    conf_read_only(Node::ConfCdi)
+                }
+                _ => super::not_found(name),
+            });
         };
         let (t, kind) = Self::tile_name(level, row, name).ok_or_else(|| super::not_found(name))?;
         let ino = self.ino(Node::Tile(t));
@@ -1350,6 +1416,19 @@ mod tests {
             errno(fs.rename(root, "conf.xml", root, ".conf.bak")),
             libc::EPERM
         );
+        // Written in place (cp, tar): judged at close; equal bytes pass, others fail the close.
+        let conf = fs.ino(Node::ConfXml);
+        fs.open_write(conf, true).unwrap();
+        fs.write(conf, 0, &shown).unwrap();
+        fs.flush(conf).unwrap();
+        fs.release(conf, WRITE_FH).unwrap();
+        fs.open_write(conf, true).unwrap();
+        fs.write(conf, 0, b"<CacheInfo/>").unwrap();
+        assert_eq!(errno(fs.flush(conf)), libc::EPERM);
+        let _ = fs.release(conf, WRITE_FH);
+        assert_eq!(fs.read(conf, 0, u32::MAX).unwrap().bytes(), &shown[..]);
+        // A truncate outside a write handle is refused at once.
+        assert_eq!(errno(fs.setattr(conf, Some(0), None)), libc::EPERM);
     }
 
     #[test]

@@ -502,6 +502,23 @@ fn whole_cache_rsync_into_a_mount_exits_zero() {
     assert_eq!(shown, theirs, "the same scheme document on both sides");
     let (ok, out, err) = sh(&format!("rsync -a {}/ {}/", src.display(), mnt.display()));
     assert!(ok, "rsync: {out}{err}");
+    // cp and tar --overwrite write conf.xml in place: an equal copy is accepted there too.
+    let (ok, out, err) = sh(&format!("cp -a {}/. {}/", src.display(), mnt.display()));
+    assert!(ok, "cp -a: {out}{err}");
+    let (ok, out, err) = sh(&format!(
+        "tar -C {} -cf - . | tar -C {} --overwrite -xf -",
+        src.display(),
+        mnt.display()
+    ));
+    assert!(ok, "tar --overwrite: {out}{err}");
+    // Plain tar unlinks a file before writing it anew: conf.xml cannot be removed, so it fails
+    // loudly, naming it.
+    let (ok, _, err) = sh(&format!(
+        "tar -C {} -cf - ./conf.xml | tar -C {} -xf -",
+        src.display(),
+        mnt.display()
+    ));
+    assert!(!ok && err.contains("conf.xml"), "plain tar: {err}");
     let o = unmount(&mnt);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert_eq!(exploded_tiles(&cache), want);
