@@ -6,6 +6,10 @@ Layers, arrows one way (README "Layout"):
     format -> cache -> (jobs, render) -> fs -> cli
 `error.rs` (over format's errors) is used by all layers above format; `jobs` and `render` are siblings and do not use each other.
 
+Also: no file above `cache/` asks whether a location is a URL (`is_url(`, `ObjectUrl::from_path(`,
+`ObjectUrl::parse(` outside tests): where a cache lives is parsed once into a
+`cache::url::Location` and what differs is asked of the cache.
+
 A file's uses are read from its `crate::a::b`, `super::x` and `self::x` paths (in `use` lines
 and inline), resolved to files under src/. Prints every violation and every cycle; exits 1 if any.
 Usage: scripts/check-layers.py [SRC_DIR]
@@ -77,6 +81,25 @@ def layer(path):
     return module_of(path)[0]
 
 
+URL_TESTS = re.compile(r"\b(is_url|ObjectUrl::from_path|ObjectUrl::parse)\s*\(")
+
+
+def url_questions(path):
+    """Lines of a file above cache/ that ask whether a location is a URL (tests excepted)."""
+    if ORDER.get(layer(path), 9) <= ORDER["cache"]:
+        return []
+    text = open(path, encoding="utf-8").read()
+    cut = re.search(r"#\[cfg\(test\)\]\s*mod tests", text)
+    if cut:
+        text = text[:cut.start()]
+    out = []
+    for i, line in enumerate(text.splitlines(), 1):
+        code = line.split("//", 1)[0]
+        if URL_TESTS.search(code):
+            out.append((i, line.strip()))
+    return out
+
+
 def main():
     files = []
     for d, _, names in os.walk(SRC):
@@ -92,6 +115,11 @@ def main():
             if (a, b) in SIBLINGS or ORDER.get(b, 9) > ORDER.get(a, 9):
                 print(f"layer: {os.path.relpath(f, SRC)} ({a}) uses {os.path.relpath(g, SRC)} ({b})")
                 bad += 1
+    for f in sorted(files):
+        for i, line in url_questions(f):
+            print(f"location: {os.path.relpath(f, SRC)}:{i} asks whether a location is a URL "
+                  f"(parse a cache::url::Location and ask the cache): {line}")
+            bad += 1
     # Cycles between files (Tarjan's strongly connected components); a module's mod.rs
     # declaring its children is not a use.
     index, low, stack, on, sccs, n = {}, {}, [], set(), [], [0]

@@ -147,6 +147,8 @@ impl std::fmt::Debug for TileBytes {
 
 /// A tile cache: scheme, extent and storage. Shared between threads (`Arc<Cache>`).
 pub struct Cache {
+    /// Where the cache lives: a folder, or a prefix in an object store.
+    location: url::Location,
     place: Place,
     layout: Layout,
     storage: StorageFormat,
@@ -300,6 +302,7 @@ impl Cache {
             _ => Box::new(CompactStore::new(place.clone(), storage, opts.clone())),
         };
         Cache {
+            location: url::Location::Folder(place.root.clone()),
             place,
             layout,
             storage,
@@ -331,6 +334,7 @@ impl Cache {
             false => (Layout::MapProxy, root.clone()),
         };
         Ok(Cache {
+            location: url::Location::Store(url.clone()),
             place: Place { root, tiles_dir },
             layout,
             storage: o.storage,
@@ -419,8 +423,8 @@ impl Cache {
             let levels = self.levels()?;
             let range = levels.first().zip(levels.last()).map(|(a, b)| (*a, *b));
             r.write_content(scheme, range, env, self.opts.durable)?;
-        } else if let Some(u) = url::ObjectUrl::from_path(&self.place.root)? {
-            store::object::put_file(&u, CONF_CDI, &bytes)?;
+        } else if let url::Location::Store(u) = &self.location {
+            store::object::put_file(u, CONF_CDI, &bytes)?;
         } else {
             // Over the file as spelled on disk (`CONF.CDI`), never a second spelling beside it.
             let root = &self.place.root;
@@ -447,10 +451,107 @@ impl Cache {
         &self.opts
     }
 
-    /// The cache folder (holding conf.xml, or the level folders in MapProxy's layout).
+    /// The cache folder (holding conf.xml, or the level folders in MapProxy's layout); for a
+    /// cache in a store its URL as a path, for messages.
     pub fn root(&self) -> &Path {
         &self.place.root
     }
+
+    /// Where the cache lives: a folder, or a prefix in an object store.
+    pub fn location(&self) -> &url::Location {
+        &self.location
+    }
+
+    /// Whether level `level` is there: its folder on disk (a folder without tiles counts), or in a
+    /// store, which has no folders, whether the level holds tiles.
+    pub fn level_exists(&self, level: u8) -> bool {
+        match &self.location {
+            url::Location::Folder(_) => self.place.level_dir(level).is_dir(),
+            url::Location::Store(_) => self.levels().is_ok_and(|v| v.contains(&level)),
+        }
+    }
+
+    /// The modification time of level `level`'s folder, or with None of the folder holding the
+    /// levels; None in a store (no folders) or when there is no such folder.
+    pub fn folder_mtime(&self, level: Option<u8>) -> Option<SystemTime> {
+        let url::Location::Folder(_) = &self.location else {
+            return None;
+        };
+        let dir = match level {
+            Some(l) => self.place.level_dir(l),
+            None => self.place.tiles_dir.clone(),
+        };
+        fs::metadata(dir).and_then(|m| m.modified()).ok()
+    }
+
+    /// The modification time of a file beside the levels (`conf.xml`, `conf.cdi`) or of the
+    /// cache folder itself (`""`); None in a store or when it is missing.
+    pub fn file_mtime(&self, name: &str) -> Option<SystemTime> {
+        let url::Location::Folder(root) = &self.location else {
+            return None;
+        };
+        let p = match name {
+            "" => root.clone(),
+            n => find_entry(root, n).ok().flatten()?,
+        };
+        fs::metadata(p).and_then(|m| m.modified()).ok()
+    }
+
+    /// Makes the place level `level`'s tiles go: its folder on disk (with any missing parents);
+    /// nothing in a store, whose keys carry the level. Errors: the folder cannot be made.
+    pub fn make_level(&self, level: u8) -> Result<()> {
+        match &self.location {
+            url::Location::Folder(_) => {
+                let dir = self.place.level_dir(level);
+                fs::create_dir_all(&dir).at(&dir)
+            }
+            url::Location::Store(_) => Ok(()),
+        }
+    }
+
+    /// Makes every write so far durable: syncfs(2) of the file system holding the folder; nothing
+    /// in a store (a PUT is durable once answered). Errors: the sync failed, naming the folder.
+    pub fn sync_all(&self) -> Result<()> {
+        match &self.location {
+            url::Location::Folder(root) => {
+                let f = fs::File::open(root).at(root)?;
+                rustix::fs::syncfs(&f).map_err(|e| Error::io(root, e.into()))
+            }
+            url::Location::Store(_) => Ok(()),
+        }
+    }
+
+    /// Why `bundlefs compact` cannot rewrite this cache's bundles, if it cannot: exploded caches
+    /// have none, V1 pairs cannot be replaced atomically (and are read-only in a store).
+    pub fn compact_refusal(&self) -> Option<String> {
+        match (self.storage, &self.location) {
+            (StorageFormat::CompactV2, _) => None,
+            (StorageFormat::CompactV1, url::Location::Store(_)) => {
+                Some(store::object::v1::READ_ONLY.to_string())
+            }
+            (StorageFormat::CompactV1, url::Location::Folder(_)) => Some(
+                "compact rewrites Compact V2 bundles only: a V1 .bundle/.bundlx pair cannot be \
+                 replaced atomically for readers that don't lock (export to compact-v2, or to a \
+                 new V1 cache)"
+                    .to_string(),
+            ),
+            (StorageFormat::Exploded, _) => {
+                Some("an exploded cache has no bundles to compact".to_string())
+            }
+        }
+    }
+
+    /// How deleting tiles frees their space here ([`Reclaim`]).
+    pub fn deleted_space(&self) -> Reclaim {
+        match (self.storage, &self.location) {
+            (StorageFormat::Exploded, url::Location::Folder(_)) => Reclaim::Files,
+            (StorageFormat::Exploded, url::Location::Store(_)) => Reclaim::Objects,
+            (StorageFormat::CompactV2, url::Location::Store(_)) => Reclaim::Rewritten,
+            (StorageFormat::CompactV2, url::Location::Folder(_)) => Reclaim::DeadSpace,
+            (StorageFormat::CompactV1, _) => Reclaim::DeadSpaceV1,
+        }
+    }
+
     /// The folder holding the level folders (`_alllayers`, or the root).
     pub fn tiles_dir(&self) -> &Path {
         &self.place.tiles_dir
@@ -695,6 +796,40 @@ impl Cache {
         }
         Ok(())
     }
+}
+
+impl url::Location {
+    /// True when the location already holds a cache (conf.xml, `_alllayers/`, level folders,
+    /// or a ready-to-serve `root.json`; in a store, the keys of one). Names in any case, as
+    /// ArcGIS on Windows writes them (`Conf.xml`, `_AllLayers`). Errors: the folder or store
+    /// cannot be listed (naming it).
+    pub fn holds_cache(&self) -> Result<bool> {
+        match self {
+            url::Location::Store(u) => store::object::holds_cache(u),
+            url::Location::Folder(dir) => Ok(find_entry(dir, CONF_XML)?.is_some()
+                || find_entry(dir, ALLLAYERS)?.is_some()
+                || find_entry(dir, crate::format::tpkx::ROOT_JSON)?.is_some()
+                || read_dir_names(dir)?
+                    .iter()
+                    .any(|n| crate::format::exploded::parse_level_dir(n).is_ok())),
+        }
+    }
+}
+
+/// How `delete` frees the space of the tiles it removes, by storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reclaim {
+    /// Tile files are removed (and row folders left empty with them).
+    Files,
+    /// Tile objects are deleted (a row prefix goes with its last object).
+    Objects,
+    /// Index entries cleared: the bytes stay as dead space until `bundlefs compact`.
+    DeadSpace,
+    /// Compact V1 `.bundlx` entries cleared: the bytes stay as dead space (V1 is not compacted;
+    /// export to a new cache to reclaim it).
+    DeadSpaceV1,
+    /// Bundles rewritten without the tiles (a store has no in-place writes): no dead space.
+    Rewritten,
 }
 
 /// The image kind to assume for tiles whose bytes don't tell: the scheme's format, else PNG.

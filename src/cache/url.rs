@@ -4,7 +4,7 @@
 //! `AZURE_*` environment variables (see `doc/object-store.md`).
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
@@ -139,7 +139,62 @@ impl fmt::Display for ObjectUrl {
     }
 }
 
-/// True when `p` is written as a URL (`scheme://…`), i.e. not a local path.
+/// Where a cache lives: a folder on this machine or a prefix in an object store. Parsed once,
+/// where a path enters (the command line, a job's destination), and passed down; what differs
+/// between the two is asked of the cache ([`crate::cache::Cache`]'s folder questions:
+/// `level_exists`, `level_mtime`, `make_level`, `sync_all`, …), never by testing a path string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A local folder (or a file in it: conf.xml, root.json, a package).
+    Folder(PathBuf),
+    /// `s3://BUCKET/PREFIX` or `az://CONTAINER/PREFIX`.
+    Store(ObjectUrl),
+}
+
+impl Location {
+    /// `p` as given on a command line: a URL of a store bundlefs serves, else a local path.
+    /// Errors: a URL bundlefs cannot serve (another scheme, no bucket, bad segments), by name.
+    pub fn parse(p: &Path) -> Result<Location> {
+        Ok(match ObjectUrl::from_path(p)? {
+            Some(u) => Location::Store(u),
+            None => Location::Folder(p.to_path_buf()),
+        })
+    }
+
+    /// Whether the cache is in an object store.
+    pub fn is_store(&self) -> bool {
+        matches!(self, Location::Store(_))
+    }
+
+    /// The location as a path, for messages and for the path-keyed APIs (`s3://b/p` as written).
+    pub fn path(&self) -> PathBuf {
+        match self {
+            Location::Folder(p) => p.clone(),
+            Location::Store(u) => PathBuf::from(u.to_string()),
+        }
+    }
+
+    /// Whether something is there to write into: an existing folder, or a store prefix (which
+    /// exists as soon as a key is put under it).
+    pub fn is_there(&self) -> bool {
+        match self {
+            Location::Folder(p) => p.is_dir(),
+            Location::Store(_) => true,
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Folder(p) => write!(f, "{}", p.display()),
+            Location::Store(u) => write!(f, "{u}"),
+        }
+    }
+}
+
+/// True when `p` is written as a URL (`scheme://…`), i.e. not a local path. For the cache layer
+/// only (`scripts/check-layers.py` refuses it above `cache/`): above it, ask a [`Location`].
 pub fn is_url(p: &Path) -> bool {
     p.to_str().is_some_and(|s| {
         s.split_once("://").is_some_and(|(scheme, _)| {

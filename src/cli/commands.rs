@@ -49,6 +49,9 @@ pub fn verify(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
     for w in &r.warnings {
         outln!("WARN {}", shown(w));
     }
+    for n in &r.not_checked {
+        outln!("NOT CHECKED {n}");
+    }
     outln!(
         "{}: {}, {}, {} checked{}; {} problem(s), {} warning(s)",
         a.cache.display(),
@@ -186,8 +189,8 @@ pub fn export(a: &ExportArgs) -> anyhow::Result<ExitCode> {
 /// store), for `export` without `--storage`: tiles go into it as they are stored there. None for
 /// anything else (no cache yet, a package, a ready-to-serve folder).
 fn existing_storage(dest: &Path) -> Option<StorageArg> {
-    let url = crate::cache::url::is_url(dest);
-    if !url && !dest.join("conf.xml").is_file() {
+    let at = crate::cache::url::Location::parse(dest).ok()?;
+    if !(at.is_there() && at.holds_cache().ok()?) {
         return None;
     }
     let c = Cache::open(dest).ok()?;
@@ -244,31 +247,30 @@ pub fn delete(a: &DeleteArgs) -> anyhow::Result<ExitCode> {
         all: a.all,
     };
     let s = crate::jobs::delete::delete(&c, &opts)?;
-    let after = match c.storage() {
+    use crate::cache::Reclaim;
+    let removed = |what: &str| {
+        format!(
+            " ({} bytes of {what}, {} removed)",
+            s.bytes,
+            count(s.row_folders, "empty row folder")
+        )
+    };
+    let after = match c.deleted_space() {
         _ if s.tiles == 0 => String::new(),
-        StorageFormat::CompactV2 if !crate::cache::url::is_url(c.root()) => format!(
+        Reclaim::DeadSpace => format!(
             "; their {} bytes are dead space until `bundlefs compact {}` rewrites the bundles \
              (by default those at least 20% dead; `--min-dead 0%` for every one)",
             s.bytes,
             a.cache.display()
         ),
-        StorageFormat::CompactV1 => format!(
+        Reclaim::DeadSpaceV1 => format!(
             "; their {} bytes stay in the .bundle files as dead space (export to a new cache to \
              reclaim it)",
             s.bytes
         ),
-        StorageFormat::Exploded => format!(
-            " ({} bytes of {}, {} removed)",
-            s.bytes,
-            if crate::cache::url::is_url(c.root()) {
-                "tile objects"
-            } else {
-                "files"
-            },
-            count(s.row_folders, "empty row folder")
-        ),
-        // Compact V2 in an object store: every bundle is rewritten whole, without them.
-        _ => format!(
+        Reclaim::Files => removed("files"),
+        Reclaim::Objects => removed("tile objects"),
+        Reclaim::Rewritten => format!(
             "; their {} bytes are gone (each bundle was rewritten without them: no dead space)",
             s.bytes
         ),

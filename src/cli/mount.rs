@@ -20,6 +20,7 @@ use super::source::refuse_package;
 use super::MountArgs;
 use crate::cache::buffer::WriteBuffer;
 use crate::cache::store::object::{ObjectOptions, WriteCoordination};
+use crate::cache::url::Location;
 use crate::cache::{Cache, CacheOptions};
 use crate::format::values::Seconds;
 use crate::fs::fuse::{watch_changes, FuseFs, FuseOptions};
@@ -144,7 +145,7 @@ pub fn run(mut args: MountArgs) -> anyhow::Result<ExitCode> {
     let parsed = parse_options(&args.options)?;
     // The struct holds absolute paths from here on (a daemon serves from `/`).
     // A cache in an object store (`s3://…`) is a URL, not a path to make absolute.
-    if !crate::cache::url::is_url(&args.cache) {
+    if !Location::parse(&args.cache)?.is_store() {
         args.cache = abs(&args.cache)?;
     }
     args.mountpoint = abs(&args.mountpoint)?;
@@ -267,7 +268,7 @@ fn serve(args: &MountArgs, parsed: &ParsedOptions, child: bool) -> anyhow::Resul
         // Every render slot and as many lookups waiting for one get a thread of their own.
         fs = fs.with_render_threads(2 * args.render_jobs.max(1) + 2)?;
     }
-    if crate::cache::url::is_url(&args.cache) {
+    if tree.cache().location().is_store() {
         // Requests that may wait on the object store never hold a session thread.
         fs = fs.with_store_threads(STORE_THREADS)?;
     }
@@ -401,8 +402,8 @@ fn serve(args: &MountArgs, parsed: &ParsedOptions, child: bool) -> anyhow::Resul
 /// The object-store settings of the mount; refuses them for a cache in a local folder, and
 /// `--single-writer` on a read-only mount.
 fn object_options(args: &MountArgs, parsed: &ParsedOptions) -> anyhow::Result<ObjectOptions> {
-    let is_url = crate::cache::url::is_url(&args.cache);
-    if !is_url {
+    let in_store = Location::parse(&args.cache)?.is_store();
+    if !in_store {
         let given = [
             parsed.endpoint.as_ref().map(|_| "endpoint"),
             parsed.region.as_ref().map(|_| "region"),
@@ -415,7 +416,7 @@ fn object_options(args: &MountArgs, parsed: &ParsedOptions) -> anyhow::Result<Ob
             );
         }
     }
-    if !is_url && args.cache_dir.is_some() {
+    if !in_store && args.cache_dir.is_some() {
         bail!(
             "--cache-dir: only for a cache in an object store (s3://BUCKET/PREFIX, az://CONTAINER/PREFIX); {} is a folder",
             args.cache.display()

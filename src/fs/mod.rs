@@ -250,10 +250,10 @@ impl TreeFs {
             .ok_or_else(|| not_found(format!("inode {ino}")))
     }
 
-    fn dir_mtime(&self, path: &std::path::Path) -> SystemTime {
-        std::fs::metadata(path)
-            .and_then(|m| m.modified())
-            .unwrap_or(self.mounted_at)
+    /// The time of a level's folder (None: of the folder holding the levels), else the mount's
+    /// start (a store has no folders).
+    fn dir_mtime(&self, level: Option<u8>) -> SystemTime {
+        self.cache.folder_mtime(level).unwrap_or(self.mounted_at)
     }
 
     fn dir_attr(&self, n: Node, nlink: u32, mtime: SystemTime) -> Attr {
@@ -457,12 +457,10 @@ impl TreeFs {
     }
 
     fn level_exists(&self, level: u8) -> bool {
-        self.cache.level_dir(level).is_dir()
-            // A cache in an object store has no level folders: a level of conf.xml's LODs is
-            // shown unlisted, others are listed.
+        // Its folder, or in a store (no folders) a level holding tiles; a level of conf.xml's
+        // LODs of a store cache is shown unlisted.
+        self.cache.level_exists(level)
             || self.cache.unlisted_lookup(level)
-            || (crate::cache::url::is_url(self.cache.root())
-                && self.cache.levels().is_ok_and(|v| v.contains(&level)))
             || self.w.lock().unwrap().created_level(level)
             || self
                 .writer
@@ -596,7 +594,7 @@ impl TreeFs {
     /// Attributes of an inode.
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
         let n = self.node(ino)?;
-        let root_mtime = self.dir_mtime(self.cache.root());
+        let root_mtime = self.cache.file_mtime("").unwrap_or(self.mounted_at);
         Ok(match n {
             Node::Root => {
                 let subdirs = match self.cache.layout() {
@@ -612,9 +610,7 @@ impl TreeFs {
                     (&self.conf_cdi, "conf.cdi")
                 };
                 let b = bytes.as_ref().ok_or_else(|| not_found(file))?;
-                let mtime = std::fs::metadata(self.cache.root().join(file))
-                    .and_then(|m| m.modified())
-                    .unwrap_or(self.mounted_at);
+                let mtime = self.cache.file_mtime(file).unwrap_or(self.mounted_at);
                 Attr {
                     ino,
                     kind: Kind::File,
@@ -628,7 +624,7 @@ impl TreeFs {
                     return Err(not_found("_alllayers"));
                 }
                 let levels = self.levels()?.len() as u32;
-                self.dir_attr(n, 2 + levels, self.dir_mtime(self.cache.tiles_dir()))
+                self.dir_attr(n, 2 + levels, self.dir_mtime(None))
             }
             Node::Level(l) => {
                 if !self.level_exists(l) && !self.renderable_dir(l, None) {
@@ -637,13 +633,13 @@ impl TreeFs {
                 // Link count 1: "subfolder count unknown" (as btrfs and network filesystems
                 // report; find and fts then do not rely on it). Counting rows would read the index
                 // of every bundle of the level on a mere stat.
-                self.dir_attr(n, 1, self.dir_mtime(&self.cache.level_dir(l)))
+                self.dir_attr(n, 1, self.dir_mtime(Some(l)))
             }
             Node::Row { level, row } => {
                 if !self.row_exists(level, row)? && !self.renderable_dir(level, Some(row)) {
                     return Err(not_found(exploded::row_dir(row)));
                 }
-                self.dir_attr(n, 2, self.dir_mtime(&self.cache.level_dir(level)))
+                self.dir_attr(n, 2, self.dir_mtime(Some(level)))
             }
             Node::Tile(t) => {
                 if let Some(a) = self.open_attr(ino) {
@@ -710,7 +706,7 @@ impl TreeFs {
         match n {
             n if n == self.levels_parent() => {
                 for l in self.levels()? {
-                    let mtime = self.dir_mtime(&self.cache.level_dir(l));
+                    let mtime = self.dir_mtime(Some(l));
                     out.push(DirEntry {
                         name: exploded::level_dir(l),
                         attr: self.dir_attr(Node::Level(l), 1, mtime),
@@ -721,7 +717,7 @@ impl TreeFs {
                 if !self.level_exists(level) && !self.renderable_dir(level, None) {
                     return Err(not_found(exploded::level_dir(level)));
                 }
-                let mtime = self.dir_mtime(&self.cache.level_dir(level));
+                let mtime = self.dir_mtime(Some(level));
                 let mut rows = self.rows(level)?;
                 if let Some((r, _)) = self.listed_range(level) {
                     rows.extend(r);

@@ -1082,7 +1082,7 @@ impl TreeFs {
                     return Err(FsError::NotEmpty(name.to_string()));
                 }
                 let was_created = self.w.lock().unwrap().created.remove(&(l, None));
-                if self.cache.level_dir(l).is_dir() && !was_created {
+                if self.cache.level_exists(l) && !was_created {
                     // A level folder on disk without tiles (empty bundles): it stays.
                     return Err(FsError::NotEmpty(name.to_string()));
                 }

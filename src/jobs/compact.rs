@@ -9,7 +9,6 @@ use std::path::PathBuf;
 
 use crate::cache::{Cache, Compacted};
 use crate::error::{Error, Result};
-use crate::format::conf::StorageFormat;
 
 /// What `compact` did.
 #[derive(Debug, Default)]
@@ -24,25 +23,8 @@ pub struct CompactSummary {
 
 /// Rewrites every bundle whose dead bytes are at least `min_dead` (0.0–1.0) of its size.
 pub fn compact(cache: &Cache, min_dead: f64) -> Result<CompactSummary> {
-    match cache.storage() {
-        StorageFormat::CompactV2 => {}
-        StorageFormat::CompactV1 if crate::cache::url::is_url(cache.root()) => {
-            return Err(Error::invalid(format!(
-                "{}: {}",
-                cache.root().display(),
-                crate::cache::store::object::v1::READ_ONLY
-            )))
-        }
-        StorageFormat::CompactV1 => {
-            return Err(Error::invalid(format!(
-                "{}: compact rewrites Compact V2 bundles only: a V1 .bundle/.bundlx pair cannot be \
-                 replaced atomically for readers that don't lock (export to compact-v2, or to a new V1 cache)",
-                cache.root().display()
-            )))
-        }
-        StorageFormat::Exploded => {
-            return Err(Error::invalid(format!("{}: an exploded cache has no bundles to compact", cache.root().display())))
-        }
+    if let Some(why) = cache.compact_refusal() {
+        return Err(Error::invalid(format!("{}: {why}", cache.root().display())));
     }
     let mut s = CompactSummary::default();
     for level in cache.levels()? {

@@ -7,7 +7,6 @@
 //! the proofs in `doc/managing-tiles.md`.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::aoi::{Aoi, Coverage};
@@ -15,7 +14,7 @@ use super::engine::{check_selection, select_levels, JobOptions, LevelSelect};
 use super::selection::Area;
 use crate::cache::{Cache, Storage, TileGroup};
 use crate::error::{Error, Result};
-use crate::format::conf::{Envelope, StorageFormat, TileScheme};
+use crate::format::conf::{Envelope, TileScheme};
 use crate::format::extent::union;
 use crate::format::{Slot, TileAddr, BUNDLE_DIM};
 
@@ -107,9 +106,8 @@ pub fn delete_tiles_of(
             s.tiles += slots.len() as u64;
             s.bytes += bytes;
             s.bundles += 1;
-            if store.format() == StorageFormat::Exploded {
-                s.row_folders += remove_empty_rows(store, &g, &slots);
-            }
+            let rows: BTreeSet<u32> = slots.iter().map(|s| g.id.row0 + s.row).collect();
+            s.row_folders += store.remove_empty_rows(g.id.level, &rows);
         }
     }
     s.seconds = start.elapsed().as_secs_f64();
@@ -178,42 +176,6 @@ fn selected(
         }
     }
     Ok((out, bytes))
-}
-
-/// Removes the row folders of an exploded group that its deleted tiles left empty; returns how
-/// many. A folder another writer fills meanwhile stays (`rmdir` removes only empty folders). In
-/// an object store a row prefix goes with its last object (the store's `delete_group`): the
-/// rows now without tiles are counted.
-fn remove_empty_rows(store: &dyn Storage, g: &TileGroup, slots: &[Slot]) -> u64 {
-    let Some(first) = slots.first() else {
-        return 0;
-    };
-    if crate::cache::url::is_url(&store.location(g.id.tile(*first))) {
-        let rows: BTreeSet<u32> = slots.iter().map(|s| g.id.row0 + s.row).collect();
-        return rows
-            .into_iter()
-            .filter(|r| store.cols(g.id.level, *r).is_ok_and(|c| c.is_empty()))
-            .count() as u64;
-    }
-    let rows: BTreeSet<PathBuf> = slots
-        .iter()
-        .filter_map(|s| {
-            store
-                .location(g.id.tile(*s))
-                .parent()
-                .map(Path::to_path_buf)
-        })
-        .collect();
-    let mut n = 0;
-    for dir in rows {
-        match std::fs::remove_dir(&dir) {
-            Ok(()) => n += 1,
-            Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!("{}: empty row folder not removed: {e}", dir.display()),
-        }
-    }
-    n
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use rayon::prelude::*;
 
 use super::aoi::{Aoi, Area, Coverage, Mask, Take};
 use super::tile::{Outcome, Side, TilePixels};
+use crate::cache::url::Location;
 use crate::cache::{Cache, CacheOptions, GroupView, TileBytes, TileGroup};
 use crate::error::{Error, IoContext, Result};
 use crate::format::conf::{Envelope, StorageFormat, TileFormat, TileScheme};
@@ -26,7 +27,7 @@ use crate::format::extent::union;
 use crate::format::levels::LevelRange;
 use crate::format::pixels::{ImportMode, PngCompression, TileEncoder, DEFAULT_BACKGROUND};
 use crate::format::sniff::ImageKind;
-use crate::format::{exploded, BundleId, Slot, TileAddr, BUNDLE_DIM};
+use crate::format::{BundleId, Slot, TileAddr, BUNDLE_DIM};
 
 /// Which levels a job takes.
 #[derive(Debug, Clone, PartialEq)]
@@ -346,17 +347,13 @@ pub fn run(
         if groups.is_empty() {
             continue;
         }
-        // An object store has no folders to make (keys carry the level).
-        if !crate::cache::url::is_url(dest.root()) {
-            let ldir = dest.level_dir(level);
-            fs::create_dir_all(&ldir).at(&ldir)?;
-        }
+        dest.make_level(level)?;
         groups
             .par_iter()
             .try_for_each(|(g, cov)| ctx.group(g, *cov))?;
     }
-    if opts.sync && !crate::cache::url::is_url(dest.root()) {
-        syncfs(dest.root())?;
+    if opts.sync {
+        dest.sync_all()?;
     }
     let n = &ctx.n;
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -790,21 +787,11 @@ pub fn into_cache(
     Ok(summary)
 }
 
-/// True when `dir` already holds a cache (conf.xml, `_alllayers/`, level folders, or a
-/// ready-to-serve `root.json`).
+/// True when `dir` (a folder or a store URL) is there and already holds a cache
+/// ([`Location::holds_cache`]).
 pub fn holds_cache(dir: &Path) -> Result<bool> {
-    if let Some(u) = crate::cache::url::ObjectUrl::from_path(dir)? {
-        return crate::cache::store::object::holds_cache(&u);
-    }
-    // Names in any case, as ArcGIS on Windows writes them (`Conf.xml`, `_AllLayers`).
-    Ok(
-        crate::cache::find_entry(dir, crate::cache::CONF_XML)?.is_some()
-            || crate::cache::find_entry(dir, crate::cache::ALLLAYERS)?.is_some()
-            || crate::cache::find_entry(dir, crate::format::tpkx::ROOT_JSON)?.is_some()
-            || crate::cache::read_dir_names(dir)?
-                .iter()
-                .any(|n| exploded::parse_level_dir(n).is_ok()),
-    )
+    let at = Location::parse(dir)?;
+    Ok(at.is_there() && at.holds_cache()?)
 }
 
 /// The conf.cdi extent after a job: DEST's grown by the area, or the area (cut to SRC's extent).

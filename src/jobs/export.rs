@@ -85,7 +85,7 @@ pub fn export_job(
             dest.display()
         )));
     }
-    if (dest.is_dir() || crate::cache::url::is_url(dest)) && holds_cache(dest)? {
+    if holds_cache(dest)? {
         let mut d = Cache::open_with(dest, dest_options(storage, opts.sync))?;
         if d.storage() != storage {
             return Err(Error::invalid(format!(

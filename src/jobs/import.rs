@@ -27,7 +27,7 @@ pub fn import_job(
             dest.display()
         )));
     }
-    if !(dest.is_dir() || crate::cache::url::is_url(dest)) || !holds_cache(dest)? {
+    if !holds_cache(dest)? {
         return Err(Error::invalid(format!(
             "{}: not a tile cache; import needs an existing cache (use export to make a new one)",
             dest.display()

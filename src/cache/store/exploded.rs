@@ -277,6 +277,22 @@ impl Storage for ExplodedStore {
                 .join(names::col_file(t.col, self.default_kind.ext()))
         })
     }
+
+    /// Removes the row folders `delete` left empty (`rmdir`: a folder another writer filled
+    /// meanwhile stays); a folder that cannot be removed is a warning naming it.
+    fn remove_empty_rows(&self, level: u8, rows: &BTreeSet<u32>) -> u64 {
+        let mut n = 0;
+        for &row in rows {
+            let dir = self.row_dir(level, row);
+            match fs::remove_dir(&dir) {
+                Ok(()) => n += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!("{}: empty row folder not removed: {e}", dir.display()),
+            }
+        }
+        n
+    }
 }
 
 /// A row folder's entries by lower-case name: (the name on disk, whether it is a symbolic link).

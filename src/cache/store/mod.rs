@@ -229,6 +229,13 @@ pub trait Storage: Send + Sync {
     /// Where tile `t` is (or would be) stored, for messages.
     fn location(&self, t: TileAddr) -> PathBuf;
 
+    /// After `delete` removed tiles of `rows` (of `level`): removes what held those rows when it
+    /// is left empty (an exploded folder's row folders; a store's row prefixes go with their last
+    /// object) and returns how many rows are now gone. Bundles have no row places: 0.
+    fn remove_empty_rows(&self, _level: u8, _rows: &BTreeSet<u32>) -> u64 {
+        0
+    }
+
     /// Bundles of a level (compact storage; empty for exploded).
     fn bundles(&self, _level: u8) -> Result<Vec<BundleId>> {
         Ok(Vec::new())

@@ -998,6 +998,14 @@ impl Storage for ExplodedObjects {
         }))
     }
 
+    /// A row prefix goes with its last object (the store's `delete_group`): counts the rows of
+    /// `rows` now without tiles.
+    fn remove_empty_rows(&self, level: u8, rows: &BTreeSet<u32>) -> u64 {
+        rows.iter()
+            .filter(|r| self.cols(level, **r).is_ok_and(|c| c.is_empty()))
+            .count() as u64
+    }
+
     fn location(&self, t: TileAddr) -> PathBuf {
         let kept = self
             .rows
