@@ -236,7 +236,19 @@ pub fn delete(a: &DeleteArgs) -> anyhow::Result<ExitCode> {
     let sel = &a.select;
     let levels = match (&sel.levels, &sel.scales) {
         (_, Some(s)) => Some(LevelSelect::Scales(s.clone())),
-        (Some(r), None) => Some(LevelSelect::Range(*r)),
+        (Some(r), None) => {
+            // As export and import: a range meeting no level the cache has is a mistake.
+            let have = c.levels()?;
+            if !have.iter().any(|l| r.contains(*l)) {
+                bail!(
+                    "--levels {}: {} has no level in that range; its levels are: {}",
+                    range_text(r),
+                    a.cache.display(),
+                    levels_text(&have)
+                );
+            }
+            Some(LevelSelect::Range(*r))
+        }
         (None, None) => None,
     };
     let (extent, aoi) = extent_and_aoi(sel.extent, sel.extent_crs, sel.aoi.as_deref(), &c)?;
@@ -257,16 +269,20 @@ pub fn delete(a: &DeleteArgs) -> anyhow::Result<ExitCode> {
     };
     let after = match c.deleted_space() {
         _ if s.tiles == 0 => String::new(),
+        // Each tile in a bundle has a 4-byte size prefix, which becomes dead space with it.
         Reclaim::DeadSpace => format!(
-            "; their {} bytes are dead space until `bundlefs compact {}` rewrites the bundles \
-             (by default those at least 20% dead; `--min-dead 0%` for every one)",
+            "; their {} bytes ({} with their 4-byte size prefixes, as `info` counts dead bytes) \
+             are dead space until `bundlefs compact {}` rewrites the bundles (by default those \
+             at least 20% dead; `--min-dead 0%` for every one)",
             s.bytes,
+            s.bytes + 4 * s.tiles,
             a.cache.display()
         ),
         Reclaim::DeadSpaceV1 => format!(
-            "; their {} bytes stay in the .bundle files as dead space (export to a new cache to \
-             reclaim it)",
-            s.bytes
+            "; their {} bytes ({} with their 4-byte size prefixes) stay in the .bundle files as \
+             dead space (export to a new cache to reclaim it)",
+            s.bytes,
+            s.bytes + 4 * s.tiles
         ),
         Reclaim::Files => removed("files"),
         Reclaim::Objects => removed("tile objects"),
@@ -670,7 +686,7 @@ fn print_summary(
         s.tiles_read as f64 / s.seconds.max(1e-9)
     );
     outln!(
-        "tiles read {} ({} bytes), written {} (copied {}, clipped {}, merged {}), unchanged {}, skipped {}",
+        "tiles read {} ({} bytes), written {} (copied {}, clipped {}, merged {}), unchanged {}, skipped {} (outside the selection){}",
         s.tiles_read,
         s.bytes_read,
         s.tiles_written,
@@ -678,7 +694,15 @@ fn print_summary(
         s.tiles_clipped,
         s.tiles_merged,
         s.tiles_unchanged,
-        s.tiles_skipped
+        s.tiles_skipped,
+        if s.unreadable.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; left out as unreadable: {} (tiles or whole bundles, listed below)",
+                s.unreadable.len()
+            )
+        }
     );
     Ok(())
 }
@@ -793,7 +817,15 @@ fn info_of(path: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
     let mut levels = Vec::new();
     let mut broken: Vec<String> = Vec::new();
     for l in c.levels()? {
-        levels.push((l, level_stats_salvaged(c, l, &mut broken)?));
+        let st = level_stats_salvaged(c, l, &mut broken)?;
+        if st.broken > 0 {
+            broken.push(format!(
+                "level {l}: {} whose index entries point past the end of their bundle (cut \
+                 short?); `bundlefs verify` names them",
+                count(st.broken, "tile")
+            ));
+        }
+        levels.push((l, st));
     }
     let total = levels.iter().fold(LevelStats::default(), |mut a, (_, s)| {
         a.bundles += s.bundles;

@@ -14,7 +14,8 @@ use super::output::outln;
 use super::registry::{self, Record, Status};
 use super::UnmountArgs;
 
-/// Runs `bundlefs unmount`: exit 0 once every tile is stored and the daemon has exited, 1 if the
+/// Runs `bundlefs unmount` (a busy mount is retried for [`BUSY_WAIT`], then exit 1 with the mount
+/// left as it is): exit 0 once every tile is stored and the daemon has exited, 1 if the
 /// wait timed out, 2 (an error) if the daemon's flush failed or its end cannot be known.
 pub fn run(a: &UnmountArgs) -> anyhow::Result<ExitCode> {
     let mnt = mount_point(&a.mountpoint)?;
@@ -48,7 +49,18 @@ pub fn run(a: &UnmountArgs) -> anyhow::Result<ExitCode> {
                 m.source
             );
         }
-        release(&mnt)?;
+        if let Err(why) = release_when_free(&mnt)? {
+            eprintln!(
+                "bundlefs: {}: still busy after {} s: {why}. A program still has a file or its \
+                 working folder in the mount (`fuser -vm {}` lists them); nothing was lost and the \
+                 mount stays: run `bundlefs unmount {}` again once it is free",
+                mnt.display(),
+                BUSY_WAIT.as_secs(),
+                mnt.display(),
+                mnt.display()
+            );
+            return Ok(ExitCode::from(1));
+        }
     }
     let Some(r) = live else {
         // Mounted by bundlefs, but no live daemon on record: it died (its buffered tiles with
@@ -156,6 +168,31 @@ fn mount_point(p: &Path) -> anyhow::Result<PathBuf> {
     match (a.parent().map(Path::canonicalize), a.file_name()) {
         (Some(Ok(parent)), Some(name)) => Ok(parent.join(name)),
         _ => Ok(a),
+    }
+}
+
+/// How long `unmount` retries a mount that is busy: the processes of a tool that just ended
+/// (rsync's receiver and generator) may still hold their working folder in it for a moment.
+const BUSY_WAIT: Duration = Duration::from_secs(10);
+
+/// [`release`], retried while the mount is busy for up to [`BUSY_WAIT`]: Ok(Err(complaint))
+/// when it stayed busy; other failures are errors.
+fn release_when_free(mnt: &Path) -> anyhow::Result<Result<(), String>> {
+    let started = Instant::now();
+    loop {
+        match release(mnt) {
+            Ok(()) => return Ok(Ok(())),
+            Err(e) => {
+                let text = e.to_string();
+                if !text.to_ascii_lowercase().contains("busy") {
+                    return Err(e);
+                }
+                if started.elapsed() >= BUSY_WAIT {
+                    return Ok(Err(text));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
     }
 }
 

@@ -105,6 +105,26 @@ pub fn is_web_mercator(s: &TileScheme) -> bool {
     scheme_epsg(s) == Some(WEB_MERCATOR)
 }
 
+/// The extent of the whole world of a scheme, when the scheme says it: Web Mercator's square, or
+/// the box symmetric about the map origin (0, 0) that an origin at the top left of the world
+/// spans (geographic schemes: -180..180 × -90..90). None for schemes whose origin lies elsewhere
+/// (national grids): their tiles have no bound but the data's.
+pub fn known_world(s: &TileScheme) -> Option<Envelope> {
+    (is_web_mercator(s) || (s.origin_x < 0.0 && s.origin_y > 0.0)).then(|| scheme_extent(s))
+}
+
+/// Whether tile `t` lies at least partly in the scheme's known world ([`known_world`]); true
+/// when the world is not known or the level is not in the scheme (refused elsewhere).
+pub fn tile_in_world(s: &TileScheme, t: crate::format::TileAddr) -> bool {
+    let Some(w) = known_world(s) else {
+        return true;
+    };
+    match s.tile_range(t.level, &w) {
+        Some((rows, cols)) => rows.contains(&t.row) && cols.contains(&t.col),
+        None => s.lod(t.level).is_none(),
+    }
+}
+
 /// The extent a tiling scheme covers on its own (when no conf.cdi says better), in its map units:
 ///
 /// - Web Mercator: the square ±20037508.342787 m, the whole projection.

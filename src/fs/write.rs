@@ -478,6 +478,7 @@ impl TreeFs {
                 why: NOT_A_TILE_NAME,
             });
         };
+        self.check_in_world(t, &path)?;
         let ino = self.ino(Node::Tile(t));
         let mut w = self.w.lock().unwrap();
         let o = w.open.entry(ino).or_insert(OpenTile {
@@ -567,6 +568,18 @@ impl TreeFs {
         let mut w = self.w.lock().unwrap();
         let buf = if let Some(o) = w.open.get_mut(&ino) {
             o.dirty = true;
+            // The first bytes already say what the file holds: a tile whose content contradicts
+            // its name fails at this write (`echo junk > C….png` reports it; a shell ignores
+            // errors at close), not only at close.
+            if offset == 0 && data.len() >= 12 {
+                if let Some(why) = head_contradicts(data, o.kind) {
+                    let path = self.tree_path(o.tile.level, o.tile.row, &o.name);
+                    return Err(FsError::BadTile {
+                        path,
+                        source: Error::invalid(why),
+                    });
+                }
+            }
             &mut o.data
         } else if let Some(t) = w.temps.get_mut(&ino) {
             t.mtime = SystemTime::now();
@@ -692,6 +705,36 @@ impl TreeFs {
         self.commit_tile(ino, t, kind, data, mtime, &path)
     }
 
+    /// Refuses a tile outside the tiling scheme's known world (level 0 of Web Mercator has one
+    /// tile: `L00/R00000000/C00000005.png` is no tile of it), naming the rows and columns the
+    /// level has.
+    fn check_in_world(&self, t: TileAddr, path: &str) -> FsResult<()> {
+        let Some(s) = self.cache.scheme() else {
+            return Ok(());
+        };
+        if crate::format::extent::tile_in_world(s, t) {
+            return Ok(());
+        }
+        let range = s
+            .tile_range(t.level, &crate::format::extent::scheme_extent(s))
+            .map_or("none".to_string(), |(r, c)| {
+                format!(
+                    "rows {}-{}, columns {}-{}",
+                    r.start,
+                    r.end.saturating_sub(1),
+                    c.start,
+                    c.end.saturating_sub(1)
+                )
+            });
+        Err(FsError::Invalid {
+            what: path.to_string(),
+            why: format!(
+                "tile {t} lies outside the tiling scheme's world (level {} has {range}); not stored",
+                t.level
+            ),
+        })
+    }
+
     fn commit_tile(
         &self,
         ino: u64,
@@ -702,6 +745,10 @@ impl TreeFs {
         path: &str,
     ) -> FsResult<()> {
         let w = self.writer_or_rofs(path)?;
+        if let Err(e) = self.check_in_world(t, path) {
+            self.queue(Invalidation::Inode(ino));
+            return Err(e);
+        }
         let before = self
             .stored_tile(t)
             .ok()
@@ -1152,6 +1199,27 @@ fn not_a_tile_name(from: &str, to: String) -> FsError {
     }
 }
 
+/// Why the first bytes of a file contradict the kind its name says (PNG, JPEG and LERC have
+/// signatures; a vector tile may be raw protobuf, which has none); None when they agree.
+fn head_contradicts(head: &[u8], named: ImageKind) -> Option<String> {
+    let found = crate::format::sniff::sniff(head);
+    match found {
+        Some(k) if k == named => None,
+        None if named == ImageKind::Pbf => None,
+        Some(k) => Some(format!(
+            "the bytes are {} but the name says .{}",
+            k.name(),
+            named.ext()
+        )),
+        None => Some(format!(
+            "not a {} file (its first bytes are no {} signature); the name says .{}",
+            named.name(),
+            named.name(),
+            named.ext()
+        )),
+    }
+}
+
 /// Whether `name` is a folder name of the tree (`_alllayers`, `Lnn`, `Rxxxxxxxx`).
 fn tree_folder_name(name: &str) -> bool {
     name == "_alllayers"
@@ -1449,10 +1517,22 @@ mod tests {
             errno(fs.mkdir(fs.ino(Node::AllLayers), "L01")),
             libc::EEXIST
         );
+        // Bytes that contradict the name fail at the first write, and again at close.
         let a = fs.create(row, "C00000001.png").unwrap();
-        fs.write(a.ino, 0, b"GIF89a not a tile").unwrap();
+        let e = fs.write(a.ino, 0, b"GIF89a not a tile").unwrap_err();
+        assert_eq!(e.errno(), libc::EINVAL);
+        assert!(e.to_string().contains("C00000001.png"), "{e}");
         assert_eq!(errno(fs.flush(a.ino)), libc::EINVAL);
         assert_eq!(fs.writer().unwrap().pending_tiles(), 0, "nothing stored");
+        // A JPEG under a .png name: the write says what the bytes are.
+        let b = fs.create(row, "C00000000.png").unwrap();
+        let jpeg = [0xff, 0xd8, 0xff, 0xe0, 0, 16, b'J', b'F', b'I', b'F', 0, 1];
+        let e = fs.write(b.ino, 0, &jpeg).unwrap_err();
+        assert!(e.to_string().contains("JPEG"), "{e}");
+        // A tile outside the scheme's world (level 1 of Web Mercator has 2 x 2 tiles).
+        let e = fs.create(row, "C00000005.png").unwrap_err();
+        assert_eq!(e.errno(), libc::EINVAL);
+        assert!(e.to_string().contains("outside the tiling scheme"), "{e}");
         // Read-only trees refuse writes.
         let ro = TreeFs::new(fs.cache().clone());
         assert_eq!(errno(ro.create(row, "C00000001.png")), libc::EROFS);

@@ -431,6 +431,13 @@ impl Ctx<'_> {
         let tiles = match self.src.read_group(g) {
             Ok(t) => t,
             Err(_) if self.skip_unreadable => self.readable_tiles(g),
+            Err(e @ (Error::Format { .. } | Error::Io { .. })) => {
+                return Err(Error::invalid(format!(
+                    "{e}; nothing more was copied (the destination keeps the tiles written \
+                     before); to copy what can be read, run again with --skip-unreadable, which \
+                     lists what it leaves out"
+                )))
+            }
             Err(e) => return Err(e),
         };
         let n = tiles.len() as u64;
@@ -481,7 +488,8 @@ impl Ctx<'_> {
     /// unreadable (`--skip-unreadable`); a bundle that cannot be opened at all is noted whole.
     fn readable_tiles(&self, g: &TileGroup) -> Vec<(TileAddr, TileBytes)> {
         let note = |what: String| {
-            tracing::warn!("skipped: {what}");
+            // Listed at the end of the job (`JobSummary::unreadable`), so only at debug here.
+            tracing::debug!("skipped: {what}");
             self.n.unreadable.lock().unwrap().push(what);
         };
         let mut out = Vec::new();

@@ -450,6 +450,52 @@ fn unmount_after_the_daemon_was_killed_says_tiles_may_be_lost() {
     assert!(stderr(&o).contains("not mounted"), "{}", stderr(&o));
 }
 
+/// A mount still in use for a moment (rsync's children leaving it) is waited for; one that stays
+/// busy ends `unmount` with exit 1, the mount left as it is and what to do said.
+#[test]
+fn unmount_waits_for_a_busy_mount_then_says_what_holds_it() {
+    need("fusermount3");
+    let d = tmp("unmount-busy");
+    let c = sample(d.path(), "s", "0-1");
+    let mnt = d.path().join("mnt");
+    let mut m = Mounted::start(&c, &mnt, &["-o", "rw"]);
+    // Busy for 2 s: a process whose working folder is in the mount.
+    let mut holder = Command::new("sleep")
+        .arg("2")
+        .current_dir(mnt.join("_alllayers"))
+        .spawn()
+        .unwrap();
+    let o = unmount(&mnt);
+    let _ = holder.wait();
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(!is_mounted(&mnt));
+    if let Some(mut c) = m.child.take() {
+        let _ = c.wait();
+    }
+    // Busy for longer than unmount waits: exit 1, still mounted, the advice given.
+    let mut m = Mounted::start(&c, &mnt, &["-o", "rw"]);
+    let mut holder = Command::new("sleep")
+        .arg("60")
+        .current_dir(mnt.join("_alllayers"))
+        .spawn()
+        .unwrap();
+    let o = unmount(&mnt);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stderr(&o).contains("busy") && stderr(&o).contains("fuser -vm"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(is_mounted(&mnt), "the busy mount stays");
+    let o = unmount(&mnt);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    if let Some(mut c) = m.child.take() {
+        let _ = c.wait();
+    }
+}
+
 /// A killed read-only daemon held nothing to store: its cleanup says so and succeeds, with no
 /// warning about lost tiles.
 #[test]

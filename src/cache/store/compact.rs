@@ -375,9 +375,12 @@ impl Storage for CompactStore {
         for id in self.bundles(level)? {
             let Some(b) = self.bundle(id)? else { continue };
             s.bundles += 1;
-            for (_, size) in b.slots() {
+            for (slot, size) in b.slots() {
                 s.tiles += 1;
                 s.tile_bytes += u64::from(size);
+                if b.tile_range(slot).is_err() {
+                    s.broken += 1;
+                }
             }
             s.file_bytes += b.file_bytes();
             s.dead_bytes += b.dead_bytes();

@@ -59,6 +59,9 @@ pub struct LevelStats {
     pub file_bytes: u64,
     /// Bytes held by overwritten or deleted tiles (reclaimable by `bundlefs compact`).
     pub dead_bytes: u64,
+    /// Index entries that point outside their bundle (a bundle cut short in its tile data),
+    /// where the storage can tell from the index and the file size (local bundles).
+    pub broken: u64,
 }
 
 /// Tiles of one bundle (or, for exploded storage, the files that would form it).
