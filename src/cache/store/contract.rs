@@ -1,6 +1,12 @@
 //! The storage contract: the same tests run against every [`Storage`] of the seam (the model is
-//! MapProxy's shared cache test base and rclone's vfstest). A new storage (an object store) adds
-//! one `contract_suite!` line; anything storage-specific is tested in its own file.
+//! MapProxy's shared cache test base and rclone's vfstest, and `object_store`'s one conformance
+//! suite): the three local storages (exploded, Compact V1, Compact V2 folders) and the three
+//! object-store layouts (Compact V2, exploded, Compact V1) over `object_store`'s in-memory store,
+//! whose conditional PUTs are the real compare-and-swap paths. A storage that only reads says so
+//! ([`Storage::read_only`]): each test then checks that writes are refused and change nothing.
+//! A new storage adds one `contract_suite!` line; anything storage-specific is tested in its own
+//! file. The Ceph test group (`tests/it/objstore.rs`) runs the object layouts against a real
+//! store.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -8,14 +14,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::compact::CompactStore;
 use super::exploded::ExplodedStore;
+use super::object::exploded::ExplodedObjects;
+use super::object::v1::V1Objects;
+use super::object::{ObjectStorage, RetryPolicy};
 use super::{GroupView, Place, Storage};
 use crate::cache::{CacheOptions, TileBytes};
 use crate::format::conf::StorageFormat;
 use crate::format::sniff::ImageKind;
 use crate::format::{BundleId, Slot, TileAddr};
 
-/// A fresh storage of one kind in a temporary folder (kept alive by the returned guard).
-pub(crate) type Maker = fn() -> (tempfile::TempDir, Box<dyn Storage>);
+/// A fresh storage of one kind, with what keeps it alive (a temporary folder, an in-memory
+/// store) as the guard.
+pub(crate) type Maker = fn() -> (Box<dyn std::any::Any>, Box<dyn Storage>);
 
 fn place(d: &tempfile::TempDir) -> Place {
     let tiles_dir = d.path().join("_alllayers");
@@ -26,13 +36,13 @@ fn place(d: &tempfile::TempDir) -> Place {
     }
 }
 
-pub(crate) fn exploded() -> (tempfile::TempDir, Box<dyn Storage>) {
+pub(crate) fn exploded() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
     let d = tempfile::tempdir().unwrap();
     let s = ExplodedStore::new(place(&d), ImageKind::Png, false);
-    (d, Box::new(s))
+    (Box::new(d), Box::new(s))
 }
 
-fn compact(format: StorageFormat) -> (tempfile::TempDir, Box<dyn Storage>) {
+fn compact(format: StorageFormat) -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
     let d = tempfile::tempdir().unwrap();
     let opts = CacheOptions {
         recheck: Duration::ZERO,
@@ -40,15 +50,73 @@ fn compact(format: StorageFormat) -> (tempfile::TempDir, Box<dyn Storage>) {
         ..CacheOptions::default()
     };
     let s = CompactStore::new(place(&d), format, opts);
-    (d, Box::new(s))
+    (Box::new(d), Box::new(s))
 }
 
-pub(crate) fn compact_v1() -> (tempfile::TempDir, Box<dyn Storage>) {
+pub(crate) fn compact_v1() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
     compact(StorageFormat::CompactV1)
 }
 
-pub(crate) fn compact_v2() -> (tempfile::TempDir, Box<dyn Storage>) {
+pub(crate) fn compact_v2() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
     compact(StorageFormat::CompactV2)
+}
+
+/// A cache at `s3://bucket/contract` in `mem` (object_store's in-memory store), read every time
+/// (no recheck interval), with fast retries for the racing-writer test.
+fn object_base(mem: &Arc<object_store::memory::InMemory>) -> ObjectStorage {
+    let url = crate::cache::url::ObjectUrl::parse("s3://bucket/contract")
+        .unwrap()
+        .unwrap();
+    let opts = CacheOptions {
+        recheck: Duration::ZERO,
+        ..CacheOptions::default()
+    };
+    ObjectStorage::with_store(url, mem.clone(), "_alllayers", opts).with_retry(RetryPolicy {
+        attempts: 200,
+        base_delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(5),
+    })
+}
+
+pub(crate) fn object_v2() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
+    let mem = Arc::new(object_store::memory::InMemory::new());
+    let s = object_base(&mem);
+    (Box::new(mem), Box::new(s))
+}
+
+pub(crate) fn object_exploded() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
+    let mem = Arc::new(object_store::memory::InMemory::new());
+    let s = ExplodedObjects::new(object_base(&mem), ImageKind::Png);
+    (Box::new(mem), Box::new(s))
+}
+
+pub(crate) fn object_v1() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
+    let mem = Arc::new(object_store::memory::InMemory::new());
+    let s = V1Objects::new(object_base(&mem));
+    (Box::new(mem), Box::new(s))
+}
+
+/// For a storage that only reads: a write, an update and a delete are each refused, and nothing
+/// is stored. True when the storage is such (the test then has nothing more to check).
+fn refuses_writes_if_read_only(s: &dyn Storage) -> bool {
+    if !s.read_only() {
+        return false;
+    }
+    let t = TileAddr::new(4, 2, 3);
+    let e = s
+        .write_group(t.bundle(), &[(t.slot(), &bytes("t"), None)])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("read-only") || e.contains("read only"), "{e}");
+    assert!(s
+        .update_group(t.bundle(), &mut |_: &dyn GroupView| Ok(vec![(
+            t.slot(),
+            TileBytes::owned(bytes("u"))
+        )]))
+        .is_err());
+    assert!(s.delete_group(t.bundle(), &[t.slot()]).is_err());
+    assert_eq!(get(s, t), None, "a refused write stored something");
+    true
 }
 
 /// A tile payload the stores keep as given (they store bytes; pixels are checked above them).
@@ -62,6 +130,9 @@ fn get(s: &dyn Storage, t: TileAddr) -> Option<Vec<u8>> {
 
 pub(crate) fn put_get_list(make: Maker) {
     let (_d, s) = make();
+    if refuses_writes_if_read_only(&*s) {
+        return;
+    }
     let a = TileAddr::new(3, 5, 6);
     let b = TileAddr::new(3, 5, 130); // another bundle of the same row
     let c = TileAddr::new(3, 7, 6);
@@ -107,6 +178,9 @@ pub(crate) fn put_get_list(make: Maker) {
 
 pub(crate) fn last_write_wins(make: Maker) {
     let (_d, s) = make();
+    if refuses_writes_if_read_only(&*s) {
+        return;
+    }
     let t = TileAddr::new(2, 1, 1);
     let (one, two, three) = (bytes("one"), bytes("two"), bytes("three"));
     s.write_group(
@@ -123,6 +197,9 @@ pub(crate) fn last_write_wins(make: Maker) {
 
 pub(crate) fn delete(make: Maker) {
     let (_d, s) = make();
+    if refuses_writes_if_read_only(&*s) {
+        return;
+    }
     let (a, b) = (TileAddr::new(1, 0, 0), TileAddr::new(1, 0, 1));
     let id = a.bundle();
     s.write_group(
@@ -142,6 +219,9 @@ pub(crate) fn delete(make: Maker) {
 
 pub(crate) fn refuses_empty_and_oversized_tiles(make: Maker) {
     let (_d, s) = make();
+    if refuses_writes_if_read_only(&*s) {
+        return;
+    }
     let t = TileAddr::new(0, 0, 0);
     let e = s
         .write_group(t.bundle(), &[(t.slot(), b"", None)])
@@ -156,6 +236,9 @@ pub(crate) fn refuses_empty_and_oversized_tiles(make: Maker) {
 
 pub(crate) fn tile_times(make: Maker) {
     let (_d, s) = make();
+    if refuses_writes_if_read_only(&*s) {
+        return;
+    }
     let t = TileAddr::new(4, 2, 3);
     let when = UNIX_EPOCH + Duration::from_secs(1_500_000_000);
     s.write_group(t.bundle(), &[(t.slot(), &bytes("t"), Some(when))])
@@ -181,6 +264,9 @@ pub(crate) fn tile_times(make: Maker) {
 /// a recorded time or not.
 pub(crate) fn untouched_tiles_keep_their_times(make: Maker) {
     let (_d, s) = make();
+    if refuses_writes_if_read_only(&*s) {
+        return;
+    }
     let (a, b, c) = (
         TileAddr::new(4, 2, 3),
         TileAddr::new(4, 2, 4),
@@ -232,6 +318,9 @@ pub(crate) fn untouched_tiles_keep_their_times(make: Maker) {
 
 pub(crate) fn update_sees_what_is_stored(make: Maker) {
     let (_d, s) = make();
+    if refuses_writes_if_read_only(&*s) {
+        return;
+    }
     let t = TileAddr::new(5, 9, 9);
     let id = t.bundle();
     let mut calls = 0;
@@ -264,6 +353,9 @@ pub(crate) fn update_sees_what_is_stored(make: Maker) {
 /// compare-and-swap keeps each update whole).
 pub(crate) fn concurrent_updates_lose_nothing(make: Maker) {
     let (_d, s) = make();
+    if refuses_writes_if_read_only(&*s) {
+        return;
+    }
     let s: Arc<dyn Storage> = Arc::from(s);
     let t = TileAddr::new(6, 0, 0);
     let id: BundleId = t.bundle();
@@ -342,3 +434,6 @@ macro_rules! contract_suite {
 contract_suite!(exploded_store, super::exploded);
 contract_suite!(compact_v1_store, super::compact_v1);
 contract_suite!(compact_v2_store, super::compact_v2);
+contract_suite!(object_v2_layout, super::object_v2);
+contract_suite!(object_exploded_layout, super::object_exploded);
+contract_suite!(object_v1_layout, super::object_v1);

@@ -219,6 +219,12 @@ pub trait Storage: Send + Sync {
         false
     }
 
+    /// Whether the storage only reads (Compact V1 in an object store): its writes are refused by
+    /// name and change nothing. A capability, so shared tests ask it rather than the kind.
+    fn read_only(&self) -> bool {
+        false
+    }
+
     /// Size and time of stored tile `t`, None if the cache lacks it. By default the tile is read
     /// (its length and [`Storage::tile_mtime`]); stores whose
     /// [`Storage::stats_without_reading`] is true answer from the bundle's index instead.

@@ -634,6 +634,10 @@ impl Storage for V1Objects {
         Ok(s)
     }
 
+    fn read_only(&self) -> bool {
+        true
+    }
+
     fn write_group(&self, _id: BundleId, _tiles: &[TimedSlot]) -> Result<WriteStats> {
         Err(self.refuse())
     }
