@@ -29,7 +29,8 @@ pub use self::lock::BundleLock;
 pub(crate) use self::store::read_dir_names;
 use self::store::{compact::CompactStore, exploded::ExplodedStore};
 pub use self::store::{
-    Compacted, GroupView, LevelStats, Place, Storage, TileGroup, TileStat, TimedSlot, UpdateFn,
+    Compacted, GroupView, LevelStats, Place, Storage, StorageKind, TileGroup, TileStat, TimedSlot,
+    UpdateFn,
 };
 use crate::error::{Error, FormatContext, IoContext, Result};
 use crate::format::conf::{self, ConfXml, Envelope, StorageFormat, TileScheme};
@@ -521,21 +522,24 @@ impl Cache {
         }
     }
 
+    /// Which implementation keeps the tiles ([`StorageKind`]).
+    pub fn kind(&self) -> StorageKind {
+        self.store.kind()
+    }
+
     /// Why `bundlefs compact` cannot rewrite this cache's bundles, if it cannot: exploded caches
     /// have none, V1 pairs cannot be replaced atomically (and are read-only in a store).
     pub fn compact_refusal(&self) -> Option<String> {
-        match (self.storage, &self.location) {
-            (StorageFormat::CompactV2, _) => None,
-            (StorageFormat::CompactV1, url::Location::Store(_)) => {
-                Some(store::object::v1::READ_ONLY.to_string())
-            }
-            (StorageFormat::CompactV1, url::Location::Folder(_)) => Some(
+        match self.kind() {
+            StorageKind::CompactV2 | StorageKind::StoreCompactV2 => None,
+            StorageKind::StoreCompactV1 => Some(store::object::v1::READ_ONLY.to_string()),
+            StorageKind::CompactV1 => Some(
                 "compact rewrites Compact V2 bundles only: a V1 .bundle/.bundlx pair cannot be \
                  replaced atomically for readers that don't lock (export to compact-v2, or to a \
                  new V1 cache)"
                     .to_string(),
             ),
-            (StorageFormat::Exploded, _) => {
+            StorageKind::Exploded | StorageKind::StoreExploded => {
                 Some("an exploded cache has no bundles to compact".to_string())
             }
         }
@@ -543,12 +547,12 @@ impl Cache {
 
     /// How deleting tiles frees their space here ([`Reclaim`]).
     pub fn deleted_space(&self) -> Reclaim {
-        match (self.storage, &self.location) {
-            (StorageFormat::Exploded, url::Location::Folder(_)) => Reclaim::Files,
-            (StorageFormat::Exploded, url::Location::Store(_)) => Reclaim::Objects,
-            (StorageFormat::CompactV2, url::Location::Store(_)) => Reclaim::Rewritten,
-            (StorageFormat::CompactV2, url::Location::Folder(_)) => Reclaim::DeadSpace,
-            (StorageFormat::CompactV1, _) => Reclaim::DeadSpaceV1,
+        match self.kind() {
+            StorageKind::Exploded => Reclaim::Files,
+            StorageKind::StoreExploded => Reclaim::Objects,
+            StorageKind::StoreCompactV2 => Reclaim::Rewritten,
+            StorageKind::CompactV2 => Reclaim::DeadSpace,
+            StorageKind::CompactV1 | StorageKind::StoreCompactV1 => Reclaim::DeadSpaceV1,
         }
     }
 
@@ -764,19 +768,6 @@ impl Cache {
     /// not stored.
     pub fn set_tile_time(&self, t: TileAddr, mtime: SystemTime) -> Result<bool> {
         self.store.set_tile_time(t, mtime)
-    }
-
-    /// Takes the writer lock of bundle `id` (creating its level folder), for work on the bundle's
-    /// files outside [`Storage`] (`bundlefs compact`); what other writers did before is visible
-    /// once it is held.
-    pub fn lock_bundle(&self, id: BundleId) -> Result<BundleLock> {
-        let dir = self.level_dir(id.level);
-        self.check_inside(&dir)?;
-        self.check_inside(&self.lock_path(&id))?;
-        fs::create_dir_all(&dir).at(&dir)?;
-        let lock = BundleLock::acquire(&self.lock_path(&id), self.opts.lock_timeout)?;
-        self.invalidate(&id);
-        Ok(lock)
     }
 
     /// Whether `stamp` is what this process left the bundle as at its last write (no other writer

@@ -877,7 +877,7 @@ fn info_of(path: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
         });
     }
     outln!("cache:    {} ({kind})", shown.display());
-    outln!("storage:  {}", c.storage());
+    outln!("storage:  {}", c.kind());
     match scheme {
         Some(s) => {
             let sr = match (s.wkid, s.latest_wkid) {

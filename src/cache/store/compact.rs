@@ -4,6 +4,7 @@
 //! with `pread`, and writers append under the per-bundle `flock` MapProxy also takes
 //! (`cache::lock`), with the durable append sequence of the format layer.
 
+use crate::cache::store::StorageKind;
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::BufWriter;
@@ -259,8 +260,11 @@ impl GroupView for LockedGroup<'_> {
 }
 
 impl Storage for CompactStore {
-    fn format(&self) -> StorageFormat {
-        self.format
+    fn kind(&self) -> StorageKind {
+        match self.format {
+            StorageFormat::CompactV1 => StorageKind::CompactV1,
+            _ => StorageKind::CompactV2,
+        }
     }
 
     fn levels(&self) -> Result<Vec<u8>> {

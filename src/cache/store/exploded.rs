@@ -2,6 +2,7 @@
 //! (ArcGIS's exploded cache; names per `format::exploded`). Each tile file is replaced whole
 //! (temporary file, rename), so a reader sees the old tile or the new one, never a mix.
 
+use crate::cache::store::StorageKind;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::path::PathBuf;
@@ -16,7 +17,6 @@ use crate::cache::files::{write_atomic, write_atomic_new};
 use crate::cache::spelling;
 use crate::cache::TileBytes;
 use crate::error::{Error, IoContext, Result};
-use crate::format::conf::StorageFormat;
 use crate::format::sniff::{sniff, ImageKind};
 use crate::format::v2::WriteStats;
 use crate::format::{exploded as names, BundleId, Slot, TileAddr};
@@ -87,8 +87,8 @@ impl GroupView for ExplodedGroup<'_> {
 }
 
 impl Storage for ExplodedStore {
-    fn format(&self) -> StorageFormat {
-        StorageFormat::Exploded
+    fn kind(&self) -> StorageKind {
+        StorageKind::Exploded
     }
 
     fn levels(&self) -> Result<Vec<u8>> {

@@ -112,11 +112,65 @@ pub struct TileStat {
     pub mtime: Option<SystemTime>,
 }
 
+/// Which implementation keeps a cache's tiles: how its files are laid out and where they live.
+/// Not conf.xml's `StorageFormat`, which names Esri's three formats only: a storage that is no
+/// Esri format (MBTiles, GeoPackage, PMTiles, XYZ folders) gets a kind and a name without one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StorageKind {
+    /// Compact V1: `.bundle` + `.bundlx` pairs in level folders.
+    CompactV1,
+    /// Compact V2: `.bundle` files holding their index, in level folders.
+    CompactV2,
+    /// One file per tile, `Lnn/Rxxxxxxxx/Cxxxxxxxx.ext`.
+    Exploded,
+    /// Compact V2 bundles as objects of an S3-compatible or Azure store.
+    StoreCompactV2,
+    /// Compact V1 pairs as objects of a store (read only).
+    StoreCompactV1,
+    /// One object per tile in a store.
+    StoreExploded,
+}
+
+impl StorageKind {
+    /// Its name in messages and `info`.
+    pub fn name(self) -> &'static str {
+        match self {
+            StorageKind::CompactV1 => "compact-v1",
+            StorageKind::CompactV2 => "compact-v2",
+            StorageKind::Exploded => "exploded",
+            StorageKind::StoreCompactV2 => "compact-v2 in an object store",
+            StorageKind::StoreCompactV1 => "compact-v1 in an object store (read only)",
+            StorageKind::StoreExploded => "exploded in an object store",
+        }
+    }
+
+    /// The conf.xml `StorageFormat` a cache of this kind declares; None for a kind that is no
+    /// Esri format.
+    pub fn esri_format(self) -> Option<StorageFormat> {
+        Some(match self {
+            StorageKind::CompactV1 | StorageKind::StoreCompactV1 => StorageFormat::CompactV1,
+            StorageKind::CompactV2 | StorageKind::StoreCompactV2 => StorageFormat::CompactV2,
+            StorageKind::Exploded | StorageKind::StoreExploded => StorageFormat::Exploded,
+        })
+    }
+}
+
+impl std::fmt::Display for StorageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// One kind of storage of a cache's tiles. Errors name the file (or object) and what is wrong.
 /// Implementations are shared between threads (the mount serves reads while it flushes).
 pub trait Storage: Send + Sync {
-    /// The storage format (`conf.xml`'s StorageFormat).
-    fn format(&self) -> StorageFormat;
+    /// Which implementation this is ([`StorageKind`]).
+    fn kind(&self) -> StorageKind;
+
+    /// The conf.xml `StorageFormat` of the kind, for Esri's formats ([`StorageKind::esri_format`]).
+    fn format(&self) -> Option<StorageFormat> {
+        self.kind().esri_format()
+    }
 
     /// Levels that hold a folder (or prefix), ascending.
     fn levels(&self) -> Result<Vec<u8>>;

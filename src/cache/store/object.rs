@@ -21,6 +21,7 @@
 //! The client is the `object_store` crate (async) on a private tokio runtime behind this
 //! synchronous facade. Credentials come from the `AWS_*` environment and never reach a message.
 
+use crate::cache::store::StorageKind;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Cursor;
 use std::num::NonZeroUsize;
@@ -1446,8 +1447,8 @@ impl GroupView for View<'_> {
 }
 
 impl Storage for ObjectStorage {
-    fn format(&self) -> StorageFormat {
-        StorageFormat::CompactV2
+    fn kind(&self) -> StorageKind {
+        StorageKind::StoreCompactV2
     }
 
     fn levels(&self) -> Result<Vec<u8>> {

@@ -17,6 +17,7 @@
 
 mod times;
 
+use crate::cache::store::StorageKind;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
@@ -38,7 +39,6 @@ use crate::cache::store::{
 };
 use crate::cache::TileBytes;
 use crate::error::{Error, Result};
-use crate::format::conf::StorageFormat;
 use crate::format::sniff::{sniff, ImageKind};
 use crate::format::v2::WriteStats;
 use crate::format::{exploded as names, BundleId, Slot, TileAddr, BUNDLE_DIM};
@@ -644,8 +644,8 @@ impl Storage for ExplodedObjects {
         false
     }
 
-    fn format(&self) -> StorageFormat {
-        StorageFormat::Exploded
+    fn kind(&self) -> StorageKind {
+        StorageKind::StoreExploded
     }
 
     fn levels(&self) -> Result<Vec<u8>> {
@@ -1107,6 +1107,7 @@ mod tests {
     use super::*;
     use crate::cache::url::ObjectUrl;
     use crate::cache::CacheOptions;
+    use crate::format::conf::StorageFormat;
     use object_store::memory::InMemory;
     use std::time::Duration;
 

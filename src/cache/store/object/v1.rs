@@ -18,6 +18,7 @@
 //! Writes are refused by name ([`READ_ONLY`]): a V1 pair is two objects that cannot be replaced
 //! together atomically, so readers could see an index of one version over the bundle of another.
 
+use crate::cache::store::StorageKind;
 use std::collections::{BTreeSet, HashMap};
 use std::io::Cursor;
 use std::num::NonZeroUsize;
@@ -36,7 +37,6 @@ use crate::cache::bundle::{BundleHandle, FileStamp};
 use crate::cache::store::{LevelStats, Storage, TileGroup, TimedSlot, UpdateFn};
 use crate::cache::TileBytes;
 use crate::error::{Error, Result};
-use crate::format::conf::StorageFormat;
 use crate::format::v1::{self, V1Bundle, V1Part, BUNDLX_LEN, HEADER_LEN};
 use crate::format::v2::{self, WriteStats};
 use crate::format::{
@@ -510,8 +510,8 @@ impl Storage for V1Objects {
         false
     }
 
-    fn format(&self) -> StorageFormat {
-        StorageFormat::CompactV1
+    fn kind(&self) -> StorageKind {
+        StorageKind::StoreCompactV1
     }
 
     fn levels(&self) -> Result<Vec<u8>> {
@@ -682,6 +682,7 @@ mod tests {
     use super::*;
     use crate::cache::url::ObjectUrl;
     use crate::cache::CacheOptions;
+    use crate::format::conf::StorageFormat;
     use object_store::memory::InMemory;
     use object_store::{ObjectStore, PutPayload};
     use std::time::Duration;
@@ -905,7 +906,7 @@ mod tests {
         }
         let o = open_in(&url(), mem.clone(), CacheOptions::default(), None).unwrap();
         assert_eq!(o.storage, StorageFormat::CompactV1);
-        assert_eq!(o.store.format(), StorageFormat::CompactV1);
+        assert_eq!(o.store.format(), Some(StorageFormat::CompactV1));
         assert_eq!(
             &o.store.tile(ID.tile(slot(0, 0))).unwrap().unwrap()[..],
             &tile(1, 10)[..]
