@@ -345,19 +345,54 @@ fn xml_err(e: impl std::fmt::Display, pos: u64) -> FormatError {
     FormatError::Xml(format!("{e} (at byte {pos})"))
 }
 
-fn parse_conf(bytes: &[u8]) -> Result<ConfXml, FormatError> {
-    // Every text input goes through one tolerant reader (byte-order marks, UTF-16, CRLF); the
-    // spans below index the decoded text, which `raw` keeps.
-    let text = super::text::decode(bytes)?;
-    let xml = text.as_bytes();
-    // quick-xml skips one leading UTF-8 byte-order mark without counting it in its positions (a
-    // second mark, left by `decode` as content, is one): shift every position by its length so the
-    // spans index `xml` itself.
-    let bom = if xml.starts_with(b"\xef\xbb\xbf") {
-        3
-    } else {
-        0
-    };
+/// What one pass over a conf.xml's events found: every text with its element path and span in the
+/// decoded text, the `LODInfo` fields in document order, and where the root element ends.
+struct Scanned {
+    texts: Vec<(String, String, Range<usize>)>,
+    /// (LevelID, Scale, Resolution) of each `LODInfos/LODInfo`, as written.
+    lods: Vec<(Option<String>, Option<String>, Option<String>)>,
+    root_end: usize,
+}
+
+impl Scanned {
+    /// The trimmed text of the first element at path `p` (`CacheInfo/TileCacheInfo/DPI`) and
+    /// its span.
+    fn get(&self, p: &str) -> Option<(String, Range<usize>)> {
+        self.texts
+            .iter()
+            .find(|t| t.0 == p)
+            .map(|t| (t.1.trim().to_string(), t.2.clone()))
+    }
+
+    /// The finite number at `p`. Errors: missing, or not a number, naming the element.
+    fn num(&self, p: &str) -> Result<f64, FormatError> {
+        let (v, _) = self
+            .get(p)
+            .ok_or_else(|| FormatError::Xml(format!("missing <{p}>")))?;
+        v.parse::<f64>()
+            .ok()
+            .filter(|x| x.is_finite())
+            .ok_or_else(|| FormatError::Xml(format!("<{p}> is not a number: {v:?}")))
+    }
+
+    /// A whole number at `p` as ArcGIS writes them, also in E-notation or with a zero fraction
+    /// (`96.0`); None when missing or not whole.
+    fn int(&self, p: &str) -> Option<u32> {
+        self.get(p).and_then(|(v, _)| {
+            v.parse::<u32>().ok().or_else(|| {
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|x| x.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(x))
+                    .map(|x| x as u32)
+            })
+        })
+    }
+}
+
+/// Reads the events of `xml` (decoded text; `bom` is the length of a leading UTF-8 byte-order mark
+/// quick-xml skips without counting). Errors: malformed XML, a mismatched end tag, a document
+/// ending inside an element, no `<CacheInfo>` root, each with its byte position.
+fn scan_conf(xml: &[u8], bom: usize) -> Result<Scanned, FormatError> {
     let mut reader = Reader::from_reader(xml);
     reader.config_mut().trim_text(false);
     let mut stack: Vec<String> = Vec::new();
@@ -423,34 +458,22 @@ fn parse_conf(bytes: &[u8]) -> Result<ConfXml, FormatError> {
     }
     let root_end =
         root_end.ok_or_else(|| FormatError::Xml("no <CacheInfo> root element".into()))?;
-    let get = |p: &str| {
-        texts
-            .iter()
-            .find(|t| t.0 == p)
-            .map(|t| (t.1.trim().to_string(), t.2.clone()))
-    };
-    let num = |p: &str| -> Result<f64, FormatError> {
-        let (v, _) = get(p).ok_or_else(|| FormatError::Xml(format!("missing <{p}>")))?;
-        v.parse::<f64>()
-            .ok()
-            .filter(|x| x.is_finite())
-            .ok_or_else(|| FormatError::Xml(format!("<{p}> is not a number: {v:?}")))
-    };
-    const TCI: &str = "CacheInfo/TileCacheInfo";
-    let origin_x = num(&format!("{TCI}/TileOrigin/X"))?;
-    let origin_y = num(&format!("{TCI}/TileOrigin/Y"))?;
-    let tile_cols = num(&format!("{TCI}/TileCols"))?;
-    let tile_rows = num(&format!("{TCI}/TileRows"))?;
-    for (n, v) in [("TileCols", tile_cols), ("TileRows", tile_rows)] {
-        if !(1.0..=65536.0).contains(&v) || v.fract() != 0.0 {
-            return Err(FormatError::Xml(format!(
-                "<{n}> must be a tile size in pixels, got {v}"
-            )));
-        }
-    }
-    let dpi = num(&format!("{TCI}/DPI")).unwrap_or(96.0);
+    Ok(Scanned {
+        texts,
+        lods,
+        root_end,
+    })
+}
+
+/// The levels of `LODInfo` fields as written: numbers, LevelID in 0..=99, a positive resolution
+/// (from Scale and `dpi` when Resolution is absent: pre-10.0 files), each level once. Errors name
+/// the LODInfo by its position.
+fn parse_lods(
+    raw: Vec<(Option<String>, Option<String>, Option<String>)>,
+    dpi: f64,
+) -> Result<Vec<Lod>, FormatError> {
     let mut parsed_lods = Vec::new();
-    for (i, (level, scale, res)) in lods.into_iter().enumerate() {
+    for (i, (level, scale, res)) in raw.into_iter().enumerate() {
         let field = |v: Option<String>, n: &str| -> Result<f64, FormatError> {
             let v = v.ok_or_else(|| FormatError::Xml(format!("LODInfo #{i} has no <{n}>")))?;
             v.trim()
@@ -487,13 +510,22 @@ fn parse_conf(bytes: &[u8]) -> Result<ConfXml, FormatError> {
         return Err(FormatError::Xml("no <LODInfos>/<LODInfo> levels".into()));
     }
     check_unique_levels(parsed_lods.iter().map(|l| l.level), "<LODInfo> LevelID")?;
-    let tile_format = get("CacheInfo/TileImageInfo/CacheTileFormat")
-        .map(|(v, _)| TileFormat::parse(&v))
-        .ok_or_else(|| {
-            FormatError::Xml("missing <CacheInfo/TileImageInfo/CacheTileFormat>".into())
-        })?;
-    // Pre-10.0 conf.xml has no CacheStorageInfo: those caches are exploded.
-    let storage_node = get("CacheInfo/CacheStorageInfo/StorageFormat");
+    Ok(parsed_lods)
+}
+
+/// conf.xml's StorageFormat and PacketSize, with the spans of their elements (for rewriting).
+struct StorageInfo {
+    storage: StorageFormat,
+    storage_span: Option<Range<usize>>,
+    packet_size: u32,
+    packet_span: Option<Range<usize>>,
+}
+
+/// StorageFormat and PacketSize: pre-10.0 conf.xml has no CacheStorageInfo (exploded); compact
+/// caches without PacketSize are read as the 128 every writer uses. Errors: an unknown
+/// StorageFormat (by name), a PacketSize bundlefs cannot read.
+fn storage_and_packet(sc: &Scanned) -> Result<StorageInfo, FormatError> {
+    let storage_node = sc.get("CacheInfo/CacheStorageInfo/StorageFormat");
     let storage = match &storage_node {
         Some((v, _)) => StorageFormat::from_esri_name(v).ok_or_else(|| {
             FormatError::Unsupported(format!(
@@ -505,48 +537,87 @@ fn parse_conf(bytes: &[u8]) -> Result<ConfXml, FormatError> {
         })?,
         None => StorageFormat::Exploded,
     };
-    // Integers as ArcGIS writes them, also in E-notation or with a zero fraction (`96.0`).
-    let int = |p: &str| {
-        get(p).and_then(|(v, _)| {
-            v.parse::<u32>().ok().or_else(|| {
-                v.parse::<f64>()
-                    .ok()
-                    .filter(|x| x.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(x))
-                    .map(|x| x as u32)
-            })
-        })
-    };
-    let packet_node = get("CacheInfo/CacheStorageInfo/PacketSize");
+    let packet_node = sc.get("CacheInfo/CacheStorageInfo/PacketSize");
     let packet_size = match &packet_node {
-        Some((v, _)) => int("CacheInfo/CacheStorageInfo/PacketSize").ok_or_else(|| {
-            FormatError::Xml(format!("<PacketSize> is not a whole number: {v:?}"))
-        })?,
-        // Compact caches without the element are read as the 128 every writer uses.
+        Some((v, _)) => sc
+            .int("CacheInfo/CacheStorageInfo/PacketSize")
+            .ok_or_else(|| {
+                FormatError::Xml(format!("<PacketSize> is not a whole number: {v:?}"))
+            })?,
         None if storage == StorageFormat::Exploded => 0,
         None => PACKET_SIZE,
     };
     check_packet_size(storage, packet_size)?;
+    Ok(StorageInfo {
+        storage,
+        storage_span: storage_node.map(|n| n.1),
+        packet_size,
+        packet_span: packet_node.map(|n| n.1),
+    })
+}
+
+fn parse_conf(bytes: &[u8]) -> Result<ConfXml, FormatError> {
+    // Every text input goes through one tolerant reader (byte-order marks, UTF-16, CRLF); the
+    // spans index the decoded text, which `raw` keeps.
+    let text = super::text::decode(bytes)?;
+    let xml = text.as_bytes();
+    // quick-xml skips one leading UTF-8 byte-order mark without counting it in its positions (a
+    // second mark, left by `decode` as content, is one): shift every position by its length so the
+    // spans index `xml` itself.
+    let bom = if xml.starts_with(b"\xef\xbb\xbf") {
+        3
+    } else {
+        0
+    };
+    let sc = scan_conf(xml, bom)?;
+    const TCI: &str = "CacheInfo/TileCacheInfo";
+    let origin_x = sc.num(&format!("{TCI}/TileOrigin/X"))?;
+    let origin_y = sc.num(&format!("{TCI}/TileOrigin/Y"))?;
+    let tile_cols = sc.num(&format!("{TCI}/TileCols"))?;
+    let tile_rows = sc.num(&format!("{TCI}/TileRows"))?;
+    for (n, v) in [("TileCols", tile_cols), ("TileRows", tile_rows)] {
+        if !(1.0..=65536.0).contains(&v) || v.fract() != 0.0 {
+            return Err(FormatError::Xml(format!(
+                "<{n}> must be a tile size in pixels, got {v}"
+            )));
+        }
+    }
+    let dpi = sc.num(&format!("{TCI}/DPI")).unwrap_or(96.0);
+    let tile_format = sc
+        .get("CacheInfo/TileImageInfo/CacheTileFormat")
+        .map(|(v, _)| TileFormat::parse(&v))
+        .ok_or_else(|| {
+            FormatError::Xml("missing <CacheInfo/TileImageInfo/CacheTileFormat>".into())
+        })?;
+    let StorageInfo {
+        storage,
+        storage_span,
+        packet_size,
+        packet_span,
+    } = storage_and_packet(&sc)?;
     let scheme = TileScheme {
-        wkt: get(&format!("{TCI}/SpatialReference/WKT")).map(|t| t.0),
-        wkid: int(&format!("{TCI}/SpatialReference/WKID")),
-        latest_wkid: int(&format!("{TCI}/SpatialReference/LatestWKID")),
+        wkt: sc.get(&format!("{TCI}/SpatialReference/WKT")).map(|t| t.0),
+        wkid: sc.int(&format!("{TCI}/SpatialReference/WKID")),
+        latest_wkid: sc.int(&format!("{TCI}/SpatialReference/LatestWKID")),
         origin_x,
         origin_y,
         tile_cols: tile_cols as u32,
         tile_rows: tile_rows as u32,
         dpi: dpi as u32,
-        lods: parsed_lods,
+        lods: parse_lods(sc.lods.clone(), dpi)?,
         tile_format,
-        compression_quality: int("CacheInfo/TileImageInfo/CompressionQuality").unwrap_or(0),
+        compression_quality: sc
+            .int("CacheInfo/TileImageInfo/CompressionQuality")
+            .unwrap_or(0),
         storage,
         packet_size,
     };
     Ok(ConfXml {
         scheme,
         raw: xml.to_vec(),
-        storage_span: storage_node.map(|n| n.1),
-        packet_span: packet_node.map(|n| n.1),
-        root_end,
+        storage_span,
+        packet_span,
+        root_end: sc.root_end,
     })
 }
 
