@@ -187,6 +187,10 @@ fn stop_hint(args: &MountArgs) -> String {
     format!("stop with: bundlefs unmount {}", args.mountpoint.display())
 }
 
+/// Mounts and serves until unmounted (or a stop signal), then stores what is buffered and says
+/// how it ended in the registry. The steps: the tree ([`build_tree`]), the FUSE adapter and its
+/// mount options ([`fuse_adapter`], [`fuse_config`]), the background threads
+/// ([`start_threads`]), the session, and the final flush ([`finish`]).
 fn serve(args: &MountArgs, parsed: &ParsedOptions, child: bool) -> anyhow::Result<ExitCode> {
     // Block the stop signals before any thread starts, so every thread inherits the mask and one
     // thread alone takes them (sigwait) and unmounts.
@@ -203,100 +207,9 @@ fn serve(args: &MountArgs, parsed: &ParsedOptions, child: bool) -> anyhow::Resul
         },
     )?;
     let canonical_mnt = check_mountpoint(&args.mountpoint, cache.root(), parsed)?;
-    let cache = Arc::new(cache);
-    let buffer = || {
-        Arc::new(WriteBuffer::with_mode(
-            cache.clone(),
-            args.write_buffer.bytes(),
-            args.import_mode,
-        ))
-    };
-    let writer = (!parsed.read_only).then(buffer);
-    let mut tree = match &writer {
-        Some(w) => TreeFs::writable(w.clone()),
-        None => TreeFs::new(cache.clone()),
-    };
-    if let Some(spec) = &args.source {
-        let spec: SourceSpec = spec.parse()?;
-        let http = HttpOptions {
-            timeout: args.render_timeout.0,
-            proxy: args.proxy.clone(),
-            ..HttpOptions::default()
-        };
-        let src = spec.build(&cache, &http)?;
-        // Kept tiles go through the write buffer: the mount's own, or one of their own.
-        let kept = match (&writer, args.keep_rendered) {
-            (_, false) => None,
-            (Some(w), true) => Some(w.clone()),
-            (None, true) => Some(buffer()),
-        };
-        let keep = kept.clone().map_or(Keep::No, Keep::Buffer);
-        let r = Renderer::new(
-            cache.clone(),
-            src,
-            keep,
-            RenderOptions {
-                concurrency: args.render_jobs.max(1),
-                timeout: args.render_timeout.0,
-                supertile: args.supertile,
-                supertile_buffer: args.supertile_buffer,
-                ..RenderOptions::default()
-            },
-        )?;
-        tracing::info!("rendering missing tiles from {spec}");
-        tree = tree.with_renderer(Arc::new(r), kept);
-        if let Some(levels) = args.list_renderable {
-            tree = tree.list_renderable(levels)?;
-        }
-    } else if args.list_renderable.is_some() {
-        bail!("--list-renderable needs --source");
-    }
-    let tree = Arc::new(tree);
-    let (ttl, recheck) = (args.ttl.0, args.recheck.0);
-    let mut fs = FuseFs::new(
-        tree.clone(),
-        FuseOptions {
-            ttl,
-            // As long as a change by another writer may go unnoticed anyway.
-            negative_ttl: ttl.min(recheck),
-            read_only: parsed.read_only,
-            uid: nix::unistd::getuid().as_raw(),
-            gid: nix::unistd::getgid().as_raw(),
-        },
-    );
-    if args.source.is_some() {
-        // Every render slot and as many lookups waiting for one get a thread of their own.
-        fs = fs.with_render_threads(2 * args.render_jobs.max(1) + 2)?;
-    }
-    if tree.cache().location().is_store() {
-        // Requests that may wait on the object store never hold a session thread.
-        fs = fs.with_store_threads(STORE_THREADS)?;
-    }
-
-    let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::FSName(format!("bundlefs:{}", args.cache.display())),
-        MountOption::Subtype("bundlefs".into()),
-        MountOption::NoDev,
-        MountOption::NoSuid,
-    ];
-    if parsed.read_only {
-        config.mount_options.push(MountOption::RO);
-    }
-    if parsed.default_permissions {
-        config.mount_options.push(MountOption::DefaultPermissions);
-    }
-    config
-        .mount_options
-        .extend(parsed.passthrough.iter().map(|w| mount_option(w)));
-    config.acl = match parsed.acl {
-        Acl::Owner => SessionACL::Owner,
-        Acl::RootAndOwner => SessionACL::RootAndOwner,
-        Acl::All => SessionACL::All,
-    };
-    let threads = args.threads.max(1);
-    config.n_threads = Some(threads);
-    config.clone_fd = threads > 1;
+    let tree = Arc::new(build_tree(args, parsed, Arc::new(cache))?);
+    let fs = fuse_adapter(args, parsed, &tree)?;
+    let config = fuse_config(args, parsed);
 
     // Keyed by the resolved path, as `bundlefs unmount` resolves the path it is given.
     let mut record = Record::this_process(&args.cache, &canonical_mnt);
@@ -324,30 +237,7 @@ fn serve(args: &MountArgs, parsed: &ParsedOptions, child: bool) -> anyhow::Resul
     };
     registry::prune(Duration::from_secs(24 * 3600));
     tracing::info!("{}", describe(args, parsed));
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let (tree, notifier, stop) = (tree.clone(), session.notifier(), stop.clone());
-        let every = recheck.max(Duration::from_millis(100));
-        let idle = args.flush_idle.0;
-        std::thread::Builder::new()
-            .name("bundlefs-watch".into())
-            .spawn(move || watch_changes(tree, notifier, every, idle, stop))?;
-    }
-    {
-        let mut unmounter = session.unmount_callable();
-        let mountpoint = args.mountpoint.clone();
-        std::thread::Builder::new()
-            .name("bundlefs-signals".into())
-            .spawn(move || match sigs.wait() {
-                Ok(sig) => {
-                    tracing::info!("{sig}: unmounting {}", mountpoint.display());
-                    if let Err(e) = unmounter.unmount() {
-                        tracing::error!("unmounting {}: {e}", mountpoint.display());
-                    }
-                }
-                Err(e) => tracing::error!("waiting for stop signals: {e}"),
-            })?;
-    }
+    let stop = start_threads(args, &tree, &mut session, sigs)?;
     if child {
         // Tell the starting process, then let go of the pipe: later writes go nowhere.
         let mut out = std::io::stdout().lock();
@@ -367,15 +257,178 @@ fn serve(args: &MountArgs, parsed: &ParsedOptions, child: bool) -> anyhow::Resul
     }
     let res = session.run();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    finish(args, &tree, &mut record, res)?;
+    tracing::info!("unmounted {}", args.mountpoint.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The tree over `cache`: writable (`-o rw`) through a write buffer, with a renderer for
+/// `--source` (kept tiles through the mount's buffer, or one of their own).
+fn build_tree(
+    args: &MountArgs,
+    parsed: &ParsedOptions,
+    cache: Arc<Cache>,
+) -> anyhow::Result<TreeFs> {
+    let buffer = || {
+        Arc::new(WriteBuffer::with_mode(
+            cache.clone(),
+            args.write_buffer.bytes(),
+            args.import_mode,
+        ))
+    };
+    let writer = (!parsed.read_only).then(buffer);
+    let mut tree = match &writer {
+        Some(w) => TreeFs::writable(w.clone()),
+        None => TreeFs::new(cache.clone()),
+    };
+    let Some(spec) = &args.source else {
+        if args.list_renderable.is_some() {
+            bail!("--list-renderable needs --source");
+        }
+        return Ok(tree);
+    };
+    let spec: SourceSpec = spec.parse()?;
+    let http = HttpOptions {
+        timeout: args.render_timeout.0,
+        proxy: args.proxy.clone(),
+        ..HttpOptions::default()
+    };
+    let src = spec.build(&cache, &http)?;
+    let kept = match (&writer, args.keep_rendered) {
+        (_, false) => None,
+        (Some(w), true) => Some(w.clone()),
+        (None, true) => Some(buffer()),
+    };
+    let keep = kept.clone().map_or(Keep::No, Keep::Buffer);
+    let r = Renderer::new(
+        cache.clone(),
+        src,
+        keep,
+        RenderOptions {
+            concurrency: args.render_jobs.max(1),
+            timeout: args.render_timeout.0,
+            supertile: args.supertile,
+            supertile_buffer: args.supertile_buffer,
+            ..RenderOptions::default()
+        },
+    )?;
+    tracing::info!("rendering missing tiles from {spec}");
+    tree = tree.with_renderer(Arc::new(r), kept);
+    if let Some(levels) = args.list_renderable {
+        tree = tree.list_renderable(levels)?;
+    }
+    Ok(tree)
+}
+
+/// The FUSE adapter over `tree`: TTLs, ownership, and thread pools for renders and for requests
+/// that may wait on an object store.
+fn fuse_adapter(
+    args: &MountArgs,
+    parsed: &ParsedOptions,
+    tree: &Arc<TreeFs>,
+) -> anyhow::Result<FuseFs> {
+    let (ttl, recheck) = (args.ttl.0, args.recheck.0);
+    let mut fs = FuseFs::new(
+        tree.clone(),
+        FuseOptions {
+            ttl,
+            // As long as a change by another writer may go unnoticed anyway.
+            negative_ttl: ttl.min(recheck),
+            read_only: parsed.read_only,
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+        },
+    );
+    if args.source.is_some() {
+        // Every render slot and as many lookups waiting for one get a thread of their own.
+        fs = fs.with_render_threads(2 * args.render_jobs.max(1) + 2)?;
+    }
+    if tree.cache().location().is_store() {
+        // Requests that may wait on the object store never hold a session thread.
+        fs = fs.with_store_threads(STORE_THREADS)?;
+    }
+    Ok(fs)
+}
+
+/// The mount options (`fuse.bundlefs`, nodev, nosuid, ro, the `-o` words passed through), access
+/// control and session threads.
+fn fuse_config(args: &MountArgs, parsed: &ParsedOptions) -> Config {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(format!("bundlefs:{}", args.cache.display())),
+        MountOption::Subtype("bundlefs".into()),
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    if parsed.read_only {
+        config.mount_options.push(MountOption::RO);
+    }
+    if parsed.default_permissions {
+        config.mount_options.push(MountOption::DefaultPermissions);
+    }
+    config
+        .mount_options
+        .extend(parsed.passthrough.iter().map(|w| mount_option(w)));
+    config.acl = match parsed.acl {
+        Acl::Owner => SessionACL::Owner,
+        Acl::RootAndOwner => SessionACL::RootAndOwner,
+        Acl::All => SessionACL::All,
+    };
+    let threads = args.threads.max(1);
+    config.n_threads = Some(threads);
+    config.clone_fd = threads > 1;
+    config
+}
+
+/// Starts the watcher (foreign changes, idle flushes) and the signal thread (a stop signal
+/// unmounts); returns the flag that stops the watcher.
+fn start_threads(
+    args: &MountArgs,
+    tree: &Arc<TreeFs>,
+    session: &mut fuser::Session<FuseFs>,
+    sigs: SigSet,
+) -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let (tree, notifier, stop) = (tree.clone(), session.notifier(), stop.clone());
+        let every = args.recheck.0.max(Duration::from_millis(100));
+        let idle = args.flush_idle.0;
+        std::thread::Builder::new()
+            .name("bundlefs-watch".into())
+            .spawn(move || watch_changes(tree, notifier, every, idle, stop))?;
+    }
+    let mut unmounter = session.unmount_callable();
+    let mountpoint = args.mountpoint.clone();
+    std::thread::Builder::new()
+        .name("bundlefs-signals".into())
+        .spawn(move || match sigs.wait() {
+            Ok(sig) => {
+                tracing::info!("{sig}: unmounting {}", mountpoint.display());
+                if let Err(e) = unmounter.unmount() {
+                    tracing::error!("unmounting {}: {e}", mountpoint.display());
+                }
+            }
+            Err(e) => tracing::error!("waiting for stop signals: {e}"),
+        })?;
+    Ok(stop)
+}
+
+/// After the session: stores every buffered tile, logs the store's counters, and records how the
+/// mount ended (unmounted with everything stored, or failed and why). Temporary files never
+/// renamed onto a tile make it a failure naming them: they were not stored.
+fn finish(
+    args: &MountArgs,
+    tree: &TreeFs,
+    record: &mut Record,
+    res: std::io::Result<()>,
+) -> anyhow::Result<()> {
     record.status = Status::Flushing;
-    let _ = registry::write(&record);
+    let _ = registry::write(record);
     // Whatever the session's end, buffered tiles go to their bundles before we exit.
     let flushed = tree.flush_all();
     if let Some(line) = tree.cache().store().counters() {
         tracing::info!("{line}");
     }
-    // Files written under temporary names and never renamed onto a tile were not stored: the
-    // unmount must not report everything stored.
     let dropped = match tree.leftover_message() {
         Some(m) => Err(anyhow::anyhow!("every tile stored, but {m}")),
         None => Ok(()),
@@ -391,12 +444,10 @@ fn serve(args: &MountArgs, parsed: &ParsedOptions, child: bool) -> anyhow::Resul
             record.error = Some(super::error_text(e));
         }
     }
-    if let Err(e) = registry::write(&record) {
+    if let Err(e) = registry::write(record) {
         tracing::warn!("{}", super::error_text(&e));
     }
-    end?;
-    tracing::info!("unmounted {}", args.mountpoint.display());
-    Ok(ExitCode::SUCCESS)
+    end
 }
 
 /// The object-store settings of the mount; refuses them for a cache in a local folder, and
