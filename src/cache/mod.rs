@@ -1,8 +1,11 @@
-//! A tile cache: its tiling scheme (`conf.xml`), extent (`conf.cdi`) and the storage of its tiles.
+//! A tile cache: where it lives ([`url::Location`]: a folder or a store URL), its tiling scheme
+//! (`conf.xml`, or a `root.json`), extent (`conf.cdi`) and the storage of its tiles.
 //! [`Cache::open_with`] reads either layout (ArcGIS `conf.xml` + `_alllayers/`, or MapProxy's `Lnn/`
-//! at the root) and detects exploded / Compact V1 / Compact V2; every tile operation goes to the
-//! cache's one [`store::Storage`] (one file per storage kind in `store/`), so nothing here or above
-//! branches on the kind.
+//! at the root), ready-to-serve folders and unpacked vector tile packages (`p12/`), and detects
+//! exploded / Compact V1 / Compact V2; every tile operation goes to the cache's one
+//! [`store::Storage`] (one file per storage kind in `store/`). The questions whose answers differ
+//! between a folder and a store (a level's folder, its time, syncing, compaction, how deleted space
+//! is reclaimed) are methods here, so nothing above `cache/` asks whether a path is a URL.
 
 pub mod buffer;
 pub mod bundle;

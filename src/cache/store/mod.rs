@@ -2,9 +2,14 @@
 //! one file per kind. Everything above `cache/` (jobs, render, the tree) reaches tiles through
 //! [`crate::cache::Cache`], which holds one `Storage` and never branches on the kind itself.
 //!
-//! - [`exploded`]: one file per tile (`Lnn/Rrrrrrrrr/Ccccccccc.png|jpg`) in a local folder;
+//! - [`exploded`]: one file per tile (`Lnn/Rrrrrrrrr/Ccccccccc.png|jpg|lerc|pbf`) in a local
+//!   folder;
 //! - [`compact`]: Compact V1 (`.bundle` + `.bundlx`) or V2 (`.bundle`) files in a local folder,
-//!   mapped read-only, appended to under a per-bundle `flock`.
+//!   mapped read-only, appended to under a per-bundle `flock`;
+//! - [`object`]: Compact V2 (`object.rs`), exploded (`object/exploded.rs`) and Compact V1 (read
+//!   only, `object/v1.rs`) in an S3-compatible or Azure store, written by conditional PUT.
+//!
+//! [`StorageKind`] names the implementation (six kinds), apart from conf.xml's `StorageFormat`.
 //!
 //! The write operations are shaped for stores without append or flock (object stores, see
 //! `doc/architecture.md`): a writer hands over a whole group of tiles of one bundle
