@@ -921,3 +921,55 @@ fn small_things_from_the_trial() {
     assert!(err.contains("a cache in exploded storage"), "{err}");
     assert!(!err.contains("a exploded"), "{err}");
 }
+
+/// The command synopses in README.md and doc/commands.md (`### \`bundlefs CMD …\`` headings) name
+/// exactly the long options `bundlefs CMD --help` has: kept in step with clap, not by hand.
+#[test]
+fn readme_synopses_match_the_help() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut drift = Vec::new();
+    for doc in ["README.md", "doc/commands.md"] {
+        let text = std::fs::read_to_string(format!("{root}/{doc}")).unwrap();
+        let mut seen = 0;
+        for line in text.lines() {
+            let Some(syn) = line
+                .strip_prefix("### `bundlefs ")
+                .and_then(|l| l.split('`').next())
+            else {
+                continue;
+            };
+            let cmd = syn.split_whitespace().next().unwrap();
+            let help = run_ok(bundlefs().arg(cmd).arg("--help"));
+            let flags = |s: &str| -> std::collections::BTreeSet<String> {
+                s.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                    .filter(|w| w.starts_with("--") && w.len() > 2)
+                    .map(str::to_string)
+                    .collect()
+            };
+            // The options of --help: the first long name on each option line (not the words of
+            // their descriptions).
+            let options: String = help
+                .lines()
+                .filter(|l| l.trim_start().starts_with('-'))
+                .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("--")))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let (documented, real) = (flags(syn), flags(&options));
+            let real: std::collections::BTreeSet<String> = real
+                .into_iter()
+                .filter(|f| f != "--help" && f != "--version")
+                .collect();
+            let missing: Vec<_> = real.difference(&documented).collect();
+            let unknown: Vec<_> = documented.difference(&real).collect();
+            if !(missing.is_empty() && unknown.is_empty()) {
+                drift.push(format!(
+                    "{doc}: `bundlefs {cmd}`: --help has but the synopsis lacks {missing:?}; the \
+                     synopsis names but --help lacks {unknown:?}"
+                ));
+            }
+            seen += 1;
+        }
+        assert!(seen >= 8, "{doc}: only {seen} synopses found");
+    }
+    assert!(drift.is_empty(), "synopses drifted:\n{}", drift.join("\n"));
+}
