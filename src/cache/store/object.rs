@@ -46,6 +46,8 @@ mod probe;
 pub mod times;
 pub mod v1;
 
+use self::times::Try;
+
 pub use options::{shown_endpoint, ObjectOptions, WriteCoordination, DEFAULT_TIMEOUT, TIMEOUT_ENV};
 pub use probe::{probe as probe_conditional_writes, CasProbe, PROBE_NAME};
 
@@ -998,53 +1000,49 @@ impl ObjectStorage {
     fn rewrite_tagged(&self, id: BundleId, build: &mut RebuildFn) -> Result<times::Rewritten> {
         let rel = self.bundle_rel(&id);
         let key = self.bundle_key(&id);
-        let mut seed = jitter_seed(&id);
-        for attempt in 0..self.policy.attempts {
-            if attempt > 0 {
-                std::thread::sleep(self.policy.delay(attempt, &mut seed));
-            }
+        let done = self.policy.compare_and_swap(&id, |attempt| {
             let current = self.get_whole(id)?;
             let Some((body, tiles)) = build(current.as_ref().map(|(h, _)| h))? else {
-                return Ok(times::Rewritten::default());
+                return Ok(Try::Done(times::Rewritten::default()));
             };
             let len = body.len() as u64;
             let payload = PutPayload::from(Bytes::from(body));
             let etag = current.as_ref().map(|(_, e)| e.clone());
-            match self.put_conditional(&key, payload, etag.as_deref())? {
-                Some(put) => {
-                    self.stats.puts.fetch_add(1, Ordering::Relaxed);
-                    if attempt > 0 {
-                        // Info level: the daemon's log tells how often writers collided (the
-                        // two-mount test counts these lines).
-                        tracing::info!(
-                            "{}: stored after {attempt} conflict(s) with other writers \
-                             (conditional PUT refused, bundle read again and rebuilt); \
-                             conflicts in all: {}",
-                            rel_url(&self.url, &rel).display(),
-                            self.stats.conflicts.load(Ordering::Relaxed)
-                        );
-                    }
-                    self.invalidate(&id);
-                    self.listings.lock().unwrap().remove(&id.level);
-                    *self.level_list.lock().unwrap() = None;
-                    return Ok(times::Rewritten {
-                        stats: WriteStats {
-                            tiles,
-                            bytes_written: len,
-                        },
-                        built_from: etag,
-                        stored: put.e_tag,
-                    });
-                }
-                None => {
-                    self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(
-                        "{}: another writer changed the bundle (try {}); deciding again",
-                        rel_url(&self.url, &rel).display(),
-                        attempt + 1
-                    );
-                }
+            let Some(put) = self.put_conditional(&key, payload, etag.as_deref())? else {
+                self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    "{}: another writer changed the bundle (try {}); deciding again",
+                    rel_url(&self.url, &rel).display(),
+                    attempt + 1
+                );
+                return Ok(Try::Lost);
+            };
+            self.stats.puts.fetch_add(1, Ordering::Relaxed);
+            if attempt > 0 {
+                // Info level: the daemon's log tells how often writers collided (the
+                // two-mount test counts these lines).
+                tracing::info!(
+                    "{}: stored after {attempt} conflict(s) with other writers \
+                     (conditional PUT refused, bundle read again and rebuilt); \
+                     conflicts in all: {}",
+                    rel_url(&self.url, &rel).display(),
+                    self.stats.conflicts.load(Ordering::Relaxed)
+                );
             }
+            self.invalidate(&id);
+            self.listings.lock().unwrap().remove(&id.level);
+            *self.level_list.lock().unwrap() = None;
+            Ok(Try::Done(times::Rewritten {
+                stats: WriteStats {
+                    tiles,
+                    bytes_written: len,
+                },
+                built_from: etag,
+                stored: put.e_tag,
+            }))
+        })?;
+        if let Some(r) = done {
+            return Ok(r);
         }
         Err(Error::io(
             rel_url(&self.url, &rel),

@@ -17,6 +17,7 @@
 
 mod times;
 
+use super::times::Try;
 use crate::cache::store::StorageKind;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::num::NonZeroUsize;
@@ -31,9 +32,7 @@ use object_store::path::Path as Key;
 use object_store::{ObjectStore, PutPayload};
 
 use super::times::stamp;
-use super::{
-    block, jitter_seed, obj_err, obj_err_key, rel_url, xorshift, ObjectStats, ObjectStorage,
-};
+use super::{block, obj_err, obj_err_key, rel_url, ObjectStats, ObjectStorage};
 use crate::cache::store::{
     check_tiles, GroupView, LevelStats, Storage, TileGroup, TileStat, TimedSlot, UpdateFn,
 };
@@ -820,20 +819,10 @@ impl Storage for ExplodedObjects {
 
     fn update_group(&self, id: BundleId, f: &mut UpdateFn) -> Result<WriteStats> {
         let policy = self.base.policy;
-        let mut seed = jitter_seed(&id);
         let mut stored: BTreeSet<Slot> = BTreeSet::new();
         let mut st = WriteStats::default();
         let mut pending: Vec<String> = Vec::new();
-        for attempt in 0..policy.attempts {
-            if attempt > 0 {
-                let exp = policy
-                    .base_delay
-                    .saturating_mul(1 << (attempt - 1).min(16))
-                    .min(policy.max_delay);
-                seed = xorshift(seed);
-                let frac = 0.5 + (seed % 1000) as f64 / 2000.0;
-                std::thread::sleep(exp.mul_f64(frac));
-            }
+        let done = policy.compare_and_swap(&id, |attempt| {
             let view = View {
                 store: self,
                 id,
@@ -847,7 +836,7 @@ impl Storage for ExplodedObjects {
                 .filter(|(s, _)| !stored.contains(s))
                 .collect();
             if todo.is_empty() {
-                return Ok(st);
+                return Ok(Try::Done(()));
             }
             let timed: Vec<TimedSlot> = todo.iter().map(|(s, b)| (*s, &b[..], None)).collect();
             check_tiles(&self.url_of(&self.level_dir(id.level)?), id, &timed)?;
@@ -905,7 +894,7 @@ impl Storage for ExplodedObjects {
                         self.stats.conflicts.load(Ordering::Relaxed)
                     );
                 }
-                return Ok(st);
+                return Ok(Try::Done(()));
             }
             tracing::debug!(
                 "{}: another writer changed {} tile(s) first (try {}); deciding again",
@@ -913,6 +902,10 @@ impl Storage for ExplodedObjects {
                 pending.len(),
                 attempt + 1
             );
+            Ok(Try::Lost)
+        })?;
+        if done.is_some() {
+            return Ok(st);
         }
         Err(Error::io(
             self.url_of(&pending[0]),

@@ -153,6 +153,37 @@ impl RetryPolicy {
         *seed = xorshift(*seed);
         exp.mul_f64(0.5 + (*seed % 1000) as f64 / 2000.0)
     }
+
+    /// Compare-and-swap, the one loop every conditional write of the object store runs: `one`
+    /// reads what is stored, decides, and PUTs with a precondition; on [`Try::Lost`] (another
+    /// writer was first) it runs again after a sleep ([`RetryPolicy::delay`], jittered by `id`,
+    /// so racing writers spread out), at most `attempts` times. `one` gets the try's number
+    /// (0 first). Ok(Some(v)) when a try was done, Ok(None) when every try was lost (the caller
+    /// says so, naming what it wrote); an error of `one` ends it.
+    pub(crate) fn compare_and_swap<T>(
+        &self,
+        id: &BundleId,
+        mut one: impl FnMut(u32) -> Result<Try<T>>,
+    ) -> Result<Option<T>> {
+        let mut seed = jitter_seed(id);
+        for attempt in 0..self.attempts {
+            if attempt > 0 {
+                std::thread::sleep(self.delay(attempt, &mut seed));
+            }
+            if let Try::Done(v) = one(attempt)? {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// What one try of a compare-and-swap came to ([`RetryPolicy::compare_and_swap`]).
+pub(crate) enum Try<T> {
+    /// Done (written, or nothing to write): the value to return.
+    Done(T),
+    /// Another writer changed the object first (a conditional PUT refused): read and decide again.
+    Lost,
 }
 
 /// A sidecar change: gets the sidecar as stored (None: none, or not a sidecar) and returns the
@@ -383,47 +414,43 @@ impl ObjectStorage {
     fn update_sidecar(&self, id: BundleId, apply: &mut ApplyFn) -> Result<bool> {
         self.ensure_marker()?;
         let key = self.times_key(&id);
-        let mut seed = jitter_seed(&id);
-        for attempt in 0..self.policy.attempts {
-            if attempt > 0 {
-                std::thread::sleep(self.policy.delay(attempt, &mut seed));
-            }
+        let done = self.policy.compare_and_swap(&id, |attempt| {
             let kept = self.sidecar(id, attempt > 0)?;
             let Some(new) = apply(kept.sidecar.as_deref())? else {
-                return Ok(false);
+                return Ok(Try::Done(false));
             };
             let new = Arc::new(new);
             let payload = PutPayload::from(Bytes::copy_from_slice(new.as_bytes()));
-            match self.put_conditional(&key, payload, kept.etag.as_deref())? {
-                Some(put) => {
-                    self.stats.sidecar_puts.fetch_add(1, Ordering::Relaxed);
-                    let mut c = self.sidecars.lock().unwrap();
-                    match put.e_tag {
-                        Some(etag) => {
-                            c.put(
-                                id,
-                                Arc::new(Kept {
-                                    etag: Some(etag),
-                                    sidecar: Some(new),
-                                    checked: Instant::now(),
-                                }),
-                            );
-                        }
-                        None => {
-                            c.pop(&id);
-                        }
-                    }
-                    return Ok(true);
-                }
-                None => {
-                    self.stats.sidecar_conflicts.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(
-                        "{}: another writer changed the tile times (try {}); applying again",
-                        rel_url(&self.url, &self.times_rel(&id)).display(),
-                        attempt + 1
+            let Some(put) = self.put_conditional(&key, payload, kept.etag.as_deref())? else {
+                self.stats.sidecar_conflicts.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    "{}: another writer changed the tile times (try {}); applying again",
+                    rel_url(&self.url, &self.times_rel(&id)).display(),
+                    attempt + 1
+                );
+                return Ok(Try::Lost);
+            };
+            self.stats.sidecar_puts.fetch_add(1, Ordering::Relaxed);
+            let mut c = self.sidecars.lock().unwrap();
+            match put.e_tag {
+                Some(etag) => {
+                    c.put(
+                        id,
+                        Arc::new(Kept {
+                            etag: Some(etag),
+                            sidecar: Some(new),
+                            checked: Instant::now(),
+                        }),
                     );
                 }
+                None => {
+                    c.pop(&id);
+                }
             }
+            Ok(Try::Done(true))
+        })?;
+        if let Some(wrote) = done {
+            return Ok(wrote);
         }
         Err(Error::io(
             rel_url(&self.url, &self.times_rel(&id)),

@@ -29,7 +29,8 @@ use bytes::Bytes;
 use object_store::PutPayload;
 
 use super::super::times::stamp;
-use super::super::{jitter_seed, ObjectStats};
+use super::super::times::Try;
+use super::super::ObjectStats;
 use super::ExplodedObjects;
 use crate::format::{BundleId, TileAddr};
 
@@ -104,19 +105,9 @@ impl ExplodedObjects {
         let key = self.key_of(&rel);
         let policy = self.base.policy;
         let id: BundleId = t.bundle();
-        let mut seed = jitter_seed(&id);
         let stats: &ObjectStats = &self.stats;
-        for attempt in 0..policy.attempts {
-            if attempt > 0 {
-                std::thread::sleep(policy.delay(attempt, &mut seed));
-            }
-            let current = match self.get(&rel) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!("tile times not recorded: {e}");
-                    return;
-                }
-            };
+        let done = policy.compare_and_swap(&id, |_| {
+            let current = self.get(&rel)?;
             let (mut map, etag) = match current {
                 Some((b, etag, _)) => (
                     parse(&b).unwrap_or_else(|| {
@@ -134,19 +125,26 @@ impl ExplodedObjects {
                 map.insert(*col, (stamp(tag), *when));
             }
             let body = PutPayload::from(Bytes::from(render(&map)));
-            match self.base.put_conditional(&key, body, etag.as_deref()) {
-                Ok(Some(_)) => {
-                    stats.sidecar_puts.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                Ok(None) => {
-                    stats.sidecar_conflicts.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    tracing::warn!("tile times not recorded: {e}");
-                    return;
-                }
+            Ok(
+                match self.base.put_conditional(&key, body, etag.as_deref())? {
+                    Some(_) => {
+                        stats.sidecar_puts.fetch_add(1, Ordering::Relaxed);
+                        Try::Done(())
+                    }
+                    None => {
+                        stats.sidecar_conflicts.fetch_add(1, Ordering::Relaxed);
+                        Try::Lost
+                    }
+                },
+            )
+        });
+        match done {
+            Ok(Some(())) => return,
+            Err(e) => {
+                tracing::warn!("tile times not recorded: {e}");
+                return;
             }
+            Ok(None) => {}
         }
         tracing::warn!(
             "{}: tile times not recorded: other writers changed it on each of {} tries",
