@@ -66,7 +66,11 @@ impl Record {
     /// Whether the recorded process still runs (same pid and start time, not a zombie).
     pub fn alive(&self) -> bool {
         match process_state(self.pid) {
-            Some((state, start)) => state != 'Z' && start == self.start_time,
+            Some((_, start)) if start != self.start_time => false,
+            Some((state, _)) if state != 'Z' => true,
+            // The leader thread shows Z as soon as it has exited, while the process's other
+            // threads may still be ending (its exit is not over): alive until only it is left.
+            Some(_) => other_threads_left(self.pid),
             None => false,
         }
     }
@@ -173,6 +177,12 @@ fn process_state(pid: u32) -> Option<(char, u64)> {
     let state = fields.first()?.chars().next()?;
     let start = fields.get(19)?.parse().ok()?;
     Some((state, start))
+}
+
+/// Whether process `pid` has threads besides its leader (`/proc/PID/task` entries), as while a
+/// multi-threaded process is still exiting.
+fn other_threads_left(pid: u32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|d| d.count() > 1)
 }
 
 fn start_time(pid: u32) -> Option<u64> {

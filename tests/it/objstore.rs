@@ -965,9 +965,12 @@ fn a_stopped_gateway_gives_eio_then_reads_and_flushes_resume() {
     assert_eq!(names.len(), 4, "{names:?}");
     assert_eq!(std::fs::read(row.join("C00000000.png")).unwrap(), bytes[0]);
     // A new tile written (not yet fsync'd) while the gateway is up: it waits in the buffer.
-    let new_t = TileAddr::new(2, 1, 9);
+    // (In another row: level 2 of Web Mercator has columns 0-3 only, and row 1 holds all four.)
+    let new_t = TileAddr::new(2, 0, 2);
     let new_bytes = writer_png(&base, 2, new_t);
-    let mut f = std::fs::File::create(row.join("C00000009.png")).unwrap();
+    let row0 = m.path("_alllayers/L02/R00000000");
+    std::fs::create_dir_all(&row0).unwrap();
+    let mut f = std::fs::File::create(row0.join("C00000002.png")).unwrap();
     {
         use std::io::Write;
         f.write_all(&new_bytes).unwrap();
