@@ -238,15 +238,7 @@ pub fn delete(a: &DeleteArgs) -> anyhow::Result<ExitCode> {
         (_, Some(s)) => Some(LevelSelect::Scales(s.clone())),
         (Some(r), None) => {
             // As export and import: a range meeting no level the cache has is a mistake.
-            let have = c.levels()?;
-            if !have.iter().any(|l| r.contains(*l)) {
-                bail!(
-                    "--levels {}: {} has no level in that range; its levels are: {}",
-                    range_text(r),
-                    a.cache.display(),
-                    levels_text(&have)
-                );
-            }
+            check_levels_meet(r, &c, &a.cache)?;
             Some(LevelSelect::Range(*r))
         }
         (None, None) => None,
@@ -565,19 +557,25 @@ fn extent_and_aoi(
     Ok((extent, aoi))
 }
 
+/// `--levels` must meet a level the cache has; the error names the levels it has.
+fn check_levels_meet(r: &LevelRange, c: &Cache, path: &Path) -> anyhow::Result<()> {
+    let have = c.levels()?;
+    if !have.iter().any(|l| r.contains(*l)) {
+        bail!(
+            "--levels {}: {} has no level in that range; its levels are: {}",
+            range_text(r),
+            path.display(),
+            levels_text(&have)
+        );
+    }
+    Ok(())
+}
+
 fn job_options(a: &JobArgs, c: &Cache, src: &Path) -> anyhow::Result<JobOptions> {
     let levels = match (&a.select.levels, &a.select.scales) {
         (_, Some(scales)) => LevelSelect::Scales(scales.clone()),
         (Some(r), None) => {
-            let have = c.levels()?;
-            if !have.iter().any(|l| r.contains(*l)) {
-                bail!(
-                    "--levels {}: {} has no level in that range; its levels are: {}",
-                    range_text(r),
-                    src.display(),
-                    levels_text(&have)
-                );
-            }
+            check_levels_meet(r, c, src)?;
             LevelSelect::Range(*r)
         }
         (None, None) => LevelSelect::Range(LevelRange::ALL),
@@ -628,26 +626,7 @@ fn range_text(r: &LevelRange) -> String {
 
 /// Levels as runs: `0-4, 7, 9-10`; `none` for none.
 fn levels_text(levels: &[u8]) -> String {
-    let mut runs: Vec<(u8, u8)> = Vec::new();
-    for &l in levels {
-        match runs.last_mut() {
-            Some((_, hi)) if u16::from(*hi) + 1 == u16::from(l) => *hi = l,
-            _ => runs.push((l, l)),
-        }
-    }
-    if runs.is_empty() {
-        return "none".into();
-    }
-    runs.iter()
-        .map(|&(a, b)| {
-            if a == b {
-                a.to_string()
-            } else {
-                format!("{a}-{b}")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+    crate::jobs::engine::level_runs(levels)
 }
 
 /// Lists what `--skip-unreadable` left out (on stderr, naming each file and tile); exit 1 when

@@ -615,8 +615,11 @@ impl Ctx<'_> {
     }
 }
 
-/// Sorted levels as runs: `0-4, 7`.
-fn level_runs(levels: &[u8]) -> String {
+/// Sorted levels as runs, `0-4, 7`; `none` for no level.
+pub fn level_runs(levels: &[u8]) -> String {
+    if levels.is_empty() {
+        return "none".into();
+    }
     let mut runs: Vec<(u8, u8)> = Vec::new();
     for &l in levels {
         match runs.last_mut() {
