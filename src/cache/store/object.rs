@@ -46,8 +46,6 @@ mod probe;
 pub mod times;
 pub mod v1;
 
-use self::times::Try;
-
 pub use options::{shown_endpoint, ObjectOptions, WriteCoordination, DEFAULT_TIMEOUT, TIMEOUT_ENV};
 pub use probe::{probe as probe_conditional_writes, CasProbe, PROBE_NAME};
 
@@ -167,6 +165,39 @@ pub struct RetryPolicy {
     pub base_delay: Duration,
     /// Longest delay between tries.
     pub max_delay: Duration,
+}
+
+impl RetryPolicy {
+    /// Compare-and-swap, the one loop every conditional write of the object store runs: `one`
+    /// reads what is stored, decides, and PUTs with a precondition; on [`Try::Lost`] (another
+    /// writer was first) it runs again after a sleep ([`RetryPolicy::delay`], jittered by `id`,
+    /// so racing writers spread out), at most `attempts` times. `one` gets the try's number
+    /// (0 first). Ok(Some(v)) when a try was done, Ok(None) when every try was lost (the caller
+    /// says so, naming what it wrote); an error of `one` ends it.
+    pub(crate) fn compare_and_swap<T>(
+        &self,
+        id: &BundleId,
+        mut one: impl FnMut(u32) -> Result<Try<T>>,
+    ) -> Result<Option<T>> {
+        let mut seed = jitter_seed(id);
+        for attempt in 0..self.attempts {
+            if attempt > 0 {
+                std::thread::sleep(self.delay(attempt, &mut seed));
+            }
+            if let Try::Done(v) = one(attempt)? {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// What one try of a compare-and-swap came to ([`RetryPolicy::compare_and_swap`]).
+pub(crate) enum Try<T> {
+    /// Done (written, or nothing to write): the value to return.
+    Done(T),
+    /// Another writer changed the object first (a conditional PUT refused): read and decide again.
+    Lost,
 }
 
 impl Default for RetryPolicy {

@@ -17,7 +17,7 @@
 
 mod times;
 
-use super::times::Try;
+use super::Try;
 use crate::cache::store::StorageKind;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::num::NonZeroUsize;

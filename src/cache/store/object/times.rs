@@ -37,9 +37,7 @@ use lru::LruCache;
 use object_store::path::Path as Key;
 use object_store::{GetOptions, PutPayload};
 
-use super::{
-    block, jitter_seed, obj_err, rel_url, xorshift, ObjectStorage, RetryPolicy, TimedSlot,
-};
+use super::{block, obj_err, rel_url, xorshift, ObjectStorage, RetryPolicy, TimedSlot, Try};
 use crate::cache::bundle::BundleHandle;
 use crate::cache::store::Storage;
 use crate::cache::times::Sidecar;
@@ -153,37 +151,6 @@ impl RetryPolicy {
         *seed = xorshift(*seed);
         exp.mul_f64(0.5 + (*seed % 1000) as f64 / 2000.0)
     }
-
-    /// Compare-and-swap, the one loop every conditional write of the object store runs: `one`
-    /// reads what is stored, decides, and PUTs with a precondition; on [`Try::Lost`] (another
-    /// writer was first) it runs again after a sleep ([`RetryPolicy::delay`], jittered by `id`,
-    /// so racing writers spread out), at most `attempts` times. `one` gets the try's number
-    /// (0 first). Ok(Some(v)) when a try was done, Ok(None) when every try was lost (the caller
-    /// says so, naming what it wrote); an error of `one` ends it.
-    pub(crate) fn compare_and_swap<T>(
-        &self,
-        id: &BundleId,
-        mut one: impl FnMut(u32) -> Result<Try<T>>,
-    ) -> Result<Option<T>> {
-        let mut seed = jitter_seed(id);
-        for attempt in 0..self.attempts {
-            if attempt > 0 {
-                std::thread::sleep(self.delay(attempt, &mut seed));
-            }
-            if let Try::Done(v) = one(attempt)? {
-                return Ok(Some(v));
-            }
-        }
-        Ok(None)
-    }
-}
-
-/// What one try of a compare-and-swap came to ([`RetryPolicy::compare_and_swap`]).
-pub(crate) enum Try<T> {
-    /// Done (written, or nothing to write): the value to return.
-    Done(T),
-    /// Another writer changed the object first (a conditional PUT refused): read and decide again.
-    Lost,
 }
 
 /// A sidecar change: gets the sidecar as stored (None: none, or not a sidecar) and returns the

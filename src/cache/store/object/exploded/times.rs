@@ -29,8 +29,8 @@ use bytes::Bytes;
 use object_store::PutPayload;
 
 use super::super::times::stamp;
-use super::super::times::Try;
 use super::super::ObjectStats;
+use super::super::Try;
 use super::ExplodedObjects;
 use crate::format::{BundleId, TileAddr};
 
