@@ -1875,25 +1875,28 @@ fn rel_url(url: &ObjectUrl, rel: &str) -> PathBuf {
 
 /// An error of a request for `rel` under `url`: names the object, never a credential.
 fn obj_err(url: &ObjectUrl, rel: &str, e: object_store::Error) -> Error {
-    obj_err_at(rel_url(url, rel), e)
+    obj_err_at(url.scheme, rel_url(url, rel), e)
 }
 
 /// [`obj_err`] for a full key.
 fn obj_err_key(url: &ObjectUrl, key: &str, e: object_store::Error) -> Error {
     obj_err_at(
+        url.scheme,
         PathBuf::from(format!("{}://{}/{key}", url.scheme.as_str(), url.bucket)),
         e,
     )
 }
 
-fn obj_err_at(at: PathBuf, e: object_store::Error) -> Error {
+/// An error of a request for the object at `at` in a store of kind `scheme`, explained
+/// ([`explain`]).
+fn obj_err_at(scheme: Scheme, at: PathBuf, e: object_store::Error) -> Error {
     let kind = match &e {
         object_store::Error::NotFound { .. } => std::io::ErrorKind::NotFound,
         object_store::Error::PermissionDenied { .. }
         | object_store::Error::Unauthenticated { .. } => std::io::ErrorKind::PermissionDenied,
         _ => std::io::ErrorKind::Other,
     };
-    let text = explain(&at, &scrub(&e.to_string()));
+    let text = explain(scheme, &scrub(&e.to_string()));
     Error::io(at, std::io::Error::new(kind, text))
 }
 
@@ -1901,9 +1904,8 @@ fn obj_err_at(at: PathBuf, e: object_store::Error) -> Error {
 /// one (credentials refused, none found, no such bucket or container, an `http://` endpoint
 /// without `AWS_ALLOW_HTTP`, an endpoint that cannot be reached, access denied), then the
 /// client's own words without the XML body, and the store's error code in brackets.
-fn explain(at: &std::path::Path, raw: &str) -> String {
-    let azure = at.to_string_lossy().starts_with("az://");
-    let (keys, allow_http) = if azure {
+fn explain(scheme: Scheme, raw: &str) -> String {
+    let (keys, allow_http) = if scheme == Scheme::Azure {
         (
             "AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY (or a SAS)",
             "AZURE_ALLOW_HTTP=true",
@@ -2511,8 +2513,7 @@ mod tests {
     /// cause first, one line, the code kept, no XML body.
     #[test]
     fn store_errors_say_the_likely_cause_in_one_line() {
-        let s3 = std::path::Path::new("s3://b/p/conf.xml");
-        let az = std::path::Path::new("az://c/p/conf.xml");
+        let (s3, az) = (Scheme::S3, Scheme::Azure);
         let signed =
             "The operation lacked the necessary privileges to complete for path p/conf.xml: \
             Error performing GET http://127.0.0.1:7480/b/p/conf.xml in 2ms - Server returned \
