@@ -559,7 +559,7 @@ impl TreeFs {
                 _ => return Err(not_found(name)),
             },
             Node::Row { level, row } => {
-                if let Some(a) = self.lookup_written(parent, level, row, name)? {
+                if let Some(a) = self.lookup_written(level, row, name)? {
                     return Ok(a);
                 }
                 let (col, ext) = exploded::parse_col_file(name).map_err(|_| not_found(name))?;

@@ -157,7 +157,7 @@ impl TreeFs {
         }
     }
 
-    /// The inode of temporary file `name` in row folder `parent`, if there is one.
+    /// The inode of temporary file or folder `name` in folder `parent`, if there is one.
     pub(super) fn temp_ino(&self, parent: u64, name: &str) -> Option<u64> {
         self.w
             .lock()
@@ -167,18 +167,10 @@ impl TreeFs {
             .copied()
     }
 
-    pub(super) fn lookup_written(
-        &self,
-        parent: u64,
-        level: u8,
-        row: u32,
-        name: &str,
-    ) -> FsResult<Option<Attr>> {
+    /// A tile of row `level`/`row` being written under `name`, while its bytes are not committed.
+    pub(super) fn lookup_written(&self, level: u8, row: u32, name: &str) -> FsResult<Option<Attr>> {
         if self.writer.is_none() {
             return Ok(None);
-        }
-        if let Some(ino) = self.temp_ino(parent, name) {
-            return self.temp_attr(ino).map(Some);
         }
         if let Some((t, _)) = Self::tile_name(level, row, name) {
             let ino = self.ino(Node::Tile(t));
