@@ -109,22 +109,15 @@ const REPORTED_KEPT: usize = 4096;
 /// The size of a tile's file: its bytes, 4 more for a PNG whose signature is restored
 /// ([`image_file`]).
 fn file_len(bytes: &TileBytes) -> u64 {
-    let extra = if crate::format::pixels::lacks_png_signature(bytes) {
-        4
-    } else {
-        0
-    };
-    bytes.len() as u64 + extra
+    crate::format::pixels::as_image_file(bytes).len() as u64
 }
 
 /// A tile's bytes as the file users read: a PNG stored without its first four signature bytes
 /// (as ArcGIS wrote some) comes out whole, so browsers, PIL and `file` open it.
 fn image_file(bytes: TileBytes) -> FileBytes {
-    if crate::format::pixels::lacks_png_signature(&bytes) {
-        let fixed = crate::format::pixels::as_image_file(&bytes).into_owned();
-        FileBytes::Shared(Arc::new(fixed))
-    } else {
-        FileBytes::Tile(bytes)
+    match crate::format::pixels::as_image_file(&bytes) {
+        std::borrow::Cow::Owned(fixed) => FileBytes::Shared(Arc::new(fixed)),
+        std::borrow::Cow::Borrowed(_) => FileBytes::Tile(bytes),
     }
 }
 

@@ -596,10 +596,12 @@ impl Ctx<'_> {
                 };
                 if let Some(s) = self.decide(p, dest_tile)? {
                     let mut bytes = s.bytes.into_tile();
-                    if self.image_files && crate::format::pixels::lacks_png_signature(&bytes) {
-                        bytes = TileBytes::owned(
-                            crate::format::pixels::as_image_file(&bytes).into_owned(),
-                        );
+                    if self.image_files {
+                        if let std::borrow::Cow::Owned(whole) =
+                            crate::format::pixels::as_image_file(&bytes)
+                        {
+                            bytes = TileBytes::owned(whole);
+                        }
                     }
                     out.push((s.t.slot(), bytes));
                 }
