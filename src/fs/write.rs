@@ -806,20 +806,7 @@ impl TreeFs {
                 None => return Ok(()),
             }
         };
-        let n = self.node(ino)?;
-        if self.same_as_shown(n, &written) {
-            return Ok(());
-        }
-        Err(FsError::NotPermitted {
-            path: if n == Node::ConfXml {
-                "conf.xml"
-            } else {
-                "conf.cdi"
-            }
-            .to_string(),
-            why: "conf.xml and conf.cdi are shown read-only: only a copy equal to the mount's \
-                  (or the cache's own) file is accepted",
-        })
+        self.accept_conf_copy(self.node(ino)?, &written)
     }
 
     /// Last close of a handle: commits if still dirty, forgets the open file with the last one.
@@ -970,6 +957,7 @@ impl TreeFs {
             let f = w.temps.get(&ino).ok_or_else(|| super::not_found(to_path))?;
             (f.data.clone(), f.mtime, (f.parent, f.name.clone()))
         };
+        let from_path = format!("{}{}", self.dir_path(from.0), from.1);
         let target = match (self.inodes.node(newparent), self.row_of(newparent)) {
             (Some(Node::Root), _) if matches!(newname, "conf.xml" | "conf.cdi") => {
                 let n = if newname == "conf.xml" {
@@ -977,31 +965,17 @@ impl TreeFs {
                 } else {
                     Node::ConfCdi
                 };
-                if !self.same_as_shown(n, &data) {
-                    return Err(FsError::NotPermitted {
-                        path: to_path.to_string(),
-                        why: "conf.xml and conf.cdi are shown read-only: only a copy equal to \
-                              the mount's (or the cache's own) file is accepted",
-                    });
-                }
+                self.accept_conf_copy(n, &data)?;
                 n
             }
             (_, Some((l1, r1))) => {
                 let Some((t, kind)) = Self::tile_name(l1, r1, newname) else {
-                    return Err(not_a_tile_name(
-                        &format!("{}{}", self.dir_path(from.0), from.1),
-                        to_path.to_string(),
-                    ));
+                    return Err(not_a_tile_name(&from_path, to_path.to_string()));
                 };
                 self.commit_tile(ino, t, kind, data, Some(mtime), to_path)?;
                 Node::Tile(t)
             }
-            _ => {
-                return Err(not_a_tile_name(
-                    &format!("{}{}", self.dir_path(from.0), from.1),
-                    to_path.to_string(),
-                ))
-            }
+            _ => return Err(not_a_tile_name(&from_path, to_path.to_string())),
         };
         let mut w = self.w.lock().unwrap();
         w.temp_names.remove(&from);
@@ -1014,13 +988,22 @@ impl TreeFs {
         Ok(())
     }
 
-    /// Whether `data` equals conf.xml or conf.cdi as the mount shows it, or as the cache holds it.
-    fn same_as_shown(&self, n: Node, data: &[u8]) -> bool {
+    /// A copy of conf.xml or conf.cdi (`n`) written into the mount: accepted when `data` equals
+    /// the file as the mount shows it, or as the cache holds it; refused (EPERM) naming the file
+    /// otherwise. Nothing changes either way.
+    fn accept_conf_copy(&self, n: Node, data: &[u8]) -> FsResult<()> {
         let (shown, own) = match n {
             Node::ConfXml => (&self.conf_xml, self.cache.conf().map(|c| c.raw())),
             _ => (&self.conf_cdi, self.cache.cdi()),
         };
-        shown.as_ref().is_some_and(|b| b.as_slice() == data) || own == Some(data)
+        if shown.as_ref().is_some_and(|b| b.as_slice() == data) || own == Some(data) {
+            return Ok(());
+        }
+        Err(FsError::NotPermitted {
+            path: conf_name(n).to_string(),
+            why: "conf.xml and conf.cdi are shown read-only: only a copy equal to the mount's \
+                  (or the cache's own) file is accepted",
+        })
     }
 
     /// Makes a level or row folder, or a temporary folder.
@@ -1172,13 +1155,17 @@ impl TreeFs {
 /// conf.xml and conf.cdi are shown, not written.
 fn conf_read_only(n: Node) -> FsError {
     FsError::NotPermitted {
-        path: if n == Node::ConfXml {
-            "conf.xml"
-        } else {
-            "conf.cdi"
-        }
-        .to_string(),
+        path: conf_name(n).to_string(),
         why: "conf.xml and conf.cdi are shown read-only",
+    }
+}
+
+/// The file name of node `n`, conf.xml or conf.cdi.
+fn conf_name(n: Node) -> &'static str {
+    if n == Node::ConfXml {
+        "conf.xml"
+    } else {
+        "conf.cdi"
     }
 }
 
