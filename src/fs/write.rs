@@ -75,9 +75,11 @@ pub(super) struct WriteState {
     next_temp: u64,
     /// Folders made by mkdir: (level, None) or (level, Some(row)).
     created: BTreeSet<(u8, Option<u32>)>,
-    /// conf.xml / conf.cdi written in place (`cp`, `tar` of a whole cache): the bytes written so
-    /// far, and the write handles open, by inode; compared with the shown file at close.
-    conf_writes: HashMap<u64, (Vec<u8>, u32)>,
+    /// conf.xml / conf.cdi written in place (`cp`, `tar` of a whole cache), by the inode written
+    /// through (the file's own, or a temporary renamed onto it that the kernel still uses):
+    /// which of the two, the bytes written so far, the write handles open. Compared with the
+    /// shown file at close.
+    conf_writes: HashMap<u64, (Node, Vec<u8>, u32)>,
 }
 
 impl WriteState {
@@ -504,22 +506,23 @@ impl TreeFs {
                 return Ok(WRITE_FH);
             }
         }
-        let t = match node {
+        let target = match node {
+            Node::Temp(_) => self.alias_node(ino).ok_or_else(|| super::not_found(ino))?,
+            n => n,
+        };
+        let t = match target {
             Node::Tile(t) => t,
-            Node::Temp(_) => match self.alias_node(ino) {
-                Some(Node::Tile(t)) => t,
-                Some(n @ (Node::ConfXml | Node::ConfCdi)) => return Err(conf_read_only(n)),
-                _ => return Err(super::not_found(ino)),
-            },
             Node::ConfXml | Node::ConfCdi => {
-                // Written in place: kept aside, compared with the shown file at close.
-                let shown = self.read(ino, 0, u32::MAX)?.bytes().to_vec();
+                // Written in place: kept aside, compared with the shown file at close. Also
+                // through a temporary renamed onto it (rsync's), which the kernel may still use
+                // for the name.
+                let shown = self.read(self.ino(target), 0, u32::MAX)?.bytes().to_vec();
                 let mut w = self.w.lock().unwrap();
-                let e = w.conf_writes.entry(ino).or_insert((shown, 0));
+                let e = w.conf_writes.entry(ino).or_insert((target, shown, 0));
                 if truncate {
-                    e.0.clear();
+                    e.1.clear();
                 }
-                e.1 += 1;
+                e.2 += 1;
                 return Ok(WRITE_FH);
             }
             _ => return Err(FsError::IsDir(format!("inode {ino}"))),
@@ -576,7 +579,7 @@ impl TreeFs {
         } else if let Some(t) = w.temps.get_mut(&ino) {
             t.mtime = SystemTime::now();
             &mut t.data
-        } else if let Some((b, _)) = w.conf_writes.get_mut(&ino) {
+        } else if let Some((_, b, _)) = w.conf_writes.get_mut(&ino) {
             b
         } else {
             return Err(FsError::NotOpenForWriting(ino));
@@ -600,15 +603,18 @@ impl TreeFs {
         if (size.is_some() || mtime.is_some()) && file {
             self.writer_or_rofs(format_args!("inode {ino}"))?;
         }
-        if let (Some(s), Node::ConfXml | Node::ConfCdi) = (size, node) {
-            // Only through a write handle (O_TRUNC, ftruncate): the result is judged at close.
+        if let Some(s) = size {
+            // conf.xml or conf.cdi only through a write handle (O_TRUNC, ftruncate): the result
+            // is judged at close.
             let mut w = self.w.lock().unwrap();
-            let Some((b, _)) = w.conf_writes.get_mut(&ino) else {
+            if let Some((_, b, _)) = w.conf_writes.get_mut(&ino) {
+                b.resize(s.min(MAX_TILE_SIZE as u64) as usize, 0);
+                drop(w);
+                return self.getattr(ino);
+            }
+            if matches!(node, Node::ConfXml | Node::ConfCdi) {
                 return Err(conf_read_only(node));
-            };
-            b.resize(s.min(MAX_TILE_SIZE as u64) as usize, 0);
-            drop(w);
-            return self.getattr(ino);
+            }
         }
         if !file {
             return self.getattr(ino); // folder times and modes are not kept
@@ -799,14 +805,14 @@ impl TreeFs {
     /// At close of conf.xml or conf.cdi written in place: accepted when the bytes equal the shown
     /// file (or the cache's own), refused naming the file otherwise. Nothing changes either way.
     fn check_conf_write(&self, ino: u64) -> FsResult<()> {
-        let written = {
+        let (n, written) = {
             let w = self.w.lock().unwrap();
             match w.conf_writes.get(&ino) {
-                Some((b, _)) => b.clone(),
+                Some((n, b, _)) => (*n, b.clone()),
                 None => return Ok(()),
             }
         };
-        self.accept_conf_copy(self.node(ino)?, &written)
+        self.accept_conf_copy(n, &written)
     }
 
     /// Last close of a handle: commits if still dirty, forgets the open file with the last one.
@@ -818,7 +824,7 @@ impl TreeFs {
             .check_conf_write(ino)
             .and_then(|()| self.commit_open(ino));
         let mut w = self.w.lock().unwrap();
-        if let Some((_, opens)) = w.conf_writes.get_mut(&ino) {
+        if let Some((_, _, opens)) = w.conf_writes.get_mut(&ino) {
             *opens = opens.saturating_sub(1);
             if *opens == 0 {
                 w.conf_writes.remove(&ino);
@@ -1476,6 +1482,18 @@ mod tests {
         assert_eq!(fs.read(conf, 0, u32::MAX).unwrap().bytes(), &shown[..]);
         // A truncate outside a write handle is refused at once.
         assert_eq!(errno(fs.setattr(conf, Some(0), None)), libc::EPERM);
+        // Through the renamed temporary's inode, which the kernel may still hold for the name
+        // (`cp -a` right after `rsync -a`): judged as conf.xml, the same way.
+        fs.open_write(t.ino, true).unwrap();
+        fs.setattr(t.ino, Some(0), None).unwrap();
+        fs.write(t.ino, 0, &shown).unwrap();
+        fs.flush(t.ino).unwrap();
+        fs.release(t.ino, WRITE_FH).unwrap();
+        fs.open_write(t.ino, true).unwrap();
+        fs.write(t.ino, 0, b"<CacheInfo/>").unwrap();
+        assert_eq!(errno(fs.flush(t.ino)), libc::EPERM);
+        let _ = fs.release(t.ino, WRITE_FH);
+        assert_eq!(fs.read(conf, 0, u32::MAX).unwrap().bytes(), &shown[..]);
     }
 
     #[test]
