@@ -165,6 +165,13 @@ pub fn write_atomic_new(path: &Path, bytes: &[u8], durable: bool) -> Result<()> 
     f.commit()
 }
 
+/// Flushes the file system holding `path` (one syncfs(2) instead of an fsync per file).
+/// Errors: `path` cannot be opened, or the sync failed, naming it.
+pub fn syncfs(path: &Path) -> Result<()> {
+    let f = File::open(path).at(path)?;
+    rustix::fs::syncfs(&f).map_err(|e| Error::io(path, e.into()))
+}
+
 /// fsyncs a folder so a rename or a new name in it is durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     let dir = if dir.as_os_str().is_empty() {

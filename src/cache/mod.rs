@@ -517,10 +517,7 @@ impl Cache {
     /// in a store (a PUT is durable once answered). Errors: the sync failed, naming the folder.
     pub fn sync_all(&self) -> Result<()> {
         match &self.location {
-            url::Location::Folder(root) => {
-                let f = fs::File::open(root).at(root)?;
-                rustix::fs::syncfs(&f).map_err(|e| Error::io(root, e.into()))
-            }
+            url::Location::Folder(root) => files::syncfs(root),
             url::Location::Store(_) => Ok(()),
         }
     }
@@ -800,6 +797,8 @@ impl url::Location {
     pub fn holds_cache(&self) -> Result<bool> {
         match self {
             url::Location::Store(u) => store::object::holds_cache(u),
+            // Not a folder (missing, or a file): nothing to hold a cache.
+            url::Location::Folder(dir) if !dir.is_dir() => Ok(false),
             url::Location::Folder(dir) => Ok(find_entry(dir, CONF_XML)?.is_some()
                 || find_entry(dir, ALLLAYERS)?.is_some()
                 || find_entry(dir, crate::format::tpkx::ROOT_JSON)?.is_some()

@@ -173,15 +173,6 @@ impl Location {
             Location::Store(u) => PathBuf::from(u.to_string()),
         }
     }
-
-    /// Whether something is there to write into: an existing folder, or a store prefix (which
-    /// exists as soon as a key is put under it).
-    pub fn is_there(&self) -> bool {
-        match self {
-            Location::Folder(p) => p.is_dir(),
-            Location::Store(_) => true,
-        }
-    }
 }
 
 impl fmt::Display for Location {

@@ -189,8 +189,7 @@ pub fn export(a: &ExportArgs) -> anyhow::Result<ExitCode> {
 /// store), for `export` without `--storage`: tiles go into it as they are stored there. None for
 /// anything else (no cache yet, a package, a ready-to-serve folder).
 fn existing_storage(dest: &Path) -> Option<StorageArg> {
-    let at = crate::cache::url::Location::parse(dest).ok()?;
-    if !(at.is_there() && at.holds_cache().ok()?) {
+    if !crate::jobs::engine::holds_cache(dest).ok()? {
         return None;
     }
     let c = Cache::open(dest).ok()?;

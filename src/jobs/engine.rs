@@ -10,7 +10,6 @@
 //! [`super::package`]) is the caller's choice, made by the command line.
 
 use std::collections::BTreeSet;
-use std::fs;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -21,7 +20,7 @@ use super::aoi::{Aoi, Area, Coverage, Mask, Take};
 use super::tile::{Outcome, Side, TilePixels};
 use crate::cache::url::Location;
 use crate::cache::{Cache, CacheOptions, GroupView, TileBytes, TileGroup};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::format::conf::{Envelope, StorageFormat, TileFormat, TileScheme};
 use crate::format::extent::union;
 use crate::format::levels::LevelRange;
@@ -800,11 +799,9 @@ pub fn into_cache(
     Ok(summary)
 }
 
-/// True when `dir` (a folder or a store URL) is there and already holds a cache
-/// ([`Location::holds_cache`]).
+/// True when `dir` (a folder or a store URL) already holds a cache ([`Location::holds_cache`]).
 pub fn holds_cache(dir: &Path) -> Result<bool> {
-    let at = Location::parse(dir)?;
-    Ok(at.is_there() && at.holds_cache()?)
+    Location::parse(dir)?.holds_cache()
 }
 
 /// The conf.cdi extent after a job: DEST's grown by the area, or the area (cut to SRC's extent).
@@ -822,10 +819,4 @@ pub fn extent_after(
         (Some(d), Some(a)) => Some(union(&d, &a)),
         (d, a) => a.or(d),
     }
-}
-
-/// Flushes the file system holding `path` (one call instead of an fsync per file).
-pub fn syncfs(path: &Path) -> Result<()> {
-    let f = fs::File::open(path).at(path)?;
-    rustix::fs::syncfs(&f).map_err(|e| Error::io(path, e.into()))
 }

@@ -7,8 +7,7 @@ use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use super::engine::{
-    dest_options, extent_after, holds_cache, into_cache, run, syncfs, JobOptions, JobSummary,
-    Progress,
+    dest_options, extent_after, holds_cache, into_cache, run, JobOptions, JobSummary, Progress,
 };
 use crate::cache::{Cache, ALLLAYERS, CONF_CDI, CONF_XML};
 use crate::error::{Error, FormatContext, IoContext, Result};
@@ -676,7 +675,7 @@ pub fn export_ready_to_serve(
     crate::cache::write_atomic(&dest.join(tpkx::ITEMINFO_JSON), &item, false)?;
     crate::cache::write_atomic(&root_path, &root, false)?;
     if opts.sync {
-        syncfs(dest)?;
+        crate::cache::files::syncfs(dest)?;
     }
     Ok(summary)
 }
