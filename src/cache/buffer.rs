@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use lru::LruCache;
 
 use super::commit::{self, ImportMode};
+use super::counters::{BufferCounters, LiveFlushCounters};
 use super::Cache;
 use crate::format::sniff::ImageKind;
 use crate::format::{BundleId, TileAddr};
@@ -93,6 +94,8 @@ pub struct WriteBuffer {
     inner: Mutex<Inner>,
     /// One flush at a time, so two flushes never write the same tiles twice.
     flushing: Mutex<()>,
+    /// What the flushes came to ([`WriteBuffer::counters`]).
+    flushed: LiveFlushCounters,
 }
 
 /// Counters of what was flushed.
@@ -131,6 +134,7 @@ impl WriteBuffer {
                 bundles: HashMap::new(),
             }),
             flushing: Mutex::new(()),
+            flushed: LiveFlushCounters::default(),
         }
     }
 
@@ -152,6 +156,17 @@ impl WriteBuffer {
     /// Number of changes waiting.
     pub fn pending_tiles(&self) -> usize {
         self.inner.lock().unwrap().tiles.len()
+    }
+
+    /// What waits and what the flushes came to, now: every flush of a bundle's changes is
+    /// counted, stored or failed (with the last failure's message), whoever started it (the
+    /// background flush, a full buffer, fsync, unmount).
+    pub fn counters(&self) -> BufferCounters {
+        let (tiles, bytes) = {
+            let g = self.inner.lock().unwrap();
+            (g.tiles.len() as u64, g.bytes as u64)
+        };
+        self.flushed.snapshot(tiles, bytes, self.budget as u64)
     }
 
     /// Bundles worth flushing in the background now: those not written for `idle`, those
@@ -379,10 +394,27 @@ impl WriteBuffer {
         Ok(total)
     }
 
+    /// Writes one bundle's changes ([`WriteBuffer::store_batch`]) and counts how that went.
     fn write_batch(&self, batch: &[(TileAddr, Pending)]) -> Result<FlushStats> {
         if batch.is_empty() {
             return Ok(FlushStats::default());
         }
+        let r = self.store_batch(batch);
+        match &r {
+            Ok(s) => self.flushed.stored(s.tiles as u64, s.bytes_written),
+            Err(e) => {
+                let id = batch[0].0.bundle();
+                self.flushed.failed(format!(
+                    "level {} bundle {}: {e}",
+                    id.level,
+                    crate::format::exploded::bundle_base(&id)
+                ))
+            }
+        }
+        r
+    }
+
+    fn store_batch(&self, batch: &[(TileAddr, Pending)]) -> Result<FlushStats> {
         let puts: Vec<(TileAddr, &[u8], Option<SystemTime>)> = batch
             .iter()
             .filter_map(|(t, p)| match p {

@@ -11,6 +11,7 @@ pub mod buffer;
 pub mod bundle;
 pub mod changes;
 pub mod commit;
+pub mod counters;
 pub mod files;
 pub mod lock;
 pub mod rts;

@@ -682,6 +682,14 @@ fn print_summary(
             )
         }
     );
+    for (side, c) in [
+        ("source", &s.source_requests),
+        ("destination", &s.dest_requests),
+    ] {
+        if let Some(c) = c {
+            outln!("{side} store requests: {c}");
+        }
+    }
     Ok(())
 }
 

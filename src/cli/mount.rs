@@ -426,8 +426,8 @@ fn finish(
     let _ = registry::write(record);
     // Whatever the session's end, buffered tiles go to their bundles before we exit.
     let flushed = tree.flush_all();
-    if let Some(line) = tree.cache().store().counters() {
-        tracing::info!("{line}");
+    if let Some(c) = tree.cache().store().counters() {
+        tracing::info!("{}: {c}", tree.cache().location());
     }
     let dropped = match tree.leftover_message() {
         Some(m) => Err(anyhow::anyhow!("every tile stored, but {m}")),

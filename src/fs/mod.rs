@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod counters;
 pub mod errno;
 pub mod fuse;
 pub mod handles;
@@ -101,6 +102,8 @@ pub struct TreeFs {
     /// Tiles whose read failed and was logged, with the message: one lookup, open and read of a
     /// broken tile log it once (later failures with the same message at debug level).
     reported: Mutex<lru::LruCache<TileAddr, String>>,
+    /// What the tree answered ([`TreeFs::snapshot`]).
+    counted: counters::LiveTree,
 }
 
 /// How many failing tiles [`TreeFs`] remembers having reported.
@@ -148,6 +151,18 @@ impl TreeFs {
             reported: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(REPORTED_KEPT).unwrap(),
             )),
+            counted: counters::LiveTree::default(),
+        }
+    }
+
+    /// Every counter of the mount now: the tree's, its write buffer's, its storage's requests
+    /// and its renderer's ([`counters::Snapshot`]).
+    pub fn snapshot(&self) -> counters::Snapshot {
+        counters::Snapshot {
+            tree: self.counted.snapshot(),
+            buffer: self.writer.as_ref().map(|w| w.counters()),
+            store: self.cache.store().counters(),
+            render: self.renderer.as_ref().map(|r| r.stats()),
         }
     }
 
@@ -658,7 +673,11 @@ impl TreeFs {
             Node::Tile(_) | Node::Temp(_) if self.written_bytes(ino).is_some() => {
                 FileBytes::Shared(self.written_bytes(ino).unwrap())
             }
-            Node::Tile(t) => image_file(self.tile(t)?.ok_or_else(|| not_found(t))?),
+            Node::Tile(t) => {
+                let w = image_file(self.tile(t)?.ok_or_else(|| not_found(t))?).window(offset, size);
+                self.counted.read(offset, w.bytes().len());
+                return Ok(w);
+            }
             Node::Temp(_) => match self.alias_node(ino) {
                 Some(Node::Tile(t)) => image_file(self.tile(t)?.ok_or_else(|| not_found(t))?),
                 Some(n @ (Node::ConfXml | Node::ConfCdi)) => {

@@ -745,6 +745,7 @@ impl TreeFs {
         let w = self.writer_or_rofs(path)?;
         if let Err(e) = self.check_in_world(t, path) {
             self.queue(Invalidation::Inode(ino));
+            self.counted.written(false);
             return Err(e);
         }
         let before = self
@@ -753,7 +754,9 @@ impl TreeFs {
             .flatten()
             .map(|b| self.cache.kind_of(&b));
         let len = data.len();
-        match w.commit(t, kind, data, mtime.unwrap_or_else(SystemTime::now)) {
+        let committed = w.commit(t, kind, data, mtime.unwrap_or_else(SystemTime::now));
+        self.counted.written(committed.is_ok());
+        match committed {
             Ok(()) => {
                 self.forget_rendered(t);
                 // MERGE may store other bytes than were written: the kernel must re-read them.
@@ -1130,7 +1133,7 @@ impl TreeFs {
         if let Some(w) = &self.writer {
             let s = w.flush_due(idle)?;
             if s.tiles > 0 {
-                tracing::debug!(
+                tracing::info!(
                     "flushed {} into {} ({} bytes)",
                     crate::error::count(s.tiles as u64, "tile"),
                     crate::error::count(s.bundles as u64, "bundle"),
@@ -1293,6 +1296,56 @@ mod tests {
         assert!(fs.lookup(row, "C00000002.png").is_err());
         fs.rmdir(l2, "R00000001").unwrap();
         assert_eq!(errno(fs.lookup(l2, "R00000001")), libc::ENOENT);
+    }
+
+    #[test]
+    fn the_snapshot_counts_reads_writes_refusals_and_flushes() {
+        let (d, fs) = tree();
+        fs.mkdir(fs.ino(Node::AllLayers), "L02").unwrap();
+        let row = fs.mkdir(fs.ino(Node::Level(2)), "R00000001").unwrap().ino;
+        let write = |name: &str, bytes: &[u8]| {
+            let a = fs.create(row, name).unwrap();
+            fs.write(a.ino, 0, bytes).unwrap();
+            let r = fs.flush(a.ino);
+            fs.release(a.ino, WRITE_FH).unwrap();
+            (a.ino, r)
+        };
+        let bytes = png(9);
+        let (ino, ok) = write("C00000002.png", &bytes);
+        ok.unwrap();
+        assert!(write("C00000003.png", b"no image").1.is_err());
+        fs.read(ino, 0, 100).unwrap();
+        fs.read(ino, 100, 1 << 20).unwrap();
+        let s = fs.snapshot();
+        assert_eq!(s.tree.tiles_written, 1);
+        assert_eq!(s.tree.writes_refused, 1);
+        assert_eq!(s.tree.tiles_read, 1);
+        assert_eq!(s.tree.bytes_read, bytes.len() as u64);
+        let b = s.buffer.clone().unwrap();
+        assert_eq!((b.waiting_tiles, b.waiting_bytes), (1, bytes.len() as u64));
+        assert_eq!((b.flushes, b.flush_failures), (0, 0));
+        assert!(s.store.is_none() && s.render.is_none());
+        // A flush that cannot write (the level folder replaced by a file) is counted, named.
+        let level = d.path().join("_alllayers/L02");
+        std::fs::create_dir_all(level.parent().unwrap()).unwrap();
+        std::fs::write(&level, b"in the way").unwrap();
+        assert!(fs.flush_all().is_err());
+        let b = fs.snapshot().buffer.unwrap();
+        assert_eq!((b.flushes, b.flush_failures, b.waiting_tiles), (0, 1, 1));
+        assert!(
+            b.last_error
+                .as_deref()
+                .unwrap()
+                .contains("level 2 bundle R0000C0000"),
+            "{b:?}"
+        );
+        // Once the way is clear the tile is stored and counted.
+        std::fs::remove_file(&level).unwrap();
+        fs.flush_all().unwrap();
+        let b = fs.snapshot().buffer.unwrap();
+        assert_eq!((b.flushes, b.flush_failures, b.waiting_tiles), (1, 1, 0));
+        assert_eq!(b.tiles_flushed, 1);
+        assert!(b.bytes_flushed >= bytes.len() as u64);
     }
 
     #[test]

@@ -144,6 +144,11 @@ pub struct JobSummary {
     /// What of the source could not be read and was left out (with `skip_unreadable`): one line
     /// each, naming the file (and tile) and why; sorted.
     pub unreadable: Vec<String>,
+    /// The source's object-store requests at the job's end (None for a local source): the
+    /// counters `status` and `/metrics` read too ([`crate::cache::counters::StoreCounters`]).
+    pub source_requests: Option<crate::cache::counters::StoreCounters>,
+    /// The destination's object-store requests at the job's end (None for a local one).
+    pub dest_requests: Option<crate::cache::counters::StoreCounters>,
 }
 
 #[derive(Default)]
@@ -374,6 +379,8 @@ pub fn run(
             v.sort();
             v
         },
+        source_requests: src.store().counters(),
+        dest_requests: dest.store().counters(),
     })
 }
 

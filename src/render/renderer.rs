@@ -96,7 +96,7 @@ pub enum Keep {
 }
 
 /// Counters since the renderer was made.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RenderStats {
     /// Calls to the source (attempts, retries included).
     pub source_calls: u64,

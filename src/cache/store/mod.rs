@@ -326,9 +326,10 @@ pub trait Storage: Send + Sync {
         Vec::new()
     }
 
-    /// A line of the storage's request counters for the log (an object store: GETs, HEADs,
-    /// bytes received and sent, conflicts); None for local storages.
-    fn counters(&self) -> Option<String> {
+    /// The storage's request counters now (an object store: GETs, HEADs, PUTs, bytes received
+    /// and sent, conflicts; [`crate::cache::counters::StoreCounters`]); None for local storages,
+    /// which send no requests.
+    fn counters(&self) -> Option<crate::cache::counters::StoreCounters> {
         None
     }
 

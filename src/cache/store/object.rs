@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Cursor;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -210,34 +210,8 @@ impl Default for RetryPolicy {
     }
 }
 
-/// Counters of one store's requests, for tests and benchmarks.
-#[derive(Debug, Default)]
-pub struct ObjectStats {
-    /// GET requests (range or whole).
-    pub gets: AtomicU64,
-    /// HEAD requests.
-    pub heads: AtomicU64,
-    /// Bundle indexes read from the on-disk index cache instead of the store.
-    pub disk_hits: AtomicU64,
-    /// Bytes received in GET bodies (indexes, tiles, whole bundles).
-    pub bytes_down: AtomicU64,
-    /// Bytes sent in PUT bodies, refused conditional PUTs included.
-    pub bytes_up: AtomicU64,
-    /// Successful PUTs of bundles.
-    pub puts: AtomicU64,
-    /// Conditional PUTs refused because another writer changed the bundle first (each one made
-    /// the update decide again).
-    pub conflicts: AtomicU64,
-    /// Tiles fetched ahead of their reads in a coalesced range GET (sequential reads).
-    pub tiles_ahead: AtomicU64,
-    /// GETs of tile-times sidecars (`<bundle>.times`, 256 KiB; a 304 or 404 counts too). Not
-    /// in `gets`; their bytes are in `bytes_down`.
-    pub sidecar_gets: AtomicU64,
-    /// Successful PUTs of tile-times sidecars (their bytes are in `bytes_up`).
-    pub sidecar_puts: AtomicU64,
-    /// Conditional PUTs of sidecars refused because another writer changed them first.
-    pub sidecar_conflicts: AtomicU64,
-}
+/// The live request counters of a store connection ([`crate::cache::counters`]).
+pub use crate::cache::counters::LiveStoreCounters as ObjectStats;
 
 /// A bundle's header and index as read by one range GET, with the version it belongs to.
 struct Index {
@@ -1218,26 +1192,10 @@ impl ObjectStorage {
         self.single_writer
     }
 
-    /// One line of request counters, for the daemon's log.
+    /// One line of request counters, for the daemon's log: the store's URL and
+    /// [`crate::cache::counters::StoreCounters`]'s line.
     pub fn stats_line(&self) -> String {
-        let s = &self.stats;
-        format!(
-            "{}: {} GETs ({} bytes; {} tiles fetched ahead), {} HEADs, {} indexes from the disk \
-             cache, {} PUTs of bundles ({} bytes sent), {} conflicts with other writers; \
-             tile-times sidecars: {} GETs, {} PUTs, {} conflicts",
-            self.url,
-            s.gets.load(Ordering::Relaxed),
-            s.bytes_down.load(Ordering::Relaxed),
-            s.tiles_ahead.load(Ordering::Relaxed),
-            s.heads.load(Ordering::Relaxed),
-            s.disk_hits.load(Ordering::Relaxed),
-            s.puts.load(Ordering::Relaxed),
-            s.bytes_up.load(Ordering::Relaxed),
-            s.conflicts.load(Ordering::Relaxed),
-            s.sidecar_gets.load(Ordering::Relaxed),
-            s.sidecar_puts.load(Ordering::Relaxed),
-            s.sidecar_conflicts.load(Ordering::Relaxed)
-        )
+        format!("{}: {}", self.url, self.stats.snapshot())
     }
 }
 
@@ -1573,8 +1531,8 @@ impl Storage for ObjectStorage {
         false
     }
 
-    fn counters(&self) -> Option<String> {
-        Some(self.stats_line())
+    fn counters(&self) -> Option<crate::cache::counters::StoreCounters> {
+        Some(self.stats.snapshot())
     }
 
     /// The kept indexes not confirmed for `recheck`: one HEAD each; a changed ETag reads the new

@@ -672,8 +672,10 @@ impl Storage for V1Objects {
         false
     }
 
-    fn counters(&self) -> Option<String> {
-        Some(self.stats_line())
+    fn counters(&self) -> Option<crate::cache::counters::StoreCounters> {
+        // The requests this layout sent and those of the V2 store below it (probe, conditional
+        // PUTs): each request is counted by one of them.
+        Some(self.stats().snapshot() + self.base.stats().snapshot())
     }
 }
 
