@@ -3,15 +3,18 @@
 //! one parser per kind of value (`format::values`) shared by every command.
 
 mod commands;
+mod log;
+mod metrics;
 mod mount;
 mod output;
 mod registry;
 mod scheme;
 mod source;
+mod status;
 mod unmount;
 
 use std::ffi::OsString;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -202,6 +205,10 @@ pub enum Command {
     /// bundles and exited; exit non-zero with the reason if a flush failed.
     #[command(alias = "umount")]
     Unmount(UnmountArgs),
+    /// How each bundlefs mount of the host is doing (or one): source, mode, pid, uptime, tiles
+    /// served, the write buffer and its flushes, store requests, renders; exit 1 when a mount
+    /// has failed flushes or its daemon is gone.
+    Status(StatusArgs),
     /// Delete tiles by levels, --extent or --aoi (Manage Map Server Cache Tiles, "delete tiles");
     /// in bundles they become dead space that `bundlefs compact` reclaims.
     Delete(DeleteArgs),
@@ -436,6 +443,10 @@ pub struct MountArgs {
     /// confirmed entries are deleted beyond it.
     #[arg(long, value_name = "SIZE", default_value = "1G")]
     pub cache_size: ByteSize,
+    /// Serve the mount's counters in the Prometheus text format on http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9464; names in doc/operations.md).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
 }
 
 /// Arguments of `bundlefs unmount` (also `bundlefs umount`).
@@ -447,6 +458,16 @@ pub struct UnmountArgs {
     /// on flushing). Default: wait as long as it takes.
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<Seconds>,
+}
+
+/// Arguments of `bundlefs status`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// A bundlefs mount point (default: every bundlefs mount).
+    pub mountpoint: Option<PathBuf>,
+    /// JSON instead of text: a list of {mountpoint, state, problem?, report?}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of `bundlefs delete`.
@@ -574,19 +595,23 @@ pub fn main() -> ExitCode {
             a.rsplit('/').next().unwrap_or(&a).to_string()
         })
         .unwrap_or_default();
-    let cli = if invoked_as.starts_with("mount.") {
-        Cli::parse_from(mount::helper_args(&argv))
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let argv = if invoked_as.starts_with("mount.") || mount::is_helper_call(&argv, &cmd) {
+        mount::helper_args(&argv)
     } else {
-        Cli::parse_from(join_extent_values(argv))
+        join_extent_values(argv)
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fuser::session=error"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour codes only for a terminal: a daemon's --log-file is plain text.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let mount_cmd = cmd.find_subcommand("mount").expect("the mount subcommand");
+    let cli = Cli::parse_from(mount::flag_words(argv, mount_cmd));
+    // A mount daemon logs its flushes, conflicts and signals (info); other commands only warn.
+    let (filter, ansi) = match &cli.command {
+        Command::Mount(a) => (
+            "warn,bundlefs=info,fuser::session=error",
+            a.log_file.is_none(),
+        ),
+        _ => ("warn,fuser::session=error", true),
+    };
+    log::init(filter, ansi);
     let res = match cli.command {
         Command::Info(a) => commands::info(&a),
         Command::Verify(a) => commands::verify(&a),
@@ -596,6 +621,7 @@ pub fn main() -> ExitCode {
         Command::Import(a) => commands::import(&a),
         Command::Mount(a) => mount::run(a),
         Command::Unmount(a) => unmount::run(&a),
+        Command::Status(a) => status::run(a.mountpoint.as_deref(), a.json),
         Command::Delete(a) => commands::delete(&a),
         Command::Compact(a) => commands::compact(&a),
         Command::Render(a) => commands::render(&a),

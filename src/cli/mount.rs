@@ -1,7 +1,10 @@
 //! `bundlefs mount`: option parsing (`-o` as from mount(8)/fstab), refusals of a mount point that
 //! is taken, daemonising only once the mount is live (`--daemon` re-runs this program with its
-//! own arguments), signal handling (SIGINT/SIGTERM/SIGHUP unmount cleanly), the session itself,
-//! and the record `bundlefs unmount` waits on (`registry`).
+//! own arguments), signal handling (SIGINT/SIGTERM unmount cleanly after the final flush, SIGHUP
+//! reopens the log file), systemd's readiness protocol (`READY=1` once live, `STOPPING=1` at the
+//! final flush, on `$NOTIFY_SOCKET`), where the log goes (`log`), the control socket `bundlefs
+//! status` asks (`status`) and `--metrics` (`metrics`), the session itself, and the record
+//! `bundlefs unmount` waits on (`registry`).
 
 use std::ffi::OsString;
 use std::io::{BufRead, Write};
@@ -79,7 +82,10 @@ pub fn parse_options(opts: &[String]) -> anyhow::Result<ParsedOptions> {
             "nonempty" => p.nonempty = true,
             "defaults" | "auto" | "noauto" | "user" | "users" | "nouser" | "_netdev" | "nofail" | "owner"
             | "comment" => {}
-            w if w.starts_with("x-") || w.starts_with("comment=") => {}
+            w if w.starts_with("x-") || w.starts_with("comment=") || w.starts_with("user=") => {}
+            // mount(8) adds `dev,suid` (and `exec`) to what it passes a helper; a tile tree has
+            // no device or set-user-ID files, so bundlefs mounts stay nodev,nosuid.
+            "dev" | "suid" => {}
             w if w.starts_with("endpoint=") => {
                 let v = &w["endpoint=".len()..];
                 if !(v.starts_with("http://") || v.starts_with("https://")) {
@@ -106,9 +112,9 @@ pub fn parse_options(opts: &[String]) -> anyhow::Result<ParsedOptions> {
                 }
                 p.timeout = Some(v.0);
             }
-            "exec" | "noexec" | "suid" | "nosuid" | "dev" | "nodev" | "atime" | "noatime" | "sync" | "async"
+            "exec" | "noexec" | "nosuid" | "nodev" | "atime" | "noatime" | "sync" | "async"
             | "dirsync" => p.passthrough.push(word.to_string()),
-            w => bail!("-o {}: unknown mount option (known: ro, rw, allow_other, allow_root, default_permissions, nonempty; for s3:// and az:// caches endpoint=URL, region=R, timeout=SECONDS)", crate::cache::store::object::shown_endpoint(w)),
+            w => bail!("-o {}: unknown mount option (known: ro, rw, allow_other, allow_root, default_permissions, nonempty; for s3:// and az:// caches endpoint=URL, region=R, timeout=SECONDS; every flag of `bundlefs mount --help` as key=value, e.g. write_buffer=1G)", crate::cache::store::object::shown_endpoint(w)),
         }
     }
     // A mount others may enter gets the kernel's permission checks against the modes shown
@@ -159,7 +165,7 @@ pub fn run(mut args: MountArgs) -> anyhow::Result<ExitCode> {
         nix::unistd::setsid().context("setsid")?;
         std::env::set_current_dir("/").context("chdir /")?;
     }
-    let result = serve(&args, &parsed, child);
+    let result = choose_log(&args, child).and_then(|()| serve(&args, &parsed, child));
     if let Err(e) = &result {
         if child {
             // Still the pipe if the mount never went live; /dev/null afterwards.
@@ -167,6 +173,28 @@ pub fn run(mut args: MountArgs) -> anyhow::Result<ExitCode> {
         }
     }
     result
+}
+
+/// Where the log goes: `--log-file` (reopened on SIGHUP); else, for a daemon, syslog (`/dev/log`,
+/// read by journald and rsyslog) or, where nothing listens there, a file in the state folder next
+/// to the mount's record; a foreground mount logs to standard error (a systemd unit's journal).
+/// A daemon's standard error follows its file, so a panic's message is kept too.
+fn choose_log(args: &MountArgs, child: bool) -> anyhow::Result<()> {
+    let sink = match (&args.log_file, child) {
+        (Some(p), _) => super::log::open_file(p)?,
+        (None, false) => return Ok(()),
+        (None, true) => match super::log::open_syslog() {
+            Some(s) => s,
+            None => super::log::open_file(
+                &registry::record_path(&args.mountpoint).with_extension("log"),
+            )?,
+        },
+    };
+    if let (true, super::log::Sink::File { file, .. }) = (child, &sink) {
+        nix::unistd::dup2_stderr(file).context("pointing standard error at the log file")?;
+    }
+    super::log::set(sink);
+    Ok(())
 }
 
 /// What is mounted where and how to stop it, for the person who started it.
@@ -214,6 +242,17 @@ fn serve(args: &MountArgs, parsed: &ParsedOptions, child: bool) -> anyhow::Resul
     // Keyed by the resolved path, as `bundlefs unmount` resolves the path it is given.
     let mut record = Record::this_process(&args.cache, &canonical_mnt);
     record.writes = tree.writer().is_some();
+    record.read_only = parsed.read_only;
+    let socket = registry::socket_path(&canonical_mnt);
+    let report = reporter(args, parsed, &tree, &canonical_mnt);
+    if let Some(addr) = &args.metrics {
+        super::metrics::serve(addr, report.clone())?;
+    }
+    match super::status::serve_control(&socket, report) {
+        Ok(()) => record.socket = Some(socket),
+        // Serving still works; only `bundlefs status` cannot ask this daemon.
+        Err(e) => tracing::warn!("{}", super::error_text(&e)),
+    }
     // Written before the mount appears, so whoever sees the mount finds the record.
     if let Err(e) = registry::write(&record) {
         // Serving still works; only `bundlefs unmount` cannot wait for this daemon.
@@ -238,10 +277,15 @@ fn serve(args: &MountArgs, parsed: &ParsedOptions, child: bool) -> anyhow::Resul
     registry::prune(Duration::from_secs(24 * 3600));
     tracing::info!("{}", describe(args, parsed));
     let stop = start_threads(args, &tree, &mut session, sigs)?;
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&describe(args, parsed)),
+    ]);
     if child {
         // Tell the starting process, then let go of the pipe: later writes go nowhere.
         let mut out = std::io::stdout().lock();
-        let _ = out.write_all(b"ok\n").and_then(|()| out.flush());
+        let line = format!("ok\t{}\n", super::log::shown());
+        let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
         drop(out);
         let null = std::fs::File::options().write(true).open("/dev/null")?;
         nix::unistd::dup2_stdout(&null).context("redirecting standard output to /dev/null")?;
@@ -356,7 +400,10 @@ fn fuse_config(args: &MountArgs, parsed: &ParsedOptions) -> Config {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(format!("bundlefs:{}", args.cache.display())),
-        MountOption::Subtype("bundlefs".into()),
+        // As a kernel option, not `MountOption::Subtype`: fuser passes that only to fusermount3,
+        // so a mount made by root directly showed as plain `fuse` (findmnt -t fuse.bundlefs
+        // found nothing). The kernel takes `subtype=` itself (fs/fuse/inode.c).
+        MountOption::CUSTOM("subtype=bundlefs".into()),
         MountOption::NoDev,
         MountOption::NoSuid,
     ];
@@ -401,16 +448,63 @@ fn start_threads(
     let mountpoint = args.mountpoint.clone();
     std::thread::Builder::new()
         .name("bundlefs-signals".into())
-        .spawn(move || match sigs.wait() {
-            Ok(sig) => {
-                tracing::info!("{sig}: unmounting {}", mountpoint.display());
-                if let Err(e) = unmounter.unmount() {
-                    tracing::error!("unmounting {}: {e}", mountpoint.display());
+        .spawn(move || loop {
+            match sigs.wait() {
+                Ok(Signal::SIGHUP) => match super::log::reopen() {
+                    Ok(()) => tracing::info!("SIGHUP: log reopened ({})", super::log::shown()),
+                    Err(e) => tracing::error!("SIGHUP: {}", super::error_text(&e)),
+                },
+                Ok(sig) => {
+                    tracing::info!("{sig}: unmounting {}", mountpoint.display());
+                    notify(&[sd_notify::NotifyState::Stopping]);
+                    if let Err(e) = unmounter.unmount() {
+                        tracing::error!("unmounting {}: {e}", mountpoint.display());
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!("waiting for signals: {e}");
+                    return;
                 }
             }
-            Err(e) => tracing::error!("waiting for stop signals: {e}"),
         })?;
     Ok(stop)
+}
+
+/// Tells systemd (`$NOTIFY_SOCKET`, sd_notify(3)) how the daemon stands; nothing without it.
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!("telling systemd ($NOTIFY_SOCKET): {e}");
+    }
+}
+
+/// The function that makes the daemon's status report (for `bundlefs status` and `/metrics`):
+/// the record's facts and a snapshot of `tree`'s counters at each call.
+fn reporter(
+    args: &MountArgs,
+    parsed: &ParsedOptions,
+    tree: &Arc<TreeFs>,
+    mountpoint: &Path,
+) -> impl Fn() -> super::status::Report + Clone + Send + Sync + 'static {
+    let (tree, mountpoint) = (tree.clone(), mountpoint.to_path_buf());
+    let source = args.cache.display().to_string();
+    let mode = if parsed.read_only {
+        "read-only"
+    } else {
+        "read-write"
+    };
+    let metrics = args.metrics.clone();
+    let started = std::time::Instant::now();
+    move || super::status::Report {
+        mountpoint: mountpoint.clone(),
+        source: source.clone(),
+        mode: mode.into(),
+        pid: std::process::id(),
+        uptime_seconds: started.elapsed().as_secs(),
+        log: super::log::shown(),
+        metrics: metrics.clone(),
+        counters: tree.snapshot(),
+    }
 }
 
 /// After the session: stores every buffered tile, logs the store's counters, and records how the
@@ -424,6 +518,7 @@ fn finish(
 ) -> anyhow::Result<()> {
     record.status = Status::Flushing;
     let _ = registry::write(record);
+    notify(&[sd_notify::NotifyState::Stopping]);
     // Whatever the session's end, buffered tiles go to their bundles before we exit.
     let flushed = tree.flush_all();
     if let Some(c) = tree.cache().store().counters() {
@@ -602,9 +697,16 @@ fn daemonize(args: &MountArgs, parsed: &ParsedOptions) -> anyhow::Result<ExitCod
     if let Some(out) = child.stdout.take() {
         let _ = std::io::BufReader::new(out).read_line(&mut msg);
     }
-    if msg.starts_with("ok") {
+    if let Some(rest) = msg.strip_prefix("ok") {
         super::output::outln!("{}", describe(args, parsed));
         super::output::outln!("pid: {}", child.id());
+        if let Some(log) = rest
+            .strip_prefix('\t')
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+        {
+            super::output::outln!("log: {log}");
+        }
         super::output::outln!("{}", stop_hint(args));
         return Ok(ExitCode::SUCCESS);
     }
@@ -621,7 +723,8 @@ fn abs(p: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Arguments as mount(8) passes them to a `mount.fuse.bundlefs` helper: `SRC DIR [-o OPTS] [-n -s -v -f]`,
-/// turned into `bundlefs mount --daemon SRC DIR -o OPTS`.
+/// turned into `bundlefs mount --daemon SRC DIR -o OPTS`. fuse3's `mount.fuse3` (the helper of
+/// every `fuse.TYPE`) runs `bundlefs SRC DIR -o OPTS` the same way ([`is_helper_call`]).
 pub fn helper_args(argv: &[OsString]) -> Vec<OsString> {
     let mut out: Vec<OsString> = vec!["bundlefs".into(), "mount".into(), "--daemon".into()];
     let mut it = argv.iter().skip(1);
@@ -640,9 +743,160 @@ pub fn helper_args(argv: &[OsString]) -> Vec<OsString> {
     out
 }
 
+/// Whether `argv` is a mount helper's call, `bundlefs SRC DIR [-o OPTS]` (what fuse3's
+/// `mount.fuse3` runs for `mount -t fuse.bundlefs SRC DIR` and fstab lines of that type): a first
+/// argument that is neither an option nor one of `cmd`'s subcommands (or `help`), and a second.
+pub fn is_helper_call(argv: &[OsString], cmd: &clap::Command) -> bool {
+    let Some(first) = argv.get(1).and_then(|a| a.to_str()) else {
+        return false;
+    };
+    argv.len() >= 3
+        && !first.starts_with('-')
+        && first != "help"
+        && !cmd
+            .get_subcommands()
+            .any(|c| c.get_name() == first || c.get_all_aliases().any(|a| a == first))
+}
+
+/// The `-o` words of a `mount` call (`argv[1] == "mount"`) that name one of its flags (`mount`
+/// is `cmd`), turned into that flag: `-o source=resample,write_buffer=1G,rw` becomes
+/// `--source=resample --write-buffer=1G -o rw`, so an fstab line can say everything the command
+/// line can. A key is the flag's long name with `_` or `-` (`cache_dir`, `cache-dir`); a flag
+/// without a value is a bare word (`daemon`, `keep_rendered`). Other words stay `-o` words
+/// ([`parse_options`] judges them). A value cannot hold a comma (`-o` splits at commas): give
+/// such a value as the flag. Any other call is returned as it is.
+pub fn flag_words(argv: Vec<OsString>, cmd: &clap::Command) -> Vec<OsString> {
+    if argv.get(1).and_then(|a| a.to_str()) != Some("mount") {
+        return argv;
+    }
+    let mut out: Vec<OsString> = Vec::with_capacity(argv.len());
+    let mut flags: Vec<OsString> = Vec::new();
+    let mut it = argv.into_iter();
+    out.extend(it.by_ref().take(2));
+    while let Some(a) = it.next() {
+        let words = match a.to_str() {
+            Some("-o") => match it.next() {
+                Some(v) => v,
+                None => {
+                    out.push(a);
+                    continue;
+                }
+            },
+            Some(s) if s.starts_with("-o") && s.len() > 2 => s[2..].into(),
+            _ => {
+                out.push(a);
+                continue;
+            }
+        };
+        let Some(text) = words.to_str() else {
+            out.extend([OsString::from("-o"), words]);
+            continue;
+        };
+        let mut kept = Vec::new();
+        for w in text.split(',').filter(|w| !w.trim().is_empty()) {
+            let (key, value) = match w.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (w, None),
+            };
+            let long = key.trim().replace('_', "-");
+            match cmd
+                .get_arguments()
+                .find(|x| x.get_long() == Some(long.as_str()))
+            {
+                Some(_) => flags.push(match value {
+                    Some(v) => format!("--{long}={v}").into(),
+                    None => format!("--{long}").into(),
+                }),
+                None => kept.push(w),
+            }
+        }
+        if !kept.is_empty() {
+            out.extend([OsString::from("-o"), kept.join(",").into()]);
+        }
+    }
+    out.extend(flags);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn mount_helper_calls_and_flag_words() {
+        let cmd = <crate::cli::Cli as clap::CommandFactory>::command();
+        let mount = cmd.find_subcommand("mount").unwrap();
+        // What mount.fuse3 runs for `mount -t fuse.bundlefs SRC DIR`, and what it does not.
+        assert!(is_helper_call(
+            &os(&["bundlefs", "/c", "/m", "-o", "rw"]),
+            &cmd
+        ));
+        assert!(is_helper_call(&os(&["bundlefs", "s3://b/p", "/m"]), &cmd));
+        for not in [
+            &["bundlefs", "mount", "/c", "/m"][..],
+            &["bundlefs", "umount", "/m"],
+            &["bundlefs", "help", "mount"],
+            &["bundlefs", "--version", "x"],
+            &["bundlefs", "/c"],
+        ] {
+            assert!(!is_helper_call(&os(not), &cmd), "{not:?}");
+        }
+        let argv = flag_words(
+            helper_args(&os(&[
+                "bundlefs",
+                "/c",
+                "/m",
+                "-o",
+                "rw,dev,suid,source=resample,write_buffer=1G,cache-dir=/var/cache/b,keep_rendered,allow_other",
+            ])),
+            mount,
+        );
+        assert_eq!(
+            argv,
+            os(&[
+                "bundlefs",
+                "mount",
+                "--daemon",
+                "/c",
+                "/m",
+                "-o",
+                "rw,dev,suid,allow_other",
+                "--source=resample",
+                "--write-buffer=1G",
+                "--cache-dir=/var/cache/b",
+                "--keep-rendered",
+            ])
+        );
+        let cli = <crate::cli::Cli as clap::Parser>::try_parse_from(argv).unwrap();
+        let crate::cli::Command::Mount(a) = cli.command else {
+            panic!("not a mount")
+        };
+        assert!(a.daemon && a.keep_rendered);
+        assert_eq!(a.source.as_deref(), Some("resample"));
+        assert_eq!(a.write_buffer.bytes(), 1 << 30);
+        let p = parse_options(&a.options).unwrap();
+        assert!(!p.read_only && p.passthrough.is_empty(), "{p:?}");
+        // A word naming no flag and no option is refused by name; other commands are untouched.
+        let argv = flag_words(
+            os(&["bundlefs", "mount", "/c", "/m", "-o", "bogus_word=1"]),
+            mount,
+        );
+        let cli = <crate::cli::Cli as clap::Parser>::try_parse_from(argv).unwrap();
+        let crate::cli::Command::Mount(a) = cli.command else {
+            panic!("not a mount")
+        };
+        let e = parse_options(&a.options).unwrap_err().to_string();
+        assert!(
+            e.contains("bogus_word=1") && e.contains("write_buffer=1G"),
+            "{e}"
+        );
+        let info = os(&["bundlefs", "info", "-o", "x"]);
+        assert_eq!(flag_words(info.clone(), mount), info);
+    }
 
     #[test]
     fn options() {

@@ -42,6 +42,15 @@ pub struct Record {
     /// then can its death lose any. Records of older versions lack it and count as writing.
     #[serde(default = "writes_by_default")]
     pub writes: bool,
+    /// Whether the mount is read-only (`-o ro`, the default of `bundlefs mount`).
+    #[serde(default)]
+    pub read_only: bool,
+    /// When the daemon started serving, in seconds since the Unix epoch.
+    #[serde(default)]
+    pub started: u64,
+    /// The daemon's control socket (`bundlefs status` asks it; [`socket_path`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
 }
 
 fn writes_by_default() -> bool {
@@ -60,6 +69,11 @@ impl Record {
             status: Status::Serving,
             error: None,
             writes: true,
+            read_only: true,
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            socket: None,
         }
     }
 
@@ -91,16 +105,29 @@ pub fn state_dir() -> PathBuf {
     }
 }
 
+/// FNV-1a 64 of `s` (a fixed function: names made from it must not change between builds).
+fn fnv64(s: &str) -> u64 {
+    s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// The control socket of the daemon serving `mountpoint` (an absolute path): `ctl-HASH.sock` in
+/// the state folder, a hash of the path, since a socket's path holds at most 107 bytes (unix(7)).
+pub fn socket_path(mountpoint: &Path) -> PathBuf {
+    state_dir().join(format!(
+        "ctl-{:016x}.sock",
+        fnv64(&mountpoint.to_string_lossy())
+    ))
+}
+
 /// The record file of a mount point (an absolute path): its path with `%` and `/` escaped, so
 /// the name reads back as the path; a path too long for one file name ends in a hash of it.
 pub fn record_path(mountpoint: &Path) -> PathBuf {
     let s = mountpoint.to_string_lossy();
     let mut name = s.replace('%', "%25").replace('/', "%2F");
     if name.len() > 200 {
-        // FNV-1a 64 (a fixed function: the name must not change between builds).
-        let h = s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
-        });
+        let h = fnv64(&s);
         let cut = name.len() - 150;
         let cut = (cut..name.len())
             .find(|&i| name.is_char_boundary(i))
@@ -203,6 +230,23 @@ impl MountEntry {
         self.fstype == "fuse.bundlefs"
             || (self.fstype.starts_with("fuse") && self.source.starts_with("bundlefs:"))
     }
+}
+
+/// Every bundlefs mount of this mount namespace ([`MountEntry::is_bundlefs`]), with its mount
+/// point, in `/proc/self/mountinfo` order.
+pub fn bundlefs_mounts() -> Vec<(PathBuf, MountEntry)> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mnt = unescape_octal(l.split(' ').nth(4)?);
+            let (_, tail) = l.split_once(" - ")?;
+            let mut t = tail.split(' ');
+            let fstype = t.next()?.to_string();
+            let source = unescape_octal(t.next().unwrap_or(""));
+            let e = MountEntry { fstype, source };
+            e.is_bundlefs().then(|| (PathBuf::from(mnt), e))
+        })
+        .collect()
 }
 
 /// The topmost mount on `path` (absolute, canonical), if any (proc(5) `mountinfo`: field 5 is the

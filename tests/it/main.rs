@@ -25,6 +25,7 @@ mod realworld_text;
 mod render;
 mod rsync_matrix;
 mod schemes;
+mod service;
 mod supertiles;
 mod tilekinds;
 mod writeback;
