@@ -401,14 +401,19 @@ impl WriteBuffer {
         }
         let r = self.store_batch(batch);
         match &r {
-            Ok(s) => self.flushed.stored(s.tiles as u64, s.bytes_written),
+            Ok(s) => self
+                .flushed
+                .stored(batch[0].0.bundle(), s.tiles as u64, s.bytes_written),
             Err(e) => {
                 let id = batch[0].0.bundle();
-                self.flushed.failed(format!(
-                    "level {} bundle {}: {e}",
-                    id.level,
-                    crate::format::exploded::bundle_base(&id)
-                ))
+                self.flushed.failed(
+                    id,
+                    format!(
+                        "level {} bundle {}: {e}",
+                        id.level,
+                        crate::format::exploded::bundle_base(&id)
+                    ),
+                )
             }
         }
         r

@@ -161,6 +161,10 @@ pub struct BufferCounters {
     pub flush_failures: u64,
     /// The last failure's message, if any flush failed.
     pub last_error: Option<String>,
+    /// Bundles whose last flush failed and that have not been stored since: their tiles wait in
+    /// the buffer (0 once every failed bundle was stored by a later flush).
+    #[serde(default)]
+    pub failing_bundles: u64,
     /// Changes stored by flushes.
     pub tiles_flushed: u64,
     /// Bytes written into bundles by flushes.
@@ -175,18 +179,21 @@ pub struct LiveFlushCounters {
     tiles: AtomicU64,
     bytes: AtomicU64,
     last_error: Mutex<Option<String>>,
+    failing: Mutex<std::collections::BTreeSet<crate::format::BundleId>>,
 }
 
 impl LiveFlushCounters {
-    /// Counts a stored flush of `tiles` changes that wrote `bytes` bytes.
-    pub fn stored(&self, tiles: u64, bytes: u64) {
+    /// Counts a stored flush of bundle `id`: `tiles` changes that wrote `bytes` bytes.
+    pub fn stored(&self, id: crate::format::BundleId, tiles: u64, bytes: u64) {
+        self.failing.lock().unwrap().remove(&id);
         self.flushes.fetch_add(1, Ordering::Relaxed);
         self.tiles.fetch_add(tiles, Ordering::Relaxed);
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// Counts a failed flush and keeps its message.
-    pub fn failed(&self, message: String) {
+    /// Counts a failed flush of bundle `id` and keeps its message.
+    pub fn failed(&self, id: crate::format::BundleId, message: String) {
+        self.failing.lock().unwrap().insert(id);
         self.failures.fetch_add(1, Ordering::Relaxed);
         *self.last_error.lock().unwrap() = Some(message);
     }
@@ -201,6 +208,7 @@ impl LiveFlushCounters {
             flushes: g(&self.flushes),
             flush_failures: g(&self.failures),
             last_error: self.last_error.lock().unwrap().clone(),
+            failing_bundles: self.failing.lock().unwrap().len() as u64,
             tiles_flushed: g(&self.tiles),
             bytes_flushed: g(&self.bytes),
         }
@@ -224,11 +232,23 @@ mod tests {
         assert!(s.to_string().starts_with("3 GETs"), "{s}");
 
         let f = LiveFlushCounters::default();
-        f.stored(5, 100);
-        f.failed("disk full".into());
-        f.stored(1, 10);
+        let (a, z) = (
+            crate::format::TileAddr::new(3, 0, 0).bundle(),
+            crate::format::TileAddr::new(9, 200, 0).bundle(),
+        );
+        f.stored(a, 5, 100);
+        f.failed(z, "disk full".into());
+        assert_eq!(f.snapshot(0, 0, 0).failing_bundles, 1);
+        f.stored(a, 1, 10);
+        assert_eq!(
+            f.snapshot(0, 0, 0).failing_bundles,
+            1,
+            "another bundle stored"
+        );
+        f.stored(z, 0, 0);
         let b = f.snapshot(7, 70, 1000);
-        assert_eq!((b.flushes, b.flush_failures), (2, 1));
+        assert_eq!(b.failing_bundles, 0, "the failed bundle stored since");
+        assert_eq!((b.flushes, b.flush_failures), (3, 1));
         assert_eq!((b.tiles_flushed, b.bytes_flushed), (6, 110));
         assert_eq!(b.last_error.as_deref(), Some("disk full"));
         assert_eq!(

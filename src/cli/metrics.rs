@@ -62,6 +62,11 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "Flushes of one bundle's changes that failed",
     ),
     (
+        "failing_bundles",
+        "gauge",
+        "Bundles whose last flush failed, their tiles still waiting",
+    ),
+    (
         "flushed_tiles_total",
         "counter",
         "Changes stored by flushes",
@@ -166,6 +171,7 @@ fn samples(r: &Report) -> Vec<(&'static str, u64)> {
             ("buffer_budget_bytes", b.budget_bytes),
             ("flushes_total", b.flushes),
             ("flush_failures_total", b.flush_failures),
+            ("failing_bundles", b.failing_bundles),
             ("flushed_tiles_total", b.tiles_flushed),
             ("flushed_bytes_total", b.bytes_flushed),
         ]);

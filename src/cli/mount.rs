@@ -51,6 +51,11 @@ pub struct ParsedOptions {
     pub region: Option<String>,
     /// `timeout=SECONDS`: time limit of one object-store request with its retries.
     pub timeout: Option<Duration>,
+    /// `profile=NAME`: the AWS profile whose keys sign the requests (caches at `s3://…`).
+    pub profile: Option<String>,
+    /// `credentials_file=FILE`: the AWS shared credentials file, or for `az://…` a file of
+    /// `AZURE_STORAGE_*=VALUE` lines.
+    pub credentials_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +108,24 @@ pub fn parse_options(opts: &[String]) -> anyhow::Result<ParsedOptions> {
                 }
                 p.region = Some(v.to_string());
             }
+            w if w.starts_with("profile=") => {
+                let v = &w["profile=".len()..];
+                if v.is_empty() {
+                    bail!("-o profile=: want a profile name of ~/.aws/credentials or ~/.aws/config");
+                }
+                p.profile = Some(v.to_string());
+            }
+            w if w.starts_with("credentials_file=") => {
+                let v = &w["credentials_file=".len()..];
+                if v.is_empty() {
+                    bail!("-o credentials_file=: want a file");
+                }
+                // Absolute: a daemon serves from `/`.
+                p.credentials_file = Some(
+                    std::path::absolute(v)
+                        .with_context(|| format!("-o credentials_file={v}: not a path"))?,
+                );
+            }
             w if w.starts_with("timeout=") => {
                 let v: Seconds = w["timeout=".len()..]
                     .parse()
@@ -114,7 +137,7 @@ pub fn parse_options(opts: &[String]) -> anyhow::Result<ParsedOptions> {
             }
             "exec" | "noexec" | "nosuid" | "nodev" | "atime" | "noatime" | "sync" | "async"
             | "dirsync" => p.passthrough.push(word.to_string()),
-            w => bail!("-o {}: unknown mount option (known: ro, rw, allow_other, allow_root, default_permissions, nonempty; for s3:// and az:// caches endpoint=URL, region=R, timeout=SECONDS; every flag of `bundlefs mount --help` as key=value, e.g. write_buffer=1G)", crate::cache::store::object::shown_endpoint(w)),
+            w => bail!("-o {}: unknown mount option (known: ro, rw, allow_other, allow_root, default_permissions, nonempty; for s3:// and az:// caches endpoint=URL, region=R, timeout=SECONDS, profile=NAME, credentials_file=FILE; every flag of `bundlefs mount --help` as key=value, e.g. write_buffer=1G)", crate::cache::store::object::shown_endpoint(w)),
         }
     }
     // A mount others may enter gets the kernel's permission checks against the modes shown
@@ -554,6 +577,8 @@ fn object_options(args: &MountArgs, parsed: &ParsedOptions) -> anyhow::Result<Ob
             parsed.endpoint.as_ref().map(|_| "endpoint"),
             parsed.region.as_ref().map(|_| "region"),
             parsed.timeout.map(|_| "timeout"),
+            parsed.profile.as_ref().map(|_| "profile"),
+            parsed.credentials_file.as_ref().map(|_| "credentials_file"),
         ];
         if let Some(w) = given.into_iter().flatten().next() {
             bail!(
@@ -575,6 +600,8 @@ fn object_options(args: &MountArgs, parsed: &ParsedOptions) -> anyhow::Result<Ob
         endpoint: parsed.endpoint.clone(),
         region: parsed.region.clone(),
         timeout: parsed.timeout,
+        profile: parsed.profile.clone(),
+        credentials_file: parsed.credentials_file.clone(),
         cache_dir: args.cache_dir.clone(),
         cache_size: Some(crate::cache::store::object::disk::check_limit(
             args.cache_size.0,

@@ -4,8 +4,9 @@
 //! a client connects and reads one JSON [`Report`] (the record's facts, uptime, where it logs, and
 //! one `fs::counters::Snapshot` of its counters); the daemon then closes the connection. `status`
 //! lists the bundlefs mounts of `/proc/self/mountinfo` (or the one asked for), asks each, and
-//! says which daemon is gone. It exits 1 when a mount has failed flushes or a daemon does not
-//! answer, so monitoring can run it; 2 for a mount point that is no bundlefs mount.
+//! says which daemon is gone. It exits 1 when a mount has bundles whose last flush failed (their
+//! tiles still wait) or a daemon does not answer, so monitoring can run it; 2 for a mount point
+//! that is no bundlefs mount.
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -165,7 +166,7 @@ pub fn run(mountpoint: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
             || s.report
                 .as_ref()
                 .and_then(|r| r.counters.buffer.as_ref())
-                .is_some_and(|b| b.flush_failures > 0)
+                .is_some_and(|b| b.failing_bundles > 0)
     });
     if json {
         outln!("{}", serde_json::to_string_pretty(&all)?);
@@ -219,7 +220,14 @@ fn print_text(s: &MountStatus) -> anyhow::Result<()> {
             b.flush_failures
         );
         if let Some(e) = &b.last_error {
-            outln!("  last flush failure: {e}");
+            outln!(
+                "  last flush failure: {e}{}",
+                if b.failing_bundles > 0 {
+                    format!(" ({} bundles failing now)", b.failing_bundles)
+                } else {
+                    " (stored since)".into()
+                }
+            );
         }
     }
     if let Some(st) = &c.store {

@@ -1332,6 +1332,7 @@ mod tests {
         assert!(fs.flush_all().is_err());
         let b = fs.snapshot().buffer.unwrap();
         assert_eq!((b.flushes, b.flush_failures, b.waiting_tiles), (0, 1, 1));
+        assert_eq!(b.failing_bundles, 1);
         assert!(
             b.last_error
                 .as_deref()
@@ -1344,6 +1345,7 @@ mod tests {
         fs.flush_all().unwrap();
         let b = fs.snapshot().buffer.unwrap();
         assert_eq!((b.flushes, b.flush_failures, b.waiting_tiles), (1, 1, 0));
+        assert_eq!(b.failing_bundles, 0, "stored since");
         assert_eq!(b.tiles_flushed, 1);
         assert!(b.bytes_flushed >= bytes.len() as u64);
     }

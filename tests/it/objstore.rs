@@ -1006,9 +1006,42 @@ fn a_stopped_gateway_gives_eio_then_reads_and_flushes_resume() {
         "no error line naming {bundle}:\n{text}"
     );
     eprintln!("failed read took {took:?}");
+    // `bundlefs status` counts the failed flush, names it, and exits 1 while its tile waits.
+    let status = || {
+        let o = run(Command::new(bin()).arg("status").arg(&m.mnt).arg("--json"));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (o.status.code(), v[0]["report"]["counters"].clone())
+    };
+    let (code, c) = status();
+    assert_eq!(code, Some(1), "status with a failing flush: {c}");
+    assert!(c["buffer"]["flush_failures"].as_u64() >= Some(1), "{c}");
+    assert_eq!(c["buffer"]["failing_bundles"], 1, "{c}");
+    assert_eq!(c["buffer"]["waiting_tiles"], 1, "{c}");
+    assert!(
+        c["buffer"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("level 2 bundle R0000C0000"),
+        "{c}"
+    );
+    assert!(
+        c["store"]["gets"].as_u64() >= Some(1),
+        "store requests counted: {c}"
+    );
 
     drop(back); // gateway 2 answers again
     assert_eq!(std::fs::read(row.join("C00000001.png")).unwrap(), bytes[1]);
+    // fsync again: the tile is stored, and status is well again (the failure stays counted).
+    let f = std::fs::File::options()
+        .write(true)
+        .open(row0.join("C00000002.png"))
+        .unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let (code, c) = status();
+    assert_eq!(code, Some(0), "status once stored: {c}");
+    assert_eq!(c["buffer"]["failing_bundles"], 0, "{c}");
+    assert!(c["buffer"]["flush_failures"].as_u64() >= Some(1), "{c}");
     assert!(
         unmount(&mut m, 60),
         "the daemon failed:\n{}",
@@ -1565,4 +1598,84 @@ fn compact_rewrites_an_uploaded_bundle_with_dead_space() {
     );
     let out = run_ok(Command::new(bin()).args(["verify", "--decode", &url]));
     assert!(out.contains("0 problem(s)"), "{out}");
+}
+
+/// Credentials as the AWS CLI finds them: an fstab line mounts an `s3://` cache with keys from a
+/// profile of a credentials file (`profile=`, `credentials_file=`), though the environment mount(8)
+/// runs it in holds wrong keys; `AWS_PROFILE` with `AWS_SHARED_CREDENTIALS_FILE` serves `info`
+/// without any key in the environment; a missing profile is an error naming it and the file.
+#[test]
+fn credentials_from_a_profile_mount_an_s3_cache_through_fstab() {
+    use crate::support::mount::{need, sh, OnPath, Unmount};
+    need("mount.fuse3");
+    let local = esri_sample_cache();
+    let url = fresh_url("profile");
+    upload(&local, &url);
+    let d = tempfile::tempdir().unwrap();
+    let key = std::env::var("AWS_ACCESS_KEY_ID").expect("the cluster's AWS_ACCESS_KEY_ID");
+    let secret = std::env::var("AWS_SECRET_ACCESS_KEY").expect("AWS_SECRET_ACCESS_KEY");
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL");
+    let creds = d.path().join("credentials");
+    std::fs::write(
+        &creds,
+        format!("[default]\naws_access_key_id = wrong\naws_secret_access_key = wrong\n\n[tiles]\naws_access_key_id = {key}\naws_secret_access_key = {secret}\n"),
+    )
+    .unwrap();
+    // `info` with AWS_PROFILE and the file only.
+    let info = |profile: &str| {
+        run(Command::new(bin())
+            .args(["info", &url])
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env("AWS_PROFILE", profile)
+            .env("AWS_SHARED_CREDENTIALS_FILE", &creds)
+            .env("AWS_CONFIG_FILE", d.path().join("no-config")))
+    };
+    let o = info("tiles");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = info("missing");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("AWS_PROFILE: no profile missing in") && err.contains(creds.to_str().unwrap()),
+        "{err}"
+    );
+    assert!(!err.contains(&secret), "no secret in messages: {err}");
+    // fstab, with wrong keys in mount(8)'s environment: the profile's keys are used.
+    let _on_path = OnPath::new();
+    let mnt = d.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let fstab = d.path().join("fstab");
+    std::fs::write(
+        &fstab,
+        format!(
+            "{url} {} fuse.bundlefs ro,_netdev,nofail,profile=tiles,credentials_file={},endpoint={endpoint} 0 0\n",
+            mnt.display(),
+            creds.display()
+        ),
+    )
+    .unwrap();
+    let _guard = Unmount(mnt.clone());
+    let (ok, out, err) = sh(&format!(
+        "AWS_ACCESS_KEY_ID=wrong AWS_SECRET_ACCESS_KEY=wrong mount -T {} {}",
+        fstab.display(),
+        mnt.display()
+    ));
+    assert!(ok, "mount -T: {out}{err}");
+    let want = all_tiles(&Cache::open(&local).unwrap());
+    let (t, bytes) = want.iter().next().unwrap();
+    let shown = std::fs::read(mnt.join(format!(
+        "_alllayers/L{:02}/R{:08x}/C{:08x}.png",
+        t.level, t.row, t.col
+    )))
+    .or_else(|_| {
+        std::fs::read(mnt.join(format!(
+            "_alllayers/L{:02}/R{:08x}/C{:08x}.jpg",
+            t.level, t.row, t.col
+        )))
+    })
+    .unwrap();
+    assert_eq!(&shown, bytes);
+    let (ok, out, err) = sh(&format!("umount {}", mnt.display()));
+    assert!(ok, "umount: {out}{err}");
 }

@@ -5,59 +5,15 @@
 
 use std::fs;
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bundlefs::cache::Cache;
 use bundlefs::format::TileAddr;
 
-use crate::support::mount::{is_mounted, need, sh, Mounted};
+use crate::support::mount::{is_mounted, need, sh, Mounted, OnPath, Unmount};
 use crate::support::{bin, run, run_ok, sample_cache, scratch_dir};
-
-/// Unmounts (`umount -l` as a last resort) on drop, for mounts made by mount(8) or a daemon.
-struct Unmount(PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        if is_mounted(&self.0) {
-            let _ = Command::new("fusermount3").arg("-u").arg(&self.0).status();
-        }
-        if is_mounted(&self.0) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
-
-/// `bundlefs` where mount.fuse3 looks for it (/bin/sh's default PATH: mount(8) passes none):
-/// a symlink in /usr/local/sbin to the binary under test, removed on drop.
-struct OnPath(PathBuf);
-
-impl OnPath {
-    fn new() -> OnPath {
-        let link = PathBuf::from("/usr/local/sbin/bundlefs");
-        match fs::read_link(&link) {
-            Ok(t) if t == Path::new(bin()) => {}
-            Ok(t) => panic!(
-                "{} points to {}, not the binary under test: remove it to run this test",
-                link.display(),
-                t.display()
-            ),
-            Err(_) if link.exists() => panic!(
-                "{} exists and is no symlink: remove it to run this test",
-                link.display()
-            ),
-            Err(_) => std::os::unix::fs::symlink(bin(), &link).unwrap(),
-        }
-        OnPath(link)
-    }
-}
-
-impl Drop for OnPath {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
-}
 
 fn png(v: u8) -> Vec<u8> {
     let img = image::RgbaImage::from_pixel(256, 256, image::Rgba([v, 60, 90, 255]));

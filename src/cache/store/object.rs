@@ -39,6 +39,7 @@ use object_store::{
     GetOptions, GetRange, ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion,
 };
 
+pub mod credentials;
 pub mod disk;
 pub mod exploded;
 mod options;
@@ -296,18 +297,17 @@ pub fn store_client_with(url: &ObjectUrl, o: &ObjectOptions) -> Result<Arc<dyn O
     };
     let bad = |e: Error| Error::invalid(format!("{url}: {e}"));
     Ok(match url.scheme {
-        Scheme::S3 => Arc::new(
-            o.apply(AmazonS3Builder::from_env().with_bucket_name(&url.bucket))
-                .map_err(bad)?
-                .build()
-                .map_err(failed)?,
-        ),
-        Scheme::Azure => Arc::new(
-            o.apply_azure(MicrosoftAzureBuilder::from_env().with_container_name(&url.bucket))
-                .map_err(bad)?
-                .build()
-                .map_err(failed)?,
-        ),
+        Scheme::S3 => {
+            let b = AmazonS3Builder::from_env().with_bucket_name(&url.bucket);
+            let (b, source) = credentials::apply_aws(b, o).map_err(bad)?;
+            tracing::debug!("{url}: credentials from {source:?}");
+            Arc::new(o.apply(b).map_err(bad)?.build().map_err(failed)?)
+        }
+        Scheme::Azure => {
+            let b = MicrosoftAzureBuilder::from_env().with_container_name(&url.bucket);
+            let b = credentials::apply_azure(b, o).map_err(bad)?;
+            Arc::new(o.apply_azure(b).map_err(bad)?.build().map_err(failed)?)
+        }
     })
 }
 

@@ -127,3 +127,56 @@ pub fn seed_mapproxy_fixture(tag: &str, maxlevel: u8) -> PathBuf {
     assert!(ok, "mapproxy fixture failed:\n{out}\n{err}");
     dir
 }
+
+/// Unmounts (`umount -l` as a last resort) on drop, for mounts made by mount(8) or a daemon.
+pub struct Unmount(pub PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = Command::new("fusermount3").arg("-u").arg(&self.0).status();
+        }
+        if is_mounted(&self.0) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// `bundlefs` where mount.fuse3 looks for it (/bin/sh's default PATH: mount(8) passes none):
+/// a symlink in /usr/local/sbin to the binary under test while any test holds an `OnPath`
+/// (counted: tests run in parallel), removed when the last one drops.
+pub struct OnPath(PathBuf);
+
+static ON_PATH_USERS: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
+
+impl OnPath {
+    pub fn new() -> OnPath {
+        let link = PathBuf::from("/usr/local/sbin/bundlefs");
+        let mut users = ON_PATH_USERS.lock().unwrap();
+        match fs::read_link(&link) {
+            Ok(t) if t == Path::new(super::bin()) => {}
+            Ok(t) => panic!(
+                "{} points to {}, not the binary under test: remove it to run this test",
+                link.display(),
+                t.display()
+            ),
+            Err(_) if link.exists() => panic!(
+                "{} exists and is no symlink: remove it to run this test",
+                link.display()
+            ),
+            Err(_) => std::os::unix::fs::symlink(super::bin(), &link).unwrap(),
+        }
+        *users += 1;
+        OnPath(link)
+    }
+}
+
+impl Drop for OnPath {
+    fn drop(&mut self) {
+        let mut users = ON_PATH_USERS.lock().unwrap();
+        *users -= 1;
+        if *users == 0 {
+            let _ = fs::remove_file(&self.0);
+        }
+    }
+}

@@ -64,6 +64,12 @@ pub struct ObjectOptions {
     /// `--cache-size`: bound of the on-disk index cache in bytes; None:
     /// `disk::DEFAULT_CACHE_SIZE` (1 GiB).
     pub cache_size: Option<u64>,
+    /// `-o profile=NAME`: the AWS profile whose keys sign requests (`credentials`), over the
+    /// environment's keys.
+    pub profile: Option<String>,
+    /// `-o credentials_file=FILE`: the AWS shared credentials file (S3), or a file of
+    /// `AZURE_STORAGE_*=VALUE` lines (Azure) (`credentials`).
+    pub credentials_file: Option<std::path::PathBuf>,
 }
 
 impl ObjectOptions {
