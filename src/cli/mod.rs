@@ -3,6 +3,7 @@
 //! one parser per kind of value (`format::values`) shared by every command.
 
 mod commands;
+mod generate;
 mod log;
 mod metrics;
 mod mount;
@@ -209,6 +210,12 @@ pub enum Command {
     /// served, the write buffer and its flushes, store requests, renders; exit 1 when a mount
     /// has failed flushes or its daemon is gone.
     Status(StatusArgs),
+    /// Print a shell completion script: `bundlefs completions bash >
+    /// /etc/bash_completion.d/bundlefs` (also zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+    /// Write a man page per command into DIR (for packages: scripts/package.sh).
+    #[command(hide = true)]
+    Manpages(ManpagesArgs),
     /// Delete tiles by levels, --extent or --aoi (Manage Map Server Cache Tiles, "delete tiles");
     /// in bundles they become dead space that `bundlefs compact` reclaims.
     Delete(DeleteArgs),
@@ -470,6 +477,20 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+/// Arguments of `bundlefs completions`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CompletionsArgs {
+    /// The shell: bash, zsh, fish, elvish or powershell.
+    pub shell: clap_complete::Shell,
+}
+
+/// Arguments of `bundlefs manpages`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ManpagesArgs {
+    /// Folder to write bundlefs.1 and bundlefs-COMMAND.1 into (created).
+    pub dir: PathBuf,
+}
+
 /// Arguments of `bundlefs delete`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DeleteArgs {
@@ -622,6 +643,8 @@ pub fn main() -> ExitCode {
         Command::Mount(a) => mount::run(a),
         Command::Unmount(a) => unmount::run(&a),
         Command::Status(a) => status::run(a.mountpoint.as_deref(), a.json),
+        Command::Completions(a) => generate::completions(a.shell),
+        Command::Manpages(a) => generate::manpages(&a.dir),
         Command::Delete(a) => commands::delete(&a),
         Command::Compact(a) => commands::compact(&a),
         Command::Render(a) => commands::render(&a),
