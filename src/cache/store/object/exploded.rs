@@ -31,8 +31,10 @@ use lru::LruCache;
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, PutPayload};
 
+use super::client::block;
+use super::explain::{obj_err, obj_err_key, rel_url};
 use super::times::stamp;
-use super::{block, obj_err, obj_err_key, rel_url, ObjectStats, ObjectStorage};
+use super::{ObjectStats, ObjectStorage};
 use crate::cache::store::{
     check_tiles, GroupView, LevelStats, Storage, TileGroup, TileStat, TimedSlot, UpdateFn,
 };

@@ -37,7 +37,9 @@ use lru::LruCache;
 use object_store::path::Path as Key;
 use object_store::{GetOptions, PutPayload};
 
-use super::{block, obj_err, rel_url, xorshift, ObjectStorage, RetryPolicy, TimedSlot, Try};
+use super::client::block;
+use super::explain::{obj_err, rel_url};
+use super::{xorshift, ObjectStorage, RetryPolicy, TimedSlot, Try};
 use crate::cache::bundle::BundleHandle;
 use crate::cache::store::Storage;
 use crate::cache::times::Sidecar;

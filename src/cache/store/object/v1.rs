@@ -32,7 +32,9 @@ use lru::LruCache;
 use object_store::path::Path as Key;
 use object_store::{GetOptions, GetRange};
 
-use super::{block, obj_err, rel_url, ObjectStats, ObjectStorage, MAX_WHOLE_BUNDLES};
+use super::client::block;
+use super::explain::{obj_err, rel_url};
+use super::{ObjectStats, ObjectStorage, MAX_WHOLE_BUNDLES};
 use crate::cache::bundle::{BundleHandle, FileStamp};
 use crate::cache::store::{LevelStats, Storage, TileGroup, TimedSlot, UpdateFn};
 use crate::cache::TileBytes;
