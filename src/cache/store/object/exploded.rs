@@ -1038,8 +1038,8 @@ impl Storage for ExplodedObjects {
     }
 
     fn counters(&self) -> Option<crate::cache::counters::StoreCounters> {
-        // The requests this layout sent and those of the V2 store below it (probe, conditional
-        // PUTs): each request is counted by one of them.
+        // Every request through the connection (this layout's, its conditional PUTs') is
+        // counted there, once.
         Some(self.conn.stats.snapshot())
     }
 
