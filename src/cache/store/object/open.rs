@@ -51,7 +51,9 @@ fn get_small(store: &dyn ObjectStore, url: &ObjectUrl, rel: &str) -> Result<Opti
     }
 }
 
-/// Writes a small object (conf.cdi) at `rel` under the cache at `url`, replacing it.
+/// Writes a small object (conf.cdi) at `rel` under the cache at `url`, replacing it (client from
+/// the environment, [`store_client`]). Errors: the client's settings, or the store's answer,
+/// naming the object.
 pub fn put_file(url: &ObjectUrl, rel: &str, bytes: &[u8]) -> Result<()> {
     let key = Key::from(url.key(rel));
     block(store_client(url)?.put(&key, PutPayload::from(Bytes::copy_from_slice(bytes))))
@@ -60,6 +62,7 @@ pub fn put_file(url: &ObjectUrl, rel: &str, bytes: &[u8]) -> Result<()> {
 }
 
 /// True when the prefix at `url` holds a cache (conf.xml, `_alllayers/`, or `Lnn/` prefixes).
+/// Errors: the client's settings, or a failed GET or listing, naming the object or prefix.
 pub fn holds_cache(url: &ObjectUrl) -> Result<bool> {
     let client = store_client(url)?;
     let f = probe(url, client.as_ref())?;
