@@ -17,7 +17,7 @@
 //! resend by rsync, never a wrong tile.
 //!
 //! [`Sidecar`] is the same format in memory, for stores that read and write it whole (the object
-//! store's `<bundle key>.times` objects, `cache::store::object::times`). Those put a *stamp* in the
+//! store's `<bundle key>.times` objects, `cache::store::object::v2::times`). Those put a *stamp* in the
 //! header's reserved word (the CRC-32 of the bundle version's ETag the records were made for); a
 //! local sidecar leaves it 0.
 

@@ -181,7 +181,7 @@ fn selected(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::store::object::ObjectStorage;
+    use crate::cache::store::object::V2Objects;
     use crate::cache::url::ObjectUrl;
     use crate::cache::CacheOptions;
     use crate::format::conf::TileFormat;
@@ -203,7 +203,7 @@ mod tests {
     #[test]
     fn deletes_in_an_object_store_bundle_by_bundle() {
         let url = ObjectUrl::parse("s3://bucket/caches/del").unwrap().unwrap();
-        let store = ObjectStorage::with_store(
+        let store = V2Objects::with_store(
             url,
             Arc::new(InMemory::new()),
             "_alllayers",

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use bundlefs::cache::store::object::{store_client_at, ObjectStorage, RetryPolicy};
+use bundlefs::cache::store::object::{store_client_at, Connection, RetryPolicy, V2Objects};
 use bundlefs::cache::url::ObjectUrl;
 use bundlefs::cache::{Cache, CacheOptions, GroupView, Storage, TileBytes};
 use bundlefs::format::conf::{StorageFormat, TileScheme};
@@ -49,7 +49,7 @@ pub(crate) fn parse(url: &str) -> ObjectUrl {
 pub(crate) fn upload(dir: &Path, url: &str) {
     let u = parse(url);
     let client = store_client_at(&u, None).unwrap();
-    let s = ObjectStorage::with_store(u, client, "", CacheOptions::default());
+    let s = Connection::new(u, client, "", CacheOptions::default());
     for (rel, bytes) in tree_files(dir) {
         s.put_file(&rel, &bytes)
             .unwrap_or_else(|e| panic!("upload {rel}: {e}"));
@@ -280,12 +280,15 @@ pub(crate) fn race_two_writers_on_one_bundle(
             let barrier = barrier.clone();
             std::thread::spawn(move || {
                 let client = store_client_at(&u, ep.as_deref()).unwrap();
-                let s = ObjectStorage::with_store(u, client, "_alllayers", CacheOptions::default())
-                    .with_retry(RetryPolicy {
-                        attempts: 60,
-                        base_delay: Duration::from_millis(10),
-                        max_delay: Duration::from_millis(400),
-                    });
+                let s = V2Objects::new(Arc::new(
+                    Connection::new(u, client, "_alllayers", CacheOptions::default()).with_retry(
+                        RetryPolicy {
+                            attempts: 60,
+                            base_delay: Duration::from_millis(10),
+                            max_delay: Duration::from_millis(400),
+                        },
+                    ),
+                ));
                 barrier.wait();
                 for i in 0..rounds {
                     // Its own slot, and a slot both writers write (overwrite: the later wins).
@@ -301,7 +304,7 @@ pub(crate) fn race_two_writers_on_one_bundle(
                 }
                 (
                     s.stats().conflicts.load(Ordering::Relaxed),
-                    s.sends_unquoted_etags(),
+                    s.connection().sends_unquoted_etags(),
                 )
             })
         })

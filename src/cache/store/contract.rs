@@ -16,7 +16,7 @@ use super::compact::CompactStore;
 use super::exploded::ExplodedStore;
 use super::object::exploded::ExplodedObjects;
 use super::object::v1::V1Objects;
-use super::object::{ObjectStorage, RetryPolicy};
+use super::object::{Connection, RetryPolicy, V2Objects};
 use super::{GroupView, Place, Storage};
 use crate::cache::{CacheOptions, TileBytes};
 use crate::format::conf::StorageFormat;
@@ -62,8 +62,9 @@ pub(crate) fn compact_v2() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
 }
 
 /// A cache at `s3://bucket/contract` in `mem` (object_store's in-memory store), read every time
-/// (no recheck interval), with fast retries for the racing-writer test.
-fn object_base(mem: &Arc<object_store::memory::InMemory>) -> ObjectStorage {
+/// (no recheck interval), with fast retries for the racing-writer test: the connection each object
+/// layout goes over.
+fn object_conn(mem: &Arc<object_store::memory::InMemory>) -> Arc<Connection> {
     let url = crate::cache::url::ObjectUrl::parse("s3://bucket/contract")
         .unwrap()
         .unwrap();
@@ -71,28 +72,30 @@ fn object_base(mem: &Arc<object_store::memory::InMemory>) -> ObjectStorage {
         recheck: Duration::ZERO,
         ..CacheOptions::default()
     };
-    ObjectStorage::with_store(url, mem.clone(), "_alllayers", opts).with_retry(RetryPolicy {
-        attempts: 200,
-        base_delay: Duration::from_millis(1),
-        max_delay: Duration::from_millis(5),
-    })
+    Arc::new(
+        Connection::new(url, mem.clone(), "_alllayers", opts).with_retry(RetryPolicy {
+            attempts: 200,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(5),
+        }),
+    )
 }
 
 pub(crate) fn object_v2() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
     let mem = Arc::new(object_store::memory::InMemory::new());
-    let s = object_base(&mem);
+    let s = V2Objects::new(object_conn(&mem));
     (Box::new(mem), Box::new(s))
 }
 
 pub(crate) fn object_exploded() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
     let mem = Arc::new(object_store::memory::InMemory::new());
-    let s = ExplodedObjects::new(object_base(&mem), ImageKind::Png);
+    let s = ExplodedObjects::new(object_conn(&mem), ImageKind::Png);
     (Box::new(mem), Box::new(s))
 }
 
 pub(crate) fn object_v1() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
     let mem = Arc::new(object_store::memory::InMemory::new());
-    let s = V1Objects::new(object_base(&mem));
+    let s = V1Objects::new(object_conn(&mem));
     (Box::new(mem), Box::new(s))
 }
 

@@ -6,8 +6,9 @@
 //!   folder;
 //! - [`compact`]: Compact V1 (`.bundle` + `.bundlx`) or V2 (`.bundle`) files in a local folder,
 //!   mapped read-only, appended to under a per-bundle `flock`;
-//! - [`object`]: Compact V2 (`object.rs`), exploded (`object/exploded.rs`) and Compact V1 (read
-//!   only, `object/v1.rs`) in an S3-compatible or Azure store, written by conditional PUT.
+//! - [`object`]: Compact V2 (`object/v2.rs`), exploded (`object/exploded.rs`) and Compact V1
+//!   (read only, `object/v1.rs`) in an S3-compatible or Azure store, each over one connection to
+//!   the store (`object/connection.rs`), written by conditional PUT.
 //!
 //! [`StorageKind`] names the implementation (six kinds), apart from conf.xml's `StorageFormat`.
 //!

@@ -12,12 +12,12 @@
 //! ([`Storage::update_group`]: `If-Match` the ETag read, `If-None-Match: *` for a tile that was not
 //! there; on a precondition failure the update decides again for the tiles not yet stored), and
 //! DELETE ([`Storage::delete_group`]). The conditional PUTs, the Ceph RGW 16 unquoted-ETag quirk
-//! and `--single-writer` are the Compact V2 store's ([`ObjectStorage`]); the compare-and-swap probe
-//! of a writable mount runs in `object::open` whatever the layout.
+//! and `--single-writer` are the connection's (`Connection::put_conditional`, shared by every
+//! object layout); the compare-and-swap probe of a writable mount runs in `object::open` whatever
+//! the layout.
 
 mod times;
 
-use super::Try;
 use crate::cache::store::StorageKind;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::num::NonZeroUsize;
@@ -31,8 +31,10 @@ use lru::LruCache;
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, PutPayload};
 
-use super::times::stamp;
-use super::{block, obj_err, obj_err_key, rel_url, ObjectStats, ObjectStorage};
+use super::client::block;
+use super::connection::{Connection, ObjectStats, RecentTile, Try};
+use super::explain::{obj_err, obj_err_key, rel_url};
+use super::v2::times::stamp;
 use crate::cache::store::{
     check_tiles, GroupView, LevelStats, Storage, TileGroup, TileStat, TimedSlot, UpdateFn,
 };
@@ -171,9 +173,9 @@ impl RowCache {
 
 /// An exploded cache under a prefix of an object store.
 pub struct ExplodedObjects {
-    /// The Compact V2 store over the same prefix: client, URL, layout, options, and its
-    /// conditional PUT (with the RGW quirk it learnt, and `--single-writer`).
-    base: ObjectStorage,
+    /// The connection to the store: client, URL, layout, options, counters, and the conditional
+    /// PUT (with the RGW quirk it learnt, and `--single-writer`).
+    conn: Arc<Connection>,
     /// The extension tried first, and given to bytes that are neither PNG nor JPEG.
     default_kind: ImageKind,
     /// Level → its folder name as spelled in the store; kept `recheck`.
@@ -182,19 +184,18 @@ pub struct ExplodedObjects {
     row_names: Mutex<HashMap<u8, Kept<Vec<String>>>>,
     rows: Mutex<RowCache>,
     /// Recently read tiles: (ETag of the object, bytes).
-    recent: Mutex<LruCache<TileAddr, super::RecentTile>>,
+    recent: Mutex<LruCache<TileAddr, RecentTile>>,
     /// Times objects of rows read lately: key relative to the level folders' parent → (its ETag,
     /// records).
     row_times: Mutex<LruCache<String, (String, Arc<times::RowTimes>)>>,
-    stats: ObjectStats,
 }
 
 impl ExplodedObjects {
-    /// The exploded storage over `base`'s prefix and client; `default_kind` is the cache's tile
-    /// format (conf.xml's CacheTileFormat; PNG without one).
-    pub fn new(base: ObjectStorage, default_kind: ImageKind) -> ExplodedObjects {
+    /// The exploded layout over `conn` (the cache's connection to its store); `default_kind` is
+    /// the cache's tile format (conf.xml's CacheTileFormat; PNG without one).
+    pub fn new(conn: Arc<Connection>, default_kind: ImageKind) -> ExplodedObjects {
         ExplodedObjects {
-            base,
+            conn,
             default_kind,
             levels: Mutex::new(None),
             row_names: Mutex::new(HashMap::new()),
@@ -204,36 +205,35 @@ impl ExplodedObjects {
             }),
             recent: Mutex::new(LruCache::new(NonZeroUsize::new(RECENT_TILES).unwrap())),
             row_times: Mutex::new(LruCache::new(NonZeroUsize::new(times::KEPT).unwrap())),
-            stats: ObjectStats::default(),
         }
     }
 
-    /// Request counters of this storage (GETs, tile PUTs, conflicts; conditional PUTs also count
-    /// their bytes in the base store's counters, see [`Storage::counters`]).
+    /// Request counters (the connection's: GETs, tile PUTs, conflicts, and the bytes and HEADs of
+    /// conditional PUTs; every request to the store is counted there).
     pub fn stats(&self) -> &ObjectStats {
-        &self.stats
+        &self.conn.stats
     }
 
-    /// The Compact V2 store over the same prefix (probe, unquoted-ETag quirk, URL).
-    pub fn base(&self) -> &ObjectStorage {
-        &self.base
+    /// The connection to the store this layout goes through (probe, unquoted-ETag quirk, URL).
+    pub fn connection(&self) -> &Arc<Connection> {
+        &self.conn
     }
 
     fn fresh<T>(&self, kept: &Kept<T>) -> bool {
-        kept.0.elapsed() < self.base.opts.recheck
+        kept.0.elapsed() < self.conn.opts.recheck
     }
 
     /// `rel` (relative to the level folders' parent) relative to the cache.
     fn rel(&self, rel: &str) -> String {
-        self.base.rel_join(rel)
+        self.conn.rel_join(rel)
     }
 
     fn url_of(&self, rel: &str) -> PathBuf {
-        rel_url(&self.base.url, &self.rel(rel))
+        rel_url(&self.conn.url, &self.rel(rel))
     }
 
     fn key_of(&self, rel: &str) -> Key {
-        Key::from(self.base.url.key(&self.rel(rel)))
+        Key::from(self.conn.url.key(&self.rel(rel)))
     }
 
     /// Level → folder name as spelled in the store (the canonical name when present, else its
@@ -244,7 +244,7 @@ impl ExplodedObjects {
                 return Ok(k.1.clone());
             }
         }
-        let l = self.list(&self.base.tiles_rel.clone())?;
+        let l = self.list(&self.conn.tiles_rel.clone())?;
         let mut by_level: BTreeMap<u8, Vec<String>> = BTreeMap::new();
         for n in l.common_prefixes.iter().filter_map(|p| p.filename()) {
             if let Ok(level) = names::parse_level_dir(n) {
@@ -261,7 +261,7 @@ impl ExplodedObjects {
             } else {
                 tracing::warn!(
                     "{}: level {level} is spelled {spelled:?}; neither is read (keep one)",
-                    rel_url(&self.base.url, &self.base.tiles_rel).display()
+                    rel_url(&self.conn.url, &self.conn.tiles_rel).display()
                 );
             }
         }
@@ -281,10 +281,10 @@ impl ExplodedObjects {
 
     /// One ListObjectsV2 (with delimiter) of the prefix `rel` (relative to the cache).
     fn list(&self, rel: &str) -> Result<object_store::ListResult> {
-        let p = Key::from(self.base.url.key(rel));
+        let p = Key::from(self.conn.url.key(rel));
         let prefix = (!p.as_ref().is_empty()).then_some(&p);
-        block(self.base.store.list_with_delimiter(prefix))
-            .map_err(|e| obj_err(&self.base.url, rel, e))
+        block(self.conn.store.list_with_delimiter(prefix))
+            .map_err(|e| obj_err(&self.conn.url, rel, e))
     }
 
     /// Names of the row prefixes of `level` (every spelling, as stored), kept `recheck`.
@@ -448,22 +448,23 @@ impl ExplodedObjects {
     /// GET of the object at `rel` (relative to the level folders' parent): its bytes and ETag
     /// and time, None if it does not exist.
     fn get(&self, rel: &str) -> Result<Option<(Bytes, Option<String>, SystemTime)>> {
-        self.stats.gets.fetch_add(1, Ordering::Relaxed);
+        self.conn.stats.gets.fetch_add(1, Ordering::Relaxed);
         let key = self.key_of(rel);
         let got = block(async {
-            let r = self.base.store.get(&key).await?;
+            let r = self.conn.store.get(&key).await?;
             let meta = r.meta.clone();
             Ok::<_, object_store::Error>((meta, r.bytes().await?))
         });
         match got {
             Ok((meta, b)) => {
-                self.stats
+                self.conn
+                    .stats
                     .bytes_down
                     .fetch_add(b.len() as u64, Ordering::Relaxed);
                 Ok(Some((b, meta.e_tag, meta.last_modified.into())))
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(obj_err(&self.base.url, &self.rel(rel), e)),
+            Err(e) => Err(obj_err(&self.conn.url, &self.rel(rel), e)),
         }
     }
 
@@ -474,8 +475,8 @@ impl ExplodedObjects {
         F: Fn(Arc<dyn ObjectStore>, Key) -> Fut,
         Fut: std::future::Future<Output = object_store::Result<T>> + Send + 'static,
     {
-        let url = self.base.url.clone();
-        let store = self.base.store.clone();
+        let url = self.conn.url.clone();
+        let store = self.conn.store.clone();
         block(async move {
             let mut out: Vec<Option<T>> = (0..keys.len()).map(|_| None).collect();
             let mut set = tokio::task::JoinSet::new();
@@ -563,18 +564,18 @@ impl ExplodedObjects {
         Ok(out)
     }
 
-    /// The counters of this storage and its base store's conditional PUTs, for the log.
+    /// The connection's counters (this layout's requests and its conditional PUTs), for the log.
     pub fn stats_line(&self) -> String {
-        let (s, b) = (&self.stats, self.base.stats());
+        let s = &self.conn.stats;
         format!(
             "{} (exploded): {} GETs ({} bytes), {} PUTs of tiles ({} bytes sent), {} HEADs, {} \
              conflicts with other writers; tile-times objects: {} PUTs, {} conflicts",
-            self.base.url,
+            self.conn.url,
             s.gets.load(Ordering::Relaxed),
             s.bytes_down.load(Ordering::Relaxed),
             s.puts.load(Ordering::Relaxed),
-            s.bytes_up.load(Ordering::Relaxed) + b.bytes_up.load(Ordering::Relaxed),
-            b.heads.load(Ordering::Relaxed),
+            s.bytes_up.load(Ordering::Relaxed),
+            s.heads.load(Ordering::Relaxed),
             s.conflicts.load(Ordering::Relaxed),
             s.sidecar_puts.load(Ordering::Relaxed),
             s.sidecar_conflicts.load(Ordering::Relaxed)
@@ -719,8 +720,8 @@ impl Storage for ExplodedObjects {
     fn read_group(&self, g: &TileGroup) -> Result<Vec<(TileAddr, TileBytes)>> {
         let root = format!(
             "{}://{}/",
-            self.base.url.scheme.as_str(),
-            self.base.url.bucket
+            self.conn.url.scheme.as_str(),
+            self.conn.url.bucket
         );
         let keys: Vec<Key> = g
             .files
@@ -728,7 +729,7 @@ impl Storage for ExplodedObjects {
             .map(|(_, p)| {
                 let s = p.to_string_lossy();
                 s.strip_prefix(&root).map(Key::from).ok_or_else(|| {
-                    Error::invalid(format!("{}: not an object of {}", s, self.base.url))
+                    Error::invalid(format!("{}: not an object of {}", s, self.conn.url))
                 })
             })
             .collect::<Result<_>>()?;
@@ -736,9 +737,12 @@ impl Storage for ExplodedObjects {
         let got = self.many(keys, |store, key| async move {
             store.get(&key).await?.bytes().await
         })?;
-        self.stats.gets.fetch_add(n, Ordering::Relaxed);
+        self.conn.stats.gets.fetch_add(n, Ordering::Relaxed);
         let down: u64 = got.iter().map(|b| b.len() as u64).sum();
-        self.stats.bytes_down.fetch_add(down, Ordering::Relaxed);
+        self.conn
+            .stats
+            .bytes_down
+            .fetch_add(down, Ordering::Relaxed);
         Ok(g.files
             .iter()
             .zip(got)
@@ -807,10 +811,12 @@ impl Storage for ExplodedObjects {
         for (dir, (t, recs)) in by_row {
             self.record_times(t, &dir, &recs);
         }
-        self.stats
+        self.conn
+            .stats
             .puts
             .fetch_add(st.tiles as u64, Ordering::Relaxed);
-        self.stats
+        self.conn
+            .stats
             .bytes_up
             .fetch_add(st.bytes_written, Ordering::Relaxed);
         self.delete_all(stale)?;
@@ -818,7 +824,7 @@ impl Storage for ExplodedObjects {
     }
 
     fn update_group(&self, id: BundleId, f: &mut UpdateFn) -> Result<WriteStats> {
-        let policy = self.base.policy;
+        let policy = self.conn.policy;
         let mut stored: BTreeSet<Slot> = BTreeSet::new();
         let mut st = WriteStats::default();
         let mut pending: Vec<String> = Vec::new();
@@ -851,32 +857,32 @@ impl Storage for ExplodedObjects {
                     // Not looked at by the update: its decision did not depend on the tile
                     // stored, so it overwrites it.
                     None => {
-                        block(self.base.store.put(&key, payload))
-                            .map_err(|e| obj_err_key(&self.base.url, key.as_ref(), e))?;
+                        block(self.conn.store.put(&key, payload))
+                            .map_err(|e| obj_err_key(&self.conn.url, key.as_ref(), e))?;
                         true
                     }
                     Some(Some((old, etag))) if *old == rel => self
-                        .base
+                        .conn
                         .put_conditional(&key, payload, Some(etag))?
                         .is_some(),
                     // No tile, or one under another name: this name must still be free.
-                    Some(_) => self.base.put_conditional(&key, payload, None)?.is_some(),
+                    Some(_) => self.conn.put_conditional(&key, payload, None)?.is_some(),
                 };
                 if ok {
                     for o in &others {
-                        block(self.base.store.delete(&self.key_of(o)))
+                        block(self.conn.store.delete(&self.key_of(o)))
                             .or_else(|e| match e {
                                 object_store::Error::NotFound { .. } => Ok(()),
                                 e => Err(e),
                             })
-                            .map_err(|e| obj_err(&self.base.url, &self.rel(o), e))?;
+                            .map_err(|e| obj_err(&self.conn.url, &self.rel(o), e))?;
                     }
                     stored.insert(*slot);
                     st.tiles += 1;
                     st.bytes_written += bytes.len() as u64;
-                    self.stats.puts.fetch_add(1, Ordering::Relaxed);
+                    self.conn.stats.puts.fetch_add(1, Ordering::Relaxed);
                 } else {
-                    self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                    self.conn.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                     pending.push(rel);
                 }
             }
@@ -889,9 +895,9 @@ impl Storage for ExplodedObjects {
                         "{}: tiles of bundle {} stored after {attempt} conflict(s) with other \
                          writers (conditional PUT refused, tiles read again and decided again); \
                          conflicts in all: {}",
-                        self.base.url,
+                        self.conn.url,
                         names::bundle_base(&id),
-                        self.stats.conflicts.load(Ordering::Relaxed)
+                        self.conn.stats.conflicts.load(Ordering::Relaxed)
                     );
                 }
                 return Ok(Try::Done(()));
@@ -1032,9 +1038,9 @@ impl Storage for ExplodedObjects {
     }
 
     fn counters(&self) -> Option<crate::cache::counters::StoreCounters> {
-        // The requests this layout sent and those of the V2 store below it (probe, conditional
-        // PUTs): each request is counted by one of them.
-        Some(self.stats().snapshot() + self.base.stats().snapshot())
+        // Every request through the connection (this layout's, its conditional PUTs') is
+        // counted there, once.
+        Some(self.conn.stats.snapshot())
     }
 
     /// The kept row listings older than `recheck` (the [`FOREIGN_ROWS`] most recently used at
@@ -1089,7 +1095,8 @@ impl Storage for ExplodedObjects {
 
 impl Drop for ExplodedObjects {
     fn drop(&mut self) {
-        if self.stats.puts.load(Ordering::Relaxed) + self.stats.sidecar_puts.load(Ordering::Relaxed)
+        if self.conn.stats.puts.load(Ordering::Relaxed)
+            + self.conn.stats.sidecar_puts.load(Ordering::Relaxed)
             > 0
         {
             tracing::info!("{}", self.stats_line());
@@ -1120,14 +1127,14 @@ mod tests {
             recheck,
             ..CacheOptions::default()
         };
-        let base = ObjectStorage::with_store(url(), mem.clone(), tiles_rel, opts).with_retry(
+        let conn = Connection::new(url(), mem.clone(), tiles_rel, opts).with_retry(
             super::super::RetryPolicy {
                 attempts: 20,
                 base_delay: Duration::from_millis(1),
                 max_delay: Duration::from_millis(4),
             },
         );
-        ExplodedObjects::new(base, ImageKind::Png)
+        ExplodedObjects::new(Arc::new(conn), ImageKind::Png)
     }
 
     fn png(n: u32) -> Vec<u8> {

@@ -8,7 +8,8 @@ use bytes::Bytes;
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion};
 
-use super::{block, obj_err_key, scrub};
+use super::client::block;
+use super::explain::{obj_err_key, scrub};
 use crate::cache::url::ObjectUrl;
 use crate::error::{Error, Result};
 

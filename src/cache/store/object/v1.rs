@@ -32,7 +32,9 @@ use lru::LruCache;
 use object_store::path::Path as Key;
 use object_store::{GetOptions, GetRange};
 
-use super::{block, obj_err, rel_url, ObjectStats, ObjectStorage, MAX_WHOLE_BUNDLES};
+use super::client::block;
+use super::connection::{Connection, Listings, ObjectStats, RecentTile, MAX_WHOLE_BUNDLES};
+use super::explain::{obj_err, rel_url};
 use crate::cache::bundle::{BundleHandle, FileStamp};
 use crate::cache::store::{LevelStats, Storage, TileGroup, TimedSlot, UpdateFn};
 use crate::cache::TileBytes;
@@ -127,60 +129,65 @@ struct Whole {
 
 /// A Compact V1 cache under a prefix of an object store, read-only.
 pub struct V1Objects {
-    /// The Compact V2 store over the same prefix: client, URL, layout, options, level and
-    /// bundle listings (of `.bundle` objects).
-    base: ObjectStorage,
+    /// The connection to the store: client, URL, layout, options, counters.
+    conn: Arc<Connection>,
+    /// The level list and the levels' bundle lists (of `.bundle` objects), kept `recheck`.
+    lists: Listings,
     indexes: Mutex<LruCache<BundleId, Arc<Index>>>,
     whole: Mutex<LruCache<BundleId, Arc<Whole>>>,
-    recent: Mutex<LruCache<TileAddr, super::RecentTile>>,
+    recent: Mutex<LruCache<TileAddr, RecentTile>>,
     /// Bundles found absent and when (not asked again for `recheck`).
     absent: Mutex<LruCache<BundleId, Instant>>,
-    stats: ObjectStats,
 }
 
 impl V1Objects {
-    /// The read-only V1 storage over `base`'s prefix and client.
-    pub fn new(base: ObjectStorage) -> V1Objects {
-        let cap = NonZeroUsize::new(base.opts.max_open_bundles.max(1)).unwrap();
+    /// The read-only V1 layout over `conn` (the cache's connection to its store).
+    pub fn new(conn: Arc<Connection>) -> V1Objects {
+        let cap = NonZeroUsize::new(conn.opts.max_open_bundles.max(1)).unwrap();
         let whole =
-            NonZeroUsize::new(base.opts.max_open_bundles.clamp(1, MAX_WHOLE_BUNDLES)).unwrap();
+            NonZeroUsize::new(conn.opts.max_open_bundles.clamp(1, MAX_WHOLE_BUNDLES)).unwrap();
         V1Objects {
-            base,
+            conn,
+            lists: Listings::default(),
             indexes: Mutex::new(LruCache::new(cap)),
             whole: Mutex::new(LruCache::new(whole)),
             recent: Mutex::new(LruCache::new(NonZeroUsize::new(RECENT_TILES).unwrap())),
             absent: Mutex::new(LruCache::new(cap)),
-            stats: ObjectStats::default(),
         }
     }
 
-    /// Request counters.
+    /// Request counters (the connection's: every request to the store is counted there).
     pub fn stats(&self) -> &ObjectStats {
-        &self.stats
+        &self.conn.stats
+    }
+
+    /// The connection to the store this layout goes through.
+    pub fn connection(&self) -> &Arc<Connection> {
+        &self.conn
     }
 
     fn rel(&self, id: &BundleId, ext: &str) -> String {
         format!(
             "{}/{}.{ext}",
-            self.base.level_rel(id.level),
+            self.conn.level_rel(id.level),
             names::bundle_base(id)
         )
     }
 
     fn key(&self, id: &BundleId, ext: &str) -> Key {
-        Key::from(self.base.url.key(&self.rel(id, ext)))
+        Key::from(self.conn.url.key(&self.rel(id, ext)))
     }
 
     fn url(&self, id: &BundleId, ext: &str) -> PathBuf {
-        rel_url(&self.base.url, &self.rel(id, ext))
+        rel_url(&self.conn.url, &self.rel(id, ext))
     }
 
     fn refuse(&self) -> Error {
-        Error::invalid(format!("{}: {READ_ONLY}", self.base.url))
+        Error::invalid(format!("{}: {READ_ONLY}", self.conn.url))
     }
 
     fn fresh(&self, checked: &Mutex<Instant>) -> bool {
-        checked.lock().unwrap().elapsed() < self.base.opts.recheck
+        checked.lock().unwrap().elapsed() < self.conn.opts.recheck
     }
 
     /// Bundle `id`'s index: kept and confirmed (HEAD of the `.bundlx`) every `recheck`, else read
@@ -191,19 +198,19 @@ impl V1Objects {
             if self.fresh(&ix.checked) {
                 return Ok(Some(ix));
             }
-            self.stats.heads.fetch_add(1, Ordering::Relaxed);
-            match block(self.base.store.head(&self.key(&id, "bundlx"))) {
+            self.conn.stats.heads.fetch_add(1, Ordering::Relaxed);
+            match block(self.conn.store.head(&self.key(&id, "bundlx"))) {
                 Ok(m) if m.e_tag.as_deref() == Some(ix.bundlx_etag.as_str()) => {
                     *ix.checked.lock().unwrap() = Instant::now();
                     return Ok(Some(ix));
                 }
                 Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(obj_err(&self.base.url, &self.rel(&id, "bundlx"), e)),
+                Err(e) => return Err(obj_err(&self.conn.url, &self.rel(&id, "bundlx"), e)),
             }
             self.invalidate(&id);
         }
         if let Some(at) = self.absent.lock().unwrap().get(&id) {
-            if at.elapsed() < self.base.opts.recheck {
+            if at.elapsed() < self.conn.opts.recheck {
                 return Ok(None);
             }
         }
@@ -229,14 +236,14 @@ impl V1Objects {
                 )
             })
         };
-        self.stats.gets.fetch_add(2, Ordering::Relaxed);
+        self.conn.stats.gets.fetch_add(2, Ordering::Relaxed);
         let opts = GetOptions {
             range: Some(GetRange::Bounded(0..HEADER_LEN as u64)),
             ..Default::default()
         };
         let head = block(async {
             let r = self
-                .base
+                .conn
                 .store
                 .get_opts(&self.key(&id, "bundle"), opts)
                 .await?;
@@ -246,10 +253,10 @@ impl V1Objects {
         let (meta, head) = match head {
             Ok(h) => h,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(obj_err(&self.base.url, &self.rel(&id, "bundle"), e)),
+            Err(e) => return Err(obj_err(&self.conn.url, &self.rel(&id, "bundle"), e)),
         };
         let x = block(async {
-            let r = self.base.store.get(&self.key(&id, "bundlx")).await?;
+            let r = self.conn.store.get(&self.key(&id, "bundlx")).await?;
             let meta = r.meta.clone();
             Ok::<_, object_store::Error>((meta, r.bytes().await?))
         });
@@ -264,9 +271,10 @@ impl V1Objects {
                     ),
                 ))
             }
-            Err(e) => return Err(obj_err(&self.base.url, &self.rel(&id, "bundlx"), e)),
+            Err(e) => return Err(obj_err(&self.conn.url, &self.rel(&id, "bundlx"), e)),
         };
-        self.stats
+        self.conn
+            .stats
             .bytes_down
             .fetch_add((head.len() + bundlx.len()) as u64, Ordering::Relaxed);
         V1Bundle::parse(&head, &bundlx).map_err(|(part, e)| match part {
@@ -315,10 +323,10 @@ impl V1Objects {
             if_match: Some(ix.bundle_etag.clone()),
             ..Default::default()
         };
-        self.stats.gets.fetch_add(1, Ordering::Relaxed);
+        self.conn.stats.gets.fetch_add(1, Ordering::Relaxed);
         let got = block(async {
             let g = self
-                .base
+                .conn
                 .store
                 .get_opts(&self.key(id, "bundle"), opts)
                 .await?;
@@ -326,7 +334,8 @@ impl V1Objects {
         });
         match got {
             Ok(b) => {
-                self.stats
+                self.conn
+                    .stats
                     .bytes_down
                     .fetch_add(b.len() as u64, Ordering::Relaxed);
                 if b.len() as u64 != r.end - r.start {
@@ -344,7 +353,7 @@ impl V1Objects {
             Err(
                 object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. },
             ) => Ok(None),
-            Err(e) => Err(obj_err(&self.base.url, &self.rel(id, "bundle"), e)),
+            Err(e) => Err(obj_err(&self.conn.url, &self.rel(id, "bundle"), e)),
         }
     }
 
@@ -493,10 +502,10 @@ impl V1Objects {
 
     /// One line of request counters, for the daemon's log.
     pub fn stats_line(&self) -> String {
-        let s = &self.stats;
+        let s = &self.conn.stats;
         format!(
             "{} (compact-v1, read-only): {} GETs ({} bytes), {} HEADs",
-            self.base.url,
+            self.conn.url,
             s.gets.load(Ordering::Relaxed),
             s.bytes_down.load(Ordering::Relaxed),
             s.heads.load(Ordering::Relaxed)
@@ -515,11 +524,11 @@ impl Storage for V1Objects {
     }
 
     fn levels(&self) -> Result<Vec<u8>> {
-        self.base.levels()
+        self.lists.levels(&self.conn)
     }
 
     fn bundles(&self, level: u8) -> Result<Vec<BundleId>> {
-        self.base.bundles(level)
+        self.lists.bundles(&self.conn, level)
     }
 
     fn tile(&self, t: TileAddr) -> Result<Option<TileBytes>> {
@@ -673,9 +682,8 @@ impl Storage for V1Objects {
     }
 
     fn counters(&self) -> Option<crate::cache::counters::StoreCounters> {
-        // The requests this layout sent and those of the V2 store below it (probe, conditional
-        // PUTs): each request is counted by one of them.
-        Some(self.stats().snapshot() + self.base.stats().snapshot())
+        // Every request through the connection (this layout's, the probe's) is counted there.
+        Some(self.conn.stats.snapshot())
     }
 }
 
@@ -698,12 +706,12 @@ mod tests {
             recheck,
             ..CacheOptions::default()
         };
-        V1Objects::new(ObjectStorage::with_store(
+        V1Objects::new(Arc::new(Connection::new(
             url(),
             mem.clone(),
             "_alllayers",
             opts,
-        ))
+        )))
     }
 
     const ID: BundleId = BundleId {

@@ -8,7 +8,7 @@
 //!
 //! Format (UTF-8 text, so an operator can read it): the line `bundlefs-row-times 1`, then one
 //! line per tile, `COLUMN STAMP SECONDS NANOSECONDS`, ascending by column. `STAMP` is the CRC-32
-//! of the tile object's ETag ([`super::super::times::stamp`]): a record counts only while the tile
+//! of the tile object's ETag ([`crate::cache::store::object::v2::times::stamp`]): a record counts only while the tile
 //! object is the version it was made for, so a tile rewritten by anyone else (ArcGIS, another
 //! program, a later PUT without a time) shows its object's time again. Times before 1970 are not
 //! recorded (the tile shows its object's time).
@@ -17,7 +17,7 @@
 //! store answers anyway) shows whether the object exists, and only then is it read (one GET per
 //! row listing). Writes: after a flush's PUTs that carry times, and at `set_tile_time`, a
 //! read-modify-write by conditional PUT (`If-Match` its ETag, `If-None-Match: *` when new, through
-//! the base store's [`super::ObjectStorage::put_conditional`]: the Ceph RGW quirk and
+//! the connection's `Connection::put_conditional`: the Ceph RGW quirk and
 //! `--single-writer` apply), retried with jittered backoff on a lost race; on final failure a
 //! warning naming the object. A lost time costs rsync a resend, never a wrong tile.
 
@@ -28,10 +28,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use object_store::PutPayload;
 
-use super::super::times::stamp;
-use super::super::ObjectStats;
-use super::super::Try;
 use super::ExplodedObjects;
+use crate::cache::store::object::connection::{ObjectStats, Try};
+use crate::cache::store::object::v2::times::stamp;
 use crate::format::{BundleId, TileAddr};
 
 /// Name of the times object in a row folder (not a tile name: listings skip it).
@@ -103,9 +102,9 @@ impl ExplodedObjects {
         }
         let rel = format!("{dir}/{TIMES_NAME}");
         let key = self.key_of(&rel);
-        let policy = self.base.policy;
+        let policy = self.conn.policy;
         let id: BundleId = t.bundle();
-        let stats: &ObjectStats = &self.stats;
+        let stats: &ObjectStats = &self.conn.stats;
         let done = policy.compare_and_swap(&id, |_| {
             let current = self.get(&rel)?;
             let (mut map, etag) = match current {
@@ -126,7 +125,7 @@ impl ExplodedObjects {
             }
             let body = PutPayload::from(Bytes::from(render(&map)));
             Ok(
-                match self.base.put_conditional(&key, body, etag.as_deref())? {
+                match self.conn.put_conditional(&key, body, etag.as_deref())? {
                     Some(_) => {
                         stats.sidecar_puts.fetch_add(1, Ordering::Relaxed);
                         Try::Done(())

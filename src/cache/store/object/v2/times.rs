@@ -20,7 +20,7 @@
 //!
 //! Writes: after a flush's bundle PUT that carries times (`write_group`), and at `set_tile_time`,
 //! a read-modify-write of the sidecar by conditional PUT (`If-Match` its ETag, `If-None-Match: *`
-//! when new, unconditional with `--single-writer`: [`ObjectStorage::put_conditional`]). A flush
+//! when new, unconditional with `--single-writer`: `Connection::put_conditional`). A flush
 //! carries the records of the tiles it copied from the version it was built from over to their
 //! new entries (the rebuild moves them), so earlier times survive later flushes. On a lost race:
 //! re-read, re-apply, jittered bounded retries; on final failure a warning naming the object. A
@@ -30,16 +30,20 @@ use std::collections::{BTreeSet, HashMap};
 use std::num::NonZeroUsize;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use lru::LruCache;
 use object_store::path::Path as Key;
 use object_store::{GetOptions, PutPayload};
 
-use super::{block, obj_err, rel_url, xorshift, ObjectStorage, RetryPolicy, TimedSlot, Try};
+use super::V2Objects;
 use crate::cache::bundle::BundleHandle;
+use crate::cache::store::object::client::block;
+use crate::cache::store::object::connection::Try;
+use crate::cache::store::object::explain::{obj_err, rel_url};
 use crate::cache::store::Storage;
+use crate::cache::store::TimedSlot;
 use crate::cache::times::Sidecar;
 use crate::error::{Error, Result};
 use crate::format::v2::{self, WriteStats};
@@ -68,7 +72,7 @@ pub(super) enum TimesWork {
     Sidecar(Option<String>),
 }
 
-/// What a whole-bundle rewrite stored ([`ObjectStorage::rewrite_tagged`]).
+/// What a whole-bundle rewrite stored ([`V2Objects::rewrite_tagged`]).
 #[derive(Debug, Default)]
 pub(super) struct Rewritten {
     /// Tiles and bytes written (zero when nothing was written).
@@ -140,30 +144,17 @@ fn carry_over(
     n
 }
 
-impl RetryPolicy {
-    /// The sleep before try `attempt` (1 = the second try): `base_delay` doubled per further try,
-    /// at most `max_delay`, drawn between half and all of it from `seed` (advanced).
-    pub(super) fn delay(&self, attempt: u32, seed: &mut u64) -> Duration {
-        let exp = self
-            .base_delay
-            .saturating_mul(1 << attempt.saturating_sub(1).min(16))
-            .min(self.max_delay);
-        *seed = xorshift(*seed);
-        exp.mul_f64(0.5 + (*seed % 1000) as f64 / 2000.0)
-    }
-}
-
 /// A sidecar change: gets the sidecar as stored (None: none, or not a sidecar) and returns the
 /// new one (None: write nothing).
 type ApplyFn<'a> = dyn FnMut(Option<&Sidecar>) -> Result<Option<Sidecar>> + 'a;
 
-impl ObjectStorage {
+impl V2Objects {
     fn times_rel(&self, id: &BundleId) -> String {
         format!("{}{SIDECAR_SUFFIX}", self.bundle_rel(id))
     }
 
     fn times_key(&self, id: &BundleId) -> Key {
-        Key::from(self.url.key(&self.times_rel(id)))
+        Key::from(self.conn.url.key(&self.times_rel(id)))
     }
 
     /// Bundle `id`'s sidecar: the kept one while confirmed less than `recheck` ago (unless
@@ -171,7 +162,7 @@ impl ObjectStorage {
     fn sidecar(&self, id: BundleId, reread: bool) -> Result<Arc<Kept>> {
         let kept = self.sidecars.lock().unwrap().get(&id).cloned();
         if let Some(k) = &kept {
-            if !reread && k.checked.elapsed() < self.opts.recheck {
+            if !reread && k.checked.elapsed() < self.conn.opts.recheck {
                 return Ok(k.clone());
             }
         }
@@ -183,8 +174,9 @@ impl ObjectStorage {
     /// What reading a time in bundle `id` needs now (see [`TimesWork`]).
     pub(super) fn times_work(&self, id: &BundleId) -> TimesWork {
         match *self.times_marker.lock().unwrap() {
-            Some((at, false)) if at.elapsed() < self.opts.recheck => TimesWork::Nothing,
-            Some((at, true)) if at.elapsed() < self.opts.recheck => match self.sidecar_due(id) {
+            Some((at, false)) if at.elapsed() < self.conn.opts.recheck => TimesWork::Nothing,
+            Some((at, true)) if at.elapsed() < self.conn.opts.recheck => match self.sidecar_due(id)
+            {
                 Some(if_none_match) => TimesWork::Sidecar(if_none_match),
                 None => TimesWork::Nothing,
             },
@@ -196,7 +188,7 @@ impl ObjectStorage {
     /// error counts as present (sidecars are then looked for, and their errors only logged).
     fn times_anywhere(&self) -> bool {
         if let Some((at, present)) = *self.times_marker.lock().unwrap() {
-            if at.elapsed() < self.opts.recheck {
+            if at.elapsed() < self.conn.opts.recheck {
                 return present;
             }
         }
@@ -206,9 +198,10 @@ impl ObjectStorage {
 
     /// The HEAD of the cache's times marker.
     pub(super) async fn head_marker(&self) -> object_store::Result<object_store::ObjectMeta> {
-        self.stats.heads.fetch_add(1, Ordering::Relaxed);
-        self.store
-            .head(&Key::from(self.url.key(&self.marker_rel())))
+        self.conn.stats.heads.fetch_add(1, Ordering::Relaxed);
+        self.conn
+            .store
+            .head(&Key::from(self.conn.url.key(&self.marker_rel())))
             .await
     }
 
@@ -219,7 +212,7 @@ impl ObjectStorage {
             Ok(_) => true,
             Err(object_store::Error::NotFound { .. }) => false,
             Err(e) => {
-                tracing::debug!("{}: times marker not read: {e}", self.url);
+                tracing::debug!("{}: times marker not read: {e}", self.conn.url);
                 true
             }
         };
@@ -228,9 +221,9 @@ impl ObjectStorage {
     }
 
     fn marker_rel(&self) -> String {
-        match self.tiles_rel.is_empty() {
+        match self.conn.tiles_rel.is_empty() {
             true => MARKER.to_string(),
-            false => format!("{}/{MARKER}", self.tiles_rel),
+            false => format!("{}/{MARKER}", self.conn.tiles_rel),
         }
     }
 
@@ -241,18 +234,18 @@ impl ObjectStorage {
             return Ok(());
         }
         let rel = self.marker_rel();
-        let key = Key::from(self.url.key(&rel));
+        let key = Key::from(self.conn.url.key(&rel));
         let opts = object_store::PutOptions {
             mode: object_store::PutMode::Create,
             ..Default::default()
         };
         let body =
             PutPayload::from_static(b"bundlefs: tile-time sidecars (*.bundle.times) exist\n");
-        match block(self.store.put_opts(&key, body, opts)) {
+        match block(self.conn.store.put_opts(&key, body, opts)) {
             Ok(_)
             | Err(object_store::Error::AlreadyExists { .. })
             | Err(object_store::Error::Precondition { .. }) => {}
-            Err(e) => return Err(obj_err(&self.url, &rel, e)),
+            Err(e) => return Err(obj_err(&self.conn.url, &rel, e)),
         }
         *self.times_marker.lock().unwrap() = Some((Instant::now(), true));
         Ok(())
@@ -262,7 +255,7 @@ impl ObjectStorage {
     /// `recheck`): Some(the `If-None-Match` ETag to send), None when the kept one is fresh.
     pub(super) fn sidecar_due(&self, id: &BundleId) -> Option<Option<String>> {
         match self.sidecars.lock().unwrap().peek(id) {
-            Some(k) if k.checked.elapsed() < self.opts.recheck => None,
+            Some(k) if k.checked.elapsed() < self.conn.opts.recheck => None,
             Some(k) => Some(k.etag.clone()),
             None => Some(None),
         }
@@ -278,8 +271,8 @@ impl ObjectStorage {
             if_none_match,
             ..Default::default()
         };
-        self.stats.sidecar_gets.fetch_add(1, Ordering::Relaxed);
-        let r = self.store.get_opts(&self.times_key(&id), opts).await?;
+        self.conn.stats.sidecar_gets.fetch_add(1, Ordering::Relaxed);
+        let r = self.conn.store.get_opts(&self.times_key(&id), opts).await?;
         let meta = r.meta.clone();
         Ok((meta, r.bytes().await?))
     }
@@ -296,7 +289,8 @@ impl ObjectStorage {
         let now = Instant::now();
         let new = match got {
             Ok((meta, bytes)) => {
-                self.stats
+                self.conn
+                    .stats
                     .bytes_down
                     .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 let len = bytes.len();
@@ -305,7 +299,7 @@ impl ObjectStorage {
                     tracing::warn!(
                         "{}: not a tile-times sidecar ({len} bytes, want {}); its times are \
                          ignored and it is started over when a time is next recorded",
-                        rel_url(&self.url, &rel).display(),
+                        rel_url(&self.conn.url, &rel).display(),
                         crate::cache::times::SIDECAR_LEN
                     );
                 }
@@ -328,7 +322,7 @@ impl ObjectStorage {
                 sidecar: None,
                 checked: now,
             },
-            Err(e) => return Err(obj_err(&self.url, &rel, e)),
+            Err(e) => return Err(obj_err(&self.conn.url, &rel, e)),
         };
         let new = Arc::new(new);
         self.sidecars.lock().unwrap().put(id, new.clone());
@@ -377,27 +371,33 @@ impl ObjectStorage {
 
     /// Read-modify-write of bundle `id`'s sidecar by conditional PUT; `apply` is called again
     /// after each lost race, against the sidecar as it is then. True if a sidecar was written.
-    /// Errors: the store's, or [`RetryPolicy::attempts`] lost races, naming the sidecar object.
+    /// Errors: the store's, or [`crate::cache::store::object::RetryPolicy::attempts`] lost races, naming the sidecar object.
     fn update_sidecar(&self, id: BundleId, apply: &mut ApplyFn) -> Result<bool> {
         self.ensure_marker()?;
         let key = self.times_key(&id);
-        let done = self.policy.compare_and_swap(&id, |attempt| {
+        let done = self.conn.policy.compare_and_swap(&id, |attempt| {
             let kept = self.sidecar(id, attempt > 0)?;
             let Some(new) = apply(kept.sidecar.as_deref())? else {
                 return Ok(Try::Done(false));
             };
             let new = Arc::new(new);
             let payload = PutPayload::from(Bytes::copy_from_slice(new.as_bytes()));
-            let Some(put) = self.put_conditional(&key, payload, kept.etag.as_deref())? else {
-                self.stats.sidecar_conflicts.fetch_add(1, Ordering::Relaxed);
+            let Some(put) = self
+                .conn
+                .put_conditional(&key, payload, kept.etag.as_deref())?
+            else {
+                self.conn
+                    .stats
+                    .sidecar_conflicts
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(
                     "{}: another writer changed the tile times (try {}); applying again",
-                    rel_url(&self.url, &self.times_rel(&id)).display(),
+                    rel_url(&self.conn.url, &self.times_rel(&id)).display(),
                     attempt + 1
                 );
                 return Ok(Try::Lost);
             };
-            self.stats.sidecar_puts.fetch_add(1, Ordering::Relaxed);
+            self.conn.stats.sidecar_puts.fetch_add(1, Ordering::Relaxed);
             let mut c = self.sidecars.lock().unwrap();
             match put.e_tag {
                 Some(etag) => {
@@ -420,11 +420,11 @@ impl ObjectStorage {
             return Ok(wrote);
         }
         Err(Error::io(
-            rel_url(&self.url, &self.times_rel(&id)),
+            rel_url(&self.conn.url, &self.times_rel(&id)),
             std::io::Error::other(format!(
                 "gave up after {} tries: other writers changed the tile times each time \
                  (conditional PUT refused)",
-                self.policy.attempts
+                self.conn.policy.attempts
             )),
         ))
     }
@@ -484,7 +484,7 @@ impl ObjectStorage {
         if records.is_empty() && carried.is_empty() {
             return;
         }
-        let url = rel_url(&self.url, &self.times_rel(&id));
+        let url = rel_url(&self.conn.url, &self.times_rel(&id));
         let Some(stored) = &done.stored else {
             tracing::warn!(
                 "{}: tile times not recorded: the store sent no ETag for the bundle",
@@ -598,7 +598,7 @@ impl ObjectStorage {
             sc.set(slot, entry.0, mtime);
             Ok(Some(sc))
         });
-        let url = rel_url(&self.url, &self.times_rel(&id));
+        let url = rel_url(&self.conn.url, &self.times_rel(&id));
         match r {
             Ok(_) if gave_up => tracing::warn!(
                 "{}: time of tile {t} not recorded: another writer replaced the bundle meanwhile",
@@ -622,9 +622,10 @@ mod tests {
     use crate::format::BUNDLE_DIM;
     use object_store::memory::InMemory;
     use object_store::ObjectStore;
+    use std::time::Duration;
     use std::time::UNIX_EPOCH;
 
-    use crate::cache::store::object::tests::{storage, tile, ID};
+    use crate::cache::store::object::v2::tests::{storage, tile, ID};
 
     fn at(n: u32) -> TileAddr {
         ID.tile(Slot {
@@ -638,7 +639,7 @@ mod tests {
     }
 
     /// Writes tiles `ns` by one flush, each with its time (None: none).
-    fn flush(s: &ObjectStorage, ns: &[(u32, Option<SystemTime>)]) {
+    fn flush(s: &V2Objects, ns: &[(u32, Option<SystemTime>)]) {
         let tiles: Vec<(Slot, Vec<u8>, Option<SystemTime>)> = ns
             .iter()
             .map(|(n, m)| (at(*n).slot(), tile(*n), *m))
@@ -648,7 +649,7 @@ mod tests {
     }
 
     /// The mtime `s` shows for tile `n`, and the bundle's time (what it falls back to).
-    fn shown(s: &ObjectStorage, n: u32) -> (SystemTime, SystemTime) {
+    fn shown(s: &V2Objects, n: u32) -> (SystemTime, SystemTime) {
         let b = s.tile(at(n)).unwrap().expect("stored tile");
         (s.tile_mtime(at(n), &b).unwrap(), b.mtime().unwrap())
     }
@@ -931,14 +932,14 @@ mod tests {
             .unwrap()
             .unwrap();
         let opts = CacheOptions {
-            object: super::super::ObjectOptions {
-                writes: super::super::WriteCoordination::SingleWriter,
+            object: crate::cache::store::object::ObjectOptions {
+                writes: crate::cache::store::object::WriteCoordination::SingleWriter,
                 ..Default::default()
             },
             ..CacheOptions::default()
         };
-        let w = ObjectStorage::with_store(url, mem.clone(), "_alllayers", opts);
-        assert!(w.single_writer());
+        let w = V2Objects::with_store(url, mem.clone(), "_alllayers", opts);
+        assert!(w.connection().single_writer());
         flush(&w, &[(1, Some(when(1))), (2, None)]);
         assert!(w.set_tile_time(at(2), when(2)).unwrap());
         flush(&w, &[(0, Some(when(0)))]);
