@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 say() { printf '\n==> %s\n' "$*"; }
 
 # tool:package pairs; a package is installed when its tool is missing.
-needs=(fusermount3:fuse3 mapproxy-util:mapproxy gdalinfo:gdal-bin rsync:rsync file:file)
+needs=(fusermount3:fuse3 mapproxy-util:mapproxy gdalinfo:gdal-bin rsync:rsync file:file man:man-db)
 missing=()
 for pair in "${needs[@]}"; do
     tool=${pair%%:*} pkg=${pair#*:}
@@ -39,9 +39,9 @@ if ((${#missing[@]})); then
     fi
     "${sudo[@]}" apt-get update
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        fuse3 mapproxy gdal-bin rsync python3-yaml cgi-mapserver file
+        "${missing[@]}"
 else
-    say "test dependencies present (fuse3, mapproxy, gdal-bin, rsync, file, python3-yaml, cgi-mapserver)"
+    say "test dependencies present (fuse3, mapproxy, gdal-bin, rsync, file, man-db, python3-yaml, cgi-mapserver)"
 fi
 
 # GDAL >= 3.8 reads .tpkx and ready-to-serve root.json; Debian's gdal-bin is 3.6, so the
@@ -81,6 +81,12 @@ az_dir=$(mktemp -d /tmp/bundlefs-azurite-XXXXXX)
 stop_ceph() { bash scripts/ceph-cluster.sh stop "$ceph_dir" >/dev/null 2>&1 || true; rm -rf "$ceph_dir"; }
 stop_azurite() { bash scripts/azurite.sh stop "$az_dir" >/dev/null 2>&1 || true; rm -rf "$az_dir"; }
 trap 'rm -f "$log"; stop_ceph; stop_azurite' EXIT
+# The .deb the package test installs (tests/it/service.rs): release build, man pages,
+# completions, cargo-deb (installed when missing).
+say "scripts/package.sh (the Debian package tests/it/service.rs installs)"
+rm -rf target/debian
+scripts/package.sh
+
 say "cargo test --all-targets --no-run (build first, so the cluster below does not idle through it)"
 cargo test --all-targets --no-run
 

@@ -485,14 +485,14 @@ impl MountFs {
     }
 
     /// Logs a refused call once, at the level its kind deserves: refusals a user should see
-    /// (a name that cannot be made, a level outside the scheme, a tile not stored) at warn or
-    /// error; routine answers (missing names, EEXIST, EXDEV for `mv`, ENOSYS) not at all.
+    /// (a name that cannot be made, a level outside the scheme, a tile not stored) at warn;
+    /// routine answers (missing names, EEXIST, EXDEV for `mv`, ENOSYS) not at all.
     pub fn log(op: &str, e: &FsError) {
         match e {
-            FsError::BadTile { .. } => tracing::error!("{op}: {e}"),
-            FsError::NotPermitted { .. } | FsError::Invalid { .. } | FsError::TooBig(_) => {
-                tracing::warn!("{op}: {e}")
-            }
+            FsError::BadTile { .. }
+            | FsError::NotPermitted { .. }
+            | FsError::Invalid { .. }
+            | FsError::TooBig(_) => tracing::warn!("{op}: {e}"),
             _ => tracing::debug!("{op}: {e}"),
         }
     }

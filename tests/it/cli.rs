@@ -259,8 +259,20 @@ fn levels_the_cache_lacks_are_an_error_naming_the_levels_it_has() {
 #[test]
 fn help_of_every_argument_says_what_it_takes() {
     let commands = [
-        "info", "verify", "create", "scheme", "export", "import", "mount", "unmount", "status",
-        "compact", "delete", "render", "sample",
+        "info",
+        "verify",
+        "create",
+        "scheme",
+        "export",
+        "import",
+        "mount",
+        "unmount",
+        "status",
+        "completions",
+        "compact",
+        "delete",
+        "render",
+        "sample",
     ];
     // Every command `bundlefs --help` lists is checked (a new one must join the list above).
     let top = run_ok(bundlefs().arg("--help"));

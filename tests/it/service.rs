@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::os::unix::net::UnixDatagram;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -351,4 +351,106 @@ for f in text_string_to_metric_families(text):
     );
     assert!(!is_mounted(&mnt2));
     drop(m);
+}
+
+/// Removes the installed package on drop.
+struct Installed;
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        let _ = Command::new("dpkg").args(["-r", "bundlefs"]).output();
+    }
+}
+
+/// The .deb `scripts/package.sh` built (test.sh builds it before the tests): `dpkg -i` installs
+/// the binary, man pages, completions, unit and example; `man bundlefs-mount` shows the mount's
+/// page; bash completes `bundlefs mo` to `mount`; an fstab mount runs the installed binary.
+#[test]
+fn the_debian_package_installs_a_working_bundlefs() {
+    need("dpkg");
+    need("man");
+    let debs: Vec<PathBuf> = fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/target/debian"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        debs.len(),
+        1,
+        "want one .deb in target/debian (run scripts/package.sh, as scripts/test.sh does): {debs:?}"
+    );
+    let _helper = crate::support::mount::MOUNT_HELPER
+        .write()
+        .unwrap_or_else(|e| e.into_inner());
+    let (ok, out, err) = sh(&format!("dpkg -i {}", debs[0].display()));
+    assert!(ok, "dpkg -i: {out}{err}");
+    let _installed = Installed;
+    let (ok, out, _) = sh("dpkg -L bundlefs");
+    assert!(ok);
+    for f in [
+        "/usr/bin/bundlefs",
+        "/usr/share/man/man1/bundlefs-mount.1.gz",
+        "/usr/share/man/man1/bundlefs-status.1.gz",
+        "/usr/share/bash-completion/completions/bundlefs",
+        "/usr/share/zsh/vendor-completions/_bundlefs",
+        "/usr/share/fish/vendor_completions.d/bundlefs.fish",
+        "/lib/systemd/system/bundlefs@.service",
+        "/usr/share/doc/bundlefs/fstab.example",
+    ] {
+        assert!(
+            out.lines().any(|l| l == f),
+            "{f} not in the package:\n{out}"
+        );
+    }
+    let size = fs::metadata("/usr/bin/bundlefs").unwrap().len();
+    eprintln!("installed binary: {size} bytes");
+    assert!(
+        size < 40 << 20,
+        "the release binary is {size} bytes: debug info left in?"
+    );
+    let (ok, page, err) = sh("MANPAGER=cat MANWIDTH=100 man bundlefs-mount 2>&1");
+    assert!(
+        ok && page.contains("--write-buffer") && page.contains("--metrics"),
+        "{page}{err}"
+    );
+    let (ok, words, err) = sh("source /usr/share/bash-completion/completions/bundlefs; \
+         COMP_WORDS=(bundlefs mo); COMP_CWORD=1; COMP_LINE='bundlefs mo'; COMP_POINT=11; \
+         _bundlefs bundlefs mo bundlefs; echo \"${COMPREPLY[@]}\"");
+    assert!(
+        ok && words.split_whitespace().any(|w| w == "mount"),
+        "{words}{err}"
+    );
+    // An fstab mount with the installed binary (mount.fuse3 finds /usr/bin/bundlefs).
+    assert!(!Path::new("/usr/local/sbin/bundlefs").exists());
+    let d = scratch_dir("deb");
+    let cache = sample_cache(&d, "0-1");
+    let mnt = d.join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let fstab = d.join("fstab");
+    fs::write(
+        &fstab,
+        format!(
+            "{} {} fuse.bundlefs ro,nofail 0 0\n",
+            cache.display(),
+            mnt.display()
+        ),
+    )
+    .unwrap();
+    let _guard = Unmount(mnt.clone());
+    let (ok, out, err) = sh(&format!("mount -T {} {}", fstab.display(), mnt.display()));
+    assert!(ok, "mount -T: {out}{err}");
+    let (_, v) = status(&mnt);
+    let pid = v[0]["report"]["pid"].as_u64().unwrap();
+    let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(
+        exe,
+        Path::new("/usr/bin/bundlefs"),
+        "the daemon runs the installed binary"
+    );
+    assert!(fs::read(mnt.join("_alllayers/L01/R00000000/C00000000.png")).is_ok());
+    let (ok, out, err) = sh(&format!("/usr/bin/bundlefs unmount {}", mnt.display()));
+    assert!(ok, "unmount: {out}{err}");
 }

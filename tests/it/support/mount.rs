@@ -145,12 +145,20 @@ impl Drop for Unmount {
 /// `bundlefs` where mount.fuse3 looks for it (/bin/sh's default PATH: mount(8) passes none):
 /// a symlink in /usr/local/sbin to the binary under test while any test holds an `OnPath`
 /// (counted: tests run in parallel), removed when the last one drops.
-pub struct OnPath(PathBuf);
+pub struct OnPath(
+    PathBuf,
+    #[allow(dead_code)] std::sync::RwLockReadGuard<'static, ()>,
+);
 
 static ON_PATH_USERS: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
 
+/// Held for reading by every [`OnPath`], for writing by a test that needs mount.fuse3 to find
+/// the installed `/usr/bin/bundlefs` (no symlink in /usr/local/sbin meanwhile).
+pub static MOUNT_HELPER: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 impl OnPath {
     pub fn new() -> OnPath {
+        let shared = MOUNT_HELPER.read().unwrap_or_else(|e| e.into_inner());
         let link = PathBuf::from("/usr/local/sbin/bundlefs");
         let mut users = ON_PATH_USERS.lock().unwrap();
         match fs::read_link(&link) {
@@ -167,7 +175,7 @@ impl OnPath {
             Err(_) => std::os::unix::fs::symlink(super::bin(), &link).unwrap(),
         }
         *users += 1;
-        OnPath(link)
+        OnPath(link, shared)
     }
 }
 

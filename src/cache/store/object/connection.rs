@@ -62,7 +62,8 @@ impl RetryPolicy {
     /// writer was first) it runs again after a sleep ([`RetryPolicy::delay`], jittered by `id`,
     /// so racing writers spread out), at most `attempts` times. `one` gets the try's number
     /// (0 first). Ok(Some(v)) when a try was done, Ok(None) when every try was lost (the caller
-    /// says so, naming what it wrote); an error of `one` ends it.
+    /// says so, naming what it wrote); an error of `one` ends it. Each lost try is logged at
+    /// info, naming the bundle.
     pub(crate) fn compare_and_swap<T>(
         &self,
         id: &BundleId,
@@ -76,6 +77,15 @@ impl RetryPolicy {
             if let Try::Done(v) = one(attempt)? {
                 return Ok(Some(v));
             }
+            // Logged at info: a conflict is normal with many writers, but worth seeing.
+            tracing::info!(
+                "level {} bundle {}: another writer changed it first; reading and deciding again \
+                 (try {} of {})",
+                id.level,
+                crate::format::exploded::bundle_base(id),
+                attempt + 1,
+                self.attempts
+            );
         }
         Ok(None)
     }
