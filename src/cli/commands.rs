@@ -161,6 +161,13 @@ pub fn export(a: &ExportArgs) -> anyhow::Result<ExitCode> {
     let storage = a.storage.or_else(|| existing_storage(&a.dest));
     let target = ExportTo::choose(storage, &a.dest)?;
     let bar = Bar::new();
+    job_metrics(
+        a.job.metrics.as_deref(),
+        "export",
+        &a.src,
+        bar.0.clone(),
+        None,
+    )?;
     // A folder is export's, a package or ready-to-serve folder is package's.
     let (c, d) = (source.cache(), &a.dest);
     let mut s = match target {
@@ -209,6 +216,13 @@ pub fn import(a: &ImportArgs) -> anyhow::Result<ExitCode> {
     let source = Source::open(&a.src)?;
     let opts = job_options(&a.job, source.cache(), &a.src)?;
     let bar = Bar::new();
+    job_metrics(
+        a.job.metrics.as_deref(),
+        "import",
+        &a.src,
+        bar.0.clone(),
+        None,
+    )?;
     // A cache folder is import's, a package file (rewritten whole) is package's.
     let mut s = if a.dest.is_file() {
         update_package(source.cache(), &a.dest, &opts, &bar, true)?
@@ -438,7 +452,7 @@ pub fn render(a: &RenderArgs) -> anyhow::Result<ExitCode> {
             height,
         }
     });
-    let r = Renderer::new(cache, src, Keep::No, opts)?;
+    let r = Arc::new(Renderer::new(cache, src, Keep::No, opts)?);
     let bo = BatchOptions {
         levels,
         extent,
@@ -462,6 +476,13 @@ pub fn render(a: &RenderArgs) -> anyhow::Result<ExitCode> {
         },
     };
     let bar = progress_bar();
+    job_metrics(
+        a.metrics.as_deref(),
+        "render",
+        &a.cache,
+        bar.clone(),
+        Some(r.clone()),
+    )?;
     let filter = area.as_ref().map(|f| f as &dyn TileFilter);
     let st = render_batch_in(&r, &bo, filter, &|n| bar.inc(n))?;
     bar.finish_and_clear();
@@ -513,6 +534,33 @@ impl TileFilter for AreaTiles {
     fn tile(&self, env: &crate::format::conf::Envelope) -> bool {
         self.area.takes_tile(env, self.width, self.height)
     }
+}
+
+/// With `--metrics ADDR`: serves the job's progress (`bar`'s length and position) and, for
+/// `render`, the renderer's counters on `/metrics` while the job runs
+/// ([`super::metrics::job_page`]). Errors: the address cannot be listened on.
+fn job_metrics(
+    addr: Option<&str>,
+    job: &'static str,
+    cache: &Path,
+    bar: ProgressBar,
+    render: Option<Arc<Renderer>>,
+) -> anyhow::Result<()> {
+    let Some(addr) = addr else {
+        return Ok(());
+    };
+    let cache = cache.display().to_string();
+    let started = std::time::Instant::now();
+    super::metrics::serve(addr, move || {
+        super::metrics::job_page(&super::metrics::JobSample {
+            job,
+            cache: &cache,
+            planned: bar.length().unwrap_or(0),
+            done: bar.position(),
+            elapsed: started.elapsed().as_secs(),
+            render: render.as_ref().map(|r| r.stats()),
+        })
+    })
 }
 
 fn progress_bar() -> ProgressBar {

@@ -1,7 +1,8 @@
 //! `--metrics ADDR`: the counters of a mount in the Prometheus text exposition format (version
 //! 0.0.4: `# HELP`, `# TYPE`, one sample per line) on `GET /metrics`. The names, all prefixed
-//! `bundlefs_`, are listed in [`METRICS`] and in doc/operations.md; every sample carries a
-//! `mountpoint` label. The values are the same snapshot `bundlefs status` shows
+//! `bundlefs_`, are listed in [`METRICS`] (and [`JOB_METRICS`] for `export`, `import` and
+//! `render --metrics`) and in doc/operations.md; every sample of a mount carries a `mountpoint`
+//! label, every sample of a job `job` and `cache` labels. The values are the same snapshot `bundlefs status` shows
 //! (`fs::counters::Snapshot`).
 
 use std::fmt::Write as _;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use super::status::Report;
+use crate::render::renderer::RenderStats;
 
 /// Every metric: name (without the `bundlefs_` prefix), type, help. A metric whose part of the
 /// mount is absent (no write buffer, a local cache, no renderer) is left out of the page.
@@ -191,15 +193,20 @@ fn samples(r: &Report) -> Vec<(&'static str, u64)> {
         ]);
     }
     if let Some(x) = &c.render {
-        v.extend([
-            ("render_source_calls_total", x.source_calls),
-            ("render_tiles_total", x.rendered),
-            ("render_empty_total", x.empty),
-            ("render_failures_total", x.failed),
-            ("render_kept_total", x.kept),
-        ]);
+        v.extend(render_samples(x));
     }
     v
+}
+
+/// The `render_*` samples of `x`.
+fn render_samples(x: &RenderStats) -> [(&'static str, u64); 5] {
+    [
+        ("render_source_calls_total", x.source_calls),
+        ("render_tiles_total", x.rendered),
+        ("render_empty_total", x.empty),
+        ("render_failures_total", x.failed),
+        ("render_kept_total", x.kept),
+    ]
 }
 
 /// A label value escaped as the text format wants (`\`, `"` and newline).
@@ -225,22 +232,19 @@ pub fn page(r: &Report) -> String {
     out
 }
 
-/// Serves `GET /metrics` on `addr` (e.g. `127.0.0.1:9464`) from `report()`, on a thread of its
+/// Serves `GET /metrics` on `addr` (e.g. `127.0.0.1:9464`) with `page()`, on a thread of its
 /// own; other paths get 404. Binding is done here, so an address in use is an error naming it.
-pub fn serve(
-    addr: &str,
-    report: impl Fn() -> Report + Send + Sync + 'static,
-) -> anyhow::Result<()> {
+pub fn serve(addr: &str, page: impl Fn() -> String + Send + Sync + 'static) -> anyhow::Result<()> {
     let server = tiny_http::Server::http(addr)
         .map_err(|e| anyhow::anyhow!("--metrics {addr}: cannot listen: {e}"))?;
-    let report = Arc::new(report);
+    let page = Arc::new(page);
     std::thread::Builder::new()
         .name("bundlefs-metrics".into())
         .spawn(move || {
             for req in server.incoming_requests() {
                 let path = req.url().split('?').next().unwrap_or("");
                 let resp = if path == "/metrics" {
-                    tiny_http::Response::from_string(page(&report())).with_header(
+                    tiny_http::Response::from_string(page()).with_header(
                         tiny_http::Header::from_bytes(
                             &b"Content-Type"[..],
                             &b"text/plain; version=0.0.4; charset=utf-8"[..],
@@ -256,6 +260,61 @@ pub fn serve(
         })
         .context("starting the metrics thread")?;
     Ok(())
+}
+
+/// The metrics of a long job (`export`, `import`, `render` with `--metrics`), besides the
+/// `render_*` ones of [`METRICS`] for `render`: name (without `bundlefs_`), type, help.
+pub const JOB_METRICS: &[(&str, &str, &str)] = &[
+    (
+        "job_tiles_planned",
+        "gauge",
+        "Tiles the job will take (export, import: what the selected bundles hold; render: 0 until known)",
+    ),
+    (
+        "job_tiles_done_total",
+        "counter",
+        "Tiles the job has taken so far (read, or visited by render)",
+    ),
+    ("job_elapsed_seconds", "gauge", "Seconds since the job started"),
+];
+
+/// What a running job shows on `/metrics`.
+pub struct JobSample<'a> {
+    /// `export`, `import` or `render`.
+    pub job: &'a str,
+    /// The cache the job reads (export, import) or renders into.
+    pub cache: &'a str,
+    /// [`JOB_METRICS`]' values: planned, done, elapsed seconds.
+    pub planned: u64,
+    /// Tiles taken so far.
+    pub done: u64,
+    /// Seconds since the start.
+    pub elapsed: u64,
+    /// The renderer's counters (`render`).
+    pub render: Option<RenderStats>,
+}
+
+/// The `/metrics` page of a running job: labels `job` and `cache` on every sample.
+pub fn job_page(j: &JobSample) -> String {
+    let labels = format!("job=\"{}\",cache=\"{}\"", label(j.job), label(j.cache));
+    let mut have: Vec<(&str, u64)> = vec![
+        ("job_tiles_planned", j.planned),
+        ("job_tiles_done_total", j.done),
+        ("job_elapsed_seconds", j.elapsed),
+    ];
+    if let Some(x) = &j.render {
+        have.extend(render_samples(x));
+    }
+    let mut out = String::new();
+    for (name, kind, help) in JOB_METRICS.iter().chain(METRICS) {
+        let Some((_, v)) = have.iter().find(|(n, _)| n == name) else {
+            continue;
+        };
+        let _ = writeln!(out, "# HELP bundlefs_{name} {help}");
+        let _ = writeln!(out, "# TYPE bundlefs_{name} {kind}");
+        let _ = writeln!(out, "bundlefs_{name}{{{labels}}} {v}");
+    }
+    out
 }
 
 #[cfg(test)]
@@ -313,6 +372,7 @@ mod tests {
             .collect();
         let served: Vec<(String, String)> = METRICS
             .iter()
+            .chain(JOB_METRICS)
             .map(|(n, k, _)| (n.to_string(), k.to_string()))
             .collect();
         assert_eq!(rows, served);

@@ -320,6 +320,10 @@ pub struct JobArgs {
     /// Skip the final flush to disk (faster; for scratch copies).
     #[arg(long)]
     pub no_sync: bool,
+    /// Serve the job's progress in the Prometheus text format on http://ADDR/metrics while it
+    /// runs (e.g. 127.0.0.1:9464; names in doc/operations.md).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
     /// When the source has no conf.xml (a bare exploded folder), trust the destination's tiling
     /// scheme instead of refusing; every tile's pixel size and format are still checked against it.
     #[arg(long)]
@@ -585,6 +589,10 @@ pub struct RenderArgs {
     /// Pixels drawn around each supertile and cut away afterwards (labels near its edges).
     #[arg(long, value_name = "PX", default_value_t = 0)]
     pub supertile_buffer: u32,
+    /// Serve the run's progress and the renderer's counters in the Prometheus text format on
+    /// http://ADDR/metrics while it runs (e.g. 127.0.0.1:9464; names in doc/operations.md).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
 }
 
 /// Arguments of `bundlefs sample`.

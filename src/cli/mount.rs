@@ -269,7 +269,8 @@ fn serve(args: &MountArgs, parsed: &ParsedOptions, child: bool) -> anyhow::Resul
     let socket = registry::socket_path(&canonical_mnt);
     let report = reporter(args, parsed, &tree, &canonical_mnt);
     if let Some(addr) = &args.metrics {
-        super::metrics::serve(addr, report.clone())?;
+        let report = report.clone();
+        super::metrics::serve(addr, move || super::metrics::page(&report()))?;
     }
     match super::status::serve_control(&socket, report) {
         Ok(()) => record.socket = Some(socket),

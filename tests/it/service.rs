@@ -454,3 +454,77 @@ fn the_debian_package_installs_a_working_bundlefs() {
     let (ok, out, err) = sh(&format!("/usr/bin/bundlefs unmount {}", mnt.display()));
     assert!(ok, "unmount: {out}{err}");
 }
+
+/// `render --metrics` serves the run's progress and the renderer's counters while it runs: a
+/// scrape in the middle of a slow source (a test WMS answering in 300 ms) is parsed by the
+/// Prometheus client's parser and shows tiles done and source calls.
+#[test]
+fn a_render_job_can_be_watched_on_metrics() {
+    use crate::support::http::{Response, TestServer};
+    let tile = png(5);
+    let server = TestServer::start(move |req| {
+        std::thread::sleep(Duration::from_millis(300));
+        match req.param("REQUEST") {
+            Some(r) if r.eq_ignore_ascii_case("GetMap") => Response::ok("image/png", tile.clone()),
+            _ => Response::status(404, "no capabilities here"),
+        }
+    });
+    let d = scratch_dir("jobmetrics");
+    let cache = d.join("c");
+    run_ok(
+        Command::new(bin())
+            .args(["create", "--levels", "0-3"])
+            .arg(&cache),
+    );
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let mut job = Command::new(bin())
+        .arg("render")
+        .arg(&cache)
+        .args(["--source", &format!("wms:{}/wms?LAYERS=x", server.url())])
+        .args([
+            "--levels",
+            "0-2",
+            "--supertile",
+            "0",
+            "--jobs",
+            "1",
+            "--metrics",
+            &addr,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let py = format!(
+        r#"
+import urllib.request
+from prometheus_client.parser import text_string_to_metric_families
+text = urllib.request.urlopen("http://{addr}/metrics").read().decode()
+for f in text_string_to_metric_families(text):
+    for s in f.samples:
+        print(s.name, s.labels["job"], int(s.value))
+"#
+    );
+    let (ok, out, err) = sh(&format!("python3 -c '{py}'"));
+    let st = job.wait().unwrap();
+    assert!(ok, "{out}{err}");
+    assert!(st.success(), "{st}");
+    let get = |name: &str| -> u64 {
+        out.lines()
+            .find(|l| l.split(' ').next() == Some(name))
+            .unwrap_or_else(|| panic!("{name} not in\n{out}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let done = get("bundlefs_job_tiles_done_total");
+    assert!((1..21).contains(&done), "mid-run: {done} of 21 tiles\n{out}");
+    assert!(get("bundlefs_render_source_calls_total") >= 1, "{out}");
+    assert!(out.lines().all(|l| l.contains(" render ")), "{out}");
+}
