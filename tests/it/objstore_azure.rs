@@ -154,3 +154,71 @@ fn azure_settings_are_checked_and_secrets_stay_out_of_errors() {
     assert!(err.contains(&url), "the error names the cache: {err}");
     assert!(!err.contains(secret), "the secret leaked: {err}");
 }
+
+/// `-o credentials_file=FILE` for an az:// mount: the account, its key (Azurite's published
+/// development key) and the endpoint come from a file of `AZURE_STORAGE_*` lines, with no Azure
+/// setting in the environment (as under fstab or systemd); a line the client does not know is an
+/// error naming the file and line, never a value.
+#[test]
+fn an_azure_mount_takes_its_account_key_from_a_file() {
+    let d = tempfile::tempdir().unwrap();
+    let url = fresh_url("credfile");
+    let local = crate::support::sample_cache(d.path(), "0-1");
+    run_ok(
+        Command::new(bin())
+            .arg("export")
+            .arg(&local)
+            .arg(&url)
+            .args(["--storage", "compact-v2"]),
+    );
+    let file = d.path().join("azure.env");
+    std::fs::write(
+        &file,
+        "# Azurite's well-known development account\n\
+         AZURE_STORAGE_ACCOUNT_NAME=devstoreaccount1\n\
+         AZURE_STORAGE_ACCOUNT_KEY=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==\n\
+         AZURE_STORAGE_ENDPOINT=http://127.0.0.1:10000/devstoreaccount1\n\
+         AZURE_ALLOW_HTTP=true\n",
+    )
+    .unwrap();
+    let mnt = d.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let opts = format!("ro,credentials_file={}", file.display());
+    let out = run(Command::new(bin())
+        .args(["mount", "--daemon", "-o", &opts])
+        .arg(&url)
+        .arg(&mnt)
+        .env_remove("AZURE_STORAGE_USE_EMULATOR"));
+    let _guard = crate::support::mount::Unmount(mnt.clone());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = Cache::open(&local)
+        .unwrap()
+        .tile(TileAddr::new(1, 0, 1))
+        .unwrap()
+        .map(|b| b.to_vec());
+    let got = std::fs::read(mnt.join("_alllayers/L01/R00000000/C00000001.png")).ok();
+    assert!(want.is_some() && got == want, "tile through the mount");
+    run_ok(Command::new(bin()).arg("unmount").arg(&mnt));
+    // A bad line: named, value not shown.
+    std::fs::write(
+        &file,
+        "AZURE_STORAGE_ACCOUNT_KEY=topsecretvalue\nNOT_A_SETTING=1\n",
+    )
+    .unwrap();
+    let out = run(Command::new(bin())
+        .args(["mount", "--daemon", "-o", &opts])
+        .arg(&url)
+        .arg(&mnt)
+        .env_remove("AZURE_STORAGE_USE_EMULATOR"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 2") && err.contains("NOT_A_SETTING"),
+        "{err}"
+    );
+    assert!(!err.contains("topsecretvalue"), "{err}");
+}

@@ -524,7 +524,43 @@ for f in text_string_to_metric_families(text):
             .unwrap()
     };
     let done = get("bundlefs_job_tiles_done_total");
-    assert!((1..21).contains(&done), "mid-run: {done} of 21 tiles\n{out}");
+    assert!(
+        (1..21).contains(&done),
+        "mid-run: {done} of 21 tiles\n{out}"
+    );
     assert!(get("bundlefs_render_source_calls_total") >= 1, "{out}");
     assert!(out.lines().all(|l| l.contains(" render ")), "{out}");
+}
+
+/// A daemon killed with SIGKILL: `status` says its mount is dead (naming the pid and how to clear
+/// it) and exits 1.
+#[test]
+fn status_says_when_a_daemon_is_dead() {
+    need("fusermount3");
+    let d = scratch_dir("dead");
+    let cache = sample_cache(&d, "0-1");
+    let mnt = d.join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let _guard = Unmount(mnt.clone());
+    run_ok(
+        Command::new(bin())
+            .args(["mount", "--daemon"])
+            .arg(&cache)
+            .arg(&mnt),
+    );
+    let pid = daemon_pid(&mnt);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    until("the daemon to die", || gone(pid));
+    let (code, v) = status(&mnt);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v[0]["state"], "dead", "{v}");
+    let problem = v[0]["problem"].as_str().unwrap();
+    assert!(
+        problem.contains(&format!("pid {pid}")) && problem.contains("fusermount3 -u"),
+        "{problem}"
+    );
 }
