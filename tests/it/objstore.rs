@@ -1682,3 +1682,48 @@ fn credentials_from_a_profile_mount_an_s3_cache_through_fstab() {
     let (ok, out, err) = sh(&format!("umount {}", mnt.display()));
     assert!(ok, "umount: {out}{err}");
 }
+
+/// The storage contract (`cache::store::contract`, which the unit tests run over an in-memory
+/// store) over the three object layouts against Ceph RGW: the real conditional PUTs, ETags and
+/// listings. Each test gets a fresh prefix.
+#[test]
+fn the_storage_contract_holds_on_ceph_for_every_object_layout() {
+    use bundlefs::cache::store::contract::{Maker, TESTS};
+    use bundlefs::cache::store::object::{Connection, ExplodedObjects, V1Objects, V2Objects};
+    use bundlefs::format::sniff::ImageKind;
+
+    fn conn() -> Arc<Connection> {
+        let url = parse(&fresh_url("contract"));
+        let client = store_client_at(&url, None).unwrap();
+        let opts = CacheOptions {
+            recheck: Duration::ZERO,
+            ..CacheOptions::default()
+        };
+        Arc::new(
+            Connection::new(url, client, "_alllayers", opts).with_retry(RetryPolicy {
+                attempts: 200,
+                base_delay: Duration::from_millis(2),
+                max_delay: Duration::from_millis(50),
+            }),
+        )
+    }
+    fn v2() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
+        (Box::new(()), Box::new(V2Objects::new(conn())))
+    }
+    fn exploded() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
+        (
+            Box::new(()),
+            Box::new(ExplodedObjects::new(conn(), ImageKind::Png)),
+        )
+    }
+    fn v1() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
+        (Box::new(()), Box::new(V1Objects::new(conn())))
+    }
+    let makers: [(&str, Maker); 3] = [("v2", v2), ("exploded", exploded), ("v1", v1)];
+    for (layout, make) in makers {
+        for (name, test) in TESTS {
+            eprintln!("contract on Ceph: {layout} layout, {name}");
+            test(make);
+        }
+    }
+}

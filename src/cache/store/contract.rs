@@ -5,8 +5,9 @@
 //! whose conditional PUTs are the real compare-and-swap paths. A storage that only reads says so
 //! ([`Storage::read_only`]): each test then checks that writes are refused and change nothing.
 //! A new storage adds one `contract_suite!` line; anything storage-specific is tested in its own
-//! file. The Ceph test group (`tests/it/objstore.rs`) runs the object layouts against a real
-//! store.
+//! file. The Ceph test group (`tests/it/objstore.rs`) runs the same tests ([`TESTS`]) over the
+//! three object layouts against a real store (Ceph RGW), which is why this module is public
+//! (hidden from the docs).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use crate::format::{BundleId, Slot, TileAddr};
 
 /// A fresh storage of one kind, with what keeps it alive (a temporary folder, an in-memory
 /// store) as the guard.
-pub(crate) type Maker = fn() -> (Box<dyn std::any::Any>, Box<dyn Storage>);
+pub type Maker = fn() -> (Box<dyn std::any::Any>, Box<dyn Storage>);
 
 fn place(d: &tempfile::TempDir) -> Place {
     let tiles_dir = d.path().join("_alllayers");
@@ -36,7 +37,8 @@ fn place(d: &tempfile::TempDir) -> Place {
     }
 }
 
-pub(crate) fn exploded() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
+/// An exploded folder storage in a temporary folder.
+pub fn exploded() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
     let d = tempfile::tempdir().unwrap();
     let s = ExplodedStore::new(place(&d), ImageKind::Png, false);
     (Box::new(d), Box::new(s))
@@ -53,11 +55,13 @@ fn compact(format: StorageFormat) -> (Box<dyn std::any::Any>, Box<dyn Storage>) 
     (Box::new(d), Box::new(s))
 }
 
-pub(crate) fn compact_v1() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
+/// A Compact V1 folder storage in a temporary folder.
+pub fn compact_v1() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
     compact(StorageFormat::CompactV1)
 }
 
-pub(crate) fn compact_v2() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
+/// A Compact V2 folder storage in a temporary folder.
+pub fn compact_v2() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
     compact(StorageFormat::CompactV2)
 }
 
@@ -81,19 +85,22 @@ fn object_conn(mem: &Arc<object_store::memory::InMemory>) -> Arc<Connection> {
     )
 }
 
-pub(crate) fn object_v2() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
+/// The Compact V2 object layout over a fresh in-memory store.
+pub fn object_v2() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
     let mem = Arc::new(object_store::memory::InMemory::new());
     let s = V2Objects::new(object_conn(&mem));
     (Box::new(mem), Box::new(s))
 }
 
-pub(crate) fn object_exploded() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
+/// The exploded object layout over a fresh in-memory store.
+pub fn object_exploded() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
     let mem = Arc::new(object_store::memory::InMemory::new());
     let s = ExplodedObjects::new(object_conn(&mem), ImageKind::Png);
     (Box::new(mem), Box::new(s))
 }
 
-pub(crate) fn object_v1() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
+/// The read-only Compact V1 object layout over a fresh in-memory store.
+pub fn object_v1() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
     let mem = Arc::new(object_store::memory::InMemory::new());
     let s = V1Objects::new(object_conn(&mem));
     (Box::new(mem), Box::new(s))
@@ -131,7 +138,9 @@ fn get(s: &dyn Storage, t: TileAddr) -> Option<Vec<u8>> {
     s.tile(t).unwrap().map(|b| b.to_vec())
 }
 
-pub(crate) fn put_get_list(make: Maker) {
+/// Tiles written to two bundles of a level read back, list by level, row and column, group by
+/// bundle, and count in the level statistics.
+pub fn put_get_list(make: Maker) {
     let (_d, s) = make();
     if refuses_writes_if_read_only(&*s) {
         return;
@@ -179,7 +188,8 @@ pub(crate) fn put_get_list(make: Maker) {
     );
 }
 
-pub(crate) fn last_write_wins(make: Maker) {
+/// The last of several writes of a tile (in one call or in two) is the one stored.
+pub fn last_write_wins(make: Maker) {
     let (_d, s) = make();
     if refuses_writes_if_read_only(&*s) {
         return;
@@ -198,7 +208,8 @@ pub(crate) fn last_write_wins(make: Maker) {
     assert_eq!(s.level_stats(2).unwrap().tiles, 1);
 }
 
-pub(crate) fn delete(make: Maker) {
+/// A deleted tile is gone; the others of its bundle stay.
+pub fn delete(make: Maker) {
     let (_d, s) = make();
     if refuses_writes_if_read_only(&*s) {
         return;
@@ -220,7 +231,8 @@ pub(crate) fn delete(make: Maker) {
     assert_eq!(s.cols(1, 0).unwrap().len(), 1);
 }
 
-pub(crate) fn refuses_empty_and_oversized_tiles(make: Maker) {
+/// An empty tile and one of 2^24 bytes or more (the V2 index size field) are refused.
+pub fn refuses_empty_and_oversized_tiles(make: Maker) {
     let (_d, s) = make();
     if refuses_writes_if_read_only(&*s) {
         return;
@@ -237,7 +249,8 @@ pub(crate) fn refuses_empty_and_oversized_tiles(make: Maker) {
     assert_eq!(get(&*s, t), None, "a refused write stored something");
 }
 
-pub(crate) fn tile_times(make: Maker) {
+/// A tile written with a time shows that time; one written without shows a time of its own.
+pub fn tile_times(make: Maker) {
     let (_d, s) = make();
     if refuses_writes_if_read_only(&*s) {
         return;
@@ -265,7 +278,7 @@ pub(crate) fn tile_times(make: Maker) {
 /// A tile's time moves only when that tile changes: writing, updating (an import) and deleting
 /// other tiles of its bundle, and compacting the bundle, leave it as it was shown, whether it had
 /// a recorded time or not.
-pub(crate) fn untouched_tiles_keep_their_times(make: Maker) {
+pub fn untouched_tiles_keep_their_times(make: Maker) {
     let (_d, s) = make();
     if refuses_writes_if_read_only(&*s) {
         return;
@@ -319,7 +332,8 @@ pub(crate) fn untouched_tiles_keep_their_times(make: Maker) {
     assert_eq!((shown(a), shown(b)), (later, b1), "after compaction");
 }
 
-pub(crate) fn update_sees_what_is_stored(make: Maker) {
+/// An update function sees the stored tiles of its bundle and what it returns is stored.
+pub fn update_sees_what_is_stored(make: Maker) {
     let (_d, s) = make();
     if refuses_writes_if_read_only(&*s) {
         return;
@@ -354,7 +368,7 @@ pub(crate) fn update_sees_what_is_stored(make: Maker) {
 
 /// Read-modify-write from several threads on one bundle: no update is lost (a lock or a
 /// compare-and-swap keeps each update whole).
-pub(crate) fn concurrent_updates_lose_nothing(make: Maker) {
+pub fn concurrent_updates_lose_nothing(make: Maker) {
     let (_d, s) = make();
     if refuses_writes_if_read_only(&*s) {
         return;
@@ -394,7 +408,30 @@ pub(crate) fn concurrent_updates_lose_nothing(make: Maker) {
     assert_eq!(n, threads * rounds);
 }
 
+/// Every contract test by name, for suites run outside this crate's unit tests (the Ceph test
+/// group runs them over the object layouts against a real store: `tests/it/objstore.rs`).
+pub const TESTS: &[(&str, fn(Maker))] = &[
+    ("put_get_list", put_get_list),
+    ("last_write_wins", last_write_wins),
+    ("delete", delete),
+    (
+        "refuses_empty_and_oversized_tiles",
+        refuses_empty_and_oversized_tiles,
+    ),
+    ("tile_times", tile_times),
+    (
+        "untouched_tiles_keep_their_times",
+        untouched_tiles_keep_their_times,
+    ),
+    ("update_sees_what_is_stored", update_sees_what_is_stored),
+    (
+        "concurrent_updates_lose_nothing",
+        concurrent_updates_lose_nothing,
+    ),
+];
+
 /// Runs every contract test against one storage maker, as a module of tests named after it.
+#[cfg(test)]
 macro_rules! contract_suite {
     ($name:ident, $make:path) => {
         mod $name {
@@ -434,9 +471,15 @@ macro_rules! contract_suite {
     };
 }
 
+#[cfg(test)]
 contract_suite!(exploded_store, super::exploded);
+#[cfg(test)]
 contract_suite!(compact_v1_store, super::compact_v1);
+#[cfg(test)]
 contract_suite!(compact_v2_store, super::compact_v2);
+#[cfg(test)]
 contract_suite!(object_v2_layout, super::object_v2);
+#[cfg(test)]
 contract_suite!(object_exploded_layout, super::object_exploded);
+#[cfg(test)]
 contract_suite!(object_v1_layout, super::object_v1);

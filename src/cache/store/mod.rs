@@ -19,8 +19,8 @@
 //! a store with compare-and-swap runs it again on the bundle it finds after a lost race.
 
 pub mod compact;
-#[cfg(test)]
-mod contract;
+#[doc(hidden)]
+pub mod contract;
 pub mod exploded;
 pub mod object;
 
