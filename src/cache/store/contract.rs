@@ -408,9 +408,12 @@ pub fn concurrent_updates_lose_nothing(make: Maker) {
     assert_eq!(n, threads * rounds);
 }
 
+/// One contract test: run against the storages `Maker` makes.
+pub type Test = fn(Maker);
+
 /// Every contract test by name, for suites run outside this crate's unit tests (the Ceph test
 /// group runs them over the object layouts against a real store: `tests/it/objstore.rs`).
-pub const TESTS: &[(&str, fn(Maker))] = &[
+pub const TESTS: &[(&str, Test)] = &[
     ("put_get_list", put_get_list),
     ("last_write_wins", last_write_wins),
     ("delete", delete),
