@@ -192,6 +192,9 @@ impl Cache {
         if let Some(u) = url::ObjectUrl::from_path(path.as_ref())? {
             return Cache::open_url(&u, opts, None);
         }
+        if url::is_mbtiles(path.as_ref()) {
+            return Cache::open_mbtiles(path.as_ref(), opts);
+        }
         let mut root = path.as_ref().to_path_buf();
         let names_conf = |p: &Path| {
             p.file_name()
@@ -351,6 +354,110 @@ impl Cache {
         })
     }
 
+    /// Opens an MBTiles file: its tiles through [`store::mbtiles::MbtilesStore`], its tiling
+    /// scheme Web Mercator with the zoom levels 0 to `maxzoom` (metadata, else the deepest level
+    /// held) and the `format` of the metadata (else the first tile's kind), its extent from
+    /// `bounds`. The cache shows a conf.xml made from that scheme. Errors, naming the file: no
+    /// such file, not SQLite, no `tiles` table, a `format` bundlefs does not read.
+    pub fn open_mbtiles(path: &Path, opts: CacheOptions) -> Result<Cache> {
+        if !path.is_file() {
+            return Err(Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such MBTiles file"),
+            ));
+        }
+        let meta = store::mbtiles::read_metadata(path)?;
+        let store = store::mbtiles::MbtilesStore::open(path, opts.durable)?;
+        let levels = store.levels()?;
+        let format = match meta.get("format") {
+            Some(f) => crate::format::mbtiles::tile_format(f)
+                .map_err(|e| Error::invalid(format!("{}: metadata {e}", path.display())))?,
+            None => {
+                let first = levels
+                    .first()
+                    .and_then(|&l| store.bundles(l).ok()?.first().copied())
+                    .and_then(|id| store.read_group(&TileGroup::bundle(id)).ok())
+                    .and_then(|v| v.into_iter().next())
+                    .and_then(|(_, b)| sniff(&b));
+                match first {
+                    Some(ImageKind::Jpeg) => conf::TileFormat::Jpeg,
+                    _ => conf::TileFormat::Png,
+                }
+            }
+        };
+        let maxzoom = meta
+            .get("maxzoom")
+            .and_then(|v| v.trim().parse::<u8>().ok())
+            .into_iter()
+            .chain(levels.last().copied())
+            .max()
+            .unwrap_or(0);
+        let scheme = TileScheme::web_mercator(maxzoom, format);
+        let conf = TileScheme::parse_conf_xml(&scheme.to_conf_xml()).in_file(path)?;
+        let cdi = meta
+            .get("bounds")
+            .and_then(|b| crate::format::mbtiles::parse_bounds(b))
+            .map(|e| conf::write_cdi(&e, &scheme));
+        let place = Place {
+            root: path.to_path_buf(),
+            tiles_dir: path.to_path_buf(),
+        };
+        Ok(Cache {
+            location: url::Location::File(path.to_path_buf()),
+            place,
+            layout: Layout::ArcGis,
+            // One record per tile, as exploded storage has one file per tile.
+            storage: StorageFormat::Exploded,
+            conf: Some(conf),
+            cdi,
+            opts,
+            store: Box::new(store),
+            ready_to_serve: None,
+        })
+    }
+
+    /// Creates an empty MBTiles file at `path` for tiles of `scheme` (Web Mercator zoom levels,
+    /// [`crate::format::mbtiles::refusal`]) covering `extent`, named `name`, and opens it.
+    /// Errors: a scheme MBTiles cannot hold or a tile format it cannot name (both by name), a
+    /// path that exists, SQLite errors; each naming the file.
+    pub fn create_mbtiles(
+        path: &Path,
+        scheme: &TileScheme,
+        extent: &Envelope,
+        name: &str,
+        opts: CacheOptions,
+    ) -> Result<Cache> {
+        if let Some(why) = crate::format::mbtiles::refusal(scheme) {
+            return Err(Error::invalid(format!(
+                "{}: {why}; nothing written (GeoPackage can hold other tiling schemes, but \
+                 bundlefs does not write it yet)",
+                path.display()
+            )));
+        }
+        let format = crate::format::mbtiles::format_name(&scheme.tile_format)
+            .map_err(|e| Error::invalid(format!("{}: {e}; nothing written", path.display())))?;
+        let (minzoom, maxzoom) = (
+            scheme.lods.iter().map(|l| l.level).min().unwrap_or(0),
+            scheme.lods.iter().map(|l| l.level).max().unwrap_or(0),
+        );
+        let (cx, cy) = crate::format::mbtiles::to_lon_lat(
+            (extent.xmin + extent.xmax) / 2.0,
+            (extent.ymin + extent.ymax) / 2.0,
+        );
+        let meta = [
+            ("name", name.to_string()),
+            ("format", format.to_string()),
+            ("bounds", crate::format::mbtiles::bounds(extent)),
+            ("center", format!("{cx:.6},{cy:.6},{minzoom}")),
+            ("minzoom", minzoom.to_string()),
+            ("maxzoom", maxzoom.to_string()),
+            ("type", "baselayer".to_string()),
+            ("description", format!("{name}, written by bundlefs")),
+        ];
+        store::mbtiles::create(path, &meta)?;
+        Cache::open_mbtiles(path, opts)
+    }
+
     /// Creates an empty ArcGIS-layout cache (conf.xml, conf.cdi, `_alllayers/`).
     pub fn create(
         root: impl AsRef<Path>,
@@ -430,6 +537,9 @@ impl Cache {
             r.write_content(scheme, range, env, self.opts.durable)?;
         } else if let url::Location::Store(u) = &self.location {
             store::object::put_file(u, CONF_CDI, &bytes)?;
+        } else if let url::Location::File(f) = &self.location {
+            // MBTiles keeps its extent as `bounds` (degrees) in its metadata.
+            store::mbtiles::set_metadata(f, &[("bounds", crate::format::mbtiles::bounds(env))])?;
         } else {
             // Over the file as spelled on disk (`CONF.CDI`), never a second spelling beside it.
             let root = &self.place.root;
@@ -472,7 +582,9 @@ impl Cache {
     pub fn level_exists(&self, level: u8) -> bool {
         match &self.location {
             url::Location::Folder(_) => self.place.level_dir(level).is_dir(),
-            url::Location::Store(_) => self.levels().is_ok_and(|v| v.contains(&level)),
+            url::Location::Store(_) | url::Location::File(_) => {
+                self.levels().is_ok_and(|v| v.contains(&level))
+            }
         }
     }
 
@@ -480,6 +592,10 @@ impl Cache {
     /// levels; None in a store (no folders) or when there is no such folder.
     pub fn folder_mtime(&self, level: Option<u8>) -> Option<SystemTime> {
         let url::Location::Folder(_) = &self.location else {
+            // One file: its time stands for its levels.
+            if let url::Location::File(f) = &self.location {
+                return fs::metadata(f).and_then(|m| m.modified()).ok();
+            }
             return None;
         };
         let dir = match level {
@@ -493,6 +609,9 @@ impl Cache {
     /// cache folder itself (`""`); None in a store or when it is missing.
     pub fn file_mtime(&self, name: &str) -> Option<SystemTime> {
         let url::Location::Folder(root) = &self.location else {
+            if let (url::Location::File(f), "") = (&self.location, name) {
+                return fs::metadata(f).and_then(|m| m.modified()).ok();
+            }
             return None;
         };
         let p = match name {
@@ -510,7 +629,7 @@ impl Cache {
                 let dir = self.place.level_dir(level);
                 fs::create_dir_all(&dir).at(&dir)
             }
-            url::Location::Store(_) => Ok(()),
+            url::Location::Store(_) | url::Location::File(_) => Ok(()),
         }
     }
 
@@ -519,6 +638,7 @@ impl Cache {
     pub fn sync_all(&self) -> Result<()> {
         match &self.location {
             url::Location::Folder(root) => files::syncfs(root),
+            url::Location::File(f) => files::syncfs(f.parent().unwrap_or(Path::new("."))),
             url::Location::Store(_) => Ok(()),
         }
     }
@@ -526,6 +646,15 @@ impl Cache {
     /// Which implementation keeps the tiles ([`StorageKind`]).
     pub fn kind(&self) -> StorageKind {
         self.store.kind()
+    }
+
+    /// The storage as messages name it: Esri's StorageFormat name (`compact-v2`, …) where the
+    /// kind is one, else the kind's name (`mbtiles`).
+    pub fn storage_name(&self) -> String {
+        match self.kind().esri_format() {
+            Some(_) => self.storage.to_string(),
+            None => self.kind().name().to_string(),
+        }
     }
 
     /// Why `bundlefs compact` cannot rewrite this cache's bundles, if it cannot: exploded caches
@@ -543,6 +672,10 @@ impl Cache {
             StorageKind::Exploded | StorageKind::StoreExploded => {
                 Some("an exploded cache has no bundles to compact".to_string())
             }
+            StorageKind::Mbtiles => Some(
+                "an MBTiles file has no bundles to compact (SQLite's VACUUM reclaims its free pages)"
+                    .to_string(),
+            ),
         }
     }
 
@@ -554,6 +687,7 @@ impl Cache {
             StorageKind::StoreCompactV2 => Reclaim::Rewritten,
             StorageKind::CompactV2 => Reclaim::DeadSpace,
             StorageKind::CompactV1 | StorageKind::StoreCompactV1 => Reclaim::DeadSpaceV1,
+            StorageKind::Mbtiles => Reclaim::Records,
         }
     }
 
@@ -798,6 +932,7 @@ impl url::Location {
     pub fn holds_cache(&self) -> Result<bool> {
         match self {
             url::Location::Store(u) => store::object::holds_cache(u),
+            url::Location::File(f) => Ok(f.is_file()),
             // Not a folder (missing, or a file): nothing to hold a cache.
             url::Location::Folder(dir) if !dir.is_dir() => Ok(false),
             url::Location::Folder(dir) => Ok(find_entry(dir, CONF_XML)?.is_some()
@@ -824,6 +959,9 @@ pub enum Reclaim {
     DeadSpaceV1,
     /// Bundles rewritten without the tiles (a store has no in-place writes): no dead space.
     Rewritten,
+    /// Rows of an SQLite file deleted: their pages are free for the file's next tiles (`VACUUM`
+    /// gives them back to the disk).
+    Records,
 }
 
 /// The image kind to assume for tiles whose bytes don't tell: the scheme's format, else PNG.

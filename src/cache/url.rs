@@ -149,6 +149,15 @@ pub enum Location {
     Folder(PathBuf),
     /// `s3://BUCKET/PREFIX` or `az://CONTAINER/PREFIX`.
     Store(ObjectUrl),
+    /// A local file holding every tile: an MBTiles file (`*.mbtiles`).
+    File(PathBuf),
+}
+
+/// Whether `p` names an MBTiles file (`.mbtiles`, any case).
+pub fn is_mbtiles(p: &Path) -> bool {
+    p.extension()
+        .and_then(|x| x.to_str())
+        .is_some_and(|x| x.eq_ignore_ascii_case("mbtiles"))
 }
 
 impl Location {
@@ -157,6 +166,7 @@ impl Location {
     pub fn parse(p: &Path) -> Result<Location> {
         Ok(match ObjectUrl::from_path(p)? {
             Some(u) => Location::Store(u),
+            None if is_mbtiles(p) => Location::File(p.to_path_buf()),
             None => Location::Folder(p.to_path_buf()),
         })
     }
@@ -166,10 +176,15 @@ impl Location {
         matches!(self, Location::Store(_))
     }
 
+    /// Whether the cache is a folder of folders and files (not a store, not one file).
+    pub fn is_folder(&self) -> bool {
+        matches!(self, Location::Folder(_))
+    }
+
     /// The location as a path, for messages and for the path-keyed APIs (`s3://b/p` as written).
     pub fn path(&self) -> PathBuf {
         match self {
-            Location::Folder(p) => p.clone(),
+            Location::Folder(p) | Location::File(p) => p.clone(),
             Location::Store(u) => PathBuf::from(u.to_string()),
         }
     }
@@ -178,7 +193,7 @@ impl Location {
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Location::Folder(p) => write!(f, "{}", p.display()),
+            Location::Folder(p) | Location::File(p) => write!(f, "{}", p.display()),
             Location::Store(u) => write!(f, "{u}"),
         }
     }

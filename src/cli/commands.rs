@@ -177,6 +177,7 @@ pub fn export(a: &ExportArgs) -> anyhow::Result<ExitCode> {
         }
         ExportTo::Tpk => update_package_as(c, d, Some(PackageKind::Tpk), &opts, &bar, false)?,
         ExportTo::ReadyToServe => export_ready_to_serve(c, d, &opts, &bar)?,
+        ExportTo::Mbtiles => crate::jobs::export::export_mbtiles(c, d, &opts, &bar)?,
     };
     bar.0.finish_and_clear();
     crate::jobs::selection::check_matched(source.cache(), &opts, &s)?;
@@ -185,6 +186,7 @@ pub fn export(a: &ExportArgs) -> anyhow::Result<ExitCode> {
         ExportTo::Target(Target::Tpkx) => "tpkx".to_string(),
         ExportTo::Tpk => "tpk".to_string(),
         ExportTo::ReadyToServe => "ready-to-serve".to_string(),
+        ExportTo::Mbtiles => "mbtiles".to_string(),
     };
     // The whole command's time: opening a package and writing one (zip) are part of the run.
     s.seconds = started.elapsed().as_secs_f64();
@@ -196,6 +198,9 @@ pub fn export(a: &ExportArgs) -> anyhow::Result<ExitCode> {
 /// store), for `export` without `--storage`: tiles go into it as they are stored there. None for
 /// anything else (no cache yet, a package, a ready-to-serve folder).
 fn existing_storage(dest: &Path) -> Option<StorageArg> {
+    if crate::cache::url::is_mbtiles(dest) {
+        return Some(StorageArg::Mbtiles);
+    }
     if !crate::jobs::engine::holds_cache(dest).ok()? {
         return None;
     }
@@ -224,7 +229,7 @@ pub fn import(a: &ImportArgs) -> anyhow::Result<ExitCode> {
         None,
     )?;
     // A cache folder is import's, a package file (rewritten whole) is package's.
-    let mut s = if a.dest.is_file() {
+    let mut s = if a.dest.is_file() && !crate::cache::url::is_mbtiles(&a.dest) {
         update_package(source.cache(), &a.dest, &opts, &bar, true)?
     } else {
         import_job(source.cache(), &a.dest, &opts, &bar)?
@@ -295,6 +300,11 @@ pub fn delete(a: &DeleteArgs) -> anyhow::Result<ExitCode> {
             "; their {} bytes are gone (each bundle was rewritten without them: no dead space)",
             s.bytes
         ),
+        Reclaim::Records => format!(
+            "; their {} bytes are free pages of the file for its next tiles (`sqlite3 FILE \
+             VACUUM` gives them back to the disk)",
+            s.bytes
+        ),
     };
     outln!(
         "{}: deleted {} from {} in {} {} ({}){after}",
@@ -307,7 +317,7 @@ pub fn delete(a: &DeleteArgs) -> anyhow::Result<ExitCode> {
             "levels"
         },
         levels_text(&s.levels),
-        c.storage()
+        c.storage_name()
     );
     if s.tiles == 0 {
         eprintln!(
@@ -706,7 +716,7 @@ fn print_summary(
         s.bytes_written,
         count(s.bundles, "bundle"),
         src.display(),
-        c.storage(),
+        c.storage_name(),
         dest.display(),
         s.seconds,
         s.tiles_read as f64 / s.seconds.max(1e-9)
@@ -886,7 +896,7 @@ fn info_of(path: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
                 Some(_) => "ReadyToServe".to_string(),
                 None => format!("{:?}", c.layout()),
             },
-            "storage": c.storage().to_string(),
+            "storage": c.storage_name(),
             "scheme": scheme.map(|s| json!({
                 "wkid": s.wkid, "latestWkid": s.latest_wkid,
                 "origin": [s.origin_x, s.origin_y],

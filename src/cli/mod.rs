@@ -58,6 +58,10 @@ pub enum StorageArg {
     /// A ready-to-serve folder: root.json, iteminfo.json, Compact V2 bundles under tile/.
     #[value(name = "ready-to-serve", alias = "READY_TO_SERVE_FORMAT")]
     ReadyToServe,
+    /// An MBTiles file (SQLite; Web Mercator zoom levels only): also chosen by a DEST ending in
+    /// `.mbtiles`.
+    #[value(name = "mbtiles", alias = "MBTILES")]
+    Mbtiles,
 }
 
 /// What `export` writes: a job target, or one of the package kinds only the command line names.
@@ -69,6 +73,8 @@ pub enum ExportTo {
     Tpk,
     /// A ready-to-serve folder ([`crate::jobs::package::export_ready_to_serve`]).
     ReadyToServe,
+    /// An MBTiles file ([`crate::jobs::export::export_mbtiles`]).
+    Mbtiles,
 }
 
 impl ExportTo {
@@ -82,13 +88,30 @@ impl ExportTo {
         use crate::jobs::package::PackageKind;
         let named = PackageKind::of_name(dest);
         let kind_text = |k: PackageKind| k.extension();
+        let mbtiles_name = crate::cache::url::is_mbtiles(dest);
+        match (storage, mbtiles_name) {
+            (None | Some(StorageArg::Mbtiles), true) => return Ok(ExportTo::Mbtiles),
+            (Some(StorageArg::Mbtiles), false) => anyhow::bail!(
+                "{}: --storage mbtiles writes an MBTiles file: name it NAME.mbtiles",
+                dest.display()
+            ),
+            (Some(other), true) => anyhow::bail!(
+                "{}: the name says MBTiles but --storage {} writes something else; rename DEST \
+                 or use --storage mbtiles",
+                dest.display(),
+                other
+                    .to_possible_value()
+                    .map_or_else(String::new, |v| v.get_name().to_string())
+            ),
+            _ => {}
+        }
         Ok(match (storage, named) {
             (None, Some(PackageKind::Tpkx)) => ExportTo::Target(Target::Tpkx),
             (None, Some(PackageKind::Tpk)) => ExportTo::Tpk,
             (None, None) => anyhow::bail!(
                 "{}: say which storage to write (--storage exploded, compact-v1, compact-v2, \
-                 ready-to-serve, tpkx or tpk); only a .tpkx or .tpk name, or a cache already \
-                 there, says it alone",
+                 ready-to-serve, tpkx, tpk or mbtiles); only a .tpkx, .tpk or .mbtiles name, or \
+                 a cache already there, says it alone",
                 dest.display()
             ),
             (Some(StorageArg::TilePackage), Some(PackageKind::Tpkx)) => {
@@ -133,6 +156,7 @@ impl ExportTo {
                 ExportTo::Target(Target::Storage(StorageFormat::CompactV2))
             }
             (Some(StorageArg::ReadyToServe), None) => ExportTo::ReadyToServe,
+            (Some(StorageArg::Mbtiles), _) => ExportTo::Mbtiles,
         })
     }
 }

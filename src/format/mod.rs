@@ -6,6 +6,7 @@ pub mod conf;
 pub mod exploded;
 pub mod extent;
 pub mod levels;
+pub mod mbtiles;
 pub mod pixels;
 pub mod scheme;
 pub mod sniff;

@@ -113,6 +113,63 @@ pub fn export_job(
     run(src, &d, true, opts, progress)
 }
 
+/// Exports the selected tiles of `src` into the MBTiles file `dest` ([`Cache::create_mbtiles`]),
+/// or, when `dest` is an MBTiles file already, into it (merged or overwriting, `opts.mode`, after
+/// the schemes are checked). Bytes are copied as stored. Afterwards `minzoom`/`maxzoom` say the
+/// levels the file holds. Errors: `src` without a tiling scheme, a scheme MBTiles cannot hold
+/// (not Web Mercator zoom levels; by name), a tile format it cannot name, SQLite errors.
+pub fn export_mbtiles(
+    src: &Cache,
+    dest: &Path,
+    opts: &JobOptions,
+    progress: &dyn Progress,
+) -> Result<JobSummary> {
+    check_selection(src, opts)?;
+    let summary = if dest.is_file() {
+        let mut d = Cache::open_with(dest, dest_options(StorageFormat::Exploded, opts.sync))?;
+        into_cache(src, &mut d, opts, progress)?
+    } else {
+        let Some(scheme) = src.scheme() else {
+            return Err(Error::invalid(format!(
+                "{}: has no conf.xml, so its tiling scheme is unknown; MBTiles needs Web Mercator \
+                 zoom levels (nothing written)",
+                src.root().display()
+            )));
+        };
+        let extent = extent_after(src, None, opts)
+            .unwrap_or_else(|| crate::format::extent::scheme_extent(scheme));
+        let name = src
+            .root()
+            .file_stem()
+            .map_or("tiles".to_string(), |n| n.to_string_lossy().into_owned());
+        let d = Cache::create_mbtiles(
+            dest,
+            scheme,
+            &extent,
+            &name,
+            dest_options(StorageFormat::Exploded, opts.sync),
+        )?;
+        match run(src, &d, true, opts, progress) {
+            Ok(s) => s,
+            Err(e) => {
+                // A new file left half written would look like a whole one.
+                drop(d);
+                let _ = std::fs::remove_file(dest);
+                return Err(e);
+            }
+        }
+    };
+    let d = Cache::open(dest)?;
+    let levels = d.levels()?;
+    if let (Some(min), Some(max)) = (levels.first(), levels.last()) {
+        crate::cache::store::mbtiles::set_metadata(
+            dest,
+            &[("minzoom", min.to_string()), ("maxzoom", max.to_string())],
+        )?;
+    }
+    Ok(summary)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

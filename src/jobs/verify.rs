@@ -109,7 +109,9 @@ fn signature_check(head: &[u8]) -> Decoded {
 pub fn verify(cache: &Cache, decode: bool) -> Result<Report> {
     let mut report = Report::default();
     let fallback = cache.default_kind();
-    if cache.location().is_store() {
+    if let crate::cache::url::Location::File(_) = cache.location() {
+        // One database file: no folder entries beside its tiles.
+    } else if !cache.location().is_folder() {
         // Keys a listing by prefix never shows are not "skipped entries" as a folder's are.
         report.not_checked.push(
             "entries the cache does not read (stray files and folders): checked in local \
@@ -170,6 +172,25 @@ impl Checked {
 
 fn check_group(cache: &Cache, g: &TileGroup, decode: bool, fallback: ImageKind) -> Checked {
     let mut c = Checked::default();
+    if cache.store().records_in_one_file() {
+        // No index or files of its own: each tile is read and checked.
+        let path = cache.root().to_path_buf();
+        match cache.read_group(g) {
+            Err(e) => c.problems.push(problem_from(&e, &path, None)),
+            Ok(tiles) => {
+                for (t, b) in tiles {
+                    c.tiles += 1;
+                    let at = cache.tile_file(t);
+                    if decode {
+                        c.decoded(decode_check(&b, fallback), &at, t);
+                    } else {
+                        c.decoded(signature_check(&b), &at, t);
+                    }
+                }
+            }
+        }
+        return c;
+    }
     if cache.storage() == StorageFormat::Exploded {
         for (t, p) in &g.files {
             c.tiles += 1;

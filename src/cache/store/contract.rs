@@ -85,6 +85,15 @@ fn object_conn(mem: &Arc<object_store::memory::InMemory>) -> Arc<Connection> {
     )
 }
 
+/// An MBTiles file in a temporary folder.
+pub fn mbtiles() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("contract.mbtiles");
+    super::mbtiles::create(&f, &[("name", "contract".into()), ("format", "png".into())]).unwrap();
+    let s = super::mbtiles::MbtilesStore::open(&f, false).unwrap();
+    (Box::new(d), Box::new(s))
+}
+
 /// The Compact V2 object layout over a fresh in-memory store.
 pub fn object_v2() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
     let mem = Arc::new(object_store::memory::InMemory::new());
@@ -145,9 +154,11 @@ pub fn put_get_list(make: Maker) {
     if refuses_writes_if_read_only(&*s) {
         return;
     }
-    let a = TileAddr::new(3, 5, 6);
-    let b = TileAddr::new(3, 5, 130); // another bundle of the same row
-    let c = TileAddr::new(3, 7, 6);
+    // Level 8: its 256 columns hold two bundles in a row, inside the Web Mercator world (the
+    // only one an MBTiles file has).
+    let a = TileAddr::new(8, 5, 6);
+    let b = TileAddr::new(8, 5, 130); // another bundle of the same row
+    let c = TileAddr::new(8, 7, 6);
     assert_eq!(get(&*s, a), None);
     for t in [a, b, c] {
         s.write_group(t.bundle(), &[(t.slot(), &bytes(&t.to_string()), None)])
@@ -156,13 +167,13 @@ pub fn put_get_list(make: Maker) {
     for t in [a, b, c] {
         assert_eq!(get(&*s, t), Some(bytes(&t.to_string())), "{t}");
     }
-    assert_eq!(s.levels().unwrap(), vec![3]);
-    assert_eq!(s.rows(3).unwrap(), BTreeSet::from([5, 7]));
-    let cols: Vec<u32> = s.cols(3, 5).unwrap().into_iter().map(|(c, _)| c).collect();
+    assert_eq!(s.levels().unwrap(), vec![8]);
+    assert_eq!(s.rows(8).unwrap(), BTreeSet::from([5, 7]));
+    let cols: Vec<u32> = s.cols(8, 5).unwrap().into_iter().map(|(c, _)| c).collect();
     assert_eq!(cols, vec![6, 130]);
-    let size = s.cols(3, 5).unwrap()[0].1;
+    let size = s.cols(8, 5).unwrap()[0].1;
     assert_eq!(size, bytes(&a.to_string()).len() as u64);
-    let groups = s.groups(3).unwrap();
+    let groups = s.groups(8).unwrap();
     assert_eq!(groups.len(), 2, "{groups:?}");
     let mut all = Vec::new();
     for g in &groups {
@@ -180,7 +191,7 @@ pub fn put_get_list(make: Maker) {
         .collect();
     want.sort();
     assert_eq!(all, want);
-    let st = s.level_stats(3).unwrap();
+    let st = s.level_stats(8).unwrap();
     assert_eq!((st.bundles, st.tiles), (2, 3));
     assert_eq!(
         st.tile_bytes,
@@ -486,3 +497,5 @@ contract_suite!(object_v2_layout, super::object_v2);
 contract_suite!(object_exploded_layout, super::object_exploded);
 #[cfg(test)]
 contract_suite!(object_v1_layout, super::object_v1);
+#[cfg(test)]
+contract_suite!(mbtiles_file, super::mbtiles);

@@ -22,6 +22,7 @@ pub mod compact;
 #[doc(hidden)]
 pub mod contract;
 pub mod exploded;
+pub mod mbtiles;
 pub mod object;
 
 use std::collections::BTreeSet;
@@ -135,6 +136,8 @@ pub enum StorageKind {
     StoreCompactV1,
     /// One object per tile in a store.
     StoreExploded,
+    /// An MBTiles file (SQLite; Web Mercator zoom levels, TMS rows).
+    Mbtiles,
 }
 
 impl StorageKind {
@@ -147,6 +150,7 @@ impl StorageKind {
             StorageKind::StoreCompactV2 => "compact-v2 in an object store",
             StorageKind::StoreCompactV1 => "compact-v1 in an object store (read only)",
             StorageKind::StoreExploded => "exploded in an object store",
+            StorageKind::Mbtiles => "mbtiles",
         }
     }
 
@@ -157,6 +161,7 @@ impl StorageKind {
             StorageKind::CompactV1 | StorageKind::StoreCompactV1 => StorageFormat::CompactV1,
             StorageKind::CompactV2 | StorageKind::StoreCompactV2 => StorageFormat::CompactV2,
             StorageKind::Exploded | StorageKind::StoreExploded => StorageFormat::Exploded,
+            StorageKind::Mbtiles => return None,
         })
     }
 }
@@ -276,6 +281,12 @@ pub trait Storage: Send + Sync {
     /// an object store, where reading a tile costs a request; false (the default) for local
     /// storages, where a tile read is a memory map and the bytes also tell the image kind.
     fn stats_without_reading(&self) -> bool {
+        false
+    }
+
+    /// Whether tiles are records of one database file (MBTiles): no bundle index and no tile
+    /// files to check, so `verify` reads each group's tiles instead.
+    fn records_in_one_file(&self) -> bool {
         false
     }
 
