@@ -355,8 +355,8 @@ impl Cache {
     }
 
     /// Opens an MBTiles file: its tiles through [`store::mbtiles::MbtilesStore`], its tiling
-    /// scheme Web Mercator with the zoom levels 0 to `maxzoom` (metadata, else the deepest level
-    /// held) and the `format` of the metadata (else the first tile's kind), its extent from
+    /// scheme Web Mercator with the zoom levels 0 to 23 (ArcGIS Online's), or to `maxzoom`
+    /// (metadata, else the deepest level held) when deeper, and the `format` of the metadata (else the first tile's kind), its extent from
     /// `bounds`. The cache shows a conf.xml made from that scheme. Errors, naming the file: no
     /// such file, not SQLite, no `tiles` table, a `format` bundlefs does not read.
     pub fn open_mbtiles(path: &Path, opts: CacheOptions) -> Result<Cache> {
@@ -392,7 +392,9 @@ impl Cache {
             .chain(levels.last().copied())
             .max()
             .unwrap_or(0);
-        let scheme = TileScheme::web_mercator(maxzoom, format);
+        // Every zoom an MBTiles file may take, as ArcGIS Online's scheme has them (0-23), or
+        // deeper when the file holds deeper levels: an import may add any of them.
+        let scheme = TileScheme::web_mercator(maxzoom.max(23), format);
         let conf = TileScheme::parse_conf_xml(&scheme.to_conf_xml()).in_file(path)?;
         let cdi = meta
             .get("bounds")

@@ -19,6 +19,7 @@ mod mount;
 mod objstore;
 mod objstore_azure;
 mod objstore_layouts;
+mod open_formats;
 mod packages;
 mod realworld_crs;
 mod realworld_text;
