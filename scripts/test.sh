@@ -14,7 +14,8 @@ cd "$(dirname "$0")/.."
 say() { printf '\n==> %s\n' "$*"; }
 
 # tool:package pairs; a package is installed when its tool is missing.
-needs=(fusermount3:fuse3 mapproxy-util:mapproxy gdalinfo:gdal-bin rsync:rsync file:file man:man-db)
+needs=(fusermount3:fuse3 mapproxy-util:mapproxy gdalinfo:gdal-bin rsync:rsync file:file man:man-db
+    sqlite3:sqlite3)
 missing=()
 for pair in "${needs[@]}"; do
     tool=${pair%%:*} pkg=${pair#*:}
@@ -41,7 +42,7 @@ if ((${#missing[@]})); then
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         "${missing[@]}"
 else
-    say "test dependencies present (fuse3, mapproxy, gdal-bin, rsync, file, man-db, python3-yaml, cgi-mapserver)"
+    say "test dependencies present (fuse3, mapproxy, gdal-bin, rsync, file, man-db, sqlite3, python3-yaml, cgi-mapserver)"
 fi
 
 # GDAL >= 3.8 reads .tpkx and ready-to-serve root.json; Debian's gdal-bin is 3.6, so the
