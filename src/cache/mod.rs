@@ -640,7 +640,11 @@ impl Cache {
     pub fn sync_all(&self) -> Result<()> {
         match &self.location {
             url::Location::Folder(root) => files::syncfs(root),
-            url::Location::File(f) => files::syncfs(f.parent().unwrap_or(Path::new("."))),
+            url::Location::File(f) => files::syncfs(match f.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                // A bare name (`out.mbtiles`): the file is in the working folder.
+                _ => Path::new("."),
+            }),
             url::Location::Store(_) => Ok(()),
         }
     }

@@ -416,7 +416,8 @@ pub struct MountArgs {
     /// Seconds between checks for bundles changed by other writers.
     #[arg(long, default_value = "1", value_name = "SECONDS")]
     pub recheck: Seconds,
-    /// With --daemon: append the daemon's log (RUST_LOG levels, no colour codes) to this file.
+    /// Append the log (RUST_LOG levels, no colour codes) to this file, reopened on SIGHUP. Without
+    /// it a --daemon logs to syslog (/dev/log), a foreground mount to standard error.
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
     /// Writable mounts (-o rw): memory for tiles waiting to be flushed into bundles, e.g. 256M,

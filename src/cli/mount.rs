@@ -91,6 +91,10 @@ pub fn parse_options(opts: &[String]) -> anyhow::Result<ParsedOptions> {
             // mount(8) adds `dev,suid` (and `exec`) to what it passes a helper; a tile tree has
             // no device or set-user-ID files, so bundlefs mounts stay nodev,nosuid.
             "dev" | "suid" => {}
+            // Access times: the tree keeps none (a read changes no time), so these words, common
+            // in fstab lines, mean nothing here.
+            "relatime" | "norelatime" | "strictatime" | "nostrictatime" | "diratime"
+            | "nodiratime" | "lazytime" | "nolazytime" => {}
             w if w.starts_with("endpoint=") => {
                 let v = &w["endpoint=".len()..];
                 if !(v.starts_with("http://") || v.starts_with("https://")) {
@@ -257,6 +261,14 @@ fn serve(args: &MountArgs, parsed: &ParsedOptions, child: bool) -> anyhow::Resul
             ..Default::default()
         },
     )?;
+    if !parsed.read_only && cache.store().read_only() {
+        // Writes would be accepted into the buffer, then refused at every flush.
+        bail!(
+            "{}: -o rw: this cache can only be read here ({}); mount it read-only",
+            args.cache.display(),
+            cache.kind()
+        );
+    }
     let canonical_mnt = check_mountpoint(&args.mountpoint, cache.root(), parsed)?;
     let tree = Arc::new(build_tree(args, parsed, Arc::new(cache))?);
     let fs = fuse_adapter(args, parsed, &tree)?;
@@ -325,7 +337,12 @@ fn serve(args: &MountArgs, parsed: &ParsedOptions, child: bool) -> anyhow::Resul
     }
     let res = session.run();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    finish(args, &tree, &mut record, res)?;
+    let end = finish(args, &tree, &mut record, res);
+    // Nobody is left to answer on it.
+    if let Some(s) = &record.socket {
+        let _ = std::fs::remove_file(s);
+    }
+    end?;
     tracing::info!("unmounted {}", args.mountpoint.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -109,8 +109,19 @@ fn signature_check(head: &[u8]) -> Decoded {
 pub fn verify(cache: &Cache, decode: bool) -> Result<Report> {
     let mut report = Report::default();
     let fallback = cache.default_kind();
-    if let crate::cache::url::Location::File(_) = cache.location() {
-        // One database file: no folder entries beside its tiles.
+    if let crate::cache::url::Location::File(f) = cache.location() {
+        // One database file: no folder entries beside its tiles, but maybe records that are no
+        // tiles.
+        report.warnings.extend(
+            cache
+                .store()
+                .stray_records()
+                .into_iter()
+                .map(|what| Problem {
+                    path: f.clone(),
+                    what,
+                }),
+        );
     } else if !cache.location().is_folder() {
         // Keys a listing by prefix never shows are not "skipped entries" as a folder's are.
         report.not_checked.push(

@@ -334,3 +334,113 @@ fn what_mbtiles_cannot_hold_is_refused_by_name_and_bad_files_are_named() {
         .args(["--storage", "mbtiles"]));
     assert!(String::from_utf8_lossy(&o.stderr).contains("name it NAME.mbtiles"));
 }
+
+/// What a trial found, kept fixed: `delete` from an MBTiles file deletes; rows without data or
+/// outside their zoom's grid are warned about by `verify` and left out of copies, the good tiles
+/// of their bundle kept; an export to a bare file name in the working folder works; an `import`
+/// widens `minzoom`/`maxzoom`; an `-o rw` mount of a file whose tiles sit behind a view is refused
+/// at mount time.
+#[test]
+fn mbtiles_delete_odd_rows_bare_names_zooms_and_views() {
+    need("sqlite3");
+    let d = scratch_dir("mbtiles-trial");
+    let src = sample_cache(&d, "0-3");
+    // A bare name, relative to the working folder.
+    let o = run(Command::new(bin())
+        .current_dir(&d)
+        .args(["export", "sample", "out.mbtiles"]));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let f = d.join("out.mbtiles");
+    let count =
+        |f: &Path, z: u8| -> usize { sqlite_tiles(f).keys().filter(|(zz, _, _)| *zz == z).count() };
+    // delete
+    let del = d.join("del.mbtiles");
+    std::fs::copy(&f, &del).unwrap();
+    let out = run_ok(
+        Command::new(bin())
+            .arg("delete")
+            .arg(&del)
+            .args(["--levels", "3"]),
+    );
+    assert!(out.contains("deleted 64 tiles"), "{out}");
+    assert_eq!((count(&del, 3), count(&del, 2)), (0, 16));
+    // odd rows
+    let odd = d.join("odd.mbtiles");
+    std::fs::copy(&f, &odd).unwrap();
+    let (ok, _, e) = sh(&format!(
+        "sqlite3 {} \"UPDATE tiles SET tile_data = NULL WHERE zoom_level = 3 AND tile_column = 1 \
+         AND tile_row = 1; INSERT INTO tiles VALUES (1, 5, 0, X'89504E47')\"",
+        odd.display()
+    ));
+    assert!(ok, "{e}");
+    let v = run_ok(Command::new(bin()).args(["verify", "--decode"]).arg(&odd));
+    assert!(
+        v.contains("84 tiles checked and decoded; 0 problem(s), 2 warning(s)"),
+        "{v}"
+    );
+    assert!(
+        v.contains("without tile data") && v.contains("3/1/1"),
+        "{v}"
+    );
+    assert!(
+        v.contains("outside their zoom level") && v.contains("1/5/0"),
+        "{v}"
+    );
+    let back = d.join("odd-back");
+    export(&odd, &back, &["--storage", "compact-v2"]);
+    let mut want = all_tiles(&Cache::open(&src).unwrap());
+    want.remove(&TileAddr::new(3, 6, 1));
+    assert_eq!(all_tiles(&Cache::open(&back).unwrap()), want);
+    // import widens the zooms
+    let s5 = d.join("s5");
+    run_ok(
+        Command::new(bin())
+            .arg("sample")
+            .arg(&s5)
+            .args(["--levels", "0-4"]),
+    );
+    run_ok(
+        Command::new(bin())
+            .arg("import")
+            .arg(&s5)
+            .arg(&f)
+            .args(["--levels", "4"]),
+    );
+    let (ok, meta, _) = sh(&format!(
+        "sqlite3 {} \"SELECT value FROM metadata WHERE name = 'maxzoom'\"",
+        f.display()
+    ));
+    assert!(ok && meta.trim() == "4", "{meta}");
+    // a view over deduplicated tables: read, and refused for -o rw
+    let view = d.join("view.mbtiles");
+    let (ok, _, e) = sh(&format!(
+        "sqlite3 {v} \"CREATE TABLE metadata (name TEXT, value TEXT); \
+         INSERT INTO metadata VALUES ('format', 'png'); \
+         CREATE TABLE map (zoom_level INTEGER, tile_column INTEGER, tile_row INTEGER, tile_id TEXT); \
+         CREATE TABLE images (tile_id TEXT, tile_data BLOB); \
+         ATTACH '{f}' AS src; \
+         INSERT INTO images SELECT zoom_level || '/' || tile_column || '/' || tile_row, tile_data FROM src.tiles WHERE zoom_level <= 1; \
+         INSERT INTO map SELECT zoom_level, tile_column, tile_row, zoom_level || '/' || tile_column || '/' || tile_row FROM src.tiles WHERE zoom_level <= 1; \
+         CREATE VIEW tiles AS SELECT map.zoom_level, map.tile_column, map.tile_row, images.tile_data FROM map JOIN images ON images.tile_id = map.tile_id;\"",
+        v = view.display(),
+        f = f.display()
+    ));
+    assert!(ok, "{e}");
+    let v = run_ok(Command::new(bin()).args(["verify", "--decode"]).arg(&view));
+    assert!(
+        v.contains("5 tiles checked and decoded; 0 problem(s)"),
+        "{v}"
+    );
+    let mnt = d.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let o = run(Command::new(bin())
+        .args(["mount", "--daemon", "-o", "rw"])
+        .arg(&view)
+        .arg(&mnt));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("-o rw") && err.contains("mount it read-only"),
+        "{err}"
+    );
+    assert!(!crate::support::mount::is_mounted(&mnt));
+}

@@ -30,6 +30,13 @@ use crate::format::{BundleId, Slot, TileAddr, BUNDLE_DIM, MAX_TILE_SIZE};
 /// The table of tile times bundlefs adds (zoom, column, TMS row, nanoseconds since the epoch).
 const TIMES: &str = "bundlefs_tile_times";
 
+/// The rows of `tiles` that are tiles: data present and not empty, column and row inside the
+/// zoom's 2^zoom (zoom 0-30). Every read goes through it, so counts, listings and reads agree;
+/// other rows are reported by `verify` ([`Storage::stray_records`]) and otherwise ignored.
+const IS_TILE: &str = "zoom_level BETWEEN 0 AND 30 AND tile_column >= 0 AND tile_row >= 0 \
+     AND tile_column < (1 << zoom_level) AND tile_row < (1 << zoom_level) \
+     AND tile_data IS NOT NULL AND length(tile_data) > 0";
+
 /// An MBTiles file as a storage.
 pub struct MbtilesStore {
     path: PathBuf,
@@ -156,10 +163,20 @@ impl MbtilesStore {
     /// read-only. `durable`: every write waits for the disk (SQLite `synchronous=FULL`), else
     /// `OFF` for bulk jobs that sync at the end. Errors: no such file, not SQLite, no `tiles`.
     pub fn open(path: &Path, durable: bool) -> Result<MbtilesStore> {
-        let (db, read_only) = match open(path, false) {
+        let (db, mut read_only) = match open(path, false) {
             Ok(db) => (db, false),
             Err(_) => (open(path, true)?, true),
         };
+        // Tiles behind a view (deduplicated into `map` and `images`, as mbutil writes them) are
+        // read through it; bundlefs does not write such files.
+        let view: i64 = db
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'tiles' AND type = 'view'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| sql(path, e))?;
+        read_only |= view > 0;
         if !read_only {
             let mode = if durable { "FULL" } else { "OFF" };
             db.execute_batch(&format!("PRAGMA synchronous = {mode};"))
@@ -191,9 +208,26 @@ impl MbtilesStore {
     fn refuse_read_only(&self) -> Result<()> {
         if self.read_only {
             return Err(Error::invalid(format!(
-                "{}: read-only (the file cannot be written)",
+                "{}: read-only (the file cannot be written, or keeps its tiles behind a view, \
+                 which bundlefs only reads)",
                 self.path.display()
             )));
+        }
+        Ok(())
+    }
+
+    /// After writing tiles of `level`: `minzoom`/`maxzoom` widened to take it, in the caller's
+    /// transaction, so readers (GDAL) see every level the file holds.
+    fn widen_zooms(&self, db: &Connection, level: u8) -> Result<()> {
+        for (name, keep) in [("minzoom", "min"), ("maxzoom", "max")] {
+            db.execute(
+                &format!(
+                    "UPDATE metadata SET value = {keep}(CAST(value AS INTEGER), ?1) \
+                     WHERE name = ?2 AND CAST(value AS INTEGER) <> {keep}(CAST(value AS INTEGER), ?1)"
+                ),
+                params![level, name],
+            )
+            .map_err(|e| self.err(e))?;
         }
         Ok(())
     }
@@ -234,10 +268,11 @@ impl MbtilesStore {
         // TMS rows of the bundle's rows row0..=last_row.
         let (tms_lo, tms_hi) = (n - 1 - last_row, n - 1 - u64::from(id.row0));
         let mut st = db
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "SELECT tile_column, tile_row, tile_data FROM tiles WHERE zoom_level = ?1 \
-                 AND tile_column >= ?2 AND tile_column < ?3 AND tile_row >= ?4 AND tile_row <= ?5",
-            )
+                 AND tile_column >= ?2 AND tile_column < ?3 AND tile_row >= ?4 AND tile_row <= ?5 \
+                 AND {IS_TILE}"
+            ))
             .map_err(|e| self.err(e))?;
         let rows = st
             .query_map(
@@ -308,6 +343,9 @@ impl MbtilesStore {
                 bytes += b.len() as u64;
             }
         }
+        if !tiles.is_empty() {
+            self.widen_zooms(&tx, id.level)?;
+        }
         tx.commit().map_err(|e| self.err(e))?;
         Ok(WriteStats {
             tiles: tiles.len(),
@@ -366,7 +404,9 @@ impl Storage for MbtilesStore {
     fn levels(&self) -> Result<Vec<u8>> {
         let db = self.db.lock().unwrap();
         let mut st = db
-            .prepare_cached("SELECT DISTINCT zoom_level FROM tiles ORDER BY zoom_level")
+            .prepare_cached(&format!(
+                "SELECT DISTINCT zoom_level FROM tiles WHERE {IS_TILE} ORDER BY zoom_level"
+            ))
             .map_err(|e| self.err(e))?;
         let rows = st
             .query_map([], |r| r.get::<_, i64>(0))
@@ -390,9 +430,10 @@ impl Storage for MbtilesStore {
         };
         let db = self.db.lock().unwrap();
         let mut st = db
-            .prepare_cached(
-                "SELECT tile_data FROM tiles WHERE zoom_level = ?1 AND tile_column = ?2 AND tile_row = ?3",
-            )
+            .prepare_cached(&format!(
+                "SELECT tile_data FROM tiles WHERE zoom_level = ?1 AND tile_column = ?2 \
+                 AND tile_row = ?3 AND {IS_TILE}"
+            ))
             .map_err(|e| self.err(e))?;
         let b: Option<Vec<u8>> = st
             .query_row(params![t.level, t.col, tms], |r| r.get(0))
@@ -404,7 +445,9 @@ impl Storage for MbtilesStore {
     fn rows(&self, level: u8) -> Result<BTreeSet<u32>> {
         let db = self.db.lock().unwrap();
         let mut st = db
-            .prepare_cached("SELECT DISTINCT tile_row FROM tiles WHERE zoom_level = ?1")
+            .prepare_cached(&format!(
+                "SELECT DISTINCT tile_row FROM tiles WHERE zoom_level = ?1 AND {IS_TILE}"
+            ))
             .map_err(|e| self.err(e))?;
         let rows = st
             .query_map([level], |r| r.get::<_, u32>(0))
@@ -424,10 +467,10 @@ impl Storage for MbtilesStore {
         };
         let db = self.db.lock().unwrap();
         let mut st = db
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "SELECT tile_column, length(tile_data) FROM tiles WHERE zoom_level = ?1 \
-                 AND tile_row = ?2 ORDER BY tile_column",
-            )
+                 AND tile_row = ?2 AND {IS_TILE} ORDER BY tile_column"
+            ))
             .map_err(|e| self.err(e))?;
         let rows = st
             .query_map(params![level, tms], |r| {
@@ -445,10 +488,10 @@ impl Storage for MbtilesStore {
         let n = 1u64 << level.min(31);
         let db = self.db.lock().unwrap();
         let mut st = db
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "SELECT DISTINCT tile_column / 128, (?2 - 1 - tile_row) / 128 FROM tiles \
-                 WHERE zoom_level = ?1 AND tile_row < ?2",
-            )
+                 WHERE zoom_level = ?1 AND {IS_TILE}"
+            ))
             .map_err(|e| self.err(e))?;
         let rows = st
             .query_map(params![level, n as i64], |r| {
@@ -483,7 +526,10 @@ impl Storage for MbtilesStore {
         let db = self.db.lock().unwrap();
         let (tiles, bytes): (i64, Option<i64>) = db
             .query_row(
-                "SELECT count(*), sum(length(tile_data)) FROM tiles WHERE zoom_level = ?1",
+                &format!(
+                    "SELECT count(*), sum(length(tile_data)) FROM tiles WHERE zoom_level = ?1 \
+                     AND {IS_TILE}"
+                ),
                 [level],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
@@ -601,6 +647,91 @@ impl Storage for MbtilesStore {
 
     fn read_only(&self) -> bool {
         self.read_only
+    }
+
+    fn slots_of(&self, id: BundleId) -> Result<Option<Vec<(Slot, u32)>>> {
+        let z = id.level;
+        let n = 1i64 << z.min(30);
+        if i64::from(id.row0) >= n || i64::from(id.col0) >= n {
+            return Ok(None);
+        }
+        let last_row = (i64::from(id.row0) + i64::from(BUNDLE_DIM)).min(n) - 1;
+        let db = self.db.lock().unwrap();
+        let mut st = db
+            .prepare_cached(&format!(
+                "SELECT tile_column, tile_row, length(tile_data) FROM tiles WHERE zoom_level = ?1 \
+                 AND tile_column >= ?2 AND tile_column < ?3 AND tile_row >= ?4 AND tile_row <= ?5 \
+                 AND {IS_TILE}"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map(
+                params![
+                    z,
+                    id.col0,
+                    i64::from(id.col0) + i64::from(BUNDLE_DIM),
+                    n - 1 - last_row,
+                    n - 1 - i64::from(id.row0)
+                ],
+                |r| {
+                    Ok((
+                        r.get::<_, u32>(0)?,
+                        r.get::<_, u32>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                },
+            )
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (col, tms, len) = r.map_err(|e| self.err(e))?;
+            if let Some(row) = flip_row(z, tms) {
+                out.push((TileAddr::new(z, row, col).slot(), len as u32));
+            }
+        }
+        if out.is_empty() {
+            return Ok(None);
+        }
+        out.sort();
+        Ok(Some(out))
+    }
+
+    fn stray_records(&self) -> Vec<String> {
+        let db = self.db.lock().unwrap();
+        let q = |cond: &str| -> Option<(i64, Option<String>)> {
+            db.query_row(
+                &format!(
+                    "SELECT count(*), min(zoom_level || '/' || tile_column || '/' || tile_row) \
+                     FROM tiles WHERE {cond}"
+                ),
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .ok()
+        };
+        let mut out = Vec::new();
+        for (cond, what) in [
+            (
+                "tile_data IS NULL OR length(tile_data) = 0",
+                "without tile data (NULL or 0 bytes): no tiles, left out of every listing, read \
+                 and copy",
+            ),
+            (
+                "tile_data IS NOT NULL AND length(tile_data) > 0 AND NOT (zoom_level BETWEEN 0 AND 30 \
+                 AND tile_column >= 0 AND tile_row >= 0 AND tile_column < (1 << zoom_level) \
+                 AND tile_row < (1 << zoom_level))",
+                "outside their zoom level's 2^zoom columns and rows (or at a zoom level outside \
+                 0-30): no place on the map, left out of every listing, read and copy",
+            ),
+        ] {
+            if let Some((n, Some(first))) = q(cond).filter(|(n, _)| *n > 0) {
+                out.push(format!(
+                    "{} {what} (zoom_level/tile_column/tile_row of one: {first})",
+                    crate::error::count(n as u64, "row")
+                ));
+            }
+        }
+        out
     }
 
     fn stats_without_reading(&self) -> bool {

@@ -284,6 +284,13 @@ pub trait Storage: Send + Sync {
         false
     }
 
+    /// Records the storage holds that are no tiles and that it therefore leaves out (an MBTiles
+    /// row without data, or outside its zoom's grid), one line each kind with a count and an
+    /// example, for `verify`'s warnings. Empty by default.
+    fn stray_records(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Whether tiles are records of one database file (MBTiles): no bundle index and no tile
     /// files to check, so `verify` reads each group's tiles instead.
     fn records_in_one_file(&self) -> bool {
