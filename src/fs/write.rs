@@ -566,8 +566,13 @@ impl TreeFs {
             // The first bytes already say what the file holds: a tile whose content contradicts
             // its name fails at this write (`echo junk > C….png` reports it; a shell ignores
             // errors at close), not only at close.
-            if offset == 0 && data.len() >= 12 {
-                if let Some(why) = head_contradicts(data, o.kind) {
+            if offset == 0 && !data.is_empty() {
+                let why = if data.len() >= 12 {
+                    head_contradicts(data, o.kind)
+                } else {
+                    short_head_contradicts(data, o.kind)
+                };
+                if let Some(why) = why {
                     let path = self.tree_path(o.tile.level, o.tile.row, &o.name);
                     return Err(FsError::BadTile {
                         path,
@@ -1208,6 +1213,30 @@ fn head_contradicts(head: &[u8], named: ImageKind) -> Option<String> {
     }
 }
 
+/// For a first write shorter than a signature check needs (`echo junk > C….png` writes 5 bytes):
+/// why the bytes cannot begin a tile of `named`, when they are no prefix of its signature (PNG:
+/// `89 50 4E 47 0D 0A 1A 0A`, or the `0D 0A 1A 0A` a PNG starts with when ArcGIS cut the first
+/// four bytes; JPEG: `FF D8 FF`; PNG spec §5.2, JPEG/JFIF SOI). Other kinds are not judged here.
+fn short_head_contradicts(head: &[u8], named: ImageKind) -> Option<String> {
+    let starts: &[&[u8]] = match named {
+        ImageKind::Png => &[b"\x89PNG\r\n\x1a\n", b"\r\n\x1a\n"],
+        ImageKind::Jpeg => &[b"\xff\xd8\xff"],
+        _ => return None,
+    };
+    let fits = starts.iter().any(|sig| {
+        let n = head.len().min(sig.len());
+        head[..n] == sig[..n]
+    });
+    (!fits).then(|| {
+        format!(
+            "not a {} file (its first bytes are no {} signature); the name says .{}",
+            named.name(),
+            named.name(),
+            named.ext()
+        )
+    })
+}
+
 /// Whether `name` is a folder name of the tree (`_alllayers`, `Lnn`, `Rxxxxxxxx`).
 fn tree_folder_name(name: &str) -> bool {
     name == "_alllayers"
@@ -1299,15 +1328,40 @@ mod tests {
     }
 
     #[test]
+    fn a_short_first_write_that_cannot_begin_the_named_kind_fails_at_once() {
+        let (_d, fs) = tree();
+        fs.mkdir(fs.ino(Node::AllLayers), "L01").unwrap();
+        let row = fs.mkdir(fs.ino(Node::Level(1)), "R00000000").unwrap().ino;
+        let a = fs.create(row, "C00000000.png").unwrap();
+        // `echo junk > C….png`: 5 bytes, no PNG signature's start.
+        assert_eq!(errno(fs.write(a.ino, 0, b"junk\n")), libc::EINVAL);
+        // And again at close (for programs that look only there); nothing is stored.
+        assert_eq!(errno(fs.flush(a.ino)), libc::EINVAL);
+        let _ = fs.release(a.ino, WRITE_FH);
+        // A PNG written a few bytes at a time passes its first write, and is stored whole.
+        let b = fs.create(row, "C00000001.png").unwrap();
+        let bytes = png(4);
+        fs.write(b.ino, 0, &bytes[..3]).unwrap();
+        fs.write(b.ino, 3, &bytes[3..]).unwrap();
+        fs.flush(b.ino).unwrap();
+        fs.release(b.ino, WRITE_FH).unwrap();
+        // A JPEG name refuses PNG bytes, short or not.
+        let c = fs.create(row, "C00000000.jpg").unwrap();
+        assert_eq!(errno(fs.write(c.ino, 0, &bytes[..4])), libc::EINVAL);
+        let _ = fs.release(c.ino, WRITE_FH);
+        assert!(fs.cache().tile(TileAddr::new(1, 0, 0)).unwrap().is_none());
+    }
+
+    #[test]
     fn the_snapshot_counts_reads_writes_refusals_and_flushes() {
         let (d, fs) = tree();
         fs.mkdir(fs.ino(Node::AllLayers), "L02").unwrap();
         let row = fs.mkdir(fs.ino(Node::Level(2)), "R00000001").unwrap().ino;
         let write = |name: &str, bytes: &[u8]| {
             let a = fs.create(row, name).unwrap();
-            fs.write(a.ino, 0, bytes).unwrap();
-            let r = fs.flush(a.ino);
-            fs.release(a.ino, WRITE_FH).unwrap();
+            let w = fs.write(a.ino, 0, bytes).map(|_| ());
+            let r = w.and(fs.flush(a.ino));
+            let _ = fs.release(a.ino, WRITE_FH);
             (a.ino, r)
         };
         let bytes = png(9);
