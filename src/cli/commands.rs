@@ -886,6 +886,9 @@ fn info_of(path: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
         Source::Folder(c) if c.ready_to_serve().is_some() => {
             (c.root().to_path_buf(), "ready-to-serve layout".to_string())
         }
+        Source::Folder(c) if c.kind() == crate::cache::StorageKind::Mbtiles => {
+            (c.root().to_path_buf(), "MBTiles file".to_string())
+        }
         Source::Folder(c) => (c.root().to_path_buf(), format!("{:?} layout", c.layout())),
     };
     if as_json {

@@ -605,11 +605,16 @@ fn object_options(args: &MountArgs, parsed: &ParsedOptions) -> anyhow::Result<Ob
             );
         }
     }
-    if !in_store && args.cache_dir.is_some() {
-        bail!(
-            "--cache-dir: only for a cache in an object store (s3://BUCKET/PREFIX, az://CONTAINER/PREFIX); {} is a folder",
-            args.cache.display()
-        );
+    for (given, flag) in [
+        (args.cache_dir.is_some(), "--cache-dir"),
+        (args.single_writer, "--single-writer"),
+    ] {
+        if !in_store && given {
+            bail!(
+                "{flag}: only for a cache in an object store (s3://BUCKET/PREFIX, az://CONTAINER/PREFIX); {} is not one",
+                args.cache.display()
+            );
+        }
     }
     if args.single_writer && parsed.read_only {
         bail!("--single-writer is a promise about writing mounts: it needs -o rw");
@@ -848,6 +853,9 @@ pub fn flag_words(argv: Vec<OsString>, cmd: &clap::Command) -> Vec<OsString> {
                 .get_arguments()
                 .find(|x| x.get_long() == Some(long.as_str()))
             {
+                // A flag the command line has already (`daemon`, which mount(8)'s call implies)
+                // is not given twice.
+                Some(_) if value.is_none() && out.iter().any(|a| *a == *format!("--{long}")) => {}
                 Some(_) => flags.push(match value {
                     Some(v) => format!("--{long}={v}").into(),
                     None => format!("--{long}").into(),
