@@ -232,9 +232,11 @@ impl MountEntry {
     }
 }
 
-/// Every bundlefs mount of this mount namespace ([`MountEntry::is_bundlefs`]), with its mount
-/// point, in `/proc/self/mountinfo` order.
-pub fn bundlefs_mounts() -> Vec<(PathBuf, MountEntry)> {
+/// The mounts of this mount namespace, in `/proc/self/mountinfo` order, each with its mount
+/// point (proc(5) `mountinfo`: field 5 is the mount point with space, tab, newline and backslash
+/// written as octal escapes; after the ` - ` separator come the type and the source). Empty when
+/// the file cannot be read.
+fn mountinfo() -> Vec<(String, MountEntry)> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     text.lines()
         .filter_map(|l| {
@@ -243,29 +245,29 @@ pub fn bundlefs_mounts() -> Vec<(PathBuf, MountEntry)> {
             let mut t = tail.split(' ');
             let fstype = t.next()?.to_string();
             let source = unescape_octal(t.next().unwrap_or(""));
-            let e = MountEntry { fstype, source };
-            e.is_bundlefs().then(|| (PathBuf::from(mnt), e))
+            Some((mnt, MountEntry { fstype, source }))
         })
         .collect()
 }
 
-/// The topmost mount on `path` (absolute, canonical), if any (proc(5) `mountinfo`: field 5 is the
-/// mount point with space, tab, newline and backslash written as octal escapes; after the ` - `
-/// separator come the type and the source).
+/// Every bundlefs mount of this mount namespace ([`MountEntry::is_bundlefs`]), with its mount
+/// point, in `/proc/self/mountinfo` order.
+pub fn bundlefs_mounts() -> Vec<(PathBuf, MountEntry)> {
+    mountinfo()
+        .into_iter()
+        .filter(|(_, e)| e.is_bundlefs())
+        .map(|(m, e)| (PathBuf::from(m), e))
+        .collect()
+}
+
+/// The topmost mount on `path` (absolute, canonical), if any ([`mountinfo`]'s last entry there).
 pub fn mount_at(path: &Path) -> Option<MountEntry> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = path.to_str()?;
-    text.lines()
+    mountinfo()
+        .into_iter()
         .rev()
-        .filter_map(|l| {
-            let mnt = unescape_octal(l.split(' ').nth(4)?);
-            let (_, tail) = l.split_once(" - ")?;
-            let mut t = tail.split(' ');
-            let fstype = t.next()?.to_string();
-            let source = unescape_octal(t.next().unwrap_or(""));
-            (mnt == want).then_some(MountEntry { fstype, source })
-        })
-        .next()
+        .find(|(m, _)| m == want)
+        .map(|(_, e)| e)
 }
 
 fn unescape_octal(s: &str) -> String {

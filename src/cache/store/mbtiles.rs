@@ -259,14 +259,9 @@ impl MbtilesStore {
 
     /// The tiles of bundle `id` as stored: (tile, bytes), in slot order.
     fn bundle_tiles(&self, db: &Connection, id: BundleId) -> Result<Vec<(TileAddr, Vec<u8>)>> {
-        let z = id.level;
-        let n = 1u64 << z.min(31);
-        if u64::from(id.row0) >= n || u64::from(id.col0) >= n {
+        let Some((z, col0, col_end, tms_lo, tms_hi)) = bundle_window(id) else {
             return Ok(Vec::new());
-        }
-        let last_row = (u64::from(id.row0) + u64::from(BUNDLE_DIM)).min(n) - 1;
-        // TMS rows of the bundle's rows row0..=last_row.
-        let (tms_lo, tms_hi) = (n - 1 - last_row, n - 1 - u64::from(id.row0));
+        };
         let mut st = db
             .prepare_cached(&format!(
                 "SELECT tile_column, tile_row, tile_data FROM tiles WHERE zoom_level = ?1 \
@@ -275,22 +270,13 @@ impl MbtilesStore {
             ))
             .map_err(|e| self.err(e))?;
         let rows = st
-            .query_map(
-                params![
-                    z,
-                    id.col0,
-                    i64::from(id.col0) + i64::from(BUNDLE_DIM),
-                    tms_lo as i64,
-                    tms_hi as i64
-                ],
-                |r| {
-                    Ok((
-                        r.get::<_, u32>(0)?,
-                        r.get::<_, u32>(1)?,
-                        r.get::<_, Vec<u8>>(2)?,
-                    ))
-                },
-            )
+            .query_map(params![z, col0, col_end, tms_lo, tms_hi], |r| {
+                Ok((
+                    r.get::<_, u32>(0)?,
+                    r.get::<_, u32>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            })
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for r in rows {
@@ -352,6 +338,24 @@ impl MbtilesStore {
             bytes_written: bytes,
         })
     }
+}
+
+/// The query bounds of bundle `id`'s tiles in the `tiles` table: zoom, first column, column past
+/// the last, and the lowest and highest TMS row (its rows row0..row0+127 flipped, cut to the
+/// zoom's 2^zoom rows). None when the bundle lies outside the zoom's grid.
+fn bundle_window(id: BundleId) -> Option<(u8, i64, i64, i64, i64)> {
+    let n = 1i64 << id.level.min(30);
+    if i64::from(id.row0) >= n || i64::from(id.col0) >= n {
+        return None;
+    }
+    let last_row = (i64::from(id.row0) + i64::from(BUNDLE_DIM)).min(n) - 1;
+    Some((
+        id.level,
+        i64::from(id.col0),
+        i64::from(id.col0) + i64::from(BUNDLE_DIM),
+        n - 1 - last_row,
+        n - 1 - i64::from(id.row0),
+    ))
 }
 
 fn nanos(t: SystemTime) -> i64 {
@@ -650,12 +654,9 @@ impl Storage for MbtilesStore {
     }
 
     fn slots_of(&self, id: BundleId) -> Result<Option<Vec<(Slot, u32)>>> {
-        let z = id.level;
-        let n = 1i64 << z.min(30);
-        if i64::from(id.row0) >= n || i64::from(id.col0) >= n {
+        let Some((z, col0, col_end, tms_lo, tms_hi)) = bundle_window(id) else {
             return Ok(None);
-        }
-        let last_row = (i64::from(id.row0) + i64::from(BUNDLE_DIM)).min(n) - 1;
+        };
         let db = self.db.lock().unwrap();
         let mut st = db
             .prepare_cached(&format!(
@@ -665,22 +666,13 @@ impl Storage for MbtilesStore {
             ))
             .map_err(|e| self.err(e))?;
         let rows = st
-            .query_map(
-                params![
-                    z,
-                    id.col0,
-                    i64::from(id.col0) + i64::from(BUNDLE_DIM),
-                    n - 1 - last_row,
-                    n - 1 - i64::from(id.row0)
-                ],
-                |r| {
-                    Ok((
-                        r.get::<_, u32>(0)?,
-                        r.get::<_, u32>(1)?,
-                        r.get::<_, i64>(2)?,
-                    ))
-                },
-            )
+            .query_map(params![z, col0, col_end, tms_lo, tms_hi], |r| {
+                Ok((
+                    r.get::<_, u32>(0)?,
+                    r.get::<_, u32>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for r in rows {
