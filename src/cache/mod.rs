@@ -195,6 +195,9 @@ impl Cache {
         if url::is_mbtiles(path.as_ref()) {
             return Cache::open_mbtiles(path.as_ref(), opts);
         }
+        if url::is_geopackage(path.as_ref()) {
+            return Cache::open_geopackage(path.as_ref(), opts);
+        }
         let mut root = path.as_ref().to_path_buf();
         let names_conf = |p: &Path| {
             p.file_name()
@@ -354,7 +357,7 @@ impl Cache {
         })
     }
 
-    /// Opens an MBTiles file: its tiles through [`store::mbtiles::MbtilesStore`], its tiling
+    /// Opens an MBTiles file: its tiles through [`store::sqlite::SqliteTiles`], its tiling
     /// scheme Web Mercator with the zoom levels 0 to 23 (ArcGIS Online's), or to `maxzoom`
     /// (metadata, else the deepest level held) when deeper, and the `format` of the metadata (else the first tile's kind), its extent from
     /// `bounds`. The cache shows a conf.xml made from that scheme. Errors, naming the file: no
@@ -367,23 +370,12 @@ impl Cache {
             ));
         }
         let meta = store::mbtiles::read_metadata(path)?;
-        let store = store::mbtiles::MbtilesStore::open(path, opts.durable)?;
+        let store = store::mbtiles::open(path, opts.durable)?;
         let levels = store.levels()?;
         let format = match meta.get("format") {
             Some(f) => crate::format::mbtiles::tile_format(f)
                 .map_err(|e| Error::invalid(format!("{}: metadata {e}", path.display())))?,
-            None => {
-                let first = levels
-                    .first()
-                    .and_then(|&l| store.bundles(l).ok()?.first().copied())
-                    .and_then(|id| store.read_group(&TileGroup::bundle(id)).ok())
-                    .and_then(|v| v.into_iter().next())
-                    .and_then(|(_, b)| sniff(&b));
-                match first {
-                    Some(ImageKind::Jpeg) => conf::TileFormat::Jpeg,
-                    _ => conf::TileFormat::Png,
-                }
-            }
+            None => first_tile_format(&store, &levels),
         };
         let maxzoom = meta
             .get("maxzoom")
@@ -431,8 +423,8 @@ impl Cache {
     ) -> Result<Cache> {
         if let Some(why) = crate::format::mbtiles::refusal(scheme) {
             return Err(Error::invalid(format!(
-                "{}: {why}; nothing written (GeoPackage can hold other tiling schemes, but \
-                 bundlefs does not write it yet)",
+                "{}: {why}; nothing written (a GeoPackage holds any tiling scheme: export to \
+                 NAME.gpkg)",
                 path.display()
             )));
         }
@@ -458,6 +450,71 @@ impl Cache {
         ];
         store::mbtiles::create(path, &meta)?;
         Cache::open_mbtiles(path, opts)
+    }
+
+    /// Opens a GeoPackage's tile table ([`store::geopackage::describe`]): its tiles through
+    /// [`store::sqlite::SqliteTiles`], its tiling scheme from the tile matrix set and matrices
+    /// ([`crate::format::geopackage::scheme_of`]; JPEG when the first tile is one, else PNG), its
+    /// extent from `gpkg_contents`' bounds. The cache shows a conf.xml made from that scheme.
+    /// Errors, naming the file: no such file, not SQLite, no GeoPackage tile table or several, a
+    /// tile matrix bundlefs cannot take as an ArcGIS level (by zoom level).
+    pub fn open_geopackage(path: &Path, opts: CacheOptions) -> Result<Cache> {
+        if !path.is_file() {
+            return Err(Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such GeoPackage file"),
+            ));
+        }
+        let t = store::geopackage::describe(path)?;
+        let store = store::geopackage::open(path, &t, opts.durable)?;
+        let levels = store.levels()?;
+        let format = first_tile_format(&store, &levels);
+        let scheme = crate::format::geopackage::scheme_of(
+            (t.set.xmin, t.set.ymax),
+            &t.matrices,
+            &t.srs,
+            format,
+        )
+        .map_err(|e| Error::invalid(format!("{}: table {}: {e}", path.display(), t.table)))?;
+        let conf = TileScheme::parse_conf_xml(&scheme.to_conf_xml()).in_file(path)?;
+        let cdi = t.contents.as_ref().map(|e| conf::write_cdi(e, &scheme));
+        Ok(Cache {
+            location: url::Location::File(path.to_path_buf()),
+            place: Place {
+                root: path.to_path_buf(),
+                tiles_dir: path.to_path_buf(),
+            },
+            layout: Layout::ArcGis,
+            storage: StorageFormat::Exploded,
+            conf: Some(conf),
+            cdi,
+            opts,
+            store: Box::new(store),
+            ready_to_serve: None,
+        })
+    }
+
+    /// Creates a GeoPackage at `path` with one tile table (named after `name`,
+    /// [`crate::format::geopackage::table_name`]) for tiles of `scheme` covering `extent`, each
+    /// level's tile matrix covering the scheme's own extent too, and opens it. Errors: tiles
+    /// GeoPackage cannot hold (by name), a path that exists, SQLite errors; each naming the file.
+    pub fn create_geopackage(
+        path: &Path,
+        scheme: &TileScheme,
+        extent: &Envelope,
+        name: &str,
+        opts: CacheOptions,
+    ) -> Result<Cache> {
+        if let Some(why) = crate::format::geopackage::refusal(scheme) {
+            return Err(Error::invalid(format!(
+                "{}: {why}; nothing written",
+                path.display()
+            )));
+        }
+        let world = crate::format::extent::scheme_extent(scheme);
+        let table = crate::format::geopackage::table_name(name);
+        store::geopackage::create(path, &table, scheme, extent, &world)?;
+        Cache::open_geopackage(path, opts)
     }
 
     /// Creates an empty ArcGIS-layout cache (conf.xml, conf.cdi, `_alllayers/`).
@@ -539,6 +596,12 @@ impl Cache {
             r.write_content(scheme, range, env, self.opts.durable)?;
         } else if let url::Location::Store(u) = &self.location {
             store::object::put_file(u, CONF_CDI, &bytes)?;
+        } else if let (url::Location::File(f), StorageKind::Geopackage) =
+            (&self.location, self.kind())
+        {
+            // GeoPackage keeps it as its tile table's gpkg_contents bounds (map units).
+            let t = store::geopackage::describe(f)?;
+            store::geopackage::set_bounds(f, &t.table, env)?;
         } else if let url::Location::File(f) = &self.location {
             // MBTiles keeps its extent as `bounds` (degrees) in its metadata.
             store::mbtiles::set_metadata(f, &[("bounds", crate::format::mbtiles::bounds(env))])?;
@@ -678,10 +741,14 @@ impl Cache {
             StorageKind::Exploded | StorageKind::StoreExploded => {
                 Some("an exploded cache has no bundles to compact".to_string())
             }
-            StorageKind::Mbtiles => Some(
-                "an MBTiles file has no bundles to compact (SQLite's VACUUM reclaims its free pages)"
-                    .to_string(),
-            ),
+            StorageKind::Mbtiles | StorageKind::Geopackage => Some(format!(
+                "an {} file has no bundles to compact (SQLite's VACUUM reclaims its free pages)",
+                if self.kind() == StorageKind::Mbtiles {
+                    "MBTiles"
+                } else {
+                    "GeoPackage"
+                }
+            )),
         }
     }
 
@@ -693,7 +760,7 @@ impl Cache {
             StorageKind::StoreCompactV2 => Reclaim::Rewritten,
             StorageKind::CompactV2 => Reclaim::DeadSpace,
             StorageKind::CompactV1 | StorageKind::StoreCompactV1 => Reclaim::DeadSpaceV1,
-            StorageKind::Mbtiles => Reclaim::Records,
+            StorageKind::Mbtiles | StorageKind::Geopackage => Reclaim::Records,
         }
     }
 
@@ -971,6 +1038,21 @@ pub enum Reclaim {
 }
 
 /// The image kind to assume for tiles whose bytes don't tell: the scheme's format, else PNG.
+/// The tile format of a file that does not say it: JPEG when its first tile (of the first level
+/// in `levels`) is one, else PNG.
+fn first_tile_format(store: &dyn Storage, levels: &[u8]) -> conf::TileFormat {
+    let first = levels
+        .first()
+        .and_then(|&l| store.bundles(l).ok()?.first().copied())
+        .and_then(|id| store.read_group(&TileGroup::bundle(id)).ok())
+        .and_then(|v| v.into_iter().next())
+        .and_then(|(_, b)| sniff(&b));
+    match first {
+        Some(ImageKind::Jpeg) => conf::TileFormat::Jpeg,
+        _ => conf::TileFormat::Png,
+    }
+}
+
 fn default_kind(scheme: Option<&TileScheme>) -> ImageKind {
     scheme
         .and_then(|s| s.tile_format.image_kind())

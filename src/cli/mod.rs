@@ -62,6 +62,10 @@ pub enum StorageArg {
     /// `.mbtiles`.
     #[value(name = "mbtiles", alias = "MBTILES")]
     Mbtiles,
+    /// An OGC GeoPackage with one tile table (SQLite; any tiling scheme): also chosen by a DEST
+    /// ending in `.gpkg`.
+    #[value(name = "geopackage", alias = "GEOPACKAGE", alias = "gpkg")]
+    Geopackage,
 }
 
 /// What `export` writes: a job target, or one of the package kinds only the command line names.
@@ -75,6 +79,8 @@ pub enum ExportTo {
     ReadyToServe,
     /// An MBTiles file ([`crate::jobs::export::export_mbtiles`]).
     Mbtiles,
+    /// A GeoPackage ([`crate::jobs::export::export_geopackage`]).
+    Geopackage,
 }
 
 impl ExportTo {
@@ -88,20 +94,42 @@ impl ExportTo {
         use crate::jobs::package::PackageKind;
         let named = PackageKind::of_name(dest);
         let kind_text = |k: PackageKind| k.extension();
-        let mbtiles_name = crate::cache::url::is_mbtiles(dest);
-        match (storage, mbtiles_name) {
-            (None | Some(StorageArg::Mbtiles), true) => return Ok(ExportTo::Mbtiles),
-            (Some(StorageArg::Mbtiles), false) => anyhow::bail!(
-                "{}: --storage mbtiles writes an MBTiles file: name it NAME.mbtiles",
-                dest.display()
+        // One-file formats a DEST's extension names: (storage, what export writes, its name,
+        // its extension).
+        let files = [
+            (StorageArg::Mbtiles, ExportTo::Mbtiles, "MBTiles", "mbtiles"),
+            (
+                StorageArg::Geopackage,
+                ExportTo::Geopackage,
+                "GeoPackage",
+                "gpkg",
             ),
-            (Some(other), true) => anyhow::bail!(
-                "{}: the name says MBTiles but --storage {} writes something else; rename DEST \
-                 or use --storage mbtiles",
+        ];
+        let by_name = files.iter().find(|f| {
+            dest.extension()
+                .and_then(|x| x.to_str())
+                .is_some_and(|x| x.eq_ignore_ascii_case(f.3))
+        });
+        let by_storage = files.iter().find(|f| Some(f.0) == storage);
+        match (storage, by_name, by_storage) {
+            (None, Some(f), _) => return Ok(f.1),
+            (Some(_), Some(f), Some(g)) if f.0 == g.0 => return Ok(f.1),
+            (Some(_), None, Some(g)) => anyhow::bail!(
+                "{}: --storage {} writes a {} file: name it NAME.{}",
                 dest.display(),
+                g.3.replace("gpkg", "geopackage"),
+                g.2,
+                g.3
+            ),
+            (Some(other), Some(f), _) => anyhow::bail!(
+                "{}: the name says {} but --storage {} writes something else; rename DEST \
+                 or use --storage {}",
+                dest.display(),
+                f.2,
                 other
                     .to_possible_value()
-                    .map_or_else(String::new, |v| v.get_name().to_string())
+                    .map_or_else(String::new, |v| v.get_name().to_string()),
+                f.3.replace("gpkg", "geopackage")
             ),
             _ => {}
         }
@@ -110,8 +138,8 @@ impl ExportTo {
             (None, Some(PackageKind::Tpk)) => ExportTo::Tpk,
             (None, None) => anyhow::bail!(
                 "{}: say which storage to write (--storage exploded, compact-v1, compact-v2, \
-                 ready-to-serve, tpkx, tpk or mbtiles); only a .tpkx, .tpk or .mbtiles name, or \
-                 a cache already there, says it alone",
+                 ready-to-serve, tpkx, tpk, mbtiles or geopackage); only a .tpkx, .tpk, \
+                 .mbtiles or .gpkg name, or a cache already there, says it alone",
                 dest.display()
             ),
             (Some(StorageArg::TilePackage), Some(PackageKind::Tpkx)) => {
@@ -157,6 +185,7 @@ impl ExportTo {
             }
             (Some(StorageArg::ReadyToServe), None) => ExportTo::ReadyToServe,
             (Some(StorageArg::Mbtiles), _) => ExportTo::Mbtiles,
+            (Some(StorageArg::Geopackage), _) => ExportTo::Geopackage,
         })
     }
 }

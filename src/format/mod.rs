@@ -5,6 +5,7 @@
 pub mod conf;
 pub mod exploded;
 pub mod extent;
+pub mod geopackage;
 pub mod levels;
 pub mod mbtiles;
 pub mod pixels;

@@ -8,9 +8,9 @@ use super::engine::{
     check_selection, dest_options, extent_after, holds_cache, into_cache, job_area, run,
     JobOptions, JobSummary, LevelSelect, Progress,
 };
-use crate::cache::Cache;
+use crate::cache::{Cache, CacheOptions};
 use crate::error::{Error, Result};
-use crate::format::conf::{self, StorageFormat};
+use crate::format::conf::{self, Envelope, StorageFormat, TileScheme};
 use crate::format::levels::LevelRange;
 
 /// What an export did.
@@ -124,41 +124,14 @@ pub fn export_mbtiles(
     opts: &JobOptions,
     progress: &dyn Progress,
 ) -> Result<JobSummary> {
-    check_selection(src, opts)?;
-    let summary = if dest.is_file() {
-        let mut d = Cache::open_with(dest, dest_options(StorageFormat::Exploded, opts.sync))?;
-        into_cache(src, &mut d, opts, progress)?
-    } else {
-        let Some(scheme) = src.scheme() else {
-            return Err(Error::invalid(format!(
-                "{}: has no conf.xml, so its tiling scheme is unknown; MBTiles needs Web Mercator \
-                 zoom levels (nothing written)",
-                src.root().display()
-            )));
-        };
-        let extent = extent_after(src, None, opts)
-            .unwrap_or_else(|| crate::format::extent::scheme_extent(scheme));
-        let name = src
-            .root()
-            .file_stem()
-            .map_or("tiles".to_string(), |n| n.to_string_lossy().into_owned());
-        let d = Cache::create_mbtiles(
-            dest,
-            scheme,
-            &extent,
-            &name,
-            dest_options(StorageFormat::Exploded, opts.sync),
-        )?;
-        match run(src, &d, true, opts, progress) {
-            Ok(s) => s,
-            Err(e) => {
-                // A new file left half written would look like a whole one.
-                drop(d);
-                let _ = std::fs::remove_file(dest);
-                return Err(e);
-            }
-        }
-    };
+    let summary = export_to_file(
+        src,
+        dest,
+        "MBTiles needs Web Mercator zoom levels",
+        &Cache::create_mbtiles,
+        opts,
+        progress,
+    )?;
     let d = Cache::open(dest)?;
     let levels = d.levels()?;
     if let (Some(min), Some(max)) = (levels.first(), levels.last()) {
@@ -168,6 +141,77 @@ pub fn export_mbtiles(
         )?;
     }
     Ok(summary)
+}
+
+/// Exports the selected tiles of `src` into the GeoPackage `dest` ([`Cache::create_geopackage`]:
+/// one tile table, a tile matrix per level of the tiling scheme, any spatial reference), or, when
+/// `dest` is a GeoPackage already, into its tile table (merged or overwriting, `opts.mode`, after
+/// the schemes are checked). Bytes are copied as stored (PNG and JPEG tiles of a MIXED cache
+/// stay as they are). Errors: `src` without a tiling scheme, tiles GeoPackage cannot hold (LERC,
+/// vector tiles; by name), SQLite errors.
+pub fn export_geopackage(
+    src: &Cache,
+    dest: &Path,
+    opts: &JobOptions,
+    progress: &dyn Progress,
+) -> Result<JobSummary> {
+    export_to_file(
+        src,
+        dest,
+        "a GeoPackage needs the tiling scheme",
+        &Cache::create_geopackage,
+        opts,
+        progress,
+    )
+}
+
+/// Makes one file of a new cache with `create(path, scheme, extent, name, options)`.
+type CreateFile = dyn Fn(&Path, &TileScheme, &Envelope, &str, CacheOptions) -> Result<Cache>;
+
+/// The selected tiles of `src` into the one-file cache `dest`: into it when it is there, else into
+/// a new one made by `create`, which is removed again when the job fails (a file left half
+/// written would look like a whole one). `needs` says what the file needs of the scheme, for the
+/// error of a source without conf.xml.
+fn export_to_file(
+    src: &Cache,
+    dest: &Path,
+    needs: &str,
+    create: &CreateFile,
+    opts: &JobOptions,
+    progress: &dyn Progress,
+) -> Result<JobSummary> {
+    check_selection(src, opts)?;
+    if dest.is_file() {
+        let mut d = Cache::open_with(dest, dest_options(StorageFormat::Exploded, opts.sync))?;
+        return into_cache(src, &mut d, opts, progress);
+    }
+    let Some(scheme) = src.scheme() else {
+        return Err(Error::invalid(format!(
+            "{}: has no conf.xml, so its tiling scheme is unknown; {needs} (nothing written)",
+            src.root().display()
+        )));
+    };
+    let extent = extent_after(src, None, opts)
+        .unwrap_or_else(|| crate::format::extent::scheme_extent(scheme));
+    let name = src
+        .root()
+        .file_stem()
+        .map_or("tiles".to_string(), |n| n.to_string_lossy().into_owned());
+    let d = create(
+        dest,
+        scheme,
+        &extent,
+        &name,
+        dest_options(StorageFormat::Exploded, opts.sync),
+    )?;
+    match run(src, &d, true, opts, progress) {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            drop(d);
+            let _ = std::fs::remove_file(dest);
+            Err(e)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ pub fn import_job(
     progress: &dyn Progress,
 ) -> Result<JobSummary> {
     check_selection(src, opts)?;
-    if dest.is_file() && !crate::cache::url::is_mbtiles(dest) {
+    if dest.is_file() && !crate::cache::url::is_tile_file(dest) {
         return Err(Error::invalid(format!(
             "{}: is a file, not a cache folder (a .tpkx package is imported into by \
              jobs::package::update_package)",

@@ -9,6 +9,7 @@ mod cli;
 mod damaged;
 mod faults;
 mod formats;
+mod geopackage;
 mod hostile;
 mod interop;
 mod jobs;

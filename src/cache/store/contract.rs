@@ -90,7 +90,20 @@ pub fn mbtiles() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
     let d = tempfile::tempdir().unwrap();
     let f = d.path().join("contract.mbtiles");
     super::mbtiles::create(&f, &[("name", "contract".into()), ("format", "png".into())]).unwrap();
-    let s = super::mbtiles::MbtilesStore::open(&f, false).unwrap();
+    let s = super::mbtiles::open(&f, false).unwrap();
+    (Box::new(d), Box::new(s))
+}
+
+/// A GeoPackage tile table (Web Mercator, levels 0-20) in a temporary folder.
+pub fn geopackage() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("contract.gpkg");
+    let scheme =
+        crate::format::conf::TileScheme::web_mercator(20, crate::format::conf::TileFormat::Png);
+    let world = crate::format::extent::scheme_extent(&scheme);
+    super::geopackage::create(&f, "contract", &scheme, &world, &world).unwrap();
+    let t = super::geopackage::describe(&f).unwrap();
+    let s = super::geopackage::open(&f, &t, false).unwrap();
     (Box::new(d), Box::new(s))
 }
 
@@ -499,3 +512,5 @@ contract_suite!(object_exploded_layout, super::object_exploded);
 contract_suite!(object_v1_layout, super::object_v1);
 #[cfg(test)]
 contract_suite!(mbtiles_file, super::mbtiles);
+#[cfg(test)]
+contract_suite!(geopackage_file, super::geopackage);

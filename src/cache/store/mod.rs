@@ -10,7 +10,7 @@
 //!   (read only, `object/v1.rs`) in an S3-compatible or Azure store, each over one connection to
 //!   the store (`object/connection.rs`), written by conditional PUT.
 //!
-//! [`StorageKind`] names the implementation (six kinds), apart from conf.xml's `StorageFormat`.
+//! [`StorageKind`] names the implementation, apart from conf.xml's `StorageFormat`.
 //!
 //! The write operations are shaped for stores without append or flock (object stores, see
 //! `doc/architecture.md`): a writer hands over a whole group of tiles of one bundle
@@ -22,8 +22,10 @@ pub mod compact;
 #[doc(hidden)]
 pub mod contract;
 pub mod exploded;
+pub mod geopackage;
 pub mod mbtiles;
 pub mod object;
+pub mod sqlite;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -138,6 +140,8 @@ pub enum StorageKind {
     StoreExploded,
     /// An MBTiles file (SQLite; Web Mercator zoom levels, TMS rows).
     Mbtiles,
+    /// A tile table of an OGC GeoPackage (SQLite; any tiling scheme, rows top-down).
+    Geopackage,
 }
 
 impl StorageKind {
@@ -151,6 +155,7 @@ impl StorageKind {
             StorageKind::StoreCompactV1 => "compact-v1 in an object store (read only)",
             StorageKind::StoreExploded => "exploded in an object store",
             StorageKind::Mbtiles => "mbtiles",
+            StorageKind::Geopackage => "geopackage",
         }
     }
 
@@ -161,7 +166,7 @@ impl StorageKind {
             StorageKind::CompactV1 | StorageKind::StoreCompactV1 => StorageFormat::CompactV1,
             StorageKind::CompactV2 | StorageKind::StoreCompactV2 => StorageFormat::CompactV2,
             StorageKind::Exploded | StorageKind::StoreExploded => StorageFormat::Exploded,
-            StorageKind::Mbtiles => return None,
+            StorageKind::Mbtiles | StorageKind::Geopackage => return None,
         })
     }
 }
