@@ -183,11 +183,13 @@ fn mapproxy_reads_bundlefs_mbtiles() {
     }
     let f = d.join("mp.mbtiles");
     export(&cache, &f, &[]);
-    // The MBTiles file as a cache on MapProxy's GLOBAL_WEBMERCATOR grid (origin sw: TMS rows,
-    // as MBTiles numbers them), exported as a TMS tree (`z/x/y.png`, y from the bottom).
+    // The MBTiles file as a cache on a Web Mercator grid with origin sw (MapProxy's
+    // GLOBAL_WEBMERCATOR is nw; its mbtiles cache keeps rows as its grid counts them, so sw gives
+    // TMS rows, as MBTiles numbers them), exported as a TMS tree (`z/x/y.png`, y from the bottom).
     let yaml = format!(
         "services:\n  demo:\nlayers:\n  - name: mp\n    title: mp\n    sources: [mp_cache]\n\
-         caches:\n  mp_cache:\n    grids: [GLOBAL_WEBMERCATOR]\n    sources: []\n    \
+         grids:\n  webmercator_sw:\n    base: GLOBAL_WEBMERCATOR\n    origin: sw\n\
+         caches:\n  mp_cache:\n    grids: [webmercator_sw]\n    sources: []\n    \
          cache:\n      type: mbtiles\n      filename: {}\n",
         f.display()
     );
@@ -195,7 +197,7 @@ fn mapproxy_reads_bundlefs_mbtiles() {
     std::fs::write(&conf, yaml).unwrap();
     let out_dir = d.join("mp-export");
     let (ok, out, err) = sh(&format!(
-        "cd {} && mapproxy-util export -f {} --source mp_cache --grid GLOBAL_WEBMERCATOR \
+        "cd {} && mapproxy-util export -f {} --source mp_cache --grid webmercator_sw \
          --dest {} --type tms --levels 0..2",
         d.display(),
         conf.display(),

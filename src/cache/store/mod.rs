@@ -9,6 +9,8 @@
 //! - [`object`]: Compact V2 (`object/v2.rs`), exploded (`object/exploded.rs`) and Compact V1
 //!   (read only, `object/v1.rs`) in an S3-compatible or Azure store, each over one connection to
 //!   the store (`object/connection.rs`), written by conditional PUT.
+//! - [`sqlite`]: the tiles of an MBTiles file ([`mbtiles`]: TMS rows) or a GeoPackage tile table
+//!   ([`geopackage`]: rows from the top over each zoom's tile matrix), one SQLite file each.
 //!
 //! [`StorageKind`] names the implementation, apart from conf.xml's `StorageFormat`.
 //!
