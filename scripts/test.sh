@@ -27,6 +27,11 @@ done
 if ! /usr/bin/python3 -c 'import yaml' >/dev/null 2>&1; then
     missing+=(python3-yaml)
 fi
+# gdal2tiles.py (gdal-bin) runs /usr/bin/python3 with GDAL's bindings (python3-gdal): the TMS tree
+# of tests/it/xyz.rs.
+if ! /usr/bin/python3 -c 'from osgeo import gdal' >/dev/null 2>&1; then
+    missing+=(python3-gdal)
+fi
 
 if ((${#missing[@]})); then
     say "installing missing test dependencies: ${missing[*]}"
@@ -42,7 +47,7 @@ if ((${#missing[@]})); then
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         "${missing[@]}"
 else
-    say "test dependencies present (fuse3, mapproxy, gdal-bin, rsync, file, man-db, sqlite3, python3-yaml, cgi-mapserver)"
+    say "test dependencies present (fuse3, mapproxy, gdal-bin, rsync, file, man-db, sqlite3, python3-yaml, python3-gdal, cgi-mapserver)"
 fi
 
 # GDAL >= 3.8 reads .tpkx and ready-to-serve root.json; Debian's gdal-bin is 3.6, so the

@@ -31,7 +31,10 @@ pub use self::bundle::{BundleHandle, FileStamp};
 pub use self::files::{sync_dir, write_atomic, AtomicFile};
 pub use self::lock::BundleLock;
 pub(crate) use self::store::read_dir_names;
-use self::store::{compact::CompactStore, exploded::ExplodedStore};
+use self::store::{
+    compact::CompactStore,
+    exploded::{ExplodedStore, FileLayout},
+};
 pub use self::store::{
     Compacted, GroupView, LevelStats, Place, Storage, StorageKind, TileGroup, TileStat, TimedSlot,
     UpdateFn,
@@ -233,6 +236,8 @@ impl Cache {
                 _ => None,
             } {
                 return Ok(c);
+            } else if let Some(tms) = xyz_folder(&root)? {
+                return Cache::open_xyz(&root, tms, opts);
             }
         }
         let conf_path = find_entry(&root, CONF_XML)?.unwrap_or_else(|| root.join(CONF_XML));
@@ -517,6 +522,109 @@ impl Cache {
         Cache::open_geopackage(path, opts)
     }
 
+    /// Opens an XYZ (`tms` false) or TMS folder (`z/x/y.ext`) as a cache: its tiles through
+    /// [`ExplodedStore`] with that [`FileLayout`], its tiling scheme Web Mercator with the zoom
+    /// levels 0 to 23, or to the deepest level held when deeper; the tile format from
+    /// `metadata.json`'s `format` (else the first tile's kind), the extent from its `bounds`.
+    /// Errors, naming the file: a `metadata.json` that cannot be read or says a `scheme` or
+    /// `format` bundlefs does not read.
+    pub fn open_xyz(root: &Path, tms: bool, opts: CacheOptions) -> Result<Cache> {
+        let meta_path = root.join(crate::format::xyz::METADATA);
+        let crate::format::xyz::FolderMetadata { format, bounds, .. } = match fs::read(&meta_path) {
+            Ok(b) => crate::format::xyz::read_metadata(&b)
+                .map_err(|e| Error::invalid(format!("{}: {e}", meta_path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(e) => return Err(Error::io(&meta_path, e)),
+        };
+        let place = Place {
+            root: root.to_path_buf(),
+            tiles_dir: root.to_path_buf(),
+        };
+        let layout = if tms {
+            FileLayout::Tms
+        } else {
+            FileLayout::Xyz
+        };
+        let probe = ExplodedStore::with_layout(place.clone(), layout, ImageKind::Png, false);
+        let levels = probe.levels()?;
+        let format = match format {
+            Some(f) => crate::format::mbtiles::tile_format(&f)
+                .map_err(|e| Error::invalid(format!("{}: {e}", meta_path.display())))?,
+            None => first_tile_format(&probe, &levels),
+        };
+        let deepest = levels.last().copied().unwrap_or(0);
+        let scheme = TileScheme::web_mercator(deepest.max(23), format.clone());
+        let conf = TileScheme::parse_conf_xml(&scheme.to_conf_xml()).in_file(root)?;
+        let cdi = bounds.map(|e| conf::write_cdi(&e, &scheme));
+        let kind = format.image_kind().unwrap_or(ImageKind::Png);
+        Ok(Cache {
+            location: url::Location::Folder(root.to_path_buf()),
+            place: place.clone(),
+            layout: Layout::MapProxy,
+            storage: StorageFormat::Exploded,
+            conf: Some(conf),
+            cdi,
+            store: Box::new(ExplodedStore::with_layout(
+                place,
+                layout,
+                kind,
+                opts.durable,
+            )),
+            opts,
+            ready_to_serve: None,
+        })
+    }
+
+    /// Creates an XYZ (`tms` false) or TMS folder at `path` for tiles of `scheme` (Web Mercator
+    /// zoom levels only, by name otherwise) covering `extent`, with a `metadata.json` saying its
+    /// row order, name, format, bounds and zooms, and opens it. Errors: a scheme the folder cannot
+    /// hold or a format it cannot name (by name), a folder that holds files already, I/O errors;
+    /// each naming the path.
+    pub fn create_xyz(
+        path: &Path,
+        scheme: &TileScheme,
+        extent: &Envelope,
+        name: &str,
+        opts: CacheOptions,
+        tms: bool,
+    ) -> Result<Cache> {
+        let what = if tms { "a TMS folder" } else { "an XYZ folder" };
+        if let Some(why) = crate::format::mbtiles::web_mercator_refusal(scheme, what) {
+            return Err(Error::invalid(format!(
+                "{}: {why}; nothing written (a GeoPackage holds any tiling scheme: export to \
+                 NAME.gpkg)",
+                path.display()
+            )));
+        }
+        let format = crate::format::mbtiles::format_name(&scheme.tile_format)
+            .map_err(|e| Error::invalid(format!("{}: {e}; nothing written", path.display())))?;
+        if fs::read_dir(path).is_ok_and(|mut d| d.next().is_some()) {
+            return Err(Error::invalid(format!(
+                "{}: a folder holding files already; export writes a new {}",
+                path.display(),
+                if tms { "TMS folder" } else { "XYZ folder" }
+            )));
+        }
+        let zooms = (
+            scheme.lods.iter().map(|l| l.level).min().unwrap_or(0),
+            scheme.lods.iter().map(|l| l.level).max().unwrap_or(0),
+        );
+        fs::create_dir_all(path).at(path)?;
+        let meta = crate::format::xyz::metadata(
+            name,
+            format,
+            &crate::format::mbtiles::bounds(extent),
+            zooms,
+            tms,
+        );
+        write_atomic(
+            &path.join(crate::format::xyz::METADATA),
+            &meta,
+            opts.durable,
+        )?;
+        Cache::open_xyz(path, tms, opts)
+    }
+
     /// Creates an empty ArcGIS-layout cache (conf.xml, conf.cdi, `_alllayers/`).
     pub fn create(
         root: impl AsRef<Path>,
@@ -738,9 +846,10 @@ impl Cache {
                  new V1 cache)"
                     .to_string(),
             ),
-            StorageKind::Exploded | StorageKind::StoreExploded => {
-                Some("an exploded cache has no bundles to compact".to_string())
-            }
+            StorageKind::Exploded
+            | StorageKind::StoreExploded
+            | StorageKind::Xyz
+            | StorageKind::Tms => Some("an exploded cache has no bundles to compact".to_string()),
             StorageKind::Mbtiles | StorageKind::Geopackage => Some(format!(
                 "an {} file has no bundles to compact (SQLite's VACUUM reclaims its free pages)",
                 if self.kind() == StorageKind::Mbtiles {
@@ -755,7 +864,7 @@ impl Cache {
     /// How deleting tiles frees their space here ([`Reclaim`]).
     pub fn deleted_space(&self) -> Reclaim {
         match self.kind() {
-            StorageKind::Exploded => Reclaim::Files,
+            StorageKind::Exploded | StorageKind::Xyz | StorageKind::Tms => Reclaim::Files,
             StorageKind::StoreExploded => Reclaim::Objects,
             StorageKind::StoreCompactV2 => Reclaim::Rewritten,
             StorageKind::CompactV2 => Reclaim::DeadSpace,
@@ -1038,6 +1147,35 @@ pub enum Reclaim {
 }
 
 /// The image kind to assume for tiles whose bytes don't tell: the scheme's format, else PNG.
+/// Whether the folder `root` (without conf.xml) is an XYZ or TMS folder, and which: Some(true)
+/// for TMS (`metadata.json` says `"scheme": "tms"`, or a gdal2tiles `tilemapresource.xml` is
+/// there), Some(false) for XYZ (`metadata.json` says `"scheme": "xyz"`, or has no scheme, or there
+/// is none but a level folder `0`-`30` holding a column folder). None for anything else. Errors: a
+/// `metadata.json` that cannot be read or parsed, naming it.
+fn xyz_folder(root: &Path) -> Result<Option<bool>> {
+    let meta = root.join(crate::format::xyz::METADATA);
+    match fs::read(&meta) {
+        Ok(b) => {
+            let m = crate::format::xyz::read_metadata(&b)
+                .map_err(|e| Error::invalid(format!("{}: {e}", meta.display())))?;
+            return Ok(Some(m.tms.unwrap_or(false)));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(&meta, e)),
+    }
+    if root.join(crate::format::xyz::TMS_RESOURCE).is_file() {
+        return Ok(Some(true));
+    }
+    let has_levels = store::read_dir_names(root)?.iter().any(|n| {
+        crate::format::xyz::parse_number(n).is_some_and(|z| z <= 30)
+            && store::read_dir_names(&root.join(n)).is_ok_and(|xs| {
+                xs.iter()
+                    .any(|x| crate::format::xyz::parse_number(x).is_some())
+            })
+    });
+    Ok(has_levels.then_some(false))
+}
+
 /// The tile format of a file that does not say it: JPEG when its first tile (of the first level
 /// in `levels`) is one, else PNG.
 fn first_tile_format(store: &dyn Storage, levels: &[u8]) -> conf::TileFormat {

@@ -179,6 +179,7 @@ pub fn export(a: &ExportArgs) -> anyhow::Result<ExitCode> {
         ExportTo::ReadyToServe => export_ready_to_serve(c, d, &opts, &bar)?,
         ExportTo::Mbtiles => crate::jobs::export::export_mbtiles(c, d, &opts, &bar)?,
         ExportTo::Geopackage => crate::jobs::export::export_geopackage(c, d, &opts, &bar)?,
+        ExportTo::Xyz(tms) => crate::jobs::export::export_xyz(c, d, tms, &opts, &bar)?,
     };
     bar.0.finish_and_clear();
     crate::jobs::selection::check_matched(source.cache(), &opts, &s)?;
@@ -189,6 +190,7 @@ pub fn export(a: &ExportArgs) -> anyhow::Result<ExitCode> {
         ExportTo::ReadyToServe => "ready-to-serve".to_string(),
         ExportTo::Mbtiles => "mbtiles".to_string(),
         ExportTo::Geopackage => "geopackage".to_string(),
+        ExportTo::Xyz(tms) => if tms { "tms" } else { "xyz" }.to_string(),
     };
     // The whole command's time: opening a package and writing one (zip) are part of the run.
     s.seconds = started.elapsed().as_secs_f64();
@@ -212,6 +214,11 @@ fn existing_storage(dest: &Path) -> Option<StorageArg> {
     let c = Cache::open(dest).ok()?;
     if c.ready_to_serve().is_some() {
         return None;
+    }
+    match c.kind() {
+        crate::cache::StorageKind::Xyz => return Some(StorageArg::Xyz),
+        crate::cache::StorageKind::Tms => return Some(StorageArg::Tms),
+        _ => {}
     }
     Some(match c.storage() {
         StorageFormat::Exploded => StorageArg::Exploded,
@@ -896,6 +903,12 @@ fn info_of(path: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
         }
         Source::Folder(c) if c.kind() == crate::cache::StorageKind::Geopackage => {
             (c.root().to_path_buf(), "GeoPackage".to_string())
+        }
+        Source::Folder(c) if c.kind() == crate::cache::StorageKind::Xyz => {
+            (c.root().to_path_buf(), "XYZ folder".to_string())
+        }
+        Source::Folder(c) if c.kind() == crate::cache::StorageKind::Tms => {
+            (c.root().to_path_buf(), "TMS folder".to_string())
         }
         Source::Folder(c) => (c.root().to_path_buf(), format!("{:?} layout", c.layout())),
     };

@@ -66,6 +66,14 @@ pub enum StorageArg {
     /// ending in `.gpkg`.
     #[value(name = "geopackage", alias = "GEOPACKAGE", alias = "gpkg")]
     Geopackage,
+    /// An XYZ folder: `z/x/y.ext`, rows from the top, and a `metadata.json` (Web Mercator zoom
+    /// levels only).
+    #[value(name = "xyz", alias = "XYZ")]
+    Xyz,
+    /// A TMS folder: `z/x/y.ext`, rows from the bottom, and a `metadata.json` (Web Mercator zoom
+    /// levels only).
+    #[value(name = "tms", alias = "TMS")]
+    Tms,
 }
 
 /// What `export` writes: a job target, or one of the package kinds only the command line names.
@@ -81,6 +89,8 @@ pub enum ExportTo {
     Mbtiles,
     /// A GeoPackage ([`crate::jobs::export::export_geopackage`]).
     Geopackage,
+    /// An XYZ (false) or TMS (true) folder ([`crate::jobs::export::export_xyz`]).
+    Xyz(bool),
 }
 
 impl ExportTo {
@@ -138,7 +148,7 @@ impl ExportTo {
             (None, Some(PackageKind::Tpk)) => ExportTo::Tpk,
             (None, None) => anyhow::bail!(
                 "{}: say which storage to write (--storage exploded, compact-v1, compact-v2, \
-                 ready-to-serve, tpkx, tpk, mbtiles or geopackage); only a .tpkx, .tpk, \
+                 ready-to-serve, tpkx, tpk, mbtiles, geopackage, xyz or tms); only a .tpkx, .tpk, \
                  .mbtiles or .gpkg name, or a cache already there, says it alone",
                 dest.display()
             ),
@@ -186,6 +196,8 @@ impl ExportTo {
             (Some(StorageArg::ReadyToServe), None) => ExportTo::ReadyToServe,
             (Some(StorageArg::Mbtiles), _) => ExportTo::Mbtiles,
             (Some(StorageArg::Geopackage), _) => ExportTo::Geopackage,
+            (Some(StorageArg::Xyz), _) => ExportTo::Xyz(false),
+            (Some(StorageArg::Tms), _) => ExportTo::Xyz(true),
         })
     }
 }

@@ -20,26 +20,32 @@ pub fn flip_row(zoom: u8, row: u32) -> Option<u32> {
     (u64::from(row) < n).then(|| (n - 1 - u64::from(row)) as u32)
 }
 
-/// Why `s` cannot be kept in MBTiles, or None when it can: Web Mercator, 256×256 px tiles, the
+/// Why `s` cannot be kept in MBTiles, or None when it can ([`web_mercator_refusal`]).
+pub fn refusal(s: &TileScheme) -> Option<String> {
+    web_mercator_refusal(s, "MBTiles")
+}
+
+/// Why `s` cannot be kept in a format (`what`, for the message: `MBTiles`, `an XYZ folder`) whose
+/// levels are Web Mercator zoom levels, or None when it can: Web Mercator, 256×256 px tiles, the
 /// origin at (-20037508.342787, 20037508.342787), and every level's resolution that of the zoom
 /// level of the same number (156543.03392800014 / 2^level m/px, to 1e-6 relative).
-pub fn refusal(s: &TileScheme) -> Option<String> {
+pub fn web_mercator_refusal(s: &TileScheme, what: &str) -> Option<String> {
     if !crate::format::extent::is_web_mercator(s) {
         return Some(format!(
-            "MBTiles holds Web Mercator (EPSG:3857) tiles only, and this tiling scheme is in {}",
+            "{what} holds Web Mercator (EPSG:3857) tiles only, and this tiling scheme is in {}",
             crate::format::extent::describe(s)
         ));
     }
     if (s.tile_cols, s.tile_rows) != (256, 256) {
         return Some(format!(
-            "MBTiles holds 256×256 px tiles only, and this tiling scheme has {}×{} px tiles",
+            "{what} holds 256×256 px tiles only, and this tiling scheme has {}×{} px tiles",
             s.tile_cols, s.tile_rows
         ));
     }
     let off = |a: f64, b: f64| (a - b).abs() > 0.01;
     if off(s.origin_x, -WEB_MERCATOR_ORIGIN) || off(s.origin_y, WEB_MERCATOR_ORIGIN) {
         return Some(format!(
-            "MBTiles tiles start at the top left of the Web Mercator square \
+            "{what} starts its tiles at the top left of the Web Mercator square \
              (-20037508.342787, 20037508.342787); this tiling scheme's origin is ({}, {})",
             s.origin_x, s.origin_y
         ));
@@ -48,7 +54,7 @@ pub fn refusal(s: &TileScheme) -> Option<String> {
         let want = WEB_MERCATOR_RES0 / f64::from(1u32 << l.level.min(31));
         if (l.resolution / want - 1.0).abs() > 1e-6 {
             return Some(format!(
-                "MBTiles numbers levels by zoom, and level {} of this tiling scheme has a \
+                "{what} numbers levels by zoom, and level {} of this tiling scheme has a \
                  resolution of {} m/px where zoom {} has {want}",
                 l.level, l.resolution, l.level
             ));

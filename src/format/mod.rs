@@ -17,6 +17,7 @@ pub mod tpkx;
 pub mod v1;
 pub mod v2;
 pub mod values;
+pub mod xyz;
 
 /// Tiles per bundle side (rows and columns).
 pub const BUNDLE_DIM: u32 = 128;

@@ -165,12 +165,52 @@ pub fn export_geopackage(
     )
 }
 
+/// Exports the selected tiles of `src` into the XYZ (`tms` false) or TMS folder `dest`
+/// ([`Cache::create_xyz`]: `z/x/y.ext` and a `metadata.json`), or, when `dest` is such a folder
+/// already, into it (merged or overwriting, `opts.mode`, after the schemes are checked). Bytes are
+/// copied as stored, each tile's extension its kind's. Afterwards `metadata.json`'s
+/// `minzoom`/`maxzoom` say the levels the folder holds. Errors: `src` without a tiling scheme, a
+/// scheme that is not Web Mercator zoom levels (by name), a folder that holds other files, I/O.
+pub fn export_xyz(
+    src: &Cache,
+    dest: &Path,
+    tms: bool,
+    opts: &JobOptions,
+    progress: &dyn Progress,
+) -> Result<JobSummary> {
+    use crate::cache::StorageKind;
+    let existing = dest.is_dir()
+        && Cache::open(dest).is_ok_and(|c| matches!(c.kind(), StorageKind::Xyz | StorageKind::Tms));
+    let summary = if existing {
+        let mut d = Cache::open_with(dest, dest_options(StorageFormat::Exploded, opts.sync))?;
+        into_cache(src, &mut d, opts, progress)?
+    } else {
+        export_to_file(
+            src,
+            dest,
+            "XYZ and TMS folders need Web Mercator zoom levels",
+            &move |p, s, e, n, o| Cache::create_xyz(p, s, e, n, o, tms),
+            opts,
+            progress,
+        )?
+    };
+    let levels = Cache::open(dest)?.levels()?;
+    let meta = dest.join(crate::format::xyz::METADATA);
+    if let (Some(min), Some(max), Ok(bytes)) = (levels.first(), levels.last(), std::fs::read(&meta))
+    {
+        let b = crate::format::xyz::with_zooms(&bytes, (*min, *max))
+            .map_err(|e| Error::invalid(format!("{}: {e}", meta.display())))?;
+        crate::cache::files::write_atomic(&meta, &b, opts.sync)?;
+    }
+    Ok(summary)
+}
+
 /// Makes one file of a new cache with `create(path, scheme, extent, name, options)`.
 type CreateFile = dyn Fn(&Path, &TileScheme, &Envelope, &str, CacheOptions) -> Result<Cache>;
 
 /// The selected tiles of `src` into the one-file cache `dest`: into it when it is there, else into
-/// a new one made by `create`, which is removed again when the job fails (a file left half
-/// written would look like a whole one). `needs` says what the file needs of the scheme, for the
+/// a new one (a file, or a folder that was empty) made by `create`, which is removed again when
+/// the job fails (a file left half written would look like a whole one). `needs` says what the file needs of the scheme, for the
 /// error of a source without conf.xml.
 fn export_to_file(
     src: &Cache,
@@ -208,7 +248,11 @@ fn export_to_file(
         Ok(s) => Ok(s),
         Err(e) => {
             drop(d);
-            let _ = std::fs::remove_file(dest);
+            let _ = if dest.is_dir() {
+                std::fs::remove_dir_all(dest)
+            } else {
+                std::fs::remove_file(dest)
+            };
             Err(e)
         }
     }

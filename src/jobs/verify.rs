@@ -122,6 +122,16 @@ pub fn verify(cache: &Cache, decode: bool) -> Result<Report> {
                     what,
                 }),
         );
+    } else if matches!(
+        cache.kind(),
+        crate::cache::StorageKind::Xyz | crate::cache::StorageKind::Tms
+    ) {
+        // `z/x/y.ext` folders have no names to misspell; other files are not tiles.
+        report.not_checked.push(
+            "entries the cache does not read (stray files and folders): checked in ArcGIS \
+             layouts only, not in XYZ or TMS folders"
+                .to_string(),
+        );
     } else if !cache.location().is_folder() {
         // Keys a listing by prefix never shows are not "skipped entries" as a folder's are.
         report.not_checked.push(

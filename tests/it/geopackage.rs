@@ -338,69 +338,20 @@ for name, path in (("esric", conf), ("gpkg", gpkg)):
     assert_eq!(line("esric"), line("gpkg"), "{text}");
 }
 
-/// MapProxy's own compact cache (seeded by `scripts/mapproxy-fixture.sh`, levels 0-2, PNG) to a
-/// GeoPackage by bundlefs; MapProxy then reads that file as a `type: geopackage` cache and exports
-/// it (`mapproxy-util export --type tms`): equal, tile for tile, to MapProxy's export of its own
-/// cache. (MapProxy encodes PNG tiles anew on export, so the comparison is with what it makes of
-/// the source.)
+/// MapProxy reads the GeoPackage bundlefs wrote from its own cache as a `type: geopackage` cache
+/// on GLOBAL_WEBMERCATOR, whose rows count from the top as GeoPackage's do
+/// ([`crate::support::mapproxy`]).
 #[test]
 fn mapproxy_reads_bundlefs_geopackage() {
-    need("mapproxy-util");
-    let d = scratch_dir("gpkg-mapproxy");
-    let fixture = crate::support::mount::seed_mapproxy_fixture("gpkg", 2);
-    let cache = d.join("cache");
-    run_ok(
-        Command::new(bin())
-            .arg("create")
-            .arg(&cache)
-            .args(["--levels", "0-2", "--format", "PNG"]),
+    crate::support::mapproxy::reads_what_bundlefs_wrote(
+        "gpkg-mapproxy",
+        &crate::support::mapproxy::Reader {
+            dest: "mp.gpkg",
+            export_args: &[],
+            cache_yaml: "      type: geopackage\n      filename: {path}\n      table_name: cache",
+            origin_sw: false,
+        },
     );
-    for l in ["L00", "L01", "L02"] {
-        let (ok, _, err) = sh(&format!(
-            "cp -r {}/{l} {}/_alllayers/",
-            fixture.join("v2").display(),
-            cache.display()
-        ));
-        assert!(ok, "{err}");
-    }
-    let f = d.join("mp.gpkg");
-    export(&cache, &f, &[]);
-    let yaml = format!(
-        "services:\n  demo:\nlayers:\n  - name: mp\n    title: mp\n    sources: [mp_cache]\n\
-         caches:\n  mp_cache:\n    grids: [GLOBAL_WEBMERCATOR]\n    sources: []\n    \
-         cache:\n      type: geopackage\n      filename: {}\n      table_name: cache\n",
-        f.display()
-    );
-    let conf = d.join("mapproxy.yaml");
-    std::fs::write(&conf, yaml).unwrap();
-    let out_dir = d.join("mp-export");
-    let (ok, out, err) = sh(&format!(
-        "cd {} && mapproxy-util export -f {} --source mp_cache --grid GLOBAL_WEBMERCATOR \
-         --dest {} --type tms --levels 0..2",
-        d.display(),
-        conf.display(),
-        out_dir.display()
-    ));
-    assert!(ok, "mapproxy-util export: {out}{err}");
-    let want: BTreeMap<String, Vec<u8>> = crate::support::tree_files(&fixture.join("arcgis"))
-        .into_iter()
-        .filter(|(k, _)| k.ends_with(".png"))
-        .collect();
-    assert_eq!(want.len(), 21, "the fixture's export");
-    let mut differ = Vec::new();
-    for (k, bytes) in &want {
-        let parts: Vec<&str> = k.split('/').collect();
-        let z = bundlefs::format::exploded::parse_level_dir(parts[0]).unwrap();
-        let row = bundlefs::format::exploded::parse_row_dir(parts[1]).unwrap();
-        let (col, _) = bundlefs::format::exploded::parse_col_file(parts[2]).unwrap();
-        // GLOBAL_WEBMERCATOR's origin is nw: MapProxy's rows count from the top, as
-        // GeoPackage's and ArcGIS's do.
-        let p = out_dir.join(format!("{z}/{col}/{row}.png"));
-        if std::fs::read(&p).ok().as_ref() != Some(bytes) {
-            differ.push(p);
-        }
-    }
-    assert!(differ.is_empty(), "MapProxy's exports differ: {differ:?}");
 }
 
 /// GDAL writes a GeoPackage on the Web Mercator grid (`TILING_SCHEME=GoogleMapsCompatible`, its

@@ -31,3 +31,4 @@ mod service;
 mod supertiles;
 mod tilekinds;
 mod writeback;
+mod xyz;

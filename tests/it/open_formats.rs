@@ -154,76 +154,21 @@ for i in range(3):
     }
 }
 
-/// MapProxy's own compact cache (seeded by `scripts/mapproxy-fixture.sh`, levels 0-2, PNG) to
-/// MBTiles by bundlefs; MapProxy then reads that file as a `type: mbtiles` cache and exports it
-/// (`mapproxy-util export --type arcgis`): equal, file for file, to MapProxy's export of its own
-/// cache. (MapProxy writes PNG tiles anew on export, so the comparison is with what it makes of
-/// the source, not with the source's bytes.)
+/// MapProxy reads the MBTiles file bundlefs wrote from its own cache as a `type: mbtiles` cache
+/// on a Web Mercator grid with origin sw (its mbtiles cache keeps rows as its grid counts them,
+/// and GLOBAL_WEBMERCATOR counts from the top), so TMS rows, as MBTiles numbers them
+/// ([`crate::support::mapproxy`]).
 #[test]
 fn mapproxy_reads_bundlefs_mbtiles() {
-    need("mapproxy-util");
-    let d = scratch_dir("mbtiles-mapproxy");
-    let fixture = crate::support::mount::seed_mapproxy_fixture("mbtiles", 2);
-    // MapProxy's cache has no conf.xml: it goes under one bundlefs made for the same grid (Web
-    // Mercator, levels 0-2, PNG), as ArcGIS keeps it.
-    let cache = d.join("cache");
-    run_ok(
-        Command::new(bin())
-            .arg("create")
-            .arg(&cache)
-            .args(["--levels", "0-2", "--format", "PNG"]),
+    crate::support::mapproxy::reads_what_bundlefs_wrote(
+        "mbtiles-mapproxy",
+        &crate::support::mapproxy::Reader {
+            dest: "mp.mbtiles",
+            export_args: &[],
+            cache_yaml: "      type: mbtiles\n      filename: {path}",
+            origin_sw: true,
+        },
     );
-    for l in ["L00", "L01", "L02"] {
-        let (ok, _, err) = sh(&format!(
-            "cp -r {}/{l} {}/_alllayers/",
-            fixture.join("v2").display(),
-            cache.display()
-        ));
-        assert!(ok, "{err}");
-    }
-    let f = d.join("mp.mbtiles");
-    export(&cache, &f, &[]);
-    // The MBTiles file as a cache on a Web Mercator grid with origin sw (MapProxy's
-    // GLOBAL_WEBMERCATOR is nw; its mbtiles cache keeps rows as its grid counts them, so sw gives
-    // TMS rows, as MBTiles numbers them), exported as a TMS tree (`z/x/y.png`, y from the bottom).
-    let yaml = format!(
-        "services:\n  demo:\nlayers:\n  - name: mp\n    title: mp\n    sources: [mp_cache]\n\
-         grids:\n  webmercator_sw:\n    base: GLOBAL_WEBMERCATOR\n    origin: sw\n\
-         caches:\n  mp_cache:\n    grids: [webmercator_sw]\n    sources: []\n    \
-         cache:\n      type: mbtiles\n      filename: {}\n",
-        f.display()
-    );
-    let conf = d.join("mapproxy.yaml");
-    std::fs::write(&conf, yaml).unwrap();
-    let out_dir = d.join("mp-export");
-    let (ok, out, err) = sh(&format!(
-        "cd {} && mapproxy-util export -f {} --source mp_cache --grid webmercator_sw \
-         --dest {} --type tms --levels 0..2",
-        d.display(),
-        conf.display(),
-        out_dir.display()
-    ));
-    assert!(ok, "mapproxy-util export: {out}{err}");
-    // The fixture's own export (ArcGIS rows from the top): each tile equal to MapProxy's export
-    // of the MBTiles file at the flipped row.
-    let want: BTreeMap<String, Vec<u8>> = crate::support::tree_files(&fixture.join("arcgis"))
-        .into_iter()
-        .filter(|(k, _)| k.ends_with(".png"))
-        .collect();
-    assert_eq!(want.len(), 21, "the fixture's export");
-    let mut differ = Vec::new();
-    for (k, bytes) in &want {
-        let parts: Vec<&str> = k.split('/').collect();
-        let z = bundlefs::format::exploded::parse_level_dir(parts[0]).unwrap();
-        let row = bundlefs::format::exploded::parse_row_dir(parts[1]).unwrap();
-        let (col, _) = bundlefs::format::exploded::parse_col_file(parts[2]).unwrap();
-        let y = (1u32 << z) - 1 - row;
-        let p = out_dir.join(format!("{z}/{col}/{y}.png"));
-        if std::fs::read(&p).ok().as_ref() != Some(bytes) {
-            differ.push(p);
-        }
-    }
-    assert!(differ.is_empty(), "MapProxy's exports differ: {differ:?}");
 }
 
 #[test]

@@ -94,6 +94,28 @@ pub fn mbtiles() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
     (Box::new(d), Box::new(s))
 }
 
+/// An XYZ folder (`z/x/y.ext`, rows from the top) in a temporary folder.
+pub fn xyz() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
+    let d = tempfile::tempdir().unwrap();
+    let p = Place {
+        root: d.path().to_path_buf(),
+        tiles_dir: d.path().to_path_buf(),
+    };
+    let s = ExplodedStore::with_layout(p, super::exploded::FileLayout::Xyz, ImageKind::Png, false);
+    (Box::new(d), Box::new(s))
+}
+
+/// A TMS folder (`z/x/y.ext`, rows from the bottom) in a temporary folder.
+pub fn tms() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
+    let d = tempfile::tempdir().unwrap();
+    let p = Place {
+        root: d.path().to_path_buf(),
+        tiles_dir: d.path().to_path_buf(),
+    };
+    let s = ExplodedStore::with_layout(p, super::exploded::FileLayout::Tms, ImageKind::Png, false);
+    (Box::new(d), Box::new(s))
+}
+
 /// A GeoPackage tile table (Web Mercator, levels 0-20) in a temporary folder.
 pub fn geopackage() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
     let d = tempfile::tempdir().unwrap();
@@ -514,3 +536,7 @@ contract_suite!(object_v1_layout, super::object_v1);
 contract_suite!(mbtiles_file, super::mbtiles);
 #[cfg(test)]
 contract_suite!(geopackage_file, super::geopackage);
+#[cfg(test)]
+contract_suite!(xyz_folder, super::xyz);
+#[cfg(test)]
+contract_suite!(tms_folder, super::tms);

@@ -1,6 +1,8 @@
-//! Exploded storage in a local folder: one file per tile, `Lnn/Rrrrrrrrr/Ccccccccc.png|jpg`
-//! (ArcGIS's exploded cache; names per `format::exploded`). Each tile file is replaced whole
-//! (temporary file, rename), so a reader sees the old tile or the new one, never a mix.
+//! Exploded storage in a local folder: one file per tile, named as [`FileLayout`] says: ArcGIS's
+//! exploded cache (`Lnn/Rrrrrrrrr/Ccccccccc.png|jpg`, names per `format::exploded`), or an XYZ or
+//! TMS folder (`z/x/y.png`, the row counted from the top or from the bottom; names per
+//! `format::xyz`). Each tile file is replaced whole (temporary file, rename), so a reader sees the
+//! old tile or the new one, never a mix.
 
 use crate::cache::store::StorageKind;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -19,11 +21,23 @@ use crate::cache::TileBytes;
 use crate::error::{Error, IoContext, Result};
 use crate::format::sniff::{sniff, ImageKind};
 use crate::format::v2::WriteStats;
-use crate::format::{exploded as names, BundleId, Slot, TileAddr};
+use crate::format::{exploded as names, xyz, BundleId, Slot, TileAddr};
+
+/// How the tile files of an exploded storage are named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileLayout {
+    /// ArcGIS: `Lnn/Rrrrrrrrr/Ccccccccc.ext` (hexadecimal rows and columns, any case).
+    ArcGis,
+    /// `z/x/y.ext`, y counted from the top (XYZ, "slippy map" tiles).
+    Xyz,
+    /// `z/x/y.ext`, y counted from the bottom (TMS).
+    Tms,
+}
 
 /// A local exploded cache.
 pub struct ExplodedStore {
     place: Place,
+    layout: FileLayout,
     /// The extension to expect first (the cache's tile format), and to use for bytes that are
     /// neither PNG nor JPEG.
     default_kind: ImageKind,
@@ -35,10 +49,21 @@ pub struct ExplodedStore {
 }
 
 impl ExplodedStore {
-    /// Exploded storage under `place`; `durable`: fsync each tile file and its folder.
+    /// ArcGIS exploded storage under `place`; `durable`: fsync each tile file and its folder.
     pub fn new(place: Place, default_kind: ImageKind, durable: bool) -> ExplodedStore {
+        Self::with_layout(place, FileLayout::ArcGis, default_kind, durable)
+    }
+
+    /// Exploded storage under `place` with files named as `layout` says.
+    pub fn with_layout(
+        place: Place,
+        layout: FileLayout,
+        default_kind: ImageKind,
+        durable: bool,
+    ) -> ExplodedStore {
         ExplodedStore {
             place,
+            layout,
             default_kind,
             durable,
             groups_locked: Mutex::new(HashMap::new()),
@@ -49,14 +74,71 @@ impl ExplodedStore {
         spelling::resolve(&self.place.level_dir(level), &names::row_dir(row))
     }
 
+    /// The folder of tile `t`'s file: its row folder (ArcGIS) or its column folder (XYZ, TMS).
+    fn tile_dir(&self, t: TileAddr) -> PathBuf {
+        match self.layout {
+            FileLayout::ArcGis => self.row_dir(t.level, t.row),
+            FileLayout::Xyz | FileLayout::Tms => self
+                .place
+                .tiles_dir
+                .join(t.level.to_string())
+                .join(t.col.to_string()),
+        }
+    }
+
+    /// The file name of tile `t` with extension `ext` in [`ExplodedStore::tile_dir`]; None for a
+    /// TMS row outside the level's 2^level rows.
+    fn file_name(&self, t: TileAddr, ext: &str) -> Option<String> {
+        match self.layout {
+            FileLayout::ArcGis => Some(names::col_file(t.col, ext)),
+            FileLayout::Xyz => Some(xyz::file_name(t.row, ext)),
+            FileLayout::Tms => {
+                crate::format::mbtiles::flip_row(t.level, t.row).map(|y| xyz::file_name(y, ext))
+            }
+        }
+    }
+
+    /// The tile a file `name` in folder `dir_key` (row of ArcGIS, column of XYZ) of `level` holds.
+    fn parse_file(&self, level: u8, dir_key: u32, name: &str) -> Option<TileAddr> {
+        match self.layout {
+            FileLayout::ArcGis => names::parse_col_file(name)
+                .ok()
+                .map(|(col, _)| TileAddr::new(level, dir_key, col)),
+            FileLayout::Xyz => xyz::parse_file(name).map(|y| TileAddr::new(level, y, dir_key)),
+            FileLayout::Tms => xyz::parse_file(name)
+                .and_then(|y| crate::format::mbtiles::flip_row(level, y))
+                .map(|row| TileAddr::new(level, row, dir_key)),
+        }
+    }
+
     /// Path of a stored tile, if one exists (any known extension).
     pub fn tile_path(&self, t: TileAddr) -> Option<PathBuf> {
-        let dir = self.row_dir(t.level, t.row);
+        let dir = self.tile_dir(t);
         let first = self.default_kind.ext();
         std::iter::once(&first)
             .chain(crate::format::exploded::TILE_EXTS.iter())
-            .map(|ext| spelling::resolve(&dir, &names::col_file(t.col, ext)))
+            .filter_map(|ext| self.file_name(t, ext))
+            .map(|n| spelling::resolve(&dir, &n))
             .find(|p| p.is_file())
+    }
+
+    /// Every tile file of `level` (XYZ and TMS: column folders, then files): (tile, path).
+    fn xyz_files(&self, level: u8) -> Result<Vec<(TileAddr, PathBuf)>> {
+        let ldir = self.place.tiles_dir.join(level.to_string());
+        let mut out = Vec::new();
+        for xn in read_dir_names(&ldir)? {
+            let Some(x) = xyz::parse_number(&xn) else {
+                continue;
+            };
+            let xdir = ldir.join(&xn);
+            for n in read_dir_names(&xdir)? {
+                match self.parse_file(level, x, &n) {
+                    Some(t) => out.push((t, xdir.join(n))),
+                    None => tracing::debug!("{}: not a tile, ignored", xdir.join(n).display()),
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn read_tile(&self, t: TileAddr) -> Result<Option<TileBytes>> {
@@ -88,11 +170,18 @@ impl GroupView for ExplodedGroup<'_> {
 
 impl Storage for ExplodedStore {
     fn kind(&self) -> StorageKind {
-        StorageKind::Exploded
+        match self.layout {
+            FileLayout::ArcGis => StorageKind::Exploded,
+            FileLayout::Xyz => StorageKind::Xyz,
+            FileLayout::Tms => StorageKind::Tms,
+        }
     }
 
     fn levels(&self) -> Result<Vec<u8>> {
-        self.place.levels()
+        match self.layout {
+            FileLayout::ArcGis => self.place.levels(),
+            FileLayout::Xyz | FileLayout::Tms => xyz_levels(&self.place.tiles_dir),
+        }
     }
 
     fn tile(&self, t: TileAddr) -> Result<Option<TileBytes>> {
@@ -100,6 +189,13 @@ impl Storage for ExplodedStore {
     }
 
     fn rows(&self, level: u8) -> Result<BTreeSet<u32>> {
+        if self.layout != FileLayout::ArcGis {
+            return Ok(self
+                .xyz_files(level)?
+                .into_iter()
+                .map(|(t, _)| t.row)
+                .collect());
+        }
         Ok(read_dir_names(&self.place.level_dir(level))?
             .iter()
             .filter_map(|n| names::parse_row_dir(n).ok())
@@ -107,6 +203,16 @@ impl Storage for ExplodedStore {
     }
 
     fn cols(&self, level: u8, row: u32) -> Result<Vec<(u32, u64)>> {
+        if self.layout != FileLayout::ArcGis {
+            let mut out = Vec::new();
+            for (t, p) in self.xyz_files(level)? {
+                if t.row == row {
+                    out.push((t.col, fs::metadata(&p).at(&p)?.len()));
+                }
+            }
+            out.sort_unstable();
+            return Ok(out);
+        }
         let dir = self.row_dir(level, row);
         let mut out = Vec::new();
         for n in read_dir_names(&dir)? {
@@ -121,6 +227,18 @@ impl Storage for ExplodedStore {
 
     fn groups(&self, level: u8) -> Result<Vec<TileGroup>> {
         let mut map: BTreeMap<BundleId, Vec<(TileAddr, PathBuf)>> = BTreeMap::new();
+        if self.layout != FileLayout::ArcGis {
+            for (t, p) in self.xyz_files(level)? {
+                map.entry(t.bundle()).or_default().push((t, p));
+            }
+            return Ok(map
+                .into_iter()
+                .map(|(id, mut files)| {
+                    files.sort();
+                    TileGroup { id, files }
+                })
+                .collect());
+        }
         let ldir = self.place.level_dir(level);
         for rn in read_dir_names(&ldir)? {
             let rdir = ldir.join(&rn);
@@ -175,21 +293,27 @@ impl Storage for ExplodedStore {
     fn write_group(&self, id: BundleId, tiles: &[TimedSlot]) -> Result<WriteStats> {
         check_tiles(&self.place.level_dir(id.level), id, tiles)?;
         let mut total = WriteStats::default();
-        let mut rows: BTreeMap<u32, Vec<&TimedSlot>> = BTreeMap::new();
+        let mut dirs: BTreeMap<PathBuf, Vec<&TimedSlot>> = BTreeMap::new();
         for t in tiles {
-            rows.entry(id.row0 + t.0.row).or_default().push(t);
+            dirs.entry(self.tile_dir(id.tile(t.0))).or_default().push(t);
         }
-        for (row, group) in rows {
-            // Per row, not per tile: the folder checked and made once, its entries listed once
+        for (dir, group) in dirs {
+            // Per folder, not per tile: the folder checked and made once, its entries listed once
             // (a lookup per tile would list the folder anew after each write changed it).
-            let dir = self.row_dir(id.level, row);
             self.place.check_inside(&dir)?;
             fs::create_dir_all(&dir).at(&dir)?;
             let mut on_disk = row_entries(&dir)?;
             for (slot, bytes, mtime) in group {
-                let col = id.col0 + slot.col;
+                let t = id.tile(*slot);
                 let ext = sniff(bytes).unwrap_or(self.default_kind).ext();
-                let canonical = names::col_file(col, ext);
+                let Some(canonical) = self.file_name(t, ext) else {
+                    return Err(Error::invalid(format!(
+                        "{}: tile {t} lies outside zoom level {}'s {} rows",
+                        dir.display(),
+                        t.level,
+                        1u64 << t.level.min(31)
+                    )));
+                };
                 let key = canonical.to_ascii_lowercase();
                 // The spelling on disk (names in any case), followed only if it stays inside.
                 let (path, listed) = match on_disk.get(&key) {
@@ -205,7 +329,8 @@ impl Storage for ExplodedStore {
                 // A tile stored under another extension is replaced, not kept beside.
                 let others: Vec<String> = crate::format::exploded::TILE_EXTS
                     .iter()
-                    .map(|e| names::col_file(col, e).to_ascii_lowercase())
+                    .filter_map(|e| self.file_name(t, e))
+                    .map(|n| n.to_ascii_lowercase())
                     .filter(|k| *k != key)
                     .filter_map(|k| on_disk.remove(&k).map(|(n, _)| n))
                     .collect();
@@ -273,14 +398,21 @@ impl Storage for ExplodedStore {
 
     fn location(&self, t: TileAddr) -> PathBuf {
         self.tile_path(t).unwrap_or_else(|| {
-            self.row_dir(t.level, t.row)
-                .join(names::col_file(t.col, self.default_kind.ext()))
+            let dir = self.tile_dir(t);
+            match self.file_name(t, self.default_kind.ext()) {
+                Some(n) => dir.join(n),
+                None => dir,
+            }
         })
     }
 
     /// Removes the row folders `delete` left empty (`rmdir`: a folder another writer filled
     /// meanwhile stays); a folder that cannot be removed is a warning naming it.
     fn remove_empty_rows(&self, level: u8, rows: &BTreeSet<u32>) -> u64 {
+        if self.layout != FileLayout::ArcGis {
+            // Column folders, not row folders: left as they are.
+            return 0;
+        }
         let mut n = 0;
         for &row in rows {
             let dir = self.row_dir(level, row);
@@ -293,6 +425,19 @@ impl Storage for ExplodedStore {
         }
         n
     }
+}
+
+/// The zoom levels of an XYZ or TMS folder: its sub-folders named by a number 0-255, ascending.
+fn xyz_levels(root: &std::path::Path) -> Result<Vec<u8>> {
+    let mut v: Vec<u8> = read_dir_names(root)?
+        .iter()
+        .filter_map(|n| xyz::parse_number(n))
+        .filter_map(|z| u8::try_from(z).ok())
+        .filter(|z| root.join(z.to_string()).is_dir())
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    Ok(v)
 }
 
 /// A row folder's entries by lower-case name: (the name on disk, whether it is a symbolic link).

@@ -144,6 +144,10 @@ pub enum StorageKind {
     Mbtiles,
     /// A tile table of an OGC GeoPackage (SQLite; any tiling scheme, rows top-down).
     Geopackage,
+    /// An XYZ folder: `z/x/y.ext`, rows from the top (Web Mercator zoom levels).
+    Xyz,
+    /// A TMS folder: `z/x/y.ext`, rows from the bottom (Web Mercator zoom levels).
+    Tms,
 }
 
 impl StorageKind {
@@ -158,6 +162,8 @@ impl StorageKind {
             StorageKind::StoreExploded => "exploded in an object store",
             StorageKind::Mbtiles => "mbtiles",
             StorageKind::Geopackage => "geopackage",
+            StorageKind::Xyz => "xyz",
+            StorageKind::Tms => "tms",
         }
     }
 
@@ -168,7 +174,10 @@ impl StorageKind {
             StorageKind::CompactV1 | StorageKind::StoreCompactV1 => StorageFormat::CompactV1,
             StorageKind::CompactV2 | StorageKind::StoreCompactV2 => StorageFormat::CompactV2,
             StorageKind::Exploded | StorageKind::StoreExploded => StorageFormat::Exploded,
-            StorageKind::Mbtiles | StorageKind::Geopackage => return None,
+            StorageKind::Mbtiles
+            | StorageKind::Geopackage
+            | StorageKind::Xyz
+            | StorageKind::Tms => return None,
         })
     }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod mapproxy;
 pub mod mount;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,193 @@
+//! XYZ and TMS folders (`z/x/y.ext`): round trips byte for byte with the row order of each, read
+//! by MapProxy (a `type: file` cache, `directory_layout: tms`), a TMS tree written by gdal2tiles
+//! imported tile for tile, and schemes they cannot hold refused by name.
+
+use std::process::Command;
+
+use bundlefs::cache::{Cache, StorageKind};
+use bundlefs::format::TileAddr;
+
+use crate::support::mount::{need, sh};
+use crate::support::{all_tiles, bin, esri_sample_cache, run, run_ok, scratch_dir, tree_files};
+
+#[test]
+fn xyz_and_tms_folders_round_trip_with_their_row_orders() {
+    let d = scratch_dir("xyz-rt");
+    let src = esri_sample_cache();
+    let want = all_tiles(&Cache::open(&src).unwrap());
+    let xyz = d.join("xyz");
+    let out = run_ok(
+        Command::new(bin())
+            .arg("export")
+            .arg(&src)
+            .arg(&xyz)
+            .args(["--storage", "xyz"]),
+    );
+    assert!(out.contains("(xyz)"), "{out}");
+    // Each tile at z/x/y.jpg, y from the top; nothing else but metadata.json.
+    let files = tree_files(&xyz);
+    assert_eq!(files.len(), want.len() + 1, "{:?}", files.keys());
+    for (t, b) in &want {
+        let k = format!("{}/{}/{}.jpg", t.level, t.col, t.row);
+        assert_eq!(files.get(&k), Some(b), "{k}");
+    }
+    let meta: serde_json::Value = serde_json::from_slice(&files["metadata.json"]).unwrap();
+    assert_eq!(meta["scheme"], "xyz");
+    assert_eq!(
+        (meta["minzoom"].as_str(), meta["maxzoom"].as_str()),
+        (Some("0"), Some("2"))
+    );
+    assert_eq!(meta["format"], "jpg");
+    // XYZ → TMS: y from the bottom, then back to Compact V2: the source's tiles.
+    let tms = d.join("tms");
+    run_ok(
+        Command::new(bin())
+            .arg("export")
+            .arg(&xyz)
+            .arg(&tms)
+            .args(["--storage", "tms"]),
+    );
+    let files = tree_files(&tms);
+    for (t, b) in &want {
+        let y = (1u32 << t.level) - 1 - t.row;
+        let k = format!("{}/{}/{y}.jpg", t.level, t.col);
+        assert_eq!(files.get(&k), Some(b), "{k}");
+    }
+    let c = Cache::open(&tms).unwrap();
+    assert_eq!(c.kind(), StorageKind::Tms);
+    let back = d.join("back");
+    run_ok(
+        Command::new(bin())
+            .arg("export")
+            .arg(&tms)
+            .arg(&back)
+            .args(["--storage", "compact-v2"]),
+    );
+    assert_eq!(all_tiles(&Cache::open(&back).unwrap()), want);
+    let info = run_ok(Command::new(bin()).arg("info").arg(&xyz));
+    assert!(
+        info.contains("(XYZ folder)") && info.contains("storage:  xyz"),
+        "{info}"
+    );
+    let v = run_ok(Command::new(bin()).args(["verify", "--decode"]).arg(&tms));
+    assert!(
+        v.contains("21 tiles checked and decoded; 0 problem(s)"),
+        "{v}"
+    );
+    // An import into the XYZ folder merges into it (export without --storage keeps its kind).
+    let part = d.join("part");
+    run_ok(
+        Command::new(bin())
+            .arg("export")
+            .arg(&src)
+            .arg(&part)
+            .args(["--storage", "xyz", "--levels", "0-1"]),
+    );
+    run_ok(
+        Command::new(bin())
+            .arg("export")
+            .arg(&src)
+            .arg(&part)
+            .args(["--levels", "2"]),
+    );
+    assert_eq!(all_tiles(&Cache::open(&part).unwrap()), want);
+}
+
+/// MapProxy reads the XYZ folder bundlefs wrote from its own cache as a `type: file` cache with
+/// `directory_layout: tms` on GLOBAL_WEBMERCATOR, whose rows count from the top as XYZ's do.
+#[test]
+fn mapproxy_reads_a_bundlefs_xyz_folder() {
+    crate::support::mapproxy::reads_what_bundlefs_wrote(
+        "xyz-mapproxy",
+        &crate::support::mapproxy::Reader {
+            dest: "xyz",
+            export_args: &["--storage", "xyz"],
+            cache_yaml: "      type: file\n      directory_layout: tms\n      directory: {path}",
+            origin_sw: false,
+        },
+    );
+}
+
+/// gdal2tiles (Debian's gdal-bin with python3-gdal) cuts a GeoTIFF of the sample cache's level 2
+/// into a TMS tree (its default: rows from the bottom, with `tilemapresource.xml`); bundlefs reads
+/// it as a TMS folder and imports each tile at its flipped row with gdal2tiles' bytes.
+#[test]
+fn a_tms_tree_written_by_gdal2tiles_imports_tile_for_tile() {
+    need("gdal2tiles.py");
+    let d = scratch_dir("xyz-gdal2tiles");
+    let src = esri_sample_cache();
+    let tif = d.join("l2.tif");
+    let tiles = d.join("g2t");
+    let (ok, out, err) = sh(&format!(
+        "gdal_translate -q -of GTiff -oo OVERVIEW_LEVEL=16 {} {} && \
+         /usr/bin/python3 /usr/bin/gdal2tiles.py -q -z 0-2 -w none {} {}",
+        src.join("conf.xml").display(),
+        tif.display(),
+        tif.display(),
+        tiles.display()
+    ));
+    assert!(ok, "gdal2tiles: {out}{err}");
+    assert!(tiles.join("tilemapresource.xml").is_file());
+    let files: Vec<(String, Vec<u8>)> = tree_files(&tiles)
+        .into_iter()
+        .filter(|(k, _)| k.ends_with(".png"))
+        .collect();
+    assert!(files.len() >= 16, "{}", files.len());
+    let g = Cache::open(&tiles).unwrap();
+    assert_eq!(g.kind(), StorageKind::Tms);
+    let c = d.join("cache");
+    run_ok(
+        Command::new(bin())
+            .arg("export")
+            .arg(&tiles)
+            .arg(&c)
+            .args(["--storage", "compact-v2"]),
+    );
+    let got = all_tiles(&Cache::open(&c).unwrap());
+    assert_eq!(got.len(), files.len());
+    for (k, b) in &files {
+        let v: Vec<u32> = k
+            .trim_end_matches(".png")
+            .split('/')
+            .map(|n| n.parse().unwrap())
+            .collect();
+        let t = TileAddr::new(v[0] as u8, (1u32 << v[0]) - 1 - v[2], v[1]);
+        assert_eq!(got.get(&t), Some(b), "{k} as {t}");
+    }
+}
+
+#[test]
+fn what_xyz_cannot_hold_is_refused_by_name() {
+    let d = scratch_dir("xyz-refuse");
+    let c = d.join("lv95");
+    run_ok(
+        Command::new(bin())
+            .arg("create")
+            .arg(&c)
+            .args(["--wkid", "2056", "--origin", "2420000,1350000"])
+            .args(["--scales", "1000000,500000"]),
+    );
+    let o = run(Command::new(bin())
+        .arg("export")
+        .arg(&c)
+        .arg(d.join("x"))
+        .args(["--storage", "xyz"]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success()
+            && err.contains("an XYZ folder holds Web Mercator (EPSG:3857) tiles only")
+            && err.contains("NAME.gpkg"),
+        "{err}"
+    );
+    assert!(!d.join("x").exists(), "nothing written");
+    // A metadata.json that says a row order bundlefs does not know.
+    let bad = d.join("bad");
+    std::fs::create_dir_all(bad.join("0/0")).unwrap();
+    std::fs::write(bad.join("metadata.json"), br#"{"scheme": "quadkey"}"#).unwrap();
+    let o = run(Command::new(bin()).arg("info").arg(&bad));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("metadata.json") && err.contains("quadkey"),
+        "{err}"
+    );
+}
