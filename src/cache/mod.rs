@@ -15,6 +15,7 @@ pub mod counters;
 pub mod files;
 pub mod lock;
 pub mod rts;
+pub mod shard;
 pub mod spelling;
 pub mod store;
 pub mod times;

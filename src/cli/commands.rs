@@ -160,6 +160,13 @@ pub fn export(a: &ExportArgs) -> anyhow::Result<ExitCode> {
     let opts = job_options(&a.job, source.cache(), &a.src)?;
     let storage = a.storage.or_else(|| existing_storage(&a.dest));
     let target = ExportTo::choose(storage, &a.dest)?;
+    if a.job.shard.is_some() && matches!(target, ExportTo::Target(Target::Tpkx) | ExportTo::Tpk) {
+        bail!(
+            "{}: --shard splits jobs into folder, file and object-store caches; a tile package is \
+             one zip written whole at the end (export to a folder with --shard, then package it)",
+            a.dest.display()
+        );
+    }
     let bar = Bar::new();
     job_metrics(
         a.job.metrics.as_deref(),
@@ -241,6 +248,13 @@ pub fn import(a: &ImportArgs) -> anyhow::Result<ExitCode> {
         None,
     )?;
     // A cache folder is import's, a package file (rewritten whole) is package's.
+    if a.job.shard.is_some() && a.dest.is_file() && !crate::cache::url::is_tile_file(&a.dest) {
+        bail!(
+            "{}: --shard splits jobs into folder, file and object-store caches; a tile package is \
+             one zip written whole at the end",
+            a.dest.display()
+        );
+    }
     let mut s = if a.dest.is_file() && !crate::cache::url::is_tile_file(&a.dest) {
         update_package(source.cache(), &a.dest, &opts, &bar, true)?
     } else {
@@ -279,6 +293,7 @@ pub fn delete(a: &DeleteArgs) -> anyhow::Result<ExitCode> {
         extent,
         aoi,
         all: a.all,
+        shard: a.shard,
     };
     let s = crate::jobs::delete::delete(&c, &opts)?;
     use crate::cache::Reclaim;
@@ -343,7 +358,7 @@ pub fn delete(a: &DeleteArgs) -> anyhow::Result<ExitCode> {
 /// `bundlefs compact`: rewrite bundles with enough dead space; exit 1 if one was locked.
 pub fn compact(a: &CompactArgs) -> anyhow::Result<ExitCode> {
     let c = open_folder(&a.cache, "compact")?;
-    let s = crate::jobs::compact::compact(&c, a.min_dead.0)?;
+    let s = crate::jobs::compact::compact(&c, a.min_dead.0, a.shard)?;
     outln!(
         "{}: {} checked, {} rewritten, {} -> {} bytes",
         a.cache.display(),
@@ -418,6 +433,7 @@ pub fn render(a: &RenderArgs) -> anyhow::Result<ExitCode> {
     let http = HttpOptions {
         timeout,
         proxy: a.proxy.clone(),
+        rate: a.rate,
         ..HttpOptions::default()
     };
     let src = spec.build(&cache, &http)?;
@@ -483,6 +499,7 @@ pub fn render(a: &RenderArgs) -> anyhow::Result<ExitCode> {
         jobs: a.jobs.max(1),
         max_tiles: a.max_tiles,
         fine_first: spec == SourceSpec::Resample,
+        shard: a.shard,
         // Levels holding tiles (a level folder emptied by `delete` holds none).
         near_first: if spec == SourceSpec::Resample {
             let c = r.cache();
@@ -660,6 +677,7 @@ fn job_options(a: &JobArgs, c: &Cache, src: &Path) -> anyhow::Result<JobOptions>
         sync: !a.no_sync,
         scheme_of_dest: a.scheme_of_dest,
         skip_unreadable: a.skip_unreadable,
+        shard: a.shard,
     };
     crate::jobs::selection::check_selection_meets(c, &opts)?;
     Ok(opts)

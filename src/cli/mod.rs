@@ -397,6 +397,10 @@ pub struct JobArgs {
     /// and list what was left out at the end (exit 1 when anything was).
     #[arg(long)]
     pub skip_unreadable: bool,
+    /// Worker I (from 0) of N: only the bundles of this share (a fixed function of each bundle,
+    /// so workers never share one and a rerun takes the same share; doc/scale-out.md).
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<crate::cache::shard::Shard>,
 }
 
 /// Arguments of `bundlefs export`.
@@ -572,6 +576,10 @@ pub struct DeleteArgs {
     /// Delete every tile of the cache (needed when no --levels, --scales, --extent or --aoi).
     #[arg(long, conflicts_with_all = ["levels", "scales", "extent", "aoi"])]
     pub all: bool,
+    /// Worker I (from 0) of N: only the bundles of this share (a fixed function of each bundle,
+    /// so workers never share one and a rerun takes the same share; doc/scale-out.md).
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<crate::cache::shard::Shard>,
 }
 
 /// Arguments of `bundlefs compact`.
@@ -583,6 +591,10 @@ pub struct CompactArgs {
     /// Minimum dead share of a bundle to rewrite it, e.g. 20% or 0.2.
     #[arg(long, default_value = "20%", value_name = "SHARE")]
     pub min_dead: Share,
+    /// Worker I (from 0) of N: only the bundles of this share (a fixed function of each bundle,
+    /// so workers never share one and a rerun takes the same share; doc/scale-out.md).
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<crate::cache::shard::Shard>,
 }
 
 /// Arguments of `bundlefs render`.
@@ -659,6 +671,14 @@ pub struct RenderArgs {
     /// http://ADDR/metrics while it runs (e.g. 127.0.0.1:9464; names in doc/operations.md).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
+    /// Worker I (from 0) of N: only the tiles of this share of bundles (with supertiles: the
+    /// supertiles whose first tile is in one of them), not with --tile (doc/scale-out.md).
+    #[arg(long, value_name = "I/N", conflicts_with = "tile")]
+    pub shard: Option<crate::cache::shard::Shard>,
+    /// At most N requests a second to an arcgis: or wms: source, spread evenly over the run (be
+    /// kind to a map server); with N workers each takes its own cap.
+    #[arg(long, value_name = "N")]
+    pub rate: Option<f64>,
 }
 
 /// Arguments of `bundlefs sample`.

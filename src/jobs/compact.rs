@@ -21,14 +21,22 @@ pub struct CompactSummary {
     pub locked: Vec<PathBuf>,
 }
 
-/// Rewrites every bundle whose dead bytes are at least `min_dead` (0.0–1.0) of its size.
-pub fn compact(cache: &Cache, min_dead: f64) -> Result<CompactSummary> {
+/// Rewrites every bundle (with a `shard`, every bundle of its share) whose dead bytes are at least
+/// `min_dead` (0.0–1.0) of its size.
+pub fn compact(
+    cache: &Cache,
+    min_dead: f64,
+    shard: Option<crate::cache::shard::Shard>,
+) -> Result<CompactSummary> {
     if let Some(why) = cache.compact_refusal() {
         return Err(Error::invalid(format!("{}: {why}", cache.root().display())));
     }
     let mut s = CompactSummary::default();
     for level in cache.levels()? {
         for id in cache.bundles(level)? {
+            if shard.is_some_and(|s| !s.takes(&id)) {
+                continue;
+            }
             s.bundles_checked += 1;
             match cache.compact_bundle(id, min_dead)? {
                 Compacted::Kept => {}
@@ -72,12 +80,12 @@ mod tests {
         // Held by another writer: left alone, reported.
         let held =
             BundleLock::acquire(&c.lock_path(&id), std::time::Duration::from_secs(1)).unwrap();
-        let s = compact(&c, 0.0).unwrap();
+        let s = compact(&c, 0.0, None).unwrap();
         assert_eq!((s.bundles_rewritten, s.locked.len()), (0, 1));
         drop(held);
         // Under the threshold: nothing to do.
-        assert_eq!(compact(&c, 0.9).unwrap().bundles_rewritten, 0);
-        let s = compact(&c, 0.001).unwrap();
+        assert_eq!(compact(&c, 0.9, None).unwrap().bundles_rewritten, 0);
+        let s = compact(&c, 0.001, None).unwrap();
         assert_eq!(s.bundles_rewritten, 1);
         assert_eq!(s.bytes_before - s.bytes_after, 1004);
         let c = Cache::open(d.path()).unwrap();

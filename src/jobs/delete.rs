@@ -30,6 +30,8 @@ pub struct DeleteOptions {
     pub aoi: Option<Aoi>,
     /// Every tile of the cache (refused together with any other selection).
     pub all: bool,
+    /// Only the bundles of this worker's share (`--shard I/N`); None: every bundle.
+    pub shard: Option<crate::cache::shard::Shard>,
 }
 
 /// What a delete did.
@@ -79,17 +81,18 @@ pub fn delete(cache: &Cache, opts: &DeleteOptions) -> Result<DeleteSummary> {
     check_selection(cache, &job)?;
     let levels = select_levels(cache, &job.levels)?;
     let area = Area::of(opts.extent, opts.aoi.clone());
-    delete_tiles_of(cache.store(), cache.scheme(), &levels, &area)
+    delete_tiles_of(cache.store(), cache.scheme(), &levels, &area, opts.shard)
 }
 
 /// Deletes, level by level and bundle by bundle, the tiles of `levels` in `store` that `area`
 /// takes ([`Area::takes_tile`], tiles placed by `scheme`). Bundles the area cannot reach are not
-/// opened. `scheme` may be None only with [`Area::All`].
+/// opened. `scheme` may be None only with [`Area::All`]. With a `shard`, only its bundles.
 pub fn delete_tiles_of(
     store: &dyn Storage,
     scheme: Option<&TileScheme>,
     levels: &[u8],
     area: &Area,
+    shard: Option<crate::cache::shard::Shard>,
 ) -> Result<DeleteSummary> {
     let start = Instant::now();
     let mut s = DeleteSummary {
@@ -98,6 +101,9 @@ pub fn delete_tiles_of(
     };
     for &level in levels {
         for g in store.groups(level)? {
+            if shard.is_some_and(|s| !s.takes(&g.id)) {
+                continue;
+            }
             let (slots, bytes) = selected(store, scheme, &g, area)?;
             if slots.is_empty() {
                 continue;
@@ -227,7 +233,7 @@ mod tests {
         store.write_group(id, &timed).unwrap();
         // The western half of the world: columns 0-3.
         let half = extent(-20037508.0, -20037508.0, -1.0, 20037508.0);
-        let s = delete_tiles_of(&store, Some(&scheme), &[3], &Area::Extent(half)).unwrap();
+        let s = delete_tiles_of(&store, Some(&scheme), &[3], &Area::Extent(half), None).unwrap();
         assert_eq!((s.tiles, s.bundles), (32, 1));
         store.invalidate(&id);
         for (t, b) in &tiles {
@@ -239,7 +245,7 @@ mod tests {
             }
         }
         // Again: nothing left to take.
-        let s = delete_tiles_of(&store, Some(&scheme), &[3], &Area::Extent(half)).unwrap();
+        let s = delete_tiles_of(&store, Some(&scheme), &[3], &Area::Extent(half), None).unwrap();
         assert_eq!(s.tiles, 0);
     }
 

@@ -18,6 +18,7 @@ use rayon::prelude::*;
 
 use super::aoi::{Aoi, Area, Coverage, Mask, Take};
 use super::tile::{Outcome, Side, TilePixels};
+use crate::cache::shard::Shard;
 use crate::cache::url::Location;
 use crate::cache::{Cache, CacheOptions, GroupView, TileBytes, TileGroup};
 use crate::error::{Error, Result};
@@ -65,6 +66,8 @@ pub struct JobOptions {
     /// [`JobSummary::unreadable`] instead of ending the job (`--skip-unreadable`, for salvaging
     /// a damaged cache).
     pub skip_unreadable: bool,
+    /// Only the bundles of this worker's share (`--shard I/N`, [`Shard`]); None: every bundle.
+    pub shard: Option<Shard>,
 }
 
 impl Default for JobOptions {
@@ -79,6 +82,7 @@ impl Default for JobOptions {
             sync: false,
             scheme_of_dest: false,
             skip_unreadable: false,
+            shard: None,
         }
     }
 }
@@ -328,6 +332,9 @@ pub fn run(
     for &level in &levels {
         let mut groups = Vec::new();
         for g in src.groups(level)? {
+            if opts.shard.is_some_and(|s| !s.takes(&g.id)) {
+                continue;
+            }
             let cov = ctx.group_coverage(&g);
             if cov == Coverage::Outside {
                 continue;

@@ -41,6 +41,9 @@ pub struct BatchOptions {
     /// levels nearest to them go first, so each level can use what the run made just before it,
     /// in either direction (levels 3-4 over a cache of 0-2: 3 from 2, then 4 from 3).
     pub near_first: Vec<u8>,
+    /// Only the units (supertiles, or tiles) whose first tile is in a bundle of this share
+    /// (`--shard I/N`); None: every unit.
+    pub shard: Option<crate::cache::shard::Shard>,
 }
 
 /// How a block of tiles lies against a [`TileFilter`]'s area.
@@ -182,9 +185,23 @@ pub fn plan_in(
         if rows.is_empty() || cols.is_empty() {
             continue;
         }
-        let n = match area {
-            Some(a) => count_in_area(r.scheme(), level, &rows, &cols, a),
-            None => u64::from(rows.end - rows.start) * u64::from(cols.end - cols.start),
+        let n = match (o.shard, area) {
+            (Some(s), _) => units(r, level, &rows, &cols)
+                .iter()
+                .filter(|u| s.takes(&u.anchor().bundle()))
+                .map(|u| {
+                    u.tiles()
+                        .filter(|t| rows.contains(&t.row) && cols.contains(&t.col))
+                        .filter(|t| {
+                            area.is_none_or(|a| {
+                                r.scheme().tile_bbox(*t).is_some_and(|b| a.tile(&b))
+                            })
+                        })
+                        .count() as u64
+                })
+                .sum(),
+            (None, Some(a)) => count_in_area(r.scheme(), level, &rows, &cols, a),
+            (None, None) => u64::from(rows.end - rows.start) * u64::from(cols.end - cols.start),
         };
         if n == 0 {
             continue;
@@ -257,6 +274,7 @@ pub fn render_batch_in(
                 (u, cover)
             })
             .filter(|(_, c)| *c != BlockCover::Outside)
+            .filter(|(u, _)| o.shard.is_none_or(|s| s.takes(&u.anchor().bundle())))
             .collect();
         let next = AtomicUsize::new(0);
         let pending: Mutex<Vec<(TileAddr, Arc<Vec<u8>>)>> = Mutex::new(Vec::new());

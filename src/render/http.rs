@@ -2,6 +2,7 @@
 //! reused), a whole-request timeout, no proxy unless asked, and errors that name the URL and say
 //! whether a retry may help.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::format::MAX_TILE_SIZE;
@@ -17,6 +18,10 @@ pub struct HttpOptions {
     pub proxy: Option<String>,
     /// Idle connections kept open per host for reuse.
     pub idle_per_host: usize,
+    /// At most this many requests a second to the source (`render --rate`), spread evenly: each
+    /// request starts at least 1/rate s after the one before, whichever thread sends it. None:
+    /// no cap.
+    pub rate: Option<f64>,
 }
 
 impl Default for HttpOptions {
@@ -25,6 +30,7 @@ impl Default for HttpOptions {
             timeout: Duration::from_secs(30),
             proxy: None,
             idle_per_host: 8,
+            rate: None,
         }
     }
 }
@@ -40,6 +46,8 @@ pub struct Fetched {
 #[derive(Clone)]
 pub struct HttpClient {
     agent: ureq::Agent,
+    /// With a rate cap: the interval between request starts and when the next may start.
+    pace: Option<(Duration, Arc<Mutex<Instant>>)>,
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -85,13 +93,41 @@ impl HttpClient {
             .max_idle_connections(opts.idle_per_host.max(1) * 4)
             .user_agent(concat!("bundlefs/", env!("CARGO_PKG_VERSION")))
             .build();
+        let pace = match opts.rate {
+            None => None,
+            Some(r) if r.is_finite() && r > 0.0 => Some((
+                Duration::from_secs_f64(1.0 / r),
+                Arc::new(Mutex::new(Instant::now())),
+            )),
+            Some(r) => {
+                return Err(Error::invalid(format!(
+                    "--rate {r}: give the most requests a second, a number above 0"
+                )))
+            }
+        };
         Ok(HttpClient {
             agent: ureq::Agent::new_with_config(config),
+            pace,
         })
+    }
+
+    /// With a rate cap, waits for this request's turn: the slot after the last one taken.
+    fn wait_turn(&self) {
+        let Some((every, next)) = &self.pace else {
+            return;
+        };
+        let start = {
+            let mut n = next.lock().unwrap_or_else(|e| e.into_inner());
+            let start = (*n).max(Instant::now());
+            *n = start + *every;
+            start
+        };
+        std::thread::sleep(start.saturating_duration_since(Instant::now()));
     }
 
     /// GETs `url`; a non-2xx status is an error quoting the start of the body.
     pub fn get(&self, url: &str) -> Result<Fetched> {
+        self.wait_turn();
         let shown = redact(url);
         let started = Instant::now();
         let fail = |e: ureq::Error| {

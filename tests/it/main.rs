@@ -26,6 +26,7 @@ mod realworld_crs;
 mod realworld_text;
 mod render;
 mod rsync_matrix;
+mod scale;
 mod schemes;
 mod service;
 mod supertiles;

@@ -558,6 +558,7 @@ fn render_in_an_aoi_asks_only_for_the_supertiles_it_meets() {
         max_tiles: 1000,
         fine_first: false,
         near_first: Vec::new(),
+        shard: None,
     };
     let st = render_batch_in(&r, &bo, Some(&filter), &|_| {}).unwrap();
     let want: Vec<TileAddr> = (1..7)

@@ -193,6 +193,7 @@ fn batch(keep: bool) -> BatchOptions {
         max_tiles: 1000,
         fine_first: false,
         near_first: Vec::new(),
+        shard: None,
     }
 }
 
