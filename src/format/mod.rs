@@ -8,6 +8,7 @@ pub mod extent;
 pub mod levels;
 pub mod mbtiles;
 pub mod pixels;
+pub mod pmtiles;
 pub mod scheme;
 pub mod sniff;
 pub mod text;
