@@ -195,6 +195,9 @@ impl Cache {
         if url::is_mbtiles(path.as_ref()) {
             return Cache::open_mbtiles(path.as_ref(), opts);
         }
+        if url::is_pmtiles(path.as_ref()) {
+            return Cache::open_pmtiles(path.as_ref(), opts);
+        }
         let mut root = path.as_ref().to_path_buf();
         let names_conf = |p: &Path| {
             p.file_name()
@@ -460,6 +463,131 @@ impl Cache {
         Cache::open_mbtiles(path, opts)
     }
 
+    /// Opens a PMTiles v3 file, read only: its tiles through
+    /// [`store::pmtiles::PmtilesStore`], its tiling scheme Web Mercator with the zoom levels 0 to
+    /// 23 (or to the deepest level held), its tile format from the header's tile type (MIXED when
+    /// bundlefs wrote it from a MIXED cache, see doc/formats.md), its extent from the header's
+    /// bounds. Errors, naming the file: no such file, not PMTiles v3, a damaged header or root
+    /// directory, a tile type bundlefs does not keep.
+    pub fn open_pmtiles(path: &Path, opts: CacheOptions) -> Result<Cache> {
+        if !path.is_file() {
+            return Err(Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such PMTiles file"),
+            ));
+        }
+        let store = store::pmtiles::PmtilesStore::open(path)?;
+        let h = store.header().clone();
+        let mut format = crate::format::pmtiles::tile_format(h.tile_type)
+            .map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
+        let meta = store.metadata()?;
+        if format == conf::TileFormat::Png
+            && meta.get(crate::format::pmtiles::TILE_FORMAT_KEY) == Some(&"MIXED".into())
+        {
+            format = conf::TileFormat::Mixed;
+        }
+        let deepest = store.levels()?.last().copied().unwrap_or(0);
+        let scheme = TileScheme::web_mercator(h.max_zoom.max(deepest).max(23), format);
+        let conf = TileScheme::parse_conf_xml(&scheme.to_conf_xml()).in_file(path)?;
+        let deg = |v: i32| f64::from(v) / 1e7;
+        let (xmin, ymin) =
+            crate::format::mbtiles::from_lon_lat(deg(h.bounds_e7[0]), deg(h.bounds_e7[1]));
+        let (xmax, ymax) =
+            crate::format::mbtiles::from_lon_lat(deg(h.bounds_e7[2]), deg(h.bounds_e7[3]));
+        let cdi = (xmin < xmax && ymin < ymax).then(|| {
+            conf::write_cdi(
+                &Envelope {
+                    xmin,
+                    ymin,
+                    xmax,
+                    ymax,
+                },
+                &scheme,
+            )
+        });
+        Ok(Cache {
+            location: url::Location::File(path.to_path_buf()),
+            place: Place {
+                root: path.to_path_buf(),
+                tiles_dir: path.to_path_buf(),
+            },
+            layout: Layout::ArcGis,
+            // One record per tile, as exploded storage has one file per tile.
+            storage: StorageFormat::Exploded,
+            conf: Some(conf),
+            cdi,
+            opts,
+            store: Box::new(store),
+            ready_to_serve: None,
+        })
+    }
+
+    /// Starts a new PMTiles file at `path` for tiles of `scheme` (Web Mercator zoom levels,
+    /// [`crate::format::pmtiles::refusal`]) covering `extent`, named `name`: a cache whose writes
+    /// go to the returned builder, which [`store::pmtiles::Builder::finish`] turns into the file
+    /// once the cache is dropped. Errors: a scheme PMTiles cannot hold or a tile format it cannot
+    /// type (both by name), a path that exists; each naming the file.
+    pub fn create_pmtiles(
+        path: &Path,
+        scheme: &TileScheme,
+        extent: &Envelope,
+        name: &str,
+        opts: CacheOptions,
+    ) -> Result<(Cache, Arc<store::pmtiles::Builder>)> {
+        if let Some(why) = crate::format::pmtiles::refusal(scheme) {
+            return Err(Error::invalid(format!(
+                "{}: {why}; nothing written (GeoPackage can hold other tiling schemes)",
+                path.display()
+            )));
+        }
+        let tile_type = crate::format::pmtiles::tile_type(&scheme.tile_format)
+            .map_err(|e| Error::invalid(format!("{}: {e}; nothing written", path.display())))?;
+        let (w, s) = crate::format::mbtiles::to_lon_lat(extent.xmin, extent.ymin);
+        let (e, n) = crate::format::mbtiles::to_lon_lat(extent.xmax, extent.ymax);
+        let bounds = [
+            w.max(-180.0),
+            s.max(-85.051129),
+            e.min(180.0),
+            n.min(85.051129),
+        ];
+        let mut metadata = serde_json::Map::new();
+        metadata.insert("name".into(), name.into());
+        metadata.insert("format".into(), tile_type.name().into());
+        metadata.insert("type".into(), "baselayer".into());
+        metadata.insert(
+            "description".into(),
+            format!("{name}, written by bundlefs").into(),
+        );
+        if scheme.tile_format == conf::TileFormat::Mixed {
+            metadata.insert(
+                crate::format::pmtiles::TILE_FORMAT_KEY.into(),
+                "MIXED".into(),
+            );
+        }
+        let new = store::pmtiles::NewFile {
+            tile_type,
+            bounds,
+            metadata,
+        };
+        let builder = Arc::new(store::pmtiles::Builder::create(path, new, opts.durable)?);
+        let conf = TileScheme::parse_conf_xml(&scheme.to_conf_xml()).in_file(path)?;
+        let cache = Cache {
+            location: url::Location::File(path.to_path_buf()),
+            place: Place {
+                root: path.to_path_buf(),
+                tiles_dir: path.to_path_buf(),
+            },
+            layout: Layout::ArcGis,
+            storage: StorageFormat::Exploded,
+            conf: Some(conf),
+            cdi: Some(conf::write_cdi(extent, scheme)),
+            opts,
+            store: Box::new(store::pmtiles::Building(builder.clone())),
+            ready_to_serve: None,
+        };
+        Ok((cache, builder))
+    }
+
     /// Creates an empty ArcGIS-layout cache (conf.xml, conf.cdi, `_alllayers/`).
     pub fn create(
         root: impl AsRef<Path>,
@@ -540,6 +668,12 @@ impl Cache {
         } else if let url::Location::Store(u) = &self.location {
             store::object::put_file(u, CONF_CDI, &bytes)?;
         } else if let url::Location::File(f) = &self.location {
+            if url::is_pmtiles(f) {
+                return Err(Error::invalid(format!(
+                    "{}: a PMTiles file is read-only here; its bounds are not changed",
+                    f.display()
+                )));
+            }
             // MBTiles keeps its extent as `bounds` (degrees) in its metadata.
             store::mbtiles::set_metadata(f, &[("bounds", crate::format::mbtiles::bounds(env))])?;
         } else {
@@ -682,6 +816,9 @@ impl Cache {
                 "an MBTiles file has no bundles to compact (SQLite's VACUUM reclaims its free pages)"
                     .to_string(),
             ),
+            StorageKind::Pmtiles => Some(
+                "a PMTiles file is written once, whole: it has no bundles to compact".to_string(),
+            ),
         }
     }
 
@@ -693,7 +830,7 @@ impl Cache {
             StorageKind::StoreCompactV2 => Reclaim::Rewritten,
             StorageKind::CompactV2 => Reclaim::DeadSpace,
             StorageKind::CompactV1 | StorageKind::StoreCompactV1 => Reclaim::DeadSpaceV1,
-            StorageKind::Mbtiles => Reclaim::Records,
+            StorageKind::Mbtiles | StorageKind::Pmtiles => Reclaim::Records,
         }
     }
 

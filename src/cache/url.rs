@@ -149,7 +149,8 @@ pub enum Location {
     Folder(PathBuf),
     /// `s3://BUCKET/PREFIX` or `az://CONTAINER/PREFIX`.
     Store(ObjectUrl),
-    /// A local file holding every tile: an MBTiles file (`*.mbtiles`).
+    /// A local file holding every tile: an MBTiles file (`*.mbtiles`) or a PMTiles file
+    /// (`*.pmtiles`, read only).
     File(PathBuf),
 }
 
@@ -160,13 +161,20 @@ pub fn is_mbtiles(p: &Path) -> bool {
         .is_some_and(|x| x.eq_ignore_ascii_case("mbtiles"))
 }
 
+/// Whether `p` names a PMTiles file (`.pmtiles`, any case).
+pub fn is_pmtiles(p: &Path) -> bool {
+    p.extension()
+        .and_then(|x| x.to_str())
+        .is_some_and(|x| x.eq_ignore_ascii_case("pmtiles"))
+}
+
 impl Location {
     /// `p` as given on a command line: a URL of a store bundlefs serves, else a local path.
     /// Errors: a URL bundlefs cannot serve (another scheme, no bucket, bad segments), by name.
     pub fn parse(p: &Path) -> Result<Location> {
         Ok(match ObjectUrl::from_path(p)? {
             Some(u) => Location::Store(u),
-            None if is_mbtiles(p) => Location::File(p.to_path_buf()),
+            None if is_mbtiles(p) || is_pmtiles(p) => Location::File(p.to_path_buf()),
             None => Location::Folder(p.to_path_buf()),
         })
     }

@@ -178,6 +178,7 @@ pub fn export(a: &ExportArgs) -> anyhow::Result<ExitCode> {
         ExportTo::Tpk => update_package_as(c, d, Some(PackageKind::Tpk), &opts, &bar, false)?,
         ExportTo::ReadyToServe => export_ready_to_serve(c, d, &opts, &bar)?,
         ExportTo::Mbtiles => crate::jobs::export::export_mbtiles(c, d, &opts, &bar)?,
+        ExportTo::Pmtiles => crate::jobs::export::export_pmtiles(c, d, &opts, &bar)?,
     };
     bar.0.finish_and_clear();
     crate::jobs::selection::check_matched(source.cache(), &opts, &s)?;
@@ -187,6 +188,7 @@ pub fn export(a: &ExportArgs) -> anyhow::Result<ExitCode> {
         ExportTo::Tpk => "tpk".to_string(),
         ExportTo::ReadyToServe => "ready-to-serve".to_string(),
         ExportTo::Mbtiles => "mbtiles".to_string(),
+        ExportTo::Pmtiles => "pmtiles".to_string(),
     };
     // The whole command's time: opening a package and writing one (zip) are part of the run.
     s.seconds = started.elapsed().as_secs_f64();
@@ -200,6 +202,9 @@ pub fn export(a: &ExportArgs) -> anyhow::Result<ExitCode> {
 fn existing_storage(dest: &Path) -> Option<StorageArg> {
     if crate::cache::url::is_mbtiles(dest) {
         return Some(StorageArg::Mbtiles);
+    }
+    if crate::cache::url::is_pmtiles(dest) {
+        return Some(StorageArg::Pmtiles);
     }
     if !crate::jobs::engine::holds_cache(dest).ok()? {
         return None;
@@ -229,7 +234,10 @@ pub fn import(a: &ImportArgs) -> anyhow::Result<ExitCode> {
         None,
     )?;
     // A cache folder is import's, a package file (rewritten whole) is package's.
-    let mut s = if a.dest.is_file() && !crate::cache::url::is_mbtiles(&a.dest) {
+    let mut s = if a.dest.is_file()
+        && !crate::cache::url::is_mbtiles(&a.dest)
+        && !crate::cache::url::is_pmtiles(&a.dest)
+    {
         update_package(source.cache(), &a.dest, &opts, &bar, true)?
     } else {
         import_job(source.cache(), &a.dest, &opts, &bar)?
@@ -888,6 +896,9 @@ fn info_of(path: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
         }
         Source::Folder(c) if c.kind() == crate::cache::StorageKind::Mbtiles => {
             (c.root().to_path_buf(), "MBTiles file".to_string())
+        }
+        Source::Folder(c) if c.kind() == crate::cache::StorageKind::Pmtiles => {
+            (c.root().to_path_buf(), "PMTiles file".to_string())
         }
         Source::Folder(c) => (c.root().to_path_buf(), format!("{:?} layout", c.layout())),
     };

@@ -62,6 +62,10 @@ pub enum StorageArg {
     /// `.mbtiles`.
     #[value(name = "mbtiles", alias = "MBTILES")]
     Mbtiles,
+    /// A PMTiles v3 file (written once, whole; Web Mercator zoom levels only): also chosen by a
+    /// DEST ending in `.pmtiles`.
+    #[value(name = "pmtiles", alias = "PMTILES")]
+    Pmtiles,
 }
 
 /// What `export` writes: a job target, or one of the package kinds only the command line names.
@@ -75,6 +79,8 @@ pub enum ExportTo {
     ReadyToServe,
     /// An MBTiles file ([`crate::jobs::export::export_mbtiles`]).
     Mbtiles,
+    /// A PMTiles file ([`crate::jobs::export::export_pmtiles`]).
+    Pmtiles,
 }
 
 impl ExportTo {
@@ -105,12 +111,29 @@ impl ExportTo {
             ),
             _ => {}
         }
+        match (storage, crate::cache::url::is_pmtiles(dest)) {
+            (None | Some(StorageArg::Pmtiles), true) => return Ok(ExportTo::Pmtiles),
+            (Some(StorageArg::Pmtiles), false) => anyhow::bail!(
+                "{}: --storage pmtiles writes a PMTiles file: name it NAME.pmtiles",
+                dest.display()
+            ),
+            (Some(other), true) => anyhow::bail!(
+                "{}: the name says PMTiles but --storage {} writes something else; rename DEST \
+                 or use --storage pmtiles",
+                dest.display(),
+                other
+                    .to_possible_value()
+                    .map_or_else(String::new, |v| v.get_name().to_string())
+            ),
+            _ => {}
+        }
         Ok(match (storage, named) {
             (None, Some(PackageKind::Tpkx)) => ExportTo::Target(Target::Tpkx),
             (None, Some(PackageKind::Tpk)) => ExportTo::Tpk,
             (None, None) => anyhow::bail!(
                 "{}: say which storage to write (--storage exploded, compact-v1, compact-v2, \
-                 ready-to-serve, tpkx, tpk or mbtiles); only a .tpkx, .tpk or .mbtiles name, or \
+                 ready-to-serve, tpkx, tpk, mbtiles or pmtiles); only a .tpkx, .tpk, .mbtiles or \
+                 .pmtiles name, or \
                  a cache already there, says it alone",
                 dest.display()
             ),
@@ -157,6 +180,7 @@ impl ExportTo {
             }
             (Some(StorageArg::ReadyToServe), None) => ExportTo::ReadyToServe,
             (Some(StorageArg::Mbtiles), _) => ExportTo::Mbtiles,
+            (Some(StorageArg::Pmtiles), _) => ExportTo::Pmtiles,
         })
     }
 }

@@ -25,6 +25,9 @@ use std::io::{Read, Write};
 use crate::format::conf::{TileFormat, TileScheme};
 use crate::format::sniff::ImageKind;
 
+/// The metadata key that says a PNG-typed file holds a MIXED cache's tiles (JPEG and PNG, each as
+/// it is); bundlefs writes it and reads it back, other readers ignore it.
+pub const TILE_FORMAT_KEY: &str = "bundlefs:tile_format";
 /// The header's length in bytes.
 pub const HEADER_LEN: usize = 127;
 /// Header and root directory together fit in this many bytes (so one read of 16 KiB gets both).

@@ -94,6 +94,23 @@ pub fn mbtiles() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
     (Box::new(d), Box::new(s))
 }
 
+/// An empty PMTiles file (read only) in a temporary folder.
+pub fn pmtiles() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("contract.pmtiles");
+    let new = super::pmtiles::NewFile {
+        tile_type: crate::format::pmtiles::TileType::Png,
+        bounds: [-180.0, -85.0, 180.0, 85.0],
+        metadata: serde_json::Map::new(),
+    };
+    super::pmtiles::Builder::create(&f, new, false)
+        .unwrap()
+        .finish()
+        .unwrap();
+    let s = super::pmtiles::PmtilesStore::open(&f).unwrap();
+    (Box::new(d), Box::new(s))
+}
+
 /// The Compact V2 object layout over a fresh in-memory store.
 pub fn object_v2() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
     let mem = Arc::new(object_store::memory::InMemory::new());
@@ -499,3 +516,5 @@ contract_suite!(object_exploded_layout, super::object_exploded);
 contract_suite!(object_v1_layout, super::object_v1);
 #[cfg(test)]
 contract_suite!(mbtiles_file, super::mbtiles);
+#[cfg(test)]
+contract_suite!(pmtiles_file, super::pmtiles);

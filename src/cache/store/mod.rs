@@ -24,6 +24,7 @@ pub mod contract;
 pub mod exploded;
 pub mod mbtiles;
 pub mod object;
+pub mod pmtiles;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -138,6 +139,8 @@ pub enum StorageKind {
     StoreExploded,
     /// An MBTiles file (SQLite; Web Mercator zoom levels, TMS rows).
     Mbtiles,
+    /// A PMTiles v3 file (Hilbert tile ids; read only, written whole by export).
+    Pmtiles,
 }
 
 impl StorageKind {
@@ -151,6 +154,7 @@ impl StorageKind {
             StorageKind::StoreCompactV1 => "compact-v1 in an object store (read only)",
             StorageKind::StoreExploded => "exploded in an object store",
             StorageKind::Mbtiles => "mbtiles",
+            StorageKind::Pmtiles => "pmtiles",
         }
     }
 
@@ -161,7 +165,7 @@ impl StorageKind {
             StorageKind::CompactV1 | StorageKind::StoreCompactV1 => StorageFormat::CompactV1,
             StorageKind::CompactV2 | StorageKind::StoreCompactV2 => StorageFormat::CompactV2,
             StorageKind::Exploded | StorageKind::StoreExploded => StorageFormat::Exploded,
-            StorageKind::Mbtiles => return None,
+            StorageKind::Mbtiles | StorageKind::Pmtiles => return None,
         })
     }
 }
