@@ -7,6 +7,7 @@ pub mod exploded;
 pub mod extent;
 pub mod levels;
 pub mod mbtiles;
+pub mod mvt;
 pub mod pixels;
 pub mod pmtiles;
 pub mod scheme;

@@ -715,3 +715,70 @@ fn pmtiles_mount_shows_the_files_tiles_read_only() {
     );
     assert!(std::fs::write(m.path("_alllayers/L00/R00000000/C00000000.png"), b"x").is_err());
 }
+
+/// Vector tiles (gzip'ed MVT, as Esri's vector caches store them) go to PMTiles with tile type
+/// MVT and tile compression gzip; GDAL's PMTiles driver (the GDAL 3.12 of the pyogrio wheel: the
+/// driver reads vector tiles only) reads each zoom's features, and the file comes back tile for
+/// tile.
+#[test]
+fn pmtiles_of_vector_tiles_are_read_by_gdal() {
+    use bundlefs::format::conf::{TileFormat, TileScheme};
+    let d = scratch_dir("pmtiles-mvt");
+    let make = r#"
+import gzip, sys, mapbox_vector_tile as mvt
+for i in range(5):
+    t = mvt.encode([{"name": "roads", "features": [{"geometry": "LINESTRING(0 0, %d 4096)" % (100 + i), "properties": {"n": i}}]}])
+    open(sys.argv[1] + "/pbf-%d" % i, "wb").write(gzip.compress(t, mtime=0))
+"#;
+    run_ok(Command::new("python3").args(["-c", make]).arg(&d));
+    let addrs = [
+        TileAddr::new(0, 0, 0),
+        TileAddr::new(1, 0, 0),
+        TileAddr::new(1, 0, 1),
+        TileAddr::new(1, 1, 0),
+        TileAddr::new(1, 1, 1),
+    ];
+    let want: BTreeMap<TileAddr, Vec<u8>> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (*t, std::fs::read(d.join(format!("pbf-{i}"))).unwrap()))
+        .collect();
+    let src = d.join("roads");
+    let c = Cache::create(
+        &src,
+        &TileScheme::web_mercator(1, TileFormat::Other("pbf".into())),
+        None,
+    )
+    .unwrap();
+    let refs: Vec<(TileAddr, &[u8])> = want.iter().map(|(t, b)| (*t, b.as_slice())).collect();
+    c.write_tiles(&refs).unwrap();
+    drop(c);
+    let f = d.join("roads.pmtiles");
+    export(&src, &f, &[]);
+    let (tiles, header) = pypi_pmtiles_tiles(&f);
+    assert_eq!(tiles.len(), 5);
+    for line in ["tile_type=MVT", "tile_compression=GZIP"] {
+        assert!(header.lines().any(|l| l == line), "{line} not in\n{header}");
+    }
+    let script = r#"
+import sys, pyogrio
+from pyogrio.raw import read
+print("layers", [str(l[0]) for l in pyogrio.list_layers(sys.argv[1])])
+for z in (0, 1):
+    meta, fids, geoms, fields = read(sys.argv[1], layer="roads", ZOOM_LEVEL=str(z))
+    print("zoom", z, sorted(int(v) for v in fields[meta["fields"].tolist().index("n")]))
+"#;
+    let out = run(Command::new("python3").args(["-c", script]).arg(&f));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "pyogrio: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("layers ['roads']"), "{text}");
+    assert!(text.contains("zoom 0 [0]"), "{text}");
+    assert!(text.contains("zoom 1 [1, 2, 3, 4]"), "{text}");
+    let back = d.join("back");
+    export(&f, &back, &["--storage", "compact-v2"]);
+    assert_eq!(all_tiles(&Cache::open(&back).unwrap()), want);
+}
