@@ -782,3 +782,48 @@ for z in (0, 1):
     export(&f, &back, &["--storage", "compact-v2"]);
     assert_eq!(all_tiles(&Cache::open(&back).unwrap()), want);
 }
+
+/// A MIXED cache (JPEG and PNG tiles) goes to PMTiles with tile type PNG and each tile's bytes as
+/// they are, and comes back as a MIXED cache (doc/formats.md says why it is not refused).
+#[test]
+fn pmtiles_of_a_mixed_cache_keep_each_tiles_bytes() {
+    use bundlefs::format::conf::{TileFormat, TileScheme};
+    let d = scratch_dir("pmtiles-mixed");
+    let jpeg =
+        all_tiles(&Cache::open(esri_sample_cache()).unwrap())[&TileAddr::new(0, 0, 0)].clone();
+    let mut png = Vec::new();
+    image::RgbaImage::from_pixel(256, 256, image::Rgba([0, 90, 200, 128]))
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let want: BTreeMap<TileAddr, Vec<u8>> = [
+        (TileAddr::new(0, 0, 0), jpeg.clone()),
+        (TileAddr::new(1, 0, 0), png.clone()),
+        (TileAddr::new(1, 1, 1), jpeg),
+        (TileAddr::new(1, 1, 0), png),
+    ]
+    .into_iter()
+    .collect();
+    let src = d.join("mixed");
+    let c = Cache::create(&src, &TileScheme::web_mercator(1, TileFormat::Mixed), None).unwrap();
+    let refs: Vec<(TileAddr, &[u8])> = want.iter().map(|(t, b)| (*t, b.as_slice())).collect();
+    c.write_tiles(&refs).unwrap();
+    drop(c);
+    let f = d.join("mixed.pmtiles");
+    export(&src, &f, &[]);
+    let (tiles, header) = pypi_pmtiles_tiles(&f);
+    assert!(header.lines().any(|l| l == "tile_type=PNG"), "{header}");
+    assert!(
+        header.lines().any(|l| l == "tile_contents_count=2"),
+        "{header}"
+    );
+    for (t, b) in &want {
+        assert_eq!(tiles.get(t), Some(&crc(b)), "{t}");
+    }
+    let info = run_ok(Command::new(bin()).arg("info").arg(&f));
+    assert!(info.contains("format:   MIXED"), "{info}");
+    let back = d.join("back");
+    export(&f, &back, &["--storage", "compact-v2"]);
+    let c = Cache::open(&back).unwrap();
+    assert_eq!(c.scheme().unwrap().tile_format, TileFormat::Mixed);
+    assert_eq!(all_tiles(&c), want);
+}
