@@ -56,10 +56,26 @@ fn read_only_error(path: &Path) -> Error {
     ))
 }
 
+/// The bytes of a file: mapped, or in memory (the fuzz target).
+enum Data {
+    Map(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Data {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Data::Map(m) => m,
+            Data::Owned(v) => v,
+        }
+    }
+}
+
 /// A PMTiles file as a read-only storage.
 pub struct PmtilesStore {
     path: PathBuf,
-    map: Mmap,
+    map: Data,
     header: Header,
     root: Vec<Entry>,
     leaves: Mutex<lru::LruCache<u64, Arc<Vec<Entry>>>>,
@@ -85,13 +101,26 @@ impl PmtilesStore {
         // (bundlefs writes a temporary file and renames it), so mapped bytes stay valid. A file
         // cut in place by a foreign tool would fault, as any mapped reader would.
         let map = unsafe { Mmap::map(&file) }.at(path)?;
-        let header = Header::parse(&map[..HEADER_LEN], map.len() as u64).map_err(bad)?;
+        Self::over(path, Data::Map(map), meta.modified().ok())
+    }
+
+    /// The storage over a file's bytes held in memory, named `path` in messages (for fuzzing:
+    /// the same checks as [`PmtilesStore::open`]).
+    #[doc(hidden)]
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<PmtilesStore> {
+        Self::over(path, Data::Owned(bytes), None)
+    }
+
+    fn over(path: &Path, map: Data, mtime: Option<SystemTime>) -> Result<PmtilesStore> {
+        let bad = |m: String| Error::invalid(format!("{}: {m}", path.display()));
+        let head = &map[..map.len().min(HEADER_LEN)];
+        let header = Header::parse(head, map.len() as u64).map_err(bad)?;
         let mut s = PmtilesStore {
             path: path.to_path_buf(),
             map,
             root: Vec::new(),
             leaves: Mutex::new(lru::LruCache::new(NonZeroUsize::new(LEAF_CACHE).unwrap())),
-            mtime: meta.modified().ok(),
+            mtime,
             header,
         };
         s.root = s.directory(s.header.root_offset, s.header.root_length, "root directory")?;
@@ -181,25 +210,33 @@ impl PmtilesStore {
                 "leaf directories nest more than {MAX_DEPTH} deep (a damaged file)"
             )));
         }
-        // The last entry starting at or before the range's start may reach into it.
+        // Each tile id belongs to the last entry starting at or before it (as the spec's readers
+        // search), so an entry reaches no further than the next one's start, even where a
+        // damaged directory says it runs on: listings and single reads then agree.
         let first = dir
             .partition_point(|e| e.tile_id <= range.start)
             .saturating_sub(1);
-        for e in &dir[first..] {
+        for (i, e) in dir.iter().enumerate().skip(first) {
             if e.tile_id >= range.end {
                 break;
             }
+            let next = dir.get(i + 1).map_or(u64::MAX, |n| n.tile_id);
+            let lo = e.tile_id.max(range.start);
             if e.run_length == 0 {
+                let within = lo..next.min(range.end);
+                if within.is_empty() {
+                    continue;
+                }
                 let leaf = self.leaf(e)?;
-                if !self.walk_in(&leaf, range, depth + 1, f)? {
+                if !self.walk_in(&leaf, &within, depth + 1, f)? {
                     return Ok(false);
                 }
                 continue;
             }
-            let lo = e.tile_id.max(range.start);
             let hi = e
                 .tile_id
                 .saturating_add(u64::from(e.run_length))
+                .min(next)
                 .min(range.end);
             if lo < hi && !f(lo, hi - lo, e.offset, e.length) {
                 return Ok(false);
@@ -896,5 +933,87 @@ mod tests {
             let e = PmtilesStore::open(&f).err().unwrap().to_string();
             assert!(e.contains("bad.pmtiles") && e.contains(what), "{e}");
         }
+    }
+
+    #[test]
+    fn the_fuzz_seeds_read_and_uncompressed_directories_too() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/pmtiles");
+        for (name, tiles) in [("plain", 7), ("leaves", 7), ("runs", 20_003)] {
+            let b = std::fs::read(dir.join(name)).unwrap();
+            let s = PmtilesStore::from_bytes(Path::new(name), b).unwrap();
+            let mut n = 0;
+            for l in s.levels().unwrap() {
+                n += s.level_stats(l).unwrap().tiles;
+            }
+            assert_eq!(n, tiles, "{name}");
+        }
+        let s = PmtilesStore::from_bytes(
+            Path::new("plain"),
+            std::fs::read(dir.join("plain")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            s.tile(TileAddr::new(1, 0, 1)).unwrap().unwrap().to_vec(),
+            b"t3"
+        );
+        // Ids 3 and 4 are one run: (x 1, y 1) and (x 1, y 0) share the bytes.
+        assert_eq!(
+            s.tile(TileAddr::new(1, 1, 1)).unwrap().unwrap().to_vec(),
+            b"t3"
+        );
+    }
+
+    /// A damaged directory whose run reaches past the next entry: each id belongs to the last
+    /// entry starting at or before it, in listings as in single reads (found by the fuzz target).
+    #[test]
+    fn overlapping_runs_read_as_single_reads_do() {
+        let z8 = zoom_base(8);
+        let root = crate::format::pmtiles::encode_directory(&[
+            Entry {
+                tile_id: z8,
+                offset: 0,
+                length: 2,
+                run_length: 20_000,
+            },
+            Entry {
+                tile_id: z8 + 5,
+                offset: 2,
+                length: 3,
+                run_length: 1,
+            },
+        ]);
+        let data = b"aabbb";
+        let h = Header {
+            root_offset: HEADER_LEN as u64,
+            root_length: root.len() as u64,
+            metadata_offset: (HEADER_LEN + root.len()) as u64,
+            metadata_length: 0,
+            leaf_offset: (HEADER_LEN + root.len()) as u64,
+            leaf_length: 0,
+            data_offset: (HEADER_LEN + root.len()) as u64,
+            data_length: data.len() as u64,
+            addressed_tiles: 0,
+            tile_entries: 2,
+            tile_contents: 2,
+            clustered: true,
+            internal_compression: Compression::None,
+            tile_compression: Compression::None,
+            tile_type: TileType::Png,
+            min_zoom: 8,
+            max_zoom: 8,
+            bounds_e7: [0; 4],
+            center_zoom: 8,
+            center_e7: [0; 2],
+        };
+        let file = [&h.to_bytes()[..], &root, data].concat();
+        let s = PmtilesStore::from_bytes(Path::new("overlap.pmtiles"), file).unwrap();
+        let mut n = 0;
+        for id in s.bundles(8).unwrap() {
+            for (t, b) in s.read_group(&TileGroup::bundle(id)).unwrap() {
+                assert_eq!(s.tile(t).unwrap().unwrap().to_vec(), b.to_vec(), "{t}");
+                n += 1;
+            }
+        }
+        assert_eq!(n, 6);
     }
 }
