@@ -190,6 +190,11 @@ impl Cache {
     /// caches in one package, a `PacketSize` other than 128 with bundles on disk.
     pub fn open_with(path: impl AsRef<Path>, opts: CacheOptions) -> Result<Cache> {
         if let Some(u) = url::ObjectUrl::from_path(path.as_ref())? {
+            if url::is_pmtiles(path.as_ref()) {
+                // One object, read by range requests.
+                let store = store::pmtiles::PmtilesStore::open_url(&u)?;
+                return Cache::pmtiles_cache(path.as_ref(), store, opts);
+            }
             return Cache::open_url(&u, opts, None);
         }
         if url::is_mbtiles(path.as_ref()) {
@@ -477,6 +482,15 @@ impl Cache {
             ));
         }
         let store = store::pmtiles::PmtilesStore::open(path)?;
+        Cache::pmtiles_cache(path, store, opts)
+    }
+
+    /// The cache over the PMTiles file (or object) `store` at `path` ([`Cache::open_pmtiles`]).
+    fn pmtiles_cache(
+        path: &Path,
+        store: store::pmtiles::PmtilesStore,
+        opts: CacheOptions,
+    ) -> Result<Cache> {
         let h = store.header().clone();
         let mut format = crate::format::pmtiles::tile_format(h.tile_type)
             .map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
@@ -537,6 +551,13 @@ impl Cache {
         if let Some(why) = crate::format::pmtiles::refusal(scheme) {
             return Err(Error::invalid(format!(
                 "{}: {why}; nothing written (GeoPackage can hold other tiling schemes)",
+                path.display()
+            )));
+        }
+        if url::ObjectUrl::from_path(path)?.is_some() {
+            return Err(Error::invalid(format!(
+                "{}: bundlefs writes PMTiles files on local disks only (it reads them from a \
+                 store); write it here and copy it there (aws s3 cp, azcopy); nothing written",
                 path.display()
             )));
         }

@@ -15,6 +15,7 @@
 //!   renamed to the destination. Memory stays bounded by the entries (about 40 bytes a tile),
 //!   never the tiles' bytes.
 
+use std::borrow::Cow;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
@@ -27,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use memmap2::Mmap;
+use object_store::ObjectStore;
 
 use super::{GroupView, LevelStats, Storage, StorageKind, TileGroup, TimedSlot, UpdateFn};
 use crate::cache::files::AtomicFile;
@@ -44,6 +46,10 @@ use crate::format::{BundleId, Slot, TileAddr, MAX_TILE_SIZE};
 const LEAF_CACHE: usize = 64;
 /// Directories nest at most this deep (the spec's writers use root + one level of leaves).
 const MAX_DEPTH: u32 = 4;
+/// A piece of a bundle's tiles read at once is at most this long …
+const SPAN_LIMIT: u64 = 64 << 20;
+/// … and has gaps of at most this many bytes between the tiles it holds.
+const PIECE_GAP: u64 = 256 << 10;
 /// A directory or the metadata may inflate to at most this many bytes.
 const INFLATE_LIMIT: u64 = 1 << 30;
 
@@ -60,14 +66,51 @@ fn read_only_error(path: &Path) -> Error {
 enum Data {
     Map(Mmap),
     Owned(Vec<u8>),
+    /// An object in a store, read by range GETs; its first bytes (header and, as the spec
+    /// intends, the root directory) by one GET at open.
+    Remote {
+        store: Arc<dyn ObjectStore>,
+        key: object_store::path::Path,
+        len: u64,
+        head: Vec<u8>,
+    },
 }
 
-impl std::ops::Deref for Data {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
+/// The first bytes of a remote file read at open: the header and the root directory fit in them.
+const FIRST_READ: u64 = crate::format::pmtiles::ROOT_LIMIT as u64;
+
+impl Data {
+    fn len(&self) -> u64 {
         match self {
-            Data::Map(m) => m,
-            Data::Owned(v) => v,
+            Data::Map(m) => m.len() as u64,
+            Data::Owned(v) => v.len() as u64,
+            Data::Remote { len, .. } => *len,
+        }
+    }
+
+    /// Bytes `off`..`off+len`, which the caller has checked lie inside the file.
+    fn read(&self, off: u64, len: u64) -> std::result::Result<Cow<'_, [u8]>, String> {
+        let end = off
+            .checked_add(len)
+            .filter(|&e| e <= self.len())
+            .ok_or_else(|| format!("bytes {off}+{len} lie past the end of the file"))?;
+        match self {
+            Data::Map(m) => Ok(Cow::Borrowed(&m[off as usize..end as usize])),
+            Data::Owned(v) => Ok(Cow::Borrowed(&v[off as usize..end as usize])),
+            Data::Remote { head, .. } if end <= head.len() as u64 => {
+                Ok(Cow::Borrowed(&head[off as usize..end as usize]))
+            }
+            Data::Remote { store, key, .. } => {
+                let got = super::object::block(store.get_range(key, off..end))
+                    .map_err(|e| format!("range GET of bytes {off}-{end}: {e}"))?;
+                if got.len() as u64 != len {
+                    return Err(format!(
+                        "range GET of bytes {off}-{end} gave {} bytes",
+                        got.len()
+                    ));
+                }
+                Ok(Cow::Owned(got.to_vec()))
+            }
         }
     }
 }
@@ -111,10 +154,50 @@ impl PmtilesStore {
         Self::over(path, Data::Owned(bytes), None)
     }
 
+    /// The PMTiles object at `url` (`s3://BUCKET/KEY.pmtiles`, `az://CONTAINER/KEY.pmtiles`;
+    /// client settings from the environment, as for caches in a store), read by range requests:
+    /// a HEAD, one GET of the first 16 KiB (header and root directory), then a GET per leaf
+    /// directory (kept in the LRU) and per bundle's tiles. Errors: the store's, and those of
+    /// [`PmtilesStore::open`], naming the URL.
+    pub fn open_url(url: &crate::cache::url::ObjectUrl) -> Result<PmtilesStore> {
+        let store = super::object::store_client(url)?;
+        let name = PathBuf::from(url.to_string());
+        Self::open_remote(
+            &name,
+            store,
+            object_store::path::Path::from(url.prefix.as_str()),
+        )
+    }
+
+    /// The PMTiles object `key` of `store`, named `name` in messages ([`PmtilesStore::open_url`]).
+    pub fn open_remote(
+        name: &Path,
+        store: Arc<dyn ObjectStore>,
+        key: object_store::path::Path,
+    ) -> Result<PmtilesStore> {
+        let bad = |m: String| Error::invalid(format!("{}: {m}", name.display()));
+        let meta = super::object::block(store.head(&key)).map_err(|e| bad(e.to_string()))?;
+        let first = meta.size.min(FIRST_READ);
+        let head = super::object::block(store.get_range(&key, 0..first))
+            .map_err(|e| bad(e.to_string()))?
+            .to_vec();
+        let mtime = SystemTime::from(meta.last_modified);
+        let data = Data::Remote {
+            store,
+            key,
+            len: meta.size,
+            head,
+        };
+        Self::over(name, data, Some(mtime))
+    }
+
     fn over(path: &Path, map: Data, mtime: Option<SystemTime>) -> Result<PmtilesStore> {
         let bad = |m: String| Error::invalid(format!("{}: {m}", path.display()));
-        let head = &map[..map.len().min(HEADER_LEN)];
-        let header = Header::parse(head, map.len() as u64).map_err(bad)?;
+        let head = map
+            .read(0, map.len().min(HEADER_LEN as u64))
+            .map_err(&bad)?;
+        let header = Header::parse(&head, map.len()).map_err(bad)?;
+        drop(head);
         let mut s = PmtilesStore {
             path: path.to_path_buf(),
             map,
@@ -139,9 +222,11 @@ impl PmtilesStore {
         if h.metadata_length == 0 {
             return Ok(serde_json::json!({}));
         }
-        let raw =
-            &self.map[h.metadata_offset as usize..(h.metadata_offset + h.metadata_length) as usize];
-        let b = decompress(h.internal_compression, raw, INFLATE_LIMIT)
+        let raw = self
+            .map
+            .read(h.metadata_offset, h.metadata_length)
+            .map_err(|e| self.bad(format!("metadata: {e}")))?;
+        let b = decompress(h.internal_compression, &raw, INFLATE_LIMIT)
             .map_err(|e| self.bad(format!("metadata: {e}")))?;
         serde_json::from_slice(&b).map_err(|e| self.bad(format!("metadata is no JSON: {e}")))
     }
@@ -152,17 +237,17 @@ impl PmtilesStore {
 
     /// The directory at file bytes `off`..`off+len`, decoded.
     fn directory(&self, off: u64, len: u64, what: &str) -> Result<Vec<Entry>> {
-        let end = off
-            .checked_add(len)
-            .filter(|&e| e <= self.map.len() as u64)
-            .ok_or_else(|| {
-                self.bad(format!(
-                    "the {what} at bytes {off}+{len} lies past the end of the file ({} bytes)",
-                    self.map.len()
-                ))
-            })?;
-        let raw = &self.map[off as usize..end as usize];
-        let b = decompress(self.header.internal_compression, raw, INFLATE_LIMIT)
+        if off.checked_add(len).is_none_or(|e| e > self.map.len()) {
+            return Err(self.bad(format!(
+                "the {what} at bytes {off}+{len} lies past the end of the file ({} bytes)",
+                self.map.len()
+            )));
+        }
+        let raw = self
+            .map
+            .read(off, len)
+            .map_err(|e| self.bad(format!("{what}: {e}")))?;
+        let b = decompress(self.header.internal_compression, &raw, INFLATE_LIMIT)
             .map_err(|e| self.bad(format!("{what}: {e}")))?;
         decode_directory(&b).map_err(|e| self.bad(format!("{what}: {e}")))
     }
@@ -246,7 +331,7 @@ impl PmtilesStore {
     }
 
     /// The bytes of a tile at `offset` in the tile data section.
-    fn bytes(&self, id: u64, offset: u64, len: u32) -> Result<&[u8]> {
+    fn bytes(&self, id: u64, offset: u64, len: u32) -> Result<Cow<'_, [u8]>> {
         let h = &self.header;
         if offset.saturating_add(u64::from(len)) > h.data_length {
             return Err(self.bad(format!(
@@ -254,8 +339,9 @@ impl PmtilesStore {
                 h.data_length
             )));
         }
-        let start = (h.data_offset + offset) as usize;
-        Ok(&self.map[start..start + len as usize])
+        self.map
+            .read(h.data_offset + offset, u64::from(len))
+            .map_err(|e| self.bad(format!("tile id {id}: {e}")))
     }
 
     /// The runs of level `level`'s tiles (first id, count, offset, length).
@@ -331,7 +417,7 @@ impl Storage for PmtilesStore {
             false
         })?;
         match found {
-            Some((o, l)) if l > 0 => Ok(Some(TileBytes::owned(self.bytes(id, o, l)?.to_vec()))),
+            Some((o, l)) if l > 0 => Ok(Some(TileBytes::owned(self.bytes(id, o, l)?.into_owned()))),
             _ => Ok(None),
         }
     }
@@ -367,12 +453,45 @@ impl Storage for PmtilesStore {
     }
 
     fn read_group(&self, g: &TileGroup) -> Result<Vec<(TileAddr, TileBytes)>> {
-        let mut out = Vec::new();
-        for (t, o, l) in self.bundle_entries(g.id)? {
-            if l > 0 {
-                let id = tile_id(t.level, t.col, t.row).unwrap_or(0);
-                out.push((t, TileBytes::owned(self.bytes(id, o, l)?.to_vec())));
+        let entries: Vec<(TileAddr, u64, u32)> = self
+            .bundle_entries(g.id)?
+            .into_iter()
+            .filter(|e| e.2 > 0)
+            .collect();
+        let id = |t: TileAddr| tile_id(t.level, t.col, t.row).unwrap_or(0);
+        for &(t, o, l) in &entries {
+            if o.saturating_add(u64::from(l)) > self.header.data_length {
+                // The error of a read of it alone.
+                self.bytes(id(t), o, l)?;
             }
+        }
+        // A clustered file keeps a bundle's tiles together: their bytes are read in pieces of
+        // neighbouring tiles (one range GET each from a store), a repeated tile stored far away
+        // (an ocean tile first met at another zoom) in a piece of its own.
+        let mut wanted: Vec<(u64, u64)> = entries
+            .iter()
+            .map(|e| (e.1, e.1 + u64::from(e.2)))
+            .collect();
+        wanted.sort_unstable();
+        let mut pieces: Vec<(u64, u64)> = Vec::new();
+        for (a, b) in wanted {
+            match pieces.last_mut() {
+                Some(p) if a <= p.1 + PIECE_GAP && b.max(p.1) - p.0 <= SPAN_LIMIT => {
+                    p.1 = p.1.max(b)
+                }
+                _ => pieces.push((a, b)),
+            }
+        }
+        let mut read = Vec::with_capacity(pieces.len());
+        for &(a, b) in &pieces {
+            read.push((a, self.bytes(id(entries[0].0), a, (b - a) as u32)?));
+        }
+        let mut out = Vec::with_capacity(entries.len());
+        for (t, o, l) in entries {
+            let i = read.partition_point(|(a, _)| *a <= o) - 1;
+            let (a, bytes) = &read[i];
+            let at = (o - a) as usize;
+            out.push((t, TileBytes::owned(bytes[at..at + l as usize].to_vec())));
         }
         out.sort_by_key(|(t, _)| t.slot());
         Ok(out)
@@ -1015,5 +1134,60 @@ mod tests {
             }
         }
         assert_eq!(n, 6);
+    }
+
+    /// A file in an object store (object_store's in-memory one) reads as the local file does, by
+    /// range requests, leaf directories included.
+    #[test]
+    fn a_file_in_a_store_reads_by_range_requests() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("big.pmtiles");
+        let b = Builder::create(&f, new_file(), false).unwrap();
+        for x in 0..256u32 {
+            for y in 0..256u32 {
+                b.add(TileAddr::new(8, y, x), big_tile(x, y).as_bytes())
+                    .unwrap();
+            }
+        }
+        b.add(TileAddr::new(0, 0, 0), big_tile(0, 0).as_bytes())
+            .unwrap();
+        b.finish().unwrap();
+        let local = PmtilesStore::open(&f).unwrap();
+        assert!(local.header().leaf_length > 0);
+        let mem: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let key = object_store::path::Path::from("maps/big.pmtiles");
+        super::super::object::block(mem.put(&key, std::fs::read(&f).unwrap().into())).unwrap();
+        let s = PmtilesStore::open_remote(Path::new("s3://b/maps/big.pmtiles"), mem, key).unwrap();
+        assert_eq!(s.levels().unwrap(), vec![0, 8]);
+        for id in s.bundles(8).unwrap() {
+            let g = TileGroup::bundle(id);
+            let a: Vec<_> = s
+                .read_group(&g)
+                .unwrap()
+                .into_iter()
+                .map(|(t, b)| (t, b.to_vec()))
+                .collect();
+            let b: Vec<_> = local
+                .read_group(&g)
+                .unwrap()
+                .into_iter()
+                .map(|(t, b)| (t, b.to_vec()))
+                .collect();
+            assert_eq!(a.len(), 16_384);
+            assert_eq!(a, b);
+        }
+        assert_eq!(
+            s.tile(TileAddr::new(0, 0, 0)).unwrap().unwrap().to_vec(),
+            big_tile(0, 0).into_bytes()
+        );
+        let e = PmtilesStore::open_remote(
+            Path::new("s3://b/none.pmtiles"),
+            Arc::new(object_store::memory::InMemory::new()),
+            object_store::path::Path::from("none.pmtiles"),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("s3://b/none.pmtiles"), "{e}");
     }
 }
