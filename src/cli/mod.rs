@@ -797,6 +797,17 @@ mod tests {
             t(Some(StorageArg::ReadyToServe), "rts").unwrap(),
             ExportTo::ReadyToServe
         );
+        assert_eq!(t(None, "w.PMTiles").unwrap(), ExportTo::Pmtiles);
+        assert_eq!(
+            t(Some(StorageArg::Pmtiles), "w.pmtiles").unwrap(),
+            ExportTo::Pmtiles
+        );
+        let e = t(Some(StorageArg::Pmtiles), "w").unwrap_err().to_string();
+        assert!(e.contains("name it NAME.pmtiles"), "{e}");
+        let e = t(Some(StorageArg::CompactV2), "w.pmtiles")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the name says PMTiles"), "{e}");
     }
 
     #[test]
