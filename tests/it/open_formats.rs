@@ -541,6 +541,29 @@ fn pmtiles_round_trips_tile_for_tile_and_the_pypi_reader_reads_every_tile() {
     let (tiles, header) = pypi_pmtiles_tiles(&part);
     assert_eq!(tiles.len(), 20);
     assert!(header.lines().any(|l| l == "min_zoom=1"), "{header}");
+    // An extent: the tiles meeting it, and it as the header's bounds (degrees × 10⁷).
+    let part2 = d.join("extent.pmtiles");
+    export(
+        &src,
+        &part2,
+        &["--extent", "0,0,60,40", "--extent-crs", "4326"],
+    );
+    let (tiles, header) = pypi_pmtiles_tiles(&part2);
+    assert_eq!(
+        tiles.keys().copied().collect::<Vec<_>>(),
+        vec![
+            TileAddr::new(0, 0, 0),
+            TileAddr::new(1, 0, 1),
+            TileAddr::new(2, 1, 2)
+        ]
+    );
+    for line in [
+        "min_lon_e7=0",
+        "max_lon_e7=600000000",
+        "max_lat_e7=400000000",
+    ] {
+        assert!(header.lines().any(|l| l == line), "{line} not in\n{header}");
+    }
     // A compact cache made from it imports into another one, tile for tile.
     let into = d.join("into");
     export(&src, &into, &["--storage", "compact-v2", "--levels", "0"]);
