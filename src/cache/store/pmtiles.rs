@@ -344,12 +344,15 @@ impl PmtilesStore {
             .map_err(|e| self.bad(format!("tile id {id}: {e}")))
     }
 
-    /// The runs of level `level`'s tiles (first id, count, offset, length).
+    /// The runs of level `level`'s tiles (first id, count, offset, length), entries of length 0
+    /// (no tile) left out.
     fn level_runs(&self, level: u8) -> Result<Vec<(u64, u64, u64, u32)>> {
         let mut out = Vec::new();
         if level <= crate::format::pmtiles::MAX_ZOOM {
             self.walk(zoom_base(level)..zoom_base(level + 1), &mut |a, n, o, l| {
-                out.push((a, n, o, l));
+                if l > 0 {
+                    out.push((a, n, o, l));
+                }
                 true
             })?;
         }
@@ -400,7 +403,8 @@ impl Storage for PmtilesStore {
     fn levels(&self) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         for z in 0..=crate::format::pmtiles::MAX_ZOOM {
-            if !self.walk(zoom_base(z)..zoom_base(z + 1), &mut |_, _, _, _| false)? {
+            // Stopped at the first run of tiles (entries of length 0 hold none).
+            if !self.walk(zoom_base(z)..zoom_base(z + 1), &mut |_, _, _, l| l == 0)? {
                 out.push(z);
             }
         }
@@ -1084,10 +1088,18 @@ mod tests {
 
     /// A damaged directory whose run reaches past the next entry: each id belongs to the last
     /// entry starting at or before it, in listings as in single reads (found by the fuzz target).
+    /// An entry of length 0 is no tile.
     #[test]
     fn overlapping_runs_read_as_single_reads_do() {
         let z8 = zoom_base(8);
         let root = crate::format::pmtiles::encode_directory(&[
+            // An entry of length 0 holds no tile: zoom 0 is no level.
+            Entry {
+                tile_id: 0,
+                offset: 0,
+                length: 0,
+                run_length: 1,
+            },
             Entry {
                 tile_id: z8,
                 offset: 0,
@@ -1126,6 +1138,8 @@ mod tests {
         };
         let file = [&h.to_bytes()[..], &root, data].concat();
         let s = PmtilesStore::from_bytes(Path::new("overlap.pmtiles"), file).unwrap();
+        assert_eq!(s.levels().unwrap(), vec![8]);
+        assert!(s.tile(TileAddr::new(0, 0, 0)).unwrap().is_none());
         let mut n = 0;
         for id in s.bundles(8).unwrap() {
             for (t, b) in s.read_group(&TileGroup::bundle(id)).unwrap() {
