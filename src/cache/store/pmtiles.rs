@@ -12,7 +12,8 @@
 //!   and a hash per content. [`Builder::finish`] sorts the entries by tile id, joins consecutive
 //!   ids of the same content into runs, writes header, root directory, metadata, leaf
 //!   directories, then copies the tile data in tile-id order (clustered), into a temporary file
-//!   renamed to the destination. Memory stays bounded by the entries (about 40 bytes a tile),
+//!   renamed to the destination. Memory stays bounded by the entries (24 bytes a tile while the
+//!   tiles come, with a hash-map slot per distinct content; about 100 bytes a tile at the end),
 //!   never the tiles' bytes.
 
 use std::borrow::Cow;
