@@ -554,13 +554,6 @@ impl Cache {
                 path.display()
             )));
         }
-        if url::ObjectUrl::from_path(path)?.is_some() {
-            return Err(Error::invalid(format!(
-                "{}: bundlefs writes PMTiles files on local disks only (it reads them from a \
-                 store); write it here and copy it there (aws s3 cp, azcopy); nothing written",
-                path.display()
-            )));
-        }
         let tile_type = crate::format::pmtiles::tile_type(&scheme.tile_format)
             .map_err(|e| Error::invalid(format!("{}: {e}; nothing written", path.display())))?;
         let (w, s) = crate::format::mbtiles::to_lon_lat(extent.xmin, extent.ymin);
@@ -590,7 +583,16 @@ impl Cache {
             bounds,
             metadata,
         };
-        let builder = Arc::new(store::pmtiles::Builder::create(path, new, opts.durable)?);
+        let builder = Arc::new(match url::ObjectUrl::from_path(path)? {
+            // Written here first, then uploaded whole.
+            Some(u) => store::pmtiles::Builder::create_upload(
+                path,
+                store::object::store_client(&u)?,
+                object_store::path::Path::from(u.prefix.as_str()),
+                new,
+            )?,
+            None => store::pmtiles::Builder::create(path, new, opts.durable)?,
+        });
         let conf = TileScheme::parse_conf_xml(&scheme.to_conf_xml()).in_file(path)?;
         let cache = Cache {
             location: url::Location::File(path.to_path_buf()),

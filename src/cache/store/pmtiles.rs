@@ -575,10 +575,21 @@ pub struct NewFile {
 
 /// A PMTiles file being written (see the module docs).
 pub struct Builder {
+    /// The file as messages name it (a local path, or the URL of an object).
     path: PathBuf,
+    /// Where the file is written on this machine.
+    local: PathBuf,
+    /// The object the file goes to at the end, and the temporary folder it is written in first.
+    upload: Option<(Upload, tempfile::TempDir)>,
     new: NewFile,
     durable: bool,
     state: Mutex<Build>,
+}
+
+/// An object a new file is uploaded to.
+struct Upload {
+    store: Arc<dyn ObjectStore>,
+    key: object_store::path::Path,
 }
 
 struct Build {
@@ -617,7 +628,47 @@ impl Builder {
                 path.display()
             )));
         }
-        let dir = match path.parent() {
+        Self::start(path, path, None, new, durable)
+    }
+
+    /// Starts a new PMTiles object `key` of `store`, named `name` in messages: written in a
+    /// temporary folder of this machine (`TMPDIR`), uploaded by [`Builder::finish`] (a multipart
+    /// upload, read from the file in parts) and removed here. Errors: the object exists, the
+    /// store cannot be asked, the temporary folder cannot be made.
+    pub fn create_upload(
+        name: &Path,
+        store: Arc<dyn ObjectStore>,
+        key: object_store::path::Path,
+        new: NewFile,
+    ) -> Result<Builder> {
+        let bad = |m: String| Error::invalid(format!("{}: {m}", name.display()));
+        match super::object::block(store.head(&key)) {
+            Ok(_) => {
+                return Err(bad(
+                    "already exists; a PMTiles file is written once, whole (remove it or choose \
+                     another name)"
+                        .to_string(),
+                ))
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(bad(e.to_string())),
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix("bundlefs-pmtiles-")
+            .tempdir()
+            .map_err(|e| bad(format!("a temporary folder to write it in first: {e}")))?;
+        let local = tmp.path().join("upload.pmtiles");
+        Self::start(name, &local, Some((Upload { store, key }, tmp)), new, false)
+    }
+
+    fn start(
+        path: &Path,
+        local: &Path,
+        upload: Option<(Upload, tempfile::TempDir)>,
+        new: NewFile,
+        durable: bool,
+    ) -> Result<Builder> {
+        let dir = match local.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
@@ -627,6 +678,8 @@ impl Builder {
             .at(dir)?;
         Ok(Builder {
             path: path.to_path_buf(),
+            local: local.to_path_buf(),
+            upload,
             new,
             durable,
             state: Mutex::new(Build {
@@ -808,7 +861,7 @@ impl Builder {
             center_zoom: min_zoom,
             center_e7: [e7((b[0] + b[2]) / 2.0), e7((b[1] + b[3]) / 2.0)],
         };
-        let mut out = AtomicFile::create_new(&self.path, self.durable)?;
+        let mut out = AtomicFile::create_new(&self.local, self.durable)?;
         let tmp_out = out.temp_path().to_path_buf();
         {
             let mut w = BufWriter::with_capacity(1 << 20, out.file());
@@ -825,13 +878,16 @@ impl Builder {
             }
             w.flush().at(&tmp_out)?;
         }
-        if self.path.exists() {
+        if self.local.exists() {
             return Err(Error::invalid(format!(
                 "{}: appeared while it was being written; nothing replaced",
                 self.path.display()
             )));
         }
         out.commit()?;
+        if let Some((up, _tmp)) = &self.upload {
+            upload(&self.local, &self.path, up)?;
+        }
         Ok(Finished {
             addressed_tiles: header.addressed_tiles,
             tile_entries: header.tile_entries,
@@ -874,6 +930,42 @@ fn see_layers(
                 .or_insert(kind);
         }
     }
+}
+
+/// Uploads the file at `local` to `up`'s object (named `shown` in messages), in parts read from
+/// the file (a few parts in flight at once, so memory stays bounded whatever the file's size).
+fn upload(local: &Path, shown: &Path, up: &Upload) -> Result<()> {
+    let bad = |m: String| Error::invalid(format!("{}: upload: {m}", shown.display()));
+    let mut file = File::open(local).at(local)?;
+    super::object::block(async {
+        let mut w = object_store::WriteMultipart::new(up.store.put_multipart(&up.key).await?);
+        let parts = async {
+            let mut buf = vec![0u8; 8 << 20];
+            loop {
+                let n = std::io::Read::read(&mut file, &mut buf).map_err(|e| {
+                    object_store::Error::Generic {
+                        store: "local file",
+                        source: Box::new(e),
+                    }
+                })?;
+                if n == 0 {
+                    return Ok::<(), object_store::Error>(());
+                }
+                w.wait_for_capacity(4).await?;
+                w.write(&buf[..n]);
+            }
+        }
+        .await;
+        match parts {
+            Ok(()) => w.finish().await.map(|_| ()),
+            Err(e) => {
+                // Nothing half-uploaded is left behind as parts the store keeps.
+                let _ = w.abort().await;
+                Err(e)
+            }
+        }
+    })
+    .map_err(|e| bad(e.to_string()))
 }
 
 /// The storage a job writes a new PMTiles file through: writes go to the [`Builder`]; reads see
@@ -1204,5 +1296,37 @@ mod tests {
         .unwrap()
         .to_string();
         assert!(e.contains("s3://b/none.pmtiles"), "{e}");
+    }
+
+    /// A file written for a store goes up whole at the end (a multipart upload) and reads back
+    /// from there; an object already there is refused.
+    #[test]
+    fn a_file_is_written_into_a_store_by_upload() {
+        let mem: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let key = object_store::path::Path::from("maps/up.pmtiles");
+        let name = Path::new("s3://b/maps/up.pmtiles");
+        let b = Builder::create_upload(name, mem.clone(), key.clone(), new_file()).unwrap();
+        for x in 0..64u32 {
+            b.add(TileAddr::new(6, x % 7, x), big_tile(x, 3).as_bytes())
+                .unwrap();
+        }
+        let local = b.local.clone();
+        b.finish().unwrap();
+        assert!(!local.exists(), "the local copy is gone after the upload");
+        let s = PmtilesStore::open_remote(name, mem.clone(), key.clone()).unwrap();
+        for x in 0..64u32 {
+            assert_eq!(
+                s.tile(TileAddr::new(6, x % 7, x))
+                    .unwrap()
+                    .unwrap()
+                    .to_vec(),
+                big_tile(x, 3).into_bytes()
+            );
+        }
+        let e = Builder::create_upload(name, mem, key, new_file())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("s3://b/maps/up.pmtiles: already exists"), "{e}");
     }
 }
