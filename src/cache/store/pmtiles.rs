@@ -25,6 +25,7 @@ use std::io::{BufWriter, Write};
 use std::num::NonZeroUsize;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -74,6 +75,9 @@ enum Data {
         key: object_store::path::Path,
         len: u64,
         head: Vec<u8>,
+        /// Range GETs after the first, and the bytes they brought.
+        gets: AtomicU64,
+        bytes_down: AtomicU64,
     },
 }
 
@@ -101,9 +105,17 @@ impl Data {
             Data::Remote { head, .. } if end <= head.len() as u64 => {
                 Ok(Cow::Borrowed(&head[off as usize..end as usize]))
             }
-            Data::Remote { store, key, .. } => {
+            Data::Remote {
+                store,
+                key,
+                gets,
+                bytes_down,
+                ..
+            } => {
+                gets.fetch_add(1, Ordering::Relaxed);
                 let got = super::object::block(store.get_range(key, off..end))
                     .map_err(|e| format!("range GET of bytes {off}-{end}: {e}"))?;
+                bytes_down.fetch_add(got.len() as u64, Ordering::Relaxed);
                 if got.len() as u64 != len {
                     return Err(format!(
                         "range GET of bytes {off}-{end} gave {} bytes",
@@ -187,6 +199,8 @@ impl PmtilesStore {
             store,
             key,
             len: meta.size,
+            gets: AtomicU64::new(1),
+            bytes_down: AtomicU64::new(head.len() as u64),
             head,
         };
         Self::over(name, data, Some(mtime))
@@ -540,6 +554,20 @@ impl Storage for PmtilesStore {
 
     fn read_only(&self) -> bool {
         true
+    }
+
+    fn counters(&self) -> Option<crate::cache::counters::StoreCounters> {
+        match &self.map {
+            Data::Remote {
+                gets, bytes_down, ..
+            } => Some(crate::cache::counters::StoreCounters {
+                gets: gets.load(Ordering::Relaxed),
+                heads: 1,
+                bytes_down: bytes_down.load(Ordering::Relaxed),
+                ..Default::default()
+            }),
+            _ => None,
+        }
     }
 
     fn stats_without_reading(&self) -> bool {
@@ -1266,6 +1294,9 @@ mod tests {
         super::super::object::block(mem.put(&key, std::fs::read(&f).unwrap().into())).unwrap();
         let s = PmtilesStore::open_remote(Path::new("s3://b/maps/big.pmtiles"), mem, key).unwrap();
         assert_eq!(s.levels().unwrap(), vec![0, 8]);
+        let before = s.counters().unwrap();
+        assert!(before.heads == 1 && before.gets >= 1, "{before:?}");
+        assert!(local.counters().is_none());
         for id in s.bundles(8).unwrap() {
             let g = TileGroup::bundle(id);
             let a: Vec<_> = s
@@ -1287,6 +1318,10 @@ mod tests {
             s.tile(TileAddr::new(0, 0, 0)).unwrap().unwrap().to_vec(),
             big_tile(0, 0).into_bytes()
         );
+        // One GET per piece of a bundle's tiles (4 bundles) and per leaf, not one per tile.
+        let after = s.counters().unwrap();
+        assert!(after.gets - before.gets < 64, "{after:?}");
+        assert!(after.bytes_down > std::fs::metadata(&f).unwrap().len() / 2);
         let e = PmtilesStore::open_remote(
             Path::new("s3://b/none.pmtiles"),
             Arc::new(object_store::memory::InMemory::new()),
