@@ -176,7 +176,8 @@ impl Cache {
     }
 
     /// Opens a cache folder (or its conf.xml, or an unpacked `.tpk`, or a ready-to-serve folder or
-    /// its `root.json`) with `opts`.
+    /// its `root.json`, or an MBTiles or PMTiles file, or a cache or a PMTiles object in a store)
+    /// with `opts`.
     ///
     /// Names are found whatever their case, as ArcGIS on Windows writes them (`Conf.xml`,
     /// `CONF.CDI`, `_AllLayers`). A folder without conf.xml is searched for the one holding it:

@@ -149,8 +149,9 @@ pub enum Location {
     Folder(PathBuf),
     /// `s3://BUCKET/PREFIX` or `az://CONTAINER/PREFIX`.
     Store(ObjectUrl),
-    /// A local file holding every tile: an MBTiles file (`*.mbtiles`) or a PMTiles file
-    /// (`*.pmtiles`, read only).
+    /// One file holding every tile: an MBTiles file (`*.mbtiles`) or a PMTiles file
+    /// (`*.pmtiles`, read only; also an object `s3://…/X.pmtiles` read by range requests, as
+    /// [`crate::cache::Cache::open`] opens it: this holds its URL then).
     File(PathBuf),
 }
 
