@@ -627,7 +627,11 @@ struct Build {
     /// (tile id, offset in `data`, length) per tile.
     entries: Vec<(u64, u64, u32)>,
     /// (hash, length) of a content → its offset in `data`.
-    seen: HashMap<(u64, u32), u64>,
+    /// … and the zoom it first came at.
+    seen: HashMap<(u64, u32), (u64, u8)>,
+    /// Of vector tiles: contents that came again at other zooms than their first (offset →
+    /// lowest and highest zoom), looked at again at the end for `vector_layers`' zooms.
+    again: HashMap<u64, (u32, u8, u8)>,
     /// Whether the (vector) tiles are gzip'ed, from the first tile.
     gzip_tiles: Option<bool>,
     /// Of vector tiles: each layer's attributes and the zooms it was seen at (each distinct
@@ -715,6 +719,7 @@ impl Builder {
                 len: 0,
                 entries: Vec::new(),
                 seen: HashMap::new(),
+                again: HashMap::new(),
                 gzip_tiles: None,
                 vector: BTreeMap::new(),
             }),
@@ -752,20 +757,27 @@ impl Builder {
             .get_or_insert(bytes.starts_with(&[0x1f, 0x8b]));
         let tmp = st.data.path().to_path_buf();
         let same = match st.seen.get(&key) {
-            Some(&off) => {
+            Some(&(off, z)) => {
                 let mut there = vec![0u8; bytes.len()];
                 st.data.as_file().read_exact_at(&mut there, off).at(&tmp)?;
-                (there == bytes).then_some(off)
+                (there == bytes).then_some((off, z))
             }
             None => None,
         };
         let off = match same {
-            Some(off) => off,
+            Some((off, first)) => {
+                if self.new.tile_type == TileType::Mvt && first != t.level {
+                    let e = st.again.entry(off).or_insert((len, first, first));
+                    e.1 = e.1.min(t.level);
+                    e.2 = e.2.max(t.level);
+                }
+                off
+            }
             None => {
                 let off = st.len;
                 st.data.as_file().write_all_at(bytes, off).at(&tmp)?;
                 st.len += u64::from(len);
-                st.seen.entry(key).or_insert(off);
+                st.seen.entry(key).or_insert((off, t.level));
                 if self.new.tile_type == TileType::Mvt {
                     see_layers(&mut st.vector, t.level, bytes);
                 }
@@ -826,9 +838,20 @@ impl Builder {
         );
         let mut meta = self.new.metadata.clone();
         if self.new.tile_type == TileType::Mvt {
+            // Contents that came again at other zooms: their layers at those zooms too.
+            let mut vector = st.vector;
+            for (&off, &(len, lo, hi)) in &st.again {
+                let mut b = vec![0u8; len as usize];
+                st.data
+                    .as_file()
+                    .read_exact_at(&mut b, off)
+                    .at(st.data.path())?;
+                see_layers(&mut vector, lo, &b);
+                see_layers(&mut vector, hi, &b);
+            }
+            let st_vector = vector;
             // TileJSON's vector_layers (GDAL's PMTiles driver needs it to open the file).
-            let layers: Vec<serde_json::Value> = st
-                .vector
+            let layers: Vec<serde_json::Value> = st_vector
                 .iter()
                 .map(|(id, (fields, lo, hi))| {
                     let fields: serde_json::Map<String, serde_json::Value> = fields
@@ -1363,5 +1386,31 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("s3://b/maps/up.pmtiles: already exists"), "{e}");
+    }
+
+    /// Vector tiles: `vector_layers` lists each layer with the zooms it is at, also where a
+    /// tile's bytes came again at another zoom (stored once).
+    #[test]
+    fn vector_layers_cover_repeated_tiles_zooms() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("v.pmtiles");
+        let new = NewFile {
+            tile_type: TileType::Mvt,
+            ..new_file()
+        };
+        let b = Builder::create(&f, new, false).unwrap();
+        // A tile of one layer "roads" (Tile.layers = 3, Layer.name = 1), no features.
+        let tile = [0x1a, 0x07, 0x0a, 0x05, b'r', b'o', b'a', b'd', b's'];
+        b.add(TileAddr::new(1, 0, 0), &tile).unwrap();
+        b.add(TileAddr::new(3, 5, 2), &tile).unwrap();
+        b.add(TileAddr::new(2, 1, 1), &tile).unwrap();
+        b.finish().unwrap();
+        let s = PmtilesStore::open(&f).unwrap();
+        assert_eq!(s.header().tile_contents, 1);
+        let m = s.metadata().unwrap();
+        assert_eq!(
+            m["vector_layers"],
+            serde_json::json!([{"id": "roads", "fields": {}, "minzoom": 1, "maxzoom": 3}])
+        );
     }
 }
