@@ -54,9 +54,11 @@ fi
 # tile-package tests read them with the GDAL bundled in the rasterio wheel (PyPI). tpkutils (PyPI)
 # reads the .tpk packages bundlefs writes (tests/it/packages.rs). Both for `python3`, when missing.
 # Esri's lerc and mapbox-vector-tile (PyPI) make and read the LERC and vector tiles of
-# tests/it/tilekinds.rs; prometheus_client parses the /metrics page (tests/it/service.rs). Each
+# tests/it/tilekinds.rs; prometheus_client parses the /metrics page (tests/it/service.rs); pmtiles
+# reads and writes PMTiles files and pyogrio's GDAL (3.12, with the PMTiles driver the rasterio
+# wheel lacks) reads vector ones (tests/it/open_formats.rs). Each
 # as import-name:pip-name.
-for pair in rasterio:rasterio tpkutils:tpkutils lerc:lerc mapbox_vector_tile:mapbox-vector-tile \
+for pair in rasterio:rasterio tpkutils:tpkutils lerc:lerc mapbox_vector_tile:mapbox-vector-tile pmtiles:pmtiles pyogrio:pyogrio \
     prometheus_client:prometheus_client; do
     py=${pair%%:*} pkg=${pair#*:}
     if ! python3 -c "import $py" >/dev/null 2>&1; then

@@ -180,7 +180,8 @@ impl Cache {
     }
 
     /// Opens a cache folder (or its conf.xml, or an unpacked `.tpk`, or a ready-to-serve folder or
-    /// its `root.json`) with `opts`.
+    /// its `root.json`, or an MBTiles, GeoPackage or PMTiles file, an XYZ or TMS folder, or a cache
+    /// or a PMTiles object in a store) with `opts`.
     ///
     /// Names are found whatever their case, as ArcGIS on Windows writes them (`Conf.xml`,
     /// `CONF.CDI`, `_AllLayers`). A folder without conf.xml is searched for the one holding it:
@@ -194,6 +195,11 @@ impl Cache {
     /// caches in one package, a `PacketSize` other than 128 with bundles on disk.
     pub fn open_with(path: impl AsRef<Path>, opts: CacheOptions) -> Result<Cache> {
         if let Some(u) = url::ObjectUrl::from_path(path.as_ref())? {
+            if url::is_pmtiles(path.as_ref()) {
+                // One object, read by range requests.
+                let store = store::pmtiles::PmtilesStore::open_url(&u)?;
+                return Cache::pmtiles_cache(path.as_ref(), store, opts);
+            }
             return Cache::open_url(&u, opts, None);
         }
         if url::is_mbtiles(path.as_ref()) {
@@ -201,6 +207,9 @@ impl Cache {
         }
         if url::is_geopackage(path.as_ref()) {
             return Cache::open_geopackage(path.as_ref(), opts);
+        }
+        if url::is_pmtiles(path.as_ref()) {
+            return Cache::open_pmtiles(path.as_ref(), opts);
         }
         let mut root = path.as_ref().to_path_buf();
         let names_conf = |p: &Path| {
@@ -626,6 +635,149 @@ impl Cache {
         Cache::open_xyz(path, tms, opts)
     }
 
+    /// Opens a PMTiles v3 file, read only: its tiles through
+    /// [`store::pmtiles::PmtilesStore`], its tiling scheme Web Mercator with the zoom levels 0 to
+    /// 23 (or to the deepest level held), its tile format from the header's tile type (MIXED when
+    /// bundlefs wrote it from a MIXED cache, see doc/formats.md), its extent from the header's
+    /// bounds. Errors, naming the file: no such file, not PMTiles v3, a damaged header or root
+    /// directory, a tile type bundlefs does not keep.
+    pub fn open_pmtiles(path: &Path, opts: CacheOptions) -> Result<Cache> {
+        if !path.is_file() {
+            return Err(Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such PMTiles file"),
+            ));
+        }
+        let store = store::pmtiles::PmtilesStore::open(path)?;
+        Cache::pmtiles_cache(path, store, opts)
+    }
+
+    /// The cache over the PMTiles file (or object) `store` at `path` ([`Cache::open_pmtiles`]).
+    fn pmtiles_cache(
+        path: &Path,
+        store: store::pmtiles::PmtilesStore,
+        opts: CacheOptions,
+    ) -> Result<Cache> {
+        let h = store.header().clone();
+        let mut format = crate::format::pmtiles::tile_format(h.tile_type)
+            .map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
+        let meta = store.metadata()?;
+        if format == conf::TileFormat::Png
+            && meta.get(crate::format::pmtiles::TILE_FORMAT_KEY) == Some(&"MIXED".into())
+        {
+            format = conf::TileFormat::Mixed;
+        }
+        let deepest = store.levels()?.last().copied().unwrap_or(0);
+        let scheme = TileScheme::web_mercator(h.max_zoom.max(deepest).max(23), format);
+        let conf = TileScheme::parse_conf_xml(&scheme.to_conf_xml()).in_file(path)?;
+        let deg = |v: i32| f64::from(v) / 1e7;
+        let (xmin, ymin) =
+            crate::format::mbtiles::from_lon_lat(deg(h.bounds_e7[0]), deg(h.bounds_e7[1]));
+        let (xmax, ymax) =
+            crate::format::mbtiles::from_lon_lat(deg(h.bounds_e7[2]), deg(h.bounds_e7[3]));
+        let cdi = (xmin < xmax && ymin < ymax).then(|| {
+            conf::write_cdi(
+                &Envelope {
+                    xmin,
+                    ymin,
+                    xmax,
+                    ymax,
+                },
+                &scheme,
+            )
+        });
+        Ok(Cache {
+            location: url::Location::File(path.to_path_buf()),
+            place: Place {
+                root: path.to_path_buf(),
+                tiles_dir: path.to_path_buf(),
+            },
+            layout: Layout::ArcGis,
+            // One record per tile, as exploded storage has one file per tile.
+            storage: StorageFormat::Exploded,
+            conf: Some(conf),
+            cdi,
+            opts,
+            store: Box::new(store),
+            ready_to_serve: None,
+        })
+    }
+
+    /// Starts a new PMTiles file at `path` for tiles of `scheme` (Web Mercator zoom levels,
+    /// [`crate::format::pmtiles::refusal`]) covering `extent`, named `name`: a cache whose writes
+    /// go to the returned builder, which [`store::pmtiles::Builder::finish`] turns into the file
+    /// once the cache is dropped. Errors: a scheme PMTiles cannot hold or a tile format it cannot
+    /// type (both by name), a path that exists; each naming the file.
+    pub fn create_pmtiles(
+        path: &Path,
+        scheme: &TileScheme,
+        extent: &Envelope,
+        name: &str,
+        opts: CacheOptions,
+    ) -> Result<(Cache, Arc<store::pmtiles::Builder>)> {
+        if let Some(why) = crate::format::pmtiles::refusal(scheme) {
+            return Err(Error::invalid(format!(
+                "{}: {why}; nothing written (GeoPackage can hold other tiling schemes)",
+                path.display()
+            )));
+        }
+        let tile_type = crate::format::pmtiles::tile_type(&scheme.tile_format)
+            .map_err(|e| Error::invalid(format!("{}: {e}; nothing written", path.display())))?;
+        let (w, s) = crate::format::mbtiles::to_lon_lat(extent.xmin, extent.ymin);
+        let (e, n) = crate::format::mbtiles::to_lon_lat(extent.xmax, extent.ymax);
+        let bounds = [
+            w.max(-180.0),
+            s.max(-85.051129),
+            e.min(180.0),
+            n.min(85.051129),
+        ];
+        let mut metadata = serde_json::Map::new();
+        metadata.insert("name".into(), name.into());
+        metadata.insert("format".into(), tile_type.name().into());
+        metadata.insert("type".into(), "baselayer".into());
+        metadata.insert(
+            "description".into(),
+            format!("{name}, written by bundlefs").into(),
+        );
+        if scheme.tile_format == conf::TileFormat::Mixed {
+            metadata.insert(
+                crate::format::pmtiles::TILE_FORMAT_KEY.into(),
+                "MIXED".into(),
+            );
+        }
+        let new = store::pmtiles::NewFile {
+            tile_type,
+            bounds,
+            metadata,
+        };
+        let builder = Arc::new(match url::ObjectUrl::from_path(path)? {
+            // Written here first, then uploaded whole.
+            Some(u) => store::pmtiles::Builder::create_upload(
+                path,
+                store::object::store_client(&u)?,
+                object_store::path::Path::from(u.prefix.as_str()),
+                new,
+            )?,
+            None => store::pmtiles::Builder::create(path, new, opts.durable)?,
+        });
+        let conf = TileScheme::parse_conf_xml(&scheme.to_conf_xml()).in_file(path)?;
+        let cache = Cache {
+            location: url::Location::File(path.to_path_buf()),
+            place: Place {
+                root: path.to_path_buf(),
+                tiles_dir: path.to_path_buf(),
+            },
+            layout: Layout::ArcGis,
+            storage: StorageFormat::Exploded,
+            conf: Some(conf),
+            cdi: Some(conf::write_cdi(extent, scheme)),
+            opts,
+            store: Box::new(store::pmtiles::Building(builder.clone())),
+            ready_to_serve: None,
+        };
+        Ok((cache, builder))
+    }
+
     /// Creates an empty ArcGIS-layout cache (conf.xml, conf.cdi, `_alllayers/`).
     pub fn create(
         root: impl AsRef<Path>,
@@ -712,6 +864,12 @@ impl Cache {
             let t = store::geopackage::describe(f)?;
             store::geopackage::set_bounds(f, &t.table, env)?;
         } else if let url::Location::File(f) = &self.location {
+            if url::is_pmtiles(f) {
+                return Err(Error::invalid(format!(
+                    "{}: a PMTiles file is read-only here; its bounds are not changed",
+                    f.display()
+                )));
+            }
             // MBTiles keeps its extent as `bounds` (degrees) in its metadata.
             store::mbtiles::set_metadata(f, &[("bounds", crate::format::mbtiles::bounds(env))])?;
         } else {
@@ -859,6 +1017,9 @@ impl Cache {
                     "GeoPackage"
                 }
             )),
+            StorageKind::Pmtiles => Some(
+                "a PMTiles file is written once, whole: it has no bundles to compact".to_string(),
+            ),
         }
     }
 
@@ -870,7 +1031,9 @@ impl Cache {
             StorageKind::StoreCompactV2 => Reclaim::Rewritten,
             StorageKind::CompactV2 => Reclaim::DeadSpace,
             StorageKind::CompactV1 | StorageKind::StoreCompactV1 => Reclaim::DeadSpaceV1,
-            StorageKind::Mbtiles | StorageKind::Geopackage => Reclaim::Records,
+            StorageKind::Mbtiles | StorageKind::Geopackage | StorageKind::Pmtiles => {
+                Reclaim::Records
+            }
         }
     }
 

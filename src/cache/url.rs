@@ -149,7 +149,9 @@ pub enum Location {
     Folder(PathBuf),
     /// `s3://BUCKET/PREFIX` or `az://CONTAINER/PREFIX`.
     Store(ObjectUrl),
-    /// A local file holding every tile: an MBTiles file (`*.mbtiles`) or a GeoPackage (`*.gpkg`).
+    /// One file holding every tile: an MBTiles file (`*.mbtiles`), a GeoPackage (`*.gpkg`) or a
+    /// PMTiles file (`*.pmtiles`, read only; also an object `s3://…/X.pmtiles` read by range
+    /// requests, as [`crate::cache::Cache::open`] opens it: this holds its URL then).
     File(PathBuf),
 }
 
@@ -168,9 +170,16 @@ pub fn is_geopackage(p: &Path) -> bool {
 }
 
 /// Whether `p` names a file that holds a whole cache as records ([`is_mbtiles`],
-/// [`is_geopackage`]): a [`Location::File`].
+/// [`is_geopackage`], [`is_pmtiles`]): a [`Location::File`].
 pub fn is_tile_file(p: &Path) -> bool {
-    is_mbtiles(p) || is_geopackage(p)
+    is_mbtiles(p) || is_geopackage(p) || is_pmtiles(p)
+}
+
+/// Whether `p` names a PMTiles file (`.pmtiles`, any case).
+pub fn is_pmtiles(p: &Path) -> bool {
+    p.extension()
+        .and_then(|x| x.to_str())
+        .is_some_and(|x| x.eq_ignore_ascii_case("pmtiles"))
 }
 
 impl Location {

@@ -187,6 +187,7 @@ pub fn export(a: &ExportArgs) -> anyhow::Result<ExitCode> {
         ExportTo::Mbtiles => crate::jobs::export::export_mbtiles(c, d, &opts, &bar)?,
         ExportTo::Geopackage => crate::jobs::export::export_geopackage(c, d, &opts, &bar)?,
         ExportTo::Xyz(tms) => crate::jobs::export::export_xyz(c, d, tms, &opts, &bar)?,
+        ExportTo::Pmtiles => crate::jobs::export::export_pmtiles(c, d, &opts, &bar)?,
     };
     bar.0.finish_and_clear();
     crate::jobs::selection::check_matched(source.cache(), &opts, &s)?;
@@ -198,6 +199,7 @@ pub fn export(a: &ExportArgs) -> anyhow::Result<ExitCode> {
         ExportTo::Mbtiles => "mbtiles".to_string(),
         ExportTo::Geopackage => "geopackage".to_string(),
         ExportTo::Xyz(tms) => if tms { "tms" } else { "xyz" }.to_string(),
+        ExportTo::Pmtiles => "pmtiles".to_string(),
     };
     // The whole command's time: opening a package and writing one (zip) are part of the run.
     s.seconds = started.elapsed().as_secs_f64();
@@ -214,6 +216,9 @@ fn existing_storage(dest: &Path) -> Option<StorageArg> {
     }
     if crate::cache::url::is_geopackage(dest) {
         return Some(StorageArg::Geopackage);
+    }
+    if crate::cache::url::is_pmtiles(dest) {
+        return Some(StorageArg::Pmtiles);
     }
     if !crate::jobs::engine::holds_cache(dest).ok()? {
         return None;
@@ -927,6 +932,9 @@ fn info_of(path: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
         }
         Source::Folder(c) if c.kind() == crate::cache::StorageKind::Tms => {
             (c.root().to_path_buf(), "TMS folder".to_string())
+        }
+        Source::Folder(c) if c.kind() == crate::cache::StorageKind::Pmtiles => {
+            (c.root().to_path_buf(), "PMTiles file".to_string())
         }
         Source::Folder(c) => (c.root().to_path_buf(), format!("{:?} layout", c.layout())),
     };

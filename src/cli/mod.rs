@@ -74,6 +74,10 @@ pub enum StorageArg {
     /// levels only).
     #[value(name = "tms", alias = "TMS")]
     Tms,
+    /// A PMTiles v3 file (written once, whole; Web Mercator zoom levels only): also chosen by a
+    /// DEST ending in `.pmtiles`.
+    #[value(name = "pmtiles", alias = "PMTILES")]
+    Pmtiles,
 }
 
 /// What `export` writes: a job target, or one of the package kinds only the command line names.
@@ -91,6 +95,8 @@ pub enum ExportTo {
     Geopackage,
     /// An XYZ (false) or TMS (true) folder ([`crate::jobs::export::export_xyz`]).
     Xyz(bool),
+    /// A PMTiles file ([`crate::jobs::export::export_pmtiles`]).
+    Pmtiles,
 }
 
 impl ExportTo {
@@ -114,6 +120,7 @@ impl ExportTo {
                 "GeoPackage",
                 "gpkg",
             ),
+            (StorageArg::Pmtiles, ExportTo::Pmtiles, "PMTiles", "pmtiles"),
         ];
         let by_name = files.iter().find(|f| {
             dest.extension()
@@ -148,8 +155,9 @@ impl ExportTo {
             (None, Some(PackageKind::Tpk)) => ExportTo::Tpk,
             (None, None) => anyhow::bail!(
                 "{}: say which storage to write (--storage exploded, compact-v1, compact-v2, \
-                 ready-to-serve, tpkx, tpk, mbtiles, geopackage, xyz or tms); only a .tpkx, .tpk, \
-                 .mbtiles or .gpkg name, or a cache already there, says it alone",
+                 ready-to-serve, tpkx, tpk, mbtiles, geopackage, pmtiles, xyz or tms); only a \
+                 .tpkx, .tpk, .mbtiles, .gpkg or .pmtiles name, or a cache already there, says it \
+                 alone",
                 dest.display()
             ),
             (Some(StorageArg::TilePackage), Some(PackageKind::Tpkx)) => {
@@ -198,6 +206,7 @@ impl ExportTo {
             (Some(StorageArg::Geopackage), _) => ExportTo::Geopackage,
             (Some(StorageArg::Xyz), _) => ExportTo::Xyz(false),
             (Some(StorageArg::Tms), _) => ExportTo::Xyz(true),
+            (Some(StorageArg::Pmtiles), _) => ExportTo::Pmtiles,
         })
     }
 }
@@ -834,6 +843,17 @@ mod tests {
             t(Some(StorageArg::ReadyToServe), "rts").unwrap(),
             ExportTo::ReadyToServe
         );
+        assert_eq!(t(None, "w.PMTiles").unwrap(), ExportTo::Pmtiles);
+        assert_eq!(
+            t(Some(StorageArg::Pmtiles), "w.pmtiles").unwrap(),
+            ExportTo::Pmtiles
+        );
+        let e = t(Some(StorageArg::Pmtiles), "w").unwrap_err().to_string();
+        assert!(e.contains("name it NAME.pmtiles"), "{e}");
+        let e = t(Some(StorageArg::CompactV2), "w.pmtiles")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the name says PMTiles"), "{e}");
     }
 
     #[test]

@@ -165,6 +165,63 @@ pub fn export_geopackage(
     )
 }
 
+/// Exports the selected tiles of `src` into a new PMTiles v3 file `dest`
+/// ([`Cache::create_pmtiles`]): the tiles go to a temporary file as they come, then the file is
+/// written whole, clustered in tile-id order, identical tiles stored once. Bytes are copied as
+/// stored. Errors: `dest` exists (PMTiles is written once), `src` without a tiling scheme, a
+/// scheme PMTiles cannot hold (not Web Mercator zoom levels; by name), a tile format it cannot
+/// type; a failed job leaves no file.
+pub fn export_pmtiles(
+    src: &Cache,
+    dest: &Path,
+    opts: &JobOptions,
+    progress: &dyn Progress,
+) -> Result<JobSummary> {
+    check_selection(src, opts)?;
+    if dest.exists() {
+        return Err(Error::invalid(format!(
+            "{}: already exists; a PMTiles file is written once, whole, so export does not merge \
+             into one (remove it or choose another name)",
+            dest.display()
+        )));
+    }
+    let Some(scheme) = src.scheme() else {
+        return Err(Error::invalid(format!(
+            "{}: has no conf.xml, so its tiling scheme is unknown; PMTiles needs Web Mercator \
+             zoom levels (nothing written)",
+            src.root().display()
+        )));
+    };
+    let extent = extent_after(src, None, opts)
+        .unwrap_or_else(|| crate::format::extent::scheme_extent(scheme));
+    let name = src
+        .root()
+        .file_stem()
+        .map_or("tiles".to_string(), |n| n.to_string_lossy().into_owned());
+    let (d, builder) = Cache::create_pmtiles(
+        dest,
+        scheme,
+        &extent,
+        &name,
+        // The file is synced (when asked) before it is renamed into place.
+        crate::cache::CacheOptions {
+            durable: opts.sync,
+            ..crate::cache::CacheOptions::default()
+        },
+    )?;
+    // The file is written whole after the tiles: the job's own sync would find nothing yet.
+    let job = JobOptions {
+        sync: false,
+        ..opts.clone()
+    };
+    let summary = run(src, &d, true, &job, progress)?;
+    drop(d);
+    let builder = std::sync::Arc::into_inner(builder)
+        .ok_or_else(|| Error::invalid(format!("{}: still in use after the job", dest.display())))?;
+    builder.finish()?;
+    Ok(summary)
+}
+
 /// Exports the selected tiles of `src` into the XYZ (`tms` false) or TMS folder `dest`
 /// ([`Cache::create_xyz`]: `z/x/y.ext` and a `metadata.json`), or, when `dest` is such a folder
 /// already, into it (merged or overwriting, `opts.mode`, after the schemes are checked). Bytes are
@@ -210,8 +267,8 @@ type CreateFile = dyn Fn(&Path, &TileScheme, &Envelope, &str, CacheOptions) -> R
 
 /// The selected tiles of `src` into the one-file cache `dest`: into it when it is there, else into
 /// a new one (a file, or a folder that was empty) made by `create`, which is removed again when
-/// the job fails (a file left half written would look like a whole one). `needs` says what the file needs of the scheme, for the
-/// error of a source without conf.xml.
+/// the job fails (a file left half written would look like a whole one). `needs` says what the
+/// file needs of the scheme, for the error of a source without conf.xml.
 fn export_to_file(
     src: &Cache,
     dest: &Path,

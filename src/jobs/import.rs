@@ -20,6 +20,13 @@ pub fn import_job(
     progress: &dyn Progress,
 ) -> Result<JobSummary> {
     check_selection(src, opts)?;
+    if crate::cache::url::is_pmtiles(dest) {
+        return Err(Error::invalid(format!(
+            "{}: a PMTiles file is written once, whole, so import cannot add to it; export the \
+             tiles of both into a new .pmtiles instead",
+            dest.display()
+        )));
+    }
     if dest.is_file() && !crate::cache::url::is_tile_file(dest) {
         return Err(Error::invalid(format!(
             "{}: is a file, not a cache folder (a .tpkx package is imported into by \

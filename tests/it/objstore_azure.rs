@@ -222,3 +222,46 @@ fn an_azure_mount_takes_its_account_key_from_a_file() {
     );
     assert!(!err.contains("topsecretvalue"), "{err}");
 }
+
+/// A PMTiles file into Azure Blob Storage and out of it: `export` uploads it whole; `info`,
+/// `verify --decode`, `export` and a read-only mount read it by range requests, tile for tile; a
+/// second export onto the same key is refused by name.
+#[test]
+fn pmtiles_in_azure_blob_storage_by_range_requests() {
+    crate::support::mount::need("fusermount3");
+    let d = tempfile::tempdir().unwrap();
+    let url = format!("{}.pmtiles", fresh_url("pmtiles"));
+    let src = crate::support::esri_sample_cache();
+    let want = crate::support::all_tiles(&Cache::open(&src).unwrap());
+    run_ok(Command::new(bin()).arg("export").arg(&src).arg(&url));
+    let info = run_ok(Command::new(bin()).args(["info", &url]));
+    assert!(info.contains("storage:  pmtiles"), "{info}");
+    let v = run_ok(Command::new(bin()).args(["verify", "--decode", &url]));
+    assert!(
+        v.contains("21 tiles checked and decoded; 0 problem(s)"),
+        "{v}"
+    );
+    assert_eq!(crate::support::all_tiles(&Cache::open(&url).unwrap()), want);
+    let back = d.path().join("back");
+    run_ok(
+        Command::new(bin())
+            .args(["export", &url])
+            .arg(&back)
+            .args(["--storage", "compact-v2"]),
+    );
+    assert_eq!(
+        crate::support::all_tiles(&Cache::open(&back).unwrap()),
+        want
+    );
+    {
+        let m = Mounted::start(Path::new(&url), &d.path().join("mnt"), &[]);
+        let t = TileAddr::new(2, 1, 3);
+        let p = m.path(&format!("_alllayers/L02/R{:08x}/C{:08x}.jpg", t.row, t.col));
+        assert_eq!(std::fs::read(&p).unwrap(), want[&t], "{}", p.display());
+    }
+    let o = run(Command::new(bin()).arg("export").arg(&src).arg(&url));
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("already exists"),
+        "{o:?}"
+    );
+}

@@ -129,6 +129,23 @@ pub fn geopackage() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
     (Box::new(d), Box::new(s))
 }
 
+/// An empty PMTiles file (read only) in a temporary folder.
+pub fn pmtiles() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("contract.pmtiles");
+    let new = super::pmtiles::NewFile {
+        tile_type: crate::format::pmtiles::TileType::Png,
+        bounds: [-180.0, -85.0, 180.0, 85.0],
+        metadata: serde_json::Map::new(),
+    };
+    super::pmtiles::Builder::create(&f, new, false)
+        .unwrap()
+        .finish()
+        .unwrap();
+    let s = super::pmtiles::PmtilesStore::open(&f).unwrap();
+    (Box::new(d), Box::new(s))
+}
+
 /// The Compact V2 object layout over a fresh in-memory store.
 pub fn object_v2() -> (Box<dyn std::any::Any>, Box<dyn Storage>) {
     let mem = Arc::new(object_store::memory::InMemory::new());
@@ -540,3 +557,5 @@ contract_suite!(geopackage_file, super::geopackage);
 contract_suite!(xyz_folder, super::xyz);
 #[cfg(test)]
 contract_suite!(tms_folder, super::tms);
+#[cfg(test)]
+contract_suite!(pmtiles_file, super::pmtiles);

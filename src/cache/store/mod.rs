@@ -27,6 +27,7 @@ pub mod exploded;
 pub mod geopackage;
 pub mod mbtiles;
 pub mod object;
+pub mod pmtiles;
 pub mod sqlite;
 
 use std::collections::BTreeSet;
@@ -148,6 +149,8 @@ pub enum StorageKind {
     Xyz,
     /// A TMS folder: `z/x/y.ext`, rows from the bottom (Web Mercator zoom levels).
     Tms,
+    /// A PMTiles v3 file (Hilbert tile ids; read only, written whole by export).
+    Pmtiles,
 }
 
 impl StorageKind {
@@ -164,6 +167,7 @@ impl StorageKind {
             StorageKind::Geopackage => "geopackage",
             StorageKind::Xyz => "xyz",
             StorageKind::Tms => "tms",
+            StorageKind::Pmtiles => "pmtiles",
         }
     }
 
@@ -176,6 +180,7 @@ impl StorageKind {
             StorageKind::Exploded | StorageKind::StoreExploded => StorageFormat::Exploded,
             StorageKind::Mbtiles
             | StorageKind::Geopackage
+            | StorageKind::Pmtiles
             | StorageKind::Xyz
             | StorageKind::Tms => return None,
         })

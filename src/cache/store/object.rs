@@ -31,6 +31,7 @@ mod probe;
 pub mod v1;
 pub mod v2;
 
+pub(crate) use client::block;
 pub use client::{store_client, store_client_at, store_client_with};
 pub use connection::{Connection, ObjectStats, RetryPolicy};
 pub use exploded::ExplodedObjects;

@@ -30,7 +30,7 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 
 /// Runs `f` (a request of the async client) to completion on the private runtime; the
 /// synchronous facade every object layout goes through.
-pub(super) fn block<F: std::future::Future>(f: F) -> F::Output {
+pub(crate) fn block<F: std::future::Future>(f: F) -> F::Output {
     runtime().block_on(f)
 }
 
