@@ -148,6 +148,60 @@ pub fn add_layers(tile: &[u8], out: &mut Layers) -> Result<(), String> {
     Ok(())
 }
 
+/// Layers seen over many tiles: name → (fields and the kind of their values, lowest zoom, highest
+/// zoom), for TileJSON 3.0's `vector_layers`.
+pub type SeenLayers = BTreeMap<String, (BTreeMap<String, FieldKind>, u8, u8)>;
+
+/// Adds the layers of vector tile `bytes` (gzip'ed or not, inflated up to 64 MiB) of zoom `z` to
+/// `seen`; a field seen with values of two kinds becomes String. A tile that does not decode adds
+/// nothing (its bytes are kept all the same; `verify --decode` is the check).
+pub fn see_tile(seen: &mut SeenLayers, z: u8, bytes: &[u8]) {
+    let raw = if bytes.starts_with(&[0x1f, 0x8b]) {
+        use std::io::Read;
+        let mut out = Vec::new();
+        let mut d = flate2::read::GzDecoder::new(bytes).take(64 << 20);
+        if d.read_to_end(&mut out).is_err() {
+            return;
+        }
+        out
+    } else {
+        bytes.to_vec()
+    };
+    let mut layers = Layers::new();
+    if add_layers(&raw, &mut layers).is_err() {
+        return;
+    }
+    for (name, fields) in layers {
+        let e = seen.entry(name).or_insert_with(|| (BTreeMap::new(), z, z));
+        e.1 = e.1.min(z);
+        e.2 = e.2.max(z);
+        for (k, kind) in fields {
+            e.0.entry(k)
+                .and_modify(|was| {
+                    if *was != kind {
+                        *was = FieldKind::String;
+                    }
+                })
+                .or_insert(kind);
+        }
+    }
+}
+
+/// TileJSON 3.0's `vector_layers` of `seen`: an array of `{"id", "fields": {name: "String" |
+/// "Number" | "Boolean"}, "minzoom", "maxzoom"}`, by layer name.
+pub fn vector_layers(seen: &SeenLayers) -> serde_json::Value {
+    seen.iter()
+        .map(|(id, (fields, lo, hi))| {
+            let fields: serde_json::Map<String, serde_json::Value> = fields
+                .iter()
+                .map(|(k, v)| (k.clone(), v.name().into()))
+                .collect();
+            serde_json::json!({"id": id, "fields": fields, "minzoom": lo, "maxzoom": hi})
+        })
+        .collect::<Vec<_>>()
+        .into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

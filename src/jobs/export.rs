@@ -116,7 +116,8 @@ pub fn export_job(
 /// Exports the selected tiles of `src` into the MBTiles file `dest` ([`Cache::create_mbtiles`]),
 /// or, when `dest` is an MBTiles file already, into it (merged or overwriting, `opts.mode`, after
 /// the schemes are checked). Bytes are copied as stored. Afterwards `minzoom`/`maxzoom` say the
-/// levels the file holds. Errors: `src` without a tiling scheme, a scheme MBTiles cannot hold
+/// levels the file holds, and for vector tiles `json` gives their `vector_layers` (MBTiles 1.3,
+/// read from the tiles: [`crate::format::mvt`]). Errors: `src` without a tiling scheme, a scheme MBTiles cannot hold
 /// (not Web Mercator zoom levels; by name), a tile format it cannot name, SQLite errors.
 pub fn export_mbtiles(
     src: &Cache,
@@ -139,6 +140,21 @@ pub fn export_mbtiles(
             dest,
             &[("minzoom", min.to_string()), ("maxzoom", max.to_string())],
         )?;
+    }
+    // Vector tiles: MBTiles 1.3 asks for `json` with the layers and their fields
+    // (`vector_layers`), read from the tiles the file holds now.
+    let meta = crate::cache::store::mbtiles::read_metadata(dest)?;
+    if meta.get("format").map(String::as_str) == Some("pbf") {
+        let mut seen = crate::format::mvt::SeenLayers::new();
+        for level in &levels {
+            for g in d.groups(*level)? {
+                for (t, b) in d.read_group(&g)? {
+                    crate::format::mvt::see_tile(&mut seen, t.level, &b);
+                }
+            }
+        }
+        let json = serde_json::json!({ "vector_layers": crate::format::mvt::vector_layers(&seen) });
+        crate::cache::store::mbtiles::set_metadata(dest, &[("json", json.to_string())])?;
     }
     Ok(summary)
 }

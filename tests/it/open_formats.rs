@@ -690,17 +690,17 @@ fn pmtiles_mount_shows_the_files_tiles_read_only() {
 /// MVT and tile compression gzip; GDAL's PMTiles driver (the GDAL 3.12 of the pyogrio wheel: the
 /// driver reads vector tiles only) reads each zoom's features, and the file comes back tile for
 /// tile.
-#[test]
-fn pmtiles_of_vector_tiles_are_read_by_gdal() {
+/// A Web Mercator vector tile cache of levels 0-1 (five gzip'ed MVT tiles made by
+/// mapbox-vector-tile, one layer `roads` with a Number field `n`) in `d/roads`, and its tiles.
+fn vector_cache(d: &Path) -> (std::path::PathBuf, BTreeMap<TileAddr, Vec<u8>>) {
     use bundlefs::format::conf::{TileFormat, TileScheme};
-    let d = scratch_dir("pmtiles-mvt");
     let make = r#"
 import gzip, sys, mapbox_vector_tile as mvt
 for i in range(5):
     t = mvt.encode([{"name": "roads", "features": [{"geometry": "LINESTRING(0 0, %d 4096)" % (100 + i), "properties": {"n": i}}]}])
     open(sys.argv[1] + "/pbf-%d" % i, "wb").write(gzip.compress(t, mtime=0))
 "#;
-    run_ok(Command::new("python3").args(["-c", make]).arg(&d));
+    run_ok(Command::new("python3").args(["-c", make]).arg(d));
     let addrs = [
         TileAddr::new(0, 0, 0),
         TileAddr::new(1, 0, 0),
@@ -723,13 +723,12 @@ for i in range(5):
     let refs: Vec<(TileAddr, &[u8])> = want.iter().map(|(t, b)| (*t, b.as_slice())).collect();
     c.write_tiles(&refs).unwrap();
     drop(c);
-    let f = d.join("roads.pmtiles");
-    export(&src, &f, &[]);
-    let (tiles, header) = pypi_pmtiles_tiles(&f);
-    assert_eq!(tiles.len(), 5);
-    for line in ["tile_type=MVT", "tile_compression=GZIP"] {
-        assert!(header.lines().any(|l| l == line), "{line} not in\n{header}");
-    }
+    (src, want)
+}
+
+/// GDAL (the pyogrio wheel's) reading vector tile file `f`: its layers, and the `n` values of
+/// layer `roads` at zooms 0 and 1.
+fn gdal_vector_reads(f: &Path) -> String {
     let script = r#"
 import sys, pyogrio
 from pyogrio.raw import read
@@ -738,13 +737,62 @@ for z in (0, 1):
     meta, fids, geoms, fields = read(sys.argv[1], layer="roads", ZOOM_LEVEL=str(z))
     print("zoom", z, sorted(int(v) for v in fields[meta["fields"].tolist().index("n")]))
 "#;
-    let out = run(Command::new("python3").args(["-c", script]).arg(&f));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let out = run(Command::new("python3").args(["-c", script]).arg(f));
     assert!(
         out.status.success(),
         "pyogrio: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A vector tile cache to MBTiles: `format=pbf` and MBTiles 1.3's `json` metadata with the
+/// layers and fields read from the tiles (`vector_layers`), which GDAL's MBTiles driver needs to
+/// read the file as vector tiles; it reads each zoom's features.
+#[test]
+fn mbtiles_of_vector_tiles_carry_vector_layers_and_gdal_reads_them() {
+    need("sqlite3");
+    let d = scratch_dir("mbtiles-mvt");
+    let (src, want) = vector_cache(&d);
+    let f = d.join("roads.mbtiles");
+    export(&src, &f, &[]);
+    let (ok, meta, _) = sh(&format!(
+        "sqlite3 {} \"SELECT name || '=' || value FROM metadata WHERE name IN ('format', 'json') ORDER BY name\"",
+        f.display()
+    ));
+    assert!(ok);
+    assert!(meta.contains("format=pbf"), "{meta}");
+    let json: serde_json::Value = serde_json::from_str(
+        meta.lines()
+            .find_map(|l| l.strip_prefix("json="))
+            .unwrap_or_else(|| panic!("no json in\n{meta}")),
+    )
+    .unwrap();
+    assert_eq!(
+        json["vector_layers"],
+        serde_json::json!([{"id": "roads", "fields": {"n": "Number"}, "minzoom": 0, "maxzoom": 1}])
+    );
+    let text = gdal_vector_reads(&f);
+    assert!(text.contains("layers ['roads']"), "{text}");
+    assert!(text.contains("zoom 0 [0]"), "{text}");
+    assert!(text.contains("zoom 1 [1, 2, 3, 4]"), "{text}");
+    let back = d.join("back");
+    export(&f, &back, &["--storage", "compact-v2"]);
+    assert_eq!(all_tiles(&Cache::open(&back).unwrap()), want);
+}
+
+#[test]
+fn pmtiles_of_vector_tiles_are_read_by_gdal() {
+    let d = scratch_dir("pmtiles-mvt");
+    let (src, want) = vector_cache(&d);
+    let f = d.join("roads.pmtiles");
+    export(&src, &f, &[]);
+    let (tiles, header) = pypi_pmtiles_tiles(&f);
+    assert_eq!(tiles.len(), 5);
+    for line in ["tile_type=MVT", "tile_compression=GZIP"] {
+        assert!(header.lines().any(|l| l == line), "{line} not in\n{header}");
+    }
+    let text = gdal_vector_reads(&f);
     assert!(text.contains("layers ['roads']"), "{text}");
     assert!(text.contains("zoom 0 [0]"), "{text}");
     assert!(text.contains("zoom 1 [1, 2, 3, 4]"), "{text}");

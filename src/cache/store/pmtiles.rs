@@ -36,7 +36,6 @@ use super::{GroupView, LevelStats, Storage, StorageKind, TileGroup, TimedSlot, U
 use crate::cache::files::AtomicFile;
 use crate::cache::TileBytes;
 use crate::error::{Error, IoContext, Result};
-use crate::format::mvt::FieldKind;
 use crate::format::pmtiles::{
     block_range, build_directories, decode_directory, decompress, gzip, tile_id, zoom_base, zxy,
     Compression, Entry, Header, TileType, HEADER_LEN,
@@ -636,7 +635,7 @@ struct Build {
     gzip_tiles: Option<bool>,
     /// Of vector tiles: each layer's attributes and the zooms it was seen at (each distinct
     /// content looked at once), for the metadata's `vector_layers`.
-    vector: BTreeMap<String, (BTreeMap<String, FieldKind>, u8, u8)>,
+    vector: crate::format::mvt::SeenLayers,
 }
 
 /// What [`Builder::finish`] wrote.
@@ -779,7 +778,7 @@ impl Builder {
                 st.len += u64::from(len);
                 st.seen.entry(key).or_insert((off, t.level));
                 if self.new.tile_type == TileType::Mvt {
-                    see_layers(&mut st.vector, t.level, bytes);
+                    crate::format::mvt::see_tile(&mut st.vector, t.level, bytes);
                 }
                 off
             }
@@ -846,22 +845,14 @@ impl Builder {
                     .as_file()
                     .read_exact_at(&mut b, off)
                     .at(st.data.path())?;
-                see_layers(&mut vector, lo, &b);
-                see_layers(&mut vector, hi, &b);
+                crate::format::mvt::see_tile(&mut vector, lo, &b);
+                crate::format::mvt::see_tile(&mut vector, hi, &b);
             }
-            let st_vector = vector;
             // TileJSON's vector_layers (GDAL's PMTiles driver needs it to open the file).
-            let layers: Vec<serde_json::Value> = st_vector
-                .iter()
-                .map(|(id, (fields, lo, hi))| {
-                    let fields: serde_json::Map<String, serde_json::Value> = fields
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.name().into()))
-                        .collect();
-                    serde_json::json!({"id": id, "fields": fields, "minzoom": lo, "maxzoom": hi})
-                })
-                .collect();
-            meta.insert("vector_layers".into(), layers.into());
+            meta.insert(
+                "vector_layers".into(),
+                crate::format::mvt::vector_layers(&vector),
+            );
         }
         // TileJSON's shapes: numbers, and arrays of them.
         let b = self.new.bounds;
@@ -945,41 +936,6 @@ impl Builder {
             tile_contents: header.tile_contents,
             file_bytes: data_offset + data_len,
         })
-    }
-}
-
-/// Adds the layers of vector tile `bytes` (gzip'ed or not) of zoom `z` to `seen`. A tile that does
-/// not decode adds nothing (its bytes are kept all the same; `verify --decode` is the check).
-fn see_layers(
-    seen: &mut BTreeMap<String, (BTreeMap<String, FieldKind>, u8, u8)>,
-    z: u8,
-    bytes: &[u8],
-) {
-    let raw = if bytes.starts_with(&[0x1f, 0x8b]) {
-        match decompress(Compression::Gzip, bytes, 64 << 20) {
-            Ok(b) => b,
-            Err(_) => return,
-        }
-    } else {
-        bytes.to_vec()
-    };
-    let mut layers = crate::format::mvt::Layers::new();
-    if crate::format::mvt::add_layers(&raw, &mut layers).is_err() {
-        return;
-    }
-    for (name, fields) in layers {
-        let e = seen.entry(name).or_insert_with(|| (BTreeMap::new(), z, z));
-        e.1 = e.1.min(z);
-        e.2 = e.2.max(z);
-        for (k, kind) in fields {
-            e.0.entry(k)
-                .and_modify(|was| {
-                    if *was != kind {
-                        *was = FieldKind::String;
-                    }
-                })
-                .or_insert(kind);
-        }
     }
 }
 
