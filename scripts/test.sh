@@ -49,10 +49,10 @@ fi
 # tile-package tests read them with the GDAL bundled in the rasterio wheel (PyPI). tpkutils (PyPI)
 # reads the .tpk packages bundlefs writes (tests/it/packages.rs). Both for `python3`, when missing.
 # Esri's lerc and mapbox-vector-tile (PyPI) make and read the LERC and vector tiles of
-# tests/it/tilekinds.rs; prometheus_client parses the /metrics page (tests/it/service.rs). Each
-# as import-name:pip-name.
+# tests/it/tilekinds.rs; prometheus_client parses the /metrics page (tests/it/service.rs); OWSLib
+# reads `bundlefs serve`'s WMTS (tests/it/serve.rs). Each as import-name:pip-name.
 for pair in rasterio:rasterio tpkutils:tpkutils lerc:lerc mapbox_vector_tile:mapbox-vector-tile \
-    prometheus_client:prometheus_client; do
+    prometheus_client:prometheus_client owslib:OWSLib; do
     py=${pair%%:*} pkg=${pair#*:}
     if ! python3 -c "import $py" >/dev/null 2>&1; then
         say "installing $pkg (pip) for the interop tests"

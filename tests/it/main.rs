@@ -26,6 +26,7 @@ mod realworld_text;
 mod render;
 mod rsync_matrix;
 mod schemes;
+mod serve;
 mod service;
 mod supertiles;
 mod tilekinds;

@@ -1,0 +1,460 @@
+//! `bundlefs serve` against real clients: GDAL's WMTS driver (the rasterio wheel's GDAL, as the
+//! other GDAL tests) with the checksums GDAL's ESRIC driver reads from the cache itself, OWSLib
+//! (capabilities and a KVP GetTile), and plain HTTP for the ArcGIS REST JSON, every tile's bytes,
+//! ETag/304, HEAD, the errors, `--metrics` and SIGTERM. Each server listens on 127.0.0.1 port 0
+//! (the kernel's free port, read back from its "serving" lines) and is killed by a Drop guard.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bundlefs::cache::Cache;
+
+use crate::support::{all_tiles, bin, case_data, esri_sample_cache, run, scratch_dir};
+
+/// A running `bundlefs serve`; Drop kills and reaps it, so a failing test leaves no server.
+struct Served {
+    child: Child,
+    /// `127.0.0.1:PORT`
+    addr: String,
+}
+
+impl Served {
+    /// Starts `bundlefs serve ARGS… --listen 127.0.0.1:0` and waits for its ready lines.
+    fn start(args: &[&str]) -> Served {
+        let mut child = Command::new(bin())
+            .arg("serve")
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start bundlefs serve");
+        let out = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(out).lines();
+        let mut seen = String::new();
+        let addr = loop {
+            let Some(Ok(l)) = lines.next() else {
+                let mut err = String::new();
+                let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("serve ended before it was ready:\n{seen}\n{err}");
+            };
+            seen.push_str(&l);
+            seen.push('\n');
+            if let Some(rest) = l.strip_prefix("WMTS at http://") {
+                break rest.split('/').next().unwrap().to_string();
+            }
+        };
+        Served { child, addr }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn get(&self, path: &str) -> Reply {
+        http(&self.addr, "GET", path, &[])
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP answer: status, headers (names lower-cased), body.
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == &name.to_ascii_lowercase())
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One HTTP/1.1 request on its own connection (`Connection: close`), read to the end.
+fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a header end");
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: raw[end + 4..].to_vec(),
+    }
+}
+
+/// The 2180 (Poland CS92, northing first in EPSG) fixture: one tile in each of levels 0-4.
+fn poland() -> std::path::PathBuf {
+    case_data("09-local-srs-2180/cache")
+}
+
+/// GDAL's WMTS driver (RESTful ResourceURL, `tilematrix=N` makes level N its base) reads, per
+/// level, the same pixels GDAL's ESRIC driver reads from the cache folder (the ESRIC overview of
+/// that level, over the window of the WMTS raster's bounds): the Web Mercator Esri sample at
+/// levels 0-2 and the EPSG:2180 fixture, whose TopLeftCorner and BoundingBox are northing
+/// first, at levels 0, 1, 3 and 4. (Level 2 of that scheme is 5 × level 4's resolution, and
+/// ESRIC's overview for it is 77418 / 5 = 15483.6 px rounded, so ESRIC resamples there.) A
+/// geographic layer is read at -180..180 × -90..90, as EPSG:4326's latitude-first corners say.
+/// GDAL's WMS disk cache is off: with it, GDAL (3.6 and 3.10) fails on a 404 for a missing tile
+/// ("Unable to open downloaded block") where it otherwise reads an empty block.
+#[test]
+fn gdal_wmts_reads_each_level_as_esric_reads_the_cache() {
+    let s = Served::start(&[
+        esri_sample_cache().to_str().unwrap(),
+        &format!("pl={}", poland().display()),
+        &format!(
+            "geo={}",
+            case_data("03-arcgis-9x-conf-geographic-512/cache").display()
+        ),
+    ]);
+    let script = r#"
+import sys, rasterio
+from rasterio.windows import from_bounds
+caps, name, conf = sys.argv[1], sys.argv[2], sys.argv[3]
+with rasterio.open(conf) as ds:
+    deepest = len(ds.overviews(1))
+for lv in [int(x) for x in sys.argv[4].split(",")]:
+    with rasterio.open(f"WMTS:{caps},layer={name},tilematrix={lv}") as w:
+        wc = [w.checksum(b) for b in (1, 2, 3)]
+        bounds, size = w.bounds, (w.width, w.height)
+    kw = {} if lv == deepest else {"overview_level": deepest - lv - 1}
+    with rasterio.open(conf, **kw) as e:
+        win = from_bounds(*bounds, transform=e.transform).round_offsets().round_lengths()
+        ec = [e.checksum(b, window=win) for b in (1, 2, 3)]
+    print("wmts", lv, size, wc)
+    print("esric", lv, (win.width, win.height), ec)
+"#;
+    let caps = s.url("/wmts/1.0.0/WMTSCapabilities.xml");
+    for (name, conf, levels) in [
+        (
+            "esri-sample-cache",
+            esri_sample_cache().join("conf.xml"),
+            "0,1,2",
+        ),
+        ("pl", poland().join("conf.xml"), "0,1,3,4"),
+    ] {
+        let out = run(Command::new("python3")
+            .env("GDAL_ENABLE_WMS_CACHE", "NO")
+            .args(["-c", script, &caps, name])
+            .arg(&conf)
+            .arg(levels));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{name}: rasterio: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for lv in levels.split(',') {
+            let of = |who: &str| {
+                text.lines()
+                    .find(|l| l.starts_with(&format!("{who} {lv} ")))
+                    .unwrap_or_else(|| panic!("{name}: no {who} line for level {lv}:\n{text}"))
+                    .split_once(' ')
+                    .unwrap()
+                    .1
+                    .to_string()
+            };
+            assert_eq!(of("wmts"), of("esric"), "{name} level {lv}:\n{text}");
+        }
+        println!("{name}:\n{text}");
+    }
+    let out = run(Command::new("python3")
+        .env("GDAL_ENABLE_WMS_CACHE", "NO")
+        .args([
+            "-c",
+            "import sys, rasterio\n\
+             with rasterio.open(f'WMTS:{sys.argv[1]},layer=geo,tilematrix=2') as w:\n\
+             \x20   print(w.crs, [round(v, 6) for v in w.bounds], w.width, w.height)",
+            &caps,
+        ]));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        text.trim(),
+        "EPSG:4326 [-180.0, -90.0, 180.0, 90.0] 4096 2048",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// OWSLib (PyPI) parses the capabilities (layers, the matrix set's CRS and northing-first
+/// corner) and fetches a tile through KVP GetTile: the bytes `Cache::tile` gives.
+#[test]
+fn owslib_reads_the_capabilities_and_gets_the_stored_tile() {
+    let s = Served::start(&[
+        esri_sample_cache().to_str().unwrap(),
+        &format!("pl={}", poland().display()),
+    ]);
+    let script = r#"
+import sys
+from owslib.wmts import WebMapTileService
+w = WebMapTileService(sys.argv[1])
+print("layers", sorted(w.contents))
+m = w.tilematrixsets["pl"]
+print("pl", m.crs, m.tilematrix["1"].topleftcorner, m.tilematrix["1"].matrixwidth)
+print("formats", w.contents["esri-sample-cache"].formats)
+t = w.gettile(layer="esri-sample-cache", tilematrixset="esri-sample-cache", tilematrix="2",
+              row=1, column=3, format="image/jpeg")
+sys.stdout.flush()
+sys.stdout.buffer.write(b"tile " + t.read())
+"#;
+    let out = run(Command::new("python3").args([
+        "-c",
+        script,
+        &s.url("/wmts/1.0.0/WMTSCapabilities.xml"),
+    ]));
+    assert!(
+        out.status.success(),
+        "owslib: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let at = out
+        .stdout
+        .windows(5)
+        .position(|w| w == b"tile ")
+        .expect("a tile");
+    let text = String::from_utf8_lossy(&out.stdout[..at]).into_owned();
+    assert!(
+        text.contains("layers ['esri-sample-cache', 'pl']"),
+        "{text}"
+    );
+    assert!(
+        text.contains("pl urn:ogc:def:crs:EPSG::2180 (9998100.0, -5120900.0)"),
+        "{text}"
+    );
+    assert!(text.contains("formats ['image/jpeg']"), "{text}");
+    let c = Cache::open(esri_sample_cache()).unwrap();
+    let stored = c
+        .tile(bundlefs::format::TileAddr::new(2, 1, 3))
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.stdout[at + 5..] == stored[..],
+        "GetTile: not the stored bytes"
+    );
+}
+
+/// The REST JSON, field by field against the shape of Esri's map service resource, and every
+/// stored tile of the sample through the REST and XYZ routes: the stored bytes, sniffed type, the
+/// CRC-32 ETag (304 on If-None-Match), HEAD without a body, and the errors.
+#[test]
+fn rest_json_and_every_tile_as_stored() {
+    let d = scratch_dir("serve-rest");
+    let blank = d.join("blank.png");
+    std::fs::write(&blank, b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let s = Served::start(&[
+        &format!("world={}", esri_sample_cache().display()),
+        "--max-age",
+        "120",
+    ]);
+    let r = s.get("/arcgis/rest/services/world/MapServer?f=json");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let c = Cache::open(esri_sample_cache()).unwrap();
+    let sc = c.scheme().unwrap();
+    assert_eq!(v["singleFusedMapCache"], true);
+    assert_eq!(v["capabilities"], "Map");
+    assert_eq!(v["units"], "esriMeters");
+    assert_eq!(v["spatialReference"]["wkid"], 3857);
+    let ti = &v["tileInfo"];
+    assert_eq!(ti["rows"], 256);
+    assert_eq!(ti["cols"], 256);
+    assert_eq!(ti["dpi"], 96);
+    assert_eq!(ti["format"], "JPEG");
+    assert_eq!(ti["compressionQuality"], sc.compression_quality);
+    assert_eq!(ti["origin"]["x"], sc.origin_x);
+    assert_eq!(ti["origin"]["y"], sc.origin_y);
+    assert_eq!(ti["spatialReference"], v["spatialReference"]);
+    let lods = ti["lods"].as_array().unwrap();
+    assert_eq!(lods.len(), sc.lods.len());
+    for (j, l) in lods.iter().zip(&sc.lods) {
+        assert_eq!(j["level"], l.level);
+        assert_eq!(j["resolution"], l.resolution);
+        assert_eq!(j["scale"], l.scale);
+    }
+    let e = c.extent().unwrap();
+    for k in ["fullExtent", "initialExtent"] {
+        assert_eq!(v[k]["xmin"], e.xmin, "{k}");
+        assert_eq!(v[k]["ymax"], e.ymax, "{k}");
+        assert_eq!(v[k]["spatialReference"], v["spatialReference"], "{k}");
+    }
+    let tiles = all_tiles(&c);
+    assert_eq!(tiles.len(), 21);
+    for (t, bytes) in &tiles {
+        for path in [
+            format!(
+                "/arcgis/rest/services/world/MapServer/tile/{}/{}/{}",
+                t.level, t.row, t.col
+            ),
+            format!("/xyz/world/{}/{}/{}.jpg", t.level, t.col, t.row),
+        ] {
+            let r = s.get(&path);
+            assert_eq!(r.status, 200, "{path}: {}", r.text());
+            assert!(&r.body == bytes, "{path}: not the stored bytes");
+            assert_eq!(r.header("content-type"), Some("image/jpeg"), "{path}");
+            assert_eq!(r.header("cache-control"), Some("public, max-age=120"));
+            assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+            let tag = format!("\"{:08x}-{:x}\"", crc32fast::hash(bytes), bytes.len());
+            assert_eq!(r.header("etag"), Some(tag.as_str()), "{path}");
+        }
+    }
+    let path = "/xyz/world/2/3/1.jpg";
+    let tag = s.get(path).header("etag").unwrap().to_string();
+    let n = http(&s.addr, "GET", path, &[("If-None-Match", &tag)]);
+    assert_eq!((n.status, n.body.len()), (304, 0));
+    let h = http(&s.addr, "HEAD", path, &[]);
+    assert_eq!(h.status, 200);
+    assert!(h.body.is_empty());
+    assert_eq!(
+        h.header("content-length"),
+        Some(
+            tiles[&bundlefs::format::TileAddr::new(2, 1, 3)]
+                .len()
+                .to_string()
+                .as_str()
+        )
+    );
+    for (path, status, msg) in [
+        (
+            "/xyz/world/3/0/0.jpg",
+            404,
+            "world: no tile at level 3, row 0, col 0",
+        ),
+        (
+            "/xyz/world/20/0/0.jpg",
+            404,
+            "world: no level 20 (its tiling scheme has levels 0-19)",
+        ),
+        ("/xyz/world/2/0/zero.jpg", 400, "y \"zero\": not a number"),
+        ("/xyz/other/2/0/0.jpg", 404, "no cache named \"other\""),
+        ("/tiles/2/0/0", 404, "no such route"),
+    ] {
+        let r = s.get(path);
+        assert_eq!(r.status, status, "{path}: {}", r.text());
+        assert!(r.text().contains(msg), "{path}: {}", r.text());
+    }
+    assert_eq!(s.get("/healthz").text(), "ok\n");
+    let t = s.get("/xyz/world.json");
+    let j: serde_json::Value = serde_json::from_slice(&t.body).unwrap();
+    assert_eq!(
+        j["tiles"][0],
+        format!("http://{}/xyz/world/{{z}}/{{x}}/{{y}}.jpg", s.addr)
+    );
+    assert_eq!(
+        (j["minzoom"].as_u64(), j["maxzoom"].as_u64()),
+        (Some(0), Some(2))
+    );
+    drop(s);
+    // With --blank-tile, a missing tile is the blank file, 200.
+    let s = Served::start(&[
+        esri_sample_cache().to_str().unwrap(),
+        "--blank-tile",
+        blank.to_str().unwrap(),
+    ]);
+    let r = s.get("/xyz/esri-sample-cache/3/0/0.jpg");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, std::fs::read(&blank).unwrap());
+    assert_eq!(r.header("content-type"), Some("image/png"));
+}
+
+/// A name used twice, a port in use and a missing cache: exit 2 with a message naming it;
+/// `--metrics` counts what was answered; SIGTERM stops the server promptly with status 0.
+#[test]
+fn bad_input_is_refused_by_name_and_sigterm_stops_it() {
+    let esri = esri_sample_cache();
+    let out = run(Command::new(bin()).args([
+        "serve",
+        esri.to_str().unwrap(),
+        &format!("esri-sample-cache={}", poland().display()),
+    ]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("the name \"esri-sample-cache\" is given to two caches"),
+        "{err}"
+    );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = run(Command::new(bin()).args(["serve", esri.to_str().unwrap(), "--listen", &addr]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("--listen {addr}: cannot listen")),
+        "{err}"
+    );
+    let out = run(Command::new(bin()).args(["serve", "/nonexistent/cache"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("/nonexistent/cache"), "{err}");
+
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let maddr = metrics.local_addr().unwrap().to_string();
+    drop(metrics);
+    let mut s = Served::start(&[esri.to_str().unwrap(), "--metrics", &maddr]);
+    assert_eq!(s.get("/xyz/esri-sample-cache/0/0/0.jpg").status, 200);
+    assert_eq!(s.get("/xyz/esri-sample-cache/5/0/0.jpg").status, 404);
+    let page = http(&maddr, "GET", "/metrics", &[]).text();
+    let listen = format!("listen=\"{}\"", s.addr);
+    for line in [
+        format!("bundlefs_serve_tiles_total{{{listen}}} 1"),
+        format!("bundlefs_serve_not_found_total{{{listen}}} 1"),
+        format!("bundlefs_serve_server_errors_total{{{listen}}} 0"),
+    ] {
+        assert!(page.contains(&line), "{line}:\n{page}");
+    }
+    let pid = s.child.id() as i32;
+    // SAFETY: kill(2) on the pid of our own child, which Drop reaps.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "serve still running 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+}
