@@ -12,9 +12,10 @@
 //! - XYZ: `/xyz/NAME/{z}/{x}/{y}.{ext}` and TileJSON 3.0.0 at `/xyz/NAME.json`, for Web Mercator
 //!   schemes whose levels are zoom levels only.
 //!
-//! Tiles are sent as stored (never re-encoded), with the Content-Type of what their bytes are
-//! (sniffed per tile: a MIXED cache holds PNG and JPEG), a strong ETag (the CRC-32 and length of
-//! the bytes), `Cache-Control: public, max-age=N` and `Access-Control-Allow-Origin: *`. Client
+//! Tiles are sent as stored (never re-encoded; a PNG stored without the first four bytes of its
+//! signature, as ArcGIS wrote some, gets them back as the mount shows it), with the Content-Type
+//! of what their bytes are (sniffed per tile: a MIXED cache holds PNG and JPEG), a strong ETag
+//! (the CRC-32 and length of the bytes), `Cache-Control: public, max-age=N` and `Access-Control-Allow-Origin: *`. Client
 //! errors are 4xx naming what is wrong; a failure to read a cache is a 500 with the message (and
 //! a log line), a failed render a 502.
 
@@ -28,6 +29,7 @@ use std::sync::Arc;
 use crate::cache::Cache;
 use crate::error::Error;
 use crate::format::conf::TileScheme;
+use crate::format::pixels::as_image_file;
 use crate::format::sniff::{sniff, ImageKind};
 use crate::format::TileAddr;
 use crate::render::Renderer;
@@ -481,7 +483,12 @@ impl Service {
         })
     }
 
+    /// The answer with tile `bytes`: as stored, except that a PNG stored without the first four
+    /// bytes of its signature (as ArcGIS wrote some) gets them back, as the mount shows it
+    /// ([`as_image_file`]); browsers do not read it otherwise.
     fn tile_response(&self, l: &Layer, bytes: &[u8], req: &Request) -> Response {
+        let bytes = as_image_file(bytes);
+        let bytes = &bytes[..];
         let tag = etag(bytes);
         let common = |r: Response| {
             r.with("ETag", tag.clone()).with(

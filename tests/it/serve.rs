@@ -458,3 +458,70 @@ fn bad_input_is_refused_by_name_and_sigterm_stops_it() {
     };
     assert!(status.success(), "{status}");
 }
+
+/// A `.tpkx` package (Esri's `Usa.tpkx`, unpacked while served) and an MBTiles file are served
+/// like folders, named after their files: every tile of the package as the mount shows it (its
+/// PNGs stored without the first four signature bytes get them back), and the MBTiles tiles as
+/// the cache they were exported from stores them.
+#[test]
+fn packages_and_mbtiles_are_served_as_they_are_read() {
+    let d = scratch_dir("serve-packages");
+    let mbt = d.join("esri.mbtiles");
+    crate::support::run_ok(
+        Command::new(bin())
+            .arg("export")
+            .arg(esri_sample_cache())
+            .arg(&mbt),
+    );
+    let tpkx = crate::support::fixtures().join("arcgis-tpkx/Usa.tpkx");
+    let s = Served::start(&[tpkx.to_str().unwrap(), mbt.to_str().unwrap()]);
+    let usa = bundlefs::jobs::package::open_package(&tpkx).unwrap();
+    let tiles = all_tiles(&usa.cache);
+    assert!(tiles.len() > 30);
+    for (t, bytes) in tiles.iter().filter(|(t, _)| t.level <= 3) {
+        let r = s.get(&format!("/xyz/Usa/{}/{}/{}.png", t.level, t.col, t.row));
+        assert_eq!(r.status, 200, "{t}: {}", r.text());
+        assert_eq!(
+            r.body,
+            bundlefs::format::pixels::as_image_file(bytes).into_owned(),
+            "{t}"
+        );
+        assert!(r.body.starts_with(b"\x89PNG\r\n\x1a\n"), "{t}: a whole PNG");
+        assert_eq!(r.header("content-type"), Some("image/png"));
+    }
+    for (t, bytes) in all_tiles(&Cache::open(esri_sample_cache()).unwrap()) {
+        let r = s.get(&format!(
+            "/arcgis/rest/services/esri/MapServer/tile/{}/{}/{}",
+            t.level, t.row, t.col
+        ));
+        assert_eq!(r.status, 200, "{t}: {}", r.text());
+        assert!(r.body == bytes, "{t}: not the stored bytes");
+    }
+}
+
+/// `--source label --keep-rendered` renders a tile the cache lacks when it is asked for (the
+/// mount's renderer), sends it as a PNG, and stores it in the cache's bundles.
+#[test]
+fn source_renders_missing_tiles_and_keeps_them() {
+    let d = scratch_dir("serve-source");
+    let c = crate::support::sample_cache(&d, "0-2");
+    crate::support::run_ok(
+        Command::new(bin())
+            .arg("delete")
+            .arg(&c)
+            .args(["--levels", "2"]),
+    );
+    let t = bundlefs::format::TileAddr::new(2, 1, 3);
+    assert!(Cache::open(&c).unwrap().tile(t).unwrap().is_none());
+    let s = Served::start(&[c.to_str().unwrap(), "--source", "label", "--keep-rendered"]);
+    let r = s.get("/xyz/sample/2/3/1.png");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("image/png"));
+    drop(s);
+    let kept = Cache::open(&c).unwrap().tile(t).unwrap();
+    assert_eq!(
+        kept.as_deref(),
+        Some(&r.body[..]),
+        "the rendered tile is kept"
+    );
+}
