@@ -22,13 +22,6 @@ pub const WMTS_PIXEL_SIZE: f64 = 0.00028;
 /// resource shape it follows (10.81).
 const REST_VERSION: f64 = 10.81;
 
-/// Projected EPSG spatial references whose first axis is northing (EPSG registry axis order);
-/// WMTS writes their coordinates northing first, as it writes geographic ones latitude first.
-/// Polish CS2000 zones and CS92, Swedish SWEREF99 TM, German Gauss-Krüger zones 2-5.
-const NORTHING_FIRST: &[u32] = &[
-    2176, 2177, 2178, 2179, 2180, 3006, 31466, 31467, 31468, 31469,
-];
-
 /// The unit of a scheme's coordinates: from its WKT (the last `UNIT` of a `PROJCS`, degrees for a
 /// `GEOGCS`), else its WKID; metres when neither tells.
 pub fn units(s: &TileScheme) -> MapUnits {
@@ -48,11 +41,11 @@ pub fn units(s: &TileScheme) -> MapUnits {
 
 /// Whether coordinates in the scheme's spatial reference are written second axis first in WMTS
 /// (`urn:ogc:def:crs:EPSG::N` follows the EPSG axis order): geographic ones (latitude first) and
-/// the projected ones of [`NORTHING_FIRST`].
+/// the projected ones that are northing first ([`crate::format::axes::northing_first`]).
 pub fn axes_swapped(s: &TileScheme) -> bool {
     let geographic =
         scheme_crs(s).is_ok_and(|c| c.is_geographic()) || matches!(units(s), MapUnits::Degrees);
-    geographic || scheme_epsg(s).is_some_and(|c| NORTHING_FIRST.contains(&c))
+    geographic || scheme_epsg(s).is_some_and(crate::format::axes::northing_first)
 }
 
 /// The extent a layer announces: conf.cdi's, else the scheme's known world, else the box the

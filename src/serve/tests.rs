@@ -151,6 +151,9 @@ fn client_errors_are_4xx_naming_what_is_wrong() {
         ),
         ("/wmts/1.0.0/world/default/world/2/1/q.png", 400, "TileCol \"q\""),
         ("/%ff%fe/%", 404, "no such route"),
+        ("/xyz/world/3/4294967295/4294967295.png", 404, "no tile at level 3, row 4294967295"),
+        ("/arcgis/rest/services/world/MapServer/tile/255/0/0", 404, "no level 255"),
+        ("/wmts/1.0.0/world/default/world/3/4294967295/0.png", 404, "no tile"),
     ];
     for (url, status, msg) in cases {
         let r = get(&s, url);
