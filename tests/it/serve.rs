@@ -6,6 +6,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -524,4 +525,83 @@ fn source_renders_missing_tiles_and_keeps_them() {
         Some(&r.body[..]),
         "the rendered tile is kept"
     );
+}
+
+/// A real browser: headless Chromium opens a Leaflet page (a file, with Debian's libjs-leaflet)
+/// with two layers over one `serve`, its XYZ and its ArcGIS REST tile URLs. Every tile the map asks for loads (Leaflet's `tileload`, none
+/// `tileerror`; levels 0-2 of the sample at zoom 1: four tiles a layer), and the screenshot
+/// (kept beside the test's other output, its path printed) is not a blank page.
+#[test]
+fn chromium_shows_a_leaflet_map_of_both_tile_routes() {
+    crate::support::mount::need("chromium");
+    let leaflet = Path::new("/usr/share/javascript/leaflet");
+    assert!(
+        leaflet.join("leaflet.js").is_file(),
+        "libjs-leaflet is missing: run scripts/test.sh, which installs it"
+    );
+    let s = Served::start(&[&format!("world={}", esri_sample_cache().display())]);
+    let base = s.url("");
+    let page = format!(
+        r#"<!DOCTYPE html><html><head><meta charset="utf-8">
+<link rel="stylesheet" href="file:///usr/share/javascript/leaflet/leaflet.css">
+<script src="file:///usr/share/javascript/leaflet/leaflet.js"></script>
+<style>html, body, #map {{ margin: 0; width: 512px; height: 512px; }}</style></head>
+<body><div id="map"></div><pre id="out">waiting</pre><script>
+var n = {{xyz: 0, rest: 0, failed: 0}};
+function show() {{ document.getElementById('out').textContent =
+  'xyz=' + n.xyz + ' rest=' + n.rest + ' failed=' + n.failed; }}
+var map = L.map('map', {{zoomControl: false, attributionControl: false, fadeAnimation: false}})
+  .setView([0, 0], 1);
+function add(name, url) {{
+  L.tileLayer(url, {{maxZoom: 2, opacity: 0.6}})
+    .on('tileload', function () {{ n[name]++; show(); }})
+    .on('tileerror', function () {{ n.failed++; show(); }})
+    .addTo(map);
+}}
+add('xyz', '{base}/xyz/world/{{z}}/{{x}}/{{y}}.jpg');
+add('rest', '{base}/arcgis/rest/services/world/MapServer/tile/{{z}}/{{y}}/{{x}}');
+</script></body></html>"#
+    );
+    let d = scratch_dir("serve-chromium");
+    let shot = d.join("leaflet.png");
+    let html = d.join("map.html");
+    std::fs::write(&html, page).unwrap();
+    let chromium = |extra: &[&str]| {
+        let out = run(Command::new("timeout")
+            .args([
+                "60",
+                "chromium",
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+            ])
+            .args(["--window-size=512,600", "--virtual-time-budget=10000"])
+            .arg(format!("--user-data-dir={}", d.join("profile").display()))
+            .args(extra)
+            .arg(format!("file://{}", html.display())));
+        assert!(
+            out.status.success(),
+            "chromium: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dom = chromium(&["--dump-dom"]);
+    assert!(
+        dom.contains("xyz=4 rest=4 failed=0"),
+        "the map's tiles did not all load:\n{dom}"
+    );
+    chromium(&[&format!("--screenshot={}", shot.display())]);
+    let img = image::open(&shot).unwrap().to_rgb8();
+    let first = *img.get_pixel(0, 0);
+    let differ = img.pixels().filter(|p| **p != first).count();
+    assert!(
+        differ > (img.width() * img.height() / 4) as usize,
+        "the screenshot {} looks blank",
+        shot.display()
+    );
+    // Kept for a look after the run (the scratch folder goes at exit).
+    let keep = std::env::temp_dir().join("bundlefs-serve-leaflet.png");
+    std::fs::copy(&shot, &keep).unwrap();
+    println!("screenshot: {}", keep.display());
 }
