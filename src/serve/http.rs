@@ -78,7 +78,7 @@ pub fn run(
 
 /// Answers one request; a panic while answering becomes a 500 (and a log line), never a dead
 /// worker.
-fn answer(service: &Service, mut req: tiny_http::Request) {
+fn answer(service: &Service, req: tiny_http::Request) {
     let headers: Vec<(String, String)> = req
         .headers()
         .iter()
@@ -86,8 +86,7 @@ fn answer(service: &Service, mut req: tiny_http::Request) {
         .collect();
     let method = req.method().as_str().to_string();
     let target = req.url().to_string();
-    // A request body is never read; drain what the client sent so keep-alive stays in step.
-    let _ = std::io::copy(&mut req.as_reader(), &mut std::io::sink());
+    // A request body is never read; tiny_http skips what is left of it before the next request.
     let resp = std::panic::catch_unwind(AssertUnwindSafe(|| {
         service.handle(&Request {
             method: &method,

@@ -457,18 +457,16 @@ impl Service {
                 ),
             )
         })?;
-        let bytes: Arc<Vec<u8>> = match stored {
-            Some(b) => Arc::new(b.to_vec()),
-            None => match &l.renderer {
-                Some(r) if r.renderable(t) => match r.get(t) {
-                    Ok(b) => b,
-                    Err(Error::NotFound(_)) => self.missing(l, t)?,
-                    Err(e) => {
-                        return Err(Refusal(502, format!("{}: rendering tile {t}: {e}", l.name)))
-                    }
-                },
-                _ => self.missing(l, t)?,
+        if let Some(b) = stored {
+            return Ok(self.tile_response(l, &b, req));
+        }
+        let bytes: Arc<Vec<u8>> = match &l.renderer {
+            Some(r) if r.renderable(t) => match r.get(t) {
+                Ok(b) => b,
+                Err(Error::NotFound(_)) => self.missing(l, t)?,
+                Err(e) => return Err(Refusal(502, format!("{}: rendering tile {t}: {e}", l.name))),
             },
+            _ => self.missing(l, t)?,
         };
         Ok(self.tile_response(l, &bytes, req))
     }
@@ -487,8 +485,8 @@ impl Service {
     /// bytes of its signature (as ArcGIS wrote some) gets them back, as the mount shows it
     /// ([`as_image_file`]); browsers do not read it otherwise.
     fn tile_response(&self, l: &Layer, bytes: &[u8], req: &Request) -> Response {
-        let bytes = as_image_file(bytes);
-        let bytes = &bytes[..];
+        let body = as_image_file(bytes).into_owned();
+        let bytes = &body[..];
         let tag = etag(bytes);
         let common = |r: Response| {
             r.with("ETag", tag.clone()).with(
@@ -505,16 +503,15 @@ impl Service {
             return r;
         }
         let kind = sniff(bytes).unwrap_or_else(|| l.cache.default_kind());
-        let mut r = common(Response::new(200, content_type(kind), bytes.to_vec()));
+        let len = body.len() as u64;
+        let mut r = common(Response::new(200, content_type(kind), body));
         if kind == ImageKind::Pbf {
             // ArcGIS stores vector tiles gzip'ed (sniff: 1f 8b); they are sent as stored.
             r.headers.push(("Content-Encoding", "gzip".into()));
         }
         self.counters.tiles.fetch_add(1, Ordering::Relaxed);
         if !req.method.eq_ignore_ascii_case("HEAD") {
-            self.counters
-                .tile_bytes
-                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            self.counters.tile_bytes.fetch_add(len, Ordering::Relaxed);
         }
         r
     }

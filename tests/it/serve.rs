@@ -15,15 +15,15 @@ use bundlefs::cache::Cache;
 use crate::support::{all_tiles, bin, case_data, esri_sample_cache, run, scratch_dir};
 
 /// A running `bundlefs serve`; Drop kills and reaps it, so a failing test leaves no server.
-struct Served {
+pub(crate) struct Served {
     child: Child,
     /// `127.0.0.1:PORT`
-    addr: String,
+    pub(crate) addr: String,
 }
 
 impl Served {
     /// Starts `bundlefs serve ARGS… --listen 127.0.0.1:0` and waits for its ready lines.
-    fn start(args: &[&str]) -> Served {
+    pub(crate) fn start(args: &[&str]) -> Served {
         let mut child = Command::new(bin())
             .arg("serve")
             .args(args)
@@ -56,7 +56,7 @@ impl Served {
         format!("http://{}{path}", self.addr)
     }
 
-    fn get(&self, path: &str) -> Reply {
+    pub(crate) fn get(&self, path: &str) -> Reply {
         http(&self.addr, "GET", path, &[])
     }
 }
@@ -69,21 +69,21 @@ impl Drop for Served {
 }
 
 /// An HTTP answer: status, headers (names lower-cased), body.
-struct Reply {
-    status: u16,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
     headers: Vec<(String, String)>,
-    body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n == &name.to_ascii_lowercase())
             .map(|(_, v)| v.as_str())
     }
 
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 }
@@ -528,9 +528,9 @@ fn source_renders_missing_tiles_and_keeps_them() {
 }
 
 /// A real browser: headless Chromium opens a Leaflet page (a file, with Debian's libjs-leaflet)
-/// with two layers over one `serve`, its XYZ and its ArcGIS REST tile URLs. Every tile the map asks for loads (Leaflet's `tileload`, none
-/// `tileerror`; levels 0-2 of the sample at zoom 1: four tiles a layer), and the screenshot
-/// (kept beside the test's other output, its path printed) is not a blank page.
+/// with two layers over one `serve`, its XYZ and its ArcGIS REST tile URLs. Every tile the map
+/// asks for loads (Leaflet's `tileload`, none `tileerror`; zoom 1: four tiles a layer), and the
+/// screenshot (copied to the temporary folder, its path printed) is not a blank page.
 #[test]
 fn chromium_shows_a_leaflet_map_of_both_tile_routes() {
     crate::support::mount::need("chromium");
@@ -575,7 +575,9 @@ add('rest', '{base}/arcgis/rest/services/world/MapServer/tile/{{z}}/{{y}}/{{x}}'
                 "--no-sandbox",
                 "--disable-gpu",
             ])
-            .args(["--window-size=512,600", "--virtual-time-budget=10000"])
+            // The DOM and the screenshot are taken at the load event (the tiles are images of
+            // the page) or after 10 s. (`--virtual-time-budget` hung with a fresh profile.)
+            .args(["--window-size=512,600", "--timeout=10000"])
             .arg(format!("--user-data-dir={}", d.join("profile").display()))
             .args(extra)
             .arg(format!("file://{}", html.display())));
@@ -586,10 +588,27 @@ add('rest', '{base}/arcgis/rest/services/world/MapServer/tile/{{z}}/{{y}}/{{x}}'
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let dom = chromium(&["--dump-dom"]);
-    assert!(
-        dom.contains("xyz=4 rest=4 failed=0"),
-        "the map's tiles did not all load:\n{dom}"
+    // Up to three page loads: under load the DOM was once taken with two tiles still on their
+    // way (seen in 1 of ~20 runs; never outside this test), so one slow load is retried and said.
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let dom = chromium(&["--dump-dom"]);
+        let line = dom
+            .lines()
+            .find_map(|l| l.split("<pre id=\"out\">").nth(1))
+            .and_then(|l| l.split('<').next())
+            .unwrap_or("no counts")
+            .to_string();
+        seen.push(line.clone());
+        if line == "xyz=4 rest=4 failed=0" {
+            break;
+        }
+        eprintln!("chromium: not every tile loaded yet ({line}); loading the page again");
+    }
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("xyz=4 rest=4 failed=0"),
+        "the map's tiles did not all load in three page loads: {seen:?}"
     );
     chromium(&[&format!("--screenshot={}", shot.display())]);
     let img = image::open(&shot).unwrap().to_rgb8();
