@@ -401,8 +401,9 @@ pub(super) struct RenderFlags {
     pub proxy: Option<String>,
     /// `--render-jobs`: renders at once.
     pub jobs: usize,
-    /// `--supertile` and `--supertile-buffer`, pixels.
+    /// `--supertile`: pixels a side of the block drawn in one request.
     pub supertile: u32,
+    /// `--supertile-buffer`: pixels drawn around a supertile and cut away.
     pub supertile_buffer: u32,
 }
 

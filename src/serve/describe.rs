@@ -65,12 +65,13 @@ pub fn layer_extent(l: &Layer) -> Option<Envelope> {
 pub struct TileMatrix {
     /// The level number, also the identifier.
     pub level: u8,
-    /// resolution × metres per unit / 0.28 mm.
+    /// `ScaleDenominator`: resolution × metres per unit / 0.28 mm (dimensionless).
     pub scale_denominator: f64,
     /// The tiling origin in the CRS axis order ([`axes_swapped`]).
     pub top_left: (f64, f64),
-    /// Tiles across and down from the origin to the far edge of the extent.
+    /// Tiles across from the origin to the far edge of the extent (`MatrixWidth`).
     pub width: u32,
+    /// Tiles down from the origin to the far edge of the extent (`MatrixHeight`).
     pub height: u32,
 }
 

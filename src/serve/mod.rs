@@ -90,8 +90,11 @@ impl Request<'_> {
 /// length the `GET` body would have.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
+    /// The HTTP status code (200, 304, 400, 404, 405, 500, 502).
     pub status: u16,
+    /// Header names and values; an empty value is not sent.
     pub headers: Vec<(&'static str, String)>,
+    /// The body (empty for `HEAD` and 304).
     pub body: Vec<u8>,
     /// The `Content-Length` to send (the body's, or for `HEAD` the `GET` body's).
     pub content_length: usize,
