@@ -14,7 +14,7 @@ use bundlefs::cache::Cache;
 
 use crate::support::{all_tiles, bin, case_data, esri_sample_cache, run, scratch_dir};
 
-/// A running `bundlefs serve`; Drop kills and reaps it, so a failing test leaves no server.
+/// A running `bundlefs serve`; Drop stops and reaps it, so a failing test leaves no server.
 pub(crate) struct Served {
     child: Child,
     /// `127.0.0.1:PORT`
@@ -62,7 +62,18 @@ impl Served {
 }
 
 impl Drop for Served {
+    /// SIGTERM first, so the server ends as it should (a package it unpacked is removed), then
+    /// SIGKILL after 10 s.
     fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid of our own child, not yet reaped (wait below reaps it).
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
