@@ -11,7 +11,7 @@
 #   CACHE=DIR    a sample cache already made with `bundlefs sample DIR --levels 0-MAXLEVEL`
 #
 # Prints, per server, wrk's requests/s and latency, and the ratio serve/nginx (goal >= 1.0).
-# nginx runs with as many workers as serve has threads (twice the CPUs), access log off,
+# nginx runs with twice as many workers as CPUs (serve: a thread per connection), access log off,
 # sendfile on; serve with its defaults. Both on 127.0.0.1, stopped by PID at the end.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -104,7 +104,7 @@ run() { # name port
     printf '%-8s %12s req/s   median latency %s %s\n' "$1" "$rps" "$lat" "$errs" >&2
     echo "$rps"
 }
-say "wrk -t$THREADS -c$CONNS -d${SECS}s, random tiles of level $MAXLEVEL ($(nproc) CPUs, $workers nginx workers / serve threads)"
+say "wrk -t$THREADS -c$CONNS -d${SECS}s, random tiles of level $MAXLEVEL ($(nproc) CPUs, $workers nginx workers)"
 n=$(run nginx "$nport")
 s=$(run serve "$sport")
 python3 -c "import sys; print(f'serve/nginx: {float(sys.argv[2]) / float(sys.argv[1]):.2f}x (goal >= 1.0)')" "$n" "$s"

@@ -1,12 +1,12 @@
 //! `bundlefs serve [NAME=]CACHE… --listen ADDR`: the caches' tiles over HTTP (ArcGIS REST, WMTS,
-//! XYZ; [`crate::serve`]) until SIGINT or SIGTERM. Opening the caches, naming them, the worker
-//! threads, `--metrics` and the stop signals are here; answering requests is the serve layer's.
+//! XYZ; [`crate::serve`]) until SIGINT or SIGTERM. Opening the caches, naming them, `--metrics`
+//! and the stop signals are here; answering requests is the serve layer's.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use nix::sys::signal::{SigSet, Signal};
@@ -29,9 +29,9 @@ pub struct ServeArgs {
     /// Address to listen on, HOST:PORT.
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     pub listen: String,
-    /// Worker threads answering requests [default: twice the CPUs].
-    #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
+    /// Connections served at once, each by a thread of its own; one more is answered 503.
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    pub max_connections: usize,
     /// Seconds clients and proxies may keep a tile (Cache-Control: public, max-age=N).
     #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
     pub max_age: u32,
@@ -100,10 +100,11 @@ fn default_name(cache: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Runs `bundlefs serve` until SIGINT or SIGTERM; then stops taking requests, lets the workers
-/// finish the ones in hand, and exits 0.
+/// Runs `bundlefs serve` until SIGINT or SIGTERM; then stops taking requests, lets the ones in
+/// hand finish (10 s at most), and exits 0.
 pub fn run(a: &ServeArgs) -> anyhow::Result<ExitCode> {
-    // Blocked before any thread starts (tiny_http's too), so only the main thread takes them.
+    // Blocked before any thread starts, so every thread inherits the mask and only the main
+    // thread takes them (sigwait).
     let mut sigs = SigSet::empty();
     sigs.add(Signal::SIGINT);
     sigs.add(Signal::SIGTERM);
@@ -159,11 +160,8 @@ pub fn run(a: &ServeArgs) -> anyhow::Result<ExitCode> {
             renderer,
         });
     }
-    let server = Arc::new(crate::serve::http::bind(&a.listen).map_err(anyhow::Error::msg)?);
-    let addr = server
-        .server_addr()
-        .to_ip()
-        .map_or_else(|| a.listen.clone(), |s| s.to_string());
+    let listener = crate::serve::http::bind(&a.listen).map_err(anyhow::Error::msg)?;
+    let addr = listener.addr.to_string();
     let base = format!("http://{addr}");
     let service = Service::new(
         layers,
@@ -179,12 +177,8 @@ pub fn run(a: &ServeArgs) -> anyhow::Result<ExitCode> {
         let (service, listen) = (service.clone(), addr.clone());
         super::metrics::serve(m, move || super::metrics::serve_page(&listen, &service))?;
     }
-    let threads = a.threads.unwrap_or_else(|| {
-        2 * std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-    });
-    let stop = Arc::new(AtomicBool::new(false));
-    let workers = crate::serve::http::run(service.clone(), server, threads, stop.clone())
-        .context("starting the worker threads")?;
+    let running = crate::serve::http::run(service.clone(), listener, a.max_connections)
+        .context("starting the accept thread")?;
     {
         let mut out = std::io::stdout().lock();
         for l in service.layers() {
@@ -199,17 +193,14 @@ pub fn run(a: &ServeArgs) -> anyhow::Result<ExitCode> {
         let _ = writeln!(
             out,
             "WMTS at {base}/wmts/1.0.0/WMTSCapabilities.xml; index at {base}/ \
-             ({threads} threads, pid {}; stop with SIGTERM or Ctrl-C)",
+             (pid {}; stop with SIGTERM or Ctrl-C)",
             std::process::id()
         );
         let _ = out.flush();
     }
     let sig = sigs.wait().context("waiting for SIGINT/SIGTERM")?;
     tracing::info!("{sig}: stopping; requests in hand are answered first");
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        let _ = w.join();
-    }
+    running.stop(Duration::from_secs(10));
     drop(unpacked);
     Ok(ExitCode::SUCCESS)
 }

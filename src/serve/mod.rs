@@ -1,6 +1,6 @@
 //! `bundlefs serve`: tiles of caches over HTTP, without FUSE. This module is kernel- and
 //! socket-free: [`Service::handle`] maps a request (method, path and query, headers) to a
-//! [`Response`]; `http.rs` is the thin `tiny_http` adapter that feeds it from a socket.
+//! [`Response`]; `http.rs` is the thin HTTP/1.1 adapter (std sockets) that feeds it.
 //!
 //! Routes (doc/serve.md):
 //! - `/` an HTML index of the caches and their URLs; `/healthz` "ok";
