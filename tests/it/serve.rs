@@ -664,3 +664,54 @@ fn keep_alive_answers_do_not_wait_for_delayed_acks() {
         "20 keep-alive requests took {took:?}"
     );
 }
+
+/// The HTTP/1.1 adapter on a raw socket: two requests sent in one write (pipelined) get two
+/// answers in order; a POST's body is skipped and the next request on the connection answered;
+/// HTTP/1.0 closes after its answer; a garbage line is a 400 that closes; with
+/// `--max-connections 1` a second connection is answered 503 at once, never left waiting.
+#[test]
+fn the_http_adapter_keeps_requests_in_step_and_never_leaves_one_waiting() {
+    let s = Served::start(&[esri_sample_cache().to_str().unwrap()]);
+    let talk = |addr: &str, send: &[u8]| -> String {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(send).unwrap();
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let t = talk(
+        &s.addr,
+        b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\nGET /nowhere HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    let first = t.find("HTTP/1.1 200 OK").expect(&t);
+    let second = t.find("HTTP/1.1 404 Not Found").expect(&t);
+    assert!(first < second, "{t}");
+    let t = talk(
+        &s.addr,
+        b"POST /healthz HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
+    assert!(t.starts_with("HTTP/1.1 405"), "{t}");
+    assert!(t.contains("HTTP/1.1 200 OK"), "{t}");
+    let t = talk(&s.addr, b"GET /healthz HTTP/1.0\r\n\r\n");
+    assert!(
+        t.contains("Connection: close") && t.ends_with("ok\n"),
+        "{t}"
+    );
+    let t = talk(&s.addr, b"\x16\x03\x01 hello\r\n\r\n");
+    assert!(t.starts_with("HTTP/1.1 400 Bad Request"), "{t}");
+    drop(s);
+    let s = Served::start(&[
+        esri_sample_cache().to_str().unwrap(),
+        "--max-connections",
+        "1",
+    ]);
+    let mut held = TcpStream::connect(&s.addr).unwrap();
+    held.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+    let mut buf = [0u8; 64];
+    let _ = held.read(&mut buf).unwrap();
+    let t0 = Instant::now();
+    let t = talk(&s.addr, b"GET /healthz HTTP/1.1\r\n\r\n");
+    assert!(t.starts_with("HTTP/1.1 503"), "{t}");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+}
