@@ -3,8 +3,9 @@
 import each other through a cycle.
 
 Layers, arrows one way (README "Layout"):
-    format -> cache -> (jobs, render) -> fs -> cli
-`error.rs` (over format's errors) is used by all layers above format; `jobs` and `render` are siblings and do not use each other.
+    format -> cache -> (jobs, render) -> (fs, serve) -> cli
+`error.rs` (over format's errors) is used by all layers above format; `jobs` and `render` are siblings and do not use each other, nor do
+`fs` (the mount) and `serve` (the HTTP tile server).
 
 Also: no file above `cache/` asks whether a location is a URL (`is_url(`, `ObjectUrl::from_path(`,
 `ObjectUrl::parse(` outside tests): where a cache lives is parsed once into a
@@ -19,9 +20,9 @@ import re
 import sys
 
 SRC = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "src")
-ORDER = {"format": 1, "error": 1.5, "cache": 2, "jobs": 3, "render": 3, "fs": 4, "cli": 5,
+ORDER = {"format": 1, "error": 1.5, "cache": 2, "jobs": 3, "render": 3, "fs": 4, "serve": 4, "cli": 5,
          "main": 6, "lib": 6}
-SIBLINGS = {("jobs", "render"), ("render", "jobs")}
+SIBLINGS = {("jobs", "render"), ("render", "jobs"), ("fs", "serve"), ("serve", "fs")}
 
 
 def module_of(path):

@@ -15,7 +15,7 @@ say() { printf '\n==> %s\n' "$*"; }
 
 # tool:package pairs; a package is installed when its tool is missing.
 needs=(fusermount3:fuse3 mapproxy-util:mapproxy gdalinfo:gdal-bin rsync:rsync file:file man:man-db
-    sqlite3:sqlite3)
+    sqlite3:sqlite3 chromium:chromium)
 missing=()
 for pair in "${needs[@]}"; do
     tool=${pair%%:*} pkg=${pair#*:}
@@ -23,6 +23,8 @@ for pair in "${needs[@]}"; do
 done
 # tests/render.rs runs MapServer as CGI from its Debian path.
 [[ -x /usr/lib/cgi-bin/mapserv ]] || missing+=(cgi-mapserver)
+# tests/it/serve.rs opens a Leaflet map of `bundlefs serve` in headless Chromium.
+[[ -f /usr/share/javascript/leaflet/leaflet.js ]] || missing+=(libjs-leaflet)
 # MapProxy's fixture script runs /usr/bin/python3 with PyYAML (python3-yaml).
 if ! /usr/bin/python3 -c 'import yaml' >/dev/null 2>&1; then
     missing+=(python3-yaml)
@@ -47,7 +49,7 @@ if ((${#missing[@]})); then
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         "${missing[@]}"
 else
-    say "test dependencies present (fuse3, mapproxy, gdal-bin, rsync, file, man-db, sqlite3, python3-yaml, python3-gdal, cgi-mapserver)"
+    say "test dependencies present (fuse3, mapproxy, gdal-bin, rsync, file, man-db, sqlite3, chromium, libjs-leaflet, python3-yaml, python3-gdal, cgi-mapserver)"
 fi
 
 # GDAL >= 3.8 reads .tpkx and ready-to-serve root.json; Debian's gdal-bin is 3.6, so the
@@ -56,10 +58,10 @@ fi
 # Esri's lerc and mapbox-vector-tile (PyPI) make and read the LERC and vector tiles of
 # tests/it/tilekinds.rs; prometheus_client parses the /metrics page (tests/it/service.rs); pmtiles
 # reads and writes PMTiles files and pyogrio's GDAL (3.12, with the PMTiles driver the rasterio
-# wheel lacks) reads vector ones (tests/it/open_formats.rs). Each
-# as import-name:pip-name.
+# wheel lacks) reads vector ones (tests/it/open_formats.rs); OWSLib reads `bundlefs serve`'s WMTS
+# (tests/it/serve.rs). Each as import-name:pip-name.
 for pair in rasterio:rasterio tpkutils:tpkutils lerc:lerc mapbox_vector_tile:mapbox-vector-tile pmtiles:pmtiles pyogrio:pyogrio \
-    prometheus_client:prometheus_client; do
+    prometheus_client:prometheus_client owslib:OWSLib; do
     py=${pair%%:*} pkg=${pair#*:}
     if ! python3 -c "import $py" >/dev/null 2>&1; then
         say "installing $pkg (pip) for the interop tests"

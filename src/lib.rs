@@ -1,6 +1,6 @@
 //! bundlefs: Esri ArcGIS compact tile caches (Compact V1/V2) as exploded trees — formats, cache access,
-//! tile sources, batch jobs and a FUSE adapter. Layers depend one way: format → cache → (jobs, render)
-//! → fs → cli.
+//! tile sources, batch jobs, a FUSE adapter and an HTTP tile server. Layers depend one way: format →
+//! cache → (jobs, render) → (fs, serve) → cli.
 
 pub mod cache;
 pub mod cli;
@@ -9,5 +9,6 @@ pub mod format;
 pub mod fs;
 pub mod jobs;
 pub mod render;
+pub mod serve;
 
 pub use error::{Error, Result};

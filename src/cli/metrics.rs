@@ -317,6 +317,79 @@ pub fn job_page(j: &JobSample) -> String {
     out
 }
 
+/// The metrics of `bundlefs serve --metrics`, besides the `render_*` ones of [`METRICS`] with
+/// `--source`: name (without `bundlefs_`), type, help. Every sample carries a `listen` label.
+pub const SERVE_METRICS: &[(&str, &str, &str)] = &[
+    (
+        "serve_requests_total",
+        "counter",
+        "HTTP requests answered, whatever their status",
+    ),
+    (
+        "serve_tiles_total",
+        "counter",
+        "Tiles sent with 200 (blank tiles and HEAD included)",
+    ),
+    (
+        "serve_tile_bytes_total",
+        "counter",
+        "Bytes of the tiles sent (HEAD: none)",
+    ),
+    (
+        "serve_not_modified_total",
+        "counter",
+        "304 answers to If-None-Match",
+    ),
+    (
+        "serve_not_found_total",
+        "counter",
+        "404 answers (missing tiles, levels, names, paths)",
+    ),
+    (
+        "serve_client_errors_total",
+        "counter",
+        "Other 4xx answers (bad numbers or parameters, methods)",
+    ),
+    (
+        "serve_server_errors_total",
+        "counter",
+        "5xx answers (a cache that cannot be read, a failed render)",
+    ),
+];
+
+/// The `/metrics` page of `bundlefs serve` listening on `listen`.
+pub fn serve_page(listen: &str, service: &crate::serve::Service) -> String {
+    let x = service.stats();
+    let mut have: Vec<(&str, u64)> = vec![
+        ("serve_requests_total", x.requests),
+        ("serve_tiles_total", x.tiles),
+        ("serve_tile_bytes_total", x.tile_bytes),
+        ("serve_not_modified_total", x.not_modified),
+        ("serve_not_found_total", x.not_found),
+        ("serve_client_errors_total", x.client_errors),
+        ("serve_server_errors_total", x.server_errors),
+    ];
+    let rendered = service
+        .layers()
+        .iter()
+        .filter_map(|l| l.renderer.as_ref().map(|r| r.stats()))
+        .next();
+    if let Some(r) = &rendered {
+        have.extend(render_samples(r));
+    }
+    let labels = format!("listen=\"{}\"", label(listen));
+    let mut out = String::new();
+    for (name, kind, help) in SERVE_METRICS.iter().chain(METRICS) {
+        let Some((_, v)) = have.iter().find(|(n, _)| n == name) else {
+            continue;
+        };
+        let _ = writeln!(out, "# HELP bundlefs_{name} {help}");
+        let _ = writeln!(out, "# TYPE bundlefs_{name} {kind}");
+        let _ = writeln!(out, "bundlefs_{name}{{{labels}}} {v}");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,6 +446,7 @@ mod tests {
         let served: Vec<(String, String)> = METRICS
             .iter()
             .chain(JOB_METRICS)
+            .chain(SERVE_METRICS)
             .map(|(n, k, _)| (n.to_string(), k.to_string()))
             .collect();
         assert_eq!(rows, served);

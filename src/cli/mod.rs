@@ -10,6 +10,7 @@ mod mount;
 mod output;
 mod registry;
 mod scheme;
+mod serve;
 mod source;
 mod status;
 mod unmount;
@@ -300,6 +301,9 @@ pub enum Command {
     Render(RenderArgs),
     /// Write a small Compact V2 sample cache with labelled tiles drawn by bundlefs.
     Sample(SampleArgs),
+    /// Serve caches' tiles over HTTP (ArcGIS REST, OGC WMTS 1.0.0, XYZ and TileJSON) without
+    /// FUSE, until SIGTERM or Ctrl-C.
+    Serve(serve::ServeArgs),
 }
 
 /// Arguments of `bundlefs info`.
@@ -733,6 +737,7 @@ pub fn main() -> ExitCode {
             "warn,bundlefs=info,fuser::session=error",
             a.log_file.is_none(),
         ),
+        Command::Serve(_) => ("warn,bundlefs=info", true),
         _ => ("warn,fuser::session=error", true),
     };
     log::init(filter, ansi);
@@ -752,6 +757,7 @@ pub fn main() -> ExitCode {
         Command::Compact(a) => commands::compact(&a),
         Command::Render(a) => commands::render(&a),
         Command::Sample(a) => commands::sample(&a),
+        Command::Serve(a) => serve::run(&a),
     };
     match res {
         Ok(code) => code,

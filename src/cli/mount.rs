@@ -372,37 +372,70 @@ fn build_tree(
         }
         return Ok(tree);
     };
-    let spec: SourceSpec = spec.parse()?;
-    let http = HttpOptions {
-        timeout: args.render_timeout.0,
-        proxy: args.proxy.clone(),
-        ..HttpOptions::default()
-    };
-    let src = spec.build(&cache, &http)?;
     let kept = match (&writer, args.keep_rendered) {
         (_, false) => None,
         (Some(w), true) => Some(w.clone()),
         (None, true) => Some(buffer()),
     };
     let keep = kept.clone().map_or(Keep::No, Keep::Buffer);
-    let r = Renderer::new(
-        cache.clone(),
-        src,
-        keep,
-        RenderOptions {
-            concurrency: args.render_jobs.max(1),
-            timeout: args.render_timeout.0,
-            supertile: args.supertile,
-            supertile_buffer: args.supertile_buffer,
-            ..RenderOptions::default()
-        },
-    )?;
-    tracing::info!("rendering missing tiles from {spec}");
+    let flags = RenderFlags {
+        timeout: args.render_timeout.0,
+        proxy: args.proxy.clone(),
+        jobs: args.render_jobs,
+        supertile: args.supertile,
+        supertile_buffer: args.supertile_buffer,
+    };
+    let r = source_renderer(&cache, spec, keep, &flags)?;
     tree = tree.with_renderer(Arc::new(r), kept);
     if let Some(levels) = args.list_renderable {
         tree = tree.list_renderable(levels)?;
     }
     Ok(tree)
+}
+
+/// How `--source` renders, from the flags the mount and `serve` share.
+pub(super) struct RenderFlags {
+    /// `--render-timeout`: one request to the source.
+    pub timeout: Duration,
+    /// `--proxy`: a URL, `env`, or none.
+    pub proxy: Option<String>,
+    /// `--render-jobs`: renders at once.
+    pub jobs: usize,
+    /// `--supertile`: pixels a side of the block drawn in one request.
+    pub supertile: u32,
+    /// `--supertile-buffer`: pixels drawn around a supertile and cut away.
+    pub supertile_buffer: u32,
+}
+
+/// The renderer of `--source SPEC` over `cache` (single-flight, supertiles, rendered tiles kept
+/// as `keep` says), as the mount and `bundlefs serve` build it.
+pub(super) fn source_renderer(
+    cache: &Arc<Cache>,
+    spec: &str,
+    keep: Keep,
+    f: &RenderFlags,
+) -> anyhow::Result<Renderer> {
+    let spec: SourceSpec = spec.parse()?;
+    let http = HttpOptions {
+        timeout: f.timeout,
+        proxy: f.proxy.clone(),
+        ..HttpOptions::default()
+    };
+    let src = spec.build(cache, &http)?;
+    let r = Renderer::new(
+        cache.clone(),
+        src,
+        keep,
+        RenderOptions {
+            concurrency: f.jobs.max(1),
+            timeout: f.timeout,
+            supertile: f.supertile,
+            supertile_buffer: f.supertile_buffer,
+            ..RenderOptions::default()
+        },
+    )?;
+    tracing::info!("rendering missing tiles from {spec}");
+    Ok(r)
 }
 
 /// The FUSE adapter over `tree`: TTLs, ownership, and thread pools for renders and for requests

@@ -2,6 +2,7 @@
 //! the one tolerant text reader every XML/JSON input goes through ([`text`]), image sniffing.
 //! No policy and no file-system walking here: callers hand in bytes or open files.
 
+pub mod axes;
 pub mod conf;
 pub mod exploded;
 pub mod extent;

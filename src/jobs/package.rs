@@ -20,6 +20,13 @@ pub struct Unpacked {
     _dir: tempfile::TempDir,
 }
 
+impl Unpacked {
+    /// The cache and the temporary folder it lives in, to be kept as long as the cache is read.
+    pub fn into_parts(self) -> (Cache, tempfile::TempDir) {
+        (self.cache, self._dir)
+    }
+}
+
 /// True for a file that starts like a zip archive.
 pub fn is_package(path: &Path) -> bool {
     use std::io::Read;

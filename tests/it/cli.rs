@@ -273,6 +273,7 @@ fn help_of_every_argument_says_what_it_takes() {
         "delete",
         "render",
         "sample",
+        "serve",
     ];
     // Every command `bundlefs --help` lists is checked (a new one must join the list above).
     let top = run_ok(bundlefs().arg("--help"));

@@ -28,6 +28,7 @@ mod render;
 mod rsync_matrix;
 mod scale;
 mod schemes;
+mod serve;
 mod service;
 mod supertiles;
 mod tilekinds;

@@ -1727,3 +1727,32 @@ fn the_storage_contract_holds_on_ceph_for_every_object_layout() {
         }
     }
 }
+
+/// Two `bundlefs serve` processes over one Compact V2 cache in Ceph (each its own connection,
+/// as two replicas behind a load balancer): every tile of the Esri sample from both, through
+/// the REST route, is the stored bytes, with the same ETag from each; a missing tile is a 404 from
+/// both.
+#[test]
+fn two_serves_answer_from_one_cache() {
+    let url = fresh_url("serve");
+    upload(&esri_sample_cache(), &url);
+    let a = crate::serve::Served::start(&[&format!("world={url}")]);
+    let b = crate::serve::Served::start(&[&format!("world={url}")]);
+    let tiles = all_tiles(&Cache::open(esri_sample_cache()).unwrap());
+    for (t, bytes) in &tiles {
+        let path = format!(
+            "/arcgis/rest/services/world/MapServer/tile/{}/{}/{}",
+            t.level, t.row, t.col
+        );
+        let (ra, rb) = (a.get(&path), b.get(&path));
+        for r in [&ra, &rb] {
+            assert_eq!(r.status, 200, "{path}: {}", r.text());
+            assert!(&r.body == bytes, "{path}: not the stored bytes");
+        }
+        assert_eq!(ra.header("etag"), rb.header("etag"), "{path}");
+    }
+    for s in [&a, &b] {
+        let r = s.get("/xyz/world/2/0/7.jpg");
+        assert_eq!(r.status, 404, "{}", r.text());
+    }
+}
