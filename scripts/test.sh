@@ -15,7 +15,7 @@ say() { printf '\n==> %s\n' "$*"; }
 
 # tool:package pairs; a package is installed when its tool is missing.
 needs=(fusermount3:fuse3 mapproxy-util:mapproxy gdalinfo:gdal-bin rsync:rsync file:file man:man-db
-    sqlite3:sqlite3 chromium:chromium)
+    sqlite3:sqlite3 chromium:chromium nginx:nginx)
 missing=()
 for pair in "${needs[@]}"; do
     tool=${pair%%:*} pkg=${pair#*:}
@@ -49,7 +49,7 @@ if ((${#missing[@]})); then
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         "${missing[@]}"
 else
-    say "test dependencies present (fuse3, mapproxy, gdal-bin, rsync, file, man-db, sqlite3, chromium, libjs-leaflet, python3-yaml, python3-gdal, cgi-mapserver)"
+    say "test dependencies present (fuse3, mapproxy, gdal-bin, rsync, file, man-db, sqlite3, chromium, nginx, libjs-leaflet, python3-yaml, python3-gdal, cgi-mapserver)"
 fi
 
 # GDAL >= 3.8 reads .tpkx and ready-to-serve root.json; Debian's gdal-bin is 3.6, so the

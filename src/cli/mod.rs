@@ -512,6 +512,11 @@ pub struct MountArgs {
     /// stored yet (a level may hold at most 4,194,304 of them).
     #[arg(long, value_name = "A-B", allow_hyphen_values = true)]
     pub list_renderable: Option<LevelRange>,
+    /// The tree shown: arcgis (`_alllayers/Lnn/Rxxxxxxxx/Cxxxxxxxx.ext`), or for a Web Mercator
+    /// scheme numbered by zoom, xyz (`z/x/y.ext`, y from the top) or tms (y from the bottom),
+    /// for web servers and z/x/y tools; xyz and tms are read-only.
+    #[arg(long, value_name = "arcgis|xyz|tms", default_value = "arcgis")]
+    pub layout: crate::fs::View,
     /// With --source arcgis: or wms:, pixels a side of the block of tiles drawn in one request
     /// and cut into tiles, the one holding a missed tile (whole tiles, at most 4096 px with
     /// margins); 0: one request per tile.

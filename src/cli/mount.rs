@@ -365,7 +365,8 @@ fn build_tree(
     let mut tree = match &writer {
         Some(w) => TreeFs::writable(w.clone()),
         None => TreeFs::new(cache.clone()),
-    };
+    }
+    .with_view(args.layout)?;
     let Some(spec) = &args.source else {
         if args.list_renderable.is_some() {
             bail!("--list-renderable needs --source");
@@ -388,6 +389,9 @@ fn build_tree(
     let r = source_renderer(&cache, spec, keep, &flags)?;
     tree = tree.with_renderer(Arc::new(r), kept);
     if let Some(levels) = args.list_renderable {
+        if args.layout != crate::fs::View::ArcGis {
+            bail!("--list-renderable lists ArcGIS row folders; not with --layout xyz or tms");
+        }
         tree = tree.list_renderable(levels)?;
     }
     Ok(tree)

@@ -12,6 +12,7 @@ pub mod fuse;
 pub mod handles;
 pub mod inode;
 pub mod mount;
+pub mod view;
 pub mod watch;
 mod write;
 
@@ -20,6 +21,7 @@ use std::time::SystemTime;
 
 pub use self::errno::{FsError, FsResult, ToErrno};
 use self::inode::{Inodes, Node};
+pub use self::view::View;
 use self::watch::WatchedBundles;
 use crate::cache::buffer::{Pending, WriteBuffer};
 use crate::cache::{Cache, Layout, TileBytes};
@@ -104,6 +106,8 @@ pub struct TreeFs {
     reported: Mutex<lru::LruCache<TileAddr, String>>,
     /// What the tree answered ([`TreeFs::snapshot`]).
     counted: counters::LiveTree,
+    /// The layout shown ([`View`]; ArcGIS's unless `mount --layout` says otherwise).
+    view: View,
 }
 
 /// How many failing tiles [`TreeFs`] remembers having reported.
@@ -152,6 +156,7 @@ impl TreeFs {
                 std::num::NonZeroUsize::new(REPORTED_KEPT).unwrap(),
             )),
             counted: counters::LiveTree::default(),
+            view: View::ArcGis,
         }
     }
 
@@ -246,6 +251,9 @@ impl TreeFs {
 
     /// The node levels hang from: `_alllayers` in ArcGIS layout, the root in MapProxy layout.
     pub(crate) fn levels_parent(&self) -> Node {
+        if self.view != View::ArcGis {
+            return Node::Root;
+        }
         match self.cache.layout() {
             Layout::ArcGis => Node::AllLayers,
             Layout::MapProxy => Node::Root,
@@ -374,10 +382,9 @@ impl TreeFs {
         let Some(Node::Row { level, row }) = self.inodes.node(parent) else {
             return false;
         };
-        let Ok((col, ext)) = exploded::parse_col_file(name) else {
+        let Some((t, ext)) = self.tile_named(level, row, name) else {
             return false;
         };
-        let t = TileAddr::new(level, row, col);
         self.ext_possible(ext) && r.renderable(t) && !matches!(self.stored_tile(t), Ok(Some(_)))
     }
 
@@ -388,10 +395,10 @@ impl TreeFs {
         let Some(Node::Row { level, row }) = self.inodes.node(parent) else {
             return true;
         };
-        let Ok((col, _)) = exploded::parse_col_file(name) else {
+        let Some((t, _)) = self.tile_named(level, row, name) else {
             return true;
         };
-        self.tile_at_hand(TileAddr::new(level, row, col), false)
+        self.tile_at_hand(t, false)
     }
 
     /// Whether reading inode `ino` is answered from memory: anything but a tile, or a tile
@@ -400,6 +407,18 @@ impl TreeFs {
         match self.inodes.node(ino) {
             Some(Node::Tile(t)) => self.tile_at_hand(t, true),
             _ => true,
+        }
+    }
+
+    /// The tile a file `name` in row node (level, `key`) names, with the extension as written:
+    /// in the ArcGIS view `key` is the row and `name` `Ccccccccc.ext`; in the XYZ and TMS views
+    /// `key` is the column and `name` `y.ext`.
+    fn tile_named<'a>(&self, level: u8, key: u32, name: &'a str) -> Option<(TileAddr, &'a str)> {
+        match self.view {
+            View::ArcGis => exploded::parse_col_file(name)
+                .ok()
+                .map(|(col, ext)| (TileAddr::new(level, key, col), ext)),
+            View::Xyz | View::Tms => self.parse_xyz_tile(level, key, name),
         }
     }
 
@@ -548,20 +567,28 @@ impl TreeFs {
             return self.temp_attr(ino);
         }
         let child = match p {
+            Node::Root if self.view != View::ArcGis && self.view.parse_level(name).is_none() => {
+                return Err(not_found(name))
+            }
             Node::Root if name == "conf.xml" && self.conf_xml.is_some() => Node::ConfXml,
             Node::Root if name == "conf.cdi" && self.conf_cdi.is_some() => Node::ConfCdi,
             Node::Root if name == "_alllayers" && self.cache.layout() == Layout::ArcGis => {
                 Node::AllLayers
             }
-            n if n == self.levels_parent() => match exploded::parse_level_dir(name) {
-                Ok(l)
-                    if exploded::level_dir(l) == name
-                        && (self.level_exists(l) || self.renderable_dir(l, None)) =>
-                {
-                    Node::Level(l)
-                }
+            n if n == self.levels_parent() => match self.view.parse_level(name) {
+                Some(l) if self.level_exists(l) || self.renderable_dir(l, None) => Node::Level(l),
                 _ => return Err(not_found(name)),
             },
+            Node::Level(level) if self.view != View::ArcGis => {
+                // A column folder: shown on lookup for any column of the zoom's grid (listing
+                // the columns that hold tiles costs a walk of the level); its tiles decide.
+                match crate::format::xyz::parse_number(name) {
+                    Some(col) if col.to_string() == name && col < (1u32 << level.min(31)) => {
+                        return self.getattr(self.ino(Node::Row { level, row: col }));
+                    }
+                    _ => return Err(not_found(name)),
+                }
+            }
             Node::Level(level) => match exploded::parse_row_dir(name) {
                 Ok(row) if exploded::row_dir(row) == name => Node::Row { level, row },
                 _ => return Err(not_found(name)),
@@ -570,8 +597,9 @@ impl TreeFs {
                 if let Some(a) = self.lookup_written(level, row, name)? {
                     return Ok(a);
                 }
-                let (col, ext) = exploded::parse_col_file(name).map_err(|_| not_found(name))?;
-                let t = TileAddr::new(level, row, col);
+                let (t, ext) = self
+                    .tile_named(level, row, name)
+                    .ok_or_else(|| not_found(name))?;
                 // A name whose extension the cache's format cannot have is not worth a render.
                 if !self.ext_possible(ext) {
                     return Err(not_found(name));
@@ -581,8 +609,7 @@ impl TreeFs {
                     return Ok(attr);
                 }
                 let bytes = self.tile(t)?.ok_or_else(|| not_found(name))?;
-                if exploded::col_file(col, self.cache.kind_of(&bytes).ext()) != name
-                    || ext.is_empty()
+                if self.tile_entry(t, self.cache.kind_of(&bytes).ext()).1 != name || ext.is_empty()
                 {
                     return Err(not_found(name));
                 }
@@ -605,9 +632,9 @@ impl TreeFs {
         let root_mtime = self.cache.file_mtime("").unwrap_or(self.mounted_at);
         Ok(match n {
             Node::Root => {
-                let subdirs = match self.cache.layout() {
-                    Layout::ArcGis => 1,
-                    Layout::MapProxy => self.levels()?.len() as u32,
+                let subdirs = match (self.view, self.cache.layout()) {
+                    (View::ArcGis, Layout::ArcGis) => 1,
+                    _ => self.levels()?.len() as u32,
                 };
                 self.dir_attr(n, 2 + subdirs, root_mtime)
             }
@@ -636,12 +663,21 @@ impl TreeFs {
             }
             Node::Level(l) => {
                 if !self.level_exists(l) && !self.renderable_dir(l, None) {
-                    return Err(not_found(exploded::level_dir(l)));
+                    return Err(not_found(self.view.level_name(l)));
                 }
                 // Link count 1: "subfolder count unknown" (as btrfs and network filesystems
                 // report; find and fts then do not rely on it). Counting rows would read the index
                 // of every bundle of the level on a mere stat.
                 self.dir_attr(n, 1, self.dir_mtime(Some(l)))
+            }
+            Node::Row { level, row } if self.view != View::ArcGis => {
+                // A column folder: any column of the zoom's grid of a level shown.
+                if row >= (1u32 << level.min(31))
+                    || (!self.level_exists(level) && !self.renderable_dir(level, None))
+                {
+                    return Err(not_found(row.to_string()));
+                }
+                self.dir_attr(n, 2, self.dir_mtime(Some(level)))
             }
             Node::Row { level, row } => {
                 if !self.row_exists(level, row)? && !self.renderable_dir(level, Some(row)) {
@@ -703,7 +739,7 @@ impl TreeFs {
             }
             Ok(())
         };
-        if n == Node::Root {
+        if n == Node::Root && self.view == View::ArcGis {
             if self.conf_xml.is_some() {
                 push_dir("conf.xml".into(), Node::ConfXml)?;
             }
@@ -720,10 +756,25 @@ impl TreeFs {
                 for l in self.levels()? {
                     let mtime = self.dir_mtime(Some(l));
                     out.push(DirEntry {
-                        name: exploded::level_dir(l),
+                        name: self.view.level_name(l),
                         attr: self.dir_attr(Node::Level(l), 1, mtime),
                     });
                 }
+            }
+            Node::Level(level) if self.view != View::ArcGis => {
+                if !self.level_exists(level) && !self.renderable_dir(level, None) {
+                    return Err(not_found(self.view.level_name(level)));
+                }
+                let mtime = self.dir_mtime(Some(level));
+                for col in self.level_cols(level)? {
+                    out.push(DirEntry {
+                        name: col.to_string(),
+                        attr: self.dir_attr(Node::Row { level, row: col }, 2, mtime),
+                    });
+                }
+            }
+            Node::Row { level, row } if self.view != View::ArcGis => {
+                out.extend(self.col_entries(level, row)?);
             }
             Node::Level(level) => {
                 if !self.level_exists(level) && !self.renderable_dir(level, None) {

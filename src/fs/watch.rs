@@ -120,6 +120,23 @@ impl TreeFs {
     /// What the kernel must forget when row `row` of bundle `id` changed.
     fn row_changed(&self, id: BundleId, row: u32, out: &mut Vec<Invalidation>) {
         let level_ino = self.ino(Node::Level(id.level));
+        if self.view() != super::View::ArcGis {
+            // XYZ and TMS views: each tile's entry in its column folder.
+            for c in 0..BUNDLE_DIM {
+                let t = TileAddr::new(id.level, row, id.col0 + c);
+                out.push(Invalidation::Inode(self.ino(Node::Tile(t))));
+                for ext in ["png", "jpg", "lerc", "pbf"] {
+                    let (parent, name) = self.tile_entry(t, ext);
+                    out.push(Invalidation::Entry {
+                        parent: self.ino(parent),
+                        name,
+                    });
+                }
+                out.push(Invalidation::Inode(self.ino(self.tile_entry(t, "png").0)));
+            }
+            out.push(Invalidation::Inode(level_ino));
+            return;
+        }
         let row_ino = self.ino(Node::Row {
             level: id.level,
             row,

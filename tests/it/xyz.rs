@@ -191,3 +191,139 @@ fn what_xyz_cannot_hold_is_refused_by_name() {
         "{err}"
     );
 }
+
+/// nginx, started on 127.0.0.1 with `root` the given folder; stopped (SIGTERM, then waited for)
+/// when dropped, also when a test fails.
+struct Nginx {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Nginx {
+    fn start(root: &std::path::Path, dir: &std::path::Path) -> Nginx {
+        need("nginx");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "user root;\ndaemon off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+                 error_log {d}/error.log;\nevents {{ worker_connections 64; }}\n\
+                 http {{ access_log off; client_body_temp_path {d}/tmp;\n\
+                 server {{ listen 127.0.0.1:{port}; root {root}; }} }}\n",
+                d = dir.display(),
+                root = root.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("nginx")
+            .args(["-e", &dir.join("error.log").display().to_string()])
+            .arg("-c")
+            .arg(&conf)
+            .spawn()
+            .unwrap();
+        let n = Nginx { child, port };
+        let t0 = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(t0.elapsed().as_secs() < 20, "nginx did not start");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        n
+    }
+
+    /// GET `path`: the status code and the body.
+    fn get(&self, path: &str) -> (u16, Vec<u8>) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        let at = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&all[..at]).into_owned();
+        let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (code, all[at + 4..].to_vec())
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+/// `mount --layout xyz` shows a Compact V2 cache as `z/x/y.jpg` (listings and reads), `--layout
+/// tms` with y from the bottom, and nginx serves the XYZ mount as a static site: every tile equal
+/// to the bundle's bytes, a missing one 404. A national grid and `-o rw` are refused by name.
+#[test]
+fn a_mount_with_the_xyz_layout_is_a_static_tile_site_for_nginx() {
+    need("fusermount3");
+    let d = scratch_dir("xyz-mount");
+    let src = esri_sample_cache();
+    let want = all_tiles(&Cache::open(&src).unwrap());
+    {
+        let m = crate::support::mount::Mounted::start(&src, &d.join("mnt"), &["--layout", "xyz"]);
+        let mut names: Vec<String> = std::fs::read_dir(m.path(""))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["0", "1", "2"], "only the zoom folders");
+        let files = tree_files(&m.path(""));
+        assert_eq!(files.len(), want.len(), "{:?}", files.keys());
+        for (t, b) in &want {
+            let k = format!("{}/{}/{}.jpg", t.level, t.col, t.row);
+            assert_eq!(files.get(&k), Some(b), "{k}");
+        }
+        let nginx = Nginx::start(&m.path(""), &d);
+        for (t, b) in &want {
+            let (code, body) = nginx.get(&format!("/{}/{}/{}.jpg", t.level, t.col, t.row));
+            assert_eq!((code, &body), (200, b), "{t}");
+        }
+        assert_eq!(nginx.get("/2/1/9.jpg").0, 404);
+        assert_eq!(nginx.get("/conf.xml").0, 404);
+    }
+    {
+        let m = crate::support::mount::Mounted::start(&src, &d.join("mnt2"), &["-o", "layout=tms"]);
+        let files = tree_files(&m.path(""));
+        for (t, b) in &want {
+            let y = (1u32 << t.level) - 1 - t.row;
+            let k = format!("{}/{}/{y}.jpg", t.level, t.col);
+            assert_eq!(files.get(&k), Some(b), "{k}");
+        }
+    }
+    // A national grid cannot be shown as zoom levels; a writable XYZ view is refused.
+    let c = d.join("lv95");
+    run_ok(
+        Command::new(bin())
+            .arg("create")
+            .arg(&c)
+            .args(["--wkid", "2056", "--origin", "2420000,1350000"])
+            .args(["--scales", "1000000,500000"]),
+    );
+    std::fs::create_dir_all(d.join("mnt3")).unwrap();
+    let o = run(Command::new(bin())
+        .arg("mount")
+        .arg(&c)
+        .arg(d.join("mnt3"))
+        .args(["--layout", "xyz"]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("an XYZ layout holds Web Mercator"),
+        "{err}"
+    );
+    let o = run(Command::new(bin())
+        .arg("mount")
+        .arg(&src)
+        .arg(d.join("mnt3"))
+        .args(["--layout", "xyz", "-o", "rw"]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("read-only"), "{err}");
+}
