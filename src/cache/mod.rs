@@ -372,6 +372,33 @@ impl Cache {
         })
     }
 
+    /// A cache held in the one file (or object) `path`: an MBTiles file, a GeoPackage or a
+    /// PMTiles file, shown with conf.xml `conf` (made from the file's tiling scheme) and conf.cdi
+    /// `cdi`, its tiles in `store`. Listed as exploded storage: one record per tile, as exploded
+    /// storage has one file per tile.
+    fn one_file(
+        path: &Path,
+        conf: ConfXml,
+        cdi: Option<Vec<u8>>,
+        store: Box<dyn Storage>,
+        opts: CacheOptions,
+    ) -> Cache {
+        Cache {
+            location: url::Location::File(path.to_path_buf()),
+            place: Place {
+                root: path.to_path_buf(),
+                tiles_dir: path.to_path_buf(),
+            },
+            layout: Layout::ArcGis,
+            storage: StorageFormat::Exploded,
+            conf: Some(conf),
+            cdi,
+            opts,
+            store,
+            ready_to_serve: None,
+        }
+    }
+
     /// Opens an MBTiles file: its tiles through [`store::sqlite::SqliteTiles`], its tiling
     /// scheme Web Mercator with the zoom levels 0 to 23 (ArcGIS Online's), or to `maxzoom`
     /// (metadata, else the deepest level held) when deeper, and the `format` of the metadata (else the first tile's kind), its extent from
@@ -407,22 +434,7 @@ impl Cache {
             .get("bounds")
             .and_then(|b| crate::format::mbtiles::parse_bounds(b))
             .map(|e| conf::write_cdi(&e, &scheme));
-        let place = Place {
-            root: path.to_path_buf(),
-            tiles_dir: path.to_path_buf(),
-        };
-        Ok(Cache {
-            location: url::Location::File(path.to_path_buf()),
-            place,
-            layout: Layout::ArcGis,
-            // One record per tile, as exploded storage has one file per tile.
-            storage: StorageFormat::Exploded,
-            conf: Some(conf),
-            cdi,
-            opts,
-            store: Box::new(store),
-            ready_to_serve: None,
-        })
+        Ok(Cache::one_file(path, conf, cdi, Box::new(store), opts))
     }
 
     /// Creates an empty MBTiles file at `path` for tiles of `scheme` (Web Mercator zoom levels,
@@ -493,20 +505,7 @@ impl Cache {
         .map_err(|e| Error::invalid(format!("{}: table {}: {e}", path.display(), t.table)))?;
         let conf = TileScheme::parse_conf_xml(&scheme.to_conf_xml()).in_file(path)?;
         let cdi = t.contents.as_ref().map(|e| conf::write_cdi(e, &scheme));
-        Ok(Cache {
-            location: url::Location::File(path.to_path_buf()),
-            place: Place {
-                root: path.to_path_buf(),
-                tiles_dir: path.to_path_buf(),
-            },
-            layout: Layout::ArcGis,
-            storage: StorageFormat::Exploded,
-            conf: Some(conf),
-            cdi,
-            opts,
-            store: Box::new(store),
-            ready_to_serve: None,
-        })
+        Ok(Cache::one_file(path, conf, cdi, Box::new(store), opts))
     }
 
     /// Creates a GeoPackage at `path` with one tile table (named after `name`,
@@ -686,21 +685,7 @@ impl Cache {
                 &scheme,
             )
         });
-        Ok(Cache {
-            location: url::Location::File(path.to_path_buf()),
-            place: Place {
-                root: path.to_path_buf(),
-                tiles_dir: path.to_path_buf(),
-            },
-            layout: Layout::ArcGis,
-            // One record per tile, as exploded storage has one file per tile.
-            storage: StorageFormat::Exploded,
-            conf: Some(conf),
-            cdi,
-            opts,
-            store: Box::new(store),
-            ready_to_serve: None,
-        })
+        Ok(Cache::one_file(path, conf, cdi, Box::new(store), opts))
     }
 
     /// Starts a new PMTiles file at `path` for tiles of `scheme` (Web Mercator zoom levels,
@@ -761,20 +746,13 @@ impl Cache {
             None => store::pmtiles::Builder::create(path, new, opts.durable)?,
         });
         let conf = TileScheme::parse_conf_xml(&scheme.to_conf_xml()).in_file(path)?;
-        let cache = Cache {
-            location: url::Location::File(path.to_path_buf()),
-            place: Place {
-                root: path.to_path_buf(),
-                tiles_dir: path.to_path_buf(),
-            },
-            layout: Layout::ArcGis,
-            storage: StorageFormat::Exploded,
-            conf: Some(conf),
-            cdi: Some(conf::write_cdi(extent, scheme)),
+        let cache = Cache::one_file(
+            path,
+            conf,
+            Some(conf::write_cdi(extent, scheme)),
+            Box::new(store::pmtiles::Building(builder.clone())),
             opts,
-            store: Box::new(store::pmtiles::Building(builder.clone())),
-            ready_to_serve: None,
-        };
+        );
         Ok((cache, builder))
     }
 

@@ -201,19 +201,8 @@ pub fn export_pmtiles(
             dest.display()
         )));
     }
-    let Some(scheme) = src.scheme() else {
-        return Err(Error::invalid(format!(
-            "{}: has no conf.xml, so its tiling scheme is unknown; PMTiles needs Web Mercator \
-             zoom levels (nothing written)",
-            src.root().display()
-        )));
-    };
-    let extent = extent_after(src, None, opts)
-        .unwrap_or_else(|| crate::format::extent::scheme_extent(scheme));
-    let name = src
-        .root()
-        .file_stem()
-        .map_or("tiles".to_string(), |n| n.to_string_lossy().into_owned());
+    let (scheme, extent, name) =
+        new_file_plan(src, opts, "PMTiles needs Web Mercator zoom levels")?;
     let (d, builder) = Cache::create_pmtiles(
         dest,
         scheme,
@@ -278,6 +267,30 @@ pub fn export_xyz(
     Ok(summary)
 }
 
+/// What a new one-file cache for the tiles of `src` is made with: `src`'s tiling scheme, the
+/// extent of the selected tiles (the scheme's when there is none), and a name (`src`'s folder or
+/// file name without extension). Errors: `src` without conf.xml; `needs` says what the format
+/// needs of the scheme.
+fn new_file_plan<'a>(
+    src: &'a Cache,
+    opts: &JobOptions,
+    needs: &str,
+) -> Result<(&'a TileScheme, Envelope, String)> {
+    let Some(scheme) = src.scheme() else {
+        return Err(Error::invalid(format!(
+            "{}: has no conf.xml, so its tiling scheme is unknown; {needs} (nothing written)",
+            src.root().display()
+        )));
+    };
+    let extent = extent_after(src, None, opts)
+        .unwrap_or_else(|| crate::format::extent::scheme_extent(scheme));
+    let name = src
+        .root()
+        .file_stem()
+        .map_or("tiles".to_string(), |n| n.to_string_lossy().into_owned());
+    Ok((scheme, extent, name))
+}
+
 /// Makes one file of a new cache with `create(path, scheme, extent, name, options)`.
 type CreateFile = dyn Fn(&Path, &TileScheme, &Envelope, &str, CacheOptions) -> Result<Cache>;
 
@@ -298,18 +311,7 @@ fn export_to_file(
         let mut d = Cache::open_with(dest, dest_options(StorageFormat::Exploded, opts.sync))?;
         return into_cache(src, &mut d, opts, progress);
     }
-    let Some(scheme) = src.scheme() else {
-        return Err(Error::invalid(format!(
-            "{}: has no conf.xml, so its tiling scheme is unknown; {needs} (nothing written)",
-            src.root().display()
-        )));
-    };
-    let extent = extent_after(src, None, opts)
-        .unwrap_or_else(|| crate::format::extent::scheme_extent(scheme));
-    let name = src
-        .root()
-        .file_stem()
-        .map_or("tiles".to_string(), |n| n.to_string_lossy().into_owned());
+    let (scheme, extent, name) = new_file_plan(src, opts, needs)?;
     let d = create(
         dest,
         scheme,
