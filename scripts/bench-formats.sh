@@ -15,6 +15,11 @@
 #   (c) floor: sqlite3 bulk insert of the same rows, one transaction, synchronous=OFF
 #   (d) bundlefs export            .mbtiles -> compact-v2
 #   (e) MapProxy mapproxy-util export --type compact-v2   .mbtiles -> compact-v2
+#   (f) bundlefs export            compact-v2 -> .gpkg
+#   (g) MapProxy mapproxy-util export --type geopackage   compact-v2 -> .gpkg
+#   (h) bundlefs export            compact-v2 -> .pmtiles (MapProxy writes no PMTiles)
+#   (i) bundlefs export            compact-v2 -> XYZ folder (--storage xyz)
+#   (j) MapProxy mapproxy-util export --type tms          compact-v2 -> z/x/y folder
 # and the ratios MapProxy/bundlefs (goal >= 10) and bundlefs/floor (goal <= 1.5), with the peak
 # RSS of each bundlefs job (tiles are streamed bundle by bundle, not held).
 set -euo pipefail
@@ -109,11 +114,24 @@ say "(e) mapproxy-util export --type compact-v2 from the MBTiles"
 cp "$work/b.mbtiles" "$work/mp.mbtiles"
 read -r e _ <<<"$(best "rm -rf $work/mp-back" mapproxy-util export -f "$work/mapproxy.yaml" \
     --source mbt --grid GLOBAL_WEBMERCATOR --dest "$work/mp-back" --type compact-v2 --levels "0..$MAXLEVEL")"
+say "(f) bundlefs export -> .gpkg"
+read -r f f_rss <<<"$(best "rm -f $work/b.gpkg" "$BIN" export "$work/src" "$work/b.gpkg")"
+say "(g) mapproxy-util export --type geopackage"
+read -r g _ <<<"$(best "rm -f $work/mp-out.gpkg" mapproxy-util export -f "$work/mapproxy.yaml" \
+    --source src --grid nw --dest "$work/mp-out.gpkg" --type geopackage --levels "0..$MAXLEVEL")"
+say "(h) bundlefs export -> .pmtiles"
+read -r h h_rss <<<"$(best "rm -f $work/b.pmtiles" "$BIN" export "$work/src" "$work/b.pmtiles")"
+say "(i) bundlefs export --storage xyz"
+read -r xi i_rss <<<"$(best "rm -rf $work/b-xyz" "$BIN" export "$work/src" "$work/b-xyz" --storage xyz)"
+say "(j) mapproxy-util export --type tms"
+read -r j _ <<<"$(best "rm -rf $work/mp-tms" mapproxy-util export -f "$work/mapproxy.yaml" \
+    --source src --grid nw --dest "$work/mp-tms" --type tms --levels "0..$MAXLEVEL")"
 
 tiles=$("$BIN" info "$work/src" | awk '/^total/ { print $3 }')
 # Each job must have moved every tile, or its time means nothing.
 count() { "$BIN" info "$1" | awk '/^total/ { print $3 }'; }
-for out in "$work/b.mbtiles" "$work/back" "$work/mp-out.mbtiles" "$work/mp-back"; do
+for out in "$work/b.mbtiles" "$work/back" "$work/mp-out.mbtiles" "$work/mp-back" \
+    "$work/b.gpkg" "$work/b.pmtiles" "$work/b-xyz"; do
     n=$(count "$out")
     [[ $n == "$tiles" ]] || { echo "bench: $out holds $n tiles, not $tiles" >&2; exit 1; }
 done
@@ -125,3 +143,8 @@ printf '| (b) MapProxy export --type mbtile | %s | %.0f | | MapProxy/bundlefs %s
 printf '| (c) floor: SQLite bulk insert, one transaction | %s | %.0f | | bundlefs/floor %s |\n' "$c" "$(ratio "$tiles" "$c")" "$(ratio "$a" "$c")"
 printf '| (d) bundlefs export .mbtiles -> compact-v2 | %s | %.0f | %s KiB | |\n' "$d" "$(ratio "$tiles" "$d")" "$d_rss"
 printf '| (e) MapProxy export --type compact-v2 from .mbtiles | %s | %.0f | | MapProxy/bundlefs %s |\n' "$e" "$(ratio "$tiles" "$e")" "$(ratio "$e" "$d")"
+printf '| (f) bundlefs export compact-v2 -> .gpkg | %s | %.0f | %s KiB | |\n' "$f" "$(ratio "$tiles" "$f")" "$f_rss"
+printf '| (g) MapProxy export --type geopackage | %s | %.0f | | MapProxy/bundlefs %s |\n' "$g" "$(ratio "$tiles" "$g")" "$(ratio "$g" "$f")"
+printf '| (h) bundlefs export compact-v2 -> .pmtiles | %s | %.0f | %s KiB | |\n' "$h" "$(ratio "$tiles" "$h")" "$h_rss"
+printf '| (i) bundlefs export compact-v2 -> xyz folder | %s | %.0f | %s KiB | |\n' "$xi" "$(ratio "$tiles" "$xi")" "$i_rss"
+printf '| (j) MapProxy export --type tms | %s | %.0f | | MapProxy/bundlefs %s |\n' "$j" "$(ratio "$tiles" "$j")" "$(ratio "$j" "$xi")"
