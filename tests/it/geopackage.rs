@@ -447,3 +447,54 @@ fn a_mount_of_a_geopackage_and_bad_files() {
         .args(["--storage", "geopackage"]));
     assert!(String::from_utf8_lossy(&o.stderr).contains("name it NAME.gpkg"));
 }
+
+/// MapProxy seeds a `type: geopackage` cache from its debug source (levels 0-2 on
+/// GLOBAL_WEBMERCATOR); bundlefs reads the file MapProxy wrote as Web Mercator zoom levels and
+/// imports every tile at its row and column with MapProxy's bytes.
+#[test]
+fn a_geopackage_seeded_by_mapproxy_imports_tile_for_tile() {
+    need("mapproxy-seed");
+    let d = scratch_dir("gpkg-mapproxy-seed");
+    let f = d.join("mp.gpkg");
+    let conf = d.join("mapproxy.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "services:\n  demo:\nlayers:\n  - name: mp\n    title: mp\n    sources: [gp]\n\
+             globals:\n  cache:\n    base_dir: {d}/cache_data\n    lock_dir: {d}/locks\n    \
+             tile_lock_dir: {d}/locks\n\
+             sources:\n  dbg:\n    type: debug\n\
+             caches:\n  gp:\n    grids: [GLOBAL_WEBMERCATOR]\n    sources: [dbg]\n    \
+             format: image/png\n    cache:\n      type: geopackage\n      filename: {f}\n      \
+             table_name: seeded\n",
+            d = d.display(),
+            f = f.display()
+        ),
+    )
+    .unwrap();
+    let seed = d.join("seed.yaml");
+    std::fs::write(
+        &seed,
+        "seeds:\n  s:\n    caches: [gp]\n    grids: [GLOBAL_WEBMERCATOR]\n    levels:\n      to: 2\n",
+    )
+    .unwrap();
+    let (ok, out, err) = sh(&format!(
+        "cd {} && mapproxy-seed -f {} -s {} -c 1 --seed s",
+        d.display(),
+        conf.display(),
+        seed.display()
+    ));
+    assert!(ok, "mapproxy-seed: {out}{err}");
+    let rows = sqlite_tiles(&f, "seeded");
+    assert_eq!(rows.len(), 21, "zooms 0-2");
+    let g = Cache::open(&f).unwrap();
+    assert!(bundlefs::format::mbtiles::refusal(g.scheme().unwrap()).is_none());
+    let c = d.join("cache");
+    export(&f, &c, &["--storage", "compact-v2"]);
+    let got = all_tiles(&Cache::open(&c).unwrap());
+    assert_eq!(got.len(), rows.len());
+    for ((z, x, y), b) in &rows {
+        let t = TileAddr::new(*z, *y, *x);
+        assert_eq!(got.get(&t), Some(b), "{t}");
+    }
+}
