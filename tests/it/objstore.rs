@@ -1756,3 +1756,89 @@ fn two_serves_answer_from_one_cache() {
         assert_eq!(r.status, 404, "{}", r.text());
     }
 }
+
+/// Four `render --shard I/4` processes at once into one Compact V2 cache in Ceph, shards 0 and 1
+/// through gateway 1 and shards 2 and 3 through gateway 2 (each process its own
+/// `AWS_ENDPOINT_URL`), from the fake ArcGIS service of `scale.rs` (levels 8-9 around the map's
+/// centre, supertiles of 4 × 4 tiles), store exactly the tiles one process stores into a local
+/// cache, and ask the source for each supertile once in total. Each gateway's log shows PUTs into
+/// the cache: both gateways really took bundles.
+#[test]
+fn four_render_shards_through_two_gateways_store_what_one_process_stores() {
+    use crate::scale::{cache, render_cmd, server};
+    use bundlefs::cache::shard::Shard;
+    use std::process::Stdio;
+    let _gw = gw2_shared();
+    let url = fresh_url("render-shards");
+    let ep1 = std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL (first gateway)");
+    let ep2 = std::env::var("AWS_ENDPOINT_URL_2").expect("AWS_ENDPOINT_URL_2 (second gateway)");
+    let d = tempfile::tempdir().unwrap();
+    let (one_srv, one_asked) = server(Duration::ZERO);
+    let whole = cache(d.path(), "whole");
+    run_ok(&mut render_cmd(&whole, &one_srv, &[]));
+    let want = all_tiles(&Cache::open(&whole).unwrap());
+    assert_eq!(want.len(), 256 + 1024);
+    // Both gateways have work: of the 8 bundles, some belong to shards 0-1, some to shards 2-3.
+    let shards: Vec<Shard> = (0..4).map(|i| format!("{i}/4").parse().unwrap()).collect();
+    for pair in shards.chunks(2) {
+        assert!(
+            want.keys()
+                .any(|t| pair.iter().any(|s| s.takes(&t.bundle()))),
+            "shards {pair:?} take no bundle: the test would leave a gateway idle"
+        );
+    }
+
+    // The same empty cache in the store: its conf.xml and conf.cdi uploaded.
+    upload(&cache(d.path(), "empty"), &url);
+    let (srv, asked) = server(Duration::from_millis(5));
+    let children: Vec<_> = shards
+        .iter()
+        .map(|s| {
+            let ep = if s.index < 2 { &ep1 } else { &ep2 };
+            render_cmd(&url, &srv, &["--shard", &s.to_string()])
+                .env("AWS_ENDPOINT_URL", ep)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut took = Vec::new();
+    for (i, c) in children.into_iter().enumerate() {
+        let o = c.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "shard {i}/4: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        took.push(String::from_utf8_lossy(&o.stdout).into_owned());
+    }
+    eprintln!("shards said: {took:?}");
+    assert_same_tiles(
+        &Cache::open(&url).unwrap(),
+        &want,
+        "four shards through two gateways vs one local process",
+    );
+    let mut a = asked.lock().unwrap().clone();
+    let mut b = one_asked.lock().unwrap().clone();
+    a.sort_unstable();
+    b.sort_unstable();
+    assert_eq!(a.len(), 16 + 64, "each supertile asked once: {took:?}");
+    assert_eq!(a, b, "the supertiles one process asks for");
+    // Each gateway's access log (RGW's `beast:` lines) has PUTs of bundles of this cache.
+    let key = url.trim_start_matches("s3://");
+    for gw in [1, 2] {
+        let log = cluster_dir()
+            .join("log")
+            .join(format!("client.rgw.gw{gw}.log"));
+        let text = std::fs::read_to_string(&log).unwrap();
+        let puts = text
+            .lines()
+            .filter(|l| l.contains(&format!("\"PUT /{key}/")) && l.contains(".bundle"))
+            .count();
+        eprintln!("gateway {gw}: {puts} bundle PUT(s)");
+        assert!(puts > 0, "no bundle PUT of {url} in {}", log.display());
+    }
+    let out = run_ok(Command::new(bin()).args(["verify", &url]));
+    assert!(out.contains("0 problem(s)"), "{out}");
+}

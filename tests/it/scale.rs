@@ -5,6 +5,7 @@
 //! shard specs and `--rate` are refused by name, and `--rate` spaces requests.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -18,8 +19,9 @@ use crate::support::http::{Response, TestServer};
 use crate::support::{all_tiles, bin, run, run_ok, scratch_dir};
 
 /// A fake ArcGIS map service drawing `fake_map` for any bbox after `delay`, recording each
-/// export's bbox (rounded to metres) in order.
-fn server(delay: Duration) -> (TestServer, Arc<Mutex<Vec<[i64; 4]>>>) {
+/// export's bbox (rounded to metres) in order. Also the source of the shards in Ceph
+/// (`objstore.rs`).
+pub(crate) fn server(delay: Duration) -> (TestServer, Arc<Mutex<Vec<[i64; 4]>>>) {
     let asked = Arc::new(Mutex::new(Vec::new()));
     let a = asked.clone();
     let s = TestServer::start(move |req| {
@@ -46,7 +48,7 @@ fn server(delay: Duration) -> (TestServer, Arc<Mutex<Vec<[i64; 4]>>>) {
 }
 
 /// A Web Mercator cache, levels 0-9, PNG.
-fn cache(d: &Path, name: &str) -> PathBuf {
+pub(crate) fn cache(d: &Path, name: &str) -> PathBuf {
     let c = d.join(name);
     run_ok(
         Command::new(bin())
@@ -58,8 +60,9 @@ fn cache(d: &Path, name: &str) -> PathBuf {
 }
 
 /// `render` of levels 8-9 around the map's centre (where four bundles meet at both levels), in
-/// supertiles of 4 × 4 tiles, kept, 2 at a time unless `extra` says `--jobs`; with `extra`.
-fn render_cmd(c: &Path, s: &TestServer, extra: &[&str]) -> Command {
+/// supertiles of 4 × 4 tiles, kept, 2 at a time unless `extra` says `--jobs`; with `extra`. `c`
+/// is a folder or an `s3://` URL.
+pub(crate) fn render_cmd(c: impl AsRef<OsStr>, s: &TestServer, extra: &[&str]) -> Command {
     let mut cmd = Command::new(bin());
     cmd.arg("render")
         .arg(c)
