@@ -891,7 +891,7 @@ impl Cache {
     /// store, which has no folders, whether the level holds tiles.
     pub fn level_exists(&self, level: u8) -> bool {
         match &self.location {
-            url::Location::Folder(_) => self.place.level_dir(level).is_dir(),
+            url::Location::Folder(_) => self.level_dir(level).is_dir(),
             url::Location::Store(_) | url::Location::File(_) => {
                 self.levels().is_ok_and(|v| v.contains(&level))
             }
@@ -909,7 +909,7 @@ impl Cache {
             return None;
         };
         let dir = match level {
-            Some(l) => self.place.level_dir(l),
+            Some(l) => self.level_dir(l),
             None => self.place.tiles_dir.clone(),
         };
         fs::metadata(dir).and_then(|m| m.modified()).ok()
@@ -936,6 +936,11 @@ impl Cache {
     pub fn make_level(&self, level: u8) -> Result<()> {
         match &self.location {
             url::Location::Folder(_) => {
+                if matches!(self.kind(), StorageKind::Xyz | StorageKind::Tms) {
+                    // Column folders are made with their first tile; an empty zoom folder
+                    // would look like a level that holds nothing.
+                    return Ok(());
+                }
                 let dir = self.place.level_dir(level);
                 fs::create_dir_all(&dir).at(&dir)
             }
@@ -1064,8 +1069,11 @@ impl Cache {
         self.place.check_inside(p)
     }
 
-    /// `tiles_dir/Lnn`.
+    /// The folder of level `level`: `tiles_dir/Lnn`, or in an XYZ or TMS folder `root/z`.
     pub fn level_dir(&self, level: u8) -> PathBuf {
+        if matches!(self.kind(), StorageKind::Xyz | StorageKind::Tms) {
+            return self.place.tiles_dir.join(level.to_string());
+        }
         self.place.level_dir(level)
     }
 
@@ -1264,7 +1272,9 @@ impl url::Location {
                 || find_entry(dir, crate::format::tpkx::ROOT_JSON)?.is_some()
                 || read_dir_names(dir)?
                     .iter()
-                    .any(|n| crate::format::exploded::parse_level_dir(n).is_ok())),
+                    .any(|n| crate::format::exploded::parse_level_dir(n).is_ok())
+                // An XYZ or TMS folder (z/x/y.ext).
+                || xyz_folder(dir)?.is_some()),
         }
     }
 }

@@ -160,10 +160,16 @@ pub fn export(a: &ExportArgs) -> anyhow::Result<ExitCode> {
     let opts = job_options(&a.job, source.cache(), &a.src)?;
     let storage = a.storage.or_else(|| existing_storage(&a.dest));
     let target = ExportTo::choose(storage, &a.dest)?;
-    if a.job.shard.is_some() && matches!(target, ExportTo::Target(Target::Tpkx) | ExportTo::Tpk) {
+    if a.job.shard.is_some()
+        && matches!(
+            target,
+            ExportTo::Target(Target::Tpkx) | ExportTo::Tpk | ExportTo::Pmtiles
+        )
+    {
         bail!(
-            "{}: --shard splits jobs into folder, file and object-store caches; a tile package is \
-             one zip written whole at the end (export to a folder with --shard, then package it)",
+            "{}: --shard splits jobs into folder, file and object-store caches; a tile package or \
+             a PMTiles file is written whole at the end (export to a compact cache with --shard, \
+             then export that once)",
             a.dest.display()
         );
     }
@@ -220,6 +226,15 @@ fn existing_storage(dest: &Path) -> Option<StorageArg> {
     if crate::cache::url::is_pmtiles(dest) {
         return Some(StorageArg::Pmtiles);
     }
+    // An XYZ or TMS folder (marked by its metadata.json, or z/x folders) holds no conf.xml or
+    // level folders that holds_cache looks for.
+    if dest.is_dir() {
+        match Cache::open(dest).map(|c| c.kind()) {
+            Ok(crate::cache::StorageKind::Xyz) => return Some(StorageArg::Xyz),
+            Ok(crate::cache::StorageKind::Tms) => return Some(StorageArg::Tms),
+            _ => {}
+        }
+    }
     if !crate::jobs::engine::holds_cache(dest).ok()? {
         return None;
     }
@@ -227,11 +242,7 @@ fn existing_storage(dest: &Path) -> Option<StorageArg> {
     if c.ready_to_serve().is_some() {
         return None;
     }
-    match c.kind() {
-        crate::cache::StorageKind::Xyz => return Some(StorageArg::Xyz),
-        crate::cache::StorageKind::Tms => return Some(StorageArg::Tms),
-        _ => {}
-    }
+
     Some(match c.storage() {
         StorageFormat::Exploded => StorageArg::Exploded,
         StorageFormat::CompactV1 => StorageArg::CompactV1,

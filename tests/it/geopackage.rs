@@ -425,6 +425,10 @@ fn a_mount_of_a_geopackage_and_bad_files() {
         !o.status.success() && err.contains(bad.to_str().unwrap()),
         "{err}"
     );
+    assert!(
+        err.contains("not a GeoPackage") && err.contains("not a database"),
+        "{err}"
+    );
     // A GeoPackage whose tile table lost its tile matrices.
     let nomatrix = d.join("nomatrix.gpkg");
     std::fs::copy(&f, &nomatrix).unwrap();

@@ -261,16 +261,19 @@ fn export_and_delete_shards_cover_the_whole_job_and_bad_specs_are_refused() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && err.contains(why), "{spec}: {err}");
     }
-    let o = run(Command::new(bin())
-        .arg("export")
-        .arg(&src)
-        .arg(d.join("x.tpkx"))
-        .args(["--shard", "0/2"]));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && err.contains("one zip written whole"),
-        "{err}"
-    );
+    for dest in ["x.tpkx", "x.pmtiles"] {
+        let o = run(Command::new(bin())
+            .arg("export")
+            .arg(&src)
+            .arg(d.join(dest))
+            .args(["--shard", "0/2"]));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("written whole at the end"),
+            "{err}"
+        );
+        assert!(!d.join(dest).exists(), "{dest}");
+    }
 }
 
 /// A small PNG of one colour, different for each tile.

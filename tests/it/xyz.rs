@@ -31,6 +31,13 @@ fn xyz_and_tms_folders_round_trip_with_their_row_orders() {
         let k = format!("{}/{}/{}.jpg", t.level, t.col, t.row);
         assert_eq!(files.get(&k), Some(b), "{k}");
     }
+    // Nothing but the zoom folders and metadata.json at the root (no empty Lnn folders).
+    let mut root: Vec<String> = std::fs::read_dir(&xyz)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    root.sort();
+    assert_eq!(root, ["0", "1", "2", "metadata.json"]);
     let meta: serde_json::Value = serde_json::from_slice(&files["metadata.json"]).unwrap();
     assert_eq!(meta["scheme"], "xyz");
     assert_eq!(

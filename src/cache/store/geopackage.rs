@@ -162,6 +162,7 @@ pub fn set_bounds(path: &Path, table: &str, e: &Envelope) -> Result<()> {
 /// reference missing from `gpkg_spatial_ref_sys`, a zoom level outside 0-255.
 pub fn describe(path: &Path) -> Result<TileTable> {
     let db = connect(path, true)?;
+    super::sqlite::check_sqlite(&db, path, "a GeoPackage")?;
     let bad = |what: String| Error::invalid(format!("{}: {what}", path.display()));
     for t in [
         "gpkg_contents",

@@ -78,6 +78,7 @@ pub fn set_metadata(path: &Path, pairs: &[(&str, String)]) -> Result<()> {
 /// or no `tiles` table or view (then it is no MBTiles file), named.
 pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
     let db = super::sqlite::connect(path, true)?;
+    super::sqlite::check_sqlite(&db, path, "an MBTiles file")?;
     if !super::sqlite::has_object(&db, path, "tiles", "'table', 'view'")? {
         return Err(Error::invalid(format!(
             "{}: not an MBTiles file (an SQLite database without a tiles table)",

@@ -170,6 +170,22 @@ pub(crate) fn connect(path: &Path, read_only: bool) -> Result<Connection> {
     Ok(db)
 }
 
+/// Checks that `db` (the file `path`) is an SQLite database at all. Errors: SQLite's answer (such
+/// as "file is not a database"), saying the file was taken for `what` (`an MBTiles file`, `a
+/// GeoPackage`), both SQLite formats.
+pub(crate) fn check_sqlite(db: &Connection, path: &Path, what: &str) -> Result<()> {
+    db.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|_| ())
+    .map_err(|e| {
+        Error::invalid(format!(
+            "{}: not {what} ({what} is an SQLite database, and SQLite says: {e})",
+            path.display()
+        ))
+    })
+}
+
 /// Whether the database has a table or view named `name` (`types`: `'table'` and/or `'view'`).
 /// Errors: the file is no SQLite database (SQLite's "file is not a database"), naming `path`.
 pub(crate) fn has_object(db: &Connection, path: &Path, name: &str, types: &str) -> Result<bool> {
