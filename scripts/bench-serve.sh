@@ -10,7 +10,13 @@
 #   BIN=PATH     the bundlefs under test (default: cargo build --release of this repo)
 #   CACHE=DIR    a sample cache already made with `bundlefs sample DIR --levels 0-MAXLEVEL`
 #
-# Prints, per server, wrk's requests/s and latency, and the ratio serve/nginx (goal >= 1.0).
+# Also MapProxy serving the same compact cache (its WMTS RESTful tiles from a `type: compact`,
+# version 2 cache on a Web Mercator grid with origin nw), under Debian's gunicorn (/usr/bin, the
+# system python3 that has MapProxy) with gthread workers and keep-alive, as MapProxy is deployed;
+# skipped when /usr/bin/gunicorn is missing (apt-get install gunicorn).
+#
+# Prints, per server, wrk's requests/s and latency, and the ratios serve/nginx (goal >= 1.0) and
+# serve/MapProxy (goal >= 10).
 # nginx runs with twice as many workers as CPUs (serve: a thread per connection), access log off,
 # sendfile on; serve with its defaults. Both on 127.0.0.1, stopped by PID at the end.
 set -euo pipefail
@@ -31,6 +37,7 @@ pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     [[ -f $work/nginx.pid ]] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+    [[ -f $work/gunicorn.pid ]] && kill "$(cat "$work/gunicorn.pid")" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -78,6 +85,46 @@ sport=$(free_port)
 pids+=($!)
 for _ in $(seq 50); do grep -q '^WMTS at' "$work/serve.out" 2>/dev/null && break; sleep 0.1; done
 
+mport=""
+if [[ -x /usr/bin/gunicorn ]] && command -v mapproxy-util >/dev/null; then
+    mport=$(free_port)
+    cat >"$work/mapproxy.yaml" <<YAML
+services:
+  wmts:
+    restful: true
+    kvp: false
+layers:
+  - name: s
+    title: s
+    sources: [c]
+caches:
+  c:
+    grids: [nw]
+    sources: []
+    cache:
+      type: compact
+      version: 2
+      directory: $CACHE/_alllayers
+grids:
+  nw:
+    base: GLOBAL_WEBMERCATOR
+    origin: nw
+    num_levels: $((MAXLEVEL + 1))
+globals:
+  cache:
+    base_dir: $work/mp-base
+    lock_dir: $work/mp-locks
+YAML
+    (cd "$work" && /usr/bin/gunicorn --bind "127.0.0.1:$mport" --workers "$workers" \
+        --worker-class gthread --threads 8 --keep-alive 30 --log-level warning \
+        --pid "$work/gunicorn.pid" --daemon \
+        "mapproxy.wsgiapp:make_wsgi_app('$work/mapproxy.yaml')" >"$work/gunicorn.log" 2>&1)
+    for _ in $(seq 100); do
+        curl -sf -o /dev/null "http://127.0.0.1:$mport/wmts/s/nw/0/0/0.png" && break
+        sleep 0.2
+    done
+fi
+
 # The same random tiles of level MAXLEVEL for both, as wrk Lua scripts over a fixed list.
 python3 - "$MAXLEVEL" "$work" <<'EOF'
 import random, sys
@@ -92,6 +139,7 @@ def lua(name, paths):
                 "  return wrk.format(\"GET\", paths[i])\nend\n")
 lua("nginx", [f"/L{level:02d}/R{r:08x}/C{c:08x}.png" for r, c in tiles])
 lua("serve", [f"/arcgis/rest/services/s/MapServer/tile/{level}/{r}/{c}" for r, c in tiles])
+lua("mapproxy", [f"/wmts/s/nw/{level}/{c}/{r}.png" for r, c in tiles])
 EOF
 
 run() { # name port
@@ -108,3 +156,7 @@ say "wrk -t$THREADS -c$CONNS -d${SECS}s, random tiles of level $MAXLEVEL ($(npro
 n=$(run nginx "$nport")
 s=$(run serve "$sport")
 python3 -c "import sys; print(f'serve/nginx: {float(sys.argv[2]) / float(sys.argv[1]):.2f}x (goal >= 1.0)')" "$n" "$s"
+if [[ -n $mport ]]; then
+    m=$(run mapproxy "$mport")
+    python3 -c "import sys; print(f'serve/MapProxy: {float(sys.argv[2]) / float(sys.argv[1]):.1f}x (goal >= 10)')" "$m" "$s"
+fi
