@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Per-tile read latency of a cache in an object store through a bundlefs mount, side by side with
+# Per-tile read latency of a cache in an object store through a bundlefs mount (and through
+# `bundlefs serve` over HTTP), side by side with
 # the floor: one raw range GET of the same bytes (the tile and its 4-byte size prefix, as bundlefs
 # reads them) by curl on one kept-alive connection. Against the Ceph cluster of
 # scripts/ceph-cluster.sh (started and stopped here unless CEPH_ENV=DIR/env names a running one).
@@ -216,6 +217,37 @@ for line in open(samples):
     print("disk", dt)
 EOF
 
+# Through `bundlefs serve` (no FUSE; loopback only, skipped with RTT_MS): per bundle its cold tile
+# (index + tile GET) then its warm tiles (one tile GET each), HTTP GETs on one kept-alive
+# connection, each answer checked against the tile's size.
+if [[ $RTT_MS == 0 ]]; then
+    sport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    "$BIN" serve "s=$url" --listen "127.0.0.1:$sport" >"$work/serve.out" 2>&1 &
+    serve_pid=$!
+    for _ in $(seq 100); do
+        curl -sf -o /dev/null "http://127.0.0.1:$sport/healthz" && break
+        sleep 0.1
+    done
+    python3 - "$sport" "$work/samples" >>"$work/mount.times" <<'EOF'
+import http.client, sys, time
+port, samples = int(sys.argv[1]), sys.argv[2]
+c = http.client.HTTPConnection("127.0.0.1", port)
+for line in open(samples):
+    kind, rel, key, a, b = line.split()
+    lv, r, col = rel.split("/")
+    level, row, colv = int(lv[1:]), int(r[1:], 16), int(col[1:col.index(".")], 16)
+    t = time.perf_counter()
+    c.request("GET", f"/arcgis/rest/services/s/MapServer/tile/{level}/{row}/{colv}")
+    resp = c.getresponse()
+    body = resp.read()
+    dt = time.perf_counter() - t
+    assert resp.status == 200 and len(body) == int(b) - int(a) - 3, (rel, resp.status, len(body))
+    print("serve-" + kind, dt)
+EOF
+    kill "$serve_pid"
+    wait "$serve_pid" || true
+fi
+
 # The floor: the same byte ranges, one curl, one kept-alive connection (config file: the secret
 # stays out of the process list).
 cfg=$work/curl.cfg
@@ -268,8 +300,8 @@ print(f"floor: one range GET of the tile's bytes (curl, kept-alive): median {flo
 two = floor + med["index"]
 print(f"floor of a cold bundle: the 128 KiB index GET (median {med['index']:.3f} ms) + the tile GET: {two:.3f} ms ({two / floor:.2f}x the floor)")
 print(f"{'read through the mount':<40} {'samples':>7} {'median ms':>10} {'p90 ms':>8} {'x floor':>8}")
-names = {"cold": "cold bundle (index + tile GET)", "warm": "warm index (one tile GET)", "disk": "disk cache (fresh mount, index from disk)", "kernel": "kernel cache (daemon not called)"}
-for k in ["cold", "warm", "disk", "kernel"]:
+names = {"cold": "cold bundle (index + tile GET)", "warm": "warm index (one tile GET)", "disk": "disk cache (fresh mount, index from disk)", "kernel": "kernel cache (daemon not called)", "serve-cold": "serve: cold bundle (HTTP, index + tile)", "serve-warm": "serve: warm index (HTTP, one tile GET)"}
+for k in [k for k in ["cold", "warm", "disk", "kernel", "serve-cold", "serve-warm"] if k in vals]:
     v = sorted(vals[k])
     p90 = v[min(len(v) - 1, int(0.9 * len(v)))]
     print(f"{names[k]:<40} {len(v):>7} {med[k]:>10.3f} {p90:>8.3f} {med[k] / floor:>8.2f}")
