@@ -405,12 +405,7 @@ impl Cache {
     /// `bounds`. The cache shows a conf.xml made from that scheme. Errors, naming the file: no
     /// such file, not SQLite, no `tiles` table, a `format` bundlefs does not read.
     pub fn open_mbtiles(path: &Path, opts: CacheOptions) -> Result<Cache> {
-        if !path.is_file() {
-            return Err(Error::io(
-                path,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no such MBTiles file"),
-            ));
-        }
+        need_file(path, "MBTiles file")?;
         let meta = store::mbtiles::read_metadata(path)?;
         let store = store::mbtiles::open(path, opts.durable)?;
         let levels = store.levels()?;
@@ -486,12 +481,7 @@ impl Cache {
     /// Errors, naming the file: no such file, not SQLite, no GeoPackage tile table or several, a
     /// tile matrix bundlefs cannot take as an ArcGIS level (by zoom level).
     pub fn open_geopackage(path: &Path, opts: CacheOptions) -> Result<Cache> {
-        if !path.is_file() {
-            return Err(Error::io(
-                path,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no such GeoPackage file"),
-            ));
-        }
+        need_file(path, "GeoPackage file")?;
         let t = store::geopackage::describe(path)?;
         let store = store::geopackage::open(path, &t, opts.durable)?;
         let levels = store.levels()?;
@@ -641,12 +631,7 @@ impl Cache {
     /// bounds. Errors, naming the file: no such file, not PMTiles v3, a damaged header or root
     /// directory, a tile type bundlefs does not keep.
     pub fn open_pmtiles(path: &Path, opts: CacheOptions) -> Result<Cache> {
-        if !path.is_file() {
-            return Err(Error::io(
-                path,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no such PMTiles file"),
-            ));
-        }
+        need_file(path, "PMTiles file")?;
         let store = store::pmtiles::PmtilesStore::open(path)?;
         Cache::pmtiles_cache(path, store, opts)
     }
@@ -1299,6 +1284,18 @@ pub enum Reclaim {
 }
 
 /// The image kind to assume for tiles whose bytes don't tell: the scheme's format, else PNG.
+/// Refuses a one-file cache `path` that is no file: "no such `what`" (`MBTiles file`, …), naming
+/// it.
+fn need_file(path: &Path, what: &str) -> Result<()> {
+    if path.is_file() {
+        return Ok(());
+    }
+    Err(Error::io(
+        path,
+        std::io::Error::new(std::io::ErrorKind::NotFound, format!("no such {what}")),
+    ))
+}
+
 /// Whether the folder `root` (without conf.xml) is an XYZ or TMS folder, and which: Some(true)
 /// for TMS (`metadata.json` says `"scheme": "tms"`, or a gdal2tiles `tilemapresource.xml` is
 /// there), Some(false) for XYZ (`metadata.json` says `"scheme": "xyz"`, or has no scheme, or there

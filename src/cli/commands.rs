@@ -226,21 +226,17 @@ fn existing_storage(dest: &Path) -> Option<StorageArg> {
     if crate::cache::url::is_pmtiles(dest) {
         return Some(StorageArg::Pmtiles);
     }
-    // An XYZ or TMS folder (marked by its metadata.json, or z/x folders) holds no conf.xml or
-    // level folders that holds_cache looks for.
-    if dest.is_dir() {
-        match Cache::open(dest).map(|c| c.kind()) {
-            Ok(crate::cache::StorageKind::Xyz) => return Some(StorageArg::Xyz),
-            Ok(crate::cache::StorageKind::Tms) => return Some(StorageArg::Tms),
-            _ => {}
-        }
-    }
     if !crate::jobs::engine::holds_cache(dest).ok()? {
         return None;
     }
     let c = Cache::open(dest).ok()?;
     if c.ready_to_serve().is_some() {
         return None;
+    }
+    match c.kind() {
+        crate::cache::StorageKind::Xyz => return Some(StorageArg::Xyz),
+        crate::cache::StorageKind::Tms => return Some(StorageArg::Tms),
+        _ => {}
     }
 
     Some(match c.storage() {

@@ -326,14 +326,20 @@ impl SqliteTiles {
         .map_err(|e| self.err(e))
     }
 
-    /// The tiles of bundle `id` as stored: (tile, bytes), in slot order.
-    fn bundle_tiles(&self, db: &Connection, id: BundleId) -> Result<Vec<(TileAddr, Vec<u8>)>> {
+    /// `value` (an SQL expression over a row: `tile_data`, `length(tile_data)`) of every tile
+    /// of bundle `id`, with the tile, in no particular order.
+    fn bundle_rows<T: rusqlite::types::FromSql>(
+        &self,
+        db: &Connection,
+        id: BundleId,
+        value: &str,
+    ) -> Result<Vec<(TileAddr, T)>> {
         let Some((col0, col_end, lo, hi)) = self.grid.window(id) else {
             return Ok(Vec::new());
         };
         let mut st = db
             .prepare_cached(&format!(
-                "SELECT tile_column, tile_row, tile_data FROM {} WHERE zoom_level = ?1 \
+                "SELECT tile_column, tile_row, {value} FROM {} WHERE zoom_level = ?1 \
                  AND tile_column >= ?2 AND tile_column < ?3 AND tile_row >= ?4 AND tile_row <= ?5 \
                  AND {}",
                 self.grid.table(),
@@ -342,21 +348,22 @@ impl SqliteTiles {
             .map_err(|e| self.err(e))?;
         let rows = st
             .query_map(params![id.level, col0, col_end, lo, hi], |r| {
-                Ok((
-                    r.get::<_, u32>(0)?,
-                    r.get::<_, u32>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                ))
+                Ok((r.get::<_, u32>(0)?, r.get::<_, u32>(1)?, r.get::<_, T>(2)?))
             })
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for r in rows {
-            let (col, stored, data) = r.map_err(|e| self.err(e))?;
-            let Some(row) = self.grid.flip(id.level, stored) else {
-                continue;
-            };
-            out.push((TileAddr::new(id.level, row, col), data));
+            let (col, stored, v) = r.map_err(|e| self.err(e))?;
+            if let Some(row) = self.grid.flip(id.level, stored) {
+                out.push((TileAddr::new(id.level, row, col), v));
+            }
         }
+        Ok(out)
+    }
+
+    /// The tiles of bundle `id` as stored: (tile, bytes), in slot order.
+    fn bundle_tiles(&self, db: &Connection, id: BundleId) -> Result<Vec<(TileAddr, Vec<u8>)>> {
+        let mut out = self.bundle_rows::<Vec<u8>>(db, id, "tile_data")?;
         out.sort_by_key(|(t, _)| (t.row, t.col));
         Ok(out)
     }
@@ -743,35 +750,12 @@ impl Storage for SqliteTiles {
     }
 
     fn slots_of(&self, id: BundleId) -> Result<Option<Vec<(Slot, u32)>>> {
-        let Some((col0, col_end, lo, hi)) = self.grid.window(id) else {
-            return Ok(None);
-        };
         let db = self.db.lock().unwrap();
-        let mut st = db
-            .prepare_cached(&format!(
-                "SELECT tile_column, tile_row, length(tile_data) FROM {} WHERE zoom_level = ?1 \
-                 AND tile_column >= ?2 AND tile_column < ?3 AND tile_row >= ?4 AND tile_row <= ?5 \
-                 AND {}",
-                self.grid.table(),
-                self.grid.is_tile()
-            ))
-            .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map(params![id.level, col0, col_end, lo, hi], |r| {
-                Ok((
-                    r.get::<_, u32>(0)?,
-                    r.get::<_, u32>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            })
-            .map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for r in rows {
-            let (col, stored, len) = r.map_err(|e| self.err(e))?;
-            if let Some(row) = self.grid.flip(id.level, stored) {
-                out.push((TileAddr::new(id.level, row, col).slot(), len as u32));
-            }
-        }
+        let mut out: Vec<(Slot, u32)> = self
+            .bundle_rows::<i64>(&db, id, "length(tile_data)")?
+            .into_iter()
+            .map(|(t, len)| (t.slot(), len as u32))
+            .collect();
         if out.is_empty() {
             return Ok(None);
         }
