@@ -204,6 +204,16 @@ impl WriteBuffer {
             .collect()
     }
 
+    /// Waiting changes of column `col` of a level, by row (ascending).
+    pub fn col(&self, level: u8, col: u32) -> Vec<(u32, Pending)> {
+        let g = self.inner.lock().unwrap();
+        g.order
+            .range(TileAddr::new(level, 0, 0)..=TileAddr::new(level, u32::MAX, u32::MAX))
+            .filter(|t| t.col == col)
+            .filter_map(|t| g.tiles.peek(t).map(|p| (t.row, p.clone())))
+            .collect()
+    }
+
     /// Rows of a level with waiting changes: (row, whether any is a put, whether any is a delete).
     pub fn rows(&self, level: u8) -> BTreeMap<u32, (bool, bool)> {
         let g = self.inner.lock().unwrap();
@@ -457,6 +467,26 @@ impl WriteBuffer {
             bytes_written: st.bytes_written,
         })
     }
+}
+
+/// Tiles of a row or column as stored, (column or row, size in bytes), with the write buffer's
+/// waiting changes of it (`pending`, by the same key) applied; ascending.
+pub fn with_pending(stored: Vec<(u32, u64)>, pending: Vec<(u32, Pending)>) -> Vec<(u32, u64)> {
+    if pending.is_empty() {
+        return stored;
+    }
+    let mut m: BTreeMap<u32, u64> = stored.into_iter().collect();
+    for (key, p) in pending {
+        match p {
+            Pending::Put { bytes, .. } => {
+                m.insert(key, bytes.len() as u64);
+            }
+            Pending::Delete => {
+                m.remove(&key);
+            }
+        }
+    }
+    m.into_iter().collect()
 }
 
 #[cfg(test)]

@@ -1127,6 +1127,12 @@ impl Cache {
         self.store.cols(level, row)
     }
 
+    /// Tiles of one column: (row, size in bytes), ascending by row (from the indexes of the
+    /// column's bundles only).
+    pub fn col_tiles(&self, level: u8, col: u32) -> Result<Vec<(u32, u64)>> {
+        self.store.col_tiles(level, col)
+    }
+
     /// Groups of tiles of a level, one per bundle (for exploded storage, the bundle they would form).
     pub fn groups(&self, level: u8) -> Result<Vec<TileGroup>> {
         self.store.groups(level)

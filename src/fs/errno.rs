@@ -23,7 +23,7 @@ pub enum FsError {
         /// The path in the tree.
         path: String,
         /// What is allowed instead.
-        why: &'static str,
+        why: std::borrow::Cow<'static, str>,
     },
     /// The name exists already (EEXIST).
     #[error("{0}: exists")]
@@ -156,7 +156,7 @@ mod tests {
             (
                 FsError::NotPermitted {
                     path: "notes.txt".into(),
-                    why: "not a tile name",
+                    why: "not a tile name".into(),
                 },
                 libc::EPERM,
             ),

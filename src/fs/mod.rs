@@ -521,32 +521,21 @@ impl TreeFs {
                     rows.remove(&row);
                 }
             }
-            rows.extend(self.w.lock().unwrap().created_rows(level));
+            if self.view == View::ArcGis {
+                // (Column folders of the XYZ and TMS views are all shown, made or not.)
+                rows.extend(self.w.lock().unwrap().created_rows(level));
+            }
         }
         Ok(rows)
     }
 
     /// Columns and sizes of the tiles of a row, waiting changes applied.
     fn row_tiles(&self, level: u8, row: u32) -> Result<Vec<(u32, u64)>> {
-        let mut cols = self.cache.cols(level, row)?;
-        if let Some(w) = &self.writer {
-            let pending = w.row(level, row);
-            if !pending.is_empty() {
-                let mut m: std::collections::BTreeMap<u32, u64> = cols.into_iter().collect();
-                for (col, p) in pending {
-                    match p {
-                        Pending::Put { bytes, .. } => {
-                            m.insert(col, bytes.len() as u64);
-                        }
-                        Pending::Delete => {
-                            m.remove(&col);
-                        }
-                    }
-                }
-                cols = m.into_iter().collect();
-            }
-        }
-        Ok(cols)
+        let stored = self.cache.cols(level, row)?;
+        Ok(match &self.writer {
+            Some(w) => crate::cache::buffer::with_pending(stored, w.row(level, row)),
+            None => stored,
+        })
     }
 
     /// A row folder exists while it holds tiles, files being written, or was created by mkdir.
@@ -582,16 +571,16 @@ impl TreeFs {
             Node::Level(level) if self.view != View::ArcGis => {
                 // A column folder: shown on lookup for any column of the zoom's grid (listing
                 // the columns that hold tiles costs a walk of the level); its tiles decide.
-                match crate::format::xyz::parse_number(name) {
-                    Some(col) if col.to_string() == name && col < (1u32 << level.min(31)) => {
-                        return self.getattr(self.ino(Node::Row { level, row: col }));
+                match self.view.parse_folder(level, name) {
+                    Some(col) if self.col_exists(level, col)? => {
+                        return self.getattr(self.ino(Node::Row { level, row: col }))
                     }
                     _ => return Err(not_found(name)),
                 }
             }
-            Node::Level(level) => match exploded::parse_row_dir(name) {
-                Ok(row) if exploded::row_dir(row) == name => Node::Row { level, row },
-                _ => return Err(not_found(name)),
+            Node::Level(level) => match self.view.parse_folder(level, name) {
+                Some(row) => Node::Row { level, row },
+                None => return Err(not_found(name)),
             },
             Node::Row { level, row } => {
                 if let Some(a) = self.lookup_written(level, row, name)? {
@@ -774,6 +763,7 @@ impl TreeFs {
                 }
             }
             Node::Row { level, row } if self.view != View::ArcGis => {
+                out.extend(self.written_entries(level, row));
                 out.extend(self.col_entries(level, row)?);
             }
             Node::Level(level) => {

@@ -62,6 +62,43 @@ impl View {
         }
     }
 
+    /// The name of the folder tiles sit in directly: a row folder `Rrrrrrrrr` (ArcGIS; `key` is
+    /// the row) or a column folder `x` (XYZ and TMS; `key` is the column).
+    pub fn folder_name(self, key: u32) -> String {
+        match self {
+            View::ArcGis => exploded::row_dir(key),
+            View::Xyz | View::Tms => key.to_string(),
+        }
+    }
+
+    /// The key ([`View::folder_name`]) a folder name in level `level` stands for (only its one
+    /// spelling; XYZ and TMS: a column of the zoom's 2^level).
+    pub fn parse_folder(self, level: u8, name: &str) -> Option<u32> {
+        match self {
+            View::ArcGis => exploded::parse_row_dir(name)
+                .ok()
+                .filter(|r| exploded::row_dir(*r) == name),
+            View::Xyz | View::Tms => xyz::parse_number(name)
+                .filter(|x| x.to_string() == name && *x < (1u32 << level.min(31))),
+        }
+    }
+
+    /// How the view's folders and tile files are named, for messages.
+    pub fn names(self) -> ViewNames {
+        match self {
+            View::ArcGis => ViewNames {
+                level: "a level folder name (Lnn)",
+                folder: "row folders (Rxxxxxxxx)",
+                tile: "a tile name (Cxxxxxxxx.png or .jpg)",
+            },
+            View::Xyz | View::Tms => ViewNames {
+                level: "a zoom folder name (z, a level of the scheme)",
+                folder: "column folders (z/x)",
+                tile: "a tile name (y.png or .jpg)",
+            },
+        }
+    }
+
     /// The y of row `row` of level `level` (XYZ: the row; TMS: counted from the bottom); None
     /// outside the zoom's 2^level rows in TMS.
     pub fn y_of_row(self, level: u8, row: u32) -> Option<u32> {
@@ -72,10 +109,21 @@ impl View {
     }
 }
 
+/// Names of a view's parts, for messages ([`View::names`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ViewNames {
+    /// What a level folder is called.
+    pub level: &'static str,
+    /// The folders tiles sit in.
+    pub folder: &'static str,
+    /// What a tile file is called.
+    pub tile: &'static str,
+}
+
 impl TreeFs {
     /// Shows the tree in `view` instead of ArcGIS's layout. Errors: an XYZ or TMS view of a
     /// scheme that is not Web Mercator zoom levels (by name, with the reason), or of a cache
-    /// without conf.xml; a writable tree (the XYZ and TMS views are read-only).
+    /// without conf.xml. A writable tree takes writes in the view's names (`z/x/y.ext`).
     pub fn with_view(mut self, view: View) -> Result<TreeFs> {
         if view != View::ArcGis {
             let what = if view == View::Xyz {
@@ -93,14 +141,6 @@ impl TreeFs {
                 return Err(Error::invalid(format!(
                     "{}: {why}; mount it with the ArcGIS layout",
                     self.cache.root().display()
-                )));
-            }
-            if self.writable {
-                return Err(Error::invalid(format!(
-                    "{}: --layout {} is read-only for now: mount without -o rw (or with the \
-                     ArcGIS layout to write)",
-                    self.cache.root().display(),
-                    if view == View::Xyz { "xyz" } else { "tms" }
                 )));
             }
         }
@@ -151,22 +191,60 @@ impl TreeFs {
         (row < (1u32 << level.min(31))).then_some((TileAddr::new(level, row, col), ext))
     }
 
-    /// Columns of a level that hold a tile (XYZ and TMS views: the column folders listed).
+    /// The tile a file `name` in folder (level, `key`) names ([`View::folder_name`]), with the
+    /// kind its extension says, when `name` is that tile's one spelling in the view.
+    pub(crate) fn tile_file_name(
+        &self,
+        level: u8,
+        key: u32,
+        name: &str,
+    ) -> Option<(TileAddr, crate::format::sniff::ImageKind)> {
+        let (t, ext) = self.tile_named(level, key, name)?;
+        let kind = crate::format::sniff::ImageKind::from_ext(ext)?;
+        (self.tile_entry(t, kind.ext()).1 == name).then_some((t, kind))
+    }
+
+    /// Columns of a level that hold a tile, or were made by mkdir (XYZ and TMS views: the
+    /// column folders listed). A walk of the level's rows.
     pub(crate) fn level_cols(&self, level: u8) -> Result<BTreeSet<u32>> {
         let mut cols = BTreeSet::new();
         for row in self.rows(level)? {
             cols.extend(self.row_tiles(level, row)?.into_iter().map(|(c, _)| c));
         }
+        if self.writer.is_some() {
+            cols.extend(self.w.lock().unwrap().created_rows(level));
+        }
         Ok(cols)
+    }
+
+    /// Tiles of column `col` of `level`: (row, size in bytes), ascending by row, waiting
+    /// changes applied (the indexes of the column's bundles only).
+    pub(crate) fn col_tiles(&self, level: u8, col: u32) -> Result<Vec<(u32, u64)>> {
+        let stored = self.cache.col_tiles(level, col)?;
+        Ok(match &self.writer {
+            Some(w) => crate::cache::buffer::with_pending(stored, w.col(level, col)),
+            None => stored,
+        })
+    }
+
+    /// Whether column folder `col` of `level` is there in a writable XYZ or TMS view: it holds
+    /// tiles, or files being written, or was made by mkdir (a read-only view shows every
+    /// column of the zoom's grid; a writable one cannot, since the kernel answers mkdir of a
+    /// name it finds with EEXIST, and `cp -r` makes each column folder of a level it made).
+    pub(crate) fn col_exists(&self, level: u8, col: u32) -> Result<bool> {
+        if !self.writable || self.writer.is_none() {
+            return Ok(true);
+        }
+        if self.w.lock().unwrap().row_in_use(level, col) || self.renderable_dir(level, None) {
+            return Ok(true);
+        }
+        Ok(!self.col_tiles(level, col)?.is_empty())
     }
 
     /// The tile files of column `col` of `level` (XYZ and TMS views), sorted by name.
     pub(crate) fn col_entries(&self, level: u8, col: u32) -> Result<Vec<DirEntry>> {
         let mut out = Vec::new();
-        for row in self.rows(level)? {
-            if !self.row_tiles(level, row)?.iter().any(|(c, _)| *c == col) {
-                continue;
-            }
+        for (row, _) in self.col_tiles(level, col)? {
             let t = TileAddr::new(level, row, col);
             match self.tile(t) {
                 Ok(Some(b)) => {
@@ -185,6 +263,7 @@ impl TreeFs {
                 }
             }
         }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 }

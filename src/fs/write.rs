@@ -2,7 +2,8 @@
 //! operations (create, write, truncate, rename, unlink, mkdir, rmdir, fsync) that end in the write
 //! buffer. Plain methods, tested without a kernel.
 //!
-//! The rules:
+//! The rules (in the names of the ArcGIS layout; the XYZ and TMS views of [`super::View`] take
+//! the same rules in theirs: column folders `z/x` for row folders, `y.ext` for `Cxxxxxxxx.ext`):
 //! - Tiles live in row folders. A name that is a tile name (`Cxxxxxxxx.png|jpg`) is that tile; its
 //!   bytes are committed (checked, merged in MERGE mode, buffered) when the file is closed,
 //!   fsync'd or truncated outside an open. A bad tile fails that close/fsync with EINVAL
@@ -29,7 +30,7 @@ use std::time::SystemTime;
 
 use super::errno::{FsError, FsResult};
 use super::inode::Node;
-use super::{Attr, DirEntry, Invalidation, Kind, TreeFs};
+use super::{Attr, DirEntry, Invalidation, Kind, TreeFs, View};
 use crate::cache::buffer::WriteBuffer;
 use crate::cache::Layout;
 use crate::format::exploded;
@@ -40,6 +41,8 @@ use crate::Error;
 /// A tile file open for writing.
 pub(super) struct OpenTile {
     tile: TileAddr,
+    /// The folder it is listed in: (level, key of [`super::View::folder_name`]).
+    folder: (u8, u32),
     /// The name it is written under (its extension says what it must hold).
     name: String,
     kind: ImageKind,
@@ -54,7 +57,8 @@ pub(super) struct OpenTile {
 pub(super) struct Temp {
     /// The folder holding it (any folder of the tree, or a temporary folder).
     parent: u64,
-    /// The row folder holding it directly, which exists while it does.
+    /// The tile folder (level, key of [`super::View::folder_name`]) holding it directly, which
+    /// exists while it does.
     row: Option<(u8, u32)>,
     name: String,
     /// A folder (no bytes) or a file.
@@ -73,7 +77,8 @@ pub(super) struct WriteState {
     /// keep using them for that name until it forgets the inode; dropped on FORGET.
     aliases: HashMap<u64, Node>,
     next_temp: u64,
-    /// Folders made by mkdir: (level, None) or (level, Some(row)).
+    /// Folders made by mkdir: (level, None) or (level, Some(row)) (XYZ and TMS views: a
+    /// column, which is shown anyway).
     created: BTreeSet<(u8, Option<u32>)>,
     /// conf.xml / conf.cdi written in place (`cp`, `tar` of a whole cache), by the inode written
     /// through (the file's own, or a temporary renamed onto it that the kernel still uses):
@@ -98,19 +103,17 @@ impl WriteState {
             .filter_map(|(_, r)| *r)
             .collect()
     }
-    /// Whether a row folder must exist for what is being written in it.
+    /// Whether a tile folder (level, key) must exist for what is being written in it.
     pub(super) fn row_in_use(&self, l: u8, r: u32) -> bool {
-        self.created.contains(&(l, Some(r)))
-            || self.temps.values().any(|t| t.row == Some((l, r)))
-            || self
-                .open
-                .values()
-                .any(|o| (o.tile.level, o.tile.row) == (l, r))
+        self.created.contains(&(l, Some(r))) || self.folder_busy(l, r)
+    }
+
+    /// Whether temporaries or files being written sit in tile folder (level, key).
+    fn folder_busy(&self, l: u8, r: u32) -> bool {
+        self.temps.values().any(|t| t.row == Some((l, r)))
+            || self.open.values().any(|o| o.folder == (l, r))
     }
 }
-
-/// Why a file cannot be created under a name.
-const NOT_A_TILE_NAME: &str = "not a tile name (Cxxxxxxxx.png or .jpg) nor a temporary name (.*)";
 
 /// Write handles are told apart from read handles by this file handle.
 pub const WRITE_FH: u64 = 1;
@@ -131,25 +134,57 @@ impl TreeFs {
         }
     }
 
-    /// Path of a name inside the tree, for messages.
-    fn tree_path(&self, level: u8, row: u32, name: &str) -> String {
-        let pre = match self.cache.layout() {
-            Layout::ArcGis => "_alllayers/",
-            Layout::MapProxy => "",
-        };
+    /// Path of level `l`'s folder inside the tree, with a trailing `/`, for messages.
+    fn level_path(&self, l: u8) -> String {
+        match (self.view(), self.cache.layout()) {
+            (View::ArcGis, Layout::ArcGis) => format!("_alllayers/{}/", exploded::level_dir(l)),
+            (view, _) => format!("{}/", view.level_name(l)),
+        }
+    }
+
+    /// Path of a name in tile folder (level, `key`) inside the tree, for messages.
+    fn tree_path(&self, level: u8, key: u32, name: &str) -> String {
         format!(
-            "{pre}{}/{}/{name}",
-            exploded::level_dir(level),
-            exploded::row_dir(row)
+            "{}{}/{name}",
+            self.level_path(level),
+            self.view().folder_name(key)
         )
     }
 
-    /// The tile a file name in a row names, with the kind its extension says.
-    fn tile_name(level: u8, row: u32, name: &str) -> Option<(TileAddr, ImageKind)> {
-        let (col, ext) = exploded::parse_col_file(name).ok()?;
-        let kind = ImageKind::from_ext(ext)?;
-        (exploded::col_file(col, kind.ext()) == name)
-            .then_some((TileAddr::new(level, row, col), kind))
+    /// The tile a file name in tile folder (level, `key`) names, with the kind its extension
+    /// says.
+    fn tile_name(&self, level: u8, key: u32, name: &str) -> Option<(TileAddr, ImageKind)> {
+        self.tile_file_name(level, key, name)
+    }
+
+    /// A file renamed onto a name that is not a tile's.
+    fn not_a_tile_name(&self, from: &str, to: String) -> FsError {
+        tracing::debug!("rename {from} -> {to}: not a tile name");
+        FsError::NotPermitted {
+            path: to,
+            why: format!("not {}", self.view().names().tile).into(),
+        }
+    }
+
+    /// Whether `name` is a folder name of the tree (`_alllayers`, `Lnn`, `Rxxxxxxxx`; XYZ and
+    /// TMS views: a zoom or column number).
+    fn tree_folder_name(&self, name: &str) -> bool {
+        match self.view() {
+            View::ArcGis => {
+                name == "_alllayers"
+                    || exploded::parse_level_dir(name).is_ok_and(|l| exploded::level_dir(l) == name)
+                    || exploded::parse_row_dir(name).is_ok_and(|r| exploded::row_dir(r) == name)
+            }
+            _ => crate::format::xyz::parse_number(name).is_some_and(|n| n.to_string() == name),
+        }
+    }
+
+    /// The tile folder (level, key) tile `t` is listed in.
+    fn folder_of(&self, t: TileAddr) -> (u8, u32) {
+        match self.tile_entry(t, "png").0 {
+            Node::Row { level, row } => (level, row),
+            _ => (t.level, t.row),
+        }
     }
 
     fn row_of(&self, parent: u64) -> Option<(u8, u32)> {
@@ -174,7 +209,7 @@ impl TreeFs {
         if self.writer.is_none() {
             return Ok(None);
         }
-        if let Some((t, _)) = Self::tile_name(level, row, name) {
+        if let Some((t, _)) = self.tile_name(level, row, name) {
             let ino = self.ino(Node::Tile(t));
             let w = self.w.lock().unwrap();
             if let Some(o) = w.open.get(&ino) {
@@ -278,10 +313,7 @@ impl TreeFs {
                 }
             }
             Some(Node::Row { level, row }) => self.tree_path(level, row, ""),
-            Some(Node::Level(l)) => match self.cache.layout() {
-                Layout::ArcGis => format!("_alllayers/{}/", exploded::level_dir(l)),
-                Layout::MapProxy => format!("{}/", exploded::level_dir(l)),
-            },
+            Some(Node::Level(l)) => self.level_path(l),
             Some(Node::AllLayers) => "_alllayers/".to_string(),
             _ => String::new(),
         }
@@ -444,7 +476,7 @@ impl TreeFs {
         let w = self.w.lock().unwrap();
         w.open
             .iter()
-            .filter(|(_, o)| o.dirty && (o.tile.level, o.tile.row) == (level, row))
+            .filter(|(_, o)| o.dirty && o.folder == (level, row))
             .map(|(ino, o)| DirEntry {
                 name: o.name.clone(),
                 attr: open_attr_of(*ino, o),
@@ -458,18 +490,22 @@ impl TreeFs {
         if self.temp_place(parent, name) {
             return self.make_temp(parent, name, false);
         }
+        let names = self.view().names();
         let Some((level, row)) = self.row_of(parent) else {
             return Err(FsError::NotPermitted {
                 path: format!("{}{name}", self.dir_path(parent)),
-                why: "files can only be made in row folders (Rxxxxxxxx), or under temporary \
-                      names (.*)",
+                why: format!(
+                    "files can only be made in {}, or under temporary names (.*)",
+                    names.folder
+                )
+                .into(),
             });
         };
         let path = self.tree_path(level, row, name);
-        let Some((t, kind)) = Self::tile_name(level, row, name) else {
+        let Some((t, kind)) = self.tile_name(level, row, name) else {
             return Err(FsError::NotPermitted {
                 path,
-                why: NOT_A_TILE_NAME,
+                why: format!("not {} nor a temporary name (.*)", names.tile).into(),
             });
         };
         self.check_in_world(t, &path)?;
@@ -477,6 +513,7 @@ impl TreeFs {
         let mut w = self.w.lock().unwrap();
         let o = w.open.entry(ino).or_insert(OpenTile {
             tile: t,
+            folder: (level, row),
             name: name.to_string(),
             kind,
             data: Vec::new(),
@@ -542,7 +579,8 @@ impl TreeFs {
         let kind = self.cache.kind_of(&bytes);
         let o = OpenTile {
             tile: t,
-            name: exploded::col_file(t.col, kind.ext()),
+            folder: self.folder_of(t),
+            name: self.tile_entry(t, kind.ext()).1,
             kind,
             data: if truncate { Vec::new() } else { bytes.to_vec() },
             dirty: truncate,
@@ -573,7 +611,7 @@ impl TreeFs {
                     short_head_contradicts(data, o.kind)
                 };
                 if let Some(why) = why {
-                    let path = self.tree_path(o.tile.level, o.tile.row, &o.name);
+                    let path = self.tree_path(o.folder.0, o.folder.1, &o.name);
                     return Err(FsError::BadTile {
                         path,
                         source: Error::invalid(why),
@@ -702,7 +740,7 @@ impl TreeFs {
                 return Ok(());
             }
             o.dirty = false;
-            let path = self.tree_path(o.tile.level, o.tile.row, &o.name);
+            let path = self.tree_path(o.folder.0, o.folder.1, &o.name);
             (o.tile, o.kind, o.data.clone(), o.mtime, path)
         };
         self.commit_tile(ino, t, kind, data, mtime, &path)
@@ -774,12 +812,10 @@ impl TreeFs {
                 }
                 // A MIXED cache's tile that changed kind changes name: drop the old name.
                 if let Some(old) = before.filter(|k| *k != kind) {
+                    let (folder, name) = self.tile_entry(t, old.ext());
                     self.queue(Invalidation::Entry {
-                        parent: self.ino(Node::Row {
-                            level: t.level,
-                            row: t.row,
-                        }),
-                        name: exploded::col_file(t.col, old.ext()),
+                        parent: self.ino(folder),
+                        name,
                     });
                 }
                 Ok(())
@@ -890,7 +926,9 @@ impl TreeFs {
                 _ => super::not_found(name),
             });
         };
-        let (t, kind) = Self::tile_name(level, row, name).ok_or_else(|| super::not_found(name))?;
+        let (t, kind) = self
+            .tile_name(level, row, name)
+            .ok_or_else(|| super::not_found(name))?;
         let ino = self.ino(Node::Tile(t));
         let open = self.w.lock().unwrap().open.remove(&ino);
         let stored = self.stored_tile(t)?;
@@ -921,7 +959,7 @@ impl TreeFs {
             return self.commit_temp(ino, newparent, newname, &to_path);
         }
         let src = match (self.row_of(parent), self.inodes.node(parent)) {
-            (Some((l0, r0)), _) => Self::tile_name(l0, r0, name).map(|(t, _)| t),
+            (Some((l0, r0)), _) => self.tile_name(l0, r0, name).map(|(t, _)| t),
             (None, Some(Node::Root)) if self.lookup(parent, name).is_ok() => match name {
                 "conf.xml" => return Err(conf_read_only(Node::ConfXml)),
                 "conf.cdi" => return Err(conf_read_only(Node::ConfCdi)),
@@ -941,14 +979,15 @@ impl TreeFs {
                 path: from_path,
                 why: "a stored tile cannot become a temporary file (it would be kept in memory \
                       only and lost at unmount; rsync --backup-dir: name a folder outside the \
-                      mount)",
+                      mount)"
+                    .into(),
             });
         }
         let Some((dst, kind)) = self
             .row_of(newparent)
-            .and_then(|(l1, r1)| Self::tile_name(l1, r1, newname))
+            .and_then(|(l1, r1)| self.tile_name(l1, r1, newname))
         else {
-            return Err(not_a_tile_name(&from_path, to_path));
+            return Err(self.not_a_tile_name(&from_path, to_path));
         };
         if src == dst {
             return Ok(());
@@ -983,13 +1022,13 @@ impl TreeFs {
                 n
             }
             (_, Some((l1, r1))) => {
-                let Some((t, kind)) = Self::tile_name(l1, r1, newname) else {
-                    return Err(not_a_tile_name(&from_path, to_path.to_string()));
+                let Some((t, kind)) = self.tile_name(l1, r1, newname) else {
+                    return Err(self.not_a_tile_name(&from_path, to_path.to_string()));
                 };
                 self.commit_tile(ino, t, kind, data, Some(mtime), to_path)?;
                 Node::Tile(t)
             }
-            _ => return Err(not_a_tile_name(&from_path, to_path.to_string())),
+            _ => return Err(self.not_a_tile_name(&from_path, to_path.to_string())),
         };
         let mut w = self.w.lock().unwrap();
         w.temp_names.remove(&from);
@@ -1016,7 +1055,8 @@ impl TreeFs {
         Err(FsError::NotPermitted {
             path: conf_name(n).to_string(),
             why: "conf.xml and conf.cdi are shown read-only: only a copy equal to the mount's \
-                  (or the cache's own) file is accepted",
+                  (or the cache's own) file is accepted"
+                .into(),
         })
     }
 
@@ -1025,14 +1065,15 @@ impl TreeFs {
         self.writer_or_rofs(name)?;
         let p = self.node(parent)?;
         if self.temp_place(parent, name) {
-            if self.is_temp_dir(parent) && tree_folder_name(name) {
+            if self.is_temp_dir(parent) && self.tree_folder_name(name) {
                 // A copy of the tree's folders inside the temporaries (rsync --backup-dir, cp -r
                 // into a hidden folder) is kept, not temporary: it would be lost at unmount.
                 return Err(FsError::NotPermitted {
                     path: format!("{}{name}", self.dir_path(parent)),
                     why: "temporary folders hold files for a while, not copies of the tree's \
                           level and row folders (they would be lost at unmount; rsync \
-                          --backup-dir: name a folder outside the mount)",
+                          --backup-dir: name a folder outside the mount)"
+                        .into(),
                 });
             }
             return self.make_temp(parent, name, true);
@@ -1042,10 +1083,10 @@ impl TreeFs {
             path: name.to_string(),
             why,
         };
+        let names = self.view().names();
         if p == self.levels_parent() {
-            let l = match exploded::parse_level_dir(name) {
-                Ok(l) if exploded::level_dir(l) == name => l,
-                _ => return Err(not_permitted("not a level folder name (Lnn)")),
+            let Some(l) = self.view().parse_level(name) else {
+                return Err(not_permitted(format!("not {}", names.level).into()));
             };
             if let Some(s) = self.cache.scheme() {
                 if !s.lods.iter().any(|lod| lod.level == l) {
@@ -1062,9 +1103,10 @@ impl TreeFs {
             return self.getattr(self.ino(Node::Level(l)));
         }
         if let Node::Level(level) = p {
-            let row = match exploded::parse_row_dir(name) {
-                Ok(r) if exploded::row_dir(r) == name => r,
-                _ => return Err(not_permitted("not a row folder name (Rxxxxxxxx)")),
+            let Some(row) = self.view().parse_folder(level, name) else {
+                return Err(not_permitted(
+                    format!("not a folder name of {}", names.folder).into(),
+                ));
             };
             if exists {
                 return Err(FsError::Exists(name.to_string()));
@@ -1075,7 +1117,9 @@ impl TreeFs {
         if exists {
             return Err(FsError::Exists(name.to_string()));
         }
-        Err(not_permitted("only level and row folders can be made"))
+        Err(not_permitted(
+            format!("only folders of levels and {} can be made", names.folder).into(),
+        ))
     }
 
     /// Removes an empty level, row or temporary folder.
@@ -1100,14 +1144,12 @@ impl TreeFs {
         let a = self.lookup(parent, name)?;
         match self.node(a.ino)? {
             Node::Row { level, row } if p == Node::Level(level) => {
-                let busy = {
-                    let w = self.w.lock().unwrap();
-                    w.temps.values().any(|t| t.row == Some((level, row)))
-                        || w.open
-                            .values()
-                            .any(|o| (o.tile.level, o.tile.row) == (level, row))
+                let busy = self.w.lock().unwrap().folder_busy(level, row);
+                let holds = match self.view() {
+                    View::ArcGis => !self.row_tiles(level, row)?.is_empty(),
+                    _ => !self.col_tiles(level, row)?.is_empty(),
                 };
-                if busy || !self.row_tiles(level, row)?.is_empty() {
+                if busy || holds {
                     return Err(FsError::NotEmpty(name.to_string()));
                 }
                 self.w.lock().unwrap().created.remove(&(level, Some(row)));
@@ -1127,7 +1169,7 @@ impl TreeFs {
             Node::ConfXml | Node::ConfCdi => Err(FsError::NotDir(name.to_string())),
             _ => Err(FsError::NotPermitted {
                 path: name.to_string(),
-                why: "only level and row folders can be removed",
+                why: "only level and row folders can be removed".into(),
             }),
         }
     }
@@ -1170,7 +1212,7 @@ impl TreeFs {
 fn conf_read_only(n: Node) -> FsError {
     FsError::NotPermitted {
         path: conf_name(n).to_string(),
-        why: "conf.xml and conf.cdi are shown read-only",
+        why: "conf.xml and conf.cdi are shown read-only".into(),
     }
 }
 
@@ -1180,15 +1222,6 @@ fn conf_name(n: Node) -> &'static str {
         "conf.xml"
     } else {
         "conf.cdi"
-    }
-}
-
-/// A file renamed onto a name that is not a tile's.
-fn not_a_tile_name(from: &str, to: String) -> FsError {
-    tracing::debug!("rename {from} -> {to}: not a tile name");
-    FsError::NotPermitted {
-        path: to,
-        why: "not a tile name (Cxxxxxxxx.png or .jpg)",
     }
 }
 
@@ -1235,13 +1268,6 @@ fn short_head_contradicts(head: &[u8], named: ImageKind) -> Option<String> {
             named.ext()
         )
     })
-}
-
-/// Whether `name` is a folder name of the tree (`_alllayers`, `Lnn`, `Rxxxxxxxx`).
-fn tree_folder_name(name: &str) -> bool {
-    name == "_alllayers"
-        || exploded::parse_level_dir(name).is_ok_and(|l| exploded::level_dir(l) == name)
-        || exploded::parse_row_dir(name).is_ok_and(|r| exploded::row_dir(r) == name)
 }
 
 fn temp_attr_of(ino: u64, t: &Temp) -> Attr {
@@ -1642,6 +1668,75 @@ mod tests {
         // Read-only trees refuse writes.
         let ro = TreeFs::new(fs.cache().clone());
         assert_eq!(errno(ro.create(row, "C00000001.png")), libc::EROFS);
+    }
+
+    /// The XYZ and TMS views take writes in their own names: rsync's temporary renamed onto
+    /// `z/x/y.png` stores tile (z, y or its flip, x); ArcGIS names are refused there.
+    #[test]
+    fn xyz_and_tms_views_store_tiles_written_under_z_x_y_names() {
+        for (view, y, row) in [(View::Xyz, 2, 2), (View::Tms, 2, 5)] {
+            let (_d, fs) = tree();
+            let fs = fs.with_view(view).unwrap();
+            let root = fs.ino(Node::Root);
+            let level = fs.mkdir(root, "3").unwrap().ino;
+            assert_eq!(level, fs.ino(Node::Level(3)));
+            // A writable view shows the column folders that hold tiles or were made.
+            assert_eq!(errno(fs.lookup(level, "5")), libc::ENOENT);
+            let col = fs.mkdir(level, "5").unwrap().ino;
+            assert_eq!(fs.lookup(level, "5").unwrap().ino, col);
+            assert_eq!(errno(fs.mkdir(level, "5")), libc::EEXIST);
+            let tmp = fs.create(col, &format!(".{y}.png.a1B2c3")).unwrap();
+            let bytes = png(9);
+            fs.write(tmp.ino, 0, &bytes).unwrap();
+            fs.flush(tmp.ino).unwrap();
+            fs.rename(col, &format!(".{y}.png.a1B2c3"), col, &format!("{y}.png"))
+                .unwrap();
+            let t = TileAddr::new(3, row, 5);
+            assert_eq!(
+                fs.lookup(col, &format!("{y}.png")).unwrap().size,
+                bytes.len() as u64
+            );
+            // cp: create, write, close; listed while open, stored at close.
+            let b = fs.create(col, "0.png").unwrap();
+            fs.write(b.ino, 0, &png(4)).unwrap();
+            let names: Vec<String> = fs
+                .readdir(col)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.name)
+                .collect();
+            assert_eq!(names, ["0.png".to_string(), format!("{y}.png")], "{view:?}");
+            fs.release(b.ino, WRITE_FH).unwrap();
+            let names: Vec<String> = fs
+                .readdir(level)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.name)
+                .collect();
+            assert_eq!(names, ["5"]);
+            assert_eq!(errno(fs.rmdir(level, "5")), libc::ENOTEMPTY);
+            fs.flush_all().unwrap();
+            assert_eq!(&fs.cache().tile(t).unwrap().unwrap()[..], &bytes[..]);
+            let other = TileAddr::new(3, if view == View::Tms { 7 } else { 0 }, 5);
+            assert!(fs.cache().tile(other).unwrap().is_some(), "{view:?}");
+            // ArcGIS names, rows past the zoom's grid and L folders are no names of this view.
+            let e = fs.create(col, "C00000001.png").unwrap_err();
+            assert_eq!(e.errno(), libc::EPERM);
+            assert!(e.to_string().contains("y.png"), "{e}");
+            assert_eq!(errno(fs.create(col, "8.png")), libc::EPERM);
+            assert_eq!(errno(fs.create(col, "03.png")), libc::EPERM);
+            assert_eq!(errno(fs.mkdir(root, "L03")), libc::EPERM);
+            assert_eq!(errno(fs.mkdir(level, "8")), libc::EPERM);
+            assert_eq!(errno(fs.mkdir(root, "9")), libc::EINVAL);
+            // unlink and rename between z/x/y names.
+            fs.rename(col, &format!("{y}.png"), col, "1.png").unwrap();
+            fs.unlink(col, "0.png").unwrap();
+            fs.flush_all().unwrap();
+            let moved = TileAddr::new(3, if view == View::Tms { 6 } else { 1 }, 5);
+            assert_eq!(&fs.cache().tile(moved).unwrap().unwrap()[..], &bytes[..]);
+            assert!(fs.cache().tile(t).unwrap().is_none());
+            assert!(fs.cache().tile(other).unwrap().is_none());
+        }
     }
 
     #[test]

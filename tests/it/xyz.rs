@@ -306,7 +306,7 @@ fn a_mount_with_the_xyz_layout_is_a_static_tile_site_for_nginx() {
             assert_eq!(files.get(&k), Some(b), "{k}");
         }
     }
-    // A national grid cannot be shown as zoom levels; a writable XYZ view is refused.
+    // A national grid cannot be shown as zoom levels.
     let c = d.join("lv95");
     run_ok(
         Command::new(bin())
@@ -326,11 +326,78 @@ fn a_mount_with_the_xyz_layout_is_a_static_tile_site_for_nginx() {
         !o.status.success() && err.contains("an XYZ layout holds Web Mercator"),
         "{err}"
     );
-    let o = run(Command::new(bin())
-        .arg("mount")
-        .arg(&src)
-        .arg(d.join("mnt3"))
-        .args(["--layout", "xyz", "-o", "rw"]));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("read-only"), "{err}");
+}
+
+/// A writable XYZ view takes `rsync` of a z/x/y tree (temporaries renamed onto `x/y.jpg`,
+/// times set) and a TMS view `cp -r` of a TMS tree: the caches then hold the source's tiles
+/// byte for byte. ArcGIS names are refused in those folders.
+#[test]
+fn writable_xyz_and_tms_mounts_store_trees_copied_into_them() {
+    need("rsync");
+    let d = scratch_dir("xyz-rw");
+    let src = esri_sample_cache();
+    let want = all_tiles(&Cache::open(&src).unwrap());
+    for (storage, copy) in [
+        ("xyz", "rsync -rt --exclude metadata.json"),
+        ("tms", "cp -r"),
+    ] {
+        let tree = d.join(format!("tree-{storage}"));
+        run_ok(
+            Command::new(bin())
+                .arg("export")
+                .arg(&src)
+                .arg(&tree)
+                .args(["--storage", storage]),
+        );
+        std::fs::remove_file(tree.join("metadata.json")).ok();
+        let dst = d.join(format!("dst-{storage}"));
+        run_ok(
+            Command::new(bin())
+                .arg("create")
+                .arg(&dst)
+                .arg("--scheme")
+                .arg(src.join("conf.xml"))
+                .args(["--levels", "0-2"]),
+        );
+        {
+            let m = crate::support::mount::Mounted::start(
+                &dst,
+                &d.join(format!("mnt-{storage}")),
+                &["--layout", storage, "-o", "rw"],
+            );
+            let (ok, _, err) = sh(&format!(
+                "{copy} {}/. {}/",
+                tree.display(),
+                m.path("").display()
+            ));
+            assert!(ok, "{copy}: {err}");
+            // Shown at once, in the view's names.
+            let files = tree_files(&m.path(""));
+            assert_eq!(files.len(), want.len(), "{:?}", files.keys());
+            if storage == "xyz" {
+                // The times were kept: a second rsync finds nothing to send.
+                let (ok, out, err) = sh(&format!(
+                    "{copy} --stats {}/. {}/",
+                    tree.display(),
+                    m.path("").display()
+                ));
+                assert!(ok, "{err}");
+                assert!(
+                    out.contains("Number of regular files transferred: 0"),
+                    "{out}"
+                );
+            }
+            let (ok, _, err) = sh(&format!(
+                "cp {}/0/0/0.jpg {}",
+                tree.display(),
+                m.path("0/0/C00000000.jpg").display()
+            ));
+            assert!(!ok && err.contains("Operation not permitted"), "{err}");
+        }
+        let got = all_tiles(&Cache::open(&dst).unwrap());
+        assert_eq!(got.len(), want.len(), "{storage}");
+        for (t, b) in &want {
+            assert_eq!(got.get(t), Some(b), "{storage} {t}");
+        }
+    }
 }

@@ -202,6 +202,19 @@ impl Storage for ExplodedStore {
             .collect())
     }
 
+    fn col_tiles(&self, level: u8, col: u32) -> Result<Vec<(u32, u64)>> {
+        let mut out = Vec::new();
+        for row in self.rows(level)? {
+            out.extend(
+                self.cols(level, row)?
+                    .into_iter()
+                    .filter(|(c, _)| *c == col)
+                    .map(|(_, size)| (row, size)),
+            );
+        }
+        Ok(out)
+    }
+
     fn cols(&self, level: u8, row: u32) -> Result<Vec<(u32, u64)>> {
         if self.layout != FileLayout::ArcGis {
             let mut out = Vec::new();

@@ -251,6 +251,27 @@ pub trait Storage: Send + Sync {
         Ok(out)
     }
 
+    /// Tiles of one column: (row, size in bytes), ascending by row (by default: from the
+    /// indexes of the column's bundles, via [`Storage::slots_of`]; stores without bundles walk
+    /// their rows).
+    fn col_tiles(&self, level: u8, col: u32) -> Result<Vec<(u32, u64)>> {
+        let col0 = col - col % crate::format::BUNDLE_DIM;
+        let mut out = Vec::new();
+        for id in self.bundles(level)?.into_iter().filter(|b| b.col0 == col0) {
+            let Some(slots) = self.slots_of(id)? else {
+                continue;
+            };
+            out.extend(
+                slots
+                    .into_iter()
+                    .filter(|(s, _)| s.col == col - col0)
+                    .map(|(s, size)| (id.row0 + s.row, u64::from(size))),
+            );
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
     /// The groups of a level, one per bundle (by default: one per bundle [`Storage::bundles`]
     /// lists; exploded storage groups its tile files instead).
     fn groups(&self, level: u8) -> Result<Vec<TileGroup>> {
