@@ -400,6 +400,7 @@ mod tests {
             mountpoint: "/mnt/a \"b\"".into(),
             source: "/c".into(),
             mode: "read-write".into(),
+            layout: "xyz".into(),
             pid: 1,
             uptime_seconds: 5,
             log: "stderr".into(),

@@ -577,6 +577,7 @@ fn reporter(
         mountpoint: mountpoint.clone(),
         source: source.clone(),
         mode: mode.into(),
+        layout: tree.view().name().into(),
         pid: std::process::id(),
         uptime_seconds: started.elapsed().as_secs(),
         log: super::log::shown(),

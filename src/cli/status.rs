@@ -30,6 +30,9 @@ pub struct Report {
     pub source: String,
     /// `read-only` or `read-write`.
     pub mode: String,
+    /// The layout shown (`mount --layout`): `arcgis`, `xyz` or `tms`.
+    #[serde(default = "arcgis")]
+    pub layout: String,
     /// The daemon's pid.
     pub pid: u32,
     /// Seconds since the mount went live.
@@ -184,6 +187,11 @@ pub fn run(mountpoint: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The layout of reports from daemons that did not say.
+fn arcgis() -> String {
+    "arcgis".into()
+}
+
 fn print_text(s: &MountStatus) -> anyhow::Result<()> {
     outln!("{}: {}", s.mountpoint.display(), s.state);
     if let Some(p) = &s.problem {
@@ -192,7 +200,7 @@ fn print_text(s: &MountStatus) -> anyhow::Result<()> {
     let Some(r) = &s.report else {
         return Ok(());
     };
-    outln!("  source: {} ({})", r.source, r.mode);
+    outln!("  source: {} ({}, {} layout)", r.source, r.mode, r.layout);
     outln!(
         "  pid: {}, up {} s, log: {}",
         r.pid,

@@ -42,6 +42,15 @@ impl std::str::FromStr for View {
 }
 
 impl View {
+    /// The layout's name as `--layout` takes it: `arcgis`, `xyz` or `tms`.
+    pub fn name(self) -> &'static str {
+        match self {
+            View::ArcGis => "arcgis",
+            View::Xyz => "xyz",
+            View::Tms => "tms",
+        }
+    }
+
     /// The name of level `l`'s folder.
     pub fn level_name(self, l: u8) -> String {
         match self {
@@ -282,5 +291,8 @@ mod tests {
         assert_eq!(View::ArcGis.parse_level("L03"), Some(3));
         assert_eq!(View::Tms.y_of_row(2, 0), Some(3));
         assert_eq!(View::Xyz.y_of_row(2, 0), Some(0));
+        for v in [View::ArcGis, View::Xyz, View::Tms] {
+            assert_eq!(v.name().parse::<View>(), Ok(v));
+        }
     }
 }

@@ -374,6 +374,11 @@ fn writable_xyz_and_tms_mounts_store_trees_copied_into_them() {
             // Shown at once, in the view's names.
             let files = tree_files(&m.path(""));
             assert_eq!(files.len(), want.len(), "{:?}", files.keys());
+            let status = run_ok(Command::new(bin()).arg("status").arg(m.path("")));
+            assert!(
+                status.contains(&format!("(read-write, {storage} layout)")),
+                "{status}"
+            );
             if storage == "xyz" {
                 // The times were kept: a second rsync finds nothing to send.
                 let (ok, out, err) = sh(&format!(
