@@ -235,17 +235,8 @@ pub trait Storage: Send + Sync {
     /// indexes of the row's bundles, via [`Storage::slots_of`]).
     fn cols(&self, level: u8, row: u32) -> Result<Vec<(u32, u64)>> {
         let mut out = Vec::new();
-        let row0 = row - row % crate::format::BUNDLE_DIM;
-        for id in self.bundles(level)?.into_iter().filter(|b| b.row0 == row0) {
-            let Some(slots) = self.slots_of(id)? else {
-                continue;
-            };
-            out.extend(
-                slots
-                    .into_iter()
-                    .filter(|(s, _)| s.row == row - row0)
-                    .map(|(s, size)| (id.col0 + s.col, u64::from(size))),
-            );
+        for (id, slot, size) in line_slots(self, level, row, true)? {
+            out.push((id.col0 + slot.col, size));
         }
         out.sort_unstable();
         Ok(out)
@@ -255,18 +246,9 @@ pub trait Storage: Send + Sync {
     /// indexes of the column's bundles, via [`Storage::slots_of`]; stores without bundles walk
     /// their rows).
     fn col_tiles(&self, level: u8, col: u32) -> Result<Vec<(u32, u64)>> {
-        let col0 = col - col % crate::format::BUNDLE_DIM;
         let mut out = Vec::new();
-        for id in self.bundles(level)?.into_iter().filter(|b| b.col0 == col0) {
-            let Some(slots) = self.slots_of(id)? else {
-                continue;
-            };
-            out.extend(
-                slots
-                    .into_iter()
-                    .filter(|(s, _)| s.col == col - col0)
-                    .map(|(s, size)| (id.row0 + s.row, u64::from(size))),
-            );
+        for (id, slot, size) in line_slots(self, level, col, false)? {
+            out.push((id.row0 + slot.row, size));
         }
         out.sort_unstable();
         Ok(out)
@@ -582,4 +564,30 @@ pub(crate) fn set_file_mtime(path: &Path, mtime: SystemTime) -> Result<()> {
         .open(path)
         .at(path)?;
     f.set_modified(mtime).at(path)
+}
+
+/// The stored slots of row `n` (`row`) or column `n` of a level, with their bundle and size
+/// in bytes, from the indexes of the bundles that line crosses (one in 128 of the level's).
+fn line_slots<S: Storage + ?Sized>(
+    store: &S,
+    level: u8,
+    n: u32,
+    row: bool,
+) -> Result<Vec<(BundleId, Slot, u64)>> {
+    let first = n - n % crate::format::BUNDLE_DIM;
+    let mut out = Vec::new();
+    for id in store.bundles(level)? {
+        if (if row { id.row0 } else { id.col0 }) != first {
+            continue;
+        }
+        let Some(slots) = store.slots_of(id)? else {
+            continue;
+        };
+        for (s, size) in slots {
+            if (if row { s.row } else { s.col }) == n - first {
+                out.push((id, s, u64::from(size)));
+            }
+        }
+    }
+    Ok(out)
 }
