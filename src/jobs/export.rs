@@ -241,22 +241,25 @@ pub fn export_xyz(
     progress: &dyn Progress,
 ) -> Result<JobSummary> {
     use crate::cache::StorageKind;
-    let existing = dest.is_dir()
-        && Cache::open(dest).is_ok_and(|c| matches!(c.kind(), StorageKind::Xyz | StorageKind::Tms));
-    let summary = if existing {
-        let mut d = Cache::open_with(dest, dest_options(StorageFormat::Exploded, opts.sync))?;
-        into_cache(src, &mut d, opts, progress)?
+    let existing = dest
+        .is_dir()
+        .then(|| Cache::open_with(dest, dest_options(StorageFormat::Exploded, opts.sync)))
+        .and_then(|c| c.ok())
+        .filter(|c| matches!(c.kind(), StorageKind::Xyz | StorageKind::Tms));
+    let (summary, levels) = if let Some(mut d) = existing {
+        let summary = into_cache(src, &mut d, opts, progress)?;
+        (summary, d.levels()?)
     } else {
-        export_to_file(
+        let summary = export_to_file(
             src,
             dest,
             "XYZ and TMS folders need Web Mercator zoom levels",
             &move |p, s, e, n, o| Cache::create_xyz(p, s, e, n, o, tms),
             opts,
             progress,
-        )?
+        )?;
+        (summary, Cache::open(dest)?.levels()?)
     };
-    let levels = Cache::open(dest)?.levels()?;
     let meta = dest.join(crate::format::xyz::METADATA);
     if let (Some(min), Some(max), Ok(bytes)) = (levels.first(), levels.last(), std::fs::read(&meta))
     {
