@@ -5,7 +5,6 @@
 //! GeoPackage written by `gdal_translate` imported tile for tile; round trips byte for byte; bad
 //! files named.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
@@ -14,51 +13,8 @@ use bundlefs::format::conf::Envelope;
 use bundlefs::format::TileAddr;
 
 use crate::support::mount::{need, sh, Mounted};
+use crate::support::sqlite::{export, query as sqlite, tiles as sqlite_tiles};
 use crate::support::{all_tiles, bin, esri_sample_cache, run, run_ok, scratch_dir};
-
-fn export(src: &Path, dest: &Path, extra: &[&str]) -> String {
-    run_ok(
-        Command::new(bin())
-            .arg("export")
-            .arg(src)
-            .arg(dest)
-            .args(extra),
-    )
-}
-
-/// What `sqlite3` answers to `q` on file `f`, one line per row, fields split by `|`.
-fn sqlite(f: &Path, q: &str) -> Vec<Vec<String>> {
-    need("sqlite3");
-    let (ok, out, err) = sh(&format!("sqlite3 {} \"{q}\"", f.display()));
-    assert!(ok, "sqlite3 {q}: {err}");
-    out.lines()
-        .map(|l| l.split('|').map(str::to_string).collect())
-        .collect()
-}
-
-/// Every tile of table `table` as `sqlite3` lists it: (zoom, column, row) → bytes.
-fn sqlite_tiles(f: &Path, table: &str) -> BTreeMap<(u8, u32, u32), Vec<u8>> {
-    sqlite(
-        f,
-        &format!("SELECT zoom_level, tile_column, tile_row, hex(tile_data) FROM {table}"),
-    )
-    .into_iter()
-    .map(|v| {
-        let bytes = (0..v[3].len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&v[3][i..i + 2], 16).unwrap())
-            .collect();
-        (
-            (
-                v[0].parse().unwrap(),
-                v[1].parse().unwrap(),
-                v[2].parse().unwrap(),
-            ),
-            bytes,
-        )
-    })
-    .collect()
-}
 
 #[test]
 fn geopackage_round_trips_tile_for_tile_rows_from_the_top() {
@@ -359,30 +315,15 @@ fn mapproxy_reads_bundlefs_geopackage() {
 /// zoom levels and imports every tile at its row and column with GDAL's bytes.
 #[test]
 fn a_geopackage_written_by_gdal_imports_tile_for_tile() {
-    need("gdal_translate");
-    let d = scratch_dir("gpkg-from-gdal");
-    let src = esri_sample_cache();
-    let f = d.join("gdal.gpkg");
-    let (ok, out, err) = sh(&format!(
-        "gdal_translate -q -of GPKG -co TILING_SCHEME=GoogleMapsCompatible -co TILE_FORMAT=PNG \
-         -co RASTER_TABLE=esric -oo OVERVIEW_LEVEL=16 {} {} && gdaladdo -q {} 2 4",
-        src.join("conf.xml").display(),
-        f.display(),
-        f.display()
-    ));
-    assert!(ok, "gdal_translate: {out}{err}");
-    let rows = sqlite_tiles(&f, "esric");
-    assert!(rows.len() >= 21, "zooms 0-2: {}", rows.len());
+    let f = crate::support::sqlite::gdal_file_imports_tile_for_tile(
+        "gpkg-from-gdal",
+        "gdal.gpkg",
+        "GPKG -co TILING_SCHEME=GoogleMapsCompatible -co TILE_FORMAT=PNG -co RASTER_TABLE=esric",
+        "esric",
+        false,
+    );
     let g = Cache::open(&f).unwrap();
     assert!(bundlefs::format::mbtiles::refusal(g.scheme().unwrap()).is_none());
-    let c = d.join("cache");
-    export(&f, &c, &["--storage", "compact-v2"]);
-    let got = all_tiles(&Cache::open(&c).unwrap());
-    assert_eq!(got.len(), rows.len());
-    for ((z, x, y), b) in &rows {
-        let t = TileAddr::new(*z, *y, *x);
-        assert_eq!(got.get(&t), Some(b), "{t}");
-    }
 }
 
 /// A mount of a GeoPackage shows its tiles; an import adds a level into it; bad files are named.

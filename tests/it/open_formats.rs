@@ -12,43 +12,12 @@ use bundlefs::cache::Cache;
 use bundlefs::format::TileAddr;
 
 use crate::support::mount::{need, sh, Mounted};
+use crate::support::sqlite::export;
 use crate::support::{all_tiles, bin, esri_sample_cache, run, run_ok, sample_cache, scratch_dir};
-
-fn export(src: &Path, dest: &Path, extra: &[&str]) -> String {
-    run_ok(
-        Command::new(bin())
-            .arg("export")
-            .arg(src)
-            .arg(dest)
-            .args(extra),
-    )
-}
 
 /// Every tile of the MBTiles file as `sqlite3` lists it: (zoom, column, TMS row) → bytes.
 fn sqlite_tiles(f: &Path) -> BTreeMap<(u8, u32, u32), Vec<u8>> {
-    need("sqlite3");
-    let (ok, out, err) = sh(&format!(
-        "sqlite3 -separator ' ' {} 'SELECT zoom_level, tile_column, tile_row, hex(tile_data) FROM tiles'",
-        f.display()
-    ));
-    assert!(ok, "sqlite3: {err}");
-    out.lines()
-        .map(|l| {
-            let v: Vec<&str> = l.split(' ').collect();
-            let bytes = (0..v[3].len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&v[3][i..i + 2], 16).unwrap())
-                .collect();
-            (
-                (
-                    v[0].parse().unwrap(),
-                    v[1].parse().unwrap(),
-                    v[2].parse().unwrap(),
-                ),
-                bytes,
-            )
-        })
-        .collect()
+    crate::support::sqlite::tiles(f, "tiles")
 }
 
 #[test]
@@ -171,32 +140,18 @@ fn mapproxy_reads_bundlefs_mbtiles() {
     );
 }
 
+/// GDAL's MBTiles driver writes a file bundlefs imports tile for tile, rows flipped
+/// ([`crate::support::sqlite::gdal_file_imports_tile_for_tile`]).
 #[test]
 fn an_mbtiles_written_by_gdal_imports_tile_for_tile() {
-    need("gdal_translate");
-    let d = scratch_dir("mbtiles-from-gdal");
-    let src = esri_sample_cache();
-    // GDAL draws level 2 of the ESRIC source (overview 16 of 19: the cache has levels 0-19)
-    // into a new MBTiles (its own PNG encoding), then adds zooms 1 and 0 with gdaladdo.
-    let f = d.join("gdal.mbtiles");
-    let (ok, out, err) = sh(&format!(
-        "gdal_translate -q -of MBTILES -oo OVERVIEW_LEVEL=16 {} {} && gdaladdo -q {} 2 4",
-        src.join("conf.xml").display(),
-        f.display(),
-        f.display()
-    ));
-    assert!(ok, "gdal_translate: {out}{err}");
-    let rows = sqlite_tiles(&f);
-    assert_eq!(rows.len(), 21, "zooms 0-2");
-    // Into a compact cache: each tile lands at its flipped row with GDAL's bytes.
-    let c = d.join("cache");
-    export(&f, &c, &["--storage", "compact-v2"]);
-    let got = all_tiles(&Cache::open(&c).unwrap());
-    assert_eq!(got.len(), rows.len());
-    for ((z, x, y), b) in &rows {
-        let t = TileAddr::new(*z, (1u32 << z) - 1 - y, *x);
-        assert_eq!(got.get(&t), Some(b), "{t}");
-    }
+    let f = crate::support::sqlite::gdal_file_imports_tile_for_tile(
+        "mbtiles-from-gdal",
+        "gdal.mbtiles",
+        "MBTILES",
+        "tiles",
+        true,
+    );
+    assert_eq!(sqlite_tiles(&f).len(), 21, "zooms 0-2");
 }
 
 #[test]

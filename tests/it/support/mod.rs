@@ -5,6 +5,7 @@
 pub mod http;
 pub mod mapproxy;
 pub mod mount;
+pub mod sqlite;
 
 use std::collections::BTreeMap;
 use std::fs;
