@@ -742,7 +742,7 @@ pub fn main() -> ExitCode {
             "warn,bundlefs=info,fuser::session=error",
             a.log_file.is_none(),
         ),
-        Command::Serve(_) => ("warn,bundlefs=info", true),
+        Command::Serve(a) => ("warn,bundlefs=info", a.log_file.is_none()),
         _ => ("warn,fuser::session=error", true),
     };
     log::init(filter, ansi);

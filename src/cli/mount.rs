@@ -550,7 +550,7 @@ fn start_threads(
 }
 
 /// Tells systemd (`$NOTIFY_SOCKET`, sd_notify(3)) how the daemon stands; nothing without it.
-fn notify(state: &[sd_notify::NotifyState]) {
+pub(super) fn notify(state: &[sd_notify::NotifyState]) {
     if let Err(e) = sd_notify::notify(state) {
         tracing::warn!("telling systemd ($NOTIFY_SOCKET): {e}");
     }

@@ -63,6 +63,9 @@ pub struct ServeArgs {
     /// 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
+    /// Log to FILE (appended; reopened on SIGHUP, for logrotate) instead of standard error.
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
 }
 
 /// `NAME=CACHE` split, or `CACHE` with the name it gets by default. A `=` counts only when what
@@ -101,14 +104,21 @@ fn default_name(cache: &str) -> String {
 }
 
 /// Runs `bundlefs serve` until SIGINT or SIGTERM; then stops taking requests, lets the ones in
-/// hand finish (10 s at most), and exits 0.
+/// hand finish (10 s at most), and exits 0. As a daemon: it logs to standard error (a unit's
+/// journal) or `--log-file`, reopened on SIGHUP; it tells systemd READY=1 once it listens
+/// (`Type=notify`, sd_notify(3)) and STOPPING=1 when asked to stop.
 pub fn run(a: &ServeArgs) -> anyhow::Result<ExitCode> {
     // Blocked before any thread starts, so every thread inherits the mask and only the main
     // thread takes them (sigwait).
     let mut sigs = SigSet::empty();
     sigs.add(Signal::SIGINT);
     sigs.add(Signal::SIGTERM);
-    sigs.thread_block().context("blocking SIGINT/SIGTERM")?;
+    sigs.add(Signal::SIGHUP);
+    sigs.thread_block()
+        .context("blocking SIGINT/SIGTERM/SIGHUP")?;
+    if let Some(f) = &a.log_file {
+        super::log::set(super::log::open_file(f)?);
+    }
     if a.source.is_some() && a.caches.len() != 1 {
         bail!(
             "--source renders for one cache, and {} are given; serve the others from another \
@@ -198,9 +208,28 @@ pub fn run(a: &ServeArgs) -> anyhow::Result<ExitCode> {
         );
         let _ = out.flush();
     }
-    let sig = sigs.wait().context("waiting for SIGINT/SIGTERM")?;
+    tracing::info!(
+        "serving {} on {base} (log: {})",
+        crate::error::count(service.layers().len() as u64, "cache"),
+        super::log::shown()
+    );
+    super::mount::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!("serving on {base}")),
+    ]);
+    let sig = loop {
+        match sigs.wait().context("waiting for SIGINT/SIGTERM/SIGHUP")? {
+            Signal::SIGHUP => match super::log::reopen() {
+                Ok(()) => tracing::info!("SIGHUP: log reopened ({})", super::log::shown()),
+                Err(e) => tracing::error!("SIGHUP: {}", super::error_text(&e)),
+            },
+            sig => break sig,
+        }
+    };
+    super::mount::notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("{sig}: stopping; requests in hand are answered first");
     running.stop(Duration::from_secs(10));
+    tracing::info!("stopped");
     drop(unpacked);
     Ok(ExitCode::SUCCESS)
 }

@@ -748,3 +748,78 @@ fn the_http_adapter_keeps_requests_in_step_and_never_leaves_one_waiting() {
     assert!(t.starts_with("HTTP/1.1 503"), "{t}");
     assert!(t0.elapsed() < Duration::from_secs(5));
 }
+
+/// As a `Type=notify` unit runs it: READY=1 on `$NOTIFY_SOCKET` once it answers, its lines in
+/// `--log-file`, the file reopened on SIGHUP after it was moved away (logrotate), STOPPING=1 and
+/// exit 0 on SIGTERM.
+#[test]
+fn serve_runs_as_a_notify_service_and_reopens_its_log_on_sighup() {
+    use std::os::unix::net::UnixDatagram;
+    let d = scratch_dir("serve-notify");
+    let sock_path = d.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let log = d.join("serve.log");
+    let child = Command::new(bin())
+        .arg("serve")
+        .arg(esri_sample_cache())
+        .args(["--listen", "127.0.0.1:0", "--log-file"])
+        .arg(&log)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Reaped (SIGTERM, then SIGKILL) by the guard whatever happens below.
+    let mut s = Served {
+        child,
+        addr: String::new(),
+    };
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf).expect("READY=1 within 20 s");
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(msg.lines().any(|l| l == "READY=1"), "{msg:?}");
+    // Its lines go to --log-file, the address it listens on among them.
+    let text = std::fs::read_to_string(&log).unwrap();
+    s.addr = text
+        .split("on http://")
+        .nth(1)
+        .and_then(|t| t.split([' ', '\n']).next())
+        .unwrap_or_else(|| panic!("no address in the log:\n{text}"))
+        .to_string();
+    assert_eq!(
+        s.get("/healthz").status,
+        200,
+        "READY=1 only once it answers"
+    );
+    let moved = d.join("serve.log.1");
+    std::fs::rename(&log, &moved).unwrap();
+    let pid = nix::unistd::Pid::from_raw(s.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains("SIGHUP: log reopened")) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no reopened log after SIGHUP"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(s.get("/xyz/esri-sample-cache/0/0/0.jpg").status, 200);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let n = sock.recv(&mut buf).expect("STOPPING=1");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "still running");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("stopped"), "{text}");
+    assert!(!std::fs::read_to_string(&moved).unwrap().contains("stopped"));
+}

@@ -398,6 +398,7 @@ fn the_debian_package_installs_a_working_bundlefs() {
         "/usr/share/zsh/vendor-completions/_bundlefs",
         "/usr/share/fish/vendor_completions.d/bundlefs.fish",
         "/lib/systemd/system/bundlefs@.service",
+        "/lib/systemd/system/bundlefs-serve@.service",
         "/usr/share/doc/bundlefs/fstab.example",
     ] {
         assert!(
