@@ -145,9 +145,33 @@ const RUNS: &[Run] = &[
 
 #[test]
 fn rsync_options_store_every_tile_or_fail_loudly() {
+    matrix(None);
+}
+
+/// The same runs into a writable `--layout xyz` view, the source a z/x/y tree: its temporaries,
+/// folders and renames take the view's names.
+#[test]
+fn rsync_options_into_an_xyz_view_store_every_tile_or_fail_loudly() {
+    matrix(Some("xyz"));
+}
+
+/// Where `rel` (`L02/Rrrrrrrrr/Ccccccccc.png`) sits in the source tree and the mount: under
+/// `_alllayers/` as it is, or with `layout` xyz at `2/col/row.png`.
+fn placed(rel: &str, layout: Option<&str>) -> String {
+    if layout.is_none() {
+        return format!("_alllayers/{rel}");
+    }
+    let parts: Vec<&str> = rel.split('/').collect();
+    let hex = |s: &str| u32::from_str_radix(&s[1..], 16).unwrap();
+    let (row, col) = (hex(parts[1]), hex(parts[2].trim_end_matches(".png")));
+    format!("2/{col}/{row}.png")
+}
+
+/// Runs every rsync of [`RUNS`] into a fresh writable mount (with `--layout` when given).
+fn matrix(layout: Option<&str>) {
     need("fusermount3");
     need("rsync");
-    let d = tmp("matrix");
+    let d = tmp(&format!("matrix-{}", layout.unwrap_or("arcgis")));
     let base = sample_cache(d.path(), "0-2");
     let before = level2(&base, d.path());
     assert_eq!(before.len(), 16);
@@ -164,7 +188,7 @@ fn rsync_options_store_every_tile_or_fail_loudly() {
         } else {
             bytes.clone()
         };
-        let p = src.join("_alllayers").join(rel);
+        let p = src.join(placed(rel, layout));
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(&p, &b).unwrap();
         want.insert(rel.clone(), b);
@@ -174,12 +198,17 @@ fn rsync_options_store_every_tile_or_fail_loudly() {
         let cache = d.path().join(format!("cache-{n}"));
         crate::support::copy_dir(&base, &cache);
         let mnt = d.path().join(format!("mnt-{n}"));
-        let mut m = Mounted::start(&cache, &mnt, &["-o", "rw"]);
+        let mut args = vec!["-o", "rw"];
+        if let Some(l) = layout {
+            args.extend(["--layout", l]);
+        }
+        let mut m = Mounted::start(&cache, &mnt, &args);
+        let top = if layout.is_none() { "_alllayers/" } else { "" };
         if let Some(dir) = r.premade {
-            std::fs::create_dir(m.path("_alllayers").join(dir)).unwrap();
+            std::fs::create_dir(m.path(top).join(dir)).unwrap();
         }
         let (ok, out, err) = sh(&format!(
-            "cd {} && rsync -a {} {}/_alllayers/ {}/_alllayers/",
+            "cd {} && rsync -a {} {}/{top} {}/{top}",
             d.path().display(),
             r.opts.join(" "),
             src.display(),
