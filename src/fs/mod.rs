@@ -522,7 +522,7 @@ impl TreeFs {
                 }
             }
             if self.view == View::ArcGis {
-                // (Column folders of the XYZ and TMS views are all shown, made or not.)
+                // (Column folders made in the XYZ and TMS views are listed by level_cols.)
                 rows.extend(self.w.lock().unwrap().created_rows(level));
             }
         }

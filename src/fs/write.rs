@@ -77,8 +77,8 @@ pub(super) struct WriteState {
     /// keep using them for that name until it forgets the inode; dropped on FORGET.
     aliases: HashMap<u64, Node>,
     next_temp: u64,
-    /// Folders made by mkdir: (level, None) or (level, Some(row)) (XYZ and TMS views: a
-    /// column, which is shown anyway).
+    /// Folders made by mkdir: (level, None) or (level, Some(row)) (XYZ and TMS views: Some
+    /// column).
     created: BTreeSet<(u8, Option<u32>)>,
     /// conf.xml / conf.cdi written in place (`cp`, `tar` of a whole cache), by the inode written
     /// through (the file's own, or a temporary renamed onto it that the kernel still uses):
@@ -151,12 +151,6 @@ impl TreeFs {
         )
     }
 
-    /// The tile a file name in tile folder (level, `key`) names, with the kind its extension
-    /// says.
-    fn tile_name(&self, level: u8, key: u32, name: &str) -> Option<(TileAddr, ImageKind)> {
-        self.tile_file_name(level, key, name)
-    }
-
     /// A file renamed onto a name that is not a tile's.
     fn not_a_tile_name(&self, from: &str, to: String) -> FsError {
         tracing::debug!("rename {from} -> {to}: not a tile name");
@@ -209,7 +203,7 @@ impl TreeFs {
         if self.writer.is_none() {
             return Ok(None);
         }
-        if let Some((t, _)) = self.tile_name(level, row, name) {
+        if let Some((t, _)) = self.tile_file_name(level, row, name) {
             let ino = self.ino(Node::Tile(t));
             let w = self.w.lock().unwrap();
             if let Some(o) = w.open.get(&ino) {
@@ -502,7 +496,7 @@ impl TreeFs {
             });
         };
         let path = self.tree_path(level, row, name);
-        let Some((t, kind)) = self.tile_name(level, row, name) else {
+        let Some((t, kind)) = self.tile_file_name(level, row, name) else {
             return Err(FsError::NotPermitted {
                 path,
                 why: format!("not {} nor a temporary name (.*)", names.tile).into(),
@@ -927,7 +921,7 @@ impl TreeFs {
             });
         };
         let (t, kind) = self
-            .tile_name(level, row, name)
+            .tile_file_name(level, row, name)
             .ok_or_else(|| super::not_found(name))?;
         let ino = self.ino(Node::Tile(t));
         let open = self.w.lock().unwrap().open.remove(&ino);
@@ -959,7 +953,7 @@ impl TreeFs {
             return self.commit_temp(ino, newparent, newname, &to_path);
         }
         let src = match (self.row_of(parent), self.inodes.node(parent)) {
-            (Some((l0, r0)), _) => self.tile_name(l0, r0, name).map(|(t, _)| t),
+            (Some((l0, r0)), _) => self.tile_file_name(l0, r0, name).map(|(t, _)| t),
             (None, Some(Node::Root)) if self.lookup(parent, name).is_ok() => match name {
                 "conf.xml" => return Err(conf_read_only(Node::ConfXml)),
                 "conf.cdi" => return Err(conf_read_only(Node::ConfCdi)),
@@ -985,7 +979,7 @@ impl TreeFs {
         }
         let Some((dst, kind)) = self
             .row_of(newparent)
-            .and_then(|(l1, r1)| self.tile_name(l1, r1, newname))
+            .and_then(|(l1, r1)| self.tile_file_name(l1, r1, newname))
         else {
             return Err(self.not_a_tile_name(&from_path, to_path));
         };
@@ -1022,7 +1016,7 @@ impl TreeFs {
                 n
             }
             (_, Some((l1, r1))) => {
-                let Some((t, kind)) = self.tile_name(l1, r1, newname) else {
+                let Some((t, kind)) = self.tile_file_name(l1, r1, newname) else {
                     return Err(self.not_a_tile_name(&from_path, to_path.to_string()));
                 };
                 self.commit_tile(ino, t, kind, data, Some(mtime), to_path)?;
