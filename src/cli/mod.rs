@@ -514,7 +514,7 @@ pub struct MountArgs {
     pub list_renderable: Option<LevelRange>,
     /// The tree shown: arcgis (`_alllayers/Lnn/Rxxxxxxxx/Cxxxxxxxx.ext`), or for a Web Mercator
     /// scheme numbered by zoom, xyz (`z/x/y.ext`, y from the top) or tms (y from the bottom),
-    /// for web servers and z/x/y tools; xyz and tms are read-only.
+    /// for web servers and z/x/y tools; with -o rw, files copied in take the layout's names.
     #[arg(long, value_name = "arcgis|xyz|tms", default_value = "arcgis")]
     pub layout: crate::fs::View,
     /// With --source arcgis: or wms:, pixels a side of the block of tiles drawn in one request
