@@ -20,6 +20,9 @@
 #                 again, its index read from the disk cache (one tile GET).
 # Each figure is open+read+close of one file (python, perf_counter), median over the samples;
 # the floor is curl's time_total for the same byte ranges, median. Ratio = mount / floor.
+# Through `bundlefs serve` (over HTTP on loopback, the same samples, a fresh serve): curl's
+# time_total of the tile URL, median; ratio serve / floor. Serve's requests and the floor's go
+# in turns through one curl (a kept-alive connection to each), so both are timed alike and at once.
 # RTT_MS=N: the latency part only, through a TCP proxy on 127.0.0.1 that holds every request N ms
 # before passing it to the gateway (a store farther away than loopback; the floor's curl goes
 # through the same proxy). The throughput part is then skipped.
@@ -38,6 +41,7 @@ mount_pid=
 proxy_pid=
 cleanup() {
     [[ -z $proxy_pid ]] || kill "$proxy_pid" 2>/dev/null || true
+    [[ -z ${serve_pid:-} ]] || kill "$serve_pid" 2>/dev/null || true
     if [[ -n $mount_pid ]]; then
         fusermount3 -u "$mnt" 2>/dev/null || true
         wait "$mount_pid" 2>/dev/null || true
@@ -217,9 +221,17 @@ for line in open(samples):
     print("disk", dt)
 EOF
 
-# Through `bundlefs serve` (no FUSE; loopback only, skipped with RTT_MS): per bundle its cold tile
-# (index + tile GET) then its warm tiles (one tile GET each), HTTP GETs on one kept-alive
-# connection, each answer checked against the tile's size.
+# Through `bundlefs serve` (no FUSE; loopback only, skipped with RTT_MS) and the floor, in one
+# curl run: per sampled tile its serve request (the tile URL: per bundle the cold tile, index +
+# tile GET, then the warm ones, one tile GET each) and its floor request (the tile's byte range
+# from the store; for a cold tile also the 128 KiB header+index), one after the other, in turns
+# serve first and floor first. One curl, one kept-alive connection to each, so both are timed by
+# the same client in the same seconds: the load of a shared machine drifts, and timing the floor
+# after serve (as this script did) moved the ratio by ±0.1; Python's http.client, which timed
+# serve before, added 50-100 us a request of its own (5-10 % of the floor). Serve's answers are
+# checked for 200 and the tile's size, the floor's for 206. The config holds the store's secret:
+# a file only we can read, not the process list.
+serve_pid=
 if [[ $RTT_MS == 0 ]]; then
     sport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     "$BIN" serve "s=$url" --listen "127.0.0.1:$sport" >"$work/serve.out" 2>&1 &
@@ -228,63 +240,71 @@ if [[ $RTT_MS == 0 ]]; then
         curl -sf -o /dev/null "http://127.0.0.1:$sport/healthz" && break
         sleep 0.1
     done
-    python3 - "$sport" "$work/samples" >>"$work/mount.times" <<'EOF'
-import http.client, sys, time
-port, samples = int(sys.argv[1]), sys.argv[2]
-c = http.client.HTTPConnection("127.0.0.1", port)
-for line in open(samples):
-    kind, rel, key, a, b = line.split()
-    lv, r, col = rel.split("/")
-    level, row, colv = int(lv[1:]), int(r[1:], 16), int(col[1:col.index(".")], 16)
-    t = time.perf_counter()
-    c.request("GET", f"/arcgis/rest/services/s/MapServer/tile/{level}/{row}/{colv}")
-    resp = c.getresponse()
-    body = resp.read()
-    dt = time.perf_counter() - t
-    assert resp.status == 200 and len(body) == int(b) - int(a) - 3, (rel, resp.status, len(body))
-    print("serve-" + kind, dt)
-EOF
-    kill "$serve_pid"
-    wait "$serve_pid" || true
 fi
-
-# The floor: the same byte ranges, one curl, one kept-alive connection (config file: the secret
-# stays out of the process list).
+floor_entry() { # LABEL KEY RANGE
+    echo "url = \"$read_endpoint/$BUNDLEFS_S3_BUCKET/${url#s3://*/}/_alllayers/$2\""
+    echo "range = \"$3\""
+    echo "output = \"/dev/null\""
+    echo "write-out = \"$1 %{time_total} %{http_code}\\n\""
+    echo "aws-sigv4 = \"aws:amz:${AWS_REGION:-us-east-1}:s3\""
+    echo "user = \"$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY\""
+    echo "header = \"x-amz-content-sha256: UNSIGNED-PAYLOAD\""
+    echo next
+}
+floor_entries() { # KIND KEY A B
+    floor_entry "$1" "$2" "$3-$4"
+    # The bundle's header+index (bytes 0-131135), as the mount's cold read fetches it.
+    [[ $1 != cold ]] || floor_entry index "$2" 0-131135
+}
+serve_entry() { # KIND REL A B
+    local lv r col level row c
+    IFS=/ read -r lv r col <<<"$2"
+    level=$((10#${lv:1})) row=$((16#${r:1})) c=${col:1}
+    c=$((16#${c%.*}))
+    echo "url = \"http://127.0.0.1:$sport/arcgis/rest/services/s/MapServer/tile/$level/$row/$c\""
+    echo "output = \"/dev/null\""
+    echo "write-out = \"serve-$1 %{time_total} %{http_code} %{size_download} $(($4 - $3 - 3))\\n\""
+    echo next
+}
 cfg=$work/curl.cfg
 umask 077
 {
-    first=1
-    while read -r kind _rel key a b; do
-        ((first)) || echo next
-        first=0
-        echo "url = \"$read_endpoint/$BUNDLEFS_S3_BUCKET/${url#s3://*/}/_alllayers/$key\""
-        echo "range = \"$a-$b\""
-        echo "output = \"/dev/null\""
-        echo "write-out = \"$kind %{time_total} %{http_code}\\n\""
-        echo "aws-sigv4 = \"aws:amz:${AWS_REGION:-us-east-1}:s3\""
-        echo "user = \"$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY\""
-        echo "header = \"x-amz-content-sha256: UNSIGNED-PAYLOAD\""
-        if [[ $kind == cold ]]; then
-            # The bundle's header+index (bytes 0-131135), as the mount's cold read fetches it.
-            echo next
-            echo "url = \"$read_endpoint/$BUNDLEFS_S3_BUCKET/${url#s3://*/}/_alllayers/$key\""
-            echo "range = \"0-131135\""
-            echo "output = \"/dev/null\""
-            echo "write-out = \"index %{time_total} %{http_code}\\n\""
-            echo "aws-sigv4 = \"aws:amz:${AWS_REGION:-us-east-1}:s3\""
-            echo "user = \"$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY\""
-            echo "header = \"x-amz-content-sha256: UNSIGNED-PAYLOAD\""
+    i=0
+    while read -r kind rel key a b; do
+        if [[ -z $serve_pid ]]; then
+            floor_entries "$kind" "$key" "$a" "$b"
+        elif ((i % 2 == 0)); then
+            serve_entry "$kind" "$rel" "$a" "$b"
+            floor_entries "$kind" "$key" "$a" "$b"
+        else
+            floor_entries "$kind" "$key" "$a" "$b"
+            serve_entry "$kind" "$rel" "$a" "$b"
         fi
+        i=$((i + 1))
     done <"$work/samples"
-} >"$cfg"
-curl -s -K "$cfg" >"$work/floor.raw"
+} | sed '$d' >"$cfg"
+curl -s -K "$cfg" >"$work/curl.raw"
 rm -f "$cfg"
+if [[ -n $serve_pid ]]; then
+    kill "$serve_pid"
+    wait "$serve_pid" || true
+fi
+grep -v '^serve-' "$work/curl.raw" >"$work/floor.raw" || true
 if grep -qv ' 206$' "$work/floor.raw"; then
     echo "bench: a floor request did not answer 206:" >&2
     grep -v ' 206$' "$work/floor.raw" | head -3 >&2
     exit 1
 fi
 awk '{ print ($1 == "index" ? "index" : "floor"), $2 }' "$work/floor.raw" >"$work/floor.times"
+if [[ -n $serve_pid ]]; then
+    grep '^serve-' "$work/curl.raw" >"$work/serve.raw"
+    if awk '$3 != 200 || $4 != $5 { bad = 1 } END { exit !bad }' "$work/serve.raw"; then
+        echo "bench: serve did not answer a tile with 200 and its bytes:" >&2
+        awk '$3 != 200 || $4 != $5' "$work/serve.raw" | head -3 >&2
+        exit 1
+    fi
+    awk '{ print $1, $2 }' "$work/serve.raw" >>"$work/mount.times"
+fi
 
 python3 - "$work/mount.times" "$work/floor.times" <<EOF
 import statistics, sys

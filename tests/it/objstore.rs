@@ -1826,19 +1826,115 @@ fn four_render_shards_through_two_gateways_store_what_one_process_stores() {
     assert_eq!(a.len(), 16 + 64, "each supertile asked once: {took:?}");
     assert_eq!(a, b, "the supertiles one process asks for");
     // Each gateway's access log (RGW's `beast:` lines) has PUTs of bundles of this cache.
-    let key = url.trim_start_matches("s3://");
     for gw in [1, 2] {
-        let log = cluster_dir()
-            .join("log")
-            .join(format!("client.rgw.gw{gw}.log"));
-        let text = std::fs::read_to_string(&log).unwrap();
-        let puts = text
-            .lines()
-            .filter(|l| l.contains(&format!("\"PUT /{key}/")) && l.contains(".bundle"))
-            .count();
+        let puts: usize = bundle_puts(gw, &url, 0).values().sum();
         eprintln!("gateway {gw}: {puts} bundle PUT(s)");
-        assert!(puts > 0, "no bundle PUT of {url} in {}", log.display());
+        assert!(
+            puts > 0,
+            "no bundle PUT of {url} in {}",
+            gateway_log(gw).display()
+        );
     }
+    let out = run_ok(Command::new(bin()).args(["verify", &url]));
+    assert!(out.contains("0 problem(s)"), "{out}");
+}
+
+/// The access log of gateway `gw` (1 or 2) of the cluster.
+fn gateway_log(gw: u32) -> std::path::PathBuf {
+    cluster_dir()
+        .join("log")
+        .join(format!("client.rgw.gw{gw}.log"))
+}
+
+/// The PUTs of bundles of the cache at `url` in gateway `gw`'s access log (RGW's `beast:` lines)
+/// from byte `from` on: bundle key under the prefix (`_alllayers/L08/R0000C0000.bundle`) → PUTs.
+fn bundle_puts(gw: u32, url: &str, from: u64) -> BTreeMap<String, usize> {
+    let text = std::fs::read(gateway_log(gw)).unwrap();
+    let text = String::from_utf8_lossy(&text[from as usize..]);
+    let start = format!("\"PUT /{}/", url.trim_start_matches("s3://"));
+    let mut out = BTreeMap::new();
+    for l in text.lines() {
+        let Some(rest) = l.split_once(&start).map(|(_, r)| r) else {
+            continue;
+        };
+        let key = rest.split_once(' ').map_or(rest, |(k, _)| k);
+        if key.ends_with(".bundle") {
+            *out.entry(key.to_string()).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+/// A `render --shard 0/2` into a Compact V2 cache in Ceph killed (SIGKILL) mid-run, once a
+/// bundle of its share is complete, and run again (`scale::KilledShard`, as against a folder in
+/// `scale.rs`): the rerun completes the share (and stores nothing of the other shard), asks the
+/// source only for supertiles with a tile missing at the kill, and, per gateway 1's log, PUTs no
+/// bundle whose tiles were all stored when it started and every bundle that lacked some; the
+/// killed process leaves nothing in the way (object stores have no locks; a PUT is whole or
+/// not at all). `verify` finds no problem.
+#[test]
+fn a_killed_render_shard_run_again_completes_its_share_in_the_store() {
+    use crate::scale::{cache, KilledShard};
+    let url = fresh_url("shard-kill");
+    let d = tempfile::tempdir().unwrap();
+    upload(&cache(d.path(), "empty"), &url);
+    // Complete bundles of the share among `stored`.
+    let complete = |stored: &BTreeMap<TileAddr, Vec<u8>>, share: &BTreeMap<TileAddr, Vec<u8>>| {
+        let mut b: BTreeMap<BundleId, bool> = BTreeMap::new();
+        for t in share.keys() {
+            *b.entry(t.bundle()).or_insert(true) &= stored.contains_key(t);
+        }
+        b
+    };
+    let k = KilledShard::start(d.path(), &url, |stored, share| {
+        complete(stored, share).values().any(|c| *c)
+    });
+    // Requests of the killed process still under way when it died are over by now.
+    std::thread::sleep(Duration::from_secs(1));
+    let at_rerun = all_tiles(&Cache::open(&url).unwrap());
+    let from = std::fs::metadata(gateway_log(1)).unwrap().len();
+    // Bundle key under the prefix (as in `bundle_puts`) → complete when the rerun started.
+    let done: BTreeMap<String, bool> = complete(&at_rerun, &k.share)
+        .into_iter()
+        .map(|(id, c)| {
+            let key = format!(
+                "_alllayers/{}/{}.bundle",
+                bundlefs::format::exploded::level_dir(id.level),
+                bundlefs::format::exploded::bundle_base(&id)
+            );
+            (key, c)
+        })
+        .collect();
+    eprintln!(
+        "at the kill {} tiles of {} stored; bundles complete when the rerun started: {done:?}",
+        k.stored_at_kill.len(),
+        k.share.len()
+    );
+    assert!(
+        done.values().any(|c| *c) && done.values().any(|c| !*c),
+        "{done:?}"
+    );
+    let again = k.rerun(&url);
+    // RGW writes its log lines as requests end; the last ones may trail the process's exit.
+    std::thread::sleep(Duration::from_secs(1));
+    let puts = bundle_puts(1, &url, from);
+    eprintln!(
+        "the rerun asked for {} supertile(s), PUT bundles {puts:?}",
+        again.len()
+    );
+    for (key, complete) in &done {
+        let n = puts.get(key).copied().unwrap_or(0);
+        if *complete {
+            assert_eq!(n, 0, "{key} was complete, and the rerun PUT it again");
+        } else {
+            assert!(n > 0, "{key} lacked tiles, and the rerun did not PUT it");
+        }
+    }
+    assert_eq!(
+        puts.len(),
+        done.values().filter(|c| !**c).count(),
+        "{puts:?}"
+    );
     let out = run_ok(Command::new(bin()).args(["verify", &url]));
     assert!(out.contains("0 problem(s)"), "{out}");
 }

@@ -125,82 +125,124 @@ fn four_render_shards_store_what_one_process_stores_asking_once_per_supertile() 
     );
 }
 
+/// A `render --shard 0/2` (of [`render_cmd`]) killed mid-run, to be run again
+/// ([`KilledShard::rerun`]); the cache may be a folder or an `s3://` URL (`objstore.rs`).
+pub(crate) struct KilledShard {
+    srv: TestServer,
+    asked: Arc<Mutex<Vec<[i64; 4]>>>,
+    /// The share of shard 0 of 2: the tiles of its bundles, as one process stores them.
+    pub share: BTreeMap<TileAddr, Vec<u8>>,
+    /// The tiles stored when the first run was killed (read just before the kill).
+    pub stored_at_kill: BTreeMap<TileAddr, Vec<u8>>,
+}
+
+impl KilledShard {
+    /// Renders the whole job into a local cache in `d` (the reference and the share), then runs
+    /// `render --shard 0/2 --jobs 1` into the empty cache `c` (of [`cache`]'s scheme) from a
+    /// source answering after 40 ms, reads `c`'s tiles every 20 ms, and kills the process
+    /// (SIGKILL) as soon as `kill_when(stored tiles, share)` holds; fails if it finishes first.
+    pub(crate) fn start<C: AsRef<OsStr> + AsRef<Path>>(
+        d: &Path,
+        c: &C,
+        kill_when: impl Fn(&BTreeMap<TileAddr, Vec<u8>>, &BTreeMap<TileAddr, Vec<u8>>) -> bool,
+    ) -> KilledShard {
+        let (one_srv, _) = server(Duration::ZERO);
+        let whole = cache(d, "whole");
+        run_ok(&mut render_cmd(&whole, &one_srv, &[]));
+        let want = all_tiles(&Cache::open(&whole).unwrap());
+        let shard = "0/2".parse::<bundlefs::cache::shard::Shard>().unwrap();
+        let share: BTreeMap<TileAddr, Vec<u8>> = want
+            .iter()
+            .filter(|(t, _)| shard.takes(&t.bundle()))
+            .map(|(t, b)| (*t, b.clone()))
+            .collect();
+        assert!(
+            share.len() > 256 && share.len() < want.len(),
+            "{}",
+            share.len()
+        );
+
+        let (srv, asked) = server(Duration::from_millis(40));
+        let path: &Path = c.as_ref();
+        let mut child = render_cmd(c, &srv, &["--shard", "0/2", "--jobs", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        let stored_at_kill = loop {
+            let n = Cache::open(path).map(|c| all_tiles(&c)).unwrap_or_default();
+            if kill_when(&n, &share) {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                break n;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(60), "nothing stored");
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "finished before it was killed"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(stored_at_kill.len() < share.len());
+        KilledShard {
+            srv,
+            asked,
+            share,
+            stored_at_kill,
+        }
+    }
+
+    /// Runs the shard again (`--jobs 2`) to the end and checks that `c` then holds exactly the
+    /// share, and that the rerun asked the source only for supertiles with a tile missing at the
+    /// kill (and for some). Returns the bboxes the rerun asked for.
+    pub(crate) fn rerun<C: AsRef<OsStr> + AsRef<Path>>(&self, c: &C) -> Vec<[i64; 4]> {
+        let path: &Path = c.as_ref();
+        let before = self.asked.lock().unwrap().len();
+        run_ok(&mut render_cmd(c, &self.srv, &["--shard", "0/2"]));
+        let got = all_tiles(&Cache::open(path).unwrap());
+        assert!(
+            got == self.share,
+            "the share, complete, and nothing of the other shard: {} tiles, want {}",
+            got.len(),
+            self.share.len()
+        );
+        // The rerun asked only for supertiles with a tile missing at the kill: none of those
+        // asked again is one whose 16 tiles were all stored.
+        let again: Vec<[i64; 4]> = self.asked.lock().unwrap()[before..].to_vec();
+        let scheme = Cache::open(path).unwrap().scheme().unwrap().clone();
+        for bbox in &again {
+            let res = (bbox[2] - bbox[0]) as f64 / 1024.0;
+            let level = scheme
+                .lods
+                .iter()
+                .find(|l| (l.resolution / res - 1.0).abs() < 1e-3)
+                .unwrap()
+                .level;
+            let env = bundlefs::format::conf::Envelope {
+                xmin: bbox[0] as f64 + 1.0,
+                ymin: bbox[1] as f64 + 1.0,
+                xmax: bbox[2] as f64 - 1.0,
+                ymax: bbox[3] as f64 - 1.0,
+            };
+            let (rows, cols) = scheme.tile_range(level, &env).unwrap();
+            let all_stored = rows
+                .flat_map(|r| cols.clone().map(move |c| TileAddr::new(level, r, c)))
+                .all(|t| self.stored_at_kill.contains_key(&t));
+            assert!(!all_stored, "asked again for a stored supertile {bbox:?}");
+        }
+        assert!(!again.is_empty());
+        again
+    }
+}
+
 #[test]
 fn a_killed_shard_run_again_completes_its_share_without_asking_for_stored_supertiles() {
     let d = scratch_dir("shard-kill");
-    let (one_srv, _) = server(Duration::ZERO);
-    let whole = cache(&d, "whole");
-    run_ok(&mut render_cmd(&whole, &one_srv, &[]));
-    let want = all_tiles(&Cache::open(&whole).unwrap());
-    // The share of shard 0 of 2 (the tiles of its bundles), as one process stores it.
-    let shard = "0/2".parse::<bundlefs::cache::shard::Shard>().unwrap();
-    let share: BTreeMap<TileAddr, Vec<u8>> = want
-        .iter()
-        .filter(|(t, _)| shard.takes(&t.bundle()))
-        .map(|(t, b)| (*t, b.clone()))
-        .collect();
-    assert!(
-        share.len() > 256 && share.len() < want.len(),
-        "{}",
-        share.len()
-    );
-
-    let (srv, asked) = server(Duration::from_millis(40));
     let c = cache(&d, "c");
-    let mut child = render_cmd(&c, &srv, &["--shard", "0/2", "--jobs", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
     // Killed once it has stored a batch of tiles, before it is done.
-    let t0 = Instant::now();
-    let stored_at_kill = loop {
-        let n = Cache::open(&c).map(|c| all_tiles(&c)).unwrap_or_default();
-        if !n.is_empty() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            break n;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(60), "nothing stored");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "finished before it was killed"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(stored_at_kill.len() < share.len());
-    let before = asked.lock().unwrap().len();
-    run_ok(&mut render_cmd(&c, &srv, &["--shard", "0/2"]));
-    let got = all_tiles(&Cache::open(&c).unwrap());
-    assert_eq!(
-        got, share,
-        "the share, complete, and nothing of the other shard"
-    );
-    // The rerun asked only for supertiles with a tile missing at the kill: none of those asked
-    // again is one whose 16 tiles were all stored.
-    let again: Vec<[i64; 4]> = asked.lock().unwrap()[before..].to_vec();
-    let scheme = Cache::open(&c).unwrap().scheme().unwrap().clone();
-    for bbox in &again {
-        let res = (bbox[2] - bbox[0]) as f64 / 1024.0;
-        let level = scheme
-            .lods
-            .iter()
-            .find(|l| (l.resolution / res - 1.0).abs() < 1e-3)
-            .unwrap()
-            .level;
-        let env = bundlefs::format::conf::Envelope {
-            xmin: bbox[0] as f64 + 1.0,
-            ymin: bbox[1] as f64 + 1.0,
-            xmax: bbox[2] as f64 - 1.0,
-            ymax: bbox[3] as f64 - 1.0,
-        };
-        let (rows, cols) = scheme.tile_range(level, &env).unwrap();
-        let all_stored = rows
-            .flat_map(|r| cols.clone().map(move |c| TileAddr::new(level, r, c)))
-            .all(|t| stored_at_kill.contains_key(&t));
-        assert!(!all_stored, "asked again for a stored supertile {bbox:?}");
-    }
-    assert!(!again.is_empty());
+    let k = KilledShard::start(&d, &c, |stored, _| !stored.is_empty());
+    k.rerun(&c);
 }
 
 #[test]

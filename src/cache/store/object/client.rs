@@ -15,13 +15,19 @@ use super::options::ObjectOptions;
 use crate::cache::url::{ObjectUrl, Scheme};
 use crate::error::{Error, Result};
 
-/// The private runtime the async client runs on (two workers: requests wait on the network).
+/// The private runtime the async client runs on: a current-thread runtime, driven by whichever
+/// thread waits in [`block`] (tokio lets many threads call `block_on` on one: one at a time drives
+/// the connections and timers, the others poll their own futures and wait).
+///
+/// Not a multi-thread runtime with workers of its own: there a request goes from the waiting
+/// thread to a worker (which writes it), its answer from the worker back to the waiting thread,
+/// two thread wake-ups per request; about 70 µs of a 1 ms range GET from Ceph on loopback
+/// (`scripts/bench-objstore.sh`, doc/serve.md). Here the thread that waits does the request
+/// itself.
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("bundlefs-s3")
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("a tokio runtime for the object store client")
@@ -30,8 +36,18 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 
 /// Runs `f` (a request of the async client) to completion on the private runtime; the
 /// synchronous facade every object layout goes through.
+///
+/// Between two calls nobody drives the runtime, so what the network brought meanwhile (a store
+/// closing an idle kept-alive connection) waits in the driver. Two yields before `f` let the
+/// runtime take it in (the first polls the driver, the second runs the connection tasks it woke):
+/// a connection the store closed leaves the pool before `f` picks one, and no request goes out on
+/// it (a conditional PUT on a dead connection is not retried by the client).
 pub(crate) fn block<F: std::future::Future>(f: F) -> F::Output {
-    runtime().block_on(f)
+    runtime().block_on(async {
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        f.await
+    })
 }
 
 /// The client of the store `url` names (S3 or Azure Blob, per its scheme), set up from the
@@ -82,4 +98,83 @@ pub fn store_client_with(url: &ObjectUrl, o: &ObjectOptions) -> Result<Arc<dyn O
             Arc::new(o.apply_azure(b).map_err(bad)?.build().map_err(failed)?)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::path::Path as Key;
+    use object_store::{PutMode, PutOptions, PutPayload};
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// A store on 127.0.0.1 that answers each request 200 on a kept-alive connection and then
+    /// closes that connection 50 ms later (as a store or proxy closes idle connections): the next
+    /// conditional PUT, 300 ms after the first, must go out on a new connection and succeed (the
+    /// client does not retry a PUT sent on a connection the store had closed).
+    #[test]
+    fn a_connection_the_store_closed_while_idle_is_not_used_again() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let answered = Arc::new(AtomicUsize::new(0));
+        let a = answered.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut len = 0usize;
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                    if line == "\r\n" {
+                        let mut body = vec![0; len];
+                        std::io::Read::read_exact(&mut r, &mut body).unwrap();
+                        let _ = conn.write_all(
+                            b"HTTP/1.1 200 OK\r\nETag: \"e\"\r\nContent-Length: 0\r\n\r\n",
+                        );
+                        a.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(50));
+                        break;
+                    }
+                }
+                // Closed with the request answered, the client not told (no Connection: close).
+                drop(conn);
+            }
+        });
+        let store = AmazonS3Builder::new()
+            .with_bucket_name("b")
+            .with_region("us-east-1")
+            .with_access_key_id("k")
+            .with_secret_access_key("s")
+            .with_endpoint(format!("http://127.0.0.1:{port}"))
+            .with_allow_http(true)
+            .with_retry(object_store::RetryConfig {
+                max_retries: 0,
+                ..Default::default()
+            })
+            .build()
+            .unwrap();
+        let put = |name: &str| {
+            block(store.put_opts(
+                &Key::from(name),
+                PutPayload::from_static(b"tile"),
+                PutOptions {
+                    mode: PutMode::Create,
+                    ..Default::default()
+                },
+            ))
+        };
+        put("a").unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        put("b").unwrap_or_else(|e| panic!("the second PUT: {e}"));
+        assert_eq!(answered.load(Ordering::SeqCst), 2);
+    }
 }
