@@ -60,12 +60,31 @@ pub fn create(path: &Path, metadata: &[(&str, String)]) -> Result<()> {
     tx.commit().map_err(|e| sql(path, e))
 }
 
-/// Sets `metadata` pairs of the MBTiles file at `path` (replacing values of those names).
-/// Errors: SQLite errors, naming the file.
+/// Sets `metadata` pairs of the MBTiles file at `path` (replacing values of those names), in one
+/// durable transaction (SQLite's default `synchronous=FULL`); pairs the file holds already, with
+/// that value and once, are left alone, and when that is all of them nothing is written (no
+/// transaction, no sync). Errors: SQLite errors, naming the file.
 pub fn set_metadata(path: &Path, pairs: &[(&str, String)]) -> Result<()> {
     let mut db = super::sqlite::connect(path, false)?;
-    let tx = db.transaction().map_err(|e| sql(path, e))?;
+    let mut todo = Vec::new();
     for (k, v) in pairs {
+        let values: Vec<Option<String>> = {
+            let mut st = db
+                .prepare_cached("SELECT value FROM metadata WHERE name = ?1")
+                .map_err(|e| sql(path, e))?;
+            let rows = st.query_map([k], |r| r.get(0)).map_err(|e| sql(path, e))?;
+            rows.collect::<rusqlite::Result<_>>()
+                .map_err(|e| sql(path, e))?
+        };
+        if values != [Some(v.clone())] {
+            todo.push((k, v));
+        }
+    }
+    if todo.is_empty() {
+        return Ok(());
+    }
+    let tx = db.transaction().map_err(|e| sql(path, e))?;
+    for (k, v) in todo {
         tx.execute("DELETE FROM metadata WHERE name = ?1", [k])
             .map_err(|e| sql(path, e))?;
         tx.execute(
