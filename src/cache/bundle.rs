@@ -259,6 +259,25 @@ impl BundleHandle {
     /// Checked byte range of the tile in `slot` (None: no tile). Errors name the file and entry.
     pub fn tile_range(&self, slot: Slot) -> Result<Option<Range<usize>>> {
         self.check_len()?;
+        self.range_in_map(slot)
+    }
+
+    /// The checked byte ranges of every tile, in slot order: [`Self::tile_range`] of each occupied
+    /// slot, the file's length checked (one stat) for all of them rather than for each. Errors:
+    /// the file shrank under the map, or the first broken entry, naming the file and entry.
+    pub fn tile_ranges(&self) -> Result<Vec<(Slot, Range<usize>)>> {
+        self.check_len()?;
+        let mut out = Vec::new();
+        for (slot, _) in self.slots() {
+            if let Some(r) = self.range_in_map(slot)? {
+                out.push((slot, r));
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`Self::tile_range`] without the length check: the caller has made it.
+    fn range_in_map(&self, slot: Slot) -> Result<Option<Range<usize>>> {
         match &self.kind {
             Kind::V2 => V2Bundle::parse(&self.map)
                 .and_then(|b| b.tile_range(slot))

@@ -933,16 +933,19 @@ impl Cache {
         }
     }
 
-    /// Makes every write so far durable: syncfs(2) of the file system holding the folder; nothing
-    /// in a store (a PUT is durable once answered). Errors: the sync failed, naming the folder.
+    /// Makes every write so far durable: syncfs(2) of the file system holding the folder; for a
+    /// one-file cache (MBTiles, GeoPackage) fsync(2) of the file and of its folder (its name, and
+    /// SQLite's journal gone), so the sync waits for this file's data only, not for every other
+    /// writer's on the file system; nothing in a store (a PUT is durable once answered). Errors:
+    /// the sync failed, naming the folder or file.
     pub fn sync_all(&self) -> Result<()> {
         match &self.location {
             url::Location::Folder(root) => files::syncfs(root),
-            url::Location::File(f) => files::syncfs(match f.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p,
-                // A bare name (`out.mbtiles`): the file is in the working folder.
-                _ => Path::new("."),
-            }),
+            url::Location::File(f) => {
+                fs::File::open(f).and_then(|h| h.sync_all()).at(f)?;
+                // A bare name (`out.mbtiles`) is in the working folder: sync_dir takes "" as ".".
+                files::sync_dir(f.parent().unwrap_or(Path::new("")))
+            }
             url::Location::Store(_) => Ok(()),
         }
     }

@@ -311,7 +311,17 @@ fn export_to_file(
 ) -> Result<JobSummary> {
     check_selection(src, opts)?;
     if dest.is_file() {
-        let mut d = Cache::open_with(dest, dest_options(StorageFormat::Exploded, opts.sync))?;
+        // A file that is there already, which others may be reading: every commit durable
+        // (SQLite synchronous=FULL, unless --no-sync), so a crash or power loss can lose at most
+        // the bundle being written, never the file. Only a new file is written without syncs
+        // and made durable by the job's one sync at its end.
+        let mut d = Cache::open_with(
+            dest,
+            CacheOptions {
+                durable: opts.sync,
+                ..CacheOptions::default()
+            },
+        )?;
         return into_cache(src, &mut d, opts, progress);
     }
     let (scheme, extent, name) = new_file_plan(src, opts, needs)?;

@@ -8,7 +8,7 @@ use std::path::Path;
 use super::engine::{
     check_selection, dest_options, holds_cache, into_cache, JobOptions, JobSummary, Progress,
 };
-use crate::cache::Cache;
+use crate::cache::{Cache, StorageKind};
 use crate::error::{Error, Result};
 
 /// Imports into the cache folder at `dest`. Nothing is written when the options, schemes or
@@ -41,7 +41,13 @@ pub fn import_job(
         )));
     }
     let probe = Cache::open(dest)?;
-    let mut d = Cache::open_with(dest, dest_options(probe.storage(), opts.sync))?;
+    let mut o = dest_options(probe.storage(), opts.sync);
+    if matches!(probe.kind(), StorageKind::Mbtiles | StorageKind::Geopackage) {
+        // An SQLite file others may be reading: every commit durable (synchronous=FULL, unless
+        // --no-sync), so a crash or power loss cannot corrupt it (export_to_file says the same).
+        o.durable = opts.sync;
+    }
+    let mut d = Cache::open_with(dest, o)?;
     drop(probe);
     into_cache(src, &mut d, opts, progress)
 }

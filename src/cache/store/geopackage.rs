@@ -81,7 +81,7 @@ pub fn create(
              tile_column INTEGER NOT NULL, tile_row INTEGER NOT NULL, tile_data BLOB NOT NULL,
              UNIQUE (zoom_level, tile_column, tile_row));
          CREATE TABLE {times} (zoom_level INTEGER, tile_column INTEGER, tile_row INTEGER,
-             mtime_ns INTEGER, PRIMARY KEY (zoom_level, tile_column, tile_row));",
+             mtime_ns INTEGER, PRIMARY KEY (zoom_level, tile_column, tile_row)) WITHOUT ROWID;",
         gpkg::APPLICATION_ID,
         gpkg::USER_VERSION
     ))

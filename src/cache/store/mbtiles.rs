@@ -36,33 +36,55 @@ pub fn create(path: &Path, metadata: &[(&str, String)]) -> Result<()> {
             path.display()
         )));
     }
-    let db = Connection::open(path).map_err(|e| sql(path, e))?;
-    let mut batch = format!(
-        "BEGIN;
-         CREATE TABLE metadata (name TEXT, value TEXT);
+    let mut db = Connection::open(path).map_err(|e| sql(path, e))?;
+    // One transaction: the tables and the metadata are there together or not at all, and a
+    // durable commit costs its syncs once, not once per metadata row.
+    let tx = db.transaction().map_err(|e| sql(path, e))?;
+    tx.execute_batch(&format!(
+        "CREATE TABLE metadata (name TEXT, value TEXT);
          CREATE UNIQUE INDEX name ON metadata (name);
          CREATE TABLE tiles (zoom_level INTEGER, tile_column INTEGER, tile_row INTEGER, tile_data BLOB);
          CREATE UNIQUE INDEX tile_index ON tiles (zoom_level, tile_column, tile_row);
          CREATE TABLE {TIMES} (zoom_level INTEGER, tile_column INTEGER, tile_row INTEGER, mtime_ns INTEGER,
-             PRIMARY KEY (zoom_level, tile_column, tile_row));"
-    );
-    batch.push_str("COMMIT;");
-    db.execute_batch(&batch).map_err(|e| sql(path, e))?;
-    let mut st = db
-        .prepare("INSERT INTO metadata (name, value) VALUES (?1, ?2)")
-        .map_err(|e| sql(path, e))?;
-    for (k, v) in metadata {
-        st.execute(params![k, v]).map_err(|e| sql(path, e))?;
+             PRIMARY KEY (zoom_level, tile_column, tile_row)) WITHOUT ROWID;"
+    ))
+    .map_err(|e| sql(path, e))?;
+    {
+        let mut st = tx
+            .prepare("INSERT INTO metadata (name, value) VALUES (?1, ?2)")
+            .map_err(|e| sql(path, e))?;
+        for (k, v) in metadata {
+            st.execute(params![k, v]).map_err(|e| sql(path, e))?;
+        }
     }
-    Ok(())
+    tx.commit().map_err(|e| sql(path, e))
 }
 
-/// Sets `metadata` pairs of the MBTiles file at `path` (replacing values of those names).
-/// Errors: SQLite errors, naming the file.
+/// Sets `metadata` pairs of the MBTiles file at `path` (replacing values of those names), in one
+/// durable transaction (SQLite's default `synchronous=FULL`); pairs the file holds already, with
+/// that value and once, are left alone, and when that is all of them nothing is written (no
+/// transaction, no sync). Errors: SQLite errors, naming the file.
 pub fn set_metadata(path: &Path, pairs: &[(&str, String)]) -> Result<()> {
     let mut db = super::sqlite::connect(path, false)?;
-    let tx = db.transaction().map_err(|e| sql(path, e))?;
+    let mut todo = Vec::new();
     for (k, v) in pairs {
+        let values: Vec<Option<String>> = {
+            let mut st = db
+                .prepare_cached("SELECT value FROM metadata WHERE name = ?1")
+                .map_err(|e| sql(path, e))?;
+            let rows = st.query_map([k], |r| r.get(0)).map_err(|e| sql(path, e))?;
+            rows.collect::<rusqlite::Result<_>>()
+                .map_err(|e| sql(path, e))?
+        };
+        if values != [Some(v.clone())] {
+            todo.push((k, v));
+        }
+    }
+    if todo.is_empty() {
+        return Ok(());
+    }
+    let tx = db.transaction().map_err(|e| sql(path, e))?;
+    for (k, v) in todo {
         tx.execute("DELETE FROM metadata WHERE name = ?1", [k])
             .map_err(|e| sql(path, e))?;
         tx.execute(

@@ -106,13 +106,10 @@ pub(crate) fn bundle_tiles(
     id: BundleId,
     b: &Arc<BundleHandle>,
 ) -> Result<Vec<(TileAddr, TileBytes)>> {
-    let mut out = Vec::new();
-    for (slot, _) in b.slots() {
-        if let Some(r) = b.tile_range(slot)? {
-            out.push((id.tile(slot), TileBytes::mapped(b.clone(), r)));
-        }
-    }
-    Ok(out)
+    Ok(b.tile_ranges()?
+        .into_iter()
+        .map(|(slot, r)| (id.tile(slot), TileBytes::mapped(b.clone(), r)))
+        .collect())
 }
 
 /// What a store can tell of a stored tile without handing out its bytes.

@@ -266,6 +266,24 @@ impl SqliteTiles {
             .ok()
     }
 
+    /// Whether the tile table has an index whose first column is `zoom_level` (MBTiles'
+    /// `tile_index`, GeoPackage's `UNIQUE (zoom_level, tile_column, tile_row)`), so rows can be
+    /// found by zoom level without reading them all. False for a view.
+    fn zoom_indexed(&self, db: &Connection) -> Result<bool> {
+        let name = match &self.grid {
+            Grid::Tms => "tiles",
+            Grid::Matrix { table, .. } => table.as_str(),
+        };
+        db.query_row(
+            "SELECT count(*) FROM pragma_index_list(?1) AS l, pragma_index_info(l.name) AS i \
+             WHERE i.seqno = 0 AND i.name = 'zoom_level'",
+            [name],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+        .map_err(|e| self.err(e))
+    }
+
     fn refuse_read_only(&self) -> Result<()> {
         if self.read_only {
             return Err(Error::invalid(format!(
@@ -319,7 +337,7 @@ impl SqliteTiles {
         let ns = nanos(self.file_mtime().unwrap_or_else(SystemTime::now));
         db.execute_batch(&format!(
             "CREATE TABLE {times} (zoom_level INTEGER, tile_column INTEGER, tile_row INTEGER, mtime_ns INTEGER,
-                 PRIMARY KEY (zoom_level, tile_column, tile_row));
+                 PRIMARY KEY (zoom_level, tile_column, tile_row)) WITHOUT ROWID;
              INSERT INTO {times} SELECT zoom_level, tile_column, tile_row, {ns} FROM {};",
             self.grid.table()
         ))
@@ -485,25 +503,54 @@ impl Storage for SqliteTiles {
 
     fn levels(&self) -> Result<Vec<u8>> {
         let db = self.db.lock().unwrap();
-        let mut st = db
-            .prepare_cached(&format!(
-                "SELECT DISTINCT zoom_level FROM {} WHERE {} ORDER BY zoom_level",
-                self.grid.table(),
-                self.grid.is_tile()
-            ))
-            .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map([], |r| r.get::<_, i64>(0))
-            .map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for z in rows {
-            let z = z.map_err(|e| self.err(e))?;
-            out.push(u8::try_from(z).map_err(|_| {
+        let to_level = |z: i64| {
+            u8::try_from(z).map_err(|_| {
                 Error::invalid(format!(
                     "{}: zoom level {z} (bundlefs reads levels 0-255)",
                     self.path.display()
                 ))
-            })?);
+            })
+        };
+        let mut out = Vec::new();
+        if !self.zoom_indexed(&db)? {
+            // No index to walk (a table without one, or a view): one scan of every row.
+            let mut st = db
+                .prepare_cached(&format!(
+                    "SELECT DISTINCT zoom_level FROM {} WHERE {} ORDER BY zoom_level",
+                    self.grid.table(),
+                    self.grid.is_tile()
+                ))
+                .map_err(|e| self.err(e))?;
+            let rows = st
+                .query_map([], |r| r.get::<_, i64>(0))
+                .map_err(|e| self.err(e))?;
+            for z in rows {
+                out.push(to_level(z.map_err(|e| self.err(e))?)?);
+            }
+            return Ok(out);
+        }
+        // Level after level, each found by one walk of the index from the last one found: a
+        // few lookups per level instead of reading every tile (an open of a file of millions of
+        // tiles read them all before).
+        let mut st = db
+            .prepare_cached(&format!(
+                "SELECT zoom_level FROM {} WHERE zoom_level > ?1 AND {} ORDER BY zoom_level \
+                 LIMIT 1",
+                self.grid.table(),
+                self.grid.is_tile()
+            ))
+            .map_err(|e| self.err(e))?;
+        let mut after = i64::MIN;
+        while let Some(z) = st
+            .query_row([after], |r| r.get::<_, i64>(0))
+            .optional()
+            .map_err(|e| self.err(e))?
+        {
+            if z <= after {
+                break; // cannot happen with the query above; never loop on it
+            }
+            out.push(to_level(z)?);
+            after = z;
         }
         Ok(out)
     }
@@ -660,8 +707,7 @@ impl Storage for SqliteTiles {
         if new.is_empty() {
             return Ok(WriteStats::default());
         }
-        let owned: Vec<(Slot, Vec<u8>)> = new.into_iter().map(|(s, b)| (s, b.to_vec())).collect();
-        let tiles: Vec<TimedSlot> = owned.iter().map(|(s, b)| (*s, &b[..], None)).collect();
+        let tiles: Vec<TimedSlot> = new.iter().map(|(s, b)| (*s, &b[..], None)).collect();
         self.put(&mut db, id, &tiles)
     }
 
@@ -845,5 +891,38 @@ impl Drop for SqliteTiles {
                 .lock()
                 .map(|db| db.execute_batch("PRAGMA synchronous = FULL;"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Levels are the zoom levels holding a tile, whether found through the index or by a scan:
+    /// rows without data and rows outside their level's grid make no level.
+    #[test]
+    fn levels_are_those_holding_tiles_with_and_without_an_index() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("levels.mbtiles");
+        super::super::mbtiles::create(&f, &[("name", "t".into())]).unwrap();
+        let db = Connection::open(&f).unwrap();
+        db.execute_batch(
+            "INSERT INTO tiles VALUES (0, 0, 0, x'01');
+             INSERT INTO tiles VALUES (1, 0, 0, x'');
+             INSERT INTO tiles VALUES (1, 1, 1, NULL);
+             INSERT INTO tiles VALUES (3, 8, 0, x'01');
+             INSERT INTO tiles VALUES (5, 2, 3, x'01');
+             INSERT INTO tiles VALUES (5, 3, 3, x'01');
+             INSERT INTO tiles VALUES (9, 0, 0, x'01');
+             INSERT INTO tiles VALUES (31, 0, 0, x'01');",
+        )
+        .unwrap();
+        let s = super::super::mbtiles::open(&f, false).unwrap();
+        assert!(s.zoom_indexed(&s.db.lock().unwrap()).unwrap());
+        assert_eq!(s.levels().unwrap(), vec![0, 5, 9]);
+        db.execute_batch("DROP INDEX tile_index;").unwrap();
+        let s = super::super::mbtiles::open(&f, false).unwrap();
+        assert!(!s.zoom_indexed(&s.db.lock().unwrap()).unwrap());
+        assert_eq!(s.levels().unwrap(), vec![0, 5, 9]);
     }
 }
