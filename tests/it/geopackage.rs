@@ -34,8 +34,15 @@ fn geopackage_round_trips_tile_for_tile_rows_from_the_top() {
     // spatial references and the cache's, a contents row of data type tiles, the tile matrix set
     // and a tile matrix per level.
     assert_eq!(
-        sqlite(&f, "PRAGMA application_id; PRAGMA user_version;"),
-        vec![vec!["1196444487".to_string()], vec!["10300".to_string()]]
+        sqlite(
+            &f,
+            "PRAGMA application_id; PRAGMA user_version; PRAGMA page_size;"
+        ),
+        vec![
+            vec!["1196444487".to_string()],
+            vec!["10300".to_string()],
+            vec![bundlefs::cache::store::sqlite::PAGE_SIZE.to_string()]
+        ]
     );
     let srs = sqlite(
         &f,

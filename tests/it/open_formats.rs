@@ -28,6 +28,10 @@ fn mbtiles_round_trips_tile_for_tile_with_the_tms_row_flip() {
     let f = d.join("esri.mbtiles");
     let out = export(&src, &f, &[]);
     assert!(out.contains("(mbtiles)"), "{out}");
+    assert_eq!(
+        crate::support::sqlite::query(&f, "PRAGMA page_size"),
+        [[bundlefs::cache::store::sqlite::PAGE_SIZE.to_string()]]
+    );
     // sqlite3 sees each tile at its TMS row, bytes as stored.
     let rows = sqlite_tiles(&f);
     assert_eq!(rows.len(), want.len());

@@ -52,6 +52,9 @@ pub fn create(
         )));
     }
     let mut db = Connection::open(path).map_err(|e| sql(path, e))?;
+    // Before the first table: the page size of a new file ([`super::sqlite::PAGE_SIZE`]).
+    db.execute_batch(&format!("PRAGMA page_size = {};", super::sqlite::PAGE_SIZE))
+        .map_err(|e| sql(path, e))?;
     let tx = db.transaction().map_err(|e| sql(path, e))?;
     let t = ident(table);
     let times = ident(&format!("bundlefs_tile_times_{table}"));

@@ -37,6 +37,9 @@ pub fn create(path: &Path, metadata: &[(&str, String)]) -> Result<()> {
         )));
     }
     let mut db = Connection::open(path).map_err(|e| sql(path, e))?;
+    // Before the first table: the page size of a new file ([`super::sqlite::PAGE_SIZE`]).
+    db.execute_batch(&format!("PRAGMA page_size = {};", super::sqlite::PAGE_SIZE))
+        .map_err(|e| sql(path, e))?;
     // One transaction: the tables and the metadata are there together or not at all, and a
     // durable commit costs its syncs once, not once per metadata row.
     let tx = db.transaction().map_err(|e| sql(path, e))?;
