@@ -406,3 +406,60 @@ fn writable_xyz_and_tms_mounts_store_trees_copied_into_them() {
         }
     }
 }
+
+/// rsync -a of a z/x/y tree over the tiles of an MBTiles file mounted as a writable XYZ view:
+/// the tiles show rsync's times at once (while they wait in the write buffer, whatever the
+/// file's time table still says), so a second rsync sends nothing.
+#[test]
+fn an_rsync_into_a_writable_view_of_an_mbtiles_file_keeps_its_times() {
+    need("rsync");
+    let d = scratch_dir("xyz-rw-mbtiles");
+    let src = esri_sample_cache();
+    let tree = d.join("tree");
+    run_ok(
+        Command::new(bin())
+            .arg("export")
+            .arg(&src)
+            .arg(&tree)
+            .args(["--storage", "xyz"]),
+    );
+    std::fs::remove_file(tree.join("metadata.json")).unwrap();
+    let (ok, _, err) = sh(&format!(
+        "find {} -type f -exec touch -d '2020-01-01 00:00:00' {{}} +",
+        tree.display()
+    ));
+    assert!(ok, "{err}");
+    let f = d.join("s.mbtiles");
+    run_ok(Command::new(bin()).arg("export").arg(&src).arg(&f));
+    let m =
+        crate::support::mount::Mounted::start(&f, &d.join("mnt"), &["--layout", "xyz", "-o", "rw"]);
+    // The kernel has the tile's time before the copy.
+    let before = std::fs::metadata(m.path("1/0/0.jpg")).unwrap();
+    assert_ne!(
+        before.modified().unwrap(),
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_577_836_800)
+    );
+    let rsync = |extra: &str| {
+        let (ok, out, err) = sh(&format!(
+            "rsync -a {extra} {}/ {}/",
+            tree.display(),
+            m.path("").display()
+        ));
+        assert!(ok, "{err}");
+        out
+    };
+    rsync("");
+    let again = rsync("-n -i");
+    assert!(
+        !again.lines().any(|l| l.starts_with(">f")),
+        "a second rsync would send tiles again:\n{again}"
+    );
+    let t = std::fs::metadata(m.path("1/0/0.jpg"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(
+        t,
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_577_836_800)
+    );
+}

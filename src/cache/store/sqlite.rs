@@ -740,7 +740,12 @@ impl Storage for SqliteTiles {
         tx.commit().map_err(|e| self.err(e))
     }
 
-    fn tile_mtime(&self, t: TileAddr, _bytes: &TileBytes) -> Option<SystemTime> {
+    fn tile_mtime(&self, t: TileAddr, bytes: &TileBytes) -> Option<SystemTime> {
+        // Bytes that carry their time (a tile waiting in a mount's write buffer) are newer than
+        // the table.
+        if let Some(m) = bytes.mtime() {
+            return Some(m);
+        }
         let stored = self.grid.flip(t.level, t.row)?;
         let db = self.db.lock().unwrap();
         let times = self.grid.times();
