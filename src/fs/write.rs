@@ -1135,7 +1135,18 @@ impl TreeFs {
                 return Ok(());
             }
         }
-        let a = self.lookup(parent, name)?;
+        let a = match self.lookup(parent, name) {
+            Ok(a) => a,
+            // A row or column folder goes with its last tile, and the kernel may still know it
+            // (`rm -r` removes the tiles, then the folder): removed already.
+            Err(e) if e.is_not_found() => {
+                return match p {
+                    Node::Level(level) if self.view().parse_folder(level, name).is_some() => Ok(()),
+                    _ => Err(e),
+                };
+            }
+            Err(e) => return Err(e),
+        };
         match self.node(a.ino)? {
             Node::Row { level, row } if p == Node::Level(level) => {
                 let busy = self.w.lock().unwrap().folder_busy(level, row);
@@ -1155,7 +1166,14 @@ impl TreeFs {
                 }
                 let was_created = self.w.lock().unwrap().created.remove(&(l, None));
                 if self.cache.level_exists(l) && !was_created {
-                    // A level folder on disk without tiles (empty bundles): it stays.
+                    // A level folder on disk without tiles (empty bundles): it stays. ENOTEMPTY,
+                    // which `rsync --delete` and `rm -r` take as "kept" (rsync then exits 0);
+                    // EPERM would fail the whole transfer.
+                    tracing::info!(
+                        "rmdir {}: the level folder stays while its bundle files do (they hold \
+                         no tiles now)",
+                        self.level_path(l)
+                    );
                     return Err(FsError::NotEmpty(name.to_string()));
                 }
                 Ok(())
@@ -1662,6 +1680,38 @@ mod tests {
         // Read-only trees refuse writes.
         let ro = TreeFs::new(fs.cache().clone());
         assert_eq!(errno(ro.create(row, "C00000001.png")), libc::EROFS);
+    }
+
+    /// `rm -r` of a row folder: its last tile gone, the folder went with it, and the rmdir the
+    /// kernel still sends succeeds; an emptied level folder on disk stays (ENOTEMPTY, which
+    /// rsync --delete tolerates).
+    #[test]
+    fn rm_r_of_a_row_folder_succeeds_and_a_level_on_disk_stays() {
+        let (d, fs) = tree();
+        fs.mkdir(fs.ino(Node::AllLayers), "L01").unwrap();
+        let row = fs.mkdir(fs.ino(Node::Level(1)), "R00000001").unwrap().ino;
+        let a = fs.create(row, "C00000000.png").unwrap();
+        fs.write(a.ino, 0, &png(5)).unwrap();
+        fs.release(a.ino, WRITE_FH).unwrap();
+        fs.flush_all().unwrap();
+        // A new mount of the cache: the row folder is there because it holds a tile.
+        let w = Arc::new(WriteBuffer::new(
+            Arc::new(Cache::open(d.path()).unwrap()),
+            1 << 20,
+        ));
+        let fs = TreeFs::writable(w);
+        let level = fs.lookup(fs.ino(Node::AllLayers), "L01").unwrap().ino;
+        let row = fs.lookup(level, "R00000001").unwrap().ino;
+        assert_eq!(errno(fs.rmdir(level, "R00000001")), libc::ENOTEMPTY);
+        fs.unlink(row, "C00000000.png").unwrap();
+        assert_eq!(errno(fs.lookup(level, "R00000001")), libc::ENOENT);
+        fs.rmdir(level, "R00000001").unwrap();
+        fs.flush_all().unwrap();
+        assert_eq!(
+            errno(fs.rmdir(fs.ino(Node::AllLayers), "L01")),
+            libc::ENOTEMPTY
+        );
+        assert_eq!(errno(fs.rmdir(level, "notes")), libc::ENOENT);
     }
 
     /// The XYZ and TMS views take writes in their own names: rsync's temporary renamed onto

@@ -398,10 +398,18 @@ fn writable_xyz_and_tms_mounts_store_trees_copied_into_them() {
                 m.path("0/0/C00000000.jpg").display()
             ));
             assert!(!ok && err.contains("Operation not permitted"), "{err}");
+            // rm -r of a column folder: its tiles go, and so does the folder (exit 0).
+            let (ok, _, err) = sh(&format!("rm -r {}", m.path("2/3").display()));
+            assert!(ok, "rm -r 2/3: {err}");
+            assert!(!m.path("2/3").exists());
         }
         let got = all_tiles(&Cache::open(&dst).unwrap());
-        assert_eq!(got.len(), want.len(), "{storage}");
-        for (t, b) in &want {
+        let kept: Vec<_> = want
+            .iter()
+            .filter(|(t, _)| (t.level, t.col) != (2, 3))
+            .collect();
+        assert_eq!(got.len(), kept.len(), "{storage}");
+        for (t, b) in kept {
             assert_eq!(got.get(t), Some(b), "{storage} {t}");
         }
     }
