@@ -92,6 +92,18 @@ pub fn open_syslog() -> Option<Sink> {
     Some(Sink::Syslog { socket, logger })
 }
 
+/// A failed [`reopen`] (its folder gone, no permission): said in the log still open (the old
+/// file) and on standard error, where a unit's journal keeps it, since the old file may be gone
+/// from view.
+pub fn reopen_failed(e: &anyhow::Error) {
+    let msg = format!(
+        "SIGHUP: {}; logging on to the old file",
+        super::error_text(e)
+    );
+    tracing::error!("{msg}");
+    let _ = writeln!(std::io::stderr(), "bundlefs: {msg}");
+}
+
 /// SIGHUP: the log file is opened again by its path (logrotate moved the old one away), and
 /// standard error follows it so a panic's message lands there too. Nothing for other sinks.
 pub fn reopen() -> anyhow::Result<()> {

@@ -227,13 +227,17 @@ fn choose_log(args: &MountArgs, child: bool) -> anyhow::Result<()> {
 /// What is mounted where and how to stop it, for the person who started it.
 fn describe(args: &MountArgs, parsed: &ParsedOptions) -> String {
     format!(
-        "mounted {} on {} ({})",
+        "mounted {} on {} ({}{})",
         args.cache.display(),
         args.mountpoint.display(),
         if parsed.read_only {
             "read-only"
         } else {
             "read-write"
+        },
+        match args.layout {
+            crate::fs::View::ArcGis => String::new(),
+            v => format!(", {} layout", v.name()),
         }
     )
 }
@@ -530,7 +534,7 @@ fn start_threads(
             match sigs.wait() {
                 Ok(Signal::SIGHUP) => match super::log::reopen() {
                     Ok(()) => tracing::info!("SIGHUP: log reopened ({})", super::log::shown()),
-                    Err(e) => tracing::error!("SIGHUP: {}", super::error_text(&e)),
+                    Err(e) => super::log::reopen_failed(&e),
                 },
                 Ok(sig) => {
                     tracing::info!("{sig}: unmounting {}", mountpoint.display());

@@ -221,7 +221,7 @@ pub fn run(a: &ServeArgs) -> anyhow::Result<ExitCode> {
         match sigs.wait().context("waiting for SIGINT/SIGTERM/SIGHUP")? {
             Signal::SIGHUP => match super::log::reopen() {
                 Ok(()) => tracing::info!("SIGHUP: log reopened ({})", super::log::shown()),
-                Err(e) => tracing::error!("SIGHUP: {}", super::error_text(&e)),
+                Err(e) => super::log::reopen_failed(&e),
             },
             sig => break sig,
         }

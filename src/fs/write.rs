@@ -151,13 +151,32 @@ impl TreeFs {
         )
     }
 
-    /// A file renamed onto a name that is not a tile's.
-    fn not_a_tile_name(&self, from: &str, to: String) -> FsError {
+    /// A file renamed onto a name that is not a tile's, in tile folder `folder` if it is one.
+    fn not_a_tile_name(&self, from: &str, to: String, folder: Option<(u8, u32)>) -> FsError {
         tracing::debug!("rename {from} -> {to}: not a tile name");
+        let name = to.rsplit('/').next().unwrap_or_default().to_string();
         FsError::NotPermitted {
+            why: self.why_not_a_tile(folder.map(|f| f.0), &name, "").into(),
             path: to,
-            why: format!("not {}", self.view().names().tile).into(),
         }
+    }
+
+    /// Why `name` (in a tile folder of `level`) names no tile: in the XYZ and TMS views a `y`
+    /// past the zoom's 2^level rows is said as such; else what a tile name is, and `or` (what
+    /// else the place takes).
+    fn why_not_a_tile(&self, level: Option<u8>, name: &str, or: &str) -> String {
+        if let (View::Xyz | View::Tms, Some(l)) = (self.view(), level) {
+            let n = name
+                .split_once('.')
+                .and_then(|(y, _)| crate::format::xyz::parse_number(y));
+            if let Some(y) = n.filter(|y| *y >= (1u32 << l.min(31))) {
+                return format!(
+                    "y {y} is outside zoom {l}'s rows (0-{})",
+                    (1u64 << l.min(31)) - 1
+                );
+            }
+        }
+        format!("not {}{or}", self.view().names().tile)
     }
 
     /// Whether `name` is a folder name of the tree (`_alllayers`, `Lnn`, `Rxxxxxxxx`; XYZ and
@@ -499,7 +518,9 @@ impl TreeFs {
         let Some((t, kind)) = self.tile_file_name(level, row, name) else {
             return Err(FsError::NotPermitted {
                 path,
-                why: format!("not {} nor a temporary name (.*)", names.tile).into(),
+                why: self
+                    .why_not_a_tile(Some(level), name, " nor a temporary name (.*)")
+                    .into(),
             });
         };
         self.check_in_world(t, &path)?;
@@ -981,7 +1002,7 @@ impl TreeFs {
             .row_of(newparent)
             .and_then(|(l1, r1)| self.tile_file_name(l1, r1, newname))
         else {
-            return Err(self.not_a_tile_name(&from_path, to_path));
+            return Err(self.not_a_tile_name(&from_path, to_path, self.row_of(newparent)));
         };
         if src == dst {
             return Ok(());
@@ -1017,12 +1038,16 @@ impl TreeFs {
             }
             (_, Some((l1, r1))) => {
                 let Some((t, kind)) = self.tile_file_name(l1, r1, newname) else {
-                    return Err(self.not_a_tile_name(&from_path, to_path.to_string()));
+                    return Err(self.not_a_tile_name(
+                        &from_path,
+                        to_path.to_string(),
+                        Some((l1, r1)),
+                    ));
                 };
                 self.commit_tile(ino, t, kind, data, Some(mtime), to_path)?;
                 Node::Tile(t)
             }
-            _ => return Err(self.not_a_tile_name(&from_path, to_path.to_string())),
+            _ => return Err(self.not_a_tile_name(&from_path, to_path.to_string(), None)),
         };
         let mut w = self.w.lock().unwrap();
         w.temp_names.remove(&from);
@@ -1098,8 +1123,17 @@ impl TreeFs {
         }
         if let Node::Level(level) = p {
             let Some(row) = self.view().parse_folder(level, name) else {
+                let col = crate::format::xyz::parse_number(name)
+                    .filter(|x| self.view() != View::ArcGis && x.to_string() == name);
                 return Err(not_permitted(
-                    format!("not a folder name of {}", names.folder).into(),
+                    match col {
+                        Some(x) => format!(
+                            "column {x} is outside zoom {level}'s columns (0-{})",
+                            (1u64 << level.min(31)) - 1
+                        ),
+                        None => format!("not a folder name of {}", names.folder),
+                    }
+                    .into(),
                 ));
             };
             if exists {
@@ -1767,10 +1801,21 @@ mod tests {
             let e = fs.create(col, "C00000001.png").unwrap_err();
             assert_eq!(e.errno(), libc::EPERM);
             assert!(e.to_string().contains("y.png"), "{e}");
-            assert_eq!(errno(fs.create(col, "8.png")), libc::EPERM);
+            let e = fs.create(col, "8.png").unwrap_err();
+            assert_eq!(e.errno(), libc::EPERM);
+            assert!(
+                e.to_string().contains("y 8 is outside zoom 3's rows (0-7)"),
+                "{e}"
+            );
             assert_eq!(errno(fs.create(col, "03.png")), libc::EPERM);
             assert_eq!(errno(fs.mkdir(root, "L03")), libc::EPERM);
-            assert_eq!(errno(fs.mkdir(level, "8")), libc::EPERM);
+            let e = fs.mkdir(level, "8").unwrap_err();
+            assert_eq!(e.errno(), libc::EPERM);
+            assert!(
+                e.to_string()
+                    .contains("column 8 is outside zoom 3's columns (0-7)"),
+                "{e}"
+            );
             assert_eq!(errno(fs.mkdir(root, "9")), libc::EINVAL);
             // unlink and rename between z/x/y names.
             fs.rename(col, &format!("{y}.png"), col, "1.png").unwrap();
