@@ -40,7 +40,7 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     (
         "writes_refused_total",
         "counter",
-        "Tiles written through the mount and refused",
+        "Tiles written through the mount and refused, and files refused for their name",
     ),
     (
         "buffer_tiles",

@@ -22,7 +22,8 @@ pub struct TreeCounters {
     /// Tiles written through the mount and accepted into the write buffer.
     pub tiles_written: u64,
     /// Tiles written through the mount and refused (not a tile the cache can store, outside the
-    /// tiling scheme, a failed merge); each was reported to the writing program and logged.
+    /// tiling scheme, a failed merge), and files refused for their name (no tile's, e.g. a
+    /// `metadata.json`); each was reported to the writing program and logged.
     pub writes_refused: u64,
 }
 

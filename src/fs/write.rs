@@ -154,6 +154,7 @@ impl TreeFs {
     /// A file renamed onto a name that is not a tile's, in tile folder `folder` if it is one.
     fn not_a_tile_name(&self, from: &str, to: String, folder: Option<(u8, u32)>) -> FsError {
         tracing::debug!("rename {from} -> {to}: not a tile name");
+        self.counted.written(false);
         let name = to.rsplit('/').next().unwrap_or_default().to_string();
         FsError::NotPermitted {
             why: self.why_not_a_tile(folder.map(|f| f.0), &name, "").into(),
@@ -505,6 +506,7 @@ impl TreeFs {
         }
         let names = self.view().names();
         let Some((level, row)) = self.row_of(parent) else {
+            self.counted.written(false);
             return Err(FsError::NotPermitted {
                 path: format!("{}{name}", self.dir_path(parent)),
                 why: format!(
@@ -516,6 +518,7 @@ impl TreeFs {
         };
         let path = self.tree_path(level, row, name);
         let Some((t, kind)) = self.tile_file_name(level, row, name) else {
+            self.counted.written(false);
             return Err(FsError::NotPermitted {
                 path,
                 why: self
@@ -1687,6 +1690,8 @@ mod tests {
             errno(fs.create(fs.ino(Node::Level(1)), "C00000000.png")),
             libc::EPERM
         );
+        // Both counted as refused writes (status, metrics).
+        assert_eq!(fs.snapshot().tree.writes_refused, 2);
         assert_eq!(
             errno(fs.mkdir(fs.ino(Node::AllLayers), "L09")),
             libc::EINVAL
