@@ -195,14 +195,7 @@ fn a_mount_of_an_mbtiles_file_shows_its_tiles_and_an_import_merges_into_it() {
 fn what_mbtiles_cannot_hold_is_refused_by_name_and_bad_files_are_named() {
     let d = scratch_dir("mbtiles-refuse");
     // A national grid (EPSG:2056, Swiss LV95): not Web Mercator.
-    let c = d.join("lv95");
-    run_ok(
-        Command::new(bin())
-            .arg("create")
-            .arg(&c)
-            .args(["--wkid", "2056", "--origin", "2420000,1350000"])
-            .args(["--scales", "1000000,500000"]),
-    );
+    let c = crate::support::lv95_cache(&d);
     let f = d.join("lv95.mbtiles");
     let o = run(Command::new(bin()).arg("export").arg(&c).arg(&f));
     let err = String::from_utf8_lossy(&o.stderr);
@@ -544,14 +537,7 @@ with open(sys.argv[2], "wb") as f:
 fn pmtiles_refusals_and_bad_files_are_named() {
     let d = scratch_dir("pmtiles-refuse");
     // A national grid (EPSG:2056, Swiss LV95): not Web Mercator.
-    let c = d.join("lv95");
-    run_ok(
-        Command::new(bin())
-            .arg("create")
-            .arg(&c)
-            .args(["--wkid", "2056", "--origin", "2420000,1350000"])
-            .args(["--scales", "1000000,500000"]),
-    );
+    let c = crate::support::lv95_cache(&d);
     let f = d.join("lv95.pmtiles");
     let o = run(Command::new(bin()).arg("export").arg(&c).arg(&f));
     let err = String::from_utf8_lossy(&o.stderr);

@@ -166,14 +166,8 @@ fn a_tms_tree_written_by_gdal2tiles_imports_tile_for_tile() {
 #[test]
 fn what_xyz_cannot_hold_is_refused_by_name() {
     let d = scratch_dir("xyz-refuse");
-    let c = d.join("lv95");
-    run_ok(
-        Command::new(bin())
-            .arg("create")
-            .arg(&c)
-            .args(["--wkid", "2056", "--origin", "2420000,1350000"])
-            .args(["--scales", "1000000,500000"]),
-    );
+    // A national grid (EPSG:2056, Swiss LV95): not Web Mercator.
+    let c = crate::support::lv95_cache(&d);
     let o = run(Command::new(bin())
         .arg("export")
         .arg(&c)
@@ -268,7 +262,7 @@ impl Drop for Nginx {
 
 /// `mount --layout xyz` shows a Compact V2 cache as `z/x/y.jpg` (listings and reads), `--layout
 /// tms` with y from the bottom, and nginx serves the XYZ mount as a static site: every tile equal
-/// to the bundle's bytes, a missing one 404. A national grid and `-o rw` are refused by name.
+/// to the bundle's bytes, a missing one 404. A national grid is refused by name.
 #[test]
 fn a_mount_with_the_xyz_layout_is_a_static_tile_site_for_nginx() {
     need("fusermount3");
@@ -307,14 +301,7 @@ fn a_mount_with_the_xyz_layout_is_a_static_tile_site_for_nginx() {
         }
     }
     // A national grid cannot be shown as zoom levels.
-    let c = d.join("lv95");
-    run_ok(
-        Command::new(bin())
-            .arg("create")
-            .arg(&c)
-            .args(["--wkid", "2056", "--origin", "2420000,1350000"])
-            .args(["--scales", "1000000,500000"]),
-    );
+    let c = crate::support::lv95_cache(&d);
     std::fs::create_dir_all(d.join("mnt3")).unwrap();
     let o = run(Command::new(bin())
         .arg("mount")

@@ -211,6 +211,21 @@ extern "C" fn remove_scratch() {
     }
 }
 
+/// An empty cache on a national grid (EPSG:2056, Swiss LV95; two custom scales) at `dir/lv95`,
+/// made by `bundlefs create`: a scheme that is not Web Mercator, for the refusals of the formats
+/// and views that need one.
+pub fn lv95_cache(dir: &Path) -> PathBuf {
+    let c = dir.join("lv95");
+    run_ok(
+        Command::new(bin())
+            .arg("create")
+            .arg(&c)
+            .args(["--wkid", "2056", "--origin", "2420000,1350000"])
+            .args(["--scales", "1000000,500000"]),
+    );
+    c
+}
+
 /// A folder `bundlefs-NAME-*` in the temporary folder that lives until the test binary exits,
 /// for fixtures shared by its tests (a `TempDir` in a static would never be dropped).
 pub fn scratch_dir(name: &str) -> PathBuf {
