@@ -1767,7 +1767,6 @@ fn two_serves_answer_from_one_cache() {
 fn four_render_shards_through_two_gateways_store_what_one_process_stores() {
     use crate::scale::{cache, render_cmd, server};
     use bundlefs::cache::shard::Shard;
-    use std::process::Stdio;
     let _gw = gw2_shared();
     let url = fresh_url("render-shards");
     let ep1 = std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL (first gateway)");
@@ -1791,28 +1790,17 @@ fn four_render_shards_through_two_gateways_store_what_one_process_stores() {
     // The same empty cache in the store: its conf.xml and conf.cdi uploaded.
     upload(&cache(d.path(), "empty"), &url);
     let (srv, asked) = server(Duration::from_millis(5));
-    let children: Vec<_> = shards
-        .iter()
-        .map(|s| {
-            let ep = if s.index < 2 { &ep1 } else { &ep2 };
-            render_cmd(&url, &srv, &["--shard", &s.to_string()])
-                .env("AWS_ENDPOINT_URL", ep)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let mut took = Vec::new();
-    for (i, c) in children.into_iter().enumerate() {
-        let o = c.wait_with_output().unwrap();
-        assert!(
-            o.status.success(),
-            "shard {i}/4: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        took.push(String::from_utf8_lossy(&o.stdout).into_owned());
-    }
+    let took = crate::scale::run_at_once(
+        shards
+            .iter()
+            .map(|s| {
+                let ep = if s.index < 2 { &ep1 } else { &ep2 };
+                let mut c = render_cmd(&url, &srv, &["--shard", &s.to_string()]);
+                c.env("AWS_ENDPOINT_URL", ep);
+                c
+            })
+            .collect(),
+    );
     eprintln!("shards said: {took:?}");
     assert_same_tiles(
         &Cache::open(&url).unwrap(),

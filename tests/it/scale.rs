@@ -59,6 +59,31 @@ pub(crate) fn cache(d: &Path, name: &str) -> PathBuf {
     c
 }
 
+/// Starts every command at once (shards of one job), waits for all, fails the test naming the
+/// first that failed (its index and standard error), and returns their standard outputs.
+pub(crate) fn run_at_once(cmds: Vec<Command>) -> Vec<String> {
+    let children: Vec<Child> = cmds
+        .into_iter()
+        .map(|mut c| {
+            c.stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut took = Vec::new();
+    for (i, c) in children.into_iter().enumerate() {
+        let o = c.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "shard {i}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        took.push(String::from_utf8_lossy(&o.stdout).into_owned());
+    }
+    took
+}
+
 /// `render` of levels 8-9 around the map's centre (where four bundles meet at both levels), in
 /// supertiles of 4 × 4 tiles, kept, 2 at a time unless `extra` says `--jobs`; with `extra`. `c`
 /// is a folder or an `s3://` URL.
@@ -94,21 +119,11 @@ fn four_render_shards_store_what_one_process_stores_asking_once_per_supertile() 
 
     let (srv, asked) = server(Duration::from_millis(5));
     let shared = cache(&d, "shared");
-    let children: Vec<Child> = (0..4)
-        .map(|i| {
-            render_cmd(&shared, &srv, &["--shard", &format!("{i}/4")])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let mut took = Vec::new();
-    for c in children {
-        let o = c.wait_with_output().unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        took.push(String::from_utf8_lossy(&o.stdout).into_owned());
-    }
+    let took = run_at_once(
+        (0..4)
+            .map(|i| render_cmd(&shared, &srv, &["--shard", &format!("{i}/4")]))
+            .collect(),
+    );
     assert_eq!(all_tiles(&Cache::open(&shared).unwrap()), want);
     // Each supertile asked for once over the four shards, and the same ones one process asked.
     let mut a = asked.lock().unwrap().clone();
