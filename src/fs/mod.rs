@@ -569,8 +569,9 @@ impl TreeFs {
                 _ => return Err(not_found(name)),
             },
             Node::Level(level) if self.view != View::ArcGis => {
-                // A column folder: shown on lookup for any column of the zoom's grid (listing
-                // the columns that hold tiles costs a walk of the level); its tiles decide.
+                // A column folder: in a read-only view shown on lookup for any column of the
+                // zoom's grid (listing the columns that hold tiles costs a walk of the level), its
+                // tiles decide; in a writable one only if it holds tiles or was made (col_exists).
                 match self.view.parse_folder(level, name) {
                     Some(col) if self.col_exists(level, col)? => {
                         return self.getattr(self.ino(Node::Row { level, row: col }))
